@@ -1,0 +1,559 @@
+//! `apply`: one event against one user's state under one catalogue, producing effects. Pure and
+//! deterministic: no IO, no clock (time arrives as `now` and `occurred_at`), no randomness.
+
+use super::calendar::local_day;
+use super::catalogue::{
+    table_value, BadgeDef, Catalogue, Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, StatDef, StatKind, WindowReq, PROFILE_EVENT,
+};
+use super::effect::{DuplicateBy, Effect, Rejection, XpReason};
+use super::state::{Action, BadgeRecord, StatValue, UserState};
+use super::value::{stable_hash, Event, Millis, Value};
+
+/// Applies `event` to `state`, returning what happened as effects. The state changes in place
+/// when the first effect is `Accepted`. A rejected event or a repeated `event_id` leaves it
+/// untouched; a new id whose fingerprint matches a counted action only has its id remembered.
+///
+/// `now` is the moment the server received the event; it bounds how late or early `occurred_at`
+/// may be. Everything else (windows, streaks, days, tenure) uses `occurred_at`, so replaying a
+/// stored stream with its stored receive times rebuilds the same state.
+pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue) -> Vec<Effect> {
+    let reject = |reason| vec![Effect::Rejected { event_id: event.event_id.clone(), reason }];
+    if state.user_id.is_empty() && state.tenant_id.is_empty() {
+        state.user_id = event.user_id.clone();
+        state.tenant_id = event.tenant_id.clone();
+        state.level = state.level.max(1);
+    } else if state.user_id != event.user_id || state.tenant_id != event.tenant_id {
+        return reject(Rejection::WrongUser);
+    }
+    state.sync(cat);
+    let Some(t) = cat.type_of(&event.event_type) else {
+        return reject(Rejection::UnknownEventType(event.event_type.clone()));
+    };
+    let ty = &cat.types[t];
+    let fields = match validate(ty, &event.payload) {
+        Ok(f) => f,
+        Err(r) => return reject(r),
+    };
+    let at = event.occurred_at;
+    if at < now.saturating_sub(cat.settings.late_bound) {
+        return reject(Rejection::TooLate { bound_ms: cat.settings.late_bound });
+    }
+    if at > now.saturating_add(cat.settings.future_skew) {
+        return reject(Rejection::InFuture { skew_ms: cat.settings.future_skew });
+    }
+    let profile = if ty.name == PROFILE_EVENT {
+        match parse_profile(&event.payload) {
+            Ok(p) => Some(p),
+            Err(r) => return reject(r),
+        }
+    } else {
+        None
+    };
+    let id_hash = stable_hash(event.event_id.as_bytes());
+    if contains(&state.recent_ids, id_hash) {
+        return vec![Effect::Duplicate { event_id: event.event_id.clone(), by: DuplicateBy::EventId }];
+    }
+    let fingerprint = ty.fingerprint.as_ref().map(|(pos, window)| {
+        let mut text = ty.name.clone();
+        for &p in pos {
+            text.push('\u{1f}');
+            text.push_str(&fields[p].to_string());
+        }
+        (stable_hash(text.as_bytes()), *window)
+    });
+    // The id is remembered even when the fingerprint says the action was already counted, so
+    // that this id sent again later (after the fingerprint window) is still a duplicate.
+    state.recent_ids.push_back(id_hash);
+    while state.recent_ids.len() > cat.settings.recent_ids {
+        state.recent_ids.pop_front();
+    }
+    if let Some((h, window)) = fingerprint
+        && state.fingerprints.iter().any(|&(x, when)| x == h && (when - at).abs() <= window)
+    {
+        return vec![Effect::Duplicate { event_id: event.event_id.clone(), by: DuplicateBy::Fingerprint }];
+    }
+
+    // From here on the event counts.
+    let mut fx = vec![Effect::Accepted { event_id: event.event_id.clone() }];
+    if let Some((h, window)) = fingerprint {
+        state.fingerprints.retain(|&(_, when)| when >= at - window);
+        state.fingerprints.push_back((h, at));
+        while state.fingerprints.len() > cat.settings.recent_ids {
+            state.fingerprints.pop_front();
+        }
+    }
+    state.events += 1;
+    state.first_seen.get_or_insert(at);
+    state.last_event_at = state.last_event_at.max(at);
+    if let Some(p) = profile {
+        apply_profile(state, p);
+    }
+
+    let mut touched = Vec::with_capacity(ty.stats.len());
+    for &s in &ty.stats {
+        let def = &cat.stats[s];
+        let day = matches!(def.kind, StatKind::Daily { .. }).then(|| day_of(state, at, cat));
+        if update_stat(def, &mut state.stats[s].1, t, &fields, at, day) {
+            touched.push(s);
+        }
+    }
+    if let Some(ring) = ty.cache {
+        let vals = ty.cached_fields.iter().map(|&p| fields[p].clone()).collect();
+        state.rings[ring].insert(Action { seq: state.events, at, vals }, cat.settings.cache_size);
+    }
+
+    for &x in &ty.xp_rules {
+        let rule = &cat.xp_rules[x];
+        if !rule.when.matches(&fields) {
+            continue;
+        }
+        let mut amount = match rule.amount {
+            super::catalogue::XpAmount::Fixed(a) => a,
+            super::catalogue::XpAmount::Field { pos, multiplier } => (fields[pos].as_f64().unwrap_or(0.0).max(0.0) * multiplier).floor() as u64,
+        };
+        if let Some(m) = rule.max {
+            amount = amount.min(m);
+        }
+        if let Some(cap) = rule.daily_cap {
+            let day = day_of(state, at, cat);
+            let used = match state.xp_days.get(&rule.id) {
+                Some(&(d, used)) if d == day => used,
+                Some(&(d, _)) if d > day => cap, // a late event for a day already closed gets no XP
+                _ => 0,
+            };
+            amount = amount.min(cap.saturating_sub(used));
+            if amount > 0 {
+                state.xp_days.insert(rule.id.clone(), (day, used + amount));
+            }
+        }
+        if amount > 0 {
+            add_xp(state, amount, XpReason::Rule(rule.id.clone()), cat, &mut fx);
+        }
+    }
+
+    let ctx = Ctx { cat, t, fields: &fields, at };
+    for &i in &ty.badges {
+        consider(state, &ctx, i, &event.event_id, &mut fx);
+    }
+    // Badges that depend on XP, level, other badges or the user are rechecked until nothing
+    // more is awarded; each pass awards at least one badge or stops, so this ends.
+    let mut again = true;
+    while again {
+        again = false;
+        for &i in &cat.user_badges {
+            if consider(state, &ctx, i, &event.event_id, &mut fx) {
+                again = true;
+            }
+        }
+    }
+
+    for &i in &ty.badges {
+        let def = &cat.badges[i];
+        if let Cond::Metric { stat, target } = def.cond
+            && touched.contains(&stat)
+            && (!state.derived.owned[i] || def.repeat_every.is_some())
+        {
+            let current = metric(state, &ctx, stat);
+            let target = match def.repeat_every {
+                Some(every) => every * (state.badges.get(&def.id).map_or(0, |r| r.count) as f64 + 1.0),
+                None => target,
+            };
+            fx.push(Effect::Progress { badge: def.id.clone(), current: current.min(target), target });
+        }
+    }
+    fx
+}
+
+/// Checks the payload against the event type's declaration, returning the values in declared
+/// order (absent optional fields as null). Undeclared fields are allowed and ignored.
+fn validate(ty: &EventTypeDef, payload: &[(String, Value)]) -> Result<Vec<Value>, Rejection> {
+    let mut out = vec![Value::Null; ty.fields.len()];
+    for (name, v) in payload {
+        if let Some(i) = ty.field(name) {
+            out[i] = v.clone();
+        }
+    }
+    for (f, v) in ty.fields.iter().zip(&out) {
+        let ok = match (f.kind, v) {
+            (_, Value::Null) => {
+                if f.optional {
+                    continue;
+                }
+                return Err(Rejection::MissingField(f.name.clone()));
+            }
+            (FieldKind::Any, _) => true,
+            (FieldKind::String, Value::Str(_)) | (FieldKind::Bool, Value::Bool(_)) => true,
+            (FieldKind::Number, Value::Num(x)) => x.is_finite(),
+            _ => false,
+        };
+        if !ok {
+            let expected = match f.kind {
+                FieldKind::String => "string",
+                FieldKind::Number => "number",
+                FieldKind::Bool => "bool",
+                FieldKind::Any => "value",
+            };
+            return Err(Rejection::WrongType { field: f.name.clone(), expected: expected.into(), got: v.type_name().into() });
+        }
+    }
+    Ok(out)
+}
+
+struct Profile {
+    timezone: Option<String>,
+    signed_up_at: Option<Millis>,
+    attrs: Vec<(String, Value)>,
+}
+
+fn parse_profile(payload: &[(String, Value)]) -> Result<Profile, Rejection> {
+    let mut p = Profile { timezone: None, signed_up_at: None, attrs: vec![] };
+    for (k, v) in payload {
+        let bad = |m: &str| Rejection::BadValue { field: k.clone(), message: m.into() };
+        match (k.as_str(), v) {
+            ("timezone", Value::Str(tz)) => {
+                tz.parse::<chrono_tz::Tz>().map_err(|_| bad("not an IANA time zone such as Europe/Paris"))?;
+                p.timezone = Some(tz.to_string());
+            }
+            ("signed_up_at", Value::Str(t)) => {
+                p.signed_up_at = Some(chrono::DateTime::parse_from_rfc3339(t).map_err(|_| bad("not an RFC 3339 time"))?.timestamp_millis());
+            }
+            ("timezone" | "signed_up_at", _) => return Err(bad("must be a string")),
+            (_, Value::Other) => return Err(bad("attributes must be strings, numbers or booleans")),
+            _ => p.attrs.push((k.clone(), v.clone())),
+        }
+    }
+    Ok(p)
+}
+
+fn apply_profile(state: &mut UserState, p: Profile) {
+    if let Some(tz) = p.timezone {
+        state.derived.tz = tz.parse().ok();
+        state.derived.day = None;
+        state.attributes.insert("timezone".into(), Value::Str(tz.as_str().into()));
+        state.timezone = Some(tz);
+    }
+    if p.signed_up_at.is_some() {
+        state.signed_up_at = p.signed_up_at;
+    }
+    for (k, v) in p.attrs {
+        if v == Value::Null {
+            state.attributes.remove(&k);
+        } else {
+            state.attributes.insert(k, v);
+        }
+    }
+}
+
+fn contains(ring: &std::collections::VecDeque<u64>, h: u64) -> bool {
+    let (a, b) = ring.as_slices();
+    a.contains(&h) || b.contains(&h)
+}
+
+/// The user's local day of `at`, cached across calls within the same day.
+fn day_of(state: &mut UserState, at: Millis, cat: &Catalogue) -> i32 {
+    if let Some((start, end, day)) = state.derived.day
+        && at >= start
+        && at < end
+    {
+        return day;
+    }
+    let (day, start, end) = local_day(at, state.tz(cat));
+    state.derived.day = Some((start, end, day));
+    day
+}
+
+fn add_xp(state: &mut UserState, delta: u64, reason: XpReason, cat: &Catalogue, fx: &mut Vec<Effect>) {
+    state.xp = state.xp.saturating_add(delta);
+    let level = cat.levels.level_for(state.xp).max(state.level);
+    fx.push(Effect::Xp { delta, total: state.xp, level, reason });
+    if level > state.level {
+        state.level = level;
+        fx.push(Effect::LevelUp { level });
+    }
+}
+
+/// Updates one stat for an event of type `t`; returns whether its value may have changed.
+fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], at: Millis, day: Option<i32>) -> bool {
+    let mut changed = false;
+    for input in def.inputs.iter().filter(|i| i.event == t) {
+        let matched = input.when.matches(fields);
+        let key = input.key.and_then(|k| fields[k].key());
+        if input.key.is_some() && key.is_none() {
+            continue;
+        }
+        match &def.kind {
+            StatKind::Count if matched => changed |= bump(&mut *val, key.as_deref(), |v| v + 1.0),
+            StatKind::Sum if matched => {
+                if let Some(x) = input.value.and_then(|p| fields[p].as_f64()) {
+                    changed |= bump(&mut *val, key.as_deref(), |v| v + x);
+                }
+            }
+            StatKind::Max if matched => {
+                if let Some(x) = input.value.and_then(|p| fields[p].as_f64()) {
+                    changed |= bump(&mut *val, key.as_deref(), |v| v.max(x));
+                }
+            }
+            StatKind::Distinct if matched => {
+                if let Some(item) = input.value.and_then(|p| fields[p].key()) {
+                    changed |= match (&mut *val, key) {
+                        (StatValue::Set(s), _) => s.insert(item.into_owned()),
+                        (StatValue::KeyedSet(m), Some(k)) => m.entry(k.into_owned()).or_default().insert(item.into_owned()),
+                        _ => false,
+                    };
+                }
+            }
+            StatKind::Streak => {
+                if matched {
+                    changed |= bump(&mut *val, key.as_deref(), |v| v + 1.0);
+                } else if input.breaks.as_ref().is_none_or(|b| b.matches(fields)) {
+                    changed |= bump(&mut *val, key.as_deref(), |_| 0.0);
+                }
+            }
+            StatKind::Daily { grace, freezes: max_freezes, freeze_every } if matched => {
+                let day = day.expect("daily stats get a day");
+                if let StatValue::Daily { last_at, last_day, len, freezes } = &mut *val {
+                    if *len == 0 {
+                        (*len, *last_day, *last_at) = (1, day, at);
+                        changed = true;
+                    } else if day <= *last_day {
+                        // Same day, or a late event for a day already counted or passed:
+                        // calendar streaks only move forward.
+                        *last_at = (*last_at).max(at);
+                    } else {
+                        let missed = (day - *last_day - 1) as u32;
+                        if missed == 0 || at - *last_at <= *grace {
+                            *len += 1;
+                        } else if *freezes >= missed {
+                            *freezes -= missed;
+                            *len += 1;
+                        } else {
+                            *len = 1;
+                            *freezes = 0;
+                        }
+                        if *max_freezes > 0 && *len % *freeze_every == 0 {
+                            *freezes = (*freezes + 1).min(*max_freezes);
+                        }
+                        (*last_day, *last_at) = (day, at);
+                        changed = true;
+                    }
+                }
+            }
+            StatKind::Sequence { steps, within } if matched => {
+                if let StatValue::Seq { step, started_at, done } = &mut *val {
+                    if *done {
+                        continue;
+                    }
+                    if *step > 0 && at - *started_at > *within {
+                        *step = 0;
+                    }
+                    if input.step == *step as usize && (*step == 0 || at >= *started_at) {
+                        if *step == 0 {
+                            *started_at = at;
+                        }
+                        *step += 1;
+                        *done = *step as usize == *steps;
+                        changed = true;
+                    } else if input.step == 0 && *step > 0 && at - *started_at > *within {
+                        (*step, *started_at) = (1, at);
+                        changed = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    changed
+}
+
+fn bump(val: &mut StatValue, key: Option<&str>, f: impl Fn(f64) -> f64) -> bool {
+    let slot = match (val, key) {
+        (StatValue::Num(v), _) => v,
+        (StatValue::Keyed(m), Some(k)) => {
+            if !m.contains_key(k) {
+                m.insert(k.to_string(), 0.0);
+            }
+            m.get_mut(k).unwrap()
+        }
+        _ => return false,
+    };
+    let new = f(*slot);
+    let changed = new != *slot;
+    *slot = new;
+    changed
+}
+
+/// The event an evaluation happens in: which type, its values, and when it occurred.
+pub(crate) struct Ctx<'a> {
+    pub cat: &'a Catalogue,
+    pub t: usize,
+    pub fields: &'a [Value],
+    pub at: Millis,
+}
+
+/// A stat's value in this context: for a keyed stat, at the key the event carries in the field
+/// of that name ("this exercise"); when the event has no such field, the best key's value.
+pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
+    let def = &ctx.cat.stats[stat];
+    let key = def.per.as_deref().and_then(|name| ctx.cat.types[ctx.t].field(name)).and_then(|p| ctx.fields[p].key());
+    state.stats[stat].1.metric(key.as_deref())
+}
+
+/// Evaluates badge `i` and awards it if due. Returns whether anything was awarded.
+fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut Vec<Effect>) -> bool {
+    let def: &BadgeDef = &ctx.cat.badges[i];
+    let repeatable = def.repeat_every.is_some() || def.per_key.is_some();
+    if state.derived.owned[i] && !repeatable {
+        return false;
+    }
+    if def.available_from.is_some_and(|f| ctx.at < f) || def.available_until.is_some_and(|u| ctx.at >= u) {
+        return false;
+    }
+    let (times, key) = if let Some(every) = def.repeat_every {
+        let Cond::Metric { stat, .. } = def.cond else { return false };
+        let have = state.badges.get(&def.id).map_or(0, |r| r.count);
+        let due = (metric(state, ctx, stat) / every).floor() as u32;
+        if due <= have {
+            return false;
+        }
+        (due - have, None)
+    } else if let Some(k) = &def.per_key {
+        let Some(key) = ctx.cat.types[ctx.t].field(k).and_then(|p| ctx.fields[p].key()) else { return false };
+        if state.badges.get(&def.id).is_some_and(|r| r.keys.iter().any(|x| x == key.as_ref())) {
+            return false;
+        }
+        if !holds(state, ctx, &def.cond) {
+            return false;
+        }
+        (1, Some(key.into_owned()))
+    } else {
+        if !holds(state, ctx, &def.cond) {
+            return false;
+        }
+        (1, None)
+    };
+    let first = !state.derived.owned[i];
+    // Per-key badges pay XP on the first award only, as Khan Academy's did.
+    let xp = if def.per_key.is_some() && !first { 0 } else { def.xp * times as u64 };
+    let rec = state.badges.entry(def.id.clone()).or_insert_with(|| BadgeRecord {
+        awarded_at: ctx.at,
+        count: 0,
+        version: ctx.cat.version,
+        keys: vec![],
+        event_id: event_id.to_string(),
+    });
+    rec.count += times;
+    if let Some(k) = &key {
+        rec.keys.push(k.clone());
+    }
+    let count = rec.count;
+    state.derived.owned[i] = true;
+    fx.push(Effect::Unlock { badge: def.id.clone(), count, key, xp, at: ctx.at });
+    if xp > 0 {
+        add_xp(state, xp, XpReason::Badge(def.id.clone()), ctx.cat, fx);
+    }
+    true
+}
+
+/// Whether a compiled condition holds for this user in this context.
+pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
+    match c {
+        Cond::Metric { stat, target } => metric(state, ctx, *stat) >= *target,
+        Cond::Sequence { stat } => matches!(state.stats[*stat].1, StatValue::Seq { done: true, .. }),
+        Cond::Window { within, reqs } => {
+            // The window ends at the user's latest action, so a late-reported event that fills a
+            // gap is judged against the window it actually completes.
+            let end = reqs
+                .iter()
+                .flat_map(|r| r.per_type.iter())
+                .filter_map(|(ring, _, _)| state.rings[*ring].items.back().map(|a| a.at))
+                .fold(ctx.at, Millis::max);
+            reqs.iter().all(|r| window_total(state, end, *within, r) >= r.target)
+        }
+        Cond::Recent(r) => recent(state, r),
+        Cond::All(cs) => cs.iter().all(|c| holds(state, ctx, c)),
+        Cond::Any(cs) => cs.iter().any(|c| holds(state, ctx, c)),
+        Cond::Not(c) => !holds(state, ctx, c),
+        Cond::Owns(b) => state.derived.owned.get(*b).copied().unwrap_or(false),
+        Cond::Level(l) => state.level >= *l,
+        Cond::Xp(x) => state.xp >= *x,
+        Cond::Attribute(tests) => tests.iter().all(|(k, op)| op.test(state.attributes.get(k).unwrap_or(&Value::Null))),
+        Cond::Tenure(ms) => state.signed_up_at.or(state.first_seen).is_some_and(|s| ctx.at - s >= *ms),
+    }
+}
+
+/// The count or sum a window requirement reaches in `[end - within, end]`.
+pub(crate) fn window_total(state: &UserState, end: Millis, within: Millis, r: &WindowReq) -> f64 {
+    let mut total = 0.0;
+    for (ring, pred, sum) in &r.per_type {
+        for a in state.rings[*ring].items.iter().rev() {
+            if a.at > end {
+                continue;
+            }
+            if a.at < end - within {
+                break;
+            }
+            if pred.matches(&a.vals) {
+                total += match sum {
+                    Some(p) => a.vals[*p].as_f64().unwrap_or(0.0),
+                    None => 1.0,
+                };
+            }
+        }
+    }
+    total
+}
+
+/// Evaluates a pattern over the newest cached actions in one pass, stopping at the first item
+/// that rules the pattern out.
+fn recent(state: &UserState, r: &RecentCond) -> bool {
+    if r.rings.len() == 1 {
+        let ring = &r.rings[0];
+        recent_over(r, state.rings[ring.ring].items.iter().rev().take(r.last).map(|a| (ring, a)))
+    } else {
+        let mut items: Vec<(&RecentRing, &Action)> =
+            r.rings.iter().flat_map(|ring| state.rings[ring.ring].items.iter().rev().take(r.last).map(move |a| (ring, a))).collect();
+        items.sort_by(|x, y| (y.1.at, y.1.seq).cmp(&(x.1.at, x.1.seq)));
+        items.truncate(r.last);
+        recent_over(r, items.into_iter())
+    }
+}
+
+fn recent_over<'a>(r: &RecentCond, items: impl Iterator<Item = (&'a RecentRing, &'a Action)>) -> bool {
+    let mut key: Option<&Value> = None;
+    let (mut n, mut hits, mut ratio_hits, mut sum) = (0usize, 0usize, 0usize, 0.0);
+    for (ring, a) in items {
+        let k = ring.key_pos.map(|p| &a.vals[p]);
+        if r.same || r.in_key {
+            match key {
+                None => key = k,
+                Some(want) if Some(want) != k => {
+                    if r.same {
+                        return false;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if r.all && !ring.all.matches(&a.vals) {
+            return false;
+        }
+        if n < r.newest && !ring.newest[n].matches(&a.vals) {
+            return false;
+        }
+        if r.at_least.is_some() && ring.at_least.matches(&a.vals) {
+            hits += 1;
+        }
+        if r.ratio.is_some() && ring.ratio.matches(&a.vals) {
+            ratio_hits += 1;
+        }
+        if let Some(p) = ring.sum_pos {
+            sum += a.vals[p].as_f64().unwrap_or(0.0);
+        }
+        n += 1;
+    }
+    n >= r.min_items
+        && r.at_least.is_none_or(|w| hits >= w)
+        && r.ratio.is_none_or(|q| n > 0 && ratio_hits as f64 >= q * n as f64)
+        && r.sum_at_most.as_ref().is_none_or(|l| sum <= table_value(l, key) * n as f64)
+}

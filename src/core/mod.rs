@@ -1,0 +1,28 @@
+//! The rule core: a pure, deterministic engine that decides, for one user and one event, what
+//! changes and what to tell the user.
+//!
+//! Its single entry point is [`apply`]`(state, event, now, catalogue) -> effects`. Nothing here
+//! does IO, reads a clock, spawns a task or imports the server's dependencies (tokio, ractor,
+//! sled, axum): the shell passes time in and performs the effects that come out.
+//!
+//! - [`catalogue`]: the versioned rule document and its compilation into stat slots and indices.
+//! - [`predicate`]: payload conditions compiled to field positions.
+//! - [`state`]: what is kept per user (XP, badges, stats, last-N cache, dedup memory).
+//! - [`engine`]: `apply` itself.
+//! - [`effect`]: what `apply` returns.
+//! - [`calendar`]: local days in the user's time zone.
+//! - [`value`]: payload values, the event contract, durations and stable hashes.
+
+pub mod calendar;
+pub mod catalogue;
+pub mod effect;
+pub mod engine;
+pub mod predicate;
+pub mod state;
+pub mod value;
+
+pub use catalogue::{Catalogue, CatalogueError, Format, Tier};
+pub use effect::{DuplicateBy, Effect, Rejection, XpReason};
+pub use engine::apply;
+pub use state::{BadgeRecord, UserState};
+pub use value::{Event, Millis, Value};

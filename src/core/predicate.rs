@@ -1,0 +1,174 @@
+//! Payload predicates: the `when = { correct = true, seconds = { gte = 60 } }` tables of the
+//! catalogue, compiled once into field positions so evaluation never looks a name up.
+
+use super::value::Value;
+
+/// One comparison against one field.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Eq(Value),
+    Ne(Value),
+    Gt(f64),
+    Gte(f64),
+    Lt(f64),
+    Lte(f64),
+    In(Vec<Value>),
+    NotIn(Vec<Value>),
+    Exists(bool),
+}
+
+impl Op {
+    pub fn test(&self, v: &Value) -> bool {
+        match self {
+            Op::Eq(x) => v == x,
+            Op::Ne(x) => v != x,
+            Op::Gt(x) => v.as_f64().is_some_and(|a| a > *x),
+            Op::Gte(x) => v.as_f64().is_some_and(|a| a >= *x),
+            Op::Lt(x) => v.as_f64().is_some_and(|a| a < *x),
+            Op::Lte(x) => v.as_f64().is_some_and(|a| a <= *x),
+            Op::In(xs) => xs.contains(v),
+            Op::NotIn(xs) => !xs.contains(v),
+            Op::Exists(e) => (*v != Value::Null) == *e,
+        }
+    }
+}
+
+/// A conjunction of field tests. Field positions index whatever value slice the predicate was
+/// compiled against: an event's declared fields, or the fields a cache entry keeps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pred {
+    pub tests: Vec<(usize, Op)>,
+}
+
+impl Pred {
+    pub fn always() -> Pred {
+        Pred { tests: Vec::new() }
+    }
+
+    #[inline]
+    pub fn matches(&self, fields: &[Value]) -> bool {
+        self.tests.iter().all(|(i, op)| op.test(fields.get(*i).unwrap_or(&Value::Null)))
+    }
+}
+
+/// A predicate as written, before field names are resolved: `(field name, op)` pairs in
+/// document order. Kept so it can be compiled against several layouts and hashed canonically.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawPred {
+    pub tests: Vec<(String, Op)>,
+}
+
+impl RawPred {
+    /// Parses `{ field = literal | { op = operand, ... } }`. Errors name the field and operator.
+    pub fn parse(v: Option<&serde_json::Value>) -> Result<RawPred, String> {
+        let Some(v) = v else { return Ok(RawPred::default()) };
+        let obj = v.as_object().ok_or("must be a table of field conditions")?;
+        let mut tests = Vec::new();
+        for (field, cond) in obj {
+            match cond {
+                serde_json::Value::Object(ops) => {
+                    if ops.is_empty() {
+                        return Err(format!("`{field}`: empty condition"));
+                    }
+                    for (op, operand) in ops {
+                        tests.push((field.clone(), parse_op(field, op, operand)?));
+                    }
+                }
+                serde_json::Value::Array(_) => {
+                    return Err(format!("`{field}`: use {{ in = [...] }} to match one of several values"));
+                }
+                lit => tests.push((field.clone(), Op::Eq(Value::from_json(lit)))),
+            }
+        }
+        Ok(RawPred { tests })
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.tests.iter().map(|(f, _)| f.as_str())
+    }
+
+    /// Resolves names to positions with `pos`, which returns None for a field that is not there.
+    pub fn compile(&self, mut pos: impl FnMut(&str) -> Option<usize>) -> Result<Pred, String> {
+        let mut tests = Vec::with_capacity(self.tests.len());
+        for (f, op) in &self.tests {
+            let i = pos(f).ok_or_else(|| format!("`{f}` is not a declared field"))?;
+            tests.push((i, op.clone()));
+        }
+        Ok(Pred { tests })
+    }
+
+    /// A canonical text used to give identical stats one identity.
+    pub fn canonical(&self) -> String {
+        let mut parts: Vec<String> = self.tests.iter().map(|(f, op)| format!("{f}:{op:?}")).collect();
+        parts.sort();
+        parts.join(",")
+    }
+}
+
+fn parse_op(field: &str, op: &str, operand: &serde_json::Value) -> Result<Op, String> {
+    let num = || operand.as_f64().ok_or_else(|| format!("`{field}.{op}` needs a number"));
+    let list = || -> Result<Vec<Value>, String> {
+        operand
+            .as_array()
+            .map(|xs| xs.iter().map(Value::from_json).collect())
+            .ok_or_else(|| format!("`{field}.{op}` needs a list"))
+    };
+    Ok(match op {
+        "eq" => Op::Eq(Value::from_json(operand)),
+        "ne" => Op::Ne(Value::from_json(operand)),
+        "gt" => Op::Gt(num()?),
+        "gte" => Op::Gte(num()?),
+        "lt" => Op::Lt(num()?),
+        "lte" => Op::Lte(num()?),
+        "in" => Op::In(list()?),
+        "not_in" => Op::NotIn(list()?),
+        "exists" => Op::Exists(operand.as_bool().ok_or_else(|| format!("`{field}.exists` needs true or false"))?),
+        other => {
+            return Err(format!(
+                "`{field}`: unknown operator `{other}` (use eq, ne, gt, gte, lt, lte, in, not_in, exists)"
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::value::{b, n, s};
+    use serde_json::json;
+
+    fn compile(v: serde_json::Value) -> Pred {
+        let names = ["correct", "seconds", "lesson"];
+        RawPred::parse(Some(&v)).unwrap().compile(|f| names.iter().position(|x| *x == f)).unwrap()
+    }
+
+    #[test]
+    fn predicates_from_the_catalogue_match_as_written() {
+        let fields = [b(true), n(75.0), s("l2")];
+        let table = [
+            (json!({"correct": true}), true),
+            (json!({"correct": false}), false),
+            (json!({"seconds": {"gte": 60}}), true),
+            (json!({"seconds": {"gte": 75}}), true),
+            (json!({"seconds": {"gt": 75}}), false),
+            (json!({"seconds": {"gte": 60, "lt": 70}}), false),
+            (json!({"lesson": {"in": ["l1", "l2"]}}), true),
+            (json!({"lesson": {"not_in": ["l1", "l2"]}}), false),
+            (json!({"lesson": {"exists": true}, "correct": true}), true),
+            (json!({}), true),
+        ];
+        for (p, want) in table {
+            assert_eq!(compile(p.clone()).matches(&fields), want, "{p}");
+        }
+    }
+
+    #[test]
+    fn bad_predicates_are_named() {
+        let err = RawPred::parse(Some(&json!({"seconds": {"atleast": 3}}))).unwrap_err();
+        assert!(err.contains("seconds") && err.contains("atleast"), "{err}");
+        let err = RawPred::parse(Some(&json!({"seconds": {"gte": "x"}}))).unwrap_err();
+        assert!(err.contains("needs a number"), "{err}");
+        let err = RawPred::parse(Some(&json!({"nope": true}))).unwrap().compile(|_| None).unwrap_err();
+        assert!(err.contains("`nope`"), "{err}");
+    }
+}

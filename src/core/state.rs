@@ -1,0 +1,195 @@
+//! Per-user state: XP, level, badges, the precalculated stats, the last-N action cache, dedup
+//! memory and attributes. Plain data with deterministic serialization (ordered maps only), so
+//! the same event stream always encodes to the same bytes.
+
+use super::catalogue::{Catalogue, StatKind};
+use super::value::{Millis, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// A badge the user owns. It is never removed, not even when the catalogue retires the badge:
+/// a badge shown is a badge kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BadgeRecord {
+    pub awarded_at: Millis,
+    /// How many times it was earned (repeatable badges, or per-key badges once per key).
+    pub count: u32,
+    /// The catalogue version whose rule awarded it first.
+    pub version: u64,
+    /// For per-key badges: the keys it was earned for, in order.
+    pub keys: Vec<String>,
+    pub event_id: String,
+}
+
+/// The value of one stat slot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StatValue {
+    Num(f64),
+    Keyed(BTreeMap<String, f64>),
+    Set(BTreeSet<String>),
+    KeyedSet(BTreeMap<String, BTreeSet<String>>),
+    Daily { last_at: Millis, last_day: i32, len: u32, freezes: u32 },
+    Seq { step: u32, started_at: Millis, done: bool },
+}
+
+impl StatValue {
+    pub fn initial(kind: &StatKind, keyed: bool) -> StatValue {
+        match (kind, keyed) {
+            (StatKind::Distinct, false) => StatValue::Set(BTreeSet::new()),
+            (StatKind::Distinct, true) => StatValue::KeyedSet(BTreeMap::new()),
+            (StatKind::Daily { .. }, _) => StatValue::Daily { last_at: 0, last_day: 0, len: 0, freezes: 0 },
+            (StatKind::Sequence { .. }, _) => StatValue::Seq { step: 0, started_at: 0, done: false },
+            (_, true) => StatValue::Keyed(BTreeMap::new()),
+            (_, false) => StatValue::Num(0.0),
+        }
+    }
+
+    /// The metric at `key`, or for a keyed stat with no key, the best key's value.
+    pub fn metric(&self, key: Option<&str>) -> f64 {
+        match self {
+            StatValue::Num(v) => *v,
+            StatValue::Keyed(m) => match key {
+                Some(k) => m.get(k).copied().unwrap_or(0.0),
+                None => m.values().copied().fold(0.0, f64::max),
+            },
+            StatValue::Set(s) => s.len() as f64,
+            StatValue::KeyedSet(m) => match key {
+                Some(k) => m.get(k).map_or(0, |s| s.len()) as f64,
+                None => m.values().map(|s| s.len()).max().unwrap_or(0) as f64,
+            },
+            StatValue::Daily { len, .. } => *len as f64,
+            StatValue::Seq { done, .. } => f64::from(u8::from(*done)),
+        }
+    }
+}
+
+/// One cached action: only the fields some rule reads back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub seq: u64,
+    pub at: Millis,
+    pub vals: Vec<Value>,
+}
+
+/// The last-N actions of one event type, ordered by `occurred_at` (then arrival).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ring {
+    pub event_type: String,
+    pub fields: Vec<String>,
+    pub items: VecDeque<Action>,
+}
+
+impl Ring {
+    /// Inserts in time order; a late event lands where it belongs, so windows and patterns read
+    /// the user's actions as they happened.
+    pub fn insert(&mut self, a: Action, cap: usize) {
+        let pos = self.items.iter().rposition(|x| x.at <= a.at).map_or(0, |p| p + 1);
+        self.items.insert(pos, a);
+        while self.items.len() > cap {
+            self.items.pop_front();
+        }
+    }
+}
+
+/// Everything Accolade knows about one user of one tenant.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserState {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub xp: u64,
+    pub level: u32,
+    pub badges: BTreeMap<String, BadgeRecord>,
+    /// The catalogue layout `stats` and `rings` are aligned to.
+    pub layout: u64,
+    /// Stat values by slot, each with its stable stat id for remapping.
+    pub stats: Vec<(u64, StatValue)>,
+    pub rings: Vec<Ring>,
+    /// Stable hashes of recently accepted event ids, oldest first.
+    pub recent_ids: VecDeque<u64>,
+    /// (fingerprint hash, occurred_at) of recent business actions.
+    pub fingerprints: VecDeque<(u64, Millis)>,
+    pub attributes: BTreeMap<String, Value>,
+    pub timezone: Option<String>,
+    pub signed_up_at: Option<Millis>,
+    pub first_seen: Option<Millis>,
+    pub last_event_at: Millis,
+    /// XP granted today by each capped XP rule: (local day, amount).
+    pub xp_days: BTreeMap<String, (i32, u64)>,
+    /// Accepted events, and the arrival counter used to order cache entries.
+    pub events: u64,
+    #[serde(skip)]
+    pub(crate) derived: Derived,
+}
+
+/// Lookup aids rebuilt from the persistent fields; never serialized and never compared.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Derived {
+    pub catalogue_id: u64,
+    pub owned: Vec<bool>,
+    pub tz: Option<chrono_tz::Tz>,
+    /// (start, end, local day) of the last day computed, to skip time-zone math within a day.
+    pub day: Option<(Millis, Millis, i32)>,
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Derived) -> bool {
+        true
+    }
+}
+
+impl UserState {
+    pub fn new(tenant_id: &str, user_id: &str) -> UserState {
+        UserState { tenant_id: tenant_id.into(), user_id: user_id.into(), level: 1, ..Default::default() }
+    }
+
+    /// Aligns stats and caches with `cat`, keeping every value whose stat still exists.
+    pub fn sync(&mut self, cat: &Catalogue) {
+        if self.derived.catalogue_id == cat.id && self.layout == cat.layout && self.stats.len() == cat.stats.len() {
+            return;
+        }
+        if self.layout != cat.layout || self.stats.len() != cat.stats.len() {
+            let mut old: BTreeMap<u64, StatValue> = std::mem::take(&mut self.stats).into_iter().collect();
+            self.stats = cat
+                .stats
+                .iter()
+                .map(|d| {
+                    let v = old.remove(&d.id).unwrap_or_else(|| StatValue::initial(&d.kind, d.keyed));
+                    (d.id, v)
+                })
+                .collect();
+            let mut old_rings = std::mem::take(&mut self.rings);
+            self.rings = cat
+                .rings
+                .iter()
+                .map(|(t, fields)| {
+                    let name = &cat.types[*t].name;
+                    let items = match old_rings.iter().position(|r| &r.event_type == name) {
+                        Some(i) => {
+                            let r = old_rings.swap_remove(i);
+                            let map: Vec<Option<usize>> = fields.iter().map(|f| r.fields.iter().position(|x| x == f)).collect();
+                            r.items
+                                .into_iter()
+                                .map(|a| Action {
+                                    seq: a.seq,
+                                    at: a.at,
+                                    vals: map.iter().map(|m| m.map_or(Value::Null, |i| a.vals[i].clone())).collect(),
+                                })
+                                .collect()
+                        }
+                        None => VecDeque::new(),
+                    };
+                    Ring { event_type: name.clone(), fields: fields.clone(), items }
+                })
+                .collect();
+            self.layout = cat.layout;
+        }
+        self.derived.owned = cat.badges.iter().map(|b| self.badges.contains_key(&b.id)).collect();
+        self.derived.tz = self.timezone.as_deref().and_then(|t| t.parse().ok());
+        self.derived.day = None;
+        self.derived.catalogue_id = cat.id;
+    }
+
+    pub fn tz(&self, cat: &Catalogue) -> chrono_tz::Tz {
+        self.derived.tz.unwrap_or(cat.settings.default_timezone)
+    }
+}

@@ -1,0 +1,567 @@
+//! Rule tables for the pure core: for every rule kind, event streams and the effects a user
+//! would see, including the edges (exact thresholds, window bounds, broken and resumed streaks,
+//! time-zone midnight, DST, duplicates, late events, hidden and repeatable badges).
+
+use accolade::core::value::{b, n, s};
+use accolade::core::{apply, Catalogue, DuplicateBy, Effect, Event, Format, Millis, Rejection, UserState, Value, XpReason};
+
+const HOUR: Millis = 3_600_000;
+const DAY: Millis = 24 * HOUR;
+const MIN: Millis = 60_000;
+
+/// 2026-03-02T12:00:00Z, a Monday.
+const T0: Millis = 1_772_452_800_000;
+
+const HEADER: &str = r#"
+version = 1
+[settings]
+late_bound = "24h"
+future_skew = "5m"
+[event_types."problem.answered"]
+client = true
+fields = { exercise = "string", correct = "bool", seconds = "number" }
+[event_types."video.watched"]
+client = true
+fields = { video = "string", playlist = "string", seconds = "number" }
+[event_types."exercise.proficient"]
+fields = { exercise = "string" }
+[event_types."article.read"]
+client = true
+fields = { article = "string" }
+fingerprint = ["article"]
+fingerprint_window = "1h"
+[event_types."login"]
+client = true
+[levels]
+thresholds = [0, 100, 300, 600]
+[tables.fast]
+default = 10
+quick = 2
+"#;
+
+fn catalogue(rest: &str) -> Catalogue {
+    Catalogue::parse(&format!("{HEADER}\n{rest}"), Format::Toml).unwrap_or_else(|e| panic!("catalogue: {e}"))
+}
+
+fn badge(id: &str, extra: &str, rule: &str) -> String {
+    format!("[[badges]]\nid = \"{id}\"\nname = \"{id}\"\ntier = \"bronze\"\n{extra}\nrule = {rule}\n")
+}
+
+/// One user's stream: applies events and remembers effects.
+struct User {
+    cat: Catalogue,
+    st: UserState,
+    next: u64,
+}
+
+impl User {
+    fn new(cat: Catalogue) -> User {
+        User { cat, st: UserState::default(), next: 0 }
+    }
+
+    fn event(&mut self, ty: &str, at: Millis, payload: &[(&str, Value)]) -> Event {
+        self.next += 1;
+        let mut e = Event::new(&format!("e{}", self.next), ty, at, payload);
+        e.user_id = "alice".into();
+        e.tenant_id = "demo".into();
+        e
+    }
+
+    fn send(&mut self, ty: &str, at: Millis, payload: &[(&str, Value)]) -> Vec<Effect> {
+        let e = self.event(ty, at, payload);
+        apply(&mut self.st, &e, at + 1000, &self.cat)
+    }
+
+    fn answer(&mut self, at: Millis, exercise: &str, correct: bool, seconds: f64) -> Vec<String> {
+        unlocks(&self.send("problem.answered", at, &[("exercise", s(exercise)), ("correct", b(correct)), ("seconds", n(seconds))]))
+    }
+
+    fn watch(&mut self, at: Millis, playlist: &str, video: &str, seconds: f64) -> Vec<String> {
+        unlocks(&self.send("video.watched", at, &[("video", s(video)), ("playlist", s(playlist)), ("seconds", n(seconds))]))
+    }
+}
+
+fn unlocks(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Unlock { badge, .. } => Some(badge.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Plays `(ms offset, correct, exercise)` answers and returns at which step each badge unlocked.
+fn answers_table(cat: &Catalogue, steps: &[(Millis, bool, &str, f64)]) -> Vec<(usize, String)> {
+    let mut u = User::new(cat.clone());
+    let mut out = vec![];
+    for (i, (off, correct, ex, secs)) in steps.iter().enumerate() {
+        for b in u.answer(T0 + off, ex, *correct, *secs) {
+            out.push((i + 1, b));
+        }
+    }
+    out
+}
+
+#[test]
+fn count_with_predicate_per_key_and_distinct() {
+    let cat = catalogue(&[
+        badge("three-right", "", r#"{ kind = "count", event = "problem.answered", when = { correct = true }, target = 3 }"#),
+        badge("slow-ones", "", r#"{ kind = "count", event = "problem.answered", when = { seconds = { gte = 60 } }, target = 2 }"#),
+        badge("two-in-one", "", r#"{ kind = "count", event = "problem.answered", per = "exercise", target = 2 }"#),
+        badge("three-exercises", "", r#"{ kind = "count", event = "problem.answered", distinct = "exercise", target = 3 }"#),
+        badge("listed", "", r#"{ kind = "count", event = "problem.answered", when = { exercise = { in = ["x", "y"] } }, target = 1 }"#),
+    ]
+    .concat());
+    let got = answers_table(
+        &cat,
+        &[(0, true, "a", 5.0), (1, false, "b", 60.0), (2, true, "c", 61.0), (3, true, "d", 1.0), (4, false, "d", 1.0), (5, true, "y", 1.0)],
+    );
+    let want = [(3, "slow-ones"), (3, "three-exercises"), (4, "three-right"), (5, "two-in-one"), (6, "listed")];
+    assert_eq!(got, want.map(|(i, b)| (i, b.to_string())));
+}
+
+#[test]
+fn sum_and_max_per_key() {
+    let cat = catalogue(&[
+        badge("hour-in-one-playlist", "", r#"{ kind = "sum", event = "video.watched", field = "seconds", per = "playlist", target = 3600 }"#),
+        badge("hour-total", "", r#"{ kind = "sum", event = "video.watched", field = "seconds", target = 3600 }"#),
+        badge("long-one", "", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 1800 }"#),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    assert_eq!(u.watch(T0, "p1", "v1", 1799.0), Vec::<String>::new());
+    assert_eq!(u.watch(T0 + 1, "p2", "v2", 1800.0), vec!["long-one"]);
+    // 3599 s in p1 and 3599 + 1800 in total: the total badge, not the playlist one.
+    assert_eq!(u.watch(T0 + 2, "p1", "v3", 1800.0), vec!["hour-total"]);
+    assert_eq!(u.watch(T0 + 3, "p2", "v4", 1799.0), Vec::<String>::new());
+    // Exactly at the threshold counts.
+    assert_eq!(u.watch(T0 + 4, "p1", "v5", 1.0), vec!["hour-in-one-playlist"]);
+}
+
+#[test]
+fn consecutive_streak_per_key_broken_and_resumed_once_per_exercise() {
+    let cat = catalogue(&badge(
+        "streak-3",
+        "xp = 100\nper_key = \"exercise\"",
+        r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, per = "exercise", target = 3 }"#,
+    ));
+    let mut u = User::new(cat);
+    let t = |i: i64| T0 + i * 1000;
+    assert!(u.answer(t(0), "a", true, 3.0).is_empty());
+    assert!(u.answer(t(1), "a", true, 3.0).is_empty());
+    // Another exercise does not break exercise a's streak.
+    assert!(u.answer(t(2), "b", false, 3.0).is_empty());
+    assert_eq!(u.answer(t(3), "a", true, 3.0), vec!["streak-3"]);
+    // A wrong answer breaks it; it must be rebuilt from zero.
+    assert!(u.answer(t(4), "b", true, 3.0).is_empty());
+    assert!(u.answer(t(5), "b", false, 3.0).is_empty());
+    assert!(u.answer(t(6), "b", true, 3.0).is_empty());
+    assert!(u.answer(t(7), "b", true, 3.0).is_empty());
+    let fx = u.send("problem.answered", t(8), &[("exercise", s("b")), ("correct", b(true)), ("seconds", n(1.0))]);
+    // Earned again for exercise b, counted twice, but XP only on the first award.
+    assert!(fx.contains(&Effect::Unlock { badge: "streak-3".into(), count: 2, key: Some("b".into()), xp: 0, at: t(8) }), "{fx:?}");
+    // Exercise a again: already earned there.
+    assert!(u.answer(t(9), "a", true, 3.0).is_empty());
+    assert_eq!(u.st.badges["streak-3"].keys, vec!["a", "b"]);
+    assert_eq!(u.st.xp, 100);
+}
+
+#[test]
+fn breaking_event_can_be_narrower_than_not_matching() {
+    // Only a wrong answer faster than 5 s (a guess) breaks this streak.
+    let cat = catalogue(&badge(
+        "careful",
+        "",
+        r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, breaks_when = { correct = false, seconds = { lt = 5 } }, target = 3 }"#,
+    ));
+    let got = answers_table(&cat, &[(0, true, "a", 9.0), (1, false, "a", 30.0), (2, true, "a", 9.0), (3, false, "a", 1.0), (4, true, "a", 9.0), (5, true, "a", 9.0), (6, true, "a", 9.0)]);
+    assert_eq!(got, vec![(7, "careful".to_string())]);
+}
+
+fn daily(extra: &str) -> Catalogue {
+    catalogue(&badge("three-days", "", &format!(r#"{{ kind = "daily_streak", event = ["problem.answered", "video.watched"], days = 3 {extra} }}"#)))
+}
+
+#[test]
+fn calendar_streak_counts_local_days() {
+    // Table: hours after T0 (12:00 UTC) of each action, and whether the third day unlocks.
+    let table: &[(&str, &[i64], Option<usize>)] = &[
+        ("three days", &[0, 24, 48], Some(3)),
+        ("twice a day does not count double", &[0, 1, 24, 25], None),
+        ("a missed day resets", &[0, 48, 72, 96], Some(4)),
+        ("late on day 1, early on day 3 is still three days", &[11, 24, 36], Some(3)),
+    ];
+    for (name, hours, want) in table {
+        let mut u = User::new(daily(""));
+        let mut got = None;
+        for (i, h) in hours.iter().enumerate() {
+            if !u.answer(T0 + h * HOUR, "a", true, 1.0).is_empty() {
+                got = Some(i + 1);
+            }
+        }
+        assert_eq!(got, *want, "{name}");
+    }
+}
+
+#[test]
+fn calendar_streak_uses_the_users_time_zone_and_survives_dst() {
+    let mut u = User::new(daily(""));
+    u.send("user.profile", T0 - DAY, &[("timezone", s("America/New_York"))]);
+    // 2026-03-07 23:30 and 2026-03-08 23:30 New York time: DST starts on the 8th.
+    let sat = 1_772_944_200_000; // 2026-03-08T04:30:00Z = 2026-03-07 23:30 EST
+    let sun = sat + 23 * HOUR; // 23:30 EDT on the 8th (the day is 23 hours long)
+    let mon = sun + 24 * HOUR + 10 * MIN; // 23:40 EDT on the 9th
+    assert!(u.answer(sat, "a", true, 1.0).is_empty());
+    assert!(u.answer(sun, "a", true, 1.0).is_empty());
+    assert_eq!(u.answer(mon, "a", true, 1.0), vec!["three-days"]);
+
+    // In UTC the same three instants fall on days 8, 9 and 10 too; but 00:30 UTC vs 23:30 the
+    // evening before is where zones differ: two actions 1 hour apart are one day in New York
+    // (23:00 and 23:59) but two in UTC.
+    let mut utc = User::new(daily(""));
+    let mut ny = User::new(daily(""));
+    ny.send("user.profile", T0 - DAY, &[("timezone", s("America/New_York"))]);
+    let t = T0 + 11 * HOUR + 30 * MIN; // 23:30 UTC, 18:30 New York
+    for (i, u) in [&mut utc, &mut ny].into_iter().enumerate() {
+        u.answer(t, "a", true, 1.0);
+        let third = u.answer(t + HOUR, "a", true, 1.0); // 00:30 UTC next day
+        let fourth = u.answer(t + 25 * HOUR, "a", true, 1.0);
+        if i == 0 {
+            assert!(third.is_empty() && fourth == vec!["three-days"], "utc: {third:?} {fourth:?}");
+        } else {
+            assert!(third.is_empty() && fourth.is_empty(), "new york: {third:?} {fourth:?}");
+        }
+    }
+}
+
+#[test]
+fn calendar_streak_grace_and_freezes() {
+    // With a 36 h grace, a gap of a calendar day is forgiven when actions are < 36 h apart.
+    let mut u = User::new(daily(", grace_hours = 36"));
+    assert!(u.answer(T0 - 11 * HOUR, "a", true, 1.0).is_empty()); // 01:00 on day 1
+    assert!(u.answer(T0 + 11 * HOUR, "a", true, 1.0).is_empty()); // 23:00 on day 1 (same day)
+    assert!(u.answer(T0 + 11 * HOUR + 35 * HOUR, "a", true, 1.0).is_empty()); // 10:00 on day 3: 35 h later
+    assert_eq!(u.answer(T0 + 3 * DAY, "a", true, 1.0), vec!["three-days"]);
+    // Without the grace the same gap resets.
+    let mut strict = User::new(daily(""));
+    for h in [-11, 11, 46] {
+        strict.answer(T0 + h * HOUR, "a", true, 1.0);
+    }
+    assert!(strict.answer(T0 + 3 * DAY, "a", true, 1.0).is_empty());
+    // A freeze, earned after every 2 days of streak, covers one missed day.
+    let mut f = User::new(catalogue(&badge("four", "", r#"{ kind = "daily_streak", event = "login", days = 4, freezes = 1, freeze_every_days = 2 }"#)));
+    for d in [0, 1] {
+        assert!(unlocks(&f.send("login", T0 + d * DAY, &[])).is_empty());
+    }
+    assert!(unlocks(&f.send("login", T0 + 3 * DAY, &[])).is_empty()); // day 2 missed, frozen
+    assert_eq!(unlocks(&f.send("login", T0 + 4 * DAY, &[])), vec!["four"]);
+}
+
+#[test]
+fn time_window_bounds_are_inclusive_and_slide() {
+    let cat = catalogue(&badge(
+        "power",
+        "",
+        r#"{ kind = "window", within = "15m", require = [ { event = "problem.answered", when = { correct = true }, count = 3 }, { event = "video.watched", sum = "seconds", at_least = 600 } ] }"#,
+    ));
+    let mut u = User::new(cat.clone());
+    assert!(u.watch(T0, "p", "v", 600.0).is_empty());
+    assert!(u.answer(T0 + 5 * MIN, "a", true, 1.0).is_empty());
+    assert!(u.answer(T0 + 6 * MIN, "a", false, 1.0).is_empty());
+    assert!(u.answer(T0 + 10 * MIN, "a", true, 1.0).is_empty());
+    // Exactly 15 minutes after the video: still inside.
+    assert_eq!(u.answer(T0 + 15 * MIN, "a", true, 1.0), vec!["power"]);
+
+    let mut late = User::new(cat);
+    late.watch(T0, "p", "v", 600.0);
+    late.answer(T0 + 5 * MIN, "a", true, 1.0);
+    late.answer(T0 + 10 * MIN, "a", true, 1.0);
+    // One millisecond too late: the video has slid out of the window.
+    assert!(late.answer(T0 + 15 * MIN + 1, "a", true, 1.0).is_empty());
+    // A late-reported video that happened inside the window brings it back.
+    assert_eq!(late.watch(T0 + 14 * MIN, "p", "v2", 600.0), vec!["power"]);
+}
+
+const FAST_3: &str = r#"{ kind = "recent", event = "problem.answered", last = 3, same = "exercise", all = { correct = true }, sum_at_most = { field = "seconds", per_item_table = "fast" } }"#;
+
+#[test]
+fn recent_patterns_timed_recovery_and_unfinished() {
+    let cat = catalogue(&[
+        badge("fast-3", "", FAST_3),
+        badge("recovery", "", r#"{ kind = "recent", event = "problem.answered", last = 5, same = "exercise", newest = [{ correct = true }, { correct = false }], at_least = { when = { correct = false }, count = 3 } }"#),
+        badge("mostly-right", "", r#"{ kind = "all", of = [ { kind = "count", event = "problem.answered", per = "exercise", target = 4 }, { kind = "not", rule = { kind = "count", event = "exercise.proficient", per = "exercise", target = 1 } }, { kind = "recent", event = "problem.answered", last = 6, in_key = "exercise", min_items = 4, newest = [{ correct = true }], ratio = { when = { correct = true }, at_least = 0.75 } } ] }"#),
+    ]
+    .concat());
+    let fast = catalogue(&badge("fast-3", "", FAST_3));
+    // fast-3: three correct in "quick" (2 s each allowed, 6 s total): 2+2+2 unlocks, 2+2+3 not.
+    let got = answers_table(&fast, &[(0, true, "quick", 2.0), (1, true, "quick", 2.0), (2, true, "quick", 3.0), (3, true, "quick", 1.0)]);
+    assert_eq!(got, vec![(4, "fast-3".to_string())], "2+3+1 = 6 is at the limit");
+    let got = answers_table(&fast, &[(0, true, "quick", 2.0), (1, true, "other", 2.0), (2, true, "quick", 2.0)]);
+    assert!(got.is_empty(), "not all in one exercise: {got:?}");
+    // recovery: last 5 in one exercise, newest right, the one before wrong, >= 3 wrong.
+    let got = answers_table(&cat, &[(0, false, "r", 9.0), (1, true, "r", 9.0), (2, false, "r", 9.0), (3, false, "r", 9.0), (4, true, "r", 9.0)]);
+    assert_eq!(got, vec![(5, "recovery".to_string())]);
+    // mostly-right: 4 answers in "m", 3 of 4 right, newest right; other exercises interleaved.
+    let mut u = User::new(cat.clone());
+    for (i, (ex, ok)) in [("m", true), ("z", false), ("m", false), ("m", true), ("z", false)].iter().enumerate() {
+        assert!(u.answer(T0 + i as i64, ex, *ok, 9.0).is_empty());
+    }
+    assert_eq!(u.answer(T0 + 10, "m", true, 9.0), vec!["mostly-right"]);
+    // ...but not once the user is proficient in that exercise.
+    let mut p = User::new(cat);
+    p.send("exercise.proficient", T0, &[("exercise", s("m"))]);
+    for (i, ok) in [true, false, true, true].iter().enumerate() {
+        assert!(p.answer(T0 + i as i64 + 1, "m", *ok, 9.0).is_empty());
+    }
+}
+
+#[test]
+fn ordered_sequence_within_a_time_limit() {
+    let rule = r#"{ kind = "sequence", within = "1d", steps = [ { event = "article.read" }, { event = "video.watched" }, { event = "problem.answered", when = { correct = true } } ] }"#;
+    let cat = catalogue(&badge("onboarded", "", rule));
+    let read = |u: &mut User, at, a: &str| unlocks(&u.send("article.read", at, &[("article", s(a))]));
+    // In order within a day.
+    let mut u = User::new(cat.clone());
+    read(&mut u, T0, "a1");
+    u.watch(T0 + HOUR, "p", "v", 10.0);
+    assert!(u.answer(T0 + 2 * HOUR, "x", false, 1.0).is_empty(), "the last step needs a correct answer");
+    assert_eq!(u.answer(T0 + 3 * HOUR, "x", true, 1.0), vec!["onboarded"]);
+    // Out of order does not count.
+    let mut o = User::new(cat.clone());
+    o.watch(T0, "p", "v", 10.0);
+    read(&mut o, T0 + HOUR, "a1");
+    assert!(o.answer(T0 + 2 * HOUR, "x", true, 1.0).is_empty());
+    // Too slow: the attempt expires; a new article starts over and then succeeds.
+    let mut slow = User::new(cat);
+    read(&mut slow, T0, "a1");
+    slow.watch(T0 + HOUR, "p", "v", 10.0);
+    assert!(slow.answer(T0 + DAY + 2 * HOUR, "x", true, 1.0).is_empty());
+    read(&mut slow, T0 + DAY + 3 * HOUR, "a2");
+    slow.watch(T0 + DAY + 4 * HOUR, "p", "v", 10.0);
+    assert_eq!(slow.answer(T0 + DAY + 5 * HOUR, "x", true, 1.0), vec!["onboarded"]);
+}
+
+#[test]
+fn composites_badges_levels_xp_attributes_and_tenure() {
+    let cat = catalogue(&[
+        "[[xp]]\nid = \"right\"\nevent = \"problem.answered\"\nwhen = { correct = true }\namount = 100\n".to_string(),
+        badge("first", "xp = 50", r#"{ kind = "count", event = "problem.answered", target = 1 }"#),
+        badge("level-3", "", r#"{ kind = "level", at_least = 3 }"#),
+        badge("xp-250", "", r#"{ kind = "xp", at_least = 250 }"#),
+        badge("both", "", r#"{ kind = "all", of = [ { kind = "badge", id = "first" }, { kind = "badge", id = "xp-250" } ] }"#),
+        badge("pro-or-video", "", r#"{ kind = "any", of = [ { kind = "attribute", when = { plan = "pro" } }, { kind = "count", event = "video.watched", target = 1 } ] }"#),
+        badge("not-pro", "", r#"{ kind = "all", of = [ { kind = "count", event = "login", target = 1 }, { kind = "not", rule = { kind = "attribute", when = { plan = "pro" } } } ] }"#),
+        badge("one-year", "", r#"{ kind = "tenure", days = 365 }"#),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    // 100 XP from the rule + 50 from `first` = 150 (level 2).
+    assert_eq!(u.answer(T0, "a", true, 1.0), vec!["first"]);
+    assert_eq!((u.st.xp, u.st.level), (150, 2));
+    // +100 = 250: the XP badge, and `both` in the same event through the cascade.
+    assert_eq!(u.answer(T0 + 1, "a", true, 1.0), vec!["xp-250", "both"]);
+    let fx = u.send("problem.answered", T0 + 2, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    assert!(fx.contains(&Effect::LevelUp { level: 3 }) && unlocks(&fx) == vec!["level-3"], "{fx:?}");
+    // Attributes and tenure are checked on any event, the profile change itself included.
+    let fx = u.send("user.profile", T0 + 3, &[("plan", s("pro")), ("signed_up_at", s("2025-01-01T00:00:00Z"))]);
+    assert_eq!(unlocks(&fx), vec!["pro-or-video", "one-year"]);
+    assert!(unlocks(&u.send("login", T0 + 4, &[])).is_empty());
+    assert!(!u.st.badges.contains_key("not-pro"));
+}
+
+#[test]
+fn hidden_repeatable_and_availability() {
+    let cat = catalogue(&[
+        badge("every-2", "xp = 10\nrepeat_every = 2", r#"{ kind = "count", event = "login", target = 2 }"#),
+        badge("secret", "hidden = true", r#"{ kind = "count", event = "login", target = 3 }"#),
+        badge("march-only", "available_from = \"2026-03-01T00:00:00Z\"\navailable_until = \"2026-04-01T00:00:00Z\"", r#"{ kind = "count", event = "article.read", target = 1 }"#),
+    ]
+    .concat());
+    assert!(cat.badge("secret").unwrap().hidden);
+    let mut u = User::new(cat);
+    let logins: Vec<Vec<String>> = (0..5).map(|i| unlocks(&u.send("login", T0 + i * HOUR, &[]))).collect();
+    assert_eq!(logins, vec![vec![], vec!["every-2".to_string()], vec!["secret".into()], vec!["every-2".into()], vec![]]);
+    assert_eq!(u.st.badges["every-2"].count, 2);
+    assert_eq!(u.st.xp, 20, "a repeatable badge pays each time");
+    // Outside the availability window, the same action earns nothing.
+    let april = T0 + 30 * DAY;
+    let mut v = User::new(u.cat.clone());
+    assert!(unlocks(&v.send("article.read", april, &[("article", s("a"))])).is_empty());
+    assert_eq!(unlocks(&u.send("article.read", T0 + 5 * HOUR, &[("article", s("a"))])), vec!["march-only"]);
+}
+
+#[test]
+fn xp_rules_amounts_caps_and_level_curve() {
+    let cat = catalogue(
+        r#"
+[[xp]]
+id = "video"
+event = "video.watched"
+amount_field = "seconds"
+multiplier = 0.1
+max = 50
+daily_cap = 70
+[[xp]]
+id = "login"
+event = "login"
+amount = 5
+daily_cap = 5
+"#,
+    );
+    let mut u = User::new(cat);
+    let xp = |fx: Vec<Effect>| -> Vec<(u64, u64, u32)> {
+        fx.iter().filter_map(|e| if let Effect::Xp { delta, total, level, .. } = e { Some((*delta, *total, *level)) } else { None }).collect()
+    };
+    assert_eq!(xp(u.send("video.watched", T0, &[("video", s("v")), ("playlist", s("p")), ("seconds", n(305.0))])), vec![(30, 30, 1)]);
+    // 1000 s would be 100 XP, capped at 50 per event...
+    assert_eq!(xp(u.send("video.watched", T0 + 1, &[("video", s("v")), ("playlist", s("p")), ("seconds", n(1000.0))])), vec![(40, 70, 1)], "...and at 70 per day");
+    assert!(xp(u.send("video.watched", T0 + 2, &[("video", s("v")), ("playlist", s("p")), ("seconds", n(100.0))])).is_empty());
+    // The cap resets at the user's midnight.
+    let fx = u.send("video.watched", T0 + DAY, &[("video", s("v")), ("playlist", s("p")), ("seconds", n(500.0))]);
+    assert_eq!(xp(fx.clone()), vec![(50, 120, 2)]);
+    assert!(fx.contains(&Effect::LevelUp { level: 2 }));
+    assert_eq!(xp(u.send("login", T0 + DAY, &[])), vec![(5, 125, 2)]);
+    assert!(xp(u.send("login", T0 + DAY + HOUR, &[])).is_empty(), "once a day");
+    assert!(matches!(&u.send("login", T0 + 2 * DAY, &[])[1], Effect::Xp { reason: XpReason::Rule(r), .. } if r == "login"));
+}
+
+#[test]
+fn formula_levels() {
+    let cat = Catalogue::parse(
+        "version = 1\n[event_types.login]\n[levels]\nbase = 100.0\nexponent = 2.0\nmax_level = 5\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let table = [(0, 1), (99, 1), (100, 2), (399, 2), (400, 3), (900, 4), (1600, 5), (1_000_000, 5)];
+    for (xp, level) in table {
+        assert_eq!(cat.levels.level_for(xp), level, "{xp} XP");
+    }
+}
+
+#[test]
+fn duplicate_ids_and_fingerprints_change_nothing() {
+    let cat = catalogue(&badge("two-articles", "", r#"{ kind = "count", event = "article.read", target = 2 }"#));
+    let mut u = User::new(cat);
+    let e = u.event("article.read", T0, &[("article", s("a1"))]);
+    assert!(matches!(apply(&mut u.st, &e, T0, &u.cat)[0], Effect::Accepted { .. }));
+    let before = u.st.clone();
+    assert_eq!(apply(&mut u.st, &e, T0 + 5, &u.cat), vec![Effect::Duplicate { event_id: e.event_id.clone(), by: DuplicateBy::EventId }]);
+    assert_eq!(u.st, before);
+    // The same article under a new id (reported by the backend) within the hour: one read.
+    let backend = u.event("article.read", T0 + 30 * MIN, &[("article", s("a1"))]);
+    let again = apply(&mut u.st, &backend, T0 + 30 * MIN, &u.cat);
+    assert!(matches!(again[0], Effect::Duplicate { by: DuplicateBy::Fingerprint, .. }), "{again:?}");
+    assert_eq!(u.st.events, 1);
+    // That id sent again after the fingerprint window is still a duplicate (found by proptest).
+    let resent = apply(&mut u.st, &backend, T0 + 2 * HOUR, &u.cat);
+    assert!(matches!(resent[0], Effect::Duplicate { by: DuplicateBy::EventId, .. }), "{resent:?}");
+    // After the window it is a new read.
+    assert_eq!(unlocks(&u.send("article.read", T0 + 2 * HOUR, &[("article", s("a1"))])), vec!["two-articles"]);
+}
+
+#[test]
+fn bad_events_are_rejected_with_a_reason_and_change_nothing() {
+    let cat = catalogue("");
+    let mut u = User::new(cat);
+    u.send("login", T0, &[]);
+    let before = u.st.clone();
+    let table: Vec<(&str, Vec<(&str, Value)>, Millis, &str)> = vec![
+        ("quiz.taken", vec![], T0, "unknown_event_type"),
+        ("problem.answered", vec![("exercise", s("a")), ("correct", b(true))], T0, "missing_field"),
+        ("problem.answered", vec![("exercise", s("a")), ("correct", s("yes")), ("seconds", n(1.0))], T0, "wrong_type"),
+        ("problem.answered", vec![("exercise", s("a")), ("correct", b(true)), ("seconds", Value::Other)], T0, "wrong_type"),
+        ("user.profile", vec![("timezone", s("Mars/Olympus"))], T0, "bad_value"),
+        ("login", vec![], T0 - 25 * HOUR, "too_late"),
+        ("login", vec![], T0 + 10 * MIN, "in_future"),
+    ];
+    for (ty, payload, at, code) in table {
+        let e = u.event(ty, at, &payload);
+        let fx = apply(&mut u.st, &e, T0, &u.cat);
+        match &fx[..] {
+            [Effect::Rejected { reason, .. }] => assert_eq!(reason.code(), code, "{ty}: {reason}"),
+            other => panic!("{ty}: expected a rejection, got {other:?}"),
+        }
+        assert_eq!(u.st, before, "{ty} changed state");
+    }
+    let mut other = u.event("login", T0, &[]);
+    other.user_id = "mallory".into();
+    assert_eq!(apply(&mut u.st, &other, T0, &u.cat), vec![Effect::Rejected { event_id: other.event_id.clone(), reason: Rejection::WrongUser }]);
+    assert_eq!(Rejection::MissingField("seconds".into()).to_string(), "payload.seconds is required");
+}
+
+#[test]
+fn late_events_within_the_bound_count_where_they_happened() {
+    let cat = catalogue(&badge("three", "", r#"{ kind = "count", event = "login", target = 3 }"#));
+    let mut u = User::new(cat);
+    u.send("login", T0, &[]);
+    u.send("login", T0 + HOUR, &[]);
+    // Received 23 h after it happened: within the 24 h bound, so it counts.
+    let e = u.event("login", T0 - 22 * HOUR, &[]);
+    assert_eq!(unlocks(&apply(&mut u.st, &e, T0 + HOUR, &u.cat)), vec!["three"]);
+}
+
+#[test]
+fn progress_moves_up_and_back() {
+    let cat = catalogue(&badge("streak-3", "", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 3 }"#));
+    let mut u = User::new(cat);
+    let progress = |fx: Vec<Effect>| fx.into_iter().find_map(|e| if let Effect::Progress { current, target, .. } = e { Some((current, target)) } else { None });
+    assert_eq!(progress(u.send("problem.answered", T0, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))])), Some((1.0, 3.0)));
+    assert_eq!(progress(u.send("problem.answered", T0 + 1, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))])), Some((2.0, 3.0)));
+    assert_eq!(progress(u.send("problem.answered", T0 + 2, &[("exercise", s("a")), ("correct", b(false)), ("seconds", n(1.0))])), Some((0.0, 3.0)));
+}
+
+#[test]
+fn catalogue_errors_name_the_badge_and_field() {
+    let table = [
+        (badge("typo", "", r#"{ kind = "count", event = "problem.answered", targte = 3 }"#), "badge `typo`: field `rule`", "unknown field `targte`"),
+        (badge("no-type", "", r#"{ kind = "count", event = "quiz", target = 3 }"#), "badge `no-type`: field `rule.event`", "unknown event type `quiz`"),
+        (badge("no-field", "", r#"{ kind = "sum", event = "video.watched", field = "minutes", target = 3 }"#), "badge `no-field`: field `rule.field`", "`minutes`"),
+        (badge("bad-when", "", r#"{ kind = "count", event = "login", when = { x = 1 }, target = 3 }"#), "badge `bad-when`: field `rule.when`", "`x` is not a declared field"),
+        (badge("zero", "", r#"{ kind = "count", event = "login", target = 0 }"#), "badge `zero`: field `rule.target`", "positive"),
+        (badge("tier", "", r#"{ kind = "count", event = "login", target = 1 }"#).replace("bronze", "copper"), "badge `tier`: field `tier`", "unknown variant `copper`"),
+        (badge("nested", "", r#"{ kind = "all", of = [ { kind = "badge", id = "ghost" } ] }"#), "badge `nested`: field `rule.of[0].id`", "no badge `ghost`"),
+        (badge("win", "", r#"{ kind = "window", within = "soon", require = [ { event = "login", count = 1 } ] }"#), "badge `win`: field `rule.within`", "not a duration"),
+        (badge("rep", "repeat_every = 5", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 3 }"#), "badge `rep`: field `repeat_every`", "count or sum"),
+        (format!("{}{}", badge("dup", "", r#"{ kind = "count", event = "login", target = 1 }"#), badge("dup", "", r#"{ kind = "count", event = "login", target = 2 }"#)), "badge `dup`: field `id`", "duplicate"),
+    ];
+    for (doc, prefix, detail) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert!(e.starts_with(prefix) && e.contains(detail), "got: {e}\nwant: {prefix} … {detail}");
+    }
+    let e = Catalogue::parse("version = 1\n[event_types.x]\nfields = { a = \"text\" }\n[levels]\nthresholds = [0]\n", Format::Toml).unwrap_err();
+    assert_eq!(e.to_string(), "event type `x`: field `fields.a`: unknown type `text` (use string, number, bool or any; add ? for optional)");
+    let e = Catalogue::parse("{\"version\": 1}", Format::Json).unwrap_err();
+    assert!(e.to_string().contains("missing field `event_types`"), "{e}");
+}
+
+#[test]
+fn the_demo_catalogue_uses_every_rule_kind_and_tier() {
+    let cat = Catalogue::demo();
+    assert!(cat.badges.len() >= 30, "{} badges", cat.badges.len());
+    let text = accolade::core::catalogue::DEMO_CATALOGUE;
+    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure"] {
+        assert!(text.contains(&format!("kind = \"{kind}\"")), "demo catalogue lacks rule kind {kind}");
+    }
+    for tier in ["bronze", "silver", "gold", "platinum", "diamond"] {
+        assert!(cat.badges.iter().any(|b| b.tier.as_str() == tier), "no {tier} badge");
+    }
+    assert!(cat.badges.iter().any(|b| b.hidden) && cat.badges.iter().any(|b| b.repeat_every.is_some()));
+    assert!(cat.badges.iter().any(|b| b.available_until.is_some()) && cat.badges.iter().any(|b| b.per_key.is_some()));
+    // Identical rules share stats: five proficiency badges, one distinct-count stat.
+    assert!(cat.stats.len() < cat.badges.len(), "{} stats for {} badges", cat.stats.len(), cat.badges.len());
+    assert!(!cat.types[cat.type_of("exercise.proficient").unwrap()].client);
+}
+
+#[test]
+fn a_catalogue_change_keeps_the_stats_that_did_not_change() {
+    let v1 = catalogue(&badge("five", "", r#"{ kind = "count", event = "login", target = 5 }"#));
+    let mut u = User::new(v1);
+    for i in 0..4 {
+        u.send("login", T0 + i, &[]);
+    }
+    // v2 adds a badge on a new stat and keeps the login count.
+    let v2 = catalogue(&[badge("five", "", r#"{ kind = "count", event = "login", target = 5 }"#), badge("video", "", r#"{ kind = "count", event = "video.watched", target = 1 }"#)].concat());
+    u.cat = v2;
+    assert_eq!(unlocks(&u.send("login", T0 + 10, &[])), vec!["five"]);
+    assert_eq!(u.watch(T0 + 11, "p", "v", 1.0), vec!["video"]);
+}
