@@ -84,7 +84,7 @@ impl User {
 fn unlocks(fx: &[Effect]) -> Vec<String> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::Unlock { badge, .. } => Some(badge.clone()),
+            Effect::Unlock { badge, .. } => Some(badge.to_string()),
             _ => None,
         })
         .collect()
@@ -422,7 +422,7 @@ daily_cap = 5
     assert!(fx.contains(&Effect::LevelUp { level: 2 }));
     assert_eq!(xp(u.send("login", T0 + DAY, &[])), vec![(5, 125, 2)]);
     assert!(xp(u.send("login", T0 + DAY + HOUR, &[])).is_empty(), "once a day");
-    assert!(matches!(&u.send("login", T0 + 2 * DAY, &[])[1], Effect::Xp { reason: XpReason::Rule(r), .. } if r == "login"));
+    assert!(matches!(&u.send("login", T0 + 2 * DAY, &[])[1], Effect::Xp { reason: XpReason::Rule(r), .. } if &**r == "login"));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use super::value::{parse_duration, stable_hash, Millis, Value, DAY, HOUR};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 /// The demo catalogue, modelled on Khan Academy's badges; compiled into the binary so the server
 /// starts with no files.
@@ -344,7 +345,13 @@ impl Levels {
 
     /// The level a total of `xp` reaches.
     pub fn level_for(&self, xp: u64) -> u32 {
-        let mut level = 1;
+        self.level_from(xp, 1)
+    }
+
+    /// The level `xp` reaches, searching upward from `from` (XP never decreases, so the user's
+    /// current level is a safe start and the search is usually one step).
+    pub fn level_from(&self, xp: u64, from: u32) -> u32 {
+        let mut level = from.max(1);
         while let Some(need) = self.xp_for(level + 1) {
             if xp < need {
                 break;
@@ -363,7 +370,7 @@ pub enum XpAmount {
 
 #[derive(Clone, Debug)]
 pub struct XpRuleDef {
-    pub id: String,
+    pub id: Arc<str>,
     pub event: usize,
     pub when: Pred,
     pub amount: XpAmount,
@@ -408,6 +415,8 @@ pub struct StatDef {
     pub keyed: bool,
     /// The per-key field's name; an event of any type with that field picks the key.
     pub per: Option<String>,
+    /// For each event type, the position of the `per` field in it, found once at compile time.
+    pub key_pos: Vec<Option<usize>>,
     pub inputs: Vec<StatInput>,
     pub describe: String,
 }
@@ -485,7 +494,8 @@ impl Cond {
 
 #[derive(Clone, Debug)]
 pub struct BadgeDef {
-    pub id: String,
+    /// Shared, because every effect about the badge carries it.
+    pub id: Arc<str>,
     pub name: String,
     pub description: String,
     pub tier: Tier,
@@ -495,6 +505,8 @@ pub struct BadgeDef {
     pub repeat_every: Option<f64>,
     /// Award once per value of this field (Khan's "once per exercise"); XP on the first only.
     pub per_key: Option<String>,
+    /// For each event type, the position of the `per_key` field in it.
+    pub per_key_pos: Vec<Option<usize>>,
     pub available_from: Option<Millis>,
     pub available_until: Option<Millis>,
     pub cond: Cond,
@@ -707,7 +719,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             _ => return Err(err(owner, "amount", "give exactly one of `amount` or `amount_field`")),
         };
         b.types[t].xp_rules.push(xp_rules.len());
-        xp_rules.push(XpRuleDef { id: x.id, event: t, when, amount, max: x.max, daily_cap: x.daily_cap });
+        xp_rules.push(XpRuleDef { id: x.id.as_str().into(), event: t, when, amount, max: x.max, daily_cap: x.daily_cap });
     }
 
     // Badge ids first, so `badge` conditions may name badges defined later in the document.
@@ -765,7 +777,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             b.types[t].badges.push(idx);
         }
         badges.push(BadgeDef {
-            id: d.id,
+            id: d.id.as_str().into(),
             name: d.name,
             description: d.description,
             tier: d.tier,
@@ -773,6 +785,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             icon: d.icon,
             hidden: d.hidden,
             repeat_every: d.repeat_every,
+            per_key_pos: b.types.iter().map(|t| d.per_key.as_deref().and_then(|k| t.field(k))).collect(),
             per_key: d.per_key,
             available_from,
             available_until,
@@ -800,7 +813,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     for (t, f) in &rings {
         layout_text.push_str(&format!("{}:{};", b.types[*t].name, f.join(",")));
     }
-    let badge_index = badges.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect();
+    let badge_index = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
     Ok(Catalogue {
         version: doc.version,
         id: 0,
@@ -893,7 +906,8 @@ impl Builder {
                 self.types[inp.event].stats.push(i);
             }
         }
-        self.stats.push(StatDef { id, kind, keyed: per.is_some(), per: per.cloned(), inputs, describe });
+        let key_pos = self.types.iter().map(|t| per.and_then(|k| t.field(k))).collect();
+        self.stats.push(StatDef { id, kind, keyed: per.is_some(), per: per.cloned(), key_pos, inputs, describe });
         self.stat_ids.insert(id, i);
         i
     }

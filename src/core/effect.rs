@@ -3,6 +3,7 @@
 use super::value::Millis;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Effect {
@@ -16,9 +17,9 @@ pub enum Effect {
     Xp { delta: u64, total: u64, level: u32, reason: XpReason },
     LevelUp { level: u32 },
     /// A badge was earned. `count` is how many times it is now owned; `xp` what this award paid.
-    Unlock { badge: String, count: u32, key: Option<String>, xp: u64, at: Millis },
+    Unlock { badge: Arc<str>, count: u32, key: Option<String>, xp: u64, at: Millis },
     /// A badge's measurable progress moved (up, or back when a streak breaks).
-    Progress { badge: String, current: f64, target: f64 },
+    Progress { badge: Arc<str>, current: f64, target: f64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +30,8 @@ pub enum DuplicateBy {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum XpReason {
-    Rule(String),
-    Badge(String),
+    Rule(Arc<str>),
+    Badge(Arc<str>),
 }
 
 /// Why an event was refused. The core never fails on bad input: it reports one of these.

@@ -74,7 +74,8 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     }
 
     // From here on the event counts.
-    let mut fx = vec![Effect::Accepted { event_id: event.event_id.clone() }];
+    let mut fx = Vec::with_capacity(8);
+    fx.push(Effect::Accepted { event_id: event.event_id.clone() });
     if let Some((h, window)) = fingerprint {
         state.fingerprints.retain(|&(_, when)| when >= at - window);
         state.fingerprints.push_back((h, at));
@@ -89,14 +90,16 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         apply_profile(state, p);
     }
 
-    let mut touched = Vec::with_capacity(ty.stats.len());
-    for &s in &ty.stats {
+    // Which stats this event moved, as a bit set over the event type's own stat list.
+    let mut touched: u128 = 0;
+    for (bit, &s) in ty.stats.iter().enumerate() {
         let def = &cat.stats[s];
         let day = matches!(def.kind, StatKind::Daily { .. }).then(|| day_of(state, at, cat));
-        if update_stat(def, &mut state.stats[s].1, t, &fields, at, day) {
-            touched.push(s);
+        if update_stat(def, &mut state.stats[s].1, t, &fields, at, day) && bit < 128 {
+            touched |= 1 << bit;
         }
     }
+    let moved = |stat: usize| ty.stats.iter().position(|&x| x == stat).is_some_and(|bit| bit >= 128 || touched & (1 << bit) != 0);
     if let Some(ring) = ty.cache {
         let vals = ty.cached_fields.iter().map(|&p| fields[p].clone()).collect();
         state.rings[ring].insert(Action { seq: state.events, at, vals }, cat.settings.cache_size);
@@ -116,14 +119,19 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         }
         if let Some(cap) = rule.daily_cap {
             let day = day_of(state, at, cat);
-            let used = match state.xp_days.get(&rule.id) {
+            let used = match state.xp_days.get(&*rule.id) {
                 Some(&(d, used)) if d == day => used,
                 Some(&(d, _)) if d > day => cap, // a late event for a day already closed gets no XP
                 _ => 0,
             };
             amount = amount.min(cap.saturating_sub(used));
             if amount > 0 {
-                state.xp_days.insert(rule.id.clone(), (day, used + amount));
+                match state.xp_days.get_mut(&*rule.id) {
+                    Some(slot) => *slot = (day, used + amount),
+                    None => {
+                        state.xp_days.insert(rule.id.to_string(), (day, used + amount));
+                    }
+                }
             }
         }
         if amount > 0 {
@@ -150,12 +158,12 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     for &i in &ty.badges {
         let def = &cat.badges[i];
         if let Cond::Metric { stat, target } = def.cond
-            && touched.contains(&stat)
-            && (!state.derived.owned[i] || def.repeat_every.is_some())
+            && moved(stat)
+            && (state.derived.owned[i] == 0 || def.repeat_every.is_some())
         {
             let current = metric(state, &ctx, stat);
             let target = match def.repeat_every {
-                Some(every) => every * (state.badges.get(&def.id).map_or(0, |r| r.count) as f64 + 1.0),
+                Some(every) => every * (state.derived.owned[i] as f64 + 1.0),
                 None => target,
             };
             fx.push(Effect::Progress { badge: def.id.clone(), current: current.min(target), target });
@@ -264,7 +272,7 @@ fn day_of(state: &mut UserState, at: Millis, cat: &Catalogue) -> i32 {
 
 fn add_xp(state: &mut UserState, delta: u64, reason: XpReason, cat: &Catalogue, fx: &mut Vec<Effect>) {
     state.xp = state.xp.saturating_add(delta);
-    let level = cat.levels.level_for(state.xp).max(state.level);
+    let level = cat.levels.level_from(state.xp, state.level);
     fx.push(Effect::Xp { delta, total: state.xp, level, reason });
     if level > state.level {
         state.level = level;
@@ -295,11 +303,21 @@ fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], a
             }
             StatKind::Distinct if matched => {
                 if let Some(item) = input.value.and_then(|p| fields[p].key()) {
-                    changed |= match (&mut *val, key) {
-                        (StatValue::Set(s), _) => s.insert(item.into_owned()),
-                        (StatValue::KeyedSet(m), Some(k)) => m.entry(k.into_owned()).or_default().insert(item.into_owned()),
-                        _ => false,
+                    // Look before inserting: most values were seen before, and owning the key
+                    // would allocate for nothing.
+                    let set = match (&mut *val, key) {
+                        (StatValue::Set(s), _) => Some(s),
+                        (StatValue::KeyedSet(m), Some(k)) => Some(match m.get_mut(k.as_ref()) {
+                            Some(s) => s,
+                            None => m.entry(k.into_owned()).or_default(),
+                        }),
+                        _ => None,
                     };
+                    if let Some(set) = set
+                        && !set.contains(item.as_ref())
+                    {
+                        changed |= set.insert(item.into_owned());
+                    }
                 }
             }
             StatKind::Streak => {
@@ -368,12 +386,10 @@ fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], a
 fn bump(val: &mut StatValue, key: Option<&str>, f: impl Fn(f64) -> f64) -> bool {
     let slot = match (val, key) {
         (StatValue::Num(v), _) => v,
-        (StatValue::Keyed(m), Some(k)) => {
-            if !m.contains_key(k) {
-                m.insert(k.to_string(), 0.0);
-            }
-            m.get_mut(k).unwrap()
-        }
+        (StatValue::Keyed(m), Some(k)) => match m.get_mut(k) {
+            Some(v) => v,
+            None => m.entry(k.to_string()).or_insert(0.0),
+        },
         _ => return false,
     };
     let new = f(*slot);
@@ -394,15 +410,18 @@ pub(crate) struct Ctx<'a> {
 /// of that name ("this exercise"); when the event has no such field, the best key's value.
 pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
     let def = &ctx.cat.stats[stat];
-    let key = def.per.as_deref().and_then(|name| ctx.cat.types[ctx.t].field(name)).and_then(|p| ctx.fields[p].key());
+    let key = def.key_pos[ctx.t].and_then(|p| ctx.fields[p].key());
     state.stats[stat].1.metric(key.as_deref())
 }
 
-/// Evaluates badge `i` and awards it if due. Returns whether anything was awarded.
+/// Evaluates badge `i` and awards it if due. Returns whether anything was awarded. The cheap
+/// checks come first: most calls end at "already owned" or at a metric below its target, before
+/// any map lookup.
 fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut Vec<Effect>) -> bool {
     let def: &BadgeDef = &ctx.cat.badges[i];
+    let have = state.derived.owned[i];
     let repeatable = def.repeat_every.is_some() || def.per_key.is_some();
-    if state.derived.owned[i] && !repeatable {
+    if have > 0 && !repeatable {
         return false;
     }
     if def.available_from.is_some_and(|f| ctx.at < f) || def.available_until.is_some_and(|u| ctx.at >= u) {
@@ -410,18 +429,17 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
     }
     let (times, key) = if let Some(every) = def.repeat_every {
         let Cond::Metric { stat, .. } = def.cond else { return false };
-        let have = state.badges.get(&def.id).map_or(0, |r| r.count);
         let due = (metric(state, ctx, stat) / every).floor() as u32;
         if due <= have {
             return false;
         }
         (due - have, None)
-    } else if let Some(k) = &def.per_key {
-        let Some(key) = ctx.cat.types[ctx.t].field(k).and_then(|p| ctx.fields[p].key()) else { return false };
-        if state.badges.get(&def.id).is_some_and(|r| r.keys.iter().any(|x| x == key.as_ref())) {
+    } else if def.per_key.is_some() {
+        let Some(key) = def.per_key_pos[ctx.t].and_then(|p| ctx.fields[p].key()) else { return false };
+        if !holds(state, ctx, &def.cond) {
             return false;
         }
-        if !holds(state, ctx, &def.cond) {
+        if have > 0 && state.badges.get(&*def.id).is_some_and(|r| r.keys.iter().any(|x| x == key.as_ref())) {
             return false;
         }
         (1, Some(key.into_owned()))
@@ -431,10 +449,9 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         }
         (1, None)
     };
-    let first = !state.derived.owned[i];
     // Per-key badges pay XP on the first award only, as Khan Academy's did.
-    let xp = if def.per_key.is_some() && !first { 0 } else { def.xp * times as u64 };
-    let rec = state.badges.entry(def.id.clone()).or_insert_with(|| BadgeRecord {
+    let xp = if def.per_key.is_some() && have > 0 { 0 } else { def.xp * times as u64 };
+    let rec = state.badges.entry(def.id.to_string()).or_insert_with(|| BadgeRecord {
         awarded_at: ctx.at,
         count: 0,
         version: ctx.cat.version,
@@ -446,7 +463,7 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         rec.keys.push(k.clone());
     }
     let count = rec.count;
-    state.derived.owned[i] = true;
+    state.derived.owned[i] = count;
     fx.push(Effect::Unlock { badge: def.id.clone(), count, key, xp, at: ctx.at });
     if xp > 0 {
         add_xp(state, xp, XpReason::Badge(def.id.clone()), ctx.cat, fx);
@@ -473,7 +490,7 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
         Cond::All(cs) => cs.iter().all(|c| holds(state, ctx, c)),
         Cond::Any(cs) => cs.iter().any(|c| holds(state, ctx, c)),
         Cond::Not(c) => !holds(state, ctx, c),
-        Cond::Owns(b) => state.derived.owned.get(*b).copied().unwrap_or(false),
+        Cond::Owns(b) => state.derived.owned.get(*b).is_some_and(|&n| n > 0),
         Cond::Level(l) => state.level >= *l,
         Cond::Xp(x) => state.xp >= *x,
         Cond::Attribute(tests) => tests.iter().all(|(k, op)| op.test(state.attributes.get(k).unwrap_or(&Value::Null))),

@@ -125,7 +125,8 @@ pub struct UserState {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Derived {
     pub catalogue_id: u64,
-    pub owned: Vec<bool>,
+    /// How many times each catalogue badge is owned (0 = not owned), by catalogue position.
+    pub owned: Vec<u32>,
     pub tz: Option<chrono_tz::Tz>,
     /// (start, end, local day) of the last day computed, to skip time-zone math within a day.
     pub day: Option<(Millis, Millis, i32)>,
@@ -183,7 +184,7 @@ impl UserState {
                 .collect();
             self.layout = cat.layout;
         }
-        self.derived.owned = cat.badges.iter().map(|b| self.badges.contains_key(&b.id)).collect();
+        self.derived.owned = cat.badges.iter().map(|b| self.badges.get(&*b.id).map_or(0, |r| r.count)).collect();
         self.derived.tz = self.timezone.as_deref().and_then(|t| t.parse().ok());
         self.derived.day = None;
         self.derived.catalogue_id = cat.id;

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Milliseconds since the Unix epoch, UTC. The core never reads a clock: every instant it sees
 /// arrives as one of these.
@@ -20,7 +21,8 @@ pub enum Value {
     Null,
     Bool(bool),
     Num(f64),
-    Str(Box<str>),
+    /// Shared, so copying a value into the cache or an effect never allocates.
+    Str(Arc<str>),
     Other,
 }
 
