@@ -2,6 +2,25 @@
 //! user's actor applies them to its state with the pure rule core, and XP, level-ups and badge
 //! unlocks are pushed back at once.
 //!
+//! Data flows one way: socket -> [`session`] -> [`user`] actor -> [`core`] -> effects ->
+//! [`store`] (persist) -> pushes back through the session.
+//!
 //! - [`core`]: the pure rule engine (catalogue, state, `apply`, effects). No IO.
+//! - [`protocol`]: the WebSocket wire format; the only module that knows its JSON shapes.
+//! - [`session`]: one WebSocket connection; the only module that touches socket types.
+//! - [`user`]: the per-user actor, the registry that finds it, and its supervisor.
+//! - [`store`]: sled storage and the group-commit persister; the only module that imports sled.
+//! - [`auth`]: token verification (HS256, pinned).
+//! - [`server`]: the router and `run(listener, shared, shutdown)`.
+//! - [`demo`]: the embedded demo page and demo token endpoint.
+//! - [`config`]: the one typed configuration.
 
+pub mod auth;
+pub mod config;
 pub mod core;
+pub mod demo;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod user;

@@ -1,0 +1,209 @@
+//! The server's one typed configuration: command-line flags, environment variables and an
+//! optional TOML file, every field with a default and a doc line (which `--help` shows).
+
+use clap::{parser::ValueSource, CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The demo tenant's token secret. Only used when the demo is on, which by default it is only
+/// on a loopback address.
+pub const DEMO_SECRET: &str = "accolade-demo-secret";
+pub const DEMO_TENANT: &str = "demo";
+
+#[derive(Parser, Debug, Clone, Serialize, Deserialize)]
+#[command(name = "accolade", version, about = "Real-time achievement server: badges, XP and levels pushed over WebSocket.")]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "ACCOLADE_BIND", default_value = "127.0.0.1:7300")]
+    pub bind: SocketAddr,
+
+    /// Directory for the sled database (created if missing).
+    #[arg(long, env = "ACCOLADE_DATA_DIR", default_value = "accolade-data")]
+    pub data_dir: PathBuf,
+
+    /// Catalogue file (TOML, or JSON by extension); the embedded demo catalogue when absent.
+    #[arg(long, env = "ACCOLADE_CATALOGUE")]
+    pub catalogue: Option<PathBuf>,
+
+    /// Optional TOML file with any of these settings; flags and environment variables win.
+    #[arg(long, env = "ACCOLADE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Tenants as NAME:SECRET (repeat the flag, or comma-separate in the variable). The secret
+    /// signs the HS256 tokens of that tenant's users.
+    #[arg(long = "tenant", env = "ACCOLADE_TENANTS", value_delimiter = ',')]
+    pub tenants: Vec<String>,
+
+    /// Serve the demo page and `GET /demo/token` with the demo tenant: "auto" turns it on only
+    /// on a loopback address, "on" anywhere (requires --allow-public-demo off loopback), "off".
+    #[arg(long, env = "ACCOLADE_DEMO", default_value = "auto")]
+    pub demo: String,
+
+    /// Let the demo token endpoint run on a non-loopback address. Anyone could mint tokens.
+    #[arg(long, env = "ACCOLADE_ALLOW_PUBLIC_DEMO")]
+    pub allow_public_demo: bool,
+
+    /// Largest client message accepted, in bytes; larger ones get a `too_large` error.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Messages a connection's outbox holds before the client counts as slow and is closed.
+    #[arg(long, default_value_t = 1024)]
+    pub outbox_capacity: usize,
+
+    /// Events per second a connection may send (token bucket refill rate).
+    #[arg(long, default_value_t = 200.0)]
+    pub rate_per_sec: f64,
+
+    /// Burst size of the per-connection token bucket.
+    #[arg(long, default_value_t = 400.0)]
+    pub rate_burst: f64,
+
+    /// Events of one user in flight (received, not yet durable) before sockets stop reading.
+    #[arg(long, default_value_t = 256)]
+    pub inflight_per_user: usize,
+
+    /// Connections one user may hold at once (tabs, devices).
+    #[arg(long, default_value_t = 16)]
+    pub connections_per_user: usize,
+
+    /// Seconds a new connection has to send `hello`.
+    #[arg(long, default_value_t = 10)]
+    pub auth_timeout_secs: u64,
+
+    /// Seconds between server pings.
+    #[arg(long, default_value_t = 20)]
+    pub ping_secs: u64,
+
+    /// Seconds without any frame from the client before it is closed as idle.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds an actor with no connection and no event waits before it persists and stops.
+    #[arg(long, default_value_t = 120)]
+    pub passivate_secs: u64,
+
+    /// Pushes kept per user for recovery.
+    #[arg(long, default_value_t = 300)]
+    pub history_size: u64,
+
+    /// Hours a push is kept for recovery.
+    #[arg(long, default_value_t = 24)]
+    pub history_hours: u64,
+
+    /// Accepted events between state snapshots (the event log is the durable truth in between).
+    #[arg(long, default_value_t = 200)]
+    pub snapshot_every: u64,
+
+    /// Milliseconds between two `progress` pushes for the same badge and user.
+    #[arg(long, default_value_t = 2000)]
+    pub progress_throttle_ms: u64,
+
+    /// Seconds to wait for connections and actors to drain at shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print a token for a user of a tenant, signed with that tenant's secret.
+    Token {
+        /// The user id (the token's `sub`).
+        user: String,
+        /// The tenant; defaults to the demo tenant.
+        #[arg(long, default_value = DEMO_TENANT)]
+        tenant: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["accolade"])
+    }
+}
+
+impl Config {
+    /// Reads flags and environment, then fills every setting left at its default from the
+    /// `--config` file if one is named.
+    pub fn load() -> anyhow::Result<Config> {
+        let matches = Config::command().get_matches();
+        let mut cfg = Config::from_arg_matches(&matches)?;
+        if let Some(path) = cfg.config.clone() {
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let file: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let mut merged = toml::Table::try_from(&cfg)?;
+            for (k, v) in file {
+                // Clap names each argument after its field, so the file's key finds it directly.
+                let from_default = matches!(matches.try_get_raw(&k).ok().and(matches.value_source(&k)), None | Some(ValueSource::DefaultValue));
+                if !merged.contains_key(&k) && k != "catalogue" {
+                    anyhow::bail!("{}: unknown setting `{k}`", path.display());
+                }
+                if from_default {
+                    merged.insert(k, v);
+                }
+            }
+            let command = cfg.command.take();
+            cfg = merged.try_into().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            cfg.command = command;
+            cfg.config = Some(path);
+        }
+        Ok(cfg)
+    }
+
+    /// Whether the demo page and token endpoint are served, refusing an unsafe combination.
+    pub fn demo_enabled(&self) -> anyhow::Result<bool> {
+        let loopback = self.bind.ip().is_loopback();
+        match self.demo.as_str() {
+            "off" => Ok(false),
+            "auto" => Ok(loopback),
+            "on" if loopback || self.allow_public_demo => Ok(true),
+            "on" => anyhow::bail!(
+                "refusing to serve the demo token endpoint on non-loopback address {}: anyone could mint tokens; pass --allow-public-demo to do it anyway",
+                self.bind
+            ),
+            other => anyhow::bail!("--demo must be auto, on or off, not `{other}`"),
+        }
+    }
+
+    /// The tenants and their token secrets, the demo tenant included when the demo is on.
+    pub fn tenant_secrets(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for t in &self.tenants {
+            let (name, secret) = t.split_once(':').ok_or_else(|| anyhow::anyhow!("--tenant `{t}` must be NAME:SECRET"))?;
+            if name.is_empty() || name.contains('\0') || secret.len() < 16 {
+                anyhow::bail!("--tenant `{name}`: the name must be non-empty and the secret at least 16 characters");
+            }
+            out.push((name.to_string(), secret.to_string()));
+        }
+        if self.demo_enabled()? && !out.iter().any(|(n, _)| n == DEMO_TENANT) {
+            out.push((DEMO_TENANT.into(), DEMO_SECRET.into()));
+        }
+        Ok(out)
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout_secs)
+    }
+    pub fn ping(&self) -> Duration {
+        Duration::from_secs(self.ping_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn passivate_after(&self) -> Duration {
+        Duration::from_secs(self.passivate_secs)
+    }
+}

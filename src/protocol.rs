@@ -1,0 +1,198 @@
+//! The WebSocket wire protocol (JSON text frames, documented in `docs/protocol.md`): decoding
+//! client messages into core events, and encoding every server message. Only this module knows
+//! the wire's JSON shapes.
+
+use crate::core::catalogue::{BadgeDef, Catalogue};
+use crate::core::{Millis, UserState, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Why a client message could not be used. Each maps to a wire error `code`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    InvalidMessage(String),
+    #[error("{0}")]
+    InvalidEvent(String),
+    #[error("message is {0} bytes; the limit is {1}")]
+    TooLarge(usize, usize),
+}
+
+impl WireError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            WireError::InvalidMessage(_) => "invalid_message",
+            WireError::InvalidEvent(_) => "invalid_event",
+            WireError::TooLarge(..) => "too_large",
+        }
+    }
+}
+
+/// Where the client is in the user's push stream when it reconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// An event as a client sends it: user and tenant come from the token, not from here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub occurred_at: Millis,
+    pub payload: Vec<(String, Value)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMsg {
+    Hello { token: String, since: Option<Since> },
+    Event(ClientEvent),
+}
+
+pub const MAX_EVENT_ID: usize = 128;
+pub const MAX_FIELDS: usize = 64;
+
+/// Decodes one text frame. Errors say what is wrong in a sentence the client can show.
+pub fn decode(text: &str) -> Result<ClientMsg, WireError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| WireError::InvalidMessage(format!("not valid JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| WireError::InvalidMessage("a message must be a JSON object".into()))?;
+    let ty = obj.get("type").and_then(|t| t.as_str()).ok_or_else(|| WireError::InvalidMessage("missing string field `type`".into()))?;
+    match ty {
+        "hello" => {
+            let token = obj.get("token").and_then(|t| t.as_str()).ok_or_else(|| WireError::InvalidMessage("hello needs a string `token`".into()))?;
+            let since = match obj.get("since") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(s) => Some(serde_json::from_value::<Since>(s.clone()).map_err(|e| WireError::InvalidMessage(format!("since: {e}")))?),
+            };
+            Ok(ClientMsg::Hello { token: token.to_string(), since })
+        }
+        "event" => decode_event(obj).map(ClientMsg::Event),
+        other => Err(WireError::InvalidMessage(format!("unknown message type `{other}` (expected hello or event)"))),
+    }
+}
+
+/// Decodes the event fields shared by the socket and the HTTP API.
+pub fn decode_event(obj: &serde_json::Map<String, serde_json::Value>) -> Result<ClientEvent, WireError> {
+    let bad = |m: String| WireError::InvalidEvent(m);
+    let event_id = obj.get("event_id").and_then(|x| x.as_str()).ok_or_else(|| bad("missing string field `event_id`".into()))?;
+    if event_id.is_empty() || event_id.len() > MAX_EVENT_ID || event_id.contains('\0') {
+        return Err(bad(format!("event_id must be 1 to {MAX_EVENT_ID} bytes with no NUL")));
+    }
+    let event_type = obj.get("event_type").and_then(|x| x.as_str()).ok_or_else(|| bad("missing string field `event_type`".into()))?;
+    if event_type.is_empty() || event_type.len() > 64 {
+        return Err(bad("event_type must be 1 to 64 bytes".into()));
+    }
+    let occurred = obj.get("occurred_at").and_then(|x| x.as_str()).ok_or_else(|| bad("missing string field `occurred_at` (RFC 3339)".into()))?;
+    let occurred_at = chrono::DateTime::parse_from_rfc3339(occurred)
+        .map_err(|_| bad(format!("occurred_at `{occurred}` is not an RFC 3339 time such as 2026-11-22T10:00:00Z")))?
+        .timestamp_millis();
+    let payload = match obj.get("payload") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Object(m)) => {
+            if m.len() > MAX_FIELDS {
+                return Err(bad(format!("payload has {} fields; the limit is {MAX_FIELDS}", m.len())));
+            }
+            m.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect()
+        }
+        Some(_) => return Err(bad("payload must be a JSON object".into())),
+    };
+    Ok(ClientEvent { event_id: event_id.to_string(), event_type: event_type.to_string(), occurred_at, payload })
+}
+
+pub fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A server message ready to write: encoded once, shared by every connection it goes to.
+pub type Frame = Arc<str>;
+
+fn frame(v: serde_json::Value) -> Frame {
+    v.to_string().into()
+}
+
+pub fn badge_json(b: &BadgeDef) -> serde_json::Value {
+    json!({ "id": &*b.id, "name": b.name, "description": b.description, "tier": b.tier.as_str(), "icon": b.icon })
+}
+
+pub fn welcome(st: &UserState, cat: &Catalogue, epoch: &str, offset: u64, recovered: bool) -> Frame {
+    let badges: Vec<serde_json::Value> = st
+        .badges
+        .iter()
+        .map(|(id, rec)| {
+            let mut b = cat.badge(id).map(badge_json).unwrap_or_else(|| json!({ "id": id, "name": id, "tier": "bronze" }));
+            b["count"] = json!(rec.count);
+            b["at"] = json!(rfc3339(rec.awarded_at));
+            b
+        })
+        .collect();
+    frame(json!({
+        "type": "welcome", "user": st.user_id, "tenant": st.tenant_id, "epoch": epoch, "offset": offset,
+        "xp": st.xp, "level": st.level.max(1), "badges": badges, "recovered": recovered,
+        "catalogue_version": cat.version,
+    }))
+}
+
+pub fn ack(event_id: &str, duplicate: bool) -> Frame {
+    frame(json!({ "type": "ack", "event_id": event_id, "duplicate": duplicate }))
+}
+
+pub fn error(code: &str, message: &str, event_id: Option<&str>) -> Frame {
+    match event_id {
+        Some(id) => frame(json!({ "type": "error", "code": code, "message": message, "event_id": id })),
+        None => frame(json!({ "type": "error", "code": code, "message": message })),
+    }
+}
+
+pub fn xp(offset: u64, delta: u64, total: u64, level: u32, event_id: &str) -> Frame {
+    frame(json!({ "type": "xp", "offset": offset, "delta": delta, "total": total, "level": level, "event_id": event_id }))
+}
+
+pub fn level_up(offset: u64, level: u32, event_id: &str) -> Frame {
+    frame(json!({ "type": "level_up", "offset": offset, "level": level, "event_id": event_id }))
+}
+
+pub fn unlock(offset: u64, b: &BadgeDef, count: u32, key: Option<&str>, xp: u64, at: Millis, event_id: &str) -> Frame {
+    frame(json!({
+        "type": "unlock", "offset": offset, "badge": badge_json(b), "count": count, "key": key,
+        "xp": xp, "at": rfc3339(at), "event_id": event_id,
+    }))
+}
+
+pub fn progress(offset: u64, badge: &str, current: f64, target: f64) -> Frame {
+    frame(json!({ "type": "progress", "offset": offset, "badge": badge, "current": current, "target": target }))
+}
+
+/// The offset a stored push carries, read back without a full decode.
+pub fn offset_of(frame: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(frame).ok()?.get("offset")?.as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_decode_or_say_why_not() {
+        let ok = decode(r#"{"type":"event","event_id":"e1","event_type":"login","occurred_at":"2026-11-22T10:00:00Z","payload":{"a":1}}"#).unwrap();
+        assert!(matches!(ok, ClientMsg::Event(ClientEvent { ref event_id, occurred_at: 1_795_341_600_000, .. }) if event_id == "e1"), "{ok:?}");
+        let hello = decode(r#"{"type":"hello","token":"t","since":{"epoch":"x","offset":41}}"#).unwrap();
+        assert_eq!(hello, ClientMsg::Hello { token: "t".into(), since: Some(Since { epoch: "x".into(), offset: 41 }) });
+        let table = [
+            ("{", "invalid_message", "not valid JSON"),
+            ("[1]", "invalid_message", "JSON object"),
+            (r#"{"type":"bye"}"#, "invalid_message", "unknown message type `bye`"),
+            (r#"{"type":"hello"}"#, "invalid_message", "token"),
+            (r#"{"type":"event","event_type":"login","occurred_at":"2026-11-22T10:00:00Z"}"#, "invalid_event", "event_id"),
+            (r#"{"type":"event","event_id":"e","event_type":"login","occurred_at":"yesterday"}"#, "invalid_event", "RFC 3339"),
+            (r#"{"type":"event","event_id":"e","event_type":"login","occurred_at":"2026-11-22T10:00:00Z","payload":[1]}"#, "invalid_event", "payload must be a JSON object"),
+            (&format!(r#"{{"type":"event","event_id":"{}","event_type":"login","occurred_at":"2026-11-22T10:00:00Z"}}"#, "x".repeat(129)), "invalid_event", "event_id must be"),
+        ];
+        for (text, code, detail) in table {
+            let e = decode(text).unwrap_err();
+            assert_eq!(e.code(), code, "{text}");
+            assert!(e.to_string().contains(detail), "{text}: {e}");
+        }
+    }
+}

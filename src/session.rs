@@ -1,0 +1,252 @@
+//! One WebSocket connection: authenticate with `hello`, decode and validate each event, forward
+//! it to the user's actor, and write what the actor pushes from a bounded outbox. The only
+//! module that touches WebSocket types.
+
+use crate::auth::Principal;
+use crate::core::Event;
+use crate::protocol::{self, ClientMsg, Frame};
+use crate::server::Shared;
+use crate::user::{now_ms, Conn, Origin, UserMsg};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::{timeout, Instant};
+
+/// Close codes. Each says whether the client should reconnect (see docs/protocol.md).
+pub mod close {
+    /// The server is shutting down or restarting: reconnect with backoff.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame over the hard size limit: fix the client; do not resend that message.
+    pub const TOO_BIG: u16 = 1009;
+    /// An internal error (the user's actor restarted): reconnect and resume.
+    pub const INTERNAL: u16 = 1011;
+    /// The client did not read its pushes fast enough: reconnect and resume.
+    pub const SLOW: u16 = 4000;
+    /// Bad or missing credentials: get a new token before reconnecting.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// No `hello` in time: reconnect.
+    pub const AUTH_TIMEOUT: u16 = 4002;
+    /// No frame from the client for too long: reconnect.
+    pub const IDLE: u16 = 4003;
+    /// The user has too many connections: do not reconnect until one closes.
+    pub const TOO_MANY: u16 = 4004;
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A per-connection token bucket.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn text(f: Frame) -> Message {
+    Message::Text(Utf8Bytes::from(f.as_ref()))
+}
+
+async fn close_with<S: Sink<Message> + Unpin>(sink: &mut S, code: u16, reason: &'static str) {
+    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
+}
+
+/// Runs one connection to its end. Generic over the socket so tests can drive it with channels.
+pub async fn run<S>(socket: S, shared: Arc<Shared>)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message> + Unpin + Send,
+{
+    let (mut sink, mut stream) = socket.split();
+    let cfg = shared.config.clone();
+    let mut shutdown = shared.shutdown.subscribe();
+    if *shutdown.borrow() {
+        return close_with(&mut sink, close::GOING_AWAY, "server shutting down").await;
+    }
+
+    // Hello phase: the first message must authenticate, within the time-out.
+    let (principal, since) = loop {
+        let first = match timeout(cfg.auth_timeout(), stream.next()).await {
+            Err(_) => return close_with(&mut sink, close::AUTH_TIMEOUT, "no hello in time").await,
+            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match first {
+            Message::Text(t) => t,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return,
+            Message::Binary(_) => {
+                let _ = sink.send(text(protocol::error("invalid_message", "binary frames are not supported; send JSON text", None))).await;
+                return close_with(&mut sink, close::UNAUTHORIZED, "send hello first").await;
+            }
+        };
+        match protocol::decode(&text) {
+            Ok(ClientMsg::Hello { token, since }) => match shared.keys.verify(&token) {
+                Ok(p) => break (p, since),
+                Err(e) => {
+                    let _ = sink.send(self::text(protocol::error("unauthorized", &e.to_string(), None))).await;
+                    return close_with(&mut sink, close::UNAUTHORIZED, "unauthorized").await;
+                }
+            },
+            Ok(ClientMsg::Event(_)) => {
+                let _ = sink.send(self::text(protocol::error("unauthorized", "send hello with a token before any event", None))).await;
+                return close_with(&mut sink, close::UNAUTHORIZED, "send hello first").await;
+            }
+            Err(e) => {
+                let _ = sink.send(self::text(protocol::error(e.code(), &e.to_string(), None))).await;
+                return close_with(&mut sink, close::UNAUTHORIZED, "send hello first").await;
+            }
+        }
+    };
+    let Principal { tenant, user } = principal;
+
+    let (tx, mut outbox) = mpsc::channel::<Frame>(cfg.outbox_capacity.max(8));
+    let slow = Arc::new(Notify::new());
+    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let conn = Conn { id, tx: tx.clone(), slow: slow.clone() };
+    drop(tx);
+    if shared.registry.send(&shared, &tenant, &user, UserMsg::Attach { conn, since }).is_err() {
+        return close_with(&mut sink, close::INTERNAL, "user unavailable; reconnect").await;
+    }
+    shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+
+    // Unacknowledged events of this connection: when all permits are out, the socket is not
+    // read until acks come back, which pushes back on the client through TCP.
+    let permits = Arc::new(Semaphore::new(cfg.inflight_per_user.max(1)));
+    let mut ready = None;
+    let mut bucket = Bucket { tokens: cfg.rate_burst, rate: cfg.rate_per_sec, burst: cfg.rate_burst, at: Instant::now() };
+    let mut ping = tokio::time::interval(cfg.ping());
+    ping.reset();
+    let mut last_seen = Instant::now();
+    let mut batch = Vec::with_capacity(64);
+
+    let reason = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break Some((close::GOING_AWAY, "server shutting down")),
+            _ = slow.notified() => break Some((close::SLOW, "too slow reading pushes")),
+            n = outbox.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    break Some((close::INTERNAL, "user restarted; reconnect"));
+                }
+                // Feed everything that is queued, then flush once.
+                let mut failed = false;
+                for f in batch.drain(..) {
+                    if sink.feed(text(f)).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed || sink.flush().await.is_err() {
+                    break None;
+                }
+            }
+            p = permits.clone().acquire_owned(), if ready.is_none() => {
+                ready = p.ok();
+            }
+            m = stream.next(), if ready.is_some() => {
+                let Some(Ok(m)) = m else { break None };
+                last_seen = Instant::now();
+                match m {
+                    Message::Text(t) => {
+                        if let Some(err) = on_text(&shared, &tenant, &user, id, &t, &mut bucket, &mut ready) {
+                            if sink.send(text(err)).await.is_err() {
+                                break None;
+                            }
+                        }
+                    }
+                    Message::Binary(_) => {
+                        if sink.send(text(protocol::error("invalid_message", "binary frames are not supported; send JSON text", None))).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => break None,
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > cfg.idle_timeout() {
+                    break Some((close::IDLE, "idle"));
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some((code, why)) = reason {
+        // Whatever is still queued goes out before the close frame.
+        while let Ok(f) = outbox.try_recv() {
+            if sink.feed(text(f)).await.is_err() {
+                break;
+            }
+        }
+        close_with(&mut sink, code, why).await;
+    }
+    shared.registry.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id });
+    shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Handles one text frame after authentication; returns an error frame for the client, if any.
+fn on_text(
+    shared: &Arc<Shared>,
+    tenant: &str,
+    user: &str,
+    conn: u64,
+    text: &str,
+    bucket: &mut Bucket,
+    ready: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Option<Frame> {
+    let limit = shared.config.max_message_bytes;
+    if text.len() > limit {
+        return Some(protocol::error("too_large", &protocol::WireError::TooLarge(text.len(), limit).to_string(), None));
+    }
+    let ev = match protocol::decode(text) {
+        Ok(ClientMsg::Event(ev)) => ev,
+        Ok(ClientMsg::Hello { .. }) => return Some(protocol::error("invalid_message", "already authenticated", None)),
+        Err(e) => return Some(protocol::error(e.code(), &e.to_string(), None)),
+    };
+    if !bucket.take() {
+        shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Some(protocol::error("rate_limited", "too many events; slow down and resend", Some(&ev.event_id)));
+    }
+    let cat = shared.catalogue();
+    if let Some(t) = cat.type_of(&ev.event_type)
+        && !cat.types[t].client
+    {
+        return Some(protocol::error(
+            "forbidden_event",
+            &format!("`{}` may only be sent by the app's backend through the HTTP API", ev.event_type),
+            Some(&ev.event_id),
+        ));
+    }
+    let event = Event {
+        event_id: ev.event_id,
+        event_type: ev.event_type,
+        user_id: user.to_string(),
+        tenant_id: tenant.to_string(),
+        occurred_at: ev.occurred_at,
+        source: "socket".into(),
+        payload: ev.payload,
+    };
+    let event_id = event.event_id.clone();
+    let msg = UserMsg::Event { event, received_at: now_ms(), origin: Origin::Conn(conn), permit: ready.take() };
+    match shared.registry.send(shared, tenant, user, msg) {
+        Ok(()) => None,
+        Err(e) => Some(protocol::error("unavailable", &e.to_string(), Some(&event_id))),
+    }
+}

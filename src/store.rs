@@ -1,0 +1,385 @@
+//! Durable storage in sled, and the group-commit persister. The only module that imports sled.
+//!
+//! Trees (every key of a user starts with `tenant \0 user \0`, so one user's data is one key
+//! range and can be partitioned later):
+//! - `users`:  user key -> snapshot of the user's state (versioned bincode).
+//! - `events`: user key + seq (big-endian u64) -> the accepted event and when it was received.
+//! - `pushes`: user key + offset -> the push as sent (time-stamped JSON), for recovery.
+//! - `dedup`:  `tenant \0 event_id` -> user key + seq: an id counts once per tenant for as
+//!   long as its event is retained.
+//! - `meta`:   server-wide records (catalogue versions).
+//!
+//! Every value starts with a format version byte so the encoding can evolve. Writes go through
+//! one persister thread that applies whatever has queued up as one batch per tree and then
+//! flushes once, so sled is flushed per batch, never per event.
+
+use crate::core::{Event, Millis, UserState};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+/// The format byte in front of every stored value.
+pub const FORMAT_V1: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record {key}: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("the persister has stopped")]
+    Stopped,
+}
+
+/// The snapshot of one user: state plus the stream positions it corresponds to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub state: UserState,
+    /// The last event sequence number folded into `state`.
+    pub seq: u64,
+    /// The last push offset at the time of the snapshot.
+    pub offset: u64,
+    /// Changes whenever the user's push history had to start over.
+    pub epoch: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub event: Event,
+    pub received_at: Millis,
+    pub catalogue_version: u64,
+}
+
+/// What the store holds for a user when its actor starts.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub record: Option<UserRecord>,
+    /// Events accepted after the snapshot, in order, to replay.
+    pub tail: Vec<StoredEvent>,
+    pub last_seq: u64,
+    pub last_offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeId {
+    Users,
+    Events,
+    Pushes,
+    Dedup,
+    Meta,
+}
+
+#[derive(Debug)]
+pub enum Write {
+    Put(TreeId, Vec<u8>, Vec<u8>),
+    Del(TreeId, Vec<u8>),
+}
+
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct Job {
+    writes: Vec<Write>,
+    done: Done,
+}
+
+/// Counters the persister keeps for `/metrics`.
+#[derive(Default)]
+pub struct PersistStats {
+    pub batches: AtomicU64,
+    pub jobs: AtomicU64,
+    pub writes: AtomicU64,
+    pub flush_micros_total: AtomicU64,
+    pub last_batch_jobs: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    events: sled::Tree,
+    pushes: sled::Tree,
+    dedup: sled::Tree,
+    meta: sled::Tree,
+    tx: mpsc::Sender<Job>,
+    pub stats: Arc<PersistStats>,
+}
+
+pub fn user_key(tenant: &str, user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + user.len() + 2);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k
+}
+
+fn seq_key(uk: &[u8], n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(uk.len() + 8);
+    k.extend_from_slice(uk);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn dedup_key(tenant: &str, event_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + event_id.len() + 1);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(event_id.as_bytes());
+    k
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_V1];
+    bincode::serde::encode_into_std_write(v, &mut out, bincode::config::standard()).expect("encoding into a Vec cannot fail");
+    out
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), why };
+    match bytes.split_first() {
+        Some((&FORMAT_V1, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard()).map(|(v, _)| v).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("unknown format version {v}"))),
+        None => Err(corrupt("empty value".into())),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database and starts the persister thread.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).cache_capacity(256 * 1024 * 1024).flush_every_ms(None).open()?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let store = Store {
+            users: db.open_tree("users")?,
+            events: db.open_tree("events")?,
+            pushes: db.open_tree("pushes")?,
+            dedup: db.open_tree("dedup")?,
+            meta: db.open_tree("meta")?,
+            db,
+            tx,
+            stats: Arc::new(PersistStats::default()),
+        };
+        let worker = store.clone_without_sender();
+        std::thread::Builder::new().name("accolade-persister".into()).spawn(move || worker.run_persister(rx)).map_err(|e| {
+            StoreError::Corrupt { key: "persister".into(), why: e.to_string() }
+        })?;
+        Ok(store)
+    }
+
+    fn clone_without_sender(&self) -> PersisterSide {
+        PersisterSide {
+            db: self.db.clone(),
+            trees: [self.users.clone(), self.events.clone(), self.pushes.clone(), self.dedup.clone(), self.meta.clone()],
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Queues writes; `done` runs on the persister thread once they are flushed to disk (or
+    /// failed). Completions arrive in submission order.
+    pub fn submit(&self, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
+        self.tx.send(Job { writes, done: Box::new(done) }).map_err(|_| StoreError::Stopped)
+    }
+
+    /// Waits until everything queued so far is durable.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(vec![], move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await.map_err(|_| StoreError::Stopped)?.map_err(|e| StoreError::Corrupt { key: "flush".into(), why: e })
+    }
+
+    /// Loads a user's snapshot and the events after it. Blocking: call from a blocking task.
+    pub fn load_user(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
+        let uk = user_key(tenant, user);
+        let record: Option<UserRecord> = match self.users.get(&uk)? {
+            Some(v) => Some(decode(&uk, &v)?),
+            None => None,
+        };
+        let from = record.as_ref().map_or(0, |r| r.seq) + 1;
+        let mut tail = Vec::new();
+        let mut last_seq = record.as_ref().map_or(0, |r| r.seq);
+        for kv in self.events.range(seq_key(&uk, from)..seq_key(&uk, u64::MAX)) {
+            let (k, v) = kv?;
+            last_seq = u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default());
+            tail.push(decode(&k, &v)?);
+        }
+        let last_offset = match self.pushes.scan_prefix(&uk).next_back() {
+            Some(kv) => {
+                let (k, _) = kv?;
+                u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default())
+            }
+            None => 0,
+        }
+        .max(record.as_ref().map_or(0, |r| r.offset));
+        Ok(Loaded { record, tail, last_seq, last_offset })
+    }
+
+    /// Which user and sequence number an event id was accepted under, if it still is retained.
+    pub fn seen(&self, tenant: &str, event_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.dedup.get(dedup_key(tenant, event_id))?.map(|v| v.to_vec()))
+    }
+
+    /// The stored pushes of a user after `offset`, oldest first, with their time stamps.
+    pub fn pushes_after(&self, tenant: &str, user: &str, offset: u64) -> Result<Vec<(u64, Millis, String)>, StoreError> {
+        let uk = user_key(tenant, user);
+        let mut out = Vec::new();
+        for kv in self.pushes.range(seq_key(&uk, offset.saturating_add(1))..seq_key(&uk, u64::MAX)) {
+            let (k, v) = kv?;
+            let off = u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default());
+            let (at, text) = split_push(&k, &v)?;
+            out.push((off, at, text));
+        }
+        Ok(out)
+    }
+
+    /// The oldest push offset still stored for a user.
+    pub fn first_push(&self, tenant: &str, user: &str) -> Result<Option<u64>, StoreError> {
+        let uk = user_key(tenant, user);
+        Ok(match self.pushes.scan_prefix(&uk).next() {
+            Some(kv) => Some(u64::from_be_bytes(kv?.0[uk.len()..].try_into().unwrap_or_default())),
+            None => None,
+        })
+    }
+
+    /// A user's accepted events, oldest first, after sequence number `after`.
+    pub fn events_after(&self, tenant: &str, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+        let uk = user_key(tenant, user);
+        let mut out = Vec::new();
+        for kv in self.events.range(seq_key(&uk, after.saturating_add(1))..seq_key(&uk, u64::MAX)).take(limit) {
+            let (k, v) = kv?;
+            out.push((u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default()), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Every stored user key as (tenant, user).
+    pub fn users(&self) -> impl Iterator<Item = Result<(String, String), StoreError>> + '_ {
+        self.users.iter().keys().map(|k| {
+            let k = k?;
+            let mut parts = k.split(|&b| b == 0);
+            let t = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let u = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            Ok((t, u))
+        })
+    }
+
+    /// Flushes synchronously (shutdown).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Builders for the writes an accepted event causes, so callers never see key layouts.
+pub mod writes {
+    use super::*;
+
+    pub fn event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent) -> [Write; 2] {
+        let uk = user_key(tenant, user);
+        let mut where_ = uk.clone();
+        where_.extend_from_slice(&seq.to_be_bytes());
+        [Write::Put(TreeId::Events, seq_key(&uk, seq), encode(ev)), Write::Put(TreeId::Dedup, dedup_key(tenant, &ev.event.event_id), where_)]
+    }
+
+    pub fn push(tenant: &str, user: &str, offset: u64, at: Millis, text: &str) -> Write {
+        let mut v = Vec::with_capacity(9 + text.len());
+        v.push(FORMAT_V1);
+        v.extend_from_slice(&at.to_be_bytes());
+        v.extend_from_slice(text.as_bytes());
+        Write::Put(TreeId::Pushes, seq_key(&user_key(tenant, user), offset), v)
+    }
+
+    pub fn forget_push(tenant: &str, user: &str, offset: u64) -> Write {
+        Write::Del(TreeId::Pushes, seq_key(&user_key(tenant, user), offset))
+    }
+
+    pub fn snapshot(tenant: &str, user: &str, rec: &UserRecord) -> Write {
+        Write::Put(TreeId::Users, user_key(tenant, user), encode(rec))
+    }
+
+    pub fn meta(key: &str, value: Vec<u8>) -> Write {
+        Write::Put(TreeId::Meta, key.as_bytes().to_vec(), value)
+    }
+}
+
+fn split_push(k: &[u8], v: &[u8]) -> Result<(Millis, String), StoreError> {
+    let corrupt = |why: &str| StoreError::Corrupt { key: String::from_utf8_lossy(k).replace('\0', "/"), why: why.into() };
+    if v.len() < 9 || v[0] != FORMAT_V1 {
+        return Err(corrupt("bad push record"));
+    }
+    let at = Millis::from_be_bytes(v[1..9].try_into().unwrap());
+    let text = std::str::from_utf8(&v[9..]).map_err(|_| corrupt("push is not UTF-8"))?;
+    Ok((at, text.to_string()))
+}
+
+struct PersisterSide {
+    db: sled::Db,
+    trees: [sled::Tree; 5],
+    stats: Arc<PersistStats>,
+}
+
+/// Jobs taken into one batch at most; past that the next batch starts.
+const MAX_BATCH_JOBS: usize = 8192;
+
+impl PersisterSide {
+    fn tree(&self, t: TreeId) -> usize {
+        match t {
+            TreeId::Users => 0,
+            TreeId::Events => 1,
+            TreeId::Pushes => 2,
+            TreeId::Dedup => 3,
+            TreeId::Meta => 4,
+        }
+    }
+
+    fn run_persister(self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH_JOBS {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let mut batches: [sled::Batch; 5] = Default::default();
+            let mut n = 0u64;
+            let mut dones = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                for w in job.writes {
+                    n += 1;
+                    match w {
+                        Write::Put(t, k, v) => batches[self.tree(t)].insert(k, v),
+                        Write::Del(t, k) => batches[self.tree(t)].remove(k),
+                    }
+                }
+                dones.push(job.done);
+            }
+            let started = std::time::Instant::now();
+            let result = (|| -> Result<(), sled::Error> {
+                for (i, b) in batches.into_iter().enumerate() {
+                    self.trees[i].apply_batch(b)?;
+                }
+                self.db.flush()?;
+                Ok(())
+            })()
+            .map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "persist batch failed; its events are not acknowledged");
+            }
+            let s = &self.stats;
+            s.batches.fetch_add(1, Ordering::Relaxed);
+            s.jobs.fetch_add(dones.len() as u64, Ordering::Relaxed);
+            s.last_batch_jobs.store(dones.len() as u64, Ordering::Relaxed);
+            s.writes.fetch_add(n, Ordering::Relaxed);
+            s.flush_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            for done in dones {
+                done(result.clone());
+            }
+        }
+    }
+}

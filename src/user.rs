@@ -1,0 +1,625 @@
+//! The user actor: one per active user, owning that user's state. It applies events with the
+//! rule core, turns effects into writes and pushes, and releases the pushes only once the
+//! persister says the writes are on disk, so a push always describes durable state.
+//!
+//! Also here: the registry that finds or spawns a user's actor, and the supervisor that forgets
+//! an actor that stopped or failed, so the next message revives the user from sled.
+
+use crate::core::{apply, Effect, Event, Millis, UserState};
+use crate::protocol::{self, Frame, Since};
+use crate::server::Shared;
+use crate::store::{self, StoredEvent};
+use dashmap::DashMap;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, MessagingErr, SupervisionEvent};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+/// A connection as the actor sees it: where to write, and how to tell it it is too slow.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub tx: mpsc::Sender<Frame>,
+    pub slow: Arc<Notify>,
+}
+
+/// What the HTTP API gets back for one ingested event.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestOutcome {
+    pub event_id: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    pub xp: u64,
+    pub unlocks: Vec<String>,
+}
+
+/// Who asked for an event, to send the ack or error back.
+pub enum Origin {
+    Conn(u64),
+    Http(oneshot::Sender<IngestOutcome>),
+}
+
+pub enum UserMsg {
+    /// An authenticated event. `permit` bounds one connection's unacknowledged events; it is
+    /// released when the reply goes out.
+    Event { event: Event, received_at: Millis, origin: Origin, permit: Option<OwnedSemaphorePermit> },
+    Attach { conn: Conn, since: Option<Since> },
+    Detach { conn_id: u64 },
+    /// From the persister: every job up to `job` is on disk (or failed).
+    Durable { job: u64, result: Result<(), String> },
+    /// Passivation check.
+    Tick,
+    /// Shutdown: write a snapshot, then stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Messages the registry counts as in flight until the actor has handled them.
+fn counted(m: &UserMsg) -> bool {
+    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_))
+}
+
+enum Delivery {
+    One(u64, Frame),
+    All(Frame),
+    Http(oneshot::Sender<IngestOutcome>, IngestOutcome),
+    /// Held only to be dropped on delivery, which frees the connection's in-flight slot.
+    Release(#[allow(dead_code)] OwnedSemaphorePermit),
+}
+
+pub struct UserActor;
+
+pub struct UserArgs {
+    pub shared: Arc<Shared>,
+    pub tenant: String,
+    pub user: String,
+    pub inflight: Arc<AtomicU64>,
+}
+
+pub struct User {
+    shared: Arc<Shared>,
+    tenant: String,
+    user: String,
+    inflight: Arc<AtomicU64>,
+    st: UserState,
+    epoch: String,
+    seq: u64,
+    offset: u64,
+    snap_seq: u64,
+    conns: Vec<Conn>,
+    pending: VecDeque<(u64, Vec<Delivery>)>,
+    next_job: u64,
+    waiting: Vec<(Conn, Option<Since>)>,
+    last_activity: Instant,
+    progress_sent: HashMap<Arc<str>, Instant>,
+}
+
+/// A fresh epoch: distinct across users and restarts without needing a random source.
+fn new_epoch(tenant: &str, user: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let c = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let h = crate::core::value::stable_hash(format!("{tenant}\0{user}\0{nanos}\0{c}").as_bytes());
+    format!("{h:016x}")
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+impl Actor for UserActor {
+    type Msg = UserMsg;
+    type State = User;
+    type Arguments = UserArgs;
+
+    async fn pre_start(&self, myself: ActorRef<UserMsg>, a: UserArgs) -> Result<User, ActorProcessingErr> {
+        let store = a.shared.store.clone();
+        let (t, u) = (a.tenant.clone(), a.user.clone());
+        // sled reads can touch the disk, so they run on the blocking pool.
+        let loaded = tokio::task::spawn_blocking(move || store.load_user(&t, &u)).await??;
+        let cat = a.shared.catalogue();
+        let (mut st, epoch, snap_seq) = match loaded.record {
+            Some(r) => (r.state, r.epoch, r.seq),
+            None => (UserState::new(&a.tenant, &a.user), new_epoch(&a.tenant, &a.user), 0),
+        };
+        // The event log is the durable truth after the snapshot: replay it with each event's
+        // own receive time, which rebuilds exactly the state that was acknowledged.
+        for e in &loaded.tail {
+            apply(&mut st, &e.event, e.received_at, &cat);
+        }
+        let tick = (a.shared.config.passivate_after() / 4).max(std::time::Duration::from_millis(250));
+        myself.send_interval(tick, || UserMsg::Tick);
+        a.shared.metrics.actors.fetch_add(1, Ordering::Relaxed);
+        Ok(User {
+            shared: a.shared,
+            tenant: a.tenant,
+            user: a.user,
+            inflight: a.inflight,
+            st,
+            epoch,
+            seq: loaded.last_seq,
+            offset: loaded.last_offset,
+            snap_seq,
+            conns: Vec::new(),
+            pending: VecDeque::new(),
+            next_job: 0,
+            waiting: Vec::new(),
+            last_activity: Instant::now(),
+            progress_sent: HashMap::new(),
+        })
+    }
+
+    async fn post_stop(&self, _: ActorRef<UserMsg>, _: &mut User) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<UserMsg>, msg: UserMsg, u: &mut User) -> Result<(), ActorProcessingErr> {
+        let was_counted = counted(&msg);
+        let result = match msg {
+            UserMsg::Event { event, received_at, origin, permit } => u.on_event(&myself, event, received_at, origin, permit),
+            UserMsg::Attach { conn, since } => {
+                u.last_activity = Instant::now();
+                if u.pending.is_empty() {
+                    u.attach(conn, since).await;
+                } else {
+                    // The welcome must describe durable state: wait for the writes in flight.
+                    u.waiting.push((conn, since));
+                }
+                Ok(())
+            }
+            UserMsg::Detach { conn_id } => {
+                u.conns.retain(|c| c.id != conn_id);
+                u.waiting.retain(|(c, _)| c.id != conn_id);
+                u.last_activity = Instant::now();
+                Ok(())
+            }
+            UserMsg::Durable { job, result } => u.on_durable(job, result).await,
+            UserMsg::Tick => {
+                u.maybe_passivate(&myself);
+                Ok(())
+            }
+            UserMsg::Stop(reply) => {
+                u.snapshot(&myself);
+                // Completions arrive in submission order, so once this sync is done the
+                // snapshot (and everything before it) is on disk.
+                let _ = u.shared.store.sync().await;
+                let _ = reply.send(());
+                myself.stop(None);
+                Ok(())
+            }
+        };
+        if was_counted {
+            u.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        result
+    }
+}
+
+impl User {
+    fn on_event(&mut self, myself: &ActorRef<UserMsg>, event: Event, received_at: Millis, origin: Origin, permit: Option<OwnedSemaphorePermit>) -> Result<(), ActorProcessingErr> {
+        self.last_activity = Instant::now();
+        let m = &self.shared.metrics;
+        let mut deliveries = Vec::with_capacity(4);
+        let reply = |deliveries: &mut Vec<Delivery>, origin: Origin, frame: Frame, outcome: IngestOutcome| match origin {
+            Origin::Conn(id) => deliveries.push(Delivery::One(id, frame)),
+            Origin::Http(tx) => deliveries.push(Delivery::Http(tx, outcome)),
+        };
+        let id = event.event_id.clone();
+        let outcome = |status: &'static str| IngestOutcome { event_id: id.clone(), status, reason: None, code: None, xp: 0, unlocks: vec![] };
+        // Ids older than the state's own recent-id window are found in the dedup tree, which
+        // keeps them for as long as the event is retained.
+        if self.shared.store.seen(&self.tenant, &event.event_id)?.is_some() {
+            m.duplicates.fetch_add(1, Ordering::Relaxed);
+            reply(&mut deliveries, origin, protocol::ack(&event.event_id, true), outcome("duplicate"));
+            deliveries.extend(permit.map(Delivery::Release));
+            self.enqueue(myself, vec![], deliveries);
+            return Ok(());
+        }
+        let cat = self.shared.catalogue();
+        let fx = apply(&mut self.st, &event, received_at, &cat);
+        match fx.first() {
+            Some(Effect::Accepted { .. }) => {}
+            Some(Effect::Duplicate { .. }) => {
+                m.duplicates.fetch_add(1, Ordering::Relaxed);
+                reply(&mut deliveries, origin, protocol::ack(&event.event_id, true), outcome("duplicate"));
+                deliveries.extend(permit.map(Delivery::Release));
+                self.enqueue(myself, vec![], deliveries);
+                return Ok(());
+            }
+            Some(Effect::Rejected { reason, .. }) => {
+                m.rejected.fetch_add(1, Ordering::Relaxed);
+                let text = reason.to_string();
+                let mut o = outcome("rejected");
+                o.reason = Some(text.clone());
+                o.code = Some(reason.code());
+                reply(&mut deliveries, origin, protocol::error("invalid_event", &text, Some(&event.event_id)), o);
+                deliveries.extend(permit.map(Delivery::Release));
+                self.enqueue(myself, vec![], deliveries);
+                return Ok(());
+            }
+            _ => unreachable!("apply always starts with Accepted, Duplicate or Rejected"),
+        }
+        m.accepted.fetch_add(1, Ordering::Relaxed);
+        self.seq += 1;
+        let stored = StoredEvent { event, received_at, catalogue_version: cat.version };
+        let mut writes = Vec::with_capacity(8);
+        writes.extend(store::writes::event(&self.tenant, &self.user, self.seq, &stored));
+        let event_id = stored.event.event_id.as_str();
+        let mut out = outcome("accepted");
+
+        // Pushes, in the order the client sees them: one xp summing the event's XP, then
+        // unlocks, then a level-up, then throttled progress.
+        let mut frames: Vec<Frame> = Vec::new();
+        let gained: u64 = fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum();
+        if gained > 0 {
+            self.offset += 1;
+            frames.push(protocol::xp(self.offset, gained, self.st.xp, self.st.level, event_id));
+            out.xp = gained;
+        }
+        for e in &fx {
+            if let Effect::Unlock { badge, count, key, xp, at } = e
+                && let Some(def) = cat.badge(badge)
+            {
+                self.offset += 1;
+                frames.push(protocol::unlock(self.offset, def, *count, key.as_deref(), *xp, *at, event_id));
+                out.unlocks.push(badge.to_string());
+                m.unlocks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(level) = fx.iter().filter_map(|e| if let Effect::LevelUp { level } = e { Some(*level) } else { None }).max() {
+            self.offset += 1;
+            frames.push(protocol::level_up(self.offset, level, event_id));
+        }
+        let throttle = std::time::Duration::from_millis(self.shared.config.progress_throttle_ms);
+        let now = Instant::now();
+        for e in &fx {
+            if let Effect::Progress { badge, current, target } = e {
+                let due = self.progress_sent.get(badge).is_none_or(|t| now.duration_since(*t) >= throttle) || current >= target;
+                if due {
+                    self.progress_sent.insert(badge.clone(), now);
+                    self.offset += 1;
+                    frames.push(protocol::progress(self.offset, badge, *current, *target));
+                }
+            }
+        }
+        let history = self.shared.config.history_size;
+        let first_new = self.offset + 1 - frames.len() as u64;
+        for (i, f) in frames.iter().enumerate() {
+            let off = first_new + i as u64;
+            writes.push(store::writes::push(&self.tenant, &self.user, off, received_at, f));
+            if off > history {
+                writes.push(store::writes::forget_push(&self.tenant, &self.user, off - history));
+            }
+        }
+        reply(&mut deliveries, origin, protocol::ack(event_id, false), out);
+        deliveries.extend(frames.into_iter().map(Delivery::All));
+        deliveries.extend(permit.map(Delivery::Release));
+        if self.snap_seq == 0 || self.seq - self.snap_seq >= self.shared.config.snapshot_every {
+            writes.push(self.snapshot_write());
+        }
+        self.enqueue(myself, writes, deliveries);
+        Ok(())
+    }
+
+    fn snapshot_write(&mut self) -> store::Write {
+        #[derive(Serialize)]
+        struct RecordRef<'a> {
+            state: &'a UserState,
+            seq: u64,
+            offset: u64,
+            epoch: &'a str,
+        }
+        // Serializes exactly like `store::UserRecord` (same fields, same order) without
+        // cloning the state.
+        let rec = RecordRef { state: &self.st, seq: self.seq, offset: self.offset, epoch: &self.epoch };
+        self.snap_seq = self.seq;
+        store::Write::Put(store::TreeId::Users, store::user_key(&self.tenant, &self.user), store::encode(&rec))
+    }
+
+    /// Writes a snapshot if the log has moved on since the last one.
+    fn snapshot(&mut self, myself: &ActorRef<UserMsg>) {
+        if self.seq > self.snap_seq {
+            let w = self.snapshot_write();
+            self.enqueue(myself, vec![w], vec![]);
+        }
+    }
+
+    /// Sends writes to the persister and holds the deliveries until they are durable. With no
+    /// writes, deliveries still wait behind any earlier ones, so the client sees them in order.
+    fn enqueue(&mut self, myself: &ActorRef<UserMsg>, writes: Vec<store::Write>, deliveries: Vec<Delivery>) {
+        if writes.is_empty() {
+            match self.pending.back_mut() {
+                Some(last) => last.1.extend(deliveries),
+                None => deliveries.into_iter().for_each(|d| self.deliver(d)),
+            }
+            return;
+        }
+        self.next_job += 1;
+        let job = self.next_job;
+        self.pending.push_back((job, deliveries));
+        let me = myself.clone();
+        let submitted = self.shared.store.submit(writes, move |result| {
+            let _ = me.send_message(UserMsg::Durable { job, result });
+        });
+        if submitted.is_err() {
+            // The persister is gone (shutdown): nothing will become durable, so nothing is sent.
+            self.pending.clear();
+        }
+    }
+
+    async fn on_durable(&mut self, job: u64, result: Result<(), String>) -> Result<(), ActorProcessingErr> {
+        if let Err(e) = result {
+            // State in memory is ahead of the disk. Fail: the supervisor forgets this actor and
+            // the next message rebuilds the user from what is durable. No ack was sent for the
+            // lost events, so clients retry them.
+            return Err(format!("persisting failed: {e}").into());
+        }
+        while self.pending.front().is_some_and(|(j, _)| *j <= job) {
+            let (_, ds) = self.pending.pop_front().expect("checked");
+            for d in ds {
+                self.deliver(d);
+            }
+        }
+        if self.pending.is_empty() {
+            for (conn, since) in std::mem::take(&mut self.waiting) {
+                self.attach(conn, since).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        match d {
+            Delivery::One(id, f) => {
+                if let Some(i) = self.conns.iter().position(|c| c.id == id) {
+                    self.send_to(i, f);
+                }
+            }
+            Delivery::All(f) => {
+                let mut i = 0;
+                while i < self.conns.len() {
+                    if self.send_to(i, f.clone()) {
+                        i += 1;
+                    }
+                }
+            }
+            Delivery::Http(tx, outcome) => {
+                let _ = tx.send(outcome);
+            }
+            Delivery::Release(_) => {}
+        }
+    }
+
+    /// Writes to connection `i`; a full outbox means a slow client, which is closed. Returns
+    /// whether the connection is still there.
+    fn send_to(&mut self, i: usize, f: Frame) -> bool {
+        match self.conns[i].tx.try_send(f) {
+            Ok(()) => {
+                self.shared.metrics.pushes.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.conns[i].slow.notify_one();
+                self.shared.metrics.slow_closed.fetch_add(1, Ordering::Relaxed);
+                self.conns.swap_remove(i);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.conns.swap_remove(i);
+                false
+            }
+        }
+    }
+
+    async fn attach(&mut self, conn: Conn, since: Option<Since>) {
+        if self.conns.len() >= self.shared.config.connections_per_user {
+            let _ = conn.tx.try_send(protocol::error("too_many_connections", "this user has too many open connections", None));
+            conn.slow.notify_one();
+            return;
+        }
+        let cat = self.shared.catalogue();
+        let mut replay = Vec::new();
+        let mut recovered = false;
+        if let Some(s) = since
+            && s.epoch == self.epoch
+            && s.offset <= self.offset
+        {
+            if s.offset == self.offset {
+                recovered = true;
+            } else {
+                let store = self.shared.store.clone();
+                let (t, u, from) = (self.tenant.clone(), self.user.clone(), s.offset);
+                let oldest_ok = now_ms() - self.shared.config.history_hours as Millis * 3_600_000;
+                if let Ok(Ok(pushes)) = tokio::task::spawn_blocking(move || store.pushes_after(&t, &u, from)).await {
+                    // Recovery is complete only if the stored history still starts right after
+                    // the client's offset and nothing in between is too old.
+                    recovered = pushes.first().is_some_and(|p| p.0 == from + 1) && pushes.iter().all(|p| p.1 >= oldest_ok);
+                    if recovered {
+                        replay = pushes.into_iter().filter(|p| p.0 <= self.offset).map(|p| Frame::from(p.2)).collect();
+                    }
+                }
+            }
+        }
+        let welcome = protocol::welcome(&self.st, &cat, &self.epoch, self.offset, recovered);
+        let mut ok = conn.tx.try_send(welcome).is_ok();
+        for f in replay {
+            ok = ok && conn.tx.try_send(f).is_ok();
+        }
+        if !ok {
+            conn.slow.notify_one();
+            return;
+        }
+        self.conns.push(conn);
+    }
+
+    fn maybe_passivate(&mut self, myself: &ActorRef<UserMsg>) {
+        let idle = self.last_activity.elapsed() >= self.shared.config.passivate_after();
+        if !idle || !self.conns.is_empty() || !self.waiting.is_empty() || !self.pending.is_empty() {
+            return;
+        }
+        if self.seq > self.snap_seq {
+            // Persist first; the next tick stops once the snapshot is durable.
+            self.snapshot(myself);
+            return;
+        }
+        // Leave the registry only if no message is on its way to us; otherwise stay alive.
+        if self.shared.registry.remove_if_idle(&self.tenant, &self.user, myself.get_id(), &self.inflight) {
+            self.shared.metrics.passivated.fetch_add(1, Ordering::Relaxed);
+            myself.stop(Some("passivated".into()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Entry {
+    actor: ActorRef<UserMsg>,
+    inflight: Arc<AtomicU64>,
+}
+
+/// Finds or spawns the actor of a user. A user's state lives behind one key (`tenant \0 user`),
+/// so it can later be partitioned across servers by that key.
+#[derive(Default)]
+pub struct Registry {
+    map: DashMap<String, Entry>,
+    by_id: DashMap<ractor::ActorId, String>,
+}
+
+fn key(tenant: &str, user: &str) -> String {
+    format!("{tenant}\0{user}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("could not start the user's actor: {0}")]
+    Spawn(String),
+    #[error("the user's actor is not available")]
+    Unavailable,
+}
+
+impl Registry {
+    pub fn active(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Sends a message to a user's actor, spawning it (linked to `supervisor`) if needed.
+    pub fn send(&self, shared: &Arc<Shared>, tenant: &str, user: &str, mut msg: UserMsg) -> Result<(), SendError> {
+        let k = key(tenant, user);
+        for _ in 0..4 {
+            if let Some(e) = self.map.get(&k) {
+                // Counted while the map guard is held, so passivation (which removes the entry
+                // under the write lock only when nothing is in flight) cannot miss this message.
+                let c = counted(&msg);
+                if c {
+                    e.inflight.fetch_add(1, Ordering::AcqRel);
+                }
+                match e.actor.send_message(msg) {
+                    Ok(()) => return Ok(()),
+                    Err(MessagingErr::SendErr(m)) => {
+                        if c {
+                            e.inflight.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        msg = m;
+                        let id = e.actor.get_id();
+                        drop(e);
+                        self.map.remove_if(&k, |_, v| v.actor.get_id() == id);
+                        continue;
+                    }
+                    Err(_) => return Err(SendError::Unavailable),
+                }
+            }
+            self.map.entry(k.clone()).or_try_insert_with(|| {
+                let inflight = Arc::new(AtomicU64::new(0));
+                let args = UserArgs { shared: shared.clone(), tenant: tenant.to_string(), user: user.to_string(), inflight: inflight.clone() };
+                let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(None, UserActor, args, shared.supervisor.clone())
+                    .map_err(|e| SendError::Spawn(e.to_string()))?;
+                self.by_id.insert(actor.get_id(), k.clone());
+                Ok::<_, SendError>(Entry { actor, inflight })
+            })?;
+        }
+        Err(SendError::Unavailable)
+    }
+
+    /// Sends only to a running actor (used for detach, which must not revive a user).
+    pub fn send_existing(&self, tenant: &str, user: &str, msg: UserMsg) {
+        if let Some(e) = self.map.get(&key(tenant, user)) {
+            if counted(&msg) {
+                e.inflight.fetch_add(1, Ordering::AcqRel);
+            }
+            if e.actor.send_message(msg).is_err() {
+                e.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn remove_if_idle(&self, tenant: &str, user: &str, id: ractor::ActorId, inflight: &AtomicU64) -> bool {
+        let removed = self.map.remove_if(&key(tenant, user), |_, v| v.actor.get_id() == id && inflight.load(Ordering::Acquire) == 0).is_some();
+        if removed {
+            self.by_id.remove(&id);
+        }
+        removed
+    }
+
+    fn forget(&self, id: ractor::ActorId) {
+        if let Some((_, k)) = self.by_id.remove(&id) {
+            self.map.remove_if(&k, |_, v| v.actor.get_id() == id);
+        }
+    }
+
+    /// Asks every actor to snapshot and stop; waits for them (bounded by the caller).
+    pub async fn stop_all(&self) {
+        let actors: Vec<ActorRef<UserMsg>> = self.map.iter().map(|e| e.actor.clone()).collect();
+        let mut waits = Vec::new();
+        for a in actors {
+            let (tx, rx) = oneshot::channel();
+            if a.send_message(UserMsg::Stop(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+}
+
+/// The parent of every user actor: when one stops or fails it is forgotten, so the next
+/// message for that user starts a fresh actor from durable state.
+pub struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = ();
+    type State = Arc<Registry>;
+    type Arguments = Arc<Registry>;
+
+    async fn pre_start(&self, _: ActorRef<()>, registry: Arc<Registry>) -> Result<Arc<Registry>, ActorProcessingErr> {
+        Ok(registry)
+    }
+
+    async fn handle_supervisor_evt(&self, _: ActorRef<()>, evt: SupervisionEvent, registry: &mut Arc<Registry>) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => registry.forget(cell.get_id()),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::warn!(actor = %cell.get_id(), error = %err, "user actor failed; it will be rebuilt from durable state");
+                registry.forget(cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+pub async fn start_supervisor(registry: Arc<Registry>) -> anyhow::Result<ActorCell> {
+    let (sup, _) = Actor::spawn(None, Supervisor, registry).await?;
+    Ok(sup.get_cell())
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        self.shared.metrics.actors.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,167 @@
+//! Test harness: a real server on 127.0.0.1:0 with a temporary data dir, and a WebSocket client
+//! that speaks the protocol the way a browser would.
+#![allow(dead_code)]
+
+use accolade::config::{Config, DEMO_SECRET, DEMO_TENANT};
+use accolade::server::{self, Shared};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    pub dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.bind = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = dir.to_path_buf();
+    c.demo = "on".into();
+    c
+}
+
+impl TestServer {
+    pub async fn start(dir: &Path) -> TestServer {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    pub async fn start_with(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut cfg = test_config(dir);
+        tweak(&mut cfg);
+        let listener = tokio::net::TcpListener::bind(cfg.bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = server::build(cfg).await.expect("server builds");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(server::run(listener, shared.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestServer { addr, shared, dir: dir.to_path_buf(), stop: Some(tx), handle: Some(handle) }
+    }
+
+    /// Graceful shutdown, as on SIGTERM; waits until the server has drained.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap().unwrap();
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect(&self.url(), &token(user), None).await
+    }
+}
+
+pub fn token(user: &str) -> String {
+    accolade::auth::mint_with_secret(DEMO_SECRET, DEMO_TENANT, user, accolade::auth::now_secs() + 3600)
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn event(id: &str, ty: &str, payload: Value) -> Value {
+    json!({ "type": "event", "event_id": id, "event_type": ty, "occurred_at": now_rfc3339(), "payload": payload })
+}
+
+pub fn answer(id: &str, exercise: &str, correct: bool) -> Value {
+    event(id, "problem.answered", json!({ "exercise": exercise, "correct": correct, "seconds": 3 }))
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub welcome: Value,
+}
+
+impl Client {
+    /// Connects without sending hello.
+    pub async fn raw(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        tokio_tungstenite::connect_async(url).await.expect("websocket connects").0
+    }
+
+    pub async fn connect(url: &str, token: &str, since: Option<Value>) -> Client {
+        let mut ws = Self::raw(url).await;
+        let mut hello = json!({ "type": "hello", "token": token });
+        if let Some(s) = since {
+            hello["since"] = s;
+        }
+        ws.send(Message::text(hello.to_string())).await.unwrap();
+        let mut c = Client { ws, welcome: Value::Null };
+        let w = c.next().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        c.welcome = w;
+        c
+    }
+
+    pub async fn send(&mut self, v: &Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, t: String) {
+        self.ws.send(Message::text(t)).await.unwrap();
+    }
+
+    /// The next JSON message, or panics after 10 s.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await.expect("a message within 10 s").expect("stream open").expect("no error");
+            match m {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(f) => return json!({ "type": "closed", "code": f.map(|f| u16::from(f.code)) }),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next message that is not a progress push.
+    pub async fn next_main(&mut self) -> Value {
+        loop {
+            let m = self.next().await;
+            if m["type"] != "progress" {
+                return m;
+            }
+        }
+    }
+
+    /// Reads until a message of `ty` arrives, returning everything read on the way.
+    pub async fn until(&mut self, ty: &str) -> Vec<Value> {
+        let mut out = vec![];
+        loop {
+            let m = self.next().await;
+            let done = m["type"] == ty;
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// Reads until the close frame; returns its code.
+    pub async fn closed(&mut self) -> Option<u64> {
+        loop {
+            let m = self.next().await;
+            if m["type"] == "closed" {
+                return m["code"].as_u64();
+            }
+        }
+    }
+
+    pub fn since(&self, offset: u64) -> Value {
+        json!({ "epoch": self.welcome["epoch"], "offset": offset })
+    }
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}

@@ -1,0 +1,129 @@
+// accolade.js: a dependency-free browser client for Accolade's WebSocket protocol.
+// Copy it into any web app. See web-demo/README.md for the API.
+//
+//   const client = new AccoladeClient({ url: "ws://127.0.0.1:7300/v1/ws", token: async () => "..." });
+//   client.on("unlock", (m) => showToast(m.badge));
+//   client.connect();
+//   client.send("problem.answered", { exercise: "addition-1", correct: true, seconds: 4 });
+
+export class AccoladeClient {
+  constructor({ url, token, storage = null, maxBackoffMs = 15000 }) {
+    this.url = url;
+    this.tokenProvider = typeof token === "function" ? token : async () => token;
+    this.storage = storage; // optional: { get(key), set(key, value) } to keep `since` across reloads
+    this.maxBackoffMs = maxBackoffMs;
+    this.handlers = new Map();
+    this.unacked = new Map(); // event_id -> message, resent after a reconnect
+    this.since = storage ? JSON.parse(storage.get("accolade.since") || "null") : null;
+    this.ws = null;
+    this.attempt = 0;
+    this.wanted = false;
+    this.connected = false;
+    this.timer = null;
+  }
+
+  /** Subscribes to a message type ("welcome", "ack", "xp", "level_up", "unlock", "progress",
+   *  "error") or to the client's own "open" and "close". Returns an unsubscribe function. */
+  on(type, fn) {
+    if (!this.handlers.has(type)) this.handlers.set(type, new Set());
+    this.handlers.get(type).add(fn);
+    return () => this.handlers.get(type).delete(fn);
+  }
+
+  emit(type, msg) {
+    for (const fn of this.handlers.get(type) || []) {
+      try { fn(msg); } catch (e) { console.error("accolade handler failed", e); }
+    }
+  }
+
+  connect() {
+    this.wanted = true;
+    clearTimeout(this.timer);
+    this.open();
+  }
+
+  /** Closes the connection and stops reconnecting until connect() is called again. */
+  disconnect() {
+    this.wanted = false;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000, "client disconnect");
+  }
+
+  async open() {
+    let token;
+    try {
+      token = await this.tokenProvider();
+    } catch (e) {
+      this.emit("close", { code: 0, reason: "no token: " + e });
+      return this.retry();
+    }
+    if (!this.wanted) return;
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onopen = () => {
+      const hello = { type: "hello", token };
+      if (this.since) hello.since = this.since;
+      ws.send(JSON.stringify(hello));
+    };
+    ws.onmessage = (e) => this.receive(JSON.parse(e.data));
+    ws.onclose = (e) => {
+      if (this.ws !== ws) return;
+      this.connected = false;
+      this.ws = null;
+      this.emit("close", { code: e.code, reason: e.reason });
+      // 4001: the token was refused and 4004: too many connections; neither gets better by
+      // retrying at once, so back off to the maximum.
+      if (e.code === 4001 || e.code === 4004) this.attempt = 10;
+      this.retry();
+    };
+  }
+
+  retry() {
+    if (!this.wanted) return;
+    // Exponential backoff with full jitter, so a restarted server is not hit by everyone at once.
+    const cap = Math.min(this.maxBackoffMs, 250 * 2 ** Math.min(this.attempt, 10));
+    this.attempt += 1;
+    this.timer = setTimeout(() => this.open(), Math.random() * cap);
+  }
+
+  receive(msg) {
+    if (typeof msg.offset === "number" && msg.type !== "welcome") {
+      if (this.since && msg.offset <= this.since.offset) return; // already seen (replayed twice)
+      if (this.since) this.remember({ epoch: this.since.epoch, offset: msg.offset });
+    }
+    if (msg.type === "welcome") {
+      this.connected = true;
+      this.attempt = 0;
+      // When recovered, the missed pushes follow the welcome and advance the offset one by
+      // one; otherwise the welcome's state is the truth and the stream starts at its offset.
+      if (!msg.recovered || !this.since || this.since.epoch !== msg.epoch) this.remember({ epoch: msg.epoch, offset: msg.offset });
+      this.emit("welcome", msg);
+      this.emit("open", msg);
+      // Events the server never acknowledged are sent again; their ids make this safe.
+      for (const m of this.unacked.values()) this.ws.send(JSON.stringify(m));
+      return;
+    }
+    if (msg.type === "ack") this.unacked.delete(msg.event_id);
+    if (msg.type === "error" && msg.event_id && msg.code !== "rate_limited") this.unacked.delete(msg.event_id);
+    this.emit(msg.type, msg);
+  }
+
+  remember(since) {
+    this.since = since;
+    if (this.storage) this.storage.set("accolade.since", JSON.stringify(since));
+  }
+
+  /** Sends an event now (or after reconnecting). Returns its event_id. */
+  send(eventType, payload = {}, { eventId, occurredAt } = {}) {
+    const msg = {
+      type: "event",
+      event_id: eventId || (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()),
+      event_type: eventType,
+      occurred_at: (occurredAt || new Date()).toISOString(),
+      payload,
+    };
+    this.unacked.set(msg.event_id, msg);
+    if (this.connected && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    return msg.event_id;
+  }
+}
