@@ -359,6 +359,8 @@ impl User {
             // lost events, so clients retry them.
             return Err(format!("persisting failed: {e}").into());
         }
+        // Idle time counts from when the last work finished, not from when it arrived.
+        self.last_activity = Instant::now();
         while self.pending.front().is_some_and(|(j, _)| *j <= job) {
             let (_, ds) = self.pending.pop_front().expect("checked");
             for d in ds {
