@@ -30,8 +30,6 @@ pub mod close {
     pub const AUTH_TIMEOUT: u16 = 4002;
     /// No frame from the client for too long: reconnect.
     pub const IDLE: u16 = 4003;
-    /// The user has too many connections: do not reconnect until one closes.
-    pub const TOO_MANY: u16 = 4004;
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
