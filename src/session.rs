@@ -173,7 +173,12 @@ where
                         }
                     }
                     Message::Ping(_) | Message::Pong(_) => {}
-                    Message::Close(_) => break None,
+                    Message::Close(_) => {
+                        // The protocol layer queued the close reply; flushing sends it, so the
+                        // client sees a clean close instead of 1006.
+                        let _ = sink.flush().await;
+                        break None;
+                    }
                 }
             }
             _ = ping.tick() => {

@@ -4,8 +4,12 @@ import { AccoladeClient } from "/accolade.js";
 const $ = (id) => document.getElementById(id);
 const state = { badges: new Map(), owned: new Map(), progress: new Map(), xp: 0, level: 1 };
 let client = null;
+let paused = false;
 
 const params = new URLSearchParams(location.search);
+// How long "disconnect" stays offline; ?drop=SECONDS shortens it (the end-to-end tests use 2).
+const dropSeconds = Math.max(1, Number(params.get("drop")) || 10);
+$("drop").textContent = `Disconnect for ${dropSeconds} seconds`;
 $("player").value = params.get("player") || "player-" + Math.floor(Math.random() * 1000);
 
 function log(text) {
@@ -105,7 +109,8 @@ function connect(player) {
     renderShelf();
   });
   client.on("close", (e) => {
-    $("status").textContent = "offline, reconnecting…";
+    // A deliberate disconnect waits for its timer instead of reconnecting.
+    $("status").textContent = paused ? `disconnected (${dropSeconds} s)` : "offline, reconnecting…";
     $("status").className = "status offline";
     log(`connection closed (${e.code})`);
   });
@@ -152,12 +157,14 @@ $("watch").onclick = () => {
 $("read").onclick = () => send("article.read", { article: "article-" + Math.floor(Math.random() * 30) });
 $("login-today").onclick = () => send("login", {});
 $("drop").onclick = () => {
-  if (!client) return;
+  if (!client || paused) return;
+  paused = true;
   client.disconnect();
-  log("disconnected for 10 seconds");
-  $("status").textContent = "disconnected (10 s)";
-  $("status").className = "status offline";
-  setTimeout(() => client.connect(), 10000);
+  log(`disconnected for ${dropSeconds} seconds`);
+  setTimeout(() => {
+    paused = false;
+    client.connect();
+  }, dropSeconds * 1000);
 };
 
 loadCatalogue().then(() => connect($("player").value.trim()));
