@@ -124,6 +124,8 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
          # TYPE accolade_passivated_total counter\naccolade_passivated_total {}\n\
          # TYPE accolade_persist_batches_total counter\naccolade_persist_batches_total {}\n\
          # TYPE accolade_persist_jobs_total counter\naccolade_persist_jobs_total {}\n\
+         # TYPE accolade_persist_writes_total counter\naccolade_persist_writes_total {}\n\
+         # TYPE accolade_persist_apply_seconds_total counter\naccolade_persist_apply_seconds_total {}\n\
          # TYPE accolade_persist_flush_seconds_total counter\naccolade_persist_flush_seconds_total {}\n\
          # TYPE accolade_persist_last_batch_jobs gauge\naccolade_persist_last_batch_jobs {}\n",
         g(&m.connections),
@@ -138,6 +140,8 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         g(&m.passivated),
         g(&p.batches),
         g(&p.jobs),
+        g(&p.writes),
+        g(&p.apply_micros_total) as f64 / 1e6,
         g(&p.flush_micros_total) as f64 / 1e6,
         g(&p.last_batch_jobs),
     );
