@@ -52,7 +52,9 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Messages a connection's outbox holds before the client counts as slow and is closed.
-    #[arg(long, default_value_t = 1024)]
+    /// A group commit releases the pushes of many events at once, so keep this well above
+    /// `inflight_per_user` times the pushes one event can cause (about four).
+    #[arg(long, default_value_t = 4096)]
     pub outbox_capacity: usize,
 
     /// Events per second a connection may send (token bucket refill rate).

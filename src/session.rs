@@ -192,13 +192,20 @@ where
         }
     };
     if let Some((code, why)) = reason {
-        // Whatever is still queued goes out before the close frame.
-        while let Ok(f) = outbox.try_recv() {
-            if sink.feed(text(f)).await.is_err() {
-                break;
+        // Whatever is still queued goes out before the close frame, except to a slow client:
+        // its socket is full, and waiting on it is exactly what must not happen. Either way
+        // the last writes are bounded, so a client that reads nothing cannot hold the task.
+        let drain = async {
+            if code != close::SLOW {
+                while let Ok(f) = outbox.try_recv() {
+                    if sink.feed(text(f)).await.is_err() {
+                        break;
+                    }
+                }
             }
-        }
-        close_with(&mut sink, code, why).await;
+            close_with(&mut sink, code, why).await;
+        };
+        let _ = timeout(std::time::Duration::from_secs(1), drain).await;
     }
     shared.registry.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id });
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);

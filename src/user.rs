@@ -96,7 +96,8 @@ pub struct User {
     next_job: u64,
     waiting: Vec<(Conn, Option<Since>)>,
     last_activity: Instant,
-    progress_sent: HashMap<Arc<str>, Instant>,
+    /// For each badge: when progress was last pushed, and at which tenth of the target.
+    progress_sent: HashMap<Arc<str>, (Instant, u8)>,
 }
 
 /// A fresh epoch: distinct across users and restarts without needing a random source.
@@ -275,13 +276,20 @@ impl User {
             self.offset += 1;
             frames.push(protocol::level_up(self.offset, level, event_id));
         }
+        // Progress is a hint for a progress bar: it is pushed when a badge crosses a tenth of
+        // its target (or falls back, or completes), and not more often than the throttle.
+        // Every push is a durable write, so this keeps the stream to what a user can see move.
         let throttle = std::time::Duration::from_millis(self.shared.config.progress_throttle_ms);
         let now = Instant::now();
         for e in &fx {
             if let Effect::Progress { badge, current, target } = e {
-                let due = self.progress_sent.get(badge).is_none_or(|t| now.duration_since(*t) >= throttle) || current >= target;
+                let step = ((current / target).clamp(0.0, 1.0) * 10.0).floor() as u8;
+                let due = match self.progress_sent.get(badge) {
+                    None => step > 0,
+                    Some((at, last)) => step != *last && (now.duration_since(*at) >= throttle || step < *last || current >= target),
+                };
                 if due {
-                    self.progress_sent.insert(badge.clone(), now);
+                    self.progress_sent.insert(badge.clone(), (now, step));
                     self.offset += 1;
                     frames.push(protocol::progress(self.offset, badge, *current, *target));
                 }
