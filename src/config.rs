@@ -101,6 +101,15 @@ pub struct Config {
     #[arg(long, default_value_t = 200)]
     pub snapshot_every: u64,
 
+    /// Hours an accepted event (and so its id's deduplication) is kept; older events already
+    /// in a snapshot are swept. 0 keeps them forever.
+    #[arg(long, default_value_t = 30 * 24)]
+    pub event_retention_hours: u64,
+
+    /// Seconds between retention sweeps.
+    #[arg(long, default_value_t = 3600)]
+    pub retention_sweep_secs: u64,
+
     /// Milliseconds between two `progress` pushes for the same badge and user.
     #[arg(long, default_value_t = 2000)]
     pub progress_throttle_ms: u64,
@@ -141,18 +150,29 @@ impl Config {
     /// Reads flags and environment, then fills every setting left at its default from the
     /// `--config` file if one is named.
     pub fn load() -> anyhow::Result<Config> {
-        let matches = Config::command().get_matches();
+        Config::load_from(std::env::args_os())
+    }
+
+    /// `load` with explicit arguments (the first is the program name).
+    pub fn load_from<I, T>(args: I) -> anyhow::Result<Config>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Config::command().try_get_matches_from(args)?;
         let mut cfg = Config::from_arg_matches(&matches)?;
         if let Some(path) = cfg.config.clone() {
             let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
             let file: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let mut merged = toml::Table::try_from(&cfg)?;
             for (k, v) in file {
-                // Clap names each argument after its field, so the file's key finds it directly.
-                let from_default = matches!(matches.try_get_raw(&k).ok().and(matches.value_source(&k)), None | Some(ValueSource::DefaultValue));
+                // Unknown keys first: clap panics when asked about an argument it does not have.
+                // (`catalogue` is absent from `merged` when unset, being optional.)
                 if !merged.contains_key(&k) && k != "catalogue" {
                     anyhow::bail!("{}: unknown setting `{k}`", path.display());
                 }
+                // Clap names each argument after its field, so the file's key finds it directly.
+                let from_default = matches!(matches.value_source(&k), None | Some(ValueSource::DefaultValue));
                 if from_default {
                     merged.insert(k, v);
                 }
@@ -207,5 +227,44 @@ impl Config {
     }
     pub fn passivate_after(&self) -> Duration {
         Duration::from_secs(self.passivate_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_token_endpoint_stays_on_loopback_unless_told() {
+        let on = |bind: &str, demo: &str, allow: bool| {
+            let mut c = Config::default();
+            c.bind = bind.parse().unwrap();
+            c.demo = demo.into();
+            c.allow_public_demo = allow;
+            c.demo_enabled()
+        };
+        assert!(on("127.0.0.1:7300", "auto", false).unwrap());
+        assert!(!on("0.0.0.0:7300", "auto", false).unwrap(), "auto is off away from loopback");
+        let e = on("0.0.0.0:7300", "on", false).unwrap_err().to_string();
+        assert!(e.contains("refusing") && e.contains("--allow-public-demo"), "{e}");
+        assert!(on("0.0.0.0:7300", "on", true).unwrap());
+        assert!(!on("127.0.0.1:7300", "off", false).unwrap());
+        assert!(on("127.0.0.1:7300", "maybe", false).is_err());
+    }
+
+    #[test]
+    fn a_config_file_fills_what_flags_leave_at_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accolade.toml");
+        std::fs::write(&path, "history_size = 50\nrate_per_sec = 10.0\ndata_dir = \"/tmp/from-file\"\n").unwrap();
+        let c = Config::load_from(["accolade", "--config", path.to_str().unwrap(), "--rate-per-sec", "99"]).unwrap();
+        assert_eq!(c.history_size, 50, "from the file");
+        assert_eq!(c.rate_per_sec, 99.0, "the flag wins over the file");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/from-file"));
+        std::fs::write(&path, "histroy_size = 50\n").unwrap();
+        let e = Config::load_from(["accolade", "--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains("unknown setting `histroy_size`"), "{e}");
+        let e = Config::load_from(["accolade", "--tenant", "acme:short"]).unwrap().tenant_secrets().unwrap_err().to_string();
+        assert!(e.contains("at least 16 characters"), "{e}");
     }
 }

@@ -170,6 +170,25 @@ pub fn query_user(q: Query<TokenQuery>) -> Result<String, ApiError> {
     Ok(user)
 }
 
+/// Sweeps events older than the retention, now and then, on a blocking thread.
+async fn retention(shared: Arc<Shared>) {
+    let hours = shared.config.event_retention_hours;
+    if hours == 0 {
+        return;
+    }
+    let mut every = tokio::time::interval(Duration::from_secs(shared.config.retention_sweep_secs.max(1)));
+    loop {
+        every.tick().await;
+        let store = shared.store.clone();
+        let cutoff = crate::user::now_ms() - (hours * 3_600_000) as i64;
+        match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
+            Ok(Ok(s)) if s.events > 0 => tracing::info!(events = s.events, users = s.users, "retention sweep"),
+            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+            _ => {}
+        }
+    }
+}
+
 /// Runs the server on `listener` until `shutdown` resolves, then drains: clients are told to
 /// reconnect, every actor writes a snapshot, and sled is flushed.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -184,7 +203,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         shutdown.await;
         let _ = signal.send(true);
     };
+    let sweeper = tokio::spawn(retention(shared.clone()));
     axum::serve(listener, app(shared.clone())).with_graceful_shutdown(stop).await?;
+    sweeper.abort();
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.registry.stop_all()).await;
     let _ = tokio::time::timeout(grace, shared.store.sync()).await;

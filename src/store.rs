@@ -7,6 +7,8 @@
 //! - `pushes`: user key + offset -> the push as sent (time-stamped JSON), for recovery.
 //! - `dedup`:  `tenant \0 event_id` -> user key + seq: an id counts once per tenant for as
 //!   long as its event is retained.
+//! - `snapseq`: user key -> the sequence number of its snapshot (read by the retention sweep
+//!   without decoding whole snapshots).
 //! - `meta`:   server-wide records (catalogue versions).
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
@@ -68,6 +70,7 @@ pub enum TreeId {
     Pushes,
     Dedup,
     Meta,
+    SnapSeq,
 }
 
 #[derive(Debug)]
@@ -81,6 +84,13 @@ type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 struct Job {
     writes: Vec<Write>,
     done: Done,
+}
+
+/// What a retention sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub users: u64,
+    pub events: u64,
 }
 
 /// Counters the persister keeps for `/metrics`.
@@ -103,6 +113,7 @@ pub struct Store {
     pushes: sled::Tree,
     dedup: sled::Tree,
     meta: sled::Tree,
+    snapseq: sled::Tree,
     tx: mpsc::Sender<Job>,
     pub stats: Arc<PersistStats>,
 }
@@ -157,6 +168,7 @@ impl Store {
             pushes: db.open_tree("pushes")?,
             dedup: db.open_tree("dedup")?,
             meta: db.open_tree("meta")?,
+            snapseq: db.open_tree("snapseq")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -171,7 +183,7 @@ impl Store {
     fn clone_without_sender(&self) -> PersisterSide {
         PersisterSide {
             db: self.db.clone(),
-            trees: [self.users.clone(), self.events.clone(), self.pushes.clone(), self.dedup.clone(), self.meta.clone()],
+            trees: [self.users.clone(), self.events.clone(), self.pushes.clone(), self.dedup.clone(), self.meta.clone(), self.snapseq.clone()],
             stats: self.stats.clone(),
         }
     }
@@ -270,6 +282,36 @@ impl Store {
         })
     }
 
+    /// Removes events received before `cutoff` that are already folded into their user's
+    /// snapshot, with their dedup keys: after this, such an id is only recognised by the user
+    /// state's recent-id window. The log tail after a snapshot, which recovery replays, is
+    /// never touched. Blocking: run it on a blocking thread.
+    pub fn sweep(&self, cutoff: Millis) -> Result<Swept, StoreError> {
+        let mut swept = Swept::default();
+        for kv in self.snapseq.iter() {
+            let (uk, seq) = kv?;
+            let snap = u64::from_be_bytes(seq.as_ref().try_into().unwrap_or_default());
+            swept.users += 1;
+            for ev in self.events.range(seq_key(&uk, 0)..=seq_key(&uk, snap)) {
+                let (k, v) = ev?;
+                let stored: StoredEvent = decode(&k, &v)?;
+                if stored.received_at >= cutoff {
+                    break;
+                }
+                let tenant = uk.split(|&b| b == 0).next().unwrap_or_default();
+                let dk = dedup_key(std::str::from_utf8(tenant).unwrap_or_default(), &stored.event.event_id);
+                // The dedup key goes only if it still points at this event.
+                if self.dedup.get(&dk)?.is_some_and(|w| w.as_ref() == k.as_ref()) {
+                    self.dedup.remove(&dk)?;
+                }
+                self.events.remove(&k)?;
+                swept.events += 1;
+            }
+        }
+        self.db.flush()?;
+        Ok(swept)
+    }
+
     /// Flushes synchronously (shutdown).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -300,8 +342,10 @@ pub mod writes {
         Write::Del(TreeId::Pushes, seq_key(&user_key(tenant, user), offset))
     }
 
-    pub fn snapshot(tenant: &str, user: &str, rec: &UserRecord) -> Write {
-        Write::Put(TreeId::Users, user_key(tenant, user), encode(rec))
+    /// The snapshot and its sequence number (for the retention sweep), written together.
+    pub fn snapshot(tenant: &str, user: &str, seq: u64, encoded: Vec<u8>) -> [Write; 2] {
+        let uk = user_key(tenant, user);
+        [Write::Put(TreeId::Users, uk.clone(), encoded), Write::Put(TreeId::SnapSeq, uk, seq.to_be_bytes().to_vec())]
     }
 
     pub fn meta(key: &str, value: Vec<u8>) -> Write {
@@ -321,7 +365,7 @@ fn split_push(k: &[u8], v: &[u8]) -> Result<(Millis, String), StoreError> {
 
 struct PersisterSide {
     db: sled::Db,
-    trees: [sled::Tree; 5],
+    trees: [sled::Tree; 6],
     stats: Arc<PersistStats>,
 }
 
@@ -336,6 +380,7 @@ impl PersisterSide {
             TreeId::Pushes => 2,
             TreeId::Dedup => 3,
             TreeId::Meta => 4,
+            TreeId::SnapSeq => 5,
         }
     }
 

@@ -308,13 +308,13 @@ impl User {
         deliveries.extend(frames.into_iter().map(Delivery::All));
         deliveries.extend(permit.map(Delivery::Release));
         if self.snap_seq == 0 || self.seq - self.snap_seq >= self.shared.config.snapshot_every {
-            writes.push(self.snapshot_write());
+            writes.extend(self.snapshot_write());
         }
         self.enqueue(myself, writes, deliveries);
         Ok(())
     }
 
-    fn snapshot_write(&mut self) -> store::Write {
+    fn snapshot_write(&mut self) -> [store::Write; 2] {
         #[derive(Serialize)]
         struct RecordRef<'a> {
             state: &'a UserState,
@@ -326,14 +326,14 @@ impl User {
         // cloning the state.
         let rec = RecordRef { state: &self.st, seq: self.seq, offset: self.offset, epoch: &self.epoch };
         self.snap_seq = self.seq;
-        store::Write::Put(store::TreeId::Users, store::user_key(&self.tenant, &self.user), store::encode(&rec))
+        store::writes::snapshot(&self.tenant, &self.user, self.seq, store::encode(&rec))
     }
 
     /// Writes a snapshot if the log has moved on since the last one.
     fn snapshot(&mut self, myself: &ActorRef<UserMsg>) {
         if self.seq > self.snap_seq {
             let w = self.snapshot_write();
-            self.enqueue(myself, vec![w], vec![]);
+            self.enqueue(myself, w.into(), vec![]);
         }
     }
 
