@@ -2,12 +2,13 @@
 //! build step) and `GET /demo/token?user=NAME`, which mints a token of the demo tenant.
 
 use crate::config::DEMO_TENANT;
-use crate::server::{query_user, ApiError, Shared, TokenQuery};
+use crate::server::{ApiError, Shared};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Deserialize;
 use std::sync::Arc;
 
 const FILES: &[(&str, &str, &str)] = &[
@@ -23,6 +24,19 @@ pub fn routes() -> Router<Arc<Shared>> {
         r = r.route(path, get(move || async move { ([(header::CONTENT_TYPE, *mime), (header::CACHE_CONTROL, "no-cache")], *body) }));
     }
     r
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    user: Option<String>,
+}
+
+fn query_user(q: Query<TokenQuery>) -> Result<String, ApiError> {
+    let user = q.0.user.unwrap_or_default();
+    if user.is_empty() || user.len() > 64 || !user.chars().all(|c| c.is_alphanumeric() || "-_. ".contains(c)) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "invalid_user", "user must be 1 to 64 letters, digits, spaces, '-', '_' or '.'".into()));
+    }
+    Ok(user)
 }
 
 async fn token(State(shared): State<Arc<Shared>>, q: Query<TokenQuery>) -> Result<impl IntoResponse, ApiError> {

@@ -6,12 +6,11 @@ use crate::config::Config;
 use crate::core::{Catalogue, Format};
 use crate::store::Store;
 use crate::user::Registry;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -155,19 +154,6 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(serde_json::json!({ "error": self.1, "message": self.2 }))).into_response()
     }
-}
-
-#[derive(Deserialize)]
-pub struct TokenQuery {
-    pub user: Option<String>,
-}
-
-pub fn query_user(q: Query<TokenQuery>) -> Result<String, ApiError> {
-    let user = q.0.user.unwrap_or_default();
-    if user.is_empty() || user.len() > 64 || !user.chars().all(|c| c.is_alphanumeric() || "-_. ".contains(c)) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "invalid_user", "user must be 1 to 64 letters, digits, spaces, '-', '_' or '.'".into()));
-    }
-    Ok(user)
 }
 
 /// Sweeps events older than the retention, now and then, on a blocking thread.

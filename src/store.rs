@@ -9,7 +9,6 @@
 //!   long as its event is retained.
 //! - `snapseq`: user key -> the sequence number of its snapshot (read by the retention sweep
 //!   without decoding whole snapshots).
-//! - `meta`:   server-wide records (catalogue versions).
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
 //! one persister thread that applies whatever has queued up as one batch per tree and then
@@ -69,7 +68,6 @@ pub enum TreeId {
     Events,
     Pushes,
     Dedup,
-    Meta,
     SnapSeq,
 }
 
@@ -112,7 +110,6 @@ pub struct Store {
     events: sled::Tree,
     pushes: sled::Tree,
     dedup: sled::Tree,
-    meta: sled::Tree,
     snapseq: sled::Tree,
     tx: mpsc::Sender<Job>,
     pub stats: Arc<PersistStats>,
@@ -167,7 +164,6 @@ impl Store {
             events: db.open_tree("events")?,
             pushes: db.open_tree("pushes")?,
             dedup: db.open_tree("dedup")?,
-            meta: db.open_tree("meta")?,
             snapseq: db.open_tree("snapseq")?,
             db,
             tx,
@@ -183,7 +179,7 @@ impl Store {
     fn clone_without_sender(&self) -> PersisterSide {
         PersisterSide {
             db: self.db.clone(),
-            trees: [self.users.clone(), self.events.clone(), self.pushes.clone(), self.dedup.clone(), self.meta.clone(), self.snapseq.clone()],
+            trees: [self.users.clone(), self.events.clone(), self.pushes.clone(), self.dedup.clone(), self.snapseq.clone()],
             stats: self.stats.clone(),
         }
     }
@@ -247,15 +243,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The oldest push offset still stored for a user.
-    pub fn first_push(&self, tenant: &str, user: &str) -> Result<Option<u64>, StoreError> {
-        let uk = user_key(tenant, user);
-        Ok(match self.pushes.scan_prefix(&uk).next() {
-            Some(kv) => Some(u64::from_be_bytes(kv?.0[uk.len()..].try_into().unwrap_or_default())),
-            None => None,
-        })
-    }
-
     /// A user's accepted events, oldest first, after sequence number `after`.
     pub fn events_after(&self, tenant: &str, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
         let uk = user_key(tenant, user);
@@ -265,21 +252,6 @@ impl Store {
             out.push((u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default()), decode(&k, &v)?));
         }
         Ok(out)
-    }
-
-    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
-    }
-
-    /// Every stored user key as (tenant, user).
-    pub fn users(&self) -> impl Iterator<Item = Result<(String, String), StoreError>> + '_ {
-        self.users.iter().keys().map(|k| {
-            let k = k?;
-            let mut parts = k.split(|&b| b == 0);
-            let t = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            let u = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            Ok((t, u))
-        })
     }
 
     /// Removes events received before `cutoff` that are already folded into their user's
@@ -348,9 +320,6 @@ pub mod writes {
         [Write::Put(TreeId::Users, uk.clone(), encoded), Write::Put(TreeId::SnapSeq, uk, seq.to_be_bytes().to_vec())]
     }
 
-    pub fn meta(key: &str, value: Vec<u8>) -> Write {
-        Write::Put(TreeId::Meta, key.as_bytes().to_vec(), value)
-    }
 }
 
 fn split_push(k: &[u8], v: &[u8]) -> Result<(Millis, String), StoreError> {
@@ -365,7 +334,7 @@ fn split_push(k: &[u8], v: &[u8]) -> Result<(Millis, String), StoreError> {
 
 struct PersisterSide {
     db: sled::Db,
-    trees: [sled::Tree; 6],
+    trees: [sled::Tree; 5],
     stats: Arc<PersistStats>,
 }
 
@@ -379,8 +348,7 @@ impl PersisterSide {
             TreeId::Events => 1,
             TreeId::Pushes => 2,
             TreeId::Dedup => 3,
-            TreeId::Meta => 4,
-            TreeId::SnapSeq => 5,
+            TreeId::SnapSeq => 4,
         }
     }
 

@@ -155,10 +155,6 @@ impl Actor for UserActor {
         })
     }
 
-    async fn post_stop(&self, _: ActorRef<UserMsg>, _: &mut User) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-
     async fn handle(&self, myself: ActorRef<UserMsg>, msg: UserMsg, u: &mut User) -> Result<(), ActorProcessingErr> {
         let was_counted = counted(&msg);
         let result = match msg {

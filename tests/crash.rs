@@ -62,6 +62,17 @@ fn stream(count: usize) -> Vec<(String, String, bool)> {
     (0..count).map(|i| (format!("crash-{i}"), format!("ex-{}", (i / 25) % 3), i % 17 != 0)).collect()
 }
 
+/// Remembers what a message tells the client: an acknowledged id, or an announced award.
+fn note(m: &serde_json::Value, acked: &mut HashSet<String>, unlocks: &mut Vec<(String, u64)>) {
+    match m["type"].as_str() {
+        Some("ack") => {
+            acked.insert(m["event_id"].as_str().unwrap().to_string());
+        }
+        Some("unlock") => unlocks.push((m["badge"]["id"].as_str().unwrap().into(), m["count"].as_u64().unwrap())),
+        _ => {}
+    }
+}
+
 #[tokio::test]
 async fn acked_events_survive_sigkill_exactly_once() {
     let dir = tmp();
@@ -84,27 +95,13 @@ async fn acked_events_survive_sigkill_exactly_once() {
     }
     c.ws.flush().await.unwrap();
     while acked.len() < 150 {
-        let m = c.next().await;
-        match m["type"].as_str() {
-            Some("ack") => {
-                acked.insert(m["event_id"].as_str().unwrap().to_string());
-            }
-            Some("unlock") => unlocks.push((m["badge"]["id"].as_str().unwrap().into(), m["count"].as_u64().unwrap())),
-            _ => {}
-        }
+        note(&c.next().await, &mut acked, &mut unlocks);
     }
     server.kill9();
     // Whatever the client had already received before the kill still counts as shown.
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), c.ws.next()).await {
         if let Message::Text(t) = m {
-            let m: serde_json::Value = serde_json::from_str(&t).unwrap();
-            match m["type"].as_str() {
-                Some("ack") => {
-                    acked.insert(m["event_id"].as_str().unwrap().to_string());
-                }
-                Some("unlock") => unlocks.push((m["badge"]["id"].as_str().unwrap().into(), m["count"].as_u64().unwrap())),
-                _ => {}
-            }
+            note(&serde_json::from_str(&t).unwrap(), &mut acked, &mut unlocks);
         }
     }
     assert!(acked.len() < events.len(), "the kill should land mid-stream");
