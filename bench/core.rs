@@ -26,6 +26,9 @@ fn mix(count: usize, user: &str) -> Vec<Event> {
             18 => ("article.read", vec![("article", s(&format!("a{}", x % 100)))]),
             _ => ("login", vec![]),
         };
+        // Fields sorted by name, as the server's JSON decoder delivers them.
+        let mut payload = payload;
+        payload.sort_by(|a, b| a.0.cmp(b.0));
         let mut e = Event::new(&format!("{user}-{i}"), ty, at, &payload);
         e.user_id = user.into();
         e.tenant_id = "bench".into();

@@ -139,7 +139,10 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         }
     }
 
-    let ctx = Ctx { cat, t, fields: &fields, at };
+    // Stats no longer change once badges are being evaluated, so each stat's value in this
+    // context is looked up once (five streak badges share one streak stat, for example).
+    let memo: Vec<std::cell::Cell<f64>> = vec![std::cell::Cell::new(f64::NAN); cat.stats.len()];
+    let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo };
     for &i in &ty.badges {
         consider(state, &ctx, i, &event.event_id, &mut fx);
     }
@@ -176,9 +179,17 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
 /// order (absent optional fields as null). Undeclared fields are allowed and ignored.
 fn validate(ty: &EventTypeDef, payload: &[(String, Value)]) -> Result<Vec<Value>, Rejection> {
     let mut out = vec![Value::Null; ty.fields.len()];
+    // Payloads usually list fields in declared (sorted) order, so the next declared field is
+    // tried first and the search only runs when it is not the one.
+    let mut next = 0;
     for (name, v) in payload {
-        if let Some(i) = ty.field(name) {
+        let i = match ty.fields.get(next) {
+            Some(f) if f.name == *name => Some(next),
+            _ => ty.field(name),
+        };
+        if let Some(i) = i {
             out[i] = v.clone();
+            next = i + 1;
         }
     }
     for (f, v) in ty.fields.iter().zip(&out) {
@@ -404,14 +415,22 @@ pub(crate) struct Ctx<'a> {
     pub t: usize,
     pub fields: &'a [Value],
     pub at: Millis,
+    /// Stat values already looked up in this context (NaN: not yet).
+    pub memo: &'a [std::cell::Cell<f64>],
 }
 
 /// A stat's value in this context: for a keyed stat, at the key the event carries in the field
 /// of that name ("this exercise"); when the event has no such field, the best key's value.
 pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
+    let known = ctx.memo[stat].get();
+    if !known.is_nan() {
+        return known;
+    }
     let def = &ctx.cat.stats[stat];
     let key = def.key_pos[ctx.t].and_then(|p| ctx.fields[p].key());
-    state.stats[stat].1.metric(key.as_deref())
+    let v = state.stats[stat].1.metric(key.as_deref());
+    ctx.memo[stat].set(v);
+    v
 }
 
 /// Evaluates badge `i` and awards it if due. Returns whether anything was awarded. The cheap
