@@ -3,8 +3,9 @@
 //! Trees (every key of a user starts with `tenant \0 user \0`, so one user's data is one key
 //! range and can be partitioned later):
 //! - `users`:  user key -> snapshot of the user's state (versioned bincode).
-//! - `events`: user key + seq (big-endian u64) -> the accepted event and when it was received.
-//! - `pushes`: user key + offset -> the push as sent (time-stamped JSON), for recovery.
+//! - `events`: user key + seq (big-endian u64) -> the accepted event, when it was received,
+//!   and the pushes it caused (as sent), which recovery reads back. Keeping the pushes in the
+//!   event's own record makes an accepted event two writes (this and its dedup key).
 //! - `dedup`:  `tenant \0 event_id` -> user key + seq: an id counts once per tenant for as
 //!   long as its event is retained.
 //! - `snapseq`: user key -> the sequence number of its snapshot (read by the retention sweep
@@ -50,6 +51,8 @@ pub struct StoredEvent {
     pub event: Event,
     pub received_at: Millis,
     pub catalogue_version: u64,
+    /// The pushes this event caused: (offset, the message as sent).
+    pub pushes: Vec<(u64, String)>,
 }
 
 /// What the store holds for a user when its actor starts.
@@ -66,7 +69,6 @@ pub struct Loaded {
 pub enum TreeId {
     Users,
     Events,
-    Pushes,
     Dedup,
     SnapSeq,
 }
@@ -108,7 +110,6 @@ pub struct Store {
     db: sled::Db,
     users: sled::Tree,
     events: sled::Tree,
-    pushes: sled::Tree,
     dedup: sled::Tree,
     snapseq: sled::Tree,
     tx: mpsc::Sender<Job>,
@@ -162,7 +163,6 @@ impl Store {
         let store = Store {
             users: db.open_tree("users")?,
             events: db.open_tree("events")?,
-            pushes: db.open_tree("pushes")?,
             dedup: db.open_tree("dedup")?,
             snapseq: db.open_tree("snapseq")?,
             db,
@@ -179,7 +179,7 @@ impl Store {
     fn clone_without_sender(&self) -> PersisterSide {
         PersisterSide {
             db: self.db.clone(),
-            trees: [self.users.clone(), self.events.clone(), self.pushes.clone(), self.dedup.clone(), self.snapseq.clone()],
+            trees: [self.users.clone(), self.events.clone(), self.dedup.clone(), self.snapseq.clone()],
             stats: self.stats.clone(),
         }
     }
@@ -207,21 +207,15 @@ impl Store {
             None => None,
         };
         let from = record.as_ref().map_or(0, |r| r.seq) + 1;
-        let mut tail = Vec::new();
+        let mut tail: Vec<StoredEvent> = Vec::new();
         let mut last_seq = record.as_ref().map_or(0, |r| r.seq);
         for kv in self.events.range(seq_key(&uk, from)..seq_key(&uk, u64::MAX)) {
             let (k, v) = kv?;
             last_seq = u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default());
             tail.push(decode(&k, &v)?);
         }
-        let last_offset = match self.pushes.scan_prefix(&uk).next_back() {
-            Some(kv) => {
-                let (k, _) = kv?;
-                u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default())
-            }
-            None => 0,
-        }
-        .max(record.as_ref().map_or(0, |r| r.offset));
+        // Pushes after the snapshot are all in the tail's records.
+        let last_offset = tail.iter().flat_map(|e| e.pushes.iter().map(|p| p.0)).max().unwrap_or(0).max(record.as_ref().map_or(0, |r| r.offset));
         Ok(Loaded { record, tail, last_seq, last_offset })
     }
 
@@ -230,16 +224,22 @@ impl Store {
         Ok(self.dedup.get(dedup_key(tenant, event_id))?.map(|v| v.to_vec()))
     }
 
-    /// The stored pushes of a user after `offset`, oldest first, with their time stamps.
-    pub fn pushes_after(&self, tenant: &str, user: &str, offset: u64) -> Result<Vec<(u64, Millis, String)>, StoreError> {
+    /// The stored pushes of a user after `offset`, oldest first, each with the time its event
+    /// was received. Reads the log backwards and stops at the first event whose pushes are all
+    /// at or before `offset`, or after `max_events` events.
+    pub fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError> {
         let uk = user_key(tenant, user);
         let mut out = Vec::new();
-        for kv in self.pushes.range(seq_key(&uk, offset.saturating_add(1))..seq_key(&uk, u64::MAX)) {
+        for kv in self.events.scan_prefix(&uk).rev().take(max_events) {
             let (k, v) = kv?;
-            let off = u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default());
-            let (at, text) = split_push(&k, &v)?;
-            out.push((off, at, text));
+            let e: StoredEvent = decode(&k, &v)?;
+            if e.pushes.first().is_some_and(|p| p.0 <= offset) {
+                out.extend(e.pushes.into_iter().rev().filter(|p| p.0 > offset).map(|(o, t)| (o, e.received_at, t)));
+                break;
+            }
+            out.extend(e.pushes.into_iter().rev().map(|(o, t)| (o, e.received_at, t)));
         }
+        out.reverse();
         Ok(out)
     }
 
@@ -302,18 +302,6 @@ pub mod writes {
         [Write::Put(TreeId::Events, seq_key(&uk, seq), encode(ev)), Write::Put(TreeId::Dedup, dedup_key(tenant, &ev.event.event_id), where_)]
     }
 
-    pub fn push(tenant: &str, user: &str, offset: u64, at: Millis, text: &str) -> Write {
-        let mut v = Vec::with_capacity(9 + text.len());
-        v.push(FORMAT_V1);
-        v.extend_from_slice(&at.to_be_bytes());
-        v.extend_from_slice(text.as_bytes());
-        Write::Put(TreeId::Pushes, seq_key(&user_key(tenant, user), offset), v)
-    }
-
-    pub fn forget_push(tenant: &str, user: &str, offset: u64) -> Write {
-        Write::Del(TreeId::Pushes, seq_key(&user_key(tenant, user), offset))
-    }
-
     /// The snapshot and its sequence number (for the retention sweep), written together.
     pub fn snapshot(tenant: &str, user: &str, seq: u64, encoded: Vec<u8>) -> [Write; 2] {
         let uk = user_key(tenant, user);
@@ -322,19 +310,9 @@ pub mod writes {
 
 }
 
-fn split_push(k: &[u8], v: &[u8]) -> Result<(Millis, String), StoreError> {
-    let corrupt = |why: &str| StoreError::Corrupt { key: String::from_utf8_lossy(k).replace('\0', "/"), why: why.into() };
-    if v.len() < 9 || v[0] != FORMAT_V1 {
-        return Err(corrupt("bad push record"));
-    }
-    let at = Millis::from_be_bytes(v[1..9].try_into().unwrap());
-    let text = std::str::from_utf8(&v[9..]).map_err(|_| corrupt("push is not UTF-8"))?;
-    Ok((at, text.to_string()))
-}
-
 struct PersisterSide {
     db: sled::Db,
-    trees: [sled::Tree; 5],
+    trees: [sled::Tree; 4],
     stats: Arc<PersistStats>,
 }
 
@@ -346,9 +324,8 @@ impl PersisterSide {
         match t {
             TreeId::Users => 0,
             TreeId::Events => 1,
-            TreeId::Pushes => 2,
-            TreeId::Dedup => 3,
-            TreeId::SnapSeq => 4,
+            TreeId::Dedup => 2,
+            TreeId::SnapSeq => 3,
         }
     }
 

@@ -243,10 +243,8 @@ impl User {
         }
         m.accepted.fetch_add(1, Ordering::Relaxed);
         self.seq += 1;
-        let stored = StoredEvent { event, received_at, catalogue_version: cat.version };
-        let mut writes = Vec::with_capacity(8);
-        writes.extend(store::writes::event(&self.tenant, &self.user, self.seq, &stored));
-        let event_id = stored.event.event_id.as_str();
+        let event_id = event.event_id.clone();
+        let event_id = event_id.as_str();
         let mut out = outcome("accepted");
 
         // Pushes, in the order the client sees them: one xp summing the event's XP, then
@@ -291,15 +289,12 @@ impl User {
                 }
             }
         }
-        let history = self.shared.config.history_size;
+        // The pushes are stored in the event's own record, for recovery.
         let first_new = self.offset + 1 - frames.len() as u64;
-        for (i, f) in frames.iter().enumerate() {
-            let off = first_new + i as u64;
-            writes.push(store::writes::push(&self.tenant, &self.user, off, received_at, f));
-            if off > history {
-                writes.push(store::writes::forget_push(&self.tenant, &self.user, off - history));
-            }
-        }
+        let pushes = frames.iter().enumerate().map(|(i, f)| (first_new + i as u64, f.to_string())).collect();
+        let stored = StoredEvent { event, received_at, catalogue_version: cat.version, pushes };
+        let mut writes = Vec::with_capacity(4);
+        writes.extend(store::writes::event(&self.tenant, &self.user, self.seq, &stored));
         reply(&mut deliveries, origin, protocol::ack(event_id, false), out);
         deliveries.extend(frames.into_iter().map(Delivery::All));
         deliveries.extend(permit.map(Delivery::Release));
@@ -441,10 +436,15 @@ impl User {
                 let store = self.shared.store.clone();
                 let (t, u, from) = (self.tenant.clone(), self.user.clone(), s.offset);
                 let oldest_ok = now_ms() - self.shared.config.history_hours as Millis * 3_600_000;
-                if let Ok(Ok(pushes)) = tokio::task::spawn_blocking(move || store.pushes_after(&t, &u, from)).await {
+                // Enough events to hold the history however few pushes each caused.
+                let scan = (self.shared.config.history_size as usize).saturating_mul(4).max(64);
+                if let Ok(Ok(pushes)) = tokio::task::spawn_blocking(move || store.pushes_after(&t, &u, from, scan)).await {
                     // Recovery is complete only if the stored history still starts right after
                     // the client's offset and nothing in between is too old.
-                    recovered = pushes.first().is_some_and(|p| p.0 == from + 1) && pushes.iter().all(|p| p.1 >= oldest_ok);
+                    // ...and the gap is within the history's size.
+                    recovered = pushes.first().is_some_and(|p| p.0 == from + 1)
+                        && pushes.iter().all(|p| p.1 >= oldest_ok)
+                        && self.offset - from <= self.shared.config.history_size;
                     if recovered {
                         replay = pushes.into_iter().filter(|p| p.0 <= self.offset).map(|p| Frame::from(p.2)).collect();
                     }

@@ -866,10 +866,13 @@ async fn churn(i: usize, opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Sha
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        let mut revisited = 0;
         for &u in &mine {
-            if sh.stop.load(Ordering::Acquire) && pass == 1 {
+            // The second pass always brings back at least one user, however late it starts.
+            if sh.stop.load(Ordering::Acquire) && pass == 1 && revisited > 0 {
                 break;
             }
+            revisited += pass;
             let user = format!("{}-churn{u}", opts.run_id);
             let mut ws = open(opts, addr, src).await?;
             hello(&mut ws, &token(opts, &user), None).await?;
