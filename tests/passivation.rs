@@ -46,8 +46,8 @@ async fn an_idle_actor_passivates_and_comes_back_intact() {
         if shared.registry.active() == 0 {
             break;
         }
-        // Let the persister thread (real time) finish the snapshot.
-        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(20))).await.unwrap();
+        // Wait for the persister thread (real time) to finish the snapshot.
+        shared.store.sync().await.unwrap();
     }
     assert_eq!(shared.registry.active(), 0, "the idle actor did not stop");
     assert_eq!(shared.metrics.passivated.load(Ordering::Relaxed), 1);
