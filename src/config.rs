@@ -150,7 +150,14 @@ impl Config {
     /// Reads flags and environment, then fills every setting left at its default from the
     /// `--config` file if one is named.
     pub fn load() -> anyhow::Result<Config> {
-        Config::load_from(std::env::args_os())
+        match Config::load_from(std::env::args_os()) {
+            // Help, version and bad flags are clap's to print (help exits 0, errors 2).
+            Err(e) => match e.downcast::<clap::Error>() {
+                Ok(clap_error) => clap_error.exit(),
+                Err(e) => Err(e),
+            },
+            ok => ok,
+        }
     }
 
     /// `load` with explicit arguments (the first is the program name).
