@@ -89,11 +89,11 @@ pub struct Config {
     #[arg(long, default_value_t = 120)]
     pub passivate_secs: u64,
 
-    /// Pushes kept per user for recovery.
+    /// The most pushes a reconnecting client can catch up on; a larger gap is not recovered.
     #[arg(long, default_value_t = 300)]
     pub history_size: u64,
 
-    /// Hours a push is kept for recovery.
+    /// How old (in hours) a missed push may be and still be recovered.
     #[arg(long, default_value_t = 24)]
     pub history_hours: u64,
 

@@ -36,24 +36,32 @@ impl Drop for Server {
     }
 }
 
-fn start(dir: &std::path::Path, port: u16) -> Server {
-    Server(Command::new(env!("CARGO_BIN_EXE_accolade"))
+/// Starts the binary and returns once it logs that it is listening (waiting on that event,
+/// not polling the port). Its output keeps being drained so the pipe never fills.
+async fn start(dir: &std::path::Path, port: u16) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accolade"))
         .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir", dir.to_str().unwrap(), "--rate-per-sec", "100000", "--rate-burst", "100000"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "warn,accolade=info")
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("server binary starts"))
-}
-
-async fn wait_ready(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
+        .expect("server binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (ready, listening) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut ready = Some(ready);
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("accolade listening") {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("server did not start listening");
+    });
+    let server = Server(child);
+    tokio::time::timeout(Duration::from_secs(20), listening).await.expect("server listening within 20 s").expect("server printed that it listens");
+    server
 }
 
 /// The stream: answers over three exercises, mostly right, so streak badges (per exercise,
@@ -84,8 +92,7 @@ async fn acked_events_survive_sigkill_exactly_once() {
         json!({ "type": "event", "event_id": id, "event_type": "problem.answered", "occurred_at": at, "payload": { "exercise": ex, "correct": ok, "seconds": 3 } }).to_string()
     };
 
-    let mut server = start(dir.path(), port);
-    wait_ready(port).await;
+    let mut server = start(dir.path(), port).await;
     let mut c = Client::connect(&url, &token("crash-user"), None).await;
     let mut acked = HashSet::new();
     let mut unlocks: Vec<(String, u64)> = vec![];
@@ -106,8 +113,7 @@ async fn acked_events_survive_sigkill_exactly_once() {
     }
     assert!(acked.len() < events.len(), "the kill should land mid-stream");
 
-    let mut server = start(dir.path(), port);
-    wait_ready(port).await;
+    let mut server = start(dir.path(), port).await;
     let mut c = Client::connect(&url, &token("crash-user"), None).await;
     // The client retries everything it sent, in order, as accolade.js does after a reconnect.
     for e in &events {

@@ -24,6 +24,13 @@ async fn ingest(shared: &Arc<server::Shared>, e: Event) -> IngestOutcome {
     rx.await.unwrap()
 }
 
+/// Lets the timer task, the actor and the registry take their turns after time advanced.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_actor_passivates_and_comes_back_intact() {
     let dir = common::tmp();
@@ -37,12 +44,12 @@ async fn an_idle_actor_passivates_and_comes_back_intact() {
 
     // Not before the idle time...
     tokio::time::advance(Duration::from_secs(100)).await;
-    tokio::task::yield_now().await;
+    settle().await;
     assert_eq!(shared.registry.active(), 1, "passivated too early");
     // ...but after it (plus the check interval and the snapshot's own round trip).
     for _ in 0..20 {
         tokio::time::advance(Duration::from_secs(30)).await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        settle().await;
         if shared.registry.active() == 0 {
             break;
         }
@@ -66,6 +73,6 @@ async fn an_idle_actor_passivates_and_comes_back_intact() {
     assert_eq!(ingest(&shared, video("p1", 1200.0)).await.status, "duplicate");
     // A connected user is never passivated.
     tokio::time::advance(Duration::from_secs(600)).await;
-    tokio::time::sleep(Duration::from_millis(1)).await;
+    settle().await;
     assert_eq!(shared.registry.active(), 1);
 }

@@ -178,6 +178,8 @@ struct Shared {
     secs: Vec<Mutex<(u64, u64, u64, Histogram<u64>)>>,
     errors: Mutex<BTreeMap<String, u64>>,
     stop: AtomicBool,
+    /// The same as `stop`, for tasks that wait for it instead of checking it.
+    stopped: tokio::sync::watch::Sender<bool>,
     slow_phase: AtomicBool,
     slow_closed: AtomicU64,
 }
@@ -189,9 +191,20 @@ impl Shared {
             secs: (0..seconds + 120).map(|_| Mutex::new((0, 0, 0, hist()))).collect(),
             errors: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
+            stopped: tokio::sync::watch::channel(false).0,
             slow_phase: AtomicBool::new(false),
             slow_closed: AtomicU64::new(0),
         }
+    }
+
+    fn finish(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.stopped.send_replace(true);
+    }
+
+    /// Resolves once the run has been told to stop.
+    async fn until_stopped(&self) {
+        let _ = self.stopped.subscribe().wait_for(|s| *s).await;
     }
 
     fn error(&self, kind: &str) {
@@ -526,11 +539,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let started = Instant::now();
     let phase_end = started + opts.duration;
     if opts.scenario == Scenario::SlowConsumers {
-        tokio::time::sleep(opts.duration / 2).await;
+        tokio::time::sleep_until((started + opts.duration / 2).into()).await;
         sh.slow_phase.store(true, Ordering::Release);
     }
     tokio::time::sleep_until(phase_end.into()).await;
-    sh.stop.store(true, Ordering::Release);
+    sh.finish();
     let mut total = Tally::new();
     let mut resume_ms: Option<u64> = None;
     let mut users = 0u64;
@@ -626,8 +639,10 @@ async fn sample_server(pid: u32, sh: Arc<Shared>) {
     *SAMPLES.lock().unwrap() = (Vec::new(), 0);
     let hz = 100.0; // USER_HZ on Linux
     let mut last = (Instant::now(), cpu_ticks(pid).unwrap_or(0));
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.tick().await;
     while !sh.stop.load(Ordering::Acquire) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        every.tick().await;
         let (now, ticks) = (Instant::now(), cpu_ticks(pid).unwrap_or(0));
         let pct = (ticks - last.1) as f64 / hz / now.duration_since(last.0).as_secs_f64() * 100.0;
         last = (now, ticks);
@@ -824,9 +839,7 @@ async fn reconnect_storm(opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Sha
     ws.flush().await?;
     drop(ws);
     // Wait for everyone to drop, then reconnect together.
-    while !sh.stop.load(Ordering::Acquire) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sh.until_stopped().await;
     let started = Instant::now();
     let mut ws = open(opts, addr, src).await?;
     let (_, welcome_offset, recovered) = hello(&mut ws, &token(opts, &p.user), Some((&p.epoch.clone(), p.offset))).await?;
@@ -861,9 +874,10 @@ async fn churn(i: usize, opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Sha
     let start = Instant::now();
     for pass in 0..2 {
         if pass == 1 {
-            // Leave time for passivation before coming back.
-            while start.elapsed() < half && !sh.stop.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // Leave time for passivation before coming back (or until the run stops).
+            tokio::select! {
+                _ = tokio::time::sleep_until((start + half).into()) => {}
+                _ = sh.until_stopped() => {}
             }
         }
         let mut revisited = 0;
