@@ -90,6 +90,48 @@ impl Keys {
     }
 }
 
+/// The tenants' API keys. A presented key is compared with every tenant's key in constant time
+/// (no early exit on the first differing byte, nor on the first matching tenant), so timing
+/// tells an attacker nothing about any key. Keys are never logged or printed.
+pub struct ApiKeys {
+    keys: Vec<(String, Vec<u8>)>,
+}
+
+impl ApiKeys {
+    pub fn new(keys: &[(String, String)]) -> ApiKeys {
+        ApiKeys { keys: keys.iter().map(|(t, k)| (t.clone(), k.as_bytes().to_vec())).collect() }
+    }
+
+    /// The tenant whose key this is.
+    pub fn tenant_of(&self, presented: &str) -> Option<&str> {
+        let mut found = None;
+        for (tenant, key) in &self.keys {
+            if constant_time_eq(presented.as_bytes(), key) {
+                found = Some(tenant.as_str());
+            }
+        }
+        found
+    }
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} tenants, keys redacted)", self.keys.len())
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= u64::from(x ^ y);
+    }
+    // `black_box` keeps the compiler from turning the loop back into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
 /// Signs a token with a raw secret (used by the load generator and tests).
 pub fn mint_with_secret(secret: &str, tenant: &str, user: &str, exp: u64) -> String {
     mint_with(&EncodingKey::from_secret(secret.as_bytes()), tenant, user, exp).expect("HS256 signing cannot fail")
@@ -119,6 +161,17 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::new(&[("a".into(), "secret-of-tenant-a".into()), ("b".into(), "secret-of-tenant-b".into())])
+    }
+
+    #[test]
+    fn api_keys_find_only_their_own_tenant() {
+        let k = ApiKeys::new(&[("a".into(), "key-of-tenant-a-123".into()), ("b".into(), "key-of-tenant-b-456".into())]);
+        assert_eq!(k.tenant_of("key-of-tenant-a-123"), Some("a"));
+        assert_eq!(k.tenant_of("key-of-tenant-b-456"), Some("b"));
+        assert_eq!(k.tenant_of("key-of-tenant-a-12"), None, "a prefix is not the key");
+        assert_eq!(k.tenant_of("key-of-tenant-a-1234"), None, "nor is a longer string");
+        assert_eq!(k.tenant_of(""), None);
+        assert!(!format!("{k:?}").contains("key-of"), "keys never reach a log line");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::Duration;
 /// on a loopback address.
 pub const DEMO_SECRET: &str = "accolade-demo-secret";
 pub const DEMO_TENANT: &str = "demo";
+/// The demo tenant's API key, under the same loopback-only rule as the demo secret.
+pub const DEMO_API_KEY: &str = "accolade-demo-api-key";
 
 #[derive(Parser, Debug, Clone, Serialize, Deserialize)]
 #[command(name = "accolade", version, about = "Real-time achievement server: badges, XP and levels pushed over WebSocket.")]
@@ -37,6 +39,11 @@ pub struct Config {
     /// signs the HS256 tokens of that tenant's users.
     #[arg(long = "tenant", env = "ACCOLADE_TENANTS", value_delimiter = ',')]
     pub tenants: Vec<String>,
+
+    /// API keys as NAME:KEY (repeat, or comma-separate in the variable): the key gives full
+    /// (admin) access to that tenant's HTTP API, and to nothing of any other tenant.
+    #[arg(long = "api-key", env = "ACCOLADE_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
 
     /// Serve the demo page and `GET /demo/token` with the demo tenant: "auto" turns it on only
     /// on a loopback address, "on" anywhere (requires --allow-public-demo off loopback), "off".
@@ -114,6 +121,11 @@ pub struct Config {
     #[arg(long, default_value_t = 2000)]
     pub progress_throttle_ms: u64,
 
+    /// Users a catalogue backfill re-evaluates per second at most, so it never starves live
+    /// traffic.
+    #[arg(long, default_value_t = 500)]
+    pub backfill_users_per_sec: u64,
+
     /// Seconds to wait for connections and actors to drain at shutdown.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -127,6 +139,9 @@ pub struct Config {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// Rebuild every stored user from the event log alone and report any difference from the
+    /// stored state (run it with the server stopped; exits 1 if anything differs).
+    Replay,
     /// Print a token for a user of a tenant, signed with that tenant's secret.
     Token {
         /// The user id (the token's `sub`).
@@ -223,6 +238,26 @@ impl Config {
         Ok(out)
     }
 
+    /// The tenants' API keys, the demo tenant's included when the demo is on.
+    pub fn api_keys(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let tenants = self.tenant_secrets()?;
+        let mut out = Vec::new();
+        for k in &self.api_keys {
+            let (name, key) = k.split_once(':').ok_or_else(|| anyhow::anyhow!("--api-key for `{}` must be NAME:KEY", k.split(':').next().unwrap_or_default()))?;
+            if !tenants.iter().any(|(t, _)| t == name) {
+                anyhow::bail!("--api-key names tenant `{name}`, which no --tenant declares");
+            }
+            if key.len() < 16 {
+                anyhow::bail!("--api-key for `{name}`: the key must be at least 16 characters");
+            }
+            out.push((name.to_string(), key.to_string()));
+        }
+        if self.demo_enabled()? && !out.iter().any(|(n, _)| n == DEMO_TENANT) {
+            out.push((DEMO_TENANT.into(), DEMO_API_KEY.into()));
+        }
+        Ok(out)
+    }
+
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_secs(self.auth_timeout_secs)
     }
@@ -273,5 +308,12 @@ mod tests {
         assert!(e.contains("unknown setting `histroy_size`"), "{e}");
         let e = Config::load_from(["accolade", "--tenant", "acme:short"]).unwrap().tenant_secrets().unwrap_err().to_string();
         assert!(e.contains("at least 16 characters"), "{e}");
+        // API keys: the tenant must exist, the key is long enough, and the error never shows it.
+        let e = Config::load_from(["accolade", "--api-key", "ghost:0123456789abcdef0"]).unwrap().api_keys().unwrap_err().to_string();
+        assert!(e.contains("no --tenant declares") && !e.contains("0123456789abcdef0"), "{e}");
+        let e = Config::load_from(["accolade", "--tenant", "acme:0123456789abcdef", "--api-key", "acme:short-key"]).unwrap().api_keys().unwrap_err().to_string();
+        assert!(e.contains("at least 16") && !e.contains("short-key"), "{e}");
+        let keys = Config::load_from(["accolade", "--tenant", "acme:0123456789abcdef", "--api-key", "acme:0123456789abcdef0"]).unwrap().api_keys().unwrap();
+        assert!(keys.contains(&("acme".into(), "0123456789abcdef0".into())) && keys.iter().any(|(t, _)| t == DEMO_TENANT));
     }
 }

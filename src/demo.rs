@@ -50,11 +50,13 @@ async fn token(State(shared): State<Arc<Shared>>, q: Query<TokenQuery>) -> Resul
 
 /// The badges of the catalogue in force, for the demo's badge shelf. Hidden badges show as
 /// "???" until earned, which the page decides from the welcome's owned list.
-async fn catalogue(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let cat = shared.catalogue();
+async fn catalogue(State(shared): State<Arc<Shared>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let cat = shared.catalogue(DEMO_TENANT).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no_demo_tenant", "the demo tenant is not configured".into()))?;
+    // Retired badges are not on the shelf: nobody can earn them any more.
     let badges: Vec<serde_json::Value> = cat
         .badges
         .iter()
+        .filter(|b| !b.retired)
         .map(|b| {
             if b.hidden {
                 serde_json::json!({ "id": &*b.id, "name": "???", "description": "???", "tier": b.tier.as_str(), "icon": "❔", "hidden": true })
@@ -65,5 +67,5 @@ async fn catalogue(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             }
         })
         .collect();
-    Json(serde_json::json!({ "version": cat.version, "name": cat.name, "badges": badges }))
+    Ok(Json(serde_json::json!({ "version": cat.version, "name": cat.name, "badges": badges })))
 }

@@ -11,15 +11,26 @@
 //! - [`user`]: the per-user actor, the registry that finds it, and its supervisor.
 //! - [`store`]: sled storage and the group-commit persister; the only module that imports sled.
 //! - [`auth`]: token verification (HS256, pinned).
+//! - [`api`]: the HTTP API (ingest, catalogue changes, queries, dead letters, jobs) and its
+//!   OpenAPI document.
+//! - [`catalogues`]: each tenant's catalogue versions and the changes that make them.
+//! - [`backfill`]: background re-evaluation of stored users after a catalogue change.
+//! - [`replay`]: rebuilding users from the event log (actor start, backfill, `replay` check).
+//! - [`metrics`]: counters and histograms, rendered for Prometheus.
 //! - [`server`]: the router and `run(listener, shared, shutdown)`.
 //! - [`demo`]: the embedded demo page and demo token endpoint.
 //! - [`config`]: the one typed configuration.
 
+pub mod api;
 pub mod auth;
+pub mod backfill;
+pub mod catalogues;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod metrics;
 pub mod protocol;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod store;

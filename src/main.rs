@@ -20,12 +20,54 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Some(Command::Replay) => replay(config).await,
         None | Some(Command::Serve) => {
             let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", config.bind))?;
             let shared = server::build(config).await?;
+            tokio::spawn(reload_on_sighup(shared.clone()));
             let addr = listener.local_addr()?;
             tracing::info!(%addr, demo = shared.demo, "accolade listening{}", if shared.demo { format!("; open http://{addr}/") } else { String::new() });
             server::run(listener, shared, shutdown_signal()).await
+        }
+    }
+}
+
+/// `accolade replay`: the log must rebuild exactly the stored state.
+async fn replay(config: Config) -> anyhow::Result<()> {
+    let shared = server::build(config).await?;
+    let s = shared.clone();
+    let report = tokio::task::spawn_blocking(move || accolade::replay::check_all(&s.store, &s.catalogues)).await??;
+    println!("replayed {} users ({} events); {} skipped (log swept by retention); {} differences", report.users, report.events, report.skipped, report.differences.len());
+    for d in &report.differences {
+        println!("  {}/{}: {}", d.tenant, d.user, d.what);
+    }
+    if report.differences.is_empty() {
+        Ok(())
+    } else {
+        std::process::exit(1)
+    }
+}
+
+/// SIGHUP re-reads the catalogue file through the same validation and versioning as the API;
+/// an invalid file is logged and changes nothing.
+async fn reload_on_sighup(shared: std::sync::Arc<server::Shared>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match shared.catalogues.reload_file(accolade::user::now_ms()).await {
+            Ok(changed) if changed.is_empty() => tracing::info!("catalogue reload: nothing changed"),
+            Ok(changed) => {
+                for (tenant, cand) in changed {
+                    tracing::info!(%tenant, version = cand.catalogue.version, "catalogue reloaded from the file");
+                    // New or changed badges are backfilled, silently, as an API change would be.
+                    if !cand.changed_badges.is_empty() || !cand.new_stats.is_empty() {
+                        match accolade::backfill::start(&shared, &tenant, &cand, false).await {
+                            Ok(job) => tracing::info!(%tenant, job = job.id, "backfill started"),
+                            Err(e) => tracing::error!(%tenant, error = %e, "backfill could not start"),
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "catalogue reload refused; the catalogue in force is unchanged"),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The server as a function of (listener, config, shutdown): builds the shared parts, the axum
 //! router (WebSocket, demo page, metrics), and runs until shutdown, then drains.
 
-use crate::auth::Keys;
+use crate::auth::{ApiKeys, Keys};
+use crate::catalogues::Catalogues;
 use crate::config::Config;
-use crate::core::{Catalogue, Format};
+use crate::core::Catalogue;
 use crate::store::Store;
 use crate::user::Registry;
 use axum::extract::{State, WebSocketUpgrade};
@@ -11,26 +12,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Counters shown at `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    pub connections: AtomicU64,
-    pub actors: AtomicU64,
-    pub accepted: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub rejected: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub unlocks: AtomicU64,
-    pub pushes: AtomicU64,
-    pub slow_closed: AtomicU64,
-    pub passivated: AtomicU64,
-}
+pub use crate::metrics::Metrics;
 
 /// What every part of the server shares. No globals: this is passed around as `Arc<Shared>`.
 pub struct Shared {
@@ -42,35 +30,33 @@ pub struct Shared {
     pub metrics: Metrics,
     pub shutdown: watch::Sender<bool>,
     pub demo: bool,
-    catalogue: RwLock<Arc<Catalogue>>,
+    pub api_keys: ApiKeys,
+    pub catalogues: Catalogues,
+    /// Set once the server accepts traffic; cleared when shutdown starts (`/readyz`).
+    pub ready: AtomicBool,
+    /// The backfill jobs running in this process, by (tenant, id), to cancel them.
+    pub jobs: dashmap::DashMap<(String, u64), tokio::task::AbortHandle>,
 }
 
 impl Shared {
-    /// The catalogue in force. Read once per message; a change swaps the whole `Arc`.
-    pub fn catalogue(&self) -> Arc<Catalogue> {
-        self.catalogue.read().expect("catalogue lock poisoned").clone()
+    /// The tenant's catalogue in force. Read once per message; a change swaps the whole `Arc`.
+    /// Every caller has authenticated the tenant, and every configured tenant has a catalogue.
+    pub fn catalogue(&self, tenant: &str) -> Option<Arc<Catalogue>> {
+        self.catalogues.current(tenant)
     }
 }
 
-/// Loads the configured catalogue, or the embedded demo one.
-pub fn load_catalogue(cfg: &Config) -> anyhow::Result<Catalogue> {
-    match &cfg.catalogue {
-        None => Ok(Catalogue::demo()),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading catalogue {}: {e}", path.display()))?;
-            let format = if path.extension().is_some_and(|e| e == "json") { Format::Json } else { Format::Toml };
-            Catalogue::parse(&text, format).map_err(|e| anyhow::anyhow!("catalogue {}: {e}", path.display()))
-        }
-    }
-}
-
-/// Builds the shared parts: opens the store, loads the catalogue, starts the supervisor.
+/// Builds the shared parts: opens the store, loads each tenant's catalogue, starts the
+/// supervisor.
 pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let demo = config.demo_enabled()?;
-    let keys = Keys::new(&config.tenant_secrets()?);
-    let catalogue = load_catalogue(&config)?;
+    let secrets = config.tenant_secrets()?;
+    let keys = Keys::new(&secrets);
+    let api_keys = ApiKeys::new(&config.api_keys()?);
     std::fs::create_dir_all(&config.data_dir).map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir).map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
+    let tenants: Vec<String> = secrets.iter().map(|(t, _)| t.clone()).collect();
+    let catalogues = Catalogues::open(store.clone(), config.catalogue.clone(), &tenants, crate::user::now_ms()).await?;
     let registry = Arc::new(Registry::default());
     let supervisor = crate::user::start_supervisor(registry.clone()).await?;
     let (shutdown, _) = watch::channel(false);
@@ -83,17 +69,69 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         metrics: Metrics::default(),
         shutdown,
         demo,
-        catalogue: RwLock::new(Arc::new(catalogue)),
+        api_keys,
+        catalogues,
+        ready: AtomicBool::new(false),
+        jobs: dashmap::DashMap::new(),
     }))
 }
 
 pub fn app(shared: Arc<Shared>) -> Router {
-    let mut r = Router::new().route("/v1/ws", get(ws)).route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok" }));
+    let mut r = Router::new()
+        .route("/v1/ws", get(ws))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(crate::api::routes());
     if shared.demo {
         r = r.merge(crate::demo::routes());
     }
-    r.with_state(shared)
+    r.fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no_route", "no such route; the API is described at /v1/openapi.json".into()) })
+        .layer(axum::middleware::from_fn(request_id))
+        .with_state(shared)
 }
+
+/// Gives every request an id (the caller's `x-request-id`, or a fresh one), puts it on every
+/// log line written while handling the request, and returns it in the response.
+async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:x}-{:x}", crate::user::now_ms(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut res = next.run(req).instrument(span).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: storage open, catalogues loaded, accepting traffic, not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Starting or shutting down", body = String)))]
+pub async fn readyz(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::Acquire) && !*s.shutdown.borrow() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Prometheus metrics: connections, actors, events by outcome, latency histograms, persister
+/// batches, dead letters, backfill progress.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics_doc() {}
 
 async fn ws(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
     // The application limit (`max_message_bytes`) answers with a `too_large` error and keeps
@@ -110,41 +148,17 @@ async fn ws(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Res
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let m = &s.metrics;
     let p = &s.store.stats;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let body = format!(
-        "# TYPE accolade_connections gauge\naccolade_connections {}\n\
-         # TYPE accolade_actors_active gauge\naccolade_actors_active {}\n\
-         # TYPE accolade_events_total counter\naccolade_events_total{{outcome=\"accepted\"}} {}\naccolade_events_total{{outcome=\"duplicate\"}} {}\naccolade_events_total{{outcome=\"rejected\"}} {}\naccolade_events_total{{outcome=\"rate_limited\"}} {}\n\
-         # TYPE accolade_unlocks_total counter\naccolade_unlocks_total {}\n\
-         # TYPE accolade_pushes_total counter\naccolade_pushes_total {}\n\
-         # TYPE accolade_slow_closed_total counter\naccolade_slow_closed_total {}\n\
-         # TYPE accolade_passivated_total counter\naccolade_passivated_total {}\n\
-         # TYPE accolade_persist_batches_total counter\naccolade_persist_batches_total {}\n\
-         # TYPE accolade_persist_jobs_total counter\naccolade_persist_jobs_total {}\n\
-         # TYPE accolade_persist_writes_total counter\naccolade_persist_writes_total {}\n\
-         # TYPE accolade_persist_apply_seconds_total counter\naccolade_persist_apply_seconds_total {}\n\
-         # TYPE accolade_persist_flush_seconds_total counter\naccolade_persist_flush_seconds_total {}\n\
-         # TYPE accolade_persist_last_batch_jobs gauge\naccolade_persist_last_batch_jobs {}\n",
-        g(&m.connections),
-        g(&m.actors),
-        g(&m.accepted),
-        g(&m.duplicates),
-        g(&m.rejected),
-        g(&m.rate_limited),
-        g(&m.unlocks),
-        g(&m.pushes),
-        g(&m.slow_closed),
-        g(&m.passivated),
-        g(&p.batches),
-        g(&p.jobs),
-        g(&p.writes),
-        g(&p.apply_micros_total) as f64 / 1e6,
-        g(&p.flush_micros_total) as f64 / 1e6,
-        g(&p.last_batch_jobs),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    let figures = crate::metrics::PersistFigures {
+        batches: g(&p.batches),
+        jobs: g(&p.jobs),
+        writes: g(&p.writes),
+        apply_seconds: g(&p.apply_micros_total) as f64 / 1e6,
+        flush_seconds: g(&p.flush_micros_total) as f64 / 1e6,
+        last_batch_jobs: g(&p.last_batch_jobs),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&figures))
 }
 
 /// A JSON error body with a status, for every HTTP error a client can cause.
@@ -190,7 +204,13 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         let _ = signal.send(true);
     };
     let sweeper = tokio::spawn(retention(shared.clone()));
+    let resumed = crate::backfill::resume_all(&shared)?;
+    if resumed > 0 {
+        tracing::info!(jobs = resumed, "backfill jobs resumed");
+    }
+    shared.ready.store(true, Ordering::Release);
     axum::serve(listener, app(shared.clone())).with_graceful_shutdown(stop).await?;
+    shared.ready.store(false, Ordering::Release);
     sweeper.abort();
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.registry.stop_all()).await;

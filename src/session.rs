@@ -234,7 +234,9 @@ fn on_text(
         shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         return Some(protocol::error("rate_limited", "too many events; slow down and resend", Some(&ev.event_id)));
     }
-    let cat = shared.catalogue();
+    let Some(cat) = shared.catalogue(tenant) else {
+        return Some(protocol::error("unavailable", "this tenant has no catalogue", Some(&ev.event_id)));
+    };
     if let Some(t) = cat.type_of(&ev.event_type)
         && !cat.types[t].client
     {
@@ -254,7 +256,7 @@ fn on_text(
         payload: ev.payload,
     };
     let event_id = event.event_id.clone();
-    let msg = UserMsg::Event { event, received_at: now_ms(), origin: Origin::Conn(conn), permit: ready.take() };
+    let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Conn(conn), permit: ready.take() };
     match shared.registry.send(shared, tenant, user, msg) {
         Ok(()) => None,
         Err(e) => Some(protocol::error("unavailable", &e.to_string(), Some(&event_id))),

@@ -10,6 +10,9 @@
 //!   long as its event is retained.
 //! - `snapseq`: user key -> the sequence number of its snapshot (read by the retention sweep
 //!   without decoding whole snapshots).
+//! - `catalogues`: `tenant \0` + version (big-endian u64) -> that catalogue version's document.
+//! - `dead`: `tenant \0` + id -> a dead letter (an ingested event that was refused).
+//! - `jobs`: `tenant \0` + id -> a backfill job and how far it got.
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
 //! one persister thread that applies whatever has queued up as one batch per tree and then
@@ -71,6 +74,9 @@ pub enum TreeId {
     Events,
     Dedup,
     SnapSeq,
+    Catalogues,
+    Dead,
+    Jobs,
 }
 
 #[derive(Debug)]
@@ -112,6 +118,9 @@ pub struct Store {
     events: sled::Tree,
     dedup: sled::Tree,
     snapseq: sled::Tree,
+    catalogues: sled::Tree,
+    dead: sled::Tree,
+    jobs: sled::Tree,
     tx: mpsc::Sender<Job>,
     pub stats: Arc<PersistStats>,
 }
@@ -165,6 +174,9 @@ impl Store {
             events: db.open_tree("events")?,
             dedup: db.open_tree("dedup")?,
             snapseq: db.open_tree("snapseq")?,
+            catalogues: db.open_tree("catalogues")?,
+            dead: db.open_tree("dead")?,
+            jobs: db.open_tree("jobs")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -179,7 +191,15 @@ impl Store {
     fn clone_without_sender(&self) -> PersisterSide {
         PersisterSide {
             db: self.db.clone(),
-            trees: [self.users.clone(), self.events.clone(), self.dedup.clone(), self.snapseq.clone()],
+            trees: [
+                self.users.clone(),
+                self.events.clone(),
+                self.dedup.clone(),
+                self.snapseq.clone(),
+                self.catalogues.clone(),
+                self.dead.clone(),
+                self.jobs.clone(),
+            ],
             stats: self.stats.clone(),
         }
     }
@@ -284,6 +304,126 @@ impl Store {
         Ok(swept)
     }
 
+    /// Submits writes and waits until they are durable.
+    pub async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(writes, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await.map_err(|_| StoreError::Stopped)?.map_err(|e| StoreError::Corrupt { key: "flush".into(), why: e })
+    }
+
+    /// A fresh id, unique in this database across restarts.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Whether anything is stored for a user.
+    pub fn has_user(&self, tenant: &str, user: &str) -> Result<bool, StoreError> {
+        let uk = user_key(tenant, user);
+        Ok(self.users.contains_key(&uk)? || self.events.scan_prefix(&uk).next().transpose()?.is_some())
+    }
+
+    /// Up to `limit` user ids of a tenant in key order, after `after` (exclusive).
+    pub fn users_page(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let prefix = tenant_prefix(tenant);
+        let start = match after {
+            Some(u) => {
+                let mut k = user_key(tenant, u);
+                k.push(0); // just past `after`
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for kv in self.users.range(start..) {
+            let (k, _) = kv?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let user = &k[prefix.len()..k.len() - 1];
+            out.push(String::from_utf8_lossy(user).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// How many users of a tenant have a snapshot (every user who ever had an event does).
+    pub fn count_users(&self, tenant: &str) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self.users.scan_prefix(tenant_prefix(tenant)) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Every (tenant, user) with a snapshot, for the `replay` check.
+    pub fn all_users(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.users.iter() {
+            let (k, _) = kv?;
+            let mut parts = k[..k.len().saturating_sub(1)].splitn(2, |&b| b == 0);
+            let t = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let u = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            out.push((t, u));
+        }
+        Ok(out)
+    }
+
+    /// Every stored value of one kind for a tenant (catalogue versions, dead letters, jobs),
+    /// oldest first, after id `after`, at most `limit`.
+    pub fn list<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str, after: u64, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
+        let tree = self.kind_tree(kind);
+        let prefix = tenant_prefix(tenant);
+        let mut out = Vec::new();
+        for kv in tree.range(seq_key(&prefix, after.saturating_add(1))..seq_key(&prefix, u64::MAX)).take(limit) {
+            let (k, v) = kv?;
+            out.push((u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or_default()), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// The newest stored value of one kind for a tenant.
+    pub fn last<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str) -> Result<Option<(u64, T)>, StoreError> {
+        let prefix = tenant_prefix(tenant);
+        match self.kind_tree(kind).range(seq_key(&prefix, 0)..seq_key(&prefix, u64::MAX)).next_back() {
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some((u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or_default()), decode(&k, &v)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn get<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str, id: u64) -> Result<Option<T>, StoreError> {
+        let k = seq_key(&tenant_prefix(tenant), id);
+        match self.kind_tree(kind).get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every tenant that has a value of this kind (to resume jobs at start).
+    pub fn tenants_with(&self, kind: Kind) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = Vec::new();
+        for kv in self.kind_tree(kind).iter() {
+            let (k, _) = kv?;
+            let t = String::from_utf8_lossy(k.split(|&b| b == 0).next().unwrap_or_default()).into_owned();
+            if out.last() != Some(&t) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    fn kind_tree(&self, kind: Kind) -> &sled::Tree {
+        match kind {
+            Kind::Catalogue => &self.catalogues,
+            Kind::DeadLetter => &self.dead,
+            Kind::Job => &self.jobs,
+        }
+    }
+
     /// Flushes synchronously (shutdown).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -291,9 +431,45 @@ impl Store {
     }
 }
 
+/// The per-tenant records kept by id: catalogue versions, dead letters, backfill jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Catalogue,
+    DeadLetter,
+    Job,
+}
+
+fn tenant_prefix(tenant: &str) -> Vec<u8> {
+    let mut k = tenant.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
 /// Builders for the writes an accepted event causes, so callers never see key layouts.
 pub mod writes {
     use super::*;
+
+    /// Stores (or replaces) a per-tenant record.
+    pub fn put<T: Serialize>(kind: Kind, tenant: &str, id: u64, value: &T) -> Write {
+        Write::Put(tree_of(kind), seq_key(&tenant_prefix(tenant), id), encode(value))
+    }
+
+    pub fn delete(kind: Kind, tenant: &str, id: u64) -> Write {
+        Write::Del(tree_of(kind), seq_key(&tenant_prefix(tenant), id))
+    }
+
+    fn tree_of(kind: Kind) -> TreeId {
+        match kind {
+            Kind::Catalogue => TreeId::Catalogues,
+            Kind::DeadLetter => TreeId::Dead,
+            Kind::Job => TreeId::Jobs,
+        }
+    }
+
+    /// A log record that is not a client event (a backfill's awards): no dedup key.
+    pub fn system_event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent) -> Write {
+        Write::Put(TreeId::Events, seq_key(&user_key(tenant, user), seq), encode(ev))
+    }
 
     pub fn event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent) -> [Write; 2] {
         let uk = user_key(tenant, user);
@@ -312,7 +488,7 @@ pub mod writes {
 
 struct PersisterSide {
     db: sled::Db,
-    trees: [sled::Tree; 4],
+    trees: [sled::Tree; 7],
     stats: Arc<PersistStats>,
 }
 
@@ -326,6 +502,9 @@ impl PersisterSide {
             TreeId::Events => 1,
             TreeId::Dedup => 2,
             TreeId::SnapSeq => 3,
+            TreeId::Catalogues => 4,
+            TreeId::Dead => 5,
+            TreeId::Jobs => 6,
         }
     }
 

@@ -5,7 +5,8 @@
 //! Also here: the registry that finds or spawns a user's actor, and the supervisor that forgets
 //! an actor that stopped or failed, so the next message revives the user from sled.
 
-use crate::core::{apply, Effect, Event, Millis, UserState};
+use crate::backfill::BackfillSpec;
+use crate::core::{apply, Catalogue, Effect, Event, Millis, UserState};
 use crate::protocol::{self, Frame, Since};
 use crate::server::Shared;
 use crate::store::{self, StoredEvent};
@@ -45,10 +46,29 @@ pub enum Origin {
     Http(oneshot::Sender<IngestOutcome>),
 }
 
+/// What a query sees: the user's state (everything accepted is durable), the catalogue in
+/// force, and the stream positions. The state may still be aligned to an older catalogue
+/// version until the next event; use stat ids, or a synced copy, to read stats.
+pub struct UserView<'a> {
+    pub state: &'a UserState,
+    pub catalogue: &'a Arc<Catalogue>,
+    pub seq: u64,
+    pub offset: u64,
+}
+
+/// A question run inside the actor on its state, answering through its own channel: nothing
+/// is copied that the question does not need.
+pub type Query = Box<dyn FnOnce(UserView<'_>) + Send>;
+
 pub enum UserMsg {
     /// An authenticated event. `permit` bounds one connection's unacknowledged events; it is
-    /// released when the reply goes out.
-    Event { event: Event, received_at: Millis, origin: Origin, permit: Option<OwnedSemaphorePermit> },
+    /// released when the reply goes out. `arrived` starts the event-to-push clock.
+    Event { event: Event, received_at: Millis, arrived: Instant, origin: Origin, permit: Option<OwnedSemaphorePermit> },
+    /// A question about the state, answered once everything accepted so far is durable.
+    Query(Query),
+    /// Re-evaluate this user for a backfill job; replies with the number of badges awarded,
+    /// once they are durable.
+    Backfill { spec: Arc<BackfillSpec>, reply: oneshot::Sender<Result<u32, String>> },
     Attach { conn: Conn, since: Option<Since> },
     Detach { conn_id: u64 },
     /// From the persister: every job up to `job` is on disk (or failed).
@@ -61,7 +81,7 @@ pub enum UserMsg {
 
 /// Messages the registry counts as in flight until the actor has handled them.
 fn counted(m: &UserMsg) -> bool {
-    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_))
+    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. })
 }
 
 enum Delivery {
@@ -70,6 +90,17 @@ enum Delivery {
     Http(oneshot::Sender<IngestOutcome>, IngestOutcome),
     /// Held only to be dropped on delivery, which frees the connection's in-flight slot.
     Release(#[allow(dead_code)] OwnedSemaphorePermit),
+    /// The event's pushes are released: record how long that took since it arrived.
+    Observe(Instant),
+    /// A backfill's awards are durable.
+    Backfilled(oneshot::Sender<Result<u32, String>>, u32),
+}
+
+/// Work that must wait until everything in flight is durable, so it sees durable state.
+enum Waiting {
+    Attach(Conn, Option<Since>),
+    Query(Query),
+    Backfill(Arc<BackfillSpec>, oneshot::Sender<Result<u32, String>>),
 }
 
 pub struct UserActor;
@@ -94,7 +125,7 @@ pub struct User {
     conns: Vec<Conn>,
     pending: VecDeque<(u64, Vec<Delivery>)>,
     next_job: u64,
-    waiting: Vec<(Conn, Option<Since>)>,
+    waiting: Vec<Waiting>,
     last_activity: Instant,
     /// For each badge: when progress was last pushed, and at which tenth of the target.
     progress_sent: HashMap<Arc<str>, (Instant, u8)>,
@@ -119,20 +150,17 @@ impl Actor for UserActor {
     type Arguments = UserArgs;
 
     async fn pre_start(&self, myself: ActorRef<UserMsg>, a: UserArgs) -> Result<User, ActorProcessingErr> {
-        let store = a.shared.store.clone();
-        let (t, u) = (a.tenant.clone(), a.user.clone());
-        // sled reads can touch the disk, so they run on the blocking pool.
-        let loaded = tokio::task::spawn_blocking(move || store.load_user(&t, &u)).await??;
-        let cat = a.shared.catalogue();
-        let (mut st, epoch, snap_seq) = match loaded.record {
-            Some(r) => (r.state, r.epoch, r.seq),
-            None => (UserState::new(&a.tenant, &a.user), new_epoch(&a.tenant, &a.user), 0),
-        };
-        // The event log is the durable truth after the snapshot: replay it with each event's
-        // own receive time, which rebuilds exactly the state that was acknowledged.
-        for e in &loaded.tail {
-            apply(&mut st, &e.event, e.received_at, &cat);
+        if a.shared.catalogue(&a.tenant).is_none() {
+            return Err(format!("tenant `{}` has no catalogue", a.tenant).into());
         }
+        let (shared, t, u) = (a.shared.clone(), a.tenant.clone(), a.user.clone());
+        // sled reads can touch the disk, so they run on the blocking pool. The event log is the
+        // durable truth after the snapshot: it is replayed with each event's own receive time
+        // and catalogue version, which rebuilds exactly the state that was acknowledged.
+        let r = tokio::task::spawn_blocking(move || crate::replay::restore(&shared.store, &shared.catalogues, &t, &u)).await??;
+        let (st, snap_seq) = (r.state, r.snap_seq);
+        let epoch = r.epoch.unwrap_or_else(|| new_epoch(&a.tenant, &a.user));
+        let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
         let tick = (a.shared.config.passivate_after() / 4).max(std::time::Duration::from_millis(250));
         myself.send_interval(tick, || UserMsg::Tick);
         a.shared.metrics.actors.fetch_add(1, Ordering::Relaxed);
@@ -158,24 +186,31 @@ impl Actor for UserActor {
     async fn handle(&self, myself: ActorRef<UserMsg>, msg: UserMsg, u: &mut User) -> Result<(), ActorProcessingErr> {
         let was_counted = counted(&msg);
         let result = match msg {
-            UserMsg::Event { event, received_at, origin, permit } => u.on_event(&myself, event, received_at, origin, permit),
+            UserMsg::Event { event, received_at, arrived, origin, permit } => {
+                let _span = tracing::debug_span!("event", event_id = %event.event_id, tenant = %u.tenant, user = %u.user).entered();
+                u.on_event(&myself, event, received_at, arrived, origin, permit)
+            }
             UserMsg::Attach { conn, since } => {
                 u.last_activity = Instant::now();
-                if u.pending.is_empty() {
-                    u.attach(conn, since).await;
-                } else {
-                    // The welcome must describe durable state: wait for the writes in flight.
-                    u.waiting.push((conn, since));
-                }
+                // The welcome must describe durable state: wait for the writes in flight.
+                u.run_or_wait(&myself, Waiting::Attach(conn, since)).await;
+                Ok(())
+            }
+            UserMsg::Query(reply) => {
+                u.run_or_wait(&myself, Waiting::Query(reply)).await;
+                Ok(())
+            }
+            UserMsg::Backfill { spec, reply } => {
+                u.run_or_wait(&myself, Waiting::Backfill(spec, reply)).await;
                 Ok(())
             }
             UserMsg::Detach { conn_id } => {
                 u.conns.retain(|c| c.id != conn_id);
-                u.waiting.retain(|(c, _)| c.id != conn_id);
+                u.waiting.retain(|w| !matches!(w, Waiting::Attach(c, _) if c.id == conn_id));
                 u.last_activity = Instant::now();
                 Ok(())
             }
-            UserMsg::Durable { job, result } => u.on_durable(job, result).await,
+            UserMsg::Durable { job, result } => u.on_durable(&myself, job, result).await,
             UserMsg::Tick => {
                 u.maybe_passivate(&myself);
                 Ok(())
@@ -198,10 +233,19 @@ impl Actor for UserActor {
 }
 
 impl User {
-    fn on_event(&mut self, myself: &ActorRef<UserMsg>, event: Event, received_at: Millis, origin: Origin, permit: Option<OwnedSemaphorePermit>) -> Result<(), ActorProcessingErr> {
+    fn on_event(
+        &mut self,
+        myself: &ActorRef<UserMsg>,
+        event: Event,
+        received_at: Millis,
+        arrived: Instant,
+        origin: Origin,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), ActorProcessingErr> {
         self.last_activity = Instant::now();
         let m = &self.shared.metrics;
-        let mut deliveries = Vec::with_capacity(4);
+        let mut deliveries = Vec::with_capacity(5);
+        deliveries.push(Delivery::Observe(arrived));
         let reply = |deliveries: &mut Vec<Delivery>, origin: Origin, frame: Frame, outcome: IngestOutcome| match origin {
             Origin::Conn(id) => deliveries.push(Delivery::One(id, frame)),
             Origin::Http(tx) => deliveries.push(Delivery::Http(tx, outcome)),
@@ -217,8 +261,10 @@ impl User {
             self.enqueue(myself, vec![], deliveries);
             return Ok(());
         }
-        let cat = self.shared.catalogue();
+        let Some(cat) = self.shared.catalogue(&self.tenant) else { return Err("the tenant's catalogue is gone".into()) };
+        let started = std::time::Instant::now();
         let fx = apply(&mut self.st, &event, received_at, &cat);
+        m.rule_eval.record(started.elapsed());
         match fx.first() {
             Some(Effect::Accepted { .. }) => {}
             Some(Effect::Duplicate { .. }) => {
@@ -231,6 +277,7 @@ impl User {
             Some(Effect::Rejected { reason, .. }) => {
                 m.rejected.fetch_add(1, Ordering::Relaxed);
                 let text = reason.to_string();
+                tracing::debug!(code = reason.code(), reason = %text, "event rejected");
                 let mut o = outcome("rejected");
                 o.reason = Some(text.clone());
                 o.code = Some(reason.code());
@@ -249,27 +296,8 @@ impl User {
 
         // Pushes, in the order the client sees them: one xp summing the event's XP, then
         // unlocks, then a level-up, then throttled progress.
-        let mut frames: Vec<Frame> = Vec::new();
-        let gained: u64 = fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum();
-        if gained > 0 {
-            self.offset += 1;
-            frames.push(protocol::xp(self.offset, gained, self.st.xp, self.st.level, event_id));
-            out.xp = gained;
-        }
-        for e in &fx {
-            if let Effect::Unlock { badge, count, key, xp, at } = e
-                && let Some(def) = cat.badge(badge)
-            {
-                self.offset += 1;
-                frames.push(protocol::unlock(self.offset, def, *count, key.as_deref(), *xp, *at, event_id));
-                out.unlocks.push(badge.to_string());
-                m.unlocks.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if let Some(level) = fx.iter().filter_map(|e| if let Effect::LevelUp { level } = e { Some(*level) } else { None }).max() {
-            self.offset += 1;
-            frames.push(protocol::level_up(self.offset, level, event_id));
-        }
+        let mut frames = self.award_frames(&fx, &cat, event_id, &mut out);
+        tracing::debug!(xp = out.xp, unlocks = out.unlocks.len(), "event accepted");
         // Progress is a hint for a progress bar: it is pushed when a badge crosses a tenth of
         // its target (or falls back, or completes), and not more often than the throttle.
         // Every push is a durable write, so this keeps the stream to what a user can see move.
@@ -301,6 +329,110 @@ impl User {
         if self.snap_seq == 0 || self.seq - self.snap_seq >= self.shared.config.snapshot_every {
             writes.extend(self.snapshot_write());
         }
+        self.enqueue(myself, writes, deliveries);
+        Ok(())
+    }
+
+    /// The xp, unlock and level-up pushes for `fx`, numbered from the next offset.
+    fn award_frames(&mut self, fx: &[Effect], cat: &Catalogue, event_id: &str, out: &mut IngestOutcome) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = Vec::new();
+        let gained: u64 = fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum();
+        if gained > 0 {
+            self.offset += 1;
+            frames.push(protocol::xp(self.offset, gained, self.st.xp, self.st.level, event_id));
+            out.xp = gained;
+        }
+        for e in fx {
+            if let Effect::Unlock { badge, count, key, xp, at } = e
+                && let Some(def) = cat.badge(badge)
+            {
+                self.offset += 1;
+                frames.push(protocol::unlock(self.offset, def, *count, key.as_deref(), *xp, *at, event_id));
+                out.unlocks.push(badge.to_string());
+                self.shared.metrics.unlocks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(level) = fx.iter().filter_map(|e| if let Effect::LevelUp { level } = e { Some(*level) } else { None }).max() {
+            self.offset += 1;
+            frames.push(protocol::level_up(self.offset, level, event_id));
+        }
+        frames
+    }
+
+    /// Runs `w` now if nothing is in flight, otherwise once everything in flight is durable.
+    async fn run_or_wait(&mut self, myself: &ActorRef<UserMsg>, w: Waiting) {
+        if !self.pending.is_empty() {
+            self.waiting.push(w);
+            return;
+        }
+        match w {
+            Waiting::Attach(conn, since) => self.attach(conn, since).await,
+            Waiting::Query(q) => {
+                // The live state is not aligned to a new catalogue here (only by the next
+                // event), so that replaying the log rebuilds it exactly.
+                if let Some(catalogue) = self.shared.catalogue(&self.tenant) {
+                    q(UserView { state: &self.st, catalogue: &catalogue, seq: self.seq, offset: self.offset });
+                }
+            }
+            Waiting::Backfill(spec, reply) => {
+                let outcome = self.backfill(myself, &spec, reply).await;
+                if let Err((reply, e)) = outcome {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Replays this user's whole log under the catalogue in force and awards what the job's
+    /// badges would have given; the record and a snapshot are written together, and the reply
+    /// goes out once they are durable.
+    async fn backfill(
+        &mut self,
+        myself: &ActorRef<UserMsg>,
+        spec: &BackfillSpec,
+        reply: oneshot::Sender<Result<u32, String>>,
+    ) -> Result<(), (oneshot::Sender<Result<u32, String>>, String)> {
+        let Some(cat) = self.shared.catalogue(&self.tenant) else { return Err((reply, "the tenant's catalogue is gone".into())) };
+        let store = self.shared.store.clone();
+        let (t, u) = (self.tenant.clone(), self.user.clone());
+        // Nothing is in flight, so the stored log holds exactly the events this state has seen.
+        let log = match tokio::task::spawn_blocking(move || store.events_after(&t, &u, 0, usize::MAX)).await {
+            Ok(Ok(log)) => log,
+            Ok(Err(e)) => return Err((reply, e.to_string())),
+            Err(e) => return Err((reply, e.to_string())),
+        };
+        let log: Vec<StoredEvent> = log.into_iter().map(|(_, e)| e).collect();
+        let replayed = crate::replay::from_scratch(&self.tenant, &self.user, &log, &cat);
+        let now = now_ms();
+        let event_id = format!("backfill:{}", spec.job);
+        let stats_before = (self.st.stats.clone(), self.st.rings.clone());
+        let fx = crate::core::backfill(&mut self.st, &replayed, &spec.badges, &spec.new_stats, now, &event_id, &cat);
+        let awarded = fx.iter().filter(|e| matches!(e, Effect::Unlock { .. })).count() as u32;
+        if fx.is_empty() && (self.st.stats.clone(), self.st.rings.clone()) == stats_before {
+            let _ = reply.send(Ok(0));
+            return Ok(());
+        }
+        self.seq += 1;
+        let mut out = IngestOutcome { event_id: event_id.clone(), status: "accepted", reason: None, code: None, xp: 0, unlocks: vec![] };
+        let frames = if spec.notify { self.award_frames(&fx, &cat, &event_id, &mut out) } else { Vec::new() };
+        let first_new = self.offset + 1 - frames.len() as u64;
+        let pushes = frames.iter().enumerate().map(|(i, f)| (first_new + i as u64, f.to_string())).collect();
+        let rec = crate::replay::BackfillRecord { badges: spec.badges.clone(), new_stats: spec.new_stats.clone() };
+        let event = Event {
+            event_id,
+            event_type: crate::replay::BACKFILL_EVENT.into(),
+            user_id: self.user.clone(),
+            tenant_id: self.tenant.clone(),
+            occurred_at: now,
+            source: "backfill".into(),
+            payload: rec.payload(spec.job),
+        };
+        let stored = StoredEvent { event, received_at: now, catalogue_version: cat.version, pushes };
+        let mut writes = vec![store::writes::system_event(&self.tenant, &self.user, self.seq, &stored)];
+        writes.extend(self.snapshot_write());
+        let mut deliveries: Vec<Delivery> = frames.into_iter().map(Delivery::All).collect();
+        deliveries.push(Delivery::Backfilled(reply, awarded));
+        tracing::debug!(job = spec.job, tenant = %self.tenant, user = %self.user, awarded, "backfilled");
         self.enqueue(myself, writes, deliveries);
         Ok(())
     }
@@ -351,7 +483,7 @@ impl User {
         }
     }
 
-    async fn on_durable(&mut self, job: u64, result: Result<(), String>) -> Result<(), ActorProcessingErr> {
+    async fn on_durable(&mut self, myself: &ActorRef<UserMsg>, job: u64, result: Result<(), String>) -> Result<(), ActorProcessingErr> {
         if let Err(e) = result {
             // State in memory is ahead of the disk. Fail: the supervisor forgets this actor and
             // the next message rebuilds the user from what is durable. No ack was sent for the
@@ -366,11 +498,14 @@ impl User {
                 self.deliver(d);
             }
         }
-        if self.pending.is_empty() {
-            for (conn, since) in std::mem::take(&mut self.waiting) {
-                self.attach(conn, since).await;
-            }
+        // Work that waited for durable state runs in order; a backfill writes, so whatever
+        // comes after it waits again.
+        let mut waiting = std::mem::take(&mut self.waiting).into_iter();
+        while self.pending.is_empty() {
+            let Some(w) = waiting.next() else { break };
+            self.run_or_wait(myself, w).await;
         }
+        self.waiting.extend(waiting);
         Ok(())
     }
 
@@ -393,6 +528,10 @@ impl User {
                 let _ = tx.send(outcome);
             }
             Delivery::Release(_) => {}
+            Delivery::Observe(arrived) => self.shared.metrics.event_to_push.record(arrived.elapsed()),
+            Delivery::Backfilled(reply, n) => {
+                let _ = reply.send(Ok(n));
+            }
         }
     }
 
@@ -423,7 +562,7 @@ impl User {
             conn.slow.notify_one();
             return;
         }
-        let cat = self.shared.catalogue();
+        let Some(cat) = self.shared.catalogue(&self.tenant) else { return };
         let mut replay = Vec::new();
         let mut recovered = false;
         if let Some(s) = since
@@ -511,6 +650,11 @@ pub enum SendError {
 impl Registry {
     pub fn active(&self) -> usize {
         self.map.len()
+    }
+
+    /// Whether the user has an actor in memory.
+    pub fn is_active(&self, tenant: &str, user: &str) -> bool {
+        self.map.contains_key(&key(tenant, user))
     }
 
     /// Sends a message to a user's actor, spawning it (linked to `supervisor`) if needed.

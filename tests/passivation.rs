@@ -20,7 +20,7 @@ fn video(id: &str, seconds: f64) -> Event {
 
 async fn ingest(shared: &Arc<server::Shared>, e: Event) -> IngestOutcome {
     let (tx, rx) = oneshot::channel();
-    shared.registry.send(shared, "demo", "pat", UserMsg::Event { event: e, received_at: now_ms(), origin: Origin::Http(tx), permit: None }).unwrap();
+    shared.registry.send(shared, "demo", "pat", UserMsg::Event { event: e, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None }).unwrap();
     rx.await.unwrap()
 }
 

@@ -165,6 +165,9 @@ struct DocBadge {
     per_key: Option<String>,
     available_from: Option<String>,
     available_until: Option<String>,
+    /// A retired badge is no longer awarded; users who own it keep it and still see it.
+    #[serde(default)]
+    retired: bool,
     rule: DocRule,
 }
 
@@ -509,6 +512,8 @@ pub struct BadgeDef {
     pub per_key_pos: Vec<Option<usize>>,
     pub available_from: Option<Millis>,
     pub available_until: Option<Millis>,
+    /// Retired: kept for its owners, never evaluated.
+    pub retired: bool,
     pub cond: Cond,
     pub events: Vec<String>,
 }
@@ -773,8 +778,10 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         }
         let idx = badges.len();
         let events: Vec<usize> = cond_events(&cond, &b);
-        for &t in &events {
-            b.types[t].badges.push(idx);
+        if !d.retired {
+            for &t in &events {
+                b.types[t].badges.push(idx);
+            }
         }
         badges.push(BadgeDef {
             id: d.id.as_str().into(),
@@ -789,11 +796,12 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             per_key: d.per_key,
             available_from,
             available_until,
+            retired: d.retired,
             events: events.iter().map(|&t| b.types[t].name.clone()).collect(),
             cond,
         });
     }
-    let user_badges = (0..badges.len()).filter(|&i| badges[i].cond.depends_on_user()).collect();
+    let user_badges = (0..badges.len()).filter(|&i| !badges[i].retired && badges[i].cond.depends_on_user()).collect();
 
     // Cache rings: one per event type that a window or recent rule reads, keeping only the
     // fields those rules read. Conditions were compiled against `cache_wants` positions, so the

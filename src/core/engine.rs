@@ -541,7 +541,7 @@ pub(crate) fn window_total(state: &UserState, end: Millis, within: Millis, r: &W
 
 /// Evaluates a pattern over the newest cached actions in one pass, stopping at the first item
 /// that rules the pattern out.
-fn recent(state: &UserState, r: &RecentCond) -> bool {
+pub(crate) fn recent(state: &UserState, r: &RecentCond) -> bool {
     if r.rings.len() == 1 {
         let ring = &r.rings[0];
         recent_over(r, state.rings[ring.ring].items.iter().rev().take(r.last).map(|a| (ring, a)))
@@ -592,4 +592,44 @@ fn recent_over<'a>(r: &RecentCond, items: impl Iterator<Item = (&'a RecentRing, 
         && r.at_least.is_none_or(|w| hits >= w)
         && r.ratio.is_none_or(|q| n > 0 && ratio_hits as f64 >= q * n as f64)
         && r.sum_at_most.as_ref().is_none_or(|l| sum <= table_value(l, key) * n as f64)
+}
+
+/// What a backfill brings into a live state: the badges of `badges` that `replayed` (the user's
+/// stored events replayed from scratch under `cat`) owns and `live` does not, and the values
+/// of the stats in `new_stats`, which `live` only started counting when the catalogue changed.
+///
+/// Awards carry the time of the backfill (`now`), their XP, and any level reached; badges
+/// already owned are left alone, so running the same backfill twice awards nothing the second
+/// time. Returns the effects, like `apply`.
+pub fn backfill(live: &mut UserState, replayed: &UserState, badges: &[String], new_stats: &[u64], now: Millis, event_id: &str, cat: &Catalogue) -> Vec<Effect> {
+    live.sync(cat);
+    let mut fx = Vec::new();
+    for (id, v) in &replayed.stats {
+        if new_stats.contains(id)
+            && let Some(slot) = live.stats.iter_mut().find(|(x, _)| x == id)
+        {
+            slot.1 = v.clone();
+        }
+    }
+    // A complete replay saw every action the live state saw, so its caches are at least as
+    // full, and hold the fields a new rule reads back.
+    if replayed.events == live.events && replayed.rings.len() == live.rings.len() {
+        live.rings = replayed.rings.clone();
+    }
+    for id in badges {
+        let Some(&i) = cat.badge_index.get(id.as_str()) else { continue };
+        let def = &cat.badges[i];
+        if def.retired || live.badges.contains_key(id) {
+            continue;
+        }
+        let Some(r) = replayed.badges.get(id) else { continue };
+        let xp = if def.per_key.is_some() { def.xp } else { def.xp * u64::from(r.count) };
+        live.badges.insert(id.clone(), BadgeRecord { awarded_at: now, count: r.count, version: cat.version, keys: r.keys.clone(), event_id: event_id.to_string() });
+        live.derived.owned[i] = r.count;
+        fx.push(Effect::Unlock { badge: def.id.clone(), count: r.count, key: r.keys.last().cloned(), xp, at: now });
+        if xp > 0 {
+            add_xp(live, xp, XpReason::Badge(def.id.clone()), cat, &mut fx);
+        }
+    }
+    fx
 }

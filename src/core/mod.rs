@@ -9,6 +9,7 @@
 //! - [`predicate`]: payload conditions compiled to field positions.
 //! - [`state`]: what is kept per user (XP, badges, stats, last-N cache, dedup memory).
 //! - [`engine`]: `apply` itself.
+//! - [`explain`]: progress towards unowned badges, part by part.
 //! - [`effect`]: what `apply` returns.
 //! - [`calendar`]: local days in the user's time zone.
 //! - [`value`]: payload values, the event contract, durations and stable hashes.
@@ -17,12 +18,13 @@ pub mod calendar;
 pub mod catalogue;
 pub mod effect;
 pub mod engine;
+pub mod explain;
 pub mod predicate;
 pub mod state;
 pub mod value;
 
 pub use catalogue::{Catalogue, CatalogueError, Format, Tier};
 pub use effect::{DuplicateBy, Effect, Rejection, XpReason};
-pub use engine::apply;
+pub use engine::{apply, backfill};
 pub use state::{BadgeRecord, UserState};
 pub use value::{Event, Millis, Value};

@@ -1,0 +1,148 @@
+//! The server's counters, gauges and latency histograms, and their Prometheus text rendering
+//! for `GET /metrics`. Plain atomics: recording is a few relaxed adds on the hot path.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A fixed-bucket latency histogram (cumulative buckets are computed when rendering).
+pub struct Histogram {
+    /// Upper bounds in microseconds.
+    bounds: &'static [u64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+}
+
+/// From 10 µs to 10 s: rule evaluation sits at the bottom, event-to-push at the millisecond mark.
+const LATENCY_BOUNDS: &[u64] = &[10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 10_000_000];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { bounds: LATENCY_BOUNDS, counts: (0..=LATENCY_BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let i = self.bounds.partition_point(|&b| b < us);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *b as f64 / 1e6);
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// Everything `/metrics` shows that the server itself counts (the persister keeps its own).
+#[derive(Default)]
+pub struct Metrics {
+    pub connections: AtomicU64,
+    pub actors: AtomicU64,
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub unlocks: AtomicU64,
+    pub pushes: AtomicU64,
+    pub slow_closed: AtomicU64,
+    pub passivated: AtomicU64,
+    pub http_events: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub backfill_users: AtomicU64,
+    pub backfill_awards: AtomicU64,
+    pub backfill_running: AtomicU64,
+    /// Time in the rule core per accepted or refused event.
+    pub rule_eval: Histogram,
+    /// From an event's arrival to its ack and pushes being released (after the flush).
+    pub event_to_push: Histogram,
+}
+
+/// The persister's figures, read by the renderer.
+pub struct PersistFigures {
+    pub batches: u64,
+    pub jobs: u64,
+    pub writes: u64,
+    pub apply_seconds: f64,
+    pub flush_seconds: f64,
+    pub last_batch_jobs: u64,
+}
+
+impl Metrics {
+    pub fn render(&self, p: &PersistFigures) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(4096);
+        let mut line = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        line("accolade_connections", "gauge", "Open WebSocket connections.", &[("", g(&self.connections).to_string())]);
+        line("accolade_actors_active", "gauge", "User actors in memory.", &[("", g(&self.actors).to_string())]);
+        line(
+            "accolade_events_total",
+            "counter",
+            "Events by outcome (socket and HTTP).",
+            &[
+                ("{outcome=\"accepted\"}", g(&self.accepted).to_string()),
+                ("{outcome=\"duplicate\"}", g(&self.duplicates).to_string()),
+                ("{outcome=\"rejected\"}", g(&self.rejected).to_string()),
+                ("{outcome=\"rate_limited\"}", g(&self.rate_limited).to_string()),
+            ],
+        );
+        line("accolade_dedup_hits_total", "counter", "Events recognised as already counted.", &[("", g(&self.duplicates).to_string())]);
+        line("accolade_http_events_total", "counter", "Events received through POST /v1/events.", &[("", g(&self.http_events).to_string())]);
+        line("accolade_dead_letters_total", "counter", "Ingested events kept as dead letters.", &[("", g(&self.dead_letters).to_string())]);
+        line("accolade_unlocks_total", "counter", "Badges awarded.", &[("", g(&self.unlocks).to_string())]);
+        line("accolade_pushes_total", "counter", "Messages written to sockets.", &[("", g(&self.pushes).to_string())]);
+        line("accolade_slow_closed_total", "counter", "Connections closed for not reading.", &[("", g(&self.slow_closed).to_string())]);
+        line("accolade_passivated_total", "counter", "Idle actors persisted and stopped.", &[("", g(&self.passivated).to_string())]);
+        line("accolade_persist_batches_total", "counter", "Group commits.", &[("", p.batches.to_string())]);
+        line("accolade_persist_jobs_total", "counter", "Jobs (one per event or snapshot) committed.", &[("", p.jobs.to_string())]);
+        line("accolade_persist_writes_total", "counter", "Key writes committed.", &[("", p.writes.to_string())]);
+        line("accolade_persist_apply_seconds_total", "counter", "Time inserting into sled.", &[("", p.apply_seconds.to_string())]);
+        line("accolade_persist_flush_seconds_total", "counter", "Time flushing sled to disk.", &[("", p.flush_seconds.to_string())]);
+        line("accolade_persist_last_batch_jobs", "gauge", "Jobs in the last group commit.", &[("", p.last_batch_jobs.to_string())]);
+        line("accolade_backfill_running", "gauge", "Backfill jobs running.", &[("", g(&self.backfill_running).to_string())]);
+        line("accolade_backfill_users_total", "counter", "Users re-evaluated by backfills.", &[("", g(&self.backfill_users).to_string())]);
+        line("accolade_backfill_awards_total", "counter", "Badges awarded by backfills.", &[("", g(&self.backfill_awards).to_string())]);
+        self.rule_eval.render(&mut out, "accolade_rule_eval_seconds", "Time in the rule core per event.");
+        self.event_to_push.render(&mut out, "accolade_event_to_push_seconds", "From an event's arrival to its ack and pushes leaving the actor.");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_everything() {
+        let h = Histogram::default();
+        h.record(Duration::from_micros(5));
+        h.record(Duration::from_micros(700));
+        h.record(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.00001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n") && out.contains("x_count 3\n"), "{out}");
+        assert_eq!(h.count(), 3);
+    }
+}
