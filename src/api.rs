@@ -322,9 +322,8 @@ async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body:
 
 #[derive(Deserialize, IntoParams)]
 pub struct Page {
-    /// Return items after this id (or sequence number); 0 or absent starts at the beginning.
-    #[serde(default)]
-    pub after: u64,
+    /// Return items after this id (or sequence number); absent starts at the beginning.
+    pub after: Option<u64>,
     /// At most this many items (default 100, at most 1,000).
     pub limit: Option<usize>,
 }
@@ -619,7 +618,7 @@ pub struct JobList {
 #[utoipa::path(get, path = "/v1/jobs", tag = "catalogue",
     responses((status = 200, body = JobList), (status = 401, body = ErrorBody)), security(("api_key" = [])))]
 async fn list_jobs(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> Result<Json<JobList>, ApiError> {
-    let jobs = shared.store.list::<JobRecord>(Kind::Job, &tenant, 0, usize::MAX).map_err(internal)?.into_iter().map(|(_, j)| j).collect();
+    let jobs = shared.store.list::<JobRecord>(Kind::Job, &tenant, None, usize::MAX).map_err(internal)?.into_iter().map(|(_, j)| j).collect();
     Ok(Json(JobList { jobs }))
 }
 
@@ -851,7 +850,7 @@ async fn get_events(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, P
     // Through the actor first, so everything it accepted is durable and the user exists.
     ask(&shared, &tenant, &id, |_| ()).await?;
     let limit = page.limit();
-    let (store, t, u, after) = (shared.store.clone(), tenant.clone(), id.clone(), page.after);
+    let (store, t, u, after) = (shared.store.clone(), tenant.clone(), id.clone(), page.after.unwrap_or(0));
     let items = tokio::task::spawn_blocking(move || store.events_after(&t, &u, after, limit)).await.map_err(internal)?.map_err(internal)?;
     let next_after = (items.len() == limit).then(|| items.last().map(|(s, _)| *s)).flatten();
     let events = items

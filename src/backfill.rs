@@ -88,7 +88,7 @@ pub async fn start(shared: &Arc<Shared>, tenant: &str, cand: &Candidate, notify:
 pub fn resume_all(shared: &Arc<Shared>) -> Result<usize, StoreError> {
     let mut n = 0;
     for tenant in shared.store.tenants_with(Kind::Job)? {
-        for (_, job) in shared.store.list::<JobRecord>(Kind::Job, &tenant, 0, usize::MAX)? {
+        for (_, job) in shared.store.list::<JobRecord>(Kind::Job, &tenant, None, usize::MAX)? {
             if job.status == JobStatus::Running {
                 tracing::info!(tenant = %tenant, job = job.id, done = job.done, "resuming backfill");
                 spawn(shared.clone(), tenant.clone(), job);

@@ -173,7 +173,7 @@ impl Catalogues {
 
     /// Every stored version of a tenant, oldest first (documents left out).
     pub fn history(&self, tenant: &str) -> Result<Vec<StoredCatalogue>, StoreError> {
-        Ok(self.store.list::<StoredCatalogue>(Kind::Catalogue, tenant, 0, usize::MAX)?.into_iter().map(|(_, s)| s).collect())
+        Ok(self.store.list::<StoredCatalogue>(Kind::Catalogue, tenant, None, usize::MAX)?.into_iter().map(|(_, s)| s).collect())
     }
 
     pub fn stored(&self, tenant: &str, version: u64) -> Result<Option<StoredCatalogue>, StoreError> {

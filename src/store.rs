@@ -371,12 +371,13 @@ impl Store {
     }
 
     /// Every stored value of one kind for a tenant (catalogue versions, dead letters, jobs),
-    /// oldest first, after id `after`, at most `limit`.
-    pub fn list<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str, after: u64, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
+    /// oldest first, after id `after` (from the first when `None`), at most `limit`.
+    pub fn list<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str, after: Option<u64>, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
         let tree = self.kind_tree(kind);
         let prefix = tenant_prefix(tenant);
         let mut out = Vec::new();
-        for kv in tree.range(seq_key(&prefix, after.saturating_add(1))..seq_key(&prefix, u64::MAX)).take(limit) {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        for kv in tree.range(seq_key(&prefix, from)..=seq_key(&prefix, u64::MAX)).take(limit) {
             let (k, v) = kv?;
             out.push((u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or_default()), decode(&k, &v)?));
         }
@@ -386,7 +387,7 @@ impl Store {
     /// The newest stored value of one kind for a tenant.
     pub fn last<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str) -> Result<Option<(u64, T)>, StoreError> {
         let prefix = tenant_prefix(tenant);
-        match self.kind_tree(kind).range(seq_key(&prefix, 0)..seq_key(&prefix, u64::MAX)).next_back() {
+        match self.kind_tree(kind).range(seq_key(&prefix, 0)..=seq_key(&prefix, u64::MAX)).next_back() {
             Some(kv) => {
                 let (k, v) = kv?;
                 Ok(Some((u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or_default()), decode(&k, &v)?)))

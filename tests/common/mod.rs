@@ -165,3 +165,80 @@ impl Client {
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// A second tenant, beside the demo one, for cross-tenant tests.
+pub const ACME: &str = "acme";
+pub const ACME_SECRET: &str = "acme-token-secret-0123456789";
+pub const ACME_KEY: &str = "acme-api-key-0123456789";
+pub const DEMO_KEY: &str = accolade::config::DEMO_API_KEY;
+
+/// Adds the `acme` tenant with its API key.
+pub fn two_tenants(c: &mut Config) {
+    c.tenants = vec![format!("{ACME}:{ACME_SECRET}")];
+    c.api_keys = vec![format!("{ACME}:{ACME_KEY}")];
+}
+
+/// A small HTTP client for the API, with a tenant's key.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub key: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(server: &TestServer, key: &str) -> Api {
+        Api { base: format!("http://{}", server.addr), key: Some(key.to_string()), http: reqwest::Client::new() }
+    }
+
+    pub fn with_key(&self, key: Option<&str>) -> Api {
+        Api { key: key.map(str::to_string), ..self.clone() }
+    }
+
+    /// Sends a request; returns the status and the body as JSON (or as a JSON string if it
+    /// is not JSON).
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut r = self.http.request(method.parse().unwrap(), format!("{}{}", self.base, path));
+        if let Some(k) = &self.key {
+            r = r.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let res = r.send().await.expect("request sent");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let mut r = self.http.request(method.parse().unwrap(), format!("{}{}", self.base, path)).body(body).header("content-type", "application/json");
+        if let Some(k) = &self.key {
+            r = r.bearer_auth(k);
+        }
+        let res = r.send().await.expect("request sent");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None).await
+    }
+
+    /// Posts a batch and asserts it was taken (200).
+    pub async fn ingest(&self, events: Vec<Value>) -> Value {
+        let (s, v) = self.call("POST", "/v1/events", Some(&json!({ "events": events }))).await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+}
+
+/// An event in the HTTP ingest contract.
+pub fn http_event(id: &str, user: &str, ty: &str, payload: Value) -> Value {
+    json!({ "event_id": id, "user_id": user, "event_type": ty, "occurred_at": now_rfc3339(), "payload": payload })
+}
+
+pub fn http_answer(id: &str, user: &str, exercise: &str, correct: bool) -> Value {
+    http_event(id, user, "problem.answered", json!({ "exercise": exercise, "correct": correct, "seconds": 3 }))
+}

@@ -1,0 +1,365 @@
+//! The HTTP API end to end: every route's happy path and errors, and that one tenant's key never
+//! reaches another tenant's data. Runs a real server on loopback with two tenants.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn video(id: &str, user: &str, seconds: u64) -> Value {
+    http_event(id, user, "video.watched", json!({ "video": "v1", "playlist": "algebra", "seconds": seconds }))
+}
+
+/// Fills `{...}` path parameters with harmless values.
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') { if seg.contains("id") { "1" } else { "x" } } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test]
+async fn every_documented_route_exists_and_refuses_a_missing_or_wrong_key() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), two_tenants).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (status, doc) = api.with_key(None).get("/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 18, "{} paths", paths.len());
+    let mut secured = 0;
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            let url = concrete(path);
+            if op.get("security").is_none() {
+                // Operations without a key: they answer (and are not the router's 404).
+                let (st, body) = api.with_key(None).call(&method.to_uppercase(), &url, None).await;
+                assert!(st == 200 || st == 503, "{method} {url}: {st} {body}");
+                continue;
+            }
+            secured += 1;
+            for key in [None, Some("not-a-key-of-anyone-at-all")] {
+                let (st, body) = api.with_key(key).call(&method.to_uppercase(), &url, Some(&json!({}))).await;
+                assert_eq!(st, 401, "{method} {url} with {key:?}: {body}");
+                assert_eq!(body["error"], "unauthorized", "{body}");
+            }
+        }
+    }
+    assert!(secured >= 18, "{secured}");
+    // An unknown route is a JSON 404, not an empty body.
+    let (st, body) = api.get("/v1/nope").await;
+    assert_eq!((st, body["error"].as_str()), (404, Some("no_route")));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ingest_reports_each_event_and_pushes_to_open_sockets() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let mut sock = s.connect("alice").await;
+    let r = api
+        .ingest(vec![
+            video("v-1", "alice", 1200),
+            video("v-1", "alice", 1200),
+            // Server-only over the socket, allowed from the backend.
+            http_event("p-1", "alice", "exercise.proficient", json!({ "exercise": "addition-1" })),
+            http_event("u-1", "alice", "no.such.type", json!({})),
+            json!({ "event_id": "m-1", "event_type": "login", "occurred_at": now_rfc3339() }),
+            json!(["not", "an", "object"]),
+            json!({ "event_id": "t-1", "user_id": "alice", "tenant_id": "acme", "event_type": "login", "occurred_at": now_rfc3339() }),
+            http_event("b-1", "bob", "problem.answered", json!({ "exercise": "x", "correct": "yes", "seconds": 3 })),
+        ])
+        .await;
+    let res = r["results"].as_array().unwrap();
+    let status: Vec<&str> = res.iter().map(|x| x["status"].as_str().unwrap()).collect();
+    assert_eq!(status, ["accepted", "duplicate", "accepted", "rejected", "rejected", "rejected", "rejected", "rejected"], "{r}");
+    assert_eq!((r["accepted"].as_u64(), r["duplicates"].as_u64(), r["rejected"].as_u64()), (Some(2), Some(1), Some(5)));
+    assert_eq!(res[0]["xp"], 160);
+    assert_eq!(res[0]["unlocks"], json!(["act-one-scene-one", "nice-listener"]));
+    let codes: Vec<&str> = res[3..].iter().map(|x| x["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["unknown_event_type", "invalid_event", "invalid_event", "wrong_tenant", "wrong_type"], "{r}");
+    assert!(res[4]["reason"].as_str().unwrap().contains("user_id"), "{}", res[4]);
+    assert!(res[3..].iter().all(|x| x["dead_letter"].is_u64()), "every refusal is kept: {r}");
+    // The socket got the pushes of the HTTP event at once (no ack: the ack went to HTTP).
+    let got = sock.until("level_up").await;
+    let types: Vec<&str> = got.iter().map(|m| m["type"].as_str().unwrap()).filter(|t| *t != "progress").collect();
+    assert_eq!(types, ["xp", "unlock", "unlock", "level_up"]);
+    assert_eq!(got[0]["event_id"], "v-1");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_batches_get_clear_errors_and_are_kept() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (st, v) = api.raw("POST", "/v1/events", b"{not json".to_vec()).await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("invalid_body")), "{v}");
+    let (st, v) = api.call("POST", "/v1/events", Some(&json!({ "events": 3 }))).await;
+    assert_eq!(st, 400);
+    assert!(v["message"].as_str().unwrap().contains("events"), "{v}");
+    let (_, dl) = api.get("/v1/dead-letters").await;
+    let kept: Vec<&str> = dl["dead_letters"].as_array().unwrap().iter().map(|d| d["raw"].as_str().unwrap()).collect();
+    assert_eq!(kept, ["{not json", "{\"events\":3}"], "malformed bodies are dead letters too");
+    let many: Vec<Value> = (0..1001).map(|i| http_answer(&format!("e{i}"), "u", "x", true)).collect();
+    let (st, v) = api.call("POST", "/v1/events", Some(&json!({ "events": many }))).await;
+    assert_eq!((st, v["error"].as_str()), (413, Some("too_many_events")), "{v}");
+    let (st, v) = api.raw("POST", "/v1/events", vec![b' '; accolade::api::MAX_BODY + 1]).await;
+    assert_eq!((st, v["error"].as_str()), (413, Some("too_large")), "{v}");
+    // None of it was counted.
+    assert_eq!(api.get("/v1/users/u").await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_fixed_resubmitted_and_discarded() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let r = api
+        .ingest(vec![
+            http_event("q-1", "carol", "quiz.passed", json!({ "quiz": "q1" })),
+            http_event("q-2", "carol", "quiz.passed", json!({ "quiz": "q2" })),
+            http_event("q-3", "carol", "quiz.passed", json!({ "quiz": "q3" })),
+        ])
+        .await;
+    let ids: Vec<u64> = r["results"].as_array().unwrap().iter().map(|x| x["dead_letter"].as_u64().unwrap()).collect();
+    let (_, page) = api.get("/v1/dead-letters?limit=2").await;
+    assert_eq!(page["dead_letters"].as_array().unwrap().len(), 2);
+    let after = page["next_after"].as_u64().unwrap();
+    let (_, rest) = api.get(&format!("/v1/dead-letters?after={after}")).await;
+    assert_eq!(rest["dead_letters"][0]["id"].as_u64(), Some(ids[2]));
+    let (st, one) = api.get(&format!("/v1/dead-letters/{}", ids[0])).await;
+    assert_eq!((st, one["code"].as_str(), one["user_id"].as_str()), (200, Some("unknown_event_type"), Some("carol")));
+    // Still unknown: the retry fails and the dead letter stays, counting the attempt.
+    let (st, v) = api.call("POST", &format!("/v1/dead-letters/{}/retry", ids[0]), None).await;
+    assert_eq!((st, v["resolved"].as_bool()), (200, Some(false)), "{v}");
+    assert_eq!(api.get(&format!("/v1/dead-letters/{}", ids[0])).await.1["retries"], 1);
+    // Fix the catalogue: declare the event type and a badge for it.
+    let (_, cur) = api.get("/v1/catalogue").await;
+    let mut doc = cur["document"].clone();
+    doc["event_types"]["quiz.passed"] = json!({ "fields": { "quiz": "string" } });
+    let (st, v) = api.call("PUT", "/v1/catalogue", Some(&doc)).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = api.call("POST", &format!("/v1/dead-letters/{}/retry", ids[0]), None).await;
+    assert_eq!((st, v["resolved"].as_bool(), v["result"]["status"].as_str()), (200, Some(true), Some("accepted")), "{v}");
+    assert_eq!(api.get(&format!("/v1/dead-letters/{}", ids[0])).await.0, 404, "a resolved dead letter is gone");
+    // Discard another.
+    assert_eq!(api.call("DELETE", &format!("/v1/dead-letters/{}", ids[1]), None).await.0, 204);
+    assert_eq!(api.call("DELETE", &format!("/v1/dead-letters/{}", ids[1]), None).await.0, 404);
+    assert_eq!(api.call("POST", "/v1/dead-letters/999999/retry", None).await.0, 404);
+    let (_, list) = api.get("/v1/dead-letters").await;
+    assert_eq!(list["dead_letters"].as_array().unwrap().len(), 1);
+    assert_eq!(api.get("/v1/users/carol").await.1["events"], 1, "the re-submitted event counts once");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn catalogue_changes_make_validated_versions_applied_live() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (st, cur) = api.get("/v1/catalogue").await;
+    assert_eq!((st, cur["version"].as_u64(), cur["current"].as_bool(), cur["origin"].as_str()), (200, Some(1), Some(true), Some("file")));
+    let badge = json!({ "name": "Login Fan", "tier": "bronze", "xp": 5, "rule": { "kind": "count", "event": "login", "target": 2 } });
+    let (st, v) = api.call("PUT", "/v1/catalogue/badges/login-fan", Some(&badge)).await;
+    assert_eq!((st, v["version"].as_u64()), (201, Some(2)), "{v}");
+    assert_eq!(v["changed_badges"], json!(["login-fan"]));
+    // A bad rule names the badge and the field; nothing changes.
+    let mut broken = badge.clone();
+    broken["rule"]["target"] = json!("two");
+    let (st, v) = api.call("PUT", "/v1/catalogue/badges/login-fan", Some(&broken)).await;
+    assert_eq!((st, v["error"].as_str(), v["badge"].as_str()), (422, Some("invalid_catalogue"), Some("badge `login-fan`")), "{v}");
+    assert!(v["field"].as_str().unwrap().starts_with("rule") && v["message"].as_str().unwrap().contains("\"two\""), "{v}");
+    let mut wrong_id = badge.clone();
+    wrong_id["id"] = json!("other");
+    assert_eq!(api.call("PUT", "/v1/catalogue/badges/login-fan", Some(&wrong_id)).await.0, 400);
+    assert_eq!(api.raw("PUT", "/v1/catalogue", b"[1,2".to_vec()).await.0, 400);
+    let (st, v) = api.call("PUT", "/v1/catalogue", Some(&json!({ "version": 1 }))).await;
+    assert_eq!((st, v["error"].as_str()), (422, Some("invalid_catalogue")), "{v}");
+    // Live at once: two logins earn it.
+    let r = api.ingest(vec![http_event("l1", "dan", "login", json!({})), http_event("l2", "dan", "login", json!({}))]).await;
+    assert_eq!(r["results"][1]["unlocks"], json!(["login-fan"]), "{r}");
+    // Retire: dan keeps it, erin can no longer earn it.
+    let (st, v) = api.call("DELETE", "/v1/catalogue/badges/login-fan", None).await;
+    assert_eq!((st, v["version"].as_u64()), (201, Some(3)), "{v}");
+    let r = api.ingest(vec![http_event("l3", "erin", "login", json!({})), http_event("l4", "erin", "login", json!({}))]).await;
+    assert_eq!(r["results"][1]["unlocks"], json!([]), "{r}");
+    let (st, b) = api.get("/v1/users/dan/badges/login-fan").await;
+    assert_eq!((st, b["retired"].as_bool(), b["rule_version"].as_u64()), (200, Some(true), Some(2)));
+    assert_eq!(api.call("DELETE", "/v1/catalogue/badges/nope", None).await.0, 404);
+    // XP rules.
+    let rule = json!({ "event": "login", "amount": 7 });
+    let (st, v) = api.call("PUT", "/v1/catalogue/xp/login-xp", Some(&rule)).await;
+    assert_eq!((st, v["version"].as_u64()), (201, Some(4)), "{v}");
+    let r = api.ingest(vec![http_event("l5", "erin", "login", json!({}))]).await;
+    assert_eq!(r["results"][0]["xp"], 7);
+    let (st, v) = api.call("PUT", "/v1/catalogue/xp/bad", Some(&json!({ "event": "nope", "amount": 1 }))).await;
+    assert_eq!((st, v["error"].as_str()), (422, Some("invalid_catalogue")), "{v}");
+    assert_eq!(api.call("DELETE", "/v1/catalogue/xp/login-xp", None).await.0, 201);
+    assert_eq!(api.call("DELETE", "/v1/catalogue/xp/login-xp", None).await.0, 404);
+    let r = api.ingest(vec![http_event("l6", "erin", "login", json!({}))]).await;
+    assert_eq!(r["results"][0]["xp"], 0);
+    // Every version is kept and readable.
+    let (_, list) = api.get("/v1/catalogue/versions").await;
+    let versions: Vec<u64> = list["versions"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(list["versions"][4]["current"], true);
+    let (st, old) = api.get("/v1/catalogue?version=1").await;
+    assert_eq!((st, old["current"].as_bool()), (200, Some(false)));
+    assert!(!old["document"]["badges"].as_array().unwrap().iter().any(|b| b["id"] == "login-fan"));
+    assert_eq!(api.get("/v1/catalogue?version=99").await.0, 404);
+    // And survive a restart.
+    s.stop().await;
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    assert_eq!(api.get("/v1/catalogue").await.1["version"], 5);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn preview_counts_who_would_earn_a_badge_without_changing_anything() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let mut events = vec![];
+    for (user, n) in [("p1", 3), ("p2", 4), ("p3", 1)] {
+        for i in 0..n {
+            events.push(http_answer(&format!("{user}-{i}"), user, "geometry", true));
+        }
+    }
+    api.ingest(events).await;
+    let change = json!({ "op": "put_badge", "badge": { "id": "three-right", "name": "Three Right", "tier": "bronze",
+        "rule": { "kind": "count", "event": "problem.answered", "when": { "correct": true }, "target": 3 } } });
+    let (st, v) = api.call("POST", "/v1/catalogue/preview", Some(&change)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["users_scanned"].as_u64(), v["version"].as_u64()), (Some(3), Some(2)));
+    assert_eq!(v["badges"], json!([{ "badge": "three-right", "would_earn": 2, "sample": ["p1", "p2"] }]));
+    assert_eq!(api.get("/v1/catalogue").await.1["version"], 1, "a preview changes nothing");
+    assert_eq!(api.get("/v1/users/p1/badges/three-right").await.1["error"], "unknown_badge");
+    let bad = json!({ "op": "put_badge", "badge": { "id": "x", "name": "X", "tier": "tin", "rule": { "kind": "count", "event": "login", "target": 1 } } });
+    let (st, v) = api.call("POST", "/v1/catalogue/preview", Some(&bad)).await;
+    assert_eq!((st, v["error"].as_str()), (422, Some("invalid_catalogue")), "{v}");
+    let (st, v) = api.call("POST", "/v1/catalogue/preview", Some(&json!({ "op": "explode" }))).await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("invalid_body")), "{v}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn user_queries_answer_what_a_user_has_and_why_not() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    api.ingest(vec![video("v-1", "gia", 1200), http_answer("a-1", "gia", "fractions", true), http_answer("a-2", "gia", "fractions", false)]).await;
+    let (st, u) = api.get("/v1/users/gia").await;
+    assert_eq!((st, u["xp"].as_u64(), u["level"].as_u64(), u["events"].as_u64()), (200, Some(171), Some(2), Some(3)), "{u}");
+    let owned: Vec<&str> = u["badges"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(owned, ["act-one-scene-one", "nice-listener"]);
+    assert_eq!((u["badges"][0]["tier"].as_str(), u["badges"][0]["rule_version"].as_u64(), u["badges"][0]["event_id"].as_str()), (Some("bronze"), Some(1), Some("v-1")));
+    assert!(u["stats"].as_array().unwrap().iter().any(|s| s["value"] != json!(0.0) && s["value"] != Value::Null), "{u}");
+    // Progress: an unowned count badge shows current/target; a composite shows its parts.
+    let (st, p) = api.get("/v1/users/gia/progress").await;
+    assert_eq!(st, 200);
+    let badges = p["badges"].as_array().unwrap();
+    assert!(!badges.iter().any(|b| b["badge"] == "nice-listener"), "owned badges are left out");
+    let master = badges.iter().find(|b| b["badge"] == "master-of-arithmetic").unwrap();
+    let parts = master["rule"]["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{master}");
+    assert_eq!((parts[2]["holds"].as_bool(), parts[2]["current"].as_f64(), parts[2]["target"].as_f64()), (Some(false), Some(2.0), Some(10.0)), "{master}");
+    let counted = badges.iter().find(|b| b["rule"]["target"].is_number() && b["rule"]["current"].as_f64() > Some(0.0)).expect("a badge with some progress");
+    assert!(counted["rule"]["current"].as_f64() < counted["rule"]["target"].as_f64());
+    // Entitlement checks.
+    let (st, b) = api.get("/v1/users/gia/badges/nice-listener").await;
+    assert_eq!((st, b["count"].as_u64()), (200, Some(1)));
+    assert_eq!(api.get("/v1/users/gia/badges/magellan").await, (404, json!({ "error": "not_owned", "message": "user `gia` does not own `magellan`" })));
+    assert_eq!(api.get("/v1/users/gia/badges/no-such").await.1["error"], "unknown_badge");
+    // The event log, paged.
+    let (st, log) = api.get("/v1/users/gia/events?limit=2").await;
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = log["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["v-1", "a-1"]);
+    assert_eq!(log["events"][0]["pushes"][1]["type"], "unlock", "{log}");
+    assert_eq!(log["events"][0]["payload"]["playlist"], "algebra");
+    let next = log["next_after"].as_u64().unwrap();
+    let (_, rest) = api.get(&format!("/v1/users/gia/events?after={next}")).await;
+    assert_eq!(rest["events"][0]["event_id"], "a-2");
+    assert_eq!(rest["next_after"], Value::Null);
+    // Unknown users are 404 on every user route.
+    for path in ["/v1/users/nobody", "/v1/users/nobody/progress", "/v1/users/nobody/badges/magellan", "/v1/users/nobody/events"] {
+        assert_eq!(api.get(path).await.1["error"], "user_not_found", "{path}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn one_tenants_key_never_reaches_another_tenant() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), two_tenants).await;
+    let demo = Api::new(&s, DEMO_KEY);
+    let acme = Api::new(&s, ACME_KEY);
+    // The same event id in two tenants: two different events.
+    assert_eq!(demo.ingest(vec![video("same-id", "alice", 1200)]).await["accepted"], 1);
+    assert_eq!(acme.ingest(vec![http_event("same-id", "zed", "login", json!({}))]).await["accepted"], 1);
+    let dl = demo.ingest(vec![http_event("bad", "alice", "nope", json!({}))]).await["results"][0]["dead_letter"].as_u64().unwrap();
+    // Naming the other tenant in an event is refused.
+    let r = acme.ingest(vec![json!({ "event_id": "x", "user_id": "alice", "tenant_id": "demo", "event_type": "login", "occurred_at": now_rfc3339() })]).await;
+    assert_eq!(r["results"][0]["code"], "wrong_tenant");
+    // Users, badges, events, progress.
+    for path in ["/v1/users/alice", "/v1/users/alice/progress", "/v1/users/alice/badges/nice-listener", "/v1/users/alice/events"] {
+        assert_eq!(acme.get(path).await.1["error"], "user_not_found", "{path}");
+        assert_eq!(demo.get(path).await.0, 200, "{path}");
+    }
+    assert_eq!(demo.get("/v1/users/zed").await.0, 404);
+    // Dead letters.
+    assert_eq!(acme.get(&format!("/v1/dead-letters/{dl}")).await.0, 404);
+    assert_eq!(acme.call("POST", &format!("/v1/dead-letters/{dl}/retry"), None).await.0, 404);
+    assert_eq!(acme.call("DELETE", &format!("/v1/dead-letters/{dl}"), None).await.0, 404);
+    assert!(!acme.get("/v1/dead-letters").await.1["dead_letters"].as_array().unwrap().iter().any(|d| d["id"] == dl));
+    assert_eq!(demo.get(&format!("/v1/dead-letters/{dl}")).await.0, 200, "still there for its tenant");
+    // Catalogues and jobs.
+    let badge = json!({ "name": "Only Acme", "tier": "bronze", "rule": { "kind": "count", "event": "login", "target": 1 } });
+    let (st, v) = acme.call("PUT", "/v1/catalogue/badges/only-acme", Some(&badge)).await;
+    assert_eq!(st, 201, "{v}");
+    let job = v["job"]["id"].as_u64().unwrap();
+    assert_eq!(demo.get("/v1/catalogue").await.1["version"], 1, "demo's catalogue is untouched");
+    assert!(!demo.get("/v1/catalogue").await.1["document"]["badges"].as_array().unwrap().iter().any(|b| b["id"] == "only-acme"));
+    assert_eq!(demo.get("/v1/catalogue?version=2").await.0, 404);
+    assert_eq!(demo.get(&format!("/v1/jobs/{job}")).await.0, 404);
+    assert_eq!(demo.call("DELETE", &format!("/v1/jobs/{job}"), None).await.0, 404);
+    assert!(demo.get("/v1/jobs").await.1["jobs"].as_array().unwrap().is_empty());
+    assert_eq!(acme.get(&format!("/v1/jobs/{job}")).await.0, 200);
+    for change in [json!({ "op": "retire_badge", "id": "nice-listener" })] {
+        // Acme's catalogue has its own copy; retiring there leaves demo's alone.
+        assert_eq!(acme.call("POST", "/v1/catalogue/preview", Some(&change)).await.0, 200);
+    }
+    assert_eq!(acme.call("DELETE", "/v1/catalogue/badges/nice-listener", None).await.0, 201);
+    let r = demo.ingest(vec![video("v-2", "newbie", 1200)]).await;
+    assert_eq!(r["results"][0]["unlocks"], json!(["act-one-scene-one", "nice-listener"]), "demo still awards it");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn operations_endpoints_answer() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY).with_key(None);
+    assert_eq!(api.get("/healthz").await, (200, json!("ok")));
+    assert_eq!(api.get("/readyz").await, (200, json!("ready")));
+    Api::new(&s, DEMO_KEY).ingest(vec![video("v-1", "hal", 1200), video("v-1", "hal", 1200)]).await;
+    let (_, m) = api.get("/metrics").await;
+    let m = m.as_str().unwrap().to_string();
+    for line in ["accolade_events_total{outcome=\"accepted\"} 1", "accolade_dedup_hits_total 1", "accolade_rule_eval_seconds_count 2", "accolade_event_to_push_seconds_count 2", "accolade_http_events_total 2"] {
+        assert!(m.contains(line), "missing `{line}` in\n{m}");
+    }
+    for name in ["accolade_persist_last_batch_jobs", "accolade_backfill_running", "accolade_dead_letters_total", "accolade_connections"] {
+        assert!(m.contains(&format!("# TYPE {name} ")), "{name}");
+    }
+    // Request ids: the caller's is echoed, otherwise one is made.
+    let res = reqwest::Client::new().get(format!("http://{}/healthz", s.addr)).header("x-request-id", "req-42").send().await.unwrap();
+    assert_eq!(res.headers()["x-request-id"], "req-42");
+    let res = reqwest::Client::new().get(format!("http://{}/healthz", s.addr)).send().await.unwrap();
+    assert!(!res.headers()["x-request-id"].is_empty());
+    s.stop().await;
+}
