@@ -176,9 +176,15 @@ async fn retention(shared: Arc<Shared>) {
     if hours == 0 {
         return;
     }
-    let mut every = tokio::time::interval(Duration::from_secs(shared.config.retention_sweep_secs.max(1)));
+    let period = Duration::from_secs(shared.config.retention_sweep_secs.max(1));
+    // The first sweep waits a period: a server just started has better things to do.
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut stop = shared.shutdown.subscribe();
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
         let store = shared.store.clone();
         let cutoff = crate::user::now_ms() - (hours * 3_600_000) as i64;
         match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
@@ -211,7 +217,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     shared.ready.store(true, Ordering::Release);
     axum::serve(listener, app(shared.clone())).with_graceful_shutdown(stop).await?;
     shared.ready.store(false, Ordering::Release);
-    sweeper.abort();
+    // A sweep in progress finishes (it runs on a blocking thread and holds the store).
+    let _ = sweeper.await;
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.registry.stop_all()).await;
     let _ = tokio::time::timeout(grace, shared.store.sync()).await;

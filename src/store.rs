@@ -121,8 +121,24 @@ pub struct Store {
     catalogues: sled::Tree,
     dead: sled::Tree,
     jobs: sled::Tree,
+    // Declared before `persister`: dropping the last handle closes the channel first, then
+    // waits for the persister thread to finish, so the database is closed (and its lock
+    // released) when the last handle is gone, not some time later.
     tx: mpsc::Sender<Job>,
     pub stats: Arc<PersistStats>,
+    persister: Arc<PersisterThread>,
+}
+
+struct PersisterThread(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl Drop for PersisterThread {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.lock().ok().and_then(|mut h| h.take())
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
+    }
 }
 
 pub fn user_key(tenant: &str, user: &str) -> Vec<u8> {
@@ -180,11 +196,13 @@ impl Store {
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
+            persister: Arc::new(PersisterThread(std::sync::Mutex::new(None))),
         };
         let worker = store.clone_without_sender();
-        std::thread::Builder::new().name("accolade-persister".into()).spawn(move || worker.run_persister(rx)).map_err(|e| {
+        let handle = std::thread::Builder::new().name("accolade-persister".into()).spawn(move || worker.run_persister(rx)).map_err(|e| {
             StoreError::Corrupt { key: "persister".into(), why: e.to_string() }
         })?;
+        *store.persister.0.lock().expect("fresh mutex") = Some(handle);
         Ok(store)
     }
 

@@ -405,13 +405,18 @@ impl User {
         let replayed = crate::replay::from_scratch(&self.tenant, &self.user, &log, &cat);
         let now = now_ms();
         let event_id = format!("backfill:{}", spec.job);
-        let stats_before = (self.st.stats.clone(), self.st.rings.clone());
-        let fx = crate::core::backfill(&mut self.st, &replayed, &spec.badges, &spec.new_stats, now, &event_id, &cat);
+        // Worked out on a copy: when nothing changes, the live state stays exactly as the log
+        // rebuilds it (not even aligned to the new catalogue), and no record is written.
+        let mut next = self.st.clone();
+        next.sync(&cat);
+        let before = (next.stats.clone(), next.rings.clone());
+        let fx = crate::core::backfill(&mut next, &replayed, &spec.badges, &spec.new_stats, now, &event_id, &cat);
         let awarded = fx.iter().filter(|e| matches!(e, Effect::Unlock { .. })).count() as u32;
-        if fx.is_empty() && (self.st.stats.clone(), self.st.rings.clone()) == stats_before {
+        if fx.is_empty() && (&next.stats, &next.rings) == (&before.0, &before.1) {
             let _ = reply.send(Ok(0));
             return Ok(());
         }
+        self.st = next;
         self.seq += 1;
         let mut out = IngestOutcome { event_id: event_id.clone(), status: "accepted", reason: None, code: None, xp: 0, unlocks: vec![] };
         let frames = if spec.notify { self.award_frames(&fx, &cat, &event_id, &mut out) } else { Vec::new() };
@@ -721,18 +726,27 @@ impl Registry {
         }
     }
 
-    /// Asks every actor to snapshot and stop; waits for them (bounded by the caller).
+    /// Asks every actor to snapshot and stop, and waits until they have all ended (bounded by
+    /// the caller). Repeats while actors remain, since a message already on its way (a backfill
+    /// step, say) can revive a user after the first round.
     pub async fn stop_all(&self) {
-        let actors: Vec<ActorRef<UserMsg>> = self.map.iter().map(|e| e.actor.clone()).collect();
-        let mut waits = Vec::new();
-        for a in actors {
-            let (tx, rx) = oneshot::channel();
-            if a.send_message(UserMsg::Stop(tx)).is_ok() {
-                waits.push(rx);
+        while !self.map.is_empty() {
+            let actors: Vec<ActorRef<UserMsg>> = self.map.iter().map(|e| e.actor.clone()).collect();
+            let mut waits = Vec::new();
+            for a in &actors {
+                let (tx, rx) = oneshot::channel();
+                if a.send_message(UserMsg::Stop(tx)).is_ok() {
+                    waits.push(rx);
+                }
             }
-        }
-        for w in waits {
-            let _ = w.await;
+            for w in waits {
+                let _ = w.await;
+            }
+            // Ended means the actor's state (and its handle on the store) is dropped.
+            for a in actors {
+                let _ = a.get_cell().wait(None).await;
+                self.forget(a.get_id());
+            }
         }
     }
 }

@@ -347,10 +347,13 @@ async fn operations_endpoints_answer() {
     let api = Api::new(&s, DEMO_KEY).with_key(None);
     assert_eq!(api.get("/healthz").await, (200, json!("ok")));
     assert_eq!(api.get("/readyz").await, (200, json!("ready")));
-    Api::new(&s, DEMO_KEY).ingest(vec![video("v-1", "hal", 1200), video("v-1", "hal", 1200)]).await;
+    let key = Api::new(&s, DEMO_KEY);
+    key.ingest(vec![video("v-1", "hal", 1200), video("v-2", "hal", 60)]).await;
+    // Sent again once durable: found in the dedup index without reaching the rule core.
+    key.ingest(vec![video("v-1", "hal", 1200)]).await;
     let (_, m) = api.get("/metrics").await;
     let m = m.as_str().unwrap().to_string();
-    for line in ["accolade_events_total{outcome=\"accepted\"} 1", "accolade_dedup_hits_total 1", "accolade_rule_eval_seconds_count 2", "accolade_event_to_push_seconds_count 2", "accolade_http_events_total 2"] {
+    for line in ["accolade_events_total{outcome=\"accepted\"} 2", "accolade_dedup_hits_total 1", "accolade_rule_eval_seconds_count 2", "accolade_event_to_push_seconds_count 3", "accolade_http_events_total 3"] {
         assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
     for name in ["accolade_persist_last_batch_jobs", "accolade_backfill_running", "accolade_dead_letters_total", "accolade_connections"] {
