@@ -19,13 +19,26 @@ fn free_port() -> u16 {
 }
 
 /// Kills the server when dropped, so a failing assertion never leaves it running (it would
-/// hold the test's output pipe open and hang the run).
-struct Server(Child);
+/// hold the test's output pipe open and hang the run). `lines` carries its log lines.
+struct Server(Child, tokio::sync::mpsc::UnboundedReceiver<String>);
 
 impl Server {
     fn kill9(&mut self) {
         self.0.kill().unwrap(); // SIGKILL
         self.0.wait().unwrap();
+    }
+
+    /// Waits (at most 20 s) for a log line containing `text`.
+    async fn line(&mut self, text: &str) -> String {
+        let wait = async {
+            while let Some(l) = self.1.recv().await {
+                if l.contains(text) {
+                    return l;
+                }
+            }
+            panic!("the server exited before logging `{text}`")
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait).await.unwrap_or_else(|_| panic!("no log line with `{text}` within 20 s"))
     }
 }
 
@@ -39,8 +52,13 @@ impl Drop for Server {
 /// Starts the binary and returns once it logs that it is listening (waiting on that event,
 /// not polling the port). Its output keeps being drained so the pipe never fills.
 async fn start(dir: &std::path::Path, port: u16) -> Server {
+    start_with(dir, port, &[]).await
+}
+
+async fn start_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_accolade"))
         .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir", dir.to_str().unwrap(), "--rate-per-sec", "100000", "--rate-burst", "100000"])
+        .args(extra)
         .env("RUST_LOG", "warn,accolade=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -48,6 +66,7 @@ async fn start(dir: &std::path::Path, port: u16) -> Server {
         .expect("server binary starts");
     let stdout = child.stdout.take().unwrap();
     let (ready, listening) = tokio::sync::oneshot::channel();
+    let (lines, rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
         let mut ready = Some(ready);
@@ -57,9 +76,10 @@ async fn start(dir: &std::path::Path, port: u16) -> Server {
                     let _ = r.send(());
                 }
             }
+            let _ = lines.send(line);
         }
     });
-    let server = Server(child);
+    let server = Server(child, rx);
     tokio::time::timeout(Duration::from_secs(20), listening).await.expect("server listening within 20 s").expect("server printed that it listens");
     server
 }
@@ -158,5 +178,35 @@ async fn acked_events_survive_sigkill_exactly_once() {
     for (badge, count) in &unique {
         assert!(got.get(badge).is_some_and(|c| c >= count), "shown {badge} x{count} but state has {got:?}");
     }
+    server.kill9();
+
+    // `accolade replay` rebuilds the user from the log alone and finds the stored state.
+    let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(["--data-dir", dir.path().to_str().unwrap(), "replay"]).env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("replayed 1 users") && text.contains("0 differences"), "{text}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_catalogue_file_and_refuses_a_broken_one() {
+    let dir = tmp();
+    let file = dir.path().join("catalogue.toml");
+    std::fs::write(&file, accolade::core::catalogue::DEMO_CATALOGUE).unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut server = start_with(&data, port, &["--catalogue", file.to_str().unwrap()]).await;
+    let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
+    assert_eq!(api.get("/v1/catalogue").await.1["version"], 1);
+    let hup = |pid: u32| assert!(Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success());
+    let extra = "\n[[badges]]\nid = \"hup\"\nname = \"Hup\"\ntier = \"bronze\"\nrule = { kind = \"count\", event = \"login\", target = 1 }\n";
+    std::fs::write(&file, format!("{}{extra}", accolade::core::catalogue::DEMO_CATALOGUE)).unwrap();
+    hup(server.0.id());
+    server.line("catalogue reloaded from the file").await;
+    let (_, cur) = api.get("/v1/catalogue").await;
+    assert_eq!((cur["version"].as_u64(), cur["origin"].as_str()), (Some(2), Some("file")));
+    std::fs::write(&file, "version = [").unwrap();
+    hup(server.0.id());
+    let refused = server.line("catalogue reload refused").await;
+    assert!(refused.contains("not valid TOML"), "{refused}");
+    assert_eq!(api.get("/v1/catalogue").await.1["version"], 2, "the version in force stays");
     server.kill9();
 }
