@@ -366,3 +366,31 @@ async fn operations_endpoints_answer() {
     assert!(!res.headers()["x-request-id"].is_empty());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn every_refusal_of_an_ingested_event_has_its_code() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let at = |t: &str| json!({ "event_id": format!("t-{t}"), "user_id": "ivy", "event_type": "login", "occurred_at": t });
+    let r = api
+        .ingest(vec![
+            at("2020-01-01T00:00:00Z"),
+            at("2999-01-01T00:00:00Z"),
+            at("yesterday"),
+            http_event("m-1", "ivy", "problem.answered", json!({ "exercise": "x", "seconds": 3 })),
+            http_event("id", &"u".repeat(129), "login", json!({})),
+            json!({ "event_id": "", "user_id": "ivy", "event_type": "login", "occurred_at": now_rfc3339() }),
+            json!({ "event_id": "p", "user_id": "ivy", "event_type": "login", "occurred_at": now_rfc3339(), "payload": [1] }),
+        ])
+        .await;
+    let codes: Vec<&str> = r["results"].as_array().unwrap().iter().map(|x| x["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["too_late", "in_future", "invalid_event", "missing_field", "invalid_event", "invalid_event", "invalid_event"], "{r}");
+    for (i, needle) in [(2, "RFC 3339"), (3, "correct"), (4, "user_id"), (5, "event_id"), (6, "payload")] {
+        assert!(r["results"][i]["reason"].as_str().unwrap().contains(needle), "{i}: {}", r["results"][i]);
+    }
+    assert_eq!(api.get("/v1/dead-letters").await.1["dead_letters"].as_array().unwrap().len(), 7);
+    let (st, v) = api.get(&format!("/v1/users/{}", "u".repeat(129))).await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("invalid_user")));
+    s.stop().await;
+}
