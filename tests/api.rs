@@ -330,13 +330,20 @@ async fn one_tenants_key_never_reaches_another_tenant() {
     assert_eq!(demo.call("DELETE", &format!("/v1/jobs/{job}"), None).await.0, 404);
     assert!(demo.get("/v1/jobs").await.1["jobs"].as_array().unwrap().is_empty());
     assert_eq!(acme.get(&format!("/v1/jobs/{job}")).await.0, 200);
-    for change in [json!({ "op": "retire_badge", "id": "nice-listener" })] {
-        // Acme's catalogue has its own copy; retiring there leaves demo's alone.
-        assert_eq!(acme.call("POST", "/v1/catalogue/preview", Some(&change)).await.0, 200);
-    }
+    // A preview scans only the key's tenant: acme has one user (zed), demo has alice.
+    let change = json!({ "op": "put_badge", "badge": { "id": "any-video", "name": "Any", "tier": "bronze", "rule": { "kind": "count", "event": "video.watched", "target": 1 } } });
+    let (_, p) = acme.call("POST", "/v1/catalogue/preview", Some(&change)).await;
+    assert_eq!((p["users_scanned"].as_u64(), p["badges"][0]["would_earn"].as_u64()), (Some(1), Some(0)), "{p}");
+    let (_, p) = demo.call("POST", "/v1/catalogue/preview", Some(&change)).await;
+    assert_eq!((p["users_scanned"].as_u64(), p["badges"][0]["sample"].clone()), (Some(1), json!(["alice"])), "{p}");
+    // Acme's catalogue is its own copy: retiring a badge or adding XP there leaves demo's alone.
     assert_eq!(acme.call("DELETE", "/v1/catalogue/badges/nice-listener", None).await.0, 201);
+    assert_eq!(acme.call("PUT", "/v1/catalogue/xp/video-bonus", Some(&json!({ "event": "video.watched", "amount": 1000 }))).await.0, 201);
+    assert_eq!(demo.get("/v1/catalogue/versions").await.1["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(acme.get("/v1/catalogue/versions").await.1["versions"].as_array().unwrap().len(), 4);
     let r = demo.ingest(vec![video("v-2", "newbie", 1200)]).await;
     assert_eq!(r["results"][0]["unlocks"], json!(["act-one-scene-one", "nice-listener"]), "demo still awards it");
+    assert_eq!(r["results"][0]["xp"], 160, "and has no acme XP rule");
     s.stop().await;
 }
 
