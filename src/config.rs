@@ -54,6 +54,20 @@ pub struct Config {
     #[arg(long, env = "ACCOLADE_ALLOW_PUBLIC_DEMO")]
     pub allow_public_demo: bool,
 
+    /// Seconds a client has to send a complete HTTP request head (the WebSocket handshake
+    /// included) before the connection is closed: slow or stalled handshakes hold no socket.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Open connections in all (sockets and HTTP); past it new ones get 503. Keep it below the
+    /// process's open-file limit.
+    #[arg(long, default_value_t = 19_000)]
+    pub max_connections: usize,
+
+    /// Open connections from one source address; past it that address gets 503.
+    #[arg(long, default_value_t = 2_000)]
+    pub max_connections_per_address: usize,
+
     /// Largest client message accepted, in bytes; larger ones get a `too_large` error.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,

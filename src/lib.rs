@@ -11,6 +11,7 @@
 //! - [`user`]: the per-user actor, the registry that finds it, and its supervisor.
 //! - [`store`]: sled storage and the group-commit persister; the only module that imports sled.
 //! - [`auth`]: token verification (HS256, pinned).
+//! - [`accept`]: TCP accept with connection limits, the request-head deadline, the drain.
 //! - [`api`]: the HTTP API (ingest, catalogue changes, queries, dead letters, jobs) and its
 //!   OpenAPI document.
 //! - [`catalogues`]: each tenant's catalogue versions and the changes that make them.
@@ -21,6 +22,7 @@
 //! - [`demo`]: the embedded demo page and demo token endpoint.
 //! - [`config`]: the one typed configuration.
 
+pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod backfill;

@@ -68,7 +68,14 @@ pub fn decode(text: &str) -> Result<ClientMsg, WireError> {
             };
             Ok(ClientMsg::Hello { token: token.to_string(), since })
         }
-        "event" => decode_event(obj).map(ClientMsg::Event),
+        "event" => {
+            // Over the socket the user and tenant are the token's; an event naming any is
+            // refused rather than silently re-addressed.
+            if let Some(k) = ["user_id", "tenant_id"].into_iter().find(|k| obj.contains_key(*k)) {
+                return Err(WireError::InvalidEvent(format!("`{k}` comes from the token; leave it out of socket events")));
+            }
+            decode_event(obj).map(ClientMsg::Event)
+        }
         other => Err(WireError::InvalidMessage(format!("unknown message type `{other}` (expected hello or event)"))),
     }
 }

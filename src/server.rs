@@ -198,24 +198,21 @@ async fn retention(shared: Arc<Shared>) {
 /// Runs the server on `listener` until `shutdown` resolves, then drains: clients are told to
 /// reconnect, every actor writes a snapshot, and sled is flushed.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        // Pushes are small and latency matters more than packet count.
-        let _ = tcp.set_nodelay(true);
-    });
     let signal = shared.shutdown.clone();
     let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
-    let stop = async move {
+    tokio::spawn(async move {
         shutdown.await;
         let _ = signal.send(true);
-    };
+    });
     let sweeper = tokio::spawn(retention(shared.clone()));
     let resumed = crate::backfill::resume_all(&shared)?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "backfill jobs resumed");
     }
     shared.ready.store(true, Ordering::Release);
-    axum::serve(listener, app(shared.clone())).with_graceful_shutdown(stop).await?;
+    let c = &shared.config;
+    let limits = crate::accept::Limits { header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)), total: c.max_connections, per_address: c.max_connections_per_address };
+    crate::accept::serve(listener, app(shared.clone()), limits, shared.shutdown.subscribe(), grace).await;
     shared.ready.store(false, Ordering::Release);
     // A sweep in progress finishes (it runs on a blocking thread and holds the store).
     let _ = sweeper.await;

@@ -20,6 +20,10 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame over the hard size limit: fix the client; do not resend that message.
     pub const TOO_BIG: u16 = 1009;
+    /// The client broke the WebSocket protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const BAD_DATA: u16 = 1007;
     /// An internal error (the user's actor restarted): reconnect and resume.
     pub const INTERNAL: u16 = 1011;
     /// The client did not read its pushes fast enough: reconnect and resume.
@@ -60,6 +64,17 @@ fn text(f: Frame) -> Message {
     Message::Text(Utf8Bytes::from(f.as_ref()))
 }
 
+/// The close code for a failed read, when the client broke the protocol: a frame over the
+/// protocol limit (1009), invalid UTF-8 in a text frame (1007), any other violation (1002).
+fn read_error(e: axum::Error) -> Option<(u16, &'static str)> {
+    match e.into_inner().downcast::<tungstenite::Error>().map(|b| *b) {
+        Ok(tungstenite::Error::Capacity(_)) => Some((close::TOO_BIG, "message too big")),
+        Ok(tungstenite::Error::Utf8(_)) => Some((close::BAD_DATA, "text frame is not valid UTF-8")),
+        Ok(tungstenite::Error::Protocol(_)) => Some((close::PROTOCOL, "protocol error")),
+        _ => None,
+    }
+}
+
 async fn close_with<S: Sink<Message> + Unpin>(sink: &mut S, code: u16, reason: &'static str) {
     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
 }
@@ -78,9 +93,19 @@ where
 
     // Hello phase: the first message must authenticate, within the time-out.
     let (principal, since) = loop {
-        let first = match timeout(cfg.auth_timeout(), stream.next()).await {
+        let next = tokio::select! {
+            n = timeout(cfg.auth_timeout(), stream.next()) => n,
+            _ = shutdown.changed() => return close_with(&mut sink, close::GOING_AWAY, "server shutting down").await,
+        };
+        let first = match next {
             Err(_) => return close_with(&mut sink, close::AUTH_TIMEOUT, "no hello in time").await,
-            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                if let Some((code, why)) = read_error(e) {
+                    close_with(&mut sink, code, why).await;
+                }
+                return;
+            }
             Ok(Some(Ok(m))) => m,
         };
         let text = match first {
@@ -157,7 +182,11 @@ where
                 ready = p.ok();
             }
             m = stream.next(), if ready.is_some() => {
-                let Some(Ok(m)) = m else { break None };
+                let m = match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => break read_error(e),
+                    None => break None,
+                };
                 last_seen = Instant::now();
                 match m {
                     Message::Text(t) => {

@@ -254,7 +254,20 @@ impl User {
         let outcome = |status: &'static str| IngestOutcome { event_id: id.clone(), status, reason: None, code: None, xp: 0, unlocks: vec![] };
         // Ids older than the state's own recent-id window are found in the dedup tree, which
         // keeps them for as long as the event is retained.
-        if self.shared.store.seen(&self.tenant, &event.event_id)?.is_some() {
+        if let Some(owner) = self.shared.store.seen(&self.tenant, &event.event_id)? {
+            if !owner.starts_with(&store::user_key(&self.tenant, &self.user)) {
+                // The id was accepted for another user. Acking it as a duplicate would let one
+                // user suppress another's events by guessing ids; say so instead.
+                m.rejected.fetch_add(1, Ordering::Relaxed);
+                let text = "event_id is already used by another user of this tenant; event ids must be unique per tenant";
+                let mut o = outcome("rejected");
+                o.reason = Some(text.into());
+                o.code = Some("id_conflict");
+                reply(&mut deliveries, origin, protocol::error("id_conflict", text, Some(&event.event_id)), o);
+                deliveries.extend(permit.map(Delivery::Release));
+                self.enqueue(myself, vec![], deliveries);
+                return Ok(());
+            }
             m.duplicates.fetch_add(1, Ordering::Relaxed);
             reply(&mut deliveries, origin, protocol::ack(&event.event_id, true), outcome("duplicate"));
             deliveries.extend(permit.map(Delivery::Release));

@@ -1,0 +1,170 @@
+//! Hostile and broken clients: each bad input gets its clear error (or close code), and none of
+//! it costs the server more than its limits allow. The table in docs/limits.md points here.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(IpAddr::from(from), 0)).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// Opens a WebSocket from `from`; the HTTP status if the handshake is refused.
+async fn ws_from(from: [u8; 4], s: &TestServer) -> Result<Client, (u16, String)> {
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp_from(from, s.addr).await);
+    match tokio_tungstenite::client_async(s.url(), tcp).await {
+        Ok((ws, _)) => Ok(Client { ws, welcome: json!(null) }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err((r.status().as_u16(), String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned())),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_cut_off() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| c.header_timeout_secs = 1).await;
+    // Slowloris: a request head started and never finished.
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the server still holds a stalled handshake after 5 s");
+    // A connection that never sends anything is cut off the same way.
+    let mut idle = TcpStream::connect(s.addr).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await.is_ok());
+    // Real clients are unaffected.
+    let c = s.connect("patient").await;
+    assert_eq!(c.welcome["type"], "welcome");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.max_connections_per_address = 3;
+        c.max_connections = 5;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(ws_from([127, 0, 0, 2], &s).await.expect("within the per-address limit"));
+    }
+    let (status, body) = ws_from([127, 0, 0, 2], &s).await.err().expect("the fourth from one address is refused");
+    assert_eq!(status, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "too_many_connections");
+    assert!(body["message"].as_str().unwrap().contains("this address"), "{body}");
+    // Other addresses still get in, up to the total.
+    held.push(ws_from([127, 0, 0, 3], &s).await.expect("another address"));
+    held.push(ws_from([127, 0, 0, 4], &s).await.expect("another address"));
+    let (status, body) = ws_from([127, 0, 0, 5], &s).await.err().expect("past the total");
+    assert_eq!(status, 503);
+    assert!(body.contains("too many open connections"), "{body}");
+    // A closed connection gives its slot back.
+    let mut first = held.remove(0);
+    first.ws.close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        if let Ok(c) = ws_from([127, 0, 0, 2], &s).await {
+            held.push(c);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slot never came back");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn broken_frames_and_bad_tokens_get_their_close_codes() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), two_tenants).await;
+    // Invalid UTF-8 in a text frame: 1007.
+    let mut c = s.connect("utf").await;
+    c.ws.send(Message::Frame(Frame::message(vec![0x7b, 0xff, 0xfe, 0x7d], OpCode::Data(Data::Text), true))).await.unwrap();
+    assert_eq!(c.closed().await, Some(1007));
+    // A 1 MiB frame: over the protocol limit, 1009 (a message over the application limit but
+    // under the protocol one gets `too_large` and keeps the socket: tests/server.rs).
+    let mut c = s.connect("huge").await;
+    let _ = c.ws.send(Message::text("x".repeat(1 << 20))).await;
+    assert_eq!(c.closed().await, Some(1009));
+    // Tokens: expired, unknown tenant, alg none, garbage. Each: `unauthorized` with the reason,
+    // then 4001.
+    let now = accolade::auth::now_secs();
+    let b64 = |v: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+    };
+    let tokens = [
+        (accolade::auth::mint_with_secret(accolade::config::DEMO_SECRET, "demo", "eve", now - 3600), "expired"),
+        (accolade::auth::mint_with_secret("whatever-secret-123456", "nosuch", "eve", now + 60), "unknown tenant"),
+        (format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&format!(r#"{{"sub":"eve","tenant":"demo","exp":{}}}"#, now + 60))), "token"),
+        // Signed by acme's secret but claiming the demo tenant.
+        (accolade::auth::mint_with_secret(ACME_SECRET, "demo", "eve", now + 60), "signature"),
+        ("not-a-token".to_string(), "malformed"),
+    ];
+    for (token, why) in tokens {
+        let mut ws = Client::raw(&s.url()).await;
+        ws.send(Message::text(json!({ "type": "hello", "token": token }).to_string())).await.unwrap();
+        let mut c = Client { ws, welcome: json!(null) };
+        let e = c.next().await;
+        assert_eq!(e["code"], "unauthorized", "{why}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(why), "{why}: {e}");
+        assert_eq!(c.closed().await, Some(4001), "{why}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn events_cannot_speak_for_another_user_or_steal_an_id() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), two_tenants).await;
+    let mut alice = s.connect("alice").await;
+    // A socket event naming a user (or tenant) is refused: the token says who it is.
+    for field in ["user_id", "tenant_id"] {
+        let mut e = event("forged", "login", json!({}));
+        e[field] = json!("bob");
+        alice.send(&e).await;
+        let m = alice.next_main().await;
+        assert_eq!(m["code"], "invalid_event", "{m}");
+        assert!(m["message"].as_str().unwrap().contains(field), "{m}");
+    }
+    // Far in the future, and long ago.
+    let mut e = event("future", "login", json!({}));
+    e["occurred_at"] = json!("2999-01-01T00:00:00Z");
+    alice.send(&e).await;
+    let m = alice.next_main().await;
+    assert_eq!((m["code"].as_str(), m["event_id"].as_str()), (Some("invalid_event"), Some("future")));
+    assert!(m["message"].as_str().unwrap().contains("future"), "{m}");
+    // An id alice used cannot be replayed by bob to claim or block it...
+    alice.send(&event("shared-1", "login", json!({}))).await;
+    assert_eq!(alice.until("ack").await.last().unwrap()["duplicate"], false);
+    let mut bob = s.connect("bob").await;
+    bob.send(&event("shared-1", "login", json!({}))).await;
+    let m = bob.next_main().await;
+    assert_eq!((m["code"].as_str(), m["event_id"].as_str()), (Some("id_conflict"), Some("shared-1")), "{m}");
+    // ...while the same id in another tenant is another event.
+    let acme = accolade::auth::mint_with_secret(ACME_SECRET, ACME, "alice", accolade::auth::now_secs() + 60);
+    let mut other = Client::connect(&s.url(), &acme, None).await;
+    other.send(&event("shared-1", "login", json!({}))).await;
+    let m = other.next_main().await;
+    assert_eq!((m["type"].as_str(), m["duplicate"].as_bool()), (Some("ack"), Some(false)), "{m}");
+    // And alice's own retry is still just a duplicate.
+    alice.send(&event("shared-1", "login", json!({}))).await;
+    assert_eq!(alice.until("ack").await.last().unwrap()["duplicate"], true);
+    s.stop().await;
+}
