@@ -532,6 +532,9 @@ fn catalogue_errors_name_the_badge_and_field() {
     assert_eq!(e.to_string(), "event type `x`: field `fields.a`: unknown type `text` (use string, number, bool or any; add ? for optional)");
     let e = Catalogue::parse("{\"version\": 1}", Format::Json).unwrap_err();
     assert!(e.to_string().contains("missing field `event_types`"), "{e}");
+    // Found by the load_catalogue fuzz target: an empty document's error named no field.
+    let e = Catalogue::parse("", Format::Toml).unwrap_err();
+    assert_eq!((e.field.as_str(), e.to_string().contains("missing field `version`")), ("document", true), "{e}");
 }
 
 #[test]

@@ -578,7 +578,12 @@ impl Catalogue {
 fn part<T: serde::de::DeserializeOwned>(v: serde_json::Value, owner: Option<&str>, prefix: &str) -> Result<T, CatalogueError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { prefix.to_string() } else if prefix.is_empty() { path } else { format!("{prefix}.{path}") };
+        let field = match (path.as_str(), prefix.is_empty()) {
+            (".", true) => "document".to_string(),
+            (".", false) => prefix.to_string(),
+            (_, true) => path,
+            (_, false) => format!("{prefix}.{path}"),
+        };
         err(owner, field, e.into_inner().to_string())
     })
 }
