@@ -10,79 +10,9 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills the server when dropped, so a failing assertion never leaves it running (it would
-/// hold the test's output pipe open and hang the run). `lines` carries its log lines.
-struct Server(Child, tokio::sync::mpsc::UnboundedReceiver<String>);
-
-impl Server {
-    fn kill9(&mut self) {
-        self.0.kill().unwrap(); // SIGKILL
-        self.0.wait().unwrap();
-    }
-
-    /// Waits (at most 20 s) for a log line containing `text`.
-    async fn line(&mut self, text: &str) -> String {
-        let wait = async {
-            while let Some(l) = self.1.recv().await {
-                if l.contains(text) {
-                    return l;
-                }
-            }
-            panic!("the server exited before logging `{text}`")
-        };
-        tokio::time::timeout(Duration::from_secs(20), wait).await.unwrap_or_else(|_| panic!("no log line with `{text}` within 20 s"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the binary and returns once it logs that it is listening (waiting on that event,
-/// not polling the port). Its output keeps being drained so the pipe never fills.
-async fn start(dir: &std::path::Path, port: u16) -> Server {
-    start_with(dir, port, &[]).await
-}
-
-async fn start_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accolade"))
-        .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir", dir.to_str().unwrap(), "--rate-per-sec", "100000", "--rate-burst", "100000"])
-        .args(extra)
-        .env("RUST_LOG", "warn,accolade=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("server binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let (ready, listening) = tokio::sync::oneshot::channel();
-    let (lines, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut ready = Some(ready);
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("accolade listening") {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
-            }
-            let _ = lines.send(line);
-        }
-    });
-    let server = Server(child, rx);
-    tokio::time::timeout(Duration::from_secs(20), listening).await.expect("server listening within 20 s").expect("server printed that it listens");
-    server
-}
 
 /// The stream: answers over three exercises, mostly right, so streak badges (per exercise,
 /// counted) and XP thresholds unlock along the way.

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -250,3 +251,78 @@ pub fn http_event(id: &str, user: &str, ty: &str, payload: Value) -> Value {
 pub fn http_answer(id: &str, user: &str, exercise: &str, correct: bool) -> Value {
     http_event(id, user, "problem.answered", json!({ "exercise": exercise, "correct": correct, "seconds": 3 }))
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real binary, for crash, signal and storage-fault tests.
+// ---------------------------------------------------------------------------------------------
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Kills the server when dropped, so a failing assertion never leaves it running (it would
+/// hold the test's output pipe open and hang the run). `lines` carries its log lines.
+pub struct Server(pub Child, pub tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl Server {
+    pub fn kill9(&mut self) {
+        self.0.kill().unwrap(); // SIGKILL
+        self.0.wait().unwrap();
+    }
+
+    /// Waits (at most 20 s) for a log line containing `text`.
+    pub async fn line(&mut self, text: &str) -> String {
+        let wait = async {
+            while let Some(l) = self.1.recv().await {
+                if l.contains(text) {
+                    return l;
+                }
+            }
+            panic!("the server exited before logging `{text}`")
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait).await.unwrap_or_else(|_| panic!("no log line with `{text}` within 20 s"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary and returns once it logs that it is listening (waiting on that event,
+/// not polling the port). Its output keeps being drained so the pipe never fills.
+pub async fn start(dir: &std::path::Path, port: u16) -> Server {
+    start_with(dir, port, &[]).await
+}
+
+pub async fn start_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accolade"))
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir", dir.to_str().unwrap(), "--rate-per-sec", "100000", "--rate-burst", "100000"])
+        .args(extra)
+        .env("RUST_LOG", "warn,accolade=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (ready, listening) = tokio::sync::oneshot::channel();
+    let (lines, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut ready = Some(ready);
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("accolade listening") {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+            }
+            let _ = lines.send(line);
+        }
+    });
+    let server = Server(child, rx);
+    tokio::time::timeout(Duration::from_secs(20), listening).await.expect("server listening within 20 s").expect("server printed that it listens");
+    server
+}
+
