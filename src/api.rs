@@ -299,15 +299,21 @@ async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body:
                     r
                 }
                 Ok(o) => EventResult::from(o),
-                Err(_) => EventResult {
-                    event_id: raw.get("event_id").and_then(Json_::as_str).map(str::to_string),
-                    status: "rejected".into(),
-                    code: Some("unavailable".into()),
-                    reason: Some("the user's actor stopped before the event was durable; send it again".into()),
-                    xp: 0,
-                    unlocks: vec![],
-                    dead_letter: None,
-                },
+                Err(_) => {
+                    // Not kept as a dead letter: the event is fine, the server could not take it
+                    // now (storage failing, say); the sender retries.
+                    let user = raw.get("user_id").and_then(Json_::as_str).unwrap_or_default();
+                    let why = why_down(&shared, &tenant, user).await;
+                    EventResult {
+                        event_id: raw.get("event_id").and_then(Json_::as_str).map(str::to_string),
+                        status: "rejected".into(),
+                        code: Some(why.1.into()),
+                        reason: Some(if why.1 == "unavailable" { "the event could not be made durable; send it again".into() } else { why.2 }),
+                        xp: 0,
+                        unlocks: vec![],
+                        dead_letter: None,
+                    }
+                }
             },
             Err(((event_id, user_id, code, reason), raw)) => {
                 let id = dead_letter(&shared, &tenant, code, &reason, raw.to_string(), event_id.clone(), user_id).await?;
@@ -659,7 +665,23 @@ async fn ask<T: Send + 'static>(shared: &Arc<Shared>, tenant: &str, user: &str, 
         let _ = tx.send(f(view));
     });
     shared.registry.send(shared, tenant, user, UserMsg::Query(q)).map_err(internal)?;
-    rx.await.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the user's actor stopped; try again".into()))
+    match rx.await {
+        Ok(v) => Ok(v),
+        Err(_) => Err(why_down(shared, tenant, user).await),
+    }
+}
+
+/// Why a user's actor could not answer: its stored record is unreadable (a lasting problem,
+/// which other users do not share), or it stopped for a moment (retry).
+async fn why_down(shared: &Arc<Shared>, tenant: &str, user: &str) -> ApiError {
+    let (store, t, u) = (shared.store.clone(), tenant.to_string(), user.to_string());
+    match tokio::task::spawn_blocking(move || store.load_user(&t, &u)).await {
+        Ok(Err(e @ crate::store::StoreError::Corrupt { .. })) => {
+            tracing::error!(tenant, user, error = %e, "user record unreadable");
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_user", format!("this user's stored state cannot be read ({e}); other users are unaffected"))
+        }
+        _ => ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the user's actor stopped; try again".into()),
+    }
 }
 
 #[derive(Serialize, ToSchema)]

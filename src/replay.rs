@@ -131,9 +131,16 @@ pub fn check_all(store: &Store, cats: &Catalogues) -> Result<ReplayReport, Store
     let mut report = ReplayReport::default();
     for (tenant, user) in store.all_users()? {
         report.users += 1;
-        let loaded = store.load_user(&tenant, &user)?;
+        // An unreadable user is reported, and the check goes on with the others.
+        let read = store.load_user(&tenant, &user).and_then(|l| Ok((l, store.events_after(&tenant, &user, 0, usize::MAX)?)));
+        let (loaded, log) = match read {
+            Ok(x) => x,
+            Err(e) => {
+                report.differences.push(Difference { tenant, user, what: format!("unreadable: {e}") });
+                continue;
+            }
+        };
         let Some(record) = loaded.record else { continue };
-        let log = store.events_after(&tenant, &user, 0, usize::MAX)?;
         if log.first().is_some_and(|(seq, _)| *seq != 1) {
             report.skipped += 1;
             continue;

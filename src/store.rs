@@ -545,9 +545,16 @@ impl PersisterSide {
             // times slower here. Atomicity across one event's writes is not needed, because
             // nothing is acknowledged before the flush below; a crash in between loses the
             // unacknowledged event, which the client resends.
+            // Every job's completion is taken out first: when a write fails part way through
+            // the batch, every job of it (written or not) is told, so no actor waits for ever.
+            let mut batch = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                dones.push(job.done);
+                batch.push(job.writes);
+            }
             let result = (|| -> Result<(), sled::Error> {
-                for job in jobs {
-                    for w in job.writes {
+                for writes in batch {
+                    for w in writes {
                         n += 1;
                         match w {
                             Write::Put(t, k, v) => {
@@ -558,7 +565,6 @@ impl PersisterSide {
                             }
                         }
                     }
-                    dones.push(job.done);
                 }
                 applied = std::time::Instant::now();
                 self.db.flush()?;

@@ -207,7 +207,8 @@ impl Api {
     /// Sends a request; returns the status and the body as JSON (or as a JSON string if it
     /// is not JSON).
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut r = self.http.request(method.parse().unwrap(), format!("{}{}", self.base, path));
+        // A server that never answers fails the test instead of hanging it.
+        let mut r = self.http.request(method.parse().unwrap(), format!("{}{}", self.base, path)).timeout(Duration::from_secs(60));
         if let Some(k) = &self.key {
             r = r.bearer_auth(k);
         }
@@ -298,7 +299,22 @@ pub async fn start(dir: &std::path::Path, port: u16) -> Server {
 }
 
 pub async fn start_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accolade"))
+    start_wrapped(dir, port, extra, None).await
+}
+
+/// Starts the binary through `bash -c '<setup>; exec ...'` when `setup` is given (resource
+/// limits for storage-fault tests, say).
+pub async fn start_wrapped(dir: &std::path::Path, port: u16, extra: &[&str], setup: Option<&str>) -> Server {
+    let bin = env!("CARGO_BIN_EXE_accolade");
+    let mut cmd = match setup {
+        None => Command::new(bin),
+        Some(s) => {
+            let mut c = Command::new("bash");
+            c.args(["-c", &format!("{s}; exec \"$0\" \"$@\""), bin]);
+            c
+        }
+    };
+    let mut child = cmd
         .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir", dir.to_str().unwrap(), "--rate-per-sec", "100000", "--rate-burst", "100000"])
         .args(extra)
         .env("RUST_LOG", "warn,accolade=info")

@@ -1,0 +1,140 @@
+//! Storage faults: a full disk, an unreadable user record, a data directory that cannot be
+//! written. The server refuses clearly, never acknowledges what it could not store, and one
+//! broken user does not take the others down.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+fn big_video(id: &str, user: &str) -> Value {
+    // A large payload field (kept in the log) fills the disk quickly.
+    http_event(id, user, "video.watched", json!({ "video": "v".repeat(2000), "playlist": "p", "seconds": 10 }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_events_and_loses_nothing_acknowledged() {
+    let dir = tmp();
+    let port = free_port();
+    // The process may write files of at most 3 MB: writes past it fail (EFBIG) the way they
+    // would on a full disk (SIGXFSZ ignored, as a server would not die of it either).
+    let mut server = start_wrapped(dir.path(), port, &[], Some("ulimit -f 3000; trap '' XFSZ")).await;
+    let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
+    let mut sent: Vec<Value> = vec![];
+    let mut accepted: Vec<String> = vec![];
+    let mut refused = 0;
+    for batch in 0..40 {
+        let events: Vec<Value> = (0..200).map(|i| big_video(&format!("b{batch}-{i}"), &format!("u{}", i % 20))).collect();
+        let r = api.ingest(events.clone()).await;
+        for (e, res) in events.iter().zip(r["results"].as_array().unwrap()) {
+            match res["status"].as_str() {
+                Some("accepted") => accepted.push(e["event_id"].as_str().unwrap().into()),
+                _ => {
+                    assert_eq!(res["code"], "unavailable", "{res}");
+                    assert!(res.get("dead_letter").is_none(), "a storage failure is not the event's fault: {res}");
+                    refused += 1;
+                }
+            }
+        }
+        sent.extend(events);
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0 && !accepted.is_empty(), "the disk filled part way ({} accepted, {refused} refused)", accepted.len());
+    // Still up and answering while full.
+    assert_eq!(api.with_key(None).get("/healthz").await.0, 200);
+    server.kill9();
+
+    // Space again: everything acknowledged is there, everything else is taken once now.
+    let server2 = start(dir.path(), port).await;
+    let mut per_user: HashMap<String, u64> = HashMap::new();
+    for chunk in sent.chunks(1000) {
+        let r = api.ingest(chunk.to_vec()).await;
+        for (e, res) in chunk.iter().zip(r["results"].as_array().unwrap()) {
+            let id = e["event_id"].as_str().unwrap();
+            // Acknowledged: a duplicate now. Refused: its writes may or may not have reached
+            // the disk before the failure, so it is either taken now or already counted; the
+            // per-user totals below say it counts exactly once either way.
+            if accepted.iter().any(|a| a == id) {
+                assert_eq!(res["status"], "duplicate", "{id}: {res}");
+            } else {
+                assert!(res["status"] == "accepted" || res["status"] == "duplicate", "{id}: {res}");
+            }
+            *per_user.entry(e["user_id"].as_str().unwrap().into()).or_default() += 1;
+        }
+    }
+    for (user, n) in per_user {
+        assert_eq!(api.get(&format!("/v1/users/{user}")).await.1["events"].as_u64(), Some(n), "{user}");
+    }
+    drop(server2);
+}
+
+#[tokio::test]
+async fn an_unreadable_user_record_does_not_take_the_others_down() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    api.ingest(vec![http_answer("g1", "good", "x", true), http_answer("b1", "broken", "x", true)]).await;
+    s.stop().await;
+    // Damage one user's snapshot on disk.
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let users = db.open_tree("users").unwrap();
+        users.insert(accolade::store::user_key("demo", "broken"), b"\x01\xff\xff\xff garbage".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    // The broken user gets a clear error, on queries and on ingest...
+    let (st, v) = api.get("/v1/users/broken").await;
+    assert_eq!((st, v["error"].as_str()), (500, Some("corrupt_user")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("other users are unaffected"), "{v}");
+    let r = api.ingest(vec![http_answer("b2", "broken", "x", true)]).await;
+    assert_eq!(r["results"][0]["code"], "corrupt_user", "{r}");
+    // ...and everyone else carries on.
+    let r = api.ingest(vec![http_answer("g2", "good", "x", true), http_answer("n1", "newcomer", "x", true)]).await;
+    assert_eq!(r["accepted"], 2, "{r}");
+    assert_eq!(api.get("/v1/users/good").await.1["events"], 2);
+    let mut c = s.connect("good").await;
+    c.send(&answer("g3", "x", true)).await;
+    assert_eq!(c.until("ack").await.last().unwrap()["duplicate"], false);
+    s.stop().await;
+    // The replay check names it and checks the rest.
+    let s = TestServer::start(dir.path()).await;
+    let shared = s.shared.clone();
+    let report = tokio::task::spawn_blocking(move || accolade::replay::check_all(&shared.store, &shared.catalogues)).await.unwrap().unwrap();
+    assert_eq!(report.differences.len(), 1, "{:?}", report.differences);
+    assert_eq!(report.differences[0].user, "broken");
+    assert!(report.differences[0].what.starts_with("unreadable"), "{:?}", report.differences);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_data_directory_that_cannot_be_written_is_refused_at_start() {
+    let dir = tmp();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut perms = std::fs::metadata(&data).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o555);
+    std::fs::set_permissions(&data, perms).unwrap();
+    // Root ignores permission bits, so as root the server runs as `nobody` here.
+    let mut cmd = if is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", env!("CARGO_BIN_EXE_accolade")]);
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_accolade"))
+    };
+    // The binary must be reachable by `nobody`; cargo's target dir is.
+    let out = cmd.args(["--data-dir", data.to_str().unwrap(), "--bind", "127.0.0.1:0"]).env("RUST_LOG", "warn").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server must not start: {err}");
+    assert!(err.contains("data dir") && err.contains(data.to_str().unwrap()) && err.to_lowercase().contains("permission denied"), "{err}");
+}
+
+/// Whether the test runs as root (uid 0), read from /proc rather than through libc.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
