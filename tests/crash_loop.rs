@@ -171,10 +171,16 @@ async fn acked_events_survive_a_crash_loop_exactly_once() {
     }
     let sent: usize = seen.iter().map(|s| s.lock().unwrap().issued).sum();
     eprintln!("crash loop: {cycles} kills under load, {sent} events sent");
+    verify(port, &url, &at, &seen, server, dir.path()).await;
+}
+
+/// Every event counted once, no award shown twice, every shown award durable, every acked id a
+/// duplicate when sent again, and `accolade replay` finds no difference.
+async fn verify(port: u16, url: &str, at: &str, seen: &[Arc<Mutex<Seen>>], mut server: Server, dir: &std::path::Path) {
 
     let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
     let cat = Catalogue::demo();
-    let when = chrono::DateTime::parse_from_rfc3339(&at).unwrap().timestamp_millis();
+    let when = chrono::DateTime::parse_from_rfc3339(at).unwrap().timestamp_millis();
     for (u, seen) in seen.iter().enumerate() {
         let name = format!("loop-user-{u}");
         // Counted exactly once: the state is the core's answer for the stream applied once.
@@ -202,11 +208,45 @@ async fn acked_events_survive_a_crash_loop_exactly_once() {
         }
     }
     // Every acknowledged event is a duplicate when sent again.
-    let mut c = Client::connect(&url, &token("loop-user-0"), None).await;
+    let mut c = Client::connect(url, &token("loop-user-0"), None).await;
     c.send(&json!({ "type": "event", "event_id": "u0-0", "event_type": "problem.answered", "occurred_at": at, "payload": { "exercise": "ex-0", "correct": true, "seconds": 3 } })).await;
     assert_eq!(c.until("ack").await.last().unwrap()["duplicate"], true);
     server.kill9();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accolade")).args(["--data-dir", dir.path().to_str().unwrap(), "replay"]).env("RUST_LOG", "warn").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accolade")).args(["--data-dir", dir.to_str().unwrap(), "replay"]).env("RUST_LOG", "warn").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains(&format!("replayed {USERS} users")) && text.contains(" 0 differences"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_and_loses_nothing() {
+    let dir = tmp();
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    let at = now_rfc3339();
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..USERS).map(|_| Arc::new(Mutex::new(Seen::default()))).collect();
+    let mut server = start(dir.path(), port).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..USERS).map(|u| tokio::spawn(client(url.clone(), u, at.clone(), seen[u].clone(), stop.clone()))).collect();
+    // Under load, wait until a good number is acknowledged, then SIGTERM.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while seen.iter().map(|s| s.lock().unwrap().acked.len()).sum::<usize>() < 1000 {
+        assert!(tokio::time::Instant::now() < deadline, "the load never got going");
+        tick.tick().await;
+    }
+    assert!(std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap().success());
+    server.line("shutting down").await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.0.wait().unwrap();
+        (status, server)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "a clean exit after draining: {:?}", status.0);
+    let server = start(dir.path(), port).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(60), c).await.expect("clients finish within 60 s").unwrap();
+    }
+    verify(port, &url, &at, &seen, server, dir.path()).await;
 }
