@@ -34,6 +34,8 @@ pub mod close {
     pub const AUTH_TIMEOUT: u16 = 4002;
     /// No frame from the client for too long: reconnect.
     pub const IDLE: u16 = 4003;
+    /// The user already holds `--connections-per-user` sockets.
+    pub const TOO_MANY: u16 = 4004;
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -140,7 +142,8 @@ where
     let (tx, mut outbox) = mpsc::channel::<Frame>(cfg.outbox_capacity.max(8));
     let slow = Arc::new(Notify::new());
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let conn = Conn { id, tx: tx.clone(), slow: slow.clone() };
+    let closing = Arc::new(std::sync::OnceLock::new());
+    let conn = Conn { id, tx: tx.clone(), slow: slow.clone(), closing: closing.clone() };
     drop(tx);
     if shared.registry.send(&shared, &tenant, &user, UserMsg::Attach { conn, since }).is_err() {
         return close_with(&mut sink, close::INTERNAL, "user unavailable; reconnect").await;
@@ -164,7 +167,7 @@ where
             _ = slow.notified() => break Some((close::SLOW, "too slow reading pushes")),
             n = outbox.recv_many(&mut batch, 256) => {
                 if n == 0 {
-                    break Some((close::INTERNAL, "user restarted; reconnect"));
+                    break Some(closing.get().copied().unwrap_or((close::INTERNAL, "user restarted; reconnect")));
                 }
                 // Feed everything that is queued, then flush once.
                 let mut failed = false;

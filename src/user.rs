@@ -25,6 +25,9 @@ pub struct Conn {
     pub id: u64,
     pub tx: mpsc::Sender<Frame>,
     pub slow: Arc<Notify>,
+    /// Why the actor let go of this connection, when it did so on purpose: the session closes
+    /// with this code once it has written what was queued.
+    pub closing: Arc<std::sync::OnceLock<(u16, &'static str)>>,
 }
 
 /// What the HTTP API gets back for one ingested event.
@@ -576,8 +579,9 @@ impl User {
 
     async fn attach(&mut self, conn: Conn, since: Option<Since>) {
         if self.conns.len() >= self.shared.config.connections_per_user {
+            // The error goes out first, then the close: dropping `conn` ends the session's queue.
             let _ = conn.tx.try_send(protocol::error("too_many_connections", "this user has too many open connections", None));
-            conn.slow.notify_one();
+            let _ = conn.closing.set((crate::session::close::TOO_MANY, "too many connections for this user"));
             return;
         }
         let Some(cat) = self.shared.catalogue(&self.tenant) else { return };

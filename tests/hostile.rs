@@ -168,3 +168,35 @@ async fn events_cannot_speak_for_another_user_or_steal_an_id() {
     assert_eq!(alice.until("ack").await.last().unwrap()["duplicate"], true);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn per_user_sockets_silent_sockets_and_late_hellos_are_closed_with_their_codes() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.connections_per_user = 1;
+        c.auth_timeout_secs = 1;
+        c.idle_timeout_secs = 1;
+        c.ping_secs = 1;
+    })
+    .await;
+    // A second socket for a user already at the limit.
+    let _first = s.connect("tabby").await;
+    let mut ws = Client::raw(&s.url()).await;
+    ws.send(Message::text(json!({ "type": "hello", "token": token("tabby") }).to_string())).await.unwrap();
+    let mut second = Client { ws, welcome: json!(null) };
+    let mut got = second.next().await;
+    if got["type"] == "welcome" {
+        got = second.next().await;
+    }
+    assert_eq!(got["code"], "too_many_connections", "{got}");
+    assert_eq!(second.closed().await, Some(4004));
+    // No hello within the auth time-out.
+    let mut quiet = Client { ws: Client::raw(&s.url()).await, welcome: json!(null) };
+    assert_eq!(quiet.closed().await, Some(4002));
+    // Authenticated, then silent: this client reads nothing, so it answers no ping either.
+    let mut silent = s.connect("silent").await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    tokio::time::sleep_until(until).await;
+    assert_eq!(silent.closed().await, Some(4003));
+    s.stop().await;
+}

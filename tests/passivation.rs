@@ -63,7 +63,7 @@ async fn an_idle_actor_passivates_and_comes_back_intact() {
     let out = ingest(&shared, video("p2", 60.0)).await;
     assert_eq!((out.status, out.xp), ("accepted", 3));
     let (tx, mut rx) = mpsc::channel(16);
-    let conn = Conn { id: 1, tx, slow: Arc::new(Notify::new()) };
+    let conn = Conn { id: 1, tx, slow: Arc::new(Notify::new()), closing: Default::default() };
     shared.registry.send(&shared, "demo", "pat", UserMsg::Attach { conn, since: None }).unwrap();
     let welcome: serde_json::Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
     assert_eq!(welcome["xp"], 163);

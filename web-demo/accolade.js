@@ -71,9 +71,10 @@ export class AccoladeClient {
       this.connected = false;
       this.ws = null;
       this.emit("close", { code: e.code, reason: e.reason });
-      // 4001: the token was refused; retrying at once will not help, so back off to the
-      // maximum (the token provider is asked again on the next attempt).
-      if (e.code === 4001) this.attempt = 10;
+      // 4001: the token was refused; 4004: the user has too many sockets open. Retrying at
+      // once will not help, so back off to the maximum (the token provider is asked again on
+      // the next attempt).
+      if (e.code === 4001 || e.code === 4004) this.attempt = 10;
       this.retry();
     };
   }
