@@ -261,7 +261,8 @@ async fn dead_letter(shared: &Arc<Shared>, tenant: &str, code: &str, reason: &st
         (status = 200, description = "Per-event results", body = IngestResponse),
         (status = 400, description = "The body is not a batch of events", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 413, description = "More than 1,000 events or over the body limit", body = ErrorBody)),
+        (status = 413, description = "More than 1,000 events or over the body limit", body = ErrorBody),
+        (status = 503, description = "Too many events in flight (`overloaded`): retry the batch", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body: Result<Bytes, BytesRejection>) -> Result<Json<IngestResponse>, ApiError> {
     let bytes = body_bytes(body)?;
@@ -276,6 +277,19 @@ async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body:
     if req.events.len() > MAX_BATCH {
         return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", format!("{} events; a batch holds at most {MAX_BATCH}", req.events.len())));
     }
+    // Backpressure: the batch waits for room among the events in flight, then is refused with
+    // a retry hint, so a flood of batches cannot pile up without bound in the actors' mailboxes.
+    let wait = std::time::Duration::from_millis(shared.config.ingest_wait_ms);
+    let _room = match tokio::time::timeout(wait, shared.ingest_permits.clone().acquire_many_owned(req.events.len().max(1) as u32)).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("more than {} events are in flight; retry this batch in a moment", shared.config.ingest_inflight_events),
+            ));
+        }
+    };
     shared.metrics.http_events.fetch_add(req.events.len() as u64, Ordering::Relaxed);
     let now = now_ms();
     // Everything is sent first (events of one user keep their order in its mailbox), then the

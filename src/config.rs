@@ -135,6 +135,15 @@ pub struct Config {
     #[arg(long, default_value_t = 2000)]
     pub progress_throttle_ms: u64,
 
+    /// Events accepted through `POST /v1/events` and not yet answered, across all requests.
+    /// A batch that does not fit waits up to `--ingest-wait-ms`, then gets 503 `overloaded`.
+    #[arg(long, default_value_t = 50_000)]
+    pub ingest_inflight_events: u32,
+
+    /// Milliseconds a batch waits for room under `--ingest-inflight-events`.
+    #[arg(long, default_value_t = 5_000)]
+    pub ingest_wait_ms: u64,
+
     /// Users a catalogue backfill re-evaluates per second at most, so it never starves live
     /// traffic.
     #[arg(long, default_value_t = 500)]

@@ -34,6 +34,9 @@ pub struct Shared {
     pub catalogues: Catalogues,
     /// Set once the server accepts traffic; cleared when shutdown starts (`/readyz`).
     pub ready: AtomicBool,
+    /// Room for HTTP-ingested events in flight: the HTTP path's backpressure (sockets have
+    /// theirs per connection).
+    pub ingest_permits: Arc<tokio::sync::Semaphore>,
     /// The backfill jobs running in this process, by (tenant, id), to cancel them.
     pub jobs: dashmap::DashMap<(String, u64), tokio::task::AbortHandle>,
 }
@@ -61,7 +64,6 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let supervisor = crate::user::start_supervisor(registry.clone()).await?;
     let (shutdown, _) = watch::channel(false);
     Ok(Arc::new(Shared {
-        config: Arc::new(config),
         store,
         keys,
         registry,
@@ -72,7 +74,9 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         api_keys,
         catalogues,
         ready: AtomicBool::new(false),
+        ingest_permits: Arc::new(tokio::sync::Semaphore::new((config.ingest_inflight_events as usize).max(crate::api::MAX_BATCH))),
         jobs: dashmap::DashMap::new(),
+        config: Arc::new(config),
     }))
 }
 

@@ -401,3 +401,31 @@ async fn every_refusal_of_an_ingested_event_has_its_code() {
     assert_eq!((st, v["error"].as_str()), (400, Some("invalid_user")));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_batches_waits_for_room_then_is_told_to_retry() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.ingest_inflight_events = 1000;
+        c.ingest_wait_ms = 300;
+    })
+    .await;
+    let api = Api::new(&s, DEMO_KEY);
+    // Every slot taken (as if 1,000 events were being processed)...
+    let held = s.shared.ingest_permits.clone().acquire_many_owned(1000).await.unwrap();
+    let (st, v) = api.call("POST", "/v1/events", Some(&json!({ "events": [http_answer("o1", "olga", "x", true)] }))).await;
+    assert_eq!((st, v["error"].as_str()), (503, Some("overloaded")), "{v}");
+    // ...a batch waits for room rather than failing at once.
+    let waiting = {
+        let api = api.clone();
+        tokio::spawn(async move { api.call("POST", "/v1/events", Some(&json!({ "events": [http_answer("o2", "olga", "x", true)] }))).await })
+    };
+    tokio::task::yield_now().await;
+    drop(held);
+    let (st, v) = waiting.await.unwrap();
+    assert_eq!((st, v["accepted"].as_u64()), (200, Some(1)), "{v}");
+    // The refused batch was not counted; sent again, it is.
+    assert_eq!(api.ingest(vec![http_answer("o1", "olga", "x", true)]).await["accepted"], 1);
+    assert_eq!(api.get("/v1/users/olga").await.1["events"], 2);
+    s.stop().await;
+}
