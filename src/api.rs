@@ -740,6 +740,21 @@ pub struct UserDoc {
     pub catalogue_version: u64,
 }
 
+/// An owned badge as the API shows it; `def` is absent for a badge no longer in the catalogue.
+fn owned_badge(id: &str, r: &crate::core::BadgeRecord, def: Option<&crate::core::catalogue::BadgeDef>) -> OwnedBadge {
+    OwnedBadge {
+        id: id.to_string(),
+        name: def.map_or_else(|| id.to_string(), |d| d.name.clone()),
+        tier: def.map_or("", |d| d.tier.as_str()).to_string(),
+        awarded_at: rfc3339(r.awarded_at),
+        count: r.count,
+        rule_version: r.version,
+        keys: r.keys.clone(),
+        event_id: r.event_id.clone(),
+        retired: def.is_none_or(|d| d.retired),
+    }
+}
+
 fn stat_json(v: &crate::core::state::StatValue) -> Json_ {
     use crate::core::state::StatValue as S;
     match v {
@@ -757,20 +772,7 @@ fn user_doc(v: UserView<'_>) -> UserDoc {
     let badges = st
         .badges
         .iter()
-        .map(|(id, r)| {
-            let def = cat.badge(id);
-            OwnedBadge {
-                id: id.clone(),
-                name: def.map_or_else(|| id.clone(), |d| d.name.clone()),
-                tier: def.map_or("", |d| d.tier.as_str()).to_string(),
-                awarded_at: rfc3339(r.awarded_at),
-                count: r.count,
-                rule_version: r.version,
-                keys: r.keys.clone(),
-                event_id: r.event_id.clone(),
-                retired: def.is_none_or(|d| d.retired),
-            }
-        })
+        .map(|(id, r)| owned_badge(id, r, cat.badge(id)))
         .collect();
     // Stats are read by their stable id, so a state not yet aligned to a new version still
     // shows what it has.
@@ -830,17 +832,7 @@ async fn get_badge(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Pa
     let found = ask(&shared, &tenant, &id, move |v| {
         let def = v.catalogue.badge(&b);
         match (v.state.badges.get(&b), def) {
-            (Some(r), _) => Ok(OwnedBadge {
-                id: b.clone(),
-                name: def.map_or_else(|| b.clone(), |d| d.name.clone()),
-                tier: def.map_or("", |d| d.tier.as_str()).to_string(),
-                awarded_at: rfc3339(r.awarded_at),
-                count: r.count,
-                rule_version: r.version,
-                keys: r.keys.clone(),
-                event_id: r.event_id.clone(),
-                retired: def.is_none_or(|d| d.retired),
-            }),
+            (Some(r), _) => Ok(owned_badge(&b, r, def)),
             (None, Some(_)) => Err(false),
             (None, None) => Err(true),
         }

@@ -142,41 +142,63 @@ async fn client(url: String, user: usize, at: String, seen: Arc<Mutex<Seen>>, st
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acked_events_survive_a_crash_loop_exactly_once() {
-    let cycles: usize = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let mut rng: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| accolade::user::now_ms() as u64 | 1);
-    eprintln!("crash loop: {cycles} cycles, CRASH_SEED={rng}");
+/// A running server with `USERS` clients streaming at it.
+struct Load {
+    dir: tempfile::TempDir,
+    port: u16,
+    url: String,
+    at: String,
+    seen: Vec<Arc<Mutex<Seen>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn start_load() -> (Load, Server) {
     let dir = tmp();
     let port = free_port();
     let url = format!("ws://127.0.0.1:{port}/v1/ws");
     let at = now_rfc3339();
     let seen: Vec<Arc<Mutex<Seen>>> = (0..USERS).map(|_| Arc::new(Mutex::new(Seen::default()))).collect();
-
-    let mut server = start(dir.path(), port).await;
+    let server = start(dir.path(), port).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..USERS).map(|u| tokio::spawn(client(url.clone(), u, at.clone(), seen[u].clone(), stop.clone()))).collect();
+    let clients = (0..USERS).map(|u| tokio::spawn(client(url.clone(), u, at.clone(), seen[u].clone(), stop.clone()))).collect();
+    (Load { dir, port, url, at, seen, stop, clients }, server)
+}
+
+impl Load {
+    /// No new events; every client finishes what it sent against the server now running.
+    async fn finish(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in self.clients.drain(..) {
+            tokio::time::timeout(Duration::from_secs(60), c).await.expect("clients finish within 60 s").unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_events_survive_a_crash_loop_exactly_once() {
+    let cycles: usize = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let mut rng: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| accolade::user::now_ms() as u64 | 1);
+    eprintln!("crash loop: {cycles} cycles, CRASH_SEED={rng}");
+    let (mut load, mut server) = start_load().await;
     for _ in 0..cycles {
         // Run for a random moment under load, then kill.
         let up = Duration::from_millis(30 + xorshift(&mut rng) % 250);
         tokio::time::sleep(up).await;
         server.kill9();
-        server = start(dir.path(), port).await;
-        assert!(!clients.iter().any(|c| c.is_finished()), "a client stopped early");
+        server = start(load.dir.path(), load.port).await;
+        assert!(!load.clients.iter().any(|c| c.is_finished()), "a client stopped early");
     }
-    // No new events; every client finishes what it sent against a server left running.
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for c in clients {
-        tokio::time::timeout(Duration::from_secs(60), c).await.expect("clients finish within 60 s").unwrap();
-    }
-    let sent: usize = seen.iter().map(|s| s.lock().unwrap().issued).sum();
+    load.finish().await;
+    let sent: usize = load.seen.iter().map(|s| s.lock().unwrap().issued).sum();
     eprintln!("crash loop: {cycles} kills under load, {sent} events sent");
-    verify(port, &url, &at, &seen, server, dir.path()).await;
+    verify(&load, server).await;
 }
 
 /// Every event counted once, no award shown twice, every shown award durable, every acked id a
 /// duplicate when sent again, and `accolade replay` finds no difference.
-async fn verify(port: u16, url: &str, at: &str, seen: &[Arc<Mutex<Seen>>], mut server: Server, dir: &std::path::Path) {
+async fn verify(load: &Load, mut server: Server) {
+    let (port, url, at, seen, dir) = (load.port, load.url.as_str(), load.at.as_str(), &load.seen, load.dir.path());
 
     let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
     let cat = Catalogue::demo();
@@ -219,34 +241,19 @@ async fn verify(port: u16, url: &str, at: &str, seen: &[Arc<Mutex<Seen>>], mut s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_and_loses_nothing() {
-    let dir = tmp();
-    let port = free_port();
-    let url = format!("ws://127.0.0.1:{port}/v1/ws");
-    let at = now_rfc3339();
-    let seen: Vec<Arc<Mutex<Seen>>> = (0..USERS).map(|_| Arc::new(Mutex::new(Seen::default()))).collect();
-    let mut server = start(dir.path(), port).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..USERS).map(|u| tokio::spawn(client(url.clone(), u, at.clone(), seen[u].clone(), stop.clone()))).collect();
+    let (mut load, mut server) = start_load().await;
     // Under load, wait until a good number is acknowledged, then SIGTERM.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while seen.iter().map(|s| s.lock().unwrap().acked.len()).sum::<usize>() < 1000 {
+    while load.seen.iter().map(|s| s.lock().unwrap().acked.len()).sum::<usize>() < 1000 {
         assert!(tokio::time::Instant::now() < deadline, "the load never got going");
         tick.tick().await;
     }
     assert!(std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap().success());
     server.line("shutting down").await;
-    let status = tokio::task::spawn_blocking(move || {
-        let status = server.0.wait().unwrap();
-        (status, server)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "a clean exit after draining: {:?}", status.0);
-    let server = start(dir.path(), port).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for c in clients {
-        tokio::time::timeout(Duration::from_secs(60), c).await.expect("clients finish within 60 s").unwrap();
-    }
-    verify(port, &url, &at, &seen, server, dir.path()).await;
+    let (status, _exited) = tokio::task::spawn_blocking(move || (server.0.wait().unwrap(), server)).await.unwrap();
+    assert!(status.success(), "a clean exit after draining: {status:?}");
+    let server = start(load.dir.path(), load.port).await;
+    load.finish().await;
+    verify(&load, server).await;
 }

@@ -3,39 +3,20 @@
 // a free loopback port with a fresh data dir. Screenshots go to target/e2e/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import net from "node:net";
 import { chromium } from "playwright-core";
+import { startServer } from "./server.mjs";
 
 const root = resolve(import.meta.dirname, "../..");
-const bin = process.env.ACCOLADE_BIN || join(root, "target/debug/accolade");
 const shots = join(root, "target/e2e");
 mkdirSync(shots, { recursive: true });
 
-let server, base, dataDir, browser;
-
-const freePort = () =>
-  new Promise((ok) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
+let server, base, browser;
 
 before(async () => {
-  const port = await freePort();
-  dataDir = mkdtempSync(join(tmpdir(), "accolade-e2e-"));
-  server = spawn(bin, ["--bind", `127.0.0.1:${port}`, "--data-dir", dataDir], { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
-  base = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(base + "/healthz")).ok) break;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  server = await startServer();
+  base = server.base;
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
@@ -44,9 +25,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  server?.kill("SIGTERM");
-  await new Promise((r) => server.on("exit", r));
-  rmSync(dataDir, { recursive: true, force: true });
+  await server?.stop();
 });
 
 async function open(player, extra = "") {

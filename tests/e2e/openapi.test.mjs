@@ -3,41 +3,18 @@
 // routes and security the API promises.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import net from "node:net";
 import { Validator } from "@seriousme/openapi-schema-validator";
+import { startServer } from "./server.mjs";
 
-const root = resolve(import.meta.dirname, "../..");
-const bin = process.env.ACCOLADE_BIN || join(root, "target/debug/accolade");
-let server, base, dataDir;
-
-const freePort = () =>
-  new Promise((ok) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
+let server, base;
 
 before(async () => {
-  const port = await freePort();
-  dataDir = mkdtempSync(join(tmpdir(), "accolade-openapi-"));
-  server = spawn(bin, ["--bind", `127.0.0.1:${port}`, "--data-dir", dataDir], { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
-  base = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(base + "/readyz")).ok) break;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  server = await startServer();
+  base = server.base;
 });
 
-after(() => {
-  server?.kill("SIGTERM");
-  rmSync(dataDir, { recursive: true, force: true });
+after(async () => {
+  await server?.stop();
 });
 
 test("the served OpenAPI document is valid OpenAPI 3", async () => {
