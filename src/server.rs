@@ -175,7 +175,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Sweeps events older than the retention, now and then, on a blocking thread.
-async fn retention(shared: Arc<Shared>) {
+async fn retention(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let hours = shared.config.event_retention_hours;
     if hours == 0 {
         return;
@@ -183,8 +183,12 @@ async fn retention(shared: Arc<Shared>) {
     let period = Duration::from_secs(shared.config.retention_sweep_secs.max(1));
     // The first sweep waits a period: a server just started has better things to do.
     let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let mut stop = shared.shutdown.subscribe();
     loop {
+        // Checked, not only awaited: a shutdown that came before this task first ran would
+        // otherwise go unnoticed until the next sweep, an hour away.
+        if *stop.borrow_and_update() {
+            return;
+        }
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.changed() => return,
@@ -208,7 +212,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         shutdown.await;
         let _ = signal.send(true);
     });
-    let sweeper = tokio::spawn(retention(shared.clone()));
+    let sweeper = tokio::spawn(retention(shared.clone(), shared.shutdown.subscribe()));
     let resumed = crate::backfill::resume_all(&shared)?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "backfill jobs resumed");
