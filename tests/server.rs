@@ -287,3 +287,12 @@ async fn the_demo_endpoints_serve_a_token_and_the_page() {
     assert!(bad.starts_with("HTTP/1.1 400") && bad.contains("invalid_user"), "{bad}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_stopped_as_soon_as_it_starts_shuts_down_promptly() {
+    // Regression: the retention sweeper subscribed to the shutdown signal only when it first
+    // ran, after the signal was sent, and then held the drain until its next sweep (an hour).
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.stop()).await.expect("stopped within 20 s");
+}
