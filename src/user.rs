@@ -134,12 +134,12 @@ pub struct User {
     progress_sent: HashMap<Arc<str>, (Instant, u8)>,
 }
 
-/// A fresh epoch: distinct across users and restarts without needing a random source.
-fn new_epoch(tenant: &str, user: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let c = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let h = crate::core::value::stable_hash(format!("{tenant}\0{user}\0{nanos}\0{c}").as_bytes());
+/// The push epoch of a user with nothing stored yet. It is the same every time, so a client
+/// that saw the welcome of a brand-new user, before anything was written, still resumes after
+/// a crash. A user's first event stores it with the first snapshot, and an epoch only changes
+/// when stored history is lost, which is what clients must be told.
+fn genesis_epoch(tenant: &str, user: &str) -> String {
+    let h = crate::core::value::stable_hash(format!("genesis\0{tenant}\0{user}").as_bytes());
     format!("{h:016x}")
 }
 
@@ -162,7 +162,7 @@ impl Actor for UserActor {
         // and catalogue version, which rebuilds exactly the state that was acknowledged.
         let r = tokio::task::spawn_blocking(move || crate::replay::restore(&shared.store, &shared.catalogues, &t, &u)).await??;
         let (st, snap_seq) = (r.state, r.snap_seq);
-        let epoch = r.epoch.unwrap_or_else(|| new_epoch(&a.tenant, &a.user));
+        let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
         let tick = (a.shared.config.passivate_after() / 4).max(std::time::Duration::from_millis(250));
         myself.send_interval(tick, || UserMsg::Tick);
