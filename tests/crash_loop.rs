@@ -6,7 +6,7 @@
 //! award announced is in the durable state, and `accolade replay` finds no difference.
 //!
 //! `CRASH_CYCLES` sets the number of kills (default 50); `CRASH_SEED` replays a run's random
-//! moments (the seed is printed).
+//! kill points, counted in acknowledged events (the seed is printed).
 
 mod common;
 
@@ -56,7 +56,7 @@ fn message(user: usize, i: usize, at: &str) -> Message {
 /// One client: connects (resuming if it can), resends what is unacknowledged in order, keeps
 /// up to `WINDOW` new events in flight until `stop`, and repeats after every disconnect until
 /// everything it sent is acknowledged.
-async fn client(url: String, user: usize, at: String, seen: Arc<Mutex<Seen>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+async fn client(url: String, user: usize, at: String, seen: Arc<Mutex<Seen>>, stop: Arc<std::sync::atomic::AtomicBool>, mut up: Signals) {
     use std::sync::atomic::Ordering::Relaxed;
     let name = format!("loop-user-{user}");
     let token = token(&name);
@@ -69,8 +69,8 @@ async fn client(url: String, user: usize, at: String, seen: Arc<Mutex<Seen>>, st
             s.epoch.as_ref().map(|e| json!({ "epoch": e, "offset": s.offset }))
         };
         let Ok(Ok((mut ws, _))) = tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(&url)).await else {
-            // The server is down: try again shortly (the test's own retry pace).
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The server is down: wait for the next start (bounded, in case it was up after all).
+            let _ = tokio::time::timeout(Duration::from_secs(1), up.started.changed()).await;
             continue;
         };
         let mut hello = json!({ "type": "hello", "token": token });
@@ -127,6 +127,7 @@ async fn client(url: String, user: usize, at: String, seen: Arc<Mutex<Seen>>, st
                 }
                 Some("ack") => {
                     s.acked.insert(v["event_id"].as_str().unwrap().to_string());
+                    up.acked.notify_one();
                 }
                 Some("error") => panic!("{name}: unexpected error {v}"),
                 _ => {}
@@ -142,6 +143,13 @@ async fn client(url: String, user: usize, at: String, seen: Arc<Mutex<Seen>>, st
     }
 }
 
+/// What the harness tells clients (a server start) and clients tell the harness (an ack).
+#[derive(Clone)]
+struct Signals {
+    started: tokio::sync::watch::Receiver<u64>,
+    acked: Arc<tokio::sync::Notify>,
+}
+
 /// A running server with `USERS` clients streaming at it.
 struct Load {
     dir: tempfile::TempDir,
@@ -151,6 +159,8 @@ struct Load {
     seen: Vec<Arc<Mutex<Seen>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<()>>,
+    started: tokio::sync::watch::Sender<u64>,
+    acked: Arc<tokio::sync::Notify>,
 }
 
 async fn start_load() -> (Load, Server) {
@@ -161,11 +171,35 @@ async fn start_load() -> (Load, Server) {
     let seen: Vec<Arc<Mutex<Seen>>> = (0..USERS).map(|_| Arc::new(Mutex::new(Seen::default()))).collect();
     let server = start(dir.path(), port).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients = (0..USERS).map(|u| tokio::spawn(client(url.clone(), u, at.clone(), seen[u].clone(), stop.clone()))).collect();
-    (Load { dir, port, url, at, seen, stop, clients }, server)
+    let (started, started_rx) = tokio::sync::watch::channel(0u64);
+    let acked = Arc::new(tokio::sync::Notify::new());
+    let signals = Signals { started: started_rx, acked: acked.clone() };
+    let clients = (0..USERS).map(|u| tokio::spawn(client(url.clone(), u, at.clone(), seen[u].clone(), stop.clone(), signals.clone()))).collect();
+    (Load { dir, port, url, at, seen, stop, clients, started, acked }, server)
 }
 
 impl Load {
+    fn acked(&self) -> usize {
+        self.seen.iter().map(|s| s.lock().unwrap().acked.len()).sum()
+    }
+
+    /// Waits (at most 30 s) until the clients have `n` events acknowledged in all.
+    async fn until_acked(&self, n: usize) {
+        let wait = async {
+            while self.acked() < n {
+                self.acked.notified().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait).await.expect("the load keeps going");
+    }
+
+    /// Restarts the server and tells the clients waiting for it.
+    async fn restart(&self) -> Server {
+        let server = start(self.dir.path(), self.port).await;
+        self.started.send_modify(|g| *g += 1);
+        server
+    }
+
     /// No new events; every client finishes what it sent against the server now running.
     async fn finish(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -182,11 +216,12 @@ async fn acked_events_survive_a_crash_loop_exactly_once() {
     eprintln!("crash loop: {cycles} cycles, CRASH_SEED={rng}");
     let (mut load, mut server) = start_load().await;
     for _ in 0..cycles {
-        // Run for a random moment under load, then kill.
-        let up = Duration::from_millis(30 + xorshift(&mut rng) % 250);
-        tokio::time::sleep(up).await;
+        // Run under load until a random number of further events is acknowledged, then kill:
+        // the moment falls anywhere in a group commit, without depending on timing.
+        let more = 20 + (xorshift(&mut rng) % 300) as usize;
+        load.until_acked(load.acked() + more).await;
         server.kill9();
-        server = start(load.dir.path(), load.port).await;
+        server = load.restart().await;
         assert!(!load.clients.iter().any(|c| c.is_finished()), "a client stopped early");
     }
     load.finish().await;
@@ -243,17 +278,12 @@ async fn verify(load: &Load, mut server: Server) {
 async fn sigterm_under_load_drains_and_loses_nothing() {
     let (mut load, mut server) = start_load().await;
     // Under load, wait until a good number is acknowledged, then SIGTERM.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while load.seen.iter().map(|s| s.lock().unwrap().acked.len()).sum::<usize>() < 1000 {
-        assert!(tokio::time::Instant::now() < deadline, "the load never got going");
-        tick.tick().await;
-    }
+    load.until_acked(1000).await;
     assert!(std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap().success());
     server.line("shutting down").await;
     let (status, _exited) = tokio::task::spawn_blocking(move || (server.0.wait().unwrap(), server)).await.unwrap();
     assert!(status.success(), "a clean exit after draining: {status:?}");
-    let server = start(load.dir.path(), load.port).await;
+    let server = load.restart().await;
     load.finish().await;
     verify(&load, server).await;
 }

@@ -194,9 +194,16 @@ async fn per_user_sockets_silent_sockets_and_late_hellos_are_closed_with_their_c
     let mut quiet = Client { ws: Client::raw(&s.url()).await, welcome: json!(null) };
     assert_eq!(quiet.closed().await, Some(4002));
     // Authenticated, then silent: this client reads nothing, so it answers no ping either.
+    // Wait on the server's own count of open sockets (the session ends when it closes this
+    // one), then read the close frame.
     let mut silent = s.connect("silent").await;
-    let until = tokio::time::Instant::now() + Duration::from_secs(4);
-    tokio::time::sleep_until(until).await;
+    let open = || s.shared.metrics.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while open() > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the silent socket was never closed");
+        tick.tick().await;
+    }
     assert_eq!(silent.closed().await, Some(4003));
     s.stop().await;
 }
