@@ -32,6 +32,7 @@ pub mod core;
 pub mod demo;
 pub mod metrics;
 pub mod protocol;
+pub mod ranking;
 pub mod replay;
 pub mod server;
 pub mod session;

@@ -1,0 +1,46 @@
+//! Criterion benchmark of the leaderboard ranking structure at 1 million users: one score
+//! update and one rank query, each on a random user of a full board.
+
+use accolade::ranking::Ranking;
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+/// A small deterministic generator, so every run measures the same sequence.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+const USERS: u64 = 1_000_000;
+
+fn bench_ranking(c: &mut Criterion) {
+    let mut r = Ranking::new();
+    let mut rng = Lcg(7);
+    let names: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
+    // The caller knows each user's score (the user's actor computes it), as here.
+    let mut scores: Vec<f64> = (0..USERS).map(|_| (rng.next() % 100_000) as f64).collect();
+    for (i, n) in names.iter().enumerate() {
+        r.set(n, scores[i], i as i64);
+    }
+    let mut g = c.benchmark_group("leaderboard/1M");
+    let mut t = USERS as i64;
+    g.bench_function("update", |b| {
+        b.iter(|| {
+            let i = (rng.next() % USERS) as usize;
+            t += 1;
+            // A score moves up by a typical event's worth of XP.
+            scores[i] += (rng.next() % 50) as f64;
+            black_box(r.set(&names[i], scores[i], t))
+        })
+    });
+    g.bench_function("rank", |b| b.iter(|| black_box(r.rank(&names[(rng.next() % USERS) as usize]))));
+    g.bench_function("top10", |b| b.iter(|| black_box(r.range(1, 10))));
+    g.finish();
+}
+
+criterion_group!(benches, bench_ranking);
+criterion_main!(benches);
