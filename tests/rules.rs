@@ -568,3 +568,116 @@ fn a_catalogue_change_keeps_the_stats_that_did_not_change() {
     assert_eq!(unlocks(&u.send("login", T0 + 10, &[])), vec!["five"]);
     assert_eq!(u.watch(T0 + 11, "p", "v", 1.0), vec!["video"]);
 }
+
+fn scores(fx: &[Effect]) -> Vec<(String, String, f64)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Score { board, period, score, .. } => Some((board.to_string(), period.clone(), *score)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn board(id: &str, rest: &str) -> String {
+    format!("[[leaderboards]]\nid = \"{id}\"\n{rest}\n")
+}
+
+#[test]
+fn leaderboard_scores_count_per_period_and_start_from_zero() {
+    let xp = "[[xp]]\nid = \"answer\"\nevent = \"problem.answered\"\nwhen = { correct = true }\namount = 10\n";
+    let cat = catalogue(
+        &[
+            xp.to_string(),
+            board("xp-daily", "metric = \"xp\"\nperiod = \"daily\""),
+            board("right", "metric = \"count\"\nevent = \"problem.answered\"\nwhen = { correct = true }\nperiod = \"weekly\""),
+            board("watch", "metric = \"sum\"\nevent = \"video.watched\"\nfield = \"seconds\"\nperiod = \"all_time\""),
+        ]
+        .concat(),
+    );
+    let mut u = User::new(cat);
+    let answer = |u: &mut User, at: Millis, ok: bool| scores(&u.send("problem.answered", at, &[("exercise", s("a")), ("correct", b(ok)), ("seconds", n(5.0))]));
+    // T0 is Monday 2026-03-02 12:00 UTC.
+    assert_eq!(answer(&mut u, T0, true), [("xp-daily".into(), "2026-03-02".into(), 10.0), ("right".into(), "2026-W10".into(), 1.0)]);
+    assert_eq!(answer(&mut u, T0 + HOUR, true), [("xp-daily".into(), "2026-03-02".into(), 20.0), ("right".into(), "2026-W10".into(), 2.0)]);
+    // A wrong answer earns nothing and counts on no board.
+    assert_eq!(answer(&mut u, T0 + 2 * HOUR, false), []);
+    // The next day: the daily board starts again from zero, the weekly one carries on.
+    assert_eq!(answer(&mut u, T0 + DAY, true), [("xp-daily".into(), "2026-03-03".into(), 10.0), ("right".into(), "2026-W10".into(), 3.0)]);
+    // A late event for yesterday, arriving today: its day has closed, so no board moves for
+    // it except those whose period is still open (the week).
+    let e = u.event("problem.answered", T0 + 3 * HOUR, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(5.0))]);
+    let fx = apply(&mut u.st, &e, T0 + DAY + HOUR, &u.cat);
+    assert_eq!(scores(&fx), [("right".into(), "2026-W10".into(), 4.0)]);
+    assert_eq!(u.watch(T0, "p", "v", 90.0), Vec::<String>::new());
+    assert_eq!(u.st.boards["watch"].score, 90.0);
+    assert_eq!(u.st.boards["watch"].period, "all");
+}
+
+#[test]
+fn segmented_boards_rank_users_in_their_league() {
+    let cat = catalogue(&board("by-plan", "metric = \"count\"\nevent = \"login\"\nperiod = \"all_time\"\nsegment_by = \"plan\""));
+    let mut u = User::new(cat);
+    // No plan yet: not ranked on a board split by plan.
+    assert_eq!(scores(&u.send("login", T0, &[])), []);
+    u.send("user.profile", T0 + 1, &[("plan", s("free"))]);
+    let seg = |fx: Vec<Effect>| fx.into_iter().find_map(|e| if let Effect::Score { segment, moved_from, score, .. } = e { Some((segment, moved_from, score)) } else { None });
+    assert_eq!(seg(u.send("login", T0 + 2, &[])), Some((Some("free".into()), None, 1.0)));
+    u.send("user.profile", T0 + 3, &[("plan", s("pro"))]);
+    // An upgrade moves the user, with their score, to the new league.
+    assert_eq!(seg(u.send("login", T0 + 4, &[])), Some((Some("pro".into()), Some("free".into()), 2.0)));
+}
+
+#[test]
+fn a_closed_period_awards_its_top_ranks_once() {
+    let cat = catalogue(
+        &[
+            badge("champion", "xp = 100", r#"{ kind = "awarded" }"#),
+            board("weekly", "metric = \"count\"\nevent = \"login\"\nperiod = \"weekly\"\naward = { badge = \"champion\", top = 2 }"),
+        ]
+        .concat(),
+    );
+    let mut st = UserState::new("demo", "alice");
+    let fx = accolade::core::award_rank(&mut st, "weekly", "2026-W10", 2, T0, "lb:weekly:2026-W10", &cat);
+    assert_eq!(unlocks(&fx), ["champion"]);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Xp { delta: 100, .. })));
+    // The same period again (a retry after a restart) awards nothing; the next week does.
+    assert!(accolade::core::award_rank(&mut st, "weekly", "2026-W10", 2, T0, "lb:weekly:2026-W10", &cat).is_empty());
+    assert!(accolade::core::award_rank(&mut st, "weekly", "2026-W11", 3, T0, "x", &cat).is_empty(), "rank 3 is outside the top 2");
+    assert_eq!(unlocks(&accolade::core::award_rank(&mut st, "weekly", "2026-W12", 1, T0, "y", &cat)), ["champion"]);
+    assert_eq!(st.badges["champion"].count, 2);
+    assert_eq!(st.badges["champion"].keys, ["2026-W10", "2026-W12"]);
+    // An awarded badge is never earned by events.
+    let mut u = User::new(cat);
+    for i in 0..5 {
+        assert!(unlocks(&u.send("login", T0 + i, &[])).is_empty());
+    }
+}
+
+#[test]
+fn leaderboard_errors_name_the_board_and_field() {
+    let table = [
+        (board("b", "metric = \"xp\""), "leaderboard `b`: field `document`", "missing field `period`"),
+        (board("b", "metric = \"fame\"\nperiod = \"daily\""), "leaderboard `b`: field `metric`", "unknown metric `fame`"),
+        (board("b", "metric = \"count\"\nperiod = \"daily\""), "leaderboard `b`: field `event`", "needs an `event`"),
+        (board("b", "metric = \"sum\"\nevent = \"login\"\nfield = \"x\"\nperiod = \"daily\""), "leaderboard `b`: field `field`", "not a number field"),
+        (board("b", "metric = \"xp\"\nperiod = \"hourly\""), "leaderboard `b`: field `period`", "unknown period `hourly`"),
+        (board("b", "metric = \"xp\"\nperiod = \"custom\""), "leaderboard `b`: field `period`", "needs `starts` and `ends`"),
+        (board("b", "metric = \"xp\"\nperiod = \"custom\"\nstarts = \"2026-02-01T00:00:00Z\"\nends = \"2026-01-01T00:00:00Z\""), "leaderboard `b`: field `ends`", "after starts"),
+        (board("b", "metric = \"xp\"\nperiod = \"daily\"\naward = { badge = \"ghost\", top = 1 }"), "leaderboard `b`: field `award.badge`", "unknown badge"),
+        (
+            format!("{}{}", badge("earned", "", r#"{ kind = "count", event = "login", target = 1 }"#), board("b", "metric = \"xp\"\nperiod = \"daily\"\naward = { badge = \"earned\", top = 1 }")),
+            "leaderboard `b`: field `award.badge`",
+            "kind = \"awarded\"",
+        ),
+        (
+            format!("{}{}", badge("c", "", r#"{ kind = "awarded" }"#), board("b", "metric = \"xp\"\nperiod = \"all_time\"\naward = { badge = \"c\", top = 1 }")),
+            "leaderboard `b`: field `award`",
+            "never closes",
+        ),
+        (format!("{}{}", board("b", "metric = \"xp\"\nperiod = \"daily\""), board("b", "metric = \"xp\"\nperiod = \"daily\"")), "leaderboard `b`: field `id`", "duplicate"),
+    ];
+    for (doc, prefix, detail) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert!(e.starts_with(prefix) && e.contains(detail), "got: {e}\nwant: {prefix} … {detail}");
+    }
+}

@@ -84,6 +84,35 @@ struct Doc {
     tables: BTreeMap<String, BTreeMap<String, f64>>,
     #[serde(default)]
     badges: Vec<serde_json::Value>,
+    #[serde(default)]
+    leaderboards: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocBoard {
+    id: String,
+    #[serde(default)]
+    name: String,
+    /// `xp`, `count` or `sum`.
+    metric: String,
+    event: Option<String>,
+    when: Option<serde_json::Value>,
+    field: Option<String>,
+    /// `all_time`, `daily`, `weekly`, `monthly` or `custom`.
+    period: String,
+    starts: Option<String>,
+    ends: Option<String>,
+    segment_by: Option<String>,
+    size: Option<usize>,
+    award: Option<DocAward>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocAward {
+    badge: String,
+    top: usize,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +257,8 @@ enum DocRule {
     Xp { at_least: u64 },
     Attribute { when: serde_json::Value },
     Tenure { days: f64 },
+    /// Never earned by events: given by a leaderboard's period award.
+    Awarded {},
 }
 
 fn seven() -> u32 {
@@ -480,6 +511,8 @@ pub enum Cond {
     Xp(u64),
     Attribute(Vec<(String, Op)>),
     Tenure(Millis),
+    /// Given from outside the event stream (a leaderboard award); never holds on its own.
+    Never,
 }
 
 impl Cond {
@@ -493,6 +526,31 @@ impl Cond {
             _ => false,
         }
     }
+}
+
+/// What a leaderboard ranks by.
+#[derive(Clone, Debug)]
+pub enum BoardMetric {
+    /// XP earned by events (rules and the badges they unlock).
+    Xp,
+    Count { event: usize, when: Pred },
+    Sum { event: usize, when: Pred, field: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct BoardDef {
+    pub id: Arc<str>,
+    pub name: String,
+    pub metric: BoardMetric,
+    pub period: super::board::Period,
+    /// A league per value of this user attribute.
+    pub segment_by: Option<String>,
+    /// Only the top `size` are shown, ranked and archived.
+    pub size: Option<usize>,
+    /// (badge position, top N) awarded when a period closes.
+    pub award: Option<(usize, usize)>,
+    /// The metric as written, for the API.
+    pub describe: String,
 }
 
 #[derive(Clone, Debug)]
@@ -539,6 +597,7 @@ pub struct Catalogue {
     pub user_badges: Vec<usize>,
     /// For each cache ring: its event type and the names of the fields it keeps.
     pub rings: Vec<(usize, Vec<String>)>,
+    pub boards: Vec<BoardDef>,
     /// The document this was compiled from, kept so a version can be stored and served.
     pub source: String,
 }
@@ -826,7 +885,8 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     for (t, f) in &rings {
         layout_text.push_str(&format!("{}:{};", b.types[*t].name, f.join(",")));
     }
-    let badge_index = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
+    let badge_index: HashMap<String, usize> = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
+    let boards = compile_boards(doc.leaderboards, &b, &badges, &badge_index)?;
     Ok(Catalogue {
         version: doc.version,
         id: 0,
@@ -842,8 +902,91 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         badge_index,
         user_badges,
         rings,
+        boards,
         source: String::new(),
     })
+}
+
+fn compile_boards(docs: Vec<serde_json::Value>, b: &Builder, badges: &[BadgeDef], badge_index: &HashMap<String, usize>) -> Result<Vec<BoardDef>, CatalogueError> {
+    let mut out: Vec<BoardDef> = Vec::new();
+    for (i, v) in docs.into_iter().enumerate() {
+        let owner = v.get("id").and_then(|x| x.as_str()).map(|x| format!("leaderboard `{x}`")).unwrap_or(format!("leaderboard #{}", i + 1));
+        let d: DocBoard = part(v, Some(&owner), "")?;
+        let o = Some(owner.as_str());
+        if d.id.is_empty() || d.id.len() > 64 || !d.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(err(o, "id", "use 1 to 64 letters, digits, '-', '_' or '.'"));
+        }
+        if out.iter().any(|x| *x.id == *d.id) {
+            return Err(err(o, "id", "duplicate leaderboard id"));
+        }
+        let event = || -> Result<usize, CatalogueError> {
+            let name = d.event.as_deref().ok_or_else(|| err(o, "event", format!("a `{}` leaderboard needs an `event`", d.metric)))?;
+            b.type_id(name).map_err(|m| err(o, "event", m))
+        };
+        let (metric, describe) = match d.metric.as_str() {
+            "xp" => {
+                if d.event.is_some() || d.when.is_some() || d.field.is_some() {
+                    return Err(err(o, "metric", "an `xp` leaderboard takes no event, when or field"));
+                }
+                (BoardMetric::Xp, "xp".to_string())
+            }
+            "count" | "sum" => {
+                let t = event()?;
+                let when = b.pred_on_type(t, d.when.as_ref()).map_err(|m| err(o, "when", m))?;
+                if d.metric == "count" {
+                    if d.field.is_some() {
+                        return Err(err(o, "field", "a `count` leaderboard takes no field"));
+                    }
+                    (BoardMetric::Count { event: t, when }, format!("count of {}", b.types[t].name))
+                } else {
+                    let f = d.field.as_deref().ok_or_else(|| err(o, "field", "a `sum` leaderboard needs a number `field`"))?;
+                    let pos = b.types[t].field(f).filter(|&p| b.types[t].fields[p].kind == FieldKind::Number);
+                    let pos = pos.ok_or_else(|| err(o, "field", format!("`{f}` is not a number field of `{}`", b.types[t].name)))?;
+                    (BoardMetric::Sum { event: t, when, field: pos }, format!("sum of {} {f}", b.types[t].name))
+                }
+            }
+            other => return Err(err(o, "metric", format!("unknown metric `{other}` (use xp, count or sum)"))),
+        };
+        let time = |f: &str, v: &Option<String>| -> Result<Option<Millis>, CatalogueError> {
+            v.as_ref()
+                .map(|t| chrono::DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_millis()).map_err(|_| err(o, f, format!("`{t}` is not an RFC 3339 time"))))
+                .transpose()
+        };
+        let (starts, ends) = (time("starts", &d.starts)?, time("ends", &d.ends)?);
+        let period = match (d.period.as_str(), starts, ends) {
+            ("custom", Some(start), Some(end)) if start < end => super::board::Period::Custom { start, end },
+            ("custom", Some(_), Some(_)) => return Err(err(o, "ends", "must be after starts")),
+            ("custom", _, _) => return Err(err(o, "period", "a custom period needs `starts` and `ends`")),
+            (_, Some(_), _) | (_, _, Some(_)) => return Err(err(o, "starts", "only a custom period takes starts and ends")),
+            ("all_time", ..) => super::board::Period::AllTime,
+            ("daily", ..) => super::board::Period::Daily,
+            ("weekly", ..) => super::board::Period::Weekly,
+            ("monthly", ..) => super::board::Period::Monthly,
+            (other, ..) => return Err(err(o, "period", format!("unknown period `{other}` (use all_time, daily, weekly, monthly or custom)"))),
+        };
+        if d.size == Some(0) {
+            return Err(err(o, "size", "must be at least 1"));
+        }
+        let award = match &d.award {
+            None => None,
+            Some(a) => {
+                let &bi = badge_index.get(&a.badge).ok_or_else(|| err(o, "award.badge", format!("unknown badge `{}`", a.badge)))?;
+                if !matches!(badges[bi].cond, Cond::Never) {
+                    return Err(err(o, "award.badge", format!("badge `{}` must have the rule {{ kind = \"awarded\" }}", a.badge)));
+                }
+                if matches!(period, super::board::Period::AllTime) {
+                    return Err(err(o, "award", "an all-time board never closes, so it cannot award a badge"));
+                }
+                if a.top == 0 || d.size.is_some_and(|s| a.top > s) {
+                    return Err(err(o, "award.top", "must be at least 1 and within the board's size"));
+                }
+                Some((bi, a.top))
+            }
+        };
+        let name = if d.name.is_empty() { d.id.clone() } else { d.name };
+        out.push(BoardDef { id: d.id.as_str().into(), name, metric, period, segment_by: d.segment_by, size: d.size, award, describe });
+    }
+    Ok(out)
 }
 
 /// The event types whose arrival can change a condition.
@@ -1173,6 +1316,7 @@ impl Builder {
                 }
                 Cond::Tenure((*days * DAY as f64) as Millis)
             }
+            DocRule::Awarded {} => Cond::Never,
         })
     }
 }

@@ -20,6 +20,10 @@ pub enum Effect {
     Unlock { badge: Arc<str>, count: u32, key: Option<String>, xp: u64, at: Millis },
     /// A badge's measurable progress moved (up, or back when a streak breaks).
     Progress { badge: Arc<str>, current: f64, target: f64 },
+    /// The user's score on a leaderboard for the current period is now `score`, reached at
+    /// `reached` (the receive time, which breaks ties). `moved_from` names the league the user
+    /// left, when their segment attribute changed within the period.
+    Score { board: Arc<str>, period: String, end: Millis, segment: Option<String>, score: f64, reached: Millis, moved_from: Option<String> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -172,6 +172,10 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
             fx.push(Effect::Progress { badge: def.id.clone(), current: current.min(target), target });
         }
     }
+    if !cat.boards.is_empty() {
+        let xp: u64 = fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum();
+        super::board::score(state, cat, t, &fields, at, now, xp, &mut fx);
+    }
     fx
 }
 
@@ -281,7 +285,7 @@ fn day_of(state: &mut UserState, at: Millis, cat: &Catalogue) -> i32 {
     day
 }
 
-fn add_xp(state: &mut UserState, delta: u64, reason: XpReason, cat: &Catalogue, fx: &mut Vec<Effect>) {
+pub(crate) fn add_xp(state: &mut UserState, delta: u64, reason: XpReason, cat: &Catalogue, fx: &mut Vec<Effect>) {
     state.xp = state.xp.saturating_add(delta);
     let level = cat.levels.level_from(state.xp, state.level);
     fx.push(Effect::Xp { delta, total: state.xp, level, reason });
@@ -514,6 +518,7 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
         Cond::Xp(x) => state.xp >= *x,
         Cond::Attribute(tests) => tests.iter().all(|(k, op)| op.test(state.attributes.get(k).unwrap_or(&Value::Null))),
         Cond::Tenure(ms) => state.signed_up_at.or(state.first_seen).is_some_and(|s| ctx.at - s >= *ms),
+        Cond::Never => false,
     }
 }
 

@@ -141,6 +141,7 @@ fn explain(state: &UserState, cat: &Catalogue, c: &Cond, now: Millis) -> Part {
             let holds = parts.iter().all(|p| p.holds);
             Part { describe: "attributes".into(), holds, current: None, target: None, parts }
         }
+        Cond::Never => part("awarded by a leaderboard".into(), false, None, None),
         Cond::Tenure(ms) => {
             let since = state.signed_up_at.or(state.first_seen);
             let days = since.map_or(0.0, |s| ((now - s).max(0) as f64 / 86_400_000.0).floor());

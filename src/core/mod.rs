@@ -11,9 +11,11 @@
 //! - [`engine`]: `apply` itself.
 //! - [`explain`]: progress towards unowned badges, part by part.
 //! - [`effect`]: what `apply` returns.
+//! - [`board`]: leaderboard periods, what an event adds to a user's scores, period awards.
 //! - [`calendar`]: local days in the user's time zone.
 //! - [`value`]: payload values, the event contract, durations and stable hashes.
 
+pub mod board;
 pub mod calendar;
 pub mod catalogue;
 pub mod effect;
@@ -26,5 +28,6 @@ pub mod value;
 pub use catalogue::{Catalogue, CatalogueError, Format, Tier};
 pub use effect::{DuplicateBy, Effect, Rejection, XpReason};
 pub use engine::{apply, backfill};
-pub use state::{BadgeRecord, UserState};
+pub use board::{award_rank, Period};
+pub use state::{BadgeRecord, BoardScore, UserState};
 pub use value::{Event, Millis, Value};

@@ -21,6 +21,19 @@ pub struct BadgeRecord {
     pub event_id: String,
 }
 
+/// The user's score on one leaderboard, in the period of its last counted event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BoardScore {
+    pub period: String,
+    pub start: Millis,
+    pub end: Millis,
+    /// The league (the segment attribute's value) for segmented boards.
+    pub segment: Option<String>,
+    pub score: f64,
+    /// When the score was reached (receive time): the earlier of equal scores ranks first.
+    pub reached: Millis,
+}
+
 /// The value of one stat slot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StatValue {
@@ -117,6 +130,8 @@ pub struct UserState {
     pub xp_days: BTreeMap<String, (i32, u64)>,
     /// Accepted events, and the arrival counter used to order cache entries.
     pub events: u64,
+    /// Score per leaderboard id, for the board's current period.
+    pub boards: BTreeMap<String, BoardScore>,
     #[serde(skip)]
     pub(crate) derived: Derived,
 }
