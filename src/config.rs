@@ -135,6 +135,16 @@ pub struct Config {
     #[arg(long, default_value_t = 2000)]
     pub progress_throttle_ms: u64,
 
+    /// Milliseconds between leaderboard turns: periods that ended are closed, and watchers get
+    /// `rank` and `top` pushes when theirs changed (so this is also their throttle).
+    #[arg(long, default_value_t = 1000)]
+    pub leaderboard_tick_ms: u64,
+
+    /// Milliseconds after a period's end before it is closed, so that events which arrived
+    /// before the end and are still being written are in its final standings.
+    #[arg(long, default_value_t = 2000)]
+    pub leaderboard_close_grace_ms: u64,
+
     /// Events accepted through `POST /v1/events` and not yet answered, across all requests.
     /// A batch that does not fit waits up to `--ingest-wait-ms`, then gets 503 `overloaded`.
     #[arg(long, default_value_t = 50_000)]

@@ -17,6 +17,8 @@
 //! - [`catalogues`]: each tenant's catalogue versions and the changes that make them.
 //! - [`backfill`]: background re-evaluation of stored users after a catalogue change.
 //! - [`replay`]: rebuilding users from the event log (actor start, backfill, `replay` check).
+//! - [`leaderboard`]: live rankings of open periods, closing and archiving, rank pushes.
+//! - [`ranking`]: the order-statistic structure behind a leaderboard.
 //! - [`metrics`]: counters and histograms, rendered for Prometheus.
 //! - [`server`]: the router and `run(listener, shared, shutdown)`.
 //! - [`demo`]: the embedded demo page and demo token endpoint.
@@ -30,6 +32,7 @@ pub mod catalogues;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod leaderboard;
 pub mod metrics;
 pub mod protocol;
 pub mod ranking;

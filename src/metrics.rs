@@ -58,6 +58,7 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     pub rate_limited: AtomicU64,
     pub unlocks: AtomicU64,
+    pub periods_closed: AtomicU64,
     pub pushes: AtomicU64,
     pub slow_closed: AtomicU64,
     pub passivated: AtomicU64,
@@ -109,6 +110,7 @@ impl Metrics {
         line("accolade_http_events_total", "counter", "Events received through POST /v1/events.", &[("", g(&self.http_events).to_string())]);
         line("accolade_dead_letters_total", "counter", "Ingested events kept as dead letters.", &[("", g(&self.dead_letters).to_string())]);
         line("accolade_unlocks_total", "counter", "Badges awarded.", &[("", g(&self.unlocks).to_string())]);
+        line("accolade_leaderboard_periods_closed_total", "counter", "Leaderboard periods archived and awarded.", &[("", g(&self.periods_closed).to_string())]);
         line("accolade_pushes_total", "counter", "Messages written to sockets.", &[("", g(&self.pushes).to_string())]);
         line("accolade_slow_closed_total", "counter", "Connections closed for not reading.", &[("", g(&self.slow_closed).to_string())]);
         line("accolade_passivated_total", "counter", "Idle actors persisted and stopped.", &[("", g(&self.passivated).to_string())]);

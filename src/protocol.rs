@@ -49,6 +49,9 @@ pub struct ClientEvent {
 pub enum ClientMsg {
     Hello { token: String, since: Option<Since> },
     Event(ClientEvent),
+    /// Push my `rank` on this board when it changes, and the board's `top` N if asked.
+    Watch { board: String, top: Option<usize> },
+    Unwatch { board: String },
 }
 
 pub const MAX_EVENT_ID: usize = 128;
@@ -76,7 +79,21 @@ pub fn decode(text: &str) -> Result<ClientMsg, WireError> {
             }
             decode_event(obj).map(ClientMsg::Event)
         }
-        other => Err(WireError::InvalidMessage(format!("unknown message type `{other}` (expected hello or event)"))),
+        "watch" | "unwatch" => {
+            let board = obj.get("board").and_then(|t| t.as_str()).ok_or_else(|| WireError::InvalidMessage(format!("{ty} needs a string `board`")))?;
+            if ty == "unwatch" {
+                return Ok(ClientMsg::Unwatch { board: board.to_string() });
+            }
+            let top = match obj.get("top") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => match v.as_u64() {
+                    Some(n) if n >= 1 && n <= crate::leaderboard::MAX_TOP as u64 => Some(n as usize),
+                    _ => return Err(WireError::InvalidMessage(format!("top must be a whole number from 1 to {}", crate::leaderboard::MAX_TOP))),
+                },
+            };
+            Ok(ClientMsg::Watch { board: board.to_string(), top })
+        }
+        other => Err(WireError::InvalidMessage(format!("unknown message type `{other}` (expected hello, event, watch or unwatch)"))),
     }
 }
 
@@ -171,6 +188,18 @@ pub fn progress(offset: u64, badge: &str, current: f64, target: f64) -> Frame {
     frame(json!({ "type": "progress", "offset": offset, "badge": badge, "current": current, "target": target }))
 }
 
+/// The user's rank on a board changed. Not part of the recovery history (a reconnecting
+/// client that watches again gets its current rank at once).
+pub fn rank(board: &str, period: &str, rank: usize, score: f64, of: usize, previous: Option<usize>) -> Frame {
+    frame(json!({ "type": "rank", "board": board, "period": period, "rank": rank, "score": score, "of": of, "previous": previous }))
+}
+
+/// The board's top N changed (in the watcher's league).
+pub fn top(board: &str, period: &str, segment: &str, rows: &[crate::leaderboard::Row]) -> Frame {
+    let segment = if segment.is_empty() { serde_json::Value::Null } else { json!(segment) };
+    frame(json!({ "type": "top", "board": board, "period": period, "segment": segment, "entries": rows }))
+}
+
 /// The offset a stored push carries, read back without a full decode.
 pub fn offset_of(frame: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(frame).ok()?.get("offset")?.as_u64()
@@ -190,6 +219,9 @@ mod tests {
             ("{", "invalid_message", "not valid JSON"),
             ("[1]", "invalid_message", "JSON object"),
             (r#"{"type":"bye"}"#, "invalid_message", "unknown message type `bye`"),
+            (r#"{"type":"watch"}"#, "invalid_message", "watch needs a string `board`"),
+            (r#"{"type":"watch","board":"b","top":0}"#, "invalid_message", "top must be a whole number from 1 to 100"),
+            (r#"{"type":"watch","board":"b","top":101}"#, "invalid_message", "top must be"),
             (r#"{"type":"hello"}"#, "invalid_message", "token"),
             (r#"{"type":"event","event_type":"login","occurred_at":"2026-11-22T10:00:00Z"}"#, "invalid_event", "event_id"),
             (r#"{"type":"event","event_id":"e","event_type":"login","occurred_at":"yesterday"}"#, "invalid_event", "RFC 3339"),

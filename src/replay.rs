@@ -17,6 +17,23 @@ use std::sync::Arc;
 /// send it: the core refuses unknown event types.
 pub const BACKFILL_EVENT: &str = "accolade.backfill";
 
+/// The event type of a leaderboard award's log record (`payload`: board, period, rank).
+pub const LEADERBOARD_EVENT: &str = "accolade.leaderboard";
+
+pub fn award_payload(board: &str, period: &str, rank: usize) -> Vec<(String, Value)> {
+    vec![("board".into(), Value::Str(board.into())), ("period".into(), Value::Str(period.into())), ("rank".into(), Value::Num(rank as f64))]
+}
+
+fn award_args(ev: &StoredEvent) -> (String, String, usize) {
+    let get = |k: &str| ev.event.payload.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let text = |k: &str| match get(k) {
+        Some(Value::Str(s)) => s.to_string(),
+        _ => String::new(),
+    };
+    let rank = get("rank").and_then(|v| v.as_f64()).unwrap_or(0.0) as usize;
+    (text("board"), text("period"), rank)
+}
+
 /// What a backfill record says: which badges the job awards and which stats it fills in.
 pub struct BackfillRecord {
     pub badges: Vec<String>,
@@ -57,7 +74,7 @@ fn judged_by(cats: &Catalogues, tenant: &str, version: u64, current: &Arc<Catalo
 /// scratch under it (backfill records skipped, since they only repeat what this computes).
 pub fn from_scratch(tenant: &str, user: &str, log: &[StoredEvent], cat: &Catalogue) -> UserState {
     let mut st = UserState::new(tenant, user);
-    for e in log.iter().filter(|e| e.event.event_type != BACKFILL_EVENT) {
+    for e in log.iter().filter(|e| e.event.event_type != BACKFILL_EVENT && e.event.event_type != LEADERBOARD_EVENT) {
         core::apply(&mut st, &e.event, e.received_at, cat);
     }
     st
@@ -74,6 +91,9 @@ pub fn replay_onto(st: &mut UserState, cats: &Catalogues, tenant: &str, user: &s
             let history: Vec<StoredEvent> = before.iter().chain(&log[..i]).cloned().collect();
             let replayed = from_scratch(tenant, user, &history, &cat);
             core::backfill(st, &replayed, &rec.badges, &rec.new_stats, e.received_at, &e.event.event_id, &cat);
+        } else if e.event.event_type == LEADERBOARD_EVENT {
+            let (board, period, rank) = award_args(e);
+            core::award_rank(st, &board, &period, rank, e.received_at, &e.event.event_id, &cat);
         } else {
             core::apply(st, &e.event, e.received_at, &cat);
         }

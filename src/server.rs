@@ -39,6 +39,8 @@ pub struct Shared {
     pub ingest_permits: Arc<tokio::sync::Semaphore>,
     /// The backfill jobs running in this process, by (tenant, id), to cancel them.
     pub jobs: dashmap::DashMap<(String, u64), tokio::task::AbortHandle>,
+    /// The live rankings of open leaderboard periods, and their watchers.
+    pub boards: crate::leaderboard::Boards,
 }
 
 impl Shared {
@@ -60,6 +62,12 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let store = Store::open(&config.data_dir).map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
     let tenants: Vec<String> = secrets.iter().map(|(t, _)| t.clone()).collect();
     let catalogues = Catalogues::open(store.clone(), config.catalogue.clone(), &tenants, crate::user::now_ms()).await?;
+    let boards = crate::leaderboard::Boards::default();
+    // A blocking scan, run once before any traffic is served: the scores of open periods.
+    let loaded = boards.load(&store).map_err(|e| anyhow::anyhow!("loading leaderboards: {e}"))?;
+    if loaded > 0 {
+        tracing::info!(scores = loaded, "leaderboards loaded");
+    }
     let registry = Arc::new(Registry::default());
     let supervisor = crate::user::start_supervisor(registry.clone()).await?;
     let (shutdown, _) = watch::channel(false);
@@ -76,6 +84,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         ready: AtomicBool::new(false),
         ingest_permits: Arc::new(tokio::sync::Semaphore::new((config.ingest_inflight_events as usize).max(crate::api::MAX_BATCH))),
         jobs: dashmap::DashMap::new(),
+        boards,
         config: Arc::new(config),
     }))
 }
@@ -213,6 +222,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         let _ = signal.send(true);
     });
     let sweeper = tokio::spawn(retention(shared.clone(), shared.shutdown.subscribe()));
+    let closer = tokio::spawn(crate::leaderboard::run(shared.clone(), shared.shutdown.subscribe()));
     let resumed = crate::backfill::resume_all(&shared)?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "backfill jobs resumed");
@@ -224,6 +234,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     shared.ready.store(false, Ordering::Release);
     // A sweep in progress finishes (it runs on a blocking thread and holds the store).
     let _ = sweeper.await;
+    let _ = closer.await;
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.registry.stop_all()).await;
     let _ = tokio::time::timeout(grace, shared.store.sync()).await;

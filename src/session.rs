@@ -127,7 +127,7 @@ where
                     return close_with(&mut sink, close::UNAUTHORIZED, "unauthorized").await;
                 }
             },
-            Ok(ClientMsg::Event(_)) => {
+            Ok(ClientMsg::Event(_) | ClientMsg::Watch { .. } | ClientMsg::Unwatch { .. }) => {
                 let _ = sink.send(self::text(protocol::error("unauthorized", "send hello with a token before any event", None))).await;
                 return close_with(&mut sink, close::UNAUTHORIZED, "send hello first").await;
             }
@@ -144,6 +144,9 @@ where
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let closing = Arc::new(std::sync::OnceLock::new());
     let conn = Conn { id, tx: tx.clone(), slow: slow.clone(), closing: closing.clone() };
+    // Leaderboard watches push into the same outbox through a weak handle: the session must
+    // see the channel close when the actor lets go of the connection.
+    let watch_tx = tx.downgrade();
     drop(tx);
     if shared.registry.send(&shared, &tenant, &user, UserMsg::Attach { conn, since }).is_err() {
         return close_with(&mut sink, close::INTERNAL, "user unavailable; reconnect").await;
@@ -193,7 +196,7 @@ where
                 last_seen = Instant::now();
                 match m {
                     Message::Text(t) => {
-                        if let Some(err) = on_text(&shared, &tenant, &user, id, &t, &mut bucket, &mut ready) {
+                        if let Some(err) = on_text(&shared, &tenant, &user, id, &t, &mut bucket, &mut ready, &watch_tx) {
                             if sink.send(text(err)).await.is_err() {
                                 break None;
                             }
@@ -239,6 +242,7 @@ where
         };
         let _ = timeout(std::time::Duration::from_secs(1), drain).await;
     }
+    shared.boards.unwatch_all(id);
     shared.registry.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id });
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
@@ -252,6 +256,7 @@ fn on_text(
     text: &str,
     bucket: &mut Bucket,
     ready: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    watch_tx: &mpsc::WeakSender<Frame>,
 ) -> Option<Frame> {
     let limit = shared.config.max_message_bytes;
     if text.len() > limit {
@@ -260,6 +265,20 @@ fn on_text(
     let ev = match protocol::decode(text) {
         Ok(ClientMsg::Event(ev)) => ev,
         Ok(ClientMsg::Hello { .. }) => return Some(protocol::error("invalid_message", "already authenticated", None)),
+        Ok(ClientMsg::Watch { board, top }) => {
+            let known = shared.catalogue(tenant).is_some_and(|c| c.boards.iter().any(|b| *b.id == *board));
+            if !known {
+                return Some(protocol::error("unknown_board", &format!("there is no leaderboard `{board}`"), None));
+            }
+            return match shared.boards.watch(conn, tenant, user, &board, top, watch_tx.clone()) {
+                Ok(()) => None,
+                Err(code) => Some(protocol::error(code, &format!("a connection may watch at most {} boards", crate::leaderboard::MAX_WATCHES), None)),
+            };
+        }
+        Ok(ClientMsg::Unwatch { board }) => {
+            shared.boards.unwatch(conn, &board);
+            return None;
+        }
         Err(e) => return Some(protocol::error(e.code(), &e.to_string(), None)),
     };
     if !bucket.take() {

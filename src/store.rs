@@ -13,6 +13,13 @@
 //! - `catalogues`: `tenant \0` + version (big-endian u64) -> that catalogue version's document.
 //! - `dead`: `tenant \0` + id -> a dead letter (an ingested event that was refused).
 //! - `jobs`: `tenant \0` + id -> a backfill job and how far it got.
+//! - `boards`: `tenant \0 board \0 period \0 segment \0 user` -> a user's score on an open
+//!   leaderboard period. Leaderboards are the one cross-user aggregate: these keys start with the
+//!   board, not the user, and are rebuilt into the in-memory rankings at start.
+//! - `archive`: `tenant \0 board \0 period \0 segment \0` + rank (big-endian u32) -> the final
+//!   standing at that rank of a closed period.
+//! - `closed`: `tenant \0 board \0 period` -> the record that the period was archived and its
+//!   awards made (written last, so a restart mid-close finishes the close).
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
 //! one persister thread that applies whatever has queued up as one batch per tree and then
@@ -58,6 +65,75 @@ pub struct StoredEvent {
     pub pushes: Vec<(u64, String)>,
 }
 
+/// A user's score on an open leaderboard period, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoardEntry {
+    pub score: f64,
+    pub reached: Millis,
+    /// When the period ends (exclusive).
+    pub end: Millis,
+}
+
+/// Which leaderboard period: tenant, board, period label, segment ("" when not segmented).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BoardKey {
+    pub tenant: String,
+    pub board: String,
+    pub period: String,
+    pub segment: String,
+}
+
+/// One row of a closed period's final standings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Archived {
+    pub user: String,
+    pub score: f64,
+    pub reached: Millis,
+}
+
+/// That a period was closed: archived, and its awards made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClosedPeriod {
+    pub period: String,
+    pub end: Millis,
+    pub closed_at: Millis,
+    /// (segment, standings archived) for each segment.
+    pub segments: Vec<(String, u64)>,
+    /// How many awards were made.
+    pub awarded: u64,
+}
+
+fn board_prefix(tenant: &str, board: &str, period: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + board.len() + period.len() + 3);
+    for part in [tenant, board, period] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+fn board_key(b: &BoardKey, user: &str) -> Vec<u8> {
+    let mut k = board_prefix(&b.tenant, &b.board, &b.period);
+    k.extend_from_slice(b.segment.as_bytes());
+    k.push(0);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+fn archive_key(b: &BoardKey, rank: u32) -> Vec<u8> {
+    let mut k = board_prefix(&b.tenant, &b.board, &b.period);
+    k.extend_from_slice(b.segment.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&rank.to_be_bytes());
+    k
+}
+
+fn closed_key(tenant: &str, board: &str, period: &str) -> Vec<u8> {
+    let mut k = board_prefix(tenant, board, period);
+    k.pop();
+    k
+}
+
 /// What the store holds for a user when its actor starts.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -77,6 +153,9 @@ pub enum TreeId {
     Catalogues,
     Dead,
     Jobs,
+    Boards,
+    Archive,
+    Closed,
 }
 
 #[derive(Debug)]
@@ -121,6 +200,9 @@ pub struct Store {
     catalogues: sled::Tree,
     dead: sled::Tree,
     jobs: sled::Tree,
+    boards: sled::Tree,
+    archive: sled::Tree,
+    closed: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -193,6 +275,9 @@ impl Store {
             catalogues: db.open_tree("catalogues")?,
             dead: db.open_tree("dead")?,
             jobs: db.open_tree("jobs")?,
+            boards: db.open_tree("boards")?,
+            archive: db.open_tree("archive")?,
+            closed: db.open_tree("closed")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -217,6 +302,9 @@ impl Store {
                 self.catalogues.clone(),
                 self.dead.clone(),
                 self.jobs.clone(),
+                self.boards.clone(),
+                self.archive.clone(),
+                self.closed.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -435,6 +523,56 @@ impl Store {
         Ok(out)
     }
 
+    /// Every stored score of every open leaderboard period (rebuilt into rankings at start).
+    pub fn board_entries(&self) -> Result<Vec<(BoardKey, String, BoardEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.boards.iter() {
+            let (k, v) = kv?;
+            let parts: Vec<&[u8]> = k.splitn(5, |&b| b == 0).collect();
+            let [tenant, board, period, segment, user] = parts[..] else {
+                return Err(StoreError::Corrupt { key: String::from_utf8_lossy(&k).replace('\0', "/"), why: "not a board key".into() });
+            };
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let key = BoardKey { tenant: text(tenant), board: text(board), period: text(period), segment: text(segment) };
+            out.push((key, text(user), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// A closed period's final standings in one segment, from 1-based rank `from`.
+    pub fn archived(&self, b: &BoardKey, from: u32, limit: usize) -> Result<Vec<(u32, Archived)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.archive.range(archive_key(b, from)..=archive_key(b, u32::MAX)).take(limit) {
+            let (k, v) = kv?;
+            let rank = u32::from_be_bytes(k[k.len() - 4..].try_into().unwrap_or_default());
+            out.push((rank, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// The record of a closed period, if it was closed.
+    pub fn closed(&self, tenant: &str, board: &str, period: &str) -> Result<Option<ClosedPeriod>, StoreError> {
+        let k = closed_key(tenant, board, period);
+        match self.closed.get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every closed period of a board, oldest label first.
+    pub fn closed_periods(&self, tenant: &str, board: &str) -> Result<Vec<ClosedPeriod>, StoreError> {
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        prefix.extend_from_slice(board.as_bytes());
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.closed.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     fn kind_tree(&self, kind: Kind) -> &sled::Tree {
         match kind {
             Kind::Catalogue => &self.catalogues,
@@ -497,6 +635,24 @@ pub mod writes {
         [Write::Put(TreeId::Events, seq_key(&uk, seq), encode(ev)), Write::Put(TreeId::Dedup, dedup_key(tenant, &ev.event.event_id), where_)]
     }
 
+    /// A user's score on an open leaderboard period.
+    pub fn board_entry(b: &BoardKey, user: &str, e: &BoardEntry) -> Write {
+        Write::Put(TreeId::Boards, board_key(b, user), encode(e))
+    }
+
+    pub fn board_entry_delete(b: &BoardKey, user: &str) -> Write {
+        Write::Del(TreeId::Boards, board_key(b, user))
+    }
+
+    /// One row of a closed period's final standings.
+    pub fn archived(b: &BoardKey, rank: u32, a: &Archived) -> Write {
+        Write::Put(TreeId::Archive, archive_key(b, rank), encode(a))
+    }
+
+    pub fn closed(tenant: &str, board: &str, c: &ClosedPeriod) -> Write {
+        Write::Put(TreeId::Closed, closed_key(tenant, board, &c.period), encode(c))
+    }
+
     /// The snapshot and its sequence number (for the retention sweep), written together.
     pub fn snapshot(tenant: &str, user: &str, seq: u64, encoded: Vec<u8>) -> [Write; 2] {
         let uk = user_key(tenant, user);
@@ -507,7 +663,7 @@ pub mod writes {
 
 struct PersisterSide {
     db: sled::Db,
-    trees: [sled::Tree; 7],
+    trees: [sled::Tree; 10],
     stats: Arc<PersistStats>,
 }
 
@@ -524,6 +680,9 @@ impl PersisterSide {
             TreeId::Catalogues => 4,
             TreeId::Dead => 5,
             TreeId::Jobs => 6,
+            TreeId::Boards => 7,
+            TreeId::Archive => 8,
+            TreeId::Closed => 9,
         }
     }
 

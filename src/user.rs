@@ -72,6 +72,9 @@ pub enum UserMsg {
     /// Re-evaluate this user for a backfill job; replies with the number of badges awarded,
     /// once they are durable.
     Backfill { spec: Arc<BackfillSpec>, reply: oneshot::Sender<Result<u32, String>> },
+    /// The user finished a closed leaderboard period at `rank`: award the board's badge if
+    /// due. Replies whether anything was awarded, once it is durable.
+    Award { board: String, period: String, rank: usize, reply: oneshot::Sender<Result<bool, String>> },
     Attach { conn: Conn, since: Option<Since> },
     Detach { conn_id: u64 },
     /// From the persister: every job up to `job` is on disk (or failed).
@@ -84,7 +87,7 @@ pub enum UserMsg {
 
 /// Messages the registry counts as in flight until the actor has handled them.
 fn counted(m: &UserMsg) -> bool {
-    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. })
+    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. })
 }
 
 enum Delivery {
@@ -97,6 +100,10 @@ enum Delivery {
     Observe(Instant),
     /// A backfill's awards are durable.
     Backfilled(oneshot::Sender<Result<u32, String>>, u32),
+    /// A leaderboard award is durable (or there was nothing to award).
+    Awarded(oneshot::Sender<Result<bool, String>>, bool),
+    /// A leaderboard score is durable: update the live ranking.
+    Board(store::BoardKey, store::BoardEntry, Option<store::BoardKey>),
 }
 
 /// Work that must wait until everything in flight is durable, so it sees durable state.
@@ -104,6 +111,7 @@ enum Waiting {
     Attach(Conn, Option<Since>),
     Query(Query),
     Backfill(Arc<BackfillSpec>, oneshot::Sender<Result<u32, String>>),
+    Award(String, String, usize, oneshot::Sender<Result<bool, String>>),
 }
 
 pub struct UserActor;
@@ -205,6 +213,10 @@ impl Actor for UserActor {
             }
             UserMsg::Backfill { spec, reply } => {
                 u.run_or_wait(&myself, Waiting::Backfill(spec, reply)).await;
+                Ok(())
+            }
+            UserMsg::Award { board, period, rank, reply } => {
+                u.run_or_wait(&myself, Waiting::Award(board, period, rank, reply)).await;
                 Ok(())
             }
             UserMsg::Detach { conn_id } => {
@@ -338,6 +350,20 @@ impl User {
         let pushes = frames.iter().enumerate().map(|(i, f)| (first_new + i as u64, f.to_string())).collect();
         let stored = StoredEvent { event, received_at, catalogue_version: cat.version, pushes };
         let mut writes = Vec::with_capacity(4);
+        // Leaderboard scores are written before the event: a crash between the two leaves a
+        // score whose event is not acknowledged, and the resent event writes the same score.
+        for e in &fx {
+            if let Effect::Score { board, period, end, segment, score, reached, moved_from } = e {
+                let key = store::BoardKey { tenant: self.tenant.clone(), board: board.to_string(), period: period.clone(), segment: segment.clone().unwrap_or_default() };
+                let entry = store::BoardEntry { score: *score, reached: *reached, end: *end };
+                let left = moved_from.as_ref().map(|m| store::BoardKey { segment: m.clone(), ..key.clone() });
+                if let Some(old) = &left {
+                    writes.push(store::writes::board_entry_delete(old, &self.user));
+                }
+                writes.push(store::writes::board_entry(&key, &self.user, &entry));
+                deliveries.push(Delivery::Board(key, entry, left));
+            }
+        }
         writes.extend(store::writes::event(&self.tenant, &self.user, self.seq, &stored));
         reply(&mut deliveries, origin, protocol::ack(event_id, false), out);
         deliveries.extend(frames.into_iter().map(Delivery::All));
@@ -396,7 +422,49 @@ impl User {
                     let _ = reply.send(Err(e));
                 }
             }
+            Waiting::Award(board, period, rank, reply) => self.award(myself, &board, &period, rank, reply),
         }
+    }
+
+    /// A leaderboard period award. The log record (`accolade.leaderboard`) lets every rebuild
+    /// make the same award; the core makes an award once per period, so a close retried after
+    /// a crash awards nothing twice.
+    fn award(&mut self, myself: &ActorRef<UserMsg>, board: &str, period: &str, rank: usize, reply: oneshot::Sender<Result<bool, String>>) {
+        let Some(cat) = self.shared.catalogue(&self.tenant) else {
+            let _ = reply.send(Err("the tenant's catalogue is gone".into()));
+            return;
+        };
+        let now = now_ms();
+        let event_id = format!("leaderboard:{board}:{period}");
+        // On a copy, like a backfill: when nothing is due, the live state stays exactly what
+        // the log rebuilds.
+        let mut next = self.st.clone();
+        let fx = crate::core::award_rank(&mut next, board, period, rank, now, &event_id, &cat);
+        if fx.is_empty() {
+            let _ = reply.send(Ok(false));
+            return;
+        }
+        self.st = next;
+        self.seq += 1;
+        let mut out = IngestOutcome { event_id: event_id.clone(), status: "accepted", reason: None, code: None, xp: 0, unlocks: vec![] };
+        let frames = self.award_frames(&fx, &cat, &event_id, &mut out);
+        let first_new = self.offset + 1 - frames.len() as u64;
+        let pushes = frames.iter().enumerate().map(|(i, f)| (first_new + i as u64, f.to_string())).collect();
+        let event = Event {
+            event_id,
+            event_type: crate::replay::LEADERBOARD_EVENT.into(),
+            user_id: self.user.clone(),
+            tenant_id: self.tenant.clone(),
+            occurred_at: now,
+            source: "leaderboard".into(),
+            payload: crate::replay::award_payload(board, period, rank),
+        };
+        let stored = StoredEvent { event, received_at: now, catalogue_version: cat.version, pushes };
+        let writes = vec![store::writes::system_event(&self.tenant, &self.user, self.seq, &stored)];
+        let mut deliveries: Vec<Delivery> = frames.into_iter().map(Delivery::All).collect();
+        deliveries.push(Delivery::Awarded(reply, true));
+        tracing::info!(tenant = %self.tenant, user = %self.user, board, period, rank, "leaderboard award");
+        self.enqueue(myself, writes, deliveries);
     }
 
     /// Replays this user's whole log under the catalogue in force and awards what the job's
@@ -552,6 +620,15 @@ impl User {
             Delivery::Observe(arrived) => self.shared.metrics.event_to_push.record(arrived.elapsed()),
             Delivery::Backfilled(reply, n) => {
                 let _ = reply.send(Ok(n));
+            }
+            Delivery::Awarded(reply, done) => {
+                let _ = reply.send(Ok(done));
+            }
+            Delivery::Board(key, entry, left) => {
+                if let Some(old) = left {
+                    self.shared.boards.remove(&old, &self.user);
+                }
+                self.shared.boards.set(key, &self.user, &entry);
             }
         }
     }

@@ -103,7 +103,8 @@ pub(crate) fn score(state: &mut UserState, cat: &Catalogue, t: usize, fields: &[
             None => None,
             Some(attr) => match state.attributes.get(attr) {
                 Some(v) => match v.key() {
-                    Some(k) => Some(k.into_owned()),
+                    // NUL separates the parts of storage keys, so it never reaches one.
+                    Some(k) => Some(k.replace('\0', "")),
                     None => continue,
                 },
                 None => continue,

@@ -1,5 +1,6 @@
 //! The HTTP API for the app's backend, next to the socket on the same port: ingest, dead
-//! letters, catalogue changes (preview, backfill jobs), user queries. Every route takes the
+//! letters, catalogue changes (preview, backfill jobs), user queries, leaderboards
+//! (`leaderboards.rs`). Every route takes the
 //! tenant from its API key (`Authorization: Bearer <key>`), so a key can only ever name its own
 //! tenant's users, versions, jobs and dead letters. The OpenAPI document at
 //! `/v1/openapi.json` is generated from the handlers and types below.
@@ -27,6 +28,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 /// Events one `POST /v1/events` may carry.
 pub const MAX_BATCH: usize = 1000;
+
+mod leaderboards;
 /// The largest request body, in bytes (a full batch of ordinary events fits many times over).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
@@ -47,6 +50,11 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/v1/users/{id}/progress", get(get_progress))
         .route("/v1/users/{id}/badges/{badge}", get(get_badge))
         .route("/v1/users/{id}/events", get(get_events))
+        .route("/v1/leaderboards", get(leaderboards::list))
+        .route("/v1/leaderboards/{id}", get(leaderboards::standings))
+        .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
+        .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
+        .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
         .route("/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
@@ -920,6 +928,7 @@ impl utoipa::Modify for Security {
         get_catalogue, catalogue_versions, replace_catalogue, put_badge, retire_badge, put_xp, remove_xp, preview,
         list_jobs, get_job, cancel_job,
         get_user, get_progress, get_badge, get_events,
+        leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
         crate::server::healthz, crate::server::readyz, crate::server::metrics_doc
     ),
     components(schemas(ErrorBody, Change, backfill::JobStatus, backfill::BadgePreview)),
@@ -928,6 +937,7 @@ impl utoipa::Modify for Security {
         (name = "ingest", description = "Server-side events and dead letters"),
         (name = "catalogue", description = "Catalogue versions, changes, previews and backfill jobs"),
         (name = "users", description = "What a user has, and how far they are"),
+        (name = "leaderboards", description = "Standings, ranks, friends and closed periods"),
         (name = "operations", description = "Health, readiness, metrics")
     )
 )]

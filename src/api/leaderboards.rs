@@ -1,0 +1,304 @@
+//! The leaderboard routes of the HTTP API: the boards a tenant has, the standings of the open
+//! period (or of a closed one, from its archive), a user's rank and neighbours, the standings
+//! of a list of users (friends), and the closed periods.
+
+use super::{bad, internal, json_body, not_found, ErrorBody, Tenant};
+use crate::core::catalogue::{BoardDef, BoardMetric};
+use crate::core::Catalogue;
+use crate::leaderboard::{Row, MAX_TOP};
+use crate::protocol::rfc3339;
+use crate::server::{ApiError, Shared};
+use crate::store::BoardKey;
+use crate::user::now_ms;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+/// A leaderboard as the catalogue defines it, with its open period.
+#[derive(Serialize, ToSchema)]
+pub struct BoardDoc {
+    pub id: String,
+    pub name: String,
+    /// `xp`, `count of <event type>` or `sum of <event type> <field>`.
+    pub metric: String,
+    /// `all_time`, `daily`, `weekly`, `monthly` or `custom`.
+    pub period: String,
+    /// The open period: its label (`2026-11-22`, `2026-W47`, `2026-11`, `all`, `custom`) and
+    /// bounds; absent for a custom period that has not started or has ended.
+    pub current: Option<PeriodDoc>,
+    pub segment_by: Option<String>,
+    pub size: Option<usize>,
+    /// The badge given to the top N when a period closes.
+    pub award: Option<AwardDoc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PeriodDoc {
+    pub label: String,
+    pub starts: Option<String>,
+    pub ends: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AwardDoc {
+    pub badge: String,
+    pub top: usize,
+}
+
+fn board_doc(def: &BoardDef, cat: &Catalogue, now: i64) -> BoardDoc {
+    let current = def.period.span(cat.settings.default_timezone, now).map(|s| PeriodDoc {
+        label: s.label,
+        starts: (s.start != i64::MIN).then(|| rfc3339(s.start)),
+        ends: (s.end != i64::MAX).then(|| rfc3339(s.end)),
+    });
+    let metric = match def.metric {
+        BoardMetric::Xp => "xp".to_string(),
+        _ => def.describe.clone(),
+    };
+    BoardDoc {
+        id: def.id.to_string(),
+        name: def.name.clone(),
+        metric,
+        period: def.period.as_str().into(),
+        current,
+        segment_by: def.segment_by.clone(),
+        size: def.size,
+        award: def.award.map(|(b, top)| AwardDoc { badge: cat.badges[b].id.to_string(), top }),
+    }
+}
+
+fn board<'a>(cat: &'a Catalogue, id: &str) -> Result<&'a BoardDef, ApiError> {
+    cat.boards.iter().find(|b| &*b.id == id).ok_or_else(|| not_found("not_found", format!("there is no leaderboard `{id}`")))
+}
+
+fn catalogue(shared: &Shared, tenant: &str) -> Result<Arc<Catalogue>, ApiError> {
+    shared.catalogue(tenant).ok_or_else(|| internal("the tenant has no catalogue"))
+}
+
+/// The open period's label, or 404 when a custom period is not open.
+fn open_period(def: &BoardDef, cat: &Catalogue) -> Result<String, ApiError> {
+    def.period
+        .span(cat.settings.default_timezone, now_ms())
+        .map(|s| s.label)
+        .ok_or_else(|| not_found("no_open_period", format!("leaderboard `{}` has no open period now; ask for a closed one with ?period=", def.id)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BoardList {
+    pub leaderboards: Vec<BoardDoc>,
+}
+
+/// The tenant's leaderboards
+#[utoipa::path(get, path = "/v1/leaderboards", tag = "leaderboards",
+    responses((status = 200, body = BoardList), (status = 401, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> Result<Json<BoardList>, ApiError> {
+    let cat = catalogue(&shared, &tenant)?;
+    let now = now_ms();
+    Ok(Json(BoardList { leaderboards: cat.boards.iter().map(|b| board_doc(b, &cat, now)).collect() }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct StandingsQuery {
+    /// A closed period's label (from `/periods`); the open period when absent.
+    pub period: Option<String>,
+    /// The league, for a board split by a user attribute (its value).
+    pub segment: Option<String>,
+    /// The first rank to return (default 1).
+    pub from: Option<usize>,
+    /// At most this many (default 10, at most 100).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Standings {
+    pub board: String,
+    pub period: String,
+    pub segment: Option<String>,
+    /// Whether this period is closed (read from its archive).
+    pub closed: bool,
+    /// Users ranked in this league (within the board's size).
+    pub total: usize,
+    /// Higher scores first; equal scores by who reached the score first, then by user id.
+    pub entries: Vec<Row>,
+}
+
+/// Standings: the top of a board, or any page of it
+///
+/// Ranks are 1, 2, 3, ... with no shared ranks: of two equal scores, the one reached first
+/// (by the server's receive time) ranks higher, then the lower user id.
+#[utoipa::path(get, path = "/v1/leaderboards/{id}", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id"), StandingsQuery),
+    responses((status = 200, body = Standings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn standings(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, Query(q): Query<StandingsQuery>) -> Result<Json<Standings>, ApiError> {
+    let cat = catalogue(&shared, &tenant)?;
+    let def = board(&cat, &id)?;
+    let from = q.from.unwrap_or(1);
+    let limit = q.limit.unwrap_or(10);
+    if from == 0 || limit == 0 || limit > MAX_TOP {
+        return Err(bad("invalid_query", format!("from must be at least 1 and limit from 1 to {MAX_TOP}")));
+    }
+    if def.segment_by.is_some() && q.segment.is_none() {
+        return Err(bad("invalid_query", format!("leaderboard `{id}` has a league per `{}`; name one with ?segment=", def.segment_by.as_deref().unwrap_or_default())));
+    }
+    let segment = q.segment.clone().unwrap_or_default();
+    let open = def.period.span(cat.settings.default_timezone, now_ms()).map(|s| s.label);
+    let period = match (&q.period, &open) {
+        (Some(p), _) => p.clone(),
+        (None, Some(o)) => o.clone(),
+        (None, None) => return Err(open_period(def, &cat).unwrap_err()),
+    };
+    let key = BoardKey { tenant: tenant.clone(), board: id.clone(), period: period.clone(), segment: segment.clone() };
+    let closed = shared.store.closed(&tenant, &id, &period).map_err(internal)?;
+    let (closed, total, entries) = match closed {
+        Some(c) => {
+            let total = c.segments.iter().find(|(s, _)| *s == segment).map_or(0, |(_, n)| *n as usize);
+            let rows = shared.store.archived(&key, from.min(u32::MAX as usize) as u32, limit).map_err(internal)?;
+            (true, total, rows.into_iter().map(|(rank, a)| Row { rank: rank as usize, user_id: a.user, score: a.score }).collect())
+        }
+        None if Some(&period) == open.as_ref() || !shared.boards.segments(&tenant, &id, &period).is_empty() => {
+            let (total, rows) = shared.boards.top(&key, def.size, from, limit);
+            (false, total, rows)
+        }
+        None => return Err(not_found("not_found", format!("leaderboard `{id}` has no period `{period}`"))),
+    };
+    Ok(Json(Standings { board: id, period, segment: q.segment, closed, total, entries }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct AroundQuery {
+    /// How many users above and below to include (default 2, at most 50).
+    pub around: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserRank {
+    pub board: String,
+    pub period: String,
+    pub user_id: String,
+    /// The user's league on a segmented board.
+    pub segment: Option<String>,
+    /// Absent when the user has no score this period, or is outside the board's size.
+    pub rank: Option<usize>,
+    pub score: f64,
+    /// The users around them, in rank order (the user included).
+    pub around: Vec<Row>,
+}
+
+/// A user's rank, and the users around them
+#[utoipa::path(get, path = "/v1/leaderboards/{id}/users/{user}", tag = "leaderboards",
+    params(("id" = String, Path, description = "Leaderboard id"), ("user" = String, Path, description = "User id"), AroundQuery),
+    responses((status = 200, body = UserRank), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn user_rank(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, user)): Path<(String, String)>, Query(q): Query<AroundQuery>) -> Result<Json<UserRank>, ApiError> {
+    let cat = catalogue(&shared, &tenant)?;
+    let def = board(&cat, &id)?;
+    let around = q.around.unwrap_or(2);
+    if around > 50 {
+        return Err(bad("invalid_query", "around must be at most 50"));
+    }
+    let period = open_period(def, &cat)?;
+    let found = shared.boards.find(&tenant, def, &period, &user);
+    let (segment, rank, score) = match found {
+        Some((s, r, score)) => (s, r, score),
+        None => (String::new(), None, 0.0),
+    };
+    let rows = match rank {
+        Some(r) => {
+            let key = BoardKey { tenant: tenant.clone(), board: id.clone(), period: period.clone(), segment: segment.clone() };
+            let from = r.saturating_sub(around).max(1);
+            shared.boards.top(&key, def.size, from, r - from + around + 1).1
+        }
+        None => vec![],
+    };
+    let segment = def.segment_by.as_ref().and(found_segment(&segment));
+    Ok(Json(UserRank { board: id, period, user_id: user, segment, rank, score, around: rows }))
+}
+
+fn found_segment(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FriendsBody {
+    /// Up to 1,000 user ids (a friends list).
+    pub users: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FriendStanding {
+    pub user_id: String,
+    /// The rank on the whole board (in the user's league); absent when unranked.
+    pub rank: Option<usize>,
+    pub score: f64,
+    pub segment: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FriendsStandings {
+    pub board: String,
+    pub period: String,
+    /// The listed users, ranked ones first by rank, then the unranked in the order given.
+    pub entries: Vec<FriendStanding>,
+}
+
+/// The standings of a list of users (friends)
+#[utoipa::path(post, path = "/v1/leaderboards/{id}/standings", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id")),
+    request_body = FriendsBody,
+    responses((status = 200, body = FriendsStandings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn friends(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<FriendsStandings>, ApiError> {
+    let cat = catalogue(&shared, &tenant)?;
+    let def = board(&cat, &id)?;
+    let body: FriendsBody = json_body(body)?;
+    if body.users.len() > 1000 {
+        return Err(bad("invalid_body", format!("at most 1000 users; got {}", body.users.len())));
+    }
+    let period = open_period(def, &cat)?;
+    let mut entries: Vec<FriendStanding> = body
+        .users
+        .into_iter()
+        .map(|u| match shared.boards.find(&tenant, def, &period, &u) {
+            Some((segment, rank, score)) => FriendStanding { user_id: u, rank, score, segment: def.segment_by.as_ref().and(found_segment(&segment)) },
+            None => FriendStanding { user_id: u, rank: None, score: 0.0, segment: None },
+        })
+        .collect();
+    // Stable: unranked users keep the order they were given in.
+    entries.sort_by_key(|e| e.rank.unwrap_or(usize::MAX));
+    Ok(Json(FriendsStandings { board: id, period, entries }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClosedDoc {
+    pub period: String,
+    pub ended: String,
+    pub closed_at: String,
+    /// Standings archived per league ("" when the board has no leagues).
+    pub segments: Vec<(String, u64)>,
+    pub awarded: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClosedList {
+    pub board: String,
+    pub periods: Vec<ClosedDoc>,
+}
+
+/// The closed periods of a board, whose standings are archived
+#[utoipa::path(get, path = "/v1/leaderboards/{id}/periods", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id")),
+    responses((status = 200, body = ClosedList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn periods(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<ClosedList>, ApiError> {
+    let cat = catalogue(&shared, &tenant)?;
+    // A board removed from the catalogue keeps its archive, so the id is only checked when
+    // nothing is archived either.
+    let periods = shared.store.closed_periods(&tenant, &id).map_err(internal)?;
+    if periods.is_empty() {
+        board(&cat, &id)?;
+    }
+    let periods = periods
+        .into_iter()
+        .map(|c| ClosedDoc { period: c.period, ended: rfc3339(c.end), closed_at: rfc3339(c.closed_at), segments: c.segments, awarded: c.awarded })
+        .collect();
+    Ok(Json(ClosedList { board: id, periods }))
+}
