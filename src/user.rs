@@ -354,7 +354,7 @@ impl User {
         // score whose event is not acknowledged, and the resent event writes the same score.
         for e in &fx {
             if let Effect::Score { board, period, end, segment, score, reached, moved_from } = e {
-                let key = store::BoardKey { tenant: self.tenant.clone(), board: board.to_string(), period: period.clone(), segment: segment.clone().unwrap_or_default() };
+                let key = store::BoardKey { tenant: self.tenant.clone(), board: board.to_string(), period: period.to_string(), segment: segment.clone().unwrap_or_default() };
                 let entry = store::BoardEntry { score: *score, reached: *reached, end: *end };
                 let left = moved_from.as_ref().map(|m| store::BoardKey { segment: m.clone(), ..key.clone() });
                 if let Some(old) = &left {

@@ -572,7 +572,7 @@ fn a_catalogue_change_keeps_the_stats_that_did_not_change() {
 fn scores(fx: &[Effect]) -> Vec<(String, String, f64)> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::Score { board, period, score, .. } => Some((board.to_string(), period.clone(), *score)),
+            Effect::Score { board, period, score, .. } => Some((board.to_string(), period.to_string(), *score)),
             _ => None,
         })
         .collect()
@@ -610,7 +610,7 @@ fn leaderboard_scores_count_per_period_and_start_from_zero() {
     assert_eq!(scores(&fx), [("right".into(), "2026-W10".into(), 4.0)]);
     assert_eq!(u.watch(T0, "p", "v", 90.0), Vec::<String>::new());
     assert_eq!(u.st.boards["watch"].score, 90.0);
-    assert_eq!(u.st.boards["watch"].period, "all");
+    assert_eq!(&*u.st.boards["watch"].period, "all");
 }
 
 #[test]

@@ -110,38 +110,32 @@ pub(crate) fn score(state: &mut UserState, cat: &Catalogue, t: usize, fields: &[
                 None => continue,
             },
         };
-        // The user's entry remembers its period's bounds, so most events need no calendar math.
-        let known = state.boards.get(&*def.id).filter(|b| now >= b.start && now < b.end).map(|b| (b.start, b.end, b.period.clone()));
-        let (start, end, label) = match known {
-            Some(k) => k,
-            None => match def.period.span(cat.settings.default_timezone, now) {
-                Some(s) => (s.start, s.end, s.label),
-                None => continue,
-            },
-        };
-        if at < start || at >= end {
+        // The user's entry remembers its period's bounds, so most events need no calendar math
+        // and no allocation.
+        let current = state.boards.get(&*def.id).is_some_and(|b| now >= b.start && now < b.end);
+        if !current {
+            let Some(span) = def.period.span(cat.settings.default_timezone, now) else { continue };
+            // A new period (or the first): the score starts from zero.
+            let fresh = BoardScore { period: span.label.into(), start: span.start, end: span.end, segment: segment.clone(), score: 0.0, reached: now };
+            match state.boards.get_mut(&*def.id) {
+                Some(e) => *e = fresh,
+                None => {
+                    state.boards.insert(def.id.to_string(), fresh);
+                }
+            }
+        }
+        let entry = state.boards.get_mut(&*def.id).expect("just ensured");
+        if at < entry.start || at >= entry.end {
             continue;
         }
-        let entry = state.boards.entry(def.id.to_string()).or_insert_with(|| BoardScore {
-            period: label.clone(),
-            start,
-            end,
-            segment: segment.clone(),
-            score: 0.0,
-            reached: now,
-        });
-        if entry.period != label {
-            *entry = BoardScore { period: label.clone(), start, end, segment: segment.clone(), score: 0.0, reached: now };
-        }
         // A user whose attribute changed mid-period moves to the new league with their score.
-        let moved_from = if entry.segment != segment { entry.segment.clone() } else { None };
-        entry.segment = segment;
+        let moved_from = if entry.segment != segment { std::mem::replace(&mut entry.segment, segment) } else { None };
         entry.score += amount;
         entry.reached = now;
         fx.push(Effect::Score {
             board: def.id.clone(),
-            period: label,
-            end,
+            period: entry.period.clone(),
+            end: entry.end,
             segment: entry.segment.clone(),
             score: entry.score,
             reached: now,

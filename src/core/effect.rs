@@ -23,7 +23,7 @@ pub enum Effect {
     /// The user's score on a leaderboard for the current period is now `score`, reached at
     /// `reached` (the receive time, which breaks ties). `moved_from` names the league the user
     /// left, when their segment attribute changed within the period.
-    Score { board: Arc<str>, period: String, end: Millis, segment: Option<String>, score: f64, reached: Millis, moved_from: Option<String> },
+    Score { board: Arc<str>, period: Arc<str>, end: Millis, segment: Option<String>, score: f64, reached: Millis, moved_from: Option<String> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,8 @@ pub struct BadgeRecord {
 /// The user's score on one leaderboard, in the period of its last counted event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BoardScore {
-    pub period: String,
+    /// The period's label, shared with the effects that carry it.
+    pub period: std::sync::Arc<str>,
     pub start: Millis,
     pub end: Millis,
     /// The league (the segment attribute's value) for segmented boards.
