@@ -298,3 +298,23 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         shared.boards.tick(&shared, now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_may_watch_sixteen_boards() {
+        let boards = Boards::default();
+        let (tx, _rx) = mpsc::channel(8);
+        for i in 0..MAX_WATCHES {
+            assert_eq!(boards.watch(1, "t", "u", &format!("b{i}"), None, tx.downgrade()), Ok(()));
+        }
+        assert_eq!(boards.watch(1, "t", "u", "b-extra", None, tx.downgrade()), Err("too_many_watches"));
+        // Watching a board again replaces the watch; other connections have their own limit.
+        assert_eq!(boards.watch(1, "t", "u", "b0", Some(3), tx.downgrade()), Ok(()));
+        assert_eq!(boards.watch(2, "t", "u", "b-extra", None, tx.downgrade()), Ok(()));
+        boards.unwatch_all(1);
+        assert_eq!(boards.watch(1, "t", "u", "b-extra", None, tx.downgrade()), Ok(()));
+    }
+}
