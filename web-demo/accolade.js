@@ -20,10 +20,11 @@ export class AccoladeClient {
     this.wanted = false;
     this.connected = false;
     this.timer = null;
+    this.watches = new Map(); // board -> watch message, sent again after every reconnect
   }
 
   /** Subscribes to a message type ("welcome", "ack", "xp", "level_up", "unlock", "progress",
-   *  "error") or to the client's own "open" and "close". Returns an unsubscribe function. */
+   *  "rank", "top", "error") or to the client's own "open" and "close". Returns an unsubscribe function. */
   on(type, fn) {
     if (!this.handlers.has(type)) this.handlers.set(type, new Set());
     this.handlers.get(type).add(fn);
@@ -102,6 +103,8 @@ export class AccoladeClient {
       this.emit("open", msg);
       // Events the server never acknowledged are sent again; their ids make this safe.
       for (const m of this.unacked.values()) this.ws.send(JSON.stringify(m));
+      // Watches end with a connection; the server pushes the current rank again at once.
+      for (const m of this.watches.values()) this.ws.send(JSON.stringify(m));
       return;
     }
     if (msg.type === "ack") this.unacked.delete(msg.event_id);
@@ -112,6 +115,20 @@ export class AccoladeClient {
   remember(since) {
     this.since = since;
     if (this.storage) this.storage.set("accolade.since", JSON.stringify(since));
+  }
+
+  /** Asks for "rank" pushes on a leaderboard (and "top" pushes of its top N when `top` is
+   *  given), on this connection and every later one. */
+  watch(board, { top } = {}) {
+    const msg = { type: "watch", board };
+    if (top) msg.top = top;
+    this.watches.set(board, msg);
+    if (this.connected && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  unwatch(board) {
+    this.watches.delete(board);
+    if (this.connected && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "unwatch", board }));
   }
 
   /** Sends an event now (or after reconnecting). Returns its event_id. */

@@ -135,7 +135,20 @@ function connect(player) {
     state.progress.set(m.badge, m);
     renderShelf();
   });
+  client.on("rank", (m) => {
+    $("rank").textContent = `#${m.rank} of ${m.of} (${m.score} XP)`;
+  });
+  client.on("top", (m) => {
+    const ol = $("top");
+    ol.textContent = "";
+    for (const e of m.entries) {
+      const li = document.createElement("li");
+      li.textContent = `${e.user_id}: ${e.score} XP`;
+      ol.append(li);
+    }
+  });
   client.on("error", (m) => log(`error ${m.code}: ${m.message}`));
+  client.watch("xp-weekly", { top: 5 });
   client.connect();
 }
 

@@ -137,3 +137,21 @@ test("text contrast meets WCAG AA", async () => {
   assert.deepEqual(failures, []);
   await page.close();
 });
+
+test("the weekly board shows the player's rank and the top five live", async () => {
+  const page = await open("eve");
+  await page.fill("#minutes", "20");
+  await page.click("#watch");
+  await page.click("#right10");
+  await page.click("#right10");
+  // The rank arrives by itself (a `rank` push for the watched board) and the top five list
+  // the player once their XP leads.
+  await page.locator("#rank", { hasText: /^#\d+ of \d+ \(\d+ XP\)$/ }).waitFor({ timeout: 10000 });
+  await page.locator("#top li", { hasText: /^eve: \d+ XP$/ }).waitFor({ timeout: 10000 });
+  assert.ok((await page.locator("#top li").count()) <= 5);
+  // The first line of the top is the leader, whose score is the highest shown.
+  const scores = (await page.locator("#top li").allTextContents()).map((t) => Number(t.match(/: (\d+) XP/)[1]));
+  assert.deepEqual([...scores].sort((a, b) => b - a), scores);
+  await page.screenshot({ path: join(shots, "leaderboard.png") });
+  await page.close();
+});
