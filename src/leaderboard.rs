@@ -64,11 +64,25 @@ fn row(rank: usize, s: &Standing) -> Row {
 }
 
 impl Boards {
-    /// Rebuilds every open period's ranking from the stored scores. Blocking.
+    /// Rebuilds every open period's ranking from the stored scores, leaving out periods that
+    /// were closed already. Blocking.
     pub fn load(&self, store: &store::Store) -> Result<usize, store::StoreError> {
-        let entries = store.board_entries()?;
-        let n = entries.len();
-        for (key, user, e) in entries {
+        let mut closed: HashMap<(String, String, String), bool> = HashMap::new();
+        let mut n = 0;
+        for (key, user, e) in store.board_entries()? {
+            let id = (key.tenant.clone(), key.board.clone(), key.period.clone());
+            let is_closed = match closed.get(&id) {
+                Some(&c) => c,
+                None => {
+                    let c = store.closed(&key.tenant, &key.board, &key.period)?.is_some();
+                    closed.insert(id, c);
+                    c
+                }
+            };
+            if is_closed {
+                continue;
+            }
+            n += 1;
             let live = self.live.entry(key).or_insert_with(|| Arc::new(Live { end: e.end, ranking: Mutex::new(Ranking::new()) })).clone();
             live.ranking.lock().expect("ranking lock").set(&user, e.score, e.reached);
         }
@@ -232,18 +246,12 @@ pub async fn close(shared: &Arc<Shared>, tenant: &str, board: &str, period: &str
             }
         }
     }
-    // 3. The record that it is closed, and the open scores go.
-    let mut writes = Vec::new();
+    // 3. The record that it is closed. The users' stored scores of this period stay in their
+    // records until their next period replaces them; loading skips closed periods.
     if already.is_none() {
         let segments = standings.iter().map(|(k, rows)| (k.segment.clone(), rows.len().min(size) as u64)).collect();
-        writes.push(store::writes::closed(tenant, board, &ClosedPeriod { period: period.into(), end, closed_at: now_ms(), segments, awarded }));
+        submit(shared, vec![store::writes::closed(tenant, board, &ClosedPeriod { period: period.into(), end, closed_at: now_ms(), segments, awarded })]).await?;
     }
-    for (k, rows) in &standings {
-        for s in rows {
-            writes.push(store::writes::board_entry_delete(k, &s.user));
-        }
-    }
-    submit(shared, writes).await?;
     for k in &keys {
         boards.live.remove(k);
     }

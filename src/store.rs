@@ -13,9 +13,9 @@
 //! - `catalogues`: `tenant \0` + version (big-endian u64) -> that catalogue version's document.
 //! - `dead`: `tenant \0` + id -> a dead letter (an ingested event that was refused).
 //! - `jobs`: `tenant \0` + id -> a backfill job and how far it got.
-//! - `boards`: `tenant \0 board \0 period \0 segment \0 user` -> a user's score on an open
-//!   leaderboard period. Leaderboards are the one cross-user aggregate: these keys start with the
-//!   board, not the user, and are rebuilt into the in-memory rankings at start.
+//! - `boards`: user key -> the user's leaderboard scores (each board's current period, and the
+//!   one before until it is closed): one record per user, rewritten with the event that changed
+//!   it, and read back into the in-memory rankings at start.
 //! - `archive`: `tenant \0 board \0 period \0 segment \0` + rank (big-endian u32) -> the final
 //!   standing at that rank of a closed period.
 //! - `closed`: `tenant \0 board \0 period` -> the record that the period was archived and its
@@ -109,14 +109,6 @@ fn board_prefix(tenant: &str, board: &str, period: &str) -> Vec<u8> {
         k.extend_from_slice(part.as_bytes());
         k.push(0);
     }
-    k
-}
-
-fn board_key(b: &BoardKey, user: &str) -> Vec<u8> {
-    let mut k = board_prefix(&b.tenant, &b.board, &b.period);
-    k.extend_from_slice(b.segment.as_bytes());
-    k.push(0);
-    k.extend_from_slice(user.as_bytes());
     k
 }
 
@@ -523,18 +515,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Every stored score of every open leaderboard period (rebuilt into rankings at start).
+    /// Every stored leaderboard score, of every user (rebuilt into rankings at start; the
+    /// caller skips periods already closed).
     pub fn board_entries(&self) -> Result<Vec<(BoardKey, String, BoardEntry)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.boards.iter() {
             let (k, v) = kv?;
-            let parts: Vec<&[u8]> = k.splitn(5, |&b| b == 0).collect();
-            let [tenant, board, period, segment, user] = parts[..] else {
-                return Err(StoreError::Corrupt { key: String::from_utf8_lossy(&k).replace('\0', "/"), why: "not a board key".into() });
-            };
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            let key = BoardKey { tenant: text(tenant), board: text(board), period: text(period), segment: text(segment) };
-            out.push((key, text(user), decode(&k, &v)?));
+            let mut parts = k[..k.len().saturating_sub(1)].splitn(2, |&b| b == 0);
+            let tenant = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let scores: Vec<(String, String, String, BoardEntry)> = decode(&k, &v)?;
+            for (board, period, segment, e) in scores {
+                out.push((BoardKey { tenant: tenant.clone(), board, period, segment }, user.clone(), e));
+            }
         }
         Ok(out)
     }
@@ -635,13 +628,9 @@ pub mod writes {
         [Write::Put(TreeId::Events, seq_key(&uk, seq), encode(ev)), Write::Put(TreeId::Dedup, dedup_key(tenant, &ev.event.event_id), where_)]
     }
 
-    /// A user's score on an open leaderboard period.
-    pub fn board_entry(b: &BoardKey, user: &str, e: &BoardEntry) -> Write {
-        Write::Put(TreeId::Boards, board_key(b, user), encode(e))
-    }
-
-    pub fn board_entry_delete(b: &BoardKey, user: &str) -> Write {
-        Write::Del(TreeId::Boards, board_key(b, user))
+    /// A user's leaderboard scores: (board, period, segment, score), the whole set.
+    pub fn board_scores(tenant: &str, user: &str, scores: &[(String, String, String, BoardEntry)]) -> Write {
+        Write::Put(TreeId::Boards, user_key(tenant, user), encode(&scores))
     }
 
     /// One row of a closed period's final standings.

@@ -142,6 +142,19 @@ pub struct User {
     progress_sent: HashMap<Arc<str>, (Instant, u8)>,
 }
 
+/// Every leaderboard score the user's state holds (each board's current period and the one
+/// before), as stored.
+fn board_scores(st: &UserState) -> Vec<(String, String, String, store::BoardEntry)> {
+    let mut out = Vec::new();
+    for (board, b) in &st.boards {
+        for s in std::iter::once(b).chain(b.previous.as_deref()) {
+            let entry = store::BoardEntry { score: s.score, reached: s.reached, end: s.end };
+            out.push((board.clone(), s.period.to_string(), s.segment.clone().unwrap_or_default(), entry));
+        }
+    }
+    out
+}
+
 /// The push epoch of a user with nothing stored yet. It is the same every time, so a client
 /// that saw the welcome of a brand-new user, before anything was written, still resumes after
 /// a crash. A user's first event stores it with the first snapshot, and an epoch only changes
@@ -350,19 +363,21 @@ impl User {
         let pushes = frames.iter().enumerate().map(|(i, f)| (first_new + i as u64, f.to_string())).collect();
         let stored = StoredEvent { event, received_at, catalogue_version: cat.version, pushes };
         let mut writes = Vec::with_capacity(4);
-        // Leaderboard scores are written before the event: a crash between the two leaves a
-        // score whose event is not acknowledged, and the resent event writes the same score.
+        // Leaderboard scores are written before the event, as one record per user: a crash
+        // between the two leaves scores whose event is not acknowledged, and the resent event
+        // writes the same scores.
+        let mut scored = false;
         for e in &fx {
             if let Effect::Score { board, period, end, segment, score, reached, moved_from } = e {
                 let key = store::BoardKey { tenant: self.tenant.clone(), board: board.to_string(), period: period.to_string(), segment: segment.clone().unwrap_or_default() };
                 let entry = store::BoardEntry { score: *score, reached: *reached, end: *end };
                 let left = moved_from.as_ref().map(|m| store::BoardKey { segment: m.clone(), ..key.clone() });
-                if let Some(old) = &left {
-                    writes.push(store::writes::board_entry_delete(old, &self.user));
-                }
-                writes.push(store::writes::board_entry(&key, &self.user, &entry));
                 deliveries.push(Delivery::Board(key, entry, left));
+                scored = true;
             }
+        }
+        if scored {
+            writes.push(store::writes::board_scores(&self.tenant, &self.user, &board_scores(&self.st)));
         }
         writes.extend(store::writes::event(&self.tenant, &self.user, self.seq, &stored));
         reply(&mut deliveries, origin, protocol::ack(event_id, false), out);

@@ -103,6 +103,16 @@ async fn standings_ranks_neighbours_friends_and_leagues() {
         let (st, v) = api.call(method, path, body.as_ref()).await;
         assert_eq!((st, v["error"].as_str()), (status, Some(code)), "{method} {path}: {v}");
     }
+
+    // A restart rebuilds the same standings from the users' stored scores.
+    let (_, before) = api.get("/v1/leaderboards/xp-weekly?limit=10").await;
+    s.stop().await;
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (_, after) = api.get("/v1/leaderboards/xp-weekly?limit=10").await;
+    assert_eq!(after["entries"], before["entries"]);
+    let (_, pro) = api.get("/v1/leaderboards/answers-today?segment=pro").await;
+    assert_eq!(users(&pro), ["alice"]);
     s.stop().await;
 }
 

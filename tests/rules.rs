@@ -681,3 +681,16 @@ fn leaderboard_errors_name_the_board_and_field() {
         assert!(e.starts_with(prefix) && e.contains(detail), "got: {e}\nwant: {prefix} … {detail}");
     }
 }
+
+#[test]
+fn the_period_before_is_kept_until_the_next_one_starts() {
+    let cat = catalogue(&board("daily", "metric = \"count\"\nevent = \"login\"\nperiod = \"daily\""));
+    let mut u = User::new(cat);
+    u.send("login", T0, &[]);
+    u.send("login", T0 + 1, &[]);
+    u.send("login", T0 + DAY, &[]);
+    let b = &u.st.boards["daily"];
+    assert_eq!((&*b.period, b.score), ("2026-03-03", 1.0));
+    let prev = b.previous.as_deref().expect("yesterday is kept until it is closed");
+    assert_eq!((&*prev.period, prev.score, prev.previous.is_none()), ("2026-03-02", 2.0, true));
+}

@@ -116,9 +116,13 @@ pub(crate) fn score(state: &mut UserState, cat: &Catalogue, t: usize, fields: &[
         if !current {
             let Some(span) = def.period.span(cat.settings.default_timezone, now) else { continue };
             // A new period (or the first): the score starts from zero.
-            let fresh = BoardScore { period: span.label.into(), start: span.start, end: span.end, segment: segment.clone(), score: 0.0, reached: now };
+            let fresh = BoardScore { period: span.label.into(), start: span.start, end: span.end, segment: segment.clone(), score: 0.0, reached: now, previous: None };
             match state.boards.get_mut(&*def.id) {
-                Some(e) => *e = fresh,
+                Some(e) => {
+                    let mut old = std::mem::replace(e, fresh);
+                    old.previous = None;
+                    e.previous = Some(Box::new(old));
+                }
                 None => {
                     state.boards.insert(def.id.to_string(), fresh);
                 }

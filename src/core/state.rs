@@ -33,6 +33,9 @@ pub struct BoardScore {
     pub score: f64,
     /// When the score was reached (receive time): the earlier of equal scores ranks first.
     pub reached: Millis,
+    /// The score of the period before, kept until the next period starts so that it is still
+    /// stored (and ranked after a restart) until that period has been closed.
+    pub previous: Option<Box<BoardScore>>,
 }
 
 /// The value of one stat slot.
