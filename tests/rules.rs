@@ -694,3 +694,54 @@ fn the_period_before_is_kept_until_the_next_one_starts() {
     let prev = b.previous.as_deref().expect("yesterday is kept until it is closed");
     assert_eq!((&*prev.period, prev.score, prev.previous.is_none()), ("2026-03-02", 2.0, true));
 }
+
+fn goal(id: &str, criterion: &str, due: Option<Millis>) -> accolade::core::goal::GoalSpec {
+    accolade::core::goal::GoalSpec { id: id.into(), title: format!("Goal {id}"), assigner: "teacher".into(), criterion: criterion.into(), due }
+}
+
+fn goal_effects(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::GoalCompleted { goal, .. } => Some(format!("completed {goal}")),
+            Effect::GoalMissed { goal, .. } => Some(format!("missed {goal}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn assigned_goals_are_tracked_like_badges_from_their_assignment() {
+    use accolade::core::goal::{assign, cancel, expire, GoalStatus};
+    let cat = catalogue("");
+    let mut u = User::new(cat.clone());
+    // An article read before the assignment does not count towards it.
+    u.send("article.read", T0, &[("article", s("a"))]);
+    let three = r#"{"kind":"count","event":"article.read","distinct":"article","target":3}"#;
+    let fx = assign(&mut u.st, goal("read3", three, Some(T0 + DAY)), T0 + 1, &u.cat).unwrap();
+    assert!(matches!(&fx[..], [Effect::GoalAssigned { goal, .. }] if goal == "read3"));
+    assign(&mut u.st, goal("later", three, Some(T0 + HOUR)), T0 + 1, &u.cat).unwrap();
+    assign(&mut u.st, goal("dropped", three, None), T0 + 1, &u.cat).unwrap();
+    // The same assignment again changes nothing; a different one under the same id is refused.
+    assert_eq!(assign(&mut u.st, goal("read3", three, Some(T0 + DAY)), T0 + 2, &u.cat), Ok(vec![]));
+    assert!(assign(&mut u.st, goal("read3", three, None), T0 + 2, &u.cat).unwrap_err().contains("already used"));
+    assert!(cancel(&mut u.st, "dropped", T0 + 3).len() == 1 && cancel(&mut u.st, "dropped", T0 + 4).is_empty());
+
+    let mut got = vec![];
+    for (i, article) in ["a", "b", "b", "c"].iter().enumerate() {
+        let at = T0 + 2 * HOUR + i as Millis * MIN;
+        let e = u.event("article.read", at, &[("article", s(article))]);
+        got.push(goal_effects(&apply(&mut u.st, &e, at, &u.cat)));
+    }
+    // "later" was due an hour in: the first event after that closes it as missed; "read3"
+    // completes on the third distinct article read since it was assigned.
+    assert_eq!(got, [vec!["missed later"], vec![], vec![], vec!["completed read3"]]);
+    assert_eq!(u.st.goals["read3"].status, GoalStatus::Completed);
+    assert_eq!(u.st.goals["dropped"].status, GoalStatus::Cancelled);
+    assert!(expire(&mut u.st, "read3", T0 + 2 * DAY).is_empty(), "a completed goal is not missed afterwards");
+
+    // A criterion that does not compile is refused, naming the field inside it.
+    let e = assign(&mut u.st, goal("bad", r#"{"kind":"count","event":"quiz","target":1}"#, None), T0, &u.cat).unwrap_err();
+    assert!(e.contains("criterion.event") && e.contains("unknown event type `quiz`"), "{e}");
+    let e = assign(&mut u.st, goal("never", r#"{"kind":"awarded"}"#, None), T0, &u.cat).unwrap_err();
+    assert!(e.contains("criterion.kind"), "{e}");
+}

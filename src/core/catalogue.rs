@@ -600,6 +600,8 @@ pub struct Catalogue {
     pub boards: Vec<BoardDef>,
     /// The document this was compiled from, kept so a version can be stored and served.
     pub source: String,
+    /// The same document, parsed: the base of assigned goals' catalogues.
+    pub document: Arc<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -618,9 +620,34 @@ impl Catalogue {
             Format::Toml => toml::from_str(text).map_err(|e| err(None, "document", format!("not valid TOML: {}", e.message())))?,
             Format::Json => serde_json::from_str(text).map_err(|e| err(None, "document", format!("not valid JSON: {e}")))?,
         };
-        let mut cat = compile(value)?;
+        let mut cat = compile(value.clone())?;
         cat.source = text.to_string();
         cat.id = stable_hash(format!("{}\u{1f}{}", cat.version, text).as_bytes());
+        cat.document = Arc::new(value);
+        Ok(cat)
+    }
+
+    /// The catalogue an assigned goal is tracked with: this catalogue's event types and
+    /// settings, and one badge, `goal`, whose rule is the goal's criterion (in the same rule
+    /// language). Errors name the field inside the criterion.
+    pub fn for_goal(&self, title: &str, criterion: &serde_json::Value) -> Result<Catalogue, CatalogueError> {
+        let mut v = (*self.document).clone();
+        let Some(doc) = v.as_object_mut() else { return Err(err(None, "criterion", "the catalogue document is not an object")) };
+        doc.insert("badges".into(), serde_json::json!([{ "id": "goal", "name": title, "tier": "bronze", "rule": criterion }]));
+        doc.insert("xp".into(), serde_json::json!([]));
+        doc.insert("leaderboards".into(), serde_json::json!([]));
+        let mut cat = compile(v).map_err(|e| {
+            let field = match e.field.strip_prefix("rule") {
+                Some(rest) => format!("criterion{rest}"),
+                None => e.field.clone(),
+            };
+            err(None, field, e.message)
+        })?;
+        if matches!(cat.badges[0].cond, Cond::Never) {
+            return Err(err(None, "criterion.kind", "a goal needs a rule that events can meet"));
+        }
+        cat.version = self.version;
+        cat.id = stable_hash(format!("goal\u{1f}{}\u{1f}{title}\u{1f}{criterion}", self.id).as_bytes());
         Ok(cat)
     }
 
@@ -904,6 +931,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         rings,
         boards,
         source: String::new(),
+        document: Arc::new(serde_json::Value::Null),
     })
 }
 

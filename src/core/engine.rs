@@ -172,6 +172,9 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
             fx.push(Effect::Progress { badge: def.id.clone(), current: current.min(target), target });
         }
     }
+    if !state.goals.is_empty() {
+        super::goal::step(state, event, now, cat, &mut fx);
+    }
     if !cat.boards.is_empty() {
         let xp: u64 = fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum();
         super::board::score(state, cat, t, &fields, at, now, xp, &mut fx);

@@ -9,6 +9,7 @@
 //! - [`predicate`]: payload conditions compiled to field positions.
 //! - [`state`]: what is kept per user (XP, badges, stats, last-N cache, dedup memory).
 //! - [`engine`]: `apply` itself.
+//! - [`goal`]: goals one user assigns another, tracked like badges.
 //! - [`explain`]: progress towards unowned badges, part by part.
 //! - [`effect`]: what `apply` returns.
 //! - [`board`]: leaderboard periods, what an event adds to a user's scores, period awards.
@@ -21,6 +22,7 @@ pub mod catalogue;
 pub mod effect;
 pub mod engine;
 pub mod explain;
+pub mod goal;
 pub mod predicate;
 pub mod state;
 pub mod value;

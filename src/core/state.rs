@@ -136,6 +136,8 @@ pub struct UserState {
     pub events: u64,
     /// Score per leaderboard id, for the board's current period.
     pub boards: BTreeMap<String, BoardScore>,
+    /// Goals assigned to this user, by id.
+    pub goals: BTreeMap<String, super::goal::GoalState>,
     #[serde(skip)]
     pub(crate) derived: Derived,
 }
@@ -149,6 +151,8 @@ pub(crate) struct Derived {
     pub tz: Option<chrono_tz::Tz>,
     /// (start, end, local day) of the last day computed, to skip time-zone math within a day.
     pub day: Option<(Millis, Millis, i32)>,
+    /// Each goal's compiled catalogue, with the id of the tenant catalogue it was built from.
+    pub goal_cats: std::collections::HashMap<String, (u64, std::sync::Arc<Catalogue>)>,
 }
 
 impl PartialEq for Derived {
