@@ -140,6 +140,11 @@ pub struct Config {
     #[arg(long, default_value_t = 1000)]
     pub leaderboard_tick_ms: u64,
 
+    /// Milliseconds between goal sweeps: goals past due are closed as missed, and assigners are
+    /// told how their goals ended.
+    #[arg(long, default_value_t = 500)]
+    pub goal_tick_ms: u64,
+
     /// Milliseconds after a period's end before it is closed, so that events which arrived
     /// before the end and are still being written are in its final standings.
     #[arg(long, default_value_t = 2000)]

@@ -17,6 +17,7 @@
 //! - [`catalogues`]: each tenant's catalogue versions and the changes that make them.
 //! - [`backfill`]: background re-evaluation of stored users after a catalogue change.
 //! - [`replay`]: rebuilding users from the event log (actor start, backfill, `replay` check).
+//! - [`goals`]: the sweeper that closes goals past due and tells assigners how goals ended.
 //! - [`leaderboard`]: live rankings of open periods, closing and archiving, rank pushes.
 //! - [`ranking`]: the order-statistic structure behind a leaderboard.
 //! - [`metrics`]: counters and histograms, rendered for Prometheus.
@@ -32,6 +33,7 @@ pub mod catalogues;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod goals;
 pub mod leaderboard;
 pub mod metrics;
 pub mod protocol;

@@ -56,6 +56,7 @@ pub enum ClientMsg {
 
 pub const MAX_EVENT_ID: usize = 128;
 pub const MAX_FIELDS: usize = 64;
+pub const RESERVED_ID_PREFIX: &str = "accolade.";
 
 /// Decodes one text frame. Errors say what is wrong in a sentence the client can show.
 pub fn decode(text: &str) -> Result<ClientMsg, WireError> {
@@ -103,6 +104,10 @@ pub fn decode_event(obj: &serde_json::Map<String, serde_json::Value>) -> Result<
     let event_id = obj.get("event_id").and_then(|x| x.as_str()).ok_or_else(|| bad("missing string field `event_id`".into()))?;
     if event_id.is_empty() || event_id.len() > MAX_EVENT_ID || event_id.contains('\0') {
         return Err(bad(format!("event_id must be 1 to {MAX_EVENT_ID} bytes with no NUL")));
+    }
+    // The server's own log records (notices) use this prefix, so no client id can collide.
+    if event_id.starts_with(RESERVED_ID_PREFIX) {
+        return Err(bad(format!("event ids starting with `{RESERVED_ID_PREFIX}` are reserved")));
     }
     let event_type = obj.get("event_type").and_then(|x| x.as_str()).ok_or_else(|| bad("missing string field `event_type`".into()))?;
     if event_type.is_empty() || event_type.len() > 64 {
@@ -188,6 +193,24 @@ pub fn progress(offset: u64, badge: &str, current: f64, target: f64) -> Frame {
     frame(json!({ "type": "progress", "offset": offset, "badge": badge, "current": current, "target": target }))
 }
 
+pub fn goal_assigned(offset: u64, id: &str, title: &str, assigner: &str, due: Option<Millis>, event_id: &str) -> Frame {
+    frame(json!({ "type": "goal_assigned", "offset": offset, "goal": { "id": id, "title": title, "assigner": assigner, "due": due.map(rfc3339) }, "event_id": event_id }))
+}
+
+/// The assignee met a goal: shown like an unlock.
+pub fn goal_completed(offset: u64, id: &str, title: &str, assigner: &str, at: Millis, event_id: &str) -> Frame {
+    frame(json!({ "type": "goal_completed", "offset": offset, "goal": { "id": id, "title": title, "assigner": assigner }, "at": rfc3339(at), "event_id": event_id }))
+}
+
+pub fn goal_missed(offset: u64, id: &str, title: &str, assigner: &str, at: Millis, event_id: &str) -> Frame {
+    frame(json!({ "type": "goal_missed", "offset": offset, "goal": { "id": id, "title": title, "assigner": assigner }, "at": rfc3339(at), "event_id": event_id }))
+}
+
+/// A notice to a goal's assigner: how the goal they gave ended.
+pub fn notice(offset: u64, kind: &str, id: &str, title: &str, assignee: &str, at: Millis) -> Frame {
+    frame(json!({ "type": "notice", "offset": offset, "kind": kind, "goal": { "id": id, "title": title, "assignee": assignee }, "at": rfc3339(at) }))
+}
+
 /// The user's rank on a board changed. Not part of the recovery history (a reconnecting
 /// client that watches again gets its current rank at once).
 pub fn rank(board: &str, period: &str, rank: usize, score: f64, of: usize, previous: Option<usize>) -> Frame {
@@ -227,6 +250,7 @@ mod tests {
             (r#"{"type":"event","event_id":"e","event_type":"login","occurred_at":"yesterday"}"#, "invalid_event", "RFC 3339"),
             (r#"{"type":"event","event_id":"e","event_type":"login","occurred_at":"2026-11-22T10:00:00Z","payload":[1]}"#, "invalid_event", "payload must be a JSON object"),
             (&format!(r#"{{"type":"event","event_id":"{}","event_type":"login","occurred_at":"2026-11-22T10:00:00Z"}}"#, "x".repeat(129)), "invalid_event", "event_id must be"),
+            (r#"{"type":"event","event_id":"accolade.notice:x","event_type":"login","occurred_at":"2026-11-22T10:00:00Z"}"#, "invalid_event", "are reserved"),
         ];
         for (text, code, detail) in table {
             let e = decode(text).unwrap_err();

@@ -17,6 +17,52 @@ use std::sync::Arc;
 /// send it: the core refuses unknown event types.
 pub const BACKFILL_EVENT: &str = "accolade.backfill";
 
+/// The event type of a goal operation's log record (`payload`: op = assign | due | cancel,
+/// and the goal as JSON or its id).
+pub const GOAL_EVENT: &str = "accolade.goal";
+/// The event type of a notice's log record (a goal's assigner told how it ended). It only
+/// carries pushes; it changes no state.
+pub const NOTICE_EVENT: &str = "accolade.notice";
+
+pub fn goal_payload(op: &crate::user::GoalOp) -> Vec<(String, Value)> {
+    use crate::user::GoalOp;
+    let (name, arg) = match op {
+        GoalOp::Assign(spec) => ("assign", serde_json::to_string(spec).unwrap_or_default()),
+        GoalOp::Due(id) => ("due", id.clone()),
+        GoalOp::Cancel(id) => ("cancel", id.clone()),
+    };
+    vec![("op".into(), Value::Str(name.into())), ("arg".into(), Value::Str(arg.into()))]
+}
+
+fn goal_op(ev: &StoredEvent) -> Option<crate::user::GoalOp> {
+    use crate::user::GoalOp;
+    let text = |k: &str| {
+        ev.event.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None })
+    };
+    let arg = text("arg")?;
+    match text("op")?.as_str() {
+        "assign" => serde_json::from_str(&arg).ok().map(GoalOp::Assign),
+        "due" => Some(GoalOp::Due(arg)),
+        "cancel" => Some(GoalOp::Cancel(arg)),
+        _ => None,
+    }
+}
+
+/// Applies a goal operation to a state, as the actor does (and as every rebuild repeats).
+pub fn apply_goal(st: &mut UserState, op: crate::user::GoalOp, now: crate::core::Millis, cat: &Catalogue) -> Result<Vec<core::Effect>, String> {
+    use crate::user::GoalOp;
+    match op {
+        GoalOp::Assign(spec) => core::goal::assign(st, spec, now, cat),
+        GoalOp::Due(id) => Ok(core::goal::expire(st, &id, now)),
+        GoalOp::Cancel(id) => Ok(core::goal::cancel(st, &id, now)),
+    }
+}
+
+/// Log records that are not the user's own events, which a from-scratch replay leaves out.
+fn system_record(t: &str) -> bool {
+    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT
+}
+
 /// The event type of a leaderboard award's log record (`payload`: board, period, rank).
 pub const LEADERBOARD_EVENT: &str = "accolade.leaderboard";
 
@@ -74,7 +120,7 @@ fn judged_by(cats: &Catalogues, tenant: &str, version: u64, current: &Arc<Catalo
 /// scratch under it (backfill records skipped, since they only repeat what this computes).
 pub fn from_scratch(tenant: &str, user: &str, log: &[StoredEvent], cat: &Catalogue) -> UserState {
     let mut st = UserState::new(tenant, user);
-    for e in log.iter().filter(|e| e.event.event_type != BACKFILL_EVENT && e.event.event_type != LEADERBOARD_EVENT) {
+    for e in log.iter().filter(|e| !system_record(&e.event.event_type)) {
         core::apply(&mut st, &e.event, e.received_at, cat);
     }
     st
@@ -94,6 +140,12 @@ pub fn replay_onto(st: &mut UserState, cats: &Catalogues, tenant: &str, user: &s
         } else if e.event.event_type == LEADERBOARD_EVENT {
             let (board, period, rank) = award_args(e);
             core::award_rank(st, &board, &period, rank, e.received_at, &e.event.event_id, &cat);
+        } else if e.event.event_type == GOAL_EVENT {
+            if let Some(op) = goal_op(e) {
+                let _ = apply_goal(st, op, e.received_at, &cat);
+            }
+        } else if e.event.event_type == NOTICE_EVENT {
+            // Pushes only.
         } else {
             core::apply(st, &e.event, e.received_at, &cat);
         }

@@ -223,6 +223,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     });
     let sweeper = tokio::spawn(retention(shared.clone(), shared.shutdown.subscribe()));
     let closer = tokio::spawn(crate::leaderboard::run(shared.clone(), shared.shutdown.subscribe()));
+    let goals = tokio::spawn(crate::goals::run(shared.clone(), shared.shutdown.subscribe()));
     let resumed = crate::backfill::resume_all(&shared)?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "backfill jobs resumed");
@@ -235,6 +236,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     // A sweep in progress finishes (it runs on a blocking thread and holds the store).
     let _ = sweeper.await;
     let _ = closer.await;
+    let _ = goals.await;
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.registry.stop_all()).await;
     let _ = tokio::time::timeout(grace, shared.store.sync()).await;

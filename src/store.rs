@@ -18,6 +18,8 @@
 //!   it, and read back into the in-memory rankings at start.
 //! - `archive`: `tenant \0 board \0 period \0 segment \0` + rank (big-endian u32) -> the final
 //!   standing at that rank of a closed period.
+//! - `goals`: `tenant \0 goal id` -> an assigned goal as the API lists it (the assignee's actor
+//!   writes it with each change of status; the goal sweeper marks the assigner notified).
 //! - `closed`: `tenant \0 board \0 period` -> the record that the period was archived and its
 //!   awards made (written last, so a restart mid-close finishes the close).
 //!
@@ -126,6 +128,24 @@ fn closed_key(tenant: &str, board: &str, period: &str) -> Vec<u8> {
     k
 }
 
+/// An assigned goal, as listed and queried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoalRecord {
+    pub spec: crate::core::goal::GoalSpec,
+    pub assignee: String,
+    pub assigned_at: Millis,
+    pub status: crate::core::goal::GoalStatus,
+    pub closed_at: Option<Millis>,
+    /// Whether the assigner was told how it ended (a `notice` in their history).
+    pub notified: bool,
+}
+
+fn goal_key(tenant: &str, id: &str) -> Vec<u8> {
+    let mut k = tenant_prefix(tenant);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 /// What the store holds for a user when its actor starts.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -148,6 +168,7 @@ pub enum TreeId {
     Boards,
     Archive,
     Closed,
+    Goals,
 }
 
 #[derive(Debug)]
@@ -195,6 +216,7 @@ pub struct Store {
     boards: sled::Tree,
     archive: sled::Tree,
     closed: sled::Tree,
+    goals: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -270,6 +292,7 @@ impl Store {
             boards: db.open_tree("boards")?,
             archive: db.open_tree("archive")?,
             closed: db.open_tree("closed")?,
+            goals: db.open_tree("goals")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -297,6 +320,7 @@ impl Store {
                 self.boards.clone(),
                 self.archive.clone(),
                 self.closed.clone(),
+                self.goals.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -566,6 +590,46 @@ impl Store {
         Ok(out)
     }
 
+    pub fn goal(&self, tenant: &str, id: &str) -> Result<Option<GoalRecord>, StoreError> {
+        let k = goal_key(tenant, id);
+        match self.goals.get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every goal of a tenant, by id. A scan: fine for the goals of a tenant, and the next step
+    /// at scale is an index by assignee and assigner.
+    pub fn goals(&self, tenant: &str) -> Result<Vec<GoalRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.goals.scan_prefix(tenant_prefix(tenant)) {
+            let (k, v) = kv?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every goal still needing work from the sweeper: open with a due date, or ended and its
+    /// assigner not yet told. (tenant, record)
+    pub fn goals_to_sweep(&self) -> Result<Vec<(String, GoalRecord)>, StoreError> {
+        use crate::core::goal::GoalStatus;
+        let mut out = Vec::new();
+        for kv in self.goals.iter() {
+            let (k, v) = kv?;
+            let g: GoalRecord = decode(&k, &v)?;
+            let pending = match g.status {
+                GoalStatus::Open => g.spec.due.is_some(),
+                GoalStatus::Completed | GoalStatus::Missed => !g.notified,
+                GoalStatus::Cancelled => false,
+            };
+            if pending {
+                let tenant = String::from_utf8_lossy(k.split(|&b| b == 0).next().unwrap_or_default()).into_owned();
+                out.push((tenant, g));
+            }
+        }
+        Ok(out)
+    }
+
     fn kind_tree(&self, kind: Kind) -> &sled::Tree {
         match kind {
             Kind::Catalogue => &self.catalogues,
@@ -628,6 +692,10 @@ pub mod writes {
         [Write::Put(TreeId::Events, seq_key(&uk, seq), encode(ev)), Write::Put(TreeId::Dedup, dedup_key(tenant, &ev.event.event_id), where_)]
     }
 
+    pub fn goal(tenant: &str, g: &GoalRecord) -> Write {
+        Write::Put(TreeId::Goals, goal_key(tenant, &g.spec.id), encode(g))
+    }
+
     /// A user's leaderboard scores: (board, period, segment, score), the whole set.
     pub fn board_scores(tenant: &str, user: &str, scores: &[(String, String, String, BoardEntry)]) -> Write {
         Write::Put(TreeId::Boards, user_key(tenant, user), encode(&scores))
@@ -652,7 +720,7 @@ pub mod writes {
 
 struct PersisterSide {
     db: sled::Db,
-    trees: [sled::Tree; 10],
+    trees: [sled::Tree; 11],
     stats: Arc<PersistStats>,
 }
 
@@ -672,6 +740,7 @@ impl PersisterSide {
             TreeId::Boards => 7,
             TreeId::Archive => 8,
             TreeId::Closed => 9,
+            TreeId::Goals => 10,
         }
     }
 

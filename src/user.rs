@@ -63,6 +63,14 @@ pub struct UserView<'a> {
 /// is copied that the question does not need.
 pub type Query = Box<dyn FnOnce(UserView<'_>) + Send>;
 
+/// A goal operation, logged as an `accolade.goal` record so every rebuild repeats it.
+#[derive(Debug, Clone)]
+pub enum GoalOp {
+    Assign(crate::core::goal::GoalSpec),
+    Due(String),
+    Cancel(String),
+}
+
 pub enum UserMsg {
     /// An authenticated event. `permit` bounds one connection's unacknowledged events; it is
     /// released when the reply goes out. `arrived` starts the event-to-push clock.
@@ -72,6 +80,12 @@ pub enum UserMsg {
     /// Re-evaluate this user for a backfill job; replies with the number of badges awarded,
     /// once they are durable.
     Backfill { spec: Arc<BackfillSpec>, reply: oneshot::Sender<Result<u32, String>> },
+    /// A goal operation on this user as the assignee. Replies with the goal as stored, once
+    /// durable, or why it was refused.
+    Goal { op: GoalOp, reply: oneshot::Sender<Result<Option<store::GoalRecord>, String>> },
+    /// Tell this user (a goal's assigner) how a goal ended: a `notice` push, kept in the
+    /// history. `id` makes it once only. Replies once durable.
+    Notice { id: String, kind: &'static str, goal: String, title: String, assignee: String, at: Millis, reply: oneshot::Sender<Result<(), String>> },
     /// The user finished a closed leaderboard period at `rank`: award the board's badge if
     /// due. Replies whether anything was awarded, once it is durable.
     Award { board: String, period: String, rank: usize, reply: oneshot::Sender<Result<bool, String>> },
@@ -87,7 +101,7 @@ pub enum UserMsg {
 
 /// Messages the registry counts as in flight until the actor has handled them.
 fn counted(m: &UserMsg) -> bool {
-    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. })
+    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. })
 }
 
 enum Delivery {
@@ -102,6 +116,10 @@ enum Delivery {
     Backfilled(oneshot::Sender<Result<u32, String>>, u32),
     /// A leaderboard award is durable (or there was nothing to award).
     Awarded(oneshot::Sender<Result<bool, String>>, bool),
+    /// A goal operation is durable.
+    Goal(oneshot::Sender<Result<Option<store::GoalRecord>, String>>, Option<store::GoalRecord>),
+    /// A notice is durable.
+    Noticed(oneshot::Sender<Result<(), String>>),
     /// A leaderboard score is durable: update the live ranking.
     Board(store::BoardKey, store::BoardEntry, Option<store::BoardKey>),
 }
@@ -112,6 +130,18 @@ enum Waiting {
     Query(Query),
     Backfill(Arc<BackfillSpec>, oneshot::Sender<Result<u32, String>>),
     Award(String, String, usize, oneshot::Sender<Result<bool, String>>),
+    Goal(GoalOp, oneshot::Sender<Result<Option<store::GoalRecord>, String>>),
+    Notice(NoticeMsg),
+}
+
+pub struct NoticeMsg {
+    id: String,
+    kind: &'static str,
+    goal: String,
+    title: String,
+    assignee: String,
+    at: Millis,
+    reply: oneshot::Sender<Result<(), String>>,
 }
 
 pub struct UserActor;
@@ -230,6 +260,14 @@ impl Actor for UserActor {
             }
             UserMsg::Award { board, period, rank, reply } => {
                 u.run_or_wait(&myself, Waiting::Award(board, period, rank, reply)).await;
+                Ok(())
+            }
+            UserMsg::Goal { op, reply } => {
+                u.run_or_wait(&myself, Waiting::Goal(op, reply)).await;
+                Ok(())
+            }
+            UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => {
+                u.run_or_wait(&myself, Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })).await;
                 Ok(())
             }
             UserMsg::Detach { conn_id } => {
@@ -358,6 +396,10 @@ impl User {
                 }
             }
         }
+        let mut goal_writes = Vec::new();
+        if fx.iter().any(|e| matches!(e, Effect::GoalCompleted { .. } | Effect::GoalMissed { .. })) {
+            self.goal_frames(&fx, event_id, &mut frames, &mut goal_writes);
+        }
         // The pushes are stored in the event's own record, for recovery.
         let first_new = self.offset + 1 - frames.len() as u64;
         let pushes = frames.iter().enumerate().map(|(i, f)| (first_new + i as u64, f.to_string())).collect();
@@ -380,6 +422,7 @@ impl User {
             writes.push(store::writes::board_scores(&self.tenant, &self.user, &board_scores(&self.st)));
         }
         writes.extend(store::writes::event(&self.tenant, &self.user, self.seq, &stored));
+        writes.extend(goal_writes);
         reply(&mut deliveries, origin, protocol::ack(event_id, false), out);
         deliveries.extend(frames.into_iter().map(Delivery::All));
         deliveries.extend(permit.map(Delivery::Release));
@@ -438,7 +481,130 @@ impl User {
                 }
             }
             Waiting::Award(board, period, rank, reply) => self.award(myself, &board, &period, rank, reply),
+            Waiting::Goal(op, reply) => self.goal(myself, op, reply),
+            Waiting::Notice(n) => self.notice(myself, n),
         }
+    }
+
+    /// The goal as the API lists it, from this (the assignee's) state.
+    fn goal_record(&self, id: &str) -> Option<store::GoalRecord> {
+        let g = self.st.goals.get(id)?;
+        Some(store::GoalRecord {
+            spec: g.spec.clone(),
+            assignee: self.user.clone(),
+            assigned_at: g.assigned_at,
+            status: g.status,
+            closed_at: g.closed_at,
+            notified: false,
+        })
+    }
+
+    /// The pushes for goal effects, and the goal records they change.
+    fn goal_frames(&mut self, fx: &[Effect], event_id: &str, frames: &mut Vec<Frame>, writes: &mut Vec<store::Write>) {
+        for e in fx {
+            let (id, frame) = match e {
+                Effect::GoalAssigned { goal, title, assigner, due } => {
+                    (goal, protocol::goal_assigned(self.offset + 1, goal, title, assigner, *due, event_id))
+                }
+                Effect::GoalCompleted { goal, title, assigner, at } => (goal, protocol::goal_completed(self.offset + 1, goal, title, assigner, *at, event_id)),
+                Effect::GoalMissed { goal, title, assigner, at } => (goal, protocol::goal_missed(self.offset + 1, goal, title, assigner, *at, event_id)),
+                Effect::GoalCancelled { goal } => {
+                    if let Some(r) = self.goal_record(goal) {
+                        writes.push(store::writes::goal(&self.tenant, &r));
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            self.offset += 1;
+            frames.push(frame);
+            if let Some(r) = self.goal_record(id) {
+                writes.push(store::writes::goal(&self.tenant, &r));
+            }
+        }
+    }
+
+    /// A goal operation: applied by the core, logged, and the goal's record rewritten, all in
+    /// one batch; the reply goes out once it is durable.
+    fn goal(&mut self, myself: &ActorRef<UserMsg>, op: GoalOp, reply: oneshot::Sender<Result<Option<store::GoalRecord>, String>>) {
+        let Some(cat) = self.shared.catalogue(&self.tenant) else {
+            let _ = reply.send(Err("the tenant's catalogue is gone".into()));
+            return;
+        };
+        let id = match &op {
+            GoalOp::Assign(s) => s.id.clone(),
+            GoalOp::Due(id) | GoalOp::Cancel(id) => id.clone(),
+        };
+        let now = now_ms();
+        let mut next = self.st.clone();
+        let fx = match crate::replay::apply_goal(&mut next, op.clone(), now, &cat) {
+            Ok(fx) => fx,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if fx.is_empty() {
+            let _ = reply.send(Ok(self.goal_record(&id)));
+            return;
+        }
+        self.st = next;
+        self.seq += 1;
+        let event_id = format!("goal:{id}:{}", self.seq);
+        let mut frames = Vec::new();
+        let mut writes = Vec::new();
+        self.goal_frames(&fx, &event_id, &mut frames, &mut writes);
+        let first_new = self.offset + 1 - frames.len() as u64;
+        let pushes = frames.iter().enumerate().map(|(i, f)| (first_new + i as u64, f.to_string())).collect();
+        let event = Event {
+            event_id,
+            event_type: crate::replay::GOAL_EVENT.into(),
+            user_id: self.user.clone(),
+            tenant_id: self.tenant.clone(),
+            occurred_at: now,
+            source: "goal".into(),
+            payload: crate::replay::goal_payload(&op),
+        };
+        let stored = StoredEvent { event, received_at: now, catalogue_version: cat.version, pushes };
+        writes.insert(0, store::writes::system_event(&self.tenant, &self.user, self.seq, &stored));
+        let mut deliveries: Vec<Delivery> = frames.into_iter().map(Delivery::All).collect();
+        deliveries.push(Delivery::Goal(reply, self.goal_record(&id)));
+        self.enqueue(myself, writes, deliveries);
+    }
+
+    /// A notice for this user: logged with its id (so a repeat is recognised) and pushed.
+    fn notice(&mut self, myself: &ActorRef<UserMsg>, n: NoticeMsg) {
+        match self.shared.store.seen(&self.tenant, &n.id) {
+            Ok(Some(_)) => {
+                let _ = n.reply.send(Ok(()));
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = n.reply.send(Err(e.to_string()));
+                return;
+            }
+        }
+        let Some(cat) = self.shared.catalogue(&self.tenant) else {
+            let _ = n.reply.send(Err("the tenant's catalogue is gone".into()));
+            return;
+        };
+        let now = now_ms();
+        self.seq += 1;
+        self.offset += 1;
+        let frame = protocol::notice(self.offset, n.kind, &n.goal, &n.title, &n.assignee, n.at);
+        let event = Event {
+            event_id: n.id,
+            event_type: crate::replay::NOTICE_EVENT.into(),
+            user_id: self.user.clone(),
+            tenant_id: self.tenant.clone(),
+            occurred_at: now,
+            source: "goal".into(),
+            payload: vec![("kind".into(), crate::core::Value::Str(n.kind.into())), ("goal".into(), crate::core::Value::Str(n.goal.as_str().into()))],
+        };
+        let stored = StoredEvent { event, received_at: now, catalogue_version: cat.version, pushes: vec![(self.offset, frame.to_string())] };
+        let writes = Vec::from(store::writes::event(&self.tenant, &self.user, self.seq, &stored));
+        self.enqueue(myself, writes, vec![Delivery::All(frame), Delivery::Noticed(n.reply)]);
     }
 
     /// A leaderboard period award. The log record (`accolade.leaderboard`) lets every rebuild
@@ -638,6 +804,12 @@ impl User {
             }
             Delivery::Awarded(reply, done) => {
                 let _ = reply.send(Ok(done));
+            }
+            Delivery::Goal(reply, record) => {
+                let _ = reply.send(Ok(record));
+            }
+            Delivery::Noticed(reply) => {
+                let _ = reply.send(Ok(()));
             }
             Delivery::Board(key, entry, left) => {
                 if let Some(old) = left {

@@ -1,6 +1,6 @@
 //! The HTTP API for the app's backend, next to the socket on the same port: ingest, dead
 //! letters, catalogue changes (preview, backfill jobs), user queries, leaderboards
-//! (`leaderboards.rs`). Every route takes the
+//! (`leaderboards.rs`), assigned goals (`goals.rs`). Every route takes the
 //! tenant from its API key (`Authorization: Bearer <key>`), so a key can only ever name its own
 //! tenant's users, versions, jobs and dead letters. The OpenAPI document at
 //! `/v1/openapi.json` is generated from the handlers and types below.
@@ -29,6 +29,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 /// Events one `POST /v1/events` may carry.
 pub const MAX_BATCH: usize = 1000;
 
+mod goals;
 mod leaderboards;
 /// The largest request body, in bytes (a full batch of ordinary events fits many times over).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -55,6 +56,8 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
         .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
         .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
+        .route("/v1/goals", get(goals::list).post(goals::create))
+        .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
         .route("/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
@@ -929,6 +932,7 @@ impl utoipa::Modify for Security {
         list_jobs, get_job, cancel_job,
         get_user, get_progress, get_badge, get_events,
         leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
+        goals::create, goals::list, goals::get, goals::cancel,
         crate::server::healthz, crate::server::readyz, crate::server::metrics_doc
     ),
     components(schemas(ErrorBody, Change, backfill::JobStatus, backfill::BadgePreview)),
@@ -938,6 +942,7 @@ impl utoipa::Modify for Security {
         (name = "catalogue", description = "Catalogue versions, changes, previews and backfill jobs"),
         (name = "users", description = "What a user has, and how far they are"),
         (name = "leaderboards", description = "Standings, ranks, friends and closed periods"),
+        (name = "goals", description = "Goals one user assigns another"),
         (name = "operations", description = "Health, readiness, metrics")
     )
 )]

@@ -1,0 +1,84 @@
+//! The goal sweeper: closes open goals whose due date has passed (through the assignee's actor)
+//! and tells each goal's assigner how it ended (a `notice` through the assigner's actor, kept in
+//! their history), until the goal's record says they were told. Delivery to the assigner is at
+//! least once from the durable goal record, and the notice's reserved id makes it count once.
+
+use crate::core::goal::GoalStatus;
+use crate::server::Shared;
+use crate::store::{self, GoalRecord};
+use crate::user::{now_ms, GoalOp, UserMsg};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// The id of the notice telling the assigner how goal `id` ended.
+pub fn notice_id(goal: &str, status: GoalStatus) -> String {
+    format!("{}notice:goal:{goal}:{}", crate::protocol::RESERVED_ID_PREFIX, status.as_str())
+}
+
+/// One pass over the goals that need something.
+pub async fn sweep(shared: &Arc<Shared>) -> Result<(), String> {
+    let store = shared.store.clone();
+    let pending = tokio::task::spawn_blocking(move || store.goals_to_sweep()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let now = now_ms();
+    for (tenant, g) in pending {
+        match g.status {
+            GoalStatus::Open if g.spec.due.is_some_and(|d| now > d) => {
+                let (tx, rx) = oneshot::channel();
+                shared.registry.send(shared, &tenant, &g.assignee, UserMsg::Goal { op: GoalOp::Due(g.spec.id.clone()), reply: tx }).map_err(|e| e.to_string())?;
+                rx.await.map_err(|_| "the assignee's actor stopped".to_string())??;
+            }
+            GoalStatus::Completed | GoalStatus::Missed => notify(shared, &tenant, g).await?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn notify(shared: &Arc<Shared>, tenant: &str, g: GoalRecord) -> Result<(), String> {
+    let kind = if g.status == GoalStatus::Completed { "goal_completed" } else { "goal_missed" };
+    let (tx, rx) = oneshot::channel();
+    let msg = UserMsg::Notice {
+        id: notice_id(&g.spec.id, g.status),
+        kind,
+        goal: g.spec.id.clone(),
+        title: g.spec.title.clone(),
+        assignee: g.assignee.clone(),
+        at: g.closed_at.unwrap_or_default(),
+        reply: tx,
+    };
+    shared.registry.send(shared, tenant, &g.spec.assigner, msg).map_err(|e| e.to_string())?;
+    rx.await.map_err(|_| "the assigner's actor stopped".to_string())??;
+    // Only the sweeper writes a record once its goal has ended, so this cannot undo a change.
+    let done = GoalRecord { notified: true, ..g };
+    let (tx, rx) = oneshot::channel();
+    shared
+        .store
+        .submit(vec![store::writes::goal(tenant, &done)], move |r| {
+            let _ = tx.send(r);
+        })
+        .map_err(|e| e.to_string())?;
+    rx.await.map_err(|_| "the persister stopped".to_string())?
+}
+
+/// Sweeps every `--goal-tick-ms` until shutdown.
+pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.goal_tick_ms.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let result = tokio::select! {
+            r = sweep(&shared) => r,
+            _ = stop.changed() => return,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "goal sweep failed; retrying");
+        }
+    }
+}
