@@ -736,6 +736,7 @@ fn assigned_goals_are_tracked_like_badges_from_their_assignment() {
     // completes on the third distinct article read since it was assigned.
     assert_eq!(got, [vec!["missed later"], vec![], vec![], vec!["completed read3"]]);
     assert_eq!(u.st.goals["read3"].status, GoalStatus::Completed);
+    assert_eq!(u.st.goals["read3"].sub.events, 0, "an ended goal's own stats are dropped");
     assert_eq!(u.st.goals["dropped"].status, GoalStatus::Cancelled);
     assert!(expire(&mut u.st, "read3", T0 + 2 * DAY).is_empty(), "a completed goal is not missed afterwards");
 

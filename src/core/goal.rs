@@ -95,6 +95,8 @@ pub fn assign(state: &mut UserState, spec: GoalSpec, now: Millis, cat: &Catalogu
 
 /// Feeds an accepted event to every open goal; called by `apply`. A goal completes when its
 /// badge would unlock; an event that arrives after the due date closes it as missed instead.
+/// However a goal ends, its own stats are dropped, so a user's state does not grow with every
+/// goal they ever had (the goal, and how it ended, are kept).
 pub(crate) fn step(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue, fx: &mut Vec<Effect>) {
     let open: Vec<String> = state.goals.iter().filter(|(_, g)| g.status == GoalStatus::Open).map(|(id, _)| id.clone()).collect();
     for id in open {
@@ -108,6 +110,8 @@ pub(crate) fn step(state: &mut UserState, event: &Event, now: Millis, cat: &Cata
         if sub_fx.iter().any(|e| matches!(e, Effect::Unlock { .. })) {
             g.status = GoalStatus::Completed;
             g.closed_at = Some(now);
+            g.sub = Box::default();
+            state.derived.goal_cats.remove(&id);
             fx.push(Effect::GoalCompleted { goal: id.clone(), title: g.spec.title.clone(), assigner: g.spec.assigner.clone(), at: now });
         }
     }
@@ -119,6 +123,8 @@ pub fn expire(state: &mut UserState, id: &str, now: Millis) -> Vec<Effect> {
         Some(g) if g.status == GoalStatus::Open && g.spec.due.is_some_and(|d| now > d) => {
             g.status = GoalStatus::Missed;
             g.closed_at = Some(now);
+            g.sub = Box::default();
+            state.derived.goal_cats.remove(id);
             vec![Effect::GoalMissed { goal: id.to_string(), title: g.spec.title.clone(), assigner: g.spec.assigner.clone(), at: now }]
         }
         _ => vec![],
@@ -131,6 +137,8 @@ pub fn cancel(state: &mut UserState, id: &str, now: Millis) -> Vec<Effect> {
         Some(g) if g.status == GoalStatus::Open => {
             g.status = GoalStatus::Cancelled;
             g.closed_at = Some(now);
+            g.sub = Box::default();
+            state.derived.goal_cats.remove(id);
             vec![Effect::GoalCancelled { goal: id.to_string() }]
         }
         _ => vec![],
