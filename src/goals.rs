@@ -51,34 +51,16 @@ async fn notify(shared: &Arc<Shared>, tenant: &str, g: GoalRecord) -> Result<(),
     rx.await.map_err(|_| "the assigner's actor stopped".to_string())??;
     // Only the sweeper writes a record once its goal has ended, so this cannot undo a change.
     let done = GoalRecord { notified: true, ..g };
-    let (tx, rx) = oneshot::channel();
-    shared
-        .store
-        .submit(vec![store::writes::goal(tenant, &done)], move |r| {
-            let _ = tx.send(r);
-        })
-        .map_err(|e| e.to_string())?;
-    rx.await.map_err(|_| "the persister stopped".to_string())?
+    shared.store.write(vec![store::writes::goal(tenant, &done)]).await.map_err(|e| e.to_string())
 }
 
 /// Sweeps every `--goal-tick-ms` until shutdown.
-pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.goal_tick_ms.max(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let result = tokio::select! {
-            r = sweep(&shared) => r,
-            _ = stop.changed() => return,
-        };
-        if let Err(e) = result {
+pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(shared.config.goal_tick_ms.max(10));
+    crate::server::every(every, stop, || async {
+        if let Err(e) = sweep(&shared).await {
             tracing::warn!(error = %e, "goal sweep failed; retrying");
         }
-    }
+    })
+    .await
 }

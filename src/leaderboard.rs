@@ -266,45 +266,24 @@ async fn submit(shared: &Shared, writes: Vec<store::Write>) -> Result<(), String
     if writes.is_empty() {
         return Ok(());
     }
-    let (tx, rx) = oneshot::channel();
-    shared
-        .store
-        .submit(writes, move |r| {
-            let _ = tx.send(r);
-        })
-        .map_err(|e| e.to_string())?;
-    rx.await.map_err(|_| "the persister stopped".to_string())?
+    shared.store.write(writes).await.map_err(|e| e.to_string())
 }
 
 /// Closes periods as they end and pushes rank changes to watchers, once per
 /// `--leaderboard-tick-ms`, until shutdown.
-pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(shared.config.leaderboard_tick_ms.max(10));
     let grace = shared.config.leaderboard_close_grace_ms as Millis;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+    crate::server::every(every, stop, || async {
         let now = now_ms();
         for (tenant, board, period) in shared.boards.due(now, grace) {
-            let closing = close(&shared, &tenant, &board, &period);
-            // A close waits on actors and the disk; shutdown must not wait on it.
-            let result = tokio::select! {
-                r = closing => r,
-                _ = stop.changed() => return,
-            };
-            if let Err(e) = result {
+            if let Err(e) = close(&shared, &tenant, &board, &period).await {
                 tracing::warn!(tenant, board, period, error = %e, "closing a leaderboard period failed; retrying");
             }
         }
         shared.boards.tick(&shared, now);
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -183,6 +183,31 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Runs `turn` every `every` until shutdown. A turn in progress is dropped when shutdown comes
+/// (turns wait on actors and the disk, and the drain must not wait on them); a shutdown that
+/// came before the first turn is seen at once.
+pub async fn every<F, Fut>(every: Duration, mut stop: watch::Receiver<bool>, mut turn: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = turn() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Sweeps events older than the retention, now and then, on a blocking thread.
 async fn retention(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let hours = shared.config.event_retention_hours;
