@@ -7,7 +7,6 @@ mod common;
 use accolade::backfill::current_state;
 use common::*;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 fn special_badge(target: u32) -> Value {
     json!({ "name": "Special", "tier": "silver", "xp": 10,
@@ -16,17 +15,7 @@ fn special_badge(target: u32) -> Value {
 
 /// Polls a job until `done` says so, for at most 120 s.
 async fn wait_job(api: &Api, id: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        tick.tick().await;
-        let (st, job) = api.get(&format!("/v1/jobs/{id}")).await;
-        assert_eq!(st, 200, "{job}");
-        if done(&job) {
-            return job;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "job did not get there: {job}");
-    }
+    api.wait_for(&format!("/v1/jobs/{id}"), 120, done).await
 }
 
 /// How many backfill records in a user's log name `badge`.

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 fn read_three() -> Value {
     json!({ "kind": "count", "event": "article.read", "distinct": "article", "target": 3 })
@@ -18,17 +17,7 @@ fn read(id: &str, article: &str) -> Value {
 
 /// Polls a goal until `done` says so, for at most 30 s.
 async fn wait_goal(api: &Api, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        tick.tick().await;
-        let (st, g) = api.get(&format!("/v1/goals/{id}")).await;
-        assert_eq!(st, 200, "{g}");
-        if done(&g) {
-            return g;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "goal did not get there: {g}");
-    }
+    api.wait_for(&format!("/v1/goals/{id}"), 30, done).await
 }
 
 async fn next_of(c: &mut Client, ty: &str) -> Value {

@@ -236,6 +236,21 @@ impl Api {
         self.call("GET", path, None).await
     }
 
+    /// Polls `GET path` (which must answer 200) until `done` says so, for at most `secs`.
+    pub async fn wait_for(&self, path: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            let (st, v) = self.get(path).await;
+            assert_eq!(st, 200, "{path}: {v}");
+            if done(&v) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{path} did not get there: {v}");
+        }
+    }
+
     /// Posts a batch and asserts it was taken (200).
     pub async fn ingest(&self, events: Vec<Value>) -> Value {
         let (s, v) = self.call("POST", "/v1/events", Some(&json!({ "events": events }))).await;
