@@ -150,6 +150,41 @@ pub struct Config {
     #[arg(long, default_value_t = 2000)]
     pub leaderboard_close_grace_ms: u64,
 
+    /// Milliseconds a webhook endpoint has to answer a delivery before the attempt counts as
+    /// failed.
+    #[arg(long, default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// The first retry delay after a failed webhook delivery, in milliseconds; it doubles with
+    /// each further failure of the endpoint (with jitter), up to `--webhook-retry-max-ms`.
+    #[arg(long, default_value_t = 1000)]
+    pub webhook_retry_base_ms: u64,
+
+    /// The longest delay between two attempts to reach a webhook endpoint, in milliseconds.
+    #[arg(long, default_value_t = 600_000)]
+    pub webhook_retry_max_ms: u64,
+
+    /// Attempts per webhook delivery before it is given up (logged as failed). The delay
+    /// between attempts is the endpoint's backoff, so with the defaults a delivery to an
+    /// endpoint that stays down is given up one to two hours after its first attempt.
+    #[arg(long, default_value_t = 20)]
+    pub webhook_max_attempts: u32,
+
+    /// Seconds after which a webhook notification not yet delivered is given up without
+    /// another attempt, so that the outbox of an endpoint that stays down holds at most this
+    /// much. Default: three days.
+    #[arg(long, default_value_t = 259_200)]
+    pub webhook_give_up_after_secs: u64,
+
+    /// A PEM file of extra root certificates that HTTPS webhook endpoints may chain to (a
+    /// private CA), trusted besides the system's roots.
+    #[arg(long)]
+    pub webhook_ca_file: Option<PathBuf>,
+
+    /// Finished deliveries kept in each webhook endpoint's log.
+    #[arg(long, default_value_t = 1000)]
+    pub webhook_log_keep: usize,
+
     /// Events accepted through `POST /v1/events` and not yet answered, across all requests.
     /// A batch that does not fit waits up to `--ingest-wait-ms`, then gets 503 `overloaded`.
     #[arg(long, default_value_t = 50_000)]

@@ -43,3 +43,4 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod user;
+pub mod webhooks;

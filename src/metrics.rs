@@ -67,6 +67,9 @@ pub struct Metrics {
     pub backfill_users: AtomicU64,
     pub backfill_awards: AtomicU64,
     pub backfill_running: AtomicU64,
+    pub webhook_delivered: AtomicU64,
+    pub webhook_failed_attempts: AtomicU64,
+    pub webhook_given_up: AtomicU64,
     /// Time in the rule core per accepted or refused event.
     pub rule_eval: Histogram,
     /// From an event's arrival to its ack and pushes being released (after the flush).
@@ -112,6 +115,16 @@ impl Metrics {
         line("accolade_unlocks_total", "counter", "Badges awarded.", &[("", g(&self.unlocks).to_string())]);
         line("accolade_leaderboard_periods_closed_total", "counter", "Leaderboard periods archived and awarded.", &[("", g(&self.periods_closed).to_string())]);
         line("accolade_pushes_total", "counter", "Messages written to sockets.", &[("", g(&self.pushes).to_string())]);
+        line(
+            "accolade_webhook_deliveries_total",
+            "counter",
+            "Webhook delivery attempts by outcome (given_up: a delivery whose last attempt failed).",
+            &[
+                ("{outcome=\"delivered\"}", g(&self.webhook_delivered).to_string()),
+                ("{outcome=\"failed_attempt\"}", g(&self.webhook_failed_attempts).to_string()),
+                ("{outcome=\"given_up\"}", g(&self.webhook_given_up).to_string()),
+            ],
+        );
         line("accolade_slow_closed_total", "counter", "Connections closed for not reading.", &[("", g(&self.slow_closed).to_string())]);
         line("accolade_passivated_total", "counter", "Idle actors persisted and stopped.", &[("", g(&self.passivated).to_string())]);
         line("accolade_persist_batches_total", "counter", "Group commits.", &[("", p.batches.to_string())]);

@@ -41,6 +41,8 @@ pub struct Shared {
     pub jobs: dashmap::DashMap<(String, u64), tokio::task::AbortHandle>,
     /// The live rankings of open leaderboard periods, and their watchers.
     pub boards: crate::leaderboard::Boards,
+    /// Each tenant's webhook endpoints and their delivery workers.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl Shared {
@@ -85,6 +87,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         ingest_permits: Arc::new(tokio::sync::Semaphore::new((config.ingest_inflight_events as usize).max(crate::api::MAX_BATCH))),
         jobs: dashmap::DashMap::new(),
         boards,
+        webhooks: crate::webhooks::Webhooks::new(Duration::from_millis(config.webhook_timeout_ms.max(1)), config.webhook_ca_file.as_deref())?,
         config: Arc::new(config),
     }))
 }
@@ -249,6 +252,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     let sweeper = tokio::spawn(retention(shared.clone(), shared.shutdown.subscribe()));
     let closer = tokio::spawn(crate::leaderboard::run(shared.clone(), shared.shutdown.subscribe()));
     let goals = tokio::spawn(crate::goals::run(shared.clone(), shared.shutdown.subscribe()));
+    let hooks = crate::webhooks::Webhooks::start(&shared).await?;
+    if hooks > 0 {
+        tracing::info!(endpoints = hooks, "webhook endpoints started");
+    }
     let resumed = crate::backfill::resume_all(&shared)?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "backfill jobs resumed");
@@ -262,6 +269,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     let _ = sweeper.await;
     let _ = closer.await;
     let _ = goals.await;
+    shared.webhooks.stop_all().await;
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.registry.stop_all()).await;
     let _ = tokio::time::timeout(grace, shared.store.sync()).await;

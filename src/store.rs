@@ -22,6 +22,11 @@
 //!   writes it with each change of status; the goal sweeper marks the assigner notified).
 //! - `closed`: `tenant \0 board \0 period` -> the record that the period was archived and its
 //!   awards made (written last, so a restart mid-close finishes the close).
+//! - `hooks`: `tenant \0` + id -> a webhook endpoint (URL, events, secret).
+//! - `outbox`: `tenant \0` + hook id + delivery id (both big-endian u64) -> a notification
+//!   still to be delivered to that endpoint. The user's actor writes it in the same batch as
+//!   the event that caused it; the endpoint's worker removes it once delivered or given up.
+//! - `hooklog`: same key -> how a delivery ended (delivered or failed), the newest kept.
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
 //! one persister thread that applies whatever has queued up as one batch per tree and then
@@ -169,6 +174,9 @@ pub enum TreeId {
     Archive,
     Closed,
     Goals,
+    Hooks,
+    Outbox,
+    HookLog,
 }
 
 #[derive(Debug)]
@@ -217,6 +225,9 @@ pub struct Store {
     archive: sled::Tree,
     closed: sled::Tree,
     goals: sled::Tree,
+    hooks: sled::Tree,
+    outbox: sled::Tree,
+    hooklog: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -293,6 +304,9 @@ impl Store {
             archive: db.open_tree("archive")?,
             closed: db.open_tree("closed")?,
             goals: db.open_tree("goals")?,
+            hooks: db.open_tree("hooks")?,
+            outbox: db.open_tree("outbox")?,
+            hooklog: db.open_tree("hooklog")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -321,6 +335,9 @@ impl Store {
                 self.archive.clone(),
                 self.closed.clone(),
                 self.goals.clone(),
+                self.hooks.clone(),
+                self.outbox.clone(),
+                self.hooklog.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -635,7 +652,72 @@ impl Store {
             Kind::Catalogue => &self.catalogues,
             Kind::DeadLetter => &self.dead,
             Kind::Job => &self.jobs,
+            Kind::Webhook => &self.hooks,
         }
+    }
+
+    /// Every stored value of one kind, of every tenant: (tenant, id, value).
+    pub fn all_of<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Result<Vec<(String, u64, T)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.kind_tree(kind).iter() {
+            let (k, v) = kv?;
+            let Some(split) = k.iter().position(|&b| b == 0) else { continue };
+            let id = u64::from_be_bytes(k[split + 1..].try_into().unwrap_or_default());
+            out.push((String::from_utf8_lossy(&k[..split]).into_owned(), id, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// The first `limit` notifications waiting for a webhook endpoint, oldest first.
+    pub fn outbox<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
+        hook_range(&self.outbox, tenant, hook, None, limit, false)
+    }
+
+    /// How many notifications wait for a webhook endpoint.
+    pub fn outbox_len(&self, tenant: &str, hook: u64) -> usize {
+        let p = hook_prefix(tenant, hook);
+        self.outbox.scan_prefix(&p).count()
+    }
+
+    /// An endpoint's finished deliveries, newest first, with ids below `before`.
+    pub fn hook_log<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, before: Option<u64>, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
+        hook_range(&self.hooklog, tenant, hook, before, limit, true)
+    }
+
+    /// The writes that forget an endpoint's finished deliveries but the newest `keep`.
+    pub fn hook_log_trim(&self, tenant: &str, hook: u64, keep: usize) -> Result<Vec<Write>, StoreError> {
+        let p = hook_prefix(tenant, hook);
+        let mut out = Vec::new();
+        for k in self.hooklog.scan_prefix(&p).keys().rev().skip(keep) {
+            out.push(Write::Del(TreeId::HookLog, k?.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The writes that remove outbox rows whose endpoint `exists` says is gone.
+    pub fn outbox_orphans(&self, exists: impl Fn(&str, u64) -> bool) -> Result<Vec<Write>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.outbox.iter().keys() {
+            let k = k?;
+            let Some(split) = k.iter().position(|&b| b == 0) else { continue };
+            let Some(hook) = k.get(split + 1..split + 9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
+            if !exists(&String::from_utf8_lossy(&k[..split]), hook) {
+                out.push(Write::Del(TreeId::Outbox, k.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The writes that remove everything of an endpoint: its record, outbox and log.
+    pub fn drop_hook(&self, tenant: &str, hook: u64) -> Result<Vec<Write>, StoreError> {
+        let p = hook_prefix(tenant, hook);
+        let mut out = vec![writes::delete(Kind::Webhook, tenant, hook)];
+        for (tree, id) in [(&self.outbox, TreeId::Outbox), (&self.hooklog, TreeId::HookLog)] {
+            for k in tree.scan_prefix(&p).keys() {
+                out.push(Write::Del(id, k?.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// Flushes synchronously (shutdown).
@@ -651,6 +733,23 @@ pub enum Kind {
     Catalogue,
     DeadLetter,
     Job,
+    Webhook,
+}
+
+fn hook_prefix(tenant: &str, hook: u64) -> Vec<u8> {
+    seq_key(&tenant_prefix(tenant), hook)
+}
+
+fn hook_range<T: serde::de::DeserializeOwned>(tree: &sled::Tree, tenant: &str, hook: u64, before: Option<u64>, limit: usize, newest_first: bool) -> Result<Vec<(u64, T)>, StoreError> {
+    let p = hook_prefix(tenant, hook);
+    let range = tree.range(seq_key(&p, 0)..seq_key(&p, before.unwrap_or(u64::MAX)));
+    let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if newest_first { Box::new(range.rev()) } else { Box::new(range) };
+    let mut out = Vec::new();
+    for kv in rows.take(limit) {
+        let (k, v) = kv?;
+        out.push((u64::from_be_bytes(k[p.len()..].try_into().unwrap_or_default()), decode(&k, &v)?));
+    }
+    Ok(out)
 }
 
 fn tenant_prefix(tenant: &str) -> Vec<u8> {
@@ -677,7 +776,24 @@ pub mod writes {
             Kind::Catalogue => TreeId::Catalogues,
             Kind::DeadLetter => TreeId::Dead,
             Kind::Job => TreeId::Jobs,
+            Kind::Webhook => TreeId::Hooks,
         }
+    }
+
+    /// A notification waiting for a webhook endpoint (or its next attempt).
+    pub fn outbox<T: Serialize>(tenant: &str, hook: u64, id: u64, value: &T) -> Write {
+        Write::Put(TreeId::Outbox, seq_key(&hook_prefix(tenant, hook), id), encode(value))
+    }
+
+    /// A finished delivery leaves the endpoint's log (sent again).
+    pub fn hook_log_delete(tenant: &str, hook: u64, id: u64) -> Write {
+        Write::Del(TreeId::HookLog, seq_key(&hook_prefix(tenant, hook), id))
+    }
+
+    /// A delivery finished: out of the outbox, into the endpoint's log.
+    pub fn delivery_done<T: Serialize>(tenant: &str, hook: u64, id: u64, log: &T) -> [Write; 2] {
+        let k = seq_key(&hook_prefix(tenant, hook), id);
+        [Write::Put(TreeId::HookLog, k.clone(), encode(log)), Write::Del(TreeId::Outbox, k)]
     }
 
     /// A log record that is not a client event (a backfill's awards): no dedup key.
@@ -720,7 +836,7 @@ pub mod writes {
 
 struct PersisterSide {
     db: sled::Db,
-    trees: [sled::Tree; 11],
+    trees: [sled::Tree; 14],
     stats: Arc<PersistStats>,
 }
 
@@ -741,6 +857,9 @@ impl PersisterSide {
             TreeId::Archive => 8,
             TreeId::Closed => 9,
             TreeId::Goals => 10,
+            TreeId::Hooks => 11,
+            TreeId::Outbox => 12,
+            TreeId::HookLog => 13,
         }
     }
 

@@ -122,6 +122,8 @@ enum Delivery {
     Noticed(oneshot::Sender<Result<(), String>>),
     /// A leaderboard score is durable: update the live ranking.
     Board(store::BoardKey, store::BoardEntry, Option<store::BoardKey>),
+    /// Webhook notifications are durable in these endpoints' outboxes: wake their workers.
+    Wake(Vec<Arc<tokio::sync::Notify>>),
 }
 
 /// Work that must wait until everything in flight is durable, so it sees durable state.
@@ -732,7 +734,17 @@ impl User {
 
     /// Sends writes to the persister and holds the deliveries until they are durable. With no
     /// writes, deliveries still wait behind any earlier ones, so the client sees them in order.
-    fn enqueue(&mut self, myself: &ActorRef<UserMsg>, writes: Vec<store::Write>, deliveries: Vec<Delivery>) {
+    fn enqueue(&mut self, myself: &ActorRef<UserMsg>, mut writes: Vec<store::Write>, mut deliveries: Vec<Delivery>) {
+        // Webhook notifications go into the same batch as the pushes that announce them, so
+        // one is durable exactly when the other is. Only tenants with endpoints pay for this.
+        if !writes.is_empty() && self.shared.webhooks.any(&self.tenant) {
+            let frames = deliveries.iter().filter_map(|d| if let Delivery::All(f) = d { Some(f) } else { None });
+            let (outbox, wake) = self.shared.webhooks.outbox_writes(&self.shared.store, &self.tenant, &self.user, frames);
+            if !outbox.is_empty() {
+                writes.extend(outbox);
+                deliveries.push(Delivery::Wake(wake));
+            }
+        }
         if writes.is_empty() {
             match self.pending.back_mut() {
                 Some(last) => last.1.extend(deliveries),
@@ -811,6 +823,7 @@ impl User {
             Delivery::Noticed(reply) => {
                 let _ = reply.send(Ok(()));
             }
+            Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
             Delivery::Board(key, entry, left) => {
                 if let Some(old) = left {
                     self.shared.boards.remove(&old, &self.user);

@@ -31,6 +31,7 @@ pub const MAX_BATCH: usize = 1000;
 
 mod goals;
 mod leaderboards;
+mod webhooks;
 /// The largest request body, in bytes (a full batch of ordinary events fits many times over).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
@@ -58,6 +59,10 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
         .route("/v1/goals", get(goals::list).post(goals::create))
         .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/v1/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery}/retry", post(webhooks::retry))
         .route("/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
@@ -933,6 +938,7 @@ impl utoipa::Modify for Security {
         get_user, get_progress, get_badge, get_events,
         leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
         goals::create, goals::list, goals::get, goals::cancel,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::retry,
         crate::server::healthz, crate::server::readyz, crate::server::metrics_doc
     ),
     components(schemas(ErrorBody, Change, backfill::JobStatus, backfill::BadgePreview)),
@@ -943,6 +949,7 @@ impl utoipa::Modify for Security {
         (name = "users", description = "What a user has, and how far they are"),
         (name = "leaderboards", description = "Standings, ranks, friends and closed periods"),
         (name = "goals", description = "Goals one user assigns another"),
+        (name = "webhooks", description = "Endpoints notified of unlocks, level-ups and goals, and their deliveries"),
         (name = "operations", description = "Health, readiness, metrics")
     )
 )]

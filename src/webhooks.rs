@@ -1,0 +1,498 @@
+//! Outbound notifications (webhooks): each tenant's endpoints, the outbox rows a user's actor
+//! adds to its event's batch, and one delivery worker per endpoint that POSTs them signed,
+//! retrying with exponential backoff and jitter. The only module that makes outbound HTTP
+//! requests.
+//!
+//! Delivery is at least once: a notification is durable (in the `outbox` tree) before the push
+//! that announced it is released, and it leaves the outbox only once the endpoint answered 2xx
+//! or its attempts ran out, in one write with its log record. A crash in between sends it
+//! again, with the same `id`. Each endpoint has its own worker, so a dead one holds up only
+//! itself; the actors never wait on an endpoint, only on the disk.
+
+use crate::core::Millis;
+use crate::protocol::{rfc3339, Frame};
+use crate::server::Shared;
+use crate::store::{self, Kind, Write};
+use crate::user::now_ms;
+use dashmap::DashMap;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// The notifications an endpoint can subscribe to (named as the pushes that announce them).
+pub const KINDS: [&str; 4] = ["unlock", "level_up", "goal_completed", "goal_missed"];
+/// Endpoints per tenant.
+pub const MAX_HOOKS: usize = 16;
+/// The header carrying the signature: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
+pub const SIGNATURE_HEADER: &str = "accolade-signature";
+
+/// An endpoint, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hook {
+    pub url: String,
+    /// Which of `KINDS` it receives.
+    pub events: Vec<String>,
+    /// The HMAC key, as given to the tenant at creation.
+    pub secret: String,
+    pub description: String,
+    pub created_at: Millis,
+}
+
+/// One attempt to deliver, as the log shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: Millis,
+    /// The endpoint's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// Why the attempt failed, when it did.
+    pub error: Option<String>,
+    pub millis: u64,
+}
+
+/// A notification in an endpoint's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub kind: String,
+    /// The JSON body, exactly as it is signed and sent.
+    pub body: String,
+    pub created_at: Millis,
+    pub attempts: u32,
+    /// Not before this time (a retry's backoff).
+    pub next_at: Millis,
+    pub last: Option<Attempt>,
+}
+
+/// A delivery that ended: delivered, or given up after its last attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    pub kind: String,
+    pub body: String,
+    pub created_at: Millis,
+    pub attempts: u32,
+    pub delivered: bool,
+    pub finished_at: Millis,
+    pub last: Attempt,
+}
+
+/// What the actors need to know about an endpoint to fill its outbox.
+struct Sub {
+    id: u64,
+    events: Vec<String>,
+    wake: Arc<Notify>,
+}
+
+struct Worker {
+    wake: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The endpoints of every tenant, in memory, and their workers.
+pub struct Webhooks {
+    subs: DashMap<String, Arc<Vec<Sub>>>,
+    workers: DashMap<(String, u64), Worker>,
+    client: reqwest::Client,
+    /// Held by the API while it changes endpoints, one change at a time.
+    pub(crate) changes: tokio::sync::Mutex<()>,
+}
+
+impl Webhooks {
+    pub fn new(timeout: Duration, ca_file: Option<&std::path::Path>) -> anyhow::Result<Webhooks> {
+        // rustls on ring (see Cargo.toml). Installing it fails harmlessly when it is already
+        // the process's provider (a second server in the same test process).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading --webhook-ca-file {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| anyhow::anyhow!("--webhook-ca-file {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("--webhook-ca-file {} holds no PEM certificate", path.display());
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // A redirect is an answer the tenant should fix, not one to follow with a signed body.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("Accolade-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Webhooks { subs: DashMap::new(), workers: DashMap::new(), client, changes: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Whether the tenant has any endpoint (the actors' fast path: one map lookup).
+    pub fn any(&self, tenant: &str) -> bool {
+        self.subs.get(tenant).is_some_and(|s| !s.is_empty())
+    }
+
+    /// The outbox rows for the notifications among `frames` (the pushes of one batch), one per
+    /// subscribed endpoint, and the workers to wake once they are durable. Every endpoint gets
+    /// the same `id` for the same notification.
+    pub fn outbox_writes<'a>(&self, store: &store::Store, tenant: &str, user: &str, frames: impl Iterator<Item = &'a Frame>) -> (Vec<Write>, Vec<Arc<Notify>>) {
+        let Some(subs) = self.subs.get(tenant).map(|s| s.clone()) else { return (vec![], vec![]) };
+        let mut writes = Vec::new();
+        let mut wake: Vec<Arc<Notify>> = Vec::new();
+        for f in frames {
+            let Ok(data) = serde_json::from_str::<serde_json::Value>(f) else { continue };
+            let Some(kind) = data.get("type").and_then(|t| t.as_str()).and_then(|t| KINDS.iter().find(|k| **k == t)) else { continue };
+            let targets: Vec<&Sub> = subs.iter().filter(|s| s.events.iter().any(|e| e == kind)).collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let Ok(id) = store.next_id() else {
+                tracing::error!(tenant, user, "no id for a webhook notification; it is not sent");
+                continue;
+            };
+            let now = now_ms();
+            let body = serde_json::json!({
+                "id": id, "type": kind, "created_at": rfc3339(now), "tenant": tenant, "user_id": user, "data": data,
+            })
+            .to_string();
+            for s in targets {
+                let p = Pending { kind: kind.to_string(), body: body.clone(), created_at: now, attempts: 0, next_at: now, last: None };
+                writes.push(store::writes::outbox(tenant, s.id, id, &p));
+                if !wake.iter().any(|w| Arc::ptr_eq(w, &s.wake)) {
+                    wake.push(s.wake.clone());
+                }
+            }
+        }
+        (writes, wake)
+    }
+
+    /// Loads every stored endpoint and starts its worker. Outbox rows of endpoints that no
+    /// longer exist (an actor that filled one while it was being deleted) are removed.
+    pub async fn start(shared: &Arc<Shared>) -> anyhow::Result<usize> {
+        let hooks: Vec<(String, u64, Hook)> = shared.store.all_of(Kind::Webhook)?;
+        for (tenant, id, hook) in &hooks {
+            shared.webhooks.add(shared, tenant, *id, hook);
+        }
+        let orphans = shared.store.outbox_orphans(|tenant, hook| shared.webhooks.workers.contains_key(&(tenant.to_string(), hook)))?;
+        if !orphans.is_empty() {
+            tracing::info!(rows = orphans.len(), "outbox rows of deleted webhook endpoints removed");
+            shared.store.write(orphans).await?;
+        }
+        Ok(hooks.len())
+    }
+
+    /// Puts an endpoint in force: the actors start filling its outbox, and its worker runs.
+    pub fn add(&self, shared: &Arc<Shared>, tenant: &str, id: u64, hook: &Hook) {
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(worker(shared.clone(), tenant.to_string(), id, hook.clone(), wake.clone(), shared.shutdown.subscribe()));
+        self.workers.insert((tenant.to_string(), id), Worker { wake: wake.clone(), task });
+        let mut subs: Vec<Sub> = self.subs.get(tenant).map(|s| s.iter().map(|s| Sub { id: s.id, events: s.events.clone(), wake: s.wake.clone() }).collect()).unwrap_or_default();
+        subs.push(Sub { id, events: hook.events.clone(), wake });
+        self.subs.insert(tenant.to_string(), Arc::new(subs));
+    }
+
+    /// Takes an endpoint out of force and waits until its worker has stopped, so that nothing
+    /// writes to its outbox after this returns (but an actor that had already looked).
+    pub async fn remove(&self, tenant: &str, id: u64) {
+        if let Some(mut s) = self.subs.get_mut(tenant) {
+            *s = Arc::new(s.iter().filter(|s| s.id != id).map(|s| Sub { id: s.id, events: s.events.clone(), wake: s.wake.clone() }).collect());
+        }
+        if let Some((_, w)) = self.workers.remove(&(tenant.to_string(), id)) {
+            w.task.abort();
+            let _ = w.task.await;
+        }
+    }
+
+    /// Stops every worker (shutdown). A delivery in flight is abandoned: it is still in the
+    /// outbox, and goes out again after the restart.
+    pub async fn stop_all(&self) {
+        let keys: Vec<(String, u64)> = self.workers.iter().map(|w| w.key().clone()).collect();
+        for k in keys {
+            if let Some((_, w)) = self.workers.remove(&k) {
+                w.task.abort();
+                let _ = w.task.await;
+            }
+        }
+    }
+
+    /// Wakes an endpoint's worker (a retry asked for through the API).
+    pub fn wake(&self, tenant: &str, id: u64) {
+        if let Some(w) = self.workers.get(&(tenant.to_string(), id)) {
+            w.wake.notify_one();
+        }
+    }
+}
+
+/// The delay before the next attempt after `failures` failures in a row: the base doubled per
+/// failure, capped, then jittered down by up to half (`unit` in [0, 1)), so that endpoints that
+/// failed together do not come back in lockstep.
+pub fn backoff(failures: u32, base_ms: u64, max_ms: u64, unit: f64) -> u64 {
+    let full = base_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(40)).min(max_ms);
+    let half = full / 2;
+    half + ((full - half) as f64 * unit.clamp(0.0, 1.0)) as u64
+}
+
+/// The signature header's value for `body` sent at `t` (unix seconds): HMAC-SHA256 keyed with
+/// the endpoint's secret over `"<t>.<body>"`, in lowercase hex.
+pub fn signature(secret: &str, t: i64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    let sum = mac.finalize().into_bytes();
+    format!("t={t},v1={}", sum.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// A new endpoint secret: 32 random bytes from the OS, base64url.
+pub fn new_secret() -> anyhow::Result<String> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(format!("whsec_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// A number in [0, 1) that differs between calls: std's per-process random hash keys over a
+/// counter. Jitter needs spread, not secrecy.
+fn unit_random() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One POST of a notification.
+async fn attempt(client: &reqwest::Client, hook: &Hook, id: u64, p: &Pending) -> Attempt {
+    let at = now_ms();
+    let started = std::time::Instant::now();
+    let result = client
+        .post(&hook.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("accolade-id", id.to_string())
+        .header("accolade-event", &p.kind)
+        .header(SIGNATURE_HEADER, signature(&hook.secret, at / 1000, &p.body))
+        .body(p.body.clone())
+        .send()
+        .await;
+    let millis = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(r) if r.status().is_success() => Attempt { at, status: Some(r.status().as_u16()), error: None, millis },
+        Ok(r) => Attempt { at, status: Some(r.status().as_u16()), error: Some(format!("the endpoint answered {}", r.status())), millis },
+        Err(e) => {
+            // reqwest's top-level message is generic ("error sending request"); the cause says
+            // what happened (refused, timed out, certificate).
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why = format!("{why}: {s}");
+                source = s.source();
+            }
+            Attempt { at, status: None, error: Some(why), millis }
+        }
+    }
+}
+
+/// The retry policy, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub base_ms: u64,
+    pub max_ms: u64,
+    pub max_attempts: u32,
+    pub give_up_after_ms: Millis,
+}
+
+impl Policy {
+    fn of(c: &crate::config::Config) -> Policy {
+        Policy {
+            base_ms: c.webhook_retry_base_ms,
+            max_ms: c.webhook_retry_max_ms,
+            max_attempts: c.webhook_max_attempts.max(1),
+            give_up_after_ms: (c.webhook_give_up_after_secs as Millis).saturating_mul(1000),
+        }
+    }
+}
+
+/// What to do with the notification at the head of an outbox.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Too old: give it up without another attempt.
+    Expire(Finished),
+    /// Not yet: its backoff runs for this many milliseconds more.
+    Wait(u64),
+    Attempt,
+}
+
+/// Decides the next step for `p` at `now`.
+pub fn step(p: &Pending, now: Millis, policy: &Policy) -> Step {
+    if now - p.created_at > policy.give_up_after_ms {
+        let why = format!("given up: not delivered within {} s", policy.give_up_after_ms / 1000);
+        let last = p.last.clone().unwrap_or(Attempt { at: now, status: None, error: None, millis: 0 });
+        let error = Some(match &last.error {
+            Some(e) => format!("{why}; last attempt: {e}"),
+            None => why,
+        });
+        let last = Attempt { error, ..last };
+        return Step::Expire(Finished { kind: p.kind.clone(), body: p.body.clone(), created_at: p.created_at, attempts: p.attempts, delivered: false, finished_at: now, last });
+    }
+    if p.next_at > now {
+        return Step::Wait((p.next_at - now) as u64);
+    }
+    Step::Attempt
+}
+
+/// What an attempt leaves: the delivery finished (delivered or given up), or to be retried
+/// at `next_at`. `failures` is the endpoint's count of failures in a row, updated here.
+pub fn after_attempt(mut p: Pending, a: Attempt, now: Millis, failures: &mut u32, policy: &Policy, unit: f64) -> Result<Finished, Pending> {
+    p.attempts += 1;
+    let delivered = a.error.is_none();
+    if delivered {
+        *failures = 0;
+    } else {
+        *failures += 1;
+    }
+    if delivered || p.attempts >= policy.max_attempts {
+        return Ok(Finished { kind: p.kind, body: p.body, created_at: p.created_at, attempts: p.attempts, delivered, finished_at: now, last: a });
+    }
+    p.next_at = now + backoff(*failures, policy.base_ms, policy.max_ms, unit) as Millis;
+    p.last = Some(a);
+    Err(p)
+}
+
+/// Delivers an endpoint's outbox in order, until shutdown or until the endpoint is removed.
+/// A failure backs off the whole endpoint (its oldest notification is retried first), so the
+/// order of deliveries to one endpoint is the order the notifications were made in.
+async fn worker(shared: Arc<Shared>, tenant: String, id: u64, hook: Hook, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let policy = Policy::of(&shared.config);
+    let m = &shared.metrics;
+    let mut failures = 0u32;
+    let mut since_trim = 0usize;
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let next: Vec<(u64, Pending)> = shared.store.outbox(&tenant, id, 1).unwrap_or_else(|e| {
+            tracing::error!(tenant, hook = id, error = %e, "reading a webhook outbox failed");
+            vec![]
+        });
+        let Some((nid, p)) = next.into_iter().next() else {
+            // Nothing to send: wait for an actor's wake-up (a poll covers a missed one).
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        };
+        let outcome = match step(&p, now_ms(), &policy) {
+            Step::Expire(done) => Ok(done),
+            Step::Wait(ms) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+            Step::Attempt => {
+                let a = tokio::select! {
+                    a = attempt(&shared.webhooks.client, &hook, nid, &p) => a,
+                    _ = stop.changed() => return,
+                };
+                if let Some(e) = &a.error {
+                    m.webhook_failed_attempts.fetch_add(1, Relaxed);
+                    tracing::warn!(tenant, hook = id, delivery = nid, attempts = p.attempts + 1, error = %e, "webhook delivery failed");
+                }
+                after_attempt(p, a, now_ms(), &mut failures, &policy, unit_random())
+            }
+        };
+        let writes: Vec<Write> = match &outcome {
+            Ok(done) => {
+                (if done.delivered { &m.webhook_delivered } else { &m.webhook_given_up }).fetch_add(1, Relaxed);
+                store::writes::delivery_done(&tenant, id, nid, done).into()
+            }
+            Err(retry) => vec![store::writes::outbox(&tenant, id, nid, retry)],
+        };
+        if let Err(e) = shared.store.write(writes).await {
+            tracing::error!(tenant, hook = id, error = %e, "recording a webhook delivery failed");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+        if outcome.is_ok() {
+            since_trim += 1;
+            if since_trim >= 64 {
+                since_trim = 0;
+                match shared.store.hook_log_trim(&tenant, id, shared.config.webhook_log_keep) {
+                    Ok(w) if !w.is_empty() => {
+                        let _ = shared.store.write(w).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(tenant, hook = id, error = %e, "trimming a webhook log failed"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_cap_and_jitters_down_by_at_most_half() {
+        // (failures, unit) -> delay, with base 1000 ms and cap 600000 ms.
+        let table = [(1, 0.0, 500), (1, 0.999_999, 999), (2, 0.0, 1000), (3, 0.5, 3000), (10, 0.0, 256_000), (11, 0.0, 300_000), (11, 1.0, 600_000), (50, 0.0, 300_000), (0, 0.0, 500)];
+        for (failures, unit, want) in table {
+            assert_eq!(backoff(failures, 1000, 600_000, unit), want, "failures {failures}, unit {unit}");
+        }
+    }
+
+    fn pending(created_at: Millis, next_at: Millis, attempts: u32) -> Pending {
+        Pending { kind: "unlock".into(), body: "{}".into(), created_at, attempts, next_at, last: None }
+    }
+
+    const POLICY: Policy = Policy { base_ms: 1000, max_ms: 600_000, max_attempts: 3, give_up_after_ms: 60_000 };
+
+    #[test]
+    fn the_head_of_the_outbox_is_sent_when_due_waited_for_or_given_up_when_too_old() {
+        assert_eq!(step(&pending(0, 0, 0), 0, &POLICY), Step::Attempt);
+        assert_eq!(step(&pending(0, 1500, 1), 1000, &POLICY), Step::Wait(500));
+        assert_eq!(step(&pending(0, 1500, 1), 60_000, &POLICY), Step::Attempt, "exactly at the limit it is still tried");
+        let Step::Expire(done) = step(&pending(0, 70_000, 2), 60_001, &POLICY) else { panic!("too old") };
+        assert_eq!((done.delivered, done.attempts, done.finished_at), (false, 2, 60_001));
+        assert!(done.last.error.unwrap().contains("not delivered within 60 s"));
+    }
+
+    #[test]
+    fn an_attempt_finishes_the_delivery_or_schedules_the_next_with_the_endpoints_backoff() {
+        let ok = Attempt { at: 0, status: Some(204), error: None, millis: 3 };
+        let bad = Attempt { at: 0, status: Some(500), error: Some("the endpoint answered 500".into()), millis: 3 };
+        let mut failures = 4;
+        let done = after_attempt(pending(0, 0, 1), ok, 10, &mut failures, &POLICY, 0.0).unwrap();
+        assert_eq!((done.delivered, done.attempts, failures), (true, 2, 0));
+        // Failure number 5 in a row: 16 s, jittered down to 8 s at unit 0.
+        let mut failures = 4;
+        let retry = after_attempt(pending(0, 0, 0), bad.clone(), 10, &mut failures, &POLICY, 0.0).unwrap_err();
+        assert_eq!((retry.attempts, retry.next_at, failures, retry.last.unwrap().status), (1, 8_010, 5, Some(500)));
+        // The last allowed attempt fails: given up.
+        let done = after_attempt(pending(0, 0, 2), bad, 10, &mut failures, &POLICY, 0.0).unwrap();
+        assert_eq!((done.delivered, done.attempts, failures), (false, 3, 6));
+    }
+
+    #[test]
+    fn signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // Checked against `printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac whsec_test`.
+        assert_eq!(signature("whsec_test", 1_700_000_000, r#"{"a":1}"#), "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789");
+    }
+
+    #[test]
+    fn secrets_differ_and_carry_256_bits() {
+        let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "whsec_".len() + 43);
+    }
+
+    #[test]
+    fn unit_random_spreads_over_the_unit_interval() {
+        let xs: Vec<f64> = (0..1000).map(|_| unit_random()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(xs.iter().filter(|x| **x < 0.5).count() > 300 && xs.iter().filter(|x| **x >= 0.5).count() > 300);
+    }
+}

@@ -1,0 +1,529 @@
+//! Webhooks end to end, against receivers on loopback: signed deliveries of unlocks, level-ups
+//! and goal outcomes, retries with backoff, endpoints that refuse or never answer holding up
+//! nobody, the outbox surviving a SIGKILL, the delivery log, and every error a client can cause.
+
+mod common;
+
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request a receiver got.
+#[derive(Clone, Debug)]
+struct Got {
+    headers: axum::http::HeaderMap,
+    body: String,
+    json: Value,
+    at: Instant,
+    /// What the receiver answered.
+    ok: bool,
+}
+
+/// A webhook receiver on loopback: records every request, and answers 500 while `failing`.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Got>>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, SocketAddr) {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn start_on(addr: SocketAddr) -> (Receiver, SocketAddr) {
+        let r = Receiver::default();
+        let app = r.app();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (r, addr)
+    }
+
+    /// The same receiver over HTTPS, with a certificate for `localhost` issued by a CA made
+    /// here, whose PEM is written to `ca_file`.
+    async fn start_tls(ca_file: &std::path::Path) -> (Receiver, u16) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "Accolade test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(ca_file, ca.pem()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let r = Receiver::default();
+        let app = r.app();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends the handshake here.
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        (r, port)
+    }
+
+    fn app(&self) -> axum::Router {
+        let state = self.clone();
+        axum::Router::new()
+            .route(
+            "/hook",
+            axum::routing::post(|axum::extract::State(r): axum::extract::State<Receiver>, headers: axum::http::HeaderMap, body: String| async move {
+                let ok = !r.failing.load(Ordering::SeqCst);
+                let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+                r.got.lock().unwrap().push(Got { headers, body, json, at: Instant::now(), ok });
+                if ok { axum::http::StatusCode::NO_CONTENT } else { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+            }),
+            )
+            .with_state(state)
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The requests answered 2xx.
+    fn delivered(&self) -> Vec<Got> {
+        self.got().into_iter().filter(|g| g.ok).collect()
+    }
+
+    /// Waits (at most 30 s) until `done` holds for what was received.
+    async fn wait(&self, what: &str, done: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            let got = self.got();
+            if done(&got) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "receiver: {what} did not happen; got {:?}", got.iter().map(|g| &g.json).collect::<Vec<_>>());
+        }
+    }
+}
+
+/// Checks the `accolade-signature` header the way a receiver would: HMAC-SHA256 keyed with the
+/// endpoint's secret over `"<t>.<body>"`, and `t` within five minutes of now.
+fn verify(secret: &str, g: &Got) -> bool {
+    let header = g.headers.get("accolade-signature").and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", x)) => t = x.parse::<i64>().ok(),
+            Some(("v1", x)) => v1 = Some(x.to_string()),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else { return false };
+    if (chrono::Utc::now().timestamp() - t).abs() > 300 {
+        return false;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{}", g.body).as_bytes());
+    let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    want == v1
+}
+
+fn video(id: &str, user: &str) -> Value {
+    // 20 minutes in one playlist: two badges and level 2 for a new user (see tests/server.rs).
+    http_event(id, user, "video.watched", json!({ "video": "v1", "playlist": "algebra", "seconds": 1200 }))
+}
+
+async fn create_hook(api: &Api, url: &str, events: Option<Value>) -> (u64, String) {
+    let mut body = json!({ "url": url, "description": "test receiver" });
+    if let Some(e) = events {
+        body["events"] = e;
+    }
+    let (st, h) = api.call("POST", "/v1/webhooks", Some(&body)).await;
+    assert_eq!(st, 201, "{h}");
+    (h["id"].as_u64().unwrap(), h["secret"].as_str().unwrap().to_string())
+}
+
+fn kinds(got: &[Got]) -> Vec<String> {
+    got.iter().map(|g| g.json["type"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+#[tokio::test]
+async fn notifications_arrive_signed_in_order_with_one_id_on_every_endpoint() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (all, a_addr) = Receiver::start().await;
+    let (levels, b_addr) = Receiver::start().await;
+    let (a, a_secret) = create_hook(&api, &format!("http://{a_addr}/hook"), None).await;
+    let (b, b_secret) = create_hook(&api, &format!("http://{b_addr}/hook"), Some(json!(["level_up"]))).await;
+    assert_ne!(a_secret, b_secret);
+
+    let mut alice = s.connect("alice").await;
+    alice.send(&event("v1", "video.watched", json!({ "video": "v1", "playlist": "algebra", "seconds": 1200 }))).await;
+    let pushed: Vec<String> = alice.until("level_up").await.iter().map(|m| m["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(pushed, ["ack", "xp", "unlock", "unlock", "level_up"]);
+
+    let got = all.wait("three notifications", |g| g.len() >= 3).await;
+    assert_eq!(kinds(&got), ["unlock", "unlock", "level_up"], "in the order they were pushed");
+    let names: Vec<&str> = got[..2].iter().map(|g| g.json["data"]["badge"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Act I Scene I", "Nice Listener"]);
+    for g in &got {
+        assert!(verify(&a_secret, g), "signature of {}", g.body);
+        assert!(!verify(&b_secret, g), "another endpoint's secret must not verify");
+        assert_eq!((g.json["tenant"].as_str(), g.json["user_id"].as_str(), g.json["data"]["event_id"].as_str()), (Some("demo"), Some("alice"), Some("v1")));
+        assert_eq!(g.headers["accolade-event"], g.json["type"].as_str().unwrap());
+        assert_eq!(g.headers["accolade-id"], g.json["id"].to_string().as_str());
+        assert_eq!(g.headers["content-type"], "application/json");
+    }
+    let ids: BTreeSet<u64> = got.iter().map(|g| g.json["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "each notification has its own id");
+
+    // The other endpoint subscribed to level-ups only, and sees the same notification id.
+    let lv = levels.wait("the level-up", |g| !g.is_empty()).await;
+    assert_eq!(kinds(&lv), ["level_up"]);
+    assert!(verify(&b_secret, &lv[0]));
+    assert_eq!(lv[0].json["id"], got[2].json["id"]);
+    assert_eq!(lv[0].json["data"]["level"], 2);
+
+    // The delivery log: three delivered at the first attempt, nothing waiting.
+    let log = api.wait_for(&format!("/v1/webhooks/{a}/deliveries"), 10, |l| l["finished"].as_array().unwrap().len() == 3).await;
+    assert_eq!(log["pending"], json!([]));
+    for d in log["finished"].as_array().unwrap() {
+        assert_eq!((d["state"].as_str(), d["attempts"].as_u64(), d["last_attempt"]["status"].as_u64()), (Some("delivered"), Some(1), Some(204)), "{d}");
+    }
+    let newest_first: Vec<u64> = log["finished"].as_array().unwrap().iter().map(|d| d["id"].as_u64().unwrap()).collect();
+    assert_eq!(newest_first, ids.iter().rev().copied().collect::<Vec<_>>());
+
+    // Listing and reading endpoints never shows the secret again.
+    let (st, list) = api.get("/v1/webhooks").await;
+    assert_eq!(st, 200);
+    let listed: Vec<u64> = list["webhooks"].as_array().unwrap().iter().map(|h| h["id"].as_u64().unwrap()).collect();
+    assert_eq!(listed, [a, b]);
+    assert!(!list.to_string().contains("whsec_"), "{list}");
+    let (st, one) = api.get(&format!("/v1/webhooks/{b}")).await;
+    assert_eq!((st, one["events"].clone(), one["pending"].as_u64(), one.get("secret")), (200, json!(["level_up"]), Some(0), None));
+    api.wait_for(&format!("/v1/webhooks/{b}/deliveries"), 10, |l| l["finished"].as_array().unwrap().len() == 1).await;
+    let (_, metrics) = api.get("/metrics").await;
+    assert!(metrics.as_str().unwrap().contains("accolade_webhook_deliveries_total{outcome=\"delivered\"} 4"), "{metrics}");
+
+    // A deleted endpoint gets nothing more; the other carries on.
+    let (st, _) = api.call("DELETE", &format!("/v1/webhooks/{a}"), None).await;
+    assert_eq!(st, 204);
+    let (st, _) = api.get(&format!("/v1/webhooks/{a}")).await;
+    assert_eq!(st, 404);
+    api.ingest(vec![http_event("l1", "alice", "exercise.proficient", json!({ "exercise": "e1" })), video("v2", "bob")]).await;
+    levels.wait("bob's level-up", |g| g.len() >= 2).await;
+    assert_eq!(all.got().len(), 3, "the deleted endpoint was sent nothing more");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_retried_with_growing_delays_and_live_pushes_do_not_wait() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.webhook_retry_base_ms = 100;
+        c.webhook_retry_max_ms = 10_000;
+    })
+    .await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (rx, addr) = Receiver::start().await;
+    rx.failing.store(true, Ordering::SeqCst);
+    let (id, secret) = create_hook(&api, &format!("http://{addr}/hook"), None).await;
+
+    let mut alice = s.connect("alice").await;
+    alice.send(&event("v1", "video.watched", json!({ "video": "v1", "playlist": "algebra", "seconds": 1200 }))).await;
+    // The pushes are not held by the failing endpoint.
+    alice.until("level_up").await;
+
+    // The oldest notification is tried again and again; the log shows why it waits.
+    let log = api
+        .wait_for(&format!("/v1/webhooks/{id}/deliveries"), 30, |l| l["pending"].get(0).is_some_and(|p| p["attempts"].as_u64() >= Some(4)))
+        .await;
+    let head = &log["pending"][0];
+    assert_eq!((head["type"].as_str(), head["last_attempt"]["status"].as_u64()), (Some("unlock"), Some(500)), "{head}");
+    assert!(head["last_attempt"]["error"].as_str().unwrap().contains("500"), "{head}");
+    assert_eq!(log["pending"].as_array().unwrap().len(), 3, "{log}");
+
+    rx.failing.store(false, Ordering::SeqCst);
+    let got = rx.wait("three deliveries", |g| g.iter().filter(|g| g.ok).count() >= 3).await;
+    // Retries repeat the same notification (same id and body) until it is taken; only then
+    // do the next ones go, in order.
+    let first = got[0].json["id"].clone();
+    let tries = got.iter().take_while(|g| g.json["id"] == first).count();
+    assert!(tries >= 5, "{tries} attempts at the first notification");
+    assert!(got[..tries].iter().all(|g| g.body == got[0].body && verify(&secret, g)));
+    assert_eq!(kinds(&rx.delivered()), ["unlock", "unlock", "level_up"]);
+    // Backoff: after the k-th failure in a row the wait is at least half of 100 ms * 2^(k-1)
+    // (full jitter takes off at most half), so the least possible wait doubles each time.
+    for k in 1..=3u32 {
+        let gap = got[k as usize].at - got[k as usize - 1].at;
+        // Less 2 ms: the worker schedules in whole milliseconds.
+        assert!(gap >= Duration::from_millis((50 << (k - 1)) - 2), "wait after failure {k}: {gap:?}");
+    }
+    let log = api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["finished"].as_array().unwrap().len() == 3).await;
+    let oldest = &log["finished"][2];
+    assert_eq!((oldest["state"].as_str(), oldest["attempts"].as_u64(), oldest["id"].clone()), (Some("delivered"), Some(tries as u64), first), "{oldest}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn endpoints_that_refuse_or_never_answer_hold_up_nobody_and_given_up_deliveries_can_be_retried() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.webhook_retry_base_ms = 20;
+        c.webhook_retry_max_ms = 50;
+        c.webhook_max_attempts = 2;
+        c.webhook_timeout_ms = 500;
+    })
+    .await;
+    let api = Api::new(&s, DEMO_KEY);
+    // Nothing listens on `refused`; `silent` accepts connections and never answers.
+    let refused = free_port();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            held.push(c);
+        }
+    });
+    let (dead, _) = create_hook(&api, &format!("http://127.0.0.1:{refused}/hook"), None).await;
+    let (hung, _) = create_hook(&api, &format!("http://{silent_addr}/hook"), None).await;
+    let (rx, addr) = Receiver::start().await;
+    let (good, _) = create_hook(&api, &format!("http://{addr}/hook"), None).await;
+
+    let mut clients = Vec::new();
+    for u in ["u1", "u2", "u3"] {
+        clients.push(s.connect(u).await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&event(&format!("e{i}"), "video.watched", json!({ "video": "v1", "playlist": "algebra", "seconds": 1200 }))).await;
+    }
+    for c in clients.iter_mut() {
+        c.until("level_up").await;
+    }
+    let got = rx.wait("nine notifications", |g| g.len() >= 9).await;
+    let users: BTreeSet<&str> = got.iter().map(|g| g.json["user_id"].as_str().unwrap()).collect();
+    assert_eq!(users, BTreeSet::from(["u1", "u2", "u3"]));
+
+    // Each bad endpoint gives up after two attempts per delivery, and says why.
+    let why = |hook: u64, text: &'static str| {
+        let api = api.clone();
+        async move {
+            let log = api.wait_for(&format!("/v1/webhooks/{hook}/deliveries"), 30, |l| l["finished"].as_array().unwrap().len() == 9).await;
+            for d in log["finished"].as_array().unwrap() {
+                assert_eq!((d["state"].as_str(), d["attempts"].as_u64(), d["last_attempt"]["status"].clone()), (Some("failed"), Some(2), Value::Null), "{d}");
+                let e = d["last_attempt"]["error"].as_str().unwrap().to_lowercase();
+                assert!(e.contains(text), "{hook}: `{e}` should mention `{text}`");
+            }
+            log
+        }
+    };
+    let log = why(dead, "refused").await;
+    why(hung, "timed out").await;
+    let (_, metrics) = api.get("/metrics").await;
+    assert!(metrics.as_str().unwrap().contains("accolade_webhook_deliveries_total{outcome=\"given_up\"} 18"), "{metrics}");
+
+    // A given-up delivery can be sent again once the endpoint is back.
+    let (back, _) = Receiver::start_on(format!("127.0.0.1:{refused}").parse().unwrap()).await;
+    let failed = log["finished"][0]["id"].as_u64().unwrap();
+    let (st, d) = api.call("POST", &format!("/v1/webhooks/{dead}/deliveries/{failed}/retry"), None).await;
+    assert_eq!((st, d["state"].as_str(), d["attempts"].as_u64()), (202, Some("pending"), Some(0)), "{d}");
+    let again = back.wait("the retried delivery", |g| !g.is_empty()).await;
+    assert_eq!(again[0].json["id"].as_u64(), Some(failed));
+    let log = api.wait_for(&format!("/v1/webhooks/{dead}/deliveries"), 10, |l| l["finished"][0]["state"] == "delivered").await;
+    assert_eq!(log["finished"][0]["id"].as_u64(), Some(failed));
+    // Retrying a delivered one, or one that does not exist, is refused.
+    let (st, e) = api.call("POST", &format!("/v1/webhooks/{dead}/deliveries/{failed}/retry"), None).await;
+    assert_eq!((st, e["error"].as_str()), (409, Some("already_delivered")));
+    let (st, e) = api.call("POST", &format!("/v1/webhooks/{good}/deliveries/12345678/retry"), None).await;
+    assert_eq!((st, e["error"].as_str()), (404, Some("not_found")));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn https_endpoints_are_verified_against_the_system_roots_and_the_configured_ca() {
+    let dir = tmp();
+    let ca = dir.path().join("ca.pem");
+    let (rx, port) = Receiver::start_tls(&ca).await;
+    let data = dir.path().join("data");
+    let s = TestServer::start_with(&data, |c| {
+        c.webhook_ca_file = Some(ca.clone());
+        c.webhook_max_attempts = 1;
+    })
+    .await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (good, secret) = create_hook(&api, &format!("https://localhost:{port}/hook"), Some(json!(["level_up"]))).await;
+    // The certificate names `localhost`, not the address: this one must be refused.
+    let (wrong, _) = create_hook(&api, &format!("https://127.0.0.1:{port}/hook"), Some(json!(["level_up"]))).await;
+    api.ingest(vec![video("v1", "alice")]).await;
+    let got = rx.wait("the level-up over TLS", |g| !g.is_empty()).await;
+    assert_eq!(kinds(&got), ["level_up"]);
+    assert!(verify(&secret, &got[0]));
+    let log = api.wait_for(&format!("/v1/webhooks/{wrong}/deliveries"), 30, |l| !l["finished"].as_array().unwrap().is_empty()).await;
+    let e = log["finished"][0]["last_attempt"]["error"].as_str().unwrap().to_lowercase();
+    assert!(e.contains("certificate"), "{e}");
+    api.wait_for(&format!("/v1/webhooks/{good}/deliveries"), 10, |l| l["finished"][0]["state"] == "delivered").await;
+    assert_eq!(rx.got().len(), 1, "nothing reached the receiver through the refused certificate");
+    s.stop().await;
+
+    // A CA file that is not PEM stops the server at start, naming the file.
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let mut c = test_config(&data);
+    c.webhook_ca_file = Some(ca.clone());
+    let e = accolade::server::build(c).await.err().expect("refused").to_string();
+    assert!(e.contains("--webhook-ca-file") && e.contains("ca.pem"), "{e}");
+}
+
+#[tokio::test]
+async fn a_dead_endpoints_notifications_are_given_up_once_too_old_so_its_outbox_stays_bounded() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.webhook_give_up_after_secs = 1;
+        c.webhook_retry_base_ms = 3000;
+    })
+    .await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (dead, _) = create_hook(&api, &format!("http://127.0.0.1:{}/hook", free_port()), None).await;
+    api.ingest(vec![video("v1", "alice")]).await;
+    // The oldest is tried once and backs the endpoint off; by the next turn all three are older
+    // than a second and are given up without further attempts.
+    let log = api.wait_for(&format!("/v1/webhooks/{dead}/deliveries"), 30, |l| l["finished"].as_array().unwrap().len() == 3).await;
+    assert_eq!(log["pending"], json!([]));
+    let attempts: Vec<u64> = log["finished"].as_array().unwrap().iter().map(|d| d["attempts"].as_u64().unwrap()).collect();
+    assert_eq!(attempts, [0, 0, 1], "newest first: {log}");
+    for d in log["finished"].as_array().unwrap() {
+        assert_eq!(d["state"], "failed");
+        assert!(d["last_attempt"]["error"].as_str().unwrap().contains("not delivered within 1 s"), "{d}");
+    }
+    assert!(log["finished"][2]["last_attempt"]["error"].as_str().unwrap().to_lowercase().contains("refused"), "{log}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_outbox_survives_sigkill_and_everything_is_delivered_after_the_restart() {
+    let dir = tmp();
+    let port = free_port();
+    let receiver_port = free_port();
+    let flags = ["--webhook-retry-base-ms", "50", "--webhook-retry-max-ms", "200"];
+    let mut server = start_with(dir.path(), port, &flags).await;
+    let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
+    let (id, secret) = create_hook(&api, &format!("http://127.0.0.1:{receiver_port}/hook"), None).await;
+    // Five users, each two badges and a level: fifteen notifications, all acknowledged (the
+    // ingest answers once they are durable) while the endpoint is down.
+    let users = ["k1", "k2", "k3", "k4", "k5"];
+    let out = api.ingest(users.iter().map(|u| video(&format!("v-{u}"), u)).collect()).await;
+    assert!(out["results"].as_array().unwrap().iter().all(|r| r["status"] == "accepted"), "{out}");
+    let log = api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 30, |l| l["pending"][0]["attempts"].as_u64() >= Some(1)).await;
+    let waiting: BTreeSet<u64> = log["pending"].as_array().unwrap().iter().map(|d| d["id"].as_u64().unwrap()).collect();
+    assert_eq!(waiting.len(), 15, "{log}");
+    server.kill9();
+
+    let (rx, _) = Receiver::start_on(format!("127.0.0.1:{receiver_port}").parse().unwrap()).await;
+    let _server = start_with(dir.path(), port, &flags).await;
+    let got = rx.wait("fifteen notifications", |g| g.iter().map(|g| g.json["id"].as_u64()).collect::<BTreeSet<_>>().len() >= 15).await;
+    let ids: BTreeSet<u64> = got.iter().map(|g| g.json["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, waiting, "exactly the notifications that waited were delivered");
+    assert!(got.iter().all(|g| verify(&secret, g)));
+    for u in users {
+        let mine: Vec<String> = got.iter().filter(|g| g.json["user_id"] == u).map(|g| g.json["type"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().into_iter().collect();
+        assert_eq!(mine, ["level_up", "unlock"], "{u}");
+    }
+    let log = api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["finished"].as_array().unwrap().len() == 15).await;
+    assert_eq!(log["pending"], json!([]));
+}
+
+#[tokio::test]
+async fn goal_outcomes_are_notified_to_endpoints_that_subscribe() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| c.goal_tick_ms = 50).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (rx, addr) = Receiver::start().await;
+    create_hook(&api, &format!("http://{addr}/hook"), Some(json!(["goal_missed", "goal_completed"]))).await;
+    let criterion = json!({ "kind": "count", "event": "article.read", "distinct": "article", "target": 3 });
+    let (st, _) = api.call("POST", "/v1/goals", Some(&json!({ "id": "read3", "assignee": "stu", "assigner": "tea", "title": "Read three", "criterion": criterion }))).await;
+    assert_eq!(st, 201);
+    let due = (chrono::Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339();
+    let two_logins = json!({ "kind": "count", "event": "login", "target": 2 });
+    let (st, _) = api.call("POST", "/v1/goals", Some(&json!({ "id": "soon", "assignee": "stu", "assigner": "tea", "title": "Log in twice", "criterion": two_logins, "due_at": due }))).await;
+    assert_eq!(st, 201);
+    let reads: Vec<Value> = ["a1", "a2", "a3"].iter().map(|a| http_event(&format!("r-{a}"), "stu", "article.read", json!({ "article": a }))).collect();
+    api.ingest(reads).await;
+    let got = rx.wait("both outcomes", |g| g.len() >= 2).await;
+    let mut seen: Vec<(String, String)> = got.iter().map(|g| (g.json["type"].as_str().unwrap().into(), g.json["data"]["goal"]["id"].as_str().unwrap().into())).collect();
+    seen.sort();
+    assert_eq!(seen, [("goal_completed".to_string(), "read3".to_string()), ("goal_missed".to_string(), "soon".to_string())]);
+    assert!(got.iter().all(|g| g.json["user_id"] == "stu" && g.json["data"]["goal"]["assigner"] == "tea"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_client_error_is_answered_clearly() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), two_tenants).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let cases = [
+        (json!({ "url": "ftp://example.com/x" }), "http or https"),
+        (json!({ "url": "not a url" }), "not a URL"),
+        (json!({ "url": "http://user:pw@127.0.0.1/x" }), "credentials"),
+        (json!({ "url": "http://127.0.0.1/x", "events": ["xp"] }), "`events` has `xp`"),
+        (json!({ "url": "http://127.0.0.1/x", "events": [] }), "`events` is empty"),
+        (json!({ "url": "http://127.0.0.1/x", "description": "d".repeat(201) }), "description"),
+        (json!({ "url": format!("http://127.0.0.1/{}", "x".repeat(2048)) }), "2,048"),
+        (json!({ "url": "http://127.0.0.1/x", "secret": "mine" }), "secret"),
+        (json!({ "events": ["unlock"] }), "url"),
+    ];
+    for (body, text) in cases {
+        let (st, e) = api.call("POST", "/v1/webhooks", Some(&body)).await;
+        assert_eq!((st, e["error"].as_str()), (400, Some("invalid_body")), "{body}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(text), "{body}: {e} should mention {text}");
+    }
+    let (st, e) = api.raw("POST", "/v1/webhooks", b"{not json".to_vec()).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("invalid_body")), "{e}");
+
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        ids.push(create_hook(&api, &format!("http://127.0.0.1:9/{i}"), Some(json!(["unlock", "unlock"]))).await.0);
+    }
+    let (st, e) = api.call("POST", "/v1/webhooks", Some(&json!({ "url": "http://127.0.0.1:9/17" }))).await;
+    assert_eq!((st, e["error"].as_str()), (409, Some("too_many_webhooks")), "{e}");
+    let (_, one) = api.get(&format!("/v1/webhooks/{}", ids[0])).await;
+    assert_eq!(one["events"], json!(["unlock"]), "repeated kinds are kept once");
+
+    for (method, path) in [("GET", "/v1/webhooks/424242"), ("DELETE", "/v1/webhooks/424242"), ("GET", "/v1/webhooks/424242/deliveries"), ("POST", "/v1/webhooks/424242/deliveries/1/retry")] {
+        let (st, e) = api.call(method, path, None).await;
+        assert_eq!((st, e["error"].as_str()), (404, Some("not_found")), "{method} {path}: {e}");
+    }
+    // Another tenant sees none of them and cannot touch them.
+    let acme = api.with_key(Some(ACME_KEY));
+    let (st, list) = acme.get("/v1/webhooks").await;
+    assert_eq!((st, list["webhooks"].clone()), (200, json!([])));
+    for (method, path) in [("GET", format!("/v1/webhooks/{}", ids[0])), ("DELETE", format!("/v1/webhooks/{}", ids[0])), ("GET", format!("/v1/webhooks/{}/deliveries", ids[0]))] {
+        let (st, _) = acme.call(method, &path, None).await;
+        assert_eq!(st, 404, "acme {method} {path}");
+    }
+    let (st, _) = api.get(&format!("/v1/webhooks/{}", ids[0])).await;
+    assert_eq!(st, 200, "still there for its own tenant");
+    // A deleted endpoint frees its place.
+    let (st, _) = api.call("DELETE", &format!("/v1/webhooks/{}", ids[0]), None).await;
+    assert_eq!(st, 204);
+    create_hook(&api, "https://hooks.example.com/accolade", None).await;
+    s.stop().await;
+}
