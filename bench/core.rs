@@ -7,6 +7,10 @@ use accolade::core::{apply, Catalogue, Event, Format, UserState};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 
+// The server's allocator (src/main.rs), so allocation costs are the ones the server has.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_772_452_800_000;
 
 /// A realistic mix like the load generator's: mostly answers (80% right) over 8 exercises,

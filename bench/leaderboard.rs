@@ -5,6 +5,10 @@ use accolade::ranking::Ranking;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 
+// The server's allocator (src/main.rs), so the layout in memory is the one the server has.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A small deterministic generator, so every run measures the same sequence.
 struct Lcg(u64);
 

@@ -108,8 +108,18 @@ impl Ranking {
                 if old == key {
                     return self.rank(user).unwrap_or(0);
                 }
-                match self.remove_entry(old, user) {
-                    Some(u) => u,
+                match self.locate(old, user) {
+                    Some((b, i)) => {
+                        let nb = self.block_for(key, user).min(self.blocks.len() - 1);
+                        if nb == b {
+                            return self.move_within_block(b, i, key, user);
+                        }
+                        // Start loading the destination block now, so that its cache misses
+                        // overlap with the removal below instead of following it.
+                        let dest = &self.blocks[nb];
+                        std::hint::black_box((dest.keys.get(dest.keys.len() / 2), dest.users.get(dest.users.len() / 2)));
+                        self.remove_at(b, i)
+                    }
                     None => Arc::from(user),
                 }
             }
@@ -268,8 +278,32 @@ impl Ranking {
         rank
     }
 
+    /// Moves the entry at (`b`, `i`) to its new place `new` in the same block: one rotate of
+    /// the entries between the two places, and no block changes length.
+    fn move_within_block(&mut self, b: usize, i: usize, new: Key, user: &str) -> usize {
+        let block = &mut self.blocks[b];
+        // The place among the block's entries, the old one still included.
+        let j = block.find(new, user).unwrap_or_else(|j| j);
+        let at = if j <= i {
+            block.keys[j..=i].rotate_right(1);
+            block.users[j..=i].rotate_right(1);
+            j
+        } else {
+            block.keys[i..j].rotate_left(1);
+            block.users[i..j].rotate_left(1);
+            j - 1
+        };
+        block.keys[at] = new;
+        self.lasts[b] = *block.keys.last().expect("the block holds this entry");
+        self.before(b) + at + 1
+    }
+
     fn remove_entry(&mut self, k: Key, user: &str) -> Option<Arc<str>> {
         let (b, i) = self.locate(k, user)?;
+        Some(self.remove_at(b, i))
+    }
+
+    fn remove_at(&mut self, b: usize, i: usize) -> Arc<str> {
         self.blocks[b].keys.remove(i);
         let removed = self.blocks[b].users.remove(i);
         if self.blocks[b].keys.is_empty() {
@@ -282,7 +316,7 @@ impl Ranking {
             }
             self.fen_add(b, -1);
         }
-        Some(removed)
+        removed
     }
 }
 
@@ -320,6 +354,21 @@ mod tests {
         assert_eq!(order, ["dave", "bob", "alice", "carol"]);
         assert_eq!(r.rank("carol"), Some(4));
         assert_eq!(r.rank("nobody"), None);
+    }
+
+    #[test]
+    fn a_move_inside_one_block_keeps_the_order_both_ways() {
+        let mut r = Ranking::new();
+        for (i, u) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            r.set(u, 10.0 * (5 - i) as f64, 0);
+        }
+        // e (10) passes c (30) and d; then a (50) drops below d.
+        assert_eq!(r.set("e", 35.0, 1), 3);
+        assert_eq!(r.set("a", 25.0, 2), 4);
+        let order: Vec<String> = r.iter().map(|s| s.user.to_string()).collect();
+        assert_eq!(order, ["b", "e", "c", "a", "d"]);
+        assert_eq!((r.rank("b"), r.rank("d")), (Some(1), Some(5)));
+        assert_eq!(r.range(4, 1)[0].1.score, 25.0);
     }
 
     proptest! {
