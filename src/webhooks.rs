@@ -78,6 +78,7 @@ pub struct Finished {
 }
 
 /// What the actors need to know about an endpoint to fill its outbox.
+#[derive(Clone)]
 struct Sub {
     id: u64,
     events: Vec<String>,
@@ -181,7 +182,7 @@ impl Webhooks {
         let wake = Arc::new(Notify::new());
         let task = tokio::spawn(worker(shared.clone(), tenant.to_string(), id, hook.clone(), wake.clone(), shared.shutdown.subscribe()));
         self.workers.insert((tenant.to_string(), id), Worker { wake: wake.clone(), task });
-        let mut subs: Vec<Sub> = self.subs.get(tenant).map(|s| s.iter().map(|s| Sub { id: s.id, events: s.events.clone(), wake: s.wake.clone() }).collect()).unwrap_or_default();
+        let mut subs: Vec<Sub> = self.subs.get(tenant).map(|s| s.to_vec()).unwrap_or_default();
         subs.push(Sub { id, events: hook.events.clone(), wake });
         self.subs.insert(tenant.to_string(), Arc::new(subs));
     }
@@ -190,7 +191,7 @@ impl Webhooks {
     /// writes to its outbox after this returns (but an actor that had already looked).
     pub async fn remove(&self, tenant: &str, id: u64) {
         if let Some(mut s) = self.subs.get_mut(tenant) {
-            *s = Arc::new(s.iter().filter(|s| s.id != id).map(|s| Sub { id: s.id, events: s.events.clone(), wake: s.wake.clone() }).collect());
+            *s = Arc::new(s.iter().filter(|s| s.id != id).cloned().collect());
         }
         if let Some((_, w)) = self.workers.remove(&(tenant.to_string(), id)) {
             w.task.abort();

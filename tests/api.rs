@@ -367,9 +367,9 @@ async fn operations_endpoints_answer() {
         assert!(m.contains(&format!("# TYPE {name} ")), "{name}");
     }
     // Request ids: the caller's is echoed, otherwise one is made.
-    let res = reqwest::Client::new().get(format!("http://{}/healthz", s.addr)).header("x-request-id", "req-42").send().await.unwrap();
+    let res = http_client().get(format!("http://{}/healthz", s.addr)).header("x-request-id", "req-42").send().await.unwrap();
     assert_eq!(res.headers()["x-request-id"], "req-42");
-    let res = reqwest::Client::new().get(format!("http://{}/healthz", s.addr)).send().await.unwrap();
+    let res = http_client().get(format!("http://{}/healthz", s.addr)).send().await.unwrap();
     assert!(!res.headers()["x-request-id"].is_empty());
     s.stop().await;
 }

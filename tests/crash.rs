@@ -124,7 +124,7 @@ async fn sighup_reloads_the_catalogue_file_and_refuses_a_broken_one() {
     let data = dir.path().join("data");
     let port = free_port();
     let mut server = start_with(&data, port, &["--catalogue", file.to_str().unwrap()]).await;
-    let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
+    let api = Api::demo_at(port);
     assert_eq!(api.get("/v1/catalogue").await.1["version"], 1);
     let hup = |pid: u32| assert!(Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success());
     let extra = "\n[[badges]]\nid = \"hup\"\nname = \"Hup\"\ntier = \"bronze\"\nrule = { kind = \"count\", event = \"login\", target = 1 }\n";

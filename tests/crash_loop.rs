@@ -235,7 +235,7 @@ async fn acked_events_survive_a_crash_loop_exactly_once() {
 async fn verify(load: &Load, mut server: Server) {
     let (port, url, at, seen, dir) = (load.port, load.url.as_str(), load.at.as_str(), &load.seen, load.dir.path());
 
-    let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
+    let api = Api::demo_at(port);
     let cat = Catalogue::demo();
     let when = chrono::DateTime::parse_from_rfc3339(at).unwrap().timestamp_millis();
     for (u, seen) in seen.iter().enumerate() {

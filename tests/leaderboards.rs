@@ -188,7 +188,7 @@ async fn a_period_closes_once_even_when_the_server_is_killed_while_closing() {
     let port = free_port();
     let flags = ["--catalogue", file.to_str().unwrap(), "--leaderboard-tick-ms", "50", "--leaderboard-close-grace-ms", "100"];
     let mut server = start_with(&data, port, &flags).await;
-    let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
+    let api = Api::demo_at(port);
     let mut events = vec![];
     for (user, n) in [("u1", 3), ("u2", 2), ("u3", 1)] {
         events.extend((0..n).map(|i| http_answer(&format!("{user}-{i}"), user, "addition-1", true)));

@@ -20,7 +20,7 @@ async fn a_full_disk_refuses_events_and_loses_nothing_acknowledged() {
     // The process may write files of at most 3 MB: writes past it fail (EFBIG) the way they
     // would on a full disk (SIGXFSZ ignored, as a server would not die of it either).
     let mut server = start_wrapped(dir.path(), port, &[], Some("ulimit -f 3000; trap '' XFSZ")).await;
-    let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
+    let api = Api::demo_at(port);
     let mut sent: Vec<Value> = vec![];
     let mut accepted: Vec<String> = vec![];
     let mut refused = 0;

@@ -424,7 +424,7 @@ async fn the_outbox_survives_sigkill_and_everything_is_delivered_after_the_resta
     let receiver_port = free_port();
     let flags = ["--webhook-retry-base-ms", "50", "--webhook-retry-max-ms", "200"];
     let mut server = start_with(dir.path(), port, &flags).await;
-    let api = Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: reqwest::Client::new() };
+    let api = Api::demo_at(port);
     let (id, secret) = create_hook(&api, &format!("http://127.0.0.1:{receiver_port}/hook"), None).await;
     // Five users, each two badges and a level: fifteen notifications, all acknowledged (the
     // ingest answers once they are durable) while the endpoint is down.

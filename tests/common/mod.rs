@@ -195,9 +195,22 @@ pub struct Api {
     pub http: reqwest::Client,
 }
 
+/// An HTTP client for the tests. reqwest is built with rustls but no crypto provider of its
+/// own (the server's webhooks choose ring, see Cargo.toml), so the provider is installed first:
+/// a test process that never builds a server in-process would otherwise panic here.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 impl Api {
     pub fn new(server: &TestServer, key: &str) -> Api {
-        Api { base: format!("http://{}", server.addr), key: Some(key.to_string()), http: reqwest::Client::new() }
+        Api { base: format!("http://{}", server.addr), key: Some(key.to_string()), http: http_client() }
+    }
+
+    /// The demo tenant's API on a server binary listening on loopback `port`.
+    pub fn demo_at(port: u16) -> Api {
+        Api { base: format!("http://127.0.0.1:{port}"), key: Some(DEMO_KEY.into()), http: http_client() }
     }
 
     pub fn with_key(&self, key: Option<&str>) -> Api {
