@@ -673,10 +673,11 @@ impl Store {
         hook_range(&self.outbox, tenant, hook, None, limit, false)
     }
 
-    /// How many notifications wait for a webhook endpoint.
-    pub fn outbox_len(&self, tenant: &str, hook: u64) -> usize {
+    /// How many notifications wait for a webhook endpoint, counted up to `cap` (an endpoint
+    /// that has been down for days can have a long outbox, and this is read per API call).
+    pub fn outbox_len(&self, tenant: &str, hook: u64, cap: usize) -> usize {
         let p = hook_prefix(tenant, hook);
-        self.outbox.scan_prefix(&p).count()
+        self.outbox.scan_prefix(&p).keys().take(cap).count()
     }
 
     /// An endpoint's finished deliveries, newest first, with ids below `before`.

@@ -36,7 +36,7 @@ pub struct WebhookDoc {
     pub events: Vec<String>,
     pub description: String,
     pub created_at: String,
-    /// Notifications waiting to be delivered.
+    /// Notifications waiting to be delivered, counted up to 100,000.
     pub pending: usize,
     /// Only in the answer to the creation: the key of the `accolade-signature` HMAC. Keep it;
     /// it is not shown again.
@@ -52,7 +52,7 @@ pub struct WebhookList {
 fn doc(shared: &Shared, tenant: &str, id: u64, h: Hook) -> WebhookDoc {
     WebhookDoc {
         id,
-        pending: shared.store.outbox_len(tenant, id),
+        pending: shared.store.outbox_len(tenant, id, 100_000),
         url: h.url,
         events: h.events,
         description: h.description,
