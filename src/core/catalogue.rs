@@ -595,6 +595,9 @@ pub struct Catalogue {
     pub badge_index: HashMap<String, usize>,
     /// Badges rechecked after any event because they depend on XP, level, badges or the user.
     pub user_badges: Vec<usize>,
+    /// For each badge: whether it is earned at most once (neither repeatable nor per key). The
+    /// engine reads this compact list to skip owned badges without touching their definitions.
+    pub once: Vec<bool>,
     /// For each cache ring: its event type and the names of the fields it keeps.
     pub rings: Vec<(usize, Vec<String>)>,
     pub boards: Vec<BoardDef>,
@@ -652,6 +655,11 @@ impl Catalogue {
     }
 
     pub fn type_of(&self, name: &str) -> Option<usize> {
+        // Catalogues declare a handful of event types: comparing names (lengths first) is
+        // cheaper than hashing one, and this runs on every event.
+        if self.types.len() <= 16 {
+            return self.types.iter().position(|t| t.name.len() == name.len() && t.name == name);
+        }
         self.type_index.get(name).copied()
     }
 
@@ -914,6 +922,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     }
     let badge_index: HashMap<String, usize> = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
     let boards = compile_boards(doc.leaderboards, &b, &badges, &badge_index)?;
+    let once = badges.iter().map(|d| d.repeat_every.is_none() && d.per_key.is_none()).collect();
     Ok(Catalogue {
         version: doc.version,
         id: 0,
@@ -928,6 +937,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         badges,
         badge_index,
         user_badges,
+        once,
         rings,
         boards,
         source: String::new(),

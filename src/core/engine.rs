@@ -141,10 +141,15 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
 
     // Stats no longer change once badges are being evaluated, so each stat's value in this
     // context is looked up once (five streak badges share one streak stat, for example).
-    let memo: Vec<std::cell::Cell<f64>> = vec![std::cell::Cell::new(f64::NAN); cat.stats.len()];
+    // The buffer lives in the state between events so that no event allocates it.
+    let mut memo = std::mem::take(&mut state.derived.memo);
+    memo.clear();
+    memo.resize(cat.stats.len(), std::cell::Cell::new(f64::NAN));
     let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo };
     for &i in &ty.badges {
-        consider(state, &ctx, i, &event.event_id, &mut fx);
+        if !(cat.once[i] && state.derived.owned[i] > 0) {
+            consider(state, &ctx, i, &event.event_id, &mut fx);
+        }
     }
     // Badges that depend on XP, level, other badges or the user are rechecked until nothing
     // more is awarded; each pass awards at least one badge or stops, so this ends.
@@ -152,7 +157,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     while again {
         again = false;
         for &i in &cat.user_badges {
-            if consider(state, &ctx, i, &event.event_id, &mut fx) {
+            if !(cat.once[i] && state.derived.owned[i] > 0) && consider(state, &ctx, i, &event.event_id, &mut fx) {
                 again = true;
             }
         }
@@ -172,6 +177,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
             fx.push(Effect::Progress { badge: def.id.clone(), current: current.min(target), target });
         }
     }
+    state.derived.memo = memo;
     if !state.goals.is_empty() {
         super::goal::step(state, event, now, cat, &mut fx);
     }
@@ -325,10 +331,7 @@ fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], a
                     // would allocate for nothing.
                     let set = match (&mut *val, key) {
                         (StatValue::Set(s), _) => Some(s),
-                        (StatValue::KeyedSet(m), Some(k)) => Some(match m.get_mut(k.as_ref()) {
-                            Some(s) => s,
-                            None => m.entry(k.into_owned()).or_default(),
-                        }),
+                        (StatValue::KeyedSet(m), Some(k)) => Some(m.get_or_insert_with(&k, Default::default)),
                         _ => None,
                     };
                     if let Some(set) = set
@@ -404,10 +407,7 @@ fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], a
 fn bump(val: &mut StatValue, key: Option<&str>, f: impl Fn(f64) -> f64) -> bool {
     let slot = match (val, key) {
         (StatValue::Num(v), _) => v,
-        (StatValue::Keyed(m), Some(k)) => match m.get_mut(k) {
-            Some(v) => v,
-            None => m.entry(k.to_string()).or_insert(0.0),
-        },
+        (StatValue::Keyed(m), Some(k)) => m.get_or_insert_with(k, || 0.0),
         _ => return false,
     };
     let new = f(*slot);

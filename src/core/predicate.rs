@@ -18,6 +18,7 @@ pub enum Op {
 }
 
 impl Op {
+    #[inline]
     pub fn test(&self, v: &Value) -> bool {
         match self {
             Op::Eq(x) => v == x,

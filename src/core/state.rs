@@ -3,7 +3,7 @@
 //! the same event stream always encodes to the same bytes.
 
 use super::catalogue::{Catalogue, StatKind};
-use super::value::{Millis, Value};
+use super::value::{same_str, Millis, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -38,13 +38,84 @@ pub struct BoardScore {
     pub previous: Option<Box<BoardScore>>,
 }
 
+/// A map from key ("exercise-3") to a value, kept as a vector sorted by key. Per-key stats are
+/// read and bumped on every event, usually over a few dozen keys: a short scan comparing
+/// lengths first beats a B-tree's string comparisons there, and a binary search takes over for
+/// users with many keys. It serializes exactly like a `BTreeMap` (a map in key order).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyMap<V>(Vec<(String, V)>);
+
+impl<V> KeyMap<V> {
+    /// Up to this many keys a linear scan is used.
+    const SCAN: usize = 32;
+
+    fn find(&self, k: &str) -> Result<usize, usize> {
+        if self.0.len() <= Self::SCAN {
+            if let Some(i) = self.0.iter().position(|(x, _)| same_str(x, k)) {
+                return Ok(i);
+            }
+            return Err(self.0.partition_point(|(x, _)| x.as_str() < k));
+        }
+        self.0.binary_search_by(|(x, _)| x.as_str().cmp(k))
+    }
+
+    pub fn get(&self, k: &str) -> Option<&V> {
+        self.find(k).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, k: &str) -> Option<&mut V> {
+        self.find(k).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// The value at `k`, inserting `new()` first when the key is new (the key is only copied then).
+    pub fn get_or_insert_with(&mut self, k: &str, new: impl FnOnce() -> V) -> &mut V {
+        let i = match self.find(k) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (k.to_string(), new()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
+impl<V: Serialize> Serialize for KeyMap<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for KeyMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through a BTreeMap, so that the order holds whatever the stored bytes say.
+        Ok(KeyMap(BTreeMap::<String, V>::deserialize(d)?.into_iter().collect()))
+    }
+}
+
 /// The value of one stat slot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StatValue {
     Num(f64),
-    Keyed(BTreeMap<String, f64>),
+    Keyed(KeyMap<f64>),
     Set(BTreeSet<String>),
-    KeyedSet(BTreeMap<String, BTreeSet<String>>),
+    KeyedSet(KeyMap<BTreeSet<String>>),
     Daily { last_at: Millis, last_day: i32, len: u32, freezes: u32 },
     Seq { step: u32, started_at: Millis, done: bool },
 }
@@ -53,10 +124,10 @@ impl StatValue {
     pub fn initial(kind: &StatKind, keyed: bool) -> StatValue {
         match (kind, keyed) {
             (StatKind::Distinct, false) => StatValue::Set(BTreeSet::new()),
-            (StatKind::Distinct, true) => StatValue::KeyedSet(BTreeMap::new()),
+            (StatKind::Distinct, true) => StatValue::KeyedSet(KeyMap::default()),
             (StatKind::Daily { .. }, _) => StatValue::Daily { last_at: 0, last_day: 0, len: 0, freezes: 0 },
             (StatKind::Sequence { .. }, _) => StatValue::Seq { step: 0, started_at: 0, done: false },
-            (_, true) => StatValue::Keyed(BTreeMap::new()),
+            (_, true) => StatValue::Keyed(KeyMap::default()),
             (_, false) => StatValue::Num(0.0),
         }
     }
@@ -153,6 +224,8 @@ pub(crate) struct Derived {
     pub day: Option<(Millis, Millis, i32)>,
     /// Each goal's compiled catalogue, with the id of the tenant catalogue it was built from.
     pub goal_cats: std::collections::HashMap<String, (u64, std::sync::Arc<Catalogue>)>,
+    /// The engine's per-event memo of stat values, kept to reuse its allocation.
+    pub memo: Vec<std::cell::Cell<f64>>,
 }
 
 impl PartialEq for Derived {
@@ -215,5 +288,33 @@ impl UserState {
 
     pub fn tz(&self, cat: &Catalogue) -> chrono_tz::Tz {
         self.derived.tz.unwrap_or(cat.settings.default_timezone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_map_stays_sorted_and_encodes_like_a_btree_map() {
+        // Enough keys to cross from the scan to the binary search, inserted out of order.
+        let keys: Vec<String> = (0..80).map(|i| format!("exercise-{}", (i * 37) % 80)).collect();
+        let mut m = KeyMap::default();
+        let mut model = BTreeMap::new();
+        for (n, k) in keys.iter().enumerate() {
+            *m.get_or_insert_with(k, || 0.0) += n as f64;
+            *model.entry(k.clone()).or_insert(0.0) += n as f64;
+            // Every key so far is found, with the model's value, at every size.
+            for (k, v) in &model {
+                assert_eq!(m.get(k), Some(v), "{k} after {n} inserts");
+            }
+            assert_eq!(m.get("absent"), None);
+        }
+        assert!(m.iter().map(|(k, _)| k).collect::<Vec<_>>().windows(2).all(|w| w[0] < w[1]));
+        let cfg = bincode::config::standard();
+        let ours = bincode::serde::encode_to_vec(&m, cfg).unwrap();
+        assert_eq!(ours, bincode::serde::encode_to_vec(&model, cfg).unwrap());
+        let back: KeyMap<f64> = bincode::serde::decode_from_slice(&ours, cfg).unwrap().0;
+        assert_eq!(back, m);
     }
 }

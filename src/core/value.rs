@@ -14,9 +14,28 @@ pub const MINUTE: Millis = 60 * SECOND;
 pub const HOUR: Millis = 60 * MINUTE;
 pub const DAY: Millis = 24 * HOUR;
 
+/// Whether two strings are equal, without calling `memcmp` for short ones. Rule evaluation
+/// compares short keys ("exercise-3") all the time, and for those a library call costs more
+/// than the comparison.
+#[inline]
+pub fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // Two overlapping word loads cover 8 to 16 bytes; shorter strings compare bytewise.
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    match n {
+        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
+}
+
 /// One payload value. Payloads are flat: rules can only look at scalars, so nested JSON is kept
 /// as `Other`, which is accepted but matches no predicate.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Value {
     Null,
     Bool(bool),
@@ -74,6 +93,19 @@ impl Value {
                 .map(serde_json::Value::Number)
                 .unwrap_or(serde_json::Value::Null),
             Value::Str(s) => serde_json::Value::String(s.to_string()),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    #[inline]
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Str(a), Value::Str(b)) => Arc::ptr_eq(a, b) || same_str(a, b),
+            (Value::Num(a), Value::Num(b)) => a == b,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Null, Value::Null) | (Value::Other, Value::Other) => true,
+            _ => false,
         }
     }
 }
@@ -169,6 +201,25 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_str_agrees_with_equality_at_every_length() {
+        // Lengths around the word boundaries (7, 8, 9, 15, 16, 17), differing in every position.
+        for n in 0..40 {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert!(same_str(&a, &a.clone()), "length {n}");
+            for i in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[i] = b'Z';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same_str(&a, &b), "length {n}, differing at {i}");
+            }
+            assert!(!same_str(&a, &format!("{a}x")));
+        }
+        assert_eq!(Value::Str("exercise-3".into()), Value::Str("exercise-3".into()));
+        assert_ne!(Value::Str("exercise-3".into()), Value::Str("exercise-4".into()));
+        assert_ne!(Value::Num(1.0), Value::Bool(true));
+    }
 
     #[test]
     fn durations_parse_with_units() {
