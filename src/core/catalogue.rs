@@ -339,6 +339,19 @@ pub struct EventTypeDef {
     pub stats: Vec<usize>,
     pub xp_rules: Vec<usize>,
     pub badges: Vec<usize>,
+    /// The badges of `badges` that report progress (a metric against a target), with what the
+    /// engine needs for that at hand: (badge, position of its stat in `stats`, stat, target,
+    /// repeat step).
+    pub progress: Vec<ProgressSlot>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProgressSlot {
+    pub badge: usize,
+    pub bit: usize,
+    pub stat: usize,
+    pub target: f64,
+    pub repeat_every: Option<f64>,
 }
 
 impl EventTypeDef {
@@ -762,6 +775,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             stats: vec![],
             xp_rules: vec![],
             badges: vec![],
+            progress: vec![],
         };
         if !t.fingerprint.is_empty() {
             let mut pos = Vec::new();
@@ -901,6 +915,19 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         });
     }
     let user_badges = (0..badges.len()).filter(|&i| !badges[i].retired && badges[i].cond.depends_on_user()).collect();
+    for ty in &mut b.types {
+        ty.progress = ty
+            .badges
+            .iter()
+            .filter_map(|&i| match badges[i].cond {
+                Cond::Metric { stat, target } => {
+                    let bit = ty.stats.iter().position(|&x| x == stat)?;
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every })
+                }
+                _ => None,
+            })
+            .collect();
+    }
 
     // Cache rings: one per event type that a window or recent rule reads, keeping only the
     // fields those rules read. Conditions were compiled against `cache_wants` positions, so the

@@ -7,7 +7,7 @@ use super::catalogue::{
 };
 use super::effect::{DuplicateBy, Effect, Rejection, XpReason};
 use super::state::{Action, BadgeRecord, StatValue, UserState};
-use super::value::{stable_hash, Event, Millis, Value};
+use super::value::{same_str, stable_hash, Event, Millis, Value};
 
 /// Applies `event` to `state`, returning what happened as effects. The state changes in place
 /// when the first effect is `Accepted`. A rejected event or a repeated `event_id` leaves it
@@ -22,7 +22,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         state.user_id = event.user_id.clone();
         state.tenant_id = event.tenant_id.clone();
         state.level = state.level.max(1);
-    } else if state.user_id != event.user_id || state.tenant_id != event.tenant_id {
+    } else if !same_str(&state.user_id, &event.user_id) || !same_str(&state.tenant_id, &event.tenant_id) {
         return reject(Rejection::WrongUser);
     }
     state.sync(cat);
@@ -50,7 +50,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         None
     };
     let id_hash = stable_hash(event.event_id.as_bytes());
-    if contains(&state.recent_ids, id_hash) {
+    if state.derived.ids.may_contain(&state.recent_ids, id_hash) && contains(&state.recent_ids, id_hash) {
         return vec![Effect::Duplicate { event_id: event.event_id.clone(), by: DuplicateBy::EventId }];
     }
     let fingerprint = ty.fingerprint.as_ref().map(|(pos, window)| {
@@ -64,9 +64,12 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     // The id is remembered even when the fingerprint says the action was already counted, so
     // that this id sent again later (after the fingerprint window) is still a duplicate.
     state.recent_ids.push_back(id_hash);
+    let mut evicted = 0;
     while state.recent_ids.len() > cat.settings.recent_ids {
         state.recent_ids.pop_front();
+        evicted += 1;
     }
+    state.derived.ids.added(&state.recent_ids, id_hash, evicted);
     if let Some((h, window)) = fingerprint
         && state.fingerprints.iter().any(|&(x, when)| x == h && (when - at).abs() <= window)
     {
@@ -99,7 +102,6 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
             touched |= 1 << bit;
         }
     }
-    let moved = |stat: usize| ty.stats.iter().position(|&x| x == stat).is_some_and(|bit| bit >= 128 || touched & (1 << bit) != 0);
     if let Some(ring) = ty.cache {
         let vals = ty.cached_fields.iter().map(|&p| fields[p].clone()).collect();
         state.rings[ring].insert(Action { seq: state.events, at, vals }, cat.settings.cache_size);
@@ -163,18 +165,15 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         }
     }
 
-    for &i in &ty.badges {
-        let def = &cat.badges[i];
-        if let Cond::Metric { stat, target } = def.cond
-            && moved(stat)
-            && (state.derived.owned[i] == 0 || def.repeat_every.is_some())
-        {
-            let current = metric(state, &ctx, stat);
-            let target = match def.repeat_every {
-                Some(every) => every * (state.derived.owned[i] as f64 + 1.0),
-                None => target,
+    for p in &ty.progress {
+        let owned = state.derived.owned[p.badge];
+        if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some()) {
+            let current = metric(state, &ctx, p.stat);
+            let target = match p.repeat_every {
+                Some(every) => every * (owned as f64 + 1.0),
+                None => p.target,
             };
-            fx.push(Effect::Progress { badge: def.id.clone(), current: current.min(target), target });
+            fx.push(Effect::Progress { badge: cat.badges[p.badge].id.clone(), current: current.min(target), target });
         }
     }
     state.derived.memo = memo;
@@ -197,7 +196,7 @@ fn validate(ty: &EventTypeDef, payload: &[(String, Value)]) -> Result<Vec<Value>
     let mut next = 0;
     for (name, v) in payload {
         let i = match ty.fields.get(next) {
-            Some(f) if f.name == *name => Some(next),
+            Some(f) if same_str(&f.name, name) => Some(next),
             _ => ty.field(name),
         };
         if let Some(i) = i {
