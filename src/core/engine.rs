@@ -147,7 +147,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     let mut memo = std::mem::take(&mut state.derived.memo);
     memo.clear();
     memo.resize(cat.stats.len(), std::cell::Cell::new(f64::NAN));
-    let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo };
+    let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo, runs: Runs::default() };
     for &i in &ty.badges {
         if !(cat.once[i] && state.derived.owned[i] > 0) {
             consider(state, &ctx, i, &event.event_id, &mut fx);
@@ -423,6 +423,7 @@ pub(crate) struct Ctx<'a> {
     pub at: Millis,
     /// Stat values already looked up in this context (NaN: not yet).
     pub memo: &'a [std::cell::Cell<f64>],
+    pub runs: Runs,
 }
 
 /// A stat's value in this context: for a keyed stat, at the key the event carries in the field
@@ -511,7 +512,7 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
                 .fold(ctx.at, Millis::max);
             reqs.iter().all(|r| window_total(state, end, *within, r) >= r.target)
         }
-        Cond::Recent(r) => recent(state, r),
+        Cond::Recent(r) => recent(state, r, Some(&ctx.runs)),
         Cond::All(cs) => cs.iter().all(|c| holds(state, ctx, c)),
         Cond::Any(cs) => cs.iter().any(|c| holds(state, ctx, c)),
         Cond::Not(c) => !holds(state, ctx, c),
@@ -548,9 +549,19 @@ pub(crate) fn window_total(state: &UserState, end: Millis, within: Millis, r: &W
 
 /// Evaluates a pattern over the newest cached actions in one pass, stopping at the first item
 /// that rules the pattern out.
-pub(crate) fn recent(state: &UserState, r: &RecentCond) -> bool {
+pub(crate) fn recent(state: &UserState, r: &RecentCond, runs: Option<&Runs>) -> bool {
     if r.rings.len() == 1 {
         let ring = &r.rings[0];
+        // "All in the same exercise" fails unless the newest `last` actions share one key. How
+        // many newest actions share the newest one's key is worked out once per event and
+        // shared by every pattern on that ring, so most patterns end here.
+        if let (true, Some(pos), Some(runs)) = (r.same, ring.key_pos, runs) {
+            let items = &state.rings[ring.ring].items;
+            let need = r.last.min(items.len());
+            if need >= 2 && runs.same_run(items, ring.ring, pos, need) < need {
+                return false;
+            }
+        }
         recent_over(r, state.rings[ring.ring].items.iter().rev().take(r.last).map(|a| (ring, a)))
     } else {
         let mut items: Vec<(&RecentRing, &Action)> =
@@ -558,6 +569,44 @@ pub(crate) fn recent(state: &UserState, r: &RecentCond) -> bool {
         items.sort_by(|x, y| (y.1.at, y.1.seq).cmp(&(x.1.at, x.1.seq)));
         items.truncate(r.last);
         recent_over(r, items.into_iter())
+    }
+}
+
+/// Per event: for each (ring, key position) asked so far, how many of the newest actions share
+/// the newest one's key, and up to what count that was checked.
+#[derive(Default)]
+pub(crate) struct Runs {
+    slots: [std::cell::Cell<Option<(usize, usize, usize, usize)>>; 4],
+}
+
+impl Runs {
+    /// How many of the newest actions share the newest one's key at `pos`, counting at most
+    /// `cap` of them.
+    fn same_run(&self, items: &std::collections::VecDeque<Action>, ring: usize, pos: usize, cap: usize) -> usize {
+        let mut free = None;
+        for slot in &self.slots {
+            match slot.get() {
+                Some((rg, p, run, upto)) if rg == ring && p == pos => {
+                    // A run shorter than what was checked is exact; otherwise it may go on.
+                    if run < upto || cap <= upto {
+                        return run.min(cap);
+                    }
+                    free = Some(slot);
+                    break;
+                }
+                None if free.is_none() => free = Some(slot),
+                _ => {}
+            }
+        }
+        let mut it = items.iter().rev().take(cap);
+        let run = match it.next() {
+            Some(first) => 1 + it.take_while(|a| a.vals[pos] == first.vals[pos]).count(),
+            None => 0,
+        };
+        if let Some(slot) = free {
+            slot.set(Some((ring, pos, run, cap)));
+        }
+        run
     }
 }
 

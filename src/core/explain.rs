@@ -109,7 +109,7 @@ fn explain(state: &UserState, cat: &Catalogue, c: &Cond, now: Millis) -> Part {
             Part { describe: format!("within {}", human(*within)), holds, current: None, target: None, parts }
         }
         Cond::Recent(r) => {
-            let holds = state.rings.len() == cat.rings.len() && recent(state, r);
+            let holds = state.rings.len() == cat.rings.len() && recent(state, r, None);
             part(r.describe.clone(), holds, None, None)
         }
         Cond::All(cs) | Cond::Any(cs) => {
