@@ -343,6 +343,9 @@ pub struct EventTypeDef {
     /// engine needs for that at hand: (badge, position of its stat in `stats`, stat, target,
     /// repeat step).
     pub progress: Vec<ProgressSlot>,
+    /// The badges of `badges` that the engine checks after an event of this type: those not
+    /// in `Catalogue::user_badges`, which are checked after every event anyway.
+    pub checks: Vec<usize>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -776,6 +779,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             xp_rules: vec![],
             badges: vec![],
             progress: vec![],
+            checks: vec![],
         };
         if !t.fingerprint.is_empty() {
             let mut pos = Vec::new();
@@ -914,8 +918,9 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             cond,
         });
     }
-    let user_badges = (0..badges.len()).filter(|&i| !badges[i].retired && badges[i].cond.depends_on_user()).collect();
+    let user_badges: Vec<usize> = (0..badges.len()).filter(|&i| !badges[i].retired && badges[i].cond.depends_on_user()).collect();
     for ty in &mut b.types {
+        ty.checks = ty.badges.iter().copied().filter(|i| !user_badges.contains(i)).collect();
         ty.progress = ty
             .badges
             .iter()

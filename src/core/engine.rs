@@ -148,7 +148,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     memo.clear();
     memo.resize(cat.stats.len(), std::cell::Cell::new(f64::NAN));
     let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo, runs: Runs::default() };
-    for &i in &ty.badges {
+    for &i in &ty.checks {
         if !(cat.once[i] && state.derived.owned[i] > 0) {
             consider(state, &ctx, i, &event.event_id, &mut fx);
         }

@@ -24,10 +24,12 @@ pub fn same_str(a: &str, b: &str) -> bool {
     if n != b.len() {
         return false;
     }
-    // Two overlapping word loads cover 8 to 16 bytes; shorter strings compare bytewise.
+    // Two overlapping loads cover 4 to 16 bytes; shorter strings compare bytewise.
     let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
     match n {
-        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
         8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
         _ => a == b,
     }
