@@ -334,7 +334,11 @@ async fn open_with(opts: &Options, addr: SocketAddr, src: IpAddr, small_window: 
     sock.bind(SocketAddr::new(src, 0))?;
     let stream = sock.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(opts.url.as_str(), MaybeTlsStream::Plain(stream)).await?;
+    // A small read buffer, as the server uses: tungstenite zero-fills the whole buffer before
+    // every socket read (snapview/tungstenite-rs#547), and at the default 128 KiB that memset
+    // was 42% of the generator's CPU, taken from the server it shares the machine with.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(opts.url.as_str(), MaybeTlsStream::Plain(stream), Some(config)).await?;
     Ok(ws)
 }
 
