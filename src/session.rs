@@ -161,7 +161,9 @@ where
     let mut ping = tokio::time::interval(cfg.ping());
     ping.reset();
     let mut last_seen = Instant::now();
-    let mut batch = Vec::with_capacity(64);
+    // Grown by `recv_many` as batches need it; most batches are two or three frames, and a
+    // preallocated 64 slots were 1 KiB of every connection.
+    let mut batch = Vec::new();
 
     let reason = loop {
         tokio::select! {
