@@ -182,6 +182,39 @@ struct Shared {
     stopped: tokio::sync::watch::Sender<bool>,
     slow_phase: AtomicBool,
     slow_closed: AtomicU64,
+    /// The run's latency histograms. Connections keep raw samples and add them here once a
+    /// second: a histogram of this range is about 150 KB, and nine per connection ran the
+    /// generator out of memory (24 GB) at 19,000 connections.
+    totals: Mutex<Hists>,
+}
+
+struct Hists {
+    connect: Histogram<u64>,
+    ack: Histogram<u64>,
+    xp: Histogram<u64>,
+    unlock: Histogram<u64>,
+    slow_ack: Histogram<u64>,
+    base_ack: Histogram<u64>,
+    fresh: Histogram<u64>,
+    revived: Histogram<u64>,
+}
+
+/// Latency samples (µs) a connection took since its last flush.
+#[derive(Default)]
+struct Lat(Vec<u64>);
+
+impl Lat {
+    fn record(&mut self, us: u64) {
+        self.0.push(us);
+    }
+
+    /// Adds the samples to `h` and forgets them (keeping the allocation).
+    fn drain_into(&mut self, h: &mut Histogram<u64>) {
+        for &us in &self.0 {
+            let _ = h.record(us);
+        }
+        self.0.clear();
+    }
 }
 
 impl Shared {
@@ -194,6 +227,16 @@ impl Shared {
             stopped: tokio::sync::watch::channel(false).0,
             slow_phase: AtomicBool::new(false),
             slow_closed: AtomicU64::new(0),
+            totals: Mutex::new(Hists {
+                connect: hist(),
+                ack: hist(),
+                xp: hist(),
+                unlock: hist(),
+                slow_ack: hist(),
+                base_ack: hist(),
+                fresh: hist(),
+                revived: hist(),
+            }),
         }
     }
 
@@ -221,20 +264,20 @@ struct Tally {
     unlocks: u64,
     missed: u64,
     not_recovered: u64,
-    connect: Histogram<u64>,
-    ack: Histogram<u64>,
-    xp: Histogram<u64>,
-    unlock: Histogram<u64>,
-    slow_ack: Histogram<u64>,
-    base_ack: Histogram<u64>,
-    fresh: Histogram<u64>,
-    revived: Histogram<u64>,
+    connect: Lat,
+    ack: Lat,
+    xp: Lat,
+    unlock: Lat,
+    slow_ack: Lat,
+    base_ack: Lat,
+    fresh: Lat,
+    revived: Lat,
     // this second's local numbers, flushed to `Shared` when the second changes
     sec: u64,
     sec_sent: u64,
     sec_acked: u64,
     sec_pushes: u64,
-    sec_hist: Histogram<u64>,
+    sec_hist: Lat,
 }
 
 impl Tally {
@@ -247,19 +290,19 @@ impl Tally {
             unlocks: 0,
             missed: 0,
             not_recovered: 0,
-            connect: hist(),
-            ack: hist(),
-            xp: hist(),
-            unlock: hist(),
-            slow_ack: hist(),
-            base_ack: hist(),
-            fresh: hist(),
-            revived: hist(),
+            connect: Lat::default(),
+            ack: Lat::default(),
+            xp: Lat::default(),
+            unlock: Lat::default(),
+            slow_ack: Lat::default(),
+            base_ack: Lat::default(),
+            fresh: Lat::default(),
+            revived: Lat::default(),
             sec: 0,
             sec_sent: 0,
             sec_acked: 0,
             sec_pushes: 0,
-            sec_hist: hist(),
+            sec_hist: Lat::default(),
         }
     }
 
@@ -277,12 +320,21 @@ impl Tally {
             s.0 += self.sec_sent;
             s.1 += self.sec_acked;
             s.2 += self.sec_pushes;
-            let _ = s.3.add(&self.sec_hist);
+            self.sec_hist.drain_into(&mut s.3);
         }
+        self.sec_hist.0.clear();
         self.sec_sent = 0;
         self.sec_acked = 0;
         self.sec_pushes = 0;
-        self.sec_hist.reset();
+        let mut h = sh.totals.lock().unwrap();
+        self.connect.drain_into(&mut h.connect);
+        self.ack.drain_into(&mut h.ack);
+        self.xp.drain_into(&mut h.xp);
+        self.unlock.drain_into(&mut h.unlock);
+        self.slow_ack.drain_into(&mut h.slow_ack);
+        self.base_ack.drain_into(&mut h.base_ack);
+        self.fresh.drain_into(&mut h.fresh);
+        self.revived.drain_into(&mut h.revived);
     }
 
     fn merge(&mut self, o: &Tally) {
@@ -293,18 +345,6 @@ impl Tally {
         self.unlocks += o.unlocks;
         self.missed += o.missed;
         self.not_recovered += o.not_recovered;
-        for (a, b) in [
-            (&mut self.connect, &o.connect),
-            (&mut self.ack, &o.ack),
-            (&mut self.xp, &o.xp),
-            (&mut self.unlock, &o.unlock),
-            (&mut self.slow_ack, &o.slow_ack),
-            (&mut self.base_ack, &o.base_ack),
-            (&mut self.fresh, &o.fresh),
-            (&mut self.revived, &o.revived),
-        ] {
-            let _ = a.add(b);
-        }
     }
 }
 
@@ -475,9 +515,9 @@ fn on_message(p: &mut Player, t: &mut Tally, sh: &Shared, text: &str, slow_phase
                 if m.event_id.is_some() && m.event_id == p.track.as_deref() {
                     p.tracked_us = Some(us.max(1));
                 }
-                let _ = t.ack.record(us.max(1));
-                let _ = t.sec_hist.record(us.max(1));
-                let _ = if slow_phase { t.slow_ack.record(us.max(1)) } else { t.base_ack.record(us.max(1)) };
+                t.ack.record(us.max(1));
+                t.sec_hist.record(us.max(1));
+                if slow_phase { t.slow_ack.record(us.max(1)) } else { t.base_ack.record(us.max(1)) }
             }
             t.acked += 1;
             t.sec_acked += 1;
@@ -487,13 +527,13 @@ fn on_message(p: &mut Player, t: &mut Tally, sh: &Shared, text: &str, slow_phase
         }
         "xp" => {
             if let Some(us) = since(m.event_id) {
-                let _ = t.xp.record(us.max(1));
+                t.xp.record(us.max(1));
             }
         }
         "unlock" => {
             t.unlocks += 1;
             if let Some(us) = since(m.event_id) {
-                let _ = t.unlock.record(us.max(1));
+                t.unlock.record(us.max(1));
             }
         }
         "error" => sh.error(m.code.unwrap_or("error")),
@@ -593,6 +633,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         .collect();
     let slow = opts.scenario == Scenario::SlowConsumers;
     let churn = opts.scenario == Scenario::Churn;
+    let h = sh.totals.lock().unwrap();
     Ok(Report {
         scenario: format!("{:?}", opts.scenario),
         connections: opts.connections,
@@ -608,16 +649,16 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         errors: sh.errors.lock().unwrap().clone(),
         missed_pushes: total.missed,
         not_recovered: total.not_recovered,
-        connect: Percentiles::of(&total.connect),
-        ack: Percentiles::of(&total.ack),
-        xp: Percentiles::of(&total.xp),
-        unlock: Percentiles::of(&total.unlock),
+        connect: Percentiles::of(&h.connect),
+        ack: Percentiles::of(&h.ack),
+        xp: Percentiles::of(&h.xp),
+        unlock: Percentiles::of(&h.unlock),
         resume_all_ms: resume_ms,
-        baseline_ack_p99_us: slow.then(|| Percentiles::of(&total.base_ack).p99),
-        slow_phase_ack_p99_us: slow.then(|| Percentiles::of(&total.slow_ack).p99),
+        baseline_ack_p99_us: slow.then(|| Percentiles::of(&h.base_ack).p99),
+        slow_phase_ack_p99_us: slow.then(|| Percentiles::of(&h.slow_ack).p99),
         slow_closed: slow.then(|| sh.slow_closed.load(Ordering::Relaxed)),
-        fresh_first_ack: churn.then(|| Percentiles::of(&total.fresh)),
-        revived_first_ack: churn.then(|| Percentiles::of(&total.revived)),
+        fresh_first_ack: churn.then(|| Percentiles::of(&h.fresh)),
+        revived_first_ack: churn.then(|| Percentiles::of(&h.revived)),
         distinct_users: users,
         server,
         timeline,
@@ -684,7 +725,7 @@ async fn connection(
                 Ok((epoch, off, _)) => {
                     p.epoch = epoch;
                     p.offset = off;
-                    let _ = t.connect.record(started.elapsed().as_micros().max(1) as u64);
+                    t.connect.record(started.elapsed().as_micros().max(1) as u64);
                     Some(ws)
                 }
                 Err(e) => {
@@ -699,7 +740,10 @@ async fn connection(
         }
     };
     let _ = tokio::time::timeout(CONNECT_PHASE, connected.wait()).await;
-    let Some(mut ws) = ws else { return Ok((t, None, 0)) };
+    let Some(mut ws) = ws else {
+        t.flush(&sh);
+        return Ok((t, None, 0));
+    };
     let result = match opts.scenario {
         Scenario::Steady | Scenario::SlowConsumers => paced(i, &opts, &sh, &mut ws, &mut p, &mut t).await.map(|_| (None, 1)),
         Scenario::Spike => burst(&opts, &sh, &mut ws, &mut p, &mut t, false).await.map(|_| (None, 1)),
@@ -902,7 +946,7 @@ async fn churn(i: usize, opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Sha
             burst(&o, sh, &mut ws, &mut p, t, false).await?;
             // The first ack of the visit is the one that paid for loading (or creating) the user.
             if let Some(us) = p.tracked_us {
-                let _ = if pass == 0 { t.fresh.record(us) } else { t.revived.record(us) };
+                if pass == 0 { t.fresh.record(us) } else { t.revived.record(us) }
             }
             ws.close(None).await.ok();
             if pass == 0 {
