@@ -339,9 +339,8 @@ pub struct EventTypeDef {
     pub stats: Vec<usize>,
     pub xp_rules: Vec<usize>,
     pub badges: Vec<usize>,
-    /// The badges of `badges` that report progress (a metric against a target), with what the
-    /// engine needs for that at hand: (badge, position of its stat in `stats`, stat, target,
-    /// repeat step).
+    /// The badges of `badges` that report progress (a metric against a target), each with
+    /// what the engine needs to report it without reading the badge's definition.
     pub progress: Vec<ProgressSlot>,
     /// The badges of `badges` that the engine checks after an event of this type: those not
     /// in `Catalogue::user_badges`, which are checked after every event anyway.
@@ -351,6 +350,8 @@ pub struct EventTypeDef {
 #[derive(Clone, Copy, Debug)]
 pub struct ProgressSlot {
     pub badge: usize,
+    /// The position of `stat` in the event type's `stats`: its bit in the engine's set of
+    /// stats this event moved.
     pub bit: usize,
     pub stat: usize,
     pub target: f64,
@@ -674,7 +675,7 @@ impl Catalogue {
         // Catalogues declare a handful of event types: comparing names (lengths first) is
         // cheaper than hashing one, and this runs on every event.
         if self.types.len() <= 16 {
-            return self.types.iter().position(|t| t.name.len() == name.len() && t.name == name);
+            return self.types.iter().position(|t| super::value::same_str(&t.name, name));
         }
         self.type_index.get(name).copied()
     }

@@ -63,10 +63,6 @@ impl<V> KeyMap<V> {
         self.find(k).ok().map(|i| &self.0[i].1)
     }
 
-    pub fn get_mut(&mut self, k: &str) -> Option<&mut V> {
-        self.find(k).ok().map(|i| &mut self.0[i].1)
-    }
-
     /// The value at `k`, inserting `new()` first when the key is new (the key is only copied then).
     pub fn get_or_insert_with(&mut self, k: &str, new: impl FnOnce() -> V) -> &mut V {
         let i = match self.find(k) {
@@ -77,14 +73,6 @@ impl<V> KeyMap<V> {
             }
         };
         &mut self.0[i].1
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {

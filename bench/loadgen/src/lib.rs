@@ -315,14 +315,17 @@ impl Tally {
     }
 
     fn flush(&mut self, sh: &Shared) {
-        if let Some(slot) = sh.secs.get(self.sec as usize) {
-            let mut s = slot.lock().unwrap();
-            s.0 += self.sec_sent;
-            s.1 += self.sec_acked;
-            s.2 += self.sec_pushes;
-            self.sec_hist.drain_into(&mut s.3);
+        match sh.secs.get(self.sec as usize) {
+            Some(slot) => {
+                let mut s = slot.lock().unwrap();
+                s.0 += self.sec_sent;
+                s.1 += self.sec_acked;
+                s.2 += self.sec_pushes;
+                self.sec_hist.drain_into(&mut s.3);
+            }
+            // Past the timeline (the collection tail): the second's samples are not charted.
+            None => self.sec_hist.0.clear(),
         }
-        self.sec_hist.0.clear();
         self.sec_sent = 0;
         self.sec_acked = 0;
         self.sec_pushes = 0;
