@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tower::ServiceExt;
 
 /// The connection limits.
@@ -33,6 +33,9 @@ pub struct Limits {
     pub total: usize,
     /// Open connections from one source address; past it that address gets 503.
     pub per_address: usize,
+    /// How long accepting pauses at `total`, waiting for a connection to close, before the next
+    /// one is refused.
+    pub full_wait: Duration,
 }
 
 /// Live connection counts, in all and per address.
@@ -40,6 +43,8 @@ pub struct Limits {
 struct Counts {
     total: AtomicUsize,
     per_address: DashMap<IpAddr, usize>,
+    /// Told whenever a slot is given back, for the accept loop waiting at the cap.
+    freed: Notify,
 }
 
 /// Held for as long as a connection's socket lives, including after a WebSocket upgrade (it
@@ -56,10 +61,22 @@ impl Drop for Slot {
             *n -= 1;
             *n == 0
         });
+        self.counts.freed.notify_one();
     }
 }
 
 impl Counts {
+    /// Waits until fewer than `total` connections are open, or until `deadline`. A stale
+    /// notification only costs one more look at the count.
+    async fn room(&self, total: usize, deadline: tokio::time::Instant) {
+        while self.total.load(Ordering::Acquire) >= total {
+            tokio::select! {
+                _ = self.freed.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
     /// Takes a slot for `ip`, or says which limit is reached.
     fn take(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Slot, &'static str> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= limits.total {
@@ -131,6 +148,17 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, mut st
     loop {
         if *stop.borrow_and_update() {
             break;
+        }
+        // At the cap, stop accepting for a moment rather than refuse at once: in a reconnect
+        // storm every client drops its socket and dials again, and the new connections can
+        // arrive before the server has seen the old ones close. Meanwhile they wait in the
+        // kernel's listen queue, which costs no file descriptor. Only a server still full after
+        // the wait answers 503.
+        if counts.total.load(Ordering::Acquire) >= limits.total {
+            tokio::select! {
+                _ = counts.room(limits.total, tokio::time::Instant::now() + limits.full_wait) => {}
+                _ = stop.changed() => break,
+            }
         }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -64,6 +64,13 @@ pub struct Config {
     #[arg(long, default_value_t = 19_000)]
     pub max_connections: usize,
 
+    /// Milliseconds the server stops accepting while `max_connections` are open, waiting for
+    /// one to close, before it refuses the next with 503. Meanwhile new connections wait in the
+    /// kernel's listen queue: in a reconnect storm the old sockets close a moment after the new
+    /// ones arrive, and a client that could get in should not be told to go away.
+    #[arg(long, default_value_t = 2_000)]
+    pub accept_wait_ms: u64,
+
     /// Open connections from one source address; past it that address gets 503.
     #[arg(long, default_value_t = 2_000)]
     pub max_connections_per_address: usize,

@@ -268,7 +268,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     }
     shared.ready.store(true, Ordering::Release);
     let c = &shared.config;
-    let limits = crate::accept::Limits { header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)), total: c.max_connections, per_address: c.max_connections_per_address };
+    let limits = crate::accept::Limits { header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)), total: c.max_connections, per_address: c.max_connections_per_address, full_wait: Duration::from_millis(c.accept_wait_ms) };
     crate::accept::serve(listener, app(shared.clone()), limits, shared.shutdown.subscribe(), grace).await;
     shared.ready.store(false, Ordering::Release);
     // A sweep in progress finishes (it runs on a blocking thread and holds the store).

@@ -56,6 +56,7 @@ async fn one_address_cannot_take_every_connection() {
     let s = TestServer::start_with(dir.path(), |c| {
         c.max_connections_per_address = 3;
         c.max_connections = 5;
+        c.accept_wait_ms = 200;
     })
     .await;
     let mut held = Vec::new();
@@ -86,6 +87,32 @@ async fn one_address_cannot_take_every_connection() {
         }
         assert!(tokio::time::Instant::now() < deadline, "the slot never came back");
     }
+    s.stop().await;
+}
+
+/// A reconnect storm: clients drop their sockets and dial again at once, and the new
+/// connections can arrive before the server has seen the old ones close. A full server holds a
+/// new connection back until a slot comes free instead of refusing it.
+#[tokio::test]
+async fn a_full_server_lets_a_new_client_wait_for_a_closing_one() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.max_connections = 2;
+        c.accept_wait_ms = 30_000;
+    })
+    .await;
+    let mut held = vec![s.connect("ada").await, s.connect("bob").await];
+    let mut c = {
+        let waiting = ws_from([127, 0, 0, 3], &s);
+        tokio::pin!(waiting);
+        // Before a slot frees, the new client is neither let in nor refused: it waits.
+        assert!(tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err(), "a full server answered the new client at once");
+        held.remove(0).ws.close(None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the waiting client got in once a slot freed").expect("let in, not refused")
+    };
+    // And it is a working session.
+    c.ws.send(Message::text(json!({"type": "hello", "token": token("cy")}).to_string())).await.unwrap();
+    assert_eq!(c.next().await["type"], "welcome");
     s.stop().await;
 }
 

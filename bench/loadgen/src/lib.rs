@@ -153,6 +153,9 @@ pub struct Report {
     pub unlock: Percentiles,
     /// Reconnect storm: from the first reconnect to the last client resumed.
     pub resume_all_ms: Option<u64>,
+    /// Reconnect storm: clients that reconnected and received every push up to their welcome's
+    /// offset. The others failed (see `errors`); `resume_all_ms` covers only these.
+    pub resumed: Option<u64>,
     /// Slow consumers: the others' ack p99 before and while 1% stop reading.
     pub baseline_ack_p99_us: Option<u64>,
     pub slow_phase_ack_p99_us: Option<u64>,
@@ -593,6 +596,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     sh.finish();
     let mut total = Tally::new();
     let mut resume_ms: Option<u64> = None;
+    let mut resumed_count = 0u64;
     let mut users = 0u64;
     for t in tasks {
         match tokio::time::timeout(Duration::from_secs(120), t).await {
@@ -600,6 +604,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 total.merge(&tally);
                 if let Some(r) = resumed {
                     resume_ms = Some(resume_ms.unwrap_or(0).max(r));
+                    resumed_count += 1;
                 }
                 users += u;
             }
@@ -657,6 +662,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         xp: Percentiles::of(&h.xp),
         unlock: Percentiles::of(&h.unlock),
         resume_all_ms: resume_ms,
+        resumed: (opts.scenario == Scenario::ReconnectStorm).then_some(resumed_count),
         baseline_ack_p99_us: slow.then(|| Percentiles::of(&h.base_ack).p99),
         slow_phase_ack_p99_us: slow.then(|| Percentiles::of(&h.slow_ack).p99),
         slow_closed: slow.then(|| sh.slow_closed.load(Ordering::Relaxed)),
@@ -751,7 +757,7 @@ async fn connection(
         Scenario::Steady | Scenario::SlowConsumers => paced(i, &opts, &sh, &mut ws, &mut p, &mut t).await.map(|_| (None, 1)),
         Scenario::Spike => burst(&opts, &sh, &mut ws, &mut p, &mut t, false).await.map(|_| (None, 1)),
         Scenario::UnlockStorm => unlock_storm(i, &opts, addr, src, &sh, ws, &mut t).await.map(|u| (None, u)),
-        Scenario::ReconnectStorm => reconnect_storm(&opts, addr, src, &sh, ws, &mut p, &mut t).await.map(|r| (Some(r), 1)),
+        Scenario::ReconnectStorm => reconnect_storm(&opts, addr, src, &sh, ws, &mut p, &mut t).await.map(|r| (r, 1)),
         Scenario::Churn => churn(i, &opts, addr, src, &sh, ws, &mut t).await.map(|u| (None, u)),
     };
     t.flush(&sh);
@@ -877,8 +883,9 @@ async fn unlock_storm(i: usize, opts: &Options, addr: SocketAddr, src: IpAddr, s
 }
 
 /// Sends a burst and drops the connection without reading its pushes; then everyone
-/// reconnects with `since` at once and must receive every push it missed.
-async fn reconnect_storm(opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Shared, mut ws: Ws, p: &mut Player, t: &mut Tally) -> anyhow::Result<u64> {
+/// reconnects with `since` at once and must receive every push it missed. Returns the time it
+/// took to resume, or `None` when the replay stopped short.
+async fn reconnect_storm(opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Shared, mut ws: Ws, p: &mut Player, t: &mut Tally) -> anyhow::Result<Option<u64>> {
     burst(opts, sh, &mut ws, p, t, false).await?;
     // The second burst is sent and the socket dropped at once: its pushes are missed.
     for _ in 0..opts.burst {
@@ -904,14 +911,14 @@ async fn reconnect_storm(opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Sha
             Ok(Some(Ok(_))) => {}
             _ => {
                 sh.error("replay incomplete");
-                break;
+                return Ok(None);
             }
         }
     }
     let resumed = started.elapsed().as_millis() as u64;
     // Events of the dropped burst that were still in flight push live now; read them too.
     drain(&mut ws, p, t, sh, Duration::from_millis(300)).await;
-    Ok(resumed)
+    Ok(Some(resumed))
 }
 
 /// Many users pass through: each visit connects as a user, sends a few events, leaves. The

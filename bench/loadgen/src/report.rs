@@ -31,7 +31,7 @@ pub fn table(r: &Report) -> String {
         row(&mut o, "revived user, 1st ack", p);
     }
     if let Some(ms) = r.resume_all_ms {
-        let _ = writeln!(o, "  reconnect storm: all {} clients resumed within {} ms; not recovered: {}", r.connections, ms, r.not_recovered);
+        let _ = writeln!(o, "  reconnect storm: {} of {} clients resumed, the last within {} ms; not recovered: {}", r.resumed.unwrap_or(0), r.connections, ms, r.not_recovered);
     }
     if let (Some(b), Some(s)) = (r.baseline_ack_p99_us, r.slow_phase_ack_p99_us) {
         let _ = writeln!(o, "  slow consumers: others' ack p99 {} ms before, {} ms with 1% not reading ({:+.0}%); slow clients closed: {}", self::ms(b), self::ms(s), (s as f64 / b.max(1) as f64 - 1.0) * 100.0, r.slow_closed.unwrap_or(0));

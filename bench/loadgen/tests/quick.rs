@@ -64,6 +64,7 @@ async fn reconnect_storm_misses_nothing() {
     assert_eq!(r.not_recovered, 0);
     assert_eq!(r.missed_pushes, 0, "every push missed while away was replayed");
     assert!(r.resume_all_ms.is_some());
+    assert_eq!(r.resumed, Some(r.connections as u64), "every client resumed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
