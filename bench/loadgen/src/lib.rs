@@ -185,6 +185,9 @@ struct Shared {
     stopped: tokio::sync::watch::Sender<bool>,
     slow_phase: AtomicBool,
     slow_closed: AtomicU64,
+    /// Reconnect storm: connections that have dropped their socket (or dropped out), counted so
+    /// that everyone reconnects at the same moment, once the last one has dropped.
+    away: tokio::sync::watch::Sender<usize>,
     /// The run's latency histograms. Connections keep raw samples and add them here once a
     /// second: a histogram of this range is about 150 KB, and nine per connection ran the
     /// generator out of memory (24 GB) at 19,000 connections.
@@ -230,6 +233,7 @@ impl Shared {
             stopped: tokio::sync::watch::channel(false).0,
             slow_phase: AtomicBool::new(false),
             slow_closed: AtomicU64::new(0),
+            away: tokio::sync::watch::channel(0).0,
             totals: Mutex::new(Hists {
                 connect: hist(),
                 ack: hist(),
@@ -251,6 +255,11 @@ impl Shared {
     /// Resolves once the run has been told to stop.
     async fn until_stopped(&self) {
         let _ = self.stopped.subscribe().wait_for(|s| *s).await;
+    }
+
+    /// Reconnect storm: waits until all `n` connections have dropped, for at most `bound`.
+    async fn until_all_away(&self, n: usize, bound: Duration) -> bool {
+        tokio::time::timeout(bound, self.away.subscribe().wait_for(|a| *a >= n)).await.is_ok()
     }
 
     fn error(&self, kind: &str) {
@@ -711,6 +720,28 @@ fn token(opts: &Options, user: &str) -> String {
     accolade::auth::mint_with_secret(&opts.secret, &opts.tenant, user, accolade::auth::now_secs() + 24 * 3600)
 }
 
+/// Reconnect storm: counts its connection as away once, when it drops its socket or, failing
+/// that, when the connection's task ends, so an early failure cannot hold the others back.
+struct Away<'a> {
+    sh: &'a Shared,
+    done: bool,
+}
+
+impl Away<'_> {
+    fn leave(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.sh.away.send_modify(|a| *a += 1);
+        }
+    }
+}
+
+impl Drop for Away<'_> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 /// One connection's whole life in the scenario. Returns its tally, the time it took to resume
 /// (reconnect storm) and how many distinct users it played.
 async fn connection(
@@ -722,6 +753,7 @@ async fn connection(
     connected: Arc<tokio::sync::Barrier>,
 ) -> anyhow::Result<(Tally, Option<u64>, u64)> {
     let mut t = Tally::new();
+    let mut away = Away { sh: &sh, done: opts.scenario != Scenario::ReconnectStorm };
     let src = opts.sources[i % opts.sources.len()];
     let user = format!("{}-u{i}", opts.run_id);
     let mut p = Player::new(user.clone(), (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -757,7 +789,7 @@ async fn connection(
         Scenario::Steady | Scenario::SlowConsumers => paced(i, &opts, &sh, &mut ws, &mut p, &mut t).await.map(|_| (None, 1)),
         Scenario::Spike => burst(&opts, &sh, &mut ws, &mut p, &mut t, false).await.map(|_| (None, 1)),
         Scenario::UnlockStorm => unlock_storm(i, &opts, addr, src, &sh, ws, &mut t).await.map(|u| (None, u)),
-        Scenario::ReconnectStorm => reconnect_storm(&opts, addr, src, &sh, ws, &mut p, &mut t).await.map(|r| (r, 1)),
+        Scenario::ReconnectStorm => reconnect_storm(&opts, addr, src, &sh, ws, &mut p, &mut t, &mut away).await.map(|r| (r, 1)),
         Scenario::Churn => churn(i, &opts, addr, src, &sh, ws, &mut t).await.map(|u| (None, u)),
     };
     t.flush(&sh);
@@ -885,7 +917,8 @@ async fn unlock_storm(i: usize, opts: &Options, addr: SocketAddr, src: IpAddr, s
 /// Sends a burst and drops the connection without reading its pushes; then everyone
 /// reconnects with `since` at once and must receive every push it missed. Returns the time it
 /// took to resume, or `None` when the replay stopped short.
-async fn reconnect_storm(opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Shared, mut ws: Ws, p: &mut Player, t: &mut Tally) -> anyhow::Result<Option<u64>> {
+#[allow(clippy::too_many_arguments)]
+async fn reconnect_storm(opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Shared, mut ws: Ws, p: &mut Player, t: &mut Tally, away: &mut Away<'_>) -> anyhow::Result<Option<u64>> {
     burst(opts, sh, &mut ws, p, t, false).await?;
     // The second burst is sent and the socket dropped at once: its pushes are missed.
     for _ in 0..opts.burst {
@@ -896,8 +929,13 @@ async fn reconnect_storm(opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Sha
     }
     ws.flush().await?;
     drop(ws);
-    // Wait for everyone to drop, then reconnect together.
-    sh.until_stopped().await;
+    away.leave();
+    // Wait for everyone to drop, then reconnect together: that is the storm. The server may
+    // still be working through the bursts sent just before the drops; a client has resumed
+    // when it holds every push up to its welcome, so that work counts in the resume time.
+    if !sh.until_all_away(opts.connections, CONNECT_PHASE).await {
+        sh.error("storm: not every client dropped in time");
+    }
     let started = Instant::now();
     let mut ws = open(opts, addr, src).await?;
     let (_, welcome_offset, recovered) = hello(&mut ws, &token(opts, &p.user), Some((&p.epoch.clone(), p.offset))).await?;
