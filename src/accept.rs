@@ -1,6 +1,7 @@
 //! Accepting TCP connections: the limits that protect the process before a request is even
-//! read (connections in all and per source address, a deadline for the request head), HTTP/1.1
-//! with upgrades for WebSockets, and the graceful drain at shutdown.
+//! read (connections in all, with a short pause for a slot before refusing, and per source
+//! address; a deadline for the request head), HTTP/1.1 with upgrades for WebSockets, and the
+//! graceful drain at shutdown.
 //!
 //! axum's own `serve` sets no deadline for reading a request head, so a client that opens a
 //! socket and trickles bytes (slowloris) would hold a file descriptor for ever, and nothing
