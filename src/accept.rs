@@ -146,6 +146,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, mut st
     let counts = Arc::new(Counts::default());
     // Every connection task holds a sender; when all are gone, the drain is over.
     let (alive, mut drained) = mpsc::channel::<()>(1);
+    // Whether the next connection at the cap may wait for a slot (see below).
+    let mut patient = true;
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -154,12 +156,19 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, mut st
         // storm every client drops its socket and dials again, and the new connections can
         // arrive before the server has seen the old ones close. Meanwhile they wait in the
         // kernel's listen queue, which costs no file descriptor. Only a server still full after
-        // the wait answers 503.
+        // the wait answers 503, and it then answers at once until a slot frees: one wait per
+        // spell of fullness, not one per client, or a server that stays full would leave its
+        // queue hanging.
         if counts.total.load(Ordering::Acquire) >= limits.total {
-            tokio::select! {
-                _ = counts.room(limits.total, tokio::time::Instant::now() + limits.full_wait) => {}
-                _ = stop.changed() => break,
+            if patient {
+                tokio::select! {
+                    _ = counts.room(limits.total, tokio::time::Instant::now() + limits.full_wait) => {}
+                    _ = stop.changed() => break,
+                }
+                patient = counts.total.load(Ordering::Acquire) < limits.total;
             }
+        } else {
+            patient = true;
         }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -67,7 +67,8 @@ pub struct Config {
     /// Milliseconds the server stops accepting while `max_connections` are open, waiting for
     /// one to close, before it refuses the next with 503. Meanwhile new connections wait in the
     /// kernel's listen queue: in a reconnect storm the old sockets close a moment after the new
-    /// ones arrive, and a client that could get in should not be told to go away.
+    /// ones arrive, and a client that could get in should not be told to go away. A server still
+    /// full after the wait refuses at once until a connection closes.
     #[arg(long, default_value_t = 2_000)]
     pub accept_wait_ms: u64,
 

@@ -116,6 +116,27 @@ async fn a_full_server_lets_a_new_client_wait_for_a_closing_one() {
     s.stop().await;
 }
 
+/// The pause at the cap is for a storm that passes. A server that stays full waits once, then
+/// refuses at once, so clients are told to retry instead of hanging in the listen queue.
+#[tokio::test]
+async fn a_server_that_stays_full_waits_once_then_refuses_at_once() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.max_connections = 1;
+        c.accept_wait_ms = 3_000;
+    })
+    .await;
+    let _held = s.connect("ada").await;
+    let (status, _) = ws_from([127, 0, 0, 2], &s).await.err().expect("refused after the wait");
+    assert_eq!(status, 503);
+    // Another wait would take 3 s; each of these must be answered well before that.
+    for _ in 0..3 {
+        let refused = tokio::time::timeout(Duration::from_secs(1), ws_from([127, 0, 0, 2], &s)).await.expect("answered without a second wait");
+        assert_eq!(refused.err().expect("still full").0, 503);
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn broken_frames_and_bad_tokens_get_their_close_codes() {
     let dir = tmp();
