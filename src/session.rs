@@ -8,6 +8,7 @@ use crate::protocol::{self, ClientMsg, Frame};
 use crate::server::Shared;
 use crate::user::{now_ms, Conn, Origin, UserMsg};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -82,60 +83,31 @@ async fn close_with<S: Sink<Message> + Unpin>(sink: &mut S, code: u16, reason: &
 }
 
 /// Runs one connection to its end. Generic over the socket so tests can drive it with channels.
-pub async fn run<S>(socket: S, shared: Arc<Shared>)
+///
+/// The socket is split before the future is made, and the hello phase is a future of its own.
+/// An async fn keeps a slot for each parameter, and for the locals of every phase, for its whole
+/// life, and this future lives as long as the connection: split inside, the socket's 368 bytes
+/// stayed in every connection's task after `split` had moved them out, and the hello phase's
+/// futures were laid beside the serving loop's (`-Zprint-type-sizes`; bench/README.md, fix 13).
+pub fn run<S>(socket: S, shared: Arc<Shared>) -> impl Future<Output = ()> + Send
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message> + Unpin + Send,
 {
-    let (mut sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
+    serve(sink, stream, shared)
+}
+
+async fn serve<S>(mut sink: SplitSink<S, Message>, mut stream: SplitStream<S>, shared: Arc<Shared>)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message> + Unpin + Send,
+{
     let cfg = shared.config.clone();
     let mut shutdown = shared.shutdown.subscribe();
     if *shutdown.borrow() {
         return close_with(&mut sink, close::GOING_AWAY, "server shutting down").await;
     }
-
-    // Hello phase: the first message must authenticate, within the time-out.
-    let (principal, since) = loop {
-        let next = tokio::select! {
-            n = timeout(cfg.auth_timeout(), stream.next()) => n,
-            _ = shutdown.changed() => return close_with(&mut sink, close::GOING_AWAY, "server shutting down").await,
-        };
-        let first = match next {
-            Err(_) => return close_with(&mut sink, close::AUTH_TIMEOUT, "no hello in time").await,
-            Ok(None) => return,
-            Ok(Some(Err(e))) => {
-                if let Some((code, why)) = read_error(e) {
-                    close_with(&mut sink, code, why).await;
-                }
-                return;
-            }
-            Ok(Some(Ok(m))) => m,
-        };
-        let text = match first {
-            Message::Text(t) => t,
-            Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => return,
-            Message::Binary(_) => {
-                let _ = sink.send(text(protocol::error("invalid_message", "binary frames are not supported; send JSON text", None))).await;
-                return close_with(&mut sink, close::UNAUTHORIZED, "send hello first").await;
-            }
-        };
-        match protocol::decode(&text) {
-            Ok(ClientMsg::Hello { token, since }) => match shared.keys.verify(&token) {
-                Ok(p) => break (p, since),
-                Err(e) => {
-                    let _ = sink.send(self::text(protocol::error("unauthorized", &e.to_string(), None))).await;
-                    return close_with(&mut sink, close::UNAUTHORIZED, "unauthorized").await;
-                }
-            },
-            Ok(ClientMsg::Event(_) | ClientMsg::Watch { .. } | ClientMsg::Unwatch { .. }) => {
-                let _ = sink.send(self::text(protocol::error("unauthorized", "send hello with a token before any event", None))).await;
-                return close_with(&mut sink, close::UNAUTHORIZED, "send hello first").await;
-            }
-            Err(e) => {
-                let _ = sink.send(self::text(protocol::error(e.code(), &e.to_string(), None))).await;
-                return close_with(&mut sink, close::UNAUTHORIZED, "send hello first").await;
-            }
-        }
+    let Some((principal, since)) = Box::pin(hello(&mut sink, &mut stream, &shared, &mut shutdown)).await else {
+        return;
     };
     let Principal { tenant, user } = principal;
 
@@ -247,6 +219,69 @@ where
     shared.boards.unwatch_all(id);
     shared.registry.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id });
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The hello phase: the first message must authenticate, within the time-out. Returns the
+/// principal, or `None` once the connection has been answered and closed. Boxed by its caller,
+/// so that its futures are freed once it is over.
+async fn hello<S>(sink: &mut SplitSink<S, Message>, stream: &mut SplitStream<S>, shared: &Shared, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Option<(Principal, Option<protocol::Since>)>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message> + Unpin + Send,
+{
+    let cfg = &shared.config;
+    loop {
+        let next = tokio::select! {
+            n = timeout(cfg.auth_timeout(), stream.next()) => n,
+            _ = shutdown.changed() => {
+                close_with(sink, close::GOING_AWAY, "server shutting down").await;
+                return None;
+            }
+        };
+        let first = match next {
+            Err(_) => {
+                close_with(sink, close::AUTH_TIMEOUT, "no hello in time").await;
+                return None;
+            }
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                if let Some((code, why)) = read_error(e) {
+                    close_with(sink, code, why).await;
+                }
+                return None;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match first {
+            Message::Text(t) => t,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return None,
+            Message::Binary(_) => {
+                let _ = sink.send(text(protocol::error("invalid_message", "binary frames are not supported; send JSON text", None))).await;
+                close_with(sink, close::UNAUTHORIZED, "send hello first").await;
+                return None;
+            }
+        };
+        match protocol::decode(&text) {
+            Ok(ClientMsg::Hello { token, since }) => match shared.keys.verify(&token) {
+                Ok(p) => return Some((p, since)),
+                Err(e) => {
+                    let _ = sink.send(self::text(protocol::error("unauthorized", &e.to_string(), None))).await;
+                    close_with(sink, close::UNAUTHORIZED, "unauthorized").await;
+                    return None;
+                }
+            },
+            Ok(ClientMsg::Event(_) | ClientMsg::Watch { .. } | ClientMsg::Unwatch { .. }) => {
+                let _ = sink.send(self::text(protocol::error("unauthorized", "send hello with a token before any event", None))).await;
+                close_with(sink, close::UNAUTHORIZED, "send hello first").await;
+                return None;
+            }
+            Err(e) => {
+                let _ = sink.send(self::text(protocol::error(e.code(), &e.to_string(), None))).await;
+                close_with(sink, close::UNAUTHORIZED, "send hello first").await;
+                return None;
+            }
+        }
+    }
 }
 
 /// Handles one text frame after authentication; returns an error frame for the client, if any.

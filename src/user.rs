@@ -11,6 +11,7 @@ use crate::protocol::{self, Frame, Since};
 use crate::server::Shared;
 use crate::store::{self, StoredEvent};
 use dashmap::DashMap;
+use futures_util::future::Either;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, MessagingErr, SupervisionEvent};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -239,68 +240,87 @@ impl Actor for UserActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<UserMsg>, msg: UserMsg, u: &mut User) -> Result<(), ActorProcessingErr> {
+    // `handle` is a plain fn that returns its future, not an async fn, and it does the work of
+    // the common messages (events, durable completions, detach, tick) before returning a ready
+    // future. ractor keeps the future that waits for an actor's next message on the heap for the
+    // whole life of the actor, and that future holds `handle`'s inline (twice over, in its
+    // `run_with_signal`). As an async fn, `handle` kept the 208-byte message twice and room for
+    // the largest thing it could await, and every connected user paid about 1.9 KiB for it even
+    // when idle (`-Zprint-type-sizes`, heaptrack; bench/README.md, fix 13). Now only messages
+    // that wait (attach, queries, backfills, awards, goals, notices, stop, and waiting work that
+    // a completion releases) build a future, boxed, when they arrive.
+    fn handle(&self, myself: ActorRef<UserMsg>, msg: UserMsg, u: &mut User) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
         let was_counted = counted(&msg);
-        let result = match msg {
+        let later = match msg {
             UserMsg::Event { event, received_at, arrived, origin, permit } => {
                 let _span = tracing::debug_span!("event", event_id = %event.event_id, tenant = %u.tenant, user = %u.user).entered();
-                u.on_event(&myself, event, received_at, arrived, origin, permit)
+                let result = u.on_event(&myself, event, received_at, arrived, origin, permit);
+                return u.done(was_counted, result);
             }
             UserMsg::Attach { conn, since } => {
                 u.last_activity = Instant::now();
                 // The welcome must describe durable state: wait for the writes in flight.
-                u.run_or_wait(&myself, Waiting::Attach(conn, since)).await;
-                Ok(())
+                Later::Run(Waiting::Attach(conn, since))
             }
-            UserMsg::Query(reply) => {
-                u.run_or_wait(&myself, Waiting::Query(reply)).await;
-                Ok(())
-            }
-            UserMsg::Backfill { spec, reply } => {
-                u.run_or_wait(&myself, Waiting::Backfill(spec, reply)).await;
-                Ok(())
-            }
-            UserMsg::Award { board, period, rank, reply } => {
-                u.run_or_wait(&myself, Waiting::Award(board, period, rank, reply)).await;
-                Ok(())
-            }
-            UserMsg::Goal { op, reply } => {
-                u.run_or_wait(&myself, Waiting::Goal(op, reply)).await;
-                Ok(())
-            }
-            UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => {
-                u.run_or_wait(&myself, Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })).await;
-                Ok(())
-            }
+            UserMsg::Query(reply) => Later::Run(Waiting::Query(reply)),
+            UserMsg::Backfill { spec, reply } => Later::Run(Waiting::Backfill(spec, reply)),
+            UserMsg::Award { board, period, rank, reply } => Later::Run(Waiting::Award(board, period, rank, reply)),
+            UserMsg::Goal { op, reply } => Later::Run(Waiting::Goal(op, reply)),
+            UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => Later::Run(Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })),
             UserMsg::Detach { conn_id } => {
                 u.conns.retain(|c| c.id != conn_id);
                 u.waiting.retain(|w| !matches!(w, Waiting::Attach(c, _) if c.id == conn_id));
                 u.last_activity = Instant::now();
-                Ok(())
+                return u.done(was_counted, Ok(()));
             }
-            UserMsg::Durable { job, result } => u.on_durable(&myself, job, result).await,
+            UserMsg::Durable { job, result } => match u.on_durable(job, result) {
+                Ok(()) if u.pending.is_empty() && !u.waiting.is_empty() => Later::Waiting,
+                r => return u.done(was_counted, r),
+            },
             UserMsg::Tick => {
                 u.maybe_passivate(&myself);
-                Ok(())
+                return u.done(was_counted, Ok(()));
             }
-            UserMsg::Stop(reply) => {
-                u.snapshot(&myself);
-                // Completions arrive in submission order, so once this sync is done the
-                // snapshot (and everything before it) is on disk.
-                let _ = u.shared.store.sync().await;
-                let _ = reply.send(());
-                myself.stop(None);
-                Ok(())
-            }
+            UserMsg::Stop(reply) => Later::Stop(reply),
         };
-        if was_counted {
-            u.inflight.fetch_sub(1, Ordering::AcqRel);
-        }
-        result
+        Either::Right(Box::pin(async move {
+            match later {
+                Later::Run(w) => u.run_or_wait(&myself, w).await,
+                Later::Waiting => u.run_waiting(&myself).await,
+                Later::Stop(reply) => {
+                    u.snapshot(&myself);
+                    // Completions arrive in submission order, so once this sync is done the
+                    // snapshot (and everything before it) is on disk.
+                    let _ = u.shared.store.sync().await;
+                    let _ = reply.send(());
+                    myself.stop(None);
+                }
+            }
+            if was_counted {
+                u.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+            Ok(())
+        }))
     }
 }
 
+/// What a message leaves to do that must wait (see `handle`).
+enum Later {
+    Run(Waiting),
+    /// Work that waited for durable state, released by a completion.
+    Waiting,
+    Stop(oneshot::Sender<()>),
+}
+
 impl User {
+    /// The end of a message handled at once (see `UserActor::handle`).
+    fn done<F>(&self, was_counted: bool, result: Result<(), ActorProcessingErr>) -> Either<std::future::Ready<Result<(), ActorProcessingErr>>, F> {
+        if was_counted {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        Either::Left(std::future::ready(result))
+    }
+
     fn on_event(
         &mut self,
         myself: &ActorRef<UserMsg>,
@@ -765,7 +785,9 @@ impl User {
         }
     }
 
-    async fn on_durable(&mut self, myself: &ActorRef<UserMsg>, job: u64, result: Result<(), String>) -> Result<(), ActorProcessingErr> {
+    /// A completion from the persister: releases the deliveries of every job up to `job`.
+    /// Work that waited for durable state is left for `run_waiting`.
+    fn on_durable(&mut self, job: u64, result: Result<(), String>) -> Result<(), ActorProcessingErr> {
         if let Err(e) = result {
             // State in memory is ahead of the disk. Fail: the supervisor forgets this actor and
             // the next message rebuilds the user from what is durable. No ack was sent for the
@@ -780,15 +802,18 @@ impl User {
                 self.deliver(d);
             }
         }
-        // Work that waited for durable state runs in order; a backfill writes, so whatever
-        // comes after it waits again.
+        Ok(())
+    }
+
+    /// Work that waited for durable state runs in order; a backfill writes, so whatever comes
+    /// after it waits again.
+    async fn run_waiting(&mut self, myself: &ActorRef<UserMsg>) {
         let mut waiting = std::mem::take(&mut self.waiting).into_iter();
         while self.pending.is_empty() {
             let Some(w) = waiting.next() else { break };
             self.run_or_wait(myself, w).await;
         }
         self.waiting.extend(waiting);
-        Ok(())
     }
 
     fn deliver(&mut self, d: Delivery) {
