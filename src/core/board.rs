@@ -164,7 +164,7 @@ pub fn award_rank(state: &mut UserState, board: &str, period: &str, rank: usize,
     if state.badges.get(&*badge.id).is_some_and(|r| r.keys.iter().any(|k| k == period)) {
         return fx;
     }
-    let rec = state.badges.entry(badge.id.to_string()).or_insert_with(|| BadgeRecord {
+    let rec = state.badges.get_or_insert_with(&badge.id, || BadgeRecord {
         awarded_at: now,
         count: 0,
         version: cat.version,

@@ -477,7 +477,7 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
     };
     // Per-key badges pay XP on the first award only, as Khan Academy's did.
     let xp = if def.per_key.is_some() && have > 0 { 0 } else { def.xp * times as u64 };
-    let rec = state.badges.entry(def.id.to_string()).or_insert_with(|| BadgeRecord {
+    let rec = state.badges.get_or_insert_with(&def.id, || BadgeRecord {
         awarded_at: ctx.at,
         count: 0,
         version: ctx.cat.version,

@@ -42,8 +42,14 @@ pub struct BoardScore {
 /// read and bumped on every event, usually over a few dozen keys: a short scan comparing
 /// lengths first beats a B-tree's string comparisons there, and a binary search takes over for
 /// users with many keys. It serializes exactly like a `BTreeMap` (a map in key order).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KeyMap<V>(Vec<(String, V)>);
+
+impl<V> Default for KeyMap<V> {
+    fn default() -> Self {
+        KeyMap(Vec::new())
+    }
+}
 
 impl<V> KeyMap<V> {
     /// Up to this many keys a linear scan is used.
@@ -81,6 +87,65 @@ impl<V> KeyMap<V> {
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.0.iter().map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, k: &str) -> Option<&mut V> {
+        self.find(k).ok().map(|i| &mut self.0[i].1)
+    }
+
+    pub fn contains_key(&self, k: &str) -> bool {
+        self.find(k).is_ok()
+    }
+
+    /// Sets `k` to `v`, returning the value it replaces.
+    pub fn insert(&mut self, k: String, v: V) -> Option<V> {
+        match self.find(&k) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, v)),
+            Err(i) => {
+                self.0.insert(i, (k, v));
+                None
+            }
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<V> std::ops::Index<&str> for KeyMap<V> {
+    type Output = V;
+
+    fn index(&self, k: &str) -> &V {
+        self.get(k).unwrap_or_else(|| panic!("no key `{k}`"))
+    }
+}
+
+impl<'a, V> IntoIterator for &'a KeyMap<V> {
+    type Item = (&'a String, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, V)>, fn(&'a (String, V)) -> (&'a String, &'a V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<V> FromIterator<(String, V)> for KeyMap<V> {
+    /// Sorted by key; a repeated key keeps its last value, as a `BTreeMap` would.
+    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
+        let mut m = KeyMap(Vec::new());
+        for (k, v) in iter {
+            m.insert(k, v);
+        }
+        m
     }
 }
 
@@ -174,7 +239,7 @@ pub struct UserState {
     pub user_id: String,
     pub xp: u64,
     pub level: u32,
-    pub badges: BTreeMap<String, BadgeRecord>,
+    pub badges: KeyMap<BadgeRecord>,
     /// The catalogue layout `stats` and `rings` are aligned to.
     pub layout: u64,
     /// Stat values by slot, each with its stable stat id for remapping.
@@ -190,11 +255,11 @@ pub struct UserState {
     pub first_seen: Option<Millis>,
     pub last_event_at: Millis,
     /// XP granted today by each capped XP rule: (local day, amount).
-    pub xp_days: BTreeMap<String, (i32, u64)>,
+    pub xp_days: KeyMap<(i32, u64)>,
     /// Accepted events, and the arrival counter used to order cache entries.
     pub events: u64,
     /// Score per leaderboard id, for the board's current period.
-    pub boards: BTreeMap<String, BoardScore>,
+    pub boards: KeyMap<BoardScore>,
     /// Goals assigned to this user, by id.
     pub goals: BTreeMap<String, super::goal::GoalState>,
     #[serde(skip)]
