@@ -73,6 +73,8 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let registry = Arc::new(Registry::default());
     let supervisor = crate::user::start_supervisor(registry.clone()).await?;
     let (shutdown, _) = watch::channel(false);
+    let tick = (config.passivate_after() / 4).max(Duration::from_millis(250));
+    tokio::spawn(crate::user::passivation_clock(registry.clone(), tick, shutdown.subscribe()));
     Ok(Arc::new(Shared {
         store,
         keys,

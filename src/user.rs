@@ -206,7 +206,7 @@ impl Actor for UserActor {
     type State = User;
     type Arguments = UserArgs;
 
-    async fn pre_start(&self, myself: ActorRef<UserMsg>, a: UserArgs) -> Result<User, ActorProcessingErr> {
+    async fn pre_start(&self, _: ActorRef<UserMsg>, a: UserArgs) -> Result<User, ActorProcessingErr> {
         if a.shared.catalogue(&a.tenant).is_none() {
             return Err(format!("tenant `{}` has no catalogue", a.tenant).into());
         }
@@ -218,8 +218,6 @@ impl Actor for UserActor {
         let (st, snap_seq) = (r.state, r.snap_seq);
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
-        let tick = (a.shared.config.passivate_after() / 4).max(std::time::Duration::from_millis(250));
-        myself.send_interval(tick, || UserMsg::Tick);
         a.shared.metrics.actors.fetch_add(1, Ordering::Relaxed);
         Ok(User {
             shared: a.shared,
@@ -972,6 +970,13 @@ pub enum SendError {
 }
 
 impl Registry {
+    /// Asks every actor in memory to check whether it is idle enough to passivate.
+    pub fn tick(&self) {
+        for e in self.map.iter() {
+            let _ = e.actor.send_message(UserMsg::Tick);
+        }
+    }
+
     pub fn active(&self) -> usize {
         self.map.len()
     }
@@ -1094,6 +1099,18 @@ impl Actor for Supervisor {
         }
         Ok(())
     }
+}
+
+/// The passivation clock: every `--passivate-secs` / 4 (at least 250 ms) until shutdown, every
+/// actor in memory gets a `Tick`. One task for all actors: a ractor `send_interval` per actor was
+/// a task and a timer each, about 370 bytes of every connected user (heaptrack; bench/README.md,
+/// fix 13), for a check that a connected user always passes.
+pub async fn passivation_clock(registry: Arc<Registry>, every: std::time::Duration, stop: tokio::sync::watch::Receiver<bool>) {
+    crate::server::every(every, stop, || {
+        registry.tick();
+        std::future::ready(())
+    })
+    .await
 }
 
 pub async fn start_supervisor(registry: Arc<Registry>) -> anyhow::Result<ActorCell> {
