@@ -243,7 +243,7 @@ impl Actor for UserActor {
     // future. ractor keeps the future that waits for an actor's next message on the heap for the
     // whole life of the actor, and that future holds `handle`'s inline (twice over, in its
     // `run_with_signal`). As an async fn, `handle` kept the 208-byte message twice and room for
-    // the largest thing it could await, and every connected user paid about 1.9 KiB for it even
+    // the largest thing it could await, and every connected user paid about 1.8 KiB for it even
     // when idle (`-Zprint-type-sizes`, heaptrack; bench/README.md, fix 13). Now only messages
     // that wait (attach, queries, backfills, awards, goals, notices, stop, and waiting work that
     // a completion releases) build a future, boxed, when they arrive.
