@@ -138,17 +138,6 @@ impl<'a, V> IntoIterator for &'a KeyMap<V> {
     }
 }
 
-impl<V> FromIterator<(String, V)> for KeyMap<V> {
-    /// Sorted by key; a repeated key keeps its last value, as a `BTreeMap` would.
-    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
-        let mut m = KeyMap(Vec::new());
-        for (k, v) in iter {
-            m.insert(k, v);
-        }
-        m
-    }
-}
-
 impl<V: Serialize> Serialize for KeyMap<V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
