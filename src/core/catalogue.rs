@@ -480,6 +480,13 @@ pub struct WindowReq {
     pub describe: String,
 }
 
+impl WindowReq {
+    /// A count of actions (each adds 0 or 1), rather than a sum of a field.
+    pub fn counts(&self) -> bool {
+        self.per_type.iter().all(|(_, _, sum)| sum.is_none())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RecentCond {
     /// (cache ring, positions of same/in_key/sum fields in that ring's entries)

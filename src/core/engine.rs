@@ -510,7 +510,12 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
                 .flat_map(|r| r.per_type.iter())
                 .filter_map(|(ring, _, _)| state.rings[*ring].items.back().map(|a| a.at))
                 .fold(ctx.at, Millis::max);
-            reqs.iter().all(|r| window_total(state, end, *within, r) >= r.target)
+            // Counts first: they can be decided without reading every cached action (see
+            // `window_reaches`), and a count that falls short spares the sums their full scan.
+            // The order cannot change the answer: each requirement is a pure read.
+            let counts = reqs.iter().filter(|r| r.counts());
+            let sums = reqs.iter().filter(|r| !r.counts());
+            counts.chain(sums).all(|r| window_reaches(state, end, *within, r))
         }
         Cond::Recent(r) => recent(state, r, Some(&ctx.runs)),
         Cond::All(cs) => cs.iter().all(|c| holds(state, ctx, c)),
@@ -545,6 +550,57 @@ pub(crate) fn window_total(state: &UserState, end: Millis, within: Millis, r: &W
         }
     }
     total
+}
+
+/// Whether a window requirement reaches its target: always the same answer as
+/// `window_total(..) >= r.target`, found sooner where it can be.
+///
+/// A count adds 0 or 1 per cached action, so the answer is known as soon as the count reaches
+/// the target, or as soon as the actions not yet read could no longer make up the difference.
+/// This matters because a window spans up to `cache_size` actions per event type (500 in the
+/// demo), and every unowned window badge was read in full on every event: that scan was the
+/// largest single item of the server's profile at saturation (`window_total`, 7.3% of samples;
+/// bench/README.md, fix 18). Counts are whole numbers, so stopping early cannot change a
+/// rounding. A sum is read in full, in the same order as `window_total`, because a summed field
+/// may be negative, so a partial sum says nothing about the whole.
+pub(crate) fn window_reaches(state: &UserState, end: Millis, within: Millis, r: &WindowReq) -> bool {
+    if !r.counts() {
+        return window_total(state, end, within, r) >= r.target;
+    }
+    // Actions not yet read, an upper bound on what the count can still gain.
+    let mut unread: usize = r.per_type.iter().map(|(ring, _, _)| state.rings[*ring].items.len()).sum();
+    if (unread as f64) < r.target {
+        return false;
+    }
+    let mut total = 0.0;
+    for (ring, pred, _) in &r.per_type {
+        let items = &state.rings[*ring].items;
+        let mut left_here = items.len();
+        for a in items.iter().rev() {
+            left_here -= 1;
+            unread -= 1;
+            if a.at > end {
+                continue;
+            }
+            if a.at < end - within {
+                break;
+            }
+            if pred.matches(&a.vals) {
+                total += 1.0;
+                if total >= r.target {
+                    return true;
+                }
+            } else if total + (unread as f64) < r.target {
+                return false;
+            }
+        }
+        // The rest of this ring is older than the window: it adds nothing.
+        unread -= left_here;
+        if total + (unread as f64) < r.target {
+            return false;
+        }
+    }
+    total >= r.target
 }
 
 /// Evaluates a pattern over the newest cached actions in one pass, stopping at the first item
@@ -688,4 +744,101 @@ pub fn backfill(live: &mut UserState, replayed: &UserState, badges: &[String], n
         }
     }
     fx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::catalogue::Format;
+    use crate::core::value::{b, n, s};
+
+    const MIN: Millis = 60_000;
+    /// 2026-03-02T12:00:00Z.
+    const T0: Millis = 1_772_452_800_000;
+
+    /// `window_reaches` stops early; it must answer exactly as the full scan does, for every
+    /// cache the engine can build (late events land mid-ring, rings evict at their size) and
+    /// every window end, width and target, including the ones right at the count.
+    #[test]
+    fn window_reaches_answers_as_the_full_scan_does() {
+        let cat = Catalogue::parse(
+            r#"
+version = 1
+[settings]
+late_bound = "24h"
+future_skew = "5m"
+cache_size = 40
+[event_types."problem.answered"]
+client = true
+fields = { exercise = "string", correct = "bool", seconds = "number" }
+[event_types."video.watched"]
+client = true
+fields = { video = "string", seconds = "number" }
+[event_types."login"]
+client = true
+[levels]
+thresholds = [0, 100]
+[[badges]]
+id = "mixed"
+name = "mixed"
+tier = "bronze"
+rule = { kind = "window", within = "15m", require = [ { event = "problem.answered", when = { correct = true }, count = 1000 }, { event = "video.watched", sum = "seconds", at_least = 1e9 } ] }
+[[badges]]
+id = "either"
+name = "either"
+tier = "bronze"
+rule = { kind = "window", within = "1h", require = [ { event = ["problem.answered", "video.watched"], count = 1000 } ] }
+"#,
+            Format::Toml,
+        )
+        .unwrap();
+        let reqs: Vec<&WindowReq> = cat
+            .badges
+            .iter()
+            .flat_map(|d| match &d.cond {
+                Cond::Window { reqs, .. } => reqs.iter().collect::<Vec<_>>(),
+                _ => vec![],
+            })
+            .collect();
+        assert_eq!(reqs.iter().filter(|r| r.counts()).count(), 2, "two counts and one sum to check");
+        let mut st = UserState::default();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let mut checked = 0;
+        let mut decided_both_ways = [0, 0];
+        for i in 0..400u64 {
+            // Mostly in order a few seconds apart, sometimes up to 20 minutes late.
+            let at = T0 + i as Millis * 5_000 - if next(5) == 0 { next(20) as Millis * MIN } else { 0 };
+            let mut e = match next(3) {
+                0 => Event::new(&format!("e{i}"), "problem.answered", at, &[("exercise", s("a")), ("correct", b(next(3) > 0)), ("seconds", n(9.0))]),
+                1 => Event::new(&format!("e{i}"), "video.watched", at, &[("video", s("v")), ("seconds", n(next(600) as f64 - 100.0))]),
+                _ => Event::new(&format!("e{i}"), "login", at, &[]),
+            };
+            e.user_id = "u".into();
+            e.tenant_id = "t".into();
+            apply(&mut st, &e, at + 1_000, &cat);
+            let last = T0 + i as Millis * 5_000;
+            for r in &reqs {
+                for within in [0, MIN, 15 * MIN, 60 * MIN] {
+                    for end in [last, last - 3 * MIN, last - 25 * MIN] {
+                        let total = window_total(&st, end, within, r);
+                        for target in [0.0, 1.0, total - 1.0, total, total + 1.0, 20.0, 41.0, 81.0, -5.0] {
+                            let mut r2 = (*r).clone();
+                            r2.target = target;
+                            let full = total >= target;
+                            assert_eq!(window_reaches(&st, end, within, &r2), full, "event {i}, {} within {within} ending {end}, target {target}", r.describe);
+                            checked += 1;
+                            decided_both_ways[full as usize] += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000 && decided_both_ways.iter().all(|&n| n > 1_000), "{checked} {decided_both_ways:?}");
+    }
 }
