@@ -29,8 +29,9 @@
 //! - `hooklog`: same key -> how a delivery ended (delivered or failed), the newest kept.
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
-//! one persister thread that applies whatever has queued up as one batch per tree and then
-//! flushes once, so sled is flushed per batch, never per event.
+//! the persister, which takes whatever has queued up as one batch, inserts it on two threads
+//! (each user's jobs always on the same one) and then flushes once, so sled is flushed per
+//! batch, never per event.
 
 use crate::core::{Event, Millis, UserState};
 use serde::{Deserialize, Serialize};
@@ -190,6 +191,8 @@ type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 struct Job {
     writes: Vec<Write>,
     done: Done,
+    /// Which of the persister's two threads inserts it (see `run_persister`).
+    lane: u8,
 }
 
 /// What a retention sweep removed.
@@ -346,7 +349,14 @@ impl Store {
     /// Queues writes; `done` runs on the persister thread once they are flushed to disk (or
     /// failed). Completions arrive in submission order.
     pub fn submit(&self, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
-        self.tx.send(Job { writes, done: Box::new(done) }).map_err(|_| StoreError::Stopped)
+        self.tx.send(Job { writes, done: Box::new(done), lane: 0 }).map_err(|_| StoreError::Stopped)
+    }
+
+    /// `submit` for one user's writes: every job of a user is inserted by the same persister
+    /// thread, so the user's writes keep their order.
+    pub fn submit_user(&self, tenant: &str, user: &str, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
+        let lane = (fnv(&user_key(tenant, user)) & 1) as u8;
+        self.tx.send(Job { writes, done: Box::new(done), lane }).map_err(|_| StoreError::Stopped)
     }
 
     /// Waits until everything queued so far is durable.
@@ -835,10 +845,16 @@ pub mod writes {
 
 }
 
+#[derive(Clone)]
 struct PersisterSide {
     db: sled::Db,
     trees: [sled::Tree; 14],
     stats: Arc<PersistStats>,
+}
+
+/// FNV-1a, to split jobs between the persister's two threads by user.
+fn fnv(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// Jobs taken into one batch at most; past that the next batch starts.
@@ -864,7 +880,53 @@ impl PersisterSide {
         }
     }
 
+    /// Applies writes in order; returns how many.
+    fn apply(&self, writes: Vec<Write>) -> Result<u64, sled::Error> {
+        let mut n = 0;
+        for w in writes {
+            n += 1;
+            match w {
+                Write::Put(t, k, v) => {
+                    self.trees[self.tree(t)].insert(k, v)?;
+                }
+                Write::Del(t, k) => {
+                    self.trees[self.tree(t)].remove(k)?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     fn run_persister(self, rx: mpsc::Receiver<Job>) {
+        // A second thread inserts about half of every batch. Inserting is CPU work in sled (a
+        // tree walk, and a node copied on most inserts), and one thread doing all of it got
+        // only its fair share of the cores while the runtime's workers, with events queued,
+        // took the rest: it was busy 93% of the time and acks waited behind it. Two threads get
+        // two shares, and run in parallel when a core is free (bench/README.md, fix 19).
+        //
+        // Jobs are split whole, by user, never write by write. After a crash sled recovers a
+        // prefix of its log, so the order of a job's writes is what makes a recovered dedup key
+        // imply its log entry: split by key, a dedup key could land before its event, and the
+        // client's resend of the unacknowledged event would be taken for a duplicate and never
+        // counted (tests/crash_loop.rs caught exactly that). Every job of a user goes to the
+        // same thread (`submit_user`), so a user's snapshot and board scores keep their order
+        // too. Between users nothing depends on order, because nothing is acknowledged before
+        // the flush that covers both threads.
+        let (to_helper, helper_rx) = mpsc::channel::<Vec<Write>>();
+        let (helper_tx, from_helper) = mpsc::channel::<Result<u64, sled::Error>>();
+        let helper = self.clone();
+        let spawned = std::thread::Builder::new().name("accolade-persist2".into()).spawn(move || {
+            while let Ok(writes) = helper_rx.recv() {
+                if helper_tx.send(helper.apply(writes)).is_err() {
+                    break;
+                }
+            }
+        });
+        // Without the helper (the thread could not start), this thread does it all.
+        let (to_helper, helper) = match spawned {
+            Ok(h) => (Some(to_helper), Some(h)),
+            Err(_) => (None, None),
+        };
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH_JOBS {
@@ -884,25 +946,29 @@ impl PersisterSide {
             // unacknowledged event, which the client resends.
             // Every job's completion is taken out first: when a write fails part way through
             // the batch, every job of it (written or not) is told, so no actor waits for ever.
-            let mut batch = Vec::with_capacity(jobs.len());
+            let mut mine = Vec::new();
+            let mut theirs = Vec::new();
             for job in jobs {
                 dones.push(job.done);
-                batch.push(job.writes);
+                if to_helper.is_some() && job.lane == 1 { theirs.extend(job.writes) } else { mine.extend(job.writes) }
             }
             let result = (|| -> Result<(), sled::Error> {
-                for writes in batch {
-                    for w in writes {
-                        n += 1;
-                        match w {
-                            Write::Put(t, k, v) => {
-                                self.trees[self.tree(t)].insert(k, v)?;
-                            }
-                            Write::Del(t, k) => {
-                                self.trees[self.tree(t)].remove(k)?;
-                            }
+                let helped = match &to_helper {
+                    Some(tx) if !theirs.is_empty() => match tx.send(theirs) {
+                        Ok(()) => true,
+                        // The helper is gone: its half is written here.
+                        Err(mpsc::SendError(back)) => {
+                            mine.extend(back);
+                            false
                         }
-                    }
-                }
+                    },
+                    _ => false,
+                };
+                let here = self.apply(mine);
+                // Wait for the helper even when this half failed: the batch is over only when
+                // both are, and a half that cannot be confirmed fails the batch.
+                let there = if helped { from_helper.recv().unwrap_or_else(|_| Err(sled::Error::ReportableBug("the persister's helper thread stopped".into()))) } else { Ok(0) };
+                n += here? + there?;
                 applied = std::time::Instant::now();
                 self.db.flush()?;
                 Ok(())
@@ -921,6 +987,12 @@ impl PersisterSide {
             for done in dones {
                 done(result.clone());
             }
+        }
+        // The helper holds the database too: it must be gone before the database counts as
+        // closed (see `PersisterThread`).
+        drop(to_helper);
+        if let Some(h) = helper {
+            let _ = h.join();
         }
     }
 }

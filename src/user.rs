@@ -774,7 +774,7 @@ impl User {
         let job = self.next_job;
         self.pending.push_back((job, deliveries));
         let me = myself.clone();
-        let submitted = self.shared.store.submit(writes, move |result| {
+        let submitted = self.shared.store.submit_user(&self.tenant, &self.user, writes, move |result| {
             let _ = me.send_message(UserMsg::Durable { job, result });
         });
         if submitted.is_err() {
