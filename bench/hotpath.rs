@@ -64,7 +64,8 @@ fn bench_persist(c: &mut Criterion) {
                     (0..batch)
                         .map(|_| {
                             seq += 1;
-                            event_writes((seq % 1000) as usize, seq / 1000 + 1)
+                            let u = (seq % 1000) as usize;
+                            (u, event_writes(u, seq / 1000 + 1))
                         })
                         .collect::<Vec<_>>()
                 },
@@ -73,10 +74,11 @@ fn bench_persist(c: &mut Criterion) {
                     // batch (or a few); the last completion means all of it is flushed.
                     let (tx, rx) = mpsc::channel();
                     let last = jobs.len() - 1;
-                    for (i, w) in jobs.into_iter().enumerate() {
+                    for (i, (u, w)) in jobs.into_iter().enumerate() {
                         let tx = tx.clone();
+                        // As an actor submits: by user, so both insert threads take part.
                         store
-                            .submit(w, move |r| {
+                            .submit_user("bench", &format!("user-{u}"), w, move |r| {
                                 if i == last {
                                     let _ = tx.send(r);
                                 }
