@@ -255,3 +255,37 @@ async fn per_user_sockets_silent_sockets_and_late_hellos_are_closed_with_their_c
     assert_eq!(silent.closed().await, Some(4003));
     s.stop().await;
 }
+
+/// A client that ignores `rate_limited` and keeps sending is read at its bucket's rate, not as
+/// fast as it writes: after a refusal the socket is not read until a token is back, so its
+/// flood waits in TCP instead of costing the server a refusal per frame.
+#[tokio::test]
+async fn a_client_ignoring_rate_limits_is_read_at_the_buckets_rate() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.rate_burst = 2.0;
+        c.rate_per_sec = 5.0;
+    })
+    .await;
+    let mut c = s.connect("flood").await;
+    for i in 0..40 {
+        c.ws.feed(Message::text(event(&format!("f{i}"), "login", json!({})).to_string())).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    // Read whatever answers come in one second: acks and refusals, each naming its event.
+    let (mut acked, mut refused) = (0, 0);
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(m) = tokio::time::timeout_at(until, c.next_main()).await {
+        match (m["type"].as_str(), m["code"].as_str()) {
+            (Some("ack"), _) => acked += 1,
+            (Some("error"), Some("rate_limited")) => refused += 1,
+            _ => {}
+        }
+    }
+    // Two from the burst, then about one accepted and one refused per 200 ms: about 13 in all.
+    // Read as fast as it was written, all 40 would have been answered (2 acks, 38 refusals).
+    assert!(refused >= 1, "the flood was refused at first: acked {acked}, refused {refused}");
+    assert!(acked >= 2, "the burst was accepted: acked {acked}, refused {refused}");
+    assert!(acked + refused <= 20, "a flood was read faster than the bucket refills: acked {acked}, refused {refused}");
+    s.stop().await;
+}
