@@ -59,6 +59,11 @@ pub struct Options {
     pub connect_parallelism: usize,
     /// Prefix of user ids, so runs against the same data dir do not collide.
     pub run_id: String,
+    /// `slow-consumers`: events per second each of the 1% of clients that stop reading sends,
+    /// in both phases. `None`: the same share of `rate` as everyone. `Some(0.0)`: its share
+    /// until it stops reading, then as fast as the socket takes them, a flood, which mostly
+    /// measures the generator's own work of filling kernel buffers (bench/README.md, fix 21).
+    pub slow_rate: Option<f64>,
 }
 
 impl Default for Options {
@@ -78,6 +83,7 @@ impl Default for Options {
             burst: 20,
             connect_parallelism: 256,
             run_id: format!("lg{}", chrono::Utc::now().format("%H%M%S%3f")),
+            slow_rate: None,
         }
     }
 }
@@ -509,7 +515,10 @@ async fn hello(ws: &mut Ws, token: &str, since: Option<(&str, u64)>) -> anyhow::
 }
 
 /// Handles one server message; returns false when the connection is gone.
-fn on_message(p: &mut Player, t: &mut Tally, sh: &Shared, text: &str, slow_phase: bool) {
+/// `phase` says which of the slow-consumers comparison's histograms an ack goes to: `Some(false)`
+/// before the 1% stop reading, `Some(true)` after, `None` for the 1% themselves, which are not
+/// among the others whose latency is compared.
+fn on_message(p: &mut Player, t: &mut Tally, sh: &Shared, text: &str, phase: Option<bool>) {
     let Ok(m) = serde_json::from_str::<Msg>(text) else {
         sh.error("undecodable");
         return;
@@ -532,7 +541,11 @@ fn on_message(p: &mut Player, t: &mut Tally, sh: &Shared, text: &str, slow_phase
                 }
                 t.ack.record(us.max(1));
                 t.sec_hist.record(us.max(1));
-                if slow_phase { t.slow_ack.record(us.max(1)) } else { t.base_ack.record(us.max(1)) }
+                match phase {
+                    Some(true) => t.slow_ack.record(us.max(1)),
+                    Some(false) => t.base_ack.record(us.max(1)),
+                    None => {}
+                }
             }
             t.acked += 1;
             t.sec_acked += 1;
@@ -564,7 +577,7 @@ fn on_message(p: &mut Player, t: &mut Tally, sh: &Shared, text: &str, slow_phase
 async fn drain(ws: &mut Ws, p: &mut Player, t: &mut Tally, sh: &Shared, wait: Duration) -> bool {
     loop {
         match tokio::time::timeout(wait, ws.next()).await {
-            Ok(Some(Ok(Message::Text(txt)))) => on_message(p, t, sh, &txt, false),
+            Ok(Some(Ok(Message::Text(txt)))) => on_message(p, t, sh, &txt, Some(false)),
             Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return false,
             Ok(Some(Ok(_))) => {}
             Err(_) => return true,
@@ -799,22 +812,34 @@ async fn connection(
 
 /// Open loop at this connection's share of the target rate until the run stops.
 async fn paced(i: usize, opts: &Options, sh: &Shared, ws: &mut Ws, p: &mut Player, t: &mut Tally) -> anyhow::Result<()> {
-    let per_conn = if opts.rate > 0.0 { opts.rate / opts.connections as f64 } else { 0.0 };
+    let slow_one = opts.scenario == Scenario::SlowConsumers && i % 100 == 99;
+    // A slow consumer with its own rate keeps it for the whole run, so that the two phases
+    // carry the same load and differ only in its reading.
+    let per_conn = match opts.slow_rate {
+        Some(r) if slow_one && r > 0.0 => r,
+        _ if opts.rate > 0.0 => opts.rate / opts.connections as f64,
+        _ => 0.0,
+    };
     let period = if per_conn > 0.0 { Duration::from_secs_f64(1.0 / per_conn) } else { Duration::from_micros(200) };
     // Start each connection at a different point of its period so sends spread evenly.
     let offset = period.mul_f64((i as f64 * 0.618_034) % 1.0);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let slow_one = opts.scenario == Scenario::SlowConsumers && i % 100 == 99;
     loop {
         if sh.stop.load(Ordering::Acquire) {
             break;
         }
         let slow_phase = sh.slow_phase.load(Ordering::Acquire);
         if slow_one && slow_phase {
-            // A consumer that stops reading but keeps sending as fast as it can: the server
-            // must close it (4000) without slowing anyone else down. Its sends fail once the
-            // server has closed the socket.
+            // A consumer that stops reading and goes on sending: its pushes pile up at the
+            // server, which must close it (4000) once its outbox is full, without slowing
+            // anyone else down. Its sends fail once the server has closed the socket.
+            if opts.slow_rate != Some(0.0) {
+                ticker.tick().await;
+            }
+            if sh.stop.load(Ordering::Acquire) {
+                break;
+            }
             let (ty, payload) = p.realistic(opts.correct_rate);
             let (_, text) = p.frame(ty, &payload);
             match tokio::time::timeout(Duration::from_millis(200), ws.send(Message::text(text))).await {
@@ -839,7 +864,7 @@ async fn paced(i: usize, opts: &Options, sh: &Shared, ws: &mut Ws, p: &mut Playe
             }
             m = ws.next() => match m {
                 Some(Ok(Message::Text(txt))) => {
-                    on_message(p, t, sh, &txt, slow_phase);
+                    on_message(p, t, sh, &txt, (!slow_one).then_some(slow_phase));
                     t.tick(sh);
                 }
                 Some(Ok(Message::Close(f))) => {
@@ -945,7 +970,7 @@ async fn reconnect_storm(opts: &Options, addr: SocketAddr, src: IpAddr, sh: &Sha
     // Everything up to the welcome's offset is replayed right behind the welcome.
     while p.offset < welcome_offset {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(txt)))) => on_message(p, t, sh, &txt, false),
+            Ok(Some(Ok(Message::Text(txt)))) => on_message(p, t, sh, &txt, Some(false)),
             Ok(Some(Ok(_))) => {}
             _ => {
                 sh.error("replay incomplete");

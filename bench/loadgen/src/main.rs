@@ -41,6 +41,10 @@ struct Args {
     /// Events per connection in spike and per phase of reconnect-storm.
     #[arg(long, default_value_t = 20)]
     burst: usize,
+    /// slow-consumers: events/s each of the clients that stop reading sends, in both phases
+    /// (default: its share of --rate; 0: its share, then as fast as the socket takes them).
+    #[arg(long)]
+    slow_rate: Option<f64>,
     /// Quick mode: 50 connections, 5 s, 2,000 events/s.
     #[arg(long)]
     quick: bool,
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         server_pid: a.server_pid,
         users: a.users,
         burst: a.burst,
+        slow_rate: a.slow_rate,
         ..Options::default()
     };
     if a.quick {

@@ -81,6 +81,8 @@ async fn slow_consumers_are_closed_and_others_keep_going() {
             o.connections = 100;
             o.rate = 1000.0;
             o.duration = Duration::from_secs(6);
+            // Flooding, so that a stalled client's outbox fills within the run.
+            o.slow_rate = Some(0.0);
         },
     )
     .await;
