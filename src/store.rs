@@ -35,6 +35,7 @@
 
 use crate::core::{Event, Millis, UserState};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -193,6 +194,9 @@ struct Job {
     done: Done,
     /// Which of the persister's two threads inserts it (see `run_persister`).
     lane: u8,
+    /// The hash of the user whose job it is; `None` for a job of no user, which waits for
+    /// everything submitted before it (see `fair_batch`).
+    user: Option<u64>,
 }
 
 /// What a retention sweep removed.
@@ -347,16 +351,16 @@ impl Store {
     }
 
     /// Queues writes; `done` runs on the persister thread once they are flushed to disk (or
-    /// failed). Completions arrive in submission order.
+    /// failed), after the completions of everything submitted before (see `fair_batch`).
     pub fn submit(&self, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
-        self.tx.send(Job { writes, done: Box::new(done), lane: 0 }).map_err(|_| StoreError::Stopped)
+        self.tx.send(Job { writes, done: Box::new(done), lane: 0, user: None }).map_err(|_| StoreError::Stopped)
     }
 
     /// `submit` for one user's writes: every job of a user is inserted by the same persister
     /// thread, so the user's writes keep their order.
     pub fn submit_user(&self, tenant: &str, user: &str, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
-        let lane = (fnv(&user_key(tenant, user)) & 1) as u8;
-        self.tx.send(Job { writes, done: Box::new(done), lane }).map_err(|_| StoreError::Stopped)
+        let h = fnv(&user_key(tenant, user));
+        self.tx.send(Job { writes, done: Box::new(done), lane: (h & 1) as u8, user: Some(h) }).map_err(|_| StoreError::Stopped)
     }
 
     /// Waits until everything queued so far is durable.
@@ -860,6 +864,42 @@ fn fnv(key: &[u8]) -> u64 {
 /// Jobs taken into one batch at most; past that the next batch starts.
 const MAX_BATCH_JOBS: usize = 8192;
 
+/// Jobs of one user a batch takes; the rest of that user's wait for the next batch.
+const MAX_USER_JOBS_PER_BATCH: usize = 32;
+
+/// Picks the next batch from `queued` (oldest first) and leaves the rest, in order, in
+/// `carry`. A user with a burst queued (hundreds of events at once) would otherwise fill the
+/// batch, and every other user's event in it would wait for all of the burst's inserts; now a
+/// batch takes at most `MAX_USER_JOBS_PER_BATCH` jobs of each user (bench/README.md, fix 23).
+/// Order is kept where anything depends on it: a user's jobs never pass each other, since
+/// once one is left the user's later ones are left too; and a job of no user (`sync`, API and
+/// leaderboard writes, which mean "after everything before me") never passes a job left
+/// behind, nor does anything after it.
+fn fair_batch<J>(queued: Vec<J>, carry: &mut VecDeque<J>, user_of: impl Fn(&J) -> Option<u64>) -> Vec<J> {
+    let mut taken: HashMap<u64, usize> = HashMap::new();
+    let mut jobs = Vec::with_capacity(queued.len());
+    let mut blocked = false;
+    for job in queued {
+        let user = user_of(&job);
+        let take = !blocked
+            && match user {
+                Some(u) => {
+                    let n = taken.entry(u).or_insert(0);
+                    *n += 1;
+                    *n <= MAX_USER_JOBS_PER_BATCH
+                }
+                None => carry.is_empty(),
+            };
+        if take {
+            jobs.push(job);
+        } else {
+            blocked |= user.is_none();
+            carry.push_back(job);
+        }
+    }
+    jobs
+}
+
 impl PersisterSide {
     fn tree(&self, t: TreeId) -> usize {
         match t {
@@ -927,14 +967,23 @@ impl PersisterSide {
             Ok(h) => (Some(to_helper), Some(h)),
             Err(_) => (None, None),
         };
-        while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH_JOBS {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
+        // Jobs a batch left for the next one (see `fair_batch`), oldest first.
+        let mut carry: VecDeque<Job> = VecDeque::new();
+        loop {
+            let mut queued: Vec<Job> = carry.drain(..).collect();
+            if queued.is_empty() {
+                match rx.recv() {
+                    Ok(j) => queued.push(j),
                     Err(_) => break,
                 }
             }
+            while queued.len() < MAX_BATCH_JOBS {
+                match rx.try_recv() {
+                    Ok(j) => queued.push(j),
+                    Err(_) => break,
+                }
+            }
+            let jobs = fair_batch(queued, &mut carry, |j| j.user);
             let mut n = 0u64;
             let mut dones = Vec::with_capacity(jobs.len());
             let started = std::time::Instant::now();
@@ -994,5 +1043,96 @@ impl PersisterSide {
         if let Some(h) = helper {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job for `fair_batch`: its submission index and its user (`None`: a job of no user).
+    type J = (usize, Option<u64>);
+
+    #[test]
+    fn a_burst_does_not_fill_the_batch_of_a_user_behind_it() {
+        let mut queued: Vec<J> = (0..100).map(|i| (i, Some(1))).collect();
+        queued.push((100, Some(2)));
+        let mut carry = VecDeque::new();
+        let batch = fair_batch(queued, &mut carry, |j| j.1);
+        assert_eq!(batch.len(), MAX_USER_JOBS_PER_BATCH + 1);
+        assert_eq!(batch.last(), Some(&(100, Some(2))), "the other user's job goes in this batch");
+        assert_eq!(carry.len(), 100 - MAX_USER_JOBS_PER_BATCH);
+        assert_eq!(carry.front(), Some(&(MAX_USER_JOBS_PER_BATCH, Some(1))), "the burst goes on, in order, in the next batch");
+    }
+
+    /// Random streams of jobs (a few users with bursts, many with one or two jobs, and jobs of
+    /// no user) arriving between the persister's rounds: every job is written exactly once,
+    /// no batch holds more than the cap of one user, a user's jobs complete in the order they
+    /// were submitted, and a job of no user completes after everything submitted before it
+    /// and before everything submitted after it.
+    #[test]
+    fn fair_batches_keep_every_order_that_matters() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut carried = 0;
+        for _ in 0..300 {
+            let n = 1 + rnd(600) as usize;
+            let jobs: Vec<J> = (0..n)
+                .map(|i| {
+                    let user = match rnd(100) {
+                        0..=2 => None,
+                        3..=59 => Some(rnd(3)),
+                        _ => Some(3 + rnd(500)),
+                    };
+                    (i, user)
+                })
+                .collect();
+            let (mut arrived, mut carry) = (0, VecDeque::new());
+            // For each job: (batch, position in the order completions are reported).
+            let mut done: Vec<Option<(usize, usize)>> = vec![None; n];
+            let (mut batches, mut reported) = (0, 0);
+            while reported < n {
+                let mut queued: Vec<J> = carry.drain(..).collect();
+                let upto = (arrived + rnd(250) as usize).min(n);
+                queued.extend_from_slice(&jobs[arrived..upto]);
+                arrived = upto;
+                if queued.is_empty() {
+                    continue;
+                }
+                let batch = fair_batch(queued, &mut carry, |j| j.1);
+                assert!(!batch.is_empty(), "every round writes something");
+                carried += carry.len();
+                let mut per_user: HashMap<u64, usize> = HashMap::new();
+                for &(i, user) in &batch {
+                    if let Some(u) = user {
+                        *per_user.entry(u).or_default() += 1;
+                    }
+                    assert!(done[i].replace((batches, reported)).is_none(), "job {i} written twice");
+                    reported += 1;
+                }
+                assert!(per_user.values().all(|&c| c <= MAX_USER_JOBS_PER_BATCH), "a batch over the cap: {per_user:?}");
+                batches += 1;
+            }
+            let done: Vec<(usize, usize)> = done.into_iter().map(|d| d.expect("every job is written")).collect();
+            for (i, &(_, user)) in jobs.iter().enumerate() {
+                for (j, &(_, other)) in jobs.iter().enumerate().skip(i + 1) {
+                    if user.is_some() && user == other {
+                        assert!(done[i].1 < done[j].1, "user {user:?}: job {i} reported after job {j}");
+                    }
+                    if user.is_none() {
+                        assert!(done[j].0 >= done[i].0, "job {j} written in a batch before the earlier job {i} of no user");
+                    }
+                    if other.is_none() {
+                        assert!(done[i].0 <= done[j].0, "job {i} written after the later job {j} of no user");
+                    }
+                }
+            }
+        }
+        assert!(carried > 1000, "the streams must make batches leave jobs behind ({carried})");
     }
 }
