@@ -259,7 +259,7 @@ impl Actor for UserActor {
                 // time it is polled, and every other user's event waits behind that in the
                 // runtime's queue, once per hop. Every sixteenth stored event the actor goes to
                 // the back of the queue instead (bench/README.md, fix 22).
-                if result.is_err() || u.seq == seq || u.seq % YIELD_EVERY != 0 {
+                if result.is_err() || u.seq == seq || !u.seq.is_multiple_of(YIELD_EVERY) {
                     return u.done(was_counted, result);
                 }
                 Later::Yield
@@ -297,7 +297,7 @@ impl Actor for UserActor {
                 Later::Waiting => u.run_waiting(&myself).await,
                 Later::Stop(reply) => {
                     u.snapshot(&myself);
-                    // Completions arrive in submission order, so once this sync is done the
+                    // A sync completes after everything submitted before it, so once it is done the
                     // snapshot (and everything before it) is on disk.
                     let _ = u.shared.store.sync().await;
                     let _ = reply.send(());
