@@ -44,3 +44,19 @@ pub mod session;
 pub mod store;
 pub mod user;
 pub mod webhooks;
+
+/// Helpers for the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A small deterministic random source for data-driven tests: each call returns a number
+    /// below its argument (xorshift64, so a failing case is the same on every run).
+    pub fn rng(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut s = seed;
+        move |n| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s % n
+        }
+    }
+}

@@ -1072,13 +1072,7 @@ mod tests {
     /// and before everything submitted after it.
     #[test]
     fn fair_batches_keep_every_order_that_matters() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rnd = crate::testing::rng(0x9e37_79b9_7f4a_7c15);
         let mut carried = 0;
         for _ in 0..300 {
             let n = 1 + rnd(600) as usize;

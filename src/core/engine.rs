@@ -802,13 +802,7 @@ rule = { kind = "window", within = "1h", require = [ { event = ["problem.answere
             .collect();
         assert_eq!(reqs.iter().filter(|r| r.counts()).count(), 2, "two counts and one sum to check");
         let mut st = UserState::default();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |m: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % m
-        };
+        let mut next = crate::testing::rng(0x2545_f491_4f6c_dd1d);
         let mut checked = 0;
         let mut decided_both_ways = [0, 0];
         for i in 0..400u64 {
