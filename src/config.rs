@@ -211,6 +211,17 @@ pub struct Config {
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Seconds a disk operation (a group commit, a flush) may wait before `/healthz` answers
+    /// 503: the server is up but cannot make anything durable, so it acknowledges nothing.
+    #[arg(long, default_value_t = 10)]
+    pub stall_unhealthy_secs: u64,
+
+    /// Seconds a disk operation may wait before the process exits with status 75, so that a
+    /// supervisor restarts it (sled can hang in a flush after a disk error; nothing
+    /// acknowledged is lost by exiting). 0: never exit.
+    #[arg(long, default_value_t = 60)]
+    pub stall_exit_secs: u64,
+
     #[command(subcommand)]
     #[serde(skip)]
     pub command: Option<Command>,

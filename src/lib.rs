@@ -43,6 +43,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod user;
+pub mod watchdog;
 pub mod webhooks;
 
 /// Helpers for the unit tests.

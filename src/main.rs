@@ -25,6 +25,11 @@ async fn main() -> anyhow::Result<()> {
         None | Some(Command::Serve) => {
             let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", config.bind))?;
             let shared = server::build(config).await?;
+            // The binary, not the library, may end its process: a server built inside a test
+            // only reports a stall on /healthz.
+            let limits = accolade::watchdog::Limits::from_secs(shared.config.stall_unhealthy_secs, shared.config.stall_exit_secs);
+            let stats = shared.store.stats.clone();
+            accolade::watchdog::exit_on_stall(move |now| stats.disk.oldest(now), limits)?;
             tokio::spawn(reload_on_sighup(shared.clone()));
             let addr = listener.local_addr()?;
             tracing::info!(%addr, demo = shared.demo, "accolade listening{}", if shared.demo { format!("; open http://{addr}/") } else { String::new() });

@@ -84,6 +84,8 @@ pub struct PersistFigures {
     pub apply_seconds: f64,
     pub flush_seconds: f64,
     pub last_batch_jobs: u64,
+    /// How long the oldest disk operation in progress has waited (0 when none is).
+    pub disk_wait_seconds: f64,
 }
 
 impl Metrics {
@@ -133,6 +135,7 @@ impl Metrics {
         line("accolade_persist_apply_seconds_total", "counter", "Time inserting into sled.", &[("", p.apply_seconds.to_string())]);
         line("accolade_persist_flush_seconds_total", "counter", "Time flushing sled to disk.", &[("", p.flush_seconds.to_string())]);
         line("accolade_persist_last_batch_jobs", "gauge", "Jobs in the last group commit.", &[("", p.last_batch_jobs.to_string())]);
+        line("accolade_disk_wait_seconds", "gauge", "How long the oldest group commit or flush in progress has waited for the disk (0: none in progress).", &[("", p.disk_wait_seconds.to_string())]);
         line("accolade_backfill_running", "gauge", "Backfill jobs running.", &[("", g(&self.backfill_running).to_string())]);
         line("accolade_backfill_users_total", "counter", "Users re-evaluated by backfills.", &[("", g(&self.backfill_users).to_string())]);
         line("accolade_backfill_awards_total", "counter", "Badges awarded by backfills.", &[("", g(&self.backfill_awards).to_string())]);

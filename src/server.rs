@@ -129,10 +129,21 @@ async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -
     res
 }
 
-/// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String)))]
-pub async fn healthz() -> &'static str {
-    "ok"
+/// Liveness: the process answers, and its disk does too. A group commit or flush waiting
+/// longer than `--stall-unhealthy-secs` makes it 503: such a server acknowledges nothing, and
+/// restarting it loses nothing acknowledged (src/watchdog.rs).
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = String), (status = 503, description = "The disk has not answered for `--stall-unhealthy-secs`", body = String)))]
+pub async fn healthz(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
+    let limits = crate::watchdog::Limits::from_secs(s.config.stall_unhealthy_secs, s.config.stall_exit_secs);
+    let oldest = s.store.stats.disk.oldest(std::time::Instant::now());
+    match crate::watchdog::judge(oldest.map(|(w, _)| w), limits) {
+        crate::watchdog::Verdict::Healthy => (StatusCode::OK, "ok".into()),
+        _ => {
+            let (waited, what) = oldest.unwrap_or_default();
+            (StatusCode::SERVICE_UNAVAILABLE, format!("stalled: a {what} has waited {} s for the disk", waited.as_secs()))
+        }
+    }
 }
 
 /// Readiness: storage open, catalogues loaded, accepting traffic, not shutting down.
@@ -181,6 +192,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         apply_seconds: g(&p.apply_micros_total) as f64 / 1e6,
         flush_seconds: g(&p.flush_micros_total) as f64 / 1e6,
         last_batch_jobs: g(&p.last_batch_jobs),
+        disk_wait_seconds: p.disk.oldest(std::time::Instant::now()).map_or(0.0, |(w, _)| w.as_secs_f64()),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&figures))
 }

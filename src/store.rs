@@ -216,6 +216,8 @@ pub struct PersistStats {
     pub apply_micros_total: AtomicU64,
     pub flush_micros_total: AtomicU64,
     pub last_batch_jobs: AtomicU64,
+    /// Disk operations in progress, for the watchdog (`/healthz`, `--stall-exit-secs`).
+    pub disk: crate::watchdog::DiskWatch,
 }
 
 #[derive(Clone)]
@@ -453,6 +455,7 @@ impl Store {
                 swept.events += 1;
             }
         }
+        let _busy = self.stats.disk.begin("retention sweep flush", std::time::Instant::now());
         self.db.flush()?;
         Ok(swept)
     }
@@ -737,6 +740,7 @@ impl Store {
 
     /// Flushes synchronously (shutdown).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let _busy = self.stats.disk.begin("final flush", std::time::Instant::now());
         self.db.flush()?;
         Ok(())
     }
@@ -861,6 +865,17 @@ fn fnv(key: &[u8]) -> u64 {
     key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
+/// Fault injection for the watchdog's tests, in debug builds only (release builds ignore the
+/// variable): while the file named by `ACCOLADE_FAULT_STALL_PERSIST` exists, the persister's
+/// next batch waits for a day instead of writing, the way sled 0.34 can hang in `flush`, which
+/// no test can bring about on purpose (docs/reliability.md).
+fn fault_stall_file() -> Option<std::path::PathBuf> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var_os("ACCOLADE_FAULT_STALL_PERSIST").map(Into::into)
+}
+
 /// Jobs taken into one batch at most; past that the next batch starts.
 const MAX_BATCH_JOBS: usize = 8192;
 
@@ -969,6 +984,7 @@ impl PersisterSide {
         };
         // Jobs a batch left for the next one (see `fair_batch`), oldest first.
         let mut carry: VecDeque<Job> = VecDeque::new();
+        let stall_file = fault_stall_file();
         loop {
             let mut queued: Vec<Job> = carry.drain(..).collect();
             if queued.is_empty() {
@@ -1001,6 +1017,11 @@ impl PersisterSide {
                 dones.push(job.done);
                 if to_helper.is_some() && job.lane == 1 { theirs.extend(job.writes) } else { mine.extend(job.writes) }
             }
+            let busy = self.stats.disk.begin("persist batch", started);
+            if stall_file.as_ref().is_some_and(|f| f.exists()) {
+                // The injected fault: this batch never reaches the disk, as in sled's hang.
+                std::thread::sleep(std::time::Duration::from_secs(24 * 3600));
+            }
             let result = (|| -> Result<(), sled::Error> {
                 let helped = match &to_helper {
                     Some(tx) if !theirs.is_empty() => match tx.send(theirs) {
@@ -1023,6 +1044,7 @@ impl PersisterSide {
                 Ok(())
             })()
             .map_err(|e| e.to_string());
+            drop(busy);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "persist batch failed; its events are not acknowledged");
             }

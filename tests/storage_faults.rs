@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::time::Duration;
 
 fn big_video(id: &str, user: &str) -> Value {
     // A large payload field (kept in the log) fills the disk quickly.
@@ -137,4 +138,74 @@ async fn a_data_directory_that_cannot_be_written_is_refused_at_start() {
 /// Whether the test runs as root (uid 0), read from /proc rather than through libc.
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// A disk that stops answering: sled 0.34 can wait for ever in `flush` after a disk error
+/// (docs/reliability.md), which no test can cause on purpose, so a debug build's injected fault
+/// holds the persister's batch the same way (`ACCOLADE_FAULT_STALL_PERSIST`, src/store.rs).
+/// The server must say so on `/healthz`, must not hang on SIGTERM, must exit with status 75
+/// once the stall passes `--stall-exit-secs` so that a supervisor restarts it, and must have
+/// lost nothing it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_stops_answering_ends_the_process_and_loses_nothing_acknowledged() {
+    let dir = tmp();
+    let data = dir.path().join("data");
+    let stall = dir.path().join("stall");
+    let port = free_port();
+    let setup = format!("export ACCOLADE_FAULT_STALL_PERSIST='{}'", stall.display());
+    let mut server = start_wrapped(&data, port, &["--stall-unhealthy-secs", "1", "--stall-exit-secs", "6"], Some(&setup)).await;
+    let api = Api::demo_at(port);
+    let health = api.with_key(None);
+    assert_eq!(health.get("/healthz").await, (200, json!("ok")));
+    let acked: Vec<Value> = (0..5).map(|i| http_answer(&format!("ok{i}"), "ada", "x", true)).collect();
+    assert_eq!(api.ingest(acked.clone()).await["accepted"], 5);
+
+    // The disk stops answering. An event sent now is never acknowledged: its request waits
+    // (and fails when the process ends).
+    std::fs::write(&stall, b"").unwrap();
+    let late = http_client().post(format!("http://127.0.0.1:{port}/v1/events")).bearer_auth(DEMO_KEY).json(&json!({ "events": [http_answer("late", "ada", "x", true)] }));
+    let waiting = tokio::spawn(async move { late.timeout(Duration::from_secs(60)).send().await.map(|r| r.status()) });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let r = health.get("/healthz").await;
+        if r.0 != 200 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.as_str().unwrap().starts_with("stalled: a persist batch has waited"), "{body}");
+    let metrics = health.get("/metrics").await.1;
+    let wait: f64 = metrics.as_str().unwrap().lines().find_map(|l| l.strip_prefix("accolade_disk_wait_seconds ")).unwrap().parse().unwrap();
+    assert!(wait >= 1.0, "the gauge shows the wait: {wait}");
+    assert!(!waiting.is_finished(), "nothing is acknowledged while the disk does not answer");
+
+    // A SIGTERM cannot finish (its drain and last flush wait on the disk), so the watchdog
+    // ends the process, with the status a supervisor restarts on.
+    assert!(std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap().success());
+    server.line("the disk has not answered").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(st) = server.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stalled server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exit.code(), Some(accolade::watchdog::EXIT_STALLED));
+    let answer = waiting.await.unwrap();
+    assert!(answer.is_err(), "the late event was never answered, the process ended under it: {answer:?}");
+
+    // Restarted with a disk that answers: everything acknowledged is there, once; the event
+    // that never was is taken now.
+    std::fs::remove_file(&stall).unwrap();
+    let server2 = start(&data, port).await;
+    let r = api.ingest(acked).await;
+    assert_eq!(r["duplicates"], 5, "{r}");
+    // It was sent after the disk stopped, so no batch holding it was ever written.
+    let r = api.ingest(vec![http_answer("late", "ada", "x", true)]).await;
+    assert_eq!(r["results"][0]["status"], "accepted", "{r}");
+    assert_eq!(api.get("/v1/users/ada").await.1["events"], 6);
+    assert_eq!(health.get("/healthz").await, (200, json!("ok")));
+    drop(server2);
 }
