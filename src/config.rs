@@ -94,9 +94,17 @@ pub struct Config {
     #[arg(long, default_value_t = 400.0)]
     pub rate_burst: f64,
 
-    /// Events of one user in flight (received, not yet durable) before sockets stop reading.
+    /// Events of one connection in flight (received, not yet durable) before its socket stops
+    /// being read.
     #[arg(long, default_value_t = 256)]
     pub inflight_per_user: usize,
+
+    /// Socket events in flight across the whole server before sockets stop being read (each
+    /// waits its turn, in order). Bounds the memory a server falling behind can fill with queued
+    /// events, whatever the number of connections: without it, 19,000 connections could queue
+    /// 256 each.
+    #[arg(long, default_value_t = 100_000)]
+    pub socket_inflight_events: u32,
 
     /// Connections one user may hold at once (tabs, devices).
     #[arg(long, default_value_t = 16)]

@@ -76,8 +76,8 @@ pub struct Metrics {
     pub event_to_push: Histogram,
 }
 
-/// The persister's figures, read by the renderer.
-pub struct PersistFigures {
+/// Figures read at render time from the persister and the server's semaphores.
+pub struct Sampled {
     pub batches: u64,
     pub jobs: u64,
     pub writes: u64,
@@ -86,10 +86,12 @@ pub struct PersistFigures {
     pub last_batch_jobs: u64,
     /// How long the oldest disk operation in progress has waited (0 when none is).
     pub disk_wait_seconds: f64,
+    /// Socket events read and not yet answered, across the server.
+    pub socket_events_in_flight: u64,
 }
 
 impl Metrics {
-    pub fn render(&self, p: &PersistFigures) -> String {
+    pub fn render(&self, p: &Sampled) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::with_capacity(4096);
         let mut line = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
@@ -135,6 +137,7 @@ impl Metrics {
         line("accolade_persist_apply_seconds_total", "counter", "Time inserting into sled.", &[("", p.apply_seconds.to_string())]);
         line("accolade_persist_flush_seconds_total", "counter", "Time flushing sled to disk.", &[("", p.flush_seconds.to_string())]);
         line("accolade_persist_last_batch_jobs", "gauge", "Jobs in the last group commit.", &[("", p.last_batch_jobs.to_string())]);
+        line("accolade_socket_events_in_flight", "gauge", "Socket events read and not yet answered (at most --socket-inflight-events).", &[("", p.socket_events_in_flight.to_string())]);
         line("accolade_disk_wait_seconds", "gauge", "How long the oldest group commit or flush in progress has waited for the disk (0: none in progress).", &[("", p.disk_wait_seconds.to_string())]);
         line("accolade_backfill_running", "gauge", "Backfill jobs running.", &[("", g(&self.backfill_running).to_string())]);
         line("accolade_backfill_users_total", "counter", "Users re-evaluated by backfills.", &[("", g(&self.backfill_users).to_string())]);

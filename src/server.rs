@@ -37,6 +37,8 @@ pub struct Shared {
     /// Room for HTTP-ingested events in flight: the HTTP path's backpressure (sockets have
     /// theirs per connection).
     pub ingest_permits: Arc<tokio::sync::Semaphore>,
+    /// Socket events in flight across the server (`--socket-inflight-events`).
+    pub socket_permits: Arc<tokio::sync::Semaphore>,
     /// The backfill jobs running in this process, by (tenant, id), to cancel them.
     pub jobs: dashmap::DashMap<(String, u64), tokio::task::AbortHandle>,
     /// The live rankings of open leaderboard periods, and their watchers.
@@ -87,6 +89,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         catalogues,
         ready: AtomicBool::new(false),
         ingest_permits: Arc::new(tokio::sync::Semaphore::new((config.ingest_inflight_events as usize).max(crate::api::MAX_BATCH))),
+        socket_permits: Arc::new(tokio::sync::Semaphore::new((config.socket_inflight_events as usize).max(1))),
         jobs: dashmap::DashMap::new(),
         boards,
         webhooks: crate::webhooks::Webhooks::new(Duration::from_millis(config.webhook_timeout_ms.max(1)), config.webhook_ca_file.as_deref())?,
@@ -185,7 +188,7 @@ async fn ws(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Res
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let p = &s.store.stats;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let figures = crate::metrics::PersistFigures {
+    let figures = crate::metrics::Sampled {
         batches: g(&p.batches),
         jobs: g(&p.jobs),
         writes: g(&p.writes),
@@ -193,6 +196,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         flush_seconds: g(&p.flush_micros_total) as f64 / 1e6,
         last_batch_jobs: g(&p.last_batch_jobs),
         disk_wait_seconds: p.disk.oldest(std::time::Instant::now()).map_or(0.0, |(w, _)| w.as_secs_f64()),
+        socket_events_in_flight: (s.config.socket_inflight_events.max(1) as u64).saturating_sub(s.socket_permits.available_permits() as u64),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&figures))
 }

@@ -6,13 +6,15 @@ use crate::auth::Principal;
 use crate::core::Event;
 use crate::protocol::{self, ClientMsg, Frame};
 use crate::server::Shared;
-use crate::user::{now_ms, Conn, Origin, UserMsg};
+use crate::user::{now_ms, Conn, InFlight, Origin, UserMsg};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, Instant};
 
 /// Close codes. Each says whether the client should reconnect (see docs/protocol.md).
@@ -134,6 +136,13 @@ where
     // read until acks come back, which pushes back on the client through TCP.
     let permits = Arc::new(Semaphore::new(cfg.inflight_per_user.max(1)));
     let mut ready = None;
+    // The server's bound on socket events in flight (`--socket-inflight-events`) is taken when
+    // a frame has been read, not ahead of it like the connection's, or every idle connection
+    // would hold one. When it is exhausted the frame waits in `parked`, the socket is not read
+    // further, and the wait is kept across turns of the loop, so the connection keeps its
+    // place in the semaphore's queue while its pushes go out.
+    let mut parked: Option<Utf8Bytes> = None;
+    let mut server_wait: Option<Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>> = None;
     let mut bucket = Bucket { tokens: cfg.rate_burst, rate: cfg.rate_per_sec, burst: cfg.rate_burst, at: Instant::now() };
     // After a refusal (`rate_limited`, or any error while the bucket is empty) the socket is
     // not read until the bucket holds a token again. A refusal costs the server a decode, an
@@ -174,11 +183,21 @@ where
             p = permits.clone().acquire_owned(), if ready.is_none() => {
                 ready = p.ok();
             }
+            s = async { server_wait.as_mut().expect("polled only while waiting").await }, if server_wait.is_some() => {
+                server_wait = None;
+                let (Some(t), Ok(server)) = (parked.take(), s) else { break None };
+                if let Some(err) = on_text(&shared, &tenant, &user, id, &t, &mut bucket, &mut ready, server, &watch_tx) {
+                    paused_until = bucket.refilled_at();
+                    if sink.send(text(err)).await.is_err() {
+                        break None;
+                    }
+                }
+            }
             // An async block, so that nothing is made unless the branch is polled.
             _ = async { if let Some(t) = paused_until { tokio::time::sleep_until(t).await } }, if paused_until.is_some() => {
                 paused_until = None;
             }
-            m = stream.next(), if ready.is_some() && paused_until.is_none() => {
+            m = stream.next(), if ready.is_some() && paused_until.is_none() && parked.is_none() => {
                 let m = match m {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => break read_error(e),
@@ -186,14 +205,20 @@ where
                 };
                 last_seen = Instant::now();
                 match m {
-                    Message::Text(t) => {
-                        if let Some(err) = on_text(&shared, &tenant, &user, id, &t, &mut bucket, &mut ready, &watch_tx) {
-                            paused_until = bucket.refilled_at();
-                            if sink.send(text(err)).await.is_err() {
-                                break None;
+                    Message::Text(t) => match shared.socket_permits.clone().try_acquire_owned() {
+                        Ok(server) => {
+                            if let Some(err) = on_text(&shared, &tenant, &user, id, &t, &mut bucket, &mut ready, server, &watch_tx) {
+                                paused_until = bucket.refilled_at();
+                                if sink.send(text(err)).await.is_err() {
+                                    break None;
+                                }
                             }
                         }
-                    }
+                        Err(_) => {
+                            parked = Some(t);
+                            server_wait = Some(Box::pin(shared.socket_permits.clone().acquire_owned()));
+                        }
+                    },
                     Message::Binary(_) => {
                         if sink.send(text(protocol::error("invalid_message", "binary frames are not supported; send JSON text", None))).await.is_err() {
                             break None;
@@ -303,6 +328,9 @@ where
 }
 
 /// Handles one text frame after authentication; returns an error frame for the client, if any.
+/// An event takes the connection's permit from `ready` and `server`'s with it, both held until
+/// its reply goes out; any other frame lets `server`'s go at once.
+#[allow(clippy::too_many_arguments)]
 fn on_text(
     shared: &Arc<Shared>,
     tenant: &str,
@@ -310,7 +338,8 @@ fn on_text(
     conn: u64,
     text: &str,
     bucket: &mut Bucket,
-    ready: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ready: &mut Option<OwnedSemaphorePermit>,
+    server: OwnedSemaphorePermit,
     watch_tx: &mpsc::WeakSender<Frame>,
 ) -> Option<Frame> {
     let limit = shared.config.max_message_bytes;
@@ -362,7 +391,7 @@ fn on_text(
         payload: ev.payload,
     };
     let event_id = event.event_id.clone();
-    let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Conn(conn), permit: ready.take() };
+    let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Conn(conn), permit: ready.take().map(|conn| InFlight { conn, server }) };
     match shared.registry.send(shared, tenant, user, msg) {
         Ok(()) => None,
         Err(e) => Some(protocol::error("unavailable", &e.to_string(), Some(&event_id))),

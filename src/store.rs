@@ -867,8 +867,8 @@ fn fnv(key: &[u8]) -> u64 {
 
 /// Fault injection for the watchdog's tests, in debug builds only (release builds ignore the
 /// variable): while the file named by `ACCOLADE_FAULT_STALL_PERSIST` exists, the persister's
-/// next batch waits for a day instead of writing, the way sled 0.34 can hang in `flush`, which
-/// no test can bring about on purpose (docs/reliability.md).
+/// batch waits instead of writing, the way sled 0.34 can hang in `flush` (which no test can
+/// bring about on purpose, docs/reliability.md), or as a disk far slower than the load would.
 fn fault_stall_file() -> Option<std::path::PathBuf> {
     if !cfg!(debug_assertions) {
         return None;
@@ -1018,9 +1018,9 @@ impl PersisterSide {
                 if to_helper.is_some() && job.lane == 1 { theirs.extend(job.writes) } else { mine.extend(job.writes) }
             }
             let busy = self.stats.disk.begin("persist batch", started);
-            if stall_file.as_ref().is_some_and(|f| f.exists()) {
-                // The injected fault: this batch never reaches the disk, as in sled's hang.
-                std::thread::sleep(std::time::Duration::from_secs(24 * 3600));
+            // The injected fault: this batch waits, as in sled's hang, until the file is gone.
+            while stall_file.as_ref().is_some_and(|f| f.exists()) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
             let result = (|| -> Result<(), sled::Error> {
                 let helped = match &to_helper {

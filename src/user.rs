@@ -72,10 +72,18 @@ pub enum GoalOp {
     Cancel(String),
 }
 
+/// A socket event's two in-flight slots, its connection's (`--inflight-per-user`) and the
+/// server's (`--socket-inflight-events`), held from the moment its frame is read until its
+/// reply goes out.
+pub struct InFlight {
+    pub conn: OwnedSemaphorePermit,
+    pub server: OwnedSemaphorePermit,
+}
+
 pub enum UserMsg {
     /// An authenticated event. `permit` bounds one connection's unacknowledged events; it is
     /// released when the reply goes out. `arrived` starts the event-to-push clock.
-    Event { event: Event, received_at: Millis, arrived: Instant, origin: Origin, permit: Option<OwnedSemaphorePermit> },
+    Event { event: Event, received_at: Millis, arrived: Instant, origin: Origin, permit: Option<InFlight> },
     /// A question about the state, answered once everything accepted so far is durable.
     Query(Query),
     /// Re-evaluate this user for a backfill job; replies with the number of badges awarded,
@@ -109,8 +117,8 @@ enum Delivery {
     One(u64, Frame),
     All(Frame),
     Http(oneshot::Sender<IngestOutcome>, IngestOutcome),
-    /// Held only to be dropped on delivery, which frees the connection's in-flight slot.
-    Release(#[allow(dead_code)] OwnedSemaphorePermit),
+    /// Held only to be dropped on delivery, which frees the event's in-flight slots.
+    Release(#[allow(dead_code)] InFlight),
     /// The event's pushes are released: record how long that took since it arrived.
     Observe(Instant),
     /// A backfill's awards are durable.
@@ -341,7 +349,7 @@ impl User {
         received_at: Millis,
         arrived: Instant,
         origin: Origin,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<InFlight>,
     ) -> Result<(), ActorProcessingErr> {
         self.last_activity = Instant::now();
         let m = &self.shared.metrics;

@@ -209,3 +209,60 @@ async fn a_disk_that_stops_answering_ends_the_process_and_loses_nothing_acknowle
     assert_eq!(health.get("/healthz").await, (200, json!("ok")));
     drop(server2);
 }
+
+/// A disk far slower than the load (the same injected fault, lifted again): once
+/// `--socket-inflight-events` socket events are in flight across the server, sockets are not
+/// read and the rest wait in TCP, so what a server falling behind holds in memory does not grow
+/// with its connections. Nothing is lost: everything is answered once the disk is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_bounds_the_socket_events_held_in_memory_and_loses_none() {
+    let dir = tmp();
+    let data = dir.path().join("data");
+    let stall = dir.path().join("stall");
+    let port = free_port();
+    let setup = format!("export ACCOLADE_FAULT_STALL_PERSIST='{}'", stall.display());
+    let _server = start_wrapped(&data, port, &["--socket-inflight-events", "5", "--stall-exit-secs", "0"], Some(&setup)).await;
+    let api = Api::demo_at(port);
+    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    let mut clients = vec![];
+    for u in 0..3 {
+        clients.push(Client::connect(&url, &token(&format!("p{u}")), None).await);
+    }
+    let in_flight = || async {
+        let m = api.with_key(None).get("/metrics").await.1;
+        m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("accolade_socket_events_in_flight ")).unwrap().parse::<u64>().unwrap()
+    };
+    assert_eq!(in_flight().await, 0);
+
+    std::fs::write(&stall, b"").unwrap();
+    for (u, c) in clients.iter_mut().enumerate() {
+        for i in 0..4 {
+            c.send(&answer(&format!("p{u}-{i}"), "x", true)).await;
+        }
+    }
+    // Twelve sent, three connections each allowed 256: the server's bound is what holds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while in_flight().await < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "the bound was never reached: {}", in_flight().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(in_flight().await, 5, "no more than the bound is read while nothing is answered");
+
+    // The disk answers again: every event is taken, once.
+    std::fs::remove_file(&stall).unwrap();
+    for (u, c) in clients.iter_mut().enumerate() {
+        let mut acked = vec![];
+        while acked.len() < 4 {
+            let m = c.next().await;
+            if m["type"] == "ack" {
+                assert_eq!(m["duplicate"], false, "{m}");
+                acked.push(m["event_id"].as_str().unwrap().to_string());
+            }
+        }
+        acked.sort();
+        assert_eq!(acked, (0..4).map(|i| format!("p{u}-{i}")).collect::<Vec<_>>());
+        assert_eq!(api.get(&format!("/v1/users/p{u}")).await.1["events"], 4);
+    }
+    assert_eq!(in_flight().await, 0);
+}
