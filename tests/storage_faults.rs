@@ -140,6 +140,26 @@ fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
+/// The server binary with the debug build's injected disk fault armed: while the file `stall`
+/// exists, the persister's batches wait instead of writing (`ACCOLADE_FAULT_STALL_PERSIST`).
+struct Stallable {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    stall: std::path::PathBuf,
+    port: u16,
+    server: Server,
+}
+
+impl Stallable {
+    async fn start(extra: &[&str]) -> Stallable {
+        let dir = tmp();
+        let (data, stall, port) = (dir.path().join("data"), dir.path().join("stall"), free_port());
+        let setup = format!("export ACCOLADE_FAULT_STALL_PERSIST='{}'", stall.display());
+        let server = start_wrapped(&data, port, extra, Some(&setup)).await;
+        Stallable { dir, data, stall, port, server }
+    }
+}
+
 /// A disk that stops answering: sled 0.34 can wait for ever in `flush` after a disk error
 /// (docs/reliability.md), which no test can cause on purpose, so a debug build's injected fault
 /// holds the persister's batch the same way (`ACCOLADE_FAULT_STALL_PERSIST`, src/store.rs).
@@ -148,12 +168,7 @@ fn is_root() -> bool {
 /// lost nothing it acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_stops_answering_ends_the_process_and_loses_nothing_acknowledged() {
-    let dir = tmp();
-    let data = dir.path().join("data");
-    let stall = dir.path().join("stall");
-    let port = free_port();
-    let setup = format!("export ACCOLADE_FAULT_STALL_PERSIST='{}'", stall.display());
-    let mut server = start_wrapped(&data, port, &["--stall-unhealthy-secs", "1", "--stall-exit-secs", "6"], Some(&setup)).await;
+    let Stallable { dir: _dir, data, stall, port, mut server } = Stallable::start(&["--stall-unhealthy-secs", "1", "--stall-exit-secs", "6"]).await;
     let api = Api::demo_at(port);
     let health = api.with_key(None);
     assert_eq!(health.get("/healthz").await, (200, json!("ok")));
@@ -216,12 +231,7 @@ async fn a_disk_that_stops_answering_ends_the_process_and_loses_nothing_acknowle
 /// with its connections. Nothing is lost: everything is answered once the disk is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_disk_bounds_the_socket_events_held_in_memory_and_loses_none() {
-    let dir = tmp();
-    let data = dir.path().join("data");
-    let stall = dir.path().join("stall");
-    let port = free_port();
-    let setup = format!("export ACCOLADE_FAULT_STALL_PERSIST='{}'", stall.display());
-    let _server = start_wrapped(&data, port, &["--socket-inflight-events", "5", "--stall-exit-secs", "0"], Some(&setup)).await;
+    let Stallable { dir: _dir, stall, port, server: _server, .. } = Stallable::start(&["--socket-inflight-events", "5", "--stall-exit-secs", "0"]).await;
     let api = Api::demo_at(port);
     let url = format!("ws://127.0.0.1:{port}/v1/ws");
     let mut clients = vec![];
