@@ -142,7 +142,7 @@ where
     // further, and the wait is kept across turns of the loop, so the connection keeps its
     // place in the semaphore's queue while its pushes go out.
     let mut parked: Option<Utf8Bytes> = None;
-    let mut server_wait: Option<Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>> = None;
+    let mut server_wait: Option<PermitWait> = None;
     let mut bucket = Bucket { tokens: cfg.rate_burst, rate: cfg.rate_per_sec, burst: cfg.rate_burst, at: Instant::now() };
     // After a refusal (`rate_limited`, or any error while the bucket is empty) the socket is
     // not read until the bucket holds a token again. A refusal costs the server a decode, an
@@ -326,6 +326,9 @@ where
         }
     }
 }
+
+/// A wait for the server's in-flight permit, kept across turns of a session's loop.
+type PermitWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// Handles one text frame after authentication; returns an error frame for the client, if any.
 /// An event takes the connection's permit from `ready` and `server`'s with it, both held until
