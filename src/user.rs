@@ -81,8 +81,8 @@ pub struct InFlight {
 }
 
 pub enum UserMsg {
-    /// An authenticated event. `permit` bounds one connection's unacknowledged events; it is
-    /// released when the reply goes out. `arrived` starts the event-to-push clock.
+    /// An authenticated event. `permit` holds its in-flight slots (socket events only); they
+    /// are released when the reply goes out. `arrived` starts the event-to-push clock.
     Event { event: Event, received_at: Millis, arrived: Instant, origin: Origin, permit: Option<InFlight> },
     /// A question about the state, answered once everything accepted so far is durable.
     Query(Query),
