@@ -205,7 +205,9 @@ async fn a_disk_that_stops_answering_ends_the_process_and_loses_nothing_acknowle
             break st;
         }
         assert!(std::time::Instant::now() < deadline, "the stalled server did not exit");
-        std::thread::sleep(Duration::from_millis(50));
+        // A child process of its own: polling its exit is the wait on the event (paused
+        // time cannot reach another process), on the runtime's timer, not a blocked worker.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(exit.code(), Some(accolade::watchdog::EXIT_STALLED));
     let answer = waiting.await.unwrap();
@@ -256,6 +258,8 @@ async fn a_slow_disk_bounds_the_socket_events_held_in_memory_and_loses_none() {
         assert!(tokio::time::Instant::now() < deadline, "the bound was never reached: {}", in_flight().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // That no more is read can only be seen over a window of time; half a second is many
+    // times what reading and handing on a frame takes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(in_flight().await, 5, "no more than the bound is read while nothing is answered");
 
