@@ -86,8 +86,8 @@ pub enum UserMsg {
     Event { event: Event, received_at: Millis, arrived: Instant, origin: Origin, permit: Option<InFlight> },
     /// A question about the state, answered once everything accepted so far is durable.
     Query(Query),
-    /// Re-evaluate this user for a backfill job; replies with the number of badges awarded,
-    /// once they are durable.
+    /// Re-evaluate this user for a backfill job; replies with the number of badges this job
+    /// has awarded the user (on this visit or an earlier one), once they are durable.
     Backfill { spec: Arc<BackfillSpec>, reply: oneshot::Sender<Result<u32, String>> },
     /// A goal operation on this user as the assignee. Replies with the goal as stored, once
     /// durable, or why it was refused.
@@ -718,10 +718,14 @@ impl User {
         let mut next = self.st.clone();
         next.sync(&cat);
         let before = (next.stats.clone(), next.rings.clone());
+        // A job that resumes after a crash may visit a user again: its record is saved every
+        // half second, the awards as each user is done. The badges this job gave on the earlier
+        // visit are counted again (and never re-awarded), so the job's total stays exact.
+        let earlier = spec.badges.iter().filter(|b| self.st.badges.get(b.as_str()).is_some_and(|r| r.event_id == event_id)).count() as u32;
         let fx = crate::core::backfill(&mut next, &replayed, &spec.badges, &spec.new_stats, now, &event_id, &cat);
-        let awarded = fx.iter().filter(|e| matches!(e, Effect::Unlock { .. })).count() as u32;
+        let awarded = earlier + fx.iter().filter(|e| matches!(e, Effect::Unlock { .. })).count() as u32;
         if fx.is_empty() && (&next.stats, &next.rings) == (&before.0, &before.1) {
-            let _ = reply.send(Ok(0));
+            let _ = reply.send(Ok(awarded));
             return Ok(());
         }
         self.st = next;

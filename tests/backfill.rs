@@ -96,6 +96,41 @@ async fn a_backfill_over_ten_thousand_users_survives_a_restart_and_awards_each_o
     s.stop().await;
 }
 
+/// A crash can land after some users were awarded and before the job's record (saved every
+/// half second) says so. The resumed job visits them again: it must neither award them twice nor
+/// leave them out of its count. The crash is staged by putting back an older record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_record_behind_its_awards_resumes_with_the_exact_count() {
+    const USERS: usize = 300;
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let events = (0..USERS).map(|i| http_answer(&format!("e{i}"), &format!("u{i:03}"), if i % 3 == 0 { "special" } else { "plain" }, true)).collect();
+    assert_eq!(api.ingest(events).await["accepted"], USERS);
+    let (_, v) = api.call("PUT", "/v1/catalogue/badges/special-one", Some(&special_badge(1))).await;
+    let id = v["job"]["id"].as_u64().unwrap();
+    let finished = wait_job(&api, id, |j| j["status"] == "done").await;
+    assert_eq!(finished["awards"], 100, "{finished}");
+
+    // The record as it stood after the first 100 users (34 of them awarded), while in truth
+    // all 300 were done.
+    let mut behind: accolade::backfill::JobRecord = serde_json::from_value(finished.clone()).unwrap();
+    (behind.status, behind.done, behind.awards, behind.cursor, behind.finished_at) = (accolade::backfill::JobStatus::Running, 100, 34, Some("u099".into()), None);
+    s.shared.store.write(vec![accolade::store::writes::put(accolade::store::Kind::Job, "demo", id, &behind)]).await.unwrap();
+    s.stop().await;
+
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let resumed = wait_job(&api, id, |j| j["status"] == "done").await;
+    assert_eq!((resumed["done"].as_u64(), resumed["awards"].as_u64()), (Some(USERS as u64), Some(100)), "{resumed}");
+    for user in ["u000", "u150", "u297"] {
+        let (_, u) = api.get(&format!("/v1/users/{user}")).await;
+        assert_eq!(u["xp"], 20, "{user}: answer XP plus the badge's, once: {u}");
+        assert_eq!(backfill_records(&s, user), 1, "{user}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_events_during_a_backfill_are_counted_once() {
     const USERS: usize = 600;
