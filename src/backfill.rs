@@ -104,6 +104,7 @@ pub async fn cancel(shared: &Arc<Shared>, tenant: &str, id: u64) -> Result<Optio
     if let Some((_, h)) = shared.jobs.remove(&(tenant.to_string(), id)) {
         h.abort();
         shared.metrics.backfill_running.fetch_sub(1, Ordering::Relaxed);
+        shared.jobs_left.notify_waiters();
     }
     let Some(mut job) = shared.store.get::<JobRecord>(Kind::Job, tenant, id)? else { return Ok(None) };
     if job.status == JobStatus::Running {
@@ -130,6 +131,7 @@ fn spawn(shared: Arc<Shared>, tenant: String, job: JobRecord) {
         if s.jobs.remove(&(tenant, id)).is_some() {
             s.metrics.backfill_running.fetch_sub(1, Ordering::Relaxed);
         }
+        s.jobs_left.notify_waiters();
     });
     shared.jobs.insert(key, handle.abort_handle());
 }
@@ -170,7 +172,13 @@ async fn run(shared: &Arc<Shared>, tenant: &str, mut job: JobRecord) -> anyhow::
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
             shared.registry.send(shared, tenant, &user, UserMsg::Backfill { spec: spec.clone(), reply: tx })?;
-            let awarded = rx.await.map_err(|_| anyhow::anyhow!("user `{user}`'s actor stopped during backfill"))?.map_err(|e| anyhow::anyhow!("user `{user}`: {e}"))?;
+            // On shutdown the job stores where it is without waiting for this user: the award,
+            // if it lands, is counted when the next start visits the user again.
+            let answer = tokio::select! {
+                answer = rx => answer,
+                _ = shutdown.changed() => return save_progress(shared, tenant, &job).await,
+            };
+            let awarded = answer.map_err(|_| anyhow::anyhow!("user `{user}`'s actor stopped during backfill"))?.map_err(|e| anyhow::anyhow!("user `{user}`: {e}"))?;
             job.done += 1;
             job.awards += u64::from(awarded);
             job.cursor = Some(user);
@@ -188,6 +196,18 @@ async fn run(shared: &Arc<Shared>, tenant: &str, mut job: JobRecord) -> anyhow::
     save(shared, tenant, &job).await?;
     tracing::info!(tenant = %tenant, job = job.id, users = job.done, awards = job.awards, "backfill done");
     Ok(())
+}
+
+/// Resolves once no job runs in this process (each stores its progress as shutdown begins).
+pub async fn stopped(shared: &Shared) {
+    loop {
+        // Created before the check, so a job leaving in between still wakes it.
+        let left = shared.jobs_left.notified();
+        if shared.jobs.is_empty() {
+            return;
+        }
+        left.await;
+    }
 }
 
 async fn save_progress(shared: &Shared, tenant: &str, job: &JobRecord) -> anyhow::Result<()> {

@@ -41,6 +41,8 @@ pub struct Shared {
     pub socket_permits: Arc<tokio::sync::Semaphore>,
     /// The backfill jobs running in this process, by (tenant, id), to cancel them.
     pub jobs: dashmap::DashMap<(String, u64), tokio::task::AbortHandle>,
+    /// Woken whenever a job leaves `jobs`, so the drain can wait for them.
+    pub jobs_left: tokio::sync::Notify,
     /// The live rankings of open leaderboard periods, and their watchers.
     pub boards: crate::leaderboard::Boards,
     /// Each tenant's webhook endpoints and their delivery workers.
@@ -91,6 +93,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         ingest_permits: Arc::new(tokio::sync::Semaphore::new((config.ingest_inflight_events as usize).max(crate::api::MAX_BATCH))),
         socket_permits: Arc::new(tokio::sync::Semaphore::new((config.socket_inflight_events as usize).max(1))),
         jobs: dashmap::DashMap::new(),
+        jobs_left: tokio::sync::Notify::new(),
         boards,
         webhooks: crate::webhooks::Webhooks::new(Duration::from_millis(config.webhook_timeout_ms.max(1)), config.webhook_ca_file.as_deref())?,
         config: Arc::new(config),
@@ -294,6 +297,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     let _ = closer.await;
     let _ = goals.await;
     shared.webhooks.stop_all().await;
+    // Backfill jobs store where they are; they need the actors, which stop next.
+    let _ = tokio::time::timeout(grace, crate::backfill::stopped(&shared)).await;
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.registry.stop_all()).await;
     let _ = tokio::time::timeout(grace, shared.store.sync()).await;

@@ -18,9 +18,13 @@ async fn wait_job(api: &Api, id: u64, done: impl Fn(&Value) -> bool) -> Value {
     api.wait_for(&format!("/v1/jobs/{id}"), 120, done).await
 }
 
-/// How many backfill records in a user's log name `badge`.
+/// How many backfill records a user's log holds.
 fn backfill_records(s: &TestServer, user: &str) -> usize {
-    s.shared.store.events_after("demo", user, 0, usize::MAX).unwrap().iter().filter(|(_, e)| e.event.event_type == accolade::replay::BACKFILL_EVENT).count()
+    backfill_records_in(&s.shared.store, user)
+}
+
+fn backfill_records_in(store: &accolade::store::Store, user: &str) -> usize {
+    store.events_after("demo", user, 0, usize::MAX).unwrap().iter().filter(|(_, e)| e.event.event_type == accolade::replay::BACKFILL_EVENT).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,6 +49,16 @@ async fn a_backfill_over_ten_thousand_users_survives_a_restart_and_awards_each_o
     // Restart in the middle.
     let before = wait_job(&api, job, |j| j["done"].as_u64() >= Some(2_000)).await;
     s.stop().await;
+    // A graceful stop stores where the job is: its record counts every award on disk up to its
+    // cursor, and at most the one user it was waiting on has one beyond it.
+    let store = accolade::store::Store::open(dir.path()).unwrap();
+    let stored: accolade::backfill::JobRecord = store.get(accolade::store::Kind::Job, "demo", job).unwrap().unwrap();
+    let cursor = stored.cursor.clone().unwrap();
+    let awarded: Vec<String> = (0..USERS).map(|i| format!("u{i:05}")).filter(|u| backfill_records_in(&store, u) == 1).collect();
+    let (upto, beyond) = awarded.iter().partition::<Vec<&String>, _>(|u| **u <= cursor);
+    assert_eq!(upto.len() as u64, stored.awards, "stored {stored:?}");
+    assert!(beyond.len() <= 1, "{} awards beyond the stored cursor {cursor}: {:?}", beyond.len(), &beyond[..beyond.len().min(5)]);
+    drop(store);
     let s = TestServer::start_with(dir.path(), rate).await;
     let api = Api::new(&s, DEMO_KEY);
     let (_, paused) = api.get(&format!("/v1/jobs/{job}")).await;
