@@ -180,6 +180,7 @@ async fn a_disk_that_stops_answering_ends_the_process_and_loses_nothing_acknowle
     std::fs::write(&stall, b"").unwrap();
     let late = http_client().post(format!("http://127.0.0.1:{port}/v1/events")).bearer_auth(DEMO_KEY).json(&json!({ "events": [http_answer("late", "ada", "x", true)] }));
     let waiting = tokio::spawn(async move { late.timeout(Duration::from_secs(60)).send().await.map(|r| r.status()) });
+    // The server is a child process: paused time cannot reach it, so its health is polled.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let (status, body) = loop {
         let r = health.get("/healthz").await;
@@ -252,7 +253,8 @@ async fn a_slow_disk_bounds_the_socket_events_held_in_memory_and_loses_none() {
             c.send(&answer(&format!("p{u}-{i}"), "x", true)).await;
         }
     }
-    // Twelve sent, three connections each allowed 256: the server's bound is what holds.
+    // Twelve sent, three connections each allowed 256: the server's bound is what holds. The
+    // gauge is polled, as the server is a child process that paused time cannot reach.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while in_flight().await < 5 {
         assert!(tokio::time::Instant::now() < deadline, "the bound was never reached: {}", in_flight().await);
