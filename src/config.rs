@@ -230,6 +230,13 @@ pub struct Config {
     #[arg(long, default_value_t = 60)]
     pub stall_exit_secs: u64,
 
+    /// Seconds the server stays up after a write to the disk failed (a full disk) before the
+    /// process exits with status 74, so that a supervisor restarts it from what is on disk.
+    /// Meanwhile it serves nothing from storage: `/healthz` and `/readyz` answer 503, events
+    /// are refused with `unavailable`. 0: exit at once.
+    #[arg(long, default_value_t = 5)]
+    pub write_failure_exit_secs: u64,
+
     #[command(subcommand)]
     #[serde(skip)]
     pub command: Option<Command>,

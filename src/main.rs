@@ -27,13 +27,21 @@ async fn main() -> anyhow::Result<()> {
             let shared = server::build(config).await?;
             // The binary, not the library, may end its process: a server built inside a test
             // only reports a stall on /healthz.
-            let limits = accolade::watchdog::Limits::from_secs(shared.config.stall_unhealthy_secs, shared.config.stall_exit_secs);
-            let stats = shared.store.stats.clone();
-            accolade::watchdog::exit_on_stall(move |now| stats.disk.oldest(now), limits)?;
+            let c = &shared.config;
+            let limits = accolade::watchdog::Limits::from_secs(c.stall_unhealthy_secs, c.stall_exit_secs, Some(c.write_failure_exit_secs));
+            accolade::watchdog::exit_when_due(shared.store.stats.disk.clone(), limits)?;
             tokio::spawn(reload_on_sighup(shared.clone()));
             let addr = listener.local_addr()?;
             tracing::info!(%addr, demo = shared.demo, "accolade listening{}", if shared.demo { format!("; open http://{addr}/") } else { String::new() });
-            server::run(listener, shared, shutdown_signal()).await
+            let store = shared.store.clone();
+            let ran = server::run(listener, shared, shutdown_signal()).await;
+            // A server stopped (SIGTERM) after a write failed exits as the watchdog would have,
+            // so that a supervisor restarts it the same way.
+            if let Some(why) = store.failure() {
+                tracing::error!(status = accolade::watchdog::EXIT_WRITE_FAILED, error = why, "stopped after a write to the disk failed; restart the server once the disk has room (nothing acknowledged is lost)");
+                std::process::exit(accolade::watchdog::EXIT_WRITE_FAILED);
+            }
+            ran
         }
     }
 }

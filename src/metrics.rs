@@ -53,7 +53,12 @@ impl Histogram {
 pub struct Metrics {
     pub connections: AtomicU64,
     pub actors: AtomicU64,
+    /// Events made durable (counted when their writes are flushed, not when the rules take
+    /// them).
     pub accepted: AtomicU64,
+    /// Events the rules took whose writes failed, and events refused because the store had
+    /// failed: never acknowledged.
+    pub storage_failed: AtomicU64,
     pub duplicates: AtomicU64,
     pub rejected: AtomicU64,
     pub rate_limited: AtomicU64,
@@ -88,6 +93,8 @@ pub struct Sampled {
     pub disk_wait_seconds: f64,
     /// Socket events read and not yet answered, across the server.
     pub socket_events_in_flight: u64,
+    /// Whether a write to the disk has failed (the store serves nothing until a restart).
+    pub storage_failed: bool,
 }
 
 impl Metrics {
@@ -111,6 +118,7 @@ impl Metrics {
                 ("{outcome=\"duplicate\"}", g(&self.duplicates).to_string()),
                 ("{outcome=\"rejected\"}", g(&self.rejected).to_string()),
                 ("{outcome=\"rate_limited\"}", g(&self.rate_limited).to_string()),
+                ("{outcome=\"storage_failed\"}", g(&self.storage_failed).to_string()),
             ],
         );
         line("accolade_dedup_hits_total", "counter", "Events recognised as already counted.", &[("", g(&self.duplicates).to_string())]);
@@ -139,6 +147,7 @@ impl Metrics {
         line("accolade_persist_last_batch_jobs", "gauge", "Jobs in the last group commit.", &[("", p.last_batch_jobs.to_string())]);
         line("accolade_socket_events_in_flight", "gauge", "Socket events read and not yet answered (at most --socket-inflight-events).", &[("", p.socket_events_in_flight.to_string())]);
         line("accolade_disk_wait_seconds", "gauge", "How long the oldest group commit or flush in progress has waited for the disk (0: none in progress).", &[("", p.disk_wait_seconds.to_string())]);
+        line("accolade_storage_failed", "gauge", "1 once a write to the disk has failed: the store serves nothing, and the process exits after --write-failure-exit-secs.", &[("", u8::from(p.storage_failed).to_string())]);
         line("accolade_backfill_running", "gauge", "Backfill jobs running.", &[("", g(&self.backfill_running).to_string())]);
         line("accolade_backfill_users_total", "counter", "Users re-evaluated by backfills.", &[("", g(&self.backfill_users).to_string())]);
         line("accolade_backfill_awards_total", "counter", "Badges awarded by backfills.", &[("", g(&self.backfill_awards).to_string())]);

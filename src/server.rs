@@ -137,26 +137,34 @@ async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -
 
 /// Liveness: the process answers, and its disk does too. A group commit or flush waiting
 /// longer than `--stall-unhealthy-secs` makes it 503: such a server acknowledges nothing, and
-/// restarting it loses nothing acknowledged (src/watchdog.rs).
+/// restarting it loses nothing acknowledged (src/watchdog.rs). So does a write that failed (a
+/// full disk), at once: the store then serves nothing until the process restarts from disk,
+/// which it does by itself after `--write-failure-exit-secs`.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Alive", body = String), (status = 503, description = "The disk has not answered for `--stall-unhealthy-secs`", body = String)))]
+    responses((status = 200, description = "Alive", body = String), (status = 503, description = "A write to the disk failed, or the disk has not answered for `--stall-unhealthy-secs`", body = String)))]
 pub async fn healthz(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
-    let limits = crate::watchdog::Limits::from_secs(s.config.stall_unhealthy_secs, s.config.stall_exit_secs);
-    let oldest = s.store.stats.disk.oldest(std::time::Instant::now());
-    match crate::watchdog::judge(oldest.map(|(w, _)| w), limits) {
+    let limits = crate::watchdog::Limits::from_secs(s.config.stall_unhealthy_secs, s.config.stall_exit_secs, Some(s.config.write_failure_exit_secs));
+    let r = s.store.stats.disk.reading(std::time::Instant::now());
+    if let Some(why) = s.store.failure() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("storage failed: {why}; nothing is served until the server restarts"));
+    }
+    match crate::watchdog::judge(r, limits) {
         crate::watchdog::Verdict::Healthy => (StatusCode::OK, "ok".into()),
         _ => {
-            let (waited, what) = oldest.unwrap_or_default();
+            let (waited, what) = r.oldest.unwrap_or_default();
             (StatusCode::SERVICE_UNAVAILABLE, format!("stalled: a {what} has waited {} s for the disk", waited.as_secs()))
         }
     }
 }
 
-/// Readiness: storage open, catalogues loaded, accepting traffic, not shutting down.
+/// Readiness: storage open and not failed, catalogues loaded, accepting traffic, not shutting
+/// down.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Starting or shutting down", body = String)))]
+    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Starting, shutting down, or storage failed", body = String)))]
 pub async fn readyz(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Acquire) && !*s.shutdown.borrow() {
+    if s.store.failure().is_some() {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage failed")
+    } else if s.ready.load(Ordering::Acquire) && !*s.shutdown.borrow() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
@@ -200,6 +208,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         last_batch_jobs: g(&p.last_batch_jobs),
         disk_wait_seconds: p.disk.oldest(std::time::Instant::now()).map_or(0.0, |(w, _)| w.as_secs_f64()),
         socket_events_in_flight: (s.config.socket_inflight_events.max(1) as u64).saturating_sub(s.socket_permits.available_permits() as u64),
+        storage_failed: s.store.failure().is_some(),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&figures))
 }

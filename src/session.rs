@@ -117,6 +117,12 @@ where
         return;
     };
     let Principal { tenant, user } = principal;
+    // A store that has failed cannot rebuild the user, nor describe them truthfully: say why,
+    // and let the client reconnect once the server has restarted.
+    if let Some(why) = shared.store.failure() {
+        let _ = sink.send(text(protocol::error("unavailable", &format!("the server cannot read or store state now ({why}); reconnect later"), None))).await;
+        return close_with(&mut sink, close::INTERNAL, "storage failed; reconnect later").await;
+    }
 
     let (tx, mut outbox) = mpsc::channel::<Frame>(cfg.outbox_capacity.max(8));
     let slow = Arc::new(Notify::new());
@@ -375,6 +381,10 @@ fn on_text(
     let Some(cat) = shared.catalogue(tenant) else {
         return Some(protocol::error("unavailable", "this tenant has no catalogue", Some(&ev.event_id)));
     };
+    if let Some(why) = shared.store.failure() {
+        shared.metrics.storage_failed.fetch_add(1, Ordering::Relaxed);
+        return Some(protocol::error("unavailable", &format!("the server cannot store events now ({why}); send it again later"), Some(&ev.event_id)));
+    }
     if let Some(t) = cat.type_of(&ev.event_type)
         && !cat.types[t].client
     {

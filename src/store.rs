@@ -51,6 +51,10 @@ pub enum StoreError {
     Corrupt { key: String, why: String },
     #[error("the persister has stopped")]
     Stopped,
+    /// A write to the disk failed earlier (a full disk, say). sled's trees in memory may hold
+    /// writes the disk refused, so nothing is read or written until the process restarts.
+    #[error("storage failed ({0}); nothing is read or written until the server restarts from disk")]
+    Failed(String),
 }
 
 /// The snapshot of one user: state plus the stream positions it corresponds to.
@@ -217,7 +221,7 @@ pub struct PersistStats {
     pub flush_micros_total: AtomicU64,
     pub last_batch_jobs: AtomicU64,
     /// Disk operations in progress, for the watchdog (`/healthz`, `--stall-exit-secs`).
-    pub disk: crate::watchdog::DiskWatch,
+    pub disk: Arc<crate::watchdog::DiskWatch>,
 }
 
 #[derive(Clone)]
@@ -355,12 +359,14 @@ impl Store {
     /// Queues writes; `done` runs on the persister thread once they are flushed to disk (or
     /// failed), after the completions of everything submitted before (see `fair_batch`).
     pub fn submit(&self, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
+        self.readable()?;
         self.tx.send(Job { writes, done: Box::new(done), lane: 0, user: None }).map_err(|_| StoreError::Stopped)
     }
 
     /// `submit` for one user's writes: every job of a user is inserted by the same persister
     /// thread, so the user's writes keep their order.
     pub fn submit_user(&self, tenant: &str, user: &str, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
+        self.readable()?;
         let h = fnv(&user_key(tenant, user));
         self.tx.send(Job { writes, done: Box::new(done), lane: (h & 1) as u8, user: Some(h) }).map_err(|_| StoreError::Stopped)
     }
@@ -371,11 +377,44 @@ impl Store {
         self.submit(vec![], move |r| {
             let _ = tx.send(r);
         })?;
-        rx.await.map_err(|_| StoreError::Stopped)?.map_err(|e| StoreError::Corrupt { key: "flush".into(), why: e })
+        rx.await.map_err(|_| StoreError::Stopped)?.map_err(|e| self.flush_error(e))
+    }
+
+    /// The error for a job the persister failed: the store's failure, once it has failed.
+    fn flush_error(&self, why: String) -> StoreError {
+        match self.failure() {
+            Some(f) => StoreError::Failed(f.to_string()),
+            None => StoreError::Corrupt { key: "flush".into(), why },
+        }
+    }
+
+    /// Why the store failed closed, if a write or flush has failed (see `readable`).
+    pub fn failure(&self) -> Option<&str> {
+        self.stats.disk.failure()
+    }
+
+    /// Every read starts here. Once a write or flush has failed, sled's trees in memory may
+    /// hold what the disk refused (the failed batch's inserts stay in them), and sled refuses
+    /// every later write; so from then on nothing is read, and the process is restarted from
+    /// the disk (`watchdog`). Reads that must not see a failed batch's writes (the dedup check,
+    /// a user's rebuild) look again after reading, so that one that raced the failure is not
+    /// taken either.
+    fn readable(&self) -> Result<(), StoreError> {
+        match self.failure() {
+            Some(why) => Err(StoreError::Failed(why.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// Loads a user's snapshot and the events after it. Blocking: call from a blocking task.
     pub fn load_user(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
+        self.readable()?;
+        let loaded = self.load_user_unchecked(tenant, user)?;
+        self.readable()?;
+        Ok(loaded)
+    }
+
+    fn load_user_unchecked(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
         let uk = user_key(tenant, user);
         let record: Option<UserRecord> = match self.users.get(&uk)? {
             Some(v) => Some(decode(&uk, &v)?),
@@ -396,13 +435,17 @@ impl Store {
 
     /// Which user and sequence number an event id was accepted under, if it still is retained.
     pub fn seen(&self, tenant: &str, event_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.dedup.get(dedup_key(tenant, event_id))?.map(|v| v.to_vec()))
+        self.readable()?;
+        let found = self.dedup.get(dedup_key(tenant, event_id))?.map(|v| v.to_vec());
+        self.readable()?;
+        Ok(found)
     }
 
     /// The stored pushes of a user after `offset`, oldest first, each with the time its event
     /// was received. Reads the log backwards and stops at the first event whose pushes are all
     /// at or before `offset`, or after `max_events` events.
     pub fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError> {
+        self.readable()?;
         let uk = user_key(tenant, user);
         let mut out = Vec::new();
         for kv in self.events.scan_prefix(&uk).rev().take(max_events) {
@@ -420,6 +463,7 @@ impl Store {
 
     /// A user's accepted events, oldest first, after sequence number `after`.
     pub fn events_after(&self, tenant: &str, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+        self.readable()?;
         let uk = user_key(tenant, user);
         let mut out = Vec::new();
         for kv in self.events.range(seq_key(&uk, after.saturating_add(1))..seq_key(&uk, u64::MAX)).take(limit) {
@@ -434,6 +478,24 @@ impl Store {
     /// state's recent-id window. The log tail after a snapshot, which recovery replays, is
     /// never touched. Blocking: run it on a blocking thread.
     pub fn sweep(&self, cutoff: Millis) -> Result<Swept, StoreError> {
+        self.readable()?;
+        let swept = self.sweep_unchecked(cutoff);
+        // Its removals are writes too: when they fail, memory is ahead of the disk.
+        if let Err(e) = &swept {
+            self.fail_on(e);
+        }
+        swept
+    }
+
+    /// Fails the store closed for a sled error from a write or a flush.
+    fn fail_on(&self, e: &StoreError) {
+        if let StoreError::Sled(e) = e {
+            tracing::error!(error = %e, "a write to the disk failed; the store fails closed until the server restarts");
+            self.stats.disk.fail(e.to_string(), std::time::Instant::now());
+        }
+    }
+
+    fn sweep_unchecked(&self, cutoff: Millis) -> Result<Swept, StoreError> {
         let mut swept = Swept::default();
         for kv in self.snapseq.iter() {
             let (uk, seq) = kv?;
@@ -466,22 +528,25 @@ impl Store {
         self.submit(writes, move |r| {
             let _ = tx.send(r);
         })?;
-        rx.await.map_err(|_| StoreError::Stopped)?.map_err(|e| StoreError::Corrupt { key: "flush".into(), why: e })
+        rx.await.map_err(|_| StoreError::Stopped)?.map_err(|e| self.flush_error(e))
     }
 
     /// A fresh id, unique in this database across restarts.
     pub fn next_id(&self) -> Result<u64, StoreError> {
+        self.readable()?;
         Ok(self.db.generate_id()?)
     }
 
     /// Whether anything is stored for a user.
     pub fn has_user(&self, tenant: &str, user: &str) -> Result<bool, StoreError> {
+        self.readable()?;
         let uk = user_key(tenant, user);
         Ok(self.users.contains_key(&uk)? || self.events.scan_prefix(&uk).next().transpose()?.is_some())
     }
 
     /// Up to `limit` user ids of a tenant in key order, after `after` (exclusive).
     pub fn users_page(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.readable()?;
         let prefix = tenant_prefix(tenant);
         let start = match after {
             Some(u) => {
@@ -505,6 +570,7 @@ impl Store {
 
     /// How many users of a tenant have a snapshot (every user who ever had an event does).
     pub fn count_users(&self, tenant: &str) -> Result<u64, StoreError> {
+        self.readable()?;
         let mut n = 0;
         for kv in self.users.scan_prefix(tenant_prefix(tenant)) {
             kv?;
@@ -515,6 +581,7 @@ impl Store {
 
     /// Every (tenant, user) with a snapshot, for the `replay` check.
     pub fn all_users(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.readable()?;
         let mut out = Vec::new();
         for kv in self.users.iter() {
             let (k, _) = kv?;
@@ -529,6 +596,7 @@ impl Store {
     /// Every stored value of one kind for a tenant (catalogue versions, dead letters, jobs),
     /// oldest first, after id `after` (from the first when `None`), at most `limit`.
     pub fn list<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str, after: Option<u64>, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
+        self.readable()?;
         let tree = self.kind_tree(kind);
         let prefix = tenant_prefix(tenant);
         let mut out = Vec::new();
@@ -542,6 +610,7 @@ impl Store {
 
     /// The newest stored value of one kind for a tenant.
     pub fn last<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str) -> Result<Option<(u64, T)>, StoreError> {
+        self.readable()?;
         let prefix = tenant_prefix(tenant);
         match self.kind_tree(kind).range(seq_key(&prefix, 0)..=seq_key(&prefix, u64::MAX)).next_back() {
             Some(kv) => {
@@ -553,6 +622,7 @@ impl Store {
     }
 
     pub fn get<T: serde::de::DeserializeOwned>(&self, kind: Kind, tenant: &str, id: u64) -> Result<Option<T>, StoreError> {
+        self.readable()?;
         let k = seq_key(&tenant_prefix(tenant), id);
         match self.kind_tree(kind).get(&k)? {
             Some(v) => Ok(Some(decode(&k, &v)?)),
@@ -562,6 +632,7 @@ impl Store {
 
     /// Every tenant that has a value of this kind (to resume jobs at start).
     pub fn tenants_with(&self, kind: Kind) -> Result<Vec<String>, StoreError> {
+        self.readable()?;
         let mut out: Vec<String> = Vec::new();
         for kv in self.kind_tree(kind).iter() {
             let (k, _) = kv?;
@@ -576,6 +647,7 @@ impl Store {
     /// Every stored leaderboard score, of every user (rebuilt into rankings at start; the
     /// caller skips periods already closed).
     pub fn board_entries(&self) -> Result<Vec<(BoardKey, String, BoardEntry)>, StoreError> {
+        self.readable()?;
         let mut out = Vec::new();
         for kv in self.boards.iter() {
             let (k, v) = kv?;
@@ -592,6 +664,7 @@ impl Store {
 
     /// A closed period's final standings in one segment, from 1-based rank `from`.
     pub fn archived(&self, b: &BoardKey, from: u32, limit: usize) -> Result<Vec<(u32, Archived)>, StoreError> {
+        self.readable()?;
         let mut out = Vec::new();
         for kv in self.archive.range(archive_key(b, from)..=archive_key(b, u32::MAX)).take(limit) {
             let (k, v) = kv?;
@@ -603,6 +676,7 @@ impl Store {
 
     /// The record of a closed period, if it was closed.
     pub fn closed(&self, tenant: &str, board: &str, period: &str) -> Result<Option<ClosedPeriod>, StoreError> {
+        self.readable()?;
         let k = closed_key(tenant, board, period);
         match self.closed.get(&k)? {
             Some(v) => Ok(Some(decode(&k, &v)?)),
@@ -612,6 +686,7 @@ impl Store {
 
     /// Every closed period of a board, oldest label first.
     pub fn closed_periods(&self, tenant: &str, board: &str) -> Result<Vec<ClosedPeriod>, StoreError> {
+        self.readable()?;
         let mut prefix = tenant.as_bytes().to_vec();
         prefix.push(0);
         prefix.extend_from_slice(board.as_bytes());
@@ -625,6 +700,7 @@ impl Store {
     }
 
     pub fn goal(&self, tenant: &str, id: &str) -> Result<Option<GoalRecord>, StoreError> {
+        self.readable()?;
         let k = goal_key(tenant, id);
         match self.goals.get(&k)? {
             Some(v) => Ok(Some(decode(&k, &v)?)),
@@ -635,6 +711,7 @@ impl Store {
     /// Every goal of a tenant, by id. A scan: fine for the goals of a tenant, and the next step
     /// at scale is an index by assignee and assigner.
     pub fn goals(&self, tenant: &str) -> Result<Vec<GoalRecord>, StoreError> {
+        self.readable()?;
         let mut out = Vec::new();
         for kv in self.goals.scan_prefix(tenant_prefix(tenant)) {
             let (k, v) = kv?;
@@ -646,6 +723,7 @@ impl Store {
     /// Every goal still needing work from the sweeper: open with a due date, or ended and its
     /// assigner not yet told. (tenant, record)
     pub fn goals_to_sweep(&self) -> Result<Vec<(String, GoalRecord)>, StoreError> {
+        self.readable()?;
         use crate::core::goal::GoalStatus;
         let mut out = Vec::new();
         for kv in self.goals.iter() {
@@ -675,6 +753,7 @@ impl Store {
 
     /// Every stored value of one kind, of every tenant: (tenant, id, value).
     pub fn all_of<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Result<Vec<(String, u64, T)>, StoreError> {
+        self.readable()?;
         let mut out = Vec::new();
         for kv in self.kind_tree(kind).iter() {
             let (k, v) = kv?;
@@ -687,23 +766,27 @@ impl Store {
 
     /// The first `limit` notifications waiting for a webhook endpoint, oldest first.
     pub fn outbox<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
+        self.readable()?;
         hook_range(&self.outbox, tenant, hook, None, limit, false)
     }
 
     /// How many notifications wait for a webhook endpoint, counted up to `cap` (an endpoint
     /// that has been down for days can have a long outbox, and this is read per API call).
-    pub fn outbox_len(&self, tenant: &str, hook: u64, cap: usize) -> usize {
+    pub fn outbox_len(&self, tenant: &str, hook: u64, cap: usize) -> Result<usize, StoreError> {
+        self.readable()?;
         let p = hook_prefix(tenant, hook);
-        self.outbox.scan_prefix(&p).keys().take(cap).count()
+        Ok(self.outbox.scan_prefix(&p).keys().take(cap).count())
     }
 
     /// An endpoint's finished deliveries, newest first, with ids below `before`.
     pub fn hook_log<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, before: Option<u64>, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
+        self.readable()?;
         hook_range(&self.hooklog, tenant, hook, before, limit, true)
     }
 
     /// The writes that forget an endpoint's finished deliveries but the newest `keep`.
     pub fn hook_log_trim(&self, tenant: &str, hook: u64, keep: usize) -> Result<Vec<Write>, StoreError> {
+        self.readable()?;
         let p = hook_prefix(tenant, hook);
         let mut out = Vec::new();
         for k in self.hooklog.scan_prefix(&p).keys().rev().skip(keep) {
@@ -714,6 +797,7 @@ impl Store {
 
     /// The writes that remove outbox rows whose endpoint `exists` says is gone.
     pub fn outbox_orphans(&self, exists: impl Fn(&str, u64) -> bool) -> Result<Vec<Write>, StoreError> {
+        self.readable()?;
         let mut out = Vec::new();
         for k in self.outbox.iter().keys() {
             let k = k?;
@@ -728,6 +812,7 @@ impl Store {
 
     /// The writes that remove everything of an endpoint: its record, outbox and log.
     pub fn drop_hook(&self, tenant: &str, hook: u64) -> Result<Vec<Write>, StoreError> {
+        self.readable()?;
         let p = hook_prefix(tenant, hook);
         let mut out = vec![writes::delete(Kind::Webhook, tenant, hook)];
         for (tree, id) in [(&self.outbox, TreeId::Outbox), (&self.hooklog, TreeId::HookLog)] {
@@ -738,11 +823,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Flushes synchronously (shutdown).
+    /// Flushes synchronously (shutdown). After a failure it does not touch sled: what sled
+    /// holds in memory is not to be written now, and sled can hang in a flush after an error.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.readable()?;
         let _busy = self.stats.disk.begin("final flush", std::time::Instant::now());
-        self.db.flush()?;
-        Ok(())
+        let flushed = self.db.flush().map(|_| ()).map_err(StoreError::from);
+        if let Err(e) = &flushed {
+            self.fail_on(e);
+        }
+        flushed
     }
 }
 
@@ -876,6 +966,18 @@ fn fault_stall_file() -> Option<std::path::PathBuf> {
     std::env::var_os("ACCOLADE_FAULT_STALL_PERSIST").map(Into::into)
 }
 
+/// Fault injection for the full-disk tests, in debug builds only (release builds ignore the
+/// variable): while the file named by `ACCOLADE_FAULT_FAIL_PERSIST` exists, a batch's inserts
+/// are made and its flush then fails, which is what a full disk does to sled: the trees in
+/// memory hold the batch, the disk does not. Unlike a file-size limit, it fails the batch the
+/// test chooses, so a test can put several users' events in it.
+fn fault_fail_file() -> Option<std::path::PathBuf> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var_os("ACCOLADE_FAULT_FAIL_PERSIST").map(Into::into)
+}
+
 /// Jobs taken into one batch at most; past that the next batch starts.
 const MAX_BATCH_JOBS: usize = 8192;
 
@@ -985,6 +1087,7 @@ impl PersisterSide {
         // Jobs a batch left for the next one (see `fair_batch`), oldest first.
         let mut carry: VecDeque<Job> = VecDeque::new();
         let stall_file = fault_stall_file();
+        let fail_file = fault_fail_file();
         loop {
             let mut queued: Vec<Job> = carry.drain(..).collect();
             if queued.is_empty() {
@@ -1017,11 +1120,22 @@ impl PersisterSide {
                 dones.push(job.done);
                 if to_helper.is_some() && job.lane == 1 { theirs.extend(job.writes) } else { mine.extend(job.writes) }
             }
+            // Once a batch has failed, sled refuses every write (its error is sticky) and its
+            // trees hold what the disk refused: nothing more is written, and every job is told
+            // at once that it failed, so no actor waits and nothing is acknowledged.
+            if let Some(why) = self.stats.disk.failure() {
+                let failed = Err(why.to_string());
+                for done in dones {
+                    done(failed.clone());
+                }
+                continue;
+            }
             let busy = self.stats.disk.begin("persist batch", started);
             // The injected fault: this batch waits, as in sled's hang, until the file is gone.
             while stall_file.as_ref().is_some_and(|f| f.exists()) {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            let fail_now = fail_file.as_ref().is_some_and(|f| f.exists());
             let result = (|| -> Result<(), sled::Error> {
                 let helped = match &to_helper {
                     Some(tx) if !theirs.is_empty() => match tx.send(theirs) {
@@ -1040,13 +1154,20 @@ impl PersisterSide {
                 let there = if helped { from_helper.recv().unwrap_or_else(|_| Err(sled::Error::ReportableBug("the persister's helper thread stopped".into()))) } else { Ok(0) };
                 n += here? + there?;
                 applied = std::time::Instant::now();
+                if fail_now {
+                    // The injected fault fails the flush after the inserts, as a full disk does.
+                    return Err(sled::Error::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (injected)")));
+                }
                 self.db.flush()?;
                 Ok(())
             })()
             .map_err(|e| e.to_string());
             drop(busy);
             if let Err(e) = &result {
-                tracing::error!(error = %e, "persist batch failed; its events are not acknowledged");
+                // Recorded before any job is told: an actor that fails on this rebuilds from the
+                // store, and by then the store must refuse to be read.
+                self.stats.disk.fail(e.clone(), std::time::Instant::now());
+                tracing::error!(error = %e, "persist batch failed; its events are not acknowledged, and the store fails closed until the server restarts");
             }
             let s = &self.stats;
             s.batches.fetch_add(1, Ordering::Relaxed);

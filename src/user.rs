@@ -129,6 +129,9 @@ enum Delivery {
     Goal(oneshot::Sender<Result<Option<store::GoalRecord>, String>>, Option<store::GoalRecord>),
     /// A notice is durable.
     Noticed(oneshot::Sender<Result<(), String>>),
+    /// The event is durable: count it as accepted (`accolade_events_total`). A job that
+    /// fails counts its events as `storage_failed` instead.
+    Accepted,
     /// A leaderboard score is durable: update the live ranking.
     Board(store::BoardKey, store::BoardEntry, Option<store::BoardKey>),
     /// Webhook notifications are durable in these endpoints' outboxes: wake their workers.
@@ -362,8 +365,25 @@ impl User {
         let id = event.event_id.clone();
         let outcome = |status: &'static str| IngestOutcome { event_id: id.clone(), status, reason: None, code: None, xp: 0, unlocks: vec![] };
         // Ids older than the state's own recent-id window are found in the dedup tree, which
-        // keeps them for as long as the event is retained.
-        if let Some(owner) = self.shared.store.seen(&self.tenant, &event.event_id)? {
+        // keeps them for as long as the event is retained. A store that has failed answers
+        // nothing: its trees may hold an id whose write the disk refused, and acking that as a
+        // duplicate would lose the event (the client drops what is acked).
+        let seen = match self.shared.store.seen(&self.tenant, &event.event_id) {
+            Ok(seen) => seen,
+            Err(store::StoreError::Failed(why)) => {
+                m.storage_failed.fetch_add(1, Ordering::Relaxed);
+                let text = format!("the server cannot store events now ({why}); send it again later");
+                let mut o = outcome("rejected");
+                o.reason = Some(text.clone());
+                o.code = Some("unavailable");
+                reply(&mut deliveries, origin, protocol::error("unavailable", &text, Some(&event.event_id)), o);
+                deliveries.extend(permit.map(Delivery::Release));
+                self.enqueue(myself, vec![], deliveries);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(owner) = seen {
             if !owner.starts_with(&store::user_key(&self.tenant, &self.user)) {
                 // The id was accepted for another user. Acking it as a duplicate would let one
                 // user suppress another's events by guessing ids; say so instead.
@@ -410,7 +430,8 @@ impl User {
             }
             _ => unreachable!("apply always starts with Accepted, Duplicate or Rejected"),
         }
-        m.accepted.fetch_add(1, Ordering::Relaxed);
+        // Counted as accepted once it is durable (`Delivery::Accepted`), not now.
+        deliveries.push(Delivery::Accepted);
         self.seq += 1;
         let event_id = event.event_id.clone();
         let event_id = event_id.as_str();
@@ -805,9 +826,15 @@ impl User {
         let submitted = self.shared.store.submit_user(&self.tenant, &self.user, writes, move |result| {
             let _ = me.send_message(UserMsg::Durable { job, result });
         });
-        if submitted.is_err() {
+        match submitted {
+            Ok(()) => {}
+            // A write failed earlier: this one fails as the batch did, through a completion,
+            // so the actor fails the same way and nothing of it is sent.
+            Err(store::StoreError::Failed(why)) => {
+                let _ = myself.send_message(UserMsg::Durable { job, result: Err(why) });
+            }
             // The persister is gone (shutdown): nothing will become durable, so nothing is sent.
-            self.pending.clear();
+            Err(_) => self.pending.clear(),
         }
     }
 
@@ -816,8 +843,16 @@ impl User {
     fn on_durable(&mut self, job: u64, result: Result<(), String>) -> Result<(), ActorProcessingErr> {
         if let Err(e) = result {
             // State in memory is ahead of the disk. Fail: the supervisor forgets this actor and
-            // the next message rebuilds the user from what is durable. No ack was sent for the
+            // the next message rebuilds the user from what is durable (once the store can be
+            // read: after a failed write, only a restarted server can). No ack was sent for the
             // lost events, so clients retry them.
+            let lost = self.pending.iter().flat_map(|(_, ds)| ds).filter(|d| matches!(d, Delivery::Accepted)).count();
+            self.shared.metrics.storage_failed.fetch_add(lost as u64, Ordering::Relaxed);
+            if self.shared.store.failure().is_some() {
+                for c in &self.conns {
+                    let _ = c.closing.set((crate::session::close::INTERNAL, "storage failed; reconnect later"));
+                }
+            }
             return Err(format!("persisting failed: {e}").into());
         }
         // Idle time counts from when the last work finished, not from when it arrived.
@@ -861,6 +896,9 @@ impl User {
                 let _ = tx.send(outcome);
             }
             Delivery::Release(_) => {}
+            Delivery::Accepted => {
+                self.shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            }
             Delivery::Observe(arrived) => self.shared.metrics.event_to_push.record(arrived.elapsed()),
             Delivery::Backfilled(reply, n) => {
                 let _ = reply.send(Ok(n));

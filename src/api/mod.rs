@@ -111,7 +111,13 @@ fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, code, message.into())
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+fn internal<E: std::fmt::Display + 'static>(e: E) -> ApiError {
+    // A store that has failed closed is the server's state, not this request's fault: every
+    // route that reads or writes it answers 503 `storage_failed`, and the client retries once
+    // the server has restarted.
+    if let Some(crate::store::StoreError::Failed(_)) = (&e as &dyn std::any::Any).downcast_ref::<crate::store::StoreError>() {
+        return ApiError(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", e.to_string());
+    }
     tracing::error!(error = %e, "request failed");
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
@@ -293,6 +299,10 @@ async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body:
     if req.events.len() > MAX_BATCH {
         return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", format!("{} events; a batch holds at most {MAX_BATCH}", req.events.len())));
     }
+    // A store that has failed takes nothing: the whole batch is refused, to be sent again.
+    if let Some(why) = shared.store.failure() {
+        return Err(internal(crate::store::StoreError::Failed(why.to_string())));
+    }
     // Backpressure: the batch waits for room among the events in flight, then is refused with
     // a retry hint, so a flood of batches cannot pile up without bound in the actors' mailboxes.
     let wait = std::time::Duration::from_millis(shared.config.ingest_wait_ms);
@@ -321,7 +331,8 @@ async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body:
     for w in waits {
         let r = match w {
             Ok((rx, raw)) => match rx.await {
-                Ok(o) if o.status == "rejected" => {
+                // Refused because the store failed: the event is fine, so it is no dead letter.
+                Ok(o) if o.status == "rejected" && o.code != Some("unavailable") => {
                     let mut r = EventResult::from(o.clone());
                     let (code, reason) = (o.code.unwrap_or("invalid_event"), o.reason.unwrap_or_default());
                     let user = raw.get("user_id").and_then(Json_::as_str).map(str::to_string);
@@ -334,11 +345,18 @@ async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body:
                     // now (storage failing, say); the sender retries.
                     let user = raw.get("user_id").and_then(Json_::as_str).unwrap_or_default();
                     let why = why_down(&shared, &tenant, user).await;
+                    // A store that failed is, for one event, the same advice as any pause:
+                    // `unavailable`, send it again (here, once the server has restarted).
+                    let code = if why.1 == "storage_failed" { "unavailable" } else { why.1 };
                     EventResult {
                         event_id: raw.get("event_id").and_then(Json_::as_str).map(str::to_string),
                         status: "rejected".into(),
-                        code: Some(why.1.into()),
-                        reason: Some(if why.1 == "unavailable" { "the event could not be made durable; send it again".into() } else { why.2 }),
+                        code: Some(code.into()),
+                        reason: Some(match why.1 {
+                            "unavailable" => "the event could not be made durable; send it again".into(),
+                            "storage_failed" => format!("{}; send it again", why.2),
+                            _ => why.2,
+                        }),
                         xp: 0,
                         unlocks: vec![],
                         dead_letter: None,
@@ -706,6 +724,7 @@ async fn ask<T: Send + 'static>(shared: &Arc<Shared>, tenant: &str, user: &str, 
 async fn why_down(shared: &Arc<Shared>, tenant: &str, user: &str) -> ApiError {
     let (store, t, u) = (shared.store.clone(), tenant.to_string(), user.to_string());
     match tokio::task::spawn_blocking(move || store.load_user(&t, &u)).await {
+        Ok(Err(e @ crate::store::StoreError::Failed(_))) => internal(e),
         Ok(Err(e @ crate::store::StoreError::Corrupt { .. })) => {
             tracing::error!(tenant, user, error = %e, "user record unreadable");
             ApiError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_user", format!("this user's stored state cannot be read ({e}); other users are unaffected"))

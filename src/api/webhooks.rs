@@ -49,16 +49,16 @@ pub struct WebhookList {
     pub webhooks: Vec<WebhookDoc>,
 }
 
-fn doc(shared: &Shared, tenant: &str, id: u64, h: Hook) -> WebhookDoc {
-    WebhookDoc {
+fn doc(shared: &Shared, tenant: &str, id: u64, h: Hook) -> Result<WebhookDoc, ApiError> {
+    Ok(WebhookDoc {
         id,
-        pending: shared.store.outbox_len(tenant, id, 100_000),
+        pending: shared.store.outbox_len(tenant, id, 100_000).map_err(internal)?,
         url: h.url,
         events: h.events,
         description: h.description,
         created_at: rfc3339(h.created_at),
         secret: None,
-    }
+    })
 }
 
 fn find(shared: &Shared, tenant: &str, id: u64) -> Result<Hook, ApiError> {
@@ -119,7 +119,7 @@ pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
     shared.webhooks.add(&shared, &tenant, id, &hook);
     tracing::info!(tenant, webhook = id, url = %hook.url, "webhook endpoint registered");
     let secret = hook.secret.clone();
-    Ok((StatusCode::CREATED, Json(WebhookDoc { secret: Some(secret), ..doc(&shared, &tenant, id, hook) })))
+    Ok((StatusCode::CREATED, Json(WebhookDoc { secret: Some(secret), ..doc(&shared, &tenant, id, hook)? })))
 }
 
 /// List webhook endpoints
@@ -127,7 +127,7 @@ pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
     responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> Result<Json<WebhookList>, ApiError> {
     let hooks = shared.store.list::<Hook>(Kind::Webhook, &tenant, None, MAX_HOOKS * 2).map_err(internal)?;
-    Ok(Json(WebhookList { webhooks: hooks.into_iter().map(|(id, h)| doc(&shared, &tenant, id, h)).collect() }))
+    Ok(Json(WebhookList { webhooks: hooks.into_iter().map(|(id, h)| doc(&shared, &tenant, id, h)).collect::<Result<_, _>>()? }))
 }
 
 /// A webhook endpoint
@@ -135,7 +135,7 @@ pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> 
     responses((status = 200, body = WebhookDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>) -> Result<Json<WebhookDoc>, ApiError> {
     let h = find(&shared, &tenant, id)?;
-    Ok(Json(doc(&shared, &tenant, id, h)))
+    Ok(Json(doc(&shared, &tenant, id, h)?))
 }
 
 /// Delete a webhook endpoint
