@@ -848,6 +848,14 @@ impl User {
             // lost events, so clients retry them.
             let lost = self.pending.iter().flat_map(|(_, ds)| ds).filter(|d| matches!(d, Delivery::Accepted)).count();
             self.shared.metrics.storage_failed.fetch_add(lost as u64, Ordering::Relaxed);
+            // Whoever waits on a lost job is told why now, rather than by a dropped channel:
+            // an HTTP sender learns its event is `unavailable` (send it again), the others get
+            // the error itself. Nothing durable is claimed, and nothing is counted twice.
+            for (_, ds) in std::mem::take(&mut self.pending) {
+                for d in ds {
+                    refuse(d, &e);
+                }
+            }
             if self.shared.store.failure().is_some() {
                 for c in &self.conns {
                     let _ = c.closing.set((crate::session::close::INTERNAL, "storage failed; reconnect later"));
@@ -1187,5 +1195,25 @@ pub async fn start_supervisor(registry: Arc<Registry>) -> anyhow::Result<ActorCe
 impl Drop for User {
     fn drop(&mut self) {
         self.shared.metrics.actors.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells whoever waits on a delivery of a job that did not become durable that it failed;
+/// pushes, counters and wake-ups of such a job are simply not performed.
+fn refuse(d: Delivery, why: &str) {
+    match d {
+        Delivery::Http(tx, mut o) => {
+            o.status = "rejected";
+            o.code = Some("unavailable");
+            o.reason = Some(format!("the event could not be made durable ({why}); send it again"));
+            o.xp = 0;
+            o.unlocks.clear();
+            let _ = tx.send(o);
+        }
+        Delivery::Backfilled(reply, _) => drop(reply.send(Err(why.to_string()))),
+        Delivery::Awarded(reply, _) => drop(reply.send(Err(why.to_string()))),
+        Delivery::Goal(reply, _) => drop(reply.send(Err(why.to_string()))),
+        Delivery::Noticed(reply) => drop(reply.send(Err(why.to_string()))),
+        Delivery::One(..) | Delivery::All(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) => {}
     }
 }

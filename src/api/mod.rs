@@ -348,6 +348,11 @@ async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body:
                     // A store that failed is, for one event, the same advice as any pause:
                     // `unavailable`, send it again (here, once the server has restarted).
                     let code = if why.1 == "storage_failed" { "unavailable" } else { why.1 };
+                    // Dropped unread from the mailbox of an actor that failed with the store:
+                    // refused because of the store, and counted nowhere else.
+                    if why.1 == "storage_failed" {
+                        shared.metrics.storage_failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     EventResult {
                         event_id: raw.get("event_id").and_then(Json_::as_str).map(str::to_string),
                         status: "rejected".into(),
