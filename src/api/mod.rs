@@ -706,6 +706,12 @@ async fn ask<T: Send + 'static>(shared: &Arc<Shared>, tenant: &str, user: &str, 
     if user.is_empty() || user.len() > 128 || user.contains('\0') {
         return Err(bad("invalid_user", "a user id is 1 to 128 bytes with no NUL"));
     }
+    // A store that has failed serves nothing, not even a user whose actor is still in memory
+    // (its state is durable, but the answer must not depend on which users happened to be
+    // caught by the failed commit): every query says the same, until the restart.
+    if let Some(why) = shared.store.failure() {
+        return Err(internal(crate::store::StoreError::Failed(why.to_string())));
+    }
     if !shared.registry.is_active(tenant, user) {
         let (store, t, u) = (shared.store.clone(), tenant.to_string(), user.to_string());
         let known = tokio::task::spawn_blocking(move || store.has_user(&t, &u)).await.map_err(internal)?.map_err(internal)?;
