@@ -6,7 +6,9 @@
 use crate::core::goal::GoalStatus;
 use crate::server::Shared;
 use crate::store::{self, GoalRecord};
-use crate::user::{now_ms, GoalOp, UserMsg};
+use crate::records::GoalOp;
+use crate::clock::now_ms;
+use crate::user::UserMsg;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};

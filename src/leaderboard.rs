@@ -15,7 +15,8 @@ use crate::protocol::{self, Frame};
 use crate::ranking::{Ranking, Standing};
 use crate::server::Shared;
 use crate::store::{self, Archived, BoardEntry, BoardKey, ClosedPeriod};
-use crate::user::{now_ms, UserMsg};
+use crate::clock::now_ms;
+use crate::user::UserMsg;
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,10 +40,10 @@ struct Watch {
     top: Option<(usize, Vec<(Arc<str>, f64)>)>,
 }
 
+pub use crate::ranking::{Row, MAX_TOP};
+
 /// Watches a connection may hold.
 pub const MAX_WATCHES: usize = 16;
-/// The most entries a `top` subscription or query returns.
-pub const MAX_TOP: usize = 100;
 
 #[derive(Default)]
 pub struct Boards {
@@ -51,13 +52,6 @@ pub struct Boards {
     watches: Mutex<HashMap<(u64, String), Watch>>,
 }
 
-/// A standing as queries return it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct Row {
-    pub rank: usize,
-    pub user_id: String,
-    pub score: f64,
-}
 
 fn row(rank: usize, s: &Standing) -> Row {
     Row { rank, user_id: s.user.to_string(), score: s.score }

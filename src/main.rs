@@ -67,7 +67,7 @@ async fn replay(config: Config) -> anyhow::Result<()> {
 async fn reload_on_sighup(shared: std::sync::Arc<server::Shared>) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
-        match shared.catalogues.reload_file(accolade::user::now_ms()).await {
+        match shared.catalogues.reload_file(accolade::clock::now_ms()).await {
             Ok(changed) if changed.is_empty() => tracing::info!("catalogue reload: nothing changed"),
             Ok(changed) => {
                 for (tenant, cand) in changed {

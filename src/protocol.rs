@@ -8,6 +8,30 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 
+/// Close codes. Each says whether the client should reconnect (see docs/protocol.md).
+pub mod close {
+    /// The server is shutting down or restarting: reconnect with backoff.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame over the hard size limit: fix the client; do not resend that message.
+    pub const TOO_BIG: u16 = 1009;
+    /// The client broke the WebSocket protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const BAD_DATA: u16 = 1007;
+    /// An internal error (the user's actor restarted): reconnect and resume.
+    pub const INTERNAL: u16 = 1011;
+    /// The client did not read its pushes fast enough: reconnect and resume.
+    pub const SLOW: u16 = 4000;
+    /// Bad or missing credentials: get a new token before reconnecting.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// No `hello` in time: reconnect.
+    pub const AUTH_TIMEOUT: u16 = 4002;
+    /// No frame from the client for too long: reconnect.
+    pub const IDLE: u16 = 4003;
+    /// The user already holds `--connections-per-user` sockets.
+    pub const TOO_MANY: u16 = 4004;
+}
+
 /// Why a client message could not be used. Each maps to a wire error `code`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WireError {
@@ -88,8 +112,8 @@ pub fn decode(text: &str) -> Result<ClientMsg, WireError> {
             let top = match obj.get("top") {
                 None | Some(serde_json::Value::Null) => None,
                 Some(v) => match v.as_u64() {
-                    Some(n) if n >= 1 && n <= crate::leaderboard::MAX_TOP as u64 => Some(n as usize),
-                    _ => return Err(WireError::InvalidMessage(format!("top must be a whole number from 1 to {}", crate::leaderboard::MAX_TOP))),
+                    Some(n) if n >= 1 && n <= crate::ranking::MAX_TOP as u64 => Some(n as usize),
+                    _ => return Err(WireError::InvalidMessage(format!("top must be a whole number from 1 to {}", crate::ranking::MAX_TOP))),
                 },
             };
             Ok(ClientMsg::Watch { board: board.to_string(), top })
@@ -284,7 +308,7 @@ pub fn rank(board: &str, period: &str, rank: usize, score: f64, of: usize, previ
 }
 
 /// The board's top N changed (in the watcher's league).
-pub fn top(board: &str, period: &str, segment: &str, rows: &[crate::leaderboard::Row]) -> Frame {
+pub fn top(board: &str, period: &str, segment: &str, rows: &[crate::ranking::Row]) -> Frame {
     let segment = if segment.is_empty() { serde_json::Value::Null } else { json!(segment) };
     frame(json!({ "type": "top", "board": board, "period": period, "segment": segment, "entries": rows }))
 }

@@ -17,6 +17,17 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The most entries a `top` subscription or query returns.
+pub const MAX_TOP: usize = 100;
+
+/// A standing as queries return it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Row {
+    pub rank: usize,
+    pub user_id: String,
+    pub score: f64,
+}
+
 /// Entries per block at most. A block's keys then fill 2 KiB (half a page), so its binary
 /// search and its insert touch little memory.
 const BLOCK: usize = 128;

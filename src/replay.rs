@@ -8,103 +8,18 @@
 //! exactly.
 
 use crate::catalogues::Catalogues;
-use crate::core::{self, Catalogue, UserState, Value};
+use crate::core::{self, Catalogue, UserState};
+use crate::records::{award_args, goal_op, system_record, BackfillRecord, GoalOp, BACKFILL_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT};
 use crate::store::{Store, StoreError, StoredEvent};
 use serde::Serialize;
 use std::sync::Arc;
 
-/// The event type of a backfill's log record. Catalogues cannot declare it and clients cannot
-/// send it: the core refuses unknown event types.
-pub const BACKFILL_EVENT: &str = "accolade.backfill";
-
-/// The event type of a goal operation's log record (`payload`: op = assign | due | cancel,
-/// and the goal as JSON or its id).
-pub const GOAL_EVENT: &str = "accolade.goal";
-/// The event type of a notice's log record (a goal's assigner told how it ended). It only
-/// carries pushes; it changes no state.
-pub const NOTICE_EVENT: &str = "accolade.notice";
-
-pub fn goal_payload(op: &crate::user::GoalOp) -> Vec<(String, Value)> {
-    use crate::user::GoalOp;
-    let (name, arg) = match op {
-        GoalOp::Assign(spec) => ("assign", serde_json::to_string(spec).unwrap_or_default()),
-        GoalOp::Due(id) => ("due", id.clone()),
-        GoalOp::Cancel(id) => ("cancel", id.clone()),
-    };
-    vec![("op".into(), Value::Str(name.into())), ("arg".into(), Value::Str(arg.into()))]
-}
-
-fn goal_op(ev: &StoredEvent) -> Option<crate::user::GoalOp> {
-    use crate::user::GoalOp;
-    let text = |k: &str| {
-        ev.event.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None })
-    };
-    let arg = text("arg")?;
-    match text("op")?.as_str() {
-        "assign" => serde_json::from_str(&arg).ok().map(GoalOp::Assign),
-        "due" => Some(GoalOp::Due(arg)),
-        "cancel" => Some(GoalOp::Cancel(arg)),
-        _ => None,
-    }
-}
-
 /// Applies a goal operation to a state, as the actor does (and as every rebuild repeats).
-pub fn apply_goal(st: &mut UserState, op: crate::user::GoalOp, now: crate::core::Millis, cat: &Catalogue) -> Result<Vec<core::Effect>, String> {
-    use crate::user::GoalOp;
+pub fn apply_goal(st: &mut UserState, op: GoalOp, now: crate::core::Millis, cat: &Catalogue) -> Result<Vec<core::Effect>, String> {
     match op {
         GoalOp::Assign(spec) => core::goal::assign(st, spec, now, cat),
         GoalOp::Due(id) => Ok(core::goal::expire(st, &id, now)),
         GoalOp::Cancel(id) => Ok(core::goal::cancel(st, &id, now)),
-    }
-}
-
-/// Log records that are not the user's own events, which a from-scratch replay leaves out.
-fn system_record(t: &str) -> bool {
-    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT
-}
-
-/// The event type of a leaderboard award's log record (`payload`: board, period, rank).
-pub const LEADERBOARD_EVENT: &str = "accolade.leaderboard";
-
-pub fn award_payload(board: &str, period: &str, rank: usize) -> Vec<(String, Value)> {
-    vec![("board".into(), Value::Str(board.into())), ("period".into(), Value::Str(period.into())), ("rank".into(), Value::Num(rank as f64))]
-}
-
-fn award_args(ev: &StoredEvent) -> (String, String, usize) {
-    let get = |k: &str| ev.event.payload.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let text = |k: &str| match get(k) {
-        Some(Value::Str(s)) => s.to_string(),
-        _ => String::new(),
-    };
-    let rank = get("rank").and_then(|v| v.as_f64()).unwrap_or(0.0) as usize;
-    (text("board"), text("period"), rank)
-}
-
-/// What a backfill record says: which badges the job awards and which stats it fills in.
-pub struct BackfillRecord {
-    pub badges: Vec<String>,
-    pub new_stats: Vec<u64>,
-}
-
-impl BackfillRecord {
-    pub fn payload(&self, job: u64) -> Vec<(String, Value)> {
-        let stats: Vec<String> = self.new_stats.iter().map(|s| format!("{s:016x}")).collect();
-        vec![
-            ("job".into(), Value::Num(job as f64)),
-            ("badges".into(), Value::Str(self.badges.join(",").into())),
-            ("new_stats".into(), Value::Str(stats.join(",").into())),
-        ]
-    }
-
-    pub fn parse(ev: &StoredEvent) -> BackfillRecord {
-        let text = |k: &str| -> String {
-            ev.event.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None }).unwrap_or_default()
-        };
-        let list = |s: String| -> Vec<String> { s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect() };
-        BackfillRecord {
-            badges: list(text("badges")),
-            new_stats: list(text("new_stats")).iter().filter_map(|h| u64::from_str_radix(h, 16).ok()).collect(),
-        }
     }
 }
 

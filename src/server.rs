@@ -67,7 +67,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir).map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
     let tenants: Vec<String> = secrets.iter().map(|(t, _)| t.clone()).collect();
-    let catalogues = Catalogues::open(store.clone(), config.catalogue.clone(), &tenants, crate::user::now_ms()).await?;
+    let catalogues = Catalogues::open(store.clone(), config.catalogue.clone(), &tenants, crate::clock::now_ms()).await?;
     let boards = crate::leaderboard::Boards::default();
     // A blocking scan, run once before any traffic is served: the scores of open periods.
     let loaded = boards.load(&store).map_err(|e| anyhow::anyhow!("loading leaderboards: {e}"))?;
@@ -126,7 +126,7 @@ async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| format!("{:x}-{:x}", crate::user::now_ms(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        .unwrap_or_else(|| format!("{:x}-{:x}", crate::clock::now_ms(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut res = next.run(req).instrument(span).await;
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
@@ -267,7 +267,7 @@ async fn retention(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let store = shared.store.clone();
-        let cutoff = crate::user::now_ms() - (hours * 3_600_000) as i64;
+        let cutoff = crate::clock::now_ms() - (hours * 3_600_000) as i64;
         match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
             Ok(Ok(s)) if s.events > 0 => tracing::info!(events = s.events, users = s.users, "retention sweep"),
             Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),

@@ -6,7 +6,8 @@ use crate::auth::Principal;
 use crate::core::Event;
 use crate::protocol::{self, ClientMsg, Frame};
 use crate::server::Shared;
-use crate::user::{now_ms, Conn, InFlight, Origin, UserMsg};
+use crate::clock::now_ms;
+use crate::user::{Conn, InFlight, Origin, UserMsg};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -17,29 +18,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, Instant};
 
-/// Close codes. Each says whether the client should reconnect (see docs/protocol.md).
-pub mod close {
-    /// The server is shutting down or restarting: reconnect with backoff.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A frame over the hard size limit: fix the client; do not resend that message.
-    pub const TOO_BIG: u16 = 1009;
-    /// The client broke the WebSocket protocol.
-    pub const PROTOCOL: u16 = 1002;
-    /// A text frame that is not UTF-8.
-    pub const BAD_DATA: u16 = 1007;
-    /// An internal error (the user's actor restarted): reconnect and resume.
-    pub const INTERNAL: u16 = 1011;
-    /// The client did not read its pushes fast enough: reconnect and resume.
-    pub const SLOW: u16 = 4000;
-    /// Bad or missing credentials: get a new token before reconnecting.
-    pub const UNAUTHORIZED: u16 = 4001;
-    /// No `hello` in time: reconnect.
-    pub const AUTH_TIMEOUT: u16 = 4002;
-    /// No frame from the client for too long: reconnect.
-    pub const IDLE: u16 = 4003;
-    /// The user already holds `--connections-per-user` sockets.
-    pub const TOO_MANY: u16 = 4004;
-}
+use crate::protocol::close;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 

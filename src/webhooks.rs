@@ -10,10 +10,11 @@
 //! itself; the actors never wait on an endpoint, only on the disk.
 
 use crate::core::Millis;
-use crate::protocol::{rfc3339, Frame};
+use crate::plan::Push;
+use crate::protocol::rfc3339;
 use crate::server::Shared;
 use crate::store::{self, Kind, Write};
-use crate::user::now_ms;
+use crate::clock::now_ms;
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,15 @@ struct Worker {
 }
 
 /// The endpoints of every tenant, in memory, and their workers.
+
+/// A notification's body, as signed and sent: the push (`data`, the frame exactly as the user's
+/// sockets get it) with its id, kind, time, tenant and user. Written out directly, keys in the
+/// order `serde_json` writes an object, since the frame is already JSON.
+fn notification(id: u64, kind: &str, now: Millis, tenant: &str, user: &str, frame: &str) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    format!(r#"{{"created_at":{},"data":{frame},"id":{id},"tenant":{},"type":{},"user_id":{}}}"#, q(&rfc3339(now)), q(tenant), q(kind), q(user))
+}
+
 pub struct Webhooks {
     subs: DashMap<String, Arc<Vec<Sub>>>,
     workers: DashMap<(String, u64), Worker>,
@@ -128,16 +138,16 @@ impl Webhooks {
         self.subs.get(tenant).is_some_and(|s| !s.is_empty())
     }
 
-    /// The outbox rows for the notifications among `frames` (the pushes of one batch), one per
+    /// The outbox rows for the notifications among `pushes` (those of one batch), one per
     /// subscribed endpoint, and the workers to wake once they are durable. Every endpoint gets
-    /// the same `id` for the same notification.
-    pub fn outbox_writes<'a>(&self, store: &store::Store, tenant: &str, user: &str, frames: impl Iterator<Item = &'a Frame>) -> (Vec<Write>, Vec<Arc<Notify>>) {
+    /// the same `id` for the same notification. The plan says each push's kind, so nothing is
+    /// parsed here: the frame goes into the body as it is.
+    pub fn outbox_writes<'a>(&self, store: &store::Store, tenant: &str, user: &str, pushes: impl Iterator<Item = &'a Push>) -> (Vec<Write>, Vec<Arc<Notify>>) {
         let Some(subs) = self.subs.get(tenant).map(|s| s.clone()) else { return (vec![], vec![]) };
         let mut writes = Vec::new();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
-        for f in frames {
-            let Ok(data) = serde_json::from_str::<serde_json::Value>(f) else { continue };
-            let Some(kind) = data.get("type").and_then(|t| t.as_str()).and_then(|t| KINDS.iter().find(|k| **k == t)) else { continue };
+        for push in pushes {
+            let Some(kind) = KINDS.iter().find(|k| **k == push.kind) else { continue };
             let targets: Vec<&Sub> = subs.iter().filter(|s| s.events.iter().any(|e| e == kind)).collect();
             if targets.is_empty() {
                 continue;
@@ -147,10 +157,7 @@ impl Webhooks {
                 continue;
             };
             let now = now_ms();
-            let body = serde_json::json!({
-                "id": id, "type": kind, "created_at": rfc3339(now), "tenant": tenant, "user_id": user, "data": data,
-            })
-            .to_string();
+            let body = notification(id, kind, now, tenant, user, &push.frame);
             for s in targets {
                 let p = Pending { kind: kind.to_string(), body: body.clone(), created_at: now, attempts: 0, next_at: now, last: None };
                 writes.push(store::writes::outbox(tenant, s.id, id, &p));
@@ -442,6 +449,27 @@ mod tests {
         let table = [(1, 0.0, 500), (1, 0.999_999, 999), (2, 0.0, 1000), (3, 0.5, 3000), (10, 0.0, 256_000), (11, 0.0, 300_000), (11, 1.0, 600_000), (50, 0.0, 300_000), (0, 0.0, 500)];
         for (failures, unit, want) in table {
             assert_eq!(backoff(failures, 1000, 600_000, unit), want, "failures {failures}, unit {unit}");
+        }
+    }
+
+    /// A notification's body is byte for byte what it was when it was built by parsing the
+    /// frame into a JSON value (receivers verify the signature over these bytes): for every
+    /// kind, with names and titles that need escaping, and numbers of every shape.
+    #[test]
+    fn a_notification_body_embeds_the_frame_as_a_parsed_value_would() {
+        let cat = crate::core::Catalogue::demo();
+        let frames = [
+            ("unlock", crate::protocol::unlock(7, &cat.badges[0], 2, Some("k\"é"), 50, 1_772_452_800_123, "e\n1")),
+            ("level_up", crate::protocol::level_up(8, 3, "ev")),
+            ("goal_completed", crate::protocol::goal_completed(9, "g", "Read \"all\" <10>", "teacher/ü", 1_772_452_800_000, "goal:g:3")),
+            ("goal_missed", crate::protocol::goal_missed(10, "g", "T", "a", 0, "goal:g:4")),
+            ("xp", crate::protocol::xp(u64::MAX, 1, 2, 3, "x")),
+            ("progress", crate::protocol::progress(11, "b", 0.30000000000000004, 1e21)),
+        ];
+        for (kind, frame) in frames {
+            let data: serde_json::Value = serde_json::from_str(&frame).unwrap();
+            let before = serde_json::json!({ "id": 42, "type": kind, "created_at": rfc3339(1_772_452_800_000), "tenant": "t\"1", "user_id": "ü/u", "data": data }).to_string();
+            assert_eq!(notification(42, kind, 1_772_452_800_000, "t\"1", "ü/u", &frame), before, "{kind}");
         }
     }
 

@@ -24,7 +24,7 @@ fn backfill_records(s: &TestServer, user: &str) -> usize {
 }
 
 fn backfill_records_in(store: &accolade::store::Store, user: &str) -> usize {
-    store.events_after("demo", user, 0, usize::MAX).unwrap().iter().filter(|(_, e)| e.event.event_type == accolade::replay::BACKFILL_EVENT).count()
+    store.events_after("demo", user, 0, usize::MAX).unwrap().iter().filter(|(_, e)| e.event.event_type == accolade::records::BACKFILL_EVENT).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,7 +212,7 @@ impl Load {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_events_survive_a_crash_loop_exactly_once() {
     let cycles: usize = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let mut rng: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| accolade::user::now_ms() as u64 | 1);
+    let mut rng: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| accolade::clock::now_ms() as u64 | 1);
     eprintln!("crash loop: {cycles} cycles, CRASH_SEED={rng}");
     let (mut load, mut server) = start_load().await;
     for _ in 0..cycles {

@@ -5,7 +5,8 @@ mod common;
 use accolade::core::value::s;
 use accolade::core::Event;
 use accolade::server;
-use accolade::user::{now_ms, IngestOutcome, Origin, UserMsg};
+use accolade::clock::now_ms;
+use accolade::user::{IngestOutcome, Origin, UserMsg};
 use std::sync::Arc;
 
 async fn ingest(shared: &Arc<server::Shared>, user: &str, id: &str) -> IngestOutcome {

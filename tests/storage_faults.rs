@@ -233,7 +233,7 @@ async fn a_socket_event_whose_write_failed_is_never_acked_and_counts_once_after_
 
 /// The server binary with the debug build's injected write failure armed: while the file
 /// `fail` exists, each group commit inserts its writes and then fails its flush, as a full
-/// disk does (`ACCOLADE_FAULT_FAIL_PERSIST`, src/store.rs).
+/// disk does (`ACCOLADE_FAULT_FAIL_PERSIST`, src/store/persister.rs).
 async fn start_failable(data: &std::path::Path, fail: &std::path::Path, port: u16, extra: &[&str]) -> Server {
     let setup = format!("export ACCOLADE_FAULT_FAIL_PERSIST='{}'", fail.display());
     start_wrapped(data, port, extra, Some(&setup)).await
@@ -386,7 +386,7 @@ impl Stallable {
 
 /// A disk that stops answering: sled 0.34 can wait for ever in `flush` after a disk error
 /// (docs/reliability.md), which no test can cause on purpose, so a debug build's injected fault
-/// holds the persister's batch the same way (`ACCOLADE_FAULT_STALL_PERSIST`, src/store.rs).
+/// holds the persister's batch the same way (`ACCOLADE_FAULT_STALL_PERSIST`, src/store/persister.rs).
 /// The server must say so on `/healthz`, must not hang on SIGTERM, must exit with status 75
 /// once the stall passes `--stall-exit-secs` so that a supervisor restarts it, and must have
 /// lost nothing it acknowledged.

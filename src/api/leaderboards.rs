@@ -9,7 +9,7 @@ use crate::leaderboard::{Row, MAX_TOP};
 use crate::protocol::rfc3339;
 use crate::server::{ApiError, Shared};
 use crate::store::BoardKey;
-use crate::user::now_ms;
+use crate::clock::now_ms;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};

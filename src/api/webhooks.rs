@@ -6,7 +6,7 @@ use super::{bad, internal, json_body, not_found, ErrorBody, Tenant};
 use crate::protocol::rfc3339;
 use crate::server::{ApiError, Shared};
 use crate::store::{self, Kind};
-use crate::user::now_ms;
+use crate::clock::now_ms;
 use crate::webhooks::{new_secret, Attempt, Finished, Hook, Pending, KINDS, MAX_HOOKS};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

@@ -1,0 +1,489 @@
+//! The plan: the one pure step from the rule core's effects to what the shell performs for a
+//! user (the log record and the other writes, the pushes with their offsets, the leaderboard
+//! updates, the ingest outcome). No IO and no clock: time comes in as arguments, so the same
+//! inputs always give the same plan, and tests drive it from tables with no runtime.
+//!
+//! Every path that changes a user goes through here: client events ([`event`]), goal
+//! operations ([`goal`]), notices ([`notice`]), leaderboard awards ([`award`]) and backfill
+//! steps ([`backfill`]), each ending in the one log-record helper, [`Planner::record`]. The
+//! user actor only executes a plan: it sends `writes` to the persister and releases `pushes`
+//! and `boards` once they are durable.
+
+use crate::core::{Catalogue, Effect, Event, Millis, UserState};
+use crate::protocol::{self, Frame};
+use crate::records::{self, BackfillRecord, GoalOp};
+use crate::store::{self, StoredEvent, Write};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A push as planned: its wire `type` (so webhooks need not parse the frame again), its offset
+/// in the user's push stream, and the frame as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    pub kind: &'static str,
+    pub offset: u64,
+    pub frame: Frame,
+}
+
+/// A leaderboard score to put in the live ranking once the writes are durable; `left` is the
+/// league the user moved out of, to be removed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardUpdate {
+    pub key: store::BoardKey,
+    pub entry: store::BoardEntry,
+    pub left: Option<store::BoardKey>,
+}
+
+/// What the shell does for one change of a user, in order: `writes` go to the persister as
+/// one job; once it is durable, `pushes` go to the user's sockets (and webhook outboxes, in
+/// the same job), and `boards` to the live rankings.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    pub pushes: Vec<Push>,
+    pub boards: Vec<BoardUpdate>,
+    /// The XP the change gave, and the badges it unlocked (the ingest outcome's fields).
+    pub xp: u64,
+    pub unlocks: Vec<String>,
+}
+
+/// The user's positions, advanced by every plan: the last log sequence number and push offset
+/// given out, and the sequence number the last snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    pub seq: u64,
+    pub offset: u64,
+    pub snap_seq: u64,
+}
+
+/// Progress pushes are hints for a progress bar: one is due when a badge crosses a tenth of its
+/// target (or falls back, or completes), and not more often than `every` per badge otherwise.
+/// Every push is a durable write, so this keeps the stream to what a user can see move.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    every: Duration,
+    /// For each badge: when progress was last pushed, and at which tenth of the target.
+    sent: HashMap<Arc<str>, (Instant, u8)>,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Throttle {
+        Throttle { every, sent: HashMap::new() }
+    }
+
+    /// Whether progress `current` of `target` on `badge` is pushed at `now`; if so, it is
+    /// remembered as the last one pushed.
+    pub fn due(&mut self, badge: &Arc<str>, current: f64, target: f64, now: Instant) -> bool {
+        let step = ((current / target).clamp(0.0, 1.0) * 10.0).floor() as u8;
+        let due = match self.sent.get(badge) {
+            None => step > 0,
+            Some((at, last)) => step != *last && (now.duration_since(*at) >= self.every || step < *last || current >= target),
+        };
+        if due {
+            self.sent.insert(badge.clone(), (now, step));
+        }
+        due
+    }
+}
+
+/// Whose plan it is and under which catalogue: everything a plan reads besides the state.
+pub struct Planner<'a> {
+    pub tenant: &'a str,
+    pub user: &'a str,
+    /// The push epoch, kept in snapshots.
+    pub epoch: &'a str,
+    pub cat: &'a Catalogue,
+    /// A snapshot is written with an event once the log has moved this far past the last one.
+    pub snapshot_every: u64,
+}
+
+/// How a log record is found again: client events and notices by their id (a resend is a
+/// duplicate), the records the server makes for itself (goal operations, awards, backfills)
+/// by their place in the user's log only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyed {
+    ById,
+    ByPlace,
+}
+
+impl Planner<'_> {
+    /// The one log-record helper: takes the next sequence number and stores `event` there with
+    /// the pushes it caused (for recovery), plus its dedup key when it is `Keyed::ById`.
+    pub fn record(&self, cur: &mut Cursor, event: Event, received_at: Millis, pushes: &[Push], keyed: Keyed) -> Vec<Write> {
+        cur.seq += 1;
+        self.record_at(cur.seq, event, received_at, pushes, keyed)
+    }
+
+    fn record_at(&self, seq: u64, event: Event, received_at: Millis, pushes: &[Push], keyed: Keyed) -> Vec<Write> {
+        let pushes = pushes.iter().map(|p| (p.offset, p.frame.to_string())).collect();
+        let stored = StoredEvent { event, received_at, catalogue_version: self.cat.version, pushes };
+        match keyed {
+            Keyed::ById => store::writes::event(self.tenant, self.user, seq, &stored).into(),
+            Keyed::ByPlace => vec![store::writes::system_event(self.tenant, self.user, seq, &stored)],
+        }
+    }
+
+    /// The state as stored in a snapshot (see [`snapshot`]).
+    pub fn snapshot(&self, cur: &mut Cursor, st: &UserState) -> [Write; 2] {
+        snapshot(self.tenant, self.user, self.epoch, cur, st)
+    }
+
+    /// A system record's event: the user's own, made by the server.
+    fn system(&self, event_id: String, event_type: &str, source: &str, now: Millis, payload: Vec<(String, crate::core::Value)>) -> Event {
+        Event { event_id, event_type: event_type.into(), user_id: self.user.into(), tenant_id: self.tenant.into(), occurred_at: now, source: source.into(), payload }
+    }
+
+    /// The xp, unlock and level-up pushes for `fx`, numbered from the next offset: one xp
+    /// summing the change's XP, then the unlocks, then one level-up.
+    fn awards(&self, plan: &mut Plan, cur: &mut Cursor, st: &UserState, fx: &[Effect], event_id: &str) {
+        let gained: u64 = fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum();
+        if gained > 0 {
+            push(plan, cur, "xp", |o| protocol::xp(o, gained, st.xp, st.level, event_id));
+            plan.xp = gained;
+        }
+        for e in fx {
+            if let Effect::Unlock { badge, count, key, xp, at } = e
+                && let Some(def) = self.cat.badge(badge)
+            {
+                push(plan, cur, "unlock", |o| protocol::unlock(o, def, *count, key.as_deref(), *xp, *at, event_id));
+                plan.unlocks.push(badge.to_string());
+            }
+        }
+        if let Some(level) = fx.iter().filter_map(|e| if let Effect::LevelUp { level } = e { Some(*level) } else { None }).max() {
+            push(plan, cur, "level_up", |o| protocol::level_up(o, level, event_id));
+        }
+    }
+
+    /// The goal pushes for `fx`, and the goal records they change.
+    fn goals(&self, plan: &mut Plan, cur: &mut Cursor, st: &UserState, fx: &[Effect], event_id: &str) {
+        for e in fx {
+            let id = match e {
+                Effect::GoalAssigned { goal, title, assigner, due } => {
+                    push(plan, cur, "goal_assigned", |o| protocol::goal_assigned(o, goal, title, assigner, *due, event_id));
+                    goal
+                }
+                Effect::GoalCompleted { goal, title, assigner, at } => {
+                    push(plan, cur, "goal_completed", |o| protocol::goal_completed(o, goal, title, assigner, *at, event_id));
+                    goal
+                }
+                Effect::GoalMissed { goal, title, assigner, at } => {
+                    push(plan, cur, "goal_missed", |o| protocol::goal_missed(o, goal, title, assigner, *at, event_id));
+                    goal
+                }
+                Effect::GoalCancelled { goal } => goal,
+                _ => continue,
+            };
+            if let Some(r) = goal_record(st, self.user, id) {
+                plan.writes.push(store::writes::goal(self.tenant, &r));
+            }
+        }
+    }
+}
+
+/// The state as stored in a snapshot, at the cursor's positions; the cursor then counts the
+/// snapshot as the last one. Needs no catalogue, so a stopping user is snapshotted even when
+/// its tenant's catalogue is gone.
+pub fn snapshot(tenant: &str, user: &str, epoch: &str, cur: &mut Cursor, st: &UserState) -> [Write; 2] {
+    #[derive(Serialize)]
+    struct RecordRef<'a> {
+        state: &'a UserState,
+        seq: u64,
+        offset: u64,
+        epoch: &'a str,
+    }
+    // Serializes exactly like `store::UserRecord` (same fields, same order) without cloning
+    // the state.
+    let rec = RecordRef { state: st, seq: cur.seq, offset: cur.offset, epoch };
+    cur.snap_seq = cur.seq;
+    store::writes::snapshot(tenant, user, cur.seq, store::encode(&rec))
+}
+
+/// Adds the push that `frame` builds at the next offset.
+fn push(plan: &mut Plan, cur: &mut Cursor, kind: &'static str, frame: impl FnOnce(u64) -> Frame) {
+    cur.offset += 1;
+    plan.pushes.push(Push { kind, offset: cur.offset, frame: frame(cur.offset) });
+}
+
+/// A goal as the API lists it, from its assignee's state.
+pub fn goal_record(st: &UserState, assignee: &str, id: &str) -> Option<store::GoalRecord> {
+    let g = st.goals.get(id)?;
+    Some(store::GoalRecord { spec: g.spec.clone(), assignee: assignee.to_string(), assigned_at: g.assigned_at, status: g.status, closed_at: g.closed_at, notified: false })
+}
+
+/// Every leaderboard score the user's state holds (each board's current period and the one
+/// before), as stored.
+pub fn board_scores(st: &UserState) -> Vec<(String, String, String, store::BoardEntry)> {
+    let mut out = Vec::new();
+    for (board, b) in &st.boards {
+        for s in std::iter::once(b).chain(b.previous.as_deref()) {
+            let entry = store::BoardEntry { score: s.score, reached: s.reached, end: s.end };
+            out.push((board.clone(), s.period.to_string(), s.segment.clone().unwrap_or_default(), entry));
+        }
+    }
+    out
+}
+
+/// An accepted client event, `fx` being what `core::apply` returned for it and `st` the state
+/// after it. Pushes in the order the client sees them: xp, unlocks, level-up, throttled
+/// progress, goal outcomes. Writes in the order a crash between them leaves harmless: the
+/// leaderboard scores (one record per user; a crash before the event leaves scores whose event
+/// is not acknowledged, and the resent event writes the same scores), the event with its dedup
+/// key, the goal records, and a snapshot when one is due.
+pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event: Event, received_at: Millis, progress: &mut Throttle, now: Instant) -> Plan {
+    let mut plan = Plan::default();
+    let event_id = event.event_id.clone();
+    cur.seq += 1;
+    p.awards(&mut plan, cur, st, fx, &event_id);
+    for e in fx {
+        if let Effect::Progress { badge, current, target } = e
+            && progress.due(badge, *current, *target, now)
+        {
+            push(&mut plan, cur, "progress", |o| protocol::progress(o, badge, *current, *target));
+        }
+    }
+    let mut goal_writes = Plan::default();
+    p.goals(&mut goal_writes, cur, st, fx, &event_id);
+    plan.pushes.append(&mut goal_writes.pushes);
+    for e in fx {
+        if let Effect::Score { board, period, end, segment, score, reached, moved_from } = e {
+            let key = store::BoardKey { tenant: p.tenant.to_string(), board: board.to_string(), period: period.to_string(), segment: segment.clone().unwrap_or_default() };
+            let left = moved_from.as_ref().map(|m| store::BoardKey { segment: m.clone(), ..key.clone() });
+            plan.boards.push(BoardUpdate { key, entry: store::BoardEntry { score: *score, reached: *reached, end: *end }, left });
+        }
+    }
+    if !plan.boards.is_empty() {
+        plan.writes.push(store::writes::board_scores(p.tenant, p.user, &board_scores(st)));
+    }
+    plan.writes.extend(p.record_at(cur.seq, event, received_at, &plan.pushes, Keyed::ById));
+    plan.writes.append(&mut goal_writes.writes);
+    if cur.snap_seq == 0 || cur.seq - cur.snap_seq >= p.snapshot_every {
+        plan.writes.extend(p.snapshot(cur, st));
+    }
+    plan
+}
+
+/// A goal operation the core applied (`fx`, non-empty) to the assignee's state `st`: its
+/// `accolade.goal` record, so every rebuild repeats it, then the goal records it changed.
+pub fn goal(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], goal: &str, op: &GoalOp, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    cur.seq += 1;
+    let event_id = format!("goal:{goal}:{}", cur.seq);
+    p.goals(&mut plan, cur, st, fx, &event_id);
+    let event = p.system(event_id, records::GOAL_EVENT, "goal", now, records::goal_payload(op));
+    let record = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
+    plan.writes.splice(0..0, record);
+    plan
+}
+
+/// How a goal ended, told to its assigner: one `notice` push, logged under the notice's `id`
+/// so a repeat is recognised.
+pub struct Notice<'a> {
+    pub id: String,
+    pub kind: &'a str,
+    pub goal: &'a str,
+    pub title: &'a str,
+    pub assignee: &'a str,
+    pub at: Millis,
+}
+
+pub fn notice(p: &Planner, cur: &mut Cursor, n: Notice, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    push(&mut plan, cur, "notice", |o| protocol::notice(o, n.kind, n.goal, n.title, n.assignee, n.at));
+    let payload = vec![("kind".into(), crate::core::Value::Str(n.kind.into())), ("goal".into(), crate::core::Value::Str(n.goal.into()))];
+    let event = p.system(n.id, records::NOTICE_EVENT, "goal", now, payload);
+    plan.writes = p.record(cur, event, now, &plan.pushes, Keyed::ById);
+    plan
+}
+
+/// A leaderboard period award the core made (`fx`, non-empty): its `accolade.leaderboard`
+/// record lets every rebuild make the same award.
+pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board: &str, period: &str, rank: usize, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    let event_id = records::award_id(board, period);
+    p.awards(&mut plan, cur, st, fx, &event_id);
+    let event = p.system(event_id, records::LEADERBOARD_EVENT, "leaderboard", now, records::award_payload(board, period, rank));
+    plan.writes = p.record(cur, event, now, &plan.pushes, Keyed::ByPlace);
+    plan
+}
+
+/// A backfill step that changed the user (`st` after it): its `accolade.backfill` record and a
+/// snapshot in one job; the awards are pushed only when the job says to (`notify`).
+#[allow(clippy::too_many_arguments)]
+pub fn backfill(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], job: u64, rec: &BackfillRecord, notify: bool, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    let event_id = records::backfill_id(job);
+    if notify {
+        p.awards(&mut plan, cur, st, fx, &event_id);
+    }
+    let event = p.system(event_id, records::BACKFILL_EVENT, "backfill", now, rec.payload(job));
+    plan.writes = p.record(cur, event, now, &plan.pushes, Keyed::ByPlace);
+    plan.writes.extend(p.snapshot(cur, st));
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TreeId;
+
+    const T0: Millis = 1_772_452_800_000;
+
+    fn planner(cat: &Catalogue) -> Planner<'_> {
+        Planner { tenant: "t", user: "u", epoch: "e", cat, snapshot_every: 100 }
+    }
+
+    fn ev(id: &str) -> Event {
+        Event { event_id: id.into(), event_type: "login".into(), user_id: "u".into(), tenant_id: "t".into(), occurred_at: T0, source: "socket".into(), payload: vec![] }
+    }
+
+    fn trees(plan: &Plan) -> Vec<TreeId> {
+        plan.writes.iter().map(|w| match w { Write::Put(t, ..) | Write::Del(t, ..) => *t }).collect()
+    }
+
+    fn kinds(plan: &Plan) -> Vec<(&'static str, u64)> {
+        plan.pushes.iter().map(|p| (p.kind, p.offset)).collect()
+    }
+
+    /// The stored record of the plan's event (the first Events write).
+    fn stored(plan: &Plan) -> StoredEvent {
+        let v = plan.writes.iter().find_map(|w| match w { Write::Put(TreeId::Events, _, v) => Some(v.clone()), _ => None }).expect("a log record");
+        store::decode(b"test", &v).unwrap()
+    }
+
+    fn unlock(badge: &str) -> Effect {
+        Effect::Unlock { badge: badge.into(), count: 1, key: None, xp: 50, at: T0 }
+    }
+
+    fn xp(delta: u64) -> Effect {
+        Effect::Xp { delta, total: 0, level: 1, reason: crate::core::XpReason::Rule("r".into()) }
+    }
+
+    /// Events, from their effects to pushes and writes: one xp summing every XP effect, the
+    /// unlocks in order, one level-up (the highest), all numbered from the cursor's offset;
+    /// the log record holds those pushes with their offsets; a snapshot with the first event
+    /// and then every `snapshot_every` events.
+    #[test]
+    fn an_event_plan_numbers_its_pushes_and_orders_its_writes() {
+        let cat = Catalogue::demo();
+        let badge = cat.badges[0].id.to_string();
+        let rows: Vec<(&str, Vec<Effect>, Cursor, Vec<(&str, u64)>, Vec<TreeId>)> = vec![
+            ("nothing to push, first event: record and snapshot", vec![], Cursor::default(), vec![], vec![TreeId::Events, TreeId::Dedup, TreeId::Users, TreeId::SnapSeq]),
+            ("nothing to push, snapshot not due", vec![], Cursor { seq: 10, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events, TreeId::Dedup]),
+            ("snapshot due again", vec![], Cursor { seq: 104, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events, TreeId::Dedup, TreeId::Users, TreeId::SnapSeq]),
+            (
+                "xp summed, unlock, highest level",
+                vec![xp(5), unlock(&badge), xp(50), Effect::LevelUp { level: 2 }, Effect::LevelUp { level: 3 }],
+                Cursor { seq: 10, offset: 4, snap_seq: 5 },
+                vec![("xp", 5), ("unlock", 6), ("level_up", 7)],
+                vec![TreeId::Events, TreeId::Dedup],
+            ),
+            ("an unknown badge is not pushed", vec![unlock("no-such-badge")], Cursor { seq: 10, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events, TreeId::Dedup]),
+        ];
+        for (what, fx, before, pushes, writes) in rows {
+            let mut cur = before;
+            let st = UserState::new("t", "u");
+            let plan = event(&planner(&cat), &mut cur, &st, &fx, ev("e1"), T0, &mut Throttle::new(Duration::ZERO), Instant::now());
+            assert_eq!(kinds(&plan), pushes, "{what}");
+            assert_eq!(trees(&plan), writes, "{what}");
+            assert_eq!(cur.seq, before.seq + 1, "{what}");
+            assert_eq!(cur.offset, before.offset + pushes.len() as u64, "{what}");
+            let rec = stored(&plan);
+            assert_eq!(rec.event.event_id, "e1", "{what}");
+            assert_eq!(rec.pushes, plan.pushes.iter().map(|p| (p.offset, p.frame.to_string())).collect::<Vec<_>>(), "{what}: the record keeps its pushes");
+            assert_eq!(plan.xp, fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum::<u64>(), "{what}");
+        }
+    }
+
+    /// A leaderboard score is written before the event, as the user's whole set of scores, and
+    /// becomes a ranking update with the league the user left.
+    #[test]
+    fn a_score_is_written_before_the_event_and_ranked_after_it() {
+        let cat = Catalogue::demo();
+        let fx = vec![Effect::Score { board: "weekly".into(), period: "2026-W10".into(), end: T0 + 1, segment: Some("gold".into()), score: 7.0, reached: T0, moved_from: Some("silver".into()) }];
+        let mut cur = Cursor { seq: 3, offset: 0, snap_seq: 3 };
+        let plan = event(&planner(&cat), &mut cur, &UserState::new("t", "u"), &fx, ev("e1"), T0, &mut Throttle::new(Duration::ZERO), Instant::now());
+        assert_eq!(trees(&plan), vec![TreeId::Boards, TreeId::Events, TreeId::Dedup]);
+        assert_eq!(plan.boards.len(), 1);
+        let b = &plan.boards[0];
+        assert_eq!((b.key.board.as_str(), b.key.period.as_str(), b.key.segment.as_str(), b.entry.score), ("weekly", "2026-W10", "gold", 7.0));
+        assert_eq!(b.left.as_ref().map(|k| k.segment.as_str()), Some("silver"));
+        assert!(plan.pushes.is_empty(), "a score is not a push");
+    }
+
+    /// The progress throttle, from a table of (seconds since the first look, current of 10,
+    /// pushed?) for one badge with a throttle of 2 s: a first push once a tenth is reached, then
+    /// only on a new tenth after the throttle, or at once when it falls back or completes.
+    #[test]
+    fn progress_is_pushed_on_a_new_tenth_after_the_throttle() {
+        let start = Instant::now();
+        let mut t = Throttle::new(Duration::from_secs(2));
+        let badge: Arc<str> = "b".into();
+        let rows = [
+            (0, 0.5, false, "below a tenth: nothing to show"),
+            (0, 1.0, true, "the first tenth"),
+            (1, 2.0, false, "a new tenth within the throttle"),
+            (3, 2.5, true, "a new tenth after the throttle"),
+            (3, 2.9, false, "the same tenth"),
+            (3, 1.0, true, "fell back (a broken streak): at once"),
+            (3, 10.0, true, "complete: at once"),
+            (9, 10.0, false, "still complete: nothing new"),
+        ];
+        for (secs, current, pushed, what) in rows {
+            assert_eq!(t.due(&badge, current, 10.0, start + Duration::from_secs(secs)), pushed, "{what}");
+        }
+    }
+
+    /// The four records the server makes for itself all go through the log-record helper:
+    /// goal operations, awards and backfills by place only, notices keyed by their id; each
+    /// takes the next sequence number and keeps its pushes.
+    #[test]
+    fn system_records_take_the_next_place_in_the_log() {
+        let cat = Catalogue::demo();
+        let p = planner(&cat);
+        let st = UserState::new("t", "u");
+        let badge = cat.badges[0].id.to_string();
+        let start = Cursor { seq: 7, offset: 3, snap_seq: 7 };
+        let goal_fx = vec![Effect::GoalCancelled { goal: "g".into() }];
+        let award_fx = vec![xp(10), unlock(&badge)];
+        let rows: Vec<(&str, Plan, Vec<TreeId>, &str, &str, usize)> = vec![
+            ("goal", goal(&p, &mut start.clone(), &st, &goal_fx, "g", &GoalOp::Cancel("g".into()), T0), vec![TreeId::Events], "goal:g:8", records::GOAL_EVENT, 0),
+            (
+                "notice",
+                notice(&p, &mut start.clone(), Notice { id: "notice:g".into(), kind: "completed", goal: "g", title: "G", assignee: "a", at: T0 }, T0),
+                vec![TreeId::Events, TreeId::Dedup],
+                "notice:g",
+                records::NOTICE_EVENT,
+                1,
+            ),
+            ("award", award(&p, &mut start.clone(), &st, &award_fx, "weekly", "2026-W10", 1, T0), vec![TreeId::Events], "leaderboard:weekly:2026-W10", records::LEADERBOARD_EVENT, 2),
+            (
+                "backfill, told",
+                backfill(&p, &mut start.clone(), &st, &award_fx, 3, &BackfillRecord { badges: vec![badge.clone()], new_stats: vec![] }, true, T0),
+                vec![TreeId::Events, TreeId::Users, TreeId::SnapSeq],
+                "backfill:3",
+                records::BACKFILL_EVENT,
+                2,
+            ),
+            (
+                "backfill, silent",
+                backfill(&p, &mut start.clone(), &st, &award_fx, 3, &BackfillRecord { badges: vec![], new_stats: vec![] }, false, T0),
+                vec![TreeId::Events, TreeId::Users, TreeId::SnapSeq],
+                "backfill:3",
+                records::BACKFILL_EVENT,
+                0,
+            ),
+        ];
+        for (what, plan, writes, id, ty, pushes) in rows {
+            assert_eq!(trees(&plan), writes, "{what}");
+            let rec = stored(&plan);
+            assert_eq!((rec.event.event_id.as_str(), rec.event.event_type.as_str(), rec.received_at), (id, ty, T0), "{what}");
+            assert_eq!(rec.pushes.iter().map(|(o, _)| *o).collect::<Vec<_>>(), (4..4 + pushes as u64).collect::<Vec<_>>(), "{what}: pushes numbered from the next offset");
+            match &plan.writes[0] {
+                Write::Put(TreeId::Events, k, _) => assert!(k.ends_with(&8u64.to_be_bytes()), "{what}: the next sequence number"),
+                w => panic!("{what}: {w:?}"),
+            }
+        }
+    }
+}

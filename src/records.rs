@@ -1,0 +1,108 @@
+//! The log records the server makes for a user itself, beside the user's own events: goal
+//! operations, notices to a goal's assigner, leaderboard period awards and backfill steps.
+//! Their event types (which no catalogue can declare, so no client can send them) and their
+//! payloads, written by the plan (`plan.rs`) and read back by every rebuild (`replay.rs`).
+
+use crate::core::Value;
+use crate::store::StoredEvent;
+
+/// A goal operation, logged as an `accolade.goal` record so every rebuild repeats it.
+#[derive(Debug, Clone)]
+pub enum GoalOp {
+    Assign(crate::core::goal::GoalSpec),
+    Due(String),
+    Cancel(String),
+}
+
+/// The event type of a backfill's log record. Catalogues cannot declare it and clients cannot
+/// send it: the core refuses unknown event types.
+pub const BACKFILL_EVENT: &str = "accolade.backfill";
+
+/// The event type of a goal operation's log record (`payload`: op = assign | due | cancel,
+/// and the goal as JSON or its id).
+pub const GOAL_EVENT: &str = "accolade.goal";
+/// The event type of a notice's log record (a goal's assigner told how it ended). It only
+/// carries pushes; it changes no state.
+pub const NOTICE_EVENT: &str = "accolade.notice";
+
+pub fn goal_payload(op: &GoalOp) -> Vec<(String, Value)> {
+    let (name, arg) = match op {
+        GoalOp::Assign(spec) => ("assign", serde_json::to_string(spec).unwrap_or_default()),
+        GoalOp::Due(id) => ("due", id.clone()),
+        GoalOp::Cancel(id) => ("cancel", id.clone()),
+    };
+    vec![("op".into(), Value::Str(name.into())), ("arg".into(), Value::Str(arg.into()))]
+}
+
+pub fn goal_op(ev: &StoredEvent) -> Option<GoalOp> {
+    let text = |k: &str| {
+        ev.event.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None })
+    };
+    let arg = text("arg")?;
+    match text("op")?.as_str() {
+        "assign" => serde_json::from_str(&arg).ok().map(GoalOp::Assign),
+        "due" => Some(GoalOp::Due(arg)),
+        "cancel" => Some(GoalOp::Cancel(arg)),
+        _ => None,
+    }
+}
+
+/// Log records that are not the user's own events, which a from-scratch replay leaves out.
+pub fn system_record(t: &str) -> bool {
+    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT
+}
+
+/// The event type of a leaderboard award's log record (`payload`: board, period, rank).
+pub const LEADERBOARD_EVENT: &str = "accolade.leaderboard";
+
+pub fn award_payload(board: &str, period: &str, rank: usize) -> Vec<(String, Value)> {
+    vec![("board".into(), Value::Str(board.into())), ("period".into(), Value::Str(period.into())), ("rank".into(), Value::Num(rank as f64))]
+}
+
+pub fn award_args(ev: &StoredEvent) -> (String, String, usize) {
+    let get = |k: &str| ev.event.payload.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let text = |k: &str| match get(k) {
+        Some(Value::Str(s)) => s.to_string(),
+        _ => String::new(),
+    };
+    let rank = get("rank").and_then(|v| v.as_f64()).unwrap_or(0.0) as usize;
+    (text("board"), text("period"), rank)
+}
+
+/// What a backfill record says: which badges the job awards and which stats it fills in.
+pub struct BackfillRecord {
+    pub badges: Vec<String>,
+    pub new_stats: Vec<u64>,
+}
+
+impl BackfillRecord {
+    pub fn payload(&self, job: u64) -> Vec<(String, Value)> {
+        let stats: Vec<String> = self.new_stats.iter().map(|s| format!("{s:016x}")).collect();
+        vec![
+            ("job".into(), Value::Num(job as f64)),
+            ("badges".into(), Value::Str(self.badges.join(",").into())),
+            ("new_stats".into(), Value::Str(stats.join(",").into())),
+        ]
+    }
+
+    pub fn parse(ev: &StoredEvent) -> BackfillRecord {
+        let text = |k: &str| -> String {
+            ev.event.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None }).unwrap_or_default()
+        };
+        let list = |s: String| -> Vec<String> { s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect() };
+        BackfillRecord {
+            badges: list(text("badges")),
+            new_stats: list(text("new_stats")).iter().filter_map(|h| u64::from_str_radix(h, 16).ok()).collect(),
+        }
+    }
+}
+
+/// The id of a backfill job's log record for a user (also the `event_id` of its awards).
+pub fn backfill_id(job: u64) -> String {
+    format!("backfill:{job}")
+}
+
+/// The id of a leaderboard period award's log record (also the `event_id` of its awards).
+pub fn award_id(board: &str, period: &str) -> String {
+    format!("leaderboard:{board}:{period}")
+}

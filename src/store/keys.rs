@@ -1,0 +1,213 @@
+//! What the store holds and under which keys: the stored records, the key layouts of every
+//! tree (see the store's own header), and the versioned encoding of every value.
+
+use super::StoreError;
+use crate::core::{Event, Millis, UserState};
+use serde::{Deserialize, Serialize};
+
+/// The format byte in front of every stored value.
+pub const FORMAT_V1: u8 = 1;
+
+/// The snapshot of one user: state plus the stream positions it corresponds to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub state: UserState,
+    /// The last event sequence number folded into `state`.
+    pub seq: u64,
+    /// The last push offset at the time of the snapshot.
+    pub offset: u64,
+    /// Changes whenever the user's push history had to start over.
+    pub epoch: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub event: Event,
+    pub received_at: Millis,
+    pub catalogue_version: u64,
+    /// The pushes this event caused: (offset, the message as sent).
+    pub pushes: Vec<(u64, String)>,
+}
+
+/// A user's score on an open leaderboard period, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoardEntry {
+    pub score: f64,
+    pub reached: Millis,
+    /// When the period ends (exclusive).
+    pub end: Millis,
+}
+
+/// Which leaderboard period: tenant, board, period label, segment ("" when not segmented).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BoardKey {
+    pub tenant: String,
+    pub board: String,
+    pub period: String,
+    pub segment: String,
+}
+
+/// One row of a closed period's final standings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Archived {
+    pub user: String,
+    pub score: f64,
+    pub reached: Millis,
+}
+
+/// That a period was closed: archived, and its awards made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClosedPeriod {
+    pub period: String,
+    pub end: Millis,
+    pub closed_at: Millis,
+    /// (segment, standings archived) for each segment.
+    pub segments: Vec<(String, u64)>,
+    /// How many awards were made.
+    pub awarded: u64,
+}
+
+pub(super) fn board_prefix(tenant: &str, board: &str, period: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + board.len() + period.len() + 3);
+    for part in [tenant, board, period] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+pub(super) fn archive_key(b: &BoardKey, rank: u32) -> Vec<u8> {
+    let mut k = board_prefix(&b.tenant, &b.board, &b.period);
+    k.extend_from_slice(b.segment.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&rank.to_be_bytes());
+    k
+}
+
+pub(super) fn closed_key(tenant: &str, board: &str, period: &str) -> Vec<u8> {
+    let mut k = board_prefix(tenant, board, period);
+    k.pop();
+    k
+}
+
+/// An assigned goal, as listed and queried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoalRecord {
+    pub spec: crate::core::goal::GoalSpec,
+    pub assignee: String,
+    pub assigned_at: Millis,
+    pub status: crate::core::goal::GoalStatus,
+    pub closed_at: Option<Millis>,
+    /// Whether the assigner was told how it ended (a `notice` in their history).
+    pub notified: bool,
+}
+
+pub(super) fn goal_key(tenant: &str, id: &str) -> Vec<u8> {
+    let mut k = tenant_prefix(tenant);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// What the store holds for a user when its actor starts.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub record: Option<UserRecord>,
+    /// Events accepted after the snapshot, in order, to replay.
+    pub tail: Vec<StoredEvent>,
+    pub last_seq: u64,
+    pub last_offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeId {
+    Users,
+    Events,
+    Dedup,
+    SnapSeq,
+    Catalogues,
+    Dead,
+    Jobs,
+    Boards,
+    Archive,
+    Closed,
+    Goals,
+    Hooks,
+    Outbox,
+    HookLog,
+}
+
+#[derive(Debug)]
+pub enum Write {
+    Put(TreeId, Vec<u8>, Vec<u8>),
+    Del(TreeId, Vec<u8>),
+}
+
+pub fn user_key(tenant: &str, user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + user.len() + 2);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(super) fn seq_key(uk: &[u8], n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(uk.len() + 8);
+    k.extend_from_slice(uk);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+pub(super) fn dedup_key(tenant: &str, event_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + event_id.len() + 1);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(event_id.as_bytes());
+    k
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_V1];
+    bincode::serde::encode_into_std_write(v, &mut out, bincode::config::standard()).expect("encoding into a Vec cannot fail");
+    out
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), why };
+    match bytes.split_first() {
+        Some((&FORMAT_V1, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard()).map(|(v, _)| v).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("unknown format version {v}"))),
+        None => Err(corrupt("empty value".into())),
+    }
+}
+
+/// The per-tenant records kept by id: catalogue versions, dead letters, backfill jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Catalogue,
+    DeadLetter,
+    Job,
+    Webhook,
+}
+
+pub(super) fn hook_prefix(tenant: &str, hook: u64) -> Vec<u8> {
+    seq_key(&tenant_prefix(tenant), hook)
+}
+
+pub(super) fn hook_range<T: serde::de::DeserializeOwned>(tree: &sled::Tree, tenant: &str, hook: u64, before: Option<u64>, limit: usize, newest_first: bool) -> Result<Vec<(u64, T)>, StoreError> {
+    let p = hook_prefix(tenant, hook);
+    let range = tree.range(seq_key(&p, 0)..seq_key(&p, before.unwrap_or(u64::MAX)));
+    let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if newest_first { Box::new(range.rev()) } else { Box::new(range) };
+    let mut out = Vec::new();
+    for kv in rows.take(limit) {
+        let (k, v) = kv?;
+        out.push((u64::from_be_bytes(k[p.len()..].try_into().unwrap_or_default()), decode(&k, &v)?));
+    }
+    Ok(out)
+}
+
+pub(super) fn tenant_prefix(tenant: &str) -> Vec<u8> {
+    let mut k = tenant.as_bytes().to_vec();
+    k.push(0);
+    k
+}

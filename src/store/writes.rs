@@ -1,0 +1,75 @@
+//! The write builders, so callers never see key layouts: every record an actor, a sweeper or a route stores, as `Write`s that the
+//! persister commits in one batch with the rest of its job.
+
+use super::keys::*;
+use serde::Serialize;
+
+/// Stores (or replaces) a per-tenant record.
+pub fn put<T: Serialize>(kind: Kind, tenant: &str, id: u64, value: &T) -> Write {
+    Write::Put(tree_of(kind), seq_key(&tenant_prefix(tenant), id), encode(value))
+}
+
+pub fn delete(kind: Kind, tenant: &str, id: u64) -> Write {
+    Write::Del(tree_of(kind), seq_key(&tenant_prefix(tenant), id))
+}
+
+fn tree_of(kind: Kind) -> TreeId {
+    match kind {
+        Kind::Catalogue => TreeId::Catalogues,
+        Kind::DeadLetter => TreeId::Dead,
+        Kind::Job => TreeId::Jobs,
+        Kind::Webhook => TreeId::Hooks,
+    }
+}
+
+/// A notification waiting for a webhook endpoint (or its next attempt).
+pub fn outbox<T: Serialize>(tenant: &str, hook: u64, id: u64, value: &T) -> Write {
+    Write::Put(TreeId::Outbox, seq_key(&hook_prefix(tenant, hook), id), encode(value))
+}
+
+/// A finished delivery leaves the endpoint's log (sent again).
+pub fn hook_log_delete(tenant: &str, hook: u64, id: u64) -> Write {
+    Write::Del(TreeId::HookLog, seq_key(&hook_prefix(tenant, hook), id))
+}
+
+/// A delivery finished: out of the outbox, into the endpoint's log.
+pub fn delivery_done<T: Serialize>(tenant: &str, hook: u64, id: u64, log: &T) -> [Write; 2] {
+    let k = seq_key(&hook_prefix(tenant, hook), id);
+    [Write::Put(TreeId::HookLog, k.clone(), encode(log)), Write::Del(TreeId::Outbox, k)]
+}
+
+/// A log record that is not a client event (a backfill's awards): no dedup key.
+pub fn system_event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent) -> Write {
+    Write::Put(TreeId::Events, seq_key(&user_key(tenant, user), seq), encode(ev))
+}
+
+pub fn event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent) -> [Write; 2] {
+    let uk = user_key(tenant, user);
+    let mut where_ = uk.clone();
+    where_.extend_from_slice(&seq.to_be_bytes());
+    [Write::Put(TreeId::Events, seq_key(&uk, seq), encode(ev)), Write::Put(TreeId::Dedup, dedup_key(tenant, &ev.event.event_id), where_)]
+}
+
+pub fn goal(tenant: &str, g: &GoalRecord) -> Write {
+    Write::Put(TreeId::Goals, goal_key(tenant, &g.spec.id), encode(g))
+}
+
+/// A user's leaderboard scores: (board, period, segment, score), the whole set.
+pub fn board_scores(tenant: &str, user: &str, scores: &[(String, String, String, BoardEntry)]) -> Write {
+    Write::Put(TreeId::Boards, user_key(tenant, user), encode(&scores))
+}
+
+/// One row of a closed period's final standings.
+pub fn archived(b: &BoardKey, rank: u32, a: &Archived) -> Write {
+    Write::Put(TreeId::Archive, archive_key(b, rank), encode(a))
+}
+
+pub fn closed(tenant: &str, board: &str, c: &ClosedPeriod) -> Write {
+    Write::Put(TreeId::Closed, closed_key(tenant, board, &c.period), encode(c))
+}
+
+/// The snapshot and its sequence number (for the retention sweep), written together.
+pub fn snapshot(tenant: &str, user: &str, seq: u64, encoded: Vec<u8>) -> [Write; 2] {
+    let uk = user_key(tenant, user);
+    [Write::Put(TreeId::Users, uk.clone(), encoded), Write::Put(TreeId::SnapSeq, uk, seq.to_be_bytes().to_vec())]
+}

@@ -1,0 +1,98 @@
+//! What the rest of the server sends a user's actor and gets back: the messages, the
+//! connection handle, the ingest outcome, queries and the in-flight slots of a socket event.
+
+use crate::core::{Event, Millis, UserState, Catalogue};
+use crate::protocol::{Frame, Since};
+use crate::records::GoalOp;
+use crate::backfill::BackfillSpec;
+use crate::store;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+/// A connection as the actor sees it: where to write, and how to tell it it is too slow.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub tx: mpsc::Sender<Frame>,
+    pub slow: Arc<Notify>,
+    /// Why the actor let go of this connection, when it did so on purpose: the session closes
+    /// with this code once it has written what was queued.
+    pub closing: Arc<std::sync::OnceLock<(u16, &'static str)>>,
+}
+
+/// What the HTTP API gets back for one ingested event.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestOutcome {
+    pub event_id: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    pub xp: u64,
+    pub unlocks: Vec<String>,
+}
+
+/// Who asked for an event, to send the ack or error back.
+pub enum Origin {
+    Conn(u64),
+    Http(oneshot::Sender<IngestOutcome>),
+}
+
+/// What a query sees: the user's state (everything accepted is durable), the catalogue in
+/// force, and the stream positions. The state may still be aligned to an older catalogue
+/// version until the next event; use stat ids, or a synced copy, to read stats.
+pub struct UserView<'a> {
+    pub state: &'a UserState,
+    pub catalogue: &'a Arc<Catalogue>,
+    pub seq: u64,
+    pub offset: u64,
+}
+
+/// A question run inside the actor on its state, answering through its own channel: nothing
+/// is copied that the question does not need.
+pub type Query = Box<dyn FnOnce(UserView<'_>) + Send>;
+
+
+/// A socket event's two in-flight slots, its connection's (`--inflight-per-user`) and the
+/// server's (`--socket-inflight-events`), held from the moment its frame is read until its
+/// reply goes out.
+pub struct InFlight {
+    pub conn: OwnedSemaphorePermit,
+    pub server: OwnedSemaphorePermit,
+}
+
+pub enum UserMsg {
+    /// An authenticated event. `permit` holds its in-flight slots (socket events only); they
+    /// are released when the reply goes out. `arrived` starts the event-to-push clock.
+    Event { event: Event, received_at: Millis, arrived: Instant, origin: Origin, permit: Option<InFlight> },
+    /// A question about the state, answered once everything accepted so far is durable.
+    Query(Query),
+    /// Re-evaluate this user for a backfill job; replies with the number of badges this job
+    /// has awarded the user (on this visit or an earlier one), once they are durable.
+    Backfill { spec: Arc<BackfillSpec>, reply: oneshot::Sender<Result<u32, String>> },
+    /// A goal operation on this user as the assignee. Replies with the goal as stored, once
+    /// durable, or why it was refused.
+    Goal { op: GoalOp, reply: oneshot::Sender<Result<Option<store::GoalRecord>, String>> },
+    /// Tell this user (a goal's assigner) how a goal ended: a `notice` push, kept in the
+    /// history. `id` makes it once only. Replies once durable.
+    Notice { id: String, kind: &'static str, goal: String, title: String, assignee: String, at: Millis, reply: oneshot::Sender<Result<(), String>> },
+    /// The user finished a closed leaderboard period at `rank`: award the board's badge if
+    /// due. Replies whether anything was awarded, once it is durable.
+    Award { board: String, period: String, rank: usize, reply: oneshot::Sender<Result<bool, String>> },
+    Attach { conn: Conn, since: Option<Since> },
+    Detach { conn_id: u64 },
+    /// From the persister: every job up to `job` is on disk (or failed).
+    Durable { job: u64, result: Result<(), String> },
+    /// Passivation check.
+    Tick,
+    /// Shutdown: write a snapshot, then stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Messages the registry counts as in flight until the actor has handled them.
+pub(crate) fn counted(m: &UserMsg) -> bool {
+    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. })
+}
