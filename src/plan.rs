@@ -231,6 +231,7 @@ pub fn board_scores(st: &UserState) -> Vec<(String, String, String, store::Board
 /// leaderboard scores (one record per user; a crash before the event leaves scores whose event
 /// is not acknowledged, and the resent event writes the same scores), the event with its dedup
 /// key, the goal records, and a snapshot when one is due.
+#[allow(clippy::too_many_arguments)]
 pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event: Event, received_at: Millis, progress: &mut Throttle, now: Instant) -> Plan {
     let mut plan = Plan::default();
     let event_id = event.event_id.clone();
@@ -299,6 +300,7 @@ pub fn notice(p: &Planner, cur: &mut Cursor, n: Notice, now: Millis) -> Plan {
 
 /// A leaderboard period award the core made (`fx`, non-empty): its `accolade.leaderboard`
 /// record lets every rebuild make the same award.
+#[allow(clippy::too_many_arguments)]
 pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board: &str, period: &str, rank: usize, now: Millis) -> Plan {
     let mut plan = Plan::default();
     let event_id = records::award_id(board, period);

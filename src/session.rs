@@ -31,8 +31,8 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
+    /// Takes a token at `now` (read once per frame by the read loop), if one has refilled.
+    fn take(&mut self, now: Instant) -> bool {
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
@@ -171,7 +171,7 @@ where
             s = async { server_wait.as_mut().expect("polled only while waiting").await }, if server_wait.is_some() => {
                 server_wait = None;
                 let (Some(t), Ok(server)) = (parked.take(), s) else { break None };
-                if let Some(err) = on_text(&shared, &tenant, &user, id, &t, &mut bucket, &mut ready, server, &watch_tx) {
+                if let Some(err) = on_text(&shared, &tenant, &user, id, &t, Instant::now(), &mut bucket, &mut ready, server, &watch_tx) {
                     paused_until = bucket.refilled_at();
                     if sink.send(text(err)).await.is_err() {
                         break None;
@@ -192,7 +192,7 @@ where
                 match m {
                     Message::Text(t) => match shared.socket_permits.clone().try_acquire_owned() {
                         Ok(server) => {
-                            if let Some(err) = on_text(&shared, &tenant, &user, id, &t, &mut bucket, &mut ready, server, &watch_tx) {
+                            if let Some(err) = on_text(&shared, &tenant, &user, id, &t, last_seen, &mut bucket, &mut ready, server, &watch_tx) {
                                 paused_until = bucket.refilled_at();
                                 if sink.send(text(err)).await.is_err() {
                                     break None;
@@ -325,6 +325,7 @@ fn on_text(
     user: &str,
     conn: u64,
     text: &str,
+    now: Instant,
     bucket: &mut Bucket,
     ready: &mut Option<OwnedSemaphorePermit>,
     server: OwnedSemaphorePermit,
@@ -353,7 +354,7 @@ fn on_text(
         }
         Err(e) => return Some(protocol::error(e.code(), &e.to_string(), None)),
     };
-    if !bucket.take() {
+    if !bucket.take(now) {
         shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         return Some(protocol::error("rate_limited", "too many events; slow down and resend", Some(&ev.event_id)));
     }
@@ -389,3 +390,36 @@ fn on_text(
         Err(e) => Some(protocol::error("unavailable", &e.to_string(), Some(&event_id))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The rate bucket, from a table of (milliseconds since the start, taken?) at 10 events/s
+    /// with a burst of 3: the burst first, then one token per 100 ms, never more than the
+    /// burst saved up; `refilled_at` says when the next token is whole.
+    #[test]
+    fn the_rate_bucket_allows_its_burst_then_its_rate() {
+        let start = Instant::now();
+        let mut b = Bucket { tokens: 3.0, rate: 10.0, burst: 3.0, at: start };
+        let rows = [
+            (0, true, "burst 1"),
+            (0, true, "burst 2"),
+            (0, true, "burst 3"),
+            (0, false, "empty"),
+            (50, false, "half a token"),
+            (100, true, "a token after 100 ms"),
+            (150, false, "half again"),
+            (10_000, true, "saved up: at most the burst"),
+            (10_000, true, "2"),
+            (10_000, true, "3"),
+            (10_000, false, "no more than the burst"),
+        ];
+        for (ms, taken, what) in rows {
+            assert_eq!(b.take(start + Duration::from_millis(ms)), taken, "{what} at {ms} ms");
+        }
+        assert_eq!(b.refilled_at(), Some(start + Duration::from_millis(10_100)), "the next token is whole 100 ms after the last");
+    }
+}
+

@@ -91,8 +91,6 @@ struct Worker {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The endpoints of every tenant, in memory, and their workers.
-
 /// A notification's body, as signed and sent: the push (`data`, the frame exactly as the user's
 /// sockets get it) with its id, kind, time, tenant and user. Written out directly, keys in the
 /// order `serde_json` writes an object, since the frame is already JSON.
@@ -101,6 +99,7 @@ fn notification(id: u64, kind: &str, now: Millis, tenant: &str, user: &str, fram
     format!(r#"{{"created_at":{},"data":{frame},"id":{id},"tenant":{},"type":{},"user_id":{}}}"#, q(&rfc3339(now)), q(tenant), q(kind), q(user))
 }
 
+/// The endpoints of every tenant, in memory, and their workers.
 pub struct Webhooks {
     subs: DashMap<String, Arc<Vec<Sub>>>,
     workers: DashMap<(String, u64), Worker>,

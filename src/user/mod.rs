@@ -28,6 +28,10 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+/// What `User::evaluate` found: the event's effects under the catalogue in force, or why it
+/// changes nothing.
+type Evaluated = Result<(Vec<Effect>, Arc<Catalogue>), Unchanged>;
+
 /// Why an event changes nothing, as `User::evaluate` found it.
 enum Unchanged {
     /// Seen before: acked again as a duplicate.
@@ -314,7 +318,7 @@ impl User {
     /// Whether `event` changes the user: its effects under the catalogue in force, or why it
     /// changes nothing (counted here). Fails only when the user cannot go on (its catalogue is
     /// gone, or the store could not be read).
-    fn evaluate(&mut self, event: &Event, received_at: Millis) -> Result<Result<(Vec<Effect>, Arc<Catalogue>), Unchanged>, ActorProcessingErr> {
+    fn evaluate(&mut self, event: &Event, received_at: Millis) -> Result<Evaluated, ActorProcessingErr> {
         let m = &self.shared.metrics;
         // Ids older than the state's own recent-id window are found in the dedup tree, which
         // keeps them for as long as the event is retained. A store that has failed answers
