@@ -366,11 +366,11 @@ impl User {
 
     /// Executes a plan: its writes as one job, and once they are durable `before`, the plan's
     /// pushes, then `after`.
-    fn perform(&mut self, myself: &ActorRef<UserMsg>, plan: plan::Plan, mut deliveries: Vec<Delivery>, after: Vec<Delivery>) {
+    fn perform(&mut self, myself: &ActorRef<UserMsg>, plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
         self.shared.metrics.unlocks.fetch_add(plan.unlocks.len() as u64, Ordering::Relaxed);
-        deliveries.extend(plan.pushes.into_iter().map(Delivery::Push));
-        deliveries.extend(after);
-        self.enqueue(myself, plan.writes, deliveries);
+        before.extend(plan.pushes.into_iter().map(Delivery::Push));
+        before.extend(after);
+        self.enqueue(myself, plan.writes, before);
     }
 
     /// Runs `w` now if nothing is in flight, otherwise once everything in flight is durable.
