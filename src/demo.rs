@@ -2,7 +2,8 @@
 //! build step) and `GET /demo/token?user=NAME`, which mints a token of the demo tenant.
 
 use crate::config::DEMO_TENANT;
-use crate::server::{ApiError, Shared};
+use crate::api::ApiError;
+use crate::shared::Shared;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;

@@ -4,12 +4,10 @@
 //! least once from the durable goal record, and the notice's reserved id makes it count once.
 
 use crate::core::goal::GoalStatus;
-use crate::server::Shared;
-use crate::store::{self, GoalRecord};
+use crate::store::{self, GoalRecord, Store};
 use crate::records::GoalOp;
 use crate::clock::now_ms;
-use crate::user::UserMsg;
-use std::sync::Arc;
+use crate::user::{UserMsg, Users};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
@@ -19,25 +17,25 @@ pub fn notice_id(goal: &str, status: GoalStatus) -> String {
 }
 
 /// One pass over the goals that need something.
-pub async fn sweep(shared: &Arc<Shared>) -> Result<(), String> {
-    let store = shared.store.clone();
-    let pending = tokio::task::spawn_blocking(move || store.goals_to_sweep()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+pub async fn sweep(store: &Store, users: &Users) -> Result<(), String> {
+    let s = store.clone();
+    let pending = tokio::task::spawn_blocking(move || s.goals_to_sweep()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     let now = now_ms();
     for (tenant, g) in pending {
         match g.status {
             GoalStatus::Open if g.spec.due.is_some_and(|d| now > d) => {
                 let (tx, rx) = oneshot::channel();
-                shared.registry.send(shared, &tenant, &g.assignee, UserMsg::Goal { op: GoalOp::Due(g.spec.id.clone()), reply: tx }).map_err(|e| e.to_string())?;
+                users.send(&tenant, &g.assignee, UserMsg::Goal { op: GoalOp::Due(g.spec.id.clone()), reply: tx }).map_err(|e| e.to_string())?;
                 rx.await.map_err(|_| "the assignee's actor stopped".to_string())??;
             }
-            GoalStatus::Completed | GoalStatus::Missed => notify(shared, &tenant, g).await?,
+            GoalStatus::Completed | GoalStatus::Missed => notify(store, users, &tenant, g).await?,
             _ => {}
         }
     }
     Ok(())
 }
 
-async fn notify(shared: &Arc<Shared>, tenant: &str, g: GoalRecord) -> Result<(), String> {
+async fn notify(store: &Store, users: &Users, tenant: &str, g: GoalRecord) -> Result<(), String> {
     let kind = if g.status == GoalStatus::Completed { "goal_completed" } else { "goal_missed" };
     let (tx, rx) = oneshot::channel();
     let msg = UserMsg::Notice {
@@ -49,18 +47,17 @@ async fn notify(shared: &Arc<Shared>, tenant: &str, g: GoalRecord) -> Result<(),
         at: g.closed_at.unwrap_or_default(),
         reply: tx,
     };
-    shared.registry.send(shared, tenant, &g.spec.assigner, msg).map_err(|e| e.to_string())?;
+    users.send(tenant, &g.spec.assigner, msg).map_err(|e| e.to_string())?;
     rx.await.map_err(|_| "the assigner's actor stopped".to_string())??;
     // Only the sweeper writes a record once its goal has ended, so this cannot undo a change.
     let done = GoalRecord { notified: true, ..g };
-    shared.store.write(vec![store::writes::goal(tenant, &done)]).await.map_err(|e| e.to_string())
+    store.write(vec![store::writes::goal(tenant, &done)]).await.map_err(|e| e.to_string())
 }
 
-/// Sweeps every `--goal-tick-ms` until shutdown.
-pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    let every = Duration::from_millis(shared.config.goal_tick_ms.max(10));
-    crate::server::every(every, stop, || async {
-        if let Err(e) = sweep(&shared).await {
+/// Sweeps every `every` (`--goal-tick-ms`) until shutdown.
+pub async fn run(store: Store, users: Users, every: Duration, stop: watch::Receiver<bool>) {
+    crate::clock::every(every, stop, || async {
+        if let Err(e) = sweep(&store, &users).await {
             tracing::warn!(error = %e, "goal sweep failed; retrying");
         }
     })

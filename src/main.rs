@@ -74,7 +74,7 @@ async fn reload_on_sighup(shared: std::sync::Arc<server::Shared>) {
                     tracing::info!(%tenant, version = cand.catalogue.version, "catalogue reloaded from the file");
                     // New or changed badges are backfilled, silently, as an API change would be.
                     if !cand.changed_badges.is_empty() || !cand.new_stats.is_empty() {
-                        match accolade::backfill::start(&shared, &tenant, &cand, false).await {
+                        match shared.backfills.start(&tenant, &cand, false).await {
                             Ok(job) => tracing::info!(%tenant, job = job.id, "backfill started"),
                             Err(e) => tracing::error!(%tenant, error = %e, "backfill could not start"),
                         }

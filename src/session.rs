@@ -5,10 +5,12 @@
 use crate::auth::Principal;
 use crate::core::Event;
 use crate::protocol::{self, ClientMsg, Frame};
-use crate::server::Shared;
 use crate::clock::now_ms;
+use crate::shared::Shared;
 use crate::user::{Conn, InFlight, Origin, UserMsg};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +70,27 @@ async fn close_with<S: Sink<Message> + Unpin>(sink: &mut S, code: u16, reason: &
     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
 }
 
+/// `GET /v1/ws`: upgrades the request to a WebSocket and runs its session.
+pub async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+    // The application limit (`max_message_bytes`) answers with a `too_large` error and keeps
+    // the connection; the protocol limit, four times larger, closes it (1009). Small buffers
+    // keep ten thousand idle connections cheap: the read buffer is allocated whole for every
+    // connection (heaptrack: it was 4 KiB of each connection's heap at 4 KiB) and tungstenite
+    // zero-fills it before each read, while a client's event frame is about 250 bytes. A larger
+    // frame still arrives whole: tungstenite reserves a frame's full length once its header is
+    // read. Outgoing frames collect in the write buffer
+    // until the session flushes, which it does once per batch of queued pushes: one send
+    // system call per batch instead of one per frame (an event's ack and xp are two frames).
+    let hard = shared.config.max_message_bytes.saturating_mul(4).max(1024);
+    upgrade
+        .max_message_size(hard)
+        .max_frame_size(hard)
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .on_upgrade(move |socket| run(socket, shared))
+}
+
 /// Runs one connection to its end. Generic over the socket so tests can drive it with channels.
 ///
 /// The socket is split before the future is made, and the hello phase is a future of its own.
@@ -112,7 +135,7 @@ where
     // see the channel close when the actor lets go of the connection.
     let watch_tx = tx.downgrade();
     drop(tx);
-    if shared.registry.send(&shared, &tenant, &user, UserMsg::Attach { conn, since }).is_err() {
+    if shared.users.send(&tenant, &user, UserMsg::Attach { conn, since }).is_err() {
         return close_with(&mut sink, close::INTERNAL, "user unavailable; reconnect").await;
     }
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +268,7 @@ where
         let _ = timeout(std::time::Duration::from_secs(1), drain).await;
     }
     shared.boards.unwatch_all(id);
-    shared.registry.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id });
+    shared.users.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id });
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -345,7 +368,7 @@ fn on_text(
             }
             return match shared.boards.watch(conn, tenant, user, &board, top, watch_tx.clone()) {
                 Ok(()) => None,
-                Err(code) => Some(protocol::error(code, &format!("a connection may watch at most {} boards", crate::leaderboard::MAX_WATCHES), None)),
+                Err(code) => Some(protocol::error(code, &format!("a connection may watch at most {} boards", crate::boards::MAX_WATCHES), None)),
             };
         }
         Ok(ClientMsg::Unwatch { board }) => {
@@ -385,7 +408,7 @@ fn on_text(
     };
     let event_id = event.event_id.clone();
     let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Conn(conn), permit: ready.take().map(|conn| InFlight { conn, server }) };
-    match shared.registry.send(shared, tenant, user, msg) {
+    match shared.users.send(tenant, user, msg) {
         Ok(()) => None,
         Err(e) => Some(protocol::error("unavailable", &e.to_string(), Some(&event_id))),
     }

@@ -12,8 +12,9 @@
 use crate::core::Millis;
 use crate::plan::Push;
 use crate::protocol::rfc3339;
-use crate::server::Shared;
-use crate::store::{self, Kind, Write};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{self, Kind, Store, Write};
 use crate::clock::now_ms;
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
@@ -99,17 +100,32 @@ fn notification(id: u64, kind: &str, now: Millis, tenant: &str, user: &str, fram
     format!(r#"{{"created_at":{},"data":{frame},"id":{id},"tenant":{},"type":{},"user_id":{}}}"#, q(&rfc3339(now)), q(tenant), q(kind), q(user))
 }
 
+/// What a delivery worker works with.
+#[derive(Clone)]
+struct Io {
+    store: Store,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+}
+
 /// The endpoints of every tenant, in memory, and their workers.
 pub struct Webhooks {
     subs: DashMap<String, Arc<Vec<Sub>>>,
     workers: DashMap<(String, u64), Worker>,
-    client: reqwest::Client,
+    io: Io,
+    /// The workers stop when this turns true.
+    stop: watch::Receiver<bool>,
     /// Held by the API while it changes endpoints, one change at a time.
     pub(crate) changes: tokio::sync::Mutex<()>,
 }
 
 impl Webhooks {
-    pub fn new(timeout: Duration, ca_file: Option<&std::path::Path>) -> anyhow::Result<Webhooks> {
+    /// The HTTP client for deliveries (`--webhook-timeout-ms`, `--webhook-ca-file`); no endpoint
+    /// is in force until `start`.
+    pub fn new(store: Store, metrics: Arc<Metrics>, config: Arc<Config>, stop: watch::Receiver<bool>) -> anyhow::Result<Webhooks> {
+        let timeout = Duration::from_millis(config.webhook_timeout_ms.max(1));
+        let ca_file = config.webhook_ca_file.as_deref();
         // rustls on ring (see Cargo.toml). Installing it fails harmlessly when it is already
         // the process's provider (a second server in the same test process).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -129,7 +145,7 @@ impl Webhooks {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("Accolade-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Webhooks { subs: DashMap::new(), workers: DashMap::new(), client, changes: tokio::sync::Mutex::new(()) })
+        Ok(Webhooks { subs: DashMap::new(), workers: DashMap::new(), io: Io { store, client, metrics, config }, stop, changes: tokio::sync::Mutex::new(()) })
     }
 
     /// Whether the tenant has any endpoint (the actors' fast path: one map lookup).
@@ -170,23 +186,24 @@ impl Webhooks {
 
     /// Loads every stored endpoint and starts its worker. Outbox rows of endpoints that no
     /// longer exist (an actor that filled one while it was being deleted) are removed.
-    pub async fn start(shared: &Arc<Shared>) -> anyhow::Result<usize> {
-        let hooks: Vec<(String, u64, Hook)> = shared.store.all_of(Kind::Webhook)?;
+    pub async fn start(&self) -> anyhow::Result<usize> {
+        let store = &self.io.store;
+        let hooks: Vec<(String, u64, Hook)> = store.all_of(Kind::Webhook)?;
         for (tenant, id, hook) in &hooks {
-            shared.webhooks.add(shared, tenant, *id, hook);
+            self.add(tenant, *id, hook);
         }
-        let orphans = shared.store.outbox_orphans(|tenant, hook| shared.webhooks.workers.contains_key(&(tenant.to_string(), hook)))?;
+        let orphans = store.outbox_orphans(|tenant, hook| self.workers.contains_key(&(tenant.to_string(), hook)))?;
         if !orphans.is_empty() {
             tracing::info!(rows = orphans.len(), "outbox rows of deleted webhook endpoints removed");
-            shared.store.write(orphans).await?;
+            store.write(orphans).await?;
         }
         Ok(hooks.len())
     }
 
     /// Puts an endpoint in force: the actors start filling its outbox, and its worker runs.
-    pub fn add(&self, shared: &Arc<Shared>, tenant: &str, id: u64, hook: &Hook) {
+    pub fn add(&self, tenant: &str, id: u64, hook: &Hook) {
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(worker(shared.clone(), tenant.to_string(), id, hook.clone(), wake.clone(), shared.shutdown.subscribe()));
+        let task = tokio::spawn(worker(self.io.clone(), tenant.to_string(), id, hook.clone(), wake.clone(), self.stop.clone()));
         self.workers.insert((tenant.to_string(), id), Worker { wake: wake.clone(), task });
         let mut subs: Vec<Sub> = self.subs.get(tenant).map(|s| s.to_vec()).unwrap_or_default();
         subs.push(Sub { id, events: hook.events.clone(), wake });
@@ -363,17 +380,17 @@ pub fn after_attempt(mut p: Pending, a: Attempt, now: Millis, failures: &mut u32
 /// Delivers an endpoint's outbox in order, until shutdown or until the endpoint is removed.
 /// A failure backs off the whole endpoint (its oldest notification is retried first), so the
 /// order of deliveries to one endpoint is the order the notifications were made in.
-async fn worker(shared: Arc<Shared>, tenant: String, id: u64, hook: Hook, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn worker(io: Io, tenant: String, id: u64, hook: Hook, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     use std::sync::atomic::Ordering::Relaxed;
-    let policy = Policy::of(&shared.config);
-    let m = &shared.metrics;
+    let policy = Policy::of(&io.config);
+    let m = &io.metrics;
     let mut failures = 0u32;
     let mut since_trim = 0usize;
     loop {
         if *stop.borrow_and_update() {
             return;
         }
-        let next: Vec<(u64, Pending)> = shared.store.outbox(&tenant, id, 1).unwrap_or_else(|e| {
+        let next: Vec<(u64, Pending)> = io.store.outbox(&tenant, id, 1).unwrap_or_else(|e| {
             tracing::error!(tenant, hook = id, error = %e, "reading a webhook outbox failed");
             vec![]
         });
@@ -397,7 +414,7 @@ async fn worker(shared: Arc<Shared>, tenant: String, id: u64, hook: Hook, wake: 
             }
             Step::Attempt => {
                 let a = tokio::select! {
-                    a = attempt(&shared.webhooks.client, &hook, nid, &p) => a,
+                    a = attempt(&io.client, &hook, nid, &p) => a,
                     _ = stop.changed() => return,
                 };
                 if let Some(e) = &a.error {
@@ -414,7 +431,7 @@ async fn worker(shared: Arc<Shared>, tenant: String, id: u64, hook: Hook, wake: 
             }
             Err(retry) => vec![store::writes::outbox(&tenant, id, nid, retry)],
         };
-        if let Err(e) = shared.store.write(writes).await {
+        if let Err(e) = io.store.write(writes).await {
             tracing::error!(tenant, hook = id, error = %e, "recording a webhook delivery failed");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -426,9 +443,9 @@ async fn worker(shared: Arc<Shared>, tenant: String, id: u64, hook: Hook, wake: 
             since_trim += 1;
             if since_trim >= 64 {
                 since_trim = 0;
-                match shared.store.hook_log_trim(&tenant, id, shared.config.webhook_log_keep) {
+                match io.store.hook_log_trim(&tenant, id, io.config.webhook_log_keep) {
                     Ok(w) if !w.is_empty() => {
-                        let _ = shared.store.write(w).await;
+                        let _ = io.store.write(w).await;
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(tenant, hook = id, error = %e, "trimming a webhook log failed"),

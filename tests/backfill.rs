@@ -72,7 +72,7 @@ async fn a_backfill_over_ten_thousand_users_survives_a_restart_and_awards_each_o
     let owners = tokio::task::spawn_blocking(move || {
         let mut owners = 0;
         for i in 0..USERS {
-            let st = current_state(&shared, "demo", &format!("u{i:05}")).unwrap();
+            let st = current_state(&shared.store, &shared.catalogues, "demo", &format!("u{i:05}")).unwrap();
             match st.badges.get("special-one") {
                 Some(r) => {
                     assert!(i % 3 == 0, "u{i:05} does not qualify");

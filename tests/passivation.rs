@@ -21,7 +21,7 @@ fn video(id: &str, seconds: f64) -> Event {
 
 async fn ingest(shared: &Arc<server::Shared>, e: Event) -> IngestOutcome {
     let (tx, rx) = oneshot::channel();
-    shared.registry.send(shared, "demo", "pat", UserMsg::Event { event: e, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None }).unwrap();
+    shared.users.send("demo", "pat", UserMsg::Event { event: e, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None }).unwrap();
     rx.await.unwrap()
 }
 
@@ -41,23 +41,23 @@ async fn an_idle_actor_passivates_and_comes_back_intact() {
 
     let out = ingest(&shared, video("p1", 1200.0)).await;
     assert_eq!((out.status, out.xp), ("accepted", 160));
-    assert_eq!(shared.registry.active(), 1);
+    assert_eq!(shared.users.active(), 1);
 
     // Not before the idle time...
     tokio::time::advance(Duration::from_secs(100)).await;
     settle().await;
-    assert_eq!(shared.registry.active(), 1, "passivated too early");
+    assert_eq!(shared.users.active(), 1, "passivated too early");
     // ...but after it (plus the check interval and the snapshot's own round trip).
     for _ in 0..20 {
         tokio::time::advance(Duration::from_secs(30)).await;
         settle().await;
-        if shared.registry.active() == 0 {
+        if shared.users.active() == 0 {
             break;
         }
         // Wait for the persister thread (real time) to finish the snapshot.
         shared.store.sync().await.unwrap();
     }
-    assert_eq!(shared.registry.active(), 0, "the idle actor did not stop");
+    assert_eq!(shared.users.active(), 0, "the idle actor did not stop");
     assert_eq!(shared.metrics.passivated.load(Ordering::Relaxed), 1);
 
     // The next event revives the user from sled with everything it had.
@@ -65,7 +65,7 @@ async fn an_idle_actor_passivates_and_comes_back_intact() {
     assert_eq!((out.status, out.xp), ("accepted", 3));
     let (tx, mut rx) = mpsc::channel(16);
     let conn = Conn { id: 1, tx, slow: Arc::new(Notify::new()), closing: Default::default() };
-    shared.registry.send(&shared, "demo", "pat", UserMsg::Attach { conn, since: None }).unwrap();
+    shared.users.send("demo", "pat", UserMsg::Attach { conn, since: None }).unwrap();
     let welcome: serde_json::Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
     assert_eq!(welcome["xp"], 163);
     let badges: Vec<&str> = welcome["badges"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
@@ -75,5 +75,5 @@ async fn an_idle_actor_passivates_and_comes_back_intact() {
     // A connected user is never passivated.
     tokio::time::advance(Duration::from_secs(600)).await;
     settle().await;
-    assert_eq!(shared.registry.active(), 1);
+    assert_eq!(shared.users.active(), 1);
 }

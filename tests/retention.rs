@@ -14,7 +14,7 @@ async fn ingest(shared: &Arc<server::Shared>, user: &str, id: &str) -> IngestOut
     e.user_id = user.into();
     e.tenant_id = "demo".into();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    shared.registry.send(shared, "demo", user, UserMsg::Event { event: e, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None }).unwrap();
+    shared.users.send("demo", user, UserMsg::Event { event: e, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None }).unwrap();
     rx.await.unwrap()
 }
 

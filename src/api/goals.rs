@@ -5,7 +5,8 @@
 use super::{bad, internal, json_body, not_found, ErrorBody, Tenant};
 use crate::core::goal::{self, GoalSpec, GoalStatus};
 use crate::protocol::rfc3339;
-use crate::server::{ApiError, Shared};
+use crate::api::ApiError;
+use crate::shared::Shared;
 use crate::store::GoalRecord;
 use crate::records::GoalOp;
 use crate::clock::now_ms;
@@ -87,7 +88,7 @@ fn valid_user(field: &str, v: &str) -> Result<(), ApiError> {
 
 async fn to_assignee(shared: &Arc<Shared>, tenant: &str, assignee: &str, op: GoalOp) -> Result<Result<Option<GoalRecord>, String>, ApiError> {
     let (tx, rx) = oneshot::channel();
-    shared.registry.send(shared, tenant, assignee, UserMsg::Goal { op, reply: tx }).map_err(internal)?;
+    shared.users.send(tenant, assignee, UserMsg::Goal { op, reply: tx }).map_err(internal)?;
     rx.await.map_err(|_| internal("the assignee's actor stopped"))
 }
 

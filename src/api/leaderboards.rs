@@ -5,9 +5,10 @@
 use super::{bad, internal, json_body, not_found, ErrorBody, Tenant};
 use crate::core::catalogue::{BoardDef, BoardMetric};
 use crate::core::Catalogue;
-use crate::leaderboard::{Row, MAX_TOP};
+use crate::ranking::{Row, MAX_TOP};
 use crate::protocol::rfc3339;
-use crate::server::{ApiError, Shared};
+use crate::api::ApiError;
+use crate::shared::Shared;
 use crate::store::BoardKey;
 use crate::clock::now_ms;
 use axum::body::Bytes;

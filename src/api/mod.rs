@@ -9,7 +9,7 @@ use crate::backfill::{self, JobRecord, PreviewReport};
 use crate::catalogues::{Change, ChangeError, StoredCatalogue};
 use crate::core::{CatalogueError, Event, Millis};
 use crate::protocol::{self, rfc3339};
-use crate::server::{ApiError, Shared};
+use crate::shared::Shared;
 use crate::store::{self, Kind};
 use crate::clock::now_ms;
 use crate::user::{IngestOutcome, Origin, UserMsg, UserView};
@@ -32,7 +32,10 @@ pub const MAX_BATCH: usize = 1000;
 
 mod goals;
 mod leaderboards;
+mod operations;
 mod webhooks;
+
+pub use operations::{healthz, metrics, readyz};
 /// The largest request body, in bytes (a full batch of ordinary events fits many times over).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
@@ -71,6 +74,16 @@ pub fn routes() -> Router<Arc<Shared>> {
 // ---------------------------------------------------------------------------------------------
 // Authentication and errors
 // ---------------------------------------------------------------------------------------------
+
+/// A JSON error body with a status, for every HTTP error a client can cause.
+pub struct ApiError(pub StatusCode, pub &'static str, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1, "message": self.2 }))).into_response()
+    }
+}
+
 
 /// The tenant an API key belongs to.
 pub struct Tenant(pub String);
@@ -258,7 +271,7 @@ async fn submit(shared: &Arc<Shared>, tenant: &str, event: Event) -> tokio::sync
     let (tx, rx) = tokio::sync::oneshot::channel();
     let user = event.user_id.clone();
     let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None };
-    if let Err(e) = shared.registry.send(shared, tenant, &user, msg) {
+    if let Err(e) = shared.users.send(tenant, &user, msg) {
         tracing::warn!(error = %e, "ingest could not reach the user's actor");
     }
     rx
@@ -562,7 +575,7 @@ async fn change(shared: Arc<Shared>, tenant: String, change: Change, q: ChangeQu
     tracing::info!(tenant = %tenant, version = cand.catalogue.version, changed = cand.changed_badges.len(), "catalogue changed");
     let wants = !cand.changed_badges.is_empty() || !cand.new_stats.is_empty();
     let job = if wants && q.backfill.unwrap_or(true) {
-        match backfill::start(&shared, &tenant, &cand, q.notify.unwrap_or(false)).await {
+        match shared.backfills.start(&tenant, &cand, q.notify.unwrap_or(false)).await {
             Ok(j) => Some(j),
             Err(e) => return internal(e).into_response(),
         }
@@ -658,7 +671,7 @@ async fn preview(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body
         Err(e) => return change_error(e),
     };
     let s = shared.clone();
-    match tokio::task::spawn_blocking(move || backfill::preview(&s, &tenant, &cand)).await {
+    match tokio::task::spawn_blocking(move || s.backfills.preview(&tenant, &cand)).await {
         Ok(Ok(report)) => Json(report).into_response(),
         Ok(Err(e)) => internal(e).into_response(),
         Err(e) => internal(e).into_response(),
@@ -695,7 +708,7 @@ async fn get_job(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "catalogue", params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 async fn cancel_job(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>) -> Result<Json<JobRecord>, ApiError> {
-    backfill::cancel(&shared, &tenant, id).await.map_err(internal)?.map(Json).ok_or_else(|| not_found("not_found", format!("no job {id}")))
+    shared.backfills.cancel(&tenant, id).await.map_err(internal)?.map(Json).ok_or_else(|| not_found("not_found", format!("no job {id}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -713,7 +726,7 @@ async fn ask<T: Send + 'static>(shared: &Arc<Shared>, tenant: &str, user: &str, 
     if let Some(why) = shared.store.failure() {
         return Err(internal(crate::store::StoreError::Failed(why.to_string())));
     }
-    if !shared.registry.is_active(tenant, user) {
+    if !shared.users.is_active(tenant, user) {
         let (store, t, u) = (shared.store.clone(), tenant.to_string(), user.to_string());
         let known = tokio::task::spawn_blocking(move || store.has_user(&t, &u)).await.map_err(internal)?.map_err(internal)?;
         if !known {
@@ -724,7 +737,7 @@ async fn ask<T: Send + 'static>(shared: &Arc<Shared>, tenant: &str, user: &str, 
     let q: crate::user::Query = Box::new(move |view| {
         let _ = tx.send(f(view));
     });
-    shared.registry.send(shared, tenant, user, UserMsg::Query(q)).map_err(internal)?;
+    shared.users.send(tenant, user, UserMsg::Query(q)).map_err(internal)?;
     match rx.await {
         Ok(v) => Ok(v),
         Err(_) => Err(why_down(shared, tenant, user).await),
@@ -970,7 +983,7 @@ impl utoipa::Modify for Security {
         leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
         goals::create, goals::list, goals::get, goals::cancel,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::retry,
-        crate::server::healthz, crate::server::readyz, crate::server::metrics_doc
+        operations::healthz, operations::readyz, operations::metrics
     ),
     components(schemas(ErrorBody, Change, backfill::JobStatus, backfill::BadgePreview)),
     modifiers(&Security),

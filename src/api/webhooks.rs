@@ -4,7 +4,8 @@
 
 use super::{bad, internal, json_body, not_found, ErrorBody, Tenant};
 use crate::protocol::rfc3339;
-use crate::server::{ApiError, Shared};
+use crate::api::ApiError;
+use crate::shared::Shared;
 use crate::store::{self, Kind};
 use crate::clock::now_ms;
 use crate::webhooks::{new_secret, Attempt, Finished, Hook, Pending, KINDS, MAX_HOOKS};
@@ -116,7 +117,7 @@ pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
     let id = shared.store.next_id().map_err(internal)?;
     let hook = Hook { url: w.url, events, secret: new_secret().map_err(internal)?, description, created_at: now_ms() };
     shared.store.write(vec![store::writes::put(Kind::Webhook, &tenant, id, &hook)]).await.map_err(internal)?;
-    shared.webhooks.add(&shared, &tenant, id, &hook);
+    shared.webhooks.add(&tenant, id, &hook);
     tracing::info!(tenant, webhook = id, url = %hook.url, "webhook endpoint registered");
     let secret = hook.secret.clone();
     Ok((StatusCode::CREATED, Json(WebhookDoc { secret: Some(secret), ..doc(&shared, &tenant, id, hook)? })))

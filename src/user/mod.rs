@@ -12,14 +12,17 @@ mod registry;
 pub use msg::*;
 pub use registry::*;
 
-use crate::backfill::BackfillSpec;
 use crate::core::{apply, Catalogue, Effect, Event, Millis, UserState};
 use crate::clock::now_ms;
 use crate::plan::{self, Cursor};
 use crate::records::GoalOp;
 use crate::protocol::{self, Frame, Since};
-use crate::server::Shared;
-use crate::store::{self, StoredEvent};
+use crate::boards::Boards;
+use crate::catalogues::Catalogues;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{self, Store, StoredEvent};
+use crate::webhooks::Webhooks;
 use futures_util::future::Either;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::VecDeque;
@@ -90,21 +93,42 @@ pub struct NoticeMsg {
 /// method, so that the plan may borrow the cursor and the throttle mutably beside it.
 macro_rules! planner {
     ($u:expr, $cat:expr) => {
-        plan::Planner { tenant: &$u.tenant, user: &$u.user, epoch: &$u.epoch, cat: &$cat, snapshot_every: $u.shared.config.snapshot_every }
+        plan::Planner { tenant: &$u.tenant, user: &$u.user, epoch: &$u.epoch, cat: &$cat, snapshot_every: $u.env.config.snapshot_every }
     };
 }
 
-pub struct UserActor;
+/// The handles every user actor of this process works with: nothing else of the server.
+pub struct Env {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub catalogues: Arc<Catalogues>,
+    pub metrics: Arc<Metrics>,
+    /// Live rankings, updated once a score is durable.
+    pub boards: Arc<Boards>,
+    /// Endpoints whose outboxes an event's notifications go to.
+    pub webhooks: Arc<Webhooks>,
+}
 
-pub struct UserArgs {
-    pub shared: Arc<Shared>,
-    pub tenant: String,
-    pub user: String,
-    pub inflight: Arc<AtomicU64>,
+impl Env {
+    /// The tenant's catalogue in force.
+    fn catalogue(&self, tenant: &str) -> Option<Arc<Catalogue>> {
+        self.catalogues.current(tenant)
+    }
+}
+
+struct UserActor;
+
+struct UserArgs {
+    env: Arc<Env>,
+    registry: Arc<Registry>,
+    tenant: String,
+    user: String,
+    inflight: Arc<AtomicU64>,
 }
 
 pub struct User {
-    shared: Arc<Shared>,
+    env: Arc<Env>,
+    registry: Arc<Registry>,
     tenant: String,
     user: String,
     inflight: Arc<AtomicU64>,
@@ -136,21 +160,22 @@ impl Actor for UserActor {
     type Arguments = UserArgs;
 
     async fn pre_start(&self, _: ActorRef<UserMsg>, a: UserArgs) -> Result<User, ActorProcessingErr> {
-        if a.shared.catalogue(&a.tenant).is_none() {
+        if a.env.catalogue(&a.tenant).is_none() {
             return Err(format!("tenant `{}` has no catalogue", a.tenant).into());
         }
-        let (shared, t, u) = (a.shared.clone(), a.tenant.clone(), a.user.clone());
+        let (env, t, u) = (a.env.clone(), a.tenant.clone(), a.user.clone());
         // sled reads can touch the disk, so they run on the blocking pool. The event log is the
         // durable truth after the snapshot: it is replayed with each event's own receive time
         // and catalogue version, which rebuilds exactly the state that was acknowledged.
-        let r = tokio::task::spawn_blocking(move || crate::replay::restore(&shared.store, &shared.catalogues, &t, &u)).await??;
+        let r = tokio::task::spawn_blocking(move || crate::replay::restore(&env.store, &env.catalogues, &t, &u)).await??;
         let (st, snap_seq) = (r.state, r.snap_seq);
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
-        a.shared.metrics.actors.fetch_add(1, Ordering::Relaxed);
-        let throttle_ms = a.shared.config.progress_throttle_ms;
+        a.env.metrics.actors.fetch_add(1, Ordering::Relaxed);
+        let throttle_ms = a.env.config.progress_throttle_ms;
         Ok(User {
-            shared: a.shared,
+            env: a.env,
+            registry: a.registry,
             tenant: a.tenant,
             user: a.user,
             inflight: a.inflight,
@@ -227,7 +252,7 @@ impl Actor for UserActor {
                     u.snapshot(&myself);
                     // A sync completes after everything submitted before it, so once it is done the
                     // snapshot (and everything before it) is on disk.
-                    let _ = u.shared.store.sync().await;
+                    let _ = u.env.store.sync().await;
                     let _ = reply.send(());
                     myself.stop(None);
                 }
@@ -319,12 +344,12 @@ impl User {
     /// changes nothing (counted here). Fails only when the user cannot go on (its catalogue is
     /// gone, or the store could not be read).
     fn evaluate(&mut self, event: &Event, received_at: Millis) -> Result<Evaluated, ActorProcessingErr> {
-        let m = &self.shared.metrics;
+        let m = &self.env.metrics;
         // Ids older than the state's own recent-id window are found in the dedup tree, which
         // keeps them for as long as the event is retained. A store that has failed answers
         // nothing: its trees may hold an id whose write the disk refused, and acking that as a
         // duplicate would lose the event (the client drops what is acked).
-        let seen = match self.shared.store.seen(&self.tenant, &event.event_id) {
+        let seen = match self.env.store.seen(&self.tenant, &event.event_id) {
             Ok(seen) => seen,
             Err(store::StoreError::Failed(why)) => {
                 m.storage_failed.fetch_add(1, Ordering::Relaxed);
@@ -344,7 +369,7 @@ impl User {
             m.duplicates.fetch_add(1, Ordering::Relaxed);
             return Ok(Err(Unchanged::Duplicate));
         }
-        let Some(cat) = self.shared.catalogue(&self.tenant) else { return Err("the tenant's catalogue is gone".into()) };
+        let Some(cat) = self.env.catalogue(&self.tenant) else { return Err("the tenant's catalogue is gone".into()) };
         let started = std::time::Instant::now();
         let fx = apply(&mut self.st, event, received_at, &cat);
         m.rule_eval.record(started.elapsed());
@@ -367,7 +392,7 @@ impl User {
     /// Executes a plan: its writes as one job, and once they are durable `before`, the plan's
     /// pushes, then `after`.
     fn perform(&mut self, myself: &ActorRef<UserMsg>, plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
-        self.shared.metrics.unlocks.fetch_add(plan.unlocks.len() as u64, Ordering::Relaxed);
+        self.env.metrics.unlocks.fetch_add(plan.unlocks.len() as u64, Ordering::Relaxed);
         before.extend(plan.pushes.into_iter().map(Delivery::Push));
         before.extend(after);
         self.enqueue(myself, plan.writes, before);
@@ -384,7 +409,7 @@ impl User {
             Waiting::Query(q) => {
                 // The live state is not aligned to a new catalogue here (only by the next
                 // event), so that replaying the log rebuilds it exactly.
-                if let Some(catalogue) = self.shared.catalogue(&self.tenant) {
+                if let Some(catalogue) = self.env.catalogue(&self.tenant) {
                     q(UserView { state: &self.st, catalogue: &catalogue, seq: self.cur.seq, offset: self.cur.offset });
                 }
             }
@@ -408,7 +433,7 @@ impl User {
     /// A goal operation: applied by the core, logged, and the goal's record rewritten, all in
     /// one batch; the reply goes out once it is durable.
     fn goal(&mut self, myself: &ActorRef<UserMsg>, op: GoalOp, reply: oneshot::Sender<Result<Option<store::GoalRecord>, String>>) {
-        let Some(cat) = self.shared.catalogue(&self.tenant) else {
+        let Some(cat) = self.env.catalogue(&self.tenant) else {
             let _ = reply.send(Err("the tenant's catalogue is gone".into()));
             return;
         };
@@ -437,7 +462,7 @@ impl User {
 
     /// A notice for this user: logged with its id (so a repeat is recognised) and pushed.
     fn notice(&mut self, myself: &ActorRef<UserMsg>, n: NoticeMsg) {
-        match self.shared.store.seen(&self.tenant, &n.id) {
+        match self.env.store.seen(&self.tenant, &n.id) {
             Ok(Some(_)) => {
                 let _ = n.reply.send(Ok(()));
                 return;
@@ -448,7 +473,7 @@ impl User {
                 return;
             }
         }
-        let Some(cat) = self.shared.catalogue(&self.tenant) else {
+        let Some(cat) = self.env.catalogue(&self.tenant) else {
             let _ = n.reply.send(Err("the tenant's catalogue is gone".into()));
             return;
         };
@@ -461,7 +486,7 @@ impl User {
     /// make the same award; the core makes an award once per period, so a close retried after
     /// a crash awards nothing twice.
     fn award(&mut self, myself: &ActorRef<UserMsg>, board: &str, period: &str, rank: usize, reply: oneshot::Sender<Result<bool, String>>) {
-        let Some(cat) = self.shared.catalogue(&self.tenant) else {
+        let Some(cat) = self.env.catalogue(&self.tenant) else {
             let _ = reply.send(Err("the tenant's catalogue is gone".into()));
             return;
         };
@@ -490,8 +515,8 @@ impl User {
         spec: &BackfillSpec,
         reply: oneshot::Sender<Result<u32, String>>,
     ) -> Result<(), (oneshot::Sender<Result<u32, String>>, String)> {
-        let Some(cat) = self.shared.catalogue(&self.tenant) else { return Err((reply, "the tenant's catalogue is gone".into())) };
-        let store = self.shared.store.clone();
+        let Some(cat) = self.env.catalogue(&self.tenant) else { return Err((reply, "the tenant's catalogue is gone".into())) };
+        let store = self.env.store.clone();
         let (t, u) = (self.tenant.clone(), self.user.clone());
         // Nothing is in flight, so the stored log holds exactly the events this state has seen.
         let log = match tokio::task::spawn_blocking(move || store.events_after(&t, &u, 0, usize::MAX)).await {
@@ -540,9 +565,9 @@ impl User {
     fn enqueue(&mut self, myself: &ActorRef<UserMsg>, mut writes: Vec<store::Write>, mut deliveries: Vec<Delivery>) {
         // Webhook notifications go into the same batch as the pushes that announce them, so
         // one is durable exactly when the other is. Only tenants with endpoints pay for this.
-        if !writes.is_empty() && self.shared.webhooks.any(&self.tenant) {
+        if !writes.is_empty() && self.env.webhooks.any(&self.tenant) {
             let pushes = deliveries.iter().filter_map(|d| if let Delivery::Push(p) = d { Some(p) } else { None });
-            let (outbox, wake) = self.shared.webhooks.outbox_writes(&self.shared.store, &self.tenant, &self.user, pushes);
+            let (outbox, wake) = self.env.webhooks.outbox_writes(&self.env.store, &self.tenant, &self.user, pushes);
             if !outbox.is_empty() {
                 writes.extend(outbox);
                 deliveries.push(Delivery::Wake(wake));
@@ -559,7 +584,7 @@ impl User {
         let job = self.next_job;
         self.pending.push_back((job, deliveries));
         let me = myself.clone();
-        let submitted = self.shared.store.submit_user(&self.tenant, &self.user, writes, move |result| {
+        let submitted = self.env.store.submit_user(&self.tenant, &self.user, writes, move |result| {
             let _ = me.send_message(UserMsg::Durable { job, result });
         });
         match submitted {
@@ -583,7 +608,7 @@ impl User {
             // read: after a failed write, only a restarted server can). No ack was sent for the
             // lost events, so clients retry them.
             let lost = self.pending.iter().flat_map(|(_, ds)| ds).filter(|d| matches!(d, Delivery::Accepted)).count();
-            self.shared.metrics.storage_failed.fetch_add(lost as u64, Ordering::Relaxed);
+            self.env.metrics.storage_failed.fetch_add(lost as u64, Ordering::Relaxed);
             // Whoever waits on a lost job is told why now, rather than by a dropped channel:
             // an HTTP sender learns its event is `unavailable` (send it again), the others get
             // the error itself. Nothing durable is claimed, and nothing is counted twice.
@@ -592,7 +617,7 @@ impl User {
                     refuse(d, &e);
                 }
             }
-            if self.shared.store.failure().is_some() {
+            if self.env.store.failure().is_some() {
                 for c in &self.conns {
                     let _ = c.closing.set((protocol::close::INTERNAL, "storage failed; reconnect later"));
                 }
@@ -641,9 +666,9 @@ impl User {
             }
             Delivery::Release(_) => {}
             Delivery::Accepted => {
-                self.shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+                self.env.metrics.accepted.fetch_add(1, Ordering::Relaxed);
             }
-            Delivery::Observe(arrived) => self.shared.metrics.event_to_push.record(arrived.elapsed()),
+            Delivery::Observe(arrived) => self.env.metrics.event_to_push.record(arrived.elapsed()),
             Delivery::Backfilled(reply, n) => {
                 let _ = reply.send(Ok(n));
             }
@@ -659,9 +684,9 @@ impl User {
             Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
             Delivery::Board(key, entry, left) => {
                 if let Some(old) = left {
-                    self.shared.boards.remove(&old, &self.user);
+                    self.env.boards.remove(&old, &self.user);
                 }
-                self.shared.boards.set(key, &self.user, &entry);
+                self.env.boards.set(key, &self.user, &entry);
             }
         }
     }
@@ -671,12 +696,12 @@ impl User {
     fn send_to(&mut self, i: usize, f: Frame) -> bool {
         match self.conns[i].tx.try_send(f) {
             Ok(()) => {
-                self.shared.metrics.pushes.fetch_add(1, Ordering::Relaxed);
+                self.env.metrics.pushes.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.conns[i].slow.notify_one();
-                self.shared.metrics.slow_closed.fetch_add(1, Ordering::Relaxed);
+                self.env.metrics.slow_closed.fetch_add(1, Ordering::Relaxed);
                 self.conns.swap_remove(i);
                 false
             }
@@ -688,13 +713,13 @@ impl User {
     }
 
     async fn attach(&mut self, conn: Conn, since: Option<Since>) {
-        if self.conns.len() >= self.shared.config.connections_per_user {
+        if self.conns.len() >= self.env.config.connections_per_user {
             // The error goes out first, then the close: dropping `conn` ends the session's queue.
             let _ = conn.tx.try_send(protocol::error("too_many_connections", "this user has too many open connections", None));
             let _ = conn.closing.set((protocol::close::TOO_MANY, "too many connections for this user"));
             return;
         }
-        let Some(cat) = self.shared.catalogue(&self.tenant) else { return };
+        let Some(cat) = self.env.catalogue(&self.tenant) else { return };
         let mut replay = Vec::new();
         let mut recovered = false;
         if let Some(s) = since
@@ -704,18 +729,18 @@ impl User {
             if s.offset == self.cur.offset {
                 recovered = true;
             } else {
-                let store = self.shared.store.clone();
+                let store = self.env.store.clone();
                 let (t, u, from) = (self.tenant.clone(), self.user.clone(), s.offset);
-                let oldest_ok = now_ms() - self.shared.config.history_hours as Millis * 3_600_000;
+                let oldest_ok = now_ms() - self.env.config.history_hours as Millis * 3_600_000;
                 // Enough events to hold the history however few pushes each caused.
-                let scan = (self.shared.config.history_size as usize).saturating_mul(4).max(64);
+                let scan = (self.env.config.history_size as usize).saturating_mul(4).max(64);
                 if let Ok(Ok(pushes)) = tokio::task::spawn_blocking(move || store.pushes_after(&t, &u, from, scan)).await {
                     // Recovery is complete only if the stored history still starts right after
                     // the client's offset and nothing in between is too old.
                     // ...and the gap is within the history's size.
                     recovered = pushes.first().is_some_and(|p| p.0 == from + 1)
                         && pushes.iter().all(|p| p.1 >= oldest_ok)
-                        && self.cur.offset - from <= self.shared.config.history_size;
+                        && self.cur.offset - from <= self.env.config.history_size;
                     if recovered {
                         replay = pushes.into_iter().filter(|p| p.0 <= self.cur.offset).map(|p| Frame::from(p.2)).collect();
                     }
@@ -735,7 +760,7 @@ impl User {
     }
 
     fn maybe_passivate(&mut self, myself: &ActorRef<UserMsg>) {
-        let idle = self.last_activity.elapsed() >= self.shared.config.passivate_after();
+        let idle = self.last_activity.elapsed() >= self.env.config.passivate_after();
         if !idle || !self.conns.is_empty() || !self.waiting.is_empty() || !self.pending.is_empty() {
             return;
         }
@@ -745,8 +770,8 @@ impl User {
             return;
         }
         // Leave the registry only if no message is on its way to us; otherwise stay alive.
-        if self.shared.registry.remove_if_idle(&self.tenant, &self.user, myself.get_id(), &self.inflight) {
-            self.shared.metrics.passivated.fetch_add(1, Ordering::Relaxed);
+        if self.registry.remove_if_idle(&self.tenant, &self.user, myself.get_id(), &self.inflight) {
+            self.env.metrics.passivated.fetch_add(1, Ordering::Relaxed);
             myself.stop(Some("passivated".into()));
         }
     }
@@ -754,7 +779,7 @@ impl User {
 
 impl Drop for User {
     fn drop(&mut self) {
-        self.shared.metrics.actors.fetch_sub(1, Ordering::Relaxed);
+        self.env.metrics.actors.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

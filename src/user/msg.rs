@@ -4,12 +4,21 @@
 use crate::core::{Event, Millis, UserState, Catalogue};
 use crate::protocol::{Frame, Since};
 use crate::records::GoalOp;
-use crate::backfill::BackfillSpec;
 use crate::store;
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
+
+/// What one backfill asks of each user's actor.
+#[derive(Debug, Clone)]
+pub struct BackfillSpec {
+    pub job: u64,
+    pub badges: Vec<String>,
+    pub new_stats: Vec<u64>,
+    /// Push the awards to the user's open sockets (and recovery history) like live ones.
+    pub notify: bool,
+}
 
 /// A connection as the actor sees it: where to write, and how to tell it it is too slow.
 #[derive(Clone, Debug)]

@@ -1,9 +1,9 @@
-//! The registry that finds or spawns a user's actor, the supervisor that forgets an actor that
+//! The user actors of this process as the rest of the server sees them (`Users`): the
+//! registry that finds or spawns a user's actor, the supervisor that forgets an actor that
 //! stopped or failed (so the next message revives the user from sled), and the passivation
 //! clock that ticks every actor in memory.
 
-use super::{counted, UserActor, UserArgs, UserMsg};
-use crate::server::Shared;
+use super::{counted, Env, UserActor, UserArgs, UserMsg};
 use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, MessagingErr, SupervisionEvent};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ struct Entry {
 /// Finds or spawns the actor of a user. A user's state lives behind one key (`tenant \0 user`),
 /// so it can later be partitioned across servers by that key.
 #[derive(Default)]
-pub struct Registry {
+pub(super) struct Registry {
     map: DashMap<String, Entry>,
     by_id: DashMap<ractor::ActorId, String>,
 }
@@ -37,23 +37,23 @@ pub enum SendError {
 
 impl Registry {
     /// Asks every actor in memory to check whether it is idle enough to passivate.
-    pub fn tick(&self) {
+    fn tick(&self) {
         for e in self.map.iter() {
             let _ = e.actor.send_message(UserMsg::Tick);
         }
     }
 
-    pub fn active(&self) -> usize {
+    fn active(&self) -> usize {
         self.map.len()
     }
 
     /// Whether the user has an actor in memory.
-    pub fn is_active(&self, tenant: &str, user: &str) -> bool {
+    fn is_active(&self, tenant: &str, user: &str) -> bool {
         self.map.contains_key(&key(tenant, user))
     }
 
     /// Sends a message to a user's actor, spawning it (linked to `supervisor`) if needed.
-    pub fn send(&self, shared: &Arc<Shared>, tenant: &str, user: &str, mut msg: UserMsg) -> Result<(), SendError> {
+    fn send(self: &Arc<Self>, env: &Arc<Env>, supervisor: &ActorCell, tenant: &str, user: &str, mut msg: UserMsg) -> Result<(), SendError> {
         let k = key(tenant, user);
         for _ in 0..4 {
             if let Some(e) = self.map.get(&k) {
@@ -80,8 +80,8 @@ impl Registry {
             }
             self.map.entry(k.clone()).or_try_insert_with(|| {
                 let inflight = Arc::new(AtomicU64::new(0));
-                let args = UserArgs { shared: shared.clone(), tenant: tenant.to_string(), user: user.to_string(), inflight: inflight.clone() };
-                let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(None, UserActor, args, shared.supervisor.clone())
+                let args = UserArgs { env: env.clone(), registry: self.clone(), tenant: tenant.to_string(), user: user.to_string(), inflight: inflight.clone() };
+                let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(None, UserActor, args, supervisor.clone())
                     .map_err(|e| SendError::Spawn(e.to_string()))?;
                 self.by_id.insert(actor.get_id(), k.clone());
                 Ok::<_, SendError>(Entry { actor, inflight })
@@ -91,7 +91,7 @@ impl Registry {
     }
 
     /// Sends only to a running actor (used for detach, which must not revive a user).
-    pub fn send_existing(&self, tenant: &str, user: &str, msg: UserMsg) {
+    fn send_existing(&self, tenant: &str, user: &str, msg: UserMsg) {
         if let Some(e) = self.map.get(&key(tenant, user)) {
             if counted(&msg) {
                 e.inflight.fetch_add(1, Ordering::AcqRel);
@@ -119,7 +119,7 @@ impl Registry {
     /// Asks every actor to snapshot and stop, and waits until they have all ended (bounded by
     /// the caller). Repeats while actors remain, since a message already on its way (a backfill
     /// step, say) can revive a user after the first round.
-    pub async fn stop_all(&self) {
+    async fn stop_all(&self) {
         while !self.map.is_empty() {
             let actors: Vec<ActorRef<UserMsg>> = self.map.iter().map(|e| e.actor.clone()).collect();
             let mut waits = Vec::new();
@@ -143,7 +143,7 @@ impl Registry {
 
 /// The parent of every user actor: when one stops or fails it is forgotten, so the next
 /// message for that user starts a fresh actor from durable state.
-pub struct Supervisor;
+struct Supervisor;
 
 impl Actor for Supervisor {
     type Msg = ();
@@ -171,15 +171,56 @@ impl Actor for Supervisor {
 /// actor in memory gets a `Tick`. One task for all actors: a ractor `send_interval` per actor was
 /// a task and a timer each, about 370 bytes of every connected user (heaptrack; bench/README.md,
 /// fix 13), for a check that a connected user always passes.
-pub async fn passivation_clock(registry: Arc<Registry>, every: std::time::Duration, stop: tokio::sync::watch::Receiver<bool>) {
-    crate::server::every(every, stop, || {
+async fn passivation_clock(registry: Arc<Registry>, every: std::time::Duration, stop: tokio::sync::watch::Receiver<bool>) {
+    crate::clock::every(every, stop, || {
         registry.tick();
         std::future::ready(())
     })
     .await
 }
 
-pub async fn start_supervisor(registry: Arc<Registry>) -> anyhow::Result<ActorCell> {
-    let (sup, _) = Actor::spawn(None, Supervisor, registry).await?;
-    Ok(sup.get_cell())
+/// The user actors of this process: the one way the rest of the server reaches a user. Cheap
+/// to clone; every clone is the same registry.
+#[derive(Clone)]
+pub struct Users {
+    registry: Arc<Registry>,
+    env: Arc<Env>,
+    supervisor: ActorCell,
+}
+
+impl Users {
+    /// Starts the supervisor and the passivation clock (which runs until `stop`).
+    pub async fn start(env: Env, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Users> {
+        let registry = Arc::new(Registry::default());
+        let (sup, _) = Actor::spawn(None, Supervisor, registry.clone()).await?;
+        let tick = (env.config.passivate_after() / 4).max(std::time::Duration::from_millis(250));
+        tokio::spawn(passivation_clock(registry.clone(), tick, stop));
+        Ok(Users { registry, env: Arc::new(env), supervisor: sup.get_cell() })
+    }
+
+    /// Sends a message to a user's actor, starting the actor from durable state if needed.
+    pub fn send(&self, tenant: &str, user: &str, msg: UserMsg) -> Result<(), SendError> {
+        self.registry.send(&self.env, &self.supervisor, tenant, user, msg)
+    }
+
+    /// Sends only to a running actor (used for detach, which must not revive a user).
+    pub fn send_existing(&self, tenant: &str, user: &str, msg: UserMsg) {
+        self.registry.send_existing(tenant, user, msg)
+    }
+
+    /// Actors in memory.
+    pub fn active(&self) -> usize {
+        self.registry.active()
+    }
+
+    /// Whether the user has an actor in memory.
+    pub fn is_active(&self, tenant: &str, user: &str) -> bool {
+        self.registry.is_active(tenant, user)
+    }
+
+    /// Asks every actor to snapshot and stop, and waits until they have all ended (bounded by
+    /// the caller).
+    pub async fn stop_all(&self) {
+        self.registry.stop_all().await
+    }
 }
