@@ -202,7 +202,7 @@ pub async fn get(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path
     if open {
         let now = now_ms();
         let gid = id.clone();
-        d.progress = super::ask(&shared, &tenant, &assignee, move |v| goal::progress(v.state, &gid, now, v.catalogue)).await?;
+        d.progress = super::users::ask(&shared, &tenant, &assignee, move |v| goal::progress(v.state, &gid, now, v.catalogue)).await?;
     }
     Ok(Json(d))
 }
