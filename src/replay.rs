@@ -10,7 +10,7 @@
 use crate::catalogues::Catalogues;
 use crate::core::{self, Catalogue, UserState};
 use crate::records::{award_args, goal_op, system_record, BackfillRecord, GoalOp, BACKFILL_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT};
-use crate::store::{Store, StoreError, StoredEvent};
+use crate::store::{EventLog, Store, StoreError, StoredEvent};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -78,8 +78,8 @@ pub struct Restored {
 }
 
 /// Loads the snapshot and replays the log after it. Blocking.
-pub fn restore(store: &Store, cats: &Catalogues, tenant: &str, user: &str) -> Result<Restored, StoreError> {
-    let loaded = store.load_user(tenant, user)?;
+pub fn restore(log: &dyn EventLog, cats: &Catalogues, tenant: &str, user: &str) -> Result<Restored, StoreError> {
+    let loaded = log.load_user(tenant, user)?;
     let (mut state, epoch, snap_seq) = match loaded.record {
         Some(r) => (r.state, Some(r.epoch), r.seq),
         None => (UserState::new(tenant, user), None, 0),
@@ -87,7 +87,7 @@ pub fn restore(store: &Store, cats: &Catalogues, tenant: &str, user: &str) -> Re
     // A backfill writes its snapshot with its record, so its record is normally not in the tail;
     // if it is, replaying it needs the log before it.
     let before: Vec<StoredEvent> = if loaded.tail.iter().any(|e| e.event.event_type == BACKFILL_EVENT) {
-        store.events_after(tenant, user, 0, usize::MAX)?.into_iter().take_while(|(seq, _)| *seq <= snap_seq).map(|(_, e)| e).collect()
+        log.events_after(tenant, user, 0, usize::MAX)?.into_iter().take_while(|(seq, _)| *seq <= snap_seq).map(|(_, e)| e).collect()
     } else {
         Vec::new()
     };

@@ -46,7 +46,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let metrics = Arc::new(Metrics::default());
     let (shutdown, _) = watch::channel(false);
     let webhooks = Arc::new(Webhooks::new(store.clone(), metrics.clone(), config.clone(), shutdown.subscribe())?);
-    let env = crate::user::Env { config: config.clone(), store: store.clone(), catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
+    let env = crate::user::Env { config: config.clone(), log: Arc::new(store.clone()), catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
     let backfills = Backfills::new(store.clone(), catalogues.clone(), users.clone(), metrics.clone(), config.backfill_users_per_sec, shutdown.subscribe());
     Ok(Arc::new(Shared {

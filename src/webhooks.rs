@@ -157,7 +157,7 @@ impl Webhooks {
     /// subscribed endpoint, and the workers to wake once they are durable. Every endpoint gets
     /// the same `id` for the same notification. The plan says each push's kind, so nothing is
     /// parsed here: the frame goes into the body as it is.
-    pub fn outbox_writes<'a>(&self, store: &store::Store, tenant: &str, user: &str, pushes: impl Iterator<Item = &'a Push>) -> (Vec<Write>, Vec<Arc<Notify>>) {
+    pub fn outbox_writes<'a>(&self, tenant: &str, user: &str, pushes: impl Iterator<Item = &'a Push>) -> (Vec<Write>, Vec<Arc<Notify>>) {
         let Some(subs) = self.subs.get(tenant).map(|s| s.clone()) else { return (vec![], vec![]) };
         let mut writes = Vec::new();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
@@ -167,7 +167,7 @@ impl Webhooks {
             if targets.is_empty() {
                 continue;
             }
-            let Ok(id) = store.next_id() else {
+            let Ok(id) = self.io.store.next_id() else {
                 tracing::error!(tenant, user, "no id for a webhook notification; it is not sent");
                 continue;
             };

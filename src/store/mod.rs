@@ -34,11 +34,13 @@
 //! batch, never per event.
 
 mod keys;
+mod log;
 mod persister;
 /// Builders for the writes an accepted event causes, so callers never see key layouts.
 pub mod writes;
 
 pub use keys::*;
+pub use log::{Done, EventLog, Seen};
 use persister::*;
 
 use crate::core::Millis;
@@ -163,6 +165,12 @@ impl Store {
         }
     }
 
+    /// How many handles on this store are open (it and its clones). The database closes when
+    /// the last one goes, which a restart in the same process waits for.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.persister)
+    }
+
     /// Queues writes; `done` runs on the persister thread once they are flushed to disk (or
     /// failed), after the completions of everything submitted before (see `fair_batch`).
     pub fn submit(&self, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
@@ -173,9 +181,7 @@ impl Store {
     /// `submit` for one user's writes: every job of a user is inserted by the same persister
     /// thread, so the user's writes keep their order.
     pub fn submit_user(&self, tenant: &str, user: &str, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StoreError> {
-        self.readable()?;
-        let h = fnv(&user_key(tenant, user));
-        self.tx.send(Job { writes, done: Box::new(done), lane: (h & 1) as u8, user: Some(h) }).map_err(|_| StoreError::Stopped)
+        EventLog::append(self, tenant, user, writes, Box::new(done))
     }
 
     /// Waits until everything queued so far is durable.
@@ -206,7 +212,7 @@ impl Store {
     /// the disk (`watchdog`). Reads that must not see a failed batch's writes (the dedup check,
     /// a user's rebuild) look again after reading, so that one that raced the failure is not
     /// taken either.
-    fn readable(&self) -> Result<(), StoreError> {
+    pub(super) fn readable(&self) -> Result<(), StoreError> {
         match self.failure() {
             Some(why) => Err(StoreError::Failed(why.to_string())),
             None => Ok(()),

@@ -6,7 +6,8 @@ use super::*;
 use std::collections::VecDeque;
 use std::sync::mpsc;
 
-pub(super) type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// Runs once a job is durable (`Ok`) or failed (`Err`, why).
+pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 pub(super) struct Job {
     pub(super) writes: Vec<Write>,

@@ -8,9 +8,12 @@
 
 mod msg;
 mod registry;
+mod sockets;
 
 pub use msg::*;
 pub use registry::*;
+
+use sockets::Sockets;
 
 use crate::core::{apply, Catalogue, Effect, Event, Millis, UserState};
 use crate::clock::now_ms;
@@ -21,14 +24,14 @@ use crate::boards::Boards;
 use crate::catalogues::Catalogues;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::{self, Store, StoredEvent};
+use crate::store::{self, EventLog, Seen, StoredEvent};
 use crate::webhooks::Webhooks;
 use futures_util::future::Either;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// What `User::evaluate` found: the event's effects under the catalogue in force, or why it
@@ -100,7 +103,8 @@ macro_rules! planner {
 /// The handles every user actor of this process works with: nothing else of the server.
 pub struct Env {
     pub config: Arc<Config>,
-    pub store: Store,
+    /// The event log: the user's records, its dedup index and its snapshot.
+    pub log: Arc<dyn EventLog>,
     pub catalogues: Arc<Catalogues>,
     pub metrics: Arc<Metrics>,
     /// Live rankings, updated once a score is durable.
@@ -136,7 +140,8 @@ pub struct User {
     epoch: String,
     /// The last log sequence number and push offset given out, and the snapshot's.
     cur: Cursor,
-    conns: Vec<Conn>,
+    /// The user's sockets this process holds: where pushes go.
+    sockets: Sockets,
     pending: VecDeque<(u64, Vec<Delivery>)>,
     next_job: u64,
     waiting: Vec<Waiting>,
@@ -167,7 +172,7 @@ impl Actor for UserActor {
         // sled reads can touch the disk, so they run on the blocking pool. The event log is the
         // durable truth after the snapshot: it is replayed with each event's own receive time
         // and catalogue version, which rebuilds exactly the state that was acknowledged.
-        let r = tokio::task::spawn_blocking(move || crate::replay::restore(&env.store, &env.catalogues, &t, &u)).await??;
+        let r = tokio::task::spawn_blocking(move || crate::replay::restore(&*env.log, &env.catalogues, &t, &u)).await??;
         let (st, snap_seq) = (r.state, r.snap_seq);
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
@@ -182,7 +187,7 @@ impl Actor for UserActor {
             st,
             epoch,
             cur: Cursor { seq: loaded.last_seq, offset: loaded.last_offset, snap_seq },
-            conns: Vec::new(),
+            sockets: Sockets::default(),
             pending: VecDeque::new(),
             next_job: 0,
             waiting: Vec::new(),
@@ -228,7 +233,7 @@ impl Actor for UserActor {
             UserMsg::Goal { op, reply } => Later::Run(Waiting::Goal(op, reply)),
             UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => Later::Run(Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })),
             UserMsg::Detach { conn_id } => {
-                u.conns.retain(|c| c.id != conn_id);
+                u.sockets.remove(conn_id);
                 u.waiting.retain(|w| !matches!(w, Waiting::Attach(c, _) if c.id == conn_id));
                 u.last_activity = Instant::now();
                 return u.done(was_counted, Ok(()));
@@ -252,7 +257,7 @@ impl Actor for UserActor {
                     u.snapshot(&myself);
                     // A sync completes after everything submitted before it, so once it is done the
                     // snapshot (and everything before it) is on disk.
-                    let _ = u.env.store.sync().await;
+                    let _ = u.env.log.sync().await;
                     let _ = reply.send(());
                     myself.stop(None);
                 }
@@ -349,7 +354,7 @@ impl User {
         // keeps them for as long as the event is retained. A store that has failed answers
         // nothing: its trees may hold an id whose write the disk refused, and acking that as a
         // duplicate would lose the event (the client drops what is acked).
-        let seen = match self.env.store.seen(&self.tenant, &event.event_id) {
+        let seen = match self.env.log.seen(&self.tenant, &self.user, &event.event_id) {
             Ok(seen) => seen,
             Err(store::StoreError::Failed(why)) => {
                 m.storage_failed.fetch_add(1, Ordering::Relaxed);
@@ -358,16 +363,19 @@ impl User {
             }
             Err(e) => return Err(e.into()),
         };
-        if let Some(owner) = seen {
-            if !owner.starts_with(&store::user_key(&self.tenant, &self.user)) {
+        match seen {
+            Seen::New => {}
+            Seen::Other => {
                 // The id was accepted for another user. Acking it as a duplicate would let one
                 // user suppress another's events by guessing ids; say so instead.
                 m.rejected.fetch_add(1, Ordering::Relaxed);
                 let text = "event_id is already used by another user of this tenant; event ids must be unique per tenant".into();
                 return Ok(Err(Unchanged::Refused { wire: "id_conflict", code: "id_conflict", text }));
             }
-            m.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(Err(Unchanged::Duplicate));
+            Seen::Mine => {
+                m.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Ok(Err(Unchanged::Duplicate));
+            }
         }
         let Some(cat) = self.env.catalogue(&self.tenant) else { return Err("the tenant's catalogue is gone".into()) };
         let started = std::time::Instant::now();
@@ -462,12 +470,13 @@ impl User {
 
     /// A notice for this user: logged with its id (so a repeat is recognised) and pushed.
     fn notice(&mut self, myself: &ActorRef<UserMsg>, n: NoticeMsg) {
-        match self.env.store.seen(&self.tenant, &n.id) {
-            Ok(Some(_)) => {
+        match self.env.log.seen(&self.tenant, &self.user, &n.id) {
+            // Notice ids are reserved (the server makes them), so any owner means this one.
+            Ok(Seen::Mine | Seen::Other) => {
                 let _ = n.reply.send(Ok(()));
                 return;
             }
-            Ok(None) => {}
+            Ok(Seen::New) => {}
             Err(e) => {
                 let _ = n.reply.send(Err(e.to_string()));
                 return;
@@ -516,7 +525,7 @@ impl User {
         reply: oneshot::Sender<Result<u32, String>>,
     ) -> Result<(), (oneshot::Sender<Result<u32, String>>, String)> {
         let Some(cat) = self.env.catalogue(&self.tenant) else { return Err((reply, "the tenant's catalogue is gone".into())) };
-        let store = self.env.store.clone();
+        let store = self.env.log.clone();
         let (t, u) = (self.tenant.clone(), self.user.clone());
         // Nothing is in flight, so the stored log holds exactly the events this state has seen.
         let log = match tokio::task::spawn_blocking(move || store.events_after(&t, &u, 0, usize::MAX)).await {
@@ -567,7 +576,7 @@ impl User {
         // one is durable exactly when the other is. Only tenants with endpoints pay for this.
         if !writes.is_empty() && self.env.webhooks.any(&self.tenant) {
             let pushes = deliveries.iter().filter_map(|d| if let Delivery::Push(p) = d { Some(p) } else { None });
-            let (outbox, wake) = self.env.webhooks.outbox_writes(&self.env.store, &self.tenant, &self.user, pushes);
+            let (outbox, wake) = self.env.webhooks.outbox_writes(&self.tenant, &self.user, pushes);
             if !outbox.is_empty() {
                 writes.extend(outbox);
                 deliveries.push(Delivery::Wake(wake));
@@ -584,9 +593,9 @@ impl User {
         let job = self.next_job;
         self.pending.push_back((job, deliveries));
         let me = myself.clone();
-        let submitted = self.env.store.submit_user(&self.tenant, &self.user, writes, move |result| {
+        let submitted = self.env.log.append(&self.tenant, &self.user, writes, Box::new(move |result| {
             let _ = me.send_message(UserMsg::Durable { job, result });
-        });
+        }));
         match submitted {
             Ok(()) => {}
             // A write failed earlier: this one fails as the batch did, through a completion,
@@ -617,10 +626,8 @@ impl User {
                     refuse(d, &e);
                 }
             }
-            if self.env.store.failure().is_some() {
-                for c in &self.conns {
-                    let _ = c.closing.set((protocol::close::INTERNAL, "storage failed; reconnect later"));
-                }
+            if self.env.log.failure().is_some() {
+                self.sockets.closing(protocol::close::INTERNAL, "storage failed; reconnect later");
             }
             return Err(format!("persisting failed: {e}").into());
         }
@@ -648,19 +655,8 @@ impl User {
 
     fn deliver(&mut self, d: Delivery) {
         match d {
-            Delivery::One(id, f) => {
-                if let Some(i) = self.conns.iter().position(|c| c.id == id) {
-                    self.send_to(i, f);
-                }
-            }
-            Delivery::Push(p) => {
-                let mut i = 0;
-                while i < self.conns.len() {
-                    if self.send_to(i, p.frame.clone()) {
-                        i += 1;
-                    }
-                }
-            }
+            Delivery::One(id, f) => self.sockets.one(id, f, &self.env.metrics),
+            Delivery::Push(p) => self.sockets.all(&p.frame, &self.env.metrics),
             Delivery::Http(tx, outcome) => {
                 let _ = tx.send(outcome);
             }
@@ -691,29 +687,8 @@ impl User {
         }
     }
 
-    /// Writes to connection `i`; a full outbox means a slow client, which is closed. Returns
-    /// whether the connection is still there.
-    fn send_to(&mut self, i: usize, f: Frame) -> bool {
-        match self.conns[i].tx.try_send(f) {
-            Ok(()) => {
-                self.env.metrics.pushes.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.conns[i].slow.notify_one();
-                self.env.metrics.slow_closed.fetch_add(1, Ordering::Relaxed);
-                self.conns.swap_remove(i);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.conns.swap_remove(i);
-                false
-            }
-        }
-    }
-
     async fn attach(&mut self, conn: Conn, since: Option<Since>) {
-        if self.conns.len() >= self.env.config.connections_per_user {
+        if self.sockets.len() >= self.env.config.connections_per_user {
             // The error goes out first, then the close: dropping `conn` ends the session's queue.
             let _ = conn.tx.try_send(protocol::error("too_many_connections", "this user has too many open connections", None));
             let _ = conn.closing.set((protocol::close::TOO_MANY, "too many connections for this user"));
@@ -729,7 +704,7 @@ impl User {
             if s.offset == self.cur.offset {
                 recovered = true;
             } else {
-                let store = self.env.store.clone();
+                let store = self.env.log.clone();
                 let (t, u, from) = (self.tenant.clone(), self.user.clone(), s.offset);
                 let oldest_ok = now_ms() - self.env.config.history_hours as Millis * 3_600_000;
                 // Enough events to hold the history however few pushes each caused.
@@ -756,12 +731,12 @@ impl User {
             conn.slow.notify_one();
             return;
         }
-        self.conns.push(conn);
+        self.sockets.add(conn);
     }
 
     fn maybe_passivate(&mut self, myself: &ActorRef<UserMsg>) {
         let idle = self.last_activity.elapsed() >= self.env.config.passivate_after();
-        if !idle || !self.conns.is_empty() || !self.waiting.is_empty() || !self.pending.is_empty() {
+        if !idle || !self.sockets.is_empty() || !self.waiting.is_empty() || !self.pending.is_empty() {
             return;
         }
         if self.cur.seq > self.cur.snap_seq {

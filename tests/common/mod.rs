@@ -53,12 +53,15 @@ impl TestServer {
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.handle.take().unwrap().await.unwrap().unwrap();
-        // Stopped actors drop their handles on the shared parts (and so on the database) a
-        // moment after they end; a restart in this process needs the database closed.
+        // Stopped actors drop their handles on the server's parts (and so on the database) a
+        // moment after they end; a restart in this process needs the database closed, so this
+        // waits until the handle kept here is the last one.
+        let store = self.shared.store.clone();
+        drop(self);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut tick = tokio::time::interval(Duration::from_millis(1));
-        while Arc::strong_count(&self.shared) > 1 {
-            assert!(tokio::time::Instant::now() < deadline, "{} handles on the server remain after shutdown", Arc::strong_count(&self.shared));
+        while store.handles() > 1 {
+            assert!(tokio::time::Instant::now() < deadline, "{} handles on the database remain after shutdown", store.handles() - 1);
             tick.tick().await;
         }
     }

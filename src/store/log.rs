@@ -1,0 +1,92 @@
+//! The event log as a user's actor needs it, and sled's implementation of it: append one
+//! user's records and hear when they are durable, look up an event id, read a user's tail.
+//!
+//! The actor and the rebuild from the log (`replay.rs`) reach the log only through
+//! `EventLog`, so a second log (JetStream, in cluster mode) can stand beside this one without
+//! touching the actor or the rule core. Everything else the server stores (catalogues, jobs,
+//! endpoints, archives) stays on `Store` itself.
+
+pub use super::persister::Done;
+use super::{fnv, user_key, Job, Loaded, Millis, Store, StoreError, StoredEvent, Write};
+use std::future::Future;
+use std::pin::Pin;
+
+/// Whether an event id was accepted before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Never, or no longer retained.
+    New,
+    /// For this user: a duplicate.
+    Mine,
+    /// For another user of the tenant: a conflict, never a duplicate.
+    Other,
+}
+
+/// What a user's actor needs of the event log. Reads marked blocking may touch the disk: call
+/// them from a blocking task.
+pub trait EventLog: Send + Sync {
+    /// Whether `event_id` was accepted before in `tenant`, and whose it was. Refuses
+    /// (`StoreError::Failed`) once a write failed: an id whose write the disk refused must not
+    /// be acked as a duplicate.
+    fn seen(&self, tenant: &str, user: &str, event_id: &str) -> Result<Seen, StoreError>;
+
+    /// Appends one user's writes (their records, snapshot and the index entries that go with
+    /// them). A user's appends become durable in the order they were made; `done` runs once
+    /// this one is, or has failed.
+    fn append(&self, tenant: &str, user: &str, writes: Vec<Write>, done: Done) -> Result<(), StoreError>;
+
+    /// Resolves once everything appended before is durable.
+    fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
+
+    /// Why the log refuses all work, once a write or flush failed.
+    fn failure(&self) -> Option<&str>;
+
+    /// The user's snapshot and the records after it. Blocking.
+    fn load_user(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError>;
+
+    /// The user's records after sequence number `after`, oldest first, at most `limit`.
+    /// Blocking.
+    fn events_after(&self, tenant: &str, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>, StoreError>;
+
+    /// The pushes recorded after push offset `offset`, oldest first, each with the time its
+    /// event was received, looking back at most `max_events` records. Blocking.
+    fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError>;
+}
+
+impl EventLog for Store {
+    fn seen(&self, tenant: &str, user: &str, event_id: &str) -> Result<Seen, StoreError> {
+        Ok(match Store::seen(self, tenant, event_id)? {
+            None => Seen::New,
+            Some(owner) if owner.starts_with(&user_key(tenant, user)) => Seen::Mine,
+            Some(_) => Seen::Other,
+        })
+    }
+
+    fn append(&self, tenant: &str, user: &str, writes: Vec<Write>, done: Done) -> Result<(), StoreError> {
+        // Every job of a user is inserted by the same persister thread, so its writes keep
+        // their order.
+        self.readable()?;
+        let h = fnv(&user_key(tenant, user));
+        self.tx.send(Job { writes, done, lane: (h & 1) as u8, user: Some(h) }).map_err(|_| StoreError::Stopped)
+    }
+
+    fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
+        Box::pin(Store::sync(self))
+    }
+
+    fn failure(&self) -> Option<&str> {
+        Store::failure(self)
+    }
+
+    fn load_user(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
+        Store::load_user(self, tenant, user)
+    }
+
+    fn events_after(&self, tenant: &str, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+        Store::events_after(self, tenant, user, after, limit)
+    }
+
+    fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError> {
+        Store::pushes_after(self, tenant, user, offset, max_events)
+    }
+}
