@@ -313,6 +313,18 @@ pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board
 /// A backfill step that changed the user (`st` after it): its `accolade.backfill` record and a
 /// snapshot in one job; the awards are pushed only when the job says to (`notify`).
 #[allow(clippy::too_many_arguments)]
+/// How many badges backfill `job` has given this user, counting a visit before this one: a
+/// resumed job may visit a user again (its record is saved every half second, and at a
+/// graceful stop without the user it was still waiting on), and the badges it gave then are
+/// counted again, never re-awarded, so the job's total stays exact. `owned` is the state
+/// before this visit; `fx` is what this visit's merge returned.
+pub fn backfill_awards(owned: &UserState, badges: &[String], job: u64, fx: &[Effect]) -> u32 {
+    let event_id = records::backfill_id(job);
+    let earlier = badges.iter().filter(|b| owned.badges.get(b.as_str()).is_some_and(|r| r.event_id == event_id)).count();
+    let now = fx.iter().filter(|e| matches!(e, Effect::Unlock { .. })).count();
+    (earlier + now) as u32
+}
+
 pub fn backfill(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], job: u64, rec: &BackfillRecord, notify: bool, now: Millis) -> Plan {
     let mut plan = Plan::default();
     let event_id = records::backfill_id(job);
@@ -488,4 +500,25 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_backfill_counts_the_badges_it_gave_on_an_earlier_visit_and_this_one() {
+        let mut owned = UserState::new("t", "u");
+        let by = |event_id: String| crate::core::BadgeRecord { awarded_at: T0, count: 1, version: 1, keys: vec![], event_id };
+        owned.badges.insert("a".into(), by(records::backfill_id(7)));
+        owned.badges.insert("b".into(), by("e1".into()));
+        owned.badges.insert("c".into(), by(records::backfill_id(6)));
+        let badges: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let cases: Vec<(&str, Vec<Effect>, u32)> = vec![
+            ("nothing new; `a` came from this job's earlier visit", vec![], 1),
+            ("`d` now, `a` before", vec![unlock("d")], 2),
+            ("xp alone awards nothing", vec![xp(5)], 1),
+        ];
+        for (what, fx, want) in cases {
+            assert_eq!(backfill_awards(&owned, &badges, 7, &fx), want, "{what}");
+        }
+        // Another job's badges (`c`, job 6) and live ones (`b`) never count.
+        assert_eq!(backfill_awards(&owned, &badges, 8, &[]), 0);
+    }
+
 }

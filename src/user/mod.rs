@@ -542,13 +542,8 @@ impl User {
         let mut next = self.st.clone();
         next.sync(&cat);
         let before = (next.stats.clone(), next.rings.clone());
-        // A resumed job may visit a user again: its record is saved every half second (and at a
-        // graceful stop, without the user it was still waiting on), the awards as each user is
-        // done. The badges this job gave on the earlier visit are counted again (and never
-        // re-awarded), so the job's total stays exact.
-        let earlier = spec.badges.iter().filter(|b| self.st.badges.get(b.as_str()).is_some_and(|r| r.event_id == event_id)).count() as u32;
         let fx = crate::core::backfill(&mut next, &replayed, &spec.badges, &spec.new_stats, now, &event_id, &cat);
-        let awarded = earlier + fx.iter().filter(|e| matches!(e, Effect::Unlock { .. })).count() as u32;
+        let awarded = plan::backfill_awards(&self.st, &spec.badges, spec.job, &fx);
         if fx.is_empty() && (&next.stats, &next.rings) == (&before.0, &before.1) {
             let _ = reply.send(Ok(awarded));
             return Ok(());
