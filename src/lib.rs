@@ -8,20 +8,25 @@
 //! - [`core`]: the pure rule engine (catalogue, state, `apply`, effects). No IO.
 //! - [`protocol`]: the WebSocket wire format; the only module that knows its JSON shapes.
 //! - [`session`]: one WebSocket connection; the only module that touches socket types.
-//! - [`user`]: the per-user actor, the registry that finds it, and its supervisor.
-//! - [`store`]: sled storage and the group-commit persister; the only module that imports sled.
+//! - [`user`]: the per-user actor, its sockets, `Users` (the registry that finds it), and its
+//!   supervisor.
+//! - [`store`]: sled storage, the event-log interface the actor uses, and the group-commit
+//!   persister; the only module that imports sled.
 //! - [`auth`]: token verification (HS256, pinned).
 //! - [`accept`]: TCP accept with connection limits, the request-head deadline, the drain.
-//! - [`api`]: the HTTP API (ingest, catalogue changes, queries, dead letters, jobs) and its
-//!   OpenAPI document.
+//! - [`api`]: the HTTP API (ingest, catalogue changes, queries, dead letters, jobs, health and
+//!   metrics) and its OpenAPI document.
 //! - [`catalogues`]: each tenant's catalogue versions and the changes that make them.
 //! - [`backfill`]: background re-evaluation of stored users after a catalogue change.
 //! - [`replay`]: rebuilding users from the event log (actor start, backfill, `replay` check).
 //! - [`goals`]: the sweeper that closes goals past due and tells assigners how goals ended.
-//! - [`leaderboard`]: live rankings of open periods, closing and archiving, rank pushes.
+//! - [`boards`]: live rankings of open leaderboard periods and their watchers.
+//! - [`leaderboard`]: closing and archiving periods, and driving the rank pushes.
 //! - [`ranking`]: the order-statistic structure behind a leaderboard.
 //! - [`metrics`]: counters and histograms, rendered for Prometheus.
-//! - [`server`]: the router and `run(listener, shared, shutdown)`.
+//! - [`server`]: `build(config)` (the one place the server is assembled), the router and
+//!   `run(listener, shared, shutdown)`.
+//! - [`shared`]: `Shared`, what the HTTP and WebSocket handlers share.
 //! - [`demo`]: the embedded demo page and demo token endpoint.
 //! - [`config`]: the one typed configuration.
 
