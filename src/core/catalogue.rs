@@ -566,7 +566,7 @@ pub struct BoardDef {
     pub id: Arc<str>,
     pub name: String,
     pub metric: BoardMetric,
-    pub period: super::board::Period,
+    pub period: super::calendar::Period,
     /// A league per value of this user attribute.
     pub segment_by: Option<String>,
     /// Only the top `size` are shown, ranked and archived.
@@ -1032,14 +1032,14 @@ fn compile_boards(docs: Vec<serde_json::Value>, b: &Builder, badges: &[BadgeDef]
         };
         let (starts, ends) = (time("starts", &d.starts)?, time("ends", &d.ends)?);
         let period = match (d.period.as_str(), starts, ends) {
-            ("custom", Some(start), Some(end)) if start < end => super::board::Period::Custom { start, end },
+            ("custom", Some(start), Some(end)) if start < end => super::calendar::Period::Custom { start, end },
             ("custom", Some(_), Some(_)) => return Err(err(o, "ends", "must be after starts")),
             ("custom", _, _) => return Err(err(o, "period", "a custom period needs `starts` and `ends`")),
             (_, Some(_), _) | (_, _, Some(_)) => return Err(err(o, "starts", "only a custom period takes starts and ends")),
-            ("all_time", ..) => super::board::Period::AllTime,
-            ("daily", ..) => super::board::Period::Daily,
-            ("weekly", ..) => super::board::Period::Weekly,
-            ("monthly", ..) => super::board::Period::Monthly,
+            ("all_time", ..) => super::calendar::Period::AllTime,
+            ("daily", ..) => super::calendar::Period::Daily,
+            ("weekly", ..) => super::calendar::Period::Weekly,
+            ("monthly", ..) => super::calendar::Period::Monthly,
             (other, ..) => return Err(err(o, "period", format!("unknown period `{other}` (use all_time, daily, weekly, monthly or custom)"))),
         };
         if d.size == Some(0) {
@@ -1052,7 +1052,7 @@ fn compile_boards(docs: Vec<serde_json::Value>, b: &Builder, badges: &[BadgeDef]
                 if !matches!(badges[bi].cond, Cond::Never) {
                     return Err(err(o, "award.badge", format!("badge `{}` must have the rule {{ kind = \"awarded\" }}", a.badge)));
                 }
-                if matches!(period, super::board::Period::AllTime) {
+                if matches!(period, super::calendar::Period::AllTime) {
                     return Err(err(o, "award", "an all-time board never closes, so it cannot award a badge"));
                 }
                 if a.top == 0 || d.size.is_some_and(|s| a.top > s) {

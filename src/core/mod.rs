@@ -12,8 +12,8 @@
 //! - [`goal`]: goals one user assigns another, tracked like badges.
 //! - [`explain`]: progress towards unowned badges, part by part.
 //! - [`effect`]: what `apply` returns.
-//! - [`board`]: leaderboard periods, what an event adds to a user's scores, period awards.
-//! - [`calendar`]: local days in the user's time zone.
+//! - [`board`]: what an event adds to a user's scores, period awards.
+//! - [`calendar`]: local days in the user's time zone, leaderboard periods in the tenant's.
 //! - [`value`]: payload values, the event contract, durations and stable hashes.
 
 pub mod board;
@@ -30,6 +30,7 @@ pub mod value;
 pub use catalogue::{Catalogue, CatalogueError, Format, Tier};
 pub use effect::{DuplicateBy, Effect, Rejection, XpReason};
 pub use engine::{apply, backfill};
-pub use board::{award_rank, Period};
+pub use board::award_rank;
+pub use calendar::Period;
 pub use state::{BadgeRecord, BoardScore, UserState};
 pub use value::{Event, Millis, Value};
