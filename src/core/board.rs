@@ -7,6 +7,7 @@ use super::catalogue::{BoardMetric, Catalogue};
 use super::effect::{Effect, XpReason};
 use super::state::{BadgeRecord, BoardScore, UserState};
 use super::value::{Millis, Value};
+use super::xp::add_xp;
 
 // The periods are re-exported here, where they were first defined, so `core::board::Period`
 // keeps naming them.
@@ -112,7 +113,7 @@ pub fn award_rank(state: &mut UserState, board: &str, period: &str, rank: usize,
     state.derived.owned[i] = count;
     fx.push(Effect::Unlock { badge: badge.id.clone(), count, key: Some(period.to_string()), xp: badge.xp, at: now });
     if badge.xp > 0 {
-        super::engine::add_xp(state, badge.xp, XpReason::Badge(badge.id.clone()), cat, &mut fx);
+        add_xp(state, badge.xp, XpReason::Badge(badge.id.clone()), cat, &mut fx);
     }
     fx
 }

@@ -8,6 +8,7 @@ use super::catalogue::{
 use super::effect::{DuplicateBy, Effect, Rejection, XpReason};
 use super::state::{Action, BadgeRecord, StatValue, UserState};
 use super::value::{same_str, stable_hash, Event, Millis, Value};
+use super::xp::add_xp;
 
 /// Applies `event` to `state`, returning what happened as effects. The state changes in place
 /// when the first effect is `Accepted`. A rejected event or a repeated `event_id` leaves it
@@ -291,16 +292,6 @@ fn day_of(state: &mut UserState, at: Millis, cat: &Catalogue) -> i32 {
     let (day, start, end) = local_day(at, state.tz(cat));
     state.derived.day = Some((start, end, day));
     day
-}
-
-pub(crate) fn add_xp(state: &mut UserState, delta: u64, reason: XpReason, cat: &Catalogue, fx: &mut Vec<Effect>) {
-    state.xp = state.xp.saturating_add(delta);
-    let level = cat.levels.level_from(state.xp, state.level);
-    fx.push(Effect::Xp { delta, total: state.xp, level, reason });
-    if level > state.level {
-        state.level = level;
-        fx.push(Effect::LevelUp { level });
-    }
 }
 
 /// Updates one stat for an event of type `t`; returns whether its value may have changed.

@@ -9,6 +9,7 @@
 //! - [`predicate`]: payload conditions compiled to field positions.
 //! - [`state`]: what is kept per user (XP, badges, stats, last-N cache, dedup memory).
 //! - [`engine`]: `apply` itself.
+//! - [`xp`]: crediting XP and announcing a level-up.
 //! - [`goal`]: goals one user assigns another, tracked like badges.
 //! - [`explain`]: progress towards unowned badges, part by part.
 //! - [`effect`]: what `apply` returns.
@@ -26,6 +27,7 @@ pub mod goal;
 pub mod predicate;
 pub mod state;
 pub mod value;
+pub mod xp;
 
 pub use catalogue::{Catalogue, CatalogueError, Format, Tier};
 pub use effect::{DuplicateBy, Effect, Rejection, XpReason};
