@@ -12,6 +12,7 @@
 //! - [`xp`]: crediting XP and announcing a level-up.
 //! - [`goal`]: goals one user assigns another, tracked like badges.
 //! - [`explain`]: progress towards unowned badges, part by part.
+//! - [`history`]: window totals and recent-action patterns, read from the last-N cache.
 //! - [`effect`]: what `apply` returns.
 //! - [`board`]: what an event adds to a user's scores, period awards.
 //! - [`calendar`]: local days in the user's time zone, leaderboard periods in the tenant's.
@@ -24,6 +25,7 @@ pub mod effect;
 pub mod engine;
 pub mod explain;
 pub mod goal;
+pub mod history;
 pub mod predicate;
 pub mod state;
 pub mod value;
