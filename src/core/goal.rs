@@ -8,50 +8,12 @@ use super::catalogue::Catalogue;
 use super::effect::Effect;
 use super::state::UserState;
 use super::value::{Event, Millis};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GoalStatus {
-    Open,
-    Completed,
-    Missed,
-    Cancelled,
-}
-
-impl GoalStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GoalStatus::Open => "open",
-            GoalStatus::Completed => "completed",
-            GoalStatus::Missed => "missed",
-            GoalStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// What the assigner asked for.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GoalSpec {
-    pub id: String,
-    pub title: String,
-    pub assigner: String,
-    /// The criterion, as JSON text in the rule language (`{"kind": "count", ...}`).
-    pub criterion: String,
-    pub due: Option<Millis>,
-}
-
-/// One goal in the assignee's state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GoalState {
-    pub spec: GoalSpec,
-    pub assigned_at: Millis,
-    pub status: GoalStatus,
-    pub closed_at: Option<Millis>,
-    /// The goal's own stats and cache, counted from the assignment on.
-    pub sub: Box<UserState>,
-}
+// A goal's data is part of the user's state (a `GoalState` holds the goal's own `UserState`),
+// so the types live in `state`; they are re-exported here, where the rest of the crate finds
+// them.
+pub use super::state::{GoalSpec, GoalState, GoalStatus};
 
 /// The catalogue a goal is tracked with, compiled from the tenant's catalogue in force.
 pub fn catalogue_for(spec: &GoalSpec, cat: &Catalogue) -> Result<Catalogue, super::CatalogueError> {
