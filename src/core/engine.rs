@@ -178,7 +178,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     }
     state.derived.memo = memo;
     if !state.goals.is_empty() {
-        super::goal::step(state, event, now, cat, &mut fx);
+        super::goal::step(state, event, now, cat, &mut fx, apply);
     }
     if !cat.boards.is_empty() {
         let xp: u64 = fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum();
