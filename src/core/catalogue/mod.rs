@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// The demo catalogue, modelled on Khan Academy's badges; compiled into the binary so the server
 /// starts with no files.
-pub const DEMO_CATALOGUE: &str = include_str!("../../catalogues/khan.toml");
+pub const DEMO_CATALOGUE: &str = include_str!("../../../catalogues/khan.toml");
 
 /// The event type the core itself understands: it sets user attributes used for segmentation.
 pub const PROFILE_EVENT: &str = "user.profile";
