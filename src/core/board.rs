@@ -1,81 +1,17 @@
-//! Leaderboards as the rule core sees them: which period an instant falls in (in the tenant's
-//! time zone), what one event adds to a user's score on each board, and the award for a top
-//! rank when a period closes. Pure: the ranking itself and the closing clock live in the shell.
+//! Leaderboards as the rule core sees them: what one event adds to a user's score on each
+//! board, and the award for a top rank when a period closes. Which period an instant falls in
+//! (in the tenant's time zone) is calendar arithmetic, in `calendar`. Pure: the ranking itself
+//! and the closing clock live in the shell.
 
 use super::catalogue::{BoardMetric, Catalogue};
 use super::effect::{Effect, XpReason};
 use super::state::{BadgeRecord, BoardScore, UserState};
 use super::value::{Millis, Value};
-use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
-use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
+use super::xp::add_xp;
 
-/// How a board's periods are cut.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Period {
-    AllTime,
-    Daily,
-    /// ISO weeks: Monday to Sunday.
-    Weekly,
-    Monthly,
-    /// One period, from `start` (inclusive) to `end` (exclusive).
-    Custom { start: Millis, end: Millis },
-}
-
-/// One period of a board: its label (part of every key and URL), and its bounds in UTC.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Span {
-    pub label: String,
-    pub start: Millis,
-    /// Exclusive; `Millis::MAX` for all time.
-    pub end: Millis,
-}
-
-impl Period {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Period::AllTime => "all_time",
-            Period::Daily => "daily",
-            Period::Weekly => "weekly",
-            Period::Monthly => "monthly",
-            Period::Custom { .. } => "custom",
-        }
-    }
-
-    /// The period `at` falls in, in zone `tz`; `None` outside a custom period's bounds.
-    /// Labels: `all`, `2026-11-22`, `2026-W47`, `2026-11`, `custom`.
-    pub fn span(&self, tz: Tz, at: Millis) -> Option<Span> {
-        let local = Utc.timestamp_millis_opt(at).single()?.with_timezone(&tz).date_naive();
-        let (label, first, next) = match self {
-            Period::AllTime => return Some(Span { label: "all".into(), start: Millis::MIN, end: Millis::MAX }),
-            Period::Custom { start, end } => {
-                return (at >= *start && at < *end).then(|| Span { label: "custom".into(), start: *start, end: *end });
-            }
-            Period::Daily => (local.format("%Y-%m-%d").to_string(), local, local.succ_opt()?),
-            Period::Weekly => {
-                let monday = local - Duration::days(i64::from(local.weekday().num_days_from_monday()));
-                let w = local.iso_week();
-                (format!("{}-W{:02}", w.year(), w.week()), monday, monday + Duration::days(7))
-            }
-            Period::Monthly => {
-                let first = NaiveDate::from_ymd_opt(local.year(), local.month(), 1)?;
-                let next = if local.month() == 12 {
-                    NaiveDate::from_ymd_opt(local.year() + 1, 1, 1)?
-                } else {
-                    NaiveDate::from_ymd_opt(local.year(), local.month() + 1, 1)?
-                };
-                (local.format("%Y-%m").to_string(), first, next)
-            }
-        };
-        Some(Span { label, start: midnight(first, tz)?, end: midnight(next, tz)? })
-    }
-}
-
-/// The first instant of `date` in `tz`; where midnight does not exist (a DST gap), the first
-/// hour that does.
-fn midnight(date: NaiveDate, tz: Tz) -> Option<Millis> {
-    (0..3).find_map(|h| tz.from_local_datetime(&date.and_hms_opt(h, 0, 0)?).earliest()).map(|d| d.timestamp_millis())
-}
+// The periods are re-exported here, where they were first defined, so `core::board::Period`
+// keeps naming them.
+pub use super::calendar::{Period, Span};
 
 /// What one accepted event adds to the user's boards. An event counts on a board when it
 /// happened in the period that is current when it arrives (`now`): a late event for a period
@@ -177,54 +113,7 @@ pub fn award_rank(state: &mut UserState, board: &str, period: &str, rank: usize,
     state.derived.owned[i] = count;
     fx.push(Effect::Unlock { badge: badge.id.clone(), count, key: Some(period.to_string()), xp: badge.xp, at: now });
     if badge.xp > 0 {
-        super::engine::add_xp(state, badge.xp, XpReason::Badge(badge.id.clone()), cat, &mut fx);
+        add_xp(state, badge.xp, XpReason::Badge(badge.id.clone()), cat, &mut fx);
     }
     fx
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(s: &str) -> Millis {
-        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
-    }
-
-    /// (period, zone, instant, label, start, end)
-    #[test]
-    fn periods_follow_the_tenants_calendar() {
-        let table: &[(Period, &str, &str, &str, &str, &str)] = &[
-            (Period::Daily, "UTC", "2026-11-22T23:59:59.999Z", "2026-11-22", "2026-11-22T00:00:00Z", "2026-11-23T00:00:00Z"),
-            (Period::Daily, "UTC", "2026-11-23T00:00:00Z", "2026-11-23", "2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z"),
-            // Midnight in Paris is 23:00 UTC the day before.
-            (Period::Daily, "Europe/Paris", "2026-11-22T23:30:00Z", "2026-11-23", "2026-11-22T23:00:00Z", "2026-11-23T23:00:00Z"),
-            (Period::Daily, "America/New_York", "2026-11-23T03:00:00Z", "2026-11-22", "2026-11-22T05:00:00Z", "2026-11-23T05:00:00Z"),
-            // Spring forward: a 23-hour day; fall back: 25 hours.
-            (Period::Daily, "America/New_York", "2026-03-08T12:00:00Z", "2026-03-08", "2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z"),
-            (Period::Daily, "America/New_York", "2026-11-01T12:00:00Z", "2026-11-01", "2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"),
-            // A zone whose DST gap is at midnight: the day starts at 01:00.
-            (Period::Daily, "America/Santiago", "2026-09-06T12:00:00Z", "2026-09-06", "2026-09-06T04:00:00Z", "2026-09-07T03:00:00Z"),
-            // ISO weeks run Monday to Sunday; 2026-11-22 is a Sunday.
-            (Period::Weekly, "UTC", "2026-11-22T12:00:00Z", "2026-W47", "2026-11-16T00:00:00Z", "2026-11-23T00:00:00Z"),
-            (Period::Weekly, "UTC", "2026-11-23T00:00:00Z", "2026-W48", "2026-11-23T00:00:00Z", "2026-11-30T00:00:00Z"),
-            // The ISO year differs from the calendar year at the turn of the year.
-            (Period::Weekly, "UTC", "2027-01-01T12:00:00Z", "2026-W53", "2026-12-28T00:00:00Z", "2027-01-04T00:00:00Z"),
-            (Period::Monthly, "UTC", "2026-02-28T23:59:59Z", "2026-02", "2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z"),
-            (Period::Monthly, "UTC", "2028-02-29T10:00:00Z", "2028-02", "2028-02-01T00:00:00Z", "2028-03-01T00:00:00Z"),
-            (Period::Monthly, "UTC", "2026-12-31T23:00:00Z", "2026-12", "2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z"),
-            // Month end in Tokyo comes nine hours before UTC's.
-            (Period::Monthly, "Asia/Tokyo", "2026-07-31T15:00:00Z", "2026-08", "2026-07-31T15:00:00Z", "2026-08-31T15:00:00Z"),
-        ];
-        for (p, zone, at, label, start, end) in table {
-            let tz: Tz = zone.parse().unwrap();
-            let s = p.span(tz, ms(at)).unwrap();
-            assert_eq!(s, Span { label: label.to_string(), start: ms(start), end: ms(end) }, "{p:?} {zone} {at}");
-        }
-        let custom = Period::Custom { start: ms("2026-07-01T00:00:00Z"), end: ms("2026-08-01T00:00:00Z") };
-        let tz: Tz = "UTC".parse().unwrap();
-        assert_eq!(custom.span(tz, ms("2026-07-31T23:59:59Z")).unwrap().label, "custom");
-        assert_eq!(custom.span(tz, ms("2026-08-01T00:00:00Z")), None);
-        assert_eq!(custom.span(tz, ms("2026-06-30T23:59:59Z")), None);
-        assert_eq!(Period::AllTime.span(tz, 0).unwrap().end, Millis::MAX);
-    }
 }

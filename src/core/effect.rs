@@ -20,9 +20,6 @@ pub enum Effect {
     Unlock { badge: Arc<str>, count: u32, key: Option<String>, xp: u64, at: Millis },
     /// A badge's measurable progress moved (up, or back when a streak breaks).
     Progress { badge: Arc<str>, current: f64, target: f64 },
-    /// The user's score on a leaderboard for the current period is now `score`, reached at
-    /// `reached` (the receive time, which breaks ties). `moved_from` names the league the user
-    /// left, when their segment attribute changed within the period.
     /// An assigned goal is now tracked.
     GoalAssigned { goal: String, title: String, assigner: String, due: Option<Millis> },
     /// The goal's criterion was met: the assignee is told like an unlock, the assigner by a notice.
@@ -30,6 +27,9 @@ pub enum Effect {
     /// The due date passed first.
     GoalMissed { goal: String, title: String, assigner: String, at: Millis },
     GoalCancelled { goal: String },
+    /// The user's score on a leaderboard for the current period is now `score`, reached at
+    /// `reached` (the receive time, which breaks ties). `moved_from` names the league the user
+    /// left, when their segment attribute changed within the period.
     Score { board: Arc<str>, period: Arc<str>, end: Millis, segment: Option<String>, score: f64, reached: Millis, moved_from: Option<String> },
 }
 

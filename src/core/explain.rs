@@ -2,7 +2,7 @@
 //! by part for composite rules. Pure, like the rest of the core; `now` is passed in.
 
 use super::catalogue::{Catalogue, Cond};
-use super::engine::{recent, window_total};
+use super::history::{recent, window_total};
 use super::state::{StatValue, UserState};
 use super::value::{Millis, Value};
 use serde::Serialize;

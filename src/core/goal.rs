@@ -4,58 +4,21 @@
 //! accepted event under a catalogue of one badge (the criterion). Pure, like the rest of the
 //! core: assignment, completion, the due date and cancellation are all decided here, from data.
 
-use super::catalogue::Catalogue;
+use super::catalogue::{Catalogue, CatalogueError};
 use super::effect::Effect;
+use super::explain::BadgeProgress;
 use super::state::UserState;
 use super::value::{Event, Millis};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GoalStatus {
-    Open,
-    Completed,
-    Missed,
-    Cancelled,
-}
-
-impl GoalStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GoalStatus::Open => "open",
-            GoalStatus::Completed => "completed",
-            GoalStatus::Missed => "missed",
-            GoalStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// What the assigner asked for.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GoalSpec {
-    pub id: String,
-    pub title: String,
-    pub assigner: String,
-    /// The criterion, as JSON text in the rule language (`{"kind": "count", ...}`).
-    pub criterion: String,
-    pub due: Option<Millis>,
-}
-
-/// One goal in the assignee's state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GoalState {
-    pub spec: GoalSpec,
-    pub assigned_at: Millis,
-    pub status: GoalStatus,
-    pub closed_at: Option<Millis>,
-    /// The goal's own stats and cache, counted from the assignment on.
-    pub sub: Box<UserState>,
-}
+// A goal's data is part of the user's state (a `GoalState` holds the goal's own `UserState`),
+// so the types live in `state`; they are re-exported here, where the rest of the crate finds
+// them.
+pub use super::state::{GoalSpec, GoalState, GoalStatus};
 
 /// The catalogue a goal is tracked with, compiled from the tenant's catalogue in force.
-pub fn catalogue_for(spec: &GoalSpec, cat: &Catalogue) -> Result<Catalogue, super::CatalogueError> {
-    let criterion: serde_json::Value = serde_json::from_str(&spec.criterion).map_err(|e| super::CatalogueError {
+pub fn catalogue_for(spec: &GoalSpec, cat: &Catalogue) -> Result<Catalogue, CatalogueError> {
+    let criterion: serde_json::Value = serde_json::from_str(&spec.criterion).map_err(|e| CatalogueError {
         badge: None,
         field: "criterion".into(),
         message: format!("not valid JSON: {e}"),
@@ -93,11 +56,18 @@ pub fn assign(state: &mut UserState, spec: GoalSpec, now: Millis, cat: &Catalogu
     Ok(fx)
 }
 
-/// Feeds an accepted event to every open goal; called by `apply`. A goal completes when its
-/// badge would unlock; an event that arrives after the due date closes it as missed instead.
-/// However a goal ends, its own stats are dropped, so a user's state does not grow with every
-/// goal they ever had (the goal, and how it ended, are kept).
-pub(crate) fn step(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue, fx: &mut Vec<Effect>) {
+/// How a goal's own state takes an event: the engine's `apply`, which the engine hands to `step`.
+/// A goal is tracked by the same rules as a badge, so feeding it means running the engine on the
+/// goal's state; taking the engine as an argument, rather than importing it, keeps this module
+/// below the engine, which calls it.
+pub(crate) type Apply = fn(&mut UserState, &Event, Millis, &Catalogue) -> Vec<Effect>;
+
+/// Feeds an accepted event to every open goal; called by `apply`, which passes itself as
+/// `apply`. A goal completes when its badge would unlock; an event that arrives after the due
+/// date closes it as missed instead. However a goal ends, its own stats are dropped, so a
+/// user's state does not grow with every goal they ever had (the goal, and how it ended, are
+/// kept).
+pub(crate) fn step(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue, fx: &mut Vec<Effect>, apply: Apply) {
     let open: Vec<String> = state.goals.iter().filter(|(_, g)| g.status == GoalStatus::Open).map(|(id, _)| id.clone()).collect();
     for id in open {
         if state.goals[&id].spec.due.is_some_and(|d| now > d) {
@@ -106,7 +76,7 @@ pub(crate) fn step(state: &mut UserState, event: &Event, now: Millis, cat: &Cata
         }
         let Some(c) = compiled(state, &id, cat) else { continue };
         let g = state.goals.get_mut(&id).expect("listed above");
-        let sub_fx = super::engine::apply(&mut g.sub, event, now, &c);
+        let sub_fx = apply(&mut g.sub, event, now, &c);
         if sub_fx.iter().any(|e| matches!(e, Effect::Unlock { .. })) {
             g.status = GoalStatus::Completed;
             g.closed_at = Some(now);
@@ -146,7 +116,7 @@ pub fn cancel(state: &mut UserState, id: &str, now: Millis) -> Vec<Effect> {
 }
 
 /// Progress towards an open goal, part by part, like a badge's.
-pub fn progress(state: &UserState, id: &str, now: Millis, cat: &Catalogue) -> Option<super::explain::BadgeProgress> {
+pub fn progress(state: &UserState, id: &str, now: Millis, cat: &Catalogue) -> Option<BadgeProgress> {
     let g = state.goals.get(id)?;
     let c = catalogue_for(&g.spec, cat).ok()?;
     let mut sub = (*g.sub).clone();

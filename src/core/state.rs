@@ -1,6 +1,6 @@
 //! Per-user state: XP, level, badges, the precalculated stats, the last-N action cache, dedup
-//! memory and attributes. Plain data with deterministic serialization (ordered maps only), so
-//! the same event stream always encodes to the same bytes.
+//! memory, attributes and assigned goals. Plain data with deterministic serialization (ordered
+//! maps only), so the same event stream always encodes to the same bytes.
 
 use super::catalogue::{Catalogue, StatKind};
 use super::value::{same_str, Millis, Value};
@@ -221,6 +221,53 @@ impl Ring {
     }
 }
 
+// Assigned goals. These are stored with the user (`UserState::goals`), and a goal's state holds
+// a `UserState` of its own, so the types are one recursive type with `UserState` and live in
+// this module; `goal` holds what is done with them.
+
+/// Where an assigned goal stands: open until it is completed, missed or cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoalStatus {
+    Open,
+    Completed,
+    Missed,
+    Cancelled,
+}
+
+impl GoalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoalStatus::Open => "open",
+            GoalStatus::Completed => "completed",
+            GoalStatus::Missed => "missed",
+            GoalStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What the assigner asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GoalSpec {
+    pub id: String,
+    pub title: String,
+    pub assigner: String,
+    /// The criterion, as JSON text in the rule language (`{"kind": "count", ...}`).
+    pub criterion: String,
+    pub due: Option<Millis>,
+}
+
+/// One goal in the assignee's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GoalState {
+    pub spec: GoalSpec,
+    pub assigned_at: Millis,
+    pub status: GoalStatus,
+    pub closed_at: Option<Millis>,
+    /// The goal's own stats and cache, counted from the assignment on.
+    pub sub: Box<UserState>,
+}
+
 /// Everything Accolade knows about one user of one tenant.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
@@ -250,7 +297,7 @@ pub struct UserState {
     /// Score per leaderboard id, for the board's current period.
     pub boards: KeyMap<BoardScore>,
     /// Goals assigned to this user, by id.
-    pub goals: BTreeMap<String, super::goal::GoalState>,
+    pub goals: BTreeMap<String, GoalState>,
     #[serde(skip)]
     pub(crate) derived: Derived,
 }

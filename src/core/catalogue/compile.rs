@@ -1,0 +1,431 @@
+//! Compiling a catalogue document into the model: settings, event types, the level curve, XP
+//! rules, badges (their rules through `rules`), leaderboards, and the cache rings and layout
+//! hash that tie user state to the catalogue. `Catalogue::parse` and `Catalogue::for_goal`, the
+//! two ways a catalogue is built, are here.
+
+use super::document::{part, Doc, DocBadge, DocBoard, DocEventType, DocXp, Format, DEMO_CATALOGUE};
+use super::error::{err, CatalogueError};
+use super::model::{
+    BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Levels, ProgressSlot, Settings, StatKind, XpAmount, XpRuleDef,
+    PROFILE_EVENT,
+};
+use super::rules::Builder;
+use crate::core::calendar::Period;
+use crate::core::value::{parse_duration, stable_hash, Millis};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+impl Catalogue {
+    pub fn demo() -> Catalogue {
+        Catalogue::parse(DEMO_CATALOGUE, Format::Toml).expect("the embedded demo catalogue is valid")
+    }
+
+    pub fn parse(text: &str, format: Format) -> Result<Catalogue, CatalogueError> {
+        let value: serde_json::Value = match format {
+            Format::Toml => toml::from_str(text).map_err(|e| err(None, "document", format!("not valid TOML: {}", e.message())))?,
+            Format::Json => serde_json::from_str(text).map_err(|e| err(None, "document", format!("not valid JSON: {e}")))?,
+        };
+        let mut cat = compile(value.clone())?;
+        cat.source = text.to_string();
+        cat.id = stable_hash(format!("{}\u{1f}{}", cat.version, text).as_bytes());
+        cat.document = Arc::new(value);
+        Ok(cat)
+    }
+
+    /// The catalogue an assigned goal is tracked with: this catalogue's event types and
+    /// settings, and one badge, `goal`, whose rule is the goal's criterion (in the same rule
+    /// language). Errors name the field inside the criterion.
+    pub fn for_goal(&self, title: &str, criterion: &serde_json::Value) -> Result<Catalogue, CatalogueError> {
+        let mut v = (*self.document).clone();
+        let Some(doc) = v.as_object_mut() else { return Err(err(None, "criterion", "the catalogue document is not an object")) };
+        doc.insert("badges".into(), serde_json::json!([{ "id": "goal", "name": title, "tier": "bronze", "rule": criterion }]));
+        doc.insert("xp".into(), serde_json::json!([]));
+        doc.insert("leaderboards".into(), serde_json::json!([]));
+        let mut cat = compile(v).map_err(|e| {
+            let field = match e.field.strip_prefix("rule") {
+                Some(rest) => format!("criterion{rest}"),
+                None => e.field.clone(),
+            };
+            err(None, field, e.message)
+        })?;
+        if matches!(cat.badges[0].cond, Cond::Never) {
+            return Err(err(None, "criterion.kind", "a goal needs a rule that events can meet"));
+        }
+        cat.version = self.version;
+        cat.id = stable_hash(format!("goal\u{1f}{}\u{1f}{title}\u{1f}{criterion}", self.id).as_bytes());
+        Ok(cat)
+    }
+}
+
+fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
+    let doc: Doc = part(doc_value, None, "")?;
+    let s = &doc.settings;
+    let dur = |f: &str, v: &str| parse_duration(v).map_err(|m| err(None, format!("settings.{f}"), m));
+    if s.cache_size == 0 || s.cache_size > 10_000 {
+        return Err(err(None, "settings.cache_size", "must be between 1 and 10000"));
+    }
+    let settings = Settings {
+        cache_size: s.cache_size,
+        recent_ids: s.recent_ids.clamp(1, 100_000),
+        late_bound: dur("late_bound", &s.late_bound)?,
+        future_skew: dur("future_skew", &s.future_skew)?,
+        default_timezone: s
+            .default_timezone
+            .parse()
+            .map_err(|_| err(None, "settings.default_timezone", format!("unknown time zone `{}`", s.default_timezone)))?,
+    };
+
+    let mut b = Builder {
+        types: Vec::new(),
+        type_index: HashMap::new(),
+        stats: Vec::new(),
+        stat_ids: HashMap::new(),
+        cache_wants: Vec::new(),
+        tables: doc.tables.clone(),
+        badge_ids: HashMap::new(),
+    };
+
+    let mut type_docs: Vec<(String, DocEventType)> = doc.event_types.into_iter().collect();
+    if !type_docs.iter().any(|(n, _)| n == PROFILE_EVENT) {
+        // The profile event is always available to the app's backend, so segmentation works
+        // in every catalogue.
+        type_docs.push((
+            PROFILE_EVENT.into(),
+            DocEventType { client: false, fields: BTreeMap::new(), fingerprint: vec![], fingerprint_window: None },
+        ));
+    }
+    for (name, t) in type_docs {
+        let owner = format!("event type `{name}`");
+        if name.is_empty() || name.len() > 64 {
+            return Err(err(Some(&owner), "name", "must be 1 to 64 characters"));
+        }
+        let mut fields = Vec::new();
+        for (fname, kind) in &t.fields {
+            let (k, optional) = match kind.strip_suffix('?') {
+                Some(k) => (k, true),
+                None => (kind.as_str(), false),
+            };
+            let kind = match k {
+                "string" => FieldKind::String,
+                "number" => FieldKind::Number,
+                "bool" => FieldKind::Bool,
+                "any" => FieldKind::Any,
+                other => {
+                    return Err(err(Some(&owner), format!("fields.{fname}"), format!("unknown type `{other}` (use string, number, bool or any; add ? for optional)")));
+                }
+            };
+            fields.push(FieldDef { name: fname.clone(), kind, optional });
+        }
+        let mut def = EventTypeDef {
+            name: name.clone(),
+            client: t.client,
+            fields,
+            fingerprint: None,
+            cache: None,
+            cached_fields: vec![],
+            stats: vec![],
+            xp_rules: vec![],
+            badges: vec![],
+            progress: vec![],
+            checks: vec![],
+        };
+        if !t.fingerprint.is_empty() {
+            let mut pos = Vec::new();
+            for f in &t.fingerprint {
+                pos.push(def.field(f).ok_or_else(|| err(Some(&owner), "fingerprint", format!("`{f}` is not a declared field")))?);
+            }
+            let window = t
+                .fingerprint_window
+                .as_deref()
+                .ok_or_else(|| err(Some(&owner), "fingerprint_window", "a fingerprint needs a window, e.g. \"1h\""))
+                .and_then(|w| parse_duration(w).map_err(|m| err(Some(&owner), "fingerprint_window", m)))?;
+            def.fingerprint = Some((pos, window));
+        }
+        b.type_index.insert(name, b.types.len());
+        b.types.push(def);
+        b.cache_wants.push(Vec::new());
+    }
+
+    let levels = match (&doc.levels.thresholds, doc.levels.base) {
+        (Some(t), None) => {
+            if t.first() != Some(&0) || t.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(err(None, "levels.thresholds", "must start at 0 and increase strictly"));
+            }
+            Levels::Thresholds(t.clone())
+        }
+        (None, Some(base)) => {
+            let exponent = doc.levels.exponent.unwrap_or(2.0);
+            if !(base > 0.0) || !(exponent > 0.0) {
+                return Err(err(None, "levels", "base and exponent must be positive"));
+            }
+            Levels::Formula { base, exponent, max_level: doc.levels.max_level.unwrap_or(100).max(1) }
+        }
+        _ => return Err(err(None, "levels", "give either `thresholds` or `base` (with optional exponent and max_level)")),
+    };
+
+    let mut xp_rules = Vec::new();
+    let mut xp_ids = std::collections::HashSet::new();
+    for (i, v) in doc.xp.into_iter().enumerate() {
+        let owner_guess = v.get("id").and_then(|x| x.as_str()).map(|x| format!("xp rule `{x}`")).unwrap_or(format!("xp rule #{}", i + 1));
+        let x: DocXp = part(v, Some(&owner_guess), "")?;
+        let owner = Some(owner_guess.as_str());
+        if !xp_ids.insert(x.id.clone()) {
+            return Err(err(owner, "id", "duplicate XP rule id"));
+        }
+        let t = *b.type_index.get(&x.event).ok_or_else(|| err(owner, "event", format!("unknown event type `{}`", x.event)))?;
+        let when = b.pred_on_type(t, x.when.as_ref()).map_err(|m| err(owner, "when", m))?;
+        let amount = match (x.amount, &x.amount_field) {
+            (Some(a), None) => XpAmount::Fixed(a),
+            (None, Some(f)) => {
+                let pos = b.types[t].field(f).ok_or_else(|| err(owner, "amount_field", format!("`{f}` is not a declared field")))?;
+                if b.types[t].fields[pos].kind != FieldKind::Number {
+                    return Err(err(owner, "amount_field", format!("`{f}` must be declared as a number")));
+                }
+                if !(x.multiplier >= 0.0) {
+                    return Err(err(owner, "multiplier", "must not be negative"));
+                }
+                XpAmount::Field { pos, multiplier: x.multiplier }
+            }
+            _ => return Err(err(owner, "amount", "give exactly one of `amount` or `amount_field`")),
+        };
+        b.types[t].xp_rules.push(xp_rules.len());
+        xp_rules.push(XpRuleDef { id: x.id.as_str().into(), event: t, when, amount, max: x.max, daily_cap: x.daily_cap });
+    }
+
+    // Badge ids first, so `badge` conditions may name badges defined later in the document.
+    let mut docs = Vec::new();
+    for (i, v) in doc.badges.into_iter().enumerate() {
+        let owner = v.get("id").and_then(|x| x.as_str()).map(|x| format!("badge `{x}`")).unwrap_or(format!("badge #{}", i + 1));
+        let d: DocBadge = part(v, Some(&owner), "")?;
+        if d.id.is_empty() || d.id.len() > 64 || !d.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(err(Some(&owner), "id", "use 1 to 64 letters, digits, '-', '_' or '.'"));
+        }
+        if b.badge_ids.insert(d.id.clone(), i).is_some() {
+            return Err(err(Some(&owner), "id", "duplicate badge id"));
+        }
+        docs.push((owner, d));
+    }
+
+    let mut badges = Vec::new();
+    for (owner, d) in docs {
+        let o = Some(owner.as_str());
+        let cond = b.rule(&d.rule, o, "rule")?;
+        if let Some(every) = d.repeat_every {
+            let ok = matches!(&cond, Cond::Metric { stat, .. } if matches!(b.stats[*stat].kind, StatKind::Count | StatKind::Sum));
+            if !ok || !(every > 0.0) {
+                return Err(err(o, "repeat_every", "needs a positive number and a count or sum rule"));
+            }
+        }
+        if let Some(k) = &d.per_key {
+            let events = cond_events(&cond, &b);
+            if events.is_empty() || events.iter().any(|&t| b.types[t].field(k).is_none()) {
+                return Err(err(o, "per_key", format!("`{k}` must be a field of every event type the rule reads")));
+            }
+            if d.repeat_every.is_some() {
+                return Err(err(o, "per_key", "cannot be combined with repeat_every"));
+            }
+        }
+        let time = |f: &str, v: &Option<String>| -> Result<Option<Millis>, CatalogueError> {
+            v.as_ref()
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|d| d.timestamp_millis())
+                        .map_err(|_| err(o, f, format!("`{t}` is not an RFC 3339 time")))
+                })
+                .transpose()
+        };
+        let available_from = time("available_from", &d.available_from)?;
+        let available_until = time("available_until", &d.available_until)?;
+        if let (Some(f), Some(u)) = (available_from, available_until)
+            && f >= u
+        {
+            return Err(err(o, "available_until", "must be after available_from"));
+        }
+        let idx = badges.len();
+        let events: Vec<usize> = cond_events(&cond, &b);
+        if !d.retired {
+            for &t in &events {
+                b.types[t].badges.push(idx);
+            }
+        }
+        badges.push(BadgeDef {
+            id: d.id.as_str().into(),
+            name: d.name,
+            description: d.description,
+            tier: d.tier,
+            xp: d.xp,
+            icon: d.icon,
+            hidden: d.hidden,
+            repeat_every: d.repeat_every,
+            per_key_pos: b.types.iter().map(|t| d.per_key.as_deref().and_then(|k| t.field(k))).collect(),
+            per_key: d.per_key,
+            available_from,
+            available_until,
+            retired: d.retired,
+            events: events.iter().map(|&t| b.types[t].name.clone()).collect(),
+            cond,
+        });
+    }
+    let user_badges: Vec<usize> = (0..badges.len()).filter(|&i| !badges[i].retired && badges[i].cond.depends_on_user()).collect();
+    for ty in &mut b.types {
+        ty.checks = ty.badges.iter().copied().filter(|i| !user_badges.contains(i)).collect();
+        ty.progress = ty
+            .badges
+            .iter()
+            .filter_map(|&i| match badges[i].cond {
+                Cond::Metric { stat, target } => {
+                    let bit = ty.stats.iter().position(|&x| x == stat)?;
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every })
+                }
+                _ => None,
+            })
+            .collect();
+    }
+
+    // Cache rings: one per event type that a window or recent rule reads, keeping only the
+    // fields those rules read. Conditions were compiled against `cache_wants` positions, so the
+    // ring layout must follow the same order.
+    let mut rings = Vec::new();
+    for (t, wants) in b.cache_wants.iter().enumerate() {
+        if b.types[t].cache.is_some() {
+            let positions = wants.iter().map(|w| b.types[t].field(w).expect("checked")).collect();
+            b.types[t].cached_fields = positions;
+            rings.push((t, wants.clone()));
+        }
+    }
+    let mut layout_text = String::new();
+    for s in &b.stats {
+        layout_text.push_str(&format!("{:x};", s.id));
+    }
+    for (t, f) in &rings {
+        layout_text.push_str(&format!("{}:{};", b.types[*t].name, f.join(",")));
+    }
+    let badge_index: HashMap<String, usize> = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
+    let boards = compile_boards(doc.leaderboards, &b, &badges, &badge_index)?;
+    let once = badges.iter().map(|d| d.repeat_every.is_none() && d.per_key.is_none()).collect();
+    Ok(Catalogue {
+        version: doc.version,
+        id: 0,
+        name: doc.name,
+        layout: stable_hash(layout_text.as_bytes()),
+        settings,
+        types: b.types,
+        type_index: b.type_index,
+        xp_rules,
+        levels,
+        stats: b.stats,
+        badges,
+        badge_index,
+        user_badges,
+        once,
+        rings,
+        boards,
+        source: String::new(),
+        document: Arc::new(serde_json::Value::Null),
+    })
+}
+
+fn compile_boards(docs: Vec<serde_json::Value>, b: &Builder, badges: &[BadgeDef], badge_index: &HashMap<String, usize>) -> Result<Vec<BoardDef>, CatalogueError> {
+    let mut out: Vec<BoardDef> = Vec::new();
+    for (i, v) in docs.into_iter().enumerate() {
+        let owner = v.get("id").and_then(|x| x.as_str()).map(|x| format!("leaderboard `{x}`")).unwrap_or(format!("leaderboard #{}", i + 1));
+        let d: DocBoard = part(v, Some(&owner), "")?;
+        let o = Some(owner.as_str());
+        if d.id.is_empty() || d.id.len() > 64 || !d.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(err(o, "id", "use 1 to 64 letters, digits, '-', '_' or '.'"));
+        }
+        if out.iter().any(|x| *x.id == *d.id) {
+            return Err(err(o, "id", "duplicate leaderboard id"));
+        }
+        let event = || -> Result<usize, CatalogueError> {
+            let name = d.event.as_deref().ok_or_else(|| err(o, "event", format!("a `{}` leaderboard needs an `event`", d.metric)))?;
+            b.type_id(name).map_err(|m| err(o, "event", m))
+        };
+        let (metric, describe) = match d.metric.as_str() {
+            "xp" => {
+                if d.event.is_some() || d.when.is_some() || d.field.is_some() {
+                    return Err(err(o, "metric", "an `xp` leaderboard takes no event, when or field"));
+                }
+                (BoardMetric::Xp, "xp".to_string())
+            }
+            "count" | "sum" => {
+                let t = event()?;
+                let when = b.pred_on_type(t, d.when.as_ref()).map_err(|m| err(o, "when", m))?;
+                if d.metric == "count" {
+                    if d.field.is_some() {
+                        return Err(err(o, "field", "a `count` leaderboard takes no field"));
+                    }
+                    (BoardMetric::Count { event: t, when }, format!("count of {}", b.types[t].name))
+                } else {
+                    let f = d.field.as_deref().ok_or_else(|| err(o, "field", "a `sum` leaderboard needs a number `field`"))?;
+                    let pos = b.types[t].field(f).filter(|&p| b.types[t].fields[p].kind == FieldKind::Number);
+                    let pos = pos.ok_or_else(|| err(o, "field", format!("`{f}` is not a number field of `{}`", b.types[t].name)))?;
+                    (BoardMetric::Sum { event: t, when, field: pos }, format!("sum of {} {f}", b.types[t].name))
+                }
+            }
+            other => return Err(err(o, "metric", format!("unknown metric `{other}` (use xp, count or sum)"))),
+        };
+        let time = |f: &str, v: &Option<String>| -> Result<Option<Millis>, CatalogueError> {
+            v.as_ref()
+                .map(|t| chrono::DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_millis()).map_err(|_| err(o, f, format!("`{t}` is not an RFC 3339 time"))))
+                .transpose()
+        };
+        let (starts, ends) = (time("starts", &d.starts)?, time("ends", &d.ends)?);
+        let period = match (d.period.as_str(), starts, ends) {
+            ("custom", Some(start), Some(end)) if start < end => Period::Custom { start, end },
+            ("custom", Some(_), Some(_)) => return Err(err(o, "ends", "must be after starts")),
+            ("custom", _, _) => return Err(err(o, "period", "a custom period needs `starts` and `ends`")),
+            (_, Some(_), _) | (_, _, Some(_)) => return Err(err(o, "starts", "only a custom period takes starts and ends")),
+            ("all_time", ..) => Period::AllTime,
+            ("daily", ..) => Period::Daily,
+            ("weekly", ..) => Period::Weekly,
+            ("monthly", ..) => Period::Monthly,
+            (other, ..) => return Err(err(o, "period", format!("unknown period `{other}` (use all_time, daily, weekly, monthly or custom)"))),
+        };
+        if d.size == Some(0) {
+            return Err(err(o, "size", "must be at least 1"));
+        }
+        let award = match &d.award {
+            None => None,
+            Some(a) => {
+                let &bi = badge_index.get(&a.badge).ok_or_else(|| err(o, "award.badge", format!("unknown badge `{}`", a.badge)))?;
+                if !matches!(badges[bi].cond, Cond::Never) {
+                    return Err(err(o, "award.badge", format!("badge `{}` must have the rule {{ kind = \"awarded\" }}", a.badge)));
+                }
+                if matches!(period, Period::AllTime) {
+                    return Err(err(o, "award", "an all-time board never closes, so it cannot award a badge"));
+                }
+                if a.top == 0 || d.size.is_some_and(|s| a.top > s) {
+                    return Err(err(o, "award.top", "must be at least 1 and within the board's size"));
+                }
+                Some((bi, a.top))
+            }
+        };
+        let name = if d.name.is_empty() { d.id.clone() } else { d.name };
+        out.push(BoardDef { id: d.id.as_str().into(), name, metric, period, segment_by: d.segment_by, size: d.size, award, describe });
+    }
+    Ok(out)
+}
+
+/// The event types whose arrival can change a condition.
+fn cond_events(c: &Cond, b: &Builder) -> Vec<usize> {
+    let mut out = Vec::new();
+    fn walk(c: &Cond, b: &Builder, out: &mut Vec<usize>) {
+        match c {
+            Cond::Metric { stat, .. } | Cond::Sequence { stat } => out.extend(b.stats[*stat].inputs.iter().map(|i| i.event)),
+            Cond::Window { reqs, .. } => {
+                for r in reqs {
+                    out.extend(r.per_type.iter().map(|(ring, _, _)| b.ring_type(*ring)));
+                }
+            }
+            Cond::Recent(r) => out.extend(r.rings.iter().map(|x| b.ring_type(x.ring))),
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| walk(c, b, out)),
+            Cond::Not(c) => walk(c, b, out),
+            _ => {}
+        }
+    }
+    walk(c, b, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}

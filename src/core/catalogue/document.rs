@@ -1,0 +1,271 @@
+//! The catalogue document as written, in TOML or JSON, before any checking beyond its shape.
+//! Unknown keys are refused so a typo never silently disables a rule.
+//!
+//! Everything here is read by `compile` and `rules` only; the rest of the core sees the
+//! compiled model.
+
+use super::error::{err, CatalogueError};
+use super::model::Tier;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The demo catalogue, modelled on Khan Academy's badges; compiled into the binary so the server
+/// starts with no files.
+pub const DEMO_CATALOGUE: &str = include_str!("../../../catalogues/khan.toml");
+
+/// The notation a catalogue document is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Json,
+}
+
+/// Deserializes a part of the document, reporting the exact path of a bad key.
+pub(super) fn part<T: serde::de::DeserializeOwned>(v: serde_json::Value, owner: Option<&str>, prefix: &str) -> Result<T, CatalogueError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (path.as_str(), prefix.is_empty()) {
+            (".", true) => "document".to_string(),
+            (".", false) => prefix.to_string(),
+            (_, true) => path,
+            (_, false) => format!("{prefix}.{path}"),
+        };
+        err(owner, field, e.into_inner().to_string())
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Doc {
+    pub(super) version: u64,
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) settings: DocSettings,
+    pub(super) event_types: BTreeMap<String, DocEventType>,
+    pub(super) levels: DocLevels,
+    #[serde(default)]
+    pub(super) xp: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub(super) tables: BTreeMap<String, BTreeMap<String, f64>>,
+    #[serde(default)]
+    pub(super) badges: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub(super) leaderboards: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocBoard {
+    pub(super) id: String,
+    #[serde(default)]
+    pub(super) name: String,
+    /// `xp`, `count` or `sum`.
+    pub(super) metric: String,
+    pub(super) event: Option<String>,
+    pub(super) when: Option<serde_json::Value>,
+    pub(super) field: Option<String>,
+    /// `all_time`, `daily`, `weekly`, `monthly` or `custom`.
+    pub(super) period: String,
+    pub(super) starts: Option<String>,
+    pub(super) ends: Option<String>,
+    pub(super) segment_by: Option<String>,
+    pub(super) size: Option<usize>,
+    pub(super) award: Option<DocAward>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocAward {
+    pub(super) badge: String,
+    pub(super) top: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct DocSettings {
+    pub(super) cache_size: usize,
+    pub(super) recent_ids: usize,
+    pub(super) late_bound: String,
+    pub(super) future_skew: String,
+    pub(super) default_timezone: String,
+}
+
+impl Default for DocSettings {
+    fn default() -> Self {
+        DocSettings {
+            cache_size: 500,
+            recent_ids: 256,
+            late_bound: "24h".into(),
+            future_skew: "5m".into(),
+            default_timezone: "UTC".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocEventType {
+    #[serde(default)]
+    pub(super) client: bool,
+    #[serde(default)]
+    pub(super) fields: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) fingerprint: Vec<String>,
+    pub(super) fingerprint_window: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocLevels {
+    pub(super) thresholds: Option<Vec<u64>>,
+    pub(super) base: Option<f64>,
+    pub(super) exponent: Option<f64>,
+    pub(super) max_level: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocXp {
+    pub(super) id: String,
+    pub(super) event: String,
+    pub(super) when: Option<serde_json::Value>,
+    pub(super) amount: Option<u64>,
+    pub(super) amount_field: Option<String>,
+    #[serde(default = "one")]
+    pub(super) multiplier: f64,
+    pub(super) max: Option<u64>,
+    pub(super) daily_cap: Option<u64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocBadge {
+    pub(super) id: String,
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) description: String,
+    pub(super) tier: Tier,
+    #[serde(default)]
+    pub(super) xp: u64,
+    #[serde(default)]
+    pub(super) icon: String,
+    #[serde(default)]
+    pub(super) hidden: bool,
+    pub(super) repeat_every: Option<f64>,
+    pub(super) per_key: Option<String>,
+    pub(super) available_from: Option<String>,
+    pub(super) available_until: Option<String>,
+    /// A retired badge is no longer awarded; users who own it keep it and still see it.
+    #[serde(default)]
+    pub(super) retired: bool,
+    pub(super) rule: DocRule,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(super) fn list(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(super) enum DocRule {
+    Count { event: OneOrMany, when: Option<serde_json::Value>, per: Option<String>, distinct: Option<String>, target: f64 },
+    Sum { event: OneOrMany, when: Option<serde_json::Value>, field: String, per: Option<String>, target: f64 },
+    Max { event: OneOrMany, when: Option<serde_json::Value>, field: String, per: Option<String>, target: f64 },
+    Streak { event: OneOrMany, when: Option<serde_json::Value>, breaks_when: Option<serde_json::Value>, per: Option<String>, target: f64 },
+    DailyStreak {
+        event: OneOrMany,
+        when: Option<serde_json::Value>,
+        days: u32,
+        #[serde(default)]
+        grace_hours: f64,
+        #[serde(default)]
+        freezes: u32,
+        #[serde(default = "seven")]
+        freeze_every_days: u32,
+    },
+    Window { within: String, require: Vec<DocWindowReq> },
+    Recent {
+        event: OneOrMany,
+        last: usize,
+        same: Option<String>,
+        in_key: Option<String>,
+        min_items: Option<usize>,
+        all: Option<serde_json::Value>,
+        #[serde(default)]
+        newest: Vec<serde_json::Value>,
+        at_least: Option<DocAtLeast>,
+        ratio: Option<DocRatio>,
+        sum_at_most: Option<DocSumAtMost>,
+    },
+    Sequence { steps: Vec<DocStep>, within: String },
+    All { of: Vec<DocRule> },
+    Any { of: Vec<DocRule> },
+    Not { rule: Box<DocRule> },
+    Badge { id: String },
+    Level { at_least: u32 },
+    Xp { at_least: u64 },
+    Attribute { when: serde_json::Value },
+    Tenure { days: f64 },
+    /// Never earned by events: given by a leaderboard's period award.
+    Awarded {},
+}
+
+fn seven() -> u32 {
+    7
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocWindowReq {
+    pub(super) event: OneOrMany,
+    pub(super) when: Option<serde_json::Value>,
+    pub(super) count: Option<f64>,
+    pub(super) sum: Option<String>,
+    pub(super) at_least: Option<f64>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocAtLeast {
+    pub(super) when: serde_json::Value,
+    pub(super) count: usize,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocRatio {
+    pub(super) when: serde_json::Value,
+    pub(super) at_least: f64,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocSumAtMost {
+    pub(super) field: String,
+    pub(super) per_item: Option<f64>,
+    pub(super) per_item_table: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocStep {
+    pub(super) event: String,
+    pub(super) when: Option<serde_json::Value>,
+}

@@ -1,0 +1,383 @@
+//! The compiled catalogue: what the engine runs on. Event types with their field positions and
+//! the stats, XP rules and badges each can change; stat slots; compiled conditions; levels;
+//! leaderboards. Built once by `compile`, immutable afterwards; nothing here reads the document.
+
+use crate::core::calendar::Period;
+use crate::core::predicate::{Op, Pred};
+use crate::core::value::{same_str, Millis, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The event type the core itself understands: it sets user attributes used for segmentation.
+pub const PROFILE_EVENT: &str = "user.profile";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Bronze,
+    Silver,
+    Gold,
+    Platinum,
+    Diamond,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Bronze => "bronze",
+            Tier::Silver => "silver",
+            Tier::Gold => "gold",
+            Tier::Platinum => "platinum",
+            Tier::Diamond => "diamond",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    String,
+    Number,
+    Bool,
+    Any,
+}
+
+#[derive(Clone, Debug)]
+pub struct FieldDef {
+    pub name: String,
+    pub kind: FieldKind,
+    pub optional: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct EventTypeDef {
+    pub name: String,
+    /// Whether clients may send this type over the socket; all others are server-only.
+    pub client: bool,
+    pub fields: Vec<FieldDef>,
+    /// Field positions whose values identify one business action, and for how long.
+    pub fingerprint: Option<(Vec<usize>, Millis)>,
+    /// Which cache ring keeps this type's actions, if any rule reads them back.
+    pub cache: Option<usize>,
+    /// The declared field positions a cache entry keeps, in cache-entry order.
+    pub cached_fields: Vec<usize>,
+    /// Stats, XP rules and badges that this event type can change.
+    pub stats: Vec<usize>,
+    pub xp_rules: Vec<usize>,
+    pub badges: Vec<usize>,
+    /// The badges of `badges` that report progress (a metric against a target), each with
+    /// what the engine needs to report it without reading the badge's definition.
+    pub progress: Vec<ProgressSlot>,
+    /// The badges of `badges` that the engine checks after an event of this type: those not
+    /// in `Catalogue::user_badges`, which are checked after every event anyway.
+    pub checks: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProgressSlot {
+    pub badge: usize,
+    /// The position of `stat` in the event type's `stats`: its bit in the engine's set of
+    /// stats this event moved.
+    pub bit: usize,
+    pub stat: usize,
+    pub target: f64,
+    pub repeat_every: Option<f64>,
+}
+
+impl EventTypeDef {
+    pub fn field(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+    pub(super) fn cached_pos(&self, name: &str) -> Option<usize> {
+        let f = self.field(name)?;
+        self.cached_fields.iter().position(|&c| c == f)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub cache_size: usize,
+    pub recent_ids: usize,
+    pub late_bound: Millis,
+    pub future_skew: Millis,
+    pub default_timezone: chrono_tz::Tz,
+}
+
+#[derive(Clone, Debug)]
+pub enum Levels {
+    Thresholds(Vec<u64>),
+    Formula { base: f64, exponent: f64, max_level: u32 },
+}
+
+impl Levels {
+    /// XP needed to reach `level` (level 1 needs nothing).
+    pub fn xp_for(&self, level: u32) -> Option<u64> {
+        match self {
+            Levels::Thresholds(t) => t.get(level.checked_sub(1)? as usize).copied(),
+            Levels::Formula { base, exponent, max_level } => {
+                (level >= 1 && level <= *max_level).then(|| (base * ((level - 1) as f64).powf(*exponent)).round() as u64)
+            }
+        }
+    }
+
+    /// The level a total of `xp` reaches.
+    pub fn level_for(&self, xp: u64) -> u32 {
+        self.level_from(xp, 1)
+    }
+
+    /// The level `xp` reaches, searching upward from `from` (XP never decreases, so the user's
+    /// current level is a safe start and the search is usually one step).
+    pub fn level_from(&self, xp: u64, from: u32) -> u32 {
+        let mut level = from.max(1);
+        while let Some(need) = self.xp_for(level + 1) {
+            if xp < need {
+                break;
+            }
+            level += 1;
+        }
+        level
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum XpAmount {
+    Fixed(u64),
+    Field { pos: usize, multiplier: f64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct XpRuleDef {
+    pub id: Arc<str>,
+    pub event: usize,
+    pub when: Pred,
+    pub amount: XpAmount,
+    pub max: Option<u64>,
+    pub daily_cap: Option<u64>,
+}
+
+/// What a stat slot keeps up to date.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatKind {
+    Count,
+    Distinct,
+    Sum,
+    Max,
+    /// Consecutive matching events; `StatInput::breaks` resets it.
+    Streak,
+    /// Active on consecutive local days.
+    Daily { grace: Millis, freezes: u32, freeze_every: u32 },
+    /// Ordered steps within a time limit; `StatInput::step` says which step an input is.
+    Sequence { steps: usize, within: Millis },
+}
+
+/// How one event type feeds a stat.
+#[derive(Clone, Debug)]
+pub struct StatInput {
+    pub event: usize,
+    pub when: Pred,
+    pub breaks: Option<Pred>,
+    /// The per-key field position ("per exercise").
+    pub key: Option<usize>,
+    /// The numeric field (sum, max) or the distinct field.
+    pub value: Option<usize>,
+    pub step: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct StatDef {
+    /// A stable identity derived from the rule's canonical text: state keeps stat values under
+    /// it, so a catalogue edit keeps the values of every stat that did not change.
+    pub id: u64,
+    pub kind: StatKind,
+    pub keyed: bool,
+    /// The per-key field's name; an event of any type with that field picks the key.
+    pub per: Option<String>,
+    /// For each event type, the position of the `per` field in it, found once at compile time.
+    pub key_pos: Vec<Option<usize>>,
+    pub inputs: Vec<StatInput>,
+    pub describe: String,
+}
+
+/// One requirement of a time-window rule, read from one cache ring.
+#[derive(Clone, Debug)]
+pub struct WindowReq {
+    pub per_type: Vec<(usize, Pred, Option<usize>)>, // (cache ring, predicate on cached fields, summed cached field)
+    pub target: f64,
+    pub describe: String,
+}
+
+impl WindowReq {
+    /// A count of actions (each adds 0 or 1), rather than a sum of a field.
+    pub fn counts(&self) -> bool {
+        self.per_type.iter().all(|(_, _, sum)| sum.is_none())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RecentCond {
+    /// (cache ring, positions of same/in_key/sum fields in that ring's entries)
+    pub rings: Vec<RecentRing>,
+    pub last: usize,
+    pub same: bool,
+    pub in_key: bool,
+    pub min_items: usize,
+    pub all: bool,
+    pub newest: usize,
+    pub at_least: Option<usize>,
+    pub ratio: Option<f64>,
+    pub sum_at_most: Option<SumLimit>,
+    pub describe: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecentRing {
+    pub ring: usize,
+    pub key_pos: Option<usize>,
+    pub all: Pred,
+    pub newest: Vec<Pred>,
+    pub at_least: Pred,
+    pub ratio: Pred,
+    pub sum_pos: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub enum SumLimit {
+    PerItem(f64),
+    Table { values: BTreeMap<String, f64>, default: f64 },
+}
+
+/// A compiled rule: what must hold for a badge.
+#[derive(Clone, Debug)]
+pub enum Cond {
+    Metric { stat: usize, target: f64 },
+    Sequence { stat: usize },
+    Window { within: Millis, reqs: Vec<WindowReq> },
+    Recent(Box<RecentCond>),
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Owns(usize),
+    Level(u32),
+    Xp(u64),
+    Attribute(Vec<(String, Op)>),
+    Tenure(Millis),
+    /// Given from outside the event stream (a leaderboard award); never holds on its own.
+    Never,
+}
+
+impl Cond {
+    /// Whether this condition can change without an event of its own types (XP, level, other
+    /// badges, attributes, tenure): such badges are rechecked after every event.
+    pub(super) fn depends_on_user(&self) -> bool {
+        match self {
+            Cond::Owns(_) | Cond::Level(_) | Cond::Xp(_) | Cond::Attribute(_) | Cond::Tenure(_) => true,
+            Cond::All(c) | Cond::Any(c) => c.iter().any(Cond::depends_on_user),
+            Cond::Not(c) => c.depends_on_user(),
+            _ => false,
+        }
+    }
+}
+
+/// What a leaderboard ranks by.
+#[derive(Clone, Debug)]
+pub enum BoardMetric {
+    /// XP earned by events (rules and the badges they unlock).
+    Xp,
+    Count { event: usize, when: Pred },
+    Sum { event: usize, when: Pred, field: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct BoardDef {
+    pub id: Arc<str>,
+    pub name: String,
+    pub metric: BoardMetric,
+    pub period: Period,
+    /// A league per value of this user attribute.
+    pub segment_by: Option<String>,
+    /// Only the top `size` are shown, ranked and archived.
+    pub size: Option<usize>,
+    /// (badge position, top N) awarded when a period closes.
+    pub award: Option<(usize, usize)>,
+    /// The metric as written, for the API.
+    pub describe: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct BadgeDef {
+    /// Shared, because every effect about the badge carries it.
+    pub id: Arc<str>,
+    pub name: String,
+    pub description: String,
+    pub tier: Tier,
+    pub xp: u64,
+    pub icon: String,
+    pub hidden: bool,
+    pub repeat_every: Option<f64>,
+    /// Award once per value of this field (Khan's "once per exercise"); XP on the first only.
+    pub per_key: Option<String>,
+    /// For each event type, the position of the `per_key` field in it.
+    pub per_key_pos: Vec<Option<usize>>,
+    pub available_from: Option<Millis>,
+    pub available_until: Option<Millis>,
+    /// Retired: kept for its owners, never evaluated.
+    pub retired: bool,
+    pub cond: Cond,
+    pub events: Vec<String>,
+}
+
+/// A validated, compiled catalogue. Immutable once built; a change makes a new one.
+#[derive(Clone, Debug)]
+pub struct Catalogue {
+    pub version: u64,
+    /// A hash of the source document: two catalogues with the same id compile alike.
+    pub id: u64,
+    pub name: String,
+    /// Hash of the stat and cache layout: state compiled against another layout is remapped.
+    pub layout: u64,
+    pub settings: Settings,
+    pub types: Vec<EventTypeDef>,
+    pub type_index: HashMap<String, usize>,
+    pub xp_rules: Vec<XpRuleDef>,
+    pub levels: Levels,
+    pub stats: Vec<StatDef>,
+    pub badges: Vec<BadgeDef>,
+    pub badge_index: HashMap<String, usize>,
+    /// Badges rechecked after any event because they depend on XP, level, badges or the user.
+    pub user_badges: Vec<usize>,
+    /// For each badge: whether it is earned at most once (neither repeatable nor per key). The
+    /// engine reads this compact list to skip owned badges without touching their definitions.
+    pub once: Vec<bool>,
+    /// For each cache ring: its event type and the names of the fields it keeps.
+    pub rings: Vec<(usize, Vec<String>)>,
+    pub boards: Vec<BoardDef>,
+    /// The document this was compiled from, kept so a version can be stored and served.
+    pub source: String,
+    /// The same document, parsed: the base of assigned goals' catalogues.
+    pub document: Arc<serde_json::Value>,
+}
+
+// The lookups the engine makes on every event. Building a catalogue (`parse`, `for_goal`) is in
+// `compile`.
+impl Catalogue {
+    pub fn type_of(&self, name: &str) -> Option<usize> {
+        // Catalogues declare a handful of event types: comparing names (lengths first) is
+        // cheaper than hashing one, and this runs on every event.
+        if self.types.len() <= 16 {
+            return self.types.iter().position(|t| same_str(&t.name, name));
+        }
+        self.type_index.get(name).copied()
+    }
+
+    pub fn badge(&self, id: &str) -> Option<&BadgeDef> {
+        self.badge_index.get(id).map(|&i| &self.badges[i])
+    }
+}
+
+/// Looks a value's per-item limit up in a sum table.
+pub fn table_value(limit: &SumLimit, key: Option<&Value>) -> f64 {
+    match limit {
+        SumLimit::PerItem(v) => *v,
+        SumLimit::Table { values, default } => key.and_then(|k| k.key()).and_then(|k| values.get(k.as_ref()).copied()).unwrap_or(*default),
+    }
+}

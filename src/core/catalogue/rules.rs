@@ -1,0 +1,332 @@
+//! Compiling badge rules: the compiler's working state (`Builder`) and how each rule kind becomes
+//! stat slots, reads from the last-N cache and a condition. Identical leaf rules share one stat
+//! slot, found by a stable hash of the rule's canonical text.
+
+use super::document::DocRule;
+use super::error::{err, CatalogueError};
+use super::model::{Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, StatDef, StatInput, StatKind, SumLimit, WindowReq};
+use crate::core::predicate::{Pred, RawPred};
+use crate::core::value::{parse_duration, stable_hash, Millis, DAY, HOUR};
+use std::collections::{BTreeMap, HashMap};
+
+/// The compiler's working state: the event types, stat slots and cache wants declared so far,
+/// which every rule compiled adds to and later rules reuse.
+pub(super) struct Builder {
+    pub(super) types: Vec<EventTypeDef>,
+    pub(super) type_index: HashMap<String, usize>,
+    pub(super) stats: Vec<StatDef>,
+    pub(super) stat_ids: HashMap<u64, usize>,
+    /// per type: field names some window/recent rule reads back from the cache
+    pub(super) cache_wants: Vec<Vec<String>>,
+    pub(super) tables: BTreeMap<String, BTreeMap<String, f64>>,
+    pub(super) badge_ids: HashMap<String, usize>,
+}
+
+impl Builder {
+    pub(super) fn ring_type(&self, ring: usize) -> usize {
+        self.types.iter().position(|t| t.cache == Some(ring)).expect("ring has a type")
+    }
+
+    pub(super) fn type_id(&self, name: &str) -> Result<usize, String> {
+        self.type_index.get(name).copied().ok_or_else(|| format!("unknown event type `{name}`"))
+    }
+
+    pub(super) fn pred_on_type(&self, t: usize, v: Option<&serde_json::Value>) -> Result<Pred, String> {
+        let raw = RawPred::parse(v)?;
+        raw.compile(|f| self.types[t].field(f)).map_err(|m| format!("{m} of `{}`", self.types[t].name))
+    }
+
+    /// Declares that a cache rule reads `fields` from type `t`, and returns the ring index.
+    fn want_cache(&mut self, t: usize, fields: &[&str]) -> Result<usize, String> {
+        for f in fields {
+            if self.types[t].field(f).is_none() {
+                return Err(format!("`{f}` is not a declared field of `{}`", self.types[t].name));
+            }
+            if !self.cache_wants[t].iter().any(|w| w == f) {
+                self.cache_wants[t].push(f.to_string());
+            }
+        }
+        if self.types[t].cache.is_none() {
+            let ring = self.types.iter().filter(|x| x.cache.is_some()).count();
+            self.types[t].cache = Some(ring);
+        }
+        // Keep cached_fields current while compiling so cached_pos can be used right away.
+        let positions = self.cache_wants[t].iter().map(|w| self.types[t].field(w).unwrap()).collect();
+        self.types[t].cached_fields = positions;
+        Ok(self.types[t].cache.unwrap())
+    }
+
+    fn cached_pred(&self, t: usize, v: Option<&serde_json::Value>) -> Result<Pred, String> {
+        RawPred::parse(v)?.compile(|f| self.types[t].cached_pos(f))
+    }
+
+    /// Registers a stat, sharing the slot with an identical one.
+    fn stat(&mut self, kind: StatKind, per: Option<&String>, inputs: Vec<StatInput>, canonical: String, describe: String) -> usize {
+        let id = stable_hash(canonical.as_bytes());
+        if let Some(&i) = self.stat_ids.get(&id) {
+            return i;
+        }
+        let i = self.stats.len();
+        for inp in &inputs {
+            if !self.types[inp.event].stats.contains(&i) {
+                self.types[inp.event].stats.push(i);
+            }
+        }
+        let key_pos = self.types.iter().map(|t| per.and_then(|k| t.field(k))).collect();
+        self.stats.push(StatDef { id, kind, keyed: per.is_some(), per: per.cloned(), key_pos, inputs, describe });
+        self.stat_ids.insert(id, i);
+        i
+    }
+
+    /// Builds per-type inputs for a stat over `events`, resolving the predicate, key and value.
+    #[allow(clippy::too_many_arguments)]
+    fn inputs(
+        &self,
+        events: &[String],
+        when: Option<&serde_json::Value>,
+        breaks: Option<&serde_json::Value>,
+        per: Option<&str>,
+        value: Option<(&str, bool)>,
+        o: Option<&str>,
+        path: &str,
+    ) -> Result<(Vec<StatInput>, String), CatalogueError> {
+        let mut inputs = Vec::new();
+        let mut types = Vec::new();
+        for e in events {
+            let t = self.type_id(e).map_err(|m| err(o, format!("{path}.event"), m))?;
+            let ty = &self.types[t];
+            let w = self.pred_on_type(t, when).map_err(|m| err(o, format!("{path}.when"), m))?;
+            let br = breaks.map(|x| self.pred_on_type(t, Some(x))).transpose().map_err(|m| err(o, format!("{path}.breaks_when"), m))?;
+            let key = per
+                .map(|k| ty.field(k).ok_or_else(|| err(o, format!("{path}.per"), format!("`{k}` is not a declared field of `{e}`"))))
+                .transpose()?;
+            let val = match value {
+                Some((f, numeric)) => {
+                    let p = ty.field(f).ok_or_else(|| err(o, format!("{path}.field"), format!("`{f}` is not a declared field of `{e}`")))?;
+                    if numeric && ty.fields[p].kind != FieldKind::Number {
+                        return Err(err(o, format!("{path}.field"), format!("`{f}` must be declared as a number")));
+                    }
+                    Some(p)
+                }
+                None => None,
+            };
+            inputs.push(StatInput { event: t, when: w, breaks: br, key, value: val, step: 0 });
+            types.push(e.clone());
+        }
+        if inputs.is_empty() {
+            return Err(err(o, format!("{path}.event"), "names no event type"));
+        }
+        types.sort();
+        let canon = format!(
+            "{}|{}|{}|{:?}|{:?}",
+            types.join(","),
+            RawPred::parse(when).map(|p| p.canonical()).unwrap_or_default(),
+            RawPred::parse(breaks).map(|p| p.canonical()).unwrap_or_default(),
+            per,
+            value.map(|v| v.0)
+        );
+        Ok((inputs, canon))
+    }
+
+    pub(super) fn rule(&mut self, r: &DocRule, o: Option<&str>, path: &str) -> Result<Cond, CatalogueError> {
+        let target_ok = |t: f64| -> Result<f64, CatalogueError> {
+            if t > 0.0 && t.is_finite() { Ok(t) } else { Err(err(o, format!("{path}.target"), "must be a positive number")) }
+        };
+        Ok(match r {
+            DocRule::Count { event, when, per, distinct, target } => {
+                let target = target_ok(*target)?;
+                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, per.as_deref(), distinct.as_deref().map(|d| (d, false)), o, path)?;
+                let kind = if distinct.is_some() { StatKind::Distinct } else { StatKind::Count };
+                let d = format!("{} {}", if distinct.is_some() { "distinct" } else { "count" }, event.list().join("|"));
+                let stat = self.stat(kind.clone(), per.as_ref(), inputs, format!("{kind:?}|{canon}"), d);
+                Cond::Metric { stat, target }
+            }
+            DocRule::Sum { event, when, field, per, target } | DocRule::Max { event, when, field, per, target } => {
+                let target = target_ok(*target)?;
+                let kind = if matches!(r, DocRule::Sum { .. }) { StatKind::Sum } else { StatKind::Max };
+                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, per.as_deref(), Some((field, true)), o, path)?;
+                let d = format!("{kind:?} of {field}").to_lowercase();
+                let stat = self.stat(kind.clone(), per.as_ref(), inputs, format!("{kind:?}|{canon}"), d);
+                Cond::Metric { stat, target }
+            }
+            DocRule::Streak { event, when, breaks_when, per, target } => {
+                let target = target_ok(*target)?;
+                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), breaks_when.as_ref(), per.as_deref(), None, o, path)?;
+                let stat = self.stat(StatKind::Streak, per.as_ref(), inputs, format!("Streak|{canon}"), "streak".into());
+                Cond::Metric { stat, target }
+            }
+            DocRule::DailyStreak { event, when, days, grace_hours, freezes, freeze_every_days } => {
+                if *days == 0 {
+                    return Err(err(o, format!("{path}.days"), "must be at least 1"));
+                }
+                if !(*grace_hours >= 0.0 && *grace_hours <= 24.0 * 14.0) {
+                    return Err(err(o, format!("{path}.grace_hours"), "must be between 0 and 336"));
+                }
+                if *freeze_every_days == 0 {
+                    return Err(err(o, format!("{path}.freeze_every_days"), "must be at least 1"));
+                }
+                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, None, None, o, path)?;
+                let kind = StatKind::Daily { grace: (*grace_hours * HOUR as f64) as Millis, freezes: *freezes, freeze_every: *freeze_every_days };
+                let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), "days in a row".into());
+                Cond::Metric { stat, target: *days as f64 }
+            }
+            DocRule::Sequence { steps, within } => {
+                let within = parse_duration(within).map_err(|m| err(o, format!("{path}.within"), m))?;
+                if steps.len() < 2 {
+                    return Err(err(o, format!("{path}.steps"), "needs at least two steps"));
+                }
+                let mut inputs = Vec::new();
+                let mut canon = format!("Seq|{within}");
+                for (i, st) in steps.iter().enumerate() {
+                    let p = format!("{path}.steps[{i}]");
+                    let t = self.type_id(&st.event).map_err(|m| err(o, format!("{p}.event"), m))?;
+                    let w = self.pred_on_type(t, st.when.as_ref()).map_err(|m| err(o, format!("{p}.when"), m))?;
+                    canon.push_str(&format!("|{}:{}", st.event, RawPred::parse(st.when.as_ref()).unwrap_or_default().canonical()));
+                    inputs.push(StatInput { event: t, when: w, breaks: None, key: None, value: None, step: i });
+                }
+                let stat = self.stat(StatKind::Sequence { steps: steps.len(), within }, None, inputs, canon, "sequence".into());
+                Cond::Sequence { stat }
+            }
+            DocRule::Window { within, require } => {
+                let within = parse_duration(within).map_err(|m| err(o, format!("{path}.within"), m))?;
+                if require.is_empty() {
+                    return Err(err(o, format!("{path}.require"), "needs at least one requirement"));
+                }
+                let mut reqs = Vec::new();
+                for (i, q) in require.iter().enumerate() {
+                    let p = format!("{path}.require[{i}]");
+                    let target = match (q.count, &q.sum, q.at_least) {
+                        (Some(c), None, None) if c > 0.0 => c,
+                        (None, Some(_), Some(a)) if a > 0.0 => a,
+                        _ => return Err(err(o, p, "give either `count = N` or `sum = \"field\"` with `at_least = N`")),
+                    };
+                    let mut per_type = Vec::new();
+                    for e in q.event.list() {
+                        let t = self.type_id(&e).map_err(|m| err(o, format!("{p}.event"), m))?;
+                        let raw = RawPred::parse(q.when.as_ref()).map_err(|m| err(o, format!("{p}.when"), m))?;
+                        let mut fields: Vec<&str> = raw.fields().collect();
+                        if let Some(sf) = &q.sum {
+                            fields.push(sf);
+                        }
+                        let ring = self.want_cache(t, &fields).map_err(|m| err(o, format!("{p}.when"), m))?;
+                        let pred = self.cached_pred(t, q.when.as_ref()).map_err(|m| err(o, format!("{p}.when"), m))?;
+                        let sum_pos = q.sum.as_ref().map(|f| self.types[t].cached_pos(f).unwrap());
+                        if let Some(sf) = &q.sum
+                            && self.types[t].fields[self.types[t].field(sf).unwrap()].kind != FieldKind::Number
+                        {
+                            return Err(err(o, format!("{p}.sum"), format!("`{sf}` must be declared as a number")));
+                        }
+                        per_type.push((ring, pred, sum_pos));
+                    }
+                    let describe = match &q.sum {
+                        Some(f) => format!("{f} of {}", q.event.list().join("|")),
+                        None => q.event.list().join("|"),
+                    };
+                    reqs.push(WindowReq { per_type, target, describe });
+                }
+                Cond::Window { within, reqs }
+            }
+            DocRule::Recent { event, last, same, in_key, min_items, all, newest, at_least, ratio, sum_at_most } => {
+                if *last == 0 || *last > 10_000 {
+                    return Err(err(o, format!("{path}.last"), "must be between 1 and 10000"));
+                }
+                if same.is_some() && in_key.is_some() {
+                    return Err(err(o, format!("{path}.in_key"), "use either `same` or `in_key`"));
+                }
+                let key = same.as_ref().or(in_key.as_ref());
+                let mut rings = Vec::new();
+                for e in event.list() {
+                    let t = self.type_id(&e).map_err(|m| err(o, format!("{path}.event"), m))?;
+                    let mut names: Vec<String> = Vec::new();
+                    let mut collect = |v: Option<&serde_json::Value>, f: &str| -> Result<(), CatalogueError> {
+                        let raw = RawPred::parse(v).map_err(|m| err(o, format!("{path}.{f}"), m))?;
+                        names.extend(raw.fields().map(str::to_string));
+                        Ok(())
+                    };
+                    collect(all.as_ref(), "all")?;
+                    for n in newest {
+                        collect(Some(n), "newest")?;
+                    }
+                    collect(at_least.as_ref().map(|a| &a.when), "at_least.when")?;
+                    collect(ratio.as_ref().map(|a| &a.when), "ratio.when")?;
+                    names.extend(key.cloned());
+                    names.extend(sum_at_most.as_ref().map(|s| s.field.clone()));
+                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let ring = self.want_cache(t, &refs).map_err(|m| err(o, path.to_string(), m))?;
+                    let cp = |v: Option<&serde_json::Value>, f: &str| self.cached_pred(t, v).map_err(|m| err(o, format!("{path}.{f}"), m));
+                    rings.push(RecentRing {
+                        ring,
+                        key_pos: key.map(|k| self.types[t].cached_pos(k).unwrap()),
+                        all: cp(all.as_ref(), "all")?,
+                        newest: newest.iter().map(|n| cp(Some(n), "newest")).collect::<Result<_, _>>()?,
+                        at_least: cp(at_least.as_ref().map(|a| &a.when), "at_least")?,
+                        ratio: cp(ratio.as_ref().map(|a| &a.when), "ratio")?,
+                        sum_pos: sum_at_most.as_ref().map(|s| self.types[t].cached_pos(&s.field).unwrap()),
+                    });
+                }
+                if newest.len() > *last {
+                    return Err(err(o, format!("{path}.newest"), "names more positions than `last`"));
+                }
+                let sum_limit = match sum_at_most {
+                    None => None,
+                    Some(s) => Some(match (s.per_item, &s.per_item_table) {
+                        (Some(v), None) => SumLimit::PerItem(v),
+                        (None, Some(t)) => {
+                            if key.is_none() {
+                                return Err(err(o, format!("{path}.sum_at_most.per_item_table"), "needs `same` or `in_key` to pick the table row"));
+                            }
+                            let table = self.tables.get(t).ok_or_else(|| err(o, format!("{path}.sum_at_most.per_item_table"), format!("no table `{t}`")))?;
+                            let default = *table.get("default").ok_or_else(|| err(o, format!("{path}.sum_at_most.per_item_table"), format!("table `{t}` needs a `default` row")))?;
+                            SumLimit::Table { values: table.clone(), default }
+                        }
+                        _ => return Err(err(o, format!("{path}.sum_at_most"), "give exactly one of per_item or per_item_table")),
+                    }),
+                };
+                if let Some(r) = ratio
+                    && !(r.at_least > 0.0 && r.at_least <= 1.0)
+                {
+                    return Err(err(o, format!("{path}.ratio.at_least"), "must be in (0, 1]"));
+                }
+                let min_items = min_items.unwrap_or(if same.is_some() || all.is_some() { *last } else { 1 }).max(newest.len()).max(1);
+                Cond::Recent(Box::new(RecentCond {
+                    rings,
+                    last: *last,
+                    same: same.is_some(),
+                    in_key: in_key.is_some(),
+                    min_items,
+                    all: all.is_some(),
+                    newest: newest.len(),
+                    at_least: at_least.as_ref().map(|a| a.count),
+                    ratio: ratio.as_ref().map(|r| r.at_least),
+                    sum_at_most: sum_limit,
+                    describe: format!("last {last} of {}", event.list().join("|")),
+                }))
+            }
+            DocRule::All { of } | DocRule::Any { of } => {
+                if of.is_empty() {
+                    return Err(err(o, format!("{path}.of"), "needs at least one rule"));
+                }
+                let mut cs = Vec::new();
+                for (i, c) in of.iter().enumerate() {
+                    cs.push(self.rule(c, o, &format!("{path}.of[{i}]"))?);
+                }
+                if matches!(r, DocRule::All { .. }) { Cond::All(cs) } else { Cond::Any(cs) }
+            }
+            DocRule::Not { rule } => Cond::Not(Box::new(self.rule(rule, o, &format!("{path}.rule"))?)),
+            DocRule::Badge { id } => Cond::Owns(*self.badge_ids.get(id).ok_or_else(|| err(o, format!("{path}.id"), format!("no badge `{id}`")))?),
+            DocRule::Level { at_least } => Cond::Level(*at_least),
+            DocRule::Xp { at_least } => Cond::Xp(*at_least),
+            DocRule::Attribute { when } => {
+                let raw = RawPred::parse(Some(when)).map_err(|m| err(o, format!("{path}.when"), m))?;
+                Cond::Attribute(raw.tests)
+            }
+            DocRule::Tenure { days } => {
+                if !(*days >= 0.0) {
+                    return Err(err(o, format!("{path}.days"), "must not be negative"));
+                }
+                Cond::Tenure((*days * DAY as f64) as Millis)
+            }
+            DocRule::Awarded {} => Cond::Never,
+        })
+    }
+}
