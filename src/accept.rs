@@ -1,17 +1,18 @@
 //! Accepting TCP connections: the limits that protect the process before a request is even
 //! read (connections in all, with a short pause for a slot before refusing, and per source
-//! address; a deadline for the request head), HTTP/1.1 with upgrades for WebSockets, and the
-//! graceful drain at shutdown.
+//! address; a deadline for the request head, and for the body a deadline and a floor on its
+//! rate), HTTP/1.1 with upgrades for WebSockets, and the graceful drain at shutdown.
 //!
 //! axum's own `serve` sets no deadline for reading a request head, so a client that opens a
 //! socket and trickles bytes (slowloris) would hold a file descriptor for ever, and nothing
 //! stops one address from opening thousands. With a hard cap of 20,000 open files per process,
 //! both would starve real users; this loop bounds them.
 
-use axum::body::Body;
+use crate::metrics::Metrics;
+use axum::body::{Body, Bytes};
 use axum::Router;
 use dashmap::DashMap;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::IpAddr;
@@ -37,6 +38,176 @@ pub struct Limits {
     /// How long accepting pauses at `total`, waiting for a connection to close, before the next
     /// one is refused.
     pub full_wait: Duration,
+    /// What a request body may take.
+    pub body: BodyLimits,
+}
+
+/// What a request body may take once its head has arrived. A body that breaks either limit is
+/// cut off: the handler reading it answers 408 and the connection closes, so a client that
+/// trickles a large body cannot hold a connection (and a share of the caps above) for hours.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// The whole body must arrive within this long after the head.
+    pub timeout: Duration,
+    /// At least this many bytes per second, over each `BODY_WINDOW` (0: no floor).
+    pub min_rate: u64,
+}
+
+/// The span over which a body's rate is judged: a client may pause for a moment (a
+/// retransmission, a busy sender) as long as each such span brings the floor's worth.
+pub const BODY_WINDOW: Duration = Duration::from_secs(5);
+
+/// Why a request body was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CutOff {
+    #[error("the request body did not arrive within {0} s of its head")]
+    Deadline(u64),
+    #[error("the request body arrived slower than {0} bytes per second")]
+    TooSlow(u64),
+}
+
+impl CutOff {
+    /// The error code the API answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CutOff::Deadline(_) => "request_timeout",
+            CutOff::TooSlow(_) => "body_too_slow",
+        }
+    }
+
+    /// The cut-off behind a body error, if the error is one (it reaches a handler wrapped in
+    /// axum's and hyper's errors).
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Option<CutOff> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(c) = err.downcast_ref::<CutOff>() {
+                return Some(*c);
+            }
+            cur = err.source();
+        }
+        None
+    }
+}
+
+/// The pace of one body, judged with the time passed in.
+#[derive(Debug)]
+struct Pace {
+    deadline: tokio::time::Instant,
+    window_start: tokio::time::Instant,
+    window_bytes: u64,
+}
+
+impl Pace {
+    fn new(now: tokio::time::Instant, limits: &BodyLimits) -> Pace {
+        Pace { deadline: now + limits.timeout, window_start: now, window_bytes: 0 }
+    }
+
+    fn on_data(&mut self, n: usize) {
+        self.window_bytes = self.window_bytes.saturating_add(n as u64);
+    }
+
+    /// At `now`: cut off, or when to look again (the deadline or the end of the window).
+    fn check(&mut self, now: tokio::time::Instant, limits: &BodyLimits) -> Result<tokio::time::Instant, CutOff> {
+        if now >= self.deadline {
+            return Err(CutOff::Deadline(limits.timeout.as_secs()));
+        }
+        if limits.min_rate > 0 {
+            let span = now - self.window_start;
+            if span >= BODY_WINDOW {
+                let need = (limits.min_rate as u128 * span.as_millis() / 1000) as u64;
+                if self.window_bytes < need {
+                    return Err(CutOff::TooSlow(limits.min_rate));
+                }
+                self.window_start = now;
+                self.window_bytes = 0;
+            }
+            return Ok(self.deadline.min(self.window_start + BODY_WINDOW));
+        }
+        Ok(self.deadline)
+    }
+}
+
+/// A request body held to `BodyLimits`: it fails with `CutOff` when the body breaks them,
+/// counted in `/metrics`, which the handler reading it turns into a 408.
+struct Paced {
+    inner: Incoming,
+    pace: Pace,
+    limits: BodyLimits,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    metrics: Arc<Metrics>,
+    /// Set once the body has ended or failed: nothing more is timed.
+    over: bool,
+}
+
+impl Paced {
+    fn new(inner: Incoming, limits: BodyLimits, metrics: Arc<Metrics>) -> Paced {
+        let now = tokio::time::Instant::now();
+        let pace = Pace::new(now, &limits);
+        Paced { inner, timer: Box::pin(tokio::time::sleep_until(pace.deadline)), pace, limits, metrics, over: false }
+    }
+
+    fn cut(&mut self, c: CutOff) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        self.over = true;
+        let counter = match c {
+            CutOff::Deadline(_) => &self.metrics.bodies_timed_out,
+            CutOff::TooSlow(_) => &self.metrics.bodies_too_slow,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Poll::Ready(Some(Err(Box::new(c))))
+    }
+}
+
+impl hyper::body::Body for Paced {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.over {
+            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.pace.on_data(d.len());
+                }
+                // A body that keeps trickling is judged as its bytes arrive, too.
+                if let Err(c) = this.pace.check(tokio::time::Instant::now(), &this.limits) {
+                    return this.cut(c);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(None) => {
+                this.over = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.over = true;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Pending => {}
+        }
+        // Nothing arrived: wake at the next point the body is judged, and judge it then.
+        loop {
+            match this.pace.check(tokio::time::Instant::now(), &this.limits) {
+                Err(c) => return this.cut(c),
+                Ok(next) => {
+                    this.timer.as_mut().reset(next);
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Live connection counts, in all and per address.
@@ -142,7 +313,7 @@ async fn refuse(mut stream: TcpStream, why: &'static str) {
 /// Serves `router` on `listener` until `stop` turns true, then stops accepting, lets requests
 /// in progress finish (up to `grace`), and returns. WebSocket sessions watch the same signal
 /// and close themselves.
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits, mut stop: watch::Receiver<bool>, grace: Duration) {
+pub async fn serve(listener: TcpListener, router: Router, limits: Limits, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>, grace: Duration) {
     let counts = Arc::new(Counts::default());
     // Every connection task holds a sender; when all are gone, the drain is over.
     let (alive, mut drained) = mpsc::channel::<()>(1);
@@ -192,7 +363,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, mut st
                 continue;
             }
         };
-        let svc = TowerToHyperService::new(router.clone().map_request(|r: axum::http::Request<Incoming>| r.map(Body::new)));
+        let m = metrics.clone();
+        let svc = TowerToHyperService::new(router.clone().map_request(move |r: axum::http::Request<Incoming>| r.map(|b| Body::new(Paced::new(b, limits.body, m.clone())))));
         let mut stop = stop.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
@@ -212,4 +384,38 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, mut st
     }
     drop(alive);
     let _ = tokio::time::timeout(grace, drained.recv()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body's pace, step by step: (seconds since the head, bytes that arrived, what `check`
+    /// says then: Ok or the cut-off).
+    #[test]
+    fn a_body_is_cut_off_past_its_deadline_or_below_its_floor_and_a_short_pause_passes() {
+        let limits = BodyLimits { timeout: Duration::from_secs(30), min_rate: 1000 };
+        type Steps = Vec<(u64, usize, Result<(), CutOff>)>;
+        let cases: Vec<(&str, Steps)> = vec![
+            ("fast enough in every window", vec![(1, 10_000, Ok(())), (5, 0, Ok(())), (9, 6_000, Ok(())), (10, 0, Ok(()))]),
+            ("a 3 s pause inside a window that still brings the floor", vec![(1, 5_000, Ok(())), (4, 0, Ok(())), (5, 0, Ok(()))]),
+            ("one byte a second", vec![(1, 1, Ok(())), (2, 1, Ok(())), (5, 1, Err(CutOff::TooSlow(1000)))]),
+            ("fast but never done", (1..=30).map(|t| (t, 6_000, if t < 30 { Ok(()) } else { Err(CutOff::Deadline(30)) })).collect()),
+        ];
+        for (what, steps) in cases {
+            let t0 = tokio::time::Instant::now();
+            let mut pace = Pace::new(t0, &limits);
+            for (t, bytes, want) in steps {
+                pace.on_data(bytes);
+                let got = pace.check(t0 + Duration::from_secs(t), &limits).map(|_| ());
+                assert_eq!(got, want, "{what}, at {t} s");
+            }
+        }
+        // No floor: only the deadline counts.
+        let none = BodyLimits { timeout: Duration::from_secs(30), min_rate: 0 };
+        let t0 = tokio::time::Instant::now();
+        let mut pace = Pace::new(t0, &none);
+        assert!(pace.check(t0 + Duration::from_secs(29), &none).is_ok());
+        assert_eq!(pace.check(t0 + Duration::from_secs(30), &none), Err(CutOff::Deadline(30)));
+    }
 }

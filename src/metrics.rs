@@ -75,6 +75,10 @@ pub struct Metrics {
     pub webhook_delivered: AtomicU64,
     pub webhook_failed_attempts: AtomicU64,
     pub webhook_given_up: AtomicU64,
+    /// Request bodies cut off for missing their deadline (`--body-timeout-secs`).
+    pub bodies_timed_out: AtomicU64,
+    /// Request bodies cut off for arriving below `--min-body-bytes-per-sec`.
+    pub bodies_too_slow: AtomicU64,
     /// Time in the rule core per accepted or refused event.
     pub rule_eval: Histogram,
     /// From an event's arrival to its ack and pushes being released (after the flush).
@@ -136,6 +140,12 @@ impl Metrics {
                 ("{outcome=\"failed_attempt\"}", g(&self.webhook_failed_attempts).to_string()),
                 ("{outcome=\"given_up\"}", g(&self.webhook_given_up).to_string()),
             ],
+        );
+        line(
+            "accolade_request_bodies_cut_off_total",
+            "counter",
+            "HTTP request bodies cut off (answered 408, connection closed), by why.",
+            &[("{why=\"deadline\"}", g(&self.bodies_timed_out).to_string()), ("{why=\"too_slow\"}", g(&self.bodies_too_slow).to_string())],
         );
         line("accolade_slow_closed_total", "counter", "Connections closed for not reading.", &[("", g(&self.slow_closed).to_string())]);
         line("accolade_passivated_total", "counter", "Idle actors persisted and stopped.", &[("", g(&self.passivated).to_string())]);

@@ -156,8 +156,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         tracing::info!(jobs = resumed, "backfill jobs resumed");
     }
     shared.ready.store(true, Ordering::Release);
-    let limits = crate::accept::Limits { header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)), total: c.max_connections, per_address: c.max_connections_per_address, full_wait: Duration::from_millis(c.accept_wait_ms) };
-    crate::accept::serve(listener, app(shared.clone()), limits, shared.shutdown.subscribe(), grace).await;
+    let body = crate::accept::BodyLimits { timeout: Duration::from_secs(c.body_timeout_secs.max(1)), min_rate: c.min_body_bytes_per_sec };
+    let limits = crate::accept::Limits { header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)), total: c.max_connections, per_address: c.max_connections_per_address, full_wait: Duration::from_millis(c.accept_wait_ms), body };
+    crate::accept::serve(listener, app(shared.clone()), limits, shared.metrics.clone(), shared.shutdown.subscribe(), grace).await;
     shared.ready.store(false, Ordering::Release);
     // A sweep in progress finishes (it runs on a blocking thread and holds the store).
     let _ = sweeper.await;

@@ -289,3 +289,103 @@ async fn a_client_ignoring_rate_limits_is_read_at_the_buckets_rate() {
     assert!(acked + refused <= 20, "a flood was read faster than the bucket refills: acked {acked}, refused {refused}");
     s.stop().await;
 }
+
+/// Sends a `POST /v1/events` head announcing `len` body bytes, then each chunk after its delay,
+/// reading all the while; stops sending once an answer arrives. Returns the status line's code,
+/// the answer's body, the time from the head to the answer, and whether the exchange ended
+/// (a kept-alive answer read whole, or a `connection: close` one followed by the close) within
+/// 20 s.
+async fn post_paced(addr: SocketAddr, len: usize, chunks: Vec<(Duration, Vec<u8>)>) -> (u16, String, Duration, bool) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {DEMO_KEY}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        for (delay, bytes) in chunks {
+            tokio::time::sleep(delay).await;
+            // Once the server has answered and closed, writes fail: that is the point.
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        // Keep the connection open for the answer.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut answered_at = None;
+    // The server closes a cut-off connection after its answer; a reset that follows (bytes
+    // the client sent after the close) only ends the read.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answered_at.get_or_insert_with(|| started.elapsed());
+            writer.abort();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            // A kept-alive answer is complete once its body has arrived.
+            if let Some((head, body)) = text.split_once("\r\n\r\n")
+                && let Some(cl) = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap()))
+                && body.len() >= cl
+                && !head.to_ascii_lowercase().contains("connection: close")
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    writer.abort();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body, answered_at.unwrap_or(Duration::MAX), ended)
+}
+
+#[tokio::test]
+async fn a_slow_request_body_is_cut_off_on_time_and_fast_large_or_briefly_paused_ones_pass() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.body_timeout_secs = 8;
+        c.min_body_bytes_per_sec = 1024;
+    })
+    .await;
+    let one = |id: &str| serde_json::to_vec(&json!({ "events": [http_answer(id, "pat", "ex1", true)] })).unwrap();
+    // 1. One byte every quarter second: below the floor, cut off when the first 5 s window ends.
+    let trickle = (0..100).map(|_| (Duration::from_millis(250), b" ".to_vec())).collect();
+    // 2. Fast enough (4 KB/s) but a body that never ends: cut off at the 8 s deadline.
+    let endless = (0..100).map(|_| (Duration::from_millis(500), vec![b' '; 2048])).collect();
+    // 3. A real body with a 2 s pause in the middle: each window still brings the floor.
+    let body = one("paused");
+    let mut padded = body.clone();
+    padded.splice(1..1, std::iter::repeat_n(b' ', 20_000));
+    let (a, b) = padded.split_at(12_000);
+    let paused = vec![(Duration::ZERO, a.to_vec()), (Duration::from_secs(2), b.to_vec())];
+    // 4. The largest body the API takes (8 MiB), as fast as loopback goes.
+    let mut large = one("large");
+    large.splice(1..1, std::iter::repeat_n(b' ', accolade::api::MAX_BODY - large.len()));
+    let large_len = large.len();
+    let (slow, never, pause, big) = tokio::join!(
+        post_paced(s.addr, 100_000, trickle),
+        post_paced(s.addr, 1_000_000, endless),
+        post_paced(s.addr, padded.len(), paused),
+        post_paced(s.addr, large_len, vec![(Duration::ZERO, large)]),
+    );
+    // Each cut-off answer says why and closes its connection.
+    assert_eq!((slow.0, slow.1.contains("\"body_too_slow\""), slow.3), (408, true, true), "{slow:?}");
+    assert!(slow.2 >= Duration::from_millis(4_500) && slow.2 < Duration::from_secs(8), "cut off after {:?}", slow.2);
+    assert_eq!((never.0, never.1.contains("\"request_timeout\""), never.3), (408, true, true), "{never:?}");
+    assert!(never.2 >= Duration::from_millis(7_500) && never.2 < Duration::from_secs(12), "cut off after {:?}", never.2);
+    assert_eq!(pause.0, 200, "{pause:?}");
+    assert!(pause.1.contains("\"accepted\":1"), "{pause:?}");
+    assert_eq!(big.0, 200, "{big:?}");
+    assert!(big.1.contains("\"accepted\":1"), "{big:?}");
+    // Both are counted, by why.
+    let metrics = http_client().get(format!("http://{}/metrics", s.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("accolade_request_bodies_cut_off_total{why=\"deadline\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("accolade_request_bodies_cut_off_total{why=\"too_slow\"} 1\n"), "{metrics}");
+    s.stop().await;
+}

@@ -77,7 +77,13 @@ pub struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1, "message": self.2 }))).into_response()
+        let mut res = (self.0, Json(serde_json::json!({ "error": self.1, "message": self.2 }))).into_response();
+        // A 408 says the server will not wait for the rest of the request: the connection
+        // closes once the answer is out, rather than reading a slow body to its end.
+        if self.0 == StatusCode::REQUEST_TIMEOUT {
+            res.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        res
     }
 }
 
@@ -160,6 +166,10 @@ fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>
 
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(f) if crate::accept::CutOff::of(&f).is_some() => {
+            let cut = crate::accept::CutOff::of(&f).expect("checked");
+            ApiError(StatusCode::REQUEST_TIMEOUT, cut.code(), format!("{cut}; send it again, faster"))
+        }
         BytesRejection::FailedToBufferBody(_) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is over the limit of {MAX_BODY} bytes")),
         other => bad("invalid_body", other.body_text()),
     })
