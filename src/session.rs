@@ -71,7 +71,17 @@ async fn close_with<S: Sink<Message> + Unpin>(sink: &mut S, code: u16, reason: &
 }
 
 /// `GET /v1/ws`: upgrades the request to a WebSocket and runs its session.
-pub async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn upgrade(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    // A handshake is a GET and carries no body. One that announces a body would be switched
+    // to a WebSocket only once the body had arrived (hyper upgrades after the request ends),
+    // holding the connection for as long as a slow client takes: refuse it instead, at once.
+    let length = headers.get(axum::http::header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|l| l.trim().parse::<u64>().ok()));
+    if headers.contains_key(axum::http::header::TRANSFER_ENCODING) || length.is_some_and(|l| l != Some(0)) {
+        use axum::response::IntoResponse;
+        let mut res = crate::api::ApiError(axum::http::StatusCode::BAD_REQUEST, "handshake_with_body", "a WebSocket handshake carries no body".into()).into_response();
+        res.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return res;
+    }
     // The application limit (`max_message_bytes`) answers with a `too_large` error and keeps
     // the connection; the protocol limit, four times larger, closes it (1009). Small buffers
     // keep ten thousand idle connections cheap: the read buffer is allocated whole for every

@@ -389,3 +389,20 @@ async fn a_slow_request_body_is_cut_off_on_time_and_fast_large_or_briefly_paused
     assert!(metrics.contains("accolade_request_bodies_cut_off_total{why=\"too_slow\"} 1\n"), "{metrics}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_websocket_handshake_with_a_body_is_refused_at_once() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    let head = "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 100000\r\n\r\nx";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(ended.is_ok(), "the connection is still open after {:?}: {text}", started.elapsed());
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("\"handshake_with_body\""), "{text}");
+    s.stop().await;
+}
