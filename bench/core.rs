@@ -25,7 +25,7 @@ fn mix(count: usize, user: &str) -> Vec<Event> {
         let at = T0 + i as i64 * 7_000;
         let ex = format!("exercise-{}", x % 8);
         let (ty, payload) = match x % 20 {
-            0..=15 => ("problem.answered", vec![("exercise", s(&ex)), ("correct", b(x % 5 != 0)), ("seconds", n((x % 30) as f64))]),
+            0..=15 => ("problem.answered", vec![("exercise", s(&ex)), ("correct", b(!x.is_multiple_of(5))), ("seconds", n((x % 30) as f64))]),
             16..=17 => ("video.watched", vec![("video", s(&format!("v{}", x % 40))), ("playlist", s(&ex)), ("seconds", n((x % 600) as f64))]),
             18 => ("article.read", vec![("article", s(&format!("a{}", x % 100)))]),
             _ => ("login", vec![]),

@@ -265,7 +265,7 @@ impl Backfills {
                 let log: Vec<_> = self.store.events_after(tenant, user, 0, usize::MAX)?.into_iter().map(|(_, e)| e).collect();
                 let would = replay::from_scratch(tenant, user, &log, &cand.catalogue);
                 for (badge, (n, sample)) in counts.iter_mut() {
-                    if would.badges.contains_key(*badge) && !owned.badges.contains_key(*badge) {
+                    if would.badges.contains_key(badge) && !owned.badges.contains_key(badge) {
                         *n += 1;
                         if sample.len() < 10 {
                             sample.push(user.clone());
@@ -296,5 +296,5 @@ pub fn current_state(store: &Store, catalogues: &Catalogues, tenant: &str, user:
 
 /// The catalogue's badges a state owns, for tests and reports.
 pub fn owned<'a>(st: &'a UserState, cat: &'a Catalogue) -> impl Iterator<Item = &'a str> {
-    cat.badges.iter().filter(|b| st.badges.contains_key(&*b.id)).map(|b| &*b.id)
+    cat.badges.iter().filter(|b| st.badges.contains_key(&b.id)).map(|b| &*b.id)
 }

@@ -38,7 +38,7 @@ struct Seen {
 
 /// A client's endless stream of answers (only the issued prefix is ever sent).
 fn event_of(user: usize, i: usize) -> (String, String, bool) {
-    (format!("u{user}-{i}"), format!("ex-{}", (i / 20 + user) % 4), (i + user) % 11 != 0)
+    (format!("u{user}-{i}"), format!("ex-{}", (i / 20 + user) % 4), !(i + user).is_multiple_of(11))
 }
 
 fn xorshift(x: &mut u64) -> u64 {

@@ -48,12 +48,12 @@ pub(crate) fn score(state: &mut UserState, cat: &Catalogue, t: usize, fields: &[
         };
         // The user's entry remembers its period's bounds, so most events need no calendar math
         // and no allocation.
-        let current = state.boards.get(&*def.id).is_some_and(|b| now >= b.start && now < b.end);
+        let current = state.boards.get(&def.id).is_some_and(|b| now >= b.start && now < b.end);
         if !current {
             let Some(span) = def.period.span(cat.settings.default_timezone, now) else { continue };
             // A new period (or the first): the score starts from zero.
             let fresh = BoardScore { period: span.label.into(), start: span.start, end: span.end, segment: segment.clone(), score: 0.0, reached: now, previous: None };
-            match state.boards.get_mut(&*def.id) {
+            match state.boards.get_mut(&def.id) {
                 Some(e) => {
                     let mut old = std::mem::replace(e, fresh);
                     old.previous = None;
@@ -64,7 +64,7 @@ pub(crate) fn score(state: &mut UserState, cat: &Catalogue, t: usize, fields: &[
                 }
             }
         }
-        let entry = state.boards.get_mut(&*def.id).expect("just ensured");
+        let entry = state.boards.get_mut(&def.id).expect("just ensured");
         if at < entry.start || at >= entry.end {
             continue;
         }
@@ -97,7 +97,7 @@ pub fn award_rank(state: &mut UserState, board: &str, period: &str, rank: usize,
     if badge.retired || rank == 0 || rank > top {
         return fx;
     }
-    if state.badges.get(&*badge.id).is_some_and(|r| r.keys.iter().any(|k| k == period)) {
+    if state.badges.get(&badge.id).is_some_and(|r| r.keys.iter().any(|k| k == period)) {
         return fx;
     }
     let rec = state.badges.get_or_insert_with(&badge.id, || BadgeRecord {

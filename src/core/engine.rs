@@ -121,14 +121,14 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         }
         if let Some(cap) = rule.daily_cap {
             let day = day_of(state, at, cat);
-            let used = match state.xp_days.get(&*rule.id) {
+            let used = match state.xp_days.get(&rule.id) {
                 Some(&(d, used)) if d == day => used,
                 Some(&(d, _)) if d > day => cap, // a late event for a day already closed gets no XP
                 _ => 0,
             };
             amount = amount.min(cap.saturating_sub(used));
             if amount > 0 {
-                match state.xp_days.get_mut(&*rule.id) {
+                match state.xp_days.get_mut(&rule.id) {
                     Some(slot) => *slot = (day, used + amount),
                     None => {
                         state.xp_days.insert(rule.id.to_string(), (day, used + amount));
@@ -455,7 +455,7 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         if !holds(state, ctx, &def.cond) {
             return false;
         }
-        if have > 0 && state.badges.get(&*def.id).is_some_and(|r| r.keys.iter().any(|x| x == key.as_ref())) {
+        if have > 0 && state.badges.get(&def.id).is_some_and(|r| r.keys.iter().any(|x| x == key.as_ref())) {
             return false;
         }
         (1, Some(key.into_owned()))

@@ -43,7 +43,7 @@ pub struct BadgeProgress {
 pub fn progress(state: &UserState, cat: &Catalogue, now: Millis) -> Vec<BadgeProgress> {
     let mut out = Vec::new();
     for b in &cat.badges {
-        let owned = state.badges.get(&*b.id).map_or(0, |r| r.count);
+        let owned = state.badges.get(&b.id).map_or(0, |r| r.count);
         let repeatable = b.repeat_every.is_some() || b.per_key.is_some();
         if b.retired || (owned > 0 && !repeatable) {
             continue;
@@ -126,7 +126,7 @@ fn explain(state: &UserState, cat: &Catalogue, c: &Cond, now: Millis) -> Part {
         }
         Cond::Owns(b) => {
             let id = &cat.badges[*b].id;
-            part(format!("owns badge `{id}`"), state.badges.contains_key(&**id), None, None)
+            part(format!("owns badge `{id}`"), state.badges.contains_key(id), None, None)
         }
         Cond::Level(l) => part(format!("level {l}"), state.level >= *l, Some(f64::from(state.level.min(*l))), Some(f64::from(*l))),
         Cond::Xp(x) => part(format!("{x} XP"), state.xp >= *x, Some(state.xp.min(*x) as f64), Some(*x as f64)),

@@ -80,7 +80,7 @@ pub(crate) fn step(state: &mut UserState, event: &Event, now: Millis, cat: &Cata
         if sub_fx.iter().any(|e| matches!(e, Effect::Unlock { .. })) {
             g.status = GoalStatus::Completed;
             g.closed_at = Some(now);
-            g.sub = Box::default();
+            *g.sub = Default::default();
             state.derived.goal_cats.remove(&id);
             fx.push(Effect::GoalCompleted { goal: id.clone(), title: g.spec.title.clone(), assigner: g.spec.assigner.clone(), at: now });
         }
@@ -93,7 +93,7 @@ pub fn expire(state: &mut UserState, id: &str, now: Millis) -> Vec<Effect> {
         Some(g) if g.status == GoalStatus::Open && g.spec.due.is_some_and(|d| now > d) => {
             g.status = GoalStatus::Missed;
             g.closed_at = Some(now);
-            g.sub = Box::default();
+            *g.sub = Default::default();
             state.derived.goal_cats.remove(id);
             vec![Effect::GoalMissed { goal: id.to_string(), title: g.spec.title.clone(), assigner: g.spec.assigner.clone(), at: now }]
         }
@@ -107,7 +107,7 @@ pub fn cancel(state: &mut UserState, id: &str, now: Millis) -> Vec<Effect> {
         Some(g) if g.status == GoalStatus::Open => {
             g.status = GoalStatus::Cancelled;
             g.closed_at = Some(now);
-            g.sub = Box::default();
+            *g.sub = Default::default();
             state.derived.goal_cats.remove(id);
             vec![Effect::GoalCancelled { goal: id.to_string() }]
         }

@@ -426,7 +426,7 @@ impl UserState {
                 .collect();
             self.layout = cat.layout;
         }
-        self.derived.owned = cat.badges.iter().map(|b| self.badges.get(&*b.id).map_or(0, |r| r.count)).collect();
+        self.derived.owned = cat.badges.iter().map(|b| self.badges.get(&b.id).map_or(0, |r| r.count)).collect();
         self.derived.tz = self.timezone.as_deref().and_then(|t| t.parse().ok());
         self.derived.day = None;
         self.derived.catalogue_id = cat.id;

@@ -360,10 +360,10 @@ pub async fn start_wrapped(dir: &std::path::Path, port: u16, extra: &[&str], set
         use std::io::BufRead;
         let mut ready = Some(ready);
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("accolade listening") {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
+            if line.contains("accolade listening")
+                && let Some(r) = ready.take()
+            {
+                let _ = r.send(());
             }
             let _ = lines.send(line);
         }
