@@ -1,0 +1,167 @@
+//! The engine cluster mode stands on (issue 21), checked before any Accolade code depends on
+//! it: a three-server NATS JetStream cluster on loopback, from the pinned binary that
+//! `scripts/nats-server` installs, with every server fsyncing before it acknowledges. What the
+//! design takes from it, each asserted here:
+//! - a publish acknowledged by a replicated (R3) stream survives the death of the stream's
+//!   leader, and the cluster keeps acknowledging with one server of three gone;
+//! - a publish retried with the same message id (a node that did not see the first ack) is
+//!   stored once and acknowledged as a duplicate;
+//! - a key-value update that names a stale revision is refused: the fencing a partition lease
+//!   needs, so an owner that lost its lease cannot write.
+
+mod common;
+
+use async_nats::jetstream::{self, kv, stream};
+use common::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The pinned `nats-server`, installed by the project's own script if it is not yet.
+fn nats_server() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nats-server");
+    let out = Command::new(&script).stderr(Stdio::inherit()).output().expect("scripts/nats-server runs");
+    assert!(out.status.success(), "scripts/nats-server failed: {}", out.status);
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Three NATS servers clustered on loopback, each killed when this is dropped.
+struct Cluster {
+    servers: Vec<Option<Child>>,
+    urls: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.servers.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let bin = nats_server();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports.iter().map(|(_, c)| format!("nats://127.0.0.1:{c}")).collect();
+        let mut servers = Vec::new();
+        for (i, (client, cluster)) in ports.iter().enumerate() {
+            let store = dir.join(format!("n{i}"));
+            // `sync_interval: always`: each server fsyncs a message before it counts towards
+            // the acknowledgement (2.10 and later; 2.9 refuses the setting).
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{client}\njetstream {{ store_dir: {store:?}, sync_interval: always }}\ncluster {{ name: accolade, listen: 127.0.0.1:{cluster}, routes: [{}] }}\n",
+                routes.join(", ")
+            );
+            let file = dir.join(format!("n{i}.conf"));
+            std::fs::write(&file, conf).unwrap();
+            let child = Command::new(&bin).arg("-c").arg(&file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server starts");
+            servers.push(Some(child));
+        }
+        Cluster { servers, urls: ports.iter().map(|(c, _)| format!("nats://127.0.0.1:{c}")).collect() }
+    }
+
+    /// SIGKILL, as a machine dying would.
+    fn kill(&mut self, name: &str) {
+        let i: usize = name.trim_start_matches('n').parse().unwrap();
+        let mut c = self.servers[i].take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    async fn connect(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = self.urls.iter().map(|u| u.parse().unwrap()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2)).connect(addrs.clone()).await {
+                Ok(c) => return c,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "no NATS server answered: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Retries `f` until it succeeds, for at most 30 s: a cluster that is electing a leader (at
+/// start, or after one died) refuses for a moment.
+async fn until_ok<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{what} still failing after 30 s: {e}"),
+        }
+    }
+}
+
+/// Publishes with a message id until JetStream acknowledges it; returns whether the
+/// acknowledgement says it was a duplicate.
+async fn publish(js: &jetstream::Context, subject: &str, id: &str) -> bool {
+    until_ok("publish", || async {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", id);
+        let ack = js.publish_with_headers(subject.to_string(), h, id.to_string().into()).await.map_err(|e| e.to_string())?;
+        ack.await.map(|a| a.duplicate).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn acknowledged_publishes_survive_the_leaders_death_retries_count_once_and_stale_revisions_are_refused() {
+    let dir = tmp();
+    let mut cluster = Cluster::start(dir.path());
+    let client = cluster.connect().await;
+    let version = client.server_info().version;
+    assert!(version.starts_with("2.12."), "the pinned server is 2.12.x, this is {version}");
+    let js = jetstream::new(client);
+    let config = stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["acc.e.>".into()],
+        num_replicas: 3,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let mut events = until_ok("creating the R3 stream", || js.get_or_create_stream(config.clone())).await;
+
+    // 100 events over four partitions, then ten of them again: a retry counts once.
+    for i in 0..100 {
+        assert!(!publish(&js, &format!("acc.e.p{}.u{i}", i % 4), &format!("e{i}")).await, "e{i} is new");
+    }
+    for i in 0..10 {
+        assert!(publish(&js, &format!("acc.e.p{}.u{i}", i % 4), &format!("e{i}")).await, "e{i} again is a duplicate");
+    }
+
+    // A lease: whoever holds the revision may write; a stale revision is refused.
+    let leases = until_ok("creating the lease bucket", || js.create_key_value(kv::Config { bucket: "leases".into(), history: 1, num_replicas: 3, ..Default::default() })).await;
+    let first = until_ok("taking the lease", || leases.create("p0", "node-a".into())).await;
+    let second = leases.update("p0", "node-b".into(), first).await.expect("the holder of the current revision writes");
+    assert!(second > first);
+    assert!(leases.update("p0", "node-a again".into(), first).await.is_err(), "a stale revision is refused");
+    assert_eq!(leases.get("p0").await.unwrap().as_deref(), Some(&b"node-b"[..]));
+
+    // Kill the stream's leader: what it acknowledged is on the other two, and they go on.
+    let leader = events.info().await.unwrap().cluster.clone().and_then(|c| c.leader).expect("the stream has a leader");
+    cluster.kill(&leader);
+    for i in 100..200 {
+        publish(&js, &format!("acc.e.p{}.u{i}", i % 4), &format!("e{i}")).await;
+    }
+    let info = until_ok("stream info after the leader died", || async {
+        let mut s = js.get_stream("EVENTS").await.map_err(|e| e.to_string())?;
+        s.info().await.map(|i| i.clone()).map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(info.state.messages, 200, "every acknowledged event once, none twice");
+    let mut ids = BTreeSet::new();
+    for seq in 1..=200 {
+        let m = until_ok("reading back", || events.get_raw_message(seq)).await;
+        ids.insert(m.headers.get("Nats-Msg-Id").expect("id kept").to_string());
+    }
+    assert_eq!(ids, (0..200).map(|i| format!("e{i}")).collect::<BTreeSet<_>>());
+}
