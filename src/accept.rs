@@ -363,8 +363,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, metric
                 continue;
             }
         };
+        // Requests without a body (most GETs) have nothing to time.
         let m = metrics.clone();
-        let svc = TowerToHyperService::new(router.clone().map_request(move |r: axum::http::Request<Incoming>| r.map(|b| Body::new(Paced::new(b, limits.body, m.clone())))));
+        let svc = TowerToHyperService::new(router.clone().map_request(move |r: axum::http::Request<Incoming>| r.map(|b| if hyper::body::Body::is_end_stream(&b) { Body::new(b) } else { Body::new(Paced::new(b, limits.body, m.clone())) })));
         let mut stop = stop.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
