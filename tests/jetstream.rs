@@ -91,10 +91,7 @@ async fn until_ok<T, E: std::fmt::Display, F: std::future::Future<Output = Resul
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(e) => panic!("{what} still failing after 30 s: {e}"),
         }
     }
@@ -154,7 +151,7 @@ async fn acknowledged_publishes_survive_the_leaders_death_retries_count_once_and
     }
     let info = until_ok("stream info after the leader died", || async {
         let mut s = js.get_stream("EVENTS").await.map_err(|e| e.to_string())?;
-        s.info().await.map(|i| i.clone()).map_err(|e| e.to_string())
+        s.info().await.cloned().map_err(|e| e.to_string())
     })
     .await;
     assert_eq!(info.state.messages, 200, "every acknowledged event once, none twice");
