@@ -95,15 +95,21 @@ struct Pace {
     deadline: tokio::time::Instant,
     window_start: tokio::time::Instant,
     window_bytes: u64,
+    /// Bytes the body still owes, when its length was announced.
+    owed: Option<u64>,
+    /// `owed` when the window started.
+    window_owed: Option<u64>,
 }
 
 impl Pace {
-    fn new(now: tokio::time::Instant, limits: &BodyLimits) -> Pace {
-        Pace { deadline: now + limits.timeout, window_start: now, window_bytes: 0 }
+    /// `length`: the body's announced length, if any.
+    fn new(now: tokio::time::Instant, limits: &BodyLimits, length: Option<u64>) -> Pace {
+        Pace { deadline: now + limits.timeout, window_start: now, window_bytes: 0, owed: length, window_owed: length }
     }
 
     fn on_data(&mut self, n: usize) {
         self.window_bytes = self.window_bytes.saturating_add(n as u64);
+        self.owed = self.owed.map(|o| o.saturating_sub(n as u64));
     }
 
     /// At `now`: cut off, or when to look again (the deadline or the end of the window).
@@ -114,12 +120,19 @@ impl Pace {
         if limits.min_rate > 0 {
             let span = now - self.window_start;
             if span >= BODY_WINDOW {
+                // The floor holds while more than a window's worth of it is still owed: a small
+                // body (one event is a few hundred bytes) or a body's last few KiB, stalled by a
+                // lossy link's retransmissions, has only the deadline to meet. Such a body can
+                // hold its connection no longer than the deadline, which is the bound wanted.
                 let need = (limits.min_rate as u128 * span.as_millis() / 1000) as u64;
-                if self.window_bytes < need {
+                let window_worth = (limits.min_rate as u128 * BODY_WINDOW.as_millis() / 1000) as u64;
+                let small = self.window_owed.is_some_and(|o| o <= window_worth);
+                if self.window_bytes < need && !small {
                     return Err(CutOff::TooSlow(limits.min_rate));
                 }
                 self.window_start = now;
                 self.window_bytes = 0;
+                self.window_owed = self.owed;
             }
             return Ok(self.deadline.min(self.window_start + BODY_WINDOW));
         }
@@ -142,7 +155,7 @@ struct Paced {
 impl Paced {
     fn new(inner: Incoming, limits: BodyLimits, metrics: Arc<Metrics>) -> Paced {
         let now = tokio::time::Instant::now();
-        let pace = Pace::new(now, &limits);
+        let pace = Pace::new(now, &limits, hyper::body::Body::size_hint(&inner).exact());
         Paced { inner, timer: Box::pin(tokio::time::sleep_until(pace.deadline)), pace, limits, metrics, over: false }
     }
 
@@ -397,15 +410,20 @@ mod tests {
     fn a_body_is_cut_off_past_its_deadline_or_below_its_floor_and_a_short_pause_passes() {
         let limits = BodyLimits { timeout: Duration::from_secs(30), min_rate: 1000 };
         type Steps = Vec<(u64, usize, Result<(), CutOff>)>;
-        let cases: Vec<(&str, Steps)> = vec![
-            ("fast enough in every window", vec![(1, 10_000, Ok(())), (5, 0, Ok(())), (9, 6_000, Ok(())), (10, 0, Ok(()))]),
-            ("a 3 s pause inside a window that still brings the floor", vec![(1, 5_000, Ok(())), (4, 0, Ok(())), (5, 0, Ok(()))]),
-            ("one byte a second", vec![(1, 1, Ok(())), (2, 1, Ok(())), (5, 1, Err(CutOff::TooSlow(1000)))]),
-            ("fast but never done", (1..=30).map(|t| (t, 6_000, if t < 30 { Ok(()) } else { Err(CutOff::Deadline(30)) })).collect()),
+        // (what, the announced length, the steps)
+        let cases: Vec<(&str, Option<u64>, Steps)> = vec![
+            ("fast enough in every window", None, vec![(1, 10_000, Ok(())), (5, 0, Ok(())), (9, 6_000, Ok(())), (10, 0, Ok(()))]),
+            ("a 3 s pause inside a window that still brings the floor", Some(100_000), vec![(1, 5_000, Ok(())), (4, 0, Ok(())), (5, 0, Ok(()))]),
+            ("one byte a second", Some(100_000), vec![(1, 1, Ok(())), (2, 1, Ok(())), (5, 1, Err(CutOff::TooSlow(1000)))]),
+            ("one byte a second, no length announced", None, vec![(1, 1, Ok(())), (5, 1, Err(CutOff::TooSlow(1000)))]),
+            ("fast but never done", None, (1..=30).map(|t| (t, 6_000, if t < 30 { Ok(()) } else { Err(CutOff::Deadline(30)) })).collect()),
+            ("a small body stalled for 7 s: only the deadline holds it", Some(400), vec![(1, 100, Ok(())), (5, 0, Ok(())), (8, 300, Ok(()))]),
+            ("a small body that never ends is cut at the deadline", Some(400), vec![(5, 0, Ok(())), (20, 0, Ok(())), (30, 0, Err(CutOff::Deadline(30)))]),
+            ("a large body whose last 4 KB stall: the floor lets the tail go", Some(24_000), vec![(4, 20_000, Ok(())), (5, 0, Ok(())), (10, 0, Ok(())), (12, 4_000, Ok(()))]),
         ];
-        for (what, steps) in cases {
+        for (what, length, steps) in cases {
             let t0 = tokio::time::Instant::now();
-            let mut pace = Pace::new(t0, &limits);
+            let mut pace = Pace::new(t0, &limits, length);
             for (t, bytes, want) in steps {
                 pace.on_data(bytes);
                 let got = pace.check(t0 + Duration::from_secs(t), &limits).map(|_| ());
@@ -415,7 +433,7 @@ mod tests {
         // No floor: only the deadline counts.
         let none = BodyLimits { timeout: Duration::from_secs(30), min_rate: 0 };
         let t0 = tokio::time::Instant::now();
-        let mut pace = Pace::new(t0, &none);
+        let mut pace = Pace::new(t0, &none, None);
         assert!(pace.check(t0 + Duration::from_secs(29), &none).is_ok());
         assert_eq!(pace.check(t0 + Duration::from_secs(30), &none), Err(CutOff::Deadline(30)));
     }

@@ -59,14 +59,15 @@ pub struct Config {
     #[arg(long, default_value_t = 10)]
     pub header_timeout_secs: u64,
 
-    /// Seconds a client has to send a whole HTTP request body once its head has arrived; past
-    /// it the request is answered 408 and the connection closed. A full 8 MiB batch needs
-    /// about 280 KB/s to make it.
+    /// Seconds a client has to send a whole HTTP request body once its head has arrived (1 to
+    /// 86,400; there is no "off"); past it the request is answered 408 and the connection
+    /// closed. A full 8 MiB batch needs about 280 KB/s to make it.
     #[arg(long, default_value_t = 30)]
     pub body_timeout_secs: u64,
 
-    /// The slowest a request body may arrive, in bytes per second, judged over each 5 s; a
-    /// slower one is answered 408 and its connection closed. 0 turns the floor off.
+    /// The slowest a request body may arrive, in bytes per second, judged over each 5 s while
+    /// more than 5 s of it is still owed (a smaller body, or a body's tail, has the deadline
+    /// only); a slower one is answered 408 and its connection closed. 0 turns the floor off.
     #[arg(long, default_value_t = 1024)]
     pub min_body_bytes_per_sec: u64,
 

@@ -310,9 +310,6 @@ pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board
     plan
 }
 
-/// A backfill step that changed the user (`st` after it): its `accolade.backfill` record and a
-/// snapshot in one job; the awards are pushed only when the job says to (`notify`).
-#[allow(clippy::too_many_arguments)]
 /// How many badges backfill `job` has given this user, counting a visit before this one: a
 /// resumed job may visit a user again (its record is saved every half second, and at a
 /// graceful stop without the user it was still waiting on), and the badges it gave then are
@@ -325,6 +322,9 @@ pub fn backfill_awards(owned: &UserState, badges: &[String], job: u64, fx: &[Eff
     (earlier + now) as u32
 }
 
+/// A backfill step that changed the user (`st` after it): its `accolade.backfill` record and a
+/// snapshot in one job; the awards are pushed only when the job says to (`notify`).
+#[allow(clippy::too_many_arguments)]
 pub fn backfill(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], job: u64, rec: &BackfillRecord, notify: bool, now: Millis) -> Plan {
     let mut plan = Plan::default();
     let event_id = records::backfill_id(job);

@@ -156,7 +156,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         tracing::info!(jobs = resumed, "backfill jobs resumed");
     }
     shared.ready.store(true, Ordering::Release);
-    let body = crate::accept::BodyLimits { timeout: Duration::from_secs(c.body_timeout_secs.max(1)), min_rate: c.min_body_bytes_per_sec };
+    let body = crate::accept::BodyLimits { timeout: Duration::from_secs(c.body_timeout_secs.clamp(1, 86_400)), min_rate: c.min_body_bytes_per_sec };
     let limits = crate::accept::Limits { header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)), total: c.max_connections, per_address: c.max_connections_per_address, full_wait: Duration::from_millis(c.accept_wait_ms), body };
     crate::accept::serve(listener, app(shared.clone()), limits, shared.metrics.clone(), shared.shutdown.subscribe(), grace).await;
     shared.ready.store(false, Ordering::Release);
