@@ -29,6 +29,8 @@
 //! - [`shared`]: `Shared`, what the HTTP and WebSocket handlers share.
 //! - [`demo`]: the embedded demo page and demo token endpoint.
 //! - [`config`]: the one typed configuration.
+//! - [`cluster`]: cluster mode on NATS JetStream, as far as it is built: partitions, leases,
+//!   fenced partition logs.
 
 pub mod accept;
 pub mod api;
@@ -37,6 +39,7 @@ pub mod backfill;
 pub mod boards;
 pub mod catalogues;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod demo;

@@ -12,90 +12,10 @@
 mod common;
 
 use async_nats::jetstream::{self, kv, stream};
+use common::nats::{until_ok, Cluster};
 use common::*;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// The pinned `nats-server`, installed by the project's own script if it is not yet.
-fn nats_server() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nats-server");
-    let out = Command::new(&script).stderr(Stdio::inherit()).output().expect("scripts/nats-server runs");
-    assert!(out.status.success(), "scripts/nats-server failed: {}", out.status);
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-/// Three NATS servers clustered on loopback, each killed when this is dropped.
-struct Cluster {
-    servers: Vec<Option<Child>>,
-    urls: Vec<String>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.servers.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Cluster {
-    fn start(dir: &Path) -> Cluster {
-        let bin = nats_server();
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let routes: Vec<String> = ports.iter().map(|(_, c)| format!("nats://127.0.0.1:{c}")).collect();
-        let mut servers = Vec::new();
-        for (i, (client, cluster)) in ports.iter().enumerate() {
-            let store = dir.join(format!("n{i}"));
-            // `sync_interval: always`: each server fsyncs a message before it counts towards
-            // the acknowledgement (2.10 and later; 2.9 refuses the setting).
-            let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{client}\njetstream {{ store_dir: {store:?}, sync_interval: always }}\ncluster {{ name: accolade, listen: 127.0.0.1:{cluster}, routes: [{}] }}\n",
-                routes.join(", ")
-            );
-            let file = dir.join(format!("n{i}.conf"));
-            std::fs::write(&file, conf).unwrap();
-            let child = Command::new(&bin).arg("-c").arg(&file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server starts");
-            servers.push(Some(child));
-        }
-        Cluster { servers, urls: ports.iter().map(|(c, _)| format!("nats://127.0.0.1:{c}")).collect() }
-    }
-
-    /// SIGKILL, as a machine dying would.
-    fn kill(&mut self, name: &str) {
-        let i: usize = name.trim_start_matches('n').parse().unwrap();
-        let mut c = self.servers[i].take().expect("running");
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    async fn connect(&self) -> async_nats::Client {
-        let addrs: Vec<async_nats::ServerAddr> = self.urls.iter().map(|u| u.parse().unwrap()).collect();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2)).connect(addrs.clone()).await {
-                Ok(c) => return c,
-                Err(e) => assert!(tokio::time::Instant::now() < deadline, "no NATS server answered: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Retries `f` until it succeeds, for at most 30 s: a cluster that is electing a leader (at
-/// start, or after one died) refuses for a moment.
-async fn until_ok<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(what: &str, mut f: impl FnMut() -> F) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(e) => panic!("{what} still failing after 30 s: {e}"),
-        }
-    }
-}
 
 /// Publishes with a message id until JetStream acknowledges it; returns whether the
 /// acknowledgement says it was a duplicate.

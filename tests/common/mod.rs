@@ -2,6 +2,8 @@
 //! that speaks the protocol the way a browser would.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use accolade::config::{Config, DEMO_SECRET, DEMO_TENANT};
 use accolade::server::{self, Shared};
 use futures_util::{SinkExt, StreamExt};

@@ -1,0 +1,44 @@
+//! Cluster mode on NATS JetStream (issue 21), as far as it is built: which partition a user
+//! is in, which node owns each partition through a lease, and each partition's fenced log.
+//! The event path does not go through it yet; docs/cluster.md says what is built and what is
+//! to come. Only this module imports `async-nats`.
+//!
+//! - [`partition`]: a user's partition and a partition's preferred node. Pure.
+//! - [`lease`]: the lease state machine, time passed in. Pure.
+//! - [`node`]: one node's heartbeat, watches and lease actions on NATS.
+//! - [`log`]: each partition's log, written by its owner through a fence.
+
+pub mod lease;
+pub mod log;
+pub mod node;
+pub mod partition;
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no NATS server answered at {urls}: {reason}")]
+    Unreachable { urls: String, reason: String },
+    #[error("node id {0:?} is not usable: letters, digits, '-' and '_', 1 to 64 of them")]
+    BadNodeId(String),
+    #[error("setting up the cluster's buckets and streams failed: {0}")]
+    Setup(String),
+}
+
+/// Connects to the NATS servers at `urls` (comma-separated `nats://host:port`), failing with a
+/// clear error if none answers within `timeout`. Once connected, the client reconnects by
+/// itself whenever the connection drops.
+pub async fn connect(urls: &str, timeout: Duration) -> Result<async_nats::Client, ClusterError> {
+    let unreachable = |reason: String| ClusterError::Unreachable { urls: urls.to_string(), reason };
+    let addrs: Vec<async_nats::ServerAddr> =
+        urls.split(',').map(|u| u.trim().parse::<async_nats::ServerAddr>().map_err(|e| unreachable(format!("{u:?} is not a NATS address: {e}")))).collect::<Result<_, _>>()?;
+    if addrs.is_empty() {
+        return Err(unreachable("no address given".into()));
+    }
+    let connect = async_nats::ConnectOptions::new().connection_timeout(timeout).max_reconnects(None).connect(addrs);
+    match tokio::time::timeout(timeout + Duration::from_secs(1), connect).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
+    }
+}

@@ -1,0 +1,293 @@
+//! One node's membership of the cluster: its heartbeat, the watches on the nodes and leases
+//! buckets, and the lease actions that `cluster/lease.rs` decides, performed on NATS. What it
+//! yields is the set of partitions this node may act for, each with the fence its writes go
+//! through.
+
+use super::lease::{Action, Leases, Outcome, Timing};
+use super::log::{Fence, PartitionLog};
+use super::ClusterError;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// The bucket of node heartbeats: one key per node, rewritten every heartbeat.
+pub const NODES: &str = "accolade-nodes";
+/// The bucket of partition leases: key `p<N>`, value the holder's node id.
+pub const LEASES: &str = "accolade-leases";
+
+/// How a node joins.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This node's id: letters, digits, `-` and `_`, at most 64.
+    pub id: String,
+    pub timing: Timing,
+    /// Copies JetStream keeps of the buckets and logs (3 in a three-server cluster).
+    pub replicas: usize,
+}
+
+/// The partitions a node may act for, each with its fence.
+pub type Owned = BTreeMap<u16, Fence>;
+
+fn lease_key(p: u16) -> String {
+    format!("p{p}")
+}
+
+fn partition_of_key(key: &str) -> Option<u16> {
+    key.strip_prefix('p')?.parse().ok().filter(|&p| p < super::partition::PARTITIONS)
+}
+
+/// Checks a node id: it becomes a key-value key and a header value.
+pub fn check_id(id: &str) -> Result<(), ClusterError> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(ClusterError::BadNodeId(id.to_string())) }
+}
+
+enum Input {
+    /// The heartbeat numbered `.0` is being sent, at `.1`. Told before the put, so that it is
+    /// known before the watch can bring the heartbeat back.
+    Sending(u64, Instant),
+    /// The heartbeat sent at `.0` was stored.
+    Stored(Instant),
+    Node(kv::Entry),
+    Lease(kv::Entry),
+    Done(u16, Outcome, Option<Fence>),
+}
+
+/// A node's membership. Dropping it stops the heartbeat and every task at once, as a crash
+/// would: its leases run out and the others take its partitions. `leave` hands them over
+/// first.
+pub struct Node {
+    id: String,
+    owned: watch::Receiver<Owned>,
+    leave: Option<tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<()>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// How long a joining node waits for JetStream to be ready (a cluster that is starting, or
+/// electing a leader, answers "temporarily unavailable" for a few seconds).
+const SETUP: Duration = Duration::from_secs(30);
+
+/// Runs `f` until it succeeds or `SETUP` has passed, then gives its last error.
+async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(what: &str, mut f: impl FnMut() -> F) -> Result<T, ClusterError> {
+    let deadline = tokio::time::Instant::now() + SETUP;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(ClusterError::Setup(format!("{what}: {e}"))),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> Result<kv::Store, ClusterError> {
+    patiently(&format!("opening bucket {name}"), || async {
+        if let Ok(s) = js.get_key_value(name).await {
+            return Ok(s);
+        }
+        js.create_key_value(kv::Config { bucket: name.into(), history: 1, num_replicas: replicas, storage: jetstream::stream::StorageType::File, ..Default::default() }).await
+    })
+    .await
+}
+
+/// Forwards a bucket's changes for ever, watching again when a watch ends (NATS went away).
+fn forward(store: kv::Store, tx: mpsc::UnboundedSender<Input>, wrap: fn(kv::Entry) -> Input) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            // With history: the newest value of every key first, then each change. (A plain
+            // `watch_all` gives changes only, and a node that joins would never hear of a lease
+            // that does not change again.)
+            if let Ok(mut w) = store.watch_with_history(">").await {
+                while let Some(Ok(e)) = w.next().await {
+                    if tx.send(wrap(e)).is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+impl Node {
+    /// Joins the cluster that `client` reaches: opens (or creates) the buckets and the
+    /// partition log, and starts taking part. Partitions come once the first heartbeat is
+    /// stored.
+    pub async fn join(client: async_nats::Client, options: Options) -> Result<Node, ClusterError> {
+        check_id(&options.id)?;
+        let js = jetstream::new(client);
+        let nodes = bucket(&js, NODES, options.replicas).await?;
+        let leases = bucket(&js, LEASES, options.replicas).await?;
+        let log = patiently("opening the partition log", || PartitionLog::open(js.clone(), options.replicas)).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (owned_tx, owned) = watch::channel(Owned::new());
+        let (leave_tx, mut leave_rx) = tokio::sync::oneshot::channel::<tokio::sync::oneshot::Sender<()>>();
+        let mut tasks = vec![forward(nodes.clone(), tx.clone(), Input::Node), forward(leases.clone(), tx.clone(), Input::Lease)];
+
+        // The heartbeat: a number, so that the node knows its own heartbeat when the watch
+        // brings it back; its send time goes back with the acknowledgement, as the lease counts
+        // from the send.
+        let id = options.id.clone();
+        let every = options.timing.heartbeat;
+        let (hb_nodes, hb_tx) = (nodes.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for n in 0u64.. {
+                tick.tick().await;
+                let sent = Instant::now();
+                if hb_tx.send(Input::Sending(n, sent)).is_err() {
+                    return;
+                }
+                let stored = tokio::time::timeout(every, hb_nodes.put(&id, Bytes::from(n.to_string()))).await;
+                if matches!(stored, Ok(Ok(_))) && hb_tx.send(Input::Stored(sent)).is_err() {
+                    return;
+                }
+            }
+        }));
+
+        let me = options.id.clone();
+        let timing = options.timing;
+        tasks.push(tokio::spawn(async move {
+            let mut state = Leases::new(me.clone(), timing, Instant::now());
+            let mut fences = Owned::new();
+            // Send times of the heartbeats not yet seen back through the watch.
+            let mut sent_at: BTreeMap<u64, Instant> = BTreeMap::new();
+            let mut tick = tokio::time::interval((timing.heartbeat / 4).clamp(Duration::from_millis(20), Duration::from_millis(250)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    reply = &mut leave_rx => {
+                        // Stop acting for every partition first, then hand each one over.
+                        let held: Vec<(u16, u64)> = state.owned().iter().map(|(&p, &r)| (p, r)).collect();
+                        fences.clear();
+                        let _ = owned_tx.send(Owned::new());
+                        for (p, rev) in held {
+                            let _ = leases.delete_expect_revision(lease_key(p), Some(rev)).await;
+                        }
+                        let _ = nodes.delete(&me).await;
+                        if let Ok(reply) = reply {
+                            let _ = reply.send(());
+                        }
+                        return;
+                    }
+                    input = rx.recv() => {
+                        let now = Instant::now();
+                        match input {
+                            None => return,
+                            Some(Input::Sending(n, sent)) => {
+                                sent_at.insert(n, sent);
+                                // Heartbeats lost on the way are never seen back.
+                                while sent_at.len() > 64 {
+                                    sent_at.pop_first();
+                                }
+                            }
+                            Some(Input::Stored(sent)) => state.heartbeat_stored(sent),
+                            Some(Input::Node(e)) if e.key == me => {
+                                let n = std::str::from_utf8(&e.value).ok().and_then(|v| v.parse::<u64>().ok());
+                                if let Some(sent) = n.and_then(|n| sent_at.get(&n).copied()) {
+                                    state.own_heartbeat_seen(sent);
+                                    sent_at.retain(|&k, _| Some(k) > n);
+                                }
+                            }
+                            Some(Input::Node(e)) => state.node_seen(&e.key, e.revision, e.operation == kv::Operation::Put, now),
+                            Some(Input::Lease(e)) => {
+                                if let Some(p) = partition_of_key(&e.key) {
+                                    let holder = (e.operation == kv::Operation::Put).then(|| String::from_utf8_lossy(&e.value).into_owned());
+                                    state.lease_seen(p, holder.as_deref(), e.revision, now);
+                                }
+                            }
+                            Some(Input::Done(p, outcome, fence)) => {
+                                state.done(p, outcome, now);
+                                if let (Some(f), true) = (fence, state.owned().get(&p) == Some(&match outcome { Outcome::Holding(r) => r, _ => 0 })) {
+                                    fences.insert(p, f);
+                                }
+                            }
+                        }
+                    }
+                    _ = tick.tick() => {
+                        let actions = state.tick(Instant::now());
+                        // A partition given up leaves the view before its release is sent.
+                        publish(&state, &mut fences, &owned_tx);
+                        for action in actions {
+                            tokio::spawn(perform(action, leases.clone(), log.clone(), me.clone(), tx.clone()));
+                        }
+                    }
+                }
+                publish(&state, &mut fences, &owned_tx);
+            }
+        }));
+        Ok(Node { id: options.id, owned, leave: Some(leave_tx), tasks })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The partitions this node may act for now, and each change of them.
+    pub fn owned(&self) -> watch::Receiver<Owned> {
+        self.owned.clone()
+    }
+
+    /// Leaves the cluster: stops acting, releases every lease and removes the heartbeat, so
+    /// the others take the partitions at once instead of after a lease.
+    pub async fn leave(mut self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Some(l) = self.leave.take()
+            && l.send(tx).is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+    }
+}
+
+/// Publishes what the node may act for: the partitions the state owns that have a fence.
+fn publish(state: &Leases, fences: &mut Owned, view: &watch::Sender<Owned>) {
+    fences.retain(|p, f| state.owned().get(p) == Some(&f.lease));
+    if *view.borrow() != *fences {
+        let _ = view.send(fences.clone());
+    }
+}
+
+/// Performs one lease action; a lease gained is claimed in the partition's log before the
+/// node acts for it, and given back if the claim fails.
+async fn perform(action: Action, leases: kv::Store, log: PartitionLog, me: String, tx: mpsc::UnboundedSender<Input>) {
+    let (p, result) = match action {
+        Action::Create(p) => (p, leases.create(lease_key(p), Bytes::from(me.clone())).await.map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists)),
+        Action::Take { partition, revision } => {
+            (partition, leases.update(lease_key(partition), Bytes::from(me.clone()), revision).await.map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision))
+        }
+        Action::Release { partition, revision } => {
+            let outcome = match leases.delete_expect_revision(lease_key(partition), Some(revision)).await {
+                Ok(()) => Outcome::Released,
+                Err(_) => Outcome::Failed,
+            };
+            let _ = tx.send(Input::Done(partition, outcome, None));
+            return;
+        }
+    };
+    let (outcome, fence) = match result {
+        Ok(rev) => match log.claim(p, &me, rev).await {
+            Ok(f) => (Outcome::Holding(rev), Some(f)),
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "claiming a partition's log failed; giving the lease back");
+                let _ = leases.delete_expect_revision(lease_key(p), Some(rev)).await;
+                (Outcome::Failed, None)
+            }
+        },
+        Err(true) => (Outcome::Refused, None),
+        Err(false) => (Outcome::Failed, None),
+    };
+    let _ = tx.send(Input::Done(p, outcome, fence));
+}

@@ -1,0 +1,211 @@
+//! Cluster mode's ownership of partitions (issue 21, as far as it is built), on a real
+//! three-server NATS JetStream cluster on loopback: every partition owned by exactly one node
+//! at every moment, shares moving on a join, a leave and a crash, the leases riding out the
+//! loss of one NATS server, and a stale owner's writes refused by the fence.
+
+mod common;
+
+use accolade::cluster::lease::Timing;
+use accolade::cluster::log::{LogError, PartitionLog};
+use accolade::cluster::node::{Node, Options, Owned};
+use accolade::cluster::partition::{preferred, PARTITIONS};
+use accolade::cluster::{self, ClusterError};
+use common::nats::Cluster;
+use common::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const LEASE: Duration = Duration::from_secs(3);
+
+async fn join(cluster: &Cluster, id: &str) -> Node {
+    let client = cluster.connect().await;
+    Node::join(client, Options { id: id.into(), timing: Timing::for_lease(LEASE), replicas: 3 }).await.expect("the node joins")
+}
+
+/// The nodes whose views are watched, by id.
+type Views = Arc<Mutex<BTreeMap<String, watch::Receiver<Owned>>>>;
+
+/// Who owns each partition, by every watched node's own account; panics if two nodes act for
+/// one partition at once.
+fn owners(views: &Views) -> BTreeMap<u16, String> {
+    let mut by = BTreeMap::new();
+    for (id, view) in views.lock().unwrap().iter() {
+        for &p in view.borrow().keys() {
+            if let Some(other) = by.insert(p, id.clone()) {
+                panic!("partition {p} is owned by {other} and {id} at once");
+            }
+        }
+    }
+    by
+}
+
+/// Waits until every partition is owned and `ok` holds of the owners; returns how long that
+/// took. Checks for double ownership every 5 ms meanwhile.
+async fn settle(views: &Views, what: &str, limit: Duration, ok: impl Fn(&BTreeMap<u16, String>) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        let by = owners(views);
+        if by.len() == PARTITIONS as usize && ok(&by) {
+            return start.elapsed();
+        }
+        if start.elapsed() >= limit {
+            let missing: Vec<u16> = (0..PARTITIONS).filter(|p| !by.contains_key(p)).collect();
+            panic!("{what}: not settled after {limit:?}: {} partitions owned; unowned {missing:?}; owners {by:?}", by.len());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn shares(by: &BTreeMap<u16, String>) -> BTreeMap<String, usize> {
+    let mut s = BTreeMap::new();
+    for id in by.values() {
+        *s.entry(id.clone()).or_insert(0) += 1;
+    }
+    s
+}
+
+/// Every partition owned by the node rendezvous hashing prefers among `members`.
+fn as_preferred(members: &[&str]) -> impl Fn(&BTreeMap<u16, String>) -> bool {
+    let members: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+    move |by| by.iter().all(|(&p, id)| preferred(p, members.iter().map(String::as_str)) == Some(id.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partition_has_one_owner_through_joins_leaves_a_crash_and_a_lost_nats_server() {
+    let dir = tmp();
+    let mut nats = Cluster::start(dir.path());
+    let views: Views = Arc::default();
+    // A watcher that checks for double ownership every millisecond for the whole test, not
+    // only while a step waits.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let (views, stop) = (views.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                owners(&views);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+
+    let mut nodes = BTreeMap::new();
+    for id in ["node-a", "node-b", "node-c"] {
+        let n = join(&nats, id).await;
+        views.lock().unwrap().insert(id.to_string(), n.owned());
+        nodes.insert(id, n);
+    }
+    settle(&views, "three nodes start", Duration::from_secs(30), as_preferred(&["node-a", "node-b", "node-c"])).await;
+    let s = shares(&owners(&views));
+    assert!(s.values().all(|&n| n >= 50), "each of three nodes owns about a third: {s:?}");
+
+    // A fourth node takes its share from the others; nobody else's partitions move.
+    let before = owners(&views);
+    let d = join(&nats, "node-d").await;
+    views.lock().unwrap().insert("node-d".into(), d.owned());
+    nodes.insert("node-d", d);
+    settle(&views, "node-d joins", Duration::from_secs(20), as_preferred(&["node-a", "node-b", "node-c", "node-d"])).await;
+    let after = owners(&views);
+    assert!((0..PARTITIONS).all(|p| before[&p] == after[&p] || after[&p] == "node-d"), "only node-d's share moved");
+
+    // A node that leaves hands its partitions over at once, well within a lease.
+    let c = nodes.remove("node-c").unwrap();
+    let left = Instant::now();
+    c.leave().await;
+    views.lock().unwrap().remove("node-c");
+    settle(&views, "node-c leaves", LEASE, as_preferred(&["node-a", "node-b", "node-d"])).await;
+    let handover = left.elapsed();
+
+    // A node that crashes (every task of it stopped at once, as with kill -9) keeps its
+    // partitions until its lease runs out; then the others take them.
+    let b = nodes.remove("node-b").unwrap();
+    let crashed = Instant::now();
+    drop(b);
+    views.lock().unwrap().remove("node-b");
+    settle(&views, "node-b crashes", 4 * LEASE, as_preferred(&["node-a", "node-d"])).await;
+    let takeover = crashed.elapsed();
+    assert!(takeover >= LEASE - Timing::for_lease(LEASE).heartbeat, "a dead node's partitions wait for its lease: {takeover:?}");
+
+    // One NATS server of three dies: the nodes keep their partitions (their clients move to
+    // another server), and ownership stays whole.
+    nats.kill("n0");
+    let lost = Instant::now();
+    while lost.elapsed() < 2 * LEASE {
+        owners(&views);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settle(&views, "after a NATS server died", 4 * LEASE, as_preferred(&["node-a", "node-d"])).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    checker.await.expect("no partition was ever owned twice");
+    eprintln!("hand-over on leave {handover:?}, takeover after a crash {takeover:?} (lease {LEASE:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owners_writes_are_refused_once_its_partition_was_taken_over() {
+    let dir = tmp();
+    let nats = Cluster::start(dir.path());
+    let a = join(&nats, "node-a").await;
+    let views: Views = Arc::default();
+    views.lock().unwrap().insert("node-a".into(), a.owned());
+    settle(&views, "node-a alone", Duration::from_secs(30), |_| true).await;
+    let log = PartitionLog::open(async_nats::jetstream::new(nats.connect().await), 3).await.unwrap();
+
+    // node-a writes through its fence, and keeps the fence as a paused process would.
+    let mut stale = a.owned().borrow()[&7].clone();
+    let first = log.append(&mut stale, "u1", "note", "by a".into()).await.expect("the owner writes");
+
+    // node-a stops (its leases run out), node-b takes every partition over.
+    let b = join(&nats, "node-b").await;
+    drop(a);
+    views.lock().unwrap().remove("node-a");
+    views.lock().unwrap().insert("node-b".into(), b.owned());
+    settle(&views, "node-b takes over", 4 * LEASE, |by| by.values().all(|id| id == "node-b")).await;
+
+    // node-a wakes up and writes with what it had: refused, under any key of the partition.
+    for key in ["u1", "u2"] {
+        match log.append(&mut stale, key, "note", "by a, too late".into()).await {
+            Err(LogError::Fenced(7)) => {}
+            other => panic!("a stale owner's write must be refused by the fence: {other:?}"),
+        }
+    }
+    // node-b's fence writes.
+    let mut fresh = b.owned().borrow()[&7].clone();
+    assert!(fresh.lease > stale.lease && fresh.claim > stale.claim, "lease and claim moved on: {stale:?} then {fresh:?}");
+    let mut seqs = Vec::new();
+    for i in 0..50 {
+        seqs.push(log.append(&mut fresh, "u1", "note", format!("by b {i}").into()).await.expect("the new owner writes"));
+    }
+
+    // The key's records: a's note, then b's fifty, and nothing of a after b's claim.
+    let records = log.records(7, "u1", 0, 1000).await.unwrap();
+    let bodies: Vec<String> = records.iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
+    let mut want = vec!["by a".to_string()];
+    want.extend((0..50).map(|i| format!("by b {i}")));
+    assert_eq!(bodies, want);
+    assert_eq!(records[0].sequence, first);
+    assert!(records[1..].iter().all(|r| r.node == "node-b" && r.lease == fresh.lease && r.sequence > fresh.claim));
+    assert_eq!(records[1..].iter().map(|r| r.sequence).collect::<Vec<_>>(), seqs);
+    // The claims: a's, then b's, each naming its lease revision.
+    let claims = log.claims(7, 0, 10).await.unwrap();
+    let who: Vec<(&str, u64)> = claims.iter().map(|r| (r.node.as_str(), r.lease)).collect();
+    assert_eq!(who, vec![("node-a", stale.lease), ("node-b", fresh.lease)]);
+}
+
+#[tokio::test]
+async fn an_unreachable_nats_and_a_bad_node_id_are_clear_errors() {
+    let port = free_port();
+    match cluster::connect(&format!("nats://127.0.0.1:{port}"), Duration::from_secs(1)).await {
+        Err(e @ ClusterError::Unreachable { .. }) => assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}"),
+        other => panic!("no server listens there: {other:?}"),
+    }
+    match cluster::connect("http://[oops", Duration::from_secs(1)).await {
+        Err(e @ ClusterError::Unreachable { .. }) => assert!(e.to_string().contains("not a NATS address"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    for bad in ["", "node a", "node.a", &"x".repeat(65)] {
+        assert!(matches!(accolade::cluster::node::check_id(bad), Err(ClusterError::BadNodeId(_))), "{bad:?}");
+    }
+    accolade::cluster::node::check_id("node-1_b").unwrap();
+}
