@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -279,10 +279,34 @@ impl Counts {
     }
 }
 
-/// A socket that carries its slot.
+/// A socket that carries its slot, and whether it is to be reset rather than closed.
 struct Counted {
     io: TcpStream,
     _slot: Slot,
+    abort: Abort,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // Zero linger: the close sends a reset and the kernel drops what it still held to
+        // send, instead of keeping the socket, its buffer full, as an orphan until the peer
+        // reads it or the retries run out (minutes, for a peer that never opens its window).
+        if self.abort.0.load(Ordering::Relaxed) {
+            let _ = self.io.set_zero_linger();
+        }
+    }
+}
+
+/// Asks for a connection to be reset when it ends instead of closed: for a client given up
+/// on, whose socket is full of pushes it is not reading. Every request carries its
+/// connection's in its extensions.
+#[derive(Clone, Default)]
+pub struct Abort(Arc<AtomicBool>);
+
+impl Abort {
+    pub fn on_close(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl AsyncRead for Counted {
@@ -378,14 +402,20 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, metric
         };
         // Requests without a body (most GETs) have nothing to time.
         let m = metrics.clone();
-        let svc = TowerToHyperService::new(router.clone().map_request(move |r: axum::http::Request<Incoming>| r.map(|b| if hyper::body::Body::is_end_stream(&b) { Body::new(b) } else { Body::new(Paced::new(b, limits.body, m.clone())) })));
+        let abort = Abort::default();
+        let for_requests = abort.clone();
+        let svc = TowerToHyperService::new(router.clone().map_request(move |r: axum::http::Request<Incoming>| {
+            let mut r = r.map(|b| if hyper::body::Body::is_end_stream(&b) { Body::new(b) } else { Body::new(Paced::new(b, limits.body, m.clone())) });
+            r.extensions_mut().insert(for_requests.clone());
+            r
+        }));
         let mut stop = stop.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
             let _alive = alive;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-            let conn = http.serve_connection(TokioIo::new(Counted { io: stream, _slot: slot }), svc).with_upgrades();
+            let conn = http.serve_connection(TokioIo::new(Counted { io: stream, _slot: slot, abort }), svc).with_upgrades();
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

@@ -2,6 +2,7 @@
 //! it to the user's actor, and write what the actor pushes from a bounded outbox. The only
 //! module that touches WebSocket types.
 
+use crate::accept::Abort;
 use crate::auth::Principal;
 use crate::core::Event;
 use crate::protocol::{self, ClientMsg, Frame};
@@ -71,7 +72,7 @@ async fn close_with<S: Sink<Message> + Unpin>(sink: &mut S, code: u16, reason: &
 }
 
 /// `GET /v1/ws`: upgrades the request to a WebSocket and runs its session.
-pub async fn upgrade(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+pub async fn upgrade(State(shared): State<Arc<Shared>>, abort: Option<axum::Extension<Abort>>, headers: axum::http::HeaderMap, upgrade: WebSocketUpgrade) -> Response {
     // A handshake is a GET and carries no body. One that announces a body would be switched
     // to a WebSocket only once the body had arrived (hyper upgrades after the request ends),
     // holding the connection for as long as a slow client takes: refuse it instead, at once.
@@ -98,25 +99,27 @@ pub async fn upgrade(State(shared): State<Arc<Shared>>, headers: axum::http::Hea
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
-        .on_upgrade(move |socket| run(socket, shared))
+        .on_upgrade(move |socket| run(socket, shared, abort.map(|a| a.0)))
 }
 
 /// Runs one connection to its end. Generic over the socket so tests can drive it with channels.
+/// `abort`, when the socket is a TCP connection, resets it at the end if the client was given
+/// up on as slow and its socket stayed full.
 ///
 /// The socket is split before the future is made, and the hello phase is a future of its own.
 /// An async fn keeps a slot for each parameter, and for the locals of every phase, for its whole
 /// life, and this future lives as long as the connection: split inside, the socket's 368 bytes
 /// stayed in every connection's task after `split` had moved them out, and the hello phase's
 /// futures were laid beside the serving loop's (`-Zprint-type-sizes`; bench/README.md, fix 13).
-pub fn run<S>(socket: S, shared: Arc<Shared>) -> impl Future<Output = ()> + Send
+pub fn run<S>(socket: S, shared: Arc<Shared>, abort: Option<Abort>) -> impl Future<Output = ()> + Send
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message> + Unpin + Send,
 {
     let (sink, stream) = socket.split();
-    serve(sink, stream, shared)
+    serve(sink, stream, shared, abort)
 }
 
-async fn serve<S>(mut sink: SplitSink<S, Message>, mut stream: SplitStream<S>, shared: Arc<Shared>)
+async fn serve<S>(mut sink: SplitSink<S, Message>, mut stream: SplitStream<S>, shared: Arc<Shared>, abort: Option<Abort>)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message> + Unpin + Send,
 {
@@ -186,17 +189,22 @@ where
                 if n == 0 {
                     break Some(closing.get().copied().unwrap_or((close::INTERNAL, "user restarted; reconnect")));
                 }
-                // Feed everything that is queued, then flush once.
-                let mut failed = false;
-                for f in batch.drain(..) {
-                    if sink.feed(text(f)).await.is_err() {
-                        failed = true;
-                        break;
+                // Feed everything that is queued, then flush once. A client that stops reading
+                // fills its socket and this write waits; it must not hold the connection past
+                // the moment the actor finds the client too slow. (A shutdown lets the write
+                // finish: the drain after the loop is bounded in time anyway.)
+                let write = async {
+                    for f in batch.drain(..) {
+                        sink.feed(text(f)).await?;
                     }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    biased;
+                    _ = slow.notified() => break Some((close::SLOW, "too slow reading pushes")),
+                    written = write => if written.is_err() { break None },
                 }
-                if failed || sink.flush().await.is_err() {
-                    break None;
-                }
+                batch.clear();
             }
             p = permits.clone().acquire_owned(), if ready.is_none() => {
                 ready = p.ok();
@@ -275,7 +283,14 @@ where
             }
             close_with(&mut sink, code, why).await;
         };
-        let _ = timeout(std::time::Duration::from_secs(1), drain).await;
+        let stuck = timeout(std::time::Duration::from_secs(1), drain).await.is_err();
+        // A slow client whose socket is still full gets a reset: what the kernel holds for it
+        // is pushes it will never catch up with, and an orphan would keep them for minutes.
+        if stuck && code == close::SLOW
+            && let Some(a) = &abort
+        {
+            a.on_close();
+        }
     }
     shared.boards.unwatch_all(id);
     shared.users.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id });
