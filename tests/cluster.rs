@@ -10,6 +10,7 @@ use accolade::cluster::log::{LogError, PartitionLog};
 use accolade::cluster::node::{Node, Options, Owned};
 use accolade::cluster::partition::{preferred, PARTITIONS};
 use accolade::cluster::{self, ClusterError};
+use accolade::store::{TreeId, Write};
 use common::nats::Cluster;
 use common::*;
 use std::collections::BTreeMap;
@@ -208,4 +209,76 @@ async fn an_unreachable_nats_and_a_bad_node_id_are_clear_errors() {
         assert!(matches!(accolade::cluster::node::check_id(bad), Err(ClusterError::BadNodeId(_))), "{bad:?}");
     }
     accolade::cluster::node::check_id("node-1_b").unwrap();
+}
+
+/// Appends `writes` and waits for the changelog's answer.
+fn append(w: &accolade::cluster::changelog::Writer, writes: Vec<Write>) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    w.append(&writes, Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_writes_reach_its_changelog_in_batches_replay_in_order_and_stop_at_the_fence() {
+    use accolade::cluster::changelog::{restore, Writer, KEY};
+    let dir = tmp();
+    let nats = Cluster::start(dir.path());
+    let a = join(&nats, "node-a").await;
+    let views: Views = Arc::default();
+    views.lock().unwrap().insert("node-a".into(), a.owned());
+    settle(&views, "node-a alone", Duration::from_secs(30), |_| true).await;
+    let log = PartitionLog::open(async_nats::jetstream::new(nats.connect().await), 3).await.unwrap();
+    let writer = Writer::start(log.clone(), a.owned().borrow()[&3].clone());
+
+    // 300 jobs at once (a user's log entry and its dedup key each, one a delete), then two
+    // that are too large to share a batch.
+    let job = |i: u32| {
+        vec![
+            Write::Put(TreeId::Events, format!("demo\0u{i}\0").into_bytes(), format!("event {i}").into_bytes()),
+            if i % 10 == 0 { Write::Del(TreeId::Dedup, format!("demo\0e{i}").into_bytes()) } else { Write::Put(TreeId::Dedup, format!("demo\0e{i}").into_bytes(), vec![1]) },
+        ]
+    };
+    let mut expected: Vec<Write> = Vec::new();
+    let mut waits = Vec::new();
+    for i in 0..300 {
+        expected.extend(job(i));
+        waits.push(append(&writer, job(i)));
+    }
+    for big in 0..2u8 {
+        let w = vec![Write::Put(TreeId::Users, vec![b'b', big], vec![big; 400 * 1024])];
+        expected.extend(w.clone());
+        waits.push(append(&writer, w));
+    }
+    for w in waits {
+        w.await.unwrap().expect("stored in the changelog");
+    }
+    let batches = log.records(3, KEY, 0, 10_000).await.unwrap();
+    assert!(batches.len() >= 3 && batches.len() < 300, "jobs share batches, large ones apart: {} batches", batches.len());
+
+    // Replayed, the changelog gives every write once, in the order they were appended.
+    let mut replayed = Vec::new();
+    let last = restore(&log, 3, 0, |w| replayed.extend(w)).await.unwrap();
+    assert_eq!(replayed, expected);
+    assert_eq!(last, batches.last().unwrap().sequence);
+    // From a point on, only what came after it.
+    let mut tail = Vec::new();
+    restore(&log, 3, batches[batches.len() - 2].sequence, |w| tail.extend(w)).await.unwrap();
+    assert_eq!(tail, expected[expected.len() - 1..]);
+
+    // Another node claims the partition: the writer's appends fail from then on, and the
+    // changelog holds nothing of them.
+    let b = join(&nats, "node-b").await;
+    drop(a);
+    views.lock().unwrap().remove("node-a");
+    views.lock().unwrap().insert("node-b".into(), b.owned());
+    settle(&views, "node-b takes over", 4 * LEASE, |by| by.values().all(|id| id == "node-b")).await;
+    let r = append(&writer, job(1000)).await.unwrap();
+    assert!(r.as_ref().is_err_and(|e| e.contains("claimed by another node")), "a fenced-off writer's append must fail: {r:?}");
+    let r = append(&writer, job(1001)).await.unwrap();
+    assert!(r.as_ref().is_err_and(|e| e.contains("claimed by another node")), "and so must every one after it: {r:?}");
+    let mut after = Vec::new();
+    restore(&log, 3, 0, |w| after.extend(w)).await.unwrap();
+    assert_eq!(after, expected);
 }

@@ -115,11 +115,27 @@ impl PartitionLog {
     /// Appends a record under `key` through `fence`; `Fenced` once another node has claimed
     /// the partition. One at a time per partition (see the module's comment).
     pub async fn append(&self, fence: &mut Fence, key: &str, kind: &str, body: Bytes) -> Result<u64, LogError> {
+        self.append_maybe_id(fence, key, kind, None, body).await
+    }
+
+    /// `append` with a message id: a retry with the same id within the stream's duplicate
+    /// window is stored once.
+    pub async fn append_with_id(&self, fence: &mut Fence, key: &str, kind: &str, id: &str, body: Bytes) -> Result<u64, LogError> {
+        self.append_maybe_id(fence, key, kind, Some(id), body).await
+    }
+
+    async fn append_maybe_id(&self, fence: &mut Fence, key: &str, kind: &str, id: Option<&str>, body: Bytes) -> Result<u64, LogError> {
         let mut h = Self::headers(kind, &fence.node, fence.lease);
+        if let Some(id) = id {
+            h.insert("Nats-Msg-Id", id);
+        }
         h.insert("Nats-Expected-Last-Subject-Sequence", fence.claim.to_string().as_str());
         h.insert("Nats-Expected-Last-Subject-Sequence-Subject", claims(fence.partition).as_str());
         match self.publish(records(fence.partition, key), h, body).await {
             Ok(seq) => Ok(seq),
+            // Error 10071, "wrong last sequence: N": a newer claim. (A write refused because
+            // another one checking the same claim is in flight is 10164, which the client
+            // reports as `Other`: not a fence, and retried.)
             Err(PublishErrorKind::WrongLastSequence) => Err(LogError::Fenced(fence.partition)),
             Err(e) => Err(LogError::Nats(e.to_string())),
         }

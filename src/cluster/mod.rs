@@ -1,5 +1,6 @@
 //! Cluster mode on NATS JetStream (issue 21), as far as it is built: which partition a user
-//! is in, which node owns each partition through a lease, and each partition's fenced log.
+//! is in, which node owns each partition through a lease, each partition's fenced log, and
+//! the changelog of sled writes in it.
 //! The event path does not go through it yet; docs/cluster.md says what is built and what is
 //! to come. Only this module imports `async-nats`.
 //!
@@ -7,7 +8,9 @@
 //! - [`lease`]: the lease state machine, time passed in. Pure.
 //! - [`node`]: one node's heartbeat, watches and lease actions on NATS.
 //! - [`log`]: each partition's log, written by its owner through a fence.
+//! - [`changelog`]: a partition's sled writes in its log, batched, and their replay.
 
+pub mod changelog;
 pub mod lease;
 pub mod log;
 pub mod node;

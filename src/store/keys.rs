@@ -136,7 +136,36 @@ pub enum TreeId {
     HookLog,
 }
 
-#[derive(Debug)]
+impl TreeId {
+    const ALL: [TreeId; 14] = [
+        TreeId::Users,
+        TreeId::Events,
+        TreeId::Dedup,
+        TreeId::SnapSeq,
+        TreeId::Catalogues,
+        TreeId::Dead,
+        TreeId::Jobs,
+        TreeId::Boards,
+        TreeId::Archive,
+        TreeId::Closed,
+        TreeId::Goals,
+        TreeId::Hooks,
+        TreeId::Outbox,
+        TreeId::HookLog,
+    ];
+
+    /// The tree's number where writes leave the process (cluster mode's changelog). Frozen:
+    /// a new tree takes the next number.
+    pub fn code(self) -> u8 {
+        Self::ALL.iter().position(|&t| t == self).expect("every tree is listed") as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<TreeId> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     Put(TreeId, Vec<u8>, Vec<u8>),
     Del(TreeId, Vec<u8>),
@@ -210,4 +239,19 @@ pub(super) fn tenant_prefix(tenant: &str) -> Vec<u8> {
     let mut k = tenant.as_bytes().to_vec();
     k.push(0);
     k
+}
+
+#[cfg(test)]
+mod tree_codes {
+    use super::TreeId;
+
+    #[test]
+    fn tree_codes_are_frozen_and_round_trip() {
+        // Changelogs in a cluster's JetStream name trees by these numbers: do not renumber.
+        assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code()), (0, 1, 2, 13));
+        for c in 0..14 {
+            assert_eq!(TreeId::from_code(c).map(TreeId::code), Some(c));
+        }
+        assert_eq!(TreeId::from_code(14), None);
+    }
 }
