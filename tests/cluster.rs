@@ -237,7 +237,7 @@ async fn a_partitions_writes_reach_its_changelog_in_batches_replay_in_order_and_
     let job = |i: u32| {
         vec![
             Write::Put(TreeId::Events, format!("demo\0u{i}\0").into_bytes(), format!("event {i}").into_bytes()),
-            if i % 10 == 0 { Write::Del(TreeId::Dedup, format!("demo\0e{i}").into_bytes()) } else { Write::Put(TreeId::Dedup, format!("demo\0e{i}").into_bytes(), vec![1]) },
+            if i.is_multiple_of(10) { Write::Del(TreeId::Dedup, format!("demo\0e{i}").into_bytes()) } else { Write::Put(TreeId::Dedup, format!("demo\0e{i}").into_bytes(), vec![1]) },
         ]
     };
     let mut expected: Vec<Write> = Vec::new();
