@@ -10,7 +10,7 @@ use accolade::cluster::log::{LogError, PartitionLog};
 use accolade::cluster::node::{Node, Options, Owned};
 use accolade::cluster::partition::{preferred, PARTITIONS};
 use accolade::cluster::{self, ClusterError};
-use accolade::store::{TreeId, Write};
+use accolade::store::{EventLog, Seen, Store, TreeId, Write};
 use common::nats::Cluster;
 use common::*;
 use std::collections::BTreeMap;
@@ -281,4 +281,86 @@ async fn a_partitions_writes_reach_its_changelog_in_batches_replay_in_order_and_
     let mut after = Vec::new();
     restore(&log, 3, 0, |w| after.extend(w)).await.unwrap();
     assert_eq!(after, expected);
+}
+
+/// A user's log entry as the actor writes it.
+fn event_writes(user: &str, seq: u64, id: &str) -> Vec<Write> {
+    let mut event = accolade::core::Event::new(id, "problem_answered", 1_000 + seq as i64, &[]);
+    event.user_id = user.into();
+    event.tenant_id = "demo".into();
+    let ev = accolade::store::StoredEvent {
+        event,
+        received_at: 1_000 + seq as i64,
+        catalogue_version: 1,
+        pushes: vec![(seq, format!("{{\"type\":\"xp\",\"seq\":{seq}}}"))],
+    };
+    accolade::store::writes::event("demo", user, seq, &ev).to_vec()
+}
+
+/// Appends through an event log and waits for the answer.
+async fn log_append(log: &dyn EventLog, user: &str, writes: Vec<Write>) -> Result<(), String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.append("demo", user, writes, Box::new(move |r| {
+        let _ = tx.send(r);
+    }))
+    .map_err(|e| e.to_string())?;
+    rx.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_is_rebuilt_on_another_node_from_the_changelog_and_an_unwritten_event_is_never_a_duplicate() {
+    use accolade::cluster::changelog::Writer;
+    use accolade::cluster::eventlog::{rebuild, ClusterLog};
+    use accolade::cluster::partition::partition_of;
+    let dir = tmp();
+    std::fs::create_dir_all(dir.path().join("nats")).unwrap();
+    let nats = Cluster::start(&dir.path().join("nats"));
+    let a = join(&nats, "node-a").await;
+    let views: Views = Arc::default();
+    views.lock().unwrap().insert("node-a".into(), a.owned());
+    settle(&views, "node-a alone", Duration::from_secs(30), |_| true).await;
+    let log = PartitionLog::open(async_nats::jetstream::new(nats.connect().await), 3).await.unwrap();
+    let p = partition_of("demo", "alice");
+
+    // Node a serves alice's partition and accepts 20 of her events.
+    let store_a = Store::open(&dir.path().join("a")).unwrap();
+    let on_a = ClusterLog::new(store_a.clone());
+    on_a.serve(p, Writer::start(log.clone(), a.owned().borrow()[&p].clone()));
+    for seq in 1..=20 {
+        log_append(&on_a, "alice", event_writes("alice", seq, &format!("e{seq}"))).await.expect("stored in the changelog and in sled");
+    }
+    assert_eq!(EventLog::seen(&on_a, "demo", "alice", "e7").unwrap(), Seen::Mine);
+    let before = on_a.load_user("demo", "alice").unwrap();
+    assert_eq!(before.tail.len(), 20);
+
+    // A node with an empty disk rebuilds her from the changelog alone: the same events, the
+    // same pushes, the same ids known.
+    let store_b = Store::open(&dir.path().join("b")).unwrap();
+    let on_b = ClusterLog::new(store_b.clone());
+    assert!(on_b.load_user("demo", "alice").is_err(), "a partition not yet served is not read");
+    rebuild(&store_b, &log, p, 0).await.unwrap();
+    let b = join(&nats, "node-b").await;
+    drop(a);
+    views.lock().unwrap().remove("node-a");
+    views.lock().unwrap().insert("node-b".into(), b.owned());
+    settle(&views, "node-b takes over", 4 * LEASE, |by| by.values().all(|id| id == "node-b")).await;
+    on_b.serve(p, Writer::start(log.clone(), b.owned().borrow()[&p].clone()));
+    let after = on_b.load_user("demo", "alice").unwrap();
+    let ids = |l: &accolade::store::Loaded| l.tail.iter().map(|e| e.event.event_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(after.last_seq, before.last_seq);
+    assert_eq!(on_b.pushes_after("demo", "alice", 0, 100).unwrap(), on_a.pushes_after("demo", "alice", 0, 100).unwrap());
+    assert_eq!(EventLog::seen(&on_b, "demo", "alice", "e7").unwrap(), Seen::Mine);
+
+    // Node a, fenced off, cannot take another event: the append fails, and neither its sled
+    // nor the changelog has it, so a resend of it is new, not a duplicate.
+    let r = log_append(&on_a, "alice", event_writes("alice", 21, "e21")).await;
+    assert!(r.as_ref().is_err_and(|e| e.contains("claimed by another node")), "{r:?}");
+    assert_eq!(EventLog::seen(&store_a, "demo", "alice", "e21").unwrap(), Seen::New, "not in a's sled");
+    assert!(!on_a.serves(p), "a stopped writer serves no more");
+    assert!(on_a.load_user("demo", "alice").is_err());
+    log_append(&on_b, "alice", event_writes("alice", 21, "e21")).await.expect("node b takes the resend");
+    assert_eq!(EventLog::seen(&on_b, "demo", "alice", "e21").unwrap(), Seen::Mine);
+    on_b.sync().await.unwrap();
+    assert_eq!(on_b.load_user("demo", "alice").unwrap().tail.len(), 21);
 }

@@ -92,6 +92,11 @@ impl Writer {
         Writer { tx, stopped }
     }
 
+    /// Why the writer stopped, once it has: then every append fails.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.get().map(String::as_str)
+    }
+
     /// Queues `writes`; `done` says when they are in the changelog.
     pub fn append(&self, writes: &[Write], done: Done) {
         if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { changes: encode(writes), done }) {
@@ -143,13 +148,15 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
                 Err(LogError::Nats(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        let fenced = matches!(&result, Err(e) if e.contains("claimed"));
         for j in jobs {
             (j.done)(result.clone());
         }
-        if fenced {
-            // Nothing more can be written through this fence: fail what is queued and stop.
-            let why = result.unwrap_err();
+        if let Err(why) = result {
+            // Fenced off, nothing more can be written. And after a batch that failed any other
+            // way, nothing may be: the batches after it would be stored without it, and the
+            // partition's users' state in memory includes it. The writer stops, with what is
+            // queued, and the partition is restored from the changelog before it is written
+            // again (`eventlog.rs`).
             let _ = stopped.set(why.clone());
             if let Some(j) = next.take() {
                 (j.done)(Err(why.clone()));
@@ -163,18 +170,25 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
     }
 }
 
+/// The changelog's batches after stream sequence `after`, oldest first, at most `limit`, each
+/// with its stream sequence.
+pub async fn batches(log: &PartitionLog, partition: u16, after: u64, limit: usize) -> Result<Vec<(u64, Vec<Write>)>, String> {
+    let page = log.records(partition, KEY, after, limit).await.map_err(|e| e.to_string())?;
+    page.into_iter().map(|r| Ok((r.sequence, decode(&r.body)?))).collect()
+}
+
 /// Replays a partition's changelog after stream sequence `after` into `apply`, batch by batch
 /// in order; returns the sequence of the last batch replayed (`after` if there was none).
 pub async fn restore(log: &PartitionLog, partition: u16, after: u64, mut apply: impl FnMut(Vec<Write>)) -> Result<u64, String> {
     let mut last = after;
     loop {
-        let page = log.records(partition, KEY, last, 256).await.map_err(|e| e.to_string())?;
+        let page = batches(log, partition, last, 256).await?;
         if page.is_empty() {
             return Ok(last);
         }
-        for r in page {
-            apply(decode(&r.body)?);
-            last = r.sequence;
+        for (seq, writes) in page {
+            apply(writes);
+            last = seq;
         }
     }
 }

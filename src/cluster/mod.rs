@@ -9,8 +9,11 @@
 //! - [`node`]: one node's heartbeat, watches and lease actions on NATS.
 //! - [`log`]: each partition's log, written by its owner through a fence.
 //! - [`changelog`]: a partition's sled writes in its log, batched, and their replay.
+//! - [`eventlog`]: the event log of a cluster node (changelog first, then the local sled),
+//!   and the rebuild of a partition's users from the changelog.
 
 pub mod changelog;
+pub mod eventlog;
 pub mod lease;
 pub mod log;
 pub mod node;

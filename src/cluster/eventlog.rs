@@ -1,0 +1,137 @@
+//! The event log of a cluster node: a user's writes go to their partition's changelog first
+//! and to the local sled once the changelog has them, so the sled never holds a write the
+//! cluster could lose with this node, and nothing it holds is acknowledged before JetStream
+//! stored it with its replication. Reads are the local sled's, which a node fills from the
+//! changelog (`rebuild`) before it serves a partition.
+
+use super::changelog::{self, Writer};
+use super::log::PartitionLog;
+use super::partition::partition_of;
+use crate::core::Millis;
+use crate::store::{Done, EventLog, Loaded, Seen, Store, StoreError, StoredEvent, Write};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The partitions this node serves, each with its changelog writer, over the local store.
+pub struct ClusterLog {
+    store: Store,
+    writers: RwLock<HashMap<u16, Arc<Writer>>>,
+}
+
+impl ClusterLog {
+    pub fn new(store: Store) -> ClusterLog {
+        ClusterLog { store, writers: RwLock::default() }
+    }
+
+    /// Serves `partition` from now on, writing through `writer` (made with this node's fence,
+    /// once `rebuild` has filled the local store).
+    pub fn serve(&self, partition: u16, writer: Writer) {
+        self.writers.write().expect("not poisoned").insert(partition, Arc::new(writer));
+    }
+
+    /// Stops serving `partition` (lost, or its writer stopped).
+    pub fn unserve(&self, partition: u16) {
+        self.writers.write().expect("not poisoned").remove(&partition);
+    }
+
+    /// Whether `partition` is served, with a writer that can still write.
+    pub fn serves(&self, partition: u16) -> bool {
+        self.writer(partition).is_ok()
+    }
+
+    fn writer(&self, partition: u16) -> Result<Arc<Writer>, StoreError> {
+        match self.writers.read().expect("not poisoned").get(&partition) {
+            Some(w) if w.stopped().is_none() => Ok(w.clone()),
+            Some(w) => Err(StoreError::Failed(format!("partition {partition}: {}", w.stopped().unwrap_or_default()))),
+            None => Err(StoreError::Failed(format!("partition {partition} is not served by this node"))),
+        }
+    }
+}
+
+impl EventLog for ClusterLog {
+    fn seen(&self, tenant: &str, user: &str, event_id: &str) -> Result<Seen, StoreError> {
+        // An id is looked up only where the user's writes are complete: on a node that serves
+        // the partition, whose sled the changelog filled.
+        self.writer(partition_of(tenant, user))?;
+        EventLog::seen(&self.store, tenant, user, event_id)
+    }
+
+    fn append(&self, tenant: &str, user: &str, writes: Vec<Write>, done: Done) -> Result<(), StoreError> {
+        let writer = self.writer(partition_of(tenant, user))?;
+        self.store.failure().map_or(Ok(()), |why| Err(StoreError::Failed(why.to_string())))?;
+        let (store, tenant, user) = (self.store.clone(), tenant.to_string(), user.to_string());
+        let sled_writes = writes.clone();
+        writer.append(&writes, Box::new(move |stored| {
+            if let Err(e) = stored {
+                return done(Err(e));
+            }
+            // Once in the changelog, into the local sled; `done` runs when that is durable
+            // too. If the store refuses at once, `done` still hears of it.
+            let slot = Arc::new(Mutex::new(Some(done)));
+            let inner = slot.clone();
+            let submitted = EventLog::append(&store, &tenant, &user, sled_writes, Box::new(move |r| {
+                if let Some(d) = inner.lock().expect("not poisoned").take() {
+                    d(r);
+                }
+            }));
+            if let Err(e) = submitted
+                && let Some(d) = slot.lock().expect("not poisoned").take()
+            {
+                d(Err(e.to_string()));
+            }
+        }));
+        Ok(())
+    }
+
+    fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
+        Box::pin(async move {
+            // Every writer answers in order, so an empty job answered means every job before
+            // it was; then the sled's own sync covers what those jobs passed on to it.
+            let writers: Vec<Arc<Writer>> = self.writers.read().expect("not poisoned").values().cloned().collect();
+            for w in writers {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                w.append(&[], Box::new(move |r| {
+                    let _ = tx.send(r);
+                }));
+                let _ = rx.await;
+            }
+            self.store.sync().await
+        })
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.store.failure()
+    }
+
+    fn load_user(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
+        self.writer(partition_of(tenant, user))?;
+        self.store.load_user(tenant, user)
+    }
+
+    fn events_after(&self, tenant: &str, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+        self.store.events_after(tenant, user, after, limit)
+    }
+
+    fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError> {
+        self.store.pushes_after(tenant, user, offset, max_events)
+    }
+}
+
+/// Fills the local store with a partition's changelog after stream sequence `after`, batch by
+/// batch, each durable before the next is read; returns the sequence of the last batch. A node
+/// runs this for a partition it gained before it serves it.
+pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u64) -> Result<u64, String> {
+    let mut last = after;
+    loop {
+        let page = changelog::batches(log, partition, last, 64).await?;
+        if page.is_empty() {
+            return Ok(last);
+        }
+        for (seq, writes) in page {
+            store.write(writes).await.map_err(|e| e.to_string())?;
+            last = seq;
+        }
+    }
+}
