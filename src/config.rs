@@ -249,6 +249,26 @@ pub struct Config {
     #[arg(long, default_value_t = 5)]
     pub write_failure_exit_secs: u64,
 
+    /// Cluster mode (in progress, docs/cluster.md): the NATS servers to join, comma-separated
+    /// `nats://host:port`. Each node serves the users of the partitions it owns, rebuilt from
+    /// JetStream; a user whose partition another node owns is refused with `unavailable` until
+    /// routing between nodes is built. Unset: standalone, with sled alone.
+    #[arg(long, env = "ACCOLADE_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// This node's id in the cluster: letters, digits, `-` and `_`. Required with `--cluster`.
+    #[arg(long, env = "ACCOLADE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Milliseconds a node that stopped answering keeps its partitions before the others take
+    /// them over; it heartbeats every quarter of this.
+    #[arg(long, default_value_t = 6_000)]
+    pub cluster_lease_ms: u64,
+
+    /// Copies JetStream keeps of the cluster's streams and buckets (3 for three NATS servers).
+    #[arg(long, default_value_t = 3)]
+    pub cluster_replicas: usize,
+
     #[command(subcommand)]
     #[serde(skip)]
     pub command: Option<Command>,

@@ -24,6 +24,8 @@
 //! - [`leaderboard`]: closing and archiving periods, and driving the rank pushes.
 //! - [`ranking`]: the order-statistic structure behind a leaderboard.
 //! - [`metrics`]: counters and histograms, rendered for Prometheus.
+//! - [`ownership`]: cluster mode's partitions on this node: joining, rebuilding a partition
+//!   gained before serving it, letting go of one lost.
 //! - [`server`]: `build(config)` (the one place the server is assembled), the router and
 //!   `run(listener, shared, shutdown)`.
 //! - [`shared`]: `Shared`, what the HTTP and WebSocket handlers share.
@@ -46,6 +48,7 @@ pub mod demo;
 pub mod goals;
 pub mod leaderboard;
 pub mod metrics;
+pub mod ownership;
 pub mod plan;
 pub mod protocol;
 pub mod ranking;

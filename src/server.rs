@@ -46,8 +46,20 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let metrics = Arc::new(Metrics::default());
     let (shutdown, _) = watch::channel(false);
     let webhooks = Arc::new(Webhooks::new(store.clone(), metrics.clone(), config.clone(), shutdown.subscribe())?);
-    let env = crate::user::Env { config: config.clone(), log: Arc::new(store.clone()), catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
+    // Cluster mode: the actors' event log is the partitions' changelog, then the local sled.
+    let cluster = match &config.cluster {
+        Some(_) => Some(Arc::new(crate::ownership::Membership::join(&config, &store).await?)),
+        None => None,
+    };
+    let log: Arc<dyn crate::store::EventLog> = match &cluster {
+        Some(m) => m.log.clone(),
+        None => Arc::new(store.clone()),
+    };
+    let env = crate::user::Env { config: config.clone(), log, catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
+    if let Some(m) = &cluster {
+        tokio::spawn(m.clone().run(store.clone(), users.clone(), shutdown.subscribe()));
+    }
     let backfills = Backfills::new(store.clone(), catalogues.clone(), users.clone(), metrics.clone(), config.backfill_users_per_sec, shutdown.subscribe());
     Ok(Arc::new(Shared {
         store,
@@ -64,6 +76,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         backfills,
         boards,
         webhooks,
+        cluster,
         config,
     }))
 }
@@ -169,6 +182,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     let _ = tokio::time::timeout(grace, shared.backfills.stopped()).await;
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.users.stop_all()).await;
+    // Then the partitions go to the other nodes at once, not after a lease.
+    if let Some(m) = &shared.cluster {
+        m.leave().await;
+    }
     let _ = tokio::time::timeout(grace, shared.store.sync()).await;
     shared.store.flush_blocking()?;
     Ok(())

@@ -364,3 +364,148 @@ async fn a_user_is_rebuilt_on_another_node_from_the_changelog_and_an_unwritten_e
     on_b.sync().await.unwrap();
     assert_eq!(on_b.load_user("demo", "alice").unwrap().tail.len(), 21);
 }
+
+/// Connects `user` to a node, retrying until the node serves the user's partition (it answers
+/// the hello with a welcome), for at most `limit`.
+async fn connect_served(url: &str, user: &str, limit: Duration) -> Client {
+    use futures_util::SinkExt;
+    let start = Instant::now();
+    loop {
+        if let Ok(Ok((mut ws, _))) = tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(url)).await {
+            let hello = serde_json::json!({ "type": "hello", "token": token(user) }).to_string();
+            if ws.send(tokio_tungstenite::tungstenite::Message::text(hello)).await.is_ok() {
+                let mut c = Client { ws, welcome: serde_json::Value::Null };
+                if let Ok(w) = tokio::time::timeout(Duration::from_secs(2), c.next()).await
+                    && w["type"] == "welcome"
+                {
+                    c.welcome = w;
+                    return c;
+                }
+            }
+        }
+        assert!(start.elapsed() < limit, "{user} not served at {url} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_acked_events_survive_kill_9_of_the_node_that_owned_her_and_another_node_serves_her() {
+    use accolade::cluster::partition::partition_of;
+    use accolade::core::value::{b, n, s};
+    use accolade::core::{apply, Catalogue, Event, UserState};
+    use futures_util::SinkExt;
+    use std::collections::HashSet;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tmp();
+    std::fs::create_dir_all(dir.path().join("nats")).unwrap();
+    let nats = Cluster::start(&dir.path().join("nats"));
+    let urls = nats.urls.join(",");
+    // A user whose partition node-a is preferred for while both nodes live.
+    let user = (0..).map(|i| format!("traveller-{i}")).find(|u| preferred(partition_of("demo", u), ["node-a", "node-b"]) == Some("node-a")).unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let node = |id: &'static str| ["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
+    let args_a = node("node-a");
+    let args_b = node("node-b");
+    let mut a = start_with(&dir.path().join("a"), port_a, &args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let _b = start_with(&dir.path().join("b"), port_b, &args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let url_a = format!("ws://127.0.0.1:{port_a}/v1/ws");
+    let url_b = format!("ws://127.0.0.1:{port_b}/v1/ws");
+
+    // 300 answers streamed to node-a; kill -9 once half are acknowledged.
+    let at = now_rfc3339();
+    let events: Vec<(String, String, bool)> = (0..300).map(|i| (format!("c-{i}"), format!("ex-{}", (i / 25) % 3), i % 17 != 0)).collect();
+    let msg = |(id, ex, ok): &(String, String, bool)| {
+        serde_json::json!({ "type": "event", "event_id": id, "event_type": "problem.answered", "occurred_at": at, "payload": { "exercise": ex, "correct": ok, "seconds": 3 } }).to_string()
+    };
+    let mut c = connect_served(&url_a, &user, Duration::from_secs(30)).await;
+    for e in &events {
+        c.ws.feed(Message::text(msg(e))).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let mut acked = HashSet::new();
+    let mut shown: Vec<(String, u64)> = Vec::new();
+    let mut note = |m: &serde_json::Value, acked: &mut HashSet<String>| match m["type"].as_str() {
+        Some("ack") => {
+            acked.insert(m["event_id"].as_str().unwrap().to_string());
+        }
+        Some("unlock") => shown.push((m["badge"]["id"].as_str().unwrap().into(), m["count"].as_u64().unwrap())),
+        _ => {}
+    };
+    while acked.len() < 150 {
+        let m = c.next().await;
+        note(&m, &mut acked);
+    }
+    a.kill9();
+    while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(200), futures_util::StreamExt::next(&mut c.ws)).await {
+        note(&serde_json::from_str(&t).unwrap(), &mut acked);
+    }
+    assert!(acked.len() < events.len(), "the kill should land mid-stream");
+
+    // node-b takes the partition over once node-a's lease has run out, rebuilds her from the
+    // changelog (node-a's disk is not touched), and serves her.
+    let killed = Instant::now();
+    let mut c = connect_served(&url_b, &user, Duration::from_secs(30)).await;
+    let failover = killed.elapsed();
+    for e in &events {
+        c.ws.feed(Message::text(msg(e))).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let mut replies = 0;
+    while replies < events.len() {
+        let m = c.next().await;
+        match m["type"].as_str() {
+            Some("ack") => {
+                replies += 1;
+                let id = m["event_id"].as_str().unwrap();
+                if acked.contains(id) {
+                    assert_eq!(m["duplicate"], true, "event {id}, acked by node-a, was counted again on node-b");
+                }
+            }
+            Some("unlock") => shown.push((m["badge"]["id"].as_str().unwrap().into(), m["count"].as_u64().unwrap())),
+            Some("error") => panic!("unexpected error {m}"),
+            _ => {}
+        }
+    }
+    let unique: HashSet<_> = shown.iter().cloned().collect();
+    assert_eq!(unique.len(), shown.len(), "a badge award was announced twice: {shown:?}");
+
+    // Her state is the rule core's answer for the stream applied once, in order.
+    let cat = Catalogue::demo();
+    let mut reference = UserState::default();
+    let when = chrono::DateTime::parse_from_rfc3339(&at).unwrap().timestamp_millis();
+    for (id, ex, ok) in &events {
+        let mut e = Event::new(id, "problem.answered", when, &[("exercise", s(ex)), ("correct", b(*ok)), ("seconds", n(3.0))]);
+        e.user_id = user.clone();
+        e.tenant_id = "demo".into();
+        apply(&mut reference, &e, when, &cat);
+    }
+    let fresh = connect_served(&url_b, &user, Duration::from_secs(10)).await;
+    assert_eq!(fresh.welcome["xp"].as_u64(), Some(reference.xp));
+    let got: BTreeMap<String, u64> = fresh.welcome["badges"].as_array().unwrap().iter().map(|b| (b["id"].as_str().unwrap().to_string(), b["count"].as_u64().unwrap())).collect();
+    let want: BTreeMap<String, u64> = reference.badges.iter().map(|(k, r)| (k.clone(), r.count as u64)).collect();
+    assert_eq!(got, want);
+    for (badge, count) in &unique {
+        assert!(got.get(badge).is_some_and(|c| c >= count), "shown {badge} x{count} but the state has {got:?}");
+    }
+    eprintln!("node-b served {user} {failover:?} after node-a was killed (lease 3 s); {} of 300 acked before the kill", acked.len());
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_reach_nats_exits_with_a_clear_error() {
+    let dir = tmp();
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accolade"))
+        .args(["--bind", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap(), "--cluster", &dead, "--node-id", "node-a"])
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no NATS server answered") && err.contains(&dead), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accolade"))
+        .args(["--bind", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap(), "--cluster", &dead])
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -92,6 +92,11 @@ impl PartitionLog {
         Ok(PartitionLog { js, stream })
     }
 
+    /// `open` on the JetStream of `client`.
+    pub async fn for_client(client: async_nats::Client, replicas: usize) -> Result<PartitionLog, LogError> {
+        Self::open(jetstream::new(client), replicas).await
+    }
+
     async fn publish(&self, subject: String, headers: HeaderMap, body: Bytes) -> Result<u64, PublishErrorKind> {
         let ack = self.js.publish_with_headers(subject, headers, body).await.map_err(|e| e.kind())?;
         ack.await.map(|a| a.sequence).map_err(|e| e.kind())

@@ -116,6 +116,23 @@ impl Registry {
         }
     }
 
+    /// Ends at once, without a snapshot, the actors of the users `which` picks, and waits
+    /// until they are gone: their state in memory may be ahead of what is durable where they
+    /// are to be rebuilt (cluster mode, a partition lost or its changelog writer stopped).
+    async fn drop_where(&self, which: impl Fn(&str, &str) -> bool) {
+        let actors: Vec<ActorRef<UserMsg>> = self
+            .map
+            .iter()
+            .filter(|e| e.key().split_once('\0').is_some_and(|(t, u)| which(t, u)))
+            .map(|e| e.actor.clone())
+            .collect();
+        for a in actors {
+            a.get_cell().kill();
+            let _ = a.get_cell().wait(None).await;
+            self.forget(a.get_id());
+        }
+    }
+
     /// Asks every actor to snapshot and stop, and waits until they have all ended (bounded by
     /// the caller). Repeats while actors remain, since a message already on its way (a backfill
     /// step, say) can revive a user after the first round.
@@ -216,6 +233,12 @@ impl Users {
     /// Whether the user has an actor in memory.
     pub fn is_active(&self, tenant: &str, user: &str) -> bool {
         self.registry.is_active(tenant, user)
+    }
+
+    /// Ends the actors of the users `which` picks at once, without a snapshot (see
+    /// `Registry::drop_where`).
+    pub async fn drop_where(&self, which: impl Fn(&str, &str) -> bool) {
+        self.registry.drop_where(which).await
     }
 
     /// Asks every actor to snapshot and stop, and waits until they have all ended (bounded by

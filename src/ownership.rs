@@ -1,0 +1,95 @@
+//! Cluster mode's partitions on this node: joining the cluster at start (a clear error if no
+//! NATS server answers), each partition gained rebuilt from its changelog before it is served,
+//! each one lost, or whose changelog writer stopped, let go of (its users' actors ended without
+//! a snapshot, so the next message for them finds it unserved, or rebuilt), and leaving the
+//! cluster at shutdown.
+
+use crate::cluster::changelog::Writer;
+use crate::cluster::eventlog::{rebuild, ClusterLog};
+use crate::cluster::lease::Timing;
+use crate::cluster::log::{Fence, PartitionLog};
+use crate::cluster::node::{Node, Options, Owned};
+use crate::cluster::partition::partition_of;
+use crate::config::Config;
+use crate::store::Store;
+use crate::user::Users;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A node's part in the cluster, from start to shutdown.
+pub struct Membership {
+    pub id: String,
+    pub log: Arc<ClusterLog>,
+    partitions: PartitionLog,
+    node: tokio::sync::Mutex<Option<Node>>,
+}
+
+impl Membership {
+    /// Connects to the NATS servers and joins; the actors are to be given `log`.
+    pub async fn join(config: &Config, store: &Store) -> anyhow::Result<Membership> {
+        let urls = config.cluster.as_deref().unwrap_or_default();
+        let id = config.node_id.clone().ok_or_else(|| anyhow::anyhow!("--cluster needs --node-id: each node of a cluster has its own id"))?;
+        crate::cluster::node::check_id(&id)?;
+        let client = crate::cluster::connect(urls, Duration::from_secs(5)).await?;
+        let lease = Duration::from_millis(config.cluster_lease_ms.max(400));
+        let node = Node::join(client.clone(), Options { id: id.clone(), timing: Timing::for_lease(lease), replicas: config.cluster_replicas.max(1) }).await?;
+        let partitions = PartitionLog::for_client(client, config.cluster_replicas.max(1)).await?;
+        tracing::info!(node = %id, urls, "joined the cluster");
+        Ok(Membership { id, log: Arc::new(ClusterLog::new(store.clone())), partitions, node: tokio::sync::Mutex::new(Some(node)) })
+    }
+
+    /// Serves the partitions this node owns, until `stop`.
+    pub async fn run(self: Arc<Self>, store: Store, users: Users, mut stop: watch::Receiver<bool>) {
+        let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
+        let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
+        loop {
+            let now: Owned = owned.borrow_and_update().clone();
+            // Lost, or fenced anew, or its writer stopped: let go of it first.
+            let gone: Vec<u16> = served.iter().filter(|(p, f)| now.get(p) != Some(f) || !self.log.serves(**p)).map(|(&p, _)| p).collect();
+            for p in gone {
+                self.log.unserve(p);
+                served.remove(&p);
+                users.drop_where(|t, u| partition_of(t, u) == p).await;
+                tracing::info!(partition = p, "partition let go of");
+            }
+            for (&p, fence) in &now {
+                if served.contains_key(&p) {
+                    continue;
+                }
+                // The writer of a partition whose last one stopped needs a fence of its own:
+                // a fresh claim, which also fences off anything the old writer still sends.
+                let fence = match self.partitions.claim(p, &self.id, fence.lease).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "claiming a partition failed; trying again");
+                        continue;
+                    }
+                };
+                match rebuild(&store, &self.partitions, p, 0).await {
+                    Ok(last) => {
+                        self.log.serve(p, Writer::start(self.partitions.clone(), fence.clone()));
+                        served.insert(p, now[&p].clone());
+                        tracing::info!(partition = p, changelog = last, "partition rebuilt and served");
+                    }
+                    Err(e) => tracing::warn!(partition = p, error = %e, "rebuilding a partition failed; trying again"),
+                }
+            }
+            tokio::select! {
+                changed = owned.changed() => if changed.is_err() { return },
+                // A writer that stopped is noticed on the next round.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Leaves the cluster: the partitions go to the other nodes at once. Run after the actors
+    /// have stopped (their last snapshots go through the changelog).
+    pub async fn leave(&self) {
+        if let Some(node) = self.node.lock().await.take() {
+            node.leave().await;
+        }
+    }
+}
