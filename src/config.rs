@@ -19,61 +19,62 @@ pub const DEMO_API_KEY: &str = "accolade-demo-api-key";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "ACCOLADE_BIND", default_value = "127.0.0.1:7300")]
+    #[arg(global = true, long, env = "ACCOLADE_BIND", default_value = "127.0.0.1:7300")]
     pub bind: SocketAddr,
 
     /// Directory for the sled database (created if missing).
-    #[arg(long, env = "ACCOLADE_DATA_DIR", default_value = "accolade-data")]
+    #[arg(global = true, long, env = "ACCOLADE_DATA_DIR", default_value = "accolade-data")]
     pub data_dir: PathBuf,
 
     /// Catalogue file (TOML, or JSON by extension); the embedded demo catalogue when absent.
-    #[arg(long, env = "ACCOLADE_CATALOGUE")]
+    #[arg(global = true, long, env = "ACCOLADE_CATALOGUE")]
     pub catalogue: Option<PathBuf>,
 
     /// Optional TOML file with any of these settings; flags and environment variables win.
-    #[arg(long, env = "ACCOLADE_CONFIG")]
+    #[arg(global = true, long, env = "ACCOLADE_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// Tenants as NAME:SECRET (repeat the flag, or comma-separate in the variable). The secret
-    /// signs the HS256 tokens of that tenant's users.
+    /// signs the HS256 tokens of that tenant's users. Before a subcommand, unlike every other
+    /// flag: after `token`, `--tenant` names the token's tenant.
     #[arg(long = "tenant", env = "ACCOLADE_TENANTS", value_delimiter = ',')]
     pub tenants: Vec<String>,
 
     /// API keys as NAME:KEY (repeat, or comma-separate in the variable): the key gives full
     /// (admin) access to that tenant's HTTP API, and to nothing of any other tenant.
-    #[arg(long = "api-key", env = "ACCOLADE_API_KEYS", value_delimiter = ',')]
+    #[arg(global = true, long = "api-key", env = "ACCOLADE_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<String>,
 
     /// Serve the demo page and `GET /demo/token` with the demo tenant: "auto" turns it on only
     /// on a loopback address, "on" anywhere (requires --allow-public-demo off loopback), "off".
-    #[arg(long, env = "ACCOLADE_DEMO", default_value = "auto")]
+    #[arg(global = true, long, env = "ACCOLADE_DEMO", default_value = "auto")]
     pub demo: String,
 
     /// Let the demo token endpoint run on a non-loopback address. Anyone could mint tokens.
-    #[arg(long, env = "ACCOLADE_ALLOW_PUBLIC_DEMO")]
+    #[arg(global = true, long, env = "ACCOLADE_ALLOW_PUBLIC_DEMO")]
     pub allow_public_demo: bool,
 
     /// Seconds a client has to send a complete HTTP request head (the WebSocket handshake
     /// included) before the connection is closed: slow or stalled handshakes hold no socket.
-    #[arg(long, default_value_t = 10)]
+    #[arg(global = true, long, default_value_t = 10)]
     pub header_timeout_secs: u64,
 
     /// Seconds a client has to send a whole HTTP request body once its head has arrived (1 to
     /// 86,400; there is no "off"); past it the request is answered 408 and the connection
     /// closed. A full 8 MiB batch needs about 280 KB/s to make it.
-    #[arg(long, default_value_t = 30)]
+    #[arg(global = true, long, default_value_t = 30)]
     pub body_timeout_secs: u64,
 
     /// The slowest a request body may arrive, in bytes per second, judged over each 5 s while
     /// more than 5 s of it is still owed (a smaller body, or a body's tail, has the deadline
     /// only); a slower one is answered 408 and its connection closed. 0 turns the floor off.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(global = true, long, default_value_t = 1024)]
     pub min_body_bytes_per_sec: u64,
 
     /// Open connections in all (sockets and HTTP); past it new ones get 503. Keep it below the
     /// process's open-file limit.
-    #[arg(long, default_value_t = 19_000)]
+    #[arg(global = true, long, default_value_t = 19_000)]
     pub max_connections: usize,
 
     /// Milliseconds the server stops accepting while `max_connections` are open, waiting for
@@ -81,192 +82,192 @@ pub struct Config {
     /// kernel's listen queue: in a reconnect storm the old sockets close a moment after the new
     /// ones arrive, and a client that could get in should not be told to go away. A server still
     /// full after the wait refuses at once until a connection closes.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(global = true, long, default_value_t = 2_000)]
     pub accept_wait_ms: u64,
 
     /// Open connections from one source address; past it that address gets 503.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(global = true, long, default_value_t = 2_000)]
     pub max_connections_per_address: usize,
 
     /// Largest client message accepted, in bytes; larger ones get a `too_large` error.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(global = true, long, default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
     /// Messages a connection's outbox holds before the client counts as slow and is closed.
     /// A group commit releases the pushes of many events at once, so keep this well above
     /// `inflight_per_user` times the pushes one event can cause (about four).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(global = true, long, default_value_t = 4096)]
     pub outbox_capacity: usize,
 
     /// Events per second a connection may send (token bucket refill rate).
-    #[arg(long, default_value_t = 200.0)]
+    #[arg(global = true, long, default_value_t = 200.0)]
     pub rate_per_sec: f64,
 
     /// Burst size of the per-connection token bucket.
-    #[arg(long, default_value_t = 400.0)]
+    #[arg(global = true, long, default_value_t = 400.0)]
     pub rate_burst: f64,
 
     /// Events of one connection in flight (received, not yet durable) before its socket stops
     /// being read.
-    #[arg(long, default_value_t = 256)]
+    #[arg(global = true, long, default_value_t = 256)]
     pub inflight_per_user: usize,
 
     /// Socket events in flight across the whole server before sockets stop being read (each
     /// waits its turn, in order). Bounds the memory a server falling behind can fill with queued
     /// events, whatever the number of connections: without it, 19,000 connections could queue
     /// 256 each.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(global = true, long, default_value_t = 100_000)]
     pub socket_inflight_events: u32,
 
     /// Connections one user may hold at once (tabs, devices).
-    #[arg(long, default_value_t = 16)]
+    #[arg(global = true, long, default_value_t = 16)]
     pub connections_per_user: usize,
 
     /// Seconds a new connection has to send `hello`.
-    #[arg(long, default_value_t = 10)]
+    #[arg(global = true, long, default_value_t = 10)]
     pub auth_timeout_secs: u64,
 
     /// Seconds between server pings.
-    #[arg(long, default_value_t = 20)]
+    #[arg(global = true, long, default_value_t = 20)]
     pub ping_secs: u64,
 
     /// Seconds without any frame from the client before it is closed as idle.
-    #[arg(long, default_value_t = 60)]
+    #[arg(global = true, long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
     /// Seconds an actor with no connection and no event waits before it persists and stops.
-    #[arg(long, default_value_t = 120)]
+    #[arg(global = true, long, default_value_t = 120)]
     pub passivate_secs: u64,
 
     /// The most pushes a reconnecting client can catch up on; a larger gap is not recovered.
-    #[arg(long, default_value_t = 300)]
+    #[arg(global = true, long, default_value_t = 300)]
     pub history_size: u64,
 
     /// How old (in hours) a missed push may be and still be recovered.
-    #[arg(long, default_value_t = 24)]
+    #[arg(global = true, long, default_value_t = 24)]
     pub history_hours: u64,
 
     /// Accepted events between state snapshots (the event log is the durable truth in between).
-    #[arg(long, default_value_t = 200)]
+    #[arg(global = true, long, default_value_t = 200)]
     pub snapshot_every: u64,
 
     /// Hours an accepted event (and so its id's deduplication) is kept; older events already
     /// in a snapshot are swept. 0 keeps them forever.
-    #[arg(long, default_value_t = 30 * 24)]
+    #[arg(global = true, long, default_value_t = 30 * 24)]
     pub event_retention_hours: u64,
 
     /// Seconds between retention sweeps.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(global = true, long, default_value_t = 3600)]
     pub retention_sweep_secs: u64,
 
     /// Milliseconds between two `progress` pushes for the same badge and user.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(global = true, long, default_value_t = 2000)]
     pub progress_throttle_ms: u64,
 
     /// Milliseconds between leaderboard turns: periods that ended are closed, and watchers get
     /// `rank` and `top` pushes when theirs changed (so this is also their throttle).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(global = true, long, default_value_t = 1000)]
     pub leaderboard_tick_ms: u64,
 
     /// Milliseconds between goal sweeps: goals past due are closed as missed, and assigners are
     /// told how their goals ended.
-    #[arg(long, default_value_t = 500)]
+    #[arg(global = true, long, default_value_t = 500)]
     pub goal_tick_ms: u64,
 
     /// Milliseconds after a period's end before it is closed, so that events which arrived
     /// before the end and are still being written are in its final standings.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(global = true, long, default_value_t = 2000)]
     pub leaderboard_close_grace_ms: u64,
 
     /// Milliseconds a webhook endpoint has to answer a delivery before the attempt counts as
     /// failed.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(global = true, long, default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
 
     /// The first retry delay after a failed webhook delivery, in milliseconds; it doubles with
     /// each further failure of the endpoint (with jitter), up to `--webhook-retry-max-ms`.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(global = true, long, default_value_t = 1000)]
     pub webhook_retry_base_ms: u64,
 
     /// The longest delay between two attempts to reach a webhook endpoint, in milliseconds.
-    #[arg(long, default_value_t = 600_000)]
+    #[arg(global = true, long, default_value_t = 600_000)]
     pub webhook_retry_max_ms: u64,
 
     /// Attempts per webhook delivery before it is given up (logged as failed). The delay
     /// between attempts is the endpoint's backoff, so with the defaults a delivery to an
     /// endpoint that stays down is given up one to two hours after its first attempt.
-    #[arg(long, default_value_t = 20)]
+    #[arg(global = true, long, default_value_t = 20)]
     pub webhook_max_attempts: u32,
 
     /// Seconds after which a webhook notification not yet delivered is given up without
     /// another attempt, so that the outbox of an endpoint that stays down holds at most this
     /// much. Default: three days.
-    #[arg(long, default_value_t = 259_200)]
+    #[arg(global = true, long, default_value_t = 259_200)]
     pub webhook_give_up_after_secs: u64,
 
     /// A PEM file of extra root certificates that HTTPS webhook endpoints may chain to (a
     /// private CA), trusted besides the system's roots.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub webhook_ca_file: Option<PathBuf>,
 
     /// Finished deliveries kept in each webhook endpoint's log.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(global = true, long, default_value_t = 1000)]
     pub webhook_log_keep: usize,
 
     /// Events accepted through `POST /v1/events` and not yet answered, across all requests.
     /// A batch that does not fit waits up to `--ingest-wait-ms`, then gets 503 `overloaded`.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(global = true, long, default_value_t = 50_000)]
     pub ingest_inflight_events: u32,
 
     /// Milliseconds a batch waits for room under `--ingest-inflight-events`.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(global = true, long, default_value_t = 5_000)]
     pub ingest_wait_ms: u64,
 
     /// Users a catalogue backfill re-evaluates per second at most, so it never starves live
     /// traffic.
-    #[arg(long, default_value_t = 500)]
+    #[arg(global = true, long, default_value_t = 500)]
     pub backfill_users_per_sec: u64,
 
     /// Seconds to wait for connections and actors to drain at shutdown.
-    #[arg(long, default_value_t = 10)]
+    #[arg(global = true, long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
     /// Seconds a disk operation (a group commit, a flush) may wait before `/healthz` answers
     /// 503: the server is up but cannot make anything durable, so it acknowledges nothing.
-    #[arg(long, default_value_t = 10)]
+    #[arg(global = true, long, default_value_t = 10)]
     pub stall_unhealthy_secs: u64,
 
     /// Seconds a disk operation may wait before the process exits with status 75, so that a
     /// supervisor restarts it (sled can hang in a flush after a disk error; nothing
     /// acknowledged is lost by exiting). 0: never exit.
-    #[arg(long, default_value_t = 60)]
+    #[arg(global = true, long, default_value_t = 60)]
     pub stall_exit_secs: u64,
 
     /// Seconds the server stays up after a write to the disk failed (a full disk) before the
     /// process exits with status 74, so that a supervisor restarts it from what is on disk.
     /// Meanwhile it serves nothing from storage: `/healthz` and `/readyz` answer 503, events
     /// are refused with `unavailable`. 0: exit at once.
-    #[arg(long, default_value_t = 5)]
+    #[arg(global = true, long, default_value_t = 5)]
     pub write_failure_exit_secs: u64,
 
     /// Cluster mode (in progress, docs/cluster.md): the NATS servers to join, comma-separated
     /// `nats://host:port`. Each node serves the users of the partitions it owns, rebuilt from
     /// JetStream; a user whose partition another node owns is refused with `unavailable` until
     /// routing between nodes is built. Unset: standalone, with sled alone.
-    #[arg(long, env = "ACCOLADE_CLUSTER")]
+    #[arg(global = true, long, env = "ACCOLADE_CLUSTER")]
     pub cluster: Option<String>,
 
     /// This node's id in the cluster: letters, digits, `-` and `_`. Required with `--cluster`.
-    #[arg(long, env = "ACCOLADE_NODE_ID")]
+    #[arg(global = true, long, env = "ACCOLADE_NODE_ID")]
     pub node_id: Option<String>,
 
     /// Milliseconds a node that stopped answering keeps its partitions before the others take
     /// them over; it heartbeats every quarter of this.
-    #[arg(long, default_value_t = 6_000)]
+    #[arg(global = true, long, default_value_t = 6_000)]
     pub cluster_lease_ms: u64,
 
     /// Copies JetStream keeps of the cluster's streams and buckets (3 for three NATS servers).
-    #[arg(long, default_value_t = 3)]
+    #[arg(global = true, long, default_value_t = 3)]
     pub cluster_replicas: usize,
 
     #[command(subcommand)]
@@ -431,6 +432,22 @@ mod tests {
         assert!(on("0.0.0.0:7300", "on", true).unwrap());
         assert!(!on("127.0.0.1:7300", "off", false).unwrap());
         assert!(on("127.0.0.1:7300", "maybe", false).is_err());
+    }
+
+    #[test]
+    fn flags_are_taken_after_a_subcommand_as_before_it() {
+        let before = Config::load_from(["accolade", "--data-dir", "/tmp/d", "--history-size", "7", "replay"]).unwrap();
+        let after = Config::load_from(["accolade", "replay", "--data-dir", "/tmp/d", "--history-size", "7"]).unwrap();
+        for c in [&before, &after] {
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
+            assert_eq!(c.history_size, 7);
+            assert!(matches!(c.command, Some(Command::Replay)));
+        }
+        let t = Config::load_from(["accolade", "--tenant", "acme:s3cret", "token", "ann", "--tenant", "acme", "--data-dir", "/tmp/d"]).unwrap();
+        assert_eq!(t.tenants, vec!["acme:s3cret".to_string()]);
+        assert_eq!(t.data_dir, PathBuf::from("/tmp/d"));
+        assert!(matches!(t.command, Some(Command::Token { ref tenant, .. }) if tenant == "acme"));
+        assert!(Config::load_from(["accolade", "replay", "--no-such-flag"]).is_err());
     }
 
     #[test]
