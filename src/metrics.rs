@@ -62,6 +62,8 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     pub rejected: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Every error answer to a client, on every path, by its code (`refused`).
+    refusals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     pub unlocks: AtomicU64,
     pub periods_closed: AtomicU64,
     pub pushes: AtomicU64,
@@ -102,6 +104,23 @@ pub struct Sampled {
 }
 
 impl Metrics {
+    /// Counts an error answer to a client by its code. Refusals are rare next to events, so a
+    /// lock is cheap enough, and any code a new path brings is counted without a new field.
+    pub fn refused(&self, code: &str) {
+        let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get_mut(code) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(code.to_string(), 1);
+            }
+        }
+    }
+
+    /// How many error answers carried `code`.
+    pub fn refusals(&self, code: &str) -> u64 {
+        self.refusals.lock().unwrap_or_else(|e| e.into_inner()).get(code).copied().unwrap_or(0)
+    }
+
     pub fn render(&self, p: &Sampled) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::with_capacity(4096);
@@ -125,6 +144,9 @@ impl Metrics {
                 ("{outcome=\"storage_failed\"}", g(&self.storage_failed).to_string()),
             ],
         );
+        let refusals: Vec<(String, String)> = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(c, n)| (format!("{{code=\"{c}\"}}"), n.to_string())).collect();
+        let refusals: Vec<(&str, String)> = refusals.iter().map(|(l, n)| (l.as_str(), n.clone())).collect();
+        line("accolade_refusals_total", "counter", "Error answers to clients (socket and HTTP), by code.", &refusals);
         line("accolade_dedup_hits_total", "counter", "Events recognised as already counted.", &[("", g(&self.duplicates).to_string())]);
         line("accolade_http_events_total", "counter", "Events received through POST /v1/events.", &[("", g(&self.http_events).to_string())]);
         line("accolade_dead_letters_total", "counter", "Ingested events kept as dead letters.", &[("", g(&self.dead_letters).to_string())]);

@@ -102,6 +102,12 @@ pub async fn upgrade(State(shared): State<Arc<Shared>>, abort: Option<axum::Exte
         .on_upgrade(move |socket| run(socket, shared, abort.map(|a| a.0)))
 }
 
+/// An error answer for the client, counted by its code in `/metrics`.
+fn refusal(m: &crate::metrics::Metrics, code: &str, text: &str, event_id: Option<&str>) -> Frame {
+    m.refused(code);
+    protocol::error(code, text, event_id)
+}
+
 /// Runs one connection to its end. Generic over the socket so tests can drive it with channels.
 /// `abort`, when the socket is a TCP connection, resets it at the end if the client was given
 /// up on as slow and its socket stayed full.
@@ -135,7 +141,7 @@ where
     // A store that has failed cannot rebuild the user, nor describe them truthfully: say why,
     // and let the client reconnect once the server has restarted.
     if let Some(why) = shared.store.failure() {
-        let _ = sink.send(text(protocol::error("unavailable", &format!("the server cannot read or store state now ({why}); reconnect later"), None))).await;
+        let _ = sink.send(text(refusal(&shared.metrics, "unavailable", &format!("the server cannot read or store state now ({why}); reconnect later"), None))).await;
         return close_with(&mut sink, close::INTERNAL, "storage failed; reconnect later").await;
     }
 
@@ -246,7 +252,7 @@ where
                         }
                     },
                     Message::Binary(_) => {
-                        if sink.send(text(protocol::error("invalid_message", "binary frames are not supported; send JSON text", None))).await.is_err() {
+                        if sink.send(text(refusal(&shared.metrics, "invalid_message", "binary frames are not supported; send JSON text", None))).await.is_err() {
                             break None;
                         }
                     }
@@ -332,7 +338,7 @@ where
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Close(_) => return None,
             Message::Binary(_) => {
-                let _ = sink.send(text(protocol::error("invalid_message", "binary frames are not supported; send JSON text", None))).await;
+                let _ = sink.send(text(refusal(&shared.metrics, "invalid_message", "binary frames are not supported; send JSON text", None))).await;
                 close_with(sink, close::UNAUTHORIZED, "send hello first").await;
                 return None;
             }
@@ -341,18 +347,18 @@ where
             Ok(ClientMsg::Hello { token, since }) => match shared.keys.verify(&token) {
                 Ok(p) => return Some((p, since)),
                 Err(e) => {
-                    let _ = sink.send(self::text(protocol::error("unauthorized", &e.to_string(), None))).await;
+                    let _ = sink.send(self::text(refusal(&shared.metrics, "unauthorized", &e.to_string(), None))).await;
                     close_with(sink, close::UNAUTHORIZED, "unauthorized").await;
                     return None;
                 }
             },
             Ok(ClientMsg::Event(_) | ClientMsg::Watch { .. } | ClientMsg::Unwatch { .. }) => {
-                let _ = sink.send(self::text(protocol::error("unauthorized", "send hello with a token before any event", None))).await;
+                let _ = sink.send(self::text(refusal(&shared.metrics, "unauthorized", "send hello with a token before any event", None))).await;
                 close_with(sink, close::UNAUTHORIZED, "send hello first").await;
                 return None;
             }
             Err(e) => {
-                let _ = sink.send(self::text(protocol::error(e.code(), &e.to_string(), None))).await;
+                let _ = sink.send(self::text(refusal(&shared.metrics, e.code(), &e.to_string(), None))).await;
                 close_with(sink, close::UNAUTHORIZED, "send hello first").await;
                 return None;
             }
@@ -381,42 +387,50 @@ fn on_text(
 ) -> Option<Frame> {
     let limit = shared.config.max_message_bytes;
     if text.len() > limit {
-        return Some(protocol::error("too_large", &protocol::WireError::TooLarge(text.len(), limit).to_string(), None));
+        return Some(refusal(&shared.metrics, "too_large", &protocol::WireError::TooLarge(text.len(), limit).to_string(), None));
     }
     let ev = match protocol::decode(text) {
         Ok(ClientMsg::Event(ev)) => ev,
-        Ok(ClientMsg::Hello { .. }) => return Some(protocol::error("invalid_message", "already authenticated", None)),
+        Ok(ClientMsg::Hello { .. }) => return Some(refusal(&shared.metrics, "invalid_message", "already authenticated", None)),
         Ok(ClientMsg::Watch { board, top }) => {
             let known = shared.catalogue(tenant).is_some_and(|c| c.boards.iter().any(|b| *b.id == *board));
             if !known {
-                return Some(protocol::error("unknown_board", &format!("there is no leaderboard `{board}`"), None));
+                return Some(refusal(&shared.metrics, "unknown_board", &format!("there is no leaderboard `{board}`"), None));
             }
             return match shared.boards.watch(conn, tenant, user, &board, top, watch_tx.clone()) {
                 Ok(()) => None,
-                Err(code) => Some(protocol::error(code, &format!("a connection may watch at most {} boards", crate::boards::MAX_WATCHES), None)),
+                Err(code) => Some(refusal(&shared.metrics, code, &format!("a connection may watch at most {} boards", crate::boards::MAX_WATCHES), None)),
             };
         }
         Ok(ClientMsg::Unwatch { board }) => {
             shared.boards.unwatch(conn, &board);
             return None;
         }
-        Err(e) => return Some(protocol::error(e.code(), &e.to_string(), None)),
+        Err(e) => {
+            // An event the client cannot have meant as sent (a bad field, say) is a rejected
+            // event; a frame that is not a message at all is only a refusal.
+            if e.code() == "invalid_event" {
+                shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            return Some(refusal(&shared.metrics, e.code(), &e.to_string(), None));
+        }
     };
     if !bucket.take(now) {
         shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-        return Some(protocol::error("rate_limited", "too many events; slow down and resend", Some(&ev.event_id)));
+        return Some(refusal(&shared.metrics, "rate_limited", "too many events; slow down and resend", Some(&ev.event_id)));
     }
     let Some(cat) = shared.catalogue(tenant) else {
-        return Some(protocol::error("unavailable", "this tenant has no catalogue", Some(&ev.event_id)));
+        return Some(refusal(&shared.metrics, "unavailable", "this tenant has no catalogue", Some(&ev.event_id)));
     };
     if let Some(why) = shared.store.failure() {
         shared.metrics.storage_failed.fetch_add(1, Ordering::Relaxed);
-        return Some(protocol::error("unavailable", &format!("the server cannot store events now ({why}); send it again later"), Some(&ev.event_id)));
+        return Some(refusal(&shared.metrics, "unavailable", &format!("the server cannot store events now ({why}); send it again later"), Some(&ev.event_id)));
     }
     if let Some(t) = cat.type_of(&ev.event_type)
         && !cat.types[t].client
     {
-        return Some(protocol::error(
+        shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        return Some(refusal(&shared.metrics, 
             "forbidden_event",
             &format!("`{}` may only be sent by the app's backend through the HTTP API", ev.event_type),
             Some(&ev.event_id),
@@ -435,7 +449,7 @@ fn on_text(
     let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Conn(conn), permit: ready.take().map(|conn| InFlight { conn, server }) };
     match shared.users.send(tenant, user, msg) {
         Ok(()) => None,
-        Err(e) => Some(protocol::error("unavailable", &e.to_string(), Some(&event_id))),
+        Err(e) => Some(refusal(&shared.metrics, "unavailable", &e.to_string(), Some(&event_id))),
     }
 }
 

@@ -358,9 +358,12 @@ async fn operations_endpoints_answer() {
     key.ingest(vec![video("v-1", "hal", 1200), video("v-2", "hal", 60)]).await;
     // Sent again once durable: found in the dedup index without reaching the rule core.
     key.ingest(vec![video("v-1", "hal", 1200)]).await;
+    // Refused over HTTP before any actor saw it (no event_type): counted as a rejected event
+    // and by its code.
+    key.ingest(vec![json!({ "event_id": "bad-1", "user_id": "hal", "occurred_at": now_rfc3339() })]).await;
     let (_, m) = api.get("/metrics").await;
     let m = m.as_str().unwrap().to_string();
-    for line in ["accolade_events_total{outcome=\"accepted\"} 2", "accolade_dedup_hits_total 1", "accolade_rule_eval_seconds_count 2", "accolade_event_to_push_seconds_count 3", "accolade_http_events_total 3"] {
+    for line in ["accolade_events_total{outcome=\"accepted\"} 2", "accolade_dedup_hits_total 1", "accolade_rule_eval_seconds_count 2", "accolade_event_to_push_seconds_count 3", "accolade_http_events_total 4", "accolade_events_total{outcome=\"rejected\"} 1", "accolade_refusals_total{code=\"invalid_event\"} 1"] {
         assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
     for name in ["accolade_persist_last_batch_jobs", "accolade_backfill_running", "accolade_dead_letters_total", "accolade_connections"] {

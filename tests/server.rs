@@ -200,6 +200,20 @@ async fn every_client_error_has_its_code() {
     raw.send(&event("early", "login", json!({}))).await;
     assert_eq!(raw.next().await["code"], "unauthorized");
     assert_eq!(raw.closed().await, Some(4001));
+
+    // Every refusal above is counted in /metrics by its code, whichever part of the server
+    // made it; the four refused events count as rejected events.
+    let m = &s.shared.metrics;
+    let by_code = |c: &str| m.refusals(c);
+    assert_eq!(
+        (by_code("unauthorized"), by_code("invalid_message"), by_code("invalid_event"), by_code("forbidden_event"), by_code("too_large")),
+        (2, 3, 3, 1, 1)
+    );
+    assert!(by_code("rate_limited") >= 1);
+    assert_eq!(m.rejected.load(std::sync::atomic::Ordering::Relaxed), 4, "x1 to x4");
+    let text = http_client().get(format!("http://{}/metrics", s.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("accolade_refusals_total{code=\"forbidden_event\"} 1"), "{text}");
+    assert!(text.contains("accolade_events_total{outcome=\"rejected\"} 4"), "{text}");
     s.stop().await;
 }
 

@@ -204,6 +204,7 @@ pub async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
                     // A store that failed is, for one event, the same advice as any pause:
                     // `unavailable`, send it again (here, once the server has restarted).
                     let code = if why.1 == "storage_failed" { "unavailable" } else { why.1 };
+                    shared.metrics.refused(code);
                     // Dropped unread from the mailbox of an actor that failed with the store:
                     // refused because of the store, and counted nowhere else.
                     if why.1 == "storage_failed" {
@@ -225,6 +226,9 @@ pub async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
                 }
             },
             Err(((event_id, user_id, code, reason), raw)) => {
+                // Refused before any actor saw it, so counted here.
+                shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.refused(code);
                 let id = dead_letter(&shared, &tenant, code, &reason, raw.to_string(), event_id.clone(), user_id).await?;
                 EventResult { event_id, status: "rejected".into(), code: Some(code.into()), reason: Some(reason), xp: 0, unlocks: vec![], dead_letter: Some(id) }
             }

@@ -359,6 +359,7 @@ impl User {
             Err(store::StoreError::Failed(why)) => {
                 m.storage_failed.fetch_add(1, Ordering::Relaxed);
                 let text = format!("the server cannot store events now ({why}); send it again later");
+                m.refused("unavailable");
                 return Ok(Err(Unchanged::Refused { wire: "unavailable", code: "unavailable", text }));
             }
             Err(e) => return Err(e.into()),
@@ -369,6 +370,7 @@ impl User {
                 // The id was accepted for another user. Acking it as a duplicate would let one
                 // user suppress another's events by guessing ids; say so instead.
                 m.rejected.fetch_add(1, Ordering::Relaxed);
+                m.refused("id_conflict");
                 let text = "event_id is already used by another user of this tenant; event ids must be unique per tenant".into();
                 return Ok(Err(Unchanged::Refused { wire: "id_conflict", code: "id_conflict", text }));
             }
@@ -389,6 +391,7 @@ impl User {
             }
             Some(Effect::Rejected { reason, .. }) => {
                 m.rejected.fetch_add(1, Ordering::Relaxed);
+                m.refused("invalid_event");
                 let text = reason.to_string();
                 tracing::debug!(code = reason.code(), reason = %text, "event rejected");
                 Ok(Err(Unchanged::Refused { wire: "invalid_event", code: reason.code(), text }))
