@@ -112,6 +112,16 @@ fn decode(tenant: &str, raw: &Json_, received_at: Millis) -> Result<Event, (Opti
 async fn submit(shared: &Arc<Shared>, tenant: &str, event: Event) -> tokio::sync::oneshot::Receiver<IngestOutcome> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let user = event.user_id.clone();
+    // In cluster mode, a user another node serves has her event sent there.
+    if let Some(m) = &shared.cluster
+        && !m.serves(tenant, &user)
+    {
+        let (m, tenant) = (m.clone(), tenant.to_string());
+        tokio::spawn(async move {
+            let _ = tx.send(m.forward(&tenant, event, now_ms()).await);
+        });
+        return rx;
+    }
     let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None };
     if let Err(e) = shared.users.send(tenant, &user, msg) {
         tracing::warn!(error = %e, "ingest could not reach the user's actor");
@@ -188,11 +198,11 @@ pub async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
         let r = match w {
             Ok((rx, raw)) => match rx.await {
                 // Refused because the store failed: the event is fine, so it is no dead letter.
-                Ok(o) if o.status == "rejected" && o.code != Some("unavailable") => {
+                Ok(o) if o.status == "rejected" && o.code.as_deref() != Some("unavailable") => {
                     let mut r = EventResult::from(o.clone());
-                    let (code, reason) = (o.code.unwrap_or("invalid_event"), o.reason.unwrap_or_default());
+                    let (code, reason) = (o.code.unwrap_or("invalid_event".into()), o.reason.unwrap_or_default());
                     let user = raw.get("user_id").and_then(Json_::as_str).map(str::to_string);
-                    r.dead_letter = Some(dead_letter(&shared, &tenant, code, &reason, raw.to_string(), Some(o.event_id), user).await?);
+                    r.dead_letter = Some(dead_letter(&shared, &tenant, &code, &reason, raw.to_string(), Some(o.event_id), user).await?);
                     r
                 }
                 Ok(o) => EventResult::from(o),

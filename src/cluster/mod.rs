@@ -11,6 +11,7 @@
 //! - [`changelog`]: a partition's sled writes in its log, batched, and their replay.
 //! - [`eventlog`]: the event log of a cluster node (changelog first, then the local sled),
 //!   and the rebuild of a partition's users from the changelog.
+//! - [`route`]: requests for a partition's owner over core NATS.
 
 pub mod changelog;
 pub mod eventlog;
@@ -18,6 +19,7 @@ pub mod lease;
 pub mod log;
 pub mod node;
 pub mod partition;
+pub mod route;
 
 use std::time::Duration;
 
@@ -31,9 +33,10 @@ pub enum ClusterError {
     Setup(String),
 }
 
-/// Connects to the NATS servers at `urls` (comma-separated `nats://host:port`), failing with a
-/// clear error if none answers within `timeout`. Once connected, the client reconnects by
-/// itself whenever the connection drops.
+/// Connects to the NATS servers at `urls` (comma-separated `nats://host:port`), trying again
+/// until `timeout` (servers started at the same moment as this node may not listen yet), then
+/// failing with a clear error. Once connected, the client reconnects by itself whenever the
+/// connection drops.
 pub async fn connect(urls: &str, timeout: Duration) -> Result<async_nats::Client, ClusterError> {
     let unreachable = |reason: String| ClusterError::Unreachable { urls: urls.to_string(), reason };
     let addrs: Vec<async_nats::ServerAddr> =
@@ -41,10 +44,18 @@ pub async fn connect(urls: &str, timeout: Duration) -> Result<async_nats::Client
     if addrs.is_empty() {
         return Err(unreachable("no address given".into()));
     }
-    let connect = async_nats::ConnectOptions::new().connection_timeout(timeout).max_reconnects(None).connect(addrs);
-    match tokio::time::timeout(timeout + Duration::from_secs(1), connect).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let connect = async_nats::ConnectOptions::new().connection_timeout(left.max(Duration::from_millis(100))).max_reconnects(None).connect(addrs.clone());
+        let e = match tokio::time::timeout(left + Duration::from_secs(1), connect).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {timeout:?}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(unreachable(e));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -319,7 +319,7 @@ impl User {
                     Unchanged::Duplicate => (protocol::ack(&id, true), outcome("duplicate")),
                     Unchanged::Refused { wire, code, text } => {
                         let mut o = outcome("rejected");
-                        (o.reason, o.code) = (Some(text.clone()), Some(code));
+                        (o.reason, o.code) = (Some(text.clone()), Some(code.into()));
                         (protocol::error(wire, &text, Some(&id)), o)
                     }
                 };
@@ -762,7 +762,7 @@ fn refuse(d: Delivery, why: &str) {
     match d {
         Delivery::Http(tx, mut o) => {
             o.status = "rejected";
-            o.code = Some("unavailable");
+            o.code = Some("unavailable".into());
             o.reason = Some(format!("the event could not be made durable ({why}); send it again"));
             o.xp = 0;
             o.unlocks.clear();

@@ -38,8 +38,9 @@ pub struct IngestOutcome {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Borrowed for the server's own codes, owned for one that came from another node.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<&'static str>,
+    pub code: Option<std::borrow::Cow<'static, str>>,
     pub xp: u64,
     pub unlocks: Vec<String>,
 }
