@@ -130,7 +130,7 @@ impl Membership {
     }
 
     /// Serves the partitions this node owns, until `stop`.
-    pub async fn run(self: Arc<Self>, store: Store, users: Users, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, store: Store, users: Users, metrics: Arc<crate::metrics::Metrics>, mut stop: watch::Receiver<bool>) {
         let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
         let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
         loop {
@@ -169,6 +169,7 @@ impl Membership {
                     Err(e) => tracing::warn!(partition = p, error = %e, "rebuilding a partition failed; trying again"),
                 }
             }
+            metrics.partitions_served.store(served.len() as u64, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 changed = owned.changed() => if changed.is_err() { return },
                 // A writer that stopped is noticed on the next round.

@@ -570,3 +570,148 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     assert_eq!(post_until_taken(&api_b, &again, Duration::from_secs(30)).await["status"], "accepted");
     assert_eq!(post(&api_b, &first).await["status"], "duplicate", "rebuilt from JetStream on node-b");
 }
+
+#[tokio::test]
+async fn scripts_cluster_starts_a_served_cluster_and_stops_what_it_started() {
+    let dir = tmp();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster");
+    let run = |cmd: &str| {
+        std::process::Command::new(&script)
+            .args([cmd, dir.path().to_str().unwrap()])
+            .env("ACCOLADE_BIN", env!("CARGO_BIN_EXE_accolade"))
+            .env("ACCOLADE_CLUSTER_NODES", "2")
+            .env("ACCOLADE_CLUSTER_ARGS", "--cluster-lease-ms 3000")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("scripts/cluster runs")
+    };
+    let up = run("up");
+    assert!(up.status.success(), "up failed");
+    let out = String::from_utf8(up.stdout).unwrap();
+    let nodes: Vec<(u16, u32)> = out
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert!(f.len() == 5 && f[0] == "node" && f[3] == "pid" && f[2].starts_with("127.0.0.1:"), "not `node N 127.0.0.1:PORT pid PID`: {l:?}");
+            (f[2]["127.0.0.1:".len()..].parse().unwrap(), f[4].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(nodes.len(), 2, "{out}");
+    // Every partition is served, and each node serves a share.
+    let mut total = 0;
+    for (port, _) in &nodes {
+        let (_, m) = Api::demo_at(*port).with_key(None).get("/metrics").await;
+        let served: u64 = m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("accolade_cluster_partitions_served ")).unwrap().parse().unwrap();
+        assert!(served > 0, "node on {port} serves nothing");
+        total += served;
+    }
+    assert_eq!(total, 256);
+    // An event posted to either node is taken.
+    let r = Api::demo_at(nodes[0].0).ingest(vec![http_answer("s-1", "scripted", "ex-1", true)]).await;
+    assert_eq!(r["results"][0]["status"], "accepted", "{r}");
+
+    // `down` stops every process `up` started (the NATS servers too), by PID.
+    let started: Vec<u32> = std::fs::read_to_string(dir.path().join("pids")).unwrap().lines().map(|l| l.split(' ').nth(2).unwrap().parse().unwrap()).collect();
+    assert_eq!(started.len(), 5, "three NATS servers and two nodes");
+    let down = run("down");
+    assert!(down.status.success(), "down failed");
+    assert!(std::fs::read_to_string(dir.path().join("pids")).unwrap().is_empty(), "down forgets what it stopped");
+    for pid in started {
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+        assert!(gone, "process {pid} still runs after down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_acks_nothing_when_it_wakes_and_the_user_stays_exact() {
+    use accolade::cluster::partition::partition_of;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tmp();
+    std::fs::create_dir_all(dir.path().join("nats")).unwrap();
+    let nats = Cluster::start(&dir.path().join("nats"));
+    let urls = nats.urls.join(",");
+    let user = (0..).map(|i| format!("sleeper-{i}")).find(|u| preferred(partition_of("demo", u), ["node-a", "node-b"]) == Some("node-a")).unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let args = |id: &str| vec!["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
+    let (args_a, args_b) = (args("node-a"), args("node-b"));
+    let a = start_with(&dir.path().join("a"), port_a, &args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let _b = start_with(&dir.path().join("b"), port_b, &args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (url_a, url_b) = (format!("ws://127.0.0.1:{port_a}/v1/ws"), format!("ws://127.0.0.1:{port_b}/v1/ws"));
+    let login = |id: &str| event(id, "login", serde_json::json!({}));
+
+    // Ten events acked by node-a.
+    let mut on_a = connect_served(&url_a, &user, Duration::from_secs(30)).await;
+    for i in 0..10 {
+        on_a.send(&login(&format!("p-{i}"))).await;
+        assert_eq!(on_a.until("ack").await.last().unwrap()["event_id"], format!("p-{i}"));
+    }
+    // node-a stops (SIGSTOP) past its lease; node-b takes her over and acks ten more.
+    let pid = a.0.id() as i32;
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    signal("-STOP");
+    let mut on_b = connect_served(&url_b, &user, Duration::from_secs(30)).await;
+    for i in 10..20 {
+        on_b.send(&login(&format!("p-{i}"))).await;
+        assert_eq!(on_b.until("ack").await.last().unwrap()["event_id"], format!("p-{i}"));
+    }
+    // node-a wakes with her actor and socket still in memory, and is sent more events: it acks
+    // none of them (its writes are fenced off, and it lets the partition go).
+    signal("-CONT");
+    for i in 20..25 {
+        let _ = on_a.ws.send(Message::text(login(&format!("p-{i}")).to_string())).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), futures_util::StreamExt::next(&mut on_a.ws)).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let m: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_ne!(m["type"], "ack", "a paused node acked after its partition was taken over: {m}");
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    // Her state holds exactly the twenty acked events: resent, they are duplicates, and the
+    // five sent to node-a are new, each counted once. node-a, awake, takes its share back from
+    // node-b meanwhile, so she is served by one node or the other: the client does what
+    // accolade.js does, reconnecting (to either node) and resending what is unacknowledged.
+    let mut new = std::collections::BTreeSet::new();
+    let mut acked = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'resend: while acked.len() < 25 {
+        assert!(Instant::now() < deadline, "not every event acked within 60 s: {acked:?}");
+        for url in [&url_a, &url_b] {
+            let Ok(mut c) = tokio::time::timeout(Duration::from_secs(5), connect_served(url, &user, Duration::from_secs(4))).await else { continue };
+            for i in 0..25 {
+                let id = format!("p-{i}");
+                if acked.contains(&id) {
+                    continue;
+                }
+                if c.ws.send(Message::text(login(&id).to_string())).await.is_err() {
+                    continue 'resend;
+                }
+                let ack = loop {
+                    match tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut c.ws)).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            let m: serde_json::Value = serde_json::from_str(&t).unwrap();
+                            if m["type"] == "ack" && m["event_id"] == id.as_str() {
+                                break m;
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => continue 'resend,
+                    }
+                };
+                if !ack["duplicate"].as_bool().unwrap_or(false) {
+                    assert!(i >= 20, "{id} was acked before the pause, yet counted again: {ack}");
+                    assert!(new.insert(id.clone()), "{id} counted twice");
+                }
+                acked.insert(id);
+            }
+            break;
+        }
+    }
+    assert_eq!(new, (20..25).map(|i| format!("p-{i}")).collect(), "the five events node-a could not write are new, once each");
+}
