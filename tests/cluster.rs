@@ -143,26 +143,39 @@ async fn every_partition_has_one_owner_through_joins_leaves_a_crash_and_a_lost_n
     eprintln!("hand-over on leave {handover:?}, takeover after a crash {takeover:?} (lease {LEASE:?})");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_owners_writes_are_refused_once_its_partition_was_taken_over() {
-    let dir = tmp();
-    let nats = Cluster::start(dir.path());
-    let a = join(&nats, "node-a").await;
+/// node-a alone on the cluster, once it owns every partition, and the partition logs.
+async fn alone(nats: &Cluster) -> (Node, Views, PartitionLog) {
+    let a = join(nats, "node-a").await;
     let views: Views = Arc::default();
     views.lock().unwrap().insert("node-a".into(), a.owned());
     settle(&views, "node-a alone", Duration::from_secs(30), |_| true).await;
     let log = PartitionLog::open(async_nats::jetstream::new(nats.connect().await), 3).await.unwrap();
+    (a, views, log)
+}
+
+/// node-b joins and node-a stops (its tasks end, as in a crash); returns node-b once it owns
+/// every partition.
+async fn take_over(nats: &Cluster, a: Node, views: &Views) -> Node {
+    let b = join(nats, "node-b").await;
+    drop(a);
+    views.lock().unwrap().remove("node-a");
+    views.lock().unwrap().insert("node-b".into(), b.owned());
+    settle(views, "node-b takes over", 4 * LEASE, |by| by.values().all(|id| id == "node-b")).await;
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owners_writes_are_refused_once_its_partition_was_taken_over() {
+    let dir = tmp();
+    let nats = Cluster::start(dir.path());
+    let (a, views, log) = alone(&nats).await;
 
     // node-a writes through its fence, and keeps the fence as a paused process would.
     let mut stale = a.owned().borrow()[&7].clone();
     let first = log.append(&mut stale, "u1", "note", "by a".into()).await.expect("the owner writes");
 
     // node-a stops (its leases run out), node-b takes every partition over.
-    let b = join(&nats, "node-b").await;
-    drop(a);
-    views.lock().unwrap().remove("node-a");
-    views.lock().unwrap().insert("node-b".into(), b.owned());
-    settle(&views, "node-b takes over", 4 * LEASE, |by| by.values().all(|id| id == "node-b")).await;
+    let b = take_over(&nats, a, &views).await;
 
     // node-a wakes up and writes with what it had: refused, under any key of the partition.
     for key in ["u1", "u2"] {
@@ -225,11 +238,7 @@ async fn a_partitions_writes_reach_its_changelog_in_batches_replay_in_order_and_
     use accolade::cluster::changelog::{restore, Writer, KEY};
     let dir = tmp();
     let nats = Cluster::start(dir.path());
-    let a = join(&nats, "node-a").await;
-    let views: Views = Arc::default();
-    views.lock().unwrap().insert("node-a".into(), a.owned());
-    settle(&views, "node-a alone", Duration::from_secs(30), |_| true).await;
-    let log = PartitionLog::open(async_nats::jetstream::new(nats.connect().await), 3).await.unwrap();
+    let (a, views, log) = alone(&nats).await;
     let writer = Writer::start(log.clone(), a.owned().borrow()[&3].clone());
 
     // 300 jobs at once (a user's log entry and its dedup key each, one a delete), then two
@@ -274,11 +283,7 @@ async fn a_partitions_writes_reach_its_changelog_in_batches_replay_in_order_and_
 
     // Another node claims the partition: the writer's appends fail from then on, and the
     // changelog holds nothing of them.
-    let b = join(&nats, "node-b").await;
-    drop(a);
-    views.lock().unwrap().remove("node-a");
-    views.lock().unwrap().insert("node-b".into(), b.owned());
-    settle(&views, "node-b takes over", 4 * LEASE, |by| by.values().all(|id| id == "node-b")).await;
+    let _b = take_over(&nats, a, &views).await;
     let r = append(&writer, job(1000)).await.unwrap();
     assert!(r.as_ref().is_err_and(|e| e.contains("claimed by another node")), "a fenced-off writer's append must fail: {r:?}");
     let r = append(&writer, job(1001)).await.unwrap();
@@ -320,11 +325,7 @@ async fn a_user_is_rebuilt_on_another_node_from_the_changelog_and_an_unwritten_e
     let dir = tmp();
     std::fs::create_dir_all(dir.path().join("nats")).unwrap();
     let nats = Cluster::start(&dir.path().join("nats"));
-    let a = join(&nats, "node-a").await;
-    let views: Views = Arc::default();
-    views.lock().unwrap().insert("node-a".into(), a.owned());
-    settle(&views, "node-a alone", Duration::from_secs(30), |_| true).await;
-    let log = PartitionLog::open(async_nats::jetstream::new(nats.connect().await), 3).await.unwrap();
+    let (a, views, log) = alone(&nats).await;
     let p = partition_of("demo", "alice");
 
     // Node a serves alice's partition and accepts 20 of her events.
@@ -344,11 +345,7 @@ async fn a_user_is_rebuilt_on_another_node_from_the_changelog_and_an_unwritten_e
     let on_b = ClusterLog::new(store_b.clone());
     assert!(on_b.load_user("demo", "alice").is_err(), "a partition not yet served is not read");
     rebuild(&store_b, &log, p, 0).await.unwrap();
-    let b = join(&nats, "node-b").await;
-    drop(a);
-    views.lock().unwrap().remove("node-a");
-    views.lock().unwrap().insert("node-b".into(), b.owned());
-    settle(&views, "node-b takes over", 4 * LEASE, |by| by.values().all(|id| id == "node-b")).await;
+    let b = take_over(&nats, a, &views).await;
     on_b.serve(p, Writer::start(log.clone(), b.owned().borrow()[&p].clone()));
     let after = on_b.load_user("demo", "alice").unwrap();
     let ids = |l: &accolade::store::Loaded| l.tail.iter().map(|e| e.event.event_id.clone()).collect::<Vec<_>>();
@@ -393,107 +390,80 @@ async fn connect_served(url: &str, user: &str, limit: Duration) -> Client {
     }
 }
 
+/// Three NATS servers and two node binaries, `node-a` and `node-b`, with a 3 s lease.
+struct TwoNodes {
+    a: Server,
+    _b: Server,
+    port_a: u16,
+    port_b: u16,
+    _nats: Cluster,
+    _dir: tempfile::TempDir,
+}
+
+impl TwoNodes {
+    async fn start() -> TwoNodes {
+        let dir = tmp();
+        std::fs::create_dir_all(dir.path().join("nats")).unwrap();
+        let nats = Cluster::start(&dir.path().join("nats"));
+        let urls = nats.urls.join(",");
+        let (port_a, port_b) = (free_port(), free_port());
+        let node = |id: &str, port: u16| {
+            let args = ["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
+            let data = dir.path().join(id);
+            async move { start_with(&data, port, &args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+        };
+        let a = node("node-a", port_a).await;
+        let b = node("node-b", port_b).await;
+        TwoNodes { a, _b: b, port_a, port_b, _nats: nats, _dir: dir }
+    }
+
+    fn ws_a(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port_a)
+    }
+
+    fn ws_b(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port_b)
+    }
+}
+
+/// A demo user whose partition `node` is preferred for while both nodes live.
+fn user_of(node: &str, prefix: &str) -> String {
+    use accolade::cluster::partition::partition_of;
+    (0..).map(|i| format!("{prefix}-{i}")).find(|u| preferred(partition_of("demo", u), ["node-a", "node-b"]) == Some(node)).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_acked_events_survive_kill_9_of_the_node_that_owned_her_and_another_node_serves_her() {
-    use accolade::cluster::partition::partition_of;
-    use accolade::core::value::{b, n, s};
-    use accolade::core::{apply, Catalogue, Event, UserState};
-    use futures_util::SinkExt;
-    use std::collections::HashSet;
+    use common::answers::{answers, assert_exact, resend_all, send_all, Seen};
     use tokio_tungstenite::tungstenite::Message;
-
-    let dir = tmp();
-    std::fs::create_dir_all(dir.path().join("nats")).unwrap();
-    let nats = Cluster::start(&dir.path().join("nats"));
-    let urls = nats.urls.join(",");
-    // A user whose partition node-a is preferred for while both nodes live.
-    let user = (0..).map(|i| format!("traveller-{i}")).find(|u| preferred(partition_of("demo", u), ["node-a", "node-b"]) == Some("node-a")).unwrap();
-    let (port_a, port_b) = (free_port(), free_port());
-    let node = |id: &'static str| ["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
-    let args_a = node("node-a");
-    let args_b = node("node-b");
-    let mut a = start_with(&dir.path().join("a"), port_a, &args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let _b = start_with(&dir.path().join("b"), port_b, &args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let url_a = format!("ws://127.0.0.1:{port_a}/v1/ws");
-    let url_b = format!("ws://127.0.0.1:{port_b}/v1/ws");
+    let mut nodes = TwoNodes::start().await;
+    let user = user_of("node-a", "traveller");
 
     // 300 answers streamed to node-a; kill -9 once half are acknowledged.
     let at = now_rfc3339();
-    let events: Vec<(String, String, bool)> = (0..300).map(|i| (format!("c-{i}"), format!("ex-{}", (i / 25) % 3), i % 17 != 0)).collect();
-    let msg = |(id, ex, ok): &(String, String, bool)| {
-        serde_json::json!({ "type": "event", "event_id": id, "event_type": "problem.answered", "occurred_at": at, "payload": { "exercise": ex, "correct": ok, "seconds": 3 } }).to_string()
-    };
-    let mut c = connect_served(&url_a, &user, Duration::from_secs(30)).await;
-    for e in &events {
-        c.ws.feed(Message::text(msg(e))).await.unwrap();
+    let events = answers("c", 300);
+    let mut c = connect_served(&nodes.ws_a(), &user, Duration::from_secs(30)).await;
+    send_all(&mut c, &events, &at).await;
+    let mut seen = Seen::default();
+    while seen.acked.len() < 150 {
+        seen.note(&c.next().await);
     }
-    c.ws.flush().await.unwrap();
-    let mut acked = HashSet::new();
-    let mut shown: Vec<(String, u64)> = Vec::new();
-    let mut note = |m: &serde_json::Value, acked: &mut HashSet<String>| match m["type"].as_str() {
-        Some("ack") => {
-            acked.insert(m["event_id"].as_str().unwrap().to_string());
-        }
-        Some("unlock") => shown.push((m["badge"]["id"].as_str().unwrap().into(), m["count"].as_u64().unwrap())),
-        _ => {}
-    };
-    while acked.len() < 150 {
-        let m = c.next().await;
-        note(&m, &mut acked);
-    }
-    a.kill9();
+    nodes.a.kill9();
     while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(200), futures_util::StreamExt::next(&mut c.ws)).await {
-        note(&serde_json::from_str(&t).unwrap(), &mut acked);
+        seen.note(&serde_json::from_str(&t).unwrap());
     }
-    assert!(acked.len() < events.len(), "the kill should land mid-stream");
+    assert!(seen.acked.len() < events.len(), "the kill should land mid-stream");
 
     // node-b takes the partition over once node-a's lease has run out, rebuilds her from the
-    // changelog (node-a's disk is not touched), and serves her.
+    // changelog (node-a's disk is not touched), and serves her: every event node-a acked is a
+    // duplicate there, and her state is the rule core's answer for the stream applied once.
     let killed = Instant::now();
-    let mut c = connect_served(&url_b, &user, Duration::from_secs(30)).await;
+    let mut c = connect_served(&nodes.ws_b(), &user, Duration::from_secs(30)).await;
     let failover = killed.elapsed();
-    for e in &events {
-        c.ws.feed(Message::text(msg(e))).await.unwrap();
-    }
-    c.ws.flush().await.unwrap();
-    let mut replies = 0;
-    while replies < events.len() {
-        let m = c.next().await;
-        match m["type"].as_str() {
-            Some("ack") => {
-                replies += 1;
-                let id = m["event_id"].as_str().unwrap();
-                if acked.contains(id) {
-                    assert_eq!(m["duplicate"], true, "event {id}, acked by node-a, was counted again on node-b");
-                }
-            }
-            Some("unlock") => shown.push((m["badge"]["id"].as_str().unwrap().into(), m["count"].as_u64().unwrap())),
-            Some("error") => panic!("unexpected error {m}"),
-            _ => {}
-        }
-    }
-    let unique: HashSet<_> = shown.iter().cloned().collect();
-    assert_eq!(unique.len(), shown.len(), "a badge award was announced twice: {shown:?}");
-
-    // Her state is the rule core's answer for the stream applied once, in order.
-    let cat = Catalogue::demo();
-    let mut reference = UserState::default();
-    let when = chrono::DateTime::parse_from_rfc3339(&at).unwrap().timestamp_millis();
-    for (id, ex, ok) in &events {
-        let mut e = Event::new(id, "problem.answered", when, &[("exercise", s(ex)), ("correct", b(*ok)), ("seconds", n(3.0))]);
-        e.user_id = user.clone();
-        e.tenant_id = "demo".into();
-        apply(&mut reference, &e, when, &cat);
-    }
-    let fresh = connect_served(&url_b, &user, Duration::from_secs(10)).await;
-    assert_eq!(fresh.welcome["xp"].as_u64(), Some(reference.xp));
-    let got: BTreeMap<String, u64> = fresh.welcome["badges"].as_array().unwrap().iter().map(|b| (b["id"].as_str().unwrap().to_string(), b["count"].as_u64().unwrap())).collect();
-    let want: BTreeMap<String, u64> = reference.badges.iter().map(|(k, r)| (k.clone(), r.count as u64)).collect();
-    assert_eq!(got, want);
-    for (badge, count) in &unique {
-        assert!(got.get(badge).is_some_and(|c| c >= count), "shown {badge} x{count} but the state has {got:?}");
-    }
-    eprintln!("node-b served {user} {failover:?} after node-a was killed (lease 3 s); {} of 300 acked before the kill", acked.len());
+    resend_all(&mut c, &events, &at, &mut seen).await;
+    let fresh = connect_served(&nodes.ws_b(), &user, Duration::from_secs(10)).await;
+    assert_exact(&fresh.welcome, &user, &events, &at, &seen);
+    eprintln!("node-b served {user} {failover:?} after node-a was killed (lease 3 s); {} of 300 acked before the kill", seen.acked.len());
 }
 
 #[tokio::test]
@@ -535,19 +505,9 @@ async fn post_until_taken(api: &Api, ev: &serde_json::Value, limit: Duration) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user() {
-    use accolade::cluster::partition::partition_of;
-    let dir = tmp();
-    std::fs::create_dir_all(dir.path().join("nats")).unwrap();
-    let nats = Cluster::start(&dir.path().join("nats"));
-    let urls = nats.urls.join(",");
-    let owned_by = |node: &str| (0..).map(|i| format!("learner-{i}")).find(|u| preferred(partition_of("demo", u), ["node-a", "node-b"]) == Some(node)).unwrap();
-    let (ua, ub) = (owned_by("node-a"), owned_by("node-b"));
-    let (port_a, port_b) = (free_port(), free_port());
-    let args = |id: &str| vec!["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
-    let (args_a, args_b) = (args("node-a"), args("node-b"));
-    let mut a = start_with(&dir.path().join("a"), port_a, &args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let _b = start_with(&dir.path().join("b"), port_b, &args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let (api_a, api_b) = (Api::demo_at(port_a), Api::demo_at(port_b));
+    let mut nodes = TwoNodes::start().await;
+    let (ua, ub) = (user_of("node-a", "learner"), user_of("node-b", "learner"));
+    let (api_a, api_b) = (Api::demo_at(nodes.port_a), Api::demo_at(nodes.port_b));
 
     // Posted to node-b, a user node-a serves: taken there, with her XP in the answer.
     let first = http_answer("f-1", &ua, "ex-1", true);
@@ -563,7 +523,7 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     // node-a dies: until node-b has taken its partitions over, nobody serves ua and her event
     // is `unavailable` (the sender sends it again); then node-b takes it, and what node-a had
     // taken is known there.
-    a.kill9();
+    nodes.a.kill9();
     let again = http_answer("f-4", &ua, "ex-1", true);
     let r = post(&api_b, &again).await;
     assert_eq!((r["status"].as_str(), r["code"].as_str()), (Some("rejected"), Some("unavailable")), "{r}");
@@ -624,20 +584,11 @@ async fn scripts_cluster_starts_a_served_cluster_and_stops_what_it_started() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_acks_nothing_when_it_wakes_and_the_user_stays_exact() {
-    use accolade::cluster::partition::partition_of;
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    let dir = tmp();
-    std::fs::create_dir_all(dir.path().join("nats")).unwrap();
-    let nats = Cluster::start(&dir.path().join("nats"));
-    let urls = nats.urls.join(",");
-    let user = (0..).map(|i| format!("sleeper-{i}")).find(|u| preferred(partition_of("demo", u), ["node-a", "node-b"]) == Some("node-a")).unwrap();
-    let (port_a, port_b) = (free_port(), free_port());
-    let args = |id: &str| vec!["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
-    let (args_a, args_b) = (args("node-a"), args("node-b"));
-    let a = start_with(&dir.path().join("a"), port_a, &args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let _b = start_with(&dir.path().join("b"), port_b, &args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let (url_a, url_b) = (format!("ws://127.0.0.1:{port_a}/v1/ws"), format!("ws://127.0.0.1:{port_b}/v1/ws"));
+    let nodes = TwoNodes::start().await;
+    let user = user_of("node-a", "sleeper");
+    let (url_a, url_b) = (nodes.ws_a(), nodes.ws_b());
     let login = |id: &str| event(id, "login", serde_json::json!({}));
 
     // Ten events acked by node-a.
@@ -647,7 +598,7 @@ async fn a_node_paused_past_its_lease_acks_nothing_when_it_wakes_and_the_user_st
         assert_eq!(on_a.until("ack").await.last().unwrap()["event_id"], format!("p-{i}"));
     }
     // node-a stops (SIGSTOP) past its lease; node-b takes her over and acks ten more.
-    let pid = a.0.id() as i32;
+    let pid = nodes.a.0.id() as i32;
     let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
     signal("-STOP");
     let mut on_b = connect_served(&url_b, &user, Duration::from_secs(30)).await;

@@ -312,6 +312,16 @@ mod tests {
         }
     }
 
+    /// A node alone from `t0`, holding every lease; and the last revision the bucket gave.
+    fn alone(me: &str, t0: Instant) -> (Leases, u64) {
+        let mut a = node(me, t0);
+        a.heartbeat_stored(t0);
+        let mut rev = 0;
+        let actions = a.tick(t0);
+        perform(&mut a, actions, &mut rev, t0);
+        (a, rev)
+    }
+
     #[test]
     fn a_node_with_no_stored_heartbeat_owns_nothing_and_asks_for_nothing() {
         let t0 = Instant::now();
@@ -331,11 +341,7 @@ mod tests {
     #[test]
     fn a_node_whose_heartbeats_stop_being_stored_stops_acting_before_anyone_may_take_over() {
         let t0 = Instant::now();
-        let mut a = node("a", t0);
-        a.heartbeat_stored(t0);
-        let mut rev = 0;
-        let actions = a.tick(t0);
-        perform(&mut a, actions, &mut rev, t0);
+        let (mut a, _) = alone("a", t0);
         // b saw a's heartbeat at t0 + 10 ms, after a sent it.
         let mut b = node("b", t0);
         b.heartbeat_stored(t0);
@@ -368,11 +374,7 @@ mod tests {
     #[test]
     fn a_joining_node_gets_its_share_by_release_then_create_and_never_two_owners_at_once() {
         let t0 = Instant::now();
-        let mut a = node("a", t0);
-        a.heartbeat_stored(t0);
-        let mut rev = 0;
-        let actions = a.tick(t0);
-        perform(&mut a, actions, &mut rev, t0);
+        let (mut a, mut rev) = alone("a", t0);
         let mut b = node("b", t0 + S);
         b.heartbeat_stored(t0 + S);
         for (&p, &r) in a.owned() {

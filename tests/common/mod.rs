@@ -2,6 +2,7 @@
 //! that speaks the protocol the way a browser would.
 #![allow(dead_code)]
 
+pub mod answers;
 pub mod nats;
 
 use accolade::config::{Config, DEMO_SECRET, DEMO_TENANT};
