@@ -6,7 +6,9 @@
 #
 #   bench/cluster.sh [RATE] [SECONDS] [ROUNDS] [CONNECTIONS]
 #
-# Needs the release binaries: cargo build --release --bin accolade -p accolade-loadgen.
+# MODES="cluster" runs one of the two only; NATS_SYNC_INTERVAL passes to scripts/cluster.
+#
+# Needs the release binaries: cargo build --release --bin accolade && cargo build --release -p accolade-loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:-5000}
@@ -15,7 +17,7 @@ ROUNDS=${3:-2}
 CONNS=${4:-1000}
 BIN=$PWD/target/release/accolade
 LG=$PWD/target/release/accolade-loadgen
-[ -x "$BIN" ] && [ -x "$LG" ] || { echo "bench/cluster.sh: build first: cargo build --release --bin accolade -p accolade-loadgen" >&2; exit 1; }
+[ -x "$BIN" ] && [ -x "$LG" ] || { echo "bench/cluster.sh: build first: cargo build --release --bin accolade && cargo build --release -p accolade-loadgen" >&2; exit 1; }
 TICK=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -23,7 +25,7 @@ ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/p
 
 printf '%-10s %6s %10s %9s %9s %9s %9s %12s\n' mode round "events/s" "p50 ms" "p99 ms" "node %" "nats %" "us/event"
 for round in $(seq 1 "$ROUNDS"); do
-  for mode in standalone cluster; do
+  for mode in ${MODES:-standalone cluster}; do
     D=$(mktemp -d /tmp/accolade-bench.XXXXXX)
     NATS_PIDS=()
     if [ "$mode" = standalone ]; then
@@ -52,8 +54,8 @@ wall = t1 - t0
 node = (n1 - n0) / tick / wall * 100
 nats = (s1 - s0) / tick / wall * 100
 per = ((n1 - n0) + (s1 - s0)) / tick / max(d["acked"], 1) * 1e6
-errs = len(d["errors"]) + d["missed_pushes"]
-print(f'{mode:<10} {rnd:>6} {d["events_per_sec"]:>10.0f} {d["ack"]["p50"]/1000:>9.2f} {d["ack"]["p99"]/1000:>9.2f} {node:>9.0f} {nats:>9.0f} {per:>12.1f}' + (f'  ({errs} errors or missed pushes)' if errs else ''))
+errs = sum(d["errors"].values()) + d["missed_pushes"]
+print(f'{mode:<10} {rnd:>6} {d["events_per_sec"]:>10.0f} {d["ack"]["p50"]/1000:>9.2f} {d["ack"]["p99"]/1000:>9.2f} {node:>9.0f} {nats:>9.0f} {per:>12.1f}' + (f'  ({errs} errors or missed pushes: {d["errors"]}, missed {d["missed_pushes"]})' if errs else ''))
 EOF
     if [ "$mode" = standalone ]; then
       kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
