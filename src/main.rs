@@ -47,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `accolade replay`: the log must rebuild exactly the stored state.
-async fn replay(config: Config) -> anyhow::Result<()> {
+async fn replay(mut config: Config) -> anyhow::Result<()> {
+    // The check reads this node's data dir only; joining the cluster would take partitions
+    // from the running nodes.
+    config.cluster = None;
     let shared = server::build(config).await?;
     let s = shared.clone();
     let report = tokio::task::spawn_blocking(move || accolade::replay::check_all(&s.store, &s.catalogues)).await??;
