@@ -252,8 +252,8 @@ pub struct Config {
 
     /// Cluster mode (in progress, docs/cluster.md): the NATS servers to join, comma-separated
     /// `nats://host:port`. Each node serves the users of the partitions it owns, rebuilt from
-    /// JetStream; a user whose partition another node owns is refused with `unavailable` until
-    /// routing between nodes is built. Unset: standalone, with sled alone.
+    /// JetStream; events posted over HTTP reach the node that serves their user, while sockets
+    /// and queries are served only by that node for now. Unset: standalone, with sled alone.
     #[arg(global = true, long, env = "ACCOLADE_CLUSTER")]
     pub cluster: Option<String>,
 
