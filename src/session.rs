@@ -409,10 +409,15 @@ fn on_text(
         Err(e) => {
             // An event the client cannot have meant as sent (a bad field, say) is a rejected
             // event; a frame that is not a message at all is only a refusal.
-            if e.code() == "invalid_event" {
-                shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            if e.code() != "invalid_event" {
+                return Some(refusal(&shared.metrics, e.code(), &e.to_string(), None));
             }
-            return Some(refusal(&shared.metrics, e.code(), &e.to_string(), None));
+            shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            // The refusal names the event whenever the event named itself, so that a client
+            // can drop it rather than resend it unchanged on every reconnect. Read again only
+            // on this path: the decoder does not keep what it refused.
+            let id = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("event_id")?.as_str().map(str::to_string));
+            return Some(refusal(&shared.metrics, e.code(), &e.to_string(), id.as_deref()));
         }
     };
     if !bucket.take(now) {

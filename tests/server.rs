@@ -158,7 +158,12 @@ async fn every_client_error_has_its_code() {
         ("{not json".into(), "invalid_message", None),
         (json!({"type": "subscribe"}).to_string(), "invalid_message", None),
         (json!({"type": "event", "event_id": "x1", "event_type": "problem.answered", "occurred_at": now_rfc3339(), "payload": {"exercise": "a"}}).to_string(), "invalid_event", Some("x1")),
-        (json!({"type": "event", "event_id": "x2", "event_type": "login", "occurred_at": "last tuesday"}).to_string(), "invalid_event", None),
+        (json!({"type": "event", "event_id": "x2", "event_type": "login", "occurred_at": "last tuesday"}).to_string(), "invalid_event", Some("x2")),
+        // Naming a user or tenant over the socket is refused, and the refusal names the event,
+        // so the client drops it instead of resending it on every reconnect.
+        (json!({"type": "event", "event_id": "x5", "event_type": "login", "occurred_at": now_rfc3339(), "user_id": "someone-else"}).to_string(), "invalid_event", Some("x5")),
+        (json!({"type": "event", "event_id": "x6", "event_type": "login", "occurred_at": now_rfc3339(), "tenant_id": "acme"}).to_string(), "invalid_event", Some("x6")),
+        (json!({"type": "event", "event_type": "login", "occurred_at": now_rfc3339()}).to_string(), "invalid_event", None),
         (json!({"type": "event", "event_id": "x3", "event_type": "exercise.proficient", "occurred_at": now_rfc3339(), "payload": {"exercise": "a"}}).to_string(), "forbidden_event", Some("x3")),
         (json!({"type": "event", "event_id": "x4", "event_type": "login", "occurred_at": "2001-01-01T00:00:00Z"}).to_string(), "invalid_event", Some("x4")),
         (format!(r#"{{"type":"event","event_id":"big","event_type":"login","occurred_at":"{}","payload":{{"pad":"{}"}}}}"#, now_rfc3339(), "x".repeat(70_000)), "too_large", None),
@@ -202,18 +207,18 @@ async fn every_client_error_has_its_code() {
     assert_eq!(raw.closed().await, Some(4001));
 
     // Every refusal above is counted in /metrics by its code, whichever part of the server
-    // made it; the four refused events count as rejected events.
+    // made it; the seven refused events count as rejected events.
     let m = &s.shared.metrics;
     let by_code = |c: &str| m.refusals(c);
     assert_eq!(
         (by_code("unauthorized"), by_code("invalid_message"), by_code("invalid_event"), by_code("forbidden_event"), by_code("too_large")),
-        (2, 3, 3, 1, 1)
+        (2, 3, 6, 1, 1)
     );
     assert!(by_code("rate_limited") >= 1);
-    assert_eq!(m.rejected.load(std::sync::atomic::Ordering::Relaxed), 4, "x1 to x4");
+    assert_eq!(m.rejected.load(std::sync::atomic::Ordering::Relaxed), 7, "x1 to x6, and the one without an id");
     let text = http_client().get(format!("http://{}/metrics", s.addr)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("accolade_refusals_total{code=\"forbidden_event\"} 1"), "{text}");
-    assert!(text.contains("accolade_events_total{outcome=\"rejected\"} 4"), "{text}");
+    assert!(text.contains("accolade_events_total{outcome=\"rejected\"} 7"), "{text}");
     s.stop().await;
 }
 
