@@ -23,6 +23,16 @@ TICK=$(getconf CLK_TCK)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
 
+# Whatever a run started is stopped if the script ends early (an error, ^C).
+D=
+cleanup() {
+  [ -n "$D" ] && [ -d "$D" ] || return 0
+  if [ -s "$D/pids" ]; then scripts/cluster down "$D" || true; fi
+  [ -z "${PID:-}" ] || kill -TERM "$PID" 2>/dev/null || true
+  rm -rf "$D"
+}
+trap cleanup EXIT
+
 printf '%-10s %6s %10s %9s %9s %9s %9s %12s\n' mode round "events/s" "p50 ms" "p99 ms" "node %" "nats %" "us/event"
 for round in $(seq 1 "$ROUNDS"); do
   for mode in ${MODES:-standalone cluster}; do
@@ -62,6 +72,7 @@ EOF
     else
       scripts/cluster down "$D"
     fi
+    PID=
     rm -rf "$D"
   done
 done
