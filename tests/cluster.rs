@@ -263,6 +263,11 @@ async fn a_partitions_writes_reach_its_changelog_in_batches_replay_in_order_and_
     for w in waits {
         w.await.unwrap().expect("stored in the changelog");
     }
+    // An empty job (what a sync sends) is answered once everything before it is stored, and
+    // writes nothing.
+    let before = log.records(3, KEY, 0, 10_000).await.unwrap().len();
+    append(&writer, vec![]).await.unwrap().expect("an empty job is answered");
+    assert_eq!(log.records(3, KEY, 0, 10_000).await.unwrap().len(), before);
     let batches = log.records(3, KEY, 0, 10_000).await.unwrap();
     assert!(batches.len() < 300, "jobs share batches: {} batches for 302 jobs", batches.len());
     // The two 400 KiB jobs cannot share one (a batch stays under NATS's 1 MiB payload).

@@ -134,6 +134,14 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
             }
         }
         let changes: Vec<Change> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.changes)).collect();
+        // Only empty jobs (a `sync`'s marker): everything before them is stored, since batches
+        // go one at a time, and there is nothing to write.
+        if changes.is_empty() {
+            for j in jobs {
+                (j.done)(Ok(()));
+            }
+            continue;
+        }
         let body = Bytes::from(bincode::serde::encode_to_vec(&Batch { changes }, bincode::config::standard()).expect("a batch encodes"));
         batch_no += 1;
         // Unique per claim and batch: a retry of this batch is a duplicate, a later owner's
