@@ -26,6 +26,8 @@
 //! - [`metrics`]: counters and histograms, rendered for Prometheus.
 //! - [`ownership`]: cluster mode's partitions on this node: joining, rebuilding a partition
 //!   gained before serving it, letting go of one lost.
+//! - [`remote`]: cluster mode's work for a user that crosses nodes: events forwarded to her
+//!   owner, sockets attached to her actor there, and the owner's answers.
 //! - [`server`]: `build(config)` (the one place the server is assembled), the router and
 //!   `run(listener, shared, shutdown)`.
 //! - [`shared`]: `Shared`, what the HTTP and WebSocket handlers share.
@@ -53,6 +55,7 @@ pub mod plan;
 pub mod protocol;
 pub mod ranking;
 pub mod records;
+pub mod remote;
 pub mod replay;
 pub mod server;
 pub mod session;

@@ -2,8 +2,9 @@
 //! NATS server answers), each partition gained rebuilt from its changelog before it is served,
 //! each one lost, or whose changelog writer stopped, let go of (its users' actors ended without
 //! a snapshot, so the next message for them finds it unserved, or rebuilt), and leaving the
-//! cluster at shutdown. Events for a user of a partition another node serves are forwarded to
-//! it (`forward`), and this node answers such requests for the partitions it serves.
+//! cluster at shutdown. Events and sockets of a user another node serves go to that node
+//! (`forward`, `attach`; the messages are `remote.rs`'s), and this node answers them for the
+//! partitions it serves.
 
 use crate::cluster::changelog::Writer;
 use crate::cluster::eventlog::{rebuild, ClusterLog};
@@ -11,13 +12,13 @@ use crate::cluster::lease::Timing;
 use crate::cluster::log::{Fence, PartitionLog};
 use crate::cluster::node::{Node, Options, Owned};
 use crate::cluster::partition::partition_of;
-use crate::cluster::route::{Handler, Routes};
+use crate::cluster::route::{RouteError, Routes};
 use crate::config::Config;
 use crate::core::{Event, Millis};
+use crate::protocol::Since;
+use crate::remote::{Answering, Attachment, Remotes};
 use crate::store::Store;
-use crate::user::{IngestOutcome, Origin, UserMsg, Users};
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use crate::user::{Conn, IngestOutcome, Users};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,59 +29,10 @@ pub struct Membership {
     pub id: String,
     pub log: Arc<ClusterLog>,
     partitions: PartitionLog,
-    routes: Routes,
+    routes: Arc<Routes>,
+    /// The sockets other nodes hold for the users this node serves.
+    remotes: Arc<Remotes>,
     node: tokio::sync::Mutex<Option<Node>>,
-}
-
-/// An event forwarded to the node that serves its user, with the time this node received it
-/// (the rules see that time, wherever they run).
-#[derive(Serialize, Deserialize)]
-struct Forwarded {
-    tenant: String,
-    event: Event,
-    received_at: Millis,
-}
-
-/// The outcome of a forwarded event, as it comes back.
-#[derive(Serialize, Deserialize)]
-struct Answer {
-    event_id: String,
-    status: String,
-    reason: Option<String>,
-    code: Option<String>,
-    xp: u64,
-    unlocks: Vec<String>,
-}
-
-/// How long a forwarded event may take: its owner answers once the event is durable.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn unavailable(event_id: String, why: String) -> IngestOutcome {
-    IngestOutcome { event_id, status: "rejected", reason: Some(format!("{why}; send it again")), code: Some("unavailable".into()), xp: 0, unlocks: vec![] }
-}
-
-/// Answers events forwarded for a partition: each goes through its user's actor on this node,
-/// as an HTTP event would, and the reply is its outcome once durable.
-fn answer_events(users: Users) -> Handler {
-    Arc::new(move |body: Bytes| {
-        let users = users.clone();
-        Box::pin(async move {
-            let outcome = match serde_json::from_slice::<Forwarded>(&body) {
-                Err(e) => unavailable(String::new(), format!("a forwarded event did not decode: {e}")),
-                Ok(f) => {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let (id, user) = (f.event.event_id.clone(), f.event.user_id.clone());
-                    let msg = UserMsg::Event { event: f.event, received_at: f.received_at, arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None };
-                    match users.send(&f.tenant, &user, msg) {
-                        Err(e) => unavailable(id, e.to_string()),
-                        Ok(()) => rx.await.unwrap_or_else(|_| unavailable(id, "the user's actor stopped".into())),
-                    }
-                }
-            };
-            let a = Answer { event_id: outcome.event_id, status: outcome.status.into(), reason: outcome.reason, code: outcome.code.map(Into::into), xp: outcome.xp, unlocks: outcome.unlocks };
-            Bytes::from(serde_json::to_vec(&a).expect("an answer encodes"))
-        })
-    })
 }
 
 impl Membership {
@@ -94,7 +46,7 @@ impl Membership {
         let node = Node::join(client.clone(), Options { id: id.clone(), timing: Timing::for_lease(lease), replicas: config.cluster_replicas.max(1) }).await?;
         let partitions = PartitionLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?;
         tracing::info!(node = %id, urls, "joined the cluster");
-        Ok(Membership { id, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Routes::new(client), node: tokio::sync::Mutex::new(Some(node)) })
+        Ok(Membership { id, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), node: tokio::sync::Mutex::new(Some(node)) })
     }
 
     /// Whether this node serves `user`'s partition (its events go through a local actor).
@@ -105,34 +57,25 @@ impl Membership {
     /// Sends an event to the node that serves its user and returns that node's outcome; an
     /// event nobody serves at the moment is `unavailable` (the sender sends it again).
     pub async fn forward(&self, tenant: &str, event: Event, received_at: Millis) -> IngestOutcome {
-        let p = partition_of(tenant, &event.user_id);
-        let id = event.event_id.clone();
-        let body = Bytes::from(serde_json::to_vec(&Forwarded { tenant: tenant.to_string(), event, received_at }).expect("an event encodes"));
-        match self.routes.request(p, body, FORWARD_TIMEOUT).await {
-            Ok(reply) => match serde_json::from_slice::<Answer>(&reply) {
-                Ok(a) => IngestOutcome {
-                    event_id: a.event_id,
-                    status: match a.status.as_str() {
-                        "accepted" => "accepted",
-                        "duplicate" => "duplicate",
-                        _ => "rejected",
-                    },
-                    reason: a.reason,
-                    code: a.code.map(Into::into),
-                    xp: a.xp,
-                    unlocks: a.unlocks,
-                },
-                Err(e) => unavailable(id, format!("the serving node's answer did not decode: {e}")),
-            },
-            // Timed out: the event may yet be taken there, and a resend is then a duplicate.
-            Err(e) => unavailable(id, e.to_string()),
-        }
+        crate::remote::forward(&self.routes, tenant, event, received_at).await
+    }
+
+    /// Attaches `conn`, a socket of this node for a user another node serves, to her actor
+    /// there (see `remote::attach`).
+    pub async fn attach(&self, metrics: Arc<crate::metrics::Metrics>, tenant: &str, user: &str, since: Option<Since>, conn: Conn) -> Result<Attachment, RouteError> {
+        crate::remote::attach(self.routes.clone(), metrics, tenant, user, since, conn).await
+    }
+
+    /// How many sockets other nodes hold for this node's users.
+    pub fn remote_sockets(&self) -> usize {
+        self.remotes.len()
     }
 
     /// Serves the partitions this node owns, until `stop`.
-    pub async fn run(self: Arc<Self>, store: Store, users: Users, metrics: Arc<crate::metrics::Metrics>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, store: Store, users: Users, metrics: Arc<crate::metrics::Metrics>, outbox: usize, mut stop: watch::Receiver<bool>) {
         let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
         let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
+        let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox });
         loop {
             let now: Owned = owned.borrow_and_update().clone();
             // Lost, or fenced anew, or its writer stopped: let go of it first.
@@ -160,7 +103,7 @@ impl Membership {
                 match rebuild(&store, &self.partitions, p, 0).await {
                     Ok(last) => {
                         self.log.serve(p, Writer::start(self.partitions.clone(), fence.clone()));
-                        if let Err(e) = self.routes.serve(p, answer_events(users.clone())).await {
+                        if let Err(e) = self.routes.serve(p, crate::remote::answering(answering.clone())).await {
                             tracing::warn!(partition = p, error = %e, "answering for a partition failed; its users are served from here only");
                         }
                         served.insert(p, now[&p].clone());
@@ -170,6 +113,7 @@ impl Membership {
                 }
             }
             metrics.partitions_served.store(served.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.remotes.expire(&users, tokio::time::Instant::now());
             tokio::select! {
                 changed = owned.changed() => if changed.is_err() { return },
                 // A writer that stopped is noticed on the next round.

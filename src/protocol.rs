@@ -30,6 +30,26 @@ pub mod close {
     pub const IDLE: u16 = 4003;
     /// The user already holds `--connections-per-user` sockets.
     pub const TOO_MANY: u16 = 4004;
+
+    /// The reasons the server closes with. A socket a node holds for a user another node
+    /// serves closes with the reason that node gave, which travels as text: it is one of these,
+    /// or the last one.
+    pub const REASONS: [&str; 9] = [
+        "user restarted; reconnect",
+        "user unavailable; reconnect",
+        "storage failed; reconnect later",
+        "too slow reading pushes",
+        "too many connections for this user",
+        "the user's node is gone; reconnect",
+        "the user's node did not answer; reconnect",
+        "the user moved to another node; reconnect",
+        "the user's node closed the socket; reconnect",
+    ];
+
+    /// One of `REASONS`, by its text; the last for any other.
+    pub fn reason(text: &str) -> &'static str {
+        REASONS.iter().find(|r| **r == text).copied().unwrap_or(REASONS[REASONS.len() - 1])
+    }
 }
 
 /// Why a client message could not be used. Each maps to a wire error `code`.

@@ -58,7 +58,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let env = crate::user::Env { config: config.clone(), log, catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
     if let Some(m) = &cluster {
-        tokio::spawn(m.clone().run(store.clone(), users.clone(), metrics.clone(), shutdown.subscribe()));
+        tokio::spawn(m.clone().run(store.clone(), users.clone(), metrics.clone(), config.outbox_capacity, shutdown.subscribe()));
     }
     let backfills = Backfills::new(store.clone(), catalogues.clone(), users.clone(), metrics.clone(), config.backfill_users_per_sec, shutdown.subscribe());
     Ok(Arc::new(Shared {

@@ -14,7 +14,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,8 +22,6 @@ use tokio::sync::{mpsc, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, Instant};
 
 use crate::protocol::close;
-
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// A per-connection token bucket.
 struct Bucket {
@@ -147,16 +145,30 @@ where
 
     let (tx, mut outbox) = mpsc::channel::<Frame>(cfg.outbox_capacity.max(8));
     let slow = Arc::new(Notify::new());
-    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let id = Conn::next_id();
     let closing = Arc::new(std::sync::OnceLock::new());
     let conn = Conn { id, tx: tx.clone(), slow: slow.clone(), closing: closing.clone() };
     // Leaderboard watches push into the same outbox through a weak handle: the session must
     // see the channel close when the actor lets go of the connection.
     let watch_tx = tx.downgrade();
     drop(tx);
-    if shared.users.send(&tenant, &user, UserMsg::Attach { conn, since }).is_err() {
-        return close_with(&mut sink, close::INTERNAL, "user unavailable; reconnect").await;
-    }
+    // In cluster mode, a user another node serves is attached to her actor there: what the
+    // actor sends arrives in the same outbox, and her events go there in order.
+    let via = match &shared.cluster {
+        Some(m) if !m.serves(&tenant, &user) => match m.attach(shared.metrics.clone(), &tenant, &user, since, conn).await {
+            Ok(a) => Via::Remote(a),
+            Err(e) => {
+                let _ = sink.send(text(refusal(&shared.metrics, "unavailable", &format!("the node serving this user cannot be reached ({e}); reconnect"), None))).await;
+                return close_with(&mut sink, close::INTERNAL, "user unavailable; reconnect").await;
+            }
+        },
+        _ => {
+            if shared.users.send(&tenant, &user, UserMsg::Attach { conn, since }).is_err() {
+                return close_with(&mut sink, close::INTERNAL, "user unavailable; reconnect").await;
+            }
+            Via::Local
+        }
+    };
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
 
     // Unacknowledged events of this connection: when all permits are out, the socket is not
@@ -218,7 +230,7 @@ where
             s = async { server_wait.as_mut().expect("polled only while waiting").await }, if server_wait.is_some() => {
                 server_wait = None;
                 let (Some(t), Ok(server)) = (parked.take(), s) else { break None };
-                if let Some(err) = on_text(&shared, &tenant, &user, id, &t, Instant::now(), &mut bucket, &mut ready, server, &watch_tx) {
+                if let Some(err) = on_text(&shared, &tenant, &user, id, &t, Instant::now(), &mut bucket, &mut ready, server, &watch_tx, &via) {
                     paused_until = bucket.refilled_at();
                     if sink.send(text(err)).await.is_err() {
                         break None;
@@ -239,7 +251,7 @@ where
                 match m {
                     Message::Text(t) => match shared.socket_permits.clone().try_acquire_owned() {
                         Ok(server) => {
-                            if let Some(err) = on_text(&shared, &tenant, &user, id, &t, last_seen, &mut bucket, &mut ready, server, &watch_tx) {
+                            if let Some(err) = on_text(&shared, &tenant, &user, id, &t, last_seen, &mut bucket, &mut ready, server, &watch_tx, &via) {
                                 paused_until = bucket.refilled_at();
                                 if sink.send(text(err)).await.is_err() {
                                     break None;
@@ -299,7 +311,11 @@ where
         }
     }
     shared.boards.unwatch_all(id);
-    shared.users.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id });
+    match via {
+        Via::Local => shared.users.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id }),
+        // Dropped, the attachment detaches.
+        Via::Remote(a) => drop(a),
+    }
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -384,6 +400,7 @@ fn on_text(
     ready: &mut Option<OwnedSemaphorePermit>,
     server: OwnedSemaphorePermit,
     watch_tx: &mpsc::WeakSender<Frame>,
+    via: &Via,
 ) -> Option<Frame> {
     let limit = shared.config.max_message_bytes;
     if text.len() > limit {
@@ -451,11 +468,24 @@ fn on_text(
         payload: ev.payload,
     };
     let event_id = event.event_id.clone();
-    let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Conn(conn), permit: ready.take().map(|conn| InFlight { conn, server }) };
-    match shared.users.send(tenant, user, msg) {
+    let permit = ready.take().map(|conn| InFlight::Socket { conn, server });
+    let sent = match via {
+        Via::Local => {
+            let msg = UserMsg::Event { event, received_at: now_ms(), arrived: tokio::time::Instant::now(), origin: Origin::Conn(conn), permit };
+            shared.users.send(tenant, user, msg).map_err(|e| e.to_string())
+        }
+        Via::Remote(a) => a.event(event, now_ms(), permit),
+    };
+    match sent {
         Ok(()) => None,
-        Err(e) => Some(refusal(&shared.metrics, "unavailable", &e.to_string(), Some(&event_id))),
+        Err(e) => Some(refusal(&shared.metrics, "unavailable", &e, Some(&event_id))),
     }
+}
+
+/// Where a socket's user is served: by an actor of this node, or (cluster mode) of another.
+enum Via {
+    Local,
+    Remote(crate::remote::Attachment),
 }
 
 #[cfg(test)]

@@ -437,38 +437,136 @@ fn user_of(node: &str, prefix: &str) -> String {
     (0..).map(|i| format!("{prefix}-{i}")).find(|u| preferred(partition_of("demo", u), ["node-a", "node-b"]) == Some(node)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_users_acked_events_survive_kill_9_of_the_node_that_owned_her_and_another_node_serves_her() {
+/// 300 answers of a user node-a serves streamed over a socket of `via`, and node-a killed
+/// with SIGKILL once half are acknowledged: node-b then serves her, every event acked before
+/// the kill is a duplicate there, and her state is the stream applied once.
+async fn acked_events_survive_the_owners_kill_9(via: &str) {
     use common::answers::{answers, assert_exact, resend_all, send_all, Seen};
     use tokio_tungstenite::tungstenite::Message;
     let mut nodes = TwoNodes::start().await;
     let user = user_of("node-a", "traveller");
+    let url = if via == "node-a" { nodes.ws_a() } else { nodes.ws_b() };
 
-    // 300 answers streamed to node-a; kill -9 once half are acknowledged.
+    // 300 answers streamed; kill -9 once half are acknowledged.
     let at = now_rfc3339();
     let events = answers("c", 300);
-    let mut c = connect_served(&nodes.ws_a(), &user, Duration::from_secs(30)).await;
+    // A welcome on node-b comes from node-a's actor only once node-a serves her.
+    let _ = connect_served(&nodes.ws_a(), &user, Duration::from_secs(30)).await;
+    let mut c = connect_served(&url, &user, Duration::from_secs(30)).await;
     send_all(&mut c, &events, &at).await;
     let mut seen = Seen::default();
     while seen.acked.len() < 150 {
         seen.note(&c.next().await);
     }
     nodes.a.kill9();
-    while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(200), futures_util::StreamExt::next(&mut c.ws)).await {
-        seen.note(&serde_json::from_str(&t).unwrap());
+    let killed = Instant::now();
+    // The socket closes (on node-b, once it finds node-a gone), telling the client to come back.
+    let mut close = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), futures_util::StreamExt::next(&mut c.ws)).await {
+            Ok(Some(Ok(Message::Text(t)))) => seen.note(&serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                close = Some(f.map(|f| (u16::from(f.code), f.reason.to_string())));
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => break,
+            Err(_) if via == "node-a" => break,
+            Err(_) => {}
+        }
+    }
+    if via == "node-b" {
+        let (code, reason) = close.flatten().expect("node-b closes the socket with a code once node-a is gone");
+        assert_eq!(code, 1011, "{reason}");
+        assert!(reason.contains("reconnect"), "{reason}");
+        eprintln!("node-b closed the socket {:?} after node-a was killed: {reason}", killed.elapsed());
     }
     assert!(seen.acked.len() < events.len(), "the kill should land mid-stream");
 
     // node-b takes the partition over once node-a's lease has run out, rebuilds her from the
     // changelog (node-a's disk is not touched), and serves her: every event node-a acked is a
     // duplicate there, and her state is the rule core's answer for the stream applied once.
-    let killed = Instant::now();
     let mut c = connect_served(&nodes.ws_b(), &user, Duration::from_secs(30)).await;
     let failover = killed.elapsed();
     resend_all(&mut c, &events, &at, &mut seen).await;
     let fresh = connect_served(&nodes.ws_b(), &user, Duration::from_secs(10)).await;
     assert_exact(&fresh.welcome, &user, &events, &at, &seen);
-    eprintln!("node-b served {user} {failover:?} after node-a was killed (lease 3 s); {} of 300 acked before the kill", seen.acked.len());
+    eprintln!("node-b served {user} {failover:?} after node-a was killed (lease 3 s); {} of 300 acked before the kill, over {via}", seen.acked.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_acked_events_survive_kill_9_of_the_node_that_owned_her_and_another_node_serves_her() {
+    acked_events_survive_the_owners_kill_9("node-a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_acked_over_a_socket_of_another_node_survive_kill_9_of_the_users_owner() {
+    acked_events_survive_the_owners_kill_9("node-b").await;
+}
+
+/// Reads frames until one of `ty` for `event_id`, returning all read on the way.
+async fn until_for(c: &mut Client, ty: &str, event_id: &str) -> Vec<serde_json::Value> {
+    let mut out = vec![];
+    loop {
+        let m = c.next().await;
+        let done = m["type"] == ty && m["event_id"] == event_id;
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_on_any_node_is_served_by_its_users_actor_and_both_tabs_get_every_push() {
+    let nodes = TwoNodes::start().await;
+    let user = user_of("node-a", "tabs");
+    // One tab on the node that serves her, one on the other node.
+    let mut on_a = connect_served(&nodes.ws_a(), &user, Duration::from_secs(30)).await;
+    let mut on_b = connect_served(&nodes.ws_b(), &user, Duration::from_secs(30)).await;
+    assert_eq!((&on_b.welcome["epoch"], &on_b.welcome["xp"]), (&on_a.welcome["epoch"], &on_a.welcome["xp"]), "one user, one state");
+
+    // An event from the tab on node-b: acked there, its XP pushed to both tabs.
+    on_b.send(&answer("t-1", "ex-1", true)).await;
+    let seen_b = until_for(&mut on_b, "xp", "t-1").await;
+    let ack = seen_b.iter().position(|m| m["type"] == "ack" && m["event_id"] == "t-1").expect("acked on its own socket");
+    assert_eq!(seen_b[ack]["duplicate"], false);
+    assert!(ack < seen_b.len() - 1, "the ack comes before the push: {seen_b:?}");
+    let seen_a = until_for(&mut on_a, "xp", "t-1").await;
+    assert!(seen_a.iter().all(|m| m["type"] != "ack"), "the other tab gets the push, not the ack: {seen_a:?}");
+    assert_eq!(seen_a.last(), seen_b.last(), "the same push on both tabs");
+    // From the tab on node-a: the same the other way round.
+    on_a.send(&answer("t-2", "ex-1", true)).await;
+    let xp_a = until_for(&mut on_a, "xp", "t-2").await.pop().unwrap();
+    let xp_b = until_for(&mut on_b, "xp", "t-2").await.pop().unwrap();
+    assert_eq!(xp_a, xp_b);
+    assert_eq!(xp_b["total"].as_u64(), Some(seen_b.last().unwrap()["total"].as_u64().unwrap() + xp_b["delta"].as_u64().unwrap()));
+    // A resend over node-b is a duplicate; an event the rules refuse is refused by name.
+    on_b.send(&answer("t-1", "ex-1", true)).await;
+    let dup = on_b.until("ack").await.pop().unwrap();
+    assert_eq!((&dup["event_id"], &dup["duplicate"]), (&serde_json::json!("t-1"), &serde_json::json!(true)));
+    on_b.send(&event("t-bad", "problem.answered", serde_json::json!({ "exercise": "ex-1" }))).await;
+    let err = on_b.until("error").await.pop().unwrap();
+    assert_eq!((&err["code"], &err["event_id"]), (&serde_json::json!("invalid_event"), &serde_json::json!("t-bad")), "{err}");
+
+    // The tab on node-b closes; three events later it comes back on node-b with `since` and
+    // gets exactly what it missed, as the tab on node-a saw it.
+    let since = on_b.since(xp_b["offset"].as_u64().unwrap());
+    on_b.ws.close(None).await.unwrap();
+    let mut missed = vec![];
+    for i in 3..6 {
+        on_a.send(&answer(&format!("t-{i}"), "ex-1", true)).await;
+        missed.extend(until_for(&mut on_a, "xp", &format!("t-{i}")).await.into_iter().filter(|m| m.get("offset").is_some()));
+    }
+    let mut back = Client::connect(&nodes.ws_b(), &token(&user), Some(since)).await;
+    assert_eq!(back.welcome["recovered"], true, "{}", back.welcome);
+    let mut replayed = vec![];
+    while replayed.len() < missed.len() {
+        replayed.push(back.next().await);
+    }
+    assert_eq!(replayed, missed, "the pushes missed, in order, from the user's node");
+    assert_eq!(back.welcome["xp"], missed.last().unwrap()["total"]);
 }
 
 #[tokio::test]

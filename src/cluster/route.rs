@@ -1,7 +1,8 @@
-//! Requests for a partition's owner over core NATS: a node that serves a partition answers on
-//! its subject, and any node can ask. Nobody answering (the partition is between owners, or
-//! its owner died and the lease has not run out) is told at once by NATS ("no responders"),
-//! so a caller can say `unavailable` instead of waiting.
+//! Messages for a partition's owner over core NATS: a node that serves a partition answers on
+//! its subject, and any node can ask, or send with an inbox of its own for what comes back.
+//! Nobody answering (the partition is between owners, or its owner died and the lease has not
+//! run out) is told at once by NATS ("no responders"), so a caller can say `unavailable`
+//! instead of waiting.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -26,8 +27,37 @@ pub enum RouteError {
     Nats(String),
 }
 
-/// What answers a request: the request's body in, the reply's body out.
-pub type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Bytes> + Send + Sync>;
+/// A message for a partition's owner: its body, and where an answer goes, if anywhere.
+pub struct Incoming {
+    pub body: Bytes,
+    pub reply: Option<String>,
+}
+
+/// What handles the messages of a partition. It is called for each message in the order they
+/// arrived, before the next one is looked at (so whatever it hands on keeps the sender's
+/// order); the future it may return makes the reply, in a task of its own.
+pub type Handler = Arc<dyn Fn(Incoming) -> Option<BoxFuture<'static, Bytes>> + Send + Sync>;
+
+/// What arrives on an inbox.
+pub enum Note {
+    Message(Bytes),
+    /// A message sent with this inbox for its reply found nobody serving its partition.
+    NoResponders,
+}
+
+/// A subscription to an inbox of this node's; dropping it unsubscribes.
+pub struct Inbox(async_nats::Subscriber);
+
+impl Inbox {
+    /// The next note, or `None` once the connection is gone for good.
+    pub async fn next(&mut self) -> Option<Note> {
+        let m = self.0.next().await?;
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Some(Note::NoResponders);
+        }
+        Some(Note::Message(m.payload))
+    }
+}
 
 /// This node's side of routing: its answers for the partitions it serves, and its requests.
 pub struct Routes {
@@ -58,12 +88,15 @@ impl Routes {
         let client = self.client.clone();
         let task = tokio::spawn(async move {
             while let Some(m) = sub.next().await {
-                let Some(reply) = m.reply.clone() else { continue };
-                let (client, handler) = (client.clone(), handler.clone());
-                tokio::spawn(async move {
-                    let body = handler(m.payload).await;
-                    let _ = client.publish(reply, body).await;
-                });
+                let reply = m.reply.map(|r| r.to_string());
+                let answer = handler(Incoming { body: m.payload, reply: reply.clone() });
+                if let (Some(answer), Some(reply)) = (answer, reply) {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let body = answer.await;
+                        let _ = client.publish(reply, body).await;
+                    });
+                }
             }
         });
         if let Some(old) = self.served.lock().expect("not poisoned").insert(partition, task) {
@@ -77,6 +110,29 @@ impl Routes {
         if let Some(t) = self.served.lock().expect("not poisoned").remove(&partition) {
             t.abort();
         }
+    }
+
+    /// A fresh inbox subject, unique to this connection.
+    pub fn new_inbox(&self) -> String {
+        self.client.new_inbox()
+    }
+
+    /// Listens on `inbox`; registered with the server once this returns.
+    pub async fn listen(&self, inbox: &str) -> Result<Inbox, RouteError> {
+        let sub = self.client.subscribe(inbox.to_string()).await.map_err(|e| RouteError::Nats(e.to_string()))?;
+        self.client.flush().await.map_err(|e| RouteError::Nats(e.to_string()))?;
+        Ok(Inbox(sub))
+    }
+
+    /// Sends to the node serving `partition`, its answers (if any) to go to `inbox`. Messages
+    /// sent one after another by one task arrive in that order.
+    pub async fn send(&self, partition: u16, body: Bytes, inbox: &str) -> Result<(), RouteError> {
+        self.client.publish_with_reply(subject(partition), inbox.to_string(), body).await.map_err(|e| RouteError::Nats(e.to_string()))
+    }
+
+    /// Sends to an inbox.
+    pub async fn tell(&self, inbox: &str, body: Bytes) -> Result<(), RouteError> {
+        self.client.publish(inbox.to_string(), body).await.map_err(|e| RouteError::Nats(e.to_string()))
     }
 
     /// Asks the node serving `partition`.

@@ -66,12 +66,34 @@ pub struct UserView<'a> {
 pub type Query = Box<dyn FnOnce(UserView<'_>) + Send>;
 
 
-/// A socket event's two in-flight slots, its connection's (`--inflight-per-user`) and the
-/// server's (`--socket-inflight-events`), held from the moment its frame is read until its
-/// reply goes out.
-pub struct InFlight {
-    pub conn: OwnedSemaphorePermit,
-    pub server: OwnedSemaphorePermit,
+/// A socket event's in-flight slots, held from the moment its frame is read until its reply
+/// goes out.
+pub enum InFlight {
+    /// A socket of this node: its connection's slot (`--inflight-per-user`) and the server's
+    /// (`--socket-inflight-events`).
+    Socket { conn: OwnedSemaphorePermit, server: OwnedSemaphorePermit },
+    /// A socket another node holds (cluster mode): that node keeps the slots, and this tells
+    /// it, when dropped, that one is free again.
+    Remote(Receipt),
+}
+
+/// Sends one note when dropped, however the event it stands for ended (answered, failed, or
+/// its actor gone).
+pub struct Receipt(pub mpsc::UnboundedSender<()>);
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Conn {
+    /// A connection id no other connection of this process has had.
+    pub fn next_id() -> u64 {
+        NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 pub enum UserMsg {

@@ -1,0 +1,458 @@
+//! A user's work that crosses nodes in cluster mode, over `cluster::route`: events posted to a
+//! node that does not serve their user, and sockets a node holds for a user another node
+//! serves. Both sides are here: the node that holds the socket (`attach`, `Attachment`), and
+//! the owner, which answers for the partitions it serves (`answering`) and keeps the sockets
+//! other nodes hold for its users (`Remotes`).
+//!
+//! A remote socket is attached to its user's actor on the owner like a local one: the owner
+//! gives the actor a connection whose frames (the welcome, acks, errors and pushes, in the
+//! actor's order) are published to the holder's inbox, one subject per socket. The holder
+//! keeps the socket's in-flight slots and gets a receipt back for each event once its reply
+//! has gone out, so the bounds on events in flight hold end to end. Each side learns of the
+//! other's death: the holder refreshes the attachment every `REFRESH` and gives up on an owner
+//! that stays silent for `STALL` after being asked something (or that NATS says is gone); the
+//! owner drops an attachment not refreshed for `EXPIRE`.
+
+use crate::cluster::partition::partition_of;
+use crate::cluster::route::{Handler, Incoming, Inbox, Note, RouteError, Routes};
+use crate::core::{Event, Millis};
+use crate::metrics::Metrics;
+use crate::protocol::{self, close, Frame, Since};
+use crate::user::{Conn, InFlight, IngestOutcome, Origin, Receipt, UserMsg, Users};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+/// How often a holder refreshes each of its attachments.
+pub const REFRESH: Duration = Duration::from_secs(5);
+/// An attachment not refreshed for this long is dropped by the owner (its holder died).
+pub const EXPIRE: Duration = Duration::from_secs(20);
+/// A holder that asked its owner something and heard nothing back for this long gives up.
+pub const STALL: Duration = Duration::from_secs(10);
+/// How long a forwarded HTTP event may take: its owner answers once the event is durable.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one node sends the node serving a partition.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Request {
+    /// An HTTP event, answered with its outcome once durable. It carries the time this node
+    /// received it: the rules see that time, wherever they run.
+    Event { tenant: String, event: Event, received_at: Millis },
+    /// Attach the socket whose inbox is the reply subject to the user's actor.
+    Attach { tenant: String, user: String, since: Option<Since> },
+    /// An event from an attached socket.
+    Socket { event: Event, received_at: Millis },
+    /// The socket is still held.
+    Refresh,
+    /// The socket has closed.
+    Detach,
+}
+
+/// The outcome of a forwarded HTTP event, as it comes back.
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    event_id: String,
+    status: String,
+    reason: Option<String>,
+    code: Option<String>,
+    xp: u64,
+    unlocks: Vec<String>,
+}
+
+/// What the owner sends a socket's inbox: one byte of kind, then the body.
+mod note {
+    /// A frame for the client (its text follows).
+    pub const FRAME: u8 = b'F';
+    /// One event's reply has gone out: one in-flight slot is free.
+    pub const RECEIPT: u8 = b'R';
+    /// A refresh was heard.
+    pub const KEPT: u8 = b'K';
+    /// The socket is to close: the code and the reason follow, as `code reason`.
+    pub const CLOSE: u8 = b'C';
+}
+
+fn encode(r: &Request) -> Bytes {
+    Bytes::from(serde_json::to_vec(r).expect("a request encodes"))
+}
+
+fn with_kind(kind: u8, body: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(body.len() + 1);
+    b.push(kind);
+    b.extend_from_slice(body);
+    Bytes::from(b)
+}
+
+fn closing_note(code: u16, why: &str) -> Bytes {
+    with_kind(note::CLOSE, format!("{code} {why}").as_bytes())
+}
+
+fn unavailable(event_id: String, why: String) -> IngestOutcome {
+    IngestOutcome { event_id, status: "rejected", reason: Some(format!("{why}; send it again")), code: Some("unavailable".into()), xp: 0, unlocks: vec![] }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node that received the event or holds the socket
+// ---------------------------------------------------------------------------------------------
+
+/// Sends an HTTP event to the node that serves its user and returns that node's outcome; an
+/// event nobody serves at the moment is `unavailable` (the sender sends it again).
+pub async fn forward(routes: &Routes, tenant: &str, event: Event, received_at: Millis) -> IngestOutcome {
+    let p = partition_of(tenant, &event.user_id);
+    let id = event.event_id.clone();
+    let body = encode(&Request::Event { tenant: tenant.to_string(), event, received_at });
+    match routes.request(p, body, FORWARD_TIMEOUT).await {
+        Ok(reply) => match serde_json::from_slice::<Answer>(&reply) {
+            Ok(a) => IngestOutcome {
+                event_id: a.event_id,
+                status: match a.status.as_str() {
+                    "accepted" => "accepted",
+                    "duplicate" => "duplicate",
+                    _ => "rejected",
+                },
+                reason: a.reason,
+                code: a.code.map(Into::into),
+                xp: a.xp,
+                unlocks: a.unlocks,
+            },
+            Err(e) => unavailable(id, format!("the serving node's answer did not decode: {e}")),
+        },
+        // Timed out: the event may yet be taken there, and a resend is then a duplicate.
+        Err(e) => unavailable(id, e.to_string()),
+    }
+}
+
+/// A socket of this node attached to its user's actor on another node. Dropping it detaches.
+pub struct Attachment {
+    out: mpsc::UnboundedSender<(Bytes, Option<InFlight>)>,
+}
+
+impl Attachment {
+    /// Sends an event of the socket to the owner; its reply comes back as a frame like any
+    /// other, and `permit` is released when the owner's receipt for it arrives (or the socket
+    /// closes). Events sent one after another arrive in that order.
+    pub fn event(&self, event: Event, received_at: Millis, permit: Option<InFlight>) -> Result<(), String> {
+        let body = encode(&Request::Socket { event, received_at });
+        self.out.send((body, permit)).map_err(|_| "the user's node closed the socket; reconnect".to_string())
+    }
+}
+
+/// Attaches `conn`, a socket of this node, to its user's actor on the node serving her: the
+/// welcome (with what the client missed since `since`) and everything after it arrive in
+/// `conn`'s outbox. When the attachment ends, `conn` is dropped, with its `closing` reason set,
+/// which closes the socket.
+pub async fn attach(routes: Arc<Routes>, metrics: Arc<Metrics>, tenant: &str, user: &str, since: Option<Since>, conn: Conn) -> Result<Attachment, RouteError> {
+    let p = partition_of(tenant, user);
+    let inbox = routes.new_inbox();
+    let notes = routes.listen(&inbox).await?;
+    routes.send(p, encode(&Request::Attach { tenant: tenant.into(), user: user.into(), since }), &inbox).await?;
+    let (out, rx) = mpsc::unbounded_channel();
+    tokio::spawn(hold(routes, metrics, p, inbox, notes, rx, conn));
+    Ok(Attachment { out })
+}
+
+/// Why an attachment ended, as the holder sees it.
+enum Ended {
+    /// The socket closed (or was given up on): tell the owner.
+    Here,
+    /// The owner ended it, or is gone: nothing to tell.
+    There,
+}
+
+/// The holder's side of one attachment, to its end.
+async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String, mut notes: Inbox, mut out: mpsc::UnboundedReceiver<(Bytes, Option<InFlight>)>, conn: Conn) {
+    let mut permits: VecDeque<InFlight> = VecDeque::new();
+    // Since when something asked of the owner has gone unanswered (the attach, at first).
+    let mut unheard: Option<Instant> = Some(Instant::now());
+    let mut refresh = tokio::time::interval_at(Instant::now() + REFRESH, REFRESH);
+    let give_up = |code: u16, why: &'static str| {
+        let _ = conn.closing.set((code, why));
+    };
+    let ended = loop {
+        tokio::select! {
+            o = out.recv() => {
+                let Some((body, permit)) = o else { break Ended::Here };
+                permits.extend(permit);
+                unheard.get_or_insert_with(Instant::now);
+                if routes.send(p, body, &inbox).await.is_err() {
+                    give_up(close::INTERNAL, "the user's node is gone; reconnect");
+                    break Ended::Here;
+                }
+            }
+            n = notes.next() => {
+                unheard = None;
+                let body = match n {
+                    Some(Note::Message(body)) => body,
+                    Some(Note::NoResponders) | None => {
+                        give_up(close::INTERNAL, "the user's node is gone; reconnect");
+                        break Ended::There;
+                    }
+                };
+                match body.first().copied() {
+                    Some(note::FRAME) => {
+                        let Ok(text) = std::str::from_utf8(&body[1..]) else { continue };
+                        match conn.tx.try_send(Frame::from(text)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                metrics.slow_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                conn.slow.notify_one();
+                                break Ended::Here;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => break Ended::Here,
+                        }
+                    }
+                    Some(note::RECEIPT) => drop(permits.pop_front()),
+                    Some(note::CLOSE) => {
+                        let text = String::from_utf8_lossy(&body[1..]);
+                        let (code, why) = text.split_once(' ').unwrap_or((&text, ""));
+                        give_up(code.parse().unwrap_or(close::INTERNAL), close::reason(why));
+                        break Ended::There;
+                    }
+                    _ => {}
+                }
+            }
+            _ = refresh.tick() => {
+                unheard.get_or_insert_with(Instant::now);
+                if routes.send(p, encode(&Request::Refresh), &inbox).await.is_err() {
+                    give_up(close::INTERNAL, "the user's node is gone; reconnect");
+                    break Ended::Here;
+                }
+            }
+            _ = async { tokio::time::sleep_until(unheard.expect("polled only when set") + STALL).await }, if unheard.is_some() => {
+                give_up(close::INTERNAL, "the user's node did not answer; reconnect");
+                break Ended::Here;
+            }
+        }
+    };
+    if let Ended::Here = ended {
+        let _ = routes.send(p, encode(&Request::Detach), &inbox).await;
+    }
+    // Dropping `conn` ends the session's outbox: the socket closes with `closing`'s reason.
+}
+
+// ---------------------------------------------------------------------------------------------
+// The owner
+// ---------------------------------------------------------------------------------------------
+
+/// A socket another node holds, attached to one of this node's actors.
+struct Remote {
+    conn: u64,
+    tenant: String,
+    user: String,
+    /// The connection's outbox, without keeping it open: it closes when the actor lets go.
+    tx: mpsc::WeakSender<Frame>,
+    receipts: mpsc::UnboundedSender<()>,
+    refreshed: Instant,
+}
+
+/// The sockets other nodes hold for this node's users, by their inboxes.
+#[derive(Default)]
+pub struct Remotes {
+    by_inbox: Mutex<HashMap<String, Remote>>,
+}
+
+impl Remotes {
+    /// How many are attached.
+    pub fn len(&self) -> usize {
+        self.by_inbox.lock().expect("not poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the attachments not refreshed since `EXPIRE` before `now`: their holders died.
+    pub fn expire(&self, users: &Users, now: Instant) {
+        let gone: Vec<Remote> = {
+            let mut map = self.by_inbox.lock().expect("not poisoned");
+            let old: Vec<String> = map.iter().filter(|(_, r)| now.duration_since(r.refreshed) > EXPIRE).map(|(k, _)| k.clone()).collect();
+            old.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for r in gone {
+            users.send_existing(&r.tenant, &r.user, UserMsg::Detach { conn_id: r.conn });
+        }
+    }
+
+    fn remove(&self, inbox: &str, conn: u64) -> Option<Remote> {
+        let mut map = self.by_inbox.lock().expect("not poisoned");
+        if map.get(inbox).is_some_and(|r| r.conn == conn) { map.remove(inbox) } else { None }
+    }
+}
+
+/// What answers for the partitions this node serves.
+pub struct Answering {
+    pub users: Users,
+    /// Which partitions this node serves: a node that let one go (or woke from a pause past
+    /// its lease) may still be subscribed for a moment, and must not act for it.
+    pub log: Arc<crate::cluster::eventlog::ClusterLog>,
+    pub routes: Arc<Routes>,
+    pub remotes: Arc<Remotes>,
+    pub metrics: Arc<Metrics>,
+    /// The outbox of a remote socket's connection, as for a local one (`--outbox-capacity`).
+    pub outbox: usize,
+}
+
+/// The handler for a served partition's messages.
+pub fn answering(a: Arc<Answering>) -> Handler {
+    Arc::new(move |m: Incoming| a.handle(m))
+}
+
+impl Answering {
+    fn handle(&self, m: Incoming) -> Option<BoxFuture<'static, Bytes>> {
+        let req = match serde_json::from_slice::<Request>(&m.body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "a message from another node did not decode");
+                let body = answer_bytes(unavailable(String::new(), format!("the message did not decode here: {e}")));
+                return Some(Box::pin(async move { body }));
+            }
+        };
+        match (req, m.reply) {
+            (Request::Event { tenant, event, .. }, _) if !self.log.serves(partition_of(&tenant, &event.user_id)) => {
+                let body = answer_bytes(unavailable(event.event_id, "this node no longer serves the user".into()));
+                Some(Box::pin(async move { body }))
+            }
+            (Request::Event { tenant, event, received_at }, _) => Some(self.event(tenant, event, received_at)),
+            (Request::Attach { tenant, user, .. }, Some(inbox)) if !self.log.serves(partition_of(&tenant, &user)) => {
+                let routes = self.routes.clone();
+                tokio::spawn(async move { routes.tell(&inbox, closing_note(close::INTERNAL, "user unavailable; reconnect")).await });
+                None
+            }
+            (Request::Attach { tenant, user, since }, Some(inbox)) => {
+                self.attach(inbox, tenant, user, since);
+                None
+            }
+            (Request::Socket { event, received_at }, Some(inbox)) => {
+                self.socket_event(inbox, event, received_at);
+                None
+            }
+            (Request::Refresh, Some(inbox)) => {
+                let known = match self.remotes.by_inbox.lock().expect("not poisoned").get_mut(&inbox) {
+                    Some(r) => {
+                        r.refreshed = Instant::now();
+                        true
+                    }
+                    None => false,
+                };
+                let body = if known { Bytes::from_static(&[note::KEPT]) } else { closing_note(close::INTERNAL, "the user moved to another node; reconnect") };
+                Some(Box::pin(async move { body }))
+            }
+            (Request::Detach, Some(inbox)) => {
+                if let Some(r) = self.remotes.by_inbox.lock().expect("not poisoned").remove(&inbox) {
+                    self.users.send_existing(&r.tenant, &r.user, UserMsg::Detach { conn_id: r.conn });
+                }
+                None
+            }
+            // Every socket message names its inbox; one that does not is nobody's.
+            (_, None) => None,
+        }
+    }
+
+    /// An HTTP event through its user's actor; the reply is its outcome once durable.
+    fn event(&self, tenant: String, event: Event, received_at: Millis) -> BoxFuture<'static, Bytes> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (id, user) = (event.event_id.clone(), event.user_id.clone());
+        let msg = UserMsg::Event { event, received_at, arrived: Instant::now(), origin: Origin::Http(tx), permit: None };
+        let sent = self.users.send(&tenant, &user, msg).map_err(|e| e.to_string());
+        Box::pin(async move {
+            let outcome = match sent {
+                Err(e) => unavailable(id, e),
+                Ok(()) => rx.await.unwrap_or_else(|_| unavailable(id, "the user's actor stopped".into())),
+            };
+            answer_bytes(outcome)
+        })
+    }
+
+    /// Attaches a remote socket to its user's actor, and starts publishing its frames.
+    fn attach(&self, inbox: String, tenant: String, user: String, since: Option<Since>) {
+        let (tx, rx) = mpsc::channel::<Frame>(self.outbox.max(8));
+        let (receipts, receipts_rx) = mpsc::unbounded_channel();
+        let slow = Arc::new(Notify::new());
+        let closing = Arc::new(OnceLock::new());
+        let id = Conn::next_id();
+        let conn = Conn { id, tx: tx.clone(), slow: slow.clone(), closing: closing.clone() };
+        let remote = Remote { conn: id, tenant: tenant.clone(), user: user.clone(), tx: tx.downgrade(), receipts, refreshed: Instant::now() };
+        drop(tx);
+        // Registered before the actor hears of it, so the socket's events, which follow the
+        // attach in order, find it.
+        if let Some(old) = self.remotes.by_inbox.lock().expect("not poisoned").insert(inbox.clone(), remote) {
+            self.users.send_existing(&old.tenant, &old.user, UserMsg::Detach { conn_id: old.conn });
+        }
+        if let Err(e) = self.users.send(&tenant, &user, UserMsg::Attach { conn, since }) {
+            tracing::debug!(tenant, user, error = %e, "a remote socket could not be attached");
+            let _ = closing.set((close::INTERNAL, "user unavailable; reconnect"));
+        }
+        tokio::spawn(publish(self.routes.clone(), self.remotes.clone(), inbox, id, rx, receipts_rx, slow, closing));
+    }
+
+    /// An event of a remote socket, through its user's actor as the socket's own.
+    fn socket_event(&self, inbox: String, event: Event, received_at: Millis) {
+        let found = self.remotes.by_inbox.lock().expect("not poisoned").get(&inbox).map(|r| (r.conn, r.tenant.clone(), r.user.clone(), r.tx.clone(), r.receipts.clone()));
+        let Some((conn, tenant, user, tx, receipts)) = found else {
+            // Not attached (expired, or let go of with its partition): the holder closes the
+            // socket, and the client resends the event after reconnecting.
+            let routes = self.routes.clone();
+            tokio::spawn(async move { routes.tell(&inbox, closing_note(close::INTERNAL, "the user moved to another node; reconnect")).await });
+            return;
+        };
+        let id = event.event_id.clone();
+        let msg = UserMsg::Event { event, received_at, arrived: Instant::now(), origin: Origin::Conn(conn), permit: Some(InFlight::Remote(Receipt(receipts))) };
+        if let Err(e) = self.users.send(&tenant, &user, msg)
+            && let Some(tx) = tx.upgrade()
+        {
+            self.metrics.refused("unavailable");
+            let _ = tx.try_send(protocol::error("unavailable", &format!("{e}; send it again"), Some(&id)));
+        }
+    }
+}
+
+fn answer_bytes(o: IngestOutcome) -> Bytes {
+    let a = Answer { event_id: o.event_id, status: o.status.into(), reason: o.reason, code: o.code.map(Into::into), xp: o.xp, unlocks: o.unlocks };
+    Bytes::from(serde_json::to_vec(&a).expect("an answer encodes"))
+}
+
+/// Publishes a remote socket's frames and receipts to its inbox, in the order the actor made
+/// them, until the actor lets go of the connection; then tells the holder to close it.
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    routes: Arc<Routes>,
+    remotes: Arc<Remotes>,
+    inbox: String,
+    conn: u64,
+    mut rx: mpsc::Receiver<Frame>,
+    mut receipts: mpsc::UnboundedReceiver<()>,
+    slow: Arc<Notify>,
+    closing: Arc<OnceLock<(u16, &'static str)>>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = slow.notified() => {
+                let _ = closing.set((close::SLOW, "too slow reading pushes"));
+                break;
+            }
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    break;
+                }
+                for f in batch.drain(..) {
+                    if routes.tell(&inbox, with_kind(note::FRAME, f.as_bytes())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some(()) = receipts.recv() => {
+                let _ = routes.tell(&inbox, Bytes::from_static(&[note::RECEIPT])).await;
+            }
+        }
+    }
+    let (code, why) = closing.get().copied().unwrap_or((close::INTERNAL, "user restarted; reconnect"));
+    let _ = routes.tell(&inbox, closing_note(code, why)).await;
+    remotes.remove(&inbox, conn);
+}
