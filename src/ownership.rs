@@ -32,6 +32,9 @@ pub struct Membership {
     routes: Arc<Routes>,
     /// The sockets other nodes hold for the users this node serves.
     remotes: Arc<Remotes>,
+    /// The HTTP router, which answers requests relayed from other nodes. (It holds the
+    /// server's shared handles, and so this: a cycle that lives as long as the process.)
+    router: Arc<std::sync::OnceLock<axum::Router>>,
     node: tokio::sync::Mutex<Option<Node>>,
 }
 
@@ -46,7 +49,7 @@ impl Membership {
         let node = Node::join(client.clone(), Options { id: id.clone(), timing: Timing::for_lease(lease), replicas: config.cluster_replicas.max(1) }).await?;
         let partitions = PartitionLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?;
         tracing::info!(node = %id, urls, "joined the cluster");
-        Ok(Membership { id, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), node: tokio::sync::Mutex::new(Some(node)) })
+        Ok(Membership { id, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)) })
     }
 
     /// Whether this node serves `user`'s partition (its events go through a local actor).
@@ -66,6 +69,16 @@ impl Membership {
         crate::remote::attach(self.routes.clone(), metrics, tenant, user, since, conn).await
     }
 
+    /// Relays an HTTP request about `user` to the node that serves her.
+    pub async fn relay(&self, tenant: &str, user: &str, req: axum::http::Request<bytes::Bytes>) -> Result<axum::http::Response<bytes::Bytes>, RouteError> {
+        crate::remote::relay(&self.routes, partition_of(tenant, user), req).await
+    }
+
+    /// Gives this node's router, which answers relayed requests.
+    pub fn set_router(&self, router: axum::Router) {
+        let _ = self.router.set(router);
+    }
+
     /// How many sockets other nodes hold for this node's users.
     pub fn remote_sockets(&self) -> usize {
         self.remotes.len()
@@ -75,7 +88,7 @@ impl Membership {
     pub async fn run(self: Arc<Self>, store: Store, users: Users, metrics: Arc<crate::metrics::Metrics>, outbox: usize, mut stop: watch::Receiver<bool>) {
         let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
         let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
-        let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox });
+        let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox, router: self.router.clone() });
         loop {
             let now: Owned = owned.borrow_and_update().clone();
             // Lost, or fenced anew, or its writer stopped: let go of it first.

@@ -52,6 +52,20 @@ enum Request {
     Refresh,
     /// The socket has closed.
     Detach,
+    /// An HTTP request about a user, answered by the owner's own router (`HttpAnswer`).
+    Http { method: String, uri: String, headers: Vec<(String, String)>, body: String },
+}
+
+/// The header that marks a request relayed from another node: its answer is this node's, and
+/// it is never relayed again.
+pub const RELAYED: &str = "accolade-relayed";
+
+/// The owner's answer to a relayed HTTP request. Bodies are the API's JSON, so text.
+#[derive(Serialize, Deserialize)]
+struct HttpAnswer {
+    status: u16,
+    content_type: Option<String>,
+    body: String,
 }
 
 /// The outcome of a forwarded HTTP event, as it comes back.
@@ -125,6 +139,27 @@ pub async fn forward(routes: &Routes, tenant: &str, event: Event, received_at: M
         // Timed out: the event may yet be taken there, and a resend is then a duplicate.
         Err(e) => unavailable(id, e.to_string()),
     }
+}
+
+/// Relays an HTTP request about a user of partition `p` to the node serving it, and returns
+/// that node's response, made by its own router from its user's actor.
+pub async fn relay(routes: &Routes, p: u16, req: axum::http::Request<Bytes>) -> Result<axum::http::Response<Bytes>, RouteError> {
+    let (parts, body) = req.into_parts();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != axum::http::header::HOST && *k != axum::http::header::CONTENT_LENGTH)
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let uri = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| parts.uri.path().to_string());
+    let r = Request::Http { method: parts.method.to_string(), uri, headers, body: String::from_utf8_lossy(&body).into_owned() };
+    let reply = routes.request(p, encode(&r), FORWARD_TIMEOUT).await?;
+    let a: HttpAnswer = serde_json::from_slice(&reply).map_err(|e| RouteError::Nats(format!("the serving node's answer did not decode: {e}")))?;
+    let mut res = axum::http::Response::builder().status(a.status);
+    if let Some(ct) = a.content_type {
+        res = res.header(axum::http::header::CONTENT_TYPE, ct);
+    }
+    res.body(Bytes::from(a.body)).map_err(|e| RouteError::Nats(format!("the serving node's answer is not a response: {e}")))
 }
 
 /// A socket of this node attached to its user's actor on another node. Dropping it detaches.
@@ -295,6 +330,8 @@ pub struct Answering {
     pub metrics: Arc<Metrics>,
     /// The outbox of a remote socket's connection, as for a local one (`--outbox-capacity`).
     pub outbox: usize,
+    /// This node's HTTP router, which answers relayed requests; set once the server is built.
+    pub router: Arc<OnceLock<axum::Router>>,
 }
 
 /// The handler for a served partition's messages.
@@ -318,6 +355,7 @@ impl Answering {
                 Some(Box::pin(async move { body }))
             }
             (Request::Event { tenant, event, received_at }, _) => Some(self.event(tenant, event, received_at)),
+            (Request::Http { method, uri, headers, body }, _) => Some(Box::pin(answer_http(self.router.get().cloned(), method, uri, headers, body))),
             (Request::Attach { tenant, user, .. }, Some(inbox)) if !self.log.serves(partition_of(&tenant, &user)) => {
                 let routes = self.routes.clone();
                 tokio::spawn(async move { routes.tell(&inbox, closing_note(close::INTERNAL, "user unavailable; reconnect")).await });
@@ -409,6 +447,38 @@ impl Answering {
             let _ = tx.try_send(protocol::error("unavailable", &format!("{e}; send it again"), Some(&id)));
         }
     }
+}
+
+/// A relayed HTTP request, through this node's router as if it had come here. The router
+/// answers with 503 if this node no longer serves the user (`RELAYED` stops a second relay).
+async fn answer_http(router: Option<axum::Router>, method: String, uri: String, headers: Vec<(String, String)>, body: String) -> Bytes {
+    use tower::ServiceExt;
+    let failed = |status: u16, why: String| HttpAnswer { status, content_type: Some("application/json".into()), body: serde_json::json!({ "error": "unavailable", "message": why }).to_string() };
+    let answer = match router {
+        None => failed(503, "the serving node is still starting; try again".into()),
+        Some(router) => {
+            let mut req = axum::http::Request::builder().method(method.as_str()).uri(uri);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            match req.header(RELAYED, "1").body(axum::body::Body::from(body)) {
+                Err(e) => failed(400, format!("the relayed request is not a request: {e}")),
+                Ok(req) => {
+                    let res = match router.oneshot(req).await {
+                        Ok(res) => res,
+                        Err(never) => match never {},
+                    };
+                    let status = res.status().as_u16();
+                    let content_type = res.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    match axum::body::to_bytes(res.into_body(), usize::MAX).await {
+                        Ok(b) => HttpAnswer { status, content_type, body: String::from_utf8_lossy(&b).into_owned() },
+                        Err(e) => failed(503, format!("the answer could not be read: {e}")),
+                    }
+                }
+            }
+        }
+    };
+    Bytes::from(serde_json::to_vec(&answer).expect("an answer encodes"))
 }
 
 fn answer_bytes(o: IngestOutcome) -> Bytes {

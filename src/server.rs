@@ -88,13 +88,19 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(crate::api::metrics))
         .route("/healthz", get(crate::api::healthz))
         .route("/readyz", get(crate::api::readyz))
-        .merge(crate::api::routes());
+        .merge(crate::api::routes(shared.clone()));
     if shared.demo {
         r = r.merge(crate::demo::routes());
     }
-    r.fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no_route", "no such route; the API is described at /v1/openapi.json".into()) })
+    let cluster = shared.cluster.clone();
+    let router = r
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no_route", "no such route; the API is described at /v1/openapi.json".into()) })
         .layer(axum::middleware::from_fn(request_id))
-        .with_state(shared)
+        .with_state(shared);
+    if let Some(m) = cluster {
+        m.set_router(router.clone());
+    }
+    router
 }
 
 /// Gives every request an id (the caller's `x-request-id`, or a fresh one), puts it on every

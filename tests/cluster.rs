@@ -623,6 +623,27 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     assert_eq!(post_until_taken(&api_b, &http_answer("f-2", &ub, "ex-1", true), Duration::from_secs(30)).await["status"], "accepted");
     assert_eq!(post(&api_a, &http_answer("f-3", &ub, "ex-1", true)).await["status"], "accepted");
 
+    // A user's queries on either node are answered by her actor, wherever it runs.
+    for (user, events) in [(&ua, 1), (&ub, 2)] {
+        let (sa, on_a) = api_a.get(&format!("/v1/users/{user}")).await;
+        let (sb, on_b) = api_b.get(&format!("/v1/users/{user}")).await;
+        assert_eq!((sa, sb), (200, 200), "{on_a} {on_b}");
+        assert_eq!(on_a, on_b, "one answer for {user}, whichever node is asked");
+        assert_eq!(on_b["events"], events, "{on_b}");
+        let (s, listed) = api_b.get(&format!("/v1/users/{user}/events")).await;
+        assert_eq!(s, 200, "{listed}");
+        assert_eq!(api_a.get(&format!("/v1/users/{user}/events")).await.1, listed);
+    }
+    // Her errors come back as her node gave them: an unknown badge, a user never seen (asked
+    // on the node that does not serve her), a bad key (refused where asked).
+    let (s, e) = api_b.get(&format!("/v1/users/{ua}/badges/no-such-badge")).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("unknown_badge")), "{e}");
+    let stranger = user_of("node-a", "stranger");
+    let (s, e) = api_b.get(&format!("/v1/users/{stranger}")).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("user_not_found")), "{e}");
+    let (s, e) = api_b.with_key(Some("wrong")).get(&format!("/v1/users/{ua}")).await;
+    assert_eq!((s, e["error"].as_str()), (401, Some("unauthorized")), "{e}");
+
     // node-a dies: until node-b has taken its partitions over, nobody serves ua and her event
     // is `unavailable` (the sender sends it again); then node-b takes it, and what node-a had
     // taken is known there.
@@ -630,6 +651,8 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     let again = http_answer("f-4", &ua, "ex-1", true);
     let r = post(&api_b, &again).await;
     assert_eq!((r["status"].as_str(), r["code"].as_str()), (Some("rejected"), Some("unavailable")), "{r}");
+    let (s, e) = api_b.get(&format!("/v1/users/{ua}")).await;
+    assert_eq!((s, e["error"].as_str()), (503, Some("unavailable")), "{e}");
     assert_eq!(post_until_taken(&api_b, &again, Duration::from_secs(30)).await["status"], "accepted");
     assert_eq!(post(&api_b, &first).await["status"], "duplicate", "rebuilt from JetStream on node-b");
 }

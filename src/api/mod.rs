@@ -36,8 +36,16 @@ pub use operations::{healthz, metrics, readyz};
 /// The largest request body, in bytes (a full batch of ordinary events fits many times over).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
-pub fn routes() -> Router<Arc<Shared>> {
+pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+    // A user's routes are answered by her actor; in cluster mode, on the node serving her.
+    let users = Router::new()
+        .route("/v1/users/{id}", get(users::get_user))
+        .route("/v1/users/{id}/progress", get(users::get_progress))
+        .route("/v1/users/{id}/badges/{badge}", get(users::get_badge))
+        .route("/v1/users/{id}/events", get(users::get_events))
+        .route_layer(axum::middleware::from_fn_with_state(shared, users::to_owner));
     Router::new()
+        .merge(users)
         .route("/v1/events", post(events::ingest))
         .route("/v1/dead-letters", get(events::list_dead_letters))
         .route("/v1/dead-letters/{id}", get(events::get_dead_letter).delete(events::delete_dead_letter))
@@ -49,10 +57,6 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/v1/catalogue/preview", post(catalogue::preview))
         .route("/v1/jobs", get(catalogue::list_jobs))
         .route("/v1/jobs/{id}", get(catalogue::get_job).delete(catalogue::cancel_job))
-        .route("/v1/users/{id}", get(users::get_user))
-        .route("/v1/users/{id}/progress", get(users::get_progress))
-        .route("/v1/users/{id}/badges/{badge}", get(users::get_badge))
-        .route("/v1/users/{id}/events", get(users::get_events))
         .route("/v1/leaderboards", get(leaderboards::list))
         .route("/v1/leaderboards/{id}", get(leaderboards::standings))
         .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))

@@ -18,6 +18,30 @@ use utoipa::ToSchema;
 // Users
 // ---------------------------------------------------------------------------------------------
 
+/// In cluster mode, a request about a user another node serves is relayed there whole and
+/// answered by that node's router; one relayed here for a user this node no longer serves is
+/// `unavailable` (try again) rather than answered from a disk that may not hold her.
+pub(super) async fn to_owner(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(params): Path<std::collections::HashMap<String, String>>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (Some(m), Some(user)) = (&shared.cluster, params.get("id")) else { return next.run(req).await };
+    if m.serves(&tenant, user) {
+        return next.run(req).await;
+    }
+    let unavailable = |why: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why).into_response();
+    if req.headers().contains_key(crate::remote::RELAYED) {
+        return unavailable("this node no longer serves the user; try again".into());
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, super::MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return bad("invalid_body", format!("the body could not be read: {e}")).into_response(),
+    };
+    match m.relay(&tenant, user, axum::http::Request::from_parts(parts, body)).await {
+        Ok(res) => res.map(axum::body::Body::from).into_response(),
+        Err(e) => unavailable(format!("{e}; try again")),
+    }
+}
+
 /// Asks a user's actor a question; 404 for a user the tenant has never seen.
 pub(super) async fn ask<T: Send + 'static>(shared: &Arc<Shared>, tenant: &str, user: &str, f: impl FnOnce(UserView<'_>) -> T + Send + 'static) -> Result<T, ApiError> {
     if user.is_empty() || user.len() > 128 || user.contains('\0') {
