@@ -2,8 +2,8 @@
 //! reaches them. A socket whose bounded outbox is full is a slow client and is let go (its
 //! session closes it), so one client never holds up its user's actor.
 //!
-//! This is the seam where cross-node routing goes: in a cluster, a user's sockets may be held
-//! by another node, and `one`, `all`, `add` and `remove` are what such a route must provide.
+//! In cluster mode a socket another node holds is here too, as a connection like any other:
+//! its outbox is drained onto NATS by `remote.rs`, so the actor does not know the difference.
 
 use super::Conn;
 use crate::metrics::Metrics;
