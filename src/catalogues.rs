@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use crate::cluster::catalog::{CatalogLogError, CatalogueLog};
 
 /// Where a catalogue version came from.
 pub const FROM_FILE: &str = "file";
@@ -70,6 +71,21 @@ pub enum ChangeError {
     BadRequest(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// Cluster mode: another node made a version at the same time.
+    #[error("{0}")]
+    Conflict(String),
+    /// Cluster mode: the cluster's history could not be reached.
+    #[error("{0}")]
+    Cluster(String),
+}
+
+impl From<CatalogLogError> for ChangeError {
+    fn from(e: CatalogLogError) -> ChangeError {
+        match e {
+            CatalogLogError::Conflict => ChangeError::Conflict("the catalogue was changed on another node at the same moment; this change was not made: send it again".into()),
+            CatalogLogError::Nats(m) => ChangeError::Cluster(format!("the cluster's catalogue history cannot be reached ({m}); try again")),
+        }
+    }
 }
 
 /// A validated change, before or after it is applied.
@@ -90,6 +106,10 @@ pub struct Catalogues {
     versions: DashMap<(String, u64), Arc<Catalogue>>,
     /// One change at a time, so versions are numbered without gaps or races.
     changing: tokio::sync::Mutex<()>,
+    /// Cluster mode: the cluster's one history, where a new version goes before anything else
+    /// (`join_cluster`), and the stream sequence of each tenant's last version this node has.
+    cluster: OnceLock<Arc<CatalogueLog>>,
+    seqs: Mutex<HashMap<String, u64>>,
 }
 
 fn compile(document: &str) -> Result<Catalogue, CatalogueError> {
@@ -131,9 +151,20 @@ fn by_id(list: Option<&Json>) -> HashMap<String, Json> {
 impl Catalogues {
     /// Loads every tenant's catalogue in force, storing the file's as the first version of a
     /// tenant that has none, and a new version when the file changed while the server was down.
-    pub async fn open(store: Store, file: Option<PathBuf>, tenants: &[String], now: Millis) -> anyhow::Result<Catalogues> {
+    ///
+    /// A cluster node (`clustered`) leaves a changed file alone here: its catalogues are the
+    /// cluster's (`join_cluster`), and the file only seeds a cluster that has none.
+    pub async fn open(store: Store, file: Option<PathBuf>, tenants: &[String], now: Millis, clustered: bool) -> anyhow::Result<Catalogues> {
         let base = read_file(&file)?;
-        let cats = Catalogues { store, file, current: RwLock::new(HashMap::new()), versions: DashMap::new(), changing: tokio::sync::Mutex::new(()) };
+        let cats = Catalogues {
+            store,
+            file,
+            current: RwLock::new(HashMap::new()),
+            versions: DashMap::new(),
+            changing: tokio::sync::Mutex::new(()),
+            cluster: OnceLock::new(),
+            seqs: Mutex::default(),
+        };
         for t in tenants {
             match cats.store.last::<StoredCatalogue>(Kind::Catalogue, t)? {
                 None => {
@@ -142,7 +173,7 @@ impl Catalogues {
                 }
                 Some((_, s)) => {
                     let doc: Json = serde_json::from_str(&s.document)?;
-                    if s.origin == FROM_FILE && without_version(&doc) != without_version(&base) {
+                    if !clustered && s.origin == FROM_FILE && without_version(&doc) != without_version(&base) {
                         cats.install(t, s.version + 1, base.clone(), FROM_FILE, "file changed".into(), now).await?;
                     } else {
                         let cat = Arc::new(compile(&s.document).map_err(|e| anyhow::anyhow!("stored catalogue of tenant `{t}` version {}: {e}", s.version))?);
@@ -232,19 +263,30 @@ impl Catalogues {
                 doc["xp"] = Json::Array(items);
             }
         }
-        let last = self.store.last::<StoredCatalogue>(Kind::Catalogue, tenant)?.map_or(previous.version, |(v, _)| v);
-        doc["version"] = Json::from(last + 1);
+        doc["version"] = Json::from(self.next_version(tenant, previous.version)?);
         let catalogue = Arc::new(compile(&doc.to_string())?);
         Ok(diff(catalogue, previous, &doc))
     }
 
     /// Validates, stores and swaps in a change. Returns the new version and what it changed.
+    ///
+    /// In a cluster, a change that another node's change beat to the next version is made
+    /// again on top of that one, as two changes on one node are made one after the other.
     pub async fn apply(&self, tenant: &str, change: &Change, now: Millis) -> Result<Candidate, ChangeError> {
         let _one = self.changing.lock().await;
-        let c = self.candidate(tenant, change)?;
-        let doc: Json = serde_json::from_str(&c.catalogue.source).map_err(|e| ChangeError::BadRequest(e.to_string()))?;
-        self.store_version(tenant, c.catalogue.clone(), &doc, FROM_API, change.describe(), now).await?;
-        Ok(c)
+        let mut tries = 0;
+        loop {
+            let c = self.candidate(tenant, change)?;
+            let doc: Json = serde_json::from_str(&c.catalogue.source).map_err(|e| ChangeError::BadRequest(e.to_string()))?;
+            match self.store_version(tenant, c.catalogue.clone(), &doc, FROM_API, change.describe(), now).await {
+                Ok(()) => return Ok(c),
+                Err(ChangeError::Conflict(_)) if tries < 10 => {
+                    tries += 1;
+                    self.catch_up_locked(tenant).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Re-reads the file (SIGHUP) and makes a new version for every tenant whose catalogue is
@@ -264,8 +306,7 @@ impl Catalogues {
             if without_version(&doc) == without_version(&base) {
                 continue;
             }
-            let last = self.store.last::<StoredCatalogue>(Kind::Catalogue, &t)?.map_or(cat.version, |(v, _)| v);
-            let v = self.install(&t, last + 1, base.clone(), FROM_FILE, "file reloaded".into(), now).await?;
+            let v = self.install(&t, self.next_version(&t, cat.version)?, base.clone(), FROM_FILE, "file reloaded".into(), now).await?;
             let new = self.version(&t, v).ok_or_else(|| anyhow::anyhow!("version {v} vanished"))?;
             let doc: Json = serde_json::from_str(&new.source)?;
             changed.push((t, diff(new, cat, &doc)));
@@ -281,13 +322,140 @@ impl Catalogues {
         Ok(version)
     }
 
-    async fn store_version(&self, tenant: &str, cat: Arc<Catalogue>, doc: &Json, origin: &str, change: String, now: Millis) -> Result<(), StoreError> {
+    /// The number a new version of `tenant`'s gets, after `current`, the one in force. A cluster
+    /// node counts from the cluster's last version, which is the one in force.
+    fn next_version(&self, tenant: &str, current: u64) -> Result<u64, StoreError> {
+        if self.cluster.get().is_some() {
+            return Ok(current + 1);
+        }
+        Ok(self.store.last::<StoredCatalogue>(Kind::Catalogue, tenant)?.map_or(current, |(v, _)| v) + 1)
+    }
+
+    fn seq(&self, tenant: &str) -> u64 {
+        self.seqs.lock().expect("not poisoned").get(tenant).copied().unwrap_or(0)
+    }
+
+    async fn store_version(&self, tenant: &str, cat: Arc<Catalogue>, doc: &Json, origin: &str, change: String, now: Millis) -> Result<(), ChangeError> {
         let stored = StoredCatalogue { version: cat.version, origin: origin.into(), created_at: now, change, document: doc.to_string() };
+        // In a cluster, the cluster's history first: the version exists once it is there, and
+        // only if no other node made one since the last this node knows of.
+        if let Some(log) = self.cluster.get() {
+            let body = serde_json::to_vec(&stored).map_err(|e| ChangeError::BadRequest(e.to_string()))?;
+            let seq = log.append(tenant, self.seq(tenant), body.into()).await?;
+            self.seqs.lock().expect("not poisoned").insert(tenant.to_string(), seq);
+        }
         // Durable before it is in force: an event is never judged by a version that could be lost.
         self.store.write(vec![store::writes::put(Kind::Catalogue, tenant, cat.version, &stored)]).await?;
         self.versions.insert((tenant.to_string(), cat.version), cat.clone());
         self.current.write().expect("catalogue lock").insert(tenant.to_string(), (cat, origin.into()));
         Ok(())
+    }
+}
+
+/// Cluster mode: one catalogue history for every node.
+impl Catalogues {
+    /// Makes this node's catalogues the cluster's: a tenant the cluster has no history for is
+    /// given this node's (the file's first version, on a new cluster); otherwise the cluster's
+    /// versions are stored here and its last is put in force, whatever this disk held. From
+    /// then on every new version goes to the cluster first (`store_version`).
+    pub async fn join_cluster(&self, log: Arc<CatalogueLog>, tenants: &[String]) -> Result<(), ChangeError> {
+        let _one = self.changing.lock().await;
+        for t in tenants {
+            let mut history = log.history(t, 0).await?;
+            if history.is_empty() {
+                let mut after = 0;
+                for (_, s) in self.store.list::<StoredCatalogue>(Kind::Catalogue, t, None, usize::MAX)? {
+                    match log.append(t, after, serde_json::to_vec(&s).expect("a version encodes").into()).await {
+                        Ok(seq) => after = seq,
+                        // Another node gave the cluster its history first: that one stands.
+                        Err(CatalogLogError::Conflict) => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                history = log.history(t, 0).await?;
+            }
+            for e in history {
+                self.adopt_locked(t, e.sequence, &e.body, true).await?;
+            }
+        }
+        let _ = self.cluster.set(log);
+        Ok(())
+    }
+
+    /// A version from the cluster's history, stored here and put in force if it is newer than
+    /// the one in force (or, with `force`, in any case). One this node has already is skipped.
+    async fn adopt_locked(&self, tenant: &str, seq: u64, body: &[u8], force: bool) -> Result<bool, ChangeError> {
+        if seq <= self.seq(tenant) || self.current(tenant).is_none() {
+            return Ok(false);
+        }
+        let stored: StoredCatalogue = serde_json::from_slice(body).map_err(|e| ChangeError::Cluster(format!("a version in the cluster's history did not decode: {e}")))?;
+        let cat = Arc::new(compile(&stored.document)?);
+        self.store.write(vec![store::writes::put(Kind::Catalogue, tenant, stored.version, &stored)]).await?;
+        self.versions.insert((tenant.to_string(), stored.version), cat.clone());
+        let newer = self.current(tenant).is_none_or(|c| c.version < stored.version);
+        if newer || force {
+            tracing::info!(tenant, version = stored.version, change = %stored.change, "catalogue version from the cluster in force");
+            self.current.write().expect("catalogue lock").insert(tenant.to_string(), (cat, stored.origin));
+        }
+        self.seqs.lock().expect("not poisoned").insert(tenant.to_string(), seq);
+        Ok(true)
+    }
+
+    /// Takes in every version the cluster has that this node has not, for every tenant: run
+    /// before a partition is served, so that its users' events are replayed and judged by the
+    /// versions they were judged by elsewhere.
+    pub async fn catch_up(&self) -> Result<(), ChangeError> {
+        let Some(log) = self.cluster.get() else { return Ok(()) };
+        let tenants: Vec<String> = self.current.read().expect("catalogue lock").keys().cloned().collect();
+        for t in tenants {
+            if log.last(&t).await? <= self.seq(&t) {
+                continue;
+            }
+            let _one = self.changing.lock().await;
+            self.catch_up_locked(&t).await?;
+        }
+        Ok(())
+    }
+
+    /// `catch_up` for one tenant, with the change lock held.
+    async fn catch_up_locked(&self, tenant: &str) -> Result<(), ChangeError> {
+        let Some(log) = self.cluster.get() else { return Ok(()) };
+        for e in log.history(tenant, self.seq(tenant)).await? {
+            self.adopt_locked(tenant, e.sequence, &e.body, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the cluster's history until `stop`: each version another node makes is put in
+    /// force here as it is appended. A broken stream is followed again from where it broke.
+    pub async fn follow(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        use futures_util::StreamExt;
+        let Some(log) = self.cluster.get().cloned() else { return };
+        loop {
+            // From the oldest last version known: each tenant skips what it has.
+            let after = self.seqs.lock().expect("not poisoned").values().copied().min().unwrap_or(0);
+            match log.follow(after).await {
+                Ok(entries) => {
+                    let mut entries = std::pin::pin!(entries);
+                    loop {
+                        let e = tokio::select! {
+                            e = entries.next() => e,
+                            _ = stop.changed() => return,
+                        };
+                        let Some(Ok(e)) = e else { break };
+                        let _one = self.changing.lock().await;
+                        if let Err(err) = self.adopt_locked(&e.tenant, e.sequence, &e.body, false).await {
+                            tracing::error!(tenant = %e.tenant, error = %err, "a catalogue version from the cluster could not be taken in");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "following the cluster's catalogue history failed; trying again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+        }
     }
 }
 

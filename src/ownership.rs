@@ -28,6 +28,8 @@ use tokio::sync::watch;
 pub struct Membership {
     pub id: String,
     pub log: Arc<ClusterLog>,
+    /// The cluster's catalogue history.
+    pub catalog: Arc<crate::cluster::catalog::CatalogueLog>,
     partitions: PartitionLog,
     routes: Arc<Routes>,
     /// The sockets other nodes hold for the users this node serves.
@@ -48,8 +50,9 @@ impl Membership {
         let lease = Duration::from_millis(config.cluster_lease_ms.max(400));
         let node = Node::join(client.clone(), Options { id: id.clone(), timing: Timing::for_lease(lease), replicas: config.cluster_replicas.max(1) }).await?;
         let partitions = PartitionLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?;
+        let catalog = Arc::new(crate::cluster::catalog::CatalogueLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?);
         tracing::info!(node = %id, urls, "joined the cluster");
-        Ok(Membership { id, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)) })
+        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)) })
     }
 
     /// Whether this node serves `user`'s partition (its events go through a local actor).
@@ -85,7 +88,7 @@ impl Membership {
     }
 
     /// Serves the partitions this node owns, until `stop`.
-    pub async fn run(self: Arc<Self>, store: Store, users: Users, metrics: Arc<crate::metrics::Metrics>, outbox: usize, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, store: Store, users: Users, catalogues: Arc<crate::catalogues::Catalogues>, metrics: Arc<crate::metrics::Metrics>, outbox: usize, mut stop: watch::Receiver<bool>) {
         let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
         let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
         let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox, router: self.router.clone() });
@@ -100,8 +103,15 @@ impl Membership {
                 users.drop_where(|t, u| partition_of(t, u) == p).await;
                 tracing::info!(partition = p, "partition let go of");
             }
+            // A partition gained is served only once this node has every catalogue version
+            // the cluster has: its users' events were judged by them elsewhere.
+            let gains = now.keys().any(|p| !served.contains_key(p));
+            let caught_up = match gains {
+                false => true,
+                true => catalogues.catch_up().await.map_err(|e| tracing::warn!(error = %e, "taking in the cluster's catalogue versions failed; trying again")).is_ok(),
+            };
             for (&p, fence) in &now {
-                if served.contains_key(&p) {
+                if served.contains_key(&p) || !caught_up {
                     continue;
                 }
                 // The writer of a partition whose last one stopped needs a fence of its own:

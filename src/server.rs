@@ -35,7 +35,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir).map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
     let tenants: Vec<String> = secrets.iter().map(|(t, _)| t.clone()).collect();
-    let catalogues = Arc::new(Catalogues::open(store.clone(), config.catalogue.clone(), &tenants, crate::clock::now_ms()).await?);
+    let catalogues = Arc::new(Catalogues::open(store.clone(), config.catalogue.clone(), &tenants, crate::clock::now_ms(), config.cluster.is_some()).await?);
     let boards = Arc::new(Boards::default());
     // A blocking scan, run once before any traffic is served: the scores of open periods.
     let loaded = boards.load(&store).map_err(|e| anyhow::anyhow!("loading leaderboards: {e}"))?;
@@ -51,6 +51,20 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         Some(_) => Some(Arc::new(crate::ownership::Membership::join(&config, &store).await?)),
         None => None,
     };
+    // The catalogues are the cluster's before any event is judged by them.
+    if let Some(m) = &cluster {
+        // A stream created a moment ago may still be electing its leader: its reads time out
+        // for a while, so the join is tried again for a bounded time.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Err(e) = catalogues.join_cluster(m.catalog.clone(), &tenants).await {
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("joining the cluster's catalogue history: {e}");
+            }
+            tracing::warn!(error = %e, "joining the cluster's catalogue history failed; trying again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::spawn(catalogues.clone().follow(shutdown.subscribe()));
+    }
     let log: Arc<dyn crate::store::EventLog> = match &cluster {
         Some(m) => m.log.clone(),
         None => Arc::new(store.clone()),
@@ -58,7 +72,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let env = crate::user::Env { config: config.clone(), log, catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
     if let Some(m) = &cluster {
-        tokio::spawn(m.clone().run(store.clone(), users.clone(), metrics.clone(), config.outbox_capacity, shutdown.subscribe()));
+        tokio::spawn(m.clone().run(store.clone(), users.clone(), catalogues.clone(), metrics.clone(), config.outbox_capacity, shutdown.subscribe()));
     }
     let backfills = Backfills::new(store.clone(), catalogues.clone(), users.clone(), metrics.clone(), config.backfill_users_per_sec, shutdown.subscribe());
     Ok(Arc::new(Shared {

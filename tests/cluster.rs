@@ -398,7 +398,7 @@ async fn connect_served(url: &str, user: &str, limit: Duration) -> Client {
 /// Three NATS servers and two node binaries, `node-a` and `node-b`, with a 3 s lease.
 struct TwoNodes {
     a: Server,
-    _b: Server,
+    b: Server,
     port_a: u16,
     port_b: u16,
     _nats: Cluster,
@@ -419,7 +419,7 @@ impl TwoNodes {
         };
         let a = node("node-a", port_a).await;
         let b = node("node-b", port_b).await;
-        TwoNodes { a, _b: b, port_a, port_b, _nats: nats, _dir: dir }
+        TwoNodes { a, b, port_a, port_b, _nats: nats, _dir: dir }
     }
 
     fn ws_a(&self) -> String {
@@ -791,4 +791,76 @@ async fn a_node_paused_past_its_lease_acks_nothing_when_it_wakes_and_the_user_st
         }
     }
     assert_eq!(new, (20..25).map(|i| format!("p-{i}")).collect(), "the five events node-a could not write are new, once each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_change_on_any_node_is_one_version_for_the_whole_cluster() {
+    let mut nodes = TwoNodes::start().await;
+    let (api_a, api_b) = (Api::demo_at(nodes.port_a), Api::demo_at(nodes.port_b));
+    let ub = user_of("node-b", "fan");
+    // Wait until node-b serves its users.
+    let _ = connect_served(&nodes.ws_b(), &ub, Duration::from_secs(30)).await;
+
+    // Both nodes started from the same file; the cluster holds its version once.
+    let (_, va) = api_a.get("/v1/catalogue/versions").await;
+    let (_, vb) = api_b.get("/v1/catalogue/versions").await;
+    assert_eq!(va["versions"].as_array().map(Vec::len), Some(1), "{va}");
+    assert_eq!(va, vb, "one history");
+
+    // A badge put on node-a is in force on node-b at once, for the users node-b serves.
+    let badge = serde_json::json!({ "name": "Login Fan", "tier": "bronze", "xp": 5, "rule": { "kind": "count", "event": "login", "target": 2 } });
+    let (st, v) = api_a.call("PUT", "/v1/catalogue/badges/login-fan", Some(&badge)).await;
+    assert_eq!((st, v["version"].as_u64()), (201, Some(2)), "{v}");
+    assert!(v["backfill_skipped"].as_str().is_some_and(|w| w.contains("cluster mode")), "no backfill is claimed: {v}");
+    let cur = api_b.wait_for("/v1/catalogue", 10, |c| c["version"] == 2).await;
+    assert_eq!(cur["current"], true);
+    let login = |id: &str| http_event(id, &ub, "login", serde_json::json!({}));
+    let r = api_b.ingest(vec![login("fan-1"), login("fan-2")]).await;
+    assert_eq!(r["results"][1]["unlocks"], serde_json::json!(["login-fan"]), "{r}");
+
+    // Changes sent to both nodes at the same moment are all made, each a version of its own,
+    // numbered without a gap, as on one node: one that another node beat to the next version
+    // is made again on top of it. Both nodes end with the same history.
+    let mut made = vec![];
+    let mut refused = 0;
+    for i in 0..8 {
+        let rule = |n: u64| serde_json::json!({ "event": "login", "amount": n });
+        let (path_a, path_b, rule_a, rule_b) = (format!("/v1/catalogue/xp/race-a-{i}"), format!("/v1/catalogue/xp/race-b-{i}"), rule(1), rule(2));
+        let (ra, rb) = tokio::join!(api_a.call("PUT", &path_a, Some(&rule_a)), api_b.call("PUT", &path_b, Some(&rule_b)));
+        for (st, v) in [ra, rb] {
+            match st {
+                201 => made.push(v["version"].as_u64().unwrap()),
+                409 => {
+                    assert_eq!(v["error"], "catalogue_conflict", "{v}");
+                    refused += 1;
+                }
+                _ => panic!("{st} {v}"),
+            }
+        }
+    }
+    made.sort();
+    assert_eq!(made, (3..19).collect::<Vec<_>>(), "every change made, distinct versions, no gaps ({refused} refused)");
+    let last = 2 + made.len() as u64;
+    let complete = |v: &serde_json::Value| v["versions"].as_array().is_some_and(|l| l.len() as u64 == last && l[l.len() - 1]["current"] == true);
+    let on_a = api_a.wait_for("/v1/catalogue/versions", 10, complete).await;
+    let on_b = api_b.wait_for("/v1/catalogue/versions", 10, complete).await;
+    assert_eq!(on_a, on_b, "one history on both nodes");
+    assert_eq!(api_a.get("/v1/catalogue").await.1["version"], last);
+    assert_eq!(api_b.get("/v1/catalogue").await.1["version"], last);
+
+    // node-b dies; node-a takes its users over with the versions their events were judged by:
+    // the login fan keeps her badge and her events.
+    nodes.b.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let user = loop {
+        let (st, u) = api_a.get(&format!("/v1/users/{ub}")).await;
+        if st == 200 {
+            break u;
+        }
+        assert_eq!((st, u["error"].as_str()), (503, Some("unavailable")), "{u}");
+        assert!(Instant::now() < deadline, "node-a did not take {ub} over: {u}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(user["events"], 2, "{user}");
+    assert!(user["badges"].as_array().unwrap().iter().any(|b| b["id"] == "login-fan"), "{user}");
 }

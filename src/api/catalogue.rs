@@ -103,6 +103,11 @@ pub struct ChangeResult {
     pub new_stats: usize,
     /// The backfill job, when one was started.
     pub job: Option<JobRecord>,
+    /// Why no backfill was started although one was due: in cluster mode backfills do not
+    /// run yet (docs/cluster.md), and stored users earn the change's badges by their next
+    /// events only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill_skipped: Option<String>,
 }
 
 async fn change(shared: Arc<Shared>, tenant: String, change: Change, q: ChangeQuery) -> Response {
@@ -112,7 +117,9 @@ async fn change(shared: Arc<Shared>, tenant: String, change: Change, q: ChangeQu
     };
     tracing::info!(tenant = %tenant, version = cand.catalogue.version, changed = cand.changed_badges.len(), "catalogue changed");
     let wants = !cand.changed_badges.is_empty() || !cand.new_stats.is_empty();
-    let job = if wants && q.backfill.unwrap_or(true) {
+    let due = wants && q.backfill.unwrap_or(true);
+    let backfill_skipped = (due && shared.cluster.is_some()).then(|| "backfills do not run in cluster mode yet; stored users are judged by this version from their next event on".to_string());
+    let job = if due && backfill_skipped.is_none() {
         match shared.backfills.start(&tenant, &cand, q.notify.unwrap_or(false)).await {
             Ok(j) => Some(j),
             Err(e) => return internal(e).into_response(),
@@ -120,7 +127,7 @@ async fn change(shared: Arc<Shared>, tenant: String, change: Change, q: ChangeQu
     } else {
         None
     };
-    let body = ChangeResult { version: cand.catalogue.version, changed_badges: cand.changed_badges, new_stats: cand.new_stats.len(), job };
+    let body = ChangeResult { version: cand.catalogue.version, changed_badges: cand.changed_badges, new_stats: cand.new_stats.len(), job, backfill_skipped };
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
@@ -129,7 +136,7 @@ async fn change(shared: Arc<Shared>, tenant: String, change: Change, q: ChangeQu
 /// Validates the document, stores it as a new version (its `version` is set by the server)
 /// and puts it in force at once.
 #[utoipa::path(put, path = "/v1/catalogue", tag = "catalogue", params(ChangeQuery), request_body(content = Object, description = "A catalogue document (docs/catalogue.md), as JSON"),
-    responses((status = 201, body = ChangeResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, description = "The catalogue is not valid", body = ErrorBody)),
+    responses((status = 201, body = ChangeResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Cluster mode: another node changed the catalogue at the same moment; nothing changed", body = ErrorBody), (status = 422, description = "The catalogue is not valid", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn replace_catalogue(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Query(q): Query<ChangeQuery>, body: Result<Bytes, BytesRejection>) -> Response {
     match json_body::<Json_>(body) {
@@ -153,7 +160,7 @@ fn with_id(mut v: Json_, id: &str, what: &str) -> Result<Json_, ApiError> {
 /// Create or replace a badge
 #[utoipa::path(put, path = "/v1/catalogue/badges/{id}", tag = "catalogue", params(("id" = String, Path, description = "Badge id"), ChangeQuery),
     request_body(content = Object, description = "A badge definition (docs/catalogue.md)"),
-    responses((status = 201, body = ChangeResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 201, body = ChangeResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Cluster mode: another node changed the catalogue at the same moment; nothing changed", body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn put_badge(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, Query(q): Query<ChangeQuery>, body: Result<Bytes, BytesRejection>) -> Response {
     match json_body::<Json_>(body).and_then(|b| with_id(b, &id, "badge")) {
@@ -166,7 +173,7 @@ pub async fn put_badge(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant
 ///
 /// Nobody earns it any more; users who own it keep it.
 #[utoipa::path(delete, path = "/v1/catalogue/badges/{id}", tag = "catalogue", params(("id" = String, Path, description = "Badge id")),
-    responses((status = 201, body = ChangeResult), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 201, body = ChangeResult), (status = 401, body = ErrorBody), (status = 409, description = "Cluster mode: another node changed the catalogue at the same moment; nothing changed", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn retire_badge(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Response {
     change(shared, tenant, Change::RetireBadge { id }, ChangeQuery { backfill: Some(false), notify: None }).await
 }
@@ -174,7 +181,7 @@ pub async fn retire_badge(State(shared): State<Arc<Shared>>, Tenant(tenant): Ten
 /// Create or replace an XP rule
 #[utoipa::path(put, path = "/v1/catalogue/xp/{id}", tag = "catalogue", params(("id" = String, Path, description = "XP rule id")),
     request_body(content = Object, description = "An XP rule (docs/catalogue.md)"),
-    responses((status = 201, body = ChangeResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 201, body = ChangeResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Cluster mode: another node changed the catalogue at the same moment; nothing changed", body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn put_xp(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
     match json_body::<Json_>(body).and_then(|b| with_id(b, &id, "XP rule")) {
@@ -187,7 +194,7 @@ pub async fn put_xp(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, P
 ///
 /// XP already granted stays; the rule grants no more.
 #[utoipa::path(delete, path = "/v1/catalogue/xp/{id}", tag = "catalogue", params(("id" = String, Path, description = "XP rule id")),
-    responses((status = 201, body = ChangeResult), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 201, body = ChangeResult), (status = 401, body = ErrorBody), (status = 409, description = "Cluster mode: another node changed the catalogue at the same moment; nothing changed", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn remove_xp(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Response {
     change(shared, tenant, Change::RemoveXp { id }, ChangeQuery { backfill: Some(false), notify: None }).await
 }

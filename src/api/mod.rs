@@ -160,6 +160,8 @@ fn change_error(e: ChangeError) -> Response {
         ChangeError::NotFound(m) => not_found("not_found", m).into_response(),
         ChangeError::BadRequest(m) => bad("invalid_body", m).into_response(),
         ChangeError::Store(e) => internal(e).into_response(),
+        ChangeError::Conflict(m) => ApiError(StatusCode::CONFLICT, "catalogue_conflict", m).into_response(),
+        ChangeError::Cluster(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m).into_response(),
     }
 }
 

@@ -1,8 +1,8 @@
 //! Cluster mode on NATS JetStream (issue 21), as far as it is built: which partition a user
 //! is in, which node owns each partition through a lease, each partition's fenced log, and
-//! the changelog of sled writes in it.
-//! The event path does not go through it yet; docs/cluster.md says what is built and what is
-//! to come. Only this module imports `async-nats`.
+//! the changelog of sled writes in it, messages between nodes, and the catalogue history;
+//! docs/cluster.md says what is built and what is to come. Only this module imports
+//! `async-nats`.
 //!
 //! - [`partition`]: a user's partition and a partition's preferred node. Pure.
 //! - [`lease`]: the lease state machine, time passed in. Pure.
@@ -11,8 +11,10 @@
 //! - [`changelog`]: a partition's sled writes in its log, batched, and their replay.
 //! - [`eventlog`]: the event log of a cluster node (changelog first, then the local sled),
 //!   and the rebuild of a partition's users from the changelog.
-//! - [`route`]: requests for a partition's owner over core NATS.
+//! - [`route`]: messages for a partition's owner over core NATS, and inboxes for replies.
+//! - [`catalog`]: the cluster's one history of every tenant's catalogue versions.
 
+pub mod catalog;
 pub mod changelog;
 pub mod eventlog;
 pub mod lease;
