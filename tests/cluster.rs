@@ -422,6 +422,14 @@ impl TwoNodes {
         TwoNodes { a, b, port_a, port_b, _nats: nats, _dir: dir }
     }
 
+    /// Starts one more node, `id`, on the same NATS servers.
+    async fn join(&self, id: &str) -> (Server, u16) {
+        let port = free_port();
+        let urls = self._nats.urls.join(",");
+        let args = ["--cluster", &urls, "--node-id", id, "--cluster-lease-ms", "3000"];
+        (start_with(&self._dir.path().join(id), port, &args).await, port)
+    }
+
     fn ws_a(&self) -> String {
         format!("ws://127.0.0.1:{}/v1/ws", self.port_a)
     }
@@ -493,6 +501,14 @@ async fn acked_events_survive_the_owners_kill_9(via: &str) {
     let fresh = connect_served(&nodes.ws_b(), &user, Duration::from_secs(10)).await;
     assert_exact(&fresh.welcome, &user, &events, &at, &seen);
     eprintln!("node-b served {user} {failover:?} after node-a was killed (lease 3 s); {} of 300 acked before the kill, over {via}", seen.acked.len());
+
+    // `accolade replay` on node-b's disk, which holds her only as rebuilt from JetStream and
+    // then served, rebuilds her from the log alone and finds the stored state.
+    nodes.b.kill9();
+    let data = nodes._dir.path().join("node-b");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accolade")).args(["--data-dir", data.to_str().unwrap(), "replay"]).env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("replayed 1 users") && text.contains(" 0 differences"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -863,4 +879,140 @@ async fn a_catalogue_change_on_any_node_is_one_version_for_the_whole_cluster() {
     };
     assert_eq!(user["events"], 2, "{user}");
     assert!(user["badges"].as_array().unwrap().iter().any(|b| b["id"] == "login-fan"), "{user}");
+}
+
+/// Streams `events` for `user` over sockets of `url`, one every 20 ms, as accolade.js would:
+/// whenever the socket closes, it reconnects (to the same node) and resends what was sent and
+/// not acknowledged, then goes on, until every event is acknowledged. What the client was told
+/// is in `seen`; the second value counts the sockets closed on it. `quarter` hears once a
+/// quarter of the events are acknowledged.
+async fn stream_through_moves(url: String, user: String, events: Vec<(String, String, bool)>, at: String, quarter: tokio::sync::mpsc::UnboundedSender<()>) -> (common::answers::Seen, usize) {
+    use common::answers::{answer_msg, Seen};
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = Seen::default();
+    let (mut closes, mut next, mut told) = (0, 0, false);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    'connect: while seen.acked.len() < events.len() {
+        assert!(Instant::now() < deadline, "{user}: {} of {} acked after 120 s", seen.acked.len(), events.len());
+        let mut c = connect_served(&url, &user, Duration::from_secs(60)).await;
+        for e in events[..next].iter().filter(|e| !seen.acked.contains(&e.0)) {
+            if c.ws.feed(Message::text(answer_msg(e, &at))).await.is_err() {
+                closes += 1;
+                continue 'connect;
+            }
+        }
+        let mut heard = Instant::now();
+        while seen.acked.len() < events.len() {
+            if next < events.len() {
+                if c.ws.send(Message::text(answer_msg(&events[next], &at))).await.is_err() {
+                    closes += 1;
+                    continue 'connect;
+                }
+                next += 1;
+            }
+            let until = tokio::time::Instant::now() + Duration::from_millis(20);
+            loop {
+                match tokio::time::timeout_at(until, futures_util::StreamExt::next(&mut c.ws)).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        heard = Instant::now();
+                        let m: serde_json::Value = serde_json::from_str(&t).unwrap();
+                        assert_ne!(m["type"], "error", "{user}: {m}");
+                        seen.note(&m);
+                        if !told && seen.acked.len() * 4 >= events.len() {
+                            told = true;
+                            let _ = quarter.send(());
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(_) => {
+                        closes += 1;
+                        continue 'connect;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if heard.elapsed() > Duration::from_secs(15) {
+                closes += 1;
+                continue 'connect;
+            }
+        }
+    }
+    (seen, closes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_moved_to_a_joining_node_while_events_flow_lose_and_repeat_nothing() {
+    use accolade::cluster::partition::partition_of;
+    let nodes = TwoNodes::start().await;
+    let three = ["node-a", "node-b", "node-c"];
+    let owner_when_three = |u: &str| preferred(partition_of("demo", u), three).unwrap().to_string();
+    // Two users who will move to node-c, and two who stay; each streamed over a socket of a
+    // node that does not serve her now, and one of each over her own node.
+    let pick = |prefix: &str, moves: bool| (0..).map(|i| format!("{prefix}-{i}")).find(|u| (owner_when_three(u) == "node-c") == moves).unwrap();
+    let users = [pick("mover", true), pick("mover-b", true), pick("stayer", false), pick("stayer-b", false)];
+    let at = now_rfc3339();
+    let (half_tx, mut half_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = vec![];
+    for (i, u) in users.iter().enumerate() {
+        let url = if i % 2 == 0 { nodes.ws_a() } else { nodes.ws_b() };
+        let events = common::answers::answers(&format!("m{i}"), 200);
+        tasks.push(tokio::spawn(stream_through_moves(url, u.clone(), events.clone(), at.clone(), half_tx.clone())));
+    }
+    // Once every stream is a quarter acknowledged, node-c joins and takes its share: the
+    // movers' partitions among it, while their events flow.
+    for _ in 0..users.len() {
+        half_rx.recv().await.unwrap();
+    }
+    let (_c, port_c) = nodes.join("node-c").await;
+    let mut results = vec![];
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    // Every stream is exact: the rule core's answer for it applied once, no award announced
+    // twice, wherever it was served.
+    let api_c = Api::demo_at(port_c);
+    for (i, (u, (seen, closes))) in users.iter().zip(&results).enumerate() {
+        let fresh = connect_served(&nodes.ws_a(), u, Duration::from_secs(30)).await;
+        common::answers::assert_exact(&fresh.welcome, u, &common::answers::answers(&format!("m{i}"), 200), &at, seen);
+        eprintln!("{u}: served by {} at the end, its socket closed {closes} times on the way", owner_when_three(u));
+    }
+    // node-c serves its share, the movers among it.
+    for u in &users[..2] {
+        let (st, doc) = api_c.get(&format!("/v1/users/{u}")).await;
+        assert_eq!((st, doc["events"].as_u64()), (200, Some(200)), "{u} on node-c: {doc}");
+    }
+    assert!(results[..2].iter().all(|(_, closes)| *closes >= 1), "a mover's socket was closed when her partition moved: {:?}", results.iter().map(|r| r.1).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_keeps_taking_events_when_the_nats_server_leading_its_log_is_killed() {
+    let mut nodes = TwoNodes::start().await;
+    let (ua, ub) = (user_of("node-a", "steady"), user_of("node-b", "steady"));
+    let at = now_rfc3339();
+    let (quarter_tx, mut quarter_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Each user streamed over the node that does not serve her.
+    let streams = [(ua.clone(), nodes.ws_b()), (ub.clone(), nodes.ws_a())].map(|(u, url)| {
+        let events = common::answers::answers(&format!("s-{u}"), 200);
+        tokio::spawn(stream_through_moves(url, u, events, at.clone(), quarter_tx.clone()))
+    });
+    for _ in 0..2 {
+        quarter_rx.recv().await.unwrap();
+    }
+    // The server leading the partition log dies while events flow.
+    let client = nodes._nats.connect().await;
+    let mut stream = async_nats::jetstream::new(client).get_stream("ACCOLADE_PARTITIONS").await.unwrap();
+    let leader = stream.info().await.unwrap().cluster.clone().and_then(|c| c.leader).expect("the log has a leader");
+    nodes._nats.kill(&leader);
+    let killed = Instant::now();
+    let mut results = vec![];
+    for s in streams {
+        results.push(s.await.unwrap());
+    }
+    eprintln!("NATS server {leader} killed; every event acked {:?} later; sockets closed {:?}", killed.elapsed(), results.iter().map(|r| r.1).collect::<Vec<_>>());
+    // Every event of both streams is taken, once.
+    for (u, (seen, _)) in [&ua, &ub].into_iter().zip(&results) {
+        let fresh = connect_served(&nodes.ws_a(), u, Duration::from_secs(30)).await;
+        common::answers::assert_exact(&fresh.welcome, u, &common::answers::answers(&format!("s-{u}"), 200), &at, seen);
+    }
 }
