@@ -98,6 +98,9 @@ pub enum ClientMsg {
     Unwatch { board: String },
 }
 
+/// Why leaderboard standings, ranks and watches are refused in cluster mode.
+pub const CLUSTER_BOARDS: &str = "leaderboard standings are not built for cluster mode yet: each node ranks only the users it serves (docs/cluster.md)";
+
 pub const MAX_EVENT_ID: usize = 128;
 pub const MAX_FIELDS: usize = 64;
 pub const RESERVED_ID_PREFIX: &str = "accolade.";

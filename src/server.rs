@@ -178,7 +178,12 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     let sweeper = tokio::spawn(retention(shared.clone(), shared.shutdown.subscribe()));
     let c = &shared.config;
     let closer = Closer { store: shared.store.clone(), catalogues: shared.catalogues.clone(), boards: shared.boards.clone(), users: shared.users.clone(), metrics: shared.metrics.clone() };
-    let closer = tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe()));
+    // In cluster mode no node has the whole ranking, so none closes periods or awards their
+    // top ranks (docs/cluster.md): a node's own top would be awarded as the cluster's.
+    let closer = match shared.cluster {
+        None => tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe())),
+        Some(_) => tokio::spawn(async {}),
+    };
     let goals = tokio::spawn(crate::goals::run(shared.store.clone(), shared.users.clone(), Duration::from_millis(c.goal_tick_ms.max(10)), shared.shutdown.subscribe()));
     let hooks = shared.webhooks.start().await?;
     if hooks > 0 {

@@ -562,6 +562,9 @@ async fn a_socket_on_any_node_is_served_by_its_users_actor_and_both_tabs_get_eve
     on_b.send(&answer("t-1", "ex-1", true)).await;
     let dup = on_b.until("ack").await.pop().unwrap();
     assert_eq!((&dup["event_id"], &dup["duplicate"]), (&serde_json::json!("t-1"), &serde_json::json!(true)));
+    on_b.send(&serde_json::json!({ "type": "watch", "board": "xp-weekly" })).await;
+    let err = on_b.until("error").await.pop().unwrap();
+    assert_eq!(err["code"], "cluster_unsupported", "{err}");
     on_b.send(&event("t-bad", "problem.answered", serde_json::json!({ "exercise": "ex-1" }))).await;
     let err = on_b.until("error").await.pop().unwrap();
     assert_eq!((&err["code"], &err["event_id"]), (&serde_json::json!("invalid_event"), &serde_json::json!("t-bad")), "{err}");
@@ -659,6 +662,14 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     assert_eq!((s, e["error"].as_str()), (404, Some("user_not_found")), "{e}");
     let (s, e) = api_b.with_key(Some("wrong")).get(&format!("/v1/users/{ua}")).await;
     assert_eq!((s, e["error"].as_str()), (401, Some("unauthorized")), "{e}");
+    // Leaderboard standings are refused, clearly, rather than given for one node's users.
+    let (s, list) = api_b.get("/v1/leaderboards").await;
+    let board = list["leaderboards"][0]["id"].as_str().unwrap_or_else(|| panic!("the demo has a board: {s} {list}")).to_string();
+    for path in [format!("/v1/leaderboards/{board}"), format!("/v1/leaderboards/{board}/users/{ua}"), format!("/v1/leaderboards/{board}/periods")] {
+        let (s, e) = api_a.get(&path).await;
+        assert_eq!((s, e["error"].as_str()), (501, Some("cluster_unsupported")), "{path}: {e}");
+        assert!(e["message"].as_str().unwrap().contains("cluster mode"), "{e}");
+    }
 
     // node-a dies: until node-b has taken its partitions over, nobody serves ua and her event
     // is `unavailable` (the sender sends it again); then node-b takes it, and what node-a had

@@ -19,6 +19,16 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
+/// What a leaderboard query answers in cluster mode, where each node ranks only the users it
+/// serves: a clear refusal rather than standings that leave most users out.
+pub(super) async fn not_in_cluster(State(shared): State<Arc<Shared>>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if shared.cluster.is_some() {
+        return ApiError(axum::http::StatusCode::NOT_IMPLEMENTED, "cluster_unsupported", crate::protocol::CLUSTER_BOARDS.into()).into_response();
+    }
+    next.run(req).await
+}
+
 /// A leaderboard as the catalogue defines it, with its open period.
 #[derive(Serialize, ToSchema)]
 pub struct BoardDoc {
@@ -132,7 +142,7 @@ pub struct Standings {
 /// Ranks are 1, 2, 3, ... with no shared ranks: of two equal scores, the one reached first
 /// (by the server's receive time) ranks higher, then the lower user id.
 #[utoipa::path(get, path = "/v1/leaderboards/{id}", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id"), StandingsQuery),
-    responses((status = 200, body = Standings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = Standings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, description = "Cluster mode: standings are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn standings(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, Query(q): Query<StandingsQuery>) -> Result<Json<Standings>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let def = board(&cat, &id)?;
@@ -191,7 +201,7 @@ pub struct UserRank {
 /// A user's rank, and the users around them
 #[utoipa::path(get, path = "/v1/leaderboards/{id}/users/{user}", tag = "leaderboards",
     params(("id" = String, Path, description = "Leaderboard id"), ("user" = String, Path, description = "User id"), AroundQuery),
-    responses((status = 200, body = UserRank), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = UserRank), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, description = "Cluster mode: standings are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn user_rank(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, user)): Path<(String, String)>, Query(q): Query<AroundQuery>) -> Result<Json<UserRank>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let def = board(&cat, &id)?;
@@ -248,7 +258,7 @@ pub struct FriendsStandings {
 /// The standings of a list of users (friends)
 #[utoipa::path(post, path = "/v1/leaderboards/{id}/standings", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id")),
     request_body = FriendsBody,
-    responses((status = 200, body = FriendsStandings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = FriendsStandings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, description = "Cluster mode: standings are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn friends(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<FriendsStandings>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let def = board(&cat, &id)?;
@@ -288,7 +298,7 @@ pub struct ClosedList {
 
 /// The closed periods of a board, whose standings are archived
 #[utoipa::path(get, path = "/v1/leaderboards/{id}/periods", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id")),
-    responses((status = 200, body = ClosedList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = ClosedList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, description = "Cluster mode: standings are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn periods(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<ClosedList>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     // A board removed from the catalogue keeps its archive, so the id is only checked when

@@ -43,9 +43,18 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/users/{id}/progress", get(users::get_progress))
         .route("/v1/users/{id}/badges/{badge}", get(users::get_badge))
         .route("/v1/users/{id}/events", get(users::get_events))
-        .route_layer(axum::middleware::from_fn_with_state(shared, users::to_owner));
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), users::to_owner));
+    // Standings are each node's own users' in cluster mode: refused there until they are the
+    // cluster's (docs/cluster.md).
+    let boards = Router::new()
+        .route("/v1/leaderboards/{id}", get(leaderboards::standings))
+        .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
+        .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
+        .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), leaderboards::not_in_cluster));
     Router::new()
         .merge(users)
+        .merge(boards)
         .route("/v1/events", post(events::ingest))
         .route("/v1/dead-letters", get(events::list_dead_letters))
         .route("/v1/dead-letters/{id}", get(events::get_dead_letter).delete(events::delete_dead_letter))
@@ -58,10 +67,6 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/jobs", get(catalogue::list_jobs))
         .route("/v1/jobs/{id}", get(catalogue::get_job).delete(catalogue::cancel_job))
         .route("/v1/leaderboards", get(leaderboards::list))
-        .route("/v1/leaderboards/{id}", get(leaderboards::standings))
-        .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
-        .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
-        .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
         .route("/v1/goals", get(goals::list).post(goals::create))
         .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
