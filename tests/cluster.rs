@@ -665,11 +665,14 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     // Leaderboard standings are refused, clearly, rather than given for one node's users.
     let (s, list) = api_b.get("/v1/leaderboards").await;
     let board = list["leaderboards"][0]["id"].as_str().unwrap_or_else(|| panic!("the demo has a board: {s} {list}")).to_string();
-    for path in [format!("/v1/leaderboards/{board}"), format!("/v1/leaderboards/{board}/users/{ua}"), format!("/v1/leaderboards/{board}/periods")] {
+    // So are goals and webhooks, which each node keeps for its own users for now.
+    for path in [format!("/v1/leaderboards/{board}"), format!("/v1/leaderboards/{board}/users/{ua}"), format!("/v1/leaderboards/{board}/periods"), "/v1/goals".into(), "/v1/webhooks".into()] {
         let (s, e) = api_a.get(&path).await;
         assert_eq!((s, e["error"].as_str()), (501, Some("cluster_unsupported")), "{path}: {e}");
         assert!(e["message"].as_str().unwrap().contains("cluster mode"), "{e}");
     }
+    let (s, e) = api_b.call("POST", "/v1/goals", Some(&serde_json::json!({ "id": "g", "assignee": ua, "assigner": ub, "title": "t", "target": { "event": "login", "count": 1 } }))).await;
+    assert_eq!((s, e["error"].as_str()), (501, Some("cluster_unsupported")), "{e}");
 
     // node-a dies: until node-b has taken its partitions over, nobody serves ua and her event
     // is `unavailable` (the sender sends it again); then node-b takes it, and what node-a had

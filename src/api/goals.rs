@@ -100,7 +100,7 @@ async fn to_assignee(shared: &Arc<Shared>, tenant: &str, assignee: &str, op: Goa
 /// and both are told.
 #[utoipa::path(post, path = "/v1/goals", tag = "goals", request_body = NewGoal,
     responses((status = 201, body = GoalDoc), (status = 200, description = "The same goal was already assigned", body = GoalDoc),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: goals are not built for it yet", body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -168,7 +168,7 @@ pub struct GoalList {
 
 /// List goals by assignee or by assigner
 #[utoipa::path(get, path = "/v1/goals", tag = "goals", params(GoalFilter),
-    responses((status = 200, body = GoalList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = GoalList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: goals are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Query(q): Query<GoalFilter>) -> Result<Json<GoalList>, ApiError> {
     if q.assignee.is_none() && q.assigner.is_none() {
         return Err(bad("invalid_query", "give `assignee` or `assigner`"));
@@ -193,7 +193,7 @@ pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Que
 
 /// A goal, with the assignee's progress towards it
 #[utoipa::path(get, path = "/v1/goals/{id}", tag = "goals", params(("id" = String, Path, description = "Goal id")),
-    responses((status = 200, body = GoalDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = GoalDoc), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: goals are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<GoalDoc>, ApiError> {
     let g = shared.store.goal(&tenant, &id).map_err(internal)?.ok_or_else(|| not_found("not_found", format!("there is no goal `{id}`")))?;
     let open = g.status == GoalStatus::Open;
@@ -211,7 +211,7 @@ pub async fn get(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path
 ///
 /// An open goal becomes `cancelled`; a goal that already ended is returned as it is.
 #[utoipa::path(delete, path = "/v1/goals/{id}", tag = "goals", params(("id" = String, Path, description = "Goal id")),
-    responses((status = 200, body = GoalDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = GoalDoc), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: goals are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn cancel(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<GoalDoc>, ApiError> {
     let g = shared.store.goal(&tenant, &id).map_err(internal)?.ok_or_else(|| not_found("not_found", format!("there is no goal `{id}`")))?;
     match to_assignee(&shared, &tenant, &g.assignee, GoalOp::Cancel(id)).await? {

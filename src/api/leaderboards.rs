@@ -19,16 +19,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
-/// What a leaderboard query answers in cluster mode, where each node ranks only the users it
-/// serves: a clear refusal rather than standings that leave most users out.
-pub(super) async fn not_in_cluster(State(shared): State<Arc<Shared>>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if shared.cluster.is_some() {
-        return ApiError(axum::http::StatusCode::NOT_IMPLEMENTED, "cluster_unsupported", crate::protocol::CLUSTER_BOARDS.into()).into_response();
-    }
-    next.run(req).await
-}
-
 /// A leaderboard as the catalogue defines it, with its open period.
 #[derive(Serialize, ToSchema)]
 pub struct BoardDoc {

@@ -91,7 +91,7 @@ fn valid_url(url: &str) -> Result<(), ApiError> {
 /// attempts (no 2xx answer in time) are retried with exponential backoff and jitter. The
 /// answer carries the secret, once.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewWebhook,
-    responses((status = 201, body = WebhookDoc), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = WebhookDoc), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<WebhookDoc>), ApiError> {
     let w: NewWebhook = json_body(body)?;
@@ -125,7 +125,7 @@ pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
 
 /// List webhook endpoints
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
-    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> Result<Json<WebhookList>, ApiError> {
     let hooks = shared.store.list::<Hook>(Kind::Webhook, &tenant, None, MAX_HOOKS * 2).map_err(internal)?;
     Ok(Json(WebhookList { webhooks: hooks.into_iter().map(|(id, h)| doc(&shared, &tenant, id, h)).collect::<Result<_, _>>()? }))
@@ -133,7 +133,7 @@ pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> 
 
 /// A webhook endpoint
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = u64, Path, description = "Webhook id")),
-    responses((status = 200, body = WebhookDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = WebhookDoc), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>) -> Result<Json<WebhookDoc>, ApiError> {
     let h = find(&shared, &tenant, id)?;
     Ok(Json(doc(&shared, &tenant, id, h)?))
@@ -143,7 +143,7 @@ pub async fn get(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path
 ///
 /// Its worker stops; notifications still waiting for it are dropped, with its log.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = u64, Path, description = "Webhook id")),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn delete(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>) -> Result<StatusCode, ApiError> {
     let _one = shared.webhooks.changes.lock().await;
     find(&shared, &tenant, id)?;
@@ -244,7 +244,7 @@ fn finished_doc(id: u64, f: Finished) -> DeliveryDoc {
 /// What waits in its outbox (with the last failed attempt, if any) and how the last deliveries
 /// ended (`--webhook-log-keep` are kept).
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = u64, Path, description = "Webhook id"), DeliveryQuery),
-    responses((status = 200, body = DeliveryLog), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = DeliveryLog), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn deliveries(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>, Query(q): Query<DeliveryQuery>) -> Result<Json<DeliveryLog>, ApiError> {
     find(&shared, &tenant, id)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -264,7 +264,7 @@ pub async fn deliveries(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenan
 /// older than anything waiting, so it is the next one sent.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery}/retry", tag = "webhooks",
     params(("id" = u64, Path, description = "Webhook id"), ("delivery" = u64, Path, description = "Delivery id")),
-    responses((status = 202, body = DeliveryDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 202, body = DeliveryDoc), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn retry(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, delivery)): Path<(u64, u64)>) -> Result<(StatusCode, Json<DeliveryDoc>), ApiError> {
     let _one = shared.webhooks.changes.lock().await;
