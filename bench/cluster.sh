@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Standalone against a one-node cluster (the node owns every partition, on three NATS servers
-# with R3 and fsync before every acknowledgement), the same generator against each, rounds
-# interleaved, on loopback. Prints one row per run: acked events/s, ack p50 and p99, server
-# CPU, NATS CPU (all three servers), and CPU per acked event (node plus NATS).
+# Standalone against a one-node cluster (the node owns every partition) and a three-node
+# cluster (the connections spread over the nodes in turn, so two in three sockets are attached
+# to their user's actor on another node), each on three NATS servers with R3 and fsync before
+# every acknowledgement; the same generator against each, rounds interleaved, on loopback.
+# Prints one row per run: acked events/s, ack p50 and p99, server CPU (all nodes), NATS CPU
+# (all three servers), and CPU per acked event (nodes plus NATS).
 #
 #   bench/cluster.sh [RATE] [SECONDS] [ROUNDS] [CONNECTIONS]
 #
-# MODES="cluster" runs one of the two only; NATS_SYNC_INTERVAL passes to scripts/cluster.
+# MODES="standalone cluster cluster3" (the default) picks the modes; NATS_SYNC_INTERVAL passes
+# to scripts/cluster.
 #
 # Needs the release binaries: cargo build --release --bin accolade && cargo build --release -p accolade-loadgen.
 set -euo pipefail
@@ -35,7 +38,7 @@ trap cleanup EXIT
 
 printf '%-10s %6s %10s %9s %9s %9s %9s %12s\n' mode round "events/s" "p50 ms" "p99 ms" "node %" "nats %" "us/event"
 for round in $(seq 1 "$ROUNDS"); do
-  for mode in ${MODES:-standalone cluster}; do
+  for mode in ${MODES:-standalone cluster cluster3}; do
     D=$(mktemp -d /tmp/accolade-bench.XXXXXX)
     NATS_PIDS=()
     if [ "$mode" = standalone ]; then
@@ -43,17 +46,21 @@ for round in $(seq 1 "$ROUNDS"); do
       RUST_LOG=warn "$BIN" --bind "127.0.0.1:$PORT" --data-dir "$D/data" --rate-per-sec 100000 --rate-burst 100000 > "$D/node.log" 2>&1 &
       PID=$!
       for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/readyz" > /dev/null 2>&1 && break; sleep 0.2; done
+      URLS="ws://127.0.0.1:$PORT/v1/ws"
+      NODE_PIDS=("$PID")
     else
-      ACCOLADE_BIN=$BIN ACCOLADE_CLUSTER_NODES=1 RUST_LOG=warn scripts/cluster up "$D" > "$D/up.txt"
-      read -r _ _ ADDR _ PID < "$D/up.txt"
-      PORT=${ADDR#127.0.0.1:}
+      NODES=1; [ "$mode" = cluster3 ] && NODES=3
+      ACCOLADE_BIN=$BIN ACCOLADE_CLUSTER_NODES=$NODES RUST_LOG=warn scripts/cluster up "$D" > "$D/up.txt"
+      URLS=$(awk '{ printf "%sws://%s/v1/ws", (NR > 1 ? "," : ""), $3 }' "$D/up.txt")
+      mapfile -t NODE_PIDS < <(awk '{ print $5 }' "$D/up.txt")
+      PID=
       mapfile -t NATS_PIDS < <(awk '$1 == "nats" { print $3 }' "$D/pids")
     fi
-    N0=$(ticks "$PID"); S0=0; [ ${#NATS_PIDS[@]} -eq 0 ] || S0=$(ticks "${NATS_PIDS[@]}")
+    N0=$(ticks "${NODE_PIDS[@]}"); S0=0; [ ${#NATS_PIDS[@]} -eq 0 ] || S0=$(ticks "${NATS_PIDS[@]}")
     T0=$(date +%s.%N)
-    "$LG" --url "ws://127.0.0.1:$PORT/v1/ws" --scenario steady --connections "$CONNS" --rate "$RATE" --duration "$SECS" --sources 4 --json "$D/out.json" > "$D/loadgen.txt" 2>&1
+    "$LG" --url "$URLS" --scenario steady --connections "$CONNS" --rate "$RATE" --duration "$SECS" --sources 4 --json "$D/out.json" > "$D/loadgen.txt" 2>&1
     T1=$(date +%s.%N)
-    N1=$(ticks "$PID"); S1=0; [ ${#NATS_PIDS[@]} -eq 0 ] || S1=$(ticks "${NATS_PIDS[@]}")
+    N1=$(ticks "${NODE_PIDS[@]}"); S1=0; [ ${#NATS_PIDS[@]} -eq 0 ] || S1=$(ticks "${NATS_PIDS[@]}")
     python3 - "$D/out.json" "$mode" "$round" "$N0" "$N1" "$S0" "$S1" "$T0" "$T1" "$TICK" <<'EOF'
 import json, sys
 out, mode, rnd = sys.argv[1], sys.argv[2], sys.argv[3]

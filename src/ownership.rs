@@ -82,11 +82,6 @@ impl Membership {
         let _ = self.router.set(router);
     }
 
-    /// How many sockets other nodes hold for this node's users.
-    pub fn remote_sockets(&self) -> usize {
-        self.remotes.len()
-    }
-
     /// Serves the partitions this node owns, until `stop`.
     pub async fn run(self: Arc<Self>, store: Store, users: Users, catalogues: Arc<crate::catalogues::Catalogues>, metrics: Arc<crate::metrics::Metrics>, outbox: usize, mut stop: watch::Receiver<bool>) {
         let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
@@ -136,6 +131,7 @@ impl Membership {
                 }
             }
             metrics.partitions_served.store(served.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            metrics.remote_sockets.store(self.remotes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.remotes.expire(&users, tokio::time::Instant::now());
             tokio::select! {
                 changed = owned.changed() => if changed.is_err() { return },

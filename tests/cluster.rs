@@ -542,6 +542,17 @@ async fn a_socket_on_any_node_is_served_by_its_users_actor_and_both_tabs_get_eve
     let mut on_a = connect_served(&nodes.ws_a(), &user, Duration::from_secs(30)).await;
     let mut on_b = connect_served(&nodes.ws_b(), &user, Duration::from_secs(30)).await;
     assert_eq!((&on_b.welcome["epoch"], &on_b.welcome["xp"]), (&on_a.welcome["epoch"], &on_a.welcome["xp"]), "one user, one state");
+    // node-a counts the socket node-b holds for her.
+    let gauge = |port: u16| async move {
+        let text = http_client().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix("accolade_cluster_remote_sockets ")).map(|v| v.trim().to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge(nodes.port_a).await.as_deref() != Some("1") {
+        assert!(Instant::now() < deadline, "node-a's remote sockets: {:?}", gauge(nodes.port_a).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gauge(nodes.port_b).await.as_deref(), Some("0"));
 
     // An event from the tab on node-b: acked there, its XP pushed to both tabs.
     on_b.send(&answer("t-1", "ex-1", true)).await;

@@ -374,6 +374,19 @@ impl Tally {
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The servers of `--url`: one URL, or several separated by commas (the nodes of a cluster),
+/// over which the connections are spread in turn.
+fn targets(urls: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    urls.split(',').map(|u| target(u.trim())).collect()
+}
+
+/// The path of the first URL of `--url` (every server is asked at the same path).
+fn path_of(urls: &str) -> &str {
+    let first = urls.split(',').next().unwrap_or_default().trim();
+    let rest = first.strip_prefix("ws://").unwrap_or(first);
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
 fn target(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url.strip_prefix("ws://").ok_or_else(|| anyhow::anyhow!("--url must start with ws://"))?;
     let hostport = rest.split('/').next().unwrap_or_default().replace("localhost", "127.0.0.1");
@@ -402,7 +415,8 @@ async fn open_with(opts: &Options, addr: SocketAddr, src: IpAddr, small_window: 
     // every socket read (snapview/tungstenite-rs#547), and at the default 128 KiB that memset
     // was 42% of the generator's CPU, taken from the server it shares the machine with.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(opts.url.as_str(), MaybeTlsStream::Plain(stream), Some(config)).await?;
+    let url = format!("ws://{addr}{}", path_of(&opts.url));
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), MaybeTlsStream::Plain(stream), Some(config)).await?;
     Ok(ws)
 }
 
@@ -590,7 +604,7 @@ async fn drain(ws: &mut Ws, p: &mut Player, t: &mut Tally, sh: &Shared, wait: Du
 
 /// Runs a scenario and returns its report.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
-    let addr = target(&opts.url)?;
+    let addrs = targets(&opts.url)?;
     if let Some(bad) = opts.sources.iter().find(|s| !s.is_loopback()) {
         anyhow::bail!("source address {bad} is not loopback");
     }
@@ -602,7 +616,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let connected = Arc::new(tokio::sync::Barrier::new(opts.connections + 1));
     let mut tasks = Vec::with_capacity(opts.connections);
     for i in 0..opts.connections {
-        let (opts, sh, sem, connected) = (opts.clone(), sh.clone(), sem.clone(), connected.clone());
+        let (opts, sh, sem, connected, addr) = (opts.clone(), sh.clone(), sem.clone(), connected.clone(), addrs[i % addrs.len()]);
         tasks.push(tokio::spawn(async move { connection(i, opts, addr, sh, sem, connected).await }));
     }
     // Everyone is connected (or failed to): measure memory per connection now. Bounded, so a
@@ -729,5 +743,20 @@ async fn sample_server(pid: u32, sh: Arc<Shared>) {
         let mut s = SAMPLES.lock().unwrap();
         s.0.push(pct);
         s.1 = s.1.max(rss);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several comma-separated URLs are several servers, each on loopback, asked at the first
+    /// URL's path; anything off loopback is refused.
+    #[test]
+    fn several_urls_are_several_loopback_servers() {
+        let a = targets("ws://127.0.0.1:7301/v1/ws, ws://127.0.0.2:7302/v1/ws").unwrap();
+        assert_eq!(a, vec!["127.0.0.1:7301".parse::<SocketAddr>().unwrap(), "127.0.0.2:7302".parse().unwrap()]);
+        assert_eq!(path_of("ws://127.0.0.1:7301/v1/ws,ws://127.0.0.1:7302/v1/ws"), "/v1/ws");
+        assert!(targets("ws://127.0.0.1:7301/v1/ws,ws://10.0.0.1:7302/v1/ws").is_err());
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(about = "Plays realistic users against an Accolade server over WebSockets on loopback.")]
 struct Args {
-    /// Server WebSocket URL (loopback only).
+    /// Server WebSocket URL (loopback only); several, comma-separated, spread the connections
+    /// over them in turn (the nodes of a cluster).
     #[arg(long, default_value = "ws://127.0.0.1:7300/v1/ws")]
     url: String,
     /// The tenant's token secret; the generator signs its own tokens.
