@@ -737,9 +737,27 @@ async fn scripts_cluster_starts_a_served_cluster_and_stops_what_it_started() {
     let r = Api::demo_at(nodes[0].0).ingest(vec![http_answer("s-1", "scripted", "ex-1", true)]).await;
     assert_eq!(r["results"][0]["status"], "accepted", "{r}");
 
-    // `down` stops every process `up` started (the NATS servers too), by PID.
+    // `join` starts a third node, which takes a share once it is ready.
+    let join = run("join");
+    assert!(join.status.success(), "join failed");
+    let line = String::from_utf8(join.stdout).unwrap();
+    let f: Vec<&str> = line.trim().split(' ').collect();
+    assert!(f.len() == 5 && f[0] == "node" && f[1] == "3" && f[3] == "pid", "not `node 3 127.0.0.1:PORT pid PID`: {line:?}");
+    let third = Api::demo_at(f[2]["127.0.0.1:".len()..].parse().unwrap()).with_key(None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, m) = third.get("/metrics").await;
+        let served: u64 = m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("accolade_cluster_partitions_served ")).unwrap().parse().unwrap();
+        if served > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the joined node serves nothing after 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // `down` stops every process `up` and `join` started (the NATS servers too), by PID.
     let started: Vec<u32> = std::fs::read_to_string(dir.path().join("pids")).unwrap().lines().map(|l| l.split(' ').nth(2).unwrap().parse().unwrap()).collect();
-    assert_eq!(started.len(), 5, "three NATS servers and two nodes");
+    assert_eq!(started.len(), 6, "three NATS servers and three nodes");
     let down = run("down");
     assert!(down.status.success(), "down failed");
     assert!(std::fs::read_to_string(dir.path().join("pids")).unwrap().is_empty(), "down forgets what it stopped");
