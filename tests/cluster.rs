@@ -1059,3 +1059,36 @@ async fn the_cluster_keeps_taking_events_when_the_nats_server_leading_its_log_is
         common::answers::assert_exact(&fresh.welcome, u, &common::answers::answers(&format!("s-{u}"), 200), &at, seen);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_every_nats_server_refuses_events_and_takes_them_again_once_they_are_back() {
+    let mut nodes = TwoNodes::start().await;
+    let ua = user_of("node-a", "offline");
+    let api = Api::demo_at(nodes.port_a);
+    let first = http_answer("o-1", &ua, "ex-1", true);
+    assert_eq!(post_until_taken(&api, &first, Duration::from_secs(30)).await["status"], "accepted");
+
+    // Every NATS server dies: nothing can be made durable, so nothing is acknowledged; the
+    // event is `unavailable` (send it again), and the node still answers its health check.
+    for n in ["n0", "n1", "n2"] {
+        nodes._nats.kill(n);
+    }
+    let second = http_answer("o-2", &ua, "ex-1", true);
+    let r = post(&api, &second).await;
+    assert_eq!((r["status"].as_str(), r["code"].as_str()), (Some("rejected"), Some("unavailable")), "{r}");
+    let (st, _) = api.with_key(None).get("/healthz").await;
+    assert_eq!(st, 200);
+
+    // The servers come back: the node takes events again by itself, and what it took before
+    // is still there, once.
+    let lost = Instant::now();
+    for n in ["n0", "n1", "n2"] {
+        nodes._nats.restart(n);
+    }
+    let r = post_until_taken(&api, &second, Duration::from_secs(90)).await;
+    assert_eq!(r["status"], "accepted", "{r}");
+    eprintln!("node-a took events again {:?} after the NATS servers were restarted", lost.elapsed());
+    assert_eq!(post(&api, &first).await["status"], "duplicate");
+    let (st, doc) = api.get(&format!("/v1/users/{ua}")).await;
+    assert_eq!((st, doc["events"].as_u64()), (200, Some(2)), "{doc}");
+}

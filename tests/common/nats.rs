@@ -17,6 +17,8 @@ pub fn nats_server() -> PathBuf {
 /// Three NATS servers clustered on loopback, each killed when this is dropped.
 pub struct Cluster {
     servers: Vec<Option<Child>>,
+    confs: Vec<PathBuf>,
+    bin: PathBuf,
     pub urls: Vec<String>,
 }
 
@@ -35,6 +37,7 @@ impl Cluster {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports.iter().map(|(_, c)| format!("nats://127.0.0.1:{c}")).collect();
         let mut servers = Vec::new();
+        let mut confs = Vec::new();
         for (i, (client, cluster)) in ports.iter().enumerate() {
             let store = dir.join(format!("n{i}"));
             // `sync_interval: always`: each server fsyncs a message before it counts towards
@@ -47,8 +50,17 @@ impl Cluster {
             std::fs::write(&file, conf).unwrap();
             let child = Command::new(&bin).arg("-c").arg(&file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server starts");
             servers.push(Some(child));
+            confs.push(file);
         }
-        Cluster { servers, urls: ports.iter().map(|(c, _)| format!("nats://127.0.0.1:{c}")).collect() }
+        Cluster { servers, confs, bin, urls: ports.iter().map(|(c, _)| format!("nats://127.0.0.1:{c}")).collect() }
+    }
+
+    /// Starts a killed server again, on its ports and its store.
+    pub fn restart(&mut self, name: &str) {
+        let i: usize = name.trim_start_matches('n').parse().unwrap();
+        assert!(self.servers[i].is_none(), "{name} still runs");
+        let child = Command::new(&self.bin).arg("-c").arg(&self.confs[i]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server starts");
+        self.servers[i] = Some(child);
     }
 
     /// SIGKILL, as a machine dying would.
