@@ -19,10 +19,14 @@ use crate::protocol::Since;
 use crate::remote::{Answering, Attachment, Remotes};
 use crate::store::Store;
 use crate::user::{Conn, IngestOutcome, Users};
+use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Partitions claimed and rebuilt at the same time.
+const REBUILDS_AT_ONCE: usize = 16;
 
 /// A node's part in the cluster, from start to shutdown.
 pub struct Membership {
@@ -105,29 +109,41 @@ impl Membership {
                 false => true,
                 true => catalogues.catch_up().await.map_err(|e| tracing::warn!(error = %e, "taking in the cluster's catalogue versions failed; trying again")).is_ok(),
             };
-            for (&p, fence) in &now {
-                if served.contains_key(&p) || !caught_up {
-                    continue;
-                }
-                // The writer of a partition whose last one stopped needs a fence of its own:
-                // a fresh claim, which also fences off anything the old writer still sends.
-                let fence = match self.partitions.claim(p, &self.id, fence.lease).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "claiming a partition failed; trying again");
-                        continue;
+            // Claimed and rebuilt several at a time: a rebuild that waits on a slow read (a NATS
+            // server just lost, its consumers' placement being sorted out) must not hold up the
+            // others, as it did one after the other (ten seconds each, for every such one).
+            let gained: Vec<(u16, u64)> = now.iter().filter(|(p, _)| caught_up && !served.contains_key(p)).map(|(&p, f)| (p, f.lease)).collect();
+            let mut ready = futures_util::stream::iter(gained)
+                .map(|(p, lease)| {
+                    let (store, me) = (&store, &*self);
+                    async move {
+                        // The writer of a partition whose last one stopped needs a fence of its
+                        // own: a fresh claim, which also fences off anything the old writer
+                        // still sends.
+                        let fence = match me.partitions.claim(p, &me.id, lease).await {
+                            Ok(f) => f,
+                            Err(e) => return (p, Err(format!("claiming failed: {e}"))),
+                        };
+                        match rebuild(store, &me.partitions, p, 0).await {
+                            Ok(last) => (p, Ok((fence, last))),
+                            Err(e) => (p, Err(format!("rebuilding failed: {e}"))),
+                        }
                     }
-                };
-                match rebuild(&store, &self.partitions, p, 0).await {
-                    Ok(last) => {
-                        self.log.serve(p, Writer::start(self.partitions.clone(), fence.clone()));
+                })
+                .buffer_unordered(REBUILDS_AT_ONCE);
+            // Each is served as soon as it is rebuilt.
+            while let Some((p, r)) = ready.next().await {
+                match r {
+                    Ok((fence, last)) => {
+                        self.log.serve(p, Writer::start(self.partitions.clone(), fence));
                         if let Err(e) = self.routes.serve(p, crate::remote::answering(answering.clone())).await {
                             tracing::warn!(partition = p, error = %e, "answering for a partition failed; its users are served from here only");
                         }
                         served.insert(p, now[&p].clone());
+                        metrics.partitions_served.store(served.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(partition = p, changelog = last, "partition rebuilt and served");
                     }
-                    Err(e) => tracing::warn!(partition = p, error = %e, "rebuilding a partition failed; trying again"),
+                    Err(e) => tracing::warn!(partition = p, error = %e, "a partition gained is not served yet; trying again"),
                 }
             }
             metrics.partitions_served.store(served.len() as u64, std::sync::atomic::Ordering::Relaxed);

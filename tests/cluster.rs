@@ -1080,13 +1080,15 @@ async fn a_node_that_loses_every_nats_server_refuses_events_and_takes_them_again
     assert_eq!(st, 200);
 
     // The servers come back: the node takes events again by itself, and what it took before
-    // is still there, once.
+    // is still there, once. The refused event, sent again, is taken, or is a duplicate: its
+    // write may have reached JetStream after all, after the answer (retried under its message
+    // id while the servers were away), and either way it counts once.
     let lost = Instant::now();
     for n in ["n0", "n1", "n2"] {
         nodes._nats.restart(n);
     }
     let r = post_until_taken(&api, &second, Duration::from_secs(90)).await;
-    assert_eq!(r["status"], "accepted", "{r}");
+    assert!(r["status"] == "accepted" || r["status"] == "duplicate", "{r}");
     eprintln!("node-a took events again {:?} after the NATS servers were restarted", lost.elapsed());
     assert_eq!(post(&api, &first).await["status"], "duplicate");
     let (st, doc) = api.get(&format!("/v1/users/{ua}")).await;

@@ -23,8 +23,14 @@ pub const KEY: &str = "changes";
 const BATCH_BYTES: usize = 512 * 1024;
 
 /// How long a batch is retried when NATS does not answer before its jobs are failed. A retry
-/// carries the batch's message id, so one that was stored after all is stored once.
-const RETRY_FOR: Duration = Duration::from_secs(5);
+/// carries the batch's message id, so one that was stored after all is stored once (the
+/// stream's duplicate window is two minutes). Long enough to ride out the election of a new
+/// stream leader after one died: with 5 s (one attempt, as a publish waits 5 s for its
+/// acknowledgement) every partition's writer failed during the election, every partition was
+/// let go of and rebuilt, and rebuilding while the lost server's consumers were being moved
+/// timed out for half a minute. A node that loses its lease meanwhile lets the partition go,
+/// and this writer with it.
+const RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// One write, as the changelog stores it. `value` is `None` for a delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
