@@ -339,13 +339,18 @@ impl Catalogues {
         let stored = StoredCatalogue { version: cat.version, origin: origin.into(), created_at: now, change, document: doc.to_string() };
         // In a cluster, the cluster's history first: the version exists once it is there, and
         // only if no other node made one since the last this node knows of.
+        let mut appended = None;
         if let Some(log) = self.cluster.get() {
             let body = serde_json::to_vec(&stored).map_err(|e| ChangeError::BadRequest(e.to_string()))?;
-            let seq = log.append(tenant, self.seq(tenant), body.into()).await?;
-            self.seqs.lock().expect("not poisoned").insert(tenant.to_string(), seq);
+            appended = Some(log.append(tenant, self.seq(tenant), body.into()).await?);
         }
         // Durable before it is in force: an event is never judged by a version that could be lost.
+        // (In a cluster, the version is the cluster's already: if this write fails, the
+        // sequence is not recorded, and `follow` or the next change takes it in from there.)
         self.store.write(vec![store::writes::put(Kind::Catalogue, tenant, cat.version, &stored)]).await?;
+        if let Some(seq) = appended {
+            self.seqs.lock().expect("not poisoned").insert(tenant.to_string(), seq);
+        }
         self.versions.insert((tenant.to_string(), cat.version), cat.clone());
         self.current.write().expect("catalogue lock").insert(tenant.to_string(), (cat, origin.into()));
         Ok(())
@@ -362,10 +367,16 @@ impl Catalogues {
         let _one = self.changing.lock().await;
         for t in tenants {
             let mut history = log.history(t, 0).await?;
-            if history.is_empty() {
-                let mut after = 0;
-                for (_, s) in self.store.list::<StoredCatalogue>(Kind::Catalogue, t, None, usize::MAX)? {
-                    match log.append(t, after, serde_json::to_vec(&s).expect("a version encodes").into()).await {
+            let local = self.store.list::<StoredCatalogue>(Kind::Catalogue, t, None, usize::MAX)?;
+            // A new cluster is given this node's history; so is one whose history is the start
+            // of this node's (an earlier try of this join was cut short).
+            let decoded: Vec<Option<StoredCatalogue>> = history.iter().map(|e| serde_json::from_slice(&e.body).ok()).collect();
+            let prefix = decoded.len() < local.len()
+                && decoded.iter().zip(&local).all(|(h, (_, l))| h.as_ref().is_some_and(|h| h.version == l.version && h.document == l.document));
+            if prefix {
+                let mut after = history.last().map_or(0, |e| e.sequence);
+                for (_, s) in &local[decoded.len()..] {
+                    match log.append(t, after, serde_json::to_vec(s).expect("a version encodes").into()).await {
                         Ok(seq) => after = seq,
                         // Another node gave the cluster its history first: that one stands.
                         Err(CatalogLogError::Conflict) => break,
@@ -445,7 +456,9 @@ impl Catalogues {
                         let Some(Ok(e)) = e else { break };
                         let _one = self.changing.lock().await;
                         if let Err(err) = self.adopt_locked(&e.tenant, e.sequence, &e.body, false).await {
-                            tracing::error!(tenant = %e.tenant, error = %err, "a catalogue version from the cluster could not be taken in");
+                            // Not skipped: followed again from before it, in a second.
+                            tracing::error!(tenant = %e.tenant, error = %err, "a catalogue version from the cluster could not be taken in; trying again");
+                            break;
                         }
                     }
                 }

@@ -136,7 +136,7 @@ impl Membership {
                 match r {
                     Ok((fence, last)) => {
                         self.log.serve(p, Writer::start(self.partitions.clone(), fence));
-                        if let Err(e) = self.routes.serve(p, crate::remote::answering(answering.clone())).await {
+                        if let Err(e) = self.routes.serve(p, crate::remote::answering(answering.clone(), p)).await {
                             tracing::warn!(partition = p, error = %e, "answering for a partition failed; its users are served from here only");
                         }
                         served.insert(p, now[&p].clone());

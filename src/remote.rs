@@ -46,10 +46,10 @@ enum Request {
     Event { tenant: String, event: Event, received_at: Millis },
     /// Attach the socket whose inbox is the reply subject to the user's actor.
     Attach { tenant: String, user: String, since: Option<Since> },
-    /// An event from an attached socket.
-    Socket { event: Event, received_at: Millis },
-    /// The socket is still held.
-    Refresh,
+    /// An event from an attached socket, the `n`th it sent (from 1): a gap means one was lost.
+    Socket { event: Event, received_at: Millis, n: u64 },
+    /// The socket is still held, and has sent `sent` events.
+    Refresh { sent: u64 },
     /// The socket has closed.
     Detach,
     /// An HTTP request about a user, answered by the owner's own router (`HttpAnswer`).
@@ -79,13 +79,15 @@ struct Answer {
     unlocks: Vec<String>,
 }
 
-/// What the owner sends a socket's inbox: one byte of kind, then the body.
+/// What the owner sends a socket's inbox: one byte of kind, the note's number (eight bytes,
+/// big-endian, from 1, so the holder sees a note lost on the way; 0 for a close sent by a node
+/// that does not know the socket), then the body.
 mod note {
     /// A frame for the client (its text follows).
     pub const FRAME: u8 = b'F';
     /// One event's reply has gone out: one in-flight slot is free.
     pub const RECEIPT: u8 = b'R';
-    /// A refresh was heard.
+    /// A refresh was heard, and every event the socket sent had arrived.
     pub const KEPT: u8 = b'K';
     /// The socket is to close: the code and the reason follow, as `code reason`.
     pub const CLOSE: u8 = b'C';
@@ -95,16 +97,22 @@ fn encode(r: &Request) -> Bytes {
     Bytes::from(serde_json::to_vec(r).expect("a request encodes"))
 }
 
-fn with_kind(kind: u8, body: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(body.len() + 1);
+fn with_kind(kind: u8, number: u64, body: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(body.len() + 9);
     b.push(kind);
+    b.extend_from_slice(&number.to_be_bytes());
     b.extend_from_slice(body);
     Bytes::from(b)
 }
 
+/// A close from a node that does not know the socket (unnumbered).
 fn closing_note(code: u16, why: &str) -> Bytes {
-    with_kind(note::CLOSE, format!("{code} {why}").as_bytes())
+    with_kind(note::CLOSE, 0, format!("{code} {why}").as_bytes())
 }
+
+/// Why a socket closes when a message between its node and the user's was lost (core NATS
+/// delivers at most once: a server lost, a connection moving to another server).
+const LOST: &str = "a message between nodes was lost; reconnect";
 
 fn unavailable(event_id: String, why: String) -> IngestOutcome {
     IngestOutcome { event_id, status: "rejected", reason: Some(format!("{why}; send it again")), code: Some("unavailable".into()), xp: 0, unlocks: vec![] }
@@ -164,7 +172,7 @@ pub async fn relay(routes: &Routes, p: u16, req: axum::http::Request<Bytes>) -> 
 
 /// A socket of this node attached to its user's actor on another node. Dropping it detaches.
 pub struct Attachment {
-    out: mpsc::UnboundedSender<(Bytes, Option<InFlight>)>,
+    out: mpsc::UnboundedSender<((Event, Millis), Option<InFlight>)>,
 }
 
 impl Attachment {
@@ -172,8 +180,7 @@ impl Attachment {
     /// other, and `permit` is released when the owner's receipt for it arrives (or the socket
     /// closes). Events sent one after another arrive in that order.
     pub fn event(&self, event: Event, received_at: Millis, permit: Option<InFlight>) -> Result<(), String> {
-        let body = encode(&Request::Socket { event, received_at });
-        self.out.send((body, permit)).map_err(|_| "the user's node closed the socket; reconnect".to_string())
+        self.out.send(((event, received_at), permit)).map_err(|_| "the user's node closed the socket; reconnect".to_string())
     }
 }
 
@@ -184,11 +191,17 @@ impl Attachment {
 pub async fn attach(routes: Arc<Routes>, metrics: Arc<Metrics>, tenant: &str, user: &str, since: Option<Since>, conn: Conn) -> Result<Attachment, RouteError> {
     let p = partition_of(tenant, user);
     let inbox = routes.new_inbox();
-    let notes = routes.listen(&inbox).await?;
-    routes.send(p, encode(&Request::Attach { tenant: tenant.into(), user: user.into(), since }), &inbox).await?;
+    // Bounded: with NATS away, the client's queue fills and sends wait for it to come back.
+    let notes = bounded(routes.listen(&inbox)).await?;
+    bounded(routes.send(p, encode(&Request::Attach { tenant: tenant.into(), user: user.into(), since }), &inbox)).await?;
     let (out, rx) = mpsc::unbounded_channel();
     tokio::spawn(hold(routes, metrics, p, inbox, notes, rx, conn));
     Ok(Attachment { out })
+}
+
+/// A send to NATS, given up on after `STALL`.
+async fn bounded<T>(f: impl std::future::Future<Output = Result<T, RouteError>>) -> Result<T, RouteError> {
+    tokio::time::timeout(STALL, f).await.unwrap_or_else(|_| Err(RouteError::Nats("NATS did not take the message in time".into())))
 }
 
 /// Why an attachment ended, as the holder sees it.
@@ -200,21 +213,25 @@ enum Ended {
 }
 
 /// The holder's side of one attachment, to its end.
-async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String, mut notes: Inbox, mut out: mpsc::UnboundedReceiver<(Bytes, Option<InFlight>)>, conn: Conn) {
+async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String, mut notes: Inbox, mut out: mpsc::UnboundedReceiver<((Event, Millis), Option<InFlight>)>, conn: Conn) {
     let mut permits: VecDeque<InFlight> = VecDeque::new();
     // Since when something asked of the owner has gone unanswered (the attach, at first).
     let mut unheard: Option<Instant> = Some(Instant::now());
     let mut refresh = tokio::time::interval_at(Instant::now() + REFRESH, REFRESH);
+    // Events sent, and the number of the last note heard.
+    let (mut sent, mut heard) = (0u64, 0u64);
     let give_up = |code: u16, why: &'static str| {
         let _ = conn.closing.set((code, why));
     };
     let ended = loop {
         tokio::select! {
             o = out.recv() => {
-                let Some((body, permit)) = o else { break Ended::Here };
+                let Some((event, permit)) = o else { break Ended::Here };
                 permits.extend(permit);
                 unheard.get_or_insert_with(Instant::now);
-                if routes.send(p, body, &inbox).await.is_err() {
+                sent += 1;
+                let (event, received_at) = event;
+                if bounded(routes.send(p, encode(&Request::Socket { event, received_at, n: sent }), &inbox)).await.is_err() {
                     give_up(close::INTERNAL, "the user's node is gone; reconnect");
                     break Ended::Here;
                 }
@@ -228,9 +245,21 @@ async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String,
                         break Ended::There;
                     }
                 };
-                match body.first().copied() {
-                    Some(note::FRAME) => {
-                        let Ok(text) = std::str::from_utf8(&body[1..]) else { continue };
+                if body.len() < 9 {
+                    continue;
+                }
+                let number = u64::from_be_bytes(body[1..9].try_into().expect("eight bytes"));
+                if number != 0 {
+                    // A note missing in between: an ack, a push or a receipt is lost for good.
+                    if number != heard + 1 {
+                        give_up(close::INTERNAL, LOST);
+                        break Ended::Here;
+                    }
+                    heard = number;
+                }
+                match body[0] {
+                    note::FRAME => {
+                        let Ok(text) = std::str::from_utf8(&body[9..]) else { continue };
                         match conn.tx.try_send(Frame::from(text)) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -241,9 +270,9 @@ async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String,
                             Err(mpsc::error::TrySendError::Closed(_)) => break Ended::Here,
                         }
                     }
-                    Some(note::RECEIPT) => drop(permits.pop_front()),
-                    Some(note::CLOSE) => {
-                        let text = String::from_utf8_lossy(&body[1..]);
+                    note::RECEIPT => drop(permits.pop_front()),
+                    note::CLOSE => {
+                        let text = String::from_utf8_lossy(&body[9..]);
                         let (code, why) = text.split_once(' ').unwrap_or((&text, ""));
                         give_up(code.parse().unwrap_or(close::INTERNAL), close::reason(why));
                         break Ended::There;
@@ -253,7 +282,7 @@ async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String,
             }
             _ = refresh.tick() => {
                 unheard.get_or_insert_with(Instant::now);
-                if routes.send(p, encode(&Request::Refresh), &inbox).await.is_err() {
+                if bounded(routes.send(p, encode(&Request::Refresh { sent }), &inbox)).await.is_err() {
                     give_up(close::INTERNAL, "the user's node is gone; reconnect");
                     break Ended::Here;
                 }
@@ -264,10 +293,13 @@ async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String,
             }
         }
     };
+    // Dropping `conn` ends the session's outbox: the socket closes with `closing`'s reason, at
+    // once, whether or not the detach below can be sent.
+    drop(conn);
+    drop(permits);
     if let Ended::Here = ended {
-        let _ = routes.send(p, encode(&Request::Detach), &inbox).await;
+        let _ = bounded(routes.send(p, encode(&Request::Detach), &inbox)).await;
     }
-    // Dropping `conn` ends the session's outbox: the socket closes with `closing`'s reason.
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,6 +314,11 @@ struct Remote {
     /// The connection's outbox, without keeping it open: it closes when the actor lets go.
     tx: mpsc::WeakSender<Frame>,
     receipts: mpsc::UnboundedSender<()>,
+    /// Tells the publisher to send a `KEPT` note, in order with the others.
+    kept: mpsc::UnboundedSender<()>,
+    closing: Arc<OnceLock<(u16, &'static str)>>,
+    /// Events received from the socket.
+    received: u64,
     refreshed: Instant,
 }
 
@@ -313,6 +350,15 @@ impl Remotes {
         }
     }
 
+    /// Ends an attachment a message of which was lost: the actor lets go of it, and the
+    /// publisher then tells the holder to close the socket, which reconnects and resends.
+    fn lose(&self, users: &Users, inbox: &str) {
+        if let Some(r) = self.by_inbox.lock().expect("not poisoned").remove(inbox) {
+            let _ = r.closing.set((close::INTERNAL, LOST));
+            users.send_existing(&r.tenant, &r.user, UserMsg::Detach { conn_id: r.conn });
+        }
+    }
+
     fn remove(&self, inbox: &str, conn: u64) -> Option<Remote> {
         let mut map = self.by_inbox.lock().expect("not poisoned");
         if map.get(inbox).is_some_and(|r| r.conn == conn) { map.remove(inbox) } else { None }
@@ -334,13 +380,18 @@ pub struct Answering {
     pub router: Arc<OnceLock<axum::Router>>,
 }
 
-/// The handler for a served partition's messages.
-pub fn answering(a: Arc<Answering>) -> Handler {
-    Arc::new(move |m: Incoming| a.handle(m))
+/// The handler for the messages of partition `p`, which this node serves.
+pub fn answering(a: Arc<Answering>, p: u16) -> Handler {
+    Arc::new(move |m: Incoming| a.handle(m, p))
 }
 
 impl Answering {
-    fn handle(&self, m: Incoming) -> Option<BoxFuture<'static, Bytes>> {
+    fn handle(&self, m: Incoming, p: u16) -> Option<BoxFuture<'static, Bytes>> {
+        // A node that has let the partition go (or woke from a pause past its lease) may still
+        // be subscribed for a moment: it stays silent, and the node that serves it answers.
+        if !self.log.serves(p) {
+            return None;
+        }
         let req = match serde_json::from_slice::<Request>(&m.body) {
             Ok(r) => r,
             Err(e) => {
@@ -350,35 +401,39 @@ impl Answering {
             }
         };
         match (req, m.reply) {
-            (Request::Event { tenant, event, .. }, _) if !self.log.serves(partition_of(&tenant, &event.user_id)) => {
-                let body = answer_bytes(unavailable(event.event_id, "this node no longer serves the user".into()));
-                Some(Box::pin(async move { body }))
-            }
             (Request::Event { tenant, event, received_at }, _) => Some(self.event(tenant, event, received_at)),
             (Request::Http { method, uri, headers, body }, _) => Some(Box::pin(answer_http(self.router.get().cloned(), method, uri, headers, body))),
-            (Request::Attach { tenant, user, .. }, Some(inbox)) if !self.log.serves(partition_of(&tenant, &user)) => {
-                let routes = self.routes.clone();
-                tokio::spawn(async move { routes.tell(&inbox, closing_note(close::INTERNAL, "user unavailable; reconnect")).await });
-                None
-            }
             (Request::Attach { tenant, user, since }, Some(inbox)) => {
                 self.attach(inbox, tenant, user, since);
                 None
             }
-            (Request::Socket { event, received_at }, Some(inbox)) => {
-                self.socket_event(inbox, event, received_at);
+            (Request::Socket { event, received_at, n }, Some(inbox)) => {
+                self.socket_event(inbox, event, received_at, n);
                 None
             }
-            (Request::Refresh, Some(inbox)) => {
+            (Request::Refresh { sent }, Some(inbox)) => {
+                // Known, and every event it sent has arrived: kept (told in order with the
+                // other notes). Known but short of events: one was lost.
                 let known = match self.remotes.by_inbox.lock().expect("not poisoned").get_mut(&inbox) {
-                    Some(r) => {
+                    Some(r) if r.received == sent => {
                         r.refreshed = Instant::now();
-                        true
+                        let _ = r.kept.send(());
+                        Some(true)
                     }
-                    None => false,
+                    Some(_) => Some(false),
+                    None => None,
                 };
-                let body = if known { Bytes::from_static(&[note::KEPT]) } else { closing_note(close::INTERNAL, "the user moved to another node; reconnect") };
-                Some(Box::pin(async move { body }))
+                match known {
+                    Some(true) => None,
+                    Some(false) => {
+                        self.remotes.lose(&self.users, &inbox);
+                        None
+                    }
+                    None => {
+                        let body = closing_note(close::INTERNAL, "the user moved to another node; reconnect");
+                        Some(Box::pin(async move { body }))
+                    }
+                }
             }
             (Request::Detach, Some(inbox)) => {
                 if let Some(r) = self.remotes.by_inbox.lock().expect("not poisoned").remove(&inbox) {
@@ -410,11 +465,12 @@ impl Answering {
     fn attach(&self, inbox: String, tenant: String, user: String, since: Option<Since>) {
         let (tx, rx) = mpsc::channel::<Frame>(self.outbox.max(8));
         let (receipts, receipts_rx) = mpsc::unbounded_channel();
+        let (kept, kept_rx) = mpsc::unbounded_channel();
         let slow = Arc::new(Notify::new());
         let closing = Arc::new(OnceLock::new());
         let id = Conn::next_id();
         let conn = Conn { id, tx: tx.clone(), slow: slow.clone(), closing: closing.clone() };
-        let remote = Remote { conn: id, tenant: tenant.clone(), user: user.clone(), tx: tx.downgrade(), receipts, refreshed: Instant::now() };
+        let remote = Remote { conn: id, tenant: tenant.clone(), user: user.clone(), tx: tx.downgrade(), receipts, kept, closing: closing.clone(), received: 0, refreshed: Instant::now() };
         drop(tx);
         // Registered before the actor hears of it, so the socket's events, which follow the
         // attach in order, find it.
@@ -425,12 +481,31 @@ impl Answering {
             tracing::debug!(tenant, user, error = %e, "a remote socket could not be attached");
             let _ = closing.set((close::INTERNAL, "user unavailable; reconnect"));
         }
-        tokio::spawn(publish(self.routes.clone(), self.remotes.clone(), inbox, id, rx, receipts_rx, slow, closing));
+        tokio::spawn(publish(self.routes.clone(), self.remotes.clone(), self.users.clone(), inbox, id, rx, receipts_rx, kept_rx, slow, closing));
     }
 
     /// An event of a remote socket, through its user's actor as the socket's own.
-    fn socket_event(&self, inbox: String, event: Event, received_at: Millis) {
-        let found = self.remotes.by_inbox.lock().expect("not poisoned").get(&inbox).map(|r| (r.conn, r.tenant.clone(), r.user.clone(), r.tx.clone(), r.receipts.clone()));
+    fn socket_event(&self, inbox: String, event: Event, received_at: Millis, n: u64) {
+        let found = {
+            let mut map = self.remotes.by_inbox.lock().expect("not poisoned");
+            match map.get_mut(&inbox) {
+                Some(r) if r.received + 1 == n => {
+                    r.received = n;
+                    Some(Ok((r.conn, r.tenant.clone(), r.user.clone(), r.tx.clone(), r.receipts.clone())))
+                }
+                Some(_) => Some(Err(())),
+                None => None,
+            }
+        };
+        let found = match found {
+            Some(Err(())) => {
+                // An event before this one never arrived: the socket reconnects and resends.
+                self.remotes.lose(&self.users, &inbox);
+                return;
+            }
+            Some(Ok(f)) => Some(f),
+            None => None,
+        };
         let Some((conn, tenant, user, tx, receipts)) = found else {
             // Not attached (expired, or let go of with its partition): the holder closes the
             // socket, and the client resends the event after reconnecting.
@@ -478,29 +553,52 @@ async fn answer_http(router: Option<axum::Router>, method: String, uri: String, 
             }
         }
     };
-    Bytes::from(serde_json::to_vec(&answer).expect("an answer encodes"))
+    let body = serde_json::to_vec(&answer).expect("an answer encodes");
+    // NATS carries at most 1 MiB in a message (its default `max_payload`): a larger answer
+    // would be dropped on the way and the asking node would wait it out. Say so instead.
+    if body.len() > RELAY_MAX {
+        let refused = HttpAnswer {
+            status: 502,
+            content_type: Some("application/json".into()),
+            body: serde_json::json!({ "error": "too_large_to_relay", "message": format!("the answer ({} bytes) is larger than a message between nodes carries; ask for less (a smaller `limit`), or ask the node that serves the user", body.len()) }).to_string(),
+        };
+        return Bytes::from(serde_json::to_vec(&refused).expect("an answer encodes"));
+    }
+    Bytes::from(body)
 }
+
+/// The largest relayed answer: NATS's default `max_payload` (1 MiB) less room for headers.
+const RELAY_MAX: usize = 1024 * 1024 - 16 * 1024;
 
 fn answer_bytes(o: IngestOutcome) -> Bytes {
     let a = Answer { event_id: o.event_id, status: o.status.into(), reason: o.reason, code: o.code.map(Into::into), xp: o.xp, unlocks: o.unlocks };
     Bytes::from(serde_json::to_vec(&a).expect("an answer encodes"))
 }
 
-/// Publishes a remote socket's frames and receipts to its inbox, in the order the actor made
-/// them, until the actor lets go of the connection; then tells the holder to close it.
+/// Publishes a remote socket's frames, receipts and refresh answers to its inbox, numbered, in
+/// the order the actor made them, until the actor lets go of the connection; then tells the
+/// holder to close it. A note NATS does not take (too large, or NATS away) ends it too: the
+/// holder would otherwise miss it unawares.
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     routes: Arc<Routes>,
     remotes: Arc<Remotes>,
+    users: Users,
     inbox: String,
     conn: u64,
     mut rx: mpsc::Receiver<Frame>,
     mut receipts: mpsc::UnboundedReceiver<()>,
+    mut kept: mpsc::UnboundedReceiver<()>,
     slow: Arc<Notify>,
     closing: Arc<OnceLock<(u16, &'static str)>>,
 ) {
     let mut batch = Vec::new();
-    loop {
+    let mut number = 0u64;
+    let mut tell = async |kind: u8, body: &[u8]| {
+        number += 1;
+        tokio::time::timeout(STALL, routes.tell(&inbox, with_kind(kind, number, body))).await.map_err(|_| RouteError::Nats("timed out".into())).and_then(|r| r)
+    };
+    'notes: loop {
         tokio::select! {
             biased;
             _ = slow.notified() => {
@@ -512,17 +610,30 @@ async fn publish(
                     break;
                 }
                 for f in batch.drain(..) {
-                    if routes.tell(&inbox, with_kind(note::FRAME, f.as_bytes())).await.is_err() {
-                        break;
+                    if tell(note::FRAME, f.as_bytes()).await.is_err() {
+                        let _ = closing.set((close::INTERNAL, LOST));
+                        break 'notes;
                     }
                 }
             }
             Some(()) = receipts.recv() => {
-                let _ = routes.tell(&inbox, Bytes::from_static(&[note::RECEIPT])).await;
+                if tell(note::RECEIPT, &[]).await.is_err() {
+                    let _ = closing.set((close::INTERNAL, LOST));
+                    break;
+                }
+            }
+            Some(()) = kept.recv() => {
+                if tell(note::KEPT, &[]).await.is_err() {
+                    let _ = closing.set((close::INTERNAL, LOST));
+                    break;
+                }
             }
         }
     }
     let (code, why) = closing.get().copied().unwrap_or((close::INTERNAL, "user restarted; reconnect"));
-    let _ = routes.tell(&inbox, closing_note(code, why)).await;
-    remotes.remove(&inbox, conn);
+    let _ = tell(note::CLOSE, format!("{code} {why}").as_bytes()).await;
+    // An attachment whose publisher ended is gone, whatever ended it; the actor lets go of it.
+    if let Some(r) = remotes.remove(&inbox, conn) {
+        users.send_existing(&r.tenant, &r.user, UserMsg::Detach { conn_id: conn });
+    }
 }

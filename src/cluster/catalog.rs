@@ -22,7 +22,7 @@ pub fn subject(tenant: &str) -> String {
 /// The tenant a subject is for, if it is one of `subject`'s.
 pub fn tenant_of(subject: &str) -> Option<String> {
     let hex = subject.strip_prefix("accolade.catalogue.")?;
-    if hex.len() % 2 != 0 {
+    if hex.len() % 2 != 0 || !hex.is_ascii() {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect();
@@ -142,7 +142,9 @@ impl CatalogueLog {
         Ok(messages.map(|m| {
             let m = m.map_err(|e| CatalogLogError::Nats(e.to_string()))?;
             let sequence = m.info().map_err(|e| CatalogLogError::Nats(e.to_string()))?.stream_sequence;
-            let tenant = tenant_of(m.subject.as_str()).ok_or_else(|| CatalogLogError::Nats(format!("a message on {} names no tenant", m.subject)))?;
+            // A message on a subject that names no tenant (not written by a node) is nobody's:
+            // an empty tenant, which no node has, so it is passed over.
+            let tenant = tenant_of(m.subject.as_str()).unwrap_or_default();
             Ok(Entry { tenant, sequence, body: m.payload.clone() })
         }))
     }
@@ -162,6 +164,7 @@ mod tests {
         }
         assert_eq!(subject("demo"), "accolade.catalogue.64656d6f");
         assert_eq!(tenant_of("accolade.catalogue.6"), None);
+        assert_eq!(tenant_of("accolade.catalogue.aé1"), None, "not hex, and no panic");
         assert_eq!(tenant_of("accolade.other.64"), None);
     }
 }
