@@ -77,6 +77,29 @@ impl Boards {
         Ok(n)
     }
 
+    /// Puts in the rankings scores read from the store (a partition's users, once it is
+    /// rebuilt in cluster mode); returns how many.
+    pub fn load_entries(&self, entries: Vec<(BoardKey, String, BoardEntry)>) -> usize {
+        let n = entries.len();
+        for (key, user, e) in entries {
+            self.set(key, &user, &e);
+        }
+        n
+    }
+
+    /// Takes out of every ranking the users `gone` names (the users of a partition this node
+    /// let go of); a league left empty is forgotten.
+    pub fn remove_where(&self, gone: impl Fn(&str, &str) -> bool) {
+        self.live.retain(|key, live| {
+            let mut r = live.ranking.lock().expect("ranking lock");
+            let leaving: Vec<Arc<str>> = r.iter().filter(|s| gone(&key.tenant, &s.user)).map(|s| s.user).collect();
+            for u in leaving {
+                r.remove(&u);
+            }
+            !r.is_empty()
+        });
+    }
+
     /// A durable score: the user's standing in that period's ranking.
     pub fn set(&self, key: BoardKey, user: &str, e: &BoardEntry) {
         let live = self.live.entry(key).or_insert_with(|| Arc::new(Live { end: e.end, ranking: Mutex::new(Ranking::new()) })).clone();

@@ -23,6 +23,8 @@
 //! - [`boards`]: live rankings of open leaderboard periods and their watchers.
 //! - [`leaderboard`]: closing and archiving periods, and driving the rank pushes.
 //! - [`ranking`]: the order-statistic structure behind a leaderboard.
+//! - [`standings`]: questions about standings, answered by one node's rankings or merged from
+//!   every node's in a cluster.
 //! - [`metrics`]: counters and histograms, rendered for Prometheus.
 //! - [`ownership`]: cluster mode's partitions on this node: joining, rebuilding a partition
 //!   gained before serving it, letting go of one lost.
@@ -60,6 +62,7 @@ pub mod replay;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod standings;
 pub mod store;
 pub mod user;
 pub mod watchdog;

@@ -11,13 +11,15 @@ use crate::cluster::eventlog::{rebuild, ClusterLog};
 use crate::cluster::lease::Timing;
 use crate::cluster::log::{Fence, PartitionLog};
 use crate::cluster::node::{Node, Options, Owned};
-use crate::cluster::partition::partition_of;
+use crate::cluster::partition::{partition_of, PARTITIONS};
 use crate::cluster::route::{RouteError, Routes};
 use crate::config::Config;
 use crate::core::{Event, Millis};
 use crate::protocol::Since;
+use crate::boards::Boards;
 use crate::remote::{Answering, Attachment, Remotes};
-use crate::store::Store;
+use crate::standings::{Answer, Question, Reply};
+use crate::store::{Store, TreeId, Write};
 use crate::user::{Conn, IngestOutcome, Users};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
@@ -27,6 +29,14 @@ use tokio::sync::watch;
 
 /// Partitions claimed and rebuilt at the same time.
 const REBUILDS_AT_ONCE: usize = 16;
+
+/// The subject of questions about leaderboard standings, which every node answers.
+const STANDINGS: &str = "accolade.standings";
+
+/// How long a question about standings waits for every partition to be answered for. A
+/// partition between owners is answered for by nobody until it is rebuilt (a few seconds
+/// after a node dies), and then the question fails rather than give a partial ranking.
+const GATHER_FOR: Duration = Duration::from_secs(3);
 
 /// A node's part in the cluster, from start to shutdown.
 pub struct Membership {
@@ -81,23 +91,78 @@ impl Membership {
         crate::remote::relay(&self.routes, partition_of(tenant, user), req).await
     }
 
+    /// Asks every node `q` about leaderboard standings and merges their answers, once they
+    /// cover every partition; an error when some partition found no node serving it in time.
+    pub async fn gather(&self, q: &Question) -> Result<Reply, String> {
+        let body = bytes::Bytes::from(bincode::serde::encode_to_vec(q, bincode::config::standard()).expect("a question encodes"));
+        let decode = |b: &bytes::Bytes| bincode::serde::decode_from_slice::<Answer, _>(b, bincode::config::standard()).ok().map(|(a, _)| a);
+        let covered = |got: &[bytes::Bytes]| {
+            let mut seen = [false; PARTITIONS as usize];
+            got.iter().filter_map(decode).flat_map(|a| a.partitions).for_each(|p| seen[usize::from(p) % seen.len()] = true);
+            seen.iter().all(|s| *s)
+        };
+        let got = self.routes.gather(STANDINGS, body, GATHER_FOR, covered).await.map_err(|e| e.to_string())?;
+        let answers: Vec<Answer> = got.iter().filter_map(decode).collect();
+        crate::standings::merge(q, answers, PARTITIONS, &partition_of).map_err(|e| e.to_string())
+    }
+
+    /// Answers other nodes' questions about standings from `boards`, for the partitions this
+    /// node serves, until the task is aborted.
+    async fn answer_standings(&self, boards: Arc<Boards>) -> Result<tokio::task::JoinHandle<()>, RouteError> {
+        let log = self.log.clone();
+        let answer = Arc::new(move |body: bytes::Bytes| -> futures_util::future::BoxFuture<'static, bytes::Bytes> {
+            let (boards, log) = (boards.clone(), log.clone());
+            Box::pin(async move {
+                let reply = match bincode::serde::decode_from_slice::<Question, _>(&body, bincode::config::standard()) {
+                    Ok((q, _)) => {
+                        let partitions = (0..PARTITIONS).filter(|p| log.serves(*p)).collect();
+                        Answer { partitions, reply: crate::standings::answer(&boards, &q, &|t, u| log.serves(partition_of(t, u))) }
+                    }
+                    // A question this version does not know: answered for no partition, so
+                    // the asker sees them uncovered instead of a wrong ranking.
+                    Err(_) => Answer { partitions: vec![], reply: Reply::Forgotten },
+                };
+                bytes::Bytes::from(bincode::serde::encode_to_vec(&reply, bincode::config::standard()).expect("an answer encodes"))
+            })
+        });
+        self.routes.answer_all(STANDINGS, answer).await
+    }
+
     /// Gives this node's router, which answers relayed requests.
     pub fn set_router(&self, router: axum::Router) {
         let _ = self.router.set(router);
     }
 
     /// Serves the partitions this node owns, until `stop`.
-    pub async fn run(self: Arc<Self>, store: Store, users: Users, catalogues: Arc<crate::catalogues::Catalogues>, metrics: Arc<crate::metrics::Metrics>, outbox: usize, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, store: Store, users: Users, boards: Arc<Boards>, catalogues: Arc<crate::catalogues::Catalogues>, metrics: Arc<crate::metrics::Metrics>, outbox: usize, mut stop: watch::Receiver<bool>) {
         let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
+        // Listening for questions about standings is tried again each round until it works.
+        struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                if let Some(t) = self.0.take() {
+                    t.abort();
+                }
+            }
+        }
         let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
         let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox, router: self.router.clone() });
+        let mut listening = AbortOnDrop(None);
         loop {
+            if listening.0.is_none() {
+                match self.answer_standings(boards.clone()).await {
+                    Ok(t) => listening.0 = Some(t),
+                    Err(e) => tracing::warn!(error = %e, "answering questions about standings failed; trying again"),
+                }
+            }
             let now: Owned = owned.borrow_and_update().clone();
             // Lost, or fenced anew, or its writer stopped: let go of it first.
             let gone: Vec<u16> = served.iter().filter(|(p, f)| now.get(p) != Some(f) || !self.log.serves(**p)).map(|(&p, _)| p).collect();
             for p in gone {
                 self.routes.unserve(p);
                 self.log.unserve(p);
+                // Its users' standings are another node's to give from now on.
+                boards.remove_where(|t, u| partition_of(t, u) == p);
                 served.remove(&p);
                 users.drop_where(|t, u| partition_of(t, u) == p).await;
                 tracing::info!(partition = p, "partition let go of");
@@ -115,7 +180,7 @@ impl Membership {
             let gained: Vec<(u16, u64)> = now.iter().filter(|(p, _)| caught_up && !served.contains_key(p)).map(|(&p, f)| (p, f.lease)).collect();
             let mut ready = futures_util::stream::iter(gained)
                 .map(|(p, lease)| {
-                    let (store, me) = (&store, &*self);
+                    let (store, me, boards) = (&store, &*self, &boards);
                     async move {
                         // The writer of a partition whose last one stopped needs a fence of its
                         // own: a fresh claim, which also fences off anything the old writer
@@ -124,9 +189,26 @@ impl Membership {
                             Ok(f) => f,
                             Err(e) => return (p, Err(format!("claiming failed: {e}"))),
                         };
-                        match rebuild(store, &me.partitions, p, 0).await {
-                            Ok(last) => (p, Ok((fence, last))),
-                            Err(e) => (p, Err(format!("rebuilding failed: {e}"))),
+                        // The partition's leaderboard records, to rank its users here once
+                        // it is served.
+                        let mut board_keys: std::collections::BTreeSet<Vec<u8>> = Default::default();
+                        let mut seen = |writes: &[Write]| {
+                            for w in writes {
+                                if let Write::Put(TreeId::Boards, k, _) | Write::Del(TreeId::Boards, k) = w {
+                                    board_keys.insert(k.clone());
+                                }
+                            }
+                        };
+                        let last = match rebuild(store, &me.partitions, p, 0, &mut seen).await {
+                            Ok(last) => last,
+                            Err(e) => return (p, Err(format!("rebuilding failed: {e}"))),
+                        };
+                        match store.board_entries_at(board_keys.iter().map(Vec::as_slice)) {
+                            Ok(entries) => {
+                                boards.load_entries(entries);
+                                (p, Ok((fence, last)))
+                            }
+                            Err(e) => (p, Err(format!("reading its leaderboard records failed: {e}"))),
                         }
                     }
                 })

@@ -98,8 +98,8 @@ pub enum ClientMsg {
     Unwatch { board: String },
 }
 
-/// Why leaderboard standings, ranks and watches are refused in cluster mode.
-pub const CLUSTER_BOARDS: &str = "leaderboard standings are not built for cluster mode yet: each node ranks only the users it serves (docs/cluster.md)";
+/// Why closed leaderboard periods and socket watches of standings are refused in cluster mode.
+pub const CLUSTER_BOARDS: &str = "closing leaderboard periods and watching standings over a socket are not built for cluster mode yet; ask the standings over HTTP (docs/cluster.md)";
 
 pub const MAX_EVENT_ID: usize = 128;
 pub const MAX_FIELDS: usize = 64;

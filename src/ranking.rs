@@ -189,6 +189,31 @@ impl Ranking {
         out
     }
 
+    /// How many standings rank ahead of (`score`, `reached`, `user`), whether or not that
+    /// standing is on the board: what a standing elsewhere (another node's user) would have
+    /// ahead of it here.
+    pub fn ahead(&self, score: f64, reached: i64, user: &str) -> usize {
+        let k = Key::new(score, reached);
+        let b = self.block_for(k, user);
+        match self.blocks.get(b) {
+            Some(block) => self.before(b) + block.find(k, user).unwrap_or_else(|i| i),
+            None => self.len(),
+        }
+    }
+
+    /// The `n` standings just ahead of (`score`, `reached`, `user`) and the `m` just behind
+    /// it, in rank order, leaving out that standing itself.
+    pub fn around(&self, score: f64, reached: i64, user: &str, n: usize, m: usize) -> (Vec<Standing>, Vec<Standing>) {
+        let at = self.ahead(score, reached, user);
+        let before = self.range(at.saturating_sub(n) + 1, at.min(n)).into_iter().map(|(_, s)| s).collect();
+        let mut from = at + 1;
+        if self.by_user.get(user) == Some(&Key::new(score, reached)) {
+            from += 1;
+        }
+        let after = self.range(from, m).into_iter().map(|(_, s)| s).collect();
+        (before, after)
+    }
+
     /// Every standing in rank order.
     pub fn iter(&self) -> impl Iterator<Item = Standing> + '_ {
         self.blocks
@@ -416,6 +441,34 @@ mod tests {
                 prop_assert_eq!(mid.len(), 4);
                 prop_assert_eq!(mid[0].0, 3);
                 prop_assert_eq!(&*mid[0].1.user, want[2].0.as_str());
+            }
+        }
+
+        /// What a standing from elsewhere has ahead of it and around it, against the model:
+        /// on the board or not, tied or not.
+        #[test]
+        fn ahead_and_around_match_the_model(users in prop::collection::vec((0u16..300, 0u8..20, 0i64..5), 1..600), probe in (0u16..320, 0u8..22, 0i64..6), n in 0usize..6) {
+            let mut r = Ranking::new();
+            let mut m: HashMap<String, (f64, i64)> = HashMap::new();
+            for (u, score, reached) in users {
+                r.set(&format!("u{u}"), f64::from(score), reached);
+                m.insert(format!("u{u}"), (f64::from(score), reached));
+            }
+            let (pu, ps, pr) = (format!("u{}", probe.0), f64::from(probe.1), probe.2);
+            // The model's order with the probe put in (replacing the user's own standing).
+            let mut all: Vec<(String, f64, i64)> = m.iter().filter(|(u, _)| **u != pu).map(|(u, &(s, t))| (u.clone(), s, t)).collect();
+            all.push((pu.clone(), ps, pr));
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+            let at = all.iter().position(|x| x.0 == pu).unwrap();
+            // A user on the board with another standing counts ahead wherever that one is.
+            let own_ahead = m.get(&pu).is_some_and(|&(s, t)| all[..at].iter().all(|x| x.0 != pu) && (s > ps || (s == ps && t < pr)));
+            prop_assert_eq!(r.ahead(ps, pr, &pu), at + usize::from(own_ahead));
+            if !m.contains_key(&pu) || m[&pu] == (ps, pr) {
+                let (before, after) = r.around(ps, pr, &pu, n, n);
+                let want_before: Vec<&str> = all[at.saturating_sub(n)..at].iter().map(|x| x.0.as_str()).collect();
+                let want_after: Vec<&str> = all[at + 1..].iter().take(n).map(|x| x.0.as_str()).collect();
+                prop_assert_eq!(before.iter().map(|s| &*s.user).collect::<Vec<_>>(), want_before);
+                prop_assert_eq!(after.iter().map(|s| &*s.user).collect::<Vec<_>>(), want_after);
             }
         }
     }

@@ -37,10 +37,14 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let tenants: Vec<String> = secrets.iter().map(|(t, _)| t.clone()).collect();
     let catalogues = Arc::new(Catalogues::open(store.clone(), config.catalogue.clone(), &tenants, crate::clock::now_ms(), config.cluster.is_some()).await?);
     let boards = Arc::new(Boards::default());
-    // A blocking scan, run once before any traffic is served: the scores of open periods.
-    let loaded = boards.load(&store).map_err(|e| anyhow::anyhow!("loading leaderboards: {e}"))?;
-    if loaded > 0 {
-        tracing::info!(scores = loaded, "leaderboards loaded");
+    // A blocking scan, run once before any traffic is served: the scores of open periods. In
+    // cluster mode the rankings hold the users of the partitions this node serves, put in as
+    // each is rebuilt (the local store may hold others', from partitions served before).
+    if config.cluster.is_none() {
+        let loaded = boards.load(&store).map_err(|e| anyhow::anyhow!("loading leaderboards: {e}"))?;
+        if loaded > 0 {
+            tracing::info!(scores = loaded, "leaderboards loaded");
+        }
     }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
@@ -72,7 +76,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let env = crate::user::Env { config: config.clone(), log, catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
     if let Some(m) = &cluster {
-        tokio::spawn(m.clone().run(store.clone(), users.clone(), catalogues.clone(), metrics.clone(), config.outbox_capacity, shutdown.subscribe()));
+        tokio::spawn(m.clone().run(store.clone(), users.clone(), boards.clone(), catalogues.clone(), metrics.clone(), config.outbox_capacity, shutdown.subscribe()));
     }
     let backfills = Backfills::new(store.clone(), catalogues.clone(), users.clone(), metrics.clone(), config.backfill_users_per_sec, shutdown.subscribe());
     Ok(Arc::new(Shared {

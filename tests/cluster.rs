@@ -349,7 +349,7 @@ async fn a_user_is_rebuilt_on_another_node_from_the_changelog_and_an_unwritten_e
     let store_b = Store::open(&dir.path().join("b")).unwrap();
     let on_b = ClusterLog::new(store_b.clone());
     assert!(on_b.load_user("demo", "alice").is_err(), "a partition not yet served is not read");
-    rebuild(&store_b, &log, p, 0).await.unwrap();
+    rebuild(&store_b, &log, p, 0, &mut |_| {}).await.unwrap();
     let b = take_over(&nats, a, &views).await;
     on_b.serve(p, Writer::start(log.clone(), b.owned().borrow()[&p].clone()));
     let after = on_b.load_user("demo", "alice").unwrap();
@@ -673,11 +673,11 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     assert_eq!((s, e["error"].as_str()), (404, Some("user_not_found")), "{e}");
     let (s, e) = api_b.with_key(Some("wrong")).get(&format!("/v1/users/{ua}")).await;
     assert_eq!((s, e["error"].as_str()), (401, Some("unauthorized")), "{e}");
-    // Leaderboard standings are refused, clearly, rather than given for one node's users.
+    // Closed leaderboard periods are refused, clearly, rather than given for one node's users.
     let (s, list) = api_b.get("/v1/leaderboards").await;
     let board = list["leaderboards"][0]["id"].as_str().unwrap_or_else(|| panic!("the demo has a board: {s} {list}")).to_string();
     // So are goals and webhooks, which each node keeps for its own users for now.
-    for path in [format!("/v1/leaderboards/{board}"), format!("/v1/leaderboards/{board}/users/{ua}"), format!("/v1/leaderboards/{board}/periods"), "/v1/goals".into(), "/v1/webhooks".into()] {
+    for path in [format!("/v1/leaderboards/{board}/periods"), "/v1/goals".into(), "/v1/webhooks".into()] {
         let (s, e) = api_a.get(&path).await;
         assert_eq!((s, e["error"].as_str()), (501, Some("cluster_unsupported")), "{path}: {e}");
         assert!(e["message"].as_str().unwrap().contains("cluster mode"), "{e}");
@@ -696,6 +696,99 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     assert_eq!((s, e["error"].as_str()), (503, Some("unavailable")), "{e}");
     assert_eq!(post_until_taken(&api_b, &again, Duration::from_secs(30)).await["status"], "accepted");
     assert_eq!(post(&api_b, &first).await["status"], "duplicate", "rebuilt from JetStream on node-b");
+}
+
+/// The all-time XP board as one node would rank `users`, read from each user's own XP.
+async fn ranked_by_xp(api: &Api, users: &[String]) -> Vec<(String, f64)> {
+    let mut want = Vec::new();
+    for u in users {
+        let (s, doc) = api.get(&format!("/v1/users/{u}")).await;
+        assert_eq!(s, 200, "{doc}");
+        want.push((u.clone(), doc["xp"].as_f64().unwrap()));
+    }
+    want.sort_by(|a, b| b.1.total_cmp(&a.1));
+    want
+}
+
+fn rows(standings: &serde_json::Value) -> Vec<(String, f64)> {
+    standings.as_array().unwrap().iter().map(|r| (r["user_id"].as_str().unwrap().to_string(), r["score"].as_f64().unwrap())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderboard_standings_on_any_node_rank_every_user_wherever_she_is_served() {
+    let mut nodes = TwoNodes::start().await;
+    let (api_a, api_b) = (Api::demo_at(nodes.port_a), Api::demo_at(nodes.port_b));
+    // Eight users, four on each node, user k with k + 1 correct answers (so distinct XP).
+    let users: Vec<String> = (0..8).map(|k| user_of(if k % 2 == 0 { "node-a" } else { "node-b" }, &format!("racer{k}"))).collect();
+    for (k, u) in users.iter().enumerate() {
+        for i in 0..=k {
+            let r = post_until_taken(&api_b, &http_answer(&format!("{u}-{i}"), u, "ex-1", true), Duration::from_secs(30)).await;
+            assert_eq!(r["status"], "accepted", "{r}");
+        }
+    }
+    let want = ranked_by_xp(&api_a, &users).await;
+    assert!(want.windows(2).all(|w| w[0].1 > w[1].1), "distinct XP, so the order is the scores': {want:?}");
+
+    // The whole board, a page of it, a rank with its neighbours and a friends list: the same
+    // on both nodes, and what one node holding everyone would give.
+    for api in [&api_a, &api_b] {
+        let (s, all) = api.get("/v1/leaderboards/xp-all-time?limit=100").await;
+        assert_eq!(s, 200, "{all}");
+        assert_eq!((all["total"].as_u64(), rows(&all["entries"])), (Some(8), want.clone()), "{all}");
+        assert_eq!(all["entries"][7]["rank"], 8);
+        let (_, page) = api.get("/v1/leaderboards/xp-all-time?from=3&limit=2").await;
+        assert_eq!(rows(&page["entries"]), want[2..4].to_vec(), "{page}");
+        assert_eq!(page["entries"][0]["rank"], 3);
+        let third = &want[2].0;
+        let (s, me) = api.get(&format!("/v1/leaderboards/xp-all-time/users/{third}?around=2")).await;
+        assert_eq!((s, me["rank"].as_u64()), (200, Some(3)), "{me}");
+        assert_eq!(rows(&me["around"]), want[0..5].to_vec(), "{me}");
+        let (s, top) = api.get(&format!("/v1/leaderboards/xp-all-time/users/{}?around=1", want[0].0)).await;
+        assert_eq!((s, rows(&top["around"])), (200, want[0..2].to_vec()), "{top}");
+        let friends = serde_json::json!({ "users": [want[6].0, "nobody-at-all", want[1].0] });
+        let (s, f) = api.call("POST", "/v1/leaderboards/xp-all-time/standings", Some(&friends)).await;
+        assert_eq!(s, 200, "{f}");
+        let got: Vec<(&str, Option<u64>)> = f["entries"].as_array().unwrap().iter().map(|e| (e["user_id"].as_str().unwrap(), e["rank"].as_u64())).collect();
+        assert_eq!(got, [(want[1].0.as_str(), Some(2)), (want[6].0.as_str(), Some(7)), ("nobody-at-all", None)], "{f}");
+    }
+    // A page past the deepest rank a cluster gathers is refused, saying so.
+    let (s, e) = api_a.get("/v1/leaderboards/xp-all-time?from=4999&limit=10").await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("invalid_query")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("5000"), "{e}");
+    // Closed periods are not the cluster's yet: refused by name.
+    let (s, e) = api_a.get("/v1/leaderboards/xp-all-time/periods").await;
+    assert_eq!((s, e["error"].as_str()), (501, Some("cluster_unsupported")), "{e}");
+
+    // node-a dies. Until node-b has rebuilt its partitions the board is refused (503, ask
+    // again), never given without node-a's users; then it is whole again, from the changelog.
+    nodes.a.kill9();
+    let start = Instant::now();
+    loop {
+        let (s, all) = api_b.get("/v1/leaderboards/xp-all-time?limit=100").await;
+        if s == 200 {
+            assert_eq!((all["total"].as_u64(), rows(&all["entries"])), (Some(8), want.clone()), "{all}");
+            break;
+        }
+        assert_eq!((s, all["error"].as_str()), (503, Some("unavailable")), "{all}");
+        assert!(start.elapsed() < Duration::from_secs(30), "the board is not whole again: {all}");
+    }
+    // And node-b ranks new scores of node-a's users it now serves.
+    let first = &want[7].0;
+    for i in 0..12 {
+        assert_eq!(post_until_taken(&api_b, &http_answer(&format!("{first}-late-{i}"), first, "ex-1", true), Duration::from_secs(30)).await["status"], "accepted");
+    }
+    let want = ranked_by_xp(&api_b, &users).await;
+    assert_eq!(want[0].0, *first, "{want:?}");
+    // A ranking follows a score once it is durable, which may be a moment after the ack.
+    let start = Instant::now();
+    loop {
+        let (_, all) = api_b.get("/v1/leaderboards/xp-all-time?limit=100").await;
+        if rows(&all["entries"]) == want {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{all} is not {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -9,8 +9,10 @@ use crate::ranking::{Row, MAX_TOP};
 use crate::protocol::rfc3339;
 use crate::api::ApiError;
 use crate::shared::Shared;
+use crate::standings::{self, Entry, Question, Reply};
 use crate::store::BoardKey;
 use crate::clock::now_ms;
+use axum::http::StatusCode;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -88,6 +90,63 @@ fn open_period(def: &BoardDef, cat: &Catalogue) -> Result<String, ApiError> {
         .ok_or_else(|| not_found("no_open_period", format!("leaderboard `{}` has no open period now; ask for a closed one with ?period=", def.id)))
 }
 
+/// The deepest rank a page of standings reaches in cluster mode: each node sends its first
+/// that many, and an answer must fit one NATS message.
+pub const DEEPEST_IN_CLUSTER: usize = 5000;
+
+/// Asks about standings: this node's rankings, or in cluster mode every node's, merged.
+async fn ask(shared: &Shared, q: Question) -> Result<Reply, ApiError> {
+    match &shared.cluster {
+        None => Ok(standings::answer(&shared.boards, &q, &|_, _| true)),
+        Some(m) => m.gather(&q).await.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e)),
+    }
+}
+
+fn mismatch() -> ApiError {
+    internal("a question about standings got an answer of another kind")
+}
+
+/// Standings from rank `from` (1-based), at most `n`, within the board's size, and how many
+/// the league has within it.
+async fn top(shared: &Shared, key: &BoardKey, size: Option<usize>, from: usize, n: usize) -> Result<(usize, Vec<Row>), ApiError> {
+    if shared.cluster.is_none() {
+        return Ok(shared.boards.top(key, size, from, n));
+    }
+    let cap = size.unwrap_or(usize::MAX);
+    let last = from.saturating_sub(1).saturating_add(n).min(cap);
+    if last > DEEPEST_IN_CLUSTER {
+        return Err(bad("invalid_query", format!("in cluster mode standings are given down to rank {DEEPEST_IN_CLUSTER}; ask for a page above it")));
+    }
+    let Reply::Top { total, rows } = ask(shared, Question::Top { key: key.clone(), limit: last }).await? else { return Err(mismatch()) };
+    let rows = rows.into_iter().enumerate().skip(from.saturating_sub(1)).map(|(i, e)| Row { rank: i + 1, user_id: e.user, score: e.score }).collect();
+    Ok((total.min(cap), rows))
+}
+
+/// Where each of `users` stands in an open period: league, rank (None past the board's size)
+/// and standing; None for a user with no score in it.
+async fn find(shared: &Shared, tenant: &str, def: &BoardDef, period: &str, users: Vec<String>) -> Result<Vec<(String, Option<(String, Option<usize>, Entry)>)>, ApiError> {
+    let q = Question::Find { tenant: tenant.into(), board: def.id.to_string(), period: period.into(), users: users.clone() };
+    let Reply::Found(found) = ask(shared, q).await? else { return Err(mismatch()) };
+    // One count of who is ahead per league.
+    let mut by_segment: std::collections::BTreeMap<String, Vec<Entry>> = Default::default();
+    for (segment, e) in &found {
+        by_segment.entry(segment.clone()).or_default().push(e.clone());
+    }
+    let mut ranked: std::collections::HashMap<String, (String, Option<usize>, Entry)> = Default::default();
+    for (segment, of) in by_segment {
+        let key = BoardKey { tenant: tenant.into(), board: def.id.to_string(), period: period.into(), segment: segment.clone() };
+        let Reply::Ahead(ahead) = ask(shared, Question::Ahead { key, of: of.clone() }).await? else { return Err(mismatch()) };
+        for (e, n) in of.into_iter().zip(ahead) {
+            let rank = (n < def.size.unwrap_or(usize::MAX)).then_some(n + 1);
+            ranked.insert(e.user.clone(), (segment.clone(), rank, e));
+        }
+    }
+    Ok(users.into_iter().map(|u| {
+        let found = ranked.get(&u).cloned();
+        (u, found)
+    }).collect())
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct BoardList {
     pub leaderboards: Vec<BoardDoc>,
@@ -132,7 +191,7 @@ pub struct Standings {
 /// Ranks are 1, 2, 3, ... with no shared ranks: of two equal scores, the one reached first
 /// (by the server's receive time) ranks higher, then the lower user id.
 #[utoipa::path(get, path = "/v1/leaderboards/{id}", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id"), StandingsQuery),
-    responses((status = 200, body = Standings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, description = "Cluster mode: standings are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = Standings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "Cluster mode: part of the board is between nodes for a moment; ask again", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn standings(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, Query(q): Query<StandingsQuery>) -> Result<Json<Standings>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let def = board(&cat, &id)?;
@@ -159,13 +218,19 @@ pub async fn standings(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant
             let rows = shared.store.archived(&key, from.min(u32::MAX as usize) as u32, limit).map_err(internal)?;
             (true, total, rows.into_iter().map(|(rank, a)| Row { rank: rank as usize, user_id: a.user, score: a.score }).collect())
         }
-        None if Some(&period) == open.as_ref() || !shared.boards.segments(&tenant, &id, &period).is_empty() => {
-            let (total, rows) = shared.boards.top(&key, def.size, from, limit);
+        None if Some(&period) == open.as_ref() || has_period(&shared, &tenant, &id, &period).await? => {
+            let (total, rows) = top(&shared, &key, def.size, from, limit).await?;
             (false, total, rows)
         }
         None => return Err(not_found("not_found", format!("leaderboard `{id}` has no period `{period}`"))),
     };
     Ok(Json(Standings { board: id, period, segment: q.segment, closed, total, entries }))
+}
+
+/// Whether a period not open now still has standings (it ended and is not closed yet).
+async fn has_period(shared: &Shared, tenant: &str, board: &str, period: &str) -> Result<bool, ApiError> {
+    let Reply::Segments(s) = ask(shared, Question::Segments { tenant: tenant.into(), board: board.into(), period: period.into() }).await? else { return Err(mismatch()) };
+    Ok(!s.is_empty())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -191,7 +256,7 @@ pub struct UserRank {
 /// A user's rank, and the users around them
 #[utoipa::path(get, path = "/v1/leaderboards/{id}/users/{user}", tag = "leaderboards",
     params(("id" = String, Path, description = "Leaderboard id"), ("user" = String, Path, description = "User id"), AroundQuery),
-    responses((status = 200, body = UserRank), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, description = "Cluster mode: standings are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = UserRank), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "Cluster mode: part of the board is between nodes for a moment; ask again", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn user_rank(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, user)): Path<(String, String)>, Query(q): Query<AroundQuery>) -> Result<Json<UserRank>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let def = board(&cat, &id)?;
@@ -200,18 +265,20 @@ pub async fn user_rank(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant
         return Err(bad("invalid_query", "around must be at most 50"));
     }
     let period = open_period(def, &cat)?;
-    let found = shared.boards.find(&tenant, def, &period, &user);
-    let (segment, rank, score) = match found {
-        Some((s, r, score)) => (s, r, score),
+    let found = find(&shared, &tenant, def, &period, vec![user.clone()]).await?.pop().and_then(|(_, f)| f);
+    let (segment, rank, score) = match &found {
+        Some((s, r, e)) => (s.clone(), *r, e.score),
         None => (String::new(), None, 0.0),
     };
-    let rows = match rank {
-        Some(r) => {
+    let rows = match (rank, found) {
+        (Some(r), Some((_, _, me))) => {
             let key = BoardKey { tenant: tenant.clone(), board: id.clone(), period: period.clone(), segment: segment.clone() };
-            let from = r.saturating_sub(around).max(1);
-            shared.boards.top(&key, def.size, from, r - from + around + 1).1
+            let Reply::Around { before, after } = ask(&shared, Question::Around { key, of: me.clone(), before: around, after: around }).await? else { return Err(mismatch()) };
+            let first = r - before.len();
+            let size = def.size.unwrap_or(usize::MAX);
+            before.into_iter().chain([me]).chain(after).enumerate().map(|(i, e)| Row { rank: first + i, user_id: e.user, score: e.score }).filter(|row| row.rank <= size).collect()
         }
-        None => vec![],
+        _ => vec![],
     };
     let segment = def.segment_by.as_ref().and(found_segment(&segment));
     Ok(Json(UserRank { board: id, period, user_id: user, segment, rank, score, around: rows }))
@@ -248,7 +315,7 @@ pub struct FriendsStandings {
 /// The standings of a list of users (friends)
 #[utoipa::path(post, path = "/v1/leaderboards/{id}/standings", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id")),
     request_body = FriendsBody,
-    responses((status = 200, body = FriendsStandings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, description = "Cluster mode: standings are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = FriendsStandings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "Cluster mode: part of the board is between nodes for a moment; ask again", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn friends(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<FriendsStandings>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let def = board(&cat, &id)?;
@@ -257,11 +324,11 @@ pub async fn friends(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, 
         return Err(bad("invalid_body", format!("at most 1000 users; got {}", body.users.len())));
     }
     let period = open_period(def, &cat)?;
-    let mut entries: Vec<FriendStanding> = body
-        .users
+    let mut entries: Vec<FriendStanding> = find(&shared, &tenant, def, &period, body.users)
+        .await?
         .into_iter()
-        .map(|u| match shared.boards.find(&tenant, def, &period, &u) {
-            Some((segment, rank, score)) => FriendStanding { user_id: u, rank, score, segment: def.segment_by.as_ref().and(found_segment(&segment)) },
+        .map(|(u, found)| match found {
+            Some((segment, rank, e)) => FriendStanding { user_id: u, rank, score: e.score, segment: def.segment_by.as_ref().and(found_segment(&segment)) },
             None => FriendStanding { user_id: u, rank: None, score: 0.0, segment: None },
         })
         .collect();
@@ -288,7 +355,7 @@ pub struct ClosedList {
 
 /// The closed periods of a board, whose standings are archived
 #[utoipa::path(get, path = "/v1/leaderboards/{id}/periods", tag = "leaderboards", params(("id" = String, Path, description = "Leaderboard id")),
-    responses((status = 200, body = ClosedList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, description = "Cluster mode: standings are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = ClosedList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "Cluster mode: part of the board is between nodes for a moment; ask again", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn periods(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<ClosedList>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     // A board removed from the catalogue keeps its archive, so the id is only checked when

@@ -44,12 +44,9 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/users/{id}/badges/{badge}", get(users::get_badge))
         .route("/v1/users/{id}/events", get(users::get_events))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), users::to_owner));
-    // Leaderboard standings, goals and webhooks are each node's own in cluster mode: refused
-    // there until they are the cluster's (docs/cluster.md).
+    // Closed leaderboard periods, goals and webhooks are each node's own in cluster mode:
+    // refused there until they are the cluster's (docs/cluster.md).
     let per_node = Router::new()
-        .route("/v1/leaderboards/{id}", get(leaderboards::standings))
-        .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
-        .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
         .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
         .route("/v1/goals", get(goals::list).post(goals::create))
         .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
@@ -73,6 +70,10 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/jobs", get(catalogue::list_jobs))
         .route("/v1/jobs/{id}", get(catalogue::get_job).delete(catalogue::cancel_job))
         .route("/v1/leaderboards", get(leaderboards::list))
+        // Standings are gathered from every node in cluster mode.
+        .route("/v1/leaderboards/{id}", get(leaderboards::standings))
+        .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
+        .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
         .route("/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }

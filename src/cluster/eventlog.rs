@@ -121,8 +121,9 @@ impl EventLog for ClusterLog {
 
 /// Fills the local store with a partition's changelog after stream sequence `after`, batch by
 /// batch, each durable before the next is read; returns the sequence of the last batch. A node
-/// runs this for a partition it gained before it serves it.
-pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u64) -> Result<u64, String> {
+/// runs this for a partition it gained before it serves it. `seen` is shown each batch (what
+/// is built in memory from the store learns which records the partition has).
+pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u64, seen: &mut (dyn FnMut(&[Write]) + Send)) -> Result<u64, String> {
     let mut last = after;
     loop {
         let page = changelog::batches(log, partition, last, 64).await?;
@@ -130,6 +131,7 @@ pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u
             return Ok(last);
         }
         for (seq, writes) in page {
+            seen(&writes);
             store.write(writes).await.map_err(|e| e.to_string())?;
             last = seq;
         }

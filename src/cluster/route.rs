@@ -135,6 +135,40 @@ impl Routes {
         self.client.publish(inbox.to_string(), body).await.map_err(|e| RouteError::Nats(e.to_string()))
     }
 
+    /// Answers every message on `subject` with `answer`, each in a task of its own. Every node
+    /// listens on it (no queue group), so a message sent there is answered by all of them.
+    pub async fn answer_all(&self, subject: &str, answer: Arc<dyn Fn(Bytes) -> BoxFuture<'static, Bytes> + Send + Sync>) -> Result<JoinHandle<()>, RouteError> {
+        let mut sub = self.client.subscribe(subject.to_string()).await.map_err(|e| RouteError::Nats(e.to_string()))?;
+        self.client.flush().await.map_err(|e| RouteError::Nats(e.to_string()))?;
+        let client = self.client.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let Some(reply) = m.reply else { continue };
+                let (client, body) = (client.clone(), answer(m.payload));
+                tokio::spawn(async move {
+                    let _ = client.publish(reply, body.await).await;
+                });
+            }
+        }))
+    }
+
+    /// Asks every node listening on `subject` and gathers their answers, until `enough` says
+    /// the ones so far are enough or `timeout` has passed; returns those that came.
+    pub async fn gather(&self, subject: &str, body: Bytes, timeout: Duration, mut enough: impl FnMut(&[Bytes]) -> bool) -> Result<Vec<Bytes>, RouteError> {
+        let inbox = self.new_inbox();
+        let mut sub = self.listen(&inbox).await?;
+        self.client.publish_with_reply(subject.to_string(), inbox, body).await.map_err(|e| RouteError::Nats(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = Vec::new();
+        while !enough(&got) {
+            match tokio::time::timeout_at(deadline, sub.next()).await {
+                Ok(Some(Note::Message(b))) => got.push(b),
+                Ok(Some(Note::NoResponders)) | Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(got)
+    }
+
     /// Asks the node serving `partition`.
     pub async fn request(&self, partition: u16, body: Bytes, timeout: Duration) -> Result<Bytes, RouteError> {
         use async_nats::client::RequestErrorKind;

@@ -39,7 +39,7 @@ pub struct BoardEntry {
 }
 
 /// Which leaderboard period: tenant, board, period label, segment ("" when not segmented).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BoardKey {
     pub tenant: String,
     pub board: String,

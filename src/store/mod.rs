@@ -464,12 +464,19 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.boards.iter() {
             let (k, v) = kv?;
-            let mut parts = k[..k.len().saturating_sub(1)].splitn(2, |&b| b == 0);
-            let tenant = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            let scores: Vec<(String, String, String, BoardEntry)> = decode(&k, &v)?;
-            for (board, period, segment, e) in scores {
-                out.push((BoardKey { tenant: tenant.clone(), board, period, segment }, user.clone(), e));
+            board_record(&k, &v, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The scores in the leaderboard records at `keys` (keys of the boards tree, as a
+    /// partition's changelog names them); keys with no record are skipped.
+    pub fn board_entries_at<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<(BoardKey, String, BoardEntry)>, StoreError> {
+        self.readable()?;
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(v) = self.boards.get(k)? {
+                board_record(k, &v, &mut out)?;
             }
         }
         Ok(out)
@@ -649,3 +656,15 @@ impl Store {
     }
 }
 
+
+/// Decodes one user's leaderboard record (key `tenant \0 user \0`) into `out`.
+fn board_record(k: &[u8], v: &[u8], out: &mut Vec<(BoardKey, String, BoardEntry)>) -> Result<(), StoreError> {
+    let mut parts = k[..k.len().saturating_sub(1)].splitn(2, |&b| b == 0);
+    let tenant = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let scores: Vec<(String, String, String, BoardEntry)> = decode(k, v)?;
+    for (board, period, segment, e) in scores {
+        out.push((BoardKey { tenant: tenant.clone(), board, period, segment }, user.clone(), e));
+    }
+    Ok(())
+}
