@@ -147,12 +147,16 @@ impl Boards {
         None
     }
 
-    /// Periods whose end (plus `grace`) has passed: (tenant, board, period).
-    pub fn due(&self, now: Millis, grace: Millis) -> Vec<(String, String, String)> {
-        let mut out: Vec<(String, String, String)> =
-            self.live.iter().filter(|e| e.value().end.saturating_add(grace) <= now).map(|e| (e.key().tenant.clone(), e.key().board.clone(), e.key().period.clone())).collect();
+    /// Periods whose end (plus `grace`) has passed: (tenant, board, period, end).
+    pub fn due(&self, now: Millis, grace: Millis) -> Vec<(String, String, String, Millis)> {
+        let mut out: Vec<(String, String, String, Millis)> = self
+            .live
+            .iter()
+            .filter(|e| e.value().end.saturating_add(grace) <= now)
+            .map(|e| (e.key().tenant.clone(), e.key().board.clone(), e.key().period.clone(), e.value().end))
+            .collect();
         out.sort();
-        out.dedup();
+        out.dedup_by(|a, b| (&a.0, &a.1, &a.2) == (&b.0, &b.1, &b.2));
         out
     }
 

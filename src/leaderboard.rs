@@ -4,92 +4,139 @@
 //! Closing is idempotent at every step: the archive rows are rewritten the same,
 //! awards are made through the winners' actors and the core refuses a second award for the same
 //! period, and the `closed` record is written last. A restart at any point finishes the close.
+//! In cluster mode the standings are gathered from every node (`standings.rs`), a board's
+//! periods are closed by the node serving the board's partition, its records go through that
+//! partition's changelog, and each award through the winner's own node.
 
 use crate::boards::Boards;
 use crate::catalogues::Catalogues;
 use crate::core::Millis;
 use crate::metrics::Metrics;
-use crate::ranking::Standing;
-use crate::store::{self, Archived, BoardKey, ClosedPeriod, Store};
+use crate::ownership::Membership;
+use crate::standings::{self, board_partition_key, Entry, Question, Reply};
+use crate::store::{self, Archived, BoardKey, ClosedPeriod, EventLog, Store};
 use crate::clock::now_ms;
 use crate::user::{UserMsg, Users};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
+/// Standings read per question while archiving a period.
+const PAGE: usize = 1000;
+
 /// What closing periods works with.
 pub struct Closer {
+    /// Where the board's records are read: this node's sled (in cluster mode, complete for
+    /// the partitions this node serves, the board's among them when it closes it).
     pub store: Store,
+    /// Where they are written: the sled, or in cluster mode the board partition's changelog.
+    pub log: Arc<dyn EventLog>,
     pub catalogues: Arc<Catalogues>,
     pub boards: Arc<Boards>,
     pub users: Users,
     pub metrics: Arc<Metrics>,
+    /// In cluster mode: standings are every node's, and a winner's actor may be elsewhere.
+    pub cluster: Option<Arc<Membership>>,
 }
 
 impl Closer {
+    /// Asks about standings: this process's rankings, or every node's.
+    async fn ask(&self, q: Question) -> Result<Reply, String> {
+        match &self.cluster {
+            None => Ok(standings::answer(&self.boards, &q, &|_, _| true)),
+            Some(m) => m.gather(&q).await,
+        }
+    }
+
+    /// A league's standings from the top, at most `size` of them.
+    async fn standings(&self, key: &BoardKey, size: usize) -> Result<Vec<Entry>, String> {
+        let mut out: Vec<Entry> = Vec::new();
+        while out.len() < size {
+            let q = Question::Top { key: key.clone(), after: out.last().cloned(), limit: PAGE.min(size - out.len()) };
+            let Reply::Top { rows, .. } = self.ask(q).await? else { return Err("standings came back as another answer".into()) };
+            if rows.is_empty() {
+                break;
+            }
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Gives a winner her award through her actor, wherever it runs; true when given now.
+    async fn award(&self, tenant: &str, user: &str, board: &str, period: &str, rank: usize) -> Result<bool, String> {
+        if let Some(m) = &self.cluster
+            && !m.serves(tenant, user)
+        {
+            return m.award(tenant, user, board, period, rank).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let msg = UserMsg::Award { board: board.into(), period: period.into(), rank, reply: tx };
+        self.users.send(tenant, user, msg).map_err(|e| e.to_string())?;
+        rx.await.map_err(|_| "the user's actor stopped".to_string())?
+    }
 
     /// Archives a period that has ended and awards its top ranks; returns how many awards were
-    /// made. Safe to run again after a crash at any point.
-    pub async fn close(&self, tenant: &str, board: &str, period: &str) -> Result<u64, String> {
-        let boards = &self.boards;
-        let segments = boards.segments(tenant, board, period);
+    /// made. Safe to run again after a crash at any point, and on another node (in cluster
+    /// mode its records are in the board partition's changelog).
+    pub async fn close(&self, tenant: &str, board: &str, period: &str, end: Millis) -> Result<u64, String> {
+        let Reply::Segments(segments) = self.ask(Question::Segments { tenant: tenant.into(), board: board.into(), period: period.into() }).await? else {
+            return Err("segments came back as another answer".into());
+        };
         let keys: Vec<BoardKey> = segments.iter().map(|s| BoardKey { tenant: tenant.into(), board: board.into(), period: period.into(), segment: s.clone() }).collect();
-        let store = &self.store;
-        let already = store.closed(tenant, board, period).map_err(|e| e.to_string())?;
+        let already = self.store.closed(tenant, board, period).map_err(|e| e.to_string())?;
         let cat = self.catalogues.current(tenant);
         let def = cat.as_ref().and_then(|c| c.boards.iter().find(|b| &*b.id == board).cloned());
         let size = def.as_ref().and_then(|d| d.size).unwrap_or(usize::MAX);
-        let mut end = 0;
-        let mut standings: Vec<(BoardKey, Vec<Standing>)> = Vec::new();
-        for k in &keys {
-            if let Some(live) = boards.get(k) {
-                end = live.end;
-                standings.push((k.clone(), live.ranking.lock().expect("ranking lock").iter().collect()));
-            }
-        }
         let mut awarded = 0;
         if already.is_none() {
+            let mut standings: Vec<(BoardKey, Vec<Entry>)> = Vec::new();
+            for k in &keys {
+                standings.push((k.clone(), self.standings(k, size).await?));
+            }
             // 1. The final standings, durable before anyone is told.
             let mut writes = Vec::new();
             for (k, rows) in &standings {
-                for (i, s) in rows.iter().take(size).enumerate() {
-                    writes.push(store::writes::archived(k, i as u32 + 1, &Archived { user: s.user.to_string(), score: s.score, reached: s.reached }));
+                for (i, s) in rows.iter().enumerate() {
+                    writes.push(store::writes::archived(k, i as u32 + 1, &Archived { user: s.user.clone(), score: s.score, reached: s.reached }));
                 }
             }
-            self.submit(writes).await?;
+            self.submit(tenant, board, writes).await?;
             // 2. The awards, each through the winner's actor, which refuses a second one.
             if let Some((_, top)) = def.as_ref().and_then(|d| d.award) {
                 for (_, rows) in &standings {
-                    for (i, s) in rows.iter().take(top.min(size)).enumerate() {
-                        let (tx, rx) = oneshot::channel();
-                        let msg = UserMsg::Award { board: board.into(), period: period.into(), rank: i + 1, reply: tx };
-                        self.users.send(tenant, &s.user, msg).map_err(|e| e.to_string())?;
-                        if rx.await.map_err(|_| "the user's actor stopped".to_string())?? {
+                    for (i, s) in rows.iter().take(top).enumerate() {
+                        if self.award(tenant, &s.user, board, period, i + 1).await? {
                             awarded += 1;
                         }
                     }
                 }
             }
-        }
-        // 3. The record that it is closed. The users' stored scores of this period stay in their
-        // records until their next period replaces them; loading skips closed periods.
-        if already.is_none() {
-            let segments = standings.iter().map(|(k, rows)| (k.segment.clone(), rows.len().min(size) as u64)).collect();
-            self.submit(vec![store::writes::closed(tenant, board, &ClosedPeriod { period: period.into(), end, closed_at: now_ms(), segments, awarded })]).await?;
-        }
-        boards.forget(&keys);
-        if already.is_none() {
+            // 3. The record that it is closed. The users' stored scores of this period stay in
+            // their records until their next period replaces them; loading skips closed periods.
+            let segments = standings.iter().map(|(k, rows)| (k.segment.clone(), rows.len() as u64)).collect();
+            self.submit(tenant, board, vec![store::writes::closed(tenant, board, &ClosedPeriod { period: period.into(), end, closed_at: now_ms(), segments, awarded })]).await?;
             tracing::info!(tenant, board, period, awarded, "leaderboard period closed");
             self.metrics.periods_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Every node forgets the period's rankings (in cluster mode one that rebuilds a
+        // partition later may take them in again from its users' records: the period is then
+        // due again, found closed, and forgotten again).
+        let forgotten = self.ask(Question::Forget { keys }).await;
+        if let Err(e) = forgotten {
+            tracing::debug!(tenant, board, period, error = %e, "not every node heard that a period closed; it is told again when it is due again");
         }
         Ok(awarded)
     }
 
-    async fn submit(&self, writes: Vec<store::Write>) -> Result<(), String> {
+    async fn submit(&self, tenant: &str, board: &str, writes: Vec<store::Write>) -> Result<(), String> {
         if writes.is_empty() {
             return Ok(());
         }
-        self.store.write(writes).await.map_err(|e| e.to_string())
+        let (tx, rx) = oneshot::channel();
+        self.log.append(tenant, &board_partition_key(board), writes, Box::new(move |r| {
+            let _ = tx.send(r);
+        })).map_err(|e| e.to_string())?;
+        rx.await.map_err(|_| "the store stopped".to_string())?
     }
 
     /// Closes periods as they end (`grace` after their end) and pushes rank changes to
@@ -97,12 +144,29 @@ impl Closer {
     pub async fn run(self, every: Duration, grace: Millis, stop: watch::Receiver<bool>) {
         crate::clock::every(every, stop, || async {
             let now = now_ms();
-            for (tenant, board, period) in self.boards.due(now, grace) {
-                if let Err(e) = self.close(&tenant, &board, &period).await {
+            // In cluster mode each board's periods are closed by the node serving its
+            // partition, from the standings of every node.
+            let due = match self.ask(Question::Due { now, grace }).await {
+                Ok(Reply::Due(d)) => d,
+                Ok(_) => vec![],
+                Err(e) => {
+                    tracing::debug!(error = %e, "which periods are due is not known this time");
+                    vec![]
+                }
+            };
+            for (tenant, board, period, end) in due {
+                if let Some(m) = &self.cluster
+                    && !m.serves(&tenant, &board_partition_key(&board))
+                {
+                    continue;
+                }
+                if let Err(e) = self.close(&tenant, &board, &period, end).await {
                     tracing::warn!(tenant, board, period, error = %e, "closing a leaderboard period failed; retrying");
                 }
             }
-            self.boards.tick(&self.catalogues, now);
+            if self.cluster.is_none() {
+                self.boards.tick(&self.catalogues, now);
+            }
         })
         .await
     }

@@ -52,6 +52,8 @@ pub struct Membership {
     /// server's shared handles, and so this: a cycle that lives as long as the process.)
     router: Arc<std::sync::OnceLock<axum::Router>>,
     node: tokio::sync::Mutex<Option<Node>>,
+    /// The outbox size of a socket attached from another node (`--outbox-capacity`).
+    outbox: usize,
 }
 
 impl Membership {
@@ -66,7 +68,7 @@ impl Membership {
         let partitions = PartitionLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?;
         let catalog = Arc::new(crate::cluster::catalog::CatalogueLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?);
         tracing::info!(node = %id, urls, "joined the cluster");
-        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)) })
+        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), outbox: config.outbox_capacity })
     }
 
     /// Whether this node serves `user`'s partition (its events go through a local actor).
@@ -84,6 +86,11 @@ impl Membership {
     /// there (see `remote::attach`).
     pub async fn attach(&self, metrics: Arc<crate::metrics::Metrics>, tenant: &str, user: &str, since: Option<Since>, conn: Conn) -> Result<Attachment, RouteError> {
         crate::remote::attach(self.routes.clone(), metrics, tenant, user, since, conn).await
+    }
+
+    /// Gives a closed period's award to `user` through her actor on the node serving her.
+    pub async fn award(&self, tenant: &str, user: &str, board: &str, period: &str, rank: usize) -> Result<bool, String> {
+        crate::remote::award(&self.routes, tenant, user, board, period, rank).await
     }
 
     /// Relays an HTTP request about `user` to the node that serves her.
@@ -134,7 +141,7 @@ impl Membership {
     }
 
     /// Serves the partitions this node owns, until `stop`.
-    pub async fn run(self: Arc<Self>, store: Store, users: Users, boards: Arc<Boards>, catalogues: Arc<crate::catalogues::Catalogues>, metrics: Arc<crate::metrics::Metrics>, outbox: usize, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, store: Store, users: Users, boards: Arc<Boards>, catalogues: Arc<crate::catalogues::Catalogues>, metrics: Arc<crate::metrics::Metrics>, mut stop: watch::Receiver<bool>) {
         let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
         // Listening for questions about standings is tried again each round until it works.
         struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
@@ -146,7 +153,7 @@ impl Membership {
             }
         }
         let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
-        let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox, router: self.router.clone() });
+        let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox: self.outbox, router: self.router.clone() });
         let mut listening = AbortOnDrop(None);
         loop {
             if listening.0.is_none() {

@@ -98,8 +98,8 @@ pub enum ClientMsg {
     Unwatch { board: String },
 }
 
-/// Why closed leaderboard periods and socket watches of standings are refused in cluster mode.
-pub const CLUSTER_BOARDS: &str = "closing leaderboard periods and watching standings over a socket are not built for cluster mode yet; ask the standings over HTTP (docs/cluster.md)";
+/// Why socket watches of standings are refused in cluster mode.
+pub const CLUSTER_BOARDS: &str = "watching leaderboard standings over a socket is not built for cluster mode yet; ask the standings over HTTP (docs/cluster.md)";
 
 pub const MAX_EVENT_ID: usize = 128;
 pub const MAX_FIELDS: usize = 64;

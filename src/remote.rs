@@ -54,6 +54,9 @@ enum Request {
     Detach,
     /// An HTTP request about a user, answered by the owner's own router (`HttpAnswer`).
     Http { method: String, uri: String, headers: Vec<(String, String)>, body: String },
+    /// A closed leaderboard period's award for a user, given by her actor, which refuses a
+    /// second one: answered with `Result<bool, String>` (true when given now).
+    Award { tenant: String, user: String, board: String, period: String, rank: usize },
 }
 
 /// The header that marks a request relayed from another node: its answer is this node's, and
@@ -147,6 +150,14 @@ pub async fn forward(routes: &Routes, tenant: &str, event: Event, received_at: M
         // Timed out: the event may yet be taken there, and a resend is then a duplicate.
         Err(e) => unavailable(id, e.to_string()),
     }
+}
+
+/// Gives a closed period's award to a user through her actor on the node serving her; true
+/// when it was given now, false when she had it already.
+pub async fn award(routes: &Routes, tenant: &str, user: &str, board: &str, period: &str, rank: usize) -> Result<bool, String> {
+    let r = Request::Award { tenant: tenant.into(), user: user.into(), board: board.into(), period: period.into(), rank };
+    let reply = routes.request(partition_of(tenant, user), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice::<Result<bool, String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
 }
 
 /// Relays an HTTP request about a user of partition `p` to the node serving it, and returns
@@ -403,6 +414,17 @@ impl Answering {
         match (req, m.reply) {
             (Request::Event { tenant, event, received_at }, _) => Some(self.event(tenant, event, received_at)),
             (Request::Http { method, uri, headers, body }, _) => Some(Box::pin(answer_http(self.router.get().cloned(), method, uri, headers, body))),
+            (Request::Award { tenant, user, board, period, rank }, _) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let sent = self.users.send(&tenant, &user, UserMsg::Award { board, period, rank, reply: tx }).map_err(|e| e.to_string());
+                Some(Box::pin(async move {
+                    let given = match sent {
+                        Ok(()) => rx.await.unwrap_or_else(|_| Err("the user's actor stopped".into())),
+                        Err(e) => Err(e),
+                    };
+                    Bytes::from(serde_json::to_vec(&given).expect("a result encodes"))
+                }))
+            }
             (Request::Attach { tenant, user, since }, Some(inbox)) => {
                 self.attach(inbox, tenant, user, since);
                 None

@@ -76,7 +76,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let env = crate::user::Env { config: config.clone(), log, catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
     if let Some(m) = &cluster {
-        tokio::spawn(m.clone().run(store.clone(), users.clone(), boards.clone(), catalogues.clone(), metrics.clone(), config.outbox_capacity, shutdown.subscribe()));
+        tokio::spawn(m.clone().run(store.clone(), users.clone(), boards.clone(), catalogues.clone(), metrics.clone(), shutdown.subscribe()));
     }
     let backfills = Backfills::new(store.clone(), catalogues.clone(), users.clone(), metrics.clone(), config.backfill_users_per_sec, shutdown.subscribe());
     Ok(Arc::new(Shared {
@@ -181,13 +181,20 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     });
     let sweeper = tokio::spawn(retention(shared.clone(), shared.shutdown.subscribe()));
     let c = &shared.config;
-    let closer = Closer { store: shared.store.clone(), catalogues: shared.catalogues.clone(), boards: shared.boards.clone(), users: shared.users.clone(), metrics: shared.metrics.clone() };
-    // In cluster mode no node has the whole ranking, so none closes periods or awards their
-    // top ranks (docs/cluster.md): a node's own top would be awarded as the cluster's.
-    let closer = match shared.cluster {
-        None => tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe())),
-        Some(_) => tokio::spawn(async {}),
+    let log: Arc<dyn crate::store::EventLog> = match &shared.cluster {
+        Some(m) => m.log.clone(),
+        None => Arc::new(shared.store.clone()),
     };
+    let closer = Closer {
+        store: shared.store.clone(),
+        log,
+        catalogues: shared.catalogues.clone(),
+        boards: shared.boards.clone(),
+        users: shared.users.clone(),
+        metrics: shared.metrics.clone(),
+        cluster: shared.cluster.clone(),
+    };
+    let closer = tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe()));
     // Nor are goals the cluster's yet: their sweeper would read the goals of partitions this
     // node has let go of.
     let goals = match shared.cluster {

@@ -19,6 +19,13 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashSet};
 
+/// The key whose partition a board's own records are in (its closed periods): the node
+/// serving that partition closes the board's periods and answers for its archive. User ids
+/// never hold a NUL, so no user shares it.
+pub fn board_partition_key(board: &str) -> String {
+    format!("\0board\0{board}")
+}
+
 /// One standing as the questions carry it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -41,8 +48,9 @@ pub fn order(a: &Entry, b: &Entry) -> Ordering {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Question {
-    /// The first `limit` standings of a league, and how many it has.
-    Top { key: BoardKey, limit: usize },
+    /// The first `limit` standings of a league after `after` (from the top when `None`), and
+    /// how many it has.
+    Top { key: BoardKey, after: Option<Entry>, limit: usize },
     /// The `before` standings just ahead of `of` and the `after` just behind it.
     Around { key: BoardKey, of: Entry, before: usize, after: usize },
     /// How many standings of a league are ahead of each of `of`.
@@ -51,7 +59,7 @@ pub enum Question {
     Find { tenant: String, board: String, period: String, users: Vec<String> },
     /// The leagues of a period that have anyone in them.
     Segments { tenant: String, board: String, period: String },
-    /// The periods whose end, plus `grace`, is before `now`: (tenant, board, period).
+    /// The periods whose end, plus `grace`, is before `now`: (tenant, board, period, end).
     Due { now: Millis, grace: Millis },
     /// Forget these leagues' rankings: their period is closed.
     Forget { keys: Vec<BoardKey> },
@@ -65,7 +73,7 @@ pub enum Reply {
     /// (segment, standing) of each user found.
     Found(Vec<(String, Entry)>),
     Segments(Vec<String>),
-    Due(Vec<(String, String, String)>),
+    Due(Vec<(String, String, String, Millis)>),
     Forgotten,
 }
 
@@ -81,11 +89,15 @@ pub struct Answer {
 /// a ranking may still hold a partition's users for a moment after letting it go).
 pub fn answer(boards: &Boards, q: &Question, keep: &dyn Fn(&str, &str) -> bool) -> Reply {
     match q {
-        Question::Top { key, limit } => match boards.get(key) {
+        Question::Top { key, after, limit } => match boards.get(key) {
             None => Reply::Top { total: 0, rows: vec![] },
             Some(live) => {
                 let r = live.ranking.lock().expect("ranking lock");
-                let rows = r.iter().filter(|s| keep(&key.tenant, &s.user)).take(*limit).map(Entry::from).collect();
+                let k = |s: &Standing| keep(&key.tenant, &s.user);
+                let rows = match after {
+                    None => r.iter().filter(k).take(*limit).map(Entry::from).collect(),
+                    Some(e) => r.around(e.score, e.reached, &e.user, 0, *limit).1.into_iter().filter(k).map(Entry::from).collect(),
+                };
                 Reply::Top { total: r.len(), rows }
             }
         },
@@ -222,7 +234,9 @@ pub fn merge(q: &Question, answers: Vec<Answer>, partitions: u16, partition_of: 
                 let Reply::Due(v) = r else { return Err(MergeError::Mismatch) };
                 all.extend(v);
             }
-            Ok(Reply::Due(all.into_iter().collect()))
+            let mut due: Vec<_> = all.into_iter().collect();
+            due.dedup_by(|a, b| (&a.0, &a.1, &a.2) == (&b.0, &b.1, &b.2));
+            Ok(Reply::Due(due))
         }
         Question::Forget { .. } => Ok(Reply::Forgotten),
     }
@@ -266,9 +280,28 @@ mod tests {
     #[test]
     fn the_top_of_a_league_split_over_nodes_is_the_top_one_node_would_give() {
         for limit in [1, 3, 10, 40, 100] {
-            let (whole, merged) = both(&scores(), &[&[0, 2], &[1], &[3]], Question::Top { key: key(), limit });
+            let (whole, merged) = both(&scores(), &[&[0, 2], &[1], &[3]], Question::Top { key: key(), after: None, limit });
             assert_eq!(merged, whole, "limit {limit}");
         }
+    }
+
+    #[test]
+    fn pages_after_a_standing_walk_the_whole_league_once_in_order() {
+        let all = scores();
+        let (Reply::Top { rows: want, .. }, _) = both(&all, &[&[0, 1, 2, 3]], Question::Top { key: key(), after: None, limit: 100 }) else { panic!() };
+        let mut after = None;
+        let mut got = Vec::new();
+        loop {
+            let (whole, merged) = both(&all, &[&[1, 3], &[0], &[2]], Question::Top { key: key(), after: after.clone(), limit: 7 });
+            assert_eq!(merged, whole);
+            let Reply::Top { rows, .. } = merged else { panic!() };
+            if rows.is_empty() {
+                break;
+            }
+            after = rows.last().cloned();
+            got.extend(rows);
+        }
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -295,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_partition_nobody_answered_for_is_an_error_and_one_named_twice_counts_once() {
-        let q = Question::Top { key: key(), limit: 100 };
+        let q = Question::Top { key: key(), after: None, limit: 100 };
         let a = |parts: &[u16]| Answer { partitions: parts.to_vec(), reply: answer(&node(&scores(), parts), &q, &|_, _| true) };
         assert_eq!(merge(&q, vec![a(&[0, 1]), a(&[2])], 4, &part), Err(MergeError::Uncovered(1)));
         // A node still holding partition 1 after letting it go: its rows of 1 are not counted.

@@ -407,13 +407,20 @@ struct TwoNodes {
 
 impl TwoNodes {
     async fn start() -> TwoNodes {
+        TwoNodes::start_with(|_| vec![]).await
+    }
+
+    /// Both nodes with more flags, made from the test's directory.
+    async fn start_with(extra: impl Fn(&std::path::Path) -> Vec<String>) -> TwoNodes {
         let dir = tmp();
+        let extra = extra(dir.path());
         std::fs::create_dir_all(dir.path().join("nats")).unwrap();
         let nats = Cluster::start(&dir.path().join("nats"));
         let urls = nats.urls.join(",");
         let (port_a, port_b) = (free_port(), free_port());
         let node = |id: &str, port: u16| {
-            let args = ["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
+            let mut args = vec!["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
+            args.extend(extra.iter().cloned());
             let data = dir.path().join(id);
             async move { start_with(&data, port, &args.iter().map(String::as_str).collect::<Vec<_>>()).await }
         };
@@ -673,12 +680,10 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     assert_eq!((s, e["error"].as_str()), (404, Some("user_not_found")), "{e}");
     let (s, e) = api_b.with_key(Some("wrong")).get(&format!("/v1/users/{ua}")).await;
     assert_eq!((s, e["error"].as_str()), (401, Some("unauthorized")), "{e}");
-    // Closed leaderboard periods are refused, clearly, rather than given for one node's users.
-    let (s, list) = api_b.get("/v1/leaderboards").await;
-    let board = list["leaderboards"][0]["id"].as_str().unwrap_or_else(|| panic!("the demo has a board: {s} {list}")).to_string();
-    // So are goals and webhooks, which each node keeps for its own users for now.
-    for path in [format!("/v1/leaderboards/{board}/periods"), "/v1/goals".into(), "/v1/webhooks".into()] {
-        let (s, e) = api_a.get(&path).await;
+    // Goals and webhooks, which each node keeps for its own users for now, are refused,
+    // clearly, rather than given for one node's users.
+    for path in ["/v1/goals", "/v1/webhooks"] {
+        let (s, e) = api_a.get(path).await;
         assert_eq!((s, e["error"].as_str()), (501, Some("cluster_unsupported")), "{path}: {e}");
         assert!(e["message"].as_str().unwrap().contains("cluster mode"), "{e}");
     }
@@ -755,9 +760,9 @@ async fn leaderboard_standings_on_any_node_rank_every_user_wherever_she_is_serve
     let (s, e) = api_a.get("/v1/leaderboards/xp-all-time?from=4999&limit=10").await;
     assert_eq!((s, e["error"].as_str()), (400, Some("invalid_query")), "{e}");
     assert!(e["message"].as_str().unwrap().contains("5000"), "{e}");
-    // Closed periods are not the cluster's yet: refused by name.
-    let (s, e) = api_a.get("/v1/leaderboards/xp-all-time/periods").await;
-    assert_eq!((s, e["error"].as_str()), (501, Some("cluster_unsupported")), "{e}");
+    // An all-time board never closes.
+    let (s, p) = api_a.get("/v1/leaderboards/xp-all-time/periods").await;
+    assert_eq!((s, &p["periods"]), (200, &serde_json::json!([])), "{p}");
 
     // node-a dies. Until node-b has rebuilt its partitions the board is refused (503, ask
     // again), never given without node-a's users; then it is whole again, from the changelog.
@@ -789,6 +794,97 @@ async fn leaderboard_standings_on_any_node_rank_every_user_wherever_she_is_serve
         assert!(start.elapsed() < Duration::from_secs(5), "{all} is not {want:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The demo catalogue with a board `sprint`: correct answers in a custom period ending at
+/// `ends`, whose top two get the `sprint-winner` badge.
+fn sprint_catalogue(ends: &str) -> String {
+    format!(
+        "{}\n[[badges]]\nid = \"sprint-winner\"\nname = \"Sprint Winner\"\ntier = \"gold\"\nxp = 100\nrule = {{ kind = \"awarded\" }}\n\n\
+         [[leaderboards]]\nid = \"sprint\"\nmetric = \"count\"\nevent = \"problem.answered\"\nwhen = {{ correct = true }}\nperiod = \"custom\"\n\
+         starts = \"2026-01-01T00:00:00Z\"\nends = \"{ends}\"\naward = {{ badge = \"sprint-winner\", top = 2 }}\n",
+        accolade::core::catalogue::DEMO_CATALOGUE
+    )
+}
+
+async fn sprint_wins(api: &Api, user: &str) -> Option<u64> {
+    let (s, doc) = api.get(&format!("/v1/users/{user}")).await;
+    assert_eq!(s, 200, "{doc}");
+    doc["badges"].as_array().unwrap().iter().find(|b| b["id"] == "sprint-winner").map(|b| b["count"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaderboard_period_closes_once_for_the_whole_cluster_and_its_archive_survives_its_node() {
+    let ends = chrono::Utc::now() + chrono::Duration::seconds(20);
+    let ends = ends.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut nodes = TwoNodes::start_with(|dir| {
+        let file = dir.join("sprint.toml");
+        std::fs::write(&file, sprint_catalogue(&ends)).unwrap();
+        ["--catalogue", file.to_str().unwrap(), "--leaderboard-tick-ms", "100", "--leaderboard-close-grace-ms", "200"].map(String::from).to_vec()
+    })
+    .await;
+    let (api_a, api_b) = (Api::demo_at(nodes.port_a), Api::demo_at(nodes.port_b));
+    // The winners are on different nodes: u1 (3 correct answers) on node-a, u2 (2) on node-b;
+    // u3 (1) is third.
+    let (u1, u2, u3) = (user_of("node-a", "sprinter1"), user_of("node-b", "sprinter2"), user_of("node-a", "sprinter3"));
+    for (u, n) in [(&u1, 3), (&u2, 2), (&u3, 1)] {
+        for i in 0..n {
+            assert_eq!(post_until_taken(&api_b, &http_answer(&format!("{u}-{i}"), u, "ex-1", true), Duration::from_secs(30)).await["status"], "accepted");
+        }
+    }
+    let names = |v: &serde_json::Value| v["entries"].as_array().unwrap().iter().map(|e| e["user_id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let order = vec![u1.clone(), u2.clone(), u3.clone()];
+    let (s, open) = api_a.get("/v1/leaderboards/sprint").await;
+    assert_eq!((s, names(&open), open["closed"].as_bool()), (200, order.clone(), Some(false)), "the period is still open: {open}");
+
+    // It ends: closed once, by the node serving the board, from both nodes' users.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let closed = loop {
+        let (s, v) = api_a.get("/v1/leaderboards/sprint/periods").await;
+        if s == 200 && v["periods"].as_array().is_some_and(|p| p.len() == 1) {
+            break v["periods"][0].clone();
+        }
+        assert!(Instant::now() < deadline && (s == 200 || s == 503), "not closed: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((closed["period"].as_str(), closed["segments"].clone(), closed["awarded"].as_u64()), (Some("custom"), serde_json::json!([["", 3]]), Some(2)), "{closed}");
+    for api in [&api_a, &api_b] {
+        let (s, archived) = api.get("/v1/leaderboards/sprint?period=custom").await;
+        assert_eq!((s, names(&archived), archived["closed"].as_bool(), archived["total"].as_u64()), (200, order.clone(), Some(true), Some(3)), "{archived}");
+        assert_eq!(api.get("/v1/leaderboards/sprint/periods").await.1["periods"][0], closed);
+        assert_eq!((sprint_wins(api, &u1).await, sprint_wins(api, &u2).await, sprint_wins(api, &u3).await), (Some(1), Some(1), None));
+        let (s, e) = api.get("/v1/leaderboards/sprint").await;
+        assert_eq!((s, e["error"].as_str()), (404, Some("no_open_period")), "{e}");
+    }
+
+    // The node serving the board dies. The other rebuilds the board's records and its users'
+    // (whose records still hold the closed period's scores): the period is found closed, not
+    // closed again, and nobody is awarded twice.
+    let board_node = preferred(accolade::cluster::partition::partition_of("demo", &accolade::standings::board_partition_key("sprint")), ["node-a", "node-b"]).unwrap();
+    let survivor = if board_node == "node-a" {
+        nodes.a.kill9();
+        &api_b
+    } else {
+        nodes.b.kill9();
+        &api_a
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = survivor.get("/v1/leaderboards/sprint/periods").await;
+        if s == 200 {
+            assert_eq!(v["periods"].as_array().map(Vec::len), Some(1), "{v}");
+            assert_eq!(v["periods"][0], closed);
+            break;
+        }
+        assert!(Instant::now() < deadline && s == 503, "{s} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every user's partition is served again, and some closer rounds have passed.
+    post_until_taken(survivor, &http_answer("late-1", &u1, "ex-1", true), Duration::from_secs(30)).await;
+    post_until_taken(survivor, &http_answer("late-2", &u2, "ex-1", true), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((sprint_wins(survivor, &u1).await, sprint_wins(survivor, &u2).await, sprint_wins(survivor, &u3).await), (Some(1), Some(1), None));
+    assert_eq!(survivor.get("/v1/leaderboards/sprint/periods").await.1["periods"][0], closed);
 }
 
 #[tokio::test]

@@ -90,6 +90,16 @@ fn open_period(def: &BoardDef, cat: &Catalogue) -> Result<String, ApiError> {
         .ok_or_else(|| not_found("no_open_period", format!("leaderboard `{}` has no open period now; ask for a closed one with ?period=", def.id)))
 }
 
+/// In cluster mode, the routes that read a board's closed periods are answered by the node
+/// serving the board's partition, whose store holds them (their records are in that
+/// partition's changelog); other nodes relay them there.
+pub(super) async fn to_board_owner(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(params): Path<std::collections::HashMap<String, String>>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    match params.get("id") {
+        Some(board) => super::users::relay_unless_served(&shared, &tenant, &standings::board_partition_key(board), req, next).await,
+        None => next.run(req).await,
+    }
+}
+
 /// The deepest rank a page of standings reaches in cluster mode: each node sends its first
 /// that many, and an answer must fit one NATS message.
 pub const DEEPEST_IN_CLUSTER: usize = 5000;
@@ -117,7 +127,7 @@ async fn top(shared: &Shared, key: &BoardKey, size: Option<usize>, from: usize, 
     if last > DEEPEST_IN_CLUSTER {
         return Err(bad("invalid_query", format!("in cluster mode standings are given down to rank {DEEPEST_IN_CLUSTER}; ask for a page above it")));
     }
-    let Reply::Top { total, rows } = ask(shared, Question::Top { key: key.clone(), limit: last }).await? else { return Err(mismatch()) };
+    let Reply::Top { total, rows } = ask(shared, Question::Top { key: key.clone(), after: None, limit: last }).await? else { return Err(mismatch()) };
     let rows = rows.into_iter().enumerate().skip(from.saturating_sub(1)).map(|(i, e)| Row { rank: i + 1, user_id: e.user, score: e.score }).collect();
     Ok((total.min(cap), rows))
 }

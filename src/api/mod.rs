@@ -44,10 +44,15 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/users/{id}/badges/{badge}", get(users::get_badge))
         .route("/v1/users/{id}/events", get(users::get_events))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), users::to_owner));
-    // Closed leaderboard periods, goals and webhooks are each node's own in cluster mode:
-    // refused there until they are the cluster's (docs/cluster.md).
-    let per_node = Router::new()
+    // A board's standings (closed periods from its archive) and its closed periods: in
+    // cluster mode answered by the node serving the board's partition.
+    let boards = Router::new()
+        .route("/v1/leaderboards/{id}", get(leaderboards::standings))
         .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), leaderboards::to_board_owner));
+    // Goals and webhooks are each node's own in cluster mode: refused there until they are
+    // the cluster's (docs/cluster.md).
+    let per_node = Router::new()
         .route("/v1/goals", get(goals::list).post(goals::create))
         .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
@@ -57,6 +62,7 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), not_in_cluster));
     Router::new()
         .merge(users)
+        .merge(boards)
         .merge(per_node)
         .route("/v1/events", post(events::ingest))
         .route("/v1/dead-letters", get(events::list_dead_letters))
@@ -70,8 +76,7 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/jobs", get(catalogue::list_jobs))
         .route("/v1/jobs/{id}", get(catalogue::get_job).delete(catalogue::cancel_job))
         .route("/v1/leaderboards", get(leaderboards::list))
-        // Standings are gathered from every node in cluster mode.
-        .route("/v1/leaderboards/{id}", get(leaderboards::standings))
+        // Open periods' standings are gathered from every node in cluster mode.
         .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
         .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
         .route("/v1/openapi.json", get(openapi))
@@ -82,12 +87,11 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
 // Authentication and errors
 // ---------------------------------------------------------------------------------------------
 
-/// What a route whose records each node keeps for itself answers in cluster mode (leaderboard
-/// standings, goals, webhooks): a clear refusal, rather than one node's share of the answer.
+/// What a route whose records each node keeps for itself answers in cluster mode (goals,
+/// webhooks): a clear refusal, rather than one node's share of the answer.
 async fn not_in_cluster(axum::extract::State(shared): axum::extract::State<Arc<Shared>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if shared.cluster.is_some() {
         let what = match req.uri().path() {
-            p if p.starts_with("/v1/leaderboards") => crate::protocol::CLUSTER_BOARDS,
             p if p.starts_with("/v1/goals") => "assigned goals are not built for cluster mode yet: each node keeps only the goals of the users it serves (docs/cluster.md)",
             _ => "webhooks are not built for cluster mode yet: each node keeps its own endpoints (docs/cluster.md)",
         };

@@ -22,21 +22,30 @@ use utoipa::ToSchema;
 /// answered by that node's router; one relayed here for a user this node no longer serves is
 /// `unavailable` (try again) rather than answered from a disk that may not hold her.
 pub(super) async fn to_owner(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(params): Path<std::collections::HashMap<String, String>>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    match params.get("id") {
+        Some(user) => relay_unless_served(&shared, &tenant, user, req, next).await,
+        None => next.run(req).await,
+    }
+}
+
+/// Answers `req` here when this node serves `key`'s partition (or there is no cluster), and
+/// otherwise relays it to the node that does.
+pub(super) async fn relay_unless_served(shared: &Shared, tenant: &str, key: &str, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let (Some(m), Some(user)) = (&shared.cluster, params.get("id")) else { return next.run(req).await };
-    if m.serves(&tenant, user) {
+    let Some(m) = &shared.cluster else { return next.run(req).await };
+    if m.serves(tenant, key) {
         return next.run(req).await;
     }
     let unavailable = |why: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why).into_response();
     if req.headers().contains_key(crate::remote::RELAYED) {
-        return unavailable("this node no longer serves the user; try again".into());
+        return unavailable("this node no longer serves what was asked; try again".into());
     }
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, super::MAX_BODY).await {
         Ok(b) => b,
         Err(e) => return bad("invalid_body", format!("the body could not be read: {e}")).into_response(),
     };
-    match m.relay(&tenant, user, axum::http::Request::from_parts(parts, body)).await {
+    match m.relay(tenant, key, axum::http::Request::from_parts(parts, body)).await {
         Ok(res) => res.map(axum::body::Body::from).into_response(),
         Err(e) => unavailable(format!("{e}; try again")),
     }
