@@ -39,6 +39,29 @@ pub use crate::ranking::{Row, MAX_TOP};
 /// Watches a connection may hold.
 pub const MAX_WATCHES: usize = 16;
 
+/// Where a tick reads the standings it pushes to watchers: this process's rankings, or in
+/// cluster mode a snapshot gathered from every node just before (`standings::Snapshot`).
+pub trait View {
+    /// The user's league, rank (None past the board's size) and score in an open period.
+    fn find(&self, tenant: &str, def: &BoardDef, period: &str, user: &str) -> Option<(String, Option<usize>, f64)>;
+    /// Standings from rank `from` (1-based) in one league, within the board's size, and how
+    /// many the league has within it.
+    fn top(&self, key: &BoardKey, size: Option<usize>, from: usize, n: usize) -> (usize, Vec<Row>);
+}
+
+impl View for Boards {
+    fn find(&self, tenant: &str, def: &BoardDef, period: &str, user: &str) -> Option<(String, Option<usize>, f64)> {
+        Boards::find(self, tenant, def, period, user)
+    }
+
+    fn top(&self, key: &BoardKey, size: Option<usize>, from: usize, n: usize) -> (usize, Vec<Row>) {
+        Boards::top(self, key, size, from, n)
+    }
+}
+
+/// One watch as a tick needs to know it: tenant, board, user, and the top N watched.
+pub type Watched = (String, String, String, Option<usize>);
+
 #[derive(Default)]
 pub struct Boards {
     live: DashMap<BoardKey, Arc<Live>>,
@@ -181,9 +204,16 @@ impl Boards {
         self.watches.lock().expect("watch lock").retain(|(c, _), _| *c != conn);
     }
 
-    /// Pushes `rank` to watchers whose rank changed, and `top` to those whose top N changed.
-    /// Called on a timer, which is the throttle: at most one push of each kind per interval.
-    pub fn tick(&self, catalogues: &Catalogues, now: Millis) {
+    /// Every watch held on this node's sockets.
+    pub fn watched(&self) -> Vec<Watched> {
+        let w = self.watches.lock().expect("watch lock");
+        w.iter().filter(|(_, w)| w.tx.strong_count() > 0).map(|((_, board), w)| (w.tenant.clone(), board.clone(), w.user.clone(), w.top.as_ref().map(|t| t.0))).collect()
+    }
+
+    /// Pushes `rank` to watchers whose rank changed, and `top` to those whose top N changed,
+    /// as `view` has them. Called on a timer, which is the throttle: at most one push of each
+    /// kind per interval.
+    pub fn tick(&self, catalogues: &Catalogues, now: Millis, view: &dyn View) {
         let mut watches = self.watches.lock().expect("watch lock");
         let mut cats: HashMap<String, Option<Arc<Catalogue>>> = HashMap::new();
         for ((_, board), w) in watches.iter_mut() {
@@ -191,11 +221,11 @@ impl Boards {
             let Some(cat) = cats.entry(w.tenant.clone()).or_insert_with(|| catalogues.current(&w.tenant)).clone() else { continue };
             let Some(def) = cat.boards.iter().find(|b| *b.id == **board) else { continue };
             let Some(span) = def.period.span(cat.settings.default_timezone, now) else { continue };
-            let found = self.find(&w.tenant, def, &span.label, &w.user);
+            let found = view.find(&w.tenant, def, &span.label, &w.user);
             let rank = found.as_ref().and_then(|f| f.1);
             if w.last_rank != Some(rank) {
                 if let Some((_, Some(r), score)) = &found {
-                    let total = self.top(&self.key(&w.tenant, def, &span.label, &found.as_ref().map(|f| f.0.clone()).unwrap_or_default()), def.size, 1, 0).0;
+                    let total = view.top(&self.key(&w.tenant, def, &span.label, &found.as_ref().map(|f| f.0.clone()).unwrap_or_default()), def.size, 1, 0).0;
                     let _ = tx.try_send(protocol::rank(board, &span.label, *r, *score, total, w.last_rank.flatten()));
                 }
                 w.last_rank = Some(rank);
@@ -203,7 +233,7 @@ impl Boards {
             if let Some((n, last)) = &mut w.top {
                 let segment = found.map(|f| f.0).unwrap_or_default();
                 let key = self.key(&w.tenant, def, &span.label, &segment);
-                let (_, rows) = self.top(&key, def.size, 1, *n);
+                let (_, rows) = view.top(&key, def.size, 1, *n);
                 let now_top: Vec<(Arc<str>, f64)> = rows.iter().map(|r| (Arc::from(r.user_id.as_str()), r.score)).collect();
                 if now_top != *last {
                     let _ = tx.try_send(protocol::top(board, &span.label, &segment, &rows));

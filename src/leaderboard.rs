@@ -13,10 +13,11 @@ use crate::catalogues::Catalogues;
 use crate::core::Millis;
 use crate::metrics::Metrics;
 use crate::ownership::Membership;
-use crate::standings::{self, board_partition_key, Entry, Question, Reply};
+use crate::standings::{self, board_partition_key, Entry, Question, Reply, Snapshot};
 use crate::store::{self, Archived, BoardKey, ClosedPeriod, EventLog, Store};
 use crate::clock::now_ms;
 use crate::user::{UserMsg, Users};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -60,6 +61,48 @@ impl Closer {
             out.extend(rows);
         }
         Ok(out)
+    }
+
+    /// Cluster mode: the standings this node's watchers are to be pushed, gathered from every
+    /// node (three questions per watched board: who the watchers are, what is ahead of them,
+    /// and each watched league's top).
+    async fn snapshot(&self, watched: Vec<crate::boards::Watched>, now: Millis) -> Result<Snapshot, String> {
+        let mut snap = Snapshot::default();
+        let mut groups: BTreeMap<(String, String), Vec<(String, Option<usize>)>> = BTreeMap::new();
+        for (tenant, board, user, top) in watched {
+            groups.entry((tenant, board)).or_default().push((user, top));
+        }
+        let other = || "standings came back as another answer".to_string();
+        for ((tenant, board), watchers) in groups {
+            let Some(cat) = self.catalogues.current(&tenant) else { continue };
+            let Some(def) = cat.boards.iter().find(|d| *d.id == *board) else { continue };
+            let Some(span) = def.period.span(cat.settings.default_timezone, now) else { continue };
+            let period = span.label;
+            let users: BTreeSet<String> = watchers.iter().map(|w| w.0.clone()).collect();
+            let q = Question::Find { tenant: tenant.clone(), board: board.clone(), period: period.clone(), users: users.into_iter().collect() };
+            let Reply::Found(found) = self.ask(q).await? else { return Err(other()) };
+            let most = watchers.iter().filter_map(|w| w.1).max().unwrap_or(0).min(crate::ranking::MAX_TOP);
+            let mut leagues: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+            for (segment, e) in found {
+                leagues.entry(segment).or_default().push(e);
+            }
+            // A watcher with no score yet is shown the top of the board's first league.
+            if most > 0 {
+                leagues.entry(String::new()).or_default();
+            }
+            for (segment, of) in leagues {
+                let key = BoardKey { tenant: tenant.clone(), board: board.clone(), period: period.clone(), segment: segment.clone() };
+                if !of.is_empty() {
+                    let Reply::Ahead(ahead) = self.ask(Question::Ahead { key: key.clone(), of: of.clone() }).await? else { return Err(other()) };
+                    for (e, n) in of.into_iter().zip(ahead) {
+                        snap.found.insert((tenant.clone(), board.clone(), period.clone(), e.user), (segment.clone(), n + 1, e.score));
+                    }
+                }
+                let Reply::Top { total, rows } = self.ask(Question::Top { key: key.clone(), after: None, limit: most }).await? else { return Err(other()) };
+                snap.tops.insert(key, (total, rows));
+            }
+        }
+        Ok(snap)
     }
 
     /// Gives a winner her award through her actor, wherever it runs; true when given now.
@@ -164,8 +207,17 @@ impl Closer {
                     tracing::warn!(tenant, board, period, error = %e, "closing a leaderboard period failed; retrying");
                 }
             }
-            if self.cluster.is_none() {
-                self.boards.tick(&self.catalogues, now);
+            match &self.cluster {
+                None => self.boards.tick(&self.catalogues, now, &*self.boards),
+                Some(_) => {
+                    let watched = self.boards.watched();
+                    if !watched.is_empty() {
+                        match self.snapshot(watched, now).await {
+                            Ok(snap) => self.boards.tick(&self.catalogues, now, &snap),
+                            Err(e) => tracing::debug!(error = %e, "the watched standings are not known this time"),
+                        }
+                    }
+                }
             }
         })
         .await

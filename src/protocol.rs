@@ -98,8 +98,6 @@ pub enum ClientMsg {
     Unwatch { board: String },
 }
 
-/// Why socket watches of standings are refused in cluster mode.
-pub const CLUSTER_BOARDS: &str = "watching leaderboard standings over a socket is not built for cluster mode yet; ask the standings over HTTP (docs/cluster.md)";
 
 pub const MAX_EVENT_ID: usize = 128;
 pub const MAX_FIELDS: usize = 64;

@@ -410,9 +410,6 @@ fn on_text(
         Ok(ClientMsg::Event(ev)) => ev,
         Ok(ClientMsg::Hello { .. }) => return Some(refusal(&shared.metrics, "invalid_message", "already authenticated", None)),
         Ok(ClientMsg::Watch { board, top }) => {
-            if shared.cluster.is_some() {
-                return Some(refusal(&shared.metrics, "cluster_unsupported", protocol::CLUSTER_BOARDS, None));
-            }
             let known = shared.catalogue(tenant).is_some_and(|c| c.boards.iter().any(|b| *b.id == *board));
             if !known {
                 return Some(refusal(&shared.metrics, "unknown_board", &format!("there is no leaderboard `{board}`"), None));

@@ -11,13 +11,14 @@
 //!
 //! Pure: no IO, no clock.
 
-use crate::boards::Boards;
+use crate::boards::{Boards, View};
+use crate::core::catalogue::BoardDef;
 use crate::core::Millis;
-use crate::ranking::Standing;
+use crate::ranking::{Row, Standing};
 use crate::store::BoardKey;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The key whose partition a board's own records are in (its closed periods): the node
 /// serving that partition closes the board's periods and answers for its archive. User ids
@@ -139,6 +140,32 @@ pub fn answer(boards: &Boards, q: &Question, keep: &dyn Fn(&str, &str) -> bool) 
             boards.forget(keys);
             Reply::Forgotten
         }
+    }
+}
+
+/// The standings a tick pushes to the watchers of this node's sockets in cluster mode,
+/// gathered from every node just before: each watching user's league, rank and score, and each
+/// watched league's size and top.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// (tenant, board, period, user) -> (league, rank on the whole league, score).
+    pub found: HashMap<(String, String, String, String), (String, usize, f64)>,
+    /// League -> (how many it has, its first standings).
+    pub tops: HashMap<BoardKey, (usize, Vec<Entry>)>,
+}
+
+impl View for Snapshot {
+    fn find(&self, tenant: &str, def: &BoardDef, period: &str, user: &str) -> Option<(String, Option<usize>, f64)> {
+        let (segment, rank, score) = self.found.get(&(tenant.to_string(), def.id.to_string(), period.to_string(), user.to_string()))?;
+        Some((segment.clone(), (*rank <= def.size.unwrap_or(usize::MAX)).then_some(*rank), *score))
+    }
+
+    fn top(&self, key: &BoardKey, size: Option<usize>, from: usize, n: usize) -> (usize, Vec<Row>) {
+        let Some((total, rows)) = self.tops.get(key) else { return (0, vec![]) };
+        let cap = size.unwrap_or(usize::MAX);
+        let n = n.min(cap.saturating_sub(from.saturating_sub(1)));
+        let rows = rows.iter().enumerate().skip(from.saturating_sub(1)).take(n).map(|(i, e)| Row { rank: i + 1, user_id: e.user.clone(), score: e.score }).collect();
+        ((*total).min(cap), rows)
     }
 }
 

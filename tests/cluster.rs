@@ -580,9 +580,20 @@ async fn a_socket_on_any_node_is_served_by_its_users_actor_and_both_tabs_get_eve
     on_b.send(&answer("t-1", "ex-1", true)).await;
     let dup = on_b.until("ack").await.pop().unwrap();
     assert_eq!((&dup["event_id"], &dup["duplicate"]), (&serde_json::json!("t-1"), &serde_json::json!(true)));
-    on_b.send(&serde_json::json!({ "type": "watch", "board": "xp-weekly" })).await;
-    let err = on_b.until("error").await.pop().unwrap();
-    assert_eq!(err["code"], "cluster_unsupported", "{err}");
+    // Watching a board over the socket node-b holds: rank and top pushed from the whole
+    // cluster's standings, with a rival node-b serves ahead of her.
+    let rival = user_of("node-b", "rival");
+    for i in 0..6 {
+        let r = post_until_taken(&Api::demo_at(nodes.port_a), &http_answer(&format!("r-{i}"), &rival, "ex-1", true), Duration::from_secs(30)).await;
+        assert_eq!(r["status"], "accepted", "{r}");
+    }
+    on_b.send(&serde_json::json!({ "type": "watch", "board": "xp-weekly", "top": 3 })).await;
+    let rank = on_b.until("rank").await.pop().unwrap();
+    assert_eq!((rank["rank"].as_u64(), rank["of"].as_u64()), (Some(2), Some(2)), "{rank}");
+    let top = on_b.until("top").await.pop().unwrap();
+    let names: Vec<&str> = top["entries"].as_array().unwrap().iter().map(|e| e["user_id"].as_str().unwrap()).collect();
+    assert_eq!(names, [rival.as_str(), user.as_str()], "{top}");
+    on_b.send(&serde_json::json!({ "type": "unwatch", "board": "xp-weekly" })).await;
     on_b.send(&event("t-bad", "problem.answered", serde_json::json!({ "exercise": "ex-1" }))).await;
     let err = on_b.until("error").await.pop().unwrap();
     assert_eq!((&err["code"], &err["event_id"]), (&serde_json::json!("invalid_event"), &serde_json::json!("t-bad")), "{err}");
