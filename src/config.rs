@@ -266,6 +266,13 @@ pub struct Config {
     #[arg(global = true, long, default_value_t = 6_000)]
     pub cluster_lease_ms: u64,
 
+    /// Batches a partition's changelog gathers before its owner compacts it (its records
+    /// folded into a base, events past the retention left out, and what the base covers
+    /// removed), so that taking a partition over reads its records once, not its history.
+    /// 0 never compacts.
+    #[arg(global = true, long, default_value_t = 2_000)]
+    pub cluster_compact_batches: u64,
+
     /// Copies JetStream keeps of the cluster's streams and buckets (3 for three NATS servers).
     #[arg(global = true, long, default_value_t = 3)]
     pub cluster_replicas: usize,

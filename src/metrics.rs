@@ -74,6 +74,8 @@ pub struct Metrics {
     pub partitions_served: AtomicU64,
     /// Cluster mode: sockets other nodes hold, attached to this node's actors.
     pub remote_sockets: AtomicU64,
+    /// Cluster mode: changelog compactions made by this node.
+    pub compactions: AtomicU64,
     pub dead_letters: AtomicU64,
     pub backfill_users: AtomicU64,
     pub backfill_awards: AtomicU64,
@@ -137,6 +139,7 @@ impl Metrics {
         line("accolade_connections", "gauge", "Open WebSocket connections.", &[("", g(&self.connections).to_string())]);
         line("accolade_actors_active", "gauge", "User actors in memory.", &[("", g(&self.actors).to_string())]);
         line("accolade_cluster_partitions_served", "gauge", "Cluster mode: partitions this node serves (0 standalone).", &[("", g(&self.partitions_served).to_string())]);
+        line("accolade_cluster_compactions_total", "counter", "Cluster mode: partition changelogs this node compacted into a base.", &[("", g(&self.compactions).to_string())]);
         line("accolade_cluster_remote_sockets", "gauge", "Cluster mode: sockets other nodes hold for users this node serves (counted in their nodes' accolade_connections).", &[("", g(&self.remote_sockets).to_string())]);
         line(
             "accolade_events_total",

@@ -54,6 +54,10 @@ pub struct Membership {
     node: tokio::sync::Mutex<Option<Node>>,
     /// The outbox size of a socket attached from another node (`--outbox-capacity`).
     outbox: usize,
+    /// Batches after which a partition's changelog is compacted (`--cluster-compact-batches`).
+    compact_batches: u64,
+    /// The event retention, which a compaction applies as the sweep does.
+    retention_hours: u64,
 }
 
 impl Membership {
@@ -68,7 +72,7 @@ impl Membership {
         let partitions = PartitionLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?;
         let catalog = Arc::new(crate::cluster::catalog::CatalogueLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?);
         tracing::info!(node = %id, urls, "joined the cluster");
-        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), outbox: config.outbox_capacity })
+        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
     }
 
     /// Whether this node serves `user`'s partition (its events go through a local actor).
@@ -155,6 +159,7 @@ impl Membership {
         let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
         let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox: self.outbox, router: self.router.clone() });
         let mut listening = AbortOnDrop(None);
+        let _compactor = AbortOnDrop(Some(tokio::spawn(self.clone().compact_for_ever(metrics.clone()))));
         loop {
             if listening.0.is_none() {
                 match self.answer_standings(boards.clone()).await {
@@ -223,8 +228,9 @@ impl Membership {
             // Each is served as soon as it is rebuilt.
             while let Some((p, r)) = ready.next().await {
                 match r {
-                    Ok((fence, last)) => {
-                        self.log.serve(p, Writer::start(self.partitions.clone(), fence));
+                    Ok((fence, rebuilt)) => {
+                        let last = rebuilt.last;
+                        self.log.serve(p, Writer::start_after(self.partitions.clone(), fence, rebuilt.batches));
                         if let Err(e) = self.routes.serve(p, crate::remote::answering(answering.clone(), p)).await {
                             tracing::warn!(partition = p, error = %e, "answering for a partition failed; its users are served from here only");
                         }
@@ -243,6 +249,33 @@ impl Membership {
                 // A writer that stopped is noticed on the next round.
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Compacts the changelog of each partition this node serves once it has gathered
+    /// `--cluster-compact-batches` batches since its last base, one partition at a time (a
+    /// compaction reads the partition's records once, as a rebuild does).
+    async fn compact_for_ever(self: Arc<Self>, metrics: Arc<crate::metrics::Metrics>) {
+        if self.compact_batches == 0 {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (p, writer) in self.log.writers() {
+                if writer.since_base() < self.compact_batches || writer.stopped().is_some() {
+                    continue;
+                }
+                let cutoff = (self.retention_hours > 0).then(|| crate::clock::now_ms() - (self.retention_hours * 3_600_000) as Millis);
+                let started = std::time::Instant::now();
+                match crate::cluster::changelog::compact(&self.partitions, &writer, p, &self.id, cutoff).await {
+                    Ok(Some(c)) => {
+                        metrics.compactions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(partition = p, batches = c.batches, records = c.records, pieces = c.pieces, removed = c.removed, ms = started.elapsed().as_millis() as u64, "changelog compacted");
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(partition = p, error = %e, "compacting a changelog failed; it is tried again later"),
+                }
             }
         }
     }

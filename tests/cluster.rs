@@ -298,7 +298,86 @@ async fn a_partitions_writes_reach_its_changelog_in_batches_replay_in_order_and_
     assert_eq!(after, expected);
 }
 
-/// A user's log entry as the actor writes it.
+/// What a store holds, as a sorted list, to compare two stores.
+fn contents(store: &Store) -> Vec<Write> {
+    let mut c = store.contents().unwrap();
+    c.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_changelog_rebuilds_what_its_whole_history_did_swept_and_a_fenced_owner_compacts_nothing() {
+    use accolade::cluster::changelog::{compact, latest_base, Writer, KEY};
+    use accolade::cluster::eventlog::rebuild;
+    let dir = tmp();
+    let nats = Cluster::start(dir.path());
+    let (a, views, log) = alone(&nats).await;
+    let writer = Writer::start(log.clone(), a.owned().borrow()[&3].clone());
+    // Two users' events 1 to 40 (received at 1001 to 1040), each with a rewrite of one
+    // leaderboard record; a snapshot at 20.
+    let job = |u: &str, seq: u64| {
+        let mut w = event_writes(u, seq, &format!("{u}-{seq}"));
+        w.push(Write::Put(TreeId::Boards, format!("demo\0{u}\0").into_bytes(), seq.to_be_bytes().to_vec()));
+        if seq == 20 {
+            w.extend(accolade::store::writes::snapshot("demo", u, 20, b"state at 20".to_vec()));
+        }
+        w
+    };
+    let mut waits = Vec::new();
+    for seq in 1..=40 {
+        for u in ["ann", "bob"] {
+            waits.push(append(&writer, job(u, seq)));
+        }
+    }
+    for w in waits {
+        w.await.unwrap().unwrap();
+    }
+    let batches = log.records(3, KEY, 0, 10_000).await.unwrap().len() as u64;
+    // What the whole history gives, swept at 1011 (events 1 to 10 are past it and in the
+    // snapshot).
+    let whole = Store::open_temporary().unwrap();
+    rebuild(&whole, &log, 3, 0, &mut |_| {}).await.unwrap();
+    whole.sweep(1011).unwrap();
+    let want = contents(&whole);
+    assert!(want.len() < 2 * 40 * 2 + 2 * 2 + 2, "the sweep took the old events out: {}", want.len());
+
+    let c = compact(&log, &writer, 3, "node-a", Some(1011)).await.unwrap().expect("there was something to compact");
+    assert_eq!(c.batches, batches);
+    assert_eq!(c.records, want.len());
+    assert!(c.removed >= batches, "{c:?}");
+    assert!(log.records(3, KEY, 0, 10_000).await.unwrap().is_empty(), "the batches the base covers are gone");
+    let from_base = Store::open_temporary().unwrap();
+    let r = rebuild(&from_base, &log, 3, 0, &mut |_| {}).await.unwrap();
+    assert_eq!(r.batches, 0);
+    assert_eq!(contents(&from_base), want, "the base gives what the swept history gave");
+
+    // Batches after the base are read after it; a second compaction folds base and batches.
+    for seq in 41..=45 {
+        append(&writer, job("ann", seq)).await.unwrap().unwrap();
+    }
+    let later = Store::open_temporary().unwrap();
+    assert_eq!(rebuild(&later, &log, 3, 0, &mut |_| {}).await.unwrap().batches, 5);
+    let want_later = contents(&later);
+    for seq in 41..=45u64 {
+        assert!(want_later.iter().any(|w| matches!(w, Write::Put(TreeId::Events, k, _) if k.ends_with(&seq.to_be_bytes()))), "event {seq} is there");
+    }
+    let c2 = compact(&log, &writer, 3, "node-a", Some(1011)).await.unwrap().unwrap();
+    assert_eq!(c2.batches, 5);
+    let again = Store::open_temporary().unwrap();
+    rebuild(&again, &log, 3, 0, &mut |_| {}).await.unwrap();
+    assert_eq!(contents(&again), want_later);
+
+    // An owner that lost the partition stores no marker and removes nothing.
+    append(&writer, job("bob", 41)).await.unwrap().unwrap();
+    let marker = latest_base(&log, 3).await.unwrap();
+    let _b = take_over(&nats, a, &views).await;
+    let stale = compact(&log, &writer, 3, "node-a", Some(1011)).await;
+    assert!(stale.as_ref().is_err_and(|e| e.contains("claimed by another node")), "{stale:?}");
+    assert_eq!(latest_base(&log, 3).await.unwrap(), marker);
+    assert_eq!(log.records(3, KEY, 0, 10_000).await.unwrap().len(), 1, "the batch after the base is still there");
+}
+
+/// A user's log entry as the actor writes it./// A user's log entry as the actor writes it.
 fn event_writes(user: &str, seq: u64, id: &str) -> Vec<Write> {
     let mut event = accolade::core::Event::new(id, "problem_answered", 1_000 + seq as i64, &[]);
     event.user_id = user.into();
@@ -419,7 +498,9 @@ impl TwoNodes {
         let urls = nats.urls.join(",");
         let (port_a, port_b) = (free_port(), free_port());
         let node = |id: &str, port: u16| {
-            let mut args = vec!["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into()];
+            // Compacting every 25 batches: the failovers below rebuild from a base and the
+            // batches after it, as a long-lived cluster does.
+            let mut args = vec!["--cluster".to_string(), urls.clone(), "--node-id".into(), id.into(), "--cluster-lease-ms".into(), "3000".into(), "--cluster-compact-batches".into(), "25".into()];
             args.extend(extra.iter().cloned());
             let data = dir.path().join(id);
             async move { start_with(&data, port, &args.iter().map(String::as_str).collect::<Vec<_>>()).await }
@@ -433,7 +514,7 @@ impl TwoNodes {
     async fn join(&self, id: &str) -> (Server, u16) {
         let port = free_port();
         let urls = self._nats.urls.join(",");
-        let args = ["--cluster", &urls, "--node-id", id, "--cluster-lease-ms", "3000"];
+        let args = ["--cluster", &urls, "--node-id", id, "--cluster-lease-ms", "3000", "--cluster-compact-batches", "25"];
         (start_with(&self._dir.path().join(id), port, &args).await, port)
     }
 
@@ -455,6 +536,12 @@ fn user_of(node: &str, prefix: &str) -> String {
 /// 300 answers of a user node-a serves streamed over a socket of `via`, and node-a killed
 /// with SIGKILL once half are acknowledged: node-b then serves her, every event acked before
 /// the kill is a duplicate there, and her state is the stream applied once.
+/// A metric's value on a node (0 when it is not there).
+async fn metric(port: u16, name: &str) -> f64 {
+    let text = http_client().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
 async fn acked_events_survive_the_owners_kill_9(via: &str) {
     use common::answers::{answers, assert_exact, resend_all, send_all, Seen};
     use tokio_tungstenite::tungstenite::Message;
@@ -462,14 +549,28 @@ async fn acked_events_survive_the_owners_kill_9(via: &str) {
     let user = user_of("node-a", "traveller");
     let url = if via == "node-a" { nodes.ws_a() } else { nodes.ws_b() };
 
-    // 300 answers streamed; kill -9 once half are acknowledged.
+    // 300 answers; kill -9 once half are acknowledged.
     let at = now_rfc3339();
     let events = answers("c", 300);
     // A welcome on node-b comes from node-a's actor only once node-a serves her.
     let _ = connect_served(&nodes.ws_a(), &user, Duration::from_secs(30)).await;
     let mut c = connect_served(&url, &user, Duration::from_secs(30)).await;
-    send_all(&mut c, &events, &at).await;
+    // The first 40 one at a time, each its own changelog batch, and node-a compacts her
+    // partition's changelog: what node-b rebuilds from is a base and the batches after it.
     let mut seen = Seen::default();
+    for e in &events[..40] {
+        send_all(&mut c, std::slice::from_ref(e), &at).await;
+        let acked = seen.acked.len();
+        while seen.acked.len() == acked {
+            seen.note(&c.next().await);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(nodes.port_a, "accolade_cluster_compactions_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "node-a compacted nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send_all(&mut c, &events[40..], &at).await;
     while seen.acked.len() < 150 {
         seen.note(&c.next().await);
     }
@@ -1199,7 +1300,8 @@ async fn partitions_moved_to_a_joining_node_while_events_flow_lose_and_repeat_no
     let mut tasks = vec![];
     for (i, u) in users.iter().enumerate() {
         let url = if i % 2 == 0 { nodes.ws_a() } else { nodes.ws_b() };
-        let events = common::answers::answers(&format!("m{i}"), 200);
+        // 400 at one per 20 ms or so: the streams outlast node-c's start and its takeover.
+        let events = common::answers::answers(&format!("m{i}"), 400);
         tasks.push(tokio::spawn(stream_through_moves(url, u.clone(), events.clone(), at.clone(), half_tx.clone())));
     }
     // Once every stream is a quarter acknowledged, node-c joins and takes its share: the
@@ -1217,13 +1319,13 @@ async fn partitions_moved_to_a_joining_node_while_events_flow_lose_and_repeat_no
     let api_c = Api::demo_at(port_c);
     for (i, (u, (seen, closes))) in users.iter().zip(&results).enumerate() {
         let fresh = connect_served(&nodes.ws_a(), u, Duration::from_secs(30)).await;
-        common::answers::assert_exact(&fresh.welcome, u, &common::answers::answers(&format!("m{i}"), 200), &at, seen);
+        common::answers::assert_exact(&fresh.welcome, u, &common::answers::answers(&format!("m{i}"), 400), &at, seen);
         eprintln!("{u}: served by {} at the end, its socket closed {closes} times on the way", owner_when_three(u));
     }
     // node-c serves its share, the movers among it.
     for u in &users[..2] {
         let (st, doc) = api_c.get(&format!("/v1/users/{u}")).await;
-        assert_eq!((st, doc["events"].as_u64()), (200, Some(200)), "{u} on node-c: {doc}");
+        assert_eq!((st, doc["events"].as_u64()), (200, Some(400)), "{u} on node-c: {doc}");
     }
     assert!(results[..2].iter().all(|(_, closes)| *closes >= 1), "a mover's socket was closed when her partition moved: {:?}", results.iter().map(|r| r.1).collect::<Vec<_>>());
 }

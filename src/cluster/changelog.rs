@@ -5,7 +5,9 @@
 //! from it without the old owner's disk.
 //!
 //! The changelog is physical (tree, key, value), so replaying it needs no rule, catalogue or
-//! record format, and replaying a batch twice in a row leaves what once did.
+//! record format, and replaying a batch twice in a row leaves what once did. Its owner
+//! compacts it now and then (`compact`): the records folded into a base, named by a marker
+//! written through the fence, and only then the batches it covers removed.
 
 use super::log::{Fence, LogError, PartitionLog};
 use crate::store::{Done, TreeId, Write};
@@ -77,6 +79,8 @@ fn size(changes: &[Change]) -> usize {
 struct Job {
     changes: Vec<Change>,
     done: Done,
+    /// A base's marker, appended alone through the fence instead of a batch (`compact`).
+    marker: Option<Bytes>,
 }
 
 /// Appends one partition's writes to its changelog, one batch in flight at a time: the jobs
@@ -87,15 +91,42 @@ pub struct Writer {
     tx: mpsc::UnboundedSender<Job>,
     /// Why the writer stopped, once it has.
     stopped: Arc<OnceLock<String>>,
+    /// The sequence of the claim this writer writes under.
+    claim: u64,
+    /// Batches in the changelog since its last base (counting those a rebuild read): when
+    /// to compact.
+    since_base: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
     /// Starts the writer for the partition that `fence` is for.
     pub fn start(log: PartitionLog, fence: Fence) -> Writer {
+        Writer::start_after(log, fence, 0)
+    }
+
+    /// `start`, for a changelog that has `since_base` batches after its last base.
+    pub fn start_after(log: PartitionLog, fence: Fence, since_base: u64) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let stopped = Arc::new(OnceLock::new());
-        tokio::spawn(run(log, fence, rx, stopped.clone()));
-        Writer { tx, stopped }
+        let since = Arc::new(std::sync::atomic::AtomicU64::new(since_base));
+        let claim = fence.claim;
+        tokio::spawn(run(log, fence, rx, stopped.clone(), since.clone()));
+        Writer { tx, stopped, claim, since_base: since }
+    }
+
+    /// Batches in the changelog since its last base.
+    pub fn since_base(&self) -> u64 {
+        self.since_base.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Appends a base's marker through the fence, in turn with the batches.
+    async fn mark(&self, body: Bytes) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job { changes: vec![], done: Box::new(move |r| drop(tx.send(r))), marker: Some(body) };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            (job.done)(Err(self.stopped.get().cloned().unwrap_or_else(|| "the changelog writer stopped".into())));
+        }
+        rx.await.map_err(|_| "the changelog writer stopped".to_string())?
     }
 
     /// Why the writer stopped, once it has: then every append fails.
@@ -105,14 +136,14 @@ impl Writer {
 
     /// Queues `writes`; `done` says when they are in the changelog.
     pub fn append(&self, writes: &[Write], done: Done) {
-        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { changes: encode(writes), done }) {
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { changes: encode(writes), done, marker: None }) {
             let why = self.stopped.get().cloned().unwrap_or_else(|| "the changelog writer stopped".into());
             (job.done)(Err(why));
         }
     }
 }
 
-async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceiver<Job>, stopped: Arc<OnceLock<String>>) {
+async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceiver<Job>, stopped: Arc<OnceLock<String>>, since_base: Arc<std::sync::atomic::AtomicU64>) {
     let mut batch_no = 0u64;
     let mut next: Option<Job> = None;
     loop {
@@ -123,10 +154,23 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
                 None => return,
             },
         };
+        if let Some(body) = first.marker {
+            // Fenced like a batch: a node that lost the partition stores no marker, and so
+            // never names its base, nor removes anything after it.
+            batch_no += 1;
+            let id = format!("{}.{}.{batch_no}", fence.partition, fence.claim);
+            let r = log.append_with_id(&mut fence, MARKER, "marker", &id, body).await.map(|_| ()).map_err(|e| e.to_string());
+            (first.done)(r);
+            continue;
+        }
         let mut bytes = size(&first.changes);
         let mut jobs = vec![first];
         while bytes < BATCH_BYTES {
             match rx.try_recv() {
+                Ok(j) if j.marker.is_some() => {
+                    next = Some(j);
+                    break;
+                }
                 Ok(j) => {
                     let n = size(&j.changes);
                     if bytes + n > BATCH_BYTES {
@@ -162,6 +206,9 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
                 Err(LogError::Nats(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
+        if result.is_ok() {
+            since_base.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         for j in jobs {
             (j.done)(result.clone());
         }
@@ -205,4 +252,154 @@ pub async fn restore(log: &PartitionLog, partition: u16, after: u64, mut apply: 
             last = seq;
         }
     }
+}
+
+/// The key of a base's pieces in a partition's log.
+pub const BASE: &str = "base";
+/// The key of the markers that name a complete base.
+pub const MARKER: &str = "based";
+
+/// A complete base: the partition's records as of changelog sequence `upto`, in `pieces`
+/// pieces stored under [`BASE`] at sequences `first..=last` with the kind `base <id>` (a
+/// stale owner's pieces may lie between them, with another id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub id: String,
+    pub first: u64,
+    pub last: u64,
+    pub pieces: u32,
+    pub upto: u64,
+}
+
+/// The newest complete base of a partition, if it has one.
+pub async fn latest_base(log: &PartitionLog, partition: u16) -> Result<Option<Marker>, String> {
+    let Some(r) = log.last(partition, MARKER).await.map_err(|e| e.to_string())? else { return Ok(None) };
+    let (m, _): (Marker, usize) = bincode::serde::decode_from_slice(&r.body, bincode::config::standard()).map_err(|e| format!("a base marker does not decode: {e}"))?;
+    Ok(Some(m))
+}
+
+/// Reads a base's pieces in order into `apply`; an error if one is missing.
+pub async fn read_base(log: &PartitionLog, partition: u16, m: &Marker, mut apply: impl FnMut(Vec<Write>)) -> Result<(), String> {
+    let kind = format!("base {}", m.id);
+    let (mut after, mut seen) = (m.first.saturating_sub(1), 0u32);
+    while seen < m.pieces {
+        let page = log.records(partition, BASE, after, 64).await.map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            break;
+        }
+        for r in page {
+            after = r.sequence;
+            if r.sequence > m.last {
+                break;
+            }
+            if r.kind == kind {
+                apply(decode(&r.body)?);
+                seen += 1;
+            }
+        }
+        if after >= m.last {
+            break;
+        }
+    }
+    if seen != m.pieces {
+        return Err(format!("partition {partition}'s base {} has {seen} of its {} pieces", m.id, m.pieces));
+    }
+    Ok(())
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compacted {
+    /// The changelog batches folded in (after the previous base).
+    pub batches: u64,
+    /// Records in the new base, and its pieces.
+    pub records: usize,
+    pub pieces: u32,
+    /// Messages removed from the log: the batches and the older base.
+    pub removed: u64,
+}
+
+/// Compacts a partition's changelog, by its owner (whose `writer` it is): the last base and
+/// the batches after it are folded into a store of their own, events older than `cutoff`
+/// (already in a snapshot) swept as retention sweeps them, and the records written as a new
+/// base; its marker goes through the fence, and only then are the batches and the base it
+/// covers removed. A node that takes the partition over reads the newest base, then the
+/// batches after it: what a replay of the whole history (then swept) would give. Replaying a
+/// base over a store that has older records of the partition leaves what replaying the
+/// history would, as the changelog holds no deletes; an event a base left out is left out by
+/// that node's own retention sweep too.
+pub async fn compact(log: &PartitionLog, writer: &Writer, partition: u16, node: &str, cutoff: Option<crate::core::Millis>) -> Result<Option<Compacted>, String> {
+    let since = writer.since_base();
+    let prev = latest_base(log, partition).await?;
+    let tmp = crate::store::Store::open_temporary().map_err(|e| e.to_string())?;
+    let mut writes = Vec::new();
+    if let Some(m) = &prev {
+        read_base(log, partition, m, |w| writes.push(w)).await?;
+    }
+    for w in writes {
+        tmp.write(w).await.map_err(|e| e.to_string())?;
+    }
+    let from = prev.as_ref().map_or(0, |m| m.upto);
+    let mut upto = from;
+    let mut batches = 0;
+    loop {
+        let page = self::batches(log, partition, upto, 256).await?;
+        if page.is_empty() {
+            break;
+        }
+        for (seq, w) in page {
+            tmp.write(w).await.map_err(|e| e.to_string())?;
+            upto = seq;
+            batches += 1;
+        }
+    }
+    if batches == 0 {
+        return Ok(None);
+    }
+    let contents = tokio::task::spawn_blocking(move || {
+        if let Some(c) = cutoff {
+            tmp.sweep(c)?;
+        }
+        tmp.contents()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let records = contents.len();
+    // The pieces, each under the size of a batch.
+    let id = format!("{}.{}", writer.claim, upto);
+    let kind = format!("base {id}");
+    let (mut first, mut last, mut pieces) = (0, 0, 0u32);
+    // Cut like the batches: a piece is closed before a change would take it past the size.
+    let mut cut: Vec<Vec<Change>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for c in encode(&contents) {
+        let n = c.key.len() + c.value.as_ref().map_or(0, Vec::len) + 8;
+        if bytes + n > BATCH_BYTES && !cut.last().is_some_and(Vec::is_empty) {
+            cut.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        cut.last_mut().expect("one piece at least").push(c);
+    }
+    for changes in cut.into_iter().filter(|c| !c.is_empty()) {
+        let body = Bytes::from(bincode::serde::encode_to_vec(&Batch { changes }, bincode::config::standard()).expect("a piece encodes"));
+        let seq = log.put(partition, BASE, &kind, node, body).await.map_err(|e| e.to_string())?;
+        if first == 0 {
+            first = seq;
+        }
+        last = seq;
+        pieces += 1;
+    }
+    let marker = Marker { id, first, last, pieces, upto };
+    writer.mark(Bytes::from(bincode::serde::encode_to_vec(&marker, bincode::config::standard()).expect("a marker encodes"))).await?;
+    // Counted from the base on: the batches stored since this compaction began stay.
+    writer.since_base.fetch_sub(since.min(batches), std::sync::atomic::Ordering::Relaxed);
+    // Named by a stored marker: what it covers can go (the older markers, the older base's
+    // pieces, the batches up to `upto`).
+    let marked = log.last(partition, MARKER).await.map_err(|e| e.to_string())?.map_or(0, |r| r.sequence);
+    let mut removed = log.purge(partition, KEY, upto + 1).await.map_err(|e| e.to_string())?;
+    removed += log.purge(partition, BASE, if pieces > 0 { first } else { marked }).await.map_err(|e| e.to_string())?;
+    removed += log.purge(partition, MARKER, marked).await.map_err(|e| e.to_string())?;
+    Ok(Some(Compacted { batches, records, pieces, removed }))
 }

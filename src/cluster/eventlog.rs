@@ -36,6 +36,13 @@ impl ClusterLog {
         self.writers.write().expect("not poisoned").remove(&partition);
     }
 
+    /// The partitions served now, with their writers.
+    pub fn writers(&self) -> Vec<(u16, Arc<Writer>)> {
+        let mut v: Vec<(u16, Arc<Writer>)> = self.writers.read().expect("not poisoned").iter().map(|(p, w)| (*p, w.clone())).collect();
+        v.sort_by_key(|(p, _)| *p);
+        v
+    }
+
     /// Whether `partition` is served, with a writer that can still write.
     pub fn serves(&self, partition: u16) -> bool {
         self.writer(partition).is_ok()
@@ -123,17 +130,42 @@ impl EventLog for ClusterLog {
 /// batch, each durable before the next is read; returns the sequence of the last batch. A node
 /// runs this for a partition it gained before it serves it. `seen` is shown each batch (what
 /// is built in memory from the store learns which records the partition has).
-pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u64, seen: &mut (dyn FnMut(&[Write]) + Send)) -> Result<u64, String> {
+pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u64, seen: &mut (dyn FnMut(&[Write]) + Send)) -> Result<Rebuilt, String> {
     let mut last = after;
+    // From the start: the newest base first (the records as of its `upto`), then the batches
+    // after it.
+    if after == 0
+        && let Some(m) = changelog::latest_base(log, partition).await?
+    {
+        let mut pieces = Vec::new();
+        changelog::read_base(log, partition, &m, |w| pieces.push(w)).await?;
+        for writes in pieces {
+            seen(&writes);
+            store.write(writes).await.map_err(|e| e.to_string())?;
+        }
+        last = m.upto;
+    }
+    let mut batches = 0;
     loop {
         let page = changelog::batches(log, partition, last, 64).await?;
         if page.is_empty() {
-            return Ok(last);
+            return Ok(Rebuilt { last, batches });
         }
         for (seq, writes) in page {
             seen(&writes);
             store.write(writes).await.map_err(|e| e.to_string())?;
             last = seq;
+            batches += 1;
         }
     }
+}
+
+/// Where a rebuild got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// The changelog sequence the store now holds everything up to.
+    pub last: u64,
+    /// The batches read after the base (or from the start, with none): what a compaction
+    /// would fold.
+    pub batches: u64,
 }

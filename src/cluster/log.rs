@@ -146,6 +146,32 @@ impl PartitionLog {
         }
     }
 
+    /// Stores a record under `key` without the fence: for records that mean nothing until a
+    /// fenced one names them (the pieces of a changelog's base, named by its marker), so a
+    /// stale owner's are never read.
+    pub async fn put(&self, partition: u16, key: &str, kind: &str, node: &str, body: Bytes) -> Result<u64, LogError> {
+        self.publish(records(partition, key), Self::headers(kind, node, 0), body).await.map_err(|e| LogError::Nats(e.to_string()))
+    }
+
+    /// The last record under `key`, if there is one.
+    pub async fn last(&self, partition: u16, key: &str) -> Result<Option<Record>, LogError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self.stream.get_last_raw_message_by_subject(&records(partition, key)).await {
+            Ok(m) => {
+                let get = |k: &str| m.headers.get(k).map(|v| v.as_str().to_string()).unwrap_or_default();
+                Ok(Some(Record { sequence: m.sequence, kind: get(KIND), node: get(NODE), lease: get(LEASE).parse().unwrap_or(0), body: m.payload.clone() }))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(LogError::Nats(e.to_string())),
+        }
+    }
+
+    /// Removes the records under `key` stored before stream sequence `below`; returns how many.
+    pub async fn purge(&self, partition: u16, key: &str, below: u64) -> Result<u64, LogError> {
+        let r = self.stream.purge().filter(records(partition, key)).sequence(below).await.map_err(|e| LogError::Nats(e.to_string()))?;
+        Ok(r.purged)
+    }
+
     /// The messages on `subject` after stream sequence `after`, oldest first, at most `limit`.
     async fn read(&self, subject: String, after: u64, limit: usize) -> Result<Vec<Record>, LogError> {
         use async_nats::jetstream::consumer::{self, DeliverPolicy};

@@ -8,7 +8,8 @@
 //! - [`lease`]: the lease state machine, time passed in. Pure.
 //! - [`node`]: one node's heartbeat, watches and lease actions on NATS.
 //! - [`log`]: each partition's log, written by its owner through a fence.
-//! - [`changelog`]: a partition's sled writes in its log, batched, and their replay.
+//! - [`changelog`]: a partition's sled writes in its log, batched, their replay, and its
+//!   compaction into a base.
 //! - [`eventlog`]: the event log of a cluster node (changelog first, then the local sled),
 //!   and the rebuild of a partition's users from the changelog.
 //! - [`route`]: messages for a partition's owner over core NATS, and inboxes for replies.

@@ -137,7 +137,7 @@ pub enum TreeId {
 }
 
 impl TreeId {
-    const ALL: [TreeId; 14] = [
+    pub(super) const ALL: [TreeId; 14] = [
         TreeId::Users,
         TreeId::Events,
         TreeId::Dedup,

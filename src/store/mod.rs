@@ -112,7 +112,18 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database and starts the persister thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).cache_capacity(256 * 1024 * 1024).flush_every_ms(None).open()?;
+        Store::open_with(sled::Config::new().path(dir).cache_capacity(256 * 1024 * 1024).flush_every_ms(None))
+    }
+
+    /// A store that lives only as long as it is open (its files are removed when it is
+    /// dropped): for working on records away from the served store, as compacting a
+    /// partition's changelog does.
+    pub fn open_temporary() -> Result<Store, StoreError> {
+        Store::open_with(sled::Config::new().temporary(true).cache_capacity(64 * 1024 * 1024).flush_every_ms(None))
+    }
+
+    fn open_with(config: sled::Config) -> Result<Store, StoreError> {
+        let db = config.open()?;
         let (tx, rx) = mpsc::channel::<Job>();
         let store = Store {
             users: db.open_tree("users")?,
@@ -467,6 +478,27 @@ impl Store {
             board_record(&k, &v, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Every record the store holds, tree by tree, as the writes that would make it.
+    pub fn contents(&self) -> Result<Vec<Write>, StoreError> {
+        self.readable()?;
+        let mut out = Vec::new();
+        for (id, tree) in TreeId::ALL.iter().zip(self.trees()) {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                out.push(Write::Put(*id, k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The trees, in the order of `TreeId::ALL`.
+    fn trees(&self) -> [&sled::Tree; 14] {
+        [
+            &self.users, &self.events, &self.dedup, &self.snapseq, &self.catalogues, &self.dead, &self.jobs, &self.boards, &self.archive, &self.closed, &self.goals, &self.hooks,
+            &self.outbox, &self.hooklog,
+        ]
     }
 
     /// The scores in the leaderboard records at `keys` (keys of the boards tree, as a
