@@ -68,7 +68,9 @@ impl Closer {
     /// and each watched league's top).
     async fn snapshot(&self, watched: Vec<crate::boards::Watched>, now: Millis) -> Result<Snapshot, String> {
         let mut snap = Snapshot::default();
-        let mut groups: BTreeMap<(String, String), Vec<(String, Option<usize>)>> = BTreeMap::new();
+        // (tenant, board) -> the watching users, with the top N each watches.
+        type Watchers = Vec<(String, Option<usize>)>;
+        let mut groups: BTreeMap<(String, String), Watchers> = BTreeMap::new();
         for (tenant, board, user, top) in watched {
             groups.entry((tenant, board)).or_default().push((user, top));
         }

@@ -146,10 +146,13 @@ pub fn answer(boards: &Boards, q: &Question, keep: &dyn Fn(&str, &str) -> bool) 
 /// The standings a tick pushes to the watchers of this node's sockets in cluster mode,
 /// gathered from every node just before: each watching user's league, rank and score, and each
 /// watched league's size and top.
+/// Who stands where: (tenant, board, period, user).
+pub type Placing = (String, String, String, String);
+
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// (tenant, board, period, user) -> (league, rank on the whole league, score).
-    pub found: HashMap<(String, String, String, String), (String, usize, f64)>,
+    /// Placing -> (league, rank on the whole league, score).
+    pub found: HashMap<Placing, (String, usize, f64)>,
     /// League -> (how many it has, its first standings).
     pub tops: HashMap<BoardKey, (usize, Vec<Entry>)>,
 }
