@@ -2,9 +2,11 @@
 # What a partition move costs: a two-node cluster (three NATS servers, R3, fsync before every
 # acknowledgement) is given USERS users and about EVENTS events in all by the load generator,
 # then a third node joins and takes its share of the 256 partitions, each claimed and rebuilt
-# from the start of its changelog before it is served. Prints the events stored, the partitions
-# the third node took, and the time from its start until it served them all (its count steady
-# for 3 s, every partition served). Repeated ROUNDS times, each on a fresh cluster.
+# from its changelog (the newest base and the batches after it) before it is served. Prints the
+# events stored, the partitions the third node took, and the time from its start until it
+# served them all (its count steady for 3 s, every partition served). Repeated ROUNDS times,
+# each on a fresh cluster. ACCOLADE_BIN names another binary (to compare two builds);
+# ACCOLADE_CLUSTER_ARGS adds node flags (e.g. --cluster-compact-batches 20).
 #
 #   bench/partition-move.sh [USERS] [EVENTS] [ROUNDS]
 #
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 USERS=${1:-1000}
 EVENTS=${2:-50000}
 ROUNDS=${3:-1}
-BIN=$PWD/target/release/accolade
+BIN=${ACCOLADE_BIN:-$PWD/target/release/accolade}
 LG=$PWD/target/release/accolade-loadgen
 [ -x "$BIN" ] && [ -x "$LG" ] || { echo "bench/partition-move.sh: build first: cargo build --release --bin accolade && cargo build --release -p accolade-loadgen" >&2; exit 1; }
 
