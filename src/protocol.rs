@@ -244,6 +244,12 @@ pub fn ack(event_id: &str, duplicate: bool) -> Frame {
     encode(&Ack { duplicate, event_id, r#type: "ack" })
 }
 
+/// An event refused by the connection's rate limit, with the time until the bucket holds a
+/// token again: the client resends it then, on the same socket.
+pub fn rate_limited(event_id: &str, retry_after_ms: u64) -> Frame {
+    frame(json!({ "type": "error", "code": "rate_limited", "message": "too many events; slow down and resend", "event_id": event_id, "retry_after_ms": retry_after_ms }))
+}
+
 pub fn error(code: &str, message: &str, event_id: Option<&str>) -> Frame {
     match event_id {
         Some(id) => frame(json!({ "type": "error", "code": code, "message": message, "event_id": id })),

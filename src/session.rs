@@ -439,7 +439,9 @@ fn on_text(
     };
     if !bucket.take(now) {
         shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-        return Some(refusal(&shared.metrics, "rate_limited", "too many events; slow down and resend", Some(&ev.event_id)));
+        shared.metrics.refused("rate_limited");
+        let wait = bucket.refilled_at().map_or(0, |at| at.saturating_duration_since(now).as_millis() as u64);
+        return Some(protocol::rate_limited(&ev.event_id, wait.max(1)));
     }
     let Some(cat) = shared.catalogue(tenant) else {
         return Some(refusal(&shared.metrics, "unavailable", "this tenant has no catalogue", Some(&ev.event_id)));

@@ -190,6 +190,9 @@ async fn every_client_error_has_its_code() {
     }
     let limited = limited.expect("a rate_limited error");
     assert!(limited["event_id"].as_str().unwrap().starts_with('r'));
+    // It says when to resend: the bucket refills at 0.5 a second, so within two seconds.
+    let wait = limited["retry_after_ms"].as_u64().unwrap_or_else(|| panic!("a resend time: {limited}"));
+    assert!((1..=2000).contains(&wait), "{limited}");
     // Binary frames are refused with a clear error; the connection stays usable.
     use futures_util::SinkExt;
     c.ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![1, 2, 3])).await.unwrap();

@@ -7,13 +7,16 @@
 //   client.send("problem.answered", { exercise: "addition-1", correct: true, seconds: 4 });
 
 export class AccoladeClient {
-  constructor({ url, token, storage = null, maxBackoffMs = 15000 }) {
+  constructor({ url, token, storage = null, maxBackoffMs = 15000, retryMs = 500 }) {
     this.url = url;
     this.tokenProvider = typeof token === "function" ? token : async () => token;
     this.storage = storage; // optional: { get(key), set(key, value) } to keep `since` across reloads
     this.maxBackoffMs = maxBackoffMs;
     this.handlers = new Map();
     this.unacked = new Map(); // event_id -> message, resent after a reconnect
+    this.retryMs = retryMs; // first wait before an `unavailable` event is sent again
+    this.resends = new Map(); // event_id -> timer of a resend on the same socket
+    this.tries = new Map(); // event_id -> `unavailable` answers so far
     this.since = storage ? JSON.parse(storage.get("accolade.since") || "null") : null;
     this.ws = null;
     this.attempt = 0;
@@ -47,6 +50,8 @@ export class AccoladeClient {
   disconnect() {
     this.wanted = false;
     clearTimeout(this.timer);
+    for (const t of this.resends.values()) clearTimeout(t);
+    this.resends.clear();
     if (this.ws) this.ws.close(1000, "client disconnect");
   }
 
@@ -102,14 +107,48 @@ export class AccoladeClient {
       this.emit("welcome", msg);
       this.emit("open", msg);
       // Events the server never acknowledged are sent again; their ids make this safe.
+      for (const t of this.resends.values()) clearTimeout(t);
+      this.resends.clear();
       for (const m of this.unacked.values()) this.ws.send(JSON.stringify(m));
       // Watches end with a connection; the server pushes the current rank again at once.
       for (const m of this.watches.values()) this.ws.send(JSON.stringify(m));
       return;
     }
-    if (msg.type === "ack") this.unacked.delete(msg.event_id);
-    if (msg.type === "error" && msg.event_id && msg.code !== "rate_limited") this.unacked.delete(msg.event_id);
+    if (msg.type === "ack") this.settle(msg.event_id);
+    if (msg.type === "error" && msg.event_id && this.unacked.has(msg.event_id)) {
+      const id = msg.event_id;
+      if (msg.code === "rate_limited") {
+        // Not processed: sent again once the server's bucket has a token for it.
+        this.resendLater(id, msg.retry_after_ms ?? 1000);
+      } else if (msg.code === "unavailable") {
+        // Not counted: sent again after a growing wait, on this socket (and after any
+        // reconnect before that).
+        const n = (this.tries.get(id) || 0) + 1;
+        this.tries.set(id, n);
+        this.resendLater(id, Math.min(this.maxBackoffMs, this.retryMs * 2 ** (n - 1)) * (0.5 + Math.random() / 2));
+      } else {
+        // Refused for what it is: sending it again unchanged would be refused again.
+        this.settle(id);
+      }
+    }
     this.emit(msg.type, msg);
+  }
+
+  /** The event is answered for good: forget it. */
+  settle(id) {
+    this.unacked.delete(id);
+    clearTimeout(this.resends.get(id));
+    this.resends.delete(id);
+    this.tries.delete(id);
+  }
+
+  resendLater(id, ms) {
+    clearTimeout(this.resends.get(id));
+    this.resends.set(id, setTimeout(() => {
+      this.resends.delete(id);
+      const m = this.unacked.get(id);
+      if (m && this.connected && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(m));
+    }, ms));
   }
 
   remember(since) {
