@@ -19,10 +19,49 @@ function log(text) {
   while ($("log").children.length > 12) $("log").lastChild.remove();
 }
 
-function toast({ title, body, tier, icon, kind }) {
-  const el = document.createElement("div");
+// Toasts are queued, as Khan Academy's were: at most three on screen, the next sliding in as
+// one leaves, and a burst beyond two waiting collapsed into one "+N more" toast that opens
+// the shelf, so a burst of unlocks never covers the page.
+const TOASTS_ON_SCREEN = 3;
+const TOASTS_WAITING = 2;
+const toasts = { shown: 0, waiting: [], more: null };
+
+function toast(spec) {
+  if (toasts.waiting.length < TOASTS_WAITING) {
+    toasts.waiting.push(spec);
+  } else if (toasts.more) {
+    toasts.more.count += 1;
+  } else {
+    toasts.more = { count: 1 };
+    toasts.waiting.push(toasts.more);
+  }
+  pumpToasts();
+}
+
+function pumpToasts() {
+  while (toasts.shown < TOASTS_ON_SCREEN && toasts.waiting.length) {
+    const next = toasts.waiting.shift();
+    if (next === toasts.more) toasts.more = null;
+    toasts.shown += 1;
+    showToast(next.count ? moreToast(next.count) : next);
+  }
+}
+
+function moreToast(count) {
+  return { title: `+${count} more`, body: "See them all on your shelf.", tier: "silver", icon: "🏅", kind: "more" };
+}
+
+function showToast({ title, body, tier, icon, kind }) {
+  const el = document.createElement(kind === "more" ? "button" : "div");
   el.className = `toast tier-${tier || "bronze"} ${kind || ""}`;
   el.setAttribute("role", "status");
+  if (kind === "more") {
+    el.type = "button";
+    el.addEventListener("click", () => {
+      $("shelf").scrollIntoView({ behavior: "smooth", block: "center" });
+      $("shelf-h").focus();
+    });
+  }
   const i = document.createElement("span");
   i.className = "icon";
   i.textContent = icon || "🏅";
@@ -36,7 +75,11 @@ function toast({ title, body, tier, icon, kind }) {
   el.append(i, t);
   $("toasts").append(el);
   setTimeout(() => el.classList.add("leaving"), 4500);
-  setTimeout(() => el.remove(), 5000);
+  setTimeout(() => {
+    el.remove();
+    toasts.shown -= 1;
+    pumpToasts();
+  }, 5000);
 }
 
 function renderXp() {

@@ -138,6 +138,33 @@ test("text contrast meets WCAG AA", async () => {
   await page.close();
 });
 
+test("a burst of unlocks shows at most three toasts at a time and the rest as +N more", async () => {
+  const page = await open("fay");
+  // A long video after some answers unlocks about ten badges at once.
+  await page.click("#right10");
+  await page.fill("#minutes", "20");
+  await page.click("#watch");
+  let most = 0;
+  let more = null;
+  const until = Date.now() + 7000;
+  while (Date.now() < until) {
+    most = Math.max(most, await page.locator("#toasts .toast").count());
+    if (!more && (await page.locator("#toasts .toast.more").count()) > 0) {
+      more = await page.locator("#toasts .toast.more").textContent();
+      await page.screenshot({ path: join(shots, "toast-queue.png") });
+      // It opens the shelf.
+      await page.locator("#toasts .toast.more").click();
+      assert.equal(await page.evaluate(() => document.activeElement.id), "shelf-h");
+    }
+    await page.waitForTimeout(50);
+  }
+  assert.ok(most >= 1 && most <= 3, `at most three toasts on screen, saw ${most}`);
+  assert.match(more || "", /^🏅\+\d+ more/, "the rest of the burst in one toast");
+  // The shelf has every badge of the burst (five, with a few level-ups besides).
+  assert.ok((await page.locator("#shelf li.owned").count()) >= 5, await page.locator("#shelf").innerHTML());
+  await page.close();
+});
+
 test("the weekly board shows the player's rank and the top five live", async () => {
   const page = await open("eve");
   await page.fill("#minutes", "20");
