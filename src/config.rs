@@ -273,6 +273,11 @@ pub struct Config {
     #[arg(global = true, long, default_value_t = 2_000)]
     pub cluster_compact_batches: u64,
 
+    /// How log lines are written: `text` for people, `json` (one object a line, with the
+    /// request id of the request being handled) for log collectors.
+    #[arg(global = true, long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Copies JetStream keeps of the cluster's streams and buckets (3 for three NATS servers).
     #[arg(global = true, long, default_value_t = 3)]
     pub cluster_replicas: usize,

@@ -12,8 +12,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
     let config = Config::load()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match config.log_format.as_str() {
+        "text" => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        "json" => tracing_subscriber::fmt().json().with_current_span(true).with_span_list(false).with_env_filter(filter).init(),
+        other => anyhow::bail!("log_format `{other}` is not `text` or `json`"),
+    }
     match config.command.clone() {
         Some(Command::Token { user, tenant, ttl }) => {
             let keys = accolade::auth::Keys::new(&config.tenant_secrets()?);

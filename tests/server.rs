@@ -332,3 +332,30 @@ async fn a_server_stopped_as_soon_as_it_starts_shuts_down_promptly() {
     let s = TestServer::start(dir.path()).await;
     tokio::time::timeout(std::time::Duration::from_secs(20), s.stop()).await.expect("stopped within 20 s");
 }
+
+#[tokio::test]
+async fn with_log_format_json_each_log_line_is_a_json_object_that_names_its_request() {
+    let dir = tmp();
+    let port = free_port();
+    let mut server = start_with(dir.path(), port, &["--log-format", "json"]).await;
+    // A body that is not JSON is kept as a dead letter, which is logged inside the request.
+    let res = http_client()
+        .post(format!("http://127.0.0.1:{port}/v1/events"))
+        .bearer_auth(DEMO_KEY)
+        .header("x-request-id", "log-json-1")
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_client_error(), "{}", res.status());
+    let line = server.line("dead letter").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object: {line}: {e}"));
+    assert_eq!(v["fields"]["message"], "event kept as a dead letter", "{v}");
+    assert_eq!(v["span"]["request_id"], "log-json-1", "{v}");
+    assert_eq!(v["level"], "INFO", "{v}");
+    // Any other format is refused before the server starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accolade")).args(["--log-format", "yaml", "--data-dir", dir.path().join("other").to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log-format"), "{}", String::from_utf8_lossy(&out.stderr));
+}
