@@ -126,8 +126,11 @@ impl Membership {
             Box::pin(async move {
                 let reply = match bincode::serde::decode_from_slice::<Question, _>(&body, bincode::config::standard()) {
                     Ok((q, _)) => {
-                        let partitions = (0..PARTITIONS).filter(|p| log.serves(*p)).collect();
-                        Answer { partitions, reply: crate::standings::answer(&boards, &q, &|t, u| log.serves(partition_of(t, u))) }
+                        // One look at what is served, for the partitions named and the users
+                        // counted alike.
+                        let served: Vec<bool> = (0..PARTITIONS).map(|p| log.serves(p)).collect();
+                        let partitions = (0..PARTITIONS).filter(|p| served[usize::from(*p)]).collect();
+                        Answer { partitions, reply: crate::standings::answer(&boards, &q, &|t, u| served[usize::from(partition_of(t, u))]) }
                     }
                     // A question this version does not know: answered for no partition, so
                     // the asker sees them uncovered instead of a wrong ranking.
@@ -173,10 +176,12 @@ impl Membership {
             for p in gone {
                 self.routes.unserve(p);
                 self.log.unserve(p);
-                // Its users' standings are another node's to give from now on.
-                boards.remove_where(|t, u| partition_of(t, u) == p);
                 served.remove(&p);
                 users.drop_where(|t, u| partition_of(t, u) == p).await;
+                // Its users' standings are another node's to give from now on. Taken out once
+                // their actors have ended: a write of theirs still finishing would otherwise
+                // put a user back in the ranking.
+                boards.remove_where(|t, u| partition_of(t, u) == p);
                 tracing::info!(partition = p, "partition let go of");
             }
             // A partition gained is served only once this node has every catalogue version
@@ -264,6 +269,11 @@ impl Membership {
             tokio::time::sleep(Duration::from_secs(1)).await;
             for (p, writer) in self.log.writers() {
                 if writer.since_base() < self.compact_batches || writer.stopped().is_some() {
+                    continue;
+                }
+                // Still this node's, with this writer (the list was taken before the ones
+                // before it were compacted, and a partition may have gone meanwhile).
+                if !self.log.writers().iter().any(|(q, w)| *q == p && Arc::ptr_eq(w, &writer)) || !self.log.serves(p) {
                     continue;
                 }
                 let cutoff = (self.retention_hours > 0).then(|| crate::clock::now_ms() - (self.retention_hours * 3_600_000) as Millis);

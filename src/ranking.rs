@@ -214,6 +214,15 @@ impl Ranking {
         (before, after)
     }
 
+    /// Every standing from 0-based position `from` on, in rank order.
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = Standing> + '_ {
+        let (b, i) = if from < self.len() { self.select(from) } else { (self.blocks.len(), 0) };
+        self.blocks[b..].iter().enumerate().flat_map(move |(j, block)| {
+            let skip = if j == 0 { i } else { 0 };
+            block.keys.iter().zip(&block.users).skip(skip).map(|(k, u)| Standing { user: u.clone(), score: k.score(), reached: k.1 })
+        })
+    }
+
     /// Every standing in rank order.
     pub fn iter(&self) -> impl Iterator<Item = Standing> + '_ {
         self.blocks
@@ -435,6 +444,11 @@ mod tests {
             prop_assert_eq!(&got, &want);
             for (i, (u, _)) in want.iter().enumerate() {
                 prop_assert_eq!(r.rank(u), Some(i + 1));
+            }
+            for from in [0, 1, want.len() / 2, want.len().saturating_sub(1), want.len(), want.len() + 3] {
+                let got: Vec<String> = r.iter_from(from).map(|s| s.user.to_string()).collect();
+                let expect: Vec<String> = want.iter().skip(from).map(|(u, _)| u.clone()).collect();
+                prop_assert_eq!(got, expect);
             }
             if want.len() > 5 {
                 let mid = r.range(3, 4);

@@ -69,7 +69,8 @@ pub enum Question {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     Top { total: usize, rows: Vec<Entry> },
-    Around { before: Vec<Entry>, after: Vec<Entry> },
+    /// `ahead`: how many are ahead of the standing asked about, counted with the neighbours.
+    Around { ahead: usize, before: Vec<Entry>, after: Vec<Entry> },
     Ahead(Vec<usize>),
     /// (segment, standing) of each user found.
     Found(Vec<(String, Entry)>),
@@ -95,20 +96,35 @@ pub fn answer(boards: &Boards, q: &Question, keep: &dyn Fn(&str, &str) -> bool) 
             Some(live) => {
                 let r = live.ranking.lock().expect("ranking lock");
                 let k = |s: &Standing| keep(&key.tenant, &s.user);
-                let rows = match after {
-                    None => r.iter().filter(k).take(*limit).map(Entry::from).collect(),
-                    Some(e) => r.around(e.score, e.reached, &e.user, 0, *limit).1.into_iter().filter(k).map(Entry::from).collect(),
+                // Users this node no longer answers for are skipped before the limit, so they
+                // never take the place of one it does.
+                let from = match after {
+                    None => 0,
+                    Some(e) => r.ahead(e.score, e.reached, &e.user) + usize::from(r.get(&e.user).is_some_and(|(_, s)| s.score == e.score && s.reached == e.reached)),
                 };
+                let rows = r.iter_from(from).filter(k).take(*limit).map(Entry::from).collect();
                 Reply::Top { total: r.len(), rows }
             }
         },
         Question::Around { key, of, before, after } => match boards.get(key) {
-            None => Reply::Around { before: vec![], after: vec![] },
+            None => Reply::Around { ahead: 0, before: vec![], after: vec![] },
             Some(live) => {
                 let r = live.ranking.lock().expect("ranking lock");
-                let (b, a) = r.around(of.score, of.reached, &of.user, *before, *after);
-                let k = |s: &Standing| keep(&key.tenant, &s.user);
-                Reply::Around { before: b.into_iter().filter(k).map(Entry::from).collect(), after: a.into_iter().filter(k).map(Entry::from).collect() }
+                let k = |s: &Standing| keep(&key.tenant, &s.user) && *s.user != *of.user;
+                let at = r.ahead(of.score, of.reached, &of.user);
+                // The standings just ahead, skipping users this node does not answer for: a
+                // window that grows until it holds enough of the others or reaches the top.
+                let mut window = *before;
+                let b = loop {
+                    let start = at.saturating_sub(window);
+                    let rows: Vec<Standing> = r.iter_from(start).take(at - start).filter(k).collect();
+                    if rows.len() >= *before || start == 0 {
+                        break rows[rows.len().saturating_sub(*before)..].to_vec();
+                    }
+                    window = window.saturating_mul(2).max(1);
+                };
+                let a = r.iter_from(at).filter(k).take(*after).map(Entry::from).collect();
+                Reply::Around { ahead: at, before: b.into_iter().map(Entry::from).collect(), after: a }
             }
         },
         Question::Ahead { key, of } => match boards.get(key) {
@@ -215,9 +231,10 @@ pub fn merge(q: &Question, answers: Vec<Answer>, partitions: u16, partition_of: 
             Ok(Reply::Top { total, rows: all })
         }
         Question::Around { before, after, .. } => {
-            let (mut b_all, mut a_all) = (Vec::new(), Vec::new());
+            let (mut ahead, mut b_all, mut a_all) = (0, Vec::new(), Vec::new());
             for (mine, r) in parts {
-                let Reply::Around { before: b, after: a } = r else { return Err(MergeError::Mismatch) };
+                let Reply::Around { ahead: n, before: b, after: a } = r else { return Err(MergeError::Mismatch) };
+                ahead += n;
                 b_all.extend(rows(&mine, b));
                 a_all.extend(rows(&mine, a));
             }
@@ -225,7 +242,7 @@ pub fn merge(q: &Question, answers: Vec<Answer>, partitions: u16, partition_of: 
             a_all.sort_by(order);
             let b_all = b_all.split_off(b_all.len().saturating_sub(*before));
             a_all.truncate(*after);
-            Ok(Reply::Around { before: b_all, after: a_all })
+            Ok(Reply::Around { ahead, before: b_all, after: a_all })
         }
         Question::Ahead { of, .. } => {
             let mut sums = vec![0; of.len()];
@@ -332,6 +349,36 @@ mod tests {
             got.extend(rows);
         }
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn users_a_node_still_holds_but_no_longer_answers_for_never_take_a_place() {
+        // Node B answers for partitions 2 and 3 but still ranks partition 1's users (it let
+        // the partition go a moment ago): pages and neighbours merged are still the whole's.
+        let all = scores();
+        let whole = node(&all, &[0, 1, 2, 3]);
+        let (a, b) = (node(&all, &[0, 1]), node(&all, &[1, 2, 3]));
+        let keep_b = |_: &str, u: &str| part("", u) != 1;
+        let ask = |q: &Question| {
+            let answers = vec![Answer { partitions: vec![0, 1], reply: answer(&a, q, &|_, _| true) }, Answer { partitions: vec![2, 3], reply: answer(&b, q, &keep_b) }];
+            merge(q, answers, 4, &part).unwrap()
+        };
+        let mut after = None;
+        loop {
+            let q = Question::Top { key: key(), after: after.clone(), limit: 5 };
+            let (Reply::Top { rows: got, .. }, Reply::Top { rows: want, .. }) = (ask(&q), answer(&whole, &q, &|_, _| true)) else { panic!() };
+            assert_eq!(got, want);
+            if got.is_empty() {
+                break;
+            }
+            after = got.last().cloned();
+        }
+        for u in [3u16, 9, 22] {
+            let e = Entry { user: format!("u{u}"), score: f64::from(u % 7), reached: i64::from(u % 3) };
+            let q = Question::Around { key: key(), of: e, before: 3, after: 3 };
+            let (Reply::Around { before: gb, after: ga, .. }, Reply::Around { before: wb, after: wa, .. }) = (ask(&q), answer(&whole, &q, &|_, _| true)) else { panic!() };
+            assert_eq!((gb, ga), (wb, wa), "around u{u}");
+        }
     }
 
     #[test]

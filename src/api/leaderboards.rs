@@ -280,15 +280,19 @@ pub async fn user_rank(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant
         Some((s, r, e)) => (s.clone(), *r, e.score),
         None => (String::new(), None, 0.0),
     };
-    let rows = match (rank, found) {
-        (Some(r), Some((_, _, me))) => {
+    let (rank, rows) = match (rank, found) {
+        (Some(_), Some((_, _, me))) => {
             let key = BoardKey { tenant: tenant.clone(), board: id.clone(), period: period.clone(), segment: segment.clone() };
-            let Reply::Around { before, after } = ask(&shared, Question::Around { key, of: me.clone(), before: around, after: around }).await? else { return Err(mismatch()) };
-            let first = r - before.len();
+            let Reply::Around { ahead, before, after } = ask(&shared, Question::Around { key, of: me.clone(), before: around, after: around }).await? else { return Err(mismatch()) };
+            // The rank and the neighbours from one answer, so they agree even when scores
+            // moved since she was found.
+            let r = ahead + 1;
+            let first = r.saturating_sub(before.len()).max(1);
             let size = def.size.unwrap_or(usize::MAX);
-            before.into_iter().chain([me]).chain(after).enumerate().map(|(i, e)| Row { rank: first + i, user_id: e.user, score: e.score }).filter(|row| row.rank <= size).collect()
+            let rows: Vec<Row> = before.into_iter().chain([me]).chain(after).enumerate().map(|(i, e)| Row { rank: first + i, user_id: e.user, score: e.score }).filter(|row| row.rank <= size).collect();
+            ((r <= size).then_some(r), rows)
         }
-        _ => vec![],
+        (rank, _) => (rank, vec![]),
     };
     let segment = def.segment_by.as_ref().and(found_segment(&segment));
     Ok(Json(UserRank { board: id, period, user_id: user, segment, rank, score, around: rows }))

@@ -79,8 +79,9 @@ fn size(changes: &[Change]) -> usize {
 struct Job {
     changes: Vec<Change>,
     done: Done,
-    /// A base's marker, appended alone through the fence instead of a batch (`compact`).
-    marker: Option<Bytes>,
+    /// A base's marker, appended alone through the fence instead of a batch (`compact`), and
+    /// where the sequence it is stored at goes.
+    marker: Option<(Bytes, Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 /// Appends one partition's writes to its changelog, one batch in flight at a time: the jobs
@@ -120,13 +121,15 @@ impl Writer {
     }
 
     /// Appends a base's marker through the fence, in turn with the batches.
-    async fn mark(&self, body: Bytes) -> Result<(), String> {
+    async fn mark(&self, body: Bytes) -> Result<u64, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job { changes: vec![], done: Box::new(move |r| drop(tx.send(r))), marker: Some(body) };
+        let seq_tx = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let job = Job { changes: vec![], done: Box::new(move |r| drop(tx.send(r))), marker: Some((body, seq_tx.clone())) };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
             (job.done)(Err(self.stopped.get().cloned().unwrap_or_else(|| "the changelog writer stopped".into())));
         }
-        rx.await.map_err(|_| "the changelog writer stopped".to_string())?
+        rx.await.map_err(|_| "the changelog writer stopped".to_string())??;
+        Ok(seq_tx.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Why the writer stopped, once it has: then every append fails.
@@ -154,12 +157,12 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
                 None => return,
             },
         };
-        if let Some(body) = first.marker {
+        if let Some((body, stored_at)) = first.marker {
             // Fenced like a batch: a node that lost the partition stores no marker, and so
             // never names its base, nor removes anything after it.
             batch_no += 1;
             let id = format!("{}.{}.{batch_no}", fence.partition, fence.claim);
-            let r = log.append_with_id(&mut fence, MARKER, "marker", &id, body).await.map(|_| ()).map_err(|e| e.to_string());
+            let r = log.append_with_id(&mut fence, MARKER, "marker", &id, body).await.map(|seq| stored_at.store(seq, std::sync::atomic::Ordering::Release)).map_err(|e| e.to_string());
             (first.done)(r);
             continue;
         }
@@ -392,12 +395,16 @@ pub async fn compact(log: &PartitionLog, writer: &Writer, partition: u16, node: 
         pieces += 1;
     }
     let marker = Marker { id, first, last, pieces, upto };
-    writer.mark(Bytes::from(bincode::serde::encode_to_vec(&marker, bincode::config::standard()).expect("a marker encodes"))).await?;
+    let marked = writer.mark(Bytes::from(bincode::serde::encode_to_vec(&marker, bincode::config::standard()).expect("a marker encodes"))).await?;
     // Counted from the base on: the batches stored since this compaction began stay.
     writer.since_base.fetch_sub(since.min(batches), std::sync::atomic::Ordering::Relaxed);
-    // Named by a stored marker: what it covers can go (the older markers, the older base's
-    // pieces, the batches up to `upto`).
-    let marked = log.last(partition, MARKER).await.map_err(|e| e.to_string())?.map_or(0, |r| r.sequence);
+    // Named by the marker just stored: what it covers can go (the batches up to `upto`, the
+    // older base's pieces, the older markers), each purge strictly below a sequence of this
+    // compaction's own (never 0, which would purge the whole subject; never a later owner's
+    // marker, whose base would go with it).
+    if marked == 0 {
+        return Err("the marker's sequence did not come back".into());
+    }
     let mut removed = log.purge(partition, KEY, upto + 1).await.map_err(|e| e.to_string())?;
     removed += log.purge(partition, BASE, if pieces > 0 { first } else { marked }).await.map_err(|e| e.to_string())?;
     removed += log.purge(partition, MARKER, marked).await.map_err(|e| e.to_string())?;

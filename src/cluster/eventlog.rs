@@ -133,9 +133,17 @@ impl EventLog for ClusterLog {
 pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u64, seen: &mut (dyn FnMut(&[Write]) + Send)) -> Result<Rebuilt, String> {
     let mut last = after;
     // From the start: the newest base first (the records as of its `upto`), then the batches
-    // after it.
+    // after it. From a point the newest base has passed, the batches in between may be gone:
+    // refused rather than skipped.
+    let base = changelog::latest_base(log, partition).await?;
+    if let Some(m) = &base
+        && after != 0
+        && after < m.upto
+    {
+        return Err(format!("partition {partition}'s changelog is compacted past sequence {after} (to {}): rebuild it from the start", m.upto));
+    }
     if after == 0
-        && let Some(m) = changelog::latest_base(log, partition).await?
+        && let Some(m) = base
     {
         let mut pieces = Vec::new();
         changelog::read_base(log, partition, &m, |w| pieces.push(w)).await?;

@@ -34,6 +34,9 @@ pub fn records(partition: u16, key: &str) -> String {
     format!("accolade.log.{partition}.{key}")
 }
 
+/// How long a read waits for its next record before it gives up.
+const READ_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 const KIND: &str = "Accolade-Kind";
 const NODE: &str = "Accolade-Node";
 const LEASE: &str = "Accolade-Lease";
@@ -197,7 +200,10 @@ impl PartitionLog {
         let mut messages = consumer.messages().await.map_err(|e| LogError::Nats(e.to_string()))?;
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(m) = messages.next().await else { break };
+            // Bounded: records up to `end` purged meanwhile (a compaction) would leave this
+            // waiting for a message that never comes.
+            let next = tokio::time::timeout(READ_STALL, messages.next()).await.map_err(|_| LogError::Nats(format!("no record came for {READ_STALL:?} while reading up to sequence {end}")))?;
+            let Some(m) = next else { break };
             let m = m.map_err(|e| LogError::Nats(e.to_string()))?;
             let sequence = m.info().map_err(|e| LogError::Nats(e.to_string()))?.stream_sequence;
             let h = m.headers.clone().unwrap_or_default();
