@@ -908,17 +908,6 @@ async fn leaderboard_standings_on_any_node_rank_every_user_wherever_she_is_serve
     }
 }
 
-/// The demo catalogue with a board `sprint`: correct answers in a custom period ending at
-/// `ends`, whose top two get the `sprint-winner` badge.
-fn sprint_catalogue(ends: &str) -> String {
-    format!(
-        "{}\n[[badges]]\nid = \"sprint-winner\"\nname = \"Sprint Winner\"\ntier = \"gold\"\nxp = 100\nrule = {{ kind = \"awarded\" }}\n\n\
-         [[leaderboards]]\nid = \"sprint\"\nmetric = \"count\"\nevent = \"problem.answered\"\nwhen = {{ correct = true }}\nperiod = \"custom\"\n\
-         starts = \"2026-01-01T00:00:00Z\"\nends = \"{ends}\"\naward = {{ badge = \"sprint-winner\", top = 2 }}\n",
-        accolade::core::catalogue::DEMO_CATALOGUE
-    )
-}
-
 async fn sprint_wins(api: &Api, user: &str) -> Option<u64> {
     let (s, doc) = api.get(&format!("/v1/users/{user}")).await;
     assert_eq!(s, 200, "{doc}");

@@ -13,17 +13,6 @@ fn users(v: &Value) -> Vec<&str> {
     v["entries"].as_array().unwrap().iter().map(|e| e["user_id"].as_str().unwrap()).collect()
 }
 
-/// A catalogue with one extra board, `sprint`: correct answers in a custom period ending at
-/// `ends`, whose top two get the `sprint-winner` badge.
-fn sprint_catalogue(ends: &str) -> String {
-    format!(
-        "{}\n[[badges]]\nid = \"sprint-winner\"\nname = \"Sprint Winner\"\ntier = \"gold\"\nxp = 100\nrule = {{ kind = \"awarded\" }}\n\n\
-         [[leaderboards]]\nid = \"sprint\"\nmetric = \"count\"\nevent = \"problem.answered\"\nwhen = {{ correct = true }}\nperiod = \"custom\"\n\
-         starts = \"2026-01-01T00:00:00Z\"\nends = \"{ends}\"\naward = {{ badge = \"sprint-winner\", top = 2 }}\n",
-        accolade::core::catalogue::DEMO_CATALOGUE
-    )
-}
-
 #[tokio::test]
 async fn standings_ranks_neighbours_friends_and_leagues() {
     let dir = tmp();

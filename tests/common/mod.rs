@@ -376,3 +376,13 @@ pub async fn start_wrapped(dir: &std::path::Path, port: u16, extra: &[&str], set
     server
 }
 
+/// A catalogue with one extra board, `sprint`: correct answers in a custom period ending at
+/// `ends`, whose top two get the `sprint-winner` badge.
+pub fn sprint_catalogue(ends: &str) -> String {
+    format!(
+        "{}\n[[badges]]\nid = \"sprint-winner\"\nname = \"Sprint Winner\"\ntier = \"gold\"\nxp = 100\nrule = {{ kind = \"awarded\" }}\n\n\
+         [[leaderboards]]\nid = \"sprint\"\nmetric = \"count\"\nevent = \"problem.answered\"\nwhen = {{ correct = true }}\nperiod = \"custom\"\n\
+         starts = \"2026-01-01T00:00:00Z\"\nends = \"{ends}\"\naward = {{ badge = \"sprint-winner\", top = 2 }}\n",
+        accolade::core::catalogue::DEMO_CATALOGUE
+    )
+}
