@@ -12,6 +12,7 @@ use crate::cluster::lease::Timing;
 use crate::cluster::log::{Fence, PartitionLog};
 use crate::cluster::node::{Node, Options, Owned};
 use crate::cluster::partition::{partition_of, PARTITIONS};
+use crate::cluster::patiently;
 use crate::cluster::route::{RouteError, Routes};
 use crate::config::Config;
 use crate::core::{Event, Millis};
@@ -69,8 +70,10 @@ impl Membership {
         let client = crate::cluster::connect(urls, Duration::from_secs(5)).await?;
         let lease = Duration::from_millis(config.cluster_lease_ms.max(400));
         let node = Node::join(client.clone(), Options { id: id.clone(), timing: Timing::for_lease(lease), replicas: config.cluster_replicas.max(1) }).await?;
-        let partitions = PartitionLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?;
-        let catalog = Arc::new(crate::cluster::catalog::CatalogueLog::for_client(client.clone(), config.cluster_replicas.max(1)).await?);
+        // A cluster that is starting may not have elected the leaders of these streams yet.
+        let replicas = config.cluster_replicas.max(1);
+        let partitions = patiently("opening the partition log", || PartitionLog::for_client(client.clone(), replicas)).await?;
+        let catalog = Arc::new(patiently("opening the catalogue history", || crate::cluster::catalog::CatalogueLog::for_client(client.clone(), replicas)).await?);
         tracing::info!(node = %id, urls, "joined the cluster");
         Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
     }

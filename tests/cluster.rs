@@ -474,6 +474,25 @@ async fn connect_served(url: &str, user: &str, limit: Duration) -> Client {
     }
 }
 
+/// How many partitions the node on `port` serves, by its /metrics.
+async fn partitions_served(port: u16) -> Option<u64> {
+    let (_, m) = Api::demo_at(port).with_key(None).get("/metrics").await;
+    m.as_str()?.lines().find_map(|l| l.strip_prefix("accolade_cluster_partitions_served "))?.parse().ok()
+}
+
+/// Waits until the node on `port` serves exactly `share` partitions, for at most `limit`.
+async fn wait_serving(port: u16, share: u64, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let served = partitions_served(port).await;
+        if served == Some(share) {
+            return;
+        }
+        assert!(start.elapsed() < limit, "the node on {port} serves {served:?} partitions after {limit:?}, not its share of {share}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Three NATS servers and two node binaries, `node-a` and `node-b`, with a 3 s lease.
 struct TwoNodes {
     a: Server,
@@ -495,6 +514,7 @@ impl TwoNodes {
         let extra = extra(dir.path());
         std::fs::create_dir_all(dir.path().join("nats")).unwrap();
         let nats = Cluster::start(&dir.path().join("nats"));
+        nats.ready().await;
         let urls = nats.urls.join(",");
         let (port_a, port_b) = (free_port(), free_port());
         let node = |id: &str, port: u16| {
@@ -507,6 +527,13 @@ impl TwoNodes {
         };
         let a = node("node-a", port_a).await;
         let b = node("node-b", port_b).await;
+        // Each node serves its own share before the test begins: while node-b's share moves
+        // from node-a (which took every partition while alone), its users are briefly
+        // `unavailable`, which the tests below assert only where they mean to.
+        for (id, port) in [("node-a", port_a), ("node-b", port_b)] {
+            let share = (0..PARTITIONS).filter(|&p| preferred(p, ["node-a", "node-b"]) == Some(id)).count() as u64;
+            wait_serving(port, share, Duration::from_secs(60)).await;
+        }
         TwoNodes { a, b, port_a, port_b, _nats: nats, _dir: dir }
     }
 
@@ -740,6 +767,21 @@ async fn a_node_that_cannot_reach_nats_exits_with_a_clear_error() {
 /// Posts one event to a node's HTTP API; returns its result.
 async fn post(api: &Api, ev: &serde_json::Value) -> serde_json::Value {
     api.ingest(vec![ev.clone()]).await["results"][0].clone()
+}
+
+/// `GET path` until it is not `unavailable` (her partition between nodes), for at most
+/// `limit`; asserts the answer is a 200 and returns it.
+async fn get_served(api: &Api, path: &str, limit: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (s, v) = api.get(path).await;
+        if s != 503 {
+            assert_eq!(s, 200, "{path}: {v}");
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{path} still unavailable after {limit:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Posts one event until it is not `unavailable`, for at most `limit`; returns its result.
@@ -1017,8 +1059,7 @@ async fn scripts_cluster_starts_a_served_cluster_and_stops_what_it_started() {
     // Every partition is served, and each node serves a share.
     let mut total = 0;
     for (port, _) in &nodes {
-        let (_, m) = Api::demo_at(*port).with_key(None).get("/metrics").await;
-        let served: u64 = m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("accolade_cluster_partitions_served ")).unwrap().parse().unwrap();
+        let served = partitions_served(*port).await.expect("the served gauge");
         assert!(served > 0, "node on {port} serves nothing");
         total += served;
     }
@@ -1033,12 +1074,10 @@ async fn scripts_cluster_starts_a_served_cluster_and_stops_what_it_started() {
     let line = String::from_utf8(join.stdout).unwrap();
     let f: Vec<&str> = line.trim().split(' ').collect();
     assert!(f.len() == 5 && f[0] == "node" && f[1] == "3" && f[3] == "pid", "not `node 3 127.0.0.1:PORT pid PID`: {line:?}");
-    let third = Api::demo_at(f[2]["127.0.0.1:".len()..].parse().unwrap()).with_key(None);
+    let third: u16 = f[2]["127.0.0.1:".len()..].parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, m) = third.get("/metrics").await;
-        let served: u64 = m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("accolade_cluster_partitions_served ")).unwrap().parse().unwrap();
-        if served > 0 {
+        if partitions_served(third).await.expect("the served gauge") > 0 {
             break;
         }
         assert!(Instant::now() < deadline, "the joined node serves nothing after 30 s");
@@ -1139,7 +1178,15 @@ async fn a_node_paused_past_its_lease_acks_nothing_when_it_wakes_and_the_user_st
             break;
         }
     }
-    assert_eq!(new, (20..25).map(|i| format!("p-{i}")).collect(), "the five events node-a could not write are new, once each");
+    // A resend whose ack was lost when a partition move closed the socket is acked as a
+    // duplicate on the next connection: so the five may be new or duplicates, but her state
+    // holds each of the 25 exactly once, whichever node is asked.
+    let doc = get_served(&Api::demo_at(nodes.port_b), &format!("/v1/users/{user}"), Duration::from_secs(30)).await;
+    assert_eq!(doc["events"].as_u64(), Some(25), "every event once: {doc}");
+    let listed = get_served(&Api::demo_at(nodes.port_a), &format!("/v1/users/{user}/events"), Duration::from_secs(30)).await;
+    let ids: std::collections::BTreeSet<String> = listed["events"].as_array().expect("a list of events").iter().map(|e| e["event_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, (0..25).map(|i| format!("p-{i}")).collect(), "{listed}");
+    assert!(new.iter().all(|id| id.as_str() >= "p-20"), "{new:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

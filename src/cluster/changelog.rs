@@ -209,8 +209,15 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
                 Err(LogError::Nats(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        if result.is_ok() {
-            since_base.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &result {
+            Ok(()) => {
+                since_base.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Stopped before anyone hears of the failure: whoever is told that a write failed
+            // finds the writer stopped, and the partition no longer served by it.
+            Err(why) => {
+                let _ = stopped.set(why.clone());
+            }
         }
         for j in jobs {
             (j.done)(result.clone());
@@ -218,10 +225,9 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
         if let Err(why) = result {
             // Fenced off, nothing more can be written. And after a batch that failed any other
             // way, nothing may be: the batches after it would be stored without it, and the
-            // partition's users' state in memory includes it. The writer stops, with what is
-            // queued, and the partition is restored from the changelog before it is written
-            // again (`eventlog.rs`).
-            let _ = stopped.set(why.clone());
+            // partition's users' state in memory includes it. The writer stops (above), with
+            // what is queued, and the partition is restored from the changelog before it is
+            // written again (`eventlog.rs`).
             if let Some(j) = next.take() {
                 (j.done)(Err(why.clone()));
             }

@@ -62,3 +62,26 @@ pub async fn connect(urls: &str, timeout: Duration) -> Result<async_nats::Client
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// How long a joining node waits for JetStream to be ready (a cluster that is starting, or
+/// electing a leader, answers "temporarily unavailable" for a few seconds).
+pub const SETUP: Duration = Duration::from_secs(30);
+
+/// Runs `f` until it succeeds or `SETUP` has passed, then gives its last error.
+pub async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(what: &str, mut f: impl FnMut() -> F) -> Result<T, ClusterError> {
+    let deadline = tokio::time::Instant::now() + SETUP;
+    for tries in 0u32.. {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(ClusterError::Setup(format!("{what}: {e}"))),
+            Err(e) => {
+                // Said once, so that a start that waits is seen to wait, and on what.
+                if tries == 0 {
+                    tracing::warn!(error = %e, "{what}: JetStream is not ready yet; trying again for up to {SETUP:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    unreachable!("the loop above returns")
+}

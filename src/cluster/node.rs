@@ -5,7 +5,7 @@
 
 use super::lease::{Action, Leases, Outcome, Timing};
 use super::log::{Fence, PartitionLog};
-use super::ClusterError;
+use super::{patiently, ClusterError};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -71,22 +71,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
-        }
-    }
-}
-
-/// How long a joining node waits for JetStream to be ready (a cluster that is starting, or
-/// electing a leader, answers "temporarily unavailable" for a few seconds).
-const SETUP: Duration = Duration::from_secs(30);
-
-/// Runs `f` until it succeeds or `SETUP` has passed, then gives its last error.
-async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(what: &str, mut f: impl FnMut() -> F) -> Result<T, ClusterError> {
-    let deadline = tokio::time::Instant::now() + SETUP;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(ClusterError::Setup(format!("{what}: {e}"))),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
 }

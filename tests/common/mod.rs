@@ -353,12 +353,13 @@ pub async fn start_wrapped(dir: &std::path::Path, port: u16, extra: &[&str], set
         .args(extra)
         .env("RUST_LOG", "warn,accolade=info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("server binary starts");
-    let stdout = child.stdout.take().unwrap();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let (ready, listening) = tokio::sync::oneshot::channel();
     let (lines, rx) = tokio::sync::mpsc::unbounded_channel();
+    let err_lines = lines.clone();
     std::thread::spawn(move || {
         use std::io::BufRead;
         let mut ready = Some(ready);
@@ -371,8 +372,26 @@ pub async fn start_wrapped(dir: &std::path::Path, port: u16, extra: &[&str], set
             let _ = lines.send(line);
         }
     });
-    let server = Server(child, rx);
-    tokio::time::timeout(Duration::from_secs(20), listening).await.expect("server listening within 20 s").expect("server printed that it listens");
+    // What the server says on stderr (why it exited, a panic) goes into the test's own output,
+    // shown when the test fails, and to `lines` like the rest.
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[server {port}] {line}");
+            let _ = err_lines.send(line);
+        }
+    });
+    let mut server = Server(child, rx);
+    // A bound, not a speed check: a cluster node may wait for JetStream to elect its leaders.
+    let started = tokio::time::timeout(Duration::from_secs(60), listening).await;
+    if !matches!(started, Ok(Ok(()))) {
+        let mut said = Vec::new();
+        while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(2), server.1.recv()).await {
+            said.push(l);
+        }
+        let status = server.0.try_wait();
+        panic!("the server on port {port} did not say it listens within 60 s (exit: {status:?}); it said:\n{}", said.join("\n"));
+    }
     server
 }
 

@@ -71,6 +71,13 @@ impl Cluster {
         c.wait().unwrap();
     }
 
+    /// Waits until the servers have elected JetStream's meta leader (account info is answered
+    /// only by it), so that nodes started now create their streams without waiting for it.
+    pub async fn ready(&self) {
+        let js = async_nats::jetstream::new(self.connect().await);
+        until_ok("JetStream's account info", || js.query_account()).await;
+    }
+
     pub async fn connect(&self) -> async_nats::Client {
         let addrs: Vec<async_nats::ServerAddr> = self.urls.iter().map(|u| u.parse().unwrap()).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
