@@ -58,8 +58,9 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     // The catalogues are the cluster's before any event is judged by them.
     if let Some(m) = &cluster {
         // A stream created a moment ago may still be electing its leader: its reads time out
-        // for a while, so the join is tried again for a bounded time.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // for a while (on a loaded machine, a fresh cluster's elections have outlasted 30 s),
+        // so the join is tried again for as long as the streams' own setup waits.
+        let deadline = tokio::time::Instant::now() + crate::cluster::SETUP;
         while let Err(e) = catalogues.join_cluster(m.catalog.clone(), &tenants).await {
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!("joining the cluster's catalogue history: {e}");

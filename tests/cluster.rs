@@ -128,19 +128,23 @@ async fn every_partition_has_one_owner_through_joins_leaves_a_crash_and_a_lost_n
     let takeover = crashed.elapsed();
     assert!(takeover >= LEASE - Timing::for_lease(LEASE).heartbeat, "a dead node's partitions wait for its lease: {takeover:?}");
 
-    // One NATS server of three dies: the nodes keep their partitions (their clients move to
-    // another server), and ownership stays whole.
+    // One NATS server of three dies: the nodes' clients move to another server, no partition
+    // is ever owned twice, and ownership comes back whole. A node may let go of its partitions
+    // meanwhile: when the dead server led the heartbeat bucket, the new leader can come later
+    // than a lease less one heartbeat (here 3 s less 0.75 s), and the node, as designed, stops
+    // acting for leases it cannot renew (docs/cluster.md, "What losing one NATS server of three
+    // costs"); it claims them again once the bucket answers, which took up to 36 s by hand.
     nats.kill("n0");
     let lost = Instant::now();
     while lost.elapsed() < 2 * LEASE {
         owners(&views);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    settle(&views, "after a NATS server died", 4 * LEASE, as_preferred(&["node-a", "node-d"])).await;
+    let back = settle(&views, "after a NATS server died", Duration::from_secs(90), as_preferred(&["node-a", "node-d"])).await;
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     checker.await.expect("no partition was ever owned twice");
-    eprintln!("hand-over on leave {handover:?}, takeover after a crash {takeover:?} (lease {LEASE:?})");
+    eprintln!("hand-over on leave {handover:?}, takeover after a crash {takeover:?}, whole again {:?} after a NATS server died (lease {LEASE:?})", back + 2 * LEASE);
 }
 
 /// node-a alone on the cluster, once it owns every partition, and the partition logs.
@@ -1032,6 +1036,8 @@ async fn a_leaderboard_period_closes_once_for_the_whole_cluster_and_its_archive_
 
 #[tokio::test]
 async fn scripts_cluster_starts_a_served_cluster_and_stops_what_it_started() {
+    // The script's NATS servers take their turn like the tests' own.
+    let _turn = common::nats::Turn::take();
     let dir = tmp();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster");
     let run = |cmd: &str| {

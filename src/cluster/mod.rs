@@ -65,7 +65,7 @@ pub async fn connect(urls: &str, timeout: Duration) -> Result<async_nats::Client
 
 /// How long a joining node waits for JetStream to be ready (a cluster that is starting, or
 /// electing a leader, answers "temporarily unavailable" for a few seconds).
-pub const SETUP: Duration = Duration::from_secs(30);
+pub const SETUP: Duration = Duration::from_secs(60);
 
 /// Runs `f` until it succeeds or `SETUP` has passed, then gives its last error.
 pub async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(what: &str, mut f: impl FnMut() -> F) -> Result<T, ClusterError> {

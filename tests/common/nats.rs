@@ -20,6 +20,33 @@ pub struct Cluster {
     confs: Vec<PathBuf>,
     bin: PathBuf,
     pub urls: Vec<String>,
+    /// Dropped last, after the servers are killed.
+    _turn: Turn,
+}
+
+/// One NATS cluster at a time in a test process. Two at once (six servers fsyncing every
+/// message on one disk, beside two sets of nodes) slowed leader elections past the tests' 3 s
+/// leases often enough to fail CI now and then; one at a time the cluster tests took 320 s
+/// here instead of 180 s, well within the suite's budget.
+pub struct Turn;
+
+static BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Turn {
+    /// Waits for the cluster before this one to be dropped.
+    pub fn take() -> Turn {
+        use std::sync::atomic::Ordering::SeqCst;
+        while BUSY.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        BUSY.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Drop for Cluster {
@@ -33,6 +60,7 @@ impl Drop for Cluster {
 
 impl Cluster {
     pub fn start(dir: &Path) -> Cluster {
+        let turn = Turn::take();
         let bin = nats_server();
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports.iter().map(|(_, c)| format!("nats://127.0.0.1:{c}")).collect();
@@ -52,7 +80,7 @@ impl Cluster {
             servers.push(Some(child));
             confs.push(file);
         }
-        Cluster { servers, confs, bin, urls: ports.iter().map(|(c, _)| format!("nats://127.0.0.1:{c}")).collect() }
+        Cluster { servers, confs, bin, urls: ports.iter().map(|(c, _)| format!("nats://127.0.0.1:{c}")).collect(), _turn: turn }
     }
 
     /// Starts a killed server again, on its ports and its store.
