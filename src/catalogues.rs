@@ -17,9 +17,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::cluster::catalog::{CatalogLogError, CatalogueLog};
 
-/// Where a catalogue version came from.
+/// Where a catalogue version came from: the `--catalogue` file, the demo catalogue built into
+/// the binary (no file given), or a change through the API.
 pub const FROM_FILE: &str = "file";
+pub const EMBEDDED: &str = "embedded";
 pub const FROM_API: &str = "api";
+
+/// The origin of versions taken from the base catalogue: the file, or the embedded one.
+fn base_origin(file: &Option<PathBuf>) -> &'static str {
+    if file.is_some() { FROM_FILE } else { EMBEDDED }
+}
+
+/// Whether a version came from the base catalogue (and so follows it when it changes), not
+/// from a change through the API. Data dirs of earlier releases say `file` for the embedded
+/// catalogue too.
+fn from_base(origin: &str) -> bool {
+    origin == FROM_FILE || origin == EMBEDDED
+}
 
 /// One stored catalogue version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,16 +179,18 @@ impl Catalogues {
             cluster: OnceLock::new(),
             seqs: Mutex::default(),
         };
+        let origin = base_origin(&cats.file);
+        let what = if cats.file.is_some() { "the file" } else { "the embedded demo catalogue" };
         for t in tenants {
             match cats.store.last::<StoredCatalogue>(Kind::Catalogue, t)? {
                 None => {
                     let version = base.get("version").and_then(Json::as_u64).unwrap_or(1);
-                    cats.install(t, version, base.clone(), FROM_FILE, "initial version from the file".into(), now).await?;
+                    cats.install(t, version, base.clone(), origin, format!("initial version from {what}"), now).await?;
                 }
                 Some((_, s)) => {
                     let doc: Json = serde_json::from_str(&s.document)?;
-                    if !clustered && s.origin == FROM_FILE && without_version(&doc) != without_version(&base) {
-                        cats.install(t, s.version + 1, base.clone(), FROM_FILE, "file changed".into(), now).await?;
+                    if !clustered && from_base(&s.origin) && without_version(&doc) != without_version(&base) {
+                        cats.install(t, s.version + 1, base.clone(), origin, format!("{what} changed"), now).await?;
                     } else {
                         let cat = Arc::new(compile(&s.document).map_err(|e| anyhow::anyhow!("stored catalogue of tenant `{t}` version {}: {e}", s.version))?);
                         cats.versions.insert((t.clone(), s.version), cat.clone());
@@ -298,7 +314,7 @@ impl Catalogues {
             self.current.read().expect("catalogue lock").iter().map(|(t, (c, o))| (t.clone(), c.clone(), o.clone())).collect();
         let mut changed = Vec::new();
         for (t, cat, origin) in tenants {
-            if origin != FROM_FILE {
+            if !from_base(&origin) {
                 tracing::info!(tenant = %t, "catalogue reload: left alone, it was changed through the API");
                 continue;
             }
@@ -306,7 +322,7 @@ impl Catalogues {
             if without_version(&doc) == without_version(&base) {
                 continue;
             }
-            let v = self.install(&t, self.next_version(&t, cat.version)?, base.clone(), FROM_FILE, "file reloaded".into(), now).await?;
+            let v = self.install(&t, self.next_version(&t, cat.version)?, base.clone(), base_origin(&self.file), "file reloaded".into(), now).await?;
             let new = self.version(&t, v).ok_or_else(|| anyhow::anyhow!("version {v} vanished"))?;
             let doc: Json = serde_json::from_str(&new.source)?;
             changed.push((t, diff(new, cat, &doc)));

@@ -456,7 +456,10 @@ fn on_text(
         shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
         return Some(refusal(&shared.metrics, 
             "forbidden_event",
-            &format!("`{}` may only be sent by the app's backend through the HTTP API", ev.event_type),
+            &format!(
+                "`{}` may only be sent by the app's backend through the HTTP API: event types are backend-only unless the catalogue gives them `client = true`",
+                ev.event_type
+            ),
             Some(&ev.event_id),
         ));
     }

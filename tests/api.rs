@@ -162,7 +162,7 @@ async fn catalogue_changes_make_validated_versions_applied_live() {
     let s = TestServer::start(dir.path()).await;
     let api = Api::new(&s, DEMO_KEY);
     let (st, cur) = api.get("/v1/catalogue").await;
-    assert_eq!((st, cur["version"].as_u64(), cur["current"].as_bool(), cur["origin"].as_str()), (200, Some(1), Some(true), Some("file")));
+    assert_eq!((st, cur["version"].as_u64(), cur["current"].as_bool(), cur["origin"].as_str()), (200, Some(1), Some(true), Some("embedded")), "no --catalogue file: the demo catalogue built in");
     let badge = json!({ "name": "Login Fan", "tier": "bronze", "xp": 5, "rule": { "kind": "count", "event": "login", "target": 2 } });
     let (st, v) = api.call("PUT", "/v1/catalogue/badges/login-fan", Some(&badge)).await;
     assert_eq!((st, v["version"].as_u64()), (201, Some(2)), "{v}");
@@ -430,5 +430,36 @@ async fn a_flood_of_batches_waits_for_room_then_is_told_to_retry() {
     // The refused batch was not counted; sent again, it is.
     assert_eq!(api.ingest(vec![http_answer("o1", "olga", "x", true)]).await["accepted"], 1);
     assert_eq!(api.get("/v1/users/olga").await.1["events"], 2);
+    s.stop().await;
+}
+
+/// The import recipe in docs/catalogue.md: history older than `late_bound` is refused as
+/// `too_late` until a catalogue change raises the bound; then it is taken, oldest first, and
+/// counts as a live event would. Putting the bound back refuses old events again.
+#[tokio::test]
+async fn history_older_than_late_bound_is_imported_after_a_change_raises_the_bound() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let days_ago = |d: i64| (chrono::Utc::now() - chrono::Duration::days(d)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let old = |id: &str, d: i64| json!({ "event_id": id, "user_id": "ida", "event_type": "login", "occurred_at": days_ago(d) });
+    let r = api.ingest(vec![old("h-1", 10)]).await;
+    assert_eq!((r["results"][0]["status"].as_str(), r["results"][0]["code"].as_str()), (Some("rejected"), Some("too_late")), "{r}");
+
+    let (_, cur) = api.get("/v1/catalogue").await;
+    let mut doc = cur["document"].clone();
+    doc["settings"]["late_bound"] = json!("400d");
+    let (st, v) = api.call("PUT", "/v1/catalogue?backfill=false", Some(&doc)).await;
+    assert_eq!(st, 201, "{v}");
+    let r = api.ingest(vec![old("h-1", 10), old("h-2", 9), old("h-3", 8)]).await;
+    let statuses: Vec<&str> = r["results"].as_array().unwrap().iter().map(|x| x["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["accepted", "accepted", "accepted"], "{r}");
+    assert_eq!(api.get("/v1/users/ida").await.1["events"], 3);
+
+    doc["settings"]["late_bound"] = json!("24h");
+    let (st, v) = api.call("PUT", "/v1/catalogue?backfill=false", Some(&doc)).await;
+    assert_eq!(st, 201, "{v}");
+    let r = api.ingest(vec![old("h-4", 7)]).await;
+    assert_eq!(r["results"][0]["code"], "too_late", "{r}");
     s.stop().await;
 }

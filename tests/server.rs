@@ -174,6 +174,11 @@ async fn every_client_error_has_its_code() {
         assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some(code)), "{} -> {e}", &text[..text.len().min(120)]);
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
         assert_eq!(e["event_id"].as_str(), id, "{e}");
+        if code == "forbidden_event" {
+            // It says why (a type is backend-only unless the catalogue says otherwise) and how
+            // to allow it.
+            assert!(e["message"].as_str().unwrap().contains("`client = true`"), "{e}");
+        }
     }
     // rate_limited: the bucket held 3 tokens and the bad events above used none of the
     // accepted ones... so send fast until refused; the refusal names the event.

@@ -33,7 +33,8 @@ pub struct VersionQuery {
 #[derive(Serialize, ToSchema)]
 pub struct CatalogueVersion {
     pub version: u64,
-    /// `file` (the configured file, or a SIGHUP reload of it) or `api`.
+    /// `file` (the configured file, or a SIGHUP reload of it), `embedded` (the demo catalogue
+    /// built into the binary, when no file is given) or `api`.
     pub origin: String,
     pub created_at: String,
     /// What the change was.
