@@ -21,6 +21,8 @@ use tokio::sync::watch;
 const LEASE: Duration = Duration::from_secs(3);
 
 async fn join(cluster: &Cluster, id: &str) -> Node {
+    // The nodes' own account (RUST_LOG, warnings by default), shown when a test fails.
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
     let client = cluster.connect().await;
     Node::join(client, Options { id: id.into(), timing: Timing::for_lease(LEASE), replicas: 3 }).await.expect("the node joins")
 }

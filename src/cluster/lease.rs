@@ -128,11 +128,15 @@ impl Leases {
         }
     }
 
-    /// The nodes watch brought back this node's own heartbeat sent at `sent`.
+    /// The nodes watch brought back this node's own heartbeat sent at `sent`. It was stored,
+    /// as surely as if its acknowledgement had come: an acknowledgement lost on the way (a
+    /// connection that moved to another server) does not make a node whose heartbeats the
+    /// others see stop acting for good.
     pub fn own_heartbeat_seen(&mut self, sent: Instant) {
         if self.view_current.is_none_or(|s| sent > s) {
             self.view_current = Some(sent);
         }
+        self.heartbeat_stored(sent);
     }
 
     /// The nodes bucket shows `node`'s heartbeat at `revision`, or (`present` false) that the
@@ -310,6 +314,21 @@ mod tests {
                 Action::Release { partition, .. } => l.done(partition, Outcome::Released, now),
             }
         }
+    }
+
+    /// A heartbeat whose acknowledgement was lost, seen back through the watch, keeps the node
+    /// acting, counted from when it was sent, exactly as an acknowledgement would.
+    #[test]
+    fn a_heartbeat_seen_back_through_the_watch_counts_as_stored() {
+        let t0 = Instant::now();
+        let mut a = node("a", t0);
+        assert!(!a.alive(t0), "nothing stored yet");
+        a.own_heartbeat_seen(t0 + S);
+        assert!(a.alive(t0 + S) && a.alive(t0 + 3 * S + S / 2));
+        assert!(!a.alive(t0 + 4 * S), "a lease less one heartbeat after it was sent");
+        // An older one seen late moves nothing back.
+        a.own_heartbeat_seen(t0);
+        assert!(a.alive(t0 + 3 * S + S / 2));
     }
 
     /// A node alone from `t0`, holding every lease; and the last revision the bucket gave.

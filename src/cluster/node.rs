@@ -92,12 +92,27 @@ fn forward(store: kv::Store, tx: mpsc::UnboundedSender<Input>, wrap: fn(kv::Entr
             // With history: the newest value of every key first, then each change. (A plain
             // `watch_all` gives changes only, and a node that joins would never hear of a lease
             // that does not change again.)
-            if let Ok(mut w) = store.watch_with_history(">").await {
-                while let Some(Ok(e)) = w.next().await {
-                    if tx.send(wrap(e)).is_err() {
-                        return;
+            match store.watch_with_history(">").await {
+                Ok(mut w) => {
+                    loop {
+                        match w.next().await {
+                            Some(Ok(e)) => {
+                                if tx.send(wrap(e)).is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(bucket = %store.name, error = %e, "a watch failed; watching again");
+                                break;
+                            }
+                            None => {
+                                tracing::debug!(bucket = %store.name, "a watch ended; watching again");
+                                break;
+                            }
+                        }
                     }
                 }
+                Err(e) => tracing::debug!(bucket = %store.name, error = %e, "a watch did not start; trying again"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -128,15 +143,24 @@ impl Node {
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            for n in 0u64.. {
+            // Numbered from the clock, so that a restarted node never takes an earlier run's
+            // heartbeat, still in the bucket, for one of its own seen back.
+            let first = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+            for n in first.. {
                 tick.tick().await;
                 let sent = Instant::now();
                 if hb_tx.send(Input::Sending(n, sent)).is_err() {
                     return;
                 }
                 let stored = tokio::time::timeout(every, hb_nodes.put(&id, Bytes::from(n.to_string()))).await;
-                if matches!(stored, Ok(Ok(_))) && hb_tx.send(Input::Stored(sent)).is_err() {
-                    return;
+                match stored {
+                    Ok(Ok(_)) => {
+                        if hb_tx.send(Input::Stored(sent)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(node = %id, heartbeat = n, error = %e, "a heartbeat was not stored"),
+                    Err(_) => tracing::debug!(node = %id, heartbeat = n, "a heartbeat was not acknowledged within a heartbeat"),
                 }
             }
         }));
@@ -148,6 +172,7 @@ impl Node {
             let mut fences = Owned::new();
             // Send times of the heartbeats not yet seen back through the watch.
             let mut sent_at: BTreeMap<u64, Instant> = BTreeMap::new();
+            let mut was_alive = false;
             let mut tick = tokio::time::interval((timing.heartbeat / 4).clamp(Duration::from_millis(20), Duration::from_millis(250)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -201,7 +226,17 @@ impl Node {
                         }
                     }
                     _ = tick.tick() => {
-                        let actions = state.tick(Instant::now());
+                        let now = Instant::now();
+                        // Said when it changes: an operator sees why a node stopped serving.
+                        if state.alive(now) != was_alive {
+                            was_alive = !was_alive;
+                            if was_alive {
+                                tracing::info!(node = %me, "a heartbeat stored within a lease: acting for partitions");
+                            } else {
+                                tracing::warn!(node = %me, "no heartbeat stored for a lease less one heartbeat: acting for no partition until one is");
+                            }
+                        }
+                        let actions = state.tick(now);
                         // A partition given up leaves the view before its release is sent.
                         publish(&state, &mut fences, &owned_tx);
                         for action in actions {
@@ -244,9 +279,26 @@ fn publish(state: &Leases, fences: &mut Owned, view: &watch::Sender<Owned>) {
     }
 }
 
+/// Reads `partition`'s lease as the bucket has it now, into the node's view, after an action
+/// on it was refused or failed. The watch brings the same change in time; but a watch that has
+/// stalled (its consumer being made again after the NATS server it used died) would otherwise
+/// leave the node asking, for ever, to take a lease at a revision that is long gone, while the
+/// others, seeing its heartbeats, wait for it: its partitions served by nobody.
+async fn recheck(leases: &kv::Store, partition: u16, tx: &mpsc::UnboundedSender<Input>) {
+    match tokio::time::timeout(Duration::from_secs(2), leases.entry(lease_key(partition))).await {
+        Ok(Ok(Some(e))) => {
+            let _ = tx.send(Input::Lease(e));
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::debug!(partition, error = %e, "reading a lease after a refused action failed"),
+        Err(_) => tracing::debug!(partition, "reading a lease after a refused action timed out"),
+    }
+}
+
 /// Performs one lease action; a lease gained is claimed in the partition's log before the
 /// node acts for it, and given back if the claim fails.
 async fn perform(action: Action, leases: kv::Store, log: PartitionLog, me: String, tx: mpsc::UnboundedSender<Input>) {
+    tracing::debug!(node = %me, ?action, "lease action");
     let (p, result) = match action {
         Action::Create(p) => (p, leases.create(lease_key(p), Bytes::from(me.clone())).await.map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists)),
         Action::Take { partition, revision } => {
@@ -255,7 +307,10 @@ async fn perform(action: Action, leases: kv::Store, log: PartitionLog, me: Strin
         Action::Release { partition, revision } => {
             let outcome = match leases.delete_expect_revision(lease_key(partition), Some(revision)).await {
                 Ok(()) => Outcome::Released,
-                Err(_) => Outcome::Failed,
+                Err(_) => {
+                    recheck(&leases, partition, &tx).await;
+                    Outcome::Failed
+                }
             };
             let _ = tx.send(Input::Done(partition, outcome, None));
             return;
@@ -273,5 +328,9 @@ async fn perform(action: Action, leases: kv::Store, log: PartitionLog, me: Strin
         Err(true) => (Outcome::Refused, None),
         Err(false) => (Outcome::Failed, None),
     };
+    tracing::debug!(node = %me, partition = p, ?outcome, "lease action done");
+    if !matches!(outcome, Outcome::Holding(_)) {
+        recheck(&leases, p, &tx).await;
+    }
     let _ = tx.send(Input::Done(p, outcome, fence));
 }
