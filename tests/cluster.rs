@@ -569,15 +569,16 @@ fn user_of(node: &str, prefix: &str) -> String {
     (0..).map(|i| format!("{prefix}-{i}")).find(|u| preferred(partition_of("demo", u), ["node-a", "node-b"]) == Some(node)).unwrap()
 }
 
-/// 300 answers of a user node-a serves streamed over a socket of `via`, and node-a killed
-/// with SIGKILL once half are acknowledged: node-b then serves her, every event acked before
-/// the kill is a duplicate there, and her state is the stream applied once.
 /// A metric's value on a node (0 when it is not there).
 async fn metric(port: u16, name: &str) -> f64 {
     let text = http_client().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
 
+/// 300 answers of a user node-a serves, streamed over a socket of `via` (200 of them before
+/// the kill), and node-a killed with SIGKILL once half are acknowledged: node-b then serves
+/// her, every event acked before the kill is a duplicate there, and her state is the stream
+/// applied once.
 async fn acked_events_survive_the_owners_kill_9(via: &str) {
     use common::answers::{answers, assert_exact, resend_all, send_all, Seen};
     use tokio_tungstenite::tungstenite::Message;
@@ -606,7 +607,10 @@ async fn acked_events_survive_the_owners_kill_9(via: &str) {
         assert!(Instant::now() < deadline, "node-a compacted nothing");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    send_all(&mut c, &events[40..], &at).await;
+    // Up to the 200th sent, the kill once 150 are acknowledged: some are in flight when it
+    // lands, and the last 100 are sent only after the failover (sent at once, all 300 had
+    // sometimes been acked before the kill took effect).
+    send_all(&mut c, &events[40..200], &at).await;
     while seen.acked.len() < 150 {
         seen.note(&c.next().await);
     }
@@ -634,7 +638,7 @@ async fn acked_events_survive_the_owners_kill_9(via: &str) {
         assert!(reason.contains("reconnect"), "{reason}");
         eprintln!("node-b closed the socket {:?} after node-a was killed: {reason}", killed.elapsed());
     }
-    assert!(seen.acked.len() < events.len(), "the kill should land mid-stream");
+    assert!(seen.acked.len() <= 200, "only 200 were sent before the kill: {}", seen.acked.len());
 
     // node-b takes the partition over once node-a's lease has run out, rebuilds her from the
     // changelog (node-a's disk is not touched), and serves her: every event node-a acked is a
