@@ -30,31 +30,27 @@ pub struct Cluster {
 /// here instead of 180 s, well within the suite's budget.
 pub struct Turn;
 
-static BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether a cluster holds the turn, and the signal that it was given back.
+static BUSY: (std::sync::Mutex<bool>, std::sync::Condvar) = (std::sync::Mutex::new(false), std::sync::Condvar::new());
 
 impl Turn {
-    /// Waits for the cluster before this one to be dropped.
+    /// Waits until the cluster before this one is dropped.
     pub fn take() -> Turn {
-        use std::sync::atomic::Ordering::SeqCst;
-        while BUSY.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
-            std::thread::sleep(Duration::from_millis(50));
+        let (lock, given_back) = &BUSY;
+        let mut busy = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = given_back.wait(busy).unwrap_or_else(|e| e.into_inner());
         }
+        *busy = true;
         Turn
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        BUSY.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.servers.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let (lock, given_back) = &BUSY;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        given_back.notify_one();
     }
 }
 
