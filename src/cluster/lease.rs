@@ -16,7 +16,7 @@
 //! partition's log.
 
 use super::partition::{preferred, PARTITIONS};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// How long a silent node keeps its partitions, and how often a node says it is alive.
@@ -91,9 +91,22 @@ pub struct Leases {
     leases: BTreeMap<u16, Observed<Lease>>,
     /// The partitions this node acts for, with the lease revision that fences its writes.
     owned: BTreeMap<u16, u64>,
-    /// Partitions with an action in flight, not decided again until it ends.
-    pending: BTreeSet<u16>,
+    /// Partitions with an action in flight, not decided again until it ends, and whether
+    /// that action gains the partition (a create or a take) rather than releases it.
+    pending: BTreeMap<u16, bool>,
+    /// Gains that failed in a row (NATS not answering, or the partition log refusing the
+    /// claim), counted once per hold.
+    gain_failures: u32,
+    /// After a failed gain, no partition is gained before this; then only a few at a time
+    /// (`PROBES`) until one succeeds.
+    gains_held_until: Option<Instant>,
 }
+
+/// How many gains may be in flight at once while gains have been failing: enough to find out
+/// that the partition log is back, few enough that a log electing its leader is not asked for
+/// every partition's lease and claim on every tick (two nodes did some 2,000 of those in the
+/// 5 s after a NATS server died, each one a lease created and deleted again).
+pub const PROBES: usize = 4;
 
 impl Leases {
     pub fn new(me: impl Into<String>, timing: Timing, now: Instant) -> Leases {
@@ -108,7 +121,9 @@ impl Leases {
             revisions: BTreeMap::new(),
             leases: BTreeMap::new(),
             owned: BTreeMap::new(),
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            gain_failures: 0,
+            gains_held_until: None,
         }
     }
 
@@ -182,7 +197,22 @@ impl Leases {
 
     /// An action this node asked for ended.
     pub fn done(&mut self, partition: u16, outcome: Outcome, now: Instant) {
-        self.pending.remove(&partition);
+        let gain = self.pending.remove(&partition).unwrap_or(false);
+        match outcome {
+            Outcome::Failed if gain => {
+                // Failures that were already in flight when the hold began do not lengthen it:
+                // a burst of them is one failure of the log, not many.
+                if self.gains_held_until.is_none_or(|t| now >= t) {
+                    self.gain_failures = self.gain_failures.saturating_add(1);
+                    self.gains_held_until = Some(now + self.gain_hold());
+                }
+            }
+            Outcome::Holding(_) => {
+                self.gain_failures = 0;
+                self.gains_held_until = None;
+            }
+            _ => {}
+        }
         match outcome {
             Outcome::Holding(revision) => {
                 // The watch already showed a later change (another node took it at once).
@@ -202,6 +232,13 @@ impl Leases {
             }
             Outcome::Refused | Outcome::Failed => {}
         }
+    }
+
+    /// How long gains wait after the `gain_failures`th failure in a row: a heartbeat, doubled
+    /// per failure, at most a lease.
+    fn gain_hold(&self) -> Duration {
+        let doublings = self.gain_failures.saturating_sub(1).min(16);
+        (self.timing.heartbeat * (1u32 << doublings)).min(self.timing.lease)
     }
 
     /// Whether this node may act: its newest stored heartbeat was sent less than a lease, less
@@ -244,8 +281,16 @@ impl Leases {
         let members: Vec<String> = self.members(now).into_iter().map(str::to_string).collect();
         let mut actions = Vec::new();
         let mut give_up = Vec::new();
+        // Gains this tick may start: none while held, a few probes after failures, else all.
+        let mut gains_allowed = if self.gains_held_until.is_some_and(|t| now < t) {
+            0
+        } else if self.gain_failures > 0 {
+            PROBES.saturating_sub(self.pending.values().filter(|&&g| g).count())
+        } else {
+            usize::MAX
+        };
         for p in 0..PARTITIONS {
-            if self.pending.contains(&p) {
+            if self.pending.contains_key(&p) {
                 continue;
             }
             let want = preferred(p, members.iter().map(String::as_str));
@@ -281,7 +326,14 @@ impl Leases {
                 }
             };
             if let Some(a) = action {
-                self.pending.insert(p);
+                let gain = !matches!(a, Action::Release { .. });
+                if gain {
+                    if gains_allowed == 0 {
+                        continue;
+                    }
+                    gains_allowed -= 1;
+                }
+                self.pending.insert(p, gain);
                 actions.push(a);
             }
         }
@@ -463,5 +515,57 @@ mod tests {
         b.heartbeat_stored(t0 + LEASE);
         b.own_heartbeat_seen(t0 + LEASE);
         assert!(b.tick(t0 + LEASE).contains(&Action::Take { partition: 9, revision: 2 }));
+    }
+
+    /// A partition log that cannot take claims (electing its leader after a NATS server died)
+    /// is not asked for every partition on every tick: after a failed gain, gains wait a
+    /// heartbeat, doubled per failure up to a lease; then a few probe until one succeeds, and
+    /// then every partition is gained at once. Releases are never held.
+    #[test]
+    fn failed_gains_hold_the_others_back_then_a_few_probe_until_one_succeeds() {
+        let hb = LEASE / 4;
+        let t0 = Instant::now();
+        let mut a = node("a", t0);
+        let at = |n: u32| t0 + hb * n / 4;
+        let gains = |v: &[Action]| v.iter().filter(|x| !matches!(x, Action::Release { .. })).count();
+        a.heartbeat_stored(at(0));
+        let first = a.tick(at(0));
+        assert_eq!(gains(&first), PARTITIONS as usize, "alone, it gains every partition");
+        // Every claim fails: one hold of a heartbeat, however many failures it is made of.
+        for x in &first {
+            if let Action::Create(p) = x {
+                a.done(*p, Outcome::Failed, at(1));
+            }
+        }
+        a.heartbeat_stored(at(2));
+        assert!(a.tick(at(2)).is_empty(), "held for a heartbeat after the failures");
+        a.heartbeat_stored(at(5));
+        let probes = a.tick(at(5));
+        assert_eq!(gains(&probes), PROBES, "then a few probes");
+        assert!(a.tick(at(6)).is_empty(), "no more while the probes are in flight");
+        // The probes fail too: the next hold is two heartbeats.
+        for x in &probes {
+            if let Action::Create(p) = x {
+                a.done(*p, Outcome::Failed, at(6));
+            }
+        }
+        a.heartbeat_stored(at(13));
+        assert!(a.tick(at(13)).is_empty(), "held for two heartbeats");
+        a.heartbeat_stored(at(14));
+        let probes = a.tick(at(14));
+        assert_eq!(gains(&probes), PROBES);
+        // One probe succeeds: the log is back, and every other partition goes at once.
+        let Action::Create(won) = probes[0] else { panic!("a create: {probes:?}") };
+        a.done(won, Outcome::Holding(1), at(15));
+        assert_eq!(a.owned().get(&won), Some(&1));
+        let rest = a.tick(at(15));
+        assert_eq!(gains(&rest), PARTITIONS as usize - PROBES, "all but the probes, which are in flight or won");
+        // A failed release holds nothing back.
+        let mut b = node("b", t0);
+        b.heartbeat_stored(at(0));
+        b.lease_seen(7, Some("b"), 3, at(0));
+        b.done(7, Outcome::Holding(3), at(0));
+        b.done(7, Outcome::Failed, at(1));
+        assert_eq!(gains(&b.tick(at(1))), PARTITIONS as usize - 1);
     }
 }
