@@ -34,6 +34,33 @@ const REBUILDS_AT_ONCE: usize = 16;
 /// The subject of questions about leaderboard standings, which every node answers.
 const STANDINGS: &str = "accolade.standings";
 
+/// The subject of questions about the goals one assigner gave, which every node answers.
+const GOALS: &str = "accolade.goals";
+
+/// The bucket naming each goal's assignee, key `<tenant hex>.<goal id hex>`: a goal lives with
+/// its assignee, on the node serving her, and a goal id names one goal in the tenant, so the
+/// id is claimed here (a key-value create) before the goal is assigned.
+pub const GOAL_IDS: &str = "accolade-goal-ids";
+
+fn goal_key(tenant: &str, id: &str) -> String {
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    format!("{}.{}", hex(tenant), hex(id))
+}
+
+/// A question to every node: the goals `assigner` gave in `tenant`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GoalsQuestion {
+    tenant: String,
+    assigner: String,
+}
+
+/// A node's answer: the partitions it serves, and the goals of their assignees.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GoalsAnswer {
+    partitions: Vec<u16>,
+    goals: Vec<crate::store::GoalRecord>,
+}
+
 /// How long a question about standings waits for every partition to be answered for. A
 /// partition between owners is answered for by nobody until it is rebuilt (a few seconds
 /// after a node dies), and then the question fails rather than give a partial ranking.
@@ -53,6 +80,8 @@ pub struct Membership {
     /// server's shared handles, and so this: a cycle that lives as long as the process.)
     router: Arc<std::sync::OnceLock<axum::Router>>,
     node: tokio::sync::Mutex<Option<Node>>,
+    /// Each goal id's assignee (`GOAL_IDS`).
+    goal_ids: async_nats::jetstream::kv::Store,
     /// The outbox size of a socket attached from another node (`--outbox-capacity`).
     outbox: usize,
     /// Batches after which a partition's changelog is compacted (`--cluster-compact-batches`).
@@ -74,8 +103,9 @@ impl Membership {
         let replicas = config.cluster_replicas.max(1);
         let partitions = patiently("opening the partition log", || PartitionLog::for_client(client.clone(), replicas)).await?;
         let catalog = Arc::new(patiently("opening the catalogue history", || crate::cluster::catalog::CatalogueLog::for_client(client.clone(), replicas)).await?);
+        let goal_ids = crate::cluster::node::bucket(&async_nats::jetstream::new(client.clone()), GOAL_IDS, replicas).await?;
         tracing::info!(node = %id, urls, "joined the cluster");
-        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
+        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), goal_ids, outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
     }
 
     /// Whether this node serves `user`'s partition (its events go through a local actor).
@@ -98,6 +128,94 @@ impl Membership {
     /// Gives a closed period's award to `user` through her actor on the node serving her.
     pub async fn award(&self, tenant: &str, user: &str, board: &str, period: &str, rank: usize) -> Result<bool, String> {
         crate::remote::award(&self.routes, tenant, user, board, period, rank).await
+    }
+
+    /// Gives a goal's notice to its assigner `user` through her actor on the node serving her.
+    pub async fn notice(&self, tenant: &str, user: &str, notice: crate::remote::GoalNotice) -> Result<(), String> {
+        crate::remote::notice(&self.routes, tenant, user, notice).await
+    }
+
+    /// Claims goal id `id` of `tenant` for `assignee`, unless it names a goal already: the
+    /// assignee it names, this one when the claim is new.
+    pub async fn claim_goal_id(&self, tenant: &str, id: &str, assignee: &str) -> Result<String, String> {
+        use async_nats::jetstream::kv::CreateErrorKind;
+        let key = goal_key(tenant, id);
+        match self.goal_ids.create(&key, bytes::Bytes::from(assignee.to_string())).await {
+            Ok(_) => Ok(assignee.to_string()),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => self.goal_assignee(tenant, id).await?.ok_or_else(|| format!("goal id `{id}` is being claimed; try again")),
+            Err(e) => Err(format!("claiming the goal id failed: {e}")),
+        }
+    }
+
+    /// The assignee of goal `id` of `tenant`, if the id names a goal.
+    pub async fn goal_assignee(&self, tenant: &str, id: &str) -> Result<Option<String>, String> {
+        match self.goal_ids.get(goal_key(tenant, id)).await {
+            Ok(v) => Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned())),
+            Err(e) => Err(format!("reading the goal id failed: {e}")),
+        }
+    }
+
+    /// The goals `assigner` gave in `tenant`, gathered from every node once they cover every
+    /// partition; an error when some partition found no node serving it in time.
+    pub async fn goals_given_by(&self, tenant: &str, assigner: &str) -> Result<Vec<crate::store::GoalRecord>, String> {
+        let q = GoalsQuestion { tenant: tenant.into(), assigner: assigner.into() };
+        let body = bytes::Bytes::from(serde_json::to_vec(&q).expect("a question encodes"));
+        let decode = |b: &bytes::Bytes| serde_json::from_slice::<GoalsAnswer>(b).ok();
+        let covered = |got: &[bytes::Bytes]| {
+            let mut seen = [false; PARTITIONS as usize];
+            got.iter().filter_map(decode).flat_map(|a| a.partitions).for_each(|p| seen[usize::from(p) % seen.len()] = true);
+            seen.iter().all(|s| *s)
+        };
+        let got = self.routes.gather(GOALS, body, GATHER_FOR, covered).await.map_err(|e| e.to_string())?;
+        let mut goals: BTreeMap<String, crate::store::GoalRecord> = BTreeMap::new();
+        for a in got.iter().filter_map(decode) {
+            // A goal answered twice (its partition moving between the answers) is one goal.
+            for g in a.goals {
+                goals.insert(g.spec.id.clone(), g);
+            }
+        }
+        // In id order, as one node's store lists them.
+        Ok(goals.into_values().collect())
+    }
+
+    /// Answers other nodes' questions about the goals an assigner gave, from this node's
+    /// store, for the partitions it serves, until the task is aborted.
+    async fn answer_goals(&self, store: Store) -> Result<tokio::task::JoinHandle<()>, RouteError> {
+        let log = self.log.clone();
+        let answer = Arc::new(move |body: bytes::Bytes| -> futures_util::future::BoxFuture<'static, bytes::Bytes> {
+            let (store, log) = (store.clone(), log.clone());
+            Box::pin(async move {
+                let reply = match serde_json::from_slice::<GoalsQuestion>(&body) {
+                    Ok(q) => {
+                        let served: Vec<bool> = (0..PARTITIONS).map(|p| log.serves(p)).collect();
+                        let t = q.tenant.clone();
+                        match tokio::task::spawn_blocking(move || store.goals(&t)).await {
+                            Ok(Ok(all)) => GoalsAnswer {
+                                partitions: (0..PARTITIONS).filter(|p| served[usize::from(*p)]).collect(),
+                                // The sled may still hold goals of partitions let go of: only
+                                // the served ones are this node's to tell.
+                                goals: all.into_iter().filter(|g| g.spec.assigner == q.assigner && served[usize::from(partition_of(&q.tenant, &g.assignee))]).collect(),
+                            },
+                            // Unreadable here: answered for no partition, so the asker sees
+                            // them uncovered instead of a partial list.
+                            _ => GoalsAnswer { partitions: vec![], goals: vec![] },
+                        }
+                    }
+                    Err(_) => GoalsAnswer { partitions: vec![], goals: vec![] },
+                };
+                bytes::Bytes::from(serde_json::to_vec(&reply).expect("an answer encodes"))
+            })
+        });
+        self.routes.answer_all(GOALS, answer).await
+    }
+
+    /// Appends writes about `user`'s records through her partition's changelog, as her actor's
+    /// own do, and waits until they are durable (the goal sweeper's `notified` mark).
+    pub async fn write_for(&self, tenant: &str, user: &str, writes: Vec<Write>) -> Result<(), String> {
+        use crate::store::EventLog;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.log.append(tenant, user, writes, Box::new(move |r| drop(tx.send(r)))).map_err(|e| e.to_string())?;
+        rx.await.map_err(|_| "the changelog writer stopped".to_string())?
     }
 
     /// Relays an HTTP request about `user` to the node that serves her.
@@ -165,12 +283,19 @@ impl Membership {
         let mut served: BTreeMap<u16, Fence> = BTreeMap::new();
         let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox: self.outbox, router: self.router.clone() });
         let mut listening = AbortOnDrop(None);
+        let mut listening_goals = AbortOnDrop(None);
         let _compactor = AbortOnDrop(Some(tokio::spawn(self.clone().compact_for_ever(metrics.clone()))));
         loop {
             if listening.0.is_none() {
                 match self.answer_standings(boards.clone()).await {
                     Ok(t) => listening.0 = Some(t),
                     Err(e) => tracing::warn!(error = %e, "answering questions about standings failed; trying again"),
+                }
+            }
+            if listening_goals.0.is_none() {
+                match self.answer_goals(store.clone()).await {
+                    Ok(t) => listening_goals.0 = Some(t),
+                    Err(e) => tracing::warn!(error = %e, "answering questions about goals failed; trying again"),
                 }
             }
             let now: Owned = owned.borrow_and_update().clone();

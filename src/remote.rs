@@ -57,6 +57,33 @@ enum Request {
     /// A closed leaderboard period's award for a user, given by her actor, which refuses a
     /// second one: answered with `Result<bool, String>` (true when given now).
     Award { tenant: String, user: String, board: String, period: String, rank: usize },
+    /// A goal's notice for its assigner, given by her actor (its reserved id makes a second one
+    /// count once): answered with `Result<(), String>` once it is durable.
+    Notice { tenant: String, user: String, notice: GoalNotice },
+}
+
+/// A goal's notice for its assigner, as it crosses nodes (`UserMsg::Notice` without its reply).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct GoalNotice {
+    pub id: String,
+    /// `goal_completed` or `goal_missed`.
+    pub kind: String,
+    pub goal: String,
+    pub title: String,
+    pub assignee: String,
+    pub at: Millis,
+}
+
+impl GoalNotice {
+    /// The actor's message for it. Only the two kinds a goal ends with are known.
+    pub fn message(self, reply: tokio::sync::oneshot::Sender<Result<(), String>>) -> Result<UserMsg, String> {
+        let kind = match self.kind.as_str() {
+            "goal_completed" => "goal_completed",
+            "goal_missed" => "goal_missed",
+            other => return Err(format!("`{other}` is not a goal notice")),
+        };
+        Ok(UserMsg::Notice { id: self.id, kind, goal: self.goal, title: self.title, assignee: self.assignee, at: self.at, reply })
+    }
 }
 
 /// The header that marks a request relayed from another node: its answer is this node's, and
@@ -158,6 +185,13 @@ pub async fn award(routes: &Routes, tenant: &str, user: &str, board: &str, perio
     let r = Request::Award { tenant: tenant.into(), user: user.into(), board: board.into(), period: period.into(), rank };
     let reply = routes.request(partition_of(tenant, user), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
     serde_json::from_slice::<Result<bool, String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
+}
+
+/// Gives a goal's notice to its assigner `user` through her actor on the node serving her.
+pub async fn notice(routes: &Routes, tenant: &str, user: &str, notice: GoalNotice) -> Result<(), String> {
+    let r = Request::Notice { tenant: tenant.into(), user: user.into(), notice };
+    let reply = routes.request(partition_of(tenant, user), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
 }
 
 /// Relays an HTTP request about a user of partition `p` to the node serving it, and returns
@@ -417,6 +451,17 @@ impl Answering {
             (Request::Award { tenant, user, board, period, rank }, _) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let sent = self.users.send(&tenant, &user, UserMsg::Award { board, period, rank, reply: tx }).map_err(|e| e.to_string());
+                Some(Box::pin(async move {
+                    let given = match sent {
+                        Ok(()) => rx.await.unwrap_or_else(|_| Err("the user's actor stopped".into())),
+                        Err(e) => Err(e),
+                    };
+                    Bytes::from(serde_json::to_vec(&given).expect("a result encodes"))
+                }))
+            }
+            (Request::Notice { tenant, user, notice }, _) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let sent = notice.message(tx).and_then(|m| self.users.send(&tenant, &user, m).map_err(|e| e.to_string()));
                 Some(Box::pin(async move {
                     let given = match sent {
                         Ok(()) => rx.await.unwrap_or_else(|_| Err("the user's actor stopped".into())),

@@ -196,12 +196,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         cluster: shared.cluster.clone(),
     };
     let closer = tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe()));
-    // Nor are goals the cluster's yet: their sweeper would read the goals of partitions this
-    // node has let go of.
-    let goals = match shared.cluster {
-        None => tokio::spawn(crate::goals::run(shared.store.clone(), shared.users.clone(), Duration::from_millis(c.goal_tick_ms.max(10)), shared.shutdown.subscribe())),
-        Some(_) => tokio::spawn(async {}),
-    };
+    let goals = tokio::spawn(crate::goals::run(shared.store.clone(), shared.users.clone(), shared.cluster.clone(), Duration::from_millis(c.goal_tick_ms.max(10)), shared.shutdown.subscribe()));
     let hooks = shared.webhooks.start().await?;
     if hooks > 0 {
         tracing::info!(endpoints = hooks, "webhook endpoints started");

@@ -50,11 +50,9 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/leaderboards/{id}", get(leaderboards::standings))
         .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), leaderboards::to_board_owner));
-    // Goals and webhooks are each node's own in cluster mode: refused there until they are
-    // the cluster's (docs/cluster.md).
+    // Webhooks are each node's own in cluster mode: refused there until they are the
+    // cluster's (docs/cluster.md).
     let per_node = Router::new()
-        .route("/v1/goals", get(goals::list).post(goals::create))
-        .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/v1/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
@@ -64,6 +62,9 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .merge(users)
         .merge(boards)
         .merge(per_node)
+        // Goals live with their assignees: in cluster mode answered by the node serving her.
+        .route("/v1/goals", get(goals::list).post(goals::create))
+        .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
         .route("/v1/events", post(events::ingest))
         .route("/v1/dead-letters", get(events::list_dead_letters))
         .route("/v1/dead-letters/{id}", get(events::get_dead_letter).delete(events::delete_dead_letter))
@@ -87,14 +88,11 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
 // Authentication and errors
 // ---------------------------------------------------------------------------------------------
 
-/// What a route whose records each node keeps for itself answers in cluster mode (goals,
-/// webhooks): a clear refusal, rather than one node's share of the answer.
+/// What a route whose records each node keeps for itself answers in cluster mode (webhooks):
+/// a clear refusal, rather than one node's share of the answer.
 async fn not_in_cluster(axum::extract::State(shared): axum::extract::State<Arc<Shared>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if shared.cluster.is_some() {
-        let what = match req.uri().path() {
-            p if p.starts_with("/v1/goals") => "assigned goals are not built for cluster mode yet: each node keeps only the goals of the users it serves (docs/cluster.md)",
-            _ => "webhooks are not built for cluster mode yet: each node keeps its own endpoints (docs/cluster.md)",
-        };
+        let what = "webhooks are not built for cluster mode yet: each node keeps its own endpoints (docs/cluster.md)";
         return ApiError(StatusCode::NOT_IMPLEMENTED, "cluster_unsupported", what.into()).into_response();
     }
     next.run(req).await

@@ -75,7 +75,7 @@ impl Drop for Node {
     }
 }
 
-async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> Result<kv::Store, ClusterError> {
+pub(crate) async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> Result<kv::Store, ClusterError> {
     patiently(&format!("opening bucket {name}"), || async {
         if let Ok(s) = js.get_key_value(name).await {
             return Ok(s);
