@@ -8,6 +8,11 @@
 //! (with the last user done) is stored as it goes; after a restart the job resumes from there,
 //! and a user visited twice gets nothing twice, because a backfill never re-awards a badge the
 //! user owns.
+//!
+//! In cluster mode a job is the cluster's (`cluster/jobs.rs`: the backfill of one catalogue
+//! version): every node walks the users of the partitions it serves, each partition's part of
+//! the job moving forward in the cluster's bucket as it goes, so a partition that moves to
+//! another node is walked on from where it was (`run_cluster`).
 
 use crate::catalogues::{Candidate, Catalogues};
 use crate::core::{Catalogue, UserState};
@@ -228,6 +233,136 @@ impl Backfills {
         self.save(tenant, &job).await?;
         tracing::info!(tenant = %tenant, job = job.id, users = job.done, awards = job.awards, "backfill done");
         Ok(())
+    }
+
+    /// Cluster mode: walks, for every job still running, the users of the partitions this node
+    /// serves that the job has not finished, until shutdown. A partition gained later is
+    /// walked on the next round; one lost meanwhile is left to the node serving it next.
+    pub async fn run_cluster(self: Arc<Self>, jobs: Arc<crate::cluster::jobs::Jobs>, serves: Arc<dyn Fn(u16) -> bool + Send + Sync>) {
+        let mut shutdown = self.stop.clone();
+        loop {
+            match jobs.list(None).await {
+                Ok(all) => {
+                    for job in all.into_iter().filter(|j| j.cancelled_at.is_none() && !j.finished()) {
+                        if let Err(e) = self.walk_served(&jobs, job, &*serves).await {
+                            tracing::warn!(error = %e, "a cluster backfill stopped; it goes on in the next round");
+                        }
+                        if *shutdown.borrow() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the cluster's backfill jobs failed; trying again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One pass over `job`'s tenant's users, doing those of the served partitions the job has
+    /// not finished, after each partition's cursor; each partition's part is stored every half
+    /// second and when the pass ends (finished, for those still served).
+    async fn walk_served(&self, jobs: &crate::cluster::jobs::Jobs, job: crate::cluster::jobs::Job, serves: &(dyn Fn(u16) -> bool + Send + Sync)) -> anyhow::Result<()> {
+        use crate::cluster::partition::partition_of;
+        let tenant = job.tenant.clone();
+        let mut parts: BTreeMap<u16, crate::cluster::jobs::Part> =
+            (0..crate::cluster::partition::PARTITIONS).filter(|&p| serves(p) && job.parts.get(&p).is_none_or(|x| x.finished_at.is_none())).map(|p| (p, job.parts.get(&p).cloned().unwrap_or_default())).collect();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        // A partition begun here counts its users first, for the job's total.
+        let fresh: Vec<u16> = parts.keys().copied().filter(|p| !job.parts.contains_key(p)).collect();
+        if !fresh.is_empty() {
+            let mut after: Option<String> = None;
+            loop {
+                let store = self.store.clone();
+                let (t, a) = (tenant.clone(), after.clone());
+                let page = tokio::task::spawn_blocking(move || store.users_page(&t, a.as_deref(), 1024)).await??;
+                let Some(last) = page.last().cloned() else { break };
+                for u in &page {
+                    if let Some(part) = parts.get_mut(&partition_of(&tenant, u)).filter(|_| fresh.contains(&partition_of(&tenant, u))) {
+                        part.total += 1;
+                    }
+                }
+                after = Some(last);
+            }
+        }
+        let spec = Arc::new(BackfillSpec { job: job.id, badges: job.badges.clone(), new_stats: job.new_stats.iter().filter_map(|h| u64::from_str_radix(h, 16).ok()).collect(), notify: job.notify });
+        let per_tick = self.per_sec.div_ceil(10);
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut budget = 0u64;
+        let mut shutdown = self.stop.clone();
+        let mut saved_at = tokio::time::Instant::now();
+        let mut after: Option<String> = None;
+        'pass: loop {
+            let store = self.store.clone();
+            let (t, a) = (tenant.clone(), after.clone());
+            let page = tokio::task::spawn_blocking(move || store.users_page(&t, a.as_deref(), 256)).await??;
+            let Some(last) = page.last().cloned() else { break };
+            after = Some(last);
+            for user in page {
+                let p = partition_of(&tenant, &user);
+                let Some(part) = parts.get(&p) else { continue };
+                if part.cursor.as_ref().is_some_and(|c| *c >= user) {
+                    continue;
+                }
+                if budget == 0 {
+                    tokio::select! {
+                        _ = pace.tick() => budget = per_tick,
+                        _ = shutdown.changed() => break 'pass,
+                    }
+                }
+                budget -= 1;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let answer = match self.users.send(&tenant, &user, UserMsg::Backfill { spec: spec.clone(), reply: tx }) {
+                    Ok(()) => tokio::select! {
+                        a = rx => a.unwrap_or_else(|_| Err("the user's actor stopped".into())),
+                        _ = shutdown.changed() => break 'pass,
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                match answer {
+                    Ok(awarded) => {
+                        let part = parts.get_mut(&p).expect("looked up above");
+                        part.done += 1;
+                        part.awards += u64::from(awarded);
+                        part.cursor = Some(user);
+                        self.metrics.backfill_users.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.backfill_awards.fetch_add(u64::from(awarded), Ordering::Relaxed);
+                    }
+                    // Not served here any more (or failing): left to the node serving it next,
+                    // from the part as last stored.
+                    Err(e) => {
+                        tracing::debug!(tenant = %tenant, partition = p, user = %user, error = %e, "a backfill's partition is left to its next node");
+                        parts.remove(&p);
+                    }
+                }
+                if saved_at.elapsed() >= Duration::from_millis(500) {
+                    saved_at = tokio::time::Instant::now();
+                    if !self.save_parts(jobs, &job, &parts).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !*shutdown.borrow() {
+            let now = now_ms();
+            parts.retain(|&p, _| serves(p));
+            for part in parts.values_mut() {
+                part.finished_at = Some(now);
+            }
+        }
+        self.save_parts(jobs, &job, &parts).await?;
+        Ok(())
+    }
+
+    /// Stores the parts walked; false when the job was cancelled meanwhile (the walk stops).
+    async fn save_parts(&self, jobs: &crate::cluster::jobs::Jobs, job: &crate::cluster::jobs::Job, parts: &BTreeMap<u16, crate::cluster::jobs::Part>) -> anyhow::Result<bool> {
+        let stored = jobs.change(&job.tenant, job.id, |j| parts.iter().fold(false, |changed, (&p, part)| j.advance(p, part) | changed)).await.map_err(|e| anyhow::anyhow!(e))?;
+        Ok(stored.is_some_and(|j| j.cancelled_at.is_none()))
     }
 
     /// Resolves once no job runs in this process (each stores its progress as shutdown begins).

@@ -82,6 +82,8 @@ pub struct Membership {
     node: tokio::sync::Mutex<Option<Node>>,
     /// Each goal id's assignee (`GOAL_IDS`).
     goal_ids: async_nats::jetstream::kv::Store,
+    /// The cluster's backfill jobs.
+    pub jobs: Arc<crate::cluster::jobs::Jobs>,
     /// The outbox size of a socket attached from another node (`--outbox-capacity`).
     outbox: usize,
     /// Batches after which a partition's changelog is compacted (`--cluster-compact-batches`).
@@ -103,9 +105,16 @@ impl Membership {
         let replicas = config.cluster_replicas.max(1);
         let partitions = patiently("opening the partition log", || PartitionLog::for_client(client.clone(), replicas)).await?;
         let catalog = Arc::new(patiently("opening the catalogue history", || crate::cluster::catalog::CatalogueLog::for_client(client.clone(), replicas)).await?);
-        let goal_ids = crate::cluster::node::bucket(&async_nats::jetstream::new(client.clone()), GOAL_IDS, replicas).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let goal_ids = crate::cluster::node::bucket(&js, GOAL_IDS, replicas).await?;
+        let jobs = Arc::new(crate::cluster::jobs::Jobs::open(&js, replicas).await?);
         tracing::info!(node = %id, urls, "joined the cluster");
-        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), goal_ids, outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
+        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), goal_ids, jobs, outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
+    }
+
+    /// Whether this node serves `partition` now.
+    pub fn serves_partition(&self, partition: u16) -> bool {
+        self.log.serves(partition)
     }
 
     /// Whether this node serves `user`'s partition (its events go through a local actor).

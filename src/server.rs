@@ -201,10 +201,21 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     if hooks > 0 {
         tracing::info!(endpoints = hooks, "webhook endpoints started");
     }
-    let resumed = shared.backfills.resume_all()?;
-    if resumed > 0 {
-        tracing::info!(jobs = resumed, "backfill jobs resumed");
-    }
+    // Standalone, this process's jobs resume; in cluster mode every node walks the cluster's
+    // jobs for the partitions it serves.
+    let cluster_backfills = match &shared.cluster {
+        None => {
+            let resumed = shared.backfills.resume_all()?;
+            if resumed > 0 {
+                tracing::info!(jobs = resumed, "backfill jobs resumed");
+            }
+            None
+        }
+        Some(m) => {
+            let m2 = m.clone();
+            Some(tokio::spawn(shared.backfills.clone().run_cluster(m.jobs.clone(), Arc::new(move |p| m2.serves_partition(p)))))
+        }
+    };
     shared.ready.store(true, Ordering::Release);
     let body = crate::accept::BodyLimits { timeout: Duration::from_secs(c.body_timeout_secs.clamp(1, 86_400)), min_rate: c.min_body_bytes_per_sec };
     let limits = crate::accept::Limits { header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)), total: c.max_connections, per_address: c.max_connections_per_address, full_wait: Duration::from_millis(c.accept_wait_ms), body };
@@ -217,6 +228,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     shared.webhooks.stop_all().await;
     // Backfill jobs store where they are; they need the actors, which stop next.
     let _ = tokio::time::timeout(grace, shared.backfills.stopped()).await;
+    if let Some(walk) = cluster_backfills {
+        let _ = tokio::time::timeout(grace, walk).await;
+    }
     // Sessions were told to close; actors write their snapshots; then one last flush.
     let _ = tokio::time::timeout(grace, shared.users.stop_all()).await;
     // Then the partitions go to the other nodes at once, not after a lease.

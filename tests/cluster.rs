@@ -957,6 +957,66 @@ async fn goals_are_the_clusters_on_every_node_and_survive_the_assignees_node() {
     assert_eq!((s, goal_ids(&given)), (200, vec!["reading".to_string()]), "{given}");
 }
 
+/// A catalogue change's backfill walks every stored user of the cluster, each node those it
+/// serves, and goes on from where it was when a node is killed mid-way: every user is visited
+/// once in the job's counts, each one due the badge gets it once, and a job is cancelled from
+/// any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_walks_every_users_node_and_survives_the_death_of_one() {
+    const USERS: usize = 60;
+    let mut nodes = TwoNodes::start_with(|_| vec!["--backfill-users-per-sec".into(), "10".into()]).await;
+    let (api_a, api_b) = (Api::demo_at(nodes.port_a), Api::demo_at(nodes.port_b));
+    let users: Vec<String> = (0..USERS).map(|i| format!("bf-{i:02}")).collect();
+    // Every third user answered the "special" exercise before the badge existed.
+    for (i, u) in users.iter().enumerate() {
+        let r = post_until_taken(&api_a, &http_answer(&format!("bf-e{i}"), u, if i % 3 == 0 { "special" } else { "plain" }, true), Duration::from_secs(30)).await;
+        assert_eq!(r["status"], "accepted", "{r}");
+    }
+    let on_a = users.iter().filter(|u| preferred(accolade::cluster::partition::partition_of("demo", u), ["node-a", "node-b"]) == Some("node-a")).count();
+    assert!(on_a > 10 && USERS - on_a > 10, "both nodes serve some: {on_a} of {USERS} on node-a");
+    let badge = |name: &str| serde_json::json!({ "name": name, "tier": "silver", "xp": 10, "rule": { "kind": "count", "event": "problem.answered", "when": { "exercise": "special" }, "target": 1 } });
+    let (s, v) = api_b.call("PUT", "/v1/catalogue/badges/special-one", Some(&badge("Special"))).await;
+    assert_eq!(s, 201, "{v}");
+    let job = v["job"]["id"].as_u64().unwrap_or_else(|| panic!("a job: {v}"));
+    assert_eq!((job, v["job"]["status"].as_str()), (v["version"].as_u64().unwrap(), Some("running")), "the job of the version: {v}");
+
+    // Killed once both nodes are under way (ten users a second each).
+    api_a.wait_for(&format!("/v1/jobs/{job}"), 60, |j| j["done"].as_u64() >= Some(12)).await;
+    nodes.a.kill9();
+    let start = Instant::now();
+    let done = loop {
+        let (s, j) = api_b.get(&format!("/v1/jobs/{job}")).await;
+        assert_eq!(s, 200, "{j}");
+        if j["status"] == "done" {
+            break j;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "the job did not finish on node-b: {j}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let due = users.iter().enumerate().filter(|(i, _)| i % 3 == 0).count() as u64;
+    assert_eq!((done["done"].as_u64(), done["total"].as_u64(), done["awards"].as_u64()), (Some(USERS as u64), Some(USERS as u64), Some(due)), "{done}");
+    for (i, u) in users.iter().enumerate() {
+        let doc = get_served(&api_b, &format!("/v1/users/{u}"), Duration::from_secs(30)).await;
+        let has = doc["badges"].as_array().unwrap().iter().filter(|b| b["id"] == "special-one").count();
+        assert_eq!(has, usize::from(i % 3 == 0), "{u}: {doc}");
+        let log = get_served(&api_b, &format!("/v1/users/{u}/events"), Duration::from_secs(30)).await;
+        let awards = log["events"].as_array().unwrap().iter().filter(|e| e["event_type"] == "accolade.backfill").count();
+        assert_eq!(awards, usize::from(i % 3 == 0), "{u} awarded once: {log}");
+    }
+
+    // A second change's job, cancelled: listed with the first, each as it ended.
+    let (s, v) = api_b.call("PUT", "/v1/catalogue/badges/special-two", Some(&badge("Special too"))).await;
+    assert_eq!(s, 201, "{v}");
+    let second = v["job"]["id"].as_u64().unwrap();
+    let (s, j) = api_b.call("DELETE", &format!("/v1/jobs/{second}"), None).await;
+    assert_eq!((s, j["status"].as_str()), (200, Some("cancelled")), "{j}");
+    let (s, e) = api_b.call("DELETE", "/v1/jobs/424242", None).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("not_found")), "{e}");
+    let (_, list) = api_b.get("/v1/jobs").await;
+    let listed: Vec<(u64, String)> = list["jobs"].as_array().unwrap().iter().map(|j| (j["id"].as_u64().unwrap(), j["status"].as_str().unwrap().to_string())).collect();
+    assert_eq!(listed, vec![(job, "done".to_string()), (second, "cancelled".into())], "{list}");
+}
+
 /// The all-time XP board as one node would rank `users`, read from each user's own XP.
 async fn ranked_by_xp(api: &Api, users: &[String]) -> Vec<(String, f64)> {
     let mut want = Vec::new();

@@ -104,9 +104,8 @@ pub struct ChangeResult {
     pub new_stats: usize,
     /// The backfill job, when one was started.
     pub job: Option<JobRecord>,
-    /// Why no backfill was started although one was due: in cluster mode backfills do not
-    /// run yet (docs/cluster.md), and stored users earn the change's badges by their next
-    /// events only.
+    /// Why no backfill was started although one was due (cluster mode: its job could not be
+    /// stored), so stored users earn the change's badges by their next events only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backfill_skipped: Option<String>,
 }
@@ -119,16 +118,35 @@ async fn change(shared: Arc<Shared>, tenant: String, change: Change, q: ChangeQu
     tracing::info!(tenant = %tenant, version = cand.catalogue.version, changed = cand.changed_badges.len(), "catalogue changed");
     let wants = !cand.changed_badges.is_empty() || !cand.new_stats.is_empty();
     let due = wants && q.backfill.unwrap_or(true);
-    let backfill_skipped = (due && shared.cluster.is_some()).then(|| "backfills do not run in cluster mode yet; stored users are judged by this version from their next event on".to_string());
-    let job = if due && backfill_skipped.is_none() {
-        match shared.backfills.start(&tenant, &cand, q.notify.unwrap_or(false)).await {
+    let job = match (due, &shared.cluster) {
+        (false, _) => None,
+        (true, None) => match shared.backfills.start(&tenant, &cand, q.notify.unwrap_or(false)).await {
             Ok(j) => Some(j),
             Err(e) => return internal(e).into_response(),
+        },
+        // The cluster's job for this version, which every node walks for the users it serves.
+        (true, Some(m)) => {
+            let job = crate::cluster::jobs::Job {
+                tenant: tenant.clone(),
+                id: cand.catalogue.version,
+                badges: cand.changed_badges.clone(),
+                new_stats: cand.new_stats.iter().map(|s| format!("{s:016x}")).collect(),
+                notify: q.notify.unwrap_or(false),
+                created_at: now_ms(),
+                cancelled_at: None,
+                parts: Default::default(),
+            };
+            if let Err(e) = m.jobs.create(&job).await {
+                // The version is in force; its backfill could not be stored. Said, not hidden:
+                // the change stands and its users earn its badges from their next events.
+                tracing::error!(tenant = %tenant, version = job.id, error = %e, "storing a cluster backfill failed");
+                let body = ChangeResult { version: cand.catalogue.version, changed_badges: cand.changed_badges, new_stats: cand.new_stats.len(), job: None, backfill_skipped: Some(format!("the backfill could not be stored ({e}); stored users are judged by this version from their next event on")) };
+                return (StatusCode::CREATED, Json(body)).into_response();
+            }
+            Some(cluster_record(&job))
         }
-    } else {
-        None
     };
-    let body = ChangeResult { version: cand.catalogue.version, changed_badges: cand.changed_badges, new_stats: cand.new_stats.len(), job, backfill_skipped };
+    let body = ChangeResult { version: cand.catalogue.version, changed_badges: cand.changed_badges, new_stats: cand.new_stats.len(), job, backfill_skipped: None };
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
@@ -237,6 +255,10 @@ pub struct JobList {
 #[utoipa::path(get, path = "/v1/jobs", tag = "catalogue",
     responses((status = 200, body = JobList), (status = 401, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list_jobs(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> Result<Json<JobList>, ApiError> {
+    if let Some(m) = &shared.cluster {
+        let jobs = m.jobs.list(Some(&tenant)).await.map_err(cluster_unavailable)?;
+        return Ok(Json(JobList { jobs: jobs.iter().map(cluster_record).collect() }));
+    }
     let jobs = shared.store.list::<JobRecord>(Kind::Job, &tenant, None, usize::MAX).map_err(internal)?.into_iter().map(|(_, j)| j).collect();
     Ok(Json(JobList { jobs }))
 }
@@ -245,6 +267,10 @@ pub async fn list_jobs(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "catalogue", params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get_job(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>) -> Result<Json<JobRecord>, ApiError> {
+    if let Some(m) = &shared.cluster {
+        let job = m.jobs.get(&tenant, id).await.map_err(cluster_unavailable)?;
+        return job.map(|j| Json(cluster_record(&j))).ok_or_else(|| not_found("not_found", format!("no job {id}")));
+    }
     shared.store.get::<JobRecord>(Kind::Job, &tenant, id).map_err(internal)?.map(Json).ok_or_else(|| not_found("not_found", format!("no job {id}")))
 }
 
@@ -254,5 +280,52 @@ pub async fn get_job(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, 
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "catalogue", params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn cancel_job(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>) -> Result<Json<JobRecord>, ApiError> {
+    if let Some(m) = &shared.cluster {
+        // Every node's walk stops at its next save; a finished job stays done.
+        let now = now_ms();
+        let job = m
+            .jobs
+            .change(&tenant, id, |j| {
+                let cancel = j.cancelled_at.is_none() && !j.finished();
+                if cancel {
+                    j.cancelled_at = Some(now);
+                }
+                cancel
+            })
+            .await
+            .map_err(cluster_unavailable)?;
+        return job.map(|j| Json(cluster_record(&j))).ok_or_else(|| not_found("not_found", format!("no job {id}")));
+    }
     shared.backfills.cancel(&tenant, id).await.map_err(internal)?.map(Json).ok_or_else(|| not_found("not_found", format!("no job {id}")))
+}
+
+/// A cluster job as the API shows a job: its id is the catalogue version it backfills, and its
+/// counts are the sums of its partitions' parts.
+fn cluster_record(j: &crate::cluster::jobs::Job) -> JobRecord {
+    use crate::backfill::JobStatus;
+    let status = match (j.cancelled_at, j.finished()) {
+        (_, true) => JobStatus::Done,
+        (Some(_), false) => JobStatus::Cancelled,
+        (None, false) => JobStatus::Running,
+    };
+    let sum = |f: fn(&crate::cluster::jobs::Part) -> u64| j.parts.values().map(f).sum::<u64>();
+    JobRecord {
+        id: j.id,
+        catalogue_version: j.id,
+        badges: j.badges.clone(),
+        new_stats: j.new_stats.clone(),
+        notify: j.notify,
+        status,
+        total: sum(|p| p.total).max(sum(|p| p.done)),
+        done: sum(|p| p.done),
+        awards: sum(|p| p.awards),
+        // Each partition has its own; there is no one place a cluster job resumes from.
+        cursor: None,
+        created_at: crate::protocol::rfc3339(j.created_at),
+        finished_at: j.finished_at().or(j.cancelled_at.filter(|_| status == JobStatus::Cancelled)).map(crate::protocol::rfc3339),
+    }
+}
+
+fn cluster_unavailable(e: String) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e}; try again"))
 }

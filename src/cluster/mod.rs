@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod changelog;
 pub mod eventlog;
+pub mod jobs;
 pub mod lease;
 pub mod log;
 pub mod node;
