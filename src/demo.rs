@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 const FILES: &[(&str, &str, &str)] = &[
     ("/", "text/html; charset=utf-8", include_str!("../web-demo/index.html")),
-    ("/accolade.js", "text/javascript; charset=utf-8", include_str!("../web-demo/accolade.js")),
+    ("/accolade.js", "text/javascript; charset=utf-8", include_str!("../clients/js/accolade.js")),
     ("/app.js", "text/javascript; charset=utf-8", include_str!("../web-demo/app.js")),
     ("/style.css", "text/css; charset=utf-8", include_str!("../web-demo/style.css")),
 ];

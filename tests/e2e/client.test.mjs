@@ -34,7 +34,7 @@ class FakeSocket {
   }
 }
 globalThis.WebSocket = FakeSocket;
-const { AccoladeClient } = await import("../../web-demo/accolade.js");
+const { AccoladeClient } = await import("../../clients/js/accolade.js");
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const welcome = { type: "welcome", epoch: "e1", offset: 0, recovered: false };

@@ -17,11 +17,12 @@ const freePort = () =>
     });
   });
 
-/// Resolves to { base, stop } once the server answers /readyz (at most 10 s).
-export async function startServer() {
+/// Resolves to { base, stop } once the server answers /readyz (at most 10 s). `args` are more
+/// flags for the server (a small `--rate-per-sec`, say).
+export async function startServer(args = []) {
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), "accolade-e2e-"));
-  const server = spawn(bin, ["--bind", `127.0.0.1:${port}`, "--data-dir", dataDir], { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
+  const server = spawn(bin, ["--bind", `127.0.0.1:${port}`, "--data-dir", dataDir, ...args], { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
   const base = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     try {

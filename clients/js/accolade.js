@@ -1,13 +1,21 @@
-// accolade.js: a dependency-free browser client for Accolade's WebSocket protocol.
-// Copy it into any web app. See web-demo/README.md for the API.
+// accolade.js: the dependency-free client for Accolade's WebSocket protocol (docs/protocol.md),
+// for browsers and Node. It is the package in clients/js/ (API in its README.md, types in
+// accolade.d.ts) and the very file the server embeds for the demo page at /accolade.js.
 //
 //   const client = new AccoladeClient({ url: "ws://127.0.0.1:7300/v1/ws", token: async () => "..." });
 //   client.on("unlock", (m) => showToast(m.badge));
 //   client.connect();
 //   client.send("problem.answered", { exercise: "addition-1", correct: true, seconds: 4 });
 
+// WebSocket.OPEN, read as a number: a WebSocket implementation passed in (Node's `ws`, a test's
+// stand-in) need not carry the constant where the code looks for it.
+const OPEN = 1;
+
 export class AccoladeClient {
-  constructor({ url, token, storage = null, maxBackoffMs = 15000, retryMs = 500 }) {
+  constructor({ url, token, storage = null, maxBackoffMs = 15000, retryMs = 500, WebSocket = globalThis.WebSocket }) {
+    // Browsers and Node 22 have a global WebSocket; elsewhere (Node 20) pass one, e.g. `ws`.
+    if (typeof WebSocket !== "function") throw new TypeError("AccoladeClient: no WebSocket here; pass one as the `WebSocket` option (in Node 20, the `ws` package)");
+    this.WebSocket = WebSocket;
     this.url = url;
     this.tokenProvider = typeof token === "function" ? token : async () => token;
     this.storage = storage; // optional: { get(key), set(key, value) } to keep `since` across reloads
@@ -26,8 +34,10 @@ export class AccoladeClient {
     this.watches = new Map(); // board -> watch message, sent again after every reconnect
   }
 
-  /** Subscribes to a message type ("welcome", "ack", "xp", "level_up", "unlock", "progress",
-   *  "rank", "top", "error") or to the client's own "open" and "close". Returns an unsubscribe function. */
+  /** Subscribes to a server message type ("welcome", "ack", "xp", "level_up", "unlock",
+   *  "progress", "goal_assigned", "goal_completed", "goal_missed", "notice", "rank", "top",
+   *  "error") or to the client's own "open" (with the welcome) and "close" ({ code, reason }).
+   *  Returns an unsubscribe function. */
   on(type, fn) {
     if (!this.handlers.has(type)) this.handlers.set(type, new Set());
     this.handlers.get(type).add(fn);
@@ -64,7 +74,7 @@ export class AccoladeClient {
       return this.retry();
     }
     if (!this.wanted) return;
-    const ws = new WebSocket(this.url);
+    const ws = new this.WebSocket(this.url);
     this.ws = ws;
     ws.onopen = () => {
       const hello = { type: "hello", token };
@@ -72,6 +82,9 @@ export class AccoladeClient {
       ws.send(JSON.stringify(hello));
     };
     ws.onmessage = (e) => this.receive(JSON.parse(e.data));
+    // A failed connection is followed by a close, which retries. The handler must exist all the
+    // same: Node's `ws` throws an "error" event that nobody listens to.
+    ws.onerror = () => {};
     ws.onclose = (e) => {
       if (this.ws !== ws) return;
       this.connected = false;
@@ -147,7 +160,7 @@ export class AccoladeClient {
     this.resends.set(id, setTimeout(() => {
       this.resends.delete(id);
       const m = this.unacked.get(id);
-      if (m && this.connected && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(m));
+      if (m && this.connected && this.ws && this.ws.readyState === OPEN) this.ws.send(JSON.stringify(m));
     }, ms));
   }
 
@@ -162,12 +175,12 @@ export class AccoladeClient {
     const msg = { type: "watch", board };
     if (top) msg.top = top;
     this.watches.set(board, msg);
-    if (this.connected && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    if (this.connected && this.ws && this.ws.readyState === OPEN) this.ws.send(JSON.stringify(msg));
   }
 
   unwatch(board) {
     this.watches.delete(board);
-    if (this.connected && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "unwatch", board }));
+    if (this.connected && this.ws && this.ws.readyState === OPEN) this.ws.send(JSON.stringify({ type: "unwatch", board }));
   }
 
   /** Sends an event now (or after reconnecting). Returns its event_id. */
@@ -180,7 +193,7 @@ export class AccoladeClient {
       payload,
     };
     this.unacked.set(msg.event_id, msg);
-    if (this.connected && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    if (this.connected && this.ws && this.ws.readyState === OPEN) this.ws.send(JSON.stringify(msg));
     return msg.event_id;
   }
 }
