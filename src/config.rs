@@ -294,6 +294,10 @@ pub enum Command {
     /// Rebuild every stored user from the event log alone and report any difference from the
     /// stored state (run it with the server stopped; exits 1 if anything differs).
     Replay,
+    /// Make the buckets and streams of a new cluster (`--cluster`, `--cluster-replicas`) and
+    /// wait until each answers, then exit: run once before a new cluster's nodes start, so
+    /// that none waits on JetStream electing leaders. Running it again changes nothing.
+    ClusterInit,
     /// Print a token for a user of a tenant, signed with that tenant's secret.
     Token {
         /// The user id (the token's `sub`).

@@ -27,6 +27,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Replay) => replay(config).await,
+        Some(Command::ClusterInit) => {
+            let urls = config.cluster.as_deref().ok_or_else(|| anyhow::anyhow!("cluster-init needs --cluster: the NATS servers of the cluster to set up"))?;
+            let client = accolade::cluster::connect(urls, std::time::Duration::from_secs(5)).await?;
+            let ready = accolade::cluster::init(client, config.cluster_replicas.max(1)).await?;
+            println!("cluster ready: {}", ready.join(" "));
+            Ok(())
+        }
         None | Some(Command::Serve) => {
             let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", config.bind))?;
             let shared = server::build(config).await?;

@@ -37,16 +37,6 @@ const STANDINGS: &str = "accolade.standings";
 /// The subject of questions about the goals one assigner gave, which every node answers.
 const GOALS: &str = "accolade.goals";
 
-/// The bucket naming each goal's assignee, key `<tenant hex>.<goal id hex>`: a goal lives with
-/// its assignee, on the node serving her, and a goal id names one goal in the tenant, so the
-/// id is claimed here (a key-value create) before the goal is assigned.
-pub const GOAL_IDS: &str = "accolade-goal-ids";
-
-fn goal_key(tenant: &str, id: &str) -> String {
-    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
-    format!("{}.{}", hex(tenant), hex(id))
-}
-
 /// A question to every node: the goals `assigner` gave in `tenant`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct GoalsQuestion {
@@ -80,8 +70,8 @@ pub struct Membership {
     /// server's shared handles, and so this: a cycle that lives as long as the process.)
     router: Arc<std::sync::OnceLock<axum::Router>>,
     node: tokio::sync::Mutex<Option<Node>>,
-    /// Each goal id's assignee (`GOAL_IDS`).
-    goal_ids: async_nats::jetstream::kv::Store,
+    /// Each goal id's assignee.
+    goal_ids: crate::cluster::goals::GoalIds,
     /// The cluster's backfill jobs.
     pub jobs: Arc<crate::cluster::jobs::Jobs>,
     /// The outbox size of a socket attached from another node (`--outbox-capacity`).
@@ -105,9 +95,8 @@ impl Membership {
         let replicas = config.cluster_replicas.max(1);
         let partitions = patiently("opening the partition log", || PartitionLog::for_client(client.clone(), replicas)).await?;
         let catalog = Arc::new(patiently("opening the catalogue history", || crate::cluster::catalog::CatalogueLog::for_client(client.clone(), replicas)).await?);
-        let js = async_nats::jetstream::new(client.clone());
-        let goal_ids = crate::cluster::node::bucket(&js, GOAL_IDS, replicas).await?;
-        let jobs = Arc::new(crate::cluster::jobs::Jobs::open(&js, replicas).await?);
+        let goal_ids = crate::cluster::goals::GoalIds::for_client(client.clone(), replicas).await?;
+        let jobs = Arc::new(crate::cluster::jobs::Jobs::for_client(client.clone(), replicas).await?);
         tracing::info!(node = %id, urls, "joined the cluster");
         Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), goal_ids, jobs, outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
     }
@@ -147,21 +136,12 @@ impl Membership {
     /// Claims goal id `id` of `tenant` for `assignee`, unless it names a goal already: the
     /// assignee it names, this one when the claim is new.
     pub async fn claim_goal_id(&self, tenant: &str, id: &str, assignee: &str) -> Result<String, String> {
-        use async_nats::jetstream::kv::CreateErrorKind;
-        let key = goal_key(tenant, id);
-        match self.goal_ids.create(&key, bytes::Bytes::from(assignee.to_string())).await {
-            Ok(_) => Ok(assignee.to_string()),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => self.goal_assignee(tenant, id).await?.ok_or_else(|| format!("goal id `{id}` is being claimed; try again")),
-            Err(e) => Err(format!("claiming the goal id failed: {e}")),
-        }
+        self.goal_ids.claim(tenant, id, assignee).await
     }
 
     /// The assignee of goal `id` of `tenant`, if the id names a goal.
     pub async fn goal_assignee(&self, tenant: &str, id: &str) -> Result<Option<String>, String> {
-        match self.goal_ids.get(goal_key(tenant, id)).await {
-            Ok(v) => Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned())),
-            Err(e) => Err(format!("reading the goal id failed: {e}")),
-        }
+        self.goal_ids.assignee(tenant, id).await
     }
 
     /// The goals `assigner` gave in `tenant`, gathered from every node once they cover every

@@ -69,6 +69,11 @@ impl CatalogueLog {
         Ok(CatalogueLog { js, stream })
     }
 
+    /// The stream's state, once it has a leader.
+    pub async fn info(&self) -> Result<stream::Info, String> {
+        self.stream.get_info().await.map_err(|e| e.to_string())
+    }
+
     /// Appends a version of `tenant`'s right after the message at stream sequence `after` (0:
     /// the tenant has none yet). `Conflict` if another version came first.
     pub async fn append(&self, tenant: &str, after: u64, body: Bytes) -> Result<u64, CatalogLogError> {

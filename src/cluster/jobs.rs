@@ -87,6 +87,11 @@ pub struct Jobs {
 }
 
 impl Jobs {
+    /// `open` on the JetStream of `client`.
+    pub async fn for_client(client: async_nats::Client, replicas: usize) -> Result<Jobs, ClusterError> {
+        Jobs::open(&jetstream::new(client), replicas).await
+    }
+
     /// Opens (or creates) the bucket.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Jobs, ClusterError> {
         let kv = patiently(&format!("opening bucket {BUCKET}"), || async {
@@ -97,6 +102,11 @@ impl Jobs {
         })
         .await?;
         Ok(Jobs { kv })
+    }
+
+    /// The bucket's state, once its stream has a leader.
+    pub async fn status(&self) -> Result<kv::bucket::Status, kv::StatusError> {
+        self.kv.status().await
     }
 
     /// Stores a new job; an error if one with its id is there already.

@@ -95,6 +95,11 @@ impl PartitionLog {
         Ok(PartitionLog { js, stream })
     }
 
+    /// The stream's state, once it has a leader.
+    pub async fn info(&self) -> Result<stream::Info, String> {
+        self.stream.get_info().await.map_err(|e| e.to_string())
+    }
+
     /// `open` on the JetStream of `client`.
     pub async fn for_client(client: async_nats::Client, replicas: usize) -> Result<PartitionLog, LogError> {
         Self::open(jetstream::new(client), replicas).await

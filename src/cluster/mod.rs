@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod changelog;
 pub mod eventlog;
+pub mod goals;
 pub mod jobs;
 pub mod lease;
 pub mod log;
@@ -86,3 +87,28 @@ pub async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = 
     }
     unreachable!("the loop above returns")
 }
+
+/// Makes every bucket and stream a cluster uses, with `replicas` copies, and waits until each
+/// one answers: what `accolade cluster-init` does before the nodes of a new cluster start, so
+/// that no node's start waits on JetStream electing the leaders of fresh streams. Returns the
+/// names made ready. Opening what is there already changes nothing, so it may be run again.
+pub async fn init(client: async_nats::Client, replicas: usize) -> Result<Vec<String>, ClusterError> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut ready = Vec::new();
+    for name in [node::NODES, node::LEASES, goals::BUCKET] {
+        let kv = node::bucket(&js, name, replicas).await?;
+        patiently(&format!("waiting for bucket {name} to answer"), || kv.status()).await?;
+        ready.push(name.to_string());
+    }
+    let jobs = jobs::Jobs::open(&js, replicas).await?;
+    patiently(&format!("waiting for bucket {} to answer", jobs::BUCKET), || jobs.status()).await?;
+    ready.push(jobs::BUCKET.to_string());
+    let partitions = patiently("opening the partition log", || log::PartitionLog::open(js.clone(), replicas)).await?;
+    patiently(&format!("waiting for stream {} to answer", log::STREAM), || partitions.info()).await?;
+    ready.push(log::STREAM.to_string());
+    let catalogue = patiently("opening the catalogue history", || catalog::CatalogueLog::for_client(client.clone(), replicas)).await?;
+    patiently(&format!("waiting for stream {} to answer", catalog::STREAM), || catalogue.info()).await?;
+    ready.push(catalog::STREAM.to_string());
+    Ok(ready)
+}
+
