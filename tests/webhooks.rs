@@ -1,8 +1,9 @@
 //! Webhooks end to end, against receivers on loopback: signed deliveries of unlocks, level-ups
 //! and goal outcomes, retries with backoff, endpoints that refuse or never answer holding up
 //! nobody, a notification that keeps failing set aside so that other users' notifications flow
-//! (and redriven), the outbox surviving a SIGKILL, the delivery log, and every error a client
-//! can cause.
+//! (and redriven), the outbox surviving a SIGKILL, the delivery log, every error a client can
+//! cause, and the receiver recipes of docs/webhooks.md (Node, Python, Go) verifying real
+//! deliveries.
 
 mod common;
 
@@ -612,5 +613,137 @@ async fn every_client_error_is_answered_clearly() {
     let (st, _) = api.call("DELETE", &format!("/v1/webhooks/{}", ids[0]), None).await;
     assert_eq!(st, 204);
     create_hook(&api, "https://hooks.example.com/accolade", None).await;
+    s.stop().await;
+}
+
+/// A receiver recipe from `examples/webhooks/`, running as its own process until dropped, with
+/// what it printed.
+struct Recipe {
+    name: &'static str,
+    port: u16,
+    child: std::process::Child,
+    out: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Recipe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Recipe {
+    /// Starts `program args` in the repository with the endpoint's secret, listening on
+    /// `port`, and waits (up to a minute) until it says it listens. A missing interpreter fails
+    /// the test: scripts/test installs each of them.
+    fn start(name: &'static str, program: &str, args: &[&str], secret: &str, port: u16) -> Recipe {
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("ACCOLADE_WEBHOOK_SECRET", secret)
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot run {program} ({e}); scripts/test installs it"));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stdout, lines) = (child.stdout.take().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("listening on ") {
+                    let _ = tx.send(());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let r = Recipe { name, port, child, out };
+        assert!(rx.recv_timeout(Duration::from_secs(60)).is_ok(), "{name} did not start listening: {:?}", r.out.lock().unwrap());
+        r
+    }
+
+    /// The notifications it acted on, as `<id> <type> <user_id>`.
+    fn processed(&self) -> Vec<String> {
+        self.out.lock().unwrap().iter().filter_map(|l| l.strip_prefix("processed ").map(str::to_string)).collect()
+    }
+}
+
+/// Issue 26: the verification recipes of docs/webhooks.md, as the runnable receivers in
+/// examples/webhooks/ (Node, Python, Go), each registered as an endpoint of a real server: the
+/// genuine delivery is taken once; a repeat of the notification (signed again, as a retry is,
+/// or with another `accolade-id` header) is acknowledged as a duplicate; a changed body,
+/// another endpoint's secret, a timestamp ten minutes off and no signature are refused. The
+/// functions shown in the doc are those in the files.
+#[tokio::test]
+async fn the_receiver_recipes_take_a_genuine_delivery_once_and_refuse_tampered_stale_and_unsigned_ones() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    // The test's own receiver gets the same notification, so the test has its exact bytes.
+    let (rx, addr) = Receiver::start().await;
+    let (_, other_secret) = create_hook(&api, &format!("http://{addr}/hook"), Some(json!(["level_up"]))).await;
+    let go_bin = dir.path().join("receiver-go");
+    let go_cache = std::env::var("GOCACHE").unwrap_or_else(|_| format!("{}/go-cache", env!("CARGO_TARGET_TMPDIR")));
+    let built = std::process::Command::new("go")
+        .args(["build", "-o", go_bin.to_str().unwrap(), "examples/webhooks/receiver.go"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("GOCACHE", &go_cache)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run go ({e}); scripts/test installs Debian's golang-go"));
+    assert!(built.success(), "building examples/webhooks/receiver.go");
+    let mut recipes = Vec::new();
+    for (name, program, args) in [("node", "node", vec!["examples/webhooks/receiver.mjs"]), ("python", "python3", vec!["examples/webhooks/receiver.py"]), ("go", go_bin.to_str().unwrap(), vec![])] {
+        let port = free_port();
+        let (hook, secret) = create_hook(&api, &format!("http://127.0.0.1:{port}/hook"), Some(json!(["level_up"]))).await;
+        recipes.push((Recipe::start(name, program, &args, &secret, port), hook, secret));
+    }
+
+    api.ingest(vec![video("v1", "alice")]).await;
+    let genuine = rx.wait("the level-up", |g| !g.is_empty()).await.remove(0);
+    let id = genuine.json["id"].as_u64().unwrap();
+    let http = http_client();
+    for (r, hook, secret) in &recipes {
+        let name = r.name;
+        // Accolade's own delivery: verified and taken (the log shows the recipe's 200).
+        let log = api.wait_for(&format!("/v1/webhooks/{hook}/deliveries"), 30, |l| l["finished"][0]["state"] == "delivered").await;
+        assert_eq!((log["finished"][0]["id"].as_u64(), log["finished"][0]["last_attempt"]["status"].as_u64()), (Some(id), Some(200)), "{name}: {log}");
+        let send = |body: String, signature: Option<String>, header_id: u64| {
+            let mut req = http.post(format!("http://127.0.0.1:{}/hook", r.port)).header("content-type", "application/json").header("accolade-id", header_id.to_string()).body(body);
+            if let Some(sig) = signature {
+                req = req.header("accolade-signature", sig);
+            }
+            async move {
+                let res = req.send().await.unwrap();
+                (res.status().as_u16(), res.text().await.unwrap().trim().to_string())
+            }
+        };
+        let now = chrono::Utc::now().timestamp();
+        let body = genuine.body.clone();
+        let sign = |t: i64, b: &str| Some(accolade::webhooks::signature(secret, t, b));
+        // A repeat, signed anew as Accolade signs a retry, and one with another id header.
+        assert_eq!(send(body.clone(), sign(now, &body), id).await, (200, "duplicate".into()), "{name}: a repeat");
+        assert_eq!(send(body.clone(), sign(now, &body), id + 1).await, (200, "duplicate".into()), "{name}: the id is the signed body's");
+        let tampered = body.replace("\"alice\"", "\"mallory\"");
+        assert_ne!(tampered, body);
+        assert_eq!(send(tampered, sign(now, &body), id).await, (400, "bad signature".into()), "{name}: a changed body");
+        assert_eq!(send(body.clone(), Some(accolade::webhooks::signature(&other_secret, now, &body)), id).await, (400, "bad signature".into()), "{name}: another endpoint's secret");
+        assert_eq!(send(body.clone(), sign(now - 600, &body), id).await, (400, "stale timestamp".into()), "{name}: ten minutes old");
+        assert_eq!(send(body.clone(), sign(now + 600, &body), id).await, (400, "stale timestamp".into()), "{name}: ten minutes ahead");
+        assert_eq!(send(body.clone(), None, id).await.0, 400, "{name}: no signature");
+        // A genuine notification with another id is taken: the recipe drops repeats only.
+        let next = body.replace(&format!("\"id\":{id},"), &format!("\"id\":{},", id + 1000));
+        assert_ne!(next, body);
+        assert_eq!(send(next.clone(), sign(now, &next), id + 1000).await, (200, "processed".into()), "{name}: a new notification");
+        assert_eq!(r.processed(), [format!("{id} level_up alice"), format!("{} level_up alice", id + 1000)], "{name} acted once on each");
+    }
+
+    // The functions docs/webhooks.md shows are the recipes' own.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhooks.md")).unwrap();
+    for (fence, file) in [("```js\n", "receiver.mjs"), ("```python\n", "receiver.py"), ("```go\n", "receiver.go")] {
+        let start = doc.find(fence).unwrap_or_else(|| panic!("docs/webhooks.md has no {fence}")) + fence.len();
+        let shown = &doc[start..start + doc[start..].find("```").unwrap()];
+        let source = std::fs::read_to_string(format!("{}/examples/webhooks/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(shown.contains("verify") && source.contains(shown), "docs/webhooks.md's {file} function differs from examples/webhooks/{file}");
+    }
     s.stop().await;
 }
