@@ -29,12 +29,14 @@ struct Got {
 }
 
 /// A webhook receiver on loopback: records every request, and answers 500 while `failing`,
-/// or for the notifications about the `poisoned` user.
+/// or for the notifications about the `poisoned` user. A request waits while the test holds
+/// `gate` for writing.
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     failing: Arc<AtomicBool>,
     poisoned: Arc<Mutex<Option<String>>>,
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Receiver {
@@ -94,6 +96,7 @@ impl Receiver {
             .route(
             "/hook",
             axum::routing::post(|axum::extract::State(r): axum::extract::State<Receiver>, headers: axum::http::HeaderMap, body: String| async move {
+                let _open = r.gate.read().await;
                 let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
                 let poisoned = r.poisoned.lock().unwrap().clone();
                 let ok = !r.failing.load(Ordering::SeqCst) && (poisoned.is_none() || json["user_id"].as_str() != poisoned.as_deref());
@@ -307,8 +310,13 @@ async fn a_notification_that_keeps_failing_is_set_aside_so_other_users_flow_and_
     *rx.poisoned.lock().unwrap() = Some("alice".into());
     let (hook, secret) = create_hook(&api, &format!("http://{addr}/hook"), None).await;
     // Alice's three notifications first, so that hers is the oldest: the head of the line.
+    // The receiver holds the first request until all nine are waiting, so that what it gets
+    // next depends on the worker's choices only, not on how fast the ingests were.
+    let closed = rx.gate.clone().write_owned().await;
     api.ingest(vec![video("va", "alice")]).await;
     api.ingest(vec![video("vb", "bob"), video("vc", "carol")]).await;
+    api.wait_for(&format!("/v1/webhooks/{hook}"), 10, |h| h["pending"] == 9).await;
+    drop(closed);
 
     let user = |g: &Got| g.json["user_id"].as_str().unwrap_or_default().to_string();
     let got = rx.wait("bob's and carol's six notifications", |g| g.iter().filter(|g| g.ok && user(g) != "alice").count() >= 6).await;
