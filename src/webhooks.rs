@@ -100,7 +100,10 @@ struct Sub {
 }
 
 struct Worker {
-    wake: Arc<Notify>,
+    /// Signals from the API (a retry, a redrive), which the worker looks at even while it
+    /// waits out a backoff; the actors' signals (`Sub::wake`) matter only to an idle worker or
+    /// one with no head in its line, since new notifications go behind the head.
+    poke: Arc<Notify>,
     /// Set-aside notifications to put back at the head of the line, taken by the worker (the
     /// only writer of its outbox's rows) at its next turn.
     redrive: Arc<Mutex<Vec<u64>>>,
@@ -218,9 +221,11 @@ impl Webhooks {
     /// Puts an endpoint in force: the actors start filling its outbox, and its worker runs.
     pub fn add(&self, tenant: &str, id: u64, hook: &Hook) {
         let wake = Arc::new(Notify::new());
+        let poke = Arc::new(Notify::new());
         let redrive = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(worker(self.io.clone(), tenant.to_string(), id, hook.clone(), wake.clone(), redrive.clone(), self.stop.clone()));
-        self.workers.insert((tenant.to_string(), id), Worker { wake: wake.clone(), redrive, task });
+        let signals = Signals { wake: wake.clone(), poke: poke.clone(), redrive: redrive.clone() };
+        let task = tokio::spawn(worker(self.io.clone(), tenant.to_string(), id, hook.clone(), signals, self.stop.clone()));
+        self.workers.insert((tenant.to_string(), id), Worker { poke, redrive, task });
         let mut subs: Vec<Sub> = self.subs.get(tenant).map(|s| s.to_vec()).unwrap_or_default();
         subs.push(Sub { id, events: hook.events.clone(), wake });
         self.subs.insert(tenant.to_string(), Arc::new(subs));
@@ -253,7 +258,7 @@ impl Webhooks {
     /// Wakes an endpoint's worker (a retry asked for through the API).
     pub fn wake(&self, tenant: &str, id: u64) {
         if let Some(w) = self.workers.get(&(tenant.to_string(), id)) {
-            w.wake.notify_one();
+            w.poke.notify_one();
         }
     }
 
@@ -264,7 +269,7 @@ impl Webhooks {
     pub fn redrive(&self, tenant: &str, id: u64, delivery: u64) {
         if let Some(w) = self.workers.get(&(tenant.to_string(), id)) {
             w.redrive.lock().unwrap_or_else(|e| e.into_inner()).push(delivery);
-            w.wake.notify_one();
+            w.poke.notify_one();
         }
     }
 }
@@ -513,7 +518,15 @@ fn window(io: &Io, tenant: &str, id: u64, policy: &Policy) -> Window {
 /// the line, and set-aside notifications when their own backoff has run, one attempt at a time.
 /// A failure backs off the whole endpoint, so one that is down is tried once per backoff
 /// whatever its outbox holds.
-async fn worker(io: Io, tenant: String, id: u64, hook: Hook, wake: Arc<Notify>, redrive: Arc<Mutex<Vec<u64>>>, mut stop: watch::Receiver<bool>) {
+/// What wakes a worker: the actors (`wake`), the API (`poke`), and the redrives it asked for.
+struct Signals {
+    wake: Arc<Notify>,
+    poke: Arc<Notify>,
+    redrive: Arc<Mutex<Vec<u64>>>,
+}
+
+async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, mut stop: watch::Receiver<bool>) {
+    let Signals { wake, poke, redrive } = signals;
     use std::sync::atomic::Ordering::Relaxed;
     let policy = Policy::of(&io.config);
     let m = &io.metrics;
@@ -543,16 +556,20 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, wake: Arc<Notify>, 
                 // Nothing to send: wait for an actor's wake-up (a poll covers a missed one).
                 tokio::select! {
                     _ = wake.notified() => {}
+                    _ = poke.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                     _ = stop.changed() => return,
                 }
                 continue;
             }
             Step::Wait(ms) => {
-                // A wake-up (a redrive, a retry, a new notification) looks again at once.
+                // A redrive or retry looks again at once; a new notification only when there is
+                // no head of the line (it may be one), since it would otherwise wait behind it.
+                let headless = !w.rows.iter().any(|(_, role, _)| *role == Role::Head);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
-                    _ = wake.notified() => {}
+                    _ = poke.notified() => {}
+                    _ = wake.notified(), if headless => {}
                     _ = stop.changed() => return,
                 }
                 continue;
