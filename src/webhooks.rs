@@ -514,10 +514,6 @@ fn window(io: &Io, tenant: &str, id: u64, policy: &Policy) -> Window {
     w
 }
 
-/// Delivers an endpoint's outbox, until shutdown or until the endpoint is removed: the head of
-/// the line, and set-aside notifications when their own backoff has run, one attempt at a time.
-/// A failure backs off the whole endpoint, so one that is down is tried once per backoff
-/// whatever its outbox holds.
 /// What wakes a worker: the actors (`wake`), the API (`poke`), and the redrives it asked for.
 struct Signals {
     wake: Arc<Notify>,
@@ -525,6 +521,10 @@ struct Signals {
     redrive: Arc<Mutex<Vec<u64>>>,
 }
 
+/// Delivers an endpoint's outbox, until shutdown or until the endpoint is removed: the head of
+/// the line, and set-aside notifications when their own backoff has run, one attempt at a time.
+/// A failure backs off the whole endpoint, so one that is down is tried once per backoff
+/// whatever its outbox holds.
 async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, mut stop: watch::Receiver<bool>) {
     let Signals { wake, poke, redrive } = signals;
     use std::sync::atomic::Ordering::Relaxed;
