@@ -83,6 +83,7 @@ pub struct Metrics {
     pub webhook_delivered: AtomicU64,
     pub webhook_failed_attempts: AtomicU64,
     pub webhook_given_up: AtomicU64,
+    pub webhook_set_aside: AtomicU64,
     /// Request bodies cut off for missing their deadline (`--body-timeout-secs`).
     pub bodies_timed_out: AtomicU64,
     /// Request bodies cut off for arriving below `--min-body-bytes-per-sec`.
@@ -172,6 +173,7 @@ impl Metrics {
                 ("{outcome=\"given_up\"}", g(&self.webhook_given_up).to_string()),
             ],
         );
+        line("accolade_webhook_set_aside_total", "counter", "Webhook deliveries set aside after --webhook-hold-attempts failures, so that other users' notifications go first.", &[("", g(&self.webhook_set_aside).to_string())]);
         line(
             "accolade_request_bodies_cut_off_total",
             "counter",

@@ -8,6 +8,13 @@
 //! or its attempts ran out, in one write with its log record. A crash in between sends it
 //! again, with the same `id`. Each endpoint has its own worker, so a dead one holds up only
 //! itself; the actors never wait on an endpoint, only on the disk.
+//!
+//! Order (docs/webhooks.md): an endpoint gets one user's notifications in the order they were
+//! made. Across users it gets them in order too, except that a notification which has failed
+//! `--webhook-hold-attempts` times is set aside: it is retried on its own backoff, out of the
+//! line, and the line moves on; the same user's later notifications wait behind it. Whether a
+//! row is set aside is its attempt count, so setting aside is part of the attempt's one write,
+//! and the stored format did not change.
 
 use crate::core::Millis;
 use crate::plan::Push;
@@ -20,7 +27,8 @@ use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
@@ -30,6 +38,10 @@ pub const KINDS: [&str; 4] = ["unlock", "level_up", "goal_completed", "goal_miss
 pub const MAX_HOOKS: usize = 16;
 /// The header carrying the signature: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
 pub const SIGNATURE_HEADER: &str = "accolade-signature";
+/// How deep a worker reads its outbox looking for the head of its line, past set-aside rows
+/// and the rows of their users waiting behind them. Rows deeper than this wait until some of
+/// those ahead leave.
+pub const SCAN_DEPTH: usize = 10_000;
 
 /// An endpoint, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +100,13 @@ struct Sub {
 }
 
 struct Worker {
-    wake: Arc<Notify>,
+    /// Signals from the API (a retry, a redrive), which the worker looks at even while it
+    /// waits out a backoff; the actors' signals (`Sub::wake`) matter only to an idle worker or
+    /// one with no head in its line, since new notifications go behind the head.
+    poke: Arc<Notify>,
+    /// Set-aside notifications to put back at the head of the line, taken by the worker (the
+    /// only writer of its outbox's rows) at its next turn.
+    redrive: Arc<Mutex<Vec<u64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -203,8 +221,11 @@ impl Webhooks {
     /// Puts an endpoint in force: the actors start filling its outbox, and its worker runs.
     pub fn add(&self, tenant: &str, id: u64, hook: &Hook) {
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(worker(self.io.clone(), tenant.to_string(), id, hook.clone(), wake.clone(), self.stop.clone()));
-        self.workers.insert((tenant.to_string(), id), Worker { wake: wake.clone(), task });
+        let poke = Arc::new(Notify::new());
+        let redrive = Arc::new(Mutex::new(Vec::new()));
+        let signals = Signals { wake: wake.clone(), poke: poke.clone(), redrive: redrive.clone() };
+        let task = tokio::spawn(worker(self.io.clone(), tenant.to_string(), id, hook.clone(), signals, self.stop.clone()));
+        self.workers.insert((tenant.to_string(), id), Worker { poke, redrive, task });
         let mut subs: Vec<Sub> = self.subs.get(tenant).map(|s| s.to_vec()).unwrap_or_default();
         subs.push(Sub { id, events: hook.events.clone(), wake });
         self.subs.insert(tenant.to_string(), Arc::new(subs));
@@ -237,7 +258,18 @@ impl Webhooks {
     /// Wakes an endpoint's worker (a retry asked for through the API).
     pub fn wake(&self, tenant: &str, id: u64) {
         if let Some(w) = self.workers.get(&(tenant.to_string(), id)) {
-            w.wake.notify_one();
+            w.poke.notify_one();
+        }
+    }
+
+    /// Asks an endpoint's worker to put a set-aside notification back at the head of its line
+    /// with a fresh count of attempts, and to try it without waiting out the endpoint's backoff.
+    /// The worker does it (it alone rewrites its outbox's rows, so an attempt in flight cannot
+    /// overwrite the change), at its next turn; one that was delivered meanwhile stays so.
+    pub fn redrive(&self, tenant: &str, id: u64, delivery: u64) {
+        if let Some(w) = self.workers.get(&(tenant.to_string(), id)) {
+            w.redrive.lock().unwrap_or_else(|e| e.into_inner()).push(delivery);
+            w.poke.notify_one();
         }
     }
 }
@@ -318,110 +350,247 @@ pub struct Policy {
     pub max_ms: u64,
     pub max_attempts: u32,
     pub give_up_after_ms: Millis,
+    /// Failed attempts after which a notification is set aside: out of the line, retried on
+    /// its own backoff, no longer holding up other users' notifications.
+    pub hold_attempts: u32,
 }
 
 impl Policy {
-    fn of(c: &crate::config::Config) -> Policy {
+    pub fn of(c: &crate::config::Config) -> Policy {
         Policy {
             base_ms: c.webhook_retry_base_ms,
             max_ms: c.webhook_retry_max_ms,
             max_attempts: c.webhook_max_attempts.max(1),
             give_up_after_ms: (c.webhook_give_up_after_secs as Millis).saturating_mul(1000),
+            hold_attempts: c.webhook_hold_attempts.max(1),
         }
     }
+
+    /// Whether a waiting notification is set aside. It is its failed attempts that say so,
+    /// so the attempt's one write sets it aside, and a redrive (attempts back to 0) undoes it.
+    pub fn set_aside(&self, p: &Pending) -> bool {
+        p.attempts >= self.hold_attempts
+    }
 }
 
-/// What to do with the notification at the head of an outbox.
+/// The user a notification is about, read from its body (where the actor wrote it), so that
+/// the stored rows need no field for it.
+pub fn user_of(p: &Pending) -> String {
+    #[derive(Deserialize)]
+    struct About {
+        user_id: String,
+    }
+    serde_json::from_str::<About>(&p.body).map(|a| a.user_id).unwrap_or_default()
+}
+
+/// Where a row of the outbox stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Role {
+    /// Failed `hold_attempts` times: retried on its own backoff, out of the line.
+    Aside,
+    /// An older notification about the same user still waits: this one goes after it.
+    Behind,
+    /// The oldest notification in line: the rest of the line waits behind it.
+    Head,
+}
+
+/// The rows of an endpoint's outbox that the worker decides from: read oldest first, up to
+/// and with the head of the line.
+#[derive(Debug, Default)]
+pub struct Window {
+    pub rows: Vec<(u64, Role, Pending)>,
+    users: HashSet<String>,
+}
+
+impl Window {
+    /// Adds the next row (oldest first), as `user`'s; answers whether to read on, which is
+    /// until the head of the line has been added.
+    pub fn push(&mut self, id: u64, user: String, p: Pending, policy: &Policy) -> bool {
+        let role = if self.users.contains(&user) {
+            Role::Behind
+        } else if policy.set_aside(&p) {
+            Role::Aside
+        } else {
+            Role::Head
+        };
+        self.users.insert(user);
+        self.rows.push((id, role, p));
+        role != Role::Head
+    }
+}
+
+/// What a worker does next.
 #[derive(Debug, PartialEq)]
 pub enum Step {
-    /// Too old: give it up without another attempt.
-    Expire(Finished),
-    /// Not yet: its backoff runs for this many milliseconds more.
+    /// Nothing waits.
+    Idle,
+    /// This notification is too old: give it up without another attempt.
+    Expire(u64, Finished),
+    /// Nothing is due: look again in this many milliseconds (or when woken).
     Wait(u64),
-    Attempt,
+    /// Send this notification now.
+    Attempt(u64),
 }
 
-/// Decides the next step for `p` at `now`.
-pub fn step(p: &Pending, now: Millis, policy: &Policy) -> Step {
-    if now - p.created_at > policy.give_up_after_ms {
-        let why = format!("given up: not delivered within {} s", policy.give_up_after_ms / 1000);
-        let last = p.last.clone().unwrap_or(Attempt { at: now, status: None, error: None, millis: 0 });
-        let error = Some(match &last.error {
-            Some(e) => format!("{why}; last attempt: {e}"),
-            None => why,
-        });
-        let last = Attempt { error, ..last };
-        return Step::Expire(Finished { kind: p.kind.clone(), body: p.body.clone(), created_at: p.created_at, attempts: p.attempts, delivered: false, finished_at: now, last });
+/// Gives up a notification that is too old, keeping its last attempt's answer in the reason.
+fn expired(p: &Pending, now: Millis, policy: &Policy) -> Finished {
+    let why = format!("given up: not delivered within {} s", policy.give_up_after_ms / 1000);
+    let last = p.last.clone().unwrap_or(Attempt { at: now, status: None, error: None, millis: 0 });
+    let error = Some(match &last.error {
+        Some(e) => format!("{why}; last attempt: {e}"),
+        None => why,
+    });
+    let last = Attempt { error, ..last };
+    Finished { kind: p.kind.clone(), body: p.body.clone(), created_at: p.created_at, attempts: p.attempts, delivered: false, finished_at: now, last }
+}
+
+/// Decides the next step at `now` from the window of the outbox, the endpoint not being tried
+/// before `not_before` (its backoff after a failure). The candidates are the head of the line
+/// and the set-aside rows; a row behind an older one of its user is never one. Of those due,
+/// the oldest goes; a row too old for `give_up_after_ms` is given up first, wherever it is.
+pub fn step(w: &Window, now: Millis, not_before: Millis, policy: &Policy) -> Step {
+    if let Some((id, _, p)) = w.rows.iter().find(|(_, _, p)| now - p.created_at > policy.give_up_after_ms) {
+        return Step::Expire(*id, expired(p, now, policy));
     }
-    if p.next_at > now {
-        return Step::Wait((p.next_at - now) as u64);
+    let Some(first_expiry) = w.rows.iter().map(|(_, _, p)| p.created_at + policy.give_up_after_ms + 1).min() else { return Step::Idle };
+    let candidates = || w.rows.iter().filter(|(_, role, _)| *role != Role::Behind).map(|(id, _, p)| (*id, p.next_at.max(not_before)));
+    if let Some((id, _)) = candidates().filter(|(_, at)| *at <= now).min() {
+        return Step::Attempt(id);
     }
-    Step::Attempt
+    let next = candidates().map(|(_, at)| at).min().unwrap_or(first_expiry);
+    Step::Wait((next.min(first_expiry) - now) as u64)
+}
+
+/// An endpoint's state between attempts, in the worker's memory: its failures in a row, and
+/// the time before which it is not tried (its backoff).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub failures: u32,
+    pub not_before: Millis,
 }
 
 /// What an attempt leaves: the delivery finished (delivered or given up), or to be retried
-/// at `next_at`. `failures` is the endpoint's count of failures in a row, updated here.
-pub fn after_attempt(mut p: Pending, a: Attempt, now: Millis, failures: &mut u32, policy: &Policy, unit: f64) -> Result<Finished, Pending> {
+/// at `next_at`. A failure backs off the whole endpoint (`e`) by its failures in a row; a
+/// notification in line is due again when that backoff ends. One that is (now) set aside is
+/// due only after its own backoff too, counted from its own failed attempts and from the end
+/// of the endpoint's: so the head of the line goes first when the endpoint is tried again
+/// (were they due together, the older set-aside one would win every time, and hold the line
+/// as before), and a set-aside one is retried ever more rarely.
+pub fn after_attempt(mut p: Pending, a: Attempt, now: Millis, e: &mut Backoff, policy: &Policy, unit: f64) -> Result<Finished, Pending> {
     p.attempts += 1;
     let delivered = a.error.is_none();
     if delivered {
-        *failures = 0;
+        *e = Backoff::default();
     } else {
-        *failures += 1;
+        e.failures += 1;
+        e.not_before = now + backoff(e.failures, policy.base_ms, policy.max_ms, unit) as Millis;
     }
     if delivered || p.attempts >= policy.max_attempts {
         return Ok(Finished { kind: p.kind, body: p.body, created_at: p.created_at, attempts: p.attempts, delivered, finished_at: now, last: a });
     }
-    p.next_at = now + backoff(*failures, policy.base_ms, policy.max_ms, unit) as Millis;
+    p.next_at = if policy.set_aside(&p) { e.not_before + backoff(p.attempts, policy.base_ms, policy.max_ms, unit) as Millis } else { e.not_before };
     p.last = Some(a);
     Err(p)
 }
 
-/// Delivers an endpoint's outbox in order, until shutdown or until the endpoint is removed.
-/// A failure backs off the whole endpoint (its oldest notification is retried first), so the
-/// order of deliveries to one endpoint is the order the notifications were made in.
-async fn worker(io: Io, tenant: String, id: u64, hook: Hook, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+/// A redrive asked for through the API: a set-aside notification back in line with a fresh
+/// count of attempts, due now; `None` when it is not set aside (delivered meanwhile, given up,
+/// or never set aside), which leaves it as it is.
+pub fn redriven(p: Pending, now: Millis, policy: &Policy) -> Option<Pending> {
+    policy.set_aside(&p).then_some(Pending { attempts: 0, next_at: now, ..p })
+}
+
+/// Reads the window of an endpoint's outbox: oldest first, up to the head of its line.
+fn window(io: &Io, tenant: &str, id: u64, policy: &Policy) -> Window {
+    let mut w = Window::default();
+    let read = io.store.outbox_scan::<Pending>(tenant, id, SCAN_DEPTH, |nid, p| {
+        let user = user_of(&p);
+        w.push(nid, user, p, policy)
+    });
+    if let Err(e) = read {
+        tracing::error!(tenant, hook = id, error = %e, "reading a webhook outbox failed");
+        return Window::default();
+    }
+    w
+}
+
+/// What wakes a worker: the actors (`wake`), the API (`poke`), and the redrives it asked for.
+struct Signals {
+    wake: Arc<Notify>,
+    poke: Arc<Notify>,
+    redrive: Arc<Mutex<Vec<u64>>>,
+}
+
+/// Delivers an endpoint's outbox, until shutdown or until the endpoint is removed: the head of
+/// the line, and set-aside notifications when their own backoff has run, one attempt at a time.
+/// A failure backs off the whole endpoint, so one that is down is tried once per backoff
+/// whatever its outbox holds.
+async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, mut stop: watch::Receiver<bool>) {
+    let Signals { wake, poke, redrive } = signals;
     use std::sync::atomic::Ordering::Relaxed;
     let policy = Policy::of(&io.config);
     let m = &io.metrics;
-    let mut failures = 0u32;
+    let mut e = Backoff::default();
     let mut since_trim = 0usize;
     loop {
         if *stop.borrow_and_update() {
             return;
         }
-        let next: Vec<(u64, Pending)> = io.store.outbox(&tenant, id, 1).unwrap_or_else(|e| {
-            tracing::error!(tenant, hook = id, error = %e, "reading a webhook outbox failed");
-            vec![]
-        });
-        let Some((nid, p)) = next.into_iter().next() else {
-            // Nothing to send: wait for an actor's wake-up (a poll covers a missed one).
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = stop.changed() => return,
+        let asked: Vec<u64> = std::mem::take(&mut *redrive.lock().unwrap_or_else(|e| e.into_inner()));
+        for nid in asked {
+            let now = now_ms();
+            let Ok(Some(p)) = io.store.outbox_get::<Pending>(&tenant, id, nid) else { continue };
+            if let Some(p) = redriven(p, now, &policy) {
+                if let Err(err) = io.store.write(vec![store::writes::outbox(&tenant, id, nid, &p)]).await {
+                    tracing::error!(tenant, hook = id, delivery = nid, error = %err, "redriving a webhook delivery failed");
+                    continue;
+                }
+                tracing::info!(tenant, hook = id, delivery = nid, "set-aside webhook delivery redriven");
+                // The operator asks for an attempt now: the endpoint's backoff does not hold it.
+                e.not_before = now;
             }
-            continue;
-        };
-        let outcome = match step(&p, now_ms(), &policy) {
-            Step::Expire(done) => Ok(done),
-            Step::Wait(ms) => {
+        }
+        let w = window(&io, &tenant, id, &policy);
+        let (nid, outcome) = match step(&w, now_ms(), e.not_before, &policy) {
+            Step::Idle => {
+                // Nothing to send: wait for an actor's wake-up (a poll covers a missed one).
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = wake.notified() => {}
+                    _ = poke.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                     _ = stop.changed() => return,
                 }
                 continue;
             }
-            Step::Attempt => {
+            Step::Wait(ms) => {
+                // A redrive or retry looks again at once; a new notification only when there is
+                // no head of the line (it may be one), since it would otherwise wait behind it.
+                let headless = !w.rows.iter().any(|(_, role, _)| *role == Role::Head);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = poke.notified() => {}
+                    _ = wake.notified(), if headless => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+            Step::Expire(nid, done) => (nid, Ok(done)),
+            Step::Attempt(nid) => {
+                let Some(p) = w.rows.into_iter().find(|(i, _, _)| *i == nid).map(|(_, _, p)| p) else { continue };
                 let a = tokio::select! {
                     a = attempt(&io.client, &hook, nid, &p) => a,
                     _ = stop.changed() => return,
                 };
-                if let Some(e) = &a.error {
+                if let Some(err) = &a.error {
                     m.webhook_failed_attempts.fetch_add(1, Relaxed);
-                    tracing::warn!(tenant, hook = id, delivery = nid, attempts = p.attempts + 1, error = %e, "webhook delivery failed");
+                    tracing::warn!(tenant, hook = id, delivery = nid, attempts = p.attempts + 1, error = %err, "webhook delivery failed");
                 }
-                after_attempt(p, a, now_ms(), &mut failures, &policy, unit_random())
+                let outcome = after_attempt(p, a, now_ms(), &mut e, &policy, unit_random());
+                if matches!(&outcome, Err(retry) if retry.attempts == policy.hold_attempts) {
+                    m.webhook_set_aside.fetch_add(1, Relaxed);
+                    tracing::warn!(tenant, hook = id, delivery = nid, attempts = policy.hold_attempts, "webhook delivery set aside: later notifications of other users go first");
+                }
+                (nid, outcome)
             }
         };
         let writes: Vec<Write> = match &outcome {
@@ -431,8 +600,8 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, wake: Arc<Notify>, 
             }
             Err(retry) => vec![store::writes::outbox(&tenant, id, nid, retry)],
         };
-        if let Err(e) = io.store.write(writes).await {
-            tracing::error!(tenant, hook = id, error = %e, "recording a webhook delivery failed");
+        if let Err(err) = io.store.write(writes).await {
+            tracing::error!(tenant, hook = id, error = %err, "recording a webhook delivery failed");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.changed() => return,
@@ -448,7 +617,7 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, wake: Arc<Notify>, 
                         let _ = io.store.write(w).await;
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(tenant, hook = id, error = %e, "trimming a webhook log failed"),
+                    Err(err) => tracing::warn!(tenant, hook = id, error = %err, "trimming a webhook log failed"),
                 }
             }
         }
@@ -493,15 +662,71 @@ mod tests {
         Pending { kind: "unlock".into(), body: "{}".into(), created_at, attempts, next_at, last: None }
     }
 
-    const POLICY: Policy = Policy { base_ms: 1000, max_ms: 600_000, max_attempts: 3, give_up_after_ms: 60_000 };
+    const POLICY: Policy = Policy { base_ms: 1000, max_ms: 600_000, max_attempts: 5, give_up_after_ms: 60_000, hold_attempts: 2 };
+
+    /// A row as (id, user, created_at, next_at, attempts).
+    type Row<'a> = (u64, &'a str, Millis, Millis, u32);
+
+    /// A window read from rows oldest first, as the worker reads it: up to the head of the line.
+    fn window(rows: &[Row]) -> Window {
+        let mut w = Window::default();
+        for &(id, user, created, next, attempts) in rows {
+            if !w.push(id, user.to_string(), pending(created, next, attempts), &POLICY) {
+                break;
+            }
+        }
+        w
+    }
 
     #[test]
-    fn the_head_of_the_outbox_is_sent_when_due_waited_for_or_given_up_when_too_old() {
-        assert_eq!(step(&pending(0, 0, 0), 0, &POLICY), Step::Attempt);
-        assert_eq!(step(&pending(0, 1500, 1), 1000, &POLICY), Step::Wait(500));
-        assert_eq!(step(&pending(0, 1500, 1), 60_000, &POLICY), Step::Attempt, "exactly at the limit it is still tried");
-        let Step::Expire(done) = step(&pending(0, 70_000, 2), 60_001, &POLICY) else { panic!("too old") };
-        assert_eq!((done.delivered, done.attempts, done.finished_at), (false, 2, 60_001));
+    fn the_window_reads_past_set_aside_rows_and_their_users_later_ones_up_to_the_head_of_the_line() {
+        // (rows, roles of the rows read). `hold_attempts` is 2: two failures set a row aside.
+        let table: [(&[Row], &[Role]); 5] = [
+            (&[(1, "a", 0, 0, 0), (2, "b", 0, 0, 0)], &[Role::Head]),
+            (&[(1, "a", 0, 0, 1), (2, "b", 0, 0, 0)], &[Role::Head]),
+            (&[(1, "a", 0, 0, 2), (2, "b", 0, 0, 0), (3, "c", 0, 0, 0)], &[Role::Aside, Role::Head]),
+            (&[(1, "a", 0, 0, 2), (2, "a", 0, 0, 0), (3, "a", 0, 0, 0), (4, "b", 0, 0, 0)], &[Role::Aside, Role::Behind, Role::Behind, Role::Head]),
+            (&[(1, "a", 0, 0, 3), (2, "b", 0, 0, 2), (3, "a", 0, 0, 0)], &[Role::Aside, Role::Aside, Role::Behind]),
+        ];
+        for (rows, roles) in table {
+            let got: Vec<Role> = window(rows).rows.iter().map(|r| r.1).collect();
+            assert_eq!(got, roles, "{rows:?}");
+        }
+    }
+
+    #[test]
+    fn the_next_step_is_the_oldest_due_of_the_head_and_the_set_aside_rows_never_one_behind_its_user() {
+        // (rows, now, not_before, step).
+        let table: [(&[Row], Millis, Millis, Step); 11] = [
+            (&[], 0, 0, Step::Idle),
+            (&[(1, "a", 0, 0, 0)], 0, 0, Step::Attempt(1)),
+            // A failed head holds the line: the rows behind it are not even read.
+            (&[(1, "a", 0, 1500, 1), (2, "b", 0, 0, 0)], 1000, 0, Step::Wait(500)),
+            (&[(1, "a", 0, 1500, 1), (2, "b", 0, 0, 0)], 1500, 0, Step::Attempt(1)),
+            // Set aside: the next in line goes while it waits for its own backoff ...
+            (&[(1, "a", 0, 5000, 2), (2, "b", 0, 0, 0)], 1000, 0, Step::Attempt(2)),
+            // ... but not before the endpoint's backoff after the last failure has run.
+            (&[(1, "a", 0, 5000, 2), (2, "b", 0, 0, 0)], 1000, 1200, Step::Wait(200)),
+            // Once due again, the set-aside row is older and goes first.
+            (&[(1, "a", 0, 5000, 2), (2, "b", 0, 0, 0)], 5000, 0, Step::Attempt(1)),
+            // The set-aside row's user waits behind it: user b's row goes, not a's second.
+            (&[(1, "a", 0, 5000, 2), (2, "a", 0, 0, 0), (3, "b", 0, 0, 0)], 1000, 0, Step::Attempt(3)),
+            (&[(1, "a", 0, 5000, 2), (2, "a", 0, 0, 0)], 1000, 0, Step::Wait(4000)),
+            // Exactly at the age limit a row is still tried; waits end by the first expiry.
+            (&[(1, "a", 0, 0, 0)], 60_000, 0, Step::Attempt(1)),
+            (&[(1, "a", 0, 90_000, 2), (2, "a", 100, 0, 0)], 59_000, 0, Step::Wait(1001)),
+        ];
+        for (rows, now, not_before, want) in table {
+            assert_eq!(step(&window(rows), now, not_before, &POLICY), want, "{rows:?} at {now}, not before {not_before}");
+        }
+    }
+
+    #[test]
+    fn a_row_too_old_is_given_up_wherever_it_waits() {
+        // The oldest is set aside and young enough; the one behind it is too old.
+        let w = window(&[(1, "a", 10_000, 0, 2), (2, "a", 0, 0, 0), (3, "b", 70_000, 0, 0)]);
+        let Step::Expire(id, done) = step(&w, 60_001, 0, &POLICY) else { panic!("too old") };
+        assert_eq!((id, done.delivered, done.attempts, done.finished_at), (2, false, 0, 60_001));
         assert!(done.last.error.unwrap().contains("not delivered within 60 s"));
     }
 
@@ -509,16 +734,43 @@ mod tests {
     fn an_attempt_finishes_the_delivery_or_schedules_the_next_with_the_endpoints_backoff() {
         let ok = Attempt { at: 0, status: Some(204), error: None, millis: 3 };
         let bad = Attempt { at: 0, status: Some(500), error: Some("the endpoint answered 500".into()), millis: 3 };
-        let mut failures = 4;
-        let done = after_attempt(pending(0, 0, 1), ok, 10, &mut failures, &POLICY, 0.0).unwrap();
-        assert_eq!((done.delivered, done.attempts, failures), (true, 2, 0));
-        // Failure number 5 in a row: 16 s, jittered down to 8 s at unit 0.
-        let mut failures = 4;
-        let retry = after_attempt(pending(0, 0, 0), bad.clone(), 10, &mut failures, &POLICY, 0.0).unwrap_err();
-        assert_eq!((retry.attempts, retry.next_at, failures, retry.last.unwrap().status), (1, 8_010, 5, Some(500)));
-        // The last allowed attempt fails: given up.
-        let done = after_attempt(pending(0, 0, 2), bad, 10, &mut failures, &POLICY, 0.0).unwrap();
-        assert_eq!((done.delivered, done.attempts, failures), (false, 3, 6));
+        let mut e = Backoff { failures: 4, not_before: 5 };
+        let done = after_attempt(pending(0, 0, 1), ok, 10, &mut e, &POLICY, 0.0).unwrap();
+        assert_eq!((done.delivered, done.attempts, e), (true, 2, Backoff::default()));
+        // Failure number 5 in a row: 16 s, jittered down to 8 s at unit 0, for the endpoint
+        // and the notification alike.
+        let mut e = Backoff { failures: 4, not_before: 0 };
+        let retry = after_attempt(pending(0, 0, 0), bad.clone(), 10, &mut e, &POLICY, 0.0).unwrap_err();
+        assert_eq!((retry.attempts, retry.next_at, e, retry.last.unwrap().status), (1, 8_010, Backoff { failures: 5, not_before: 8_010 }, Some(500)));
+        // A set-aside notification failing on an endpoint that takes the others: the endpoint
+        // backs off by its one failure (0.5 s), the notification by its own 4 attempts (4 s)
+        // after that, so the head of the line is tried before it.
+        let mut e = Backoff::default();
+        let retry = after_attempt(pending(0, 0, 3), bad.clone(), 10, &mut e, &POLICY, 0.0).unwrap_err();
+        assert_eq!((retry.attempts, retry.next_at, e), (4, 4_510, Backoff { failures: 1, not_before: 510 }));
+        // The head's second failure sets it aside (`hold_attempts` 2): due after both backoffs.
+        let mut e = Backoff { failures: 1, not_before: 0 };
+        let retry = after_attempt(pending(0, 0, 1), bad.clone(), 10, &mut e, &POLICY, 0.0).unwrap_err();
+        assert_eq!((retry.attempts, retry.next_at, e.not_before), (2, 2_010, 1_010));
+        let w = window(&[]);
+        assert_eq!(step(&w, 0, 0, &POLICY), Step::Idle);
+        // The last allowed attempt fails: given up, and the endpoint still backs off.
+        let mut e = Backoff::default();
+        let done = after_attempt(pending(0, 0, 4), bad, 10, &mut e, &POLICY, 0.0).unwrap();
+        assert_eq!((done.delivered, done.attempts, e), (false, 5, Backoff { failures: 1, not_before: 510 }));
+    }
+
+    #[test]
+    fn a_redrive_puts_a_set_aside_row_back_in_line_due_now_and_leaves_others_alone() {
+        let back = redriven(pending(0, 90_000, 3), 1_000, &POLICY).unwrap();
+        assert_eq!((back.attempts, back.next_at, POLICY.set_aside(&back)), (0, 1_000, false));
+        assert_eq!(redriven(pending(0, 2_000, 1), 1_000, &POLICY), None, "in line: not redriven");
+    }
+
+    #[test]
+    fn the_user_of_a_notification_is_read_from_its_body() {
+        let p = Pending { body: notification(7, "unlock", 0, "t", "ü/\"x", "{}"), ..pending(0, 0, 0) };
+        assert_eq!(user_of(&p), "ü/\"x");
     }
 
     #[test]

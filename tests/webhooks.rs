@@ -1,6 +1,9 @@
 //! Webhooks end to end, against receivers on loopback: signed deliveries of unlocks, level-ups
 //! and goal outcomes, retries with backoff, endpoints that refuse or never answer holding up
-//! nobody, the outbox surviving a SIGKILL, the delivery log, and every error a client can cause.
+//! nobody, a notification that keeps failing set aside so that other users' notifications flow
+//! (and redriven), the outbox surviving a SIGKILL, the delivery log, every error a client can
+//! cause, and the receiver recipes of docs/webhooks.md (Node, Python, Go) verifying real
+//! deliveries.
 
 mod common;
 
@@ -25,11 +28,15 @@ struct Got {
     ok: bool,
 }
 
-/// A webhook receiver on loopback: records every request, and answers 500 while `failing`.
+/// A webhook receiver on loopback: records every request, and answers 500 while `failing`,
+/// or for the notifications about the `poisoned` user. A request waits while the test holds
+/// `gate` for writing.
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     failing: Arc<AtomicBool>,
+    poisoned: Arc<Mutex<Option<String>>>,
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Receiver {
@@ -89,8 +96,10 @@ impl Receiver {
             .route(
             "/hook",
             axum::routing::post(|axum::extract::State(r): axum::extract::State<Receiver>, headers: axum::http::HeaderMap, body: String| async move {
-                let ok = !r.failing.load(Ordering::SeqCst);
-                let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let _open = r.gate.read().await;
+                let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let poisoned = r.poisoned.lock().unwrap().clone();
+                let ok = !r.failing.load(Ordering::SeqCst) && (poisoned.is_none() || json["user_id"].as_str() != poisoned.as_deref());
                 r.got.lock().unwrap().push(Got { headers, body, json, at: Instant::now(), ok });
                 if ok { axum::http::StatusCode::NO_CONTENT } else { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
             }),
@@ -280,6 +289,93 @@ async fn a_failing_endpoint_is_retried_with_growing_delays_and_live_pushes_do_no
     let log = api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["finished"].as_array().unwrap().len() == 3).await;
     let oldest = &log["finished"][2];
     assert_eq!((oldest["state"].as_str(), oldest["attempts"].as_u64(), oldest["id"].clone()), (Some("delivered"), Some(tries as u64), first), "{oldest}");
+    s.stop().await;
+}
+
+/// Issue 26: one notification the receiver keeps refusing (here: every notification about
+/// alice) used to hold the endpoint's whole outbox for its twenty attempts. Now it holds the
+/// line for `--webhook-hold-attempts` attempts, is set aside (listed, retried on its own
+/// backoff), the other users' notifications flow, alice's later ones wait behind it so hers
+/// stay in order, and a redrive once the receiver is fixed delivers all of hers, in order.
+#[tokio::test]
+async fn a_notification_that_keeps_failing_is_set_aside_so_other_users_flow_and_a_redrive_delivers_it() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| {
+        c.webhook_retry_base_ms = 50;
+        c.webhook_hold_attempts = 2;
+    })
+    .await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (rx, addr) = Receiver::start().await;
+    *rx.poisoned.lock().unwrap() = Some("alice".into());
+    let (hook, secret) = create_hook(&api, &format!("http://{addr}/hook"), None).await;
+    // Alice's three notifications first, so that hers is the oldest: the head of the line.
+    // The receiver holds the first request until all nine are waiting, so that what it gets
+    // next depends on the worker's choices only, not on how fast the ingests were.
+    let closed = rx.gate.clone().write_owned().await;
+    api.ingest(vec![video("va", "alice")]).await;
+    api.ingest(vec![video("vb", "bob"), video("vc", "carol")]).await;
+    api.wait_for(&format!("/v1/webhooks/{hook}"), 10, |h| h["pending"] == 9).await;
+    drop(closed);
+
+    let user = |g: &Got| g.json["user_id"].as_str().unwrap_or_default().to_string();
+    let got = rx.wait("bob's and carol's six notifications", |g| g.iter().filter(|g| g.ok && user(g) != "alice").count() >= 6).await;
+    // Alice's first was tried exactly twice (the hold) before anything else was sent, and
+    // none of her later ones was sent at all: one user's notifications go in order.
+    let first_other = got.iter().position(|g| user(g) != "alice").unwrap();
+    assert_eq!(first_other, 2, "alice's head held the line for two attempts: {:?}", got.iter().map(user).collect::<Vec<_>>());
+    let alice: Vec<&Got> = got.iter().filter(|g| user(g) == "alice").collect();
+    let poisoned_id = alice[0].json["id"].as_u64().unwrap();
+    assert!(alice.iter().all(|g| !g.ok && g.json["id"].as_u64() == Some(poisoned_id) && verify(&secret, g)), "only alice's first was sent");
+    for u in ["bob", "carol"] {
+        let theirs: Vec<Got> = got.iter().filter(|g| user(g) == u).cloned().collect();
+        assert_eq!(kinds(&theirs), ["unlock", "unlock", "level_up"], "{u}'s in order");
+    }
+
+    // The set-aside list shows it, why, and that it is still retried; the log shows alice's
+    // later two waiting (`pending`) behind it.
+    let (st, aside) = api.get(&format!("/v1/webhooks/{hook}/set-aside")).await;
+    assert_eq!(st, 200);
+    let aside = aside["set_aside"].as_array().unwrap().clone();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!((aside[0]["id"].as_u64(), aside[0]["state"].as_str(), aside[0]["last_attempt"]["status"].as_u64()), (Some(poisoned_id), Some("set_aside"), Some(500)));
+    assert_eq!(aside[0]["body"]["user_id"], "alice");
+    let (_, log) = api.get(&format!("/v1/webhooks/{hook}/deliveries")).await;
+    let waiting: Vec<(u64, &str)> = log["pending"].as_array().unwrap().iter().map(|d| (d["id"].as_u64().unwrap(), d["state"].as_str().unwrap())).collect();
+    assert_eq!(waiting.len(), 3, "{log}");
+    assert_eq!(waiting[0], (poisoned_id, "set_aside"));
+    assert!(waiting[1..].iter().all(|(_, state)| *state == "pending"), "{log}");
+    // One waiting in line is not retried by hand.
+    let (st, e) = api.call("POST", &format!("/v1/webhooks/{hook}/deliveries/{}/retry", waiting[1].0), None).await;
+    assert_eq!((st, e["error"].as_str()), (409, Some("not_set_aside")), "{e}");
+    let (_, metrics) = api.get("/metrics").await;
+    assert!(metrics.as_str().unwrap().contains("accolade_webhook_set_aside_total 1"), "{metrics}");
+
+    // Its own backoff keeps growing. Once its next attempt is over a second away, the receiver
+    // is fixed and it is redriven: sent at once with a fresh count, so delivered at attempt 1
+    // (its own next attempt would have been its seventh or later).
+    let aside = api
+        .wait_for(&format!("/v1/webhooks/{hook}/set-aside"), 30, |l| {
+            l["set_aside"].get(0).is_some_and(|d| {
+                let next = chrono::DateTime::parse_from_rfc3339(d["next_attempt_at"].as_str().unwrap()).unwrap().with_timezone(&chrono::Utc);
+                d["attempts"].as_u64() >= Some(6) && next - chrono::Utc::now() > chrono::Duration::seconds(1)
+            })
+        })
+        .await;
+    assert_eq!(aside["set_aside"][0]["id"].as_u64(), Some(poisoned_id));
+    *rx.poisoned.lock().unwrap() = None;
+    let (st, d) = api.call("POST", &format!("/v1/webhooks/{hook}/deliveries/{poisoned_id}/retry"), None).await;
+    assert_eq!((st, d["state"].as_str(), d["attempts"].as_u64()), (202, Some("pending"), Some(0)), "{d}");
+    let got = rx.wait("alice's three, delivered", |g| g.iter().filter(|g| g.ok && user(g) == "alice").count() >= 3).await;
+    let hers: Vec<Got> = got.into_iter().filter(|g| g.ok && user(g) == "alice").collect();
+    assert_eq!(kinds(&hers), ["unlock", "unlock", "level_up"]);
+    assert_eq!(hers[0].json["id"].as_u64(), Some(poisoned_id));
+    let log = api.wait_for(&format!("/v1/webhooks/{hook}/deliveries"), 10, |l| l["finished"].as_array().unwrap().len() == 9).await;
+    assert_eq!(log["pending"], json!([]));
+    let redriven = log["finished"].as_array().unwrap().iter().find(|d| d["id"].as_u64() == Some(poisoned_id)).unwrap();
+    assert_eq!((redriven["state"].as_str(), redriven["attempts"].as_u64()), (Some("delivered"), Some(1)), "{redriven}");
+    let (_, aside) = api.get(&format!("/v1/webhooks/{hook}/set-aside")).await;
+    assert_eq!(aside["set_aside"], json!([]));
     s.stop().await;
 }
 
@@ -507,7 +603,7 @@ async fn every_client_error_is_answered_clearly() {
     let (_, one) = api.get(&format!("/v1/webhooks/{}", ids[0])).await;
     assert_eq!(one["events"], json!(["unlock"]), "repeated kinds are kept once");
 
-    for (method, path) in [("GET", "/v1/webhooks/424242"), ("DELETE", "/v1/webhooks/424242"), ("GET", "/v1/webhooks/424242/deliveries"), ("POST", "/v1/webhooks/424242/deliveries/1/retry")] {
+    for (method, path) in [("GET", "/v1/webhooks/424242"), ("DELETE", "/v1/webhooks/424242"), ("GET", "/v1/webhooks/424242/deliveries"), ("GET", "/v1/webhooks/424242/set-aside"), ("POST", "/v1/webhooks/424242/deliveries/1/retry")] {
         let (st, e) = api.call(method, path, None).await;
         assert_eq!((st, e["error"].as_str()), (404, Some("not_found")), "{method} {path}: {e}");
     }
@@ -515,7 +611,7 @@ async fn every_client_error_is_answered_clearly() {
     let acme = api.with_key(Some(ACME_KEY));
     let (st, list) = acme.get("/v1/webhooks").await;
     assert_eq!((st, list["webhooks"].clone()), (200, json!([])));
-    for (method, path) in [("GET", format!("/v1/webhooks/{}", ids[0])), ("DELETE", format!("/v1/webhooks/{}", ids[0])), ("GET", format!("/v1/webhooks/{}/deliveries", ids[0]))] {
+    for (method, path) in [("GET", format!("/v1/webhooks/{}", ids[0])), ("DELETE", format!("/v1/webhooks/{}", ids[0])), ("GET", format!("/v1/webhooks/{}/deliveries", ids[0])), ("GET", format!("/v1/webhooks/{}/set-aside", ids[0]))] {
         let (st, _) = acme.call(method, &path, None).await;
         assert_eq!(st, 404, "acme {method} {path}");
     }
@@ -525,5 +621,137 @@ async fn every_client_error_is_answered_clearly() {
     let (st, _) = api.call("DELETE", &format!("/v1/webhooks/{}", ids[0]), None).await;
     assert_eq!(st, 204);
     create_hook(&api, "https://hooks.example.com/accolade", None).await;
+    s.stop().await;
+}
+
+/// A receiver recipe from `examples/webhooks/`, running as its own process until dropped, with
+/// what it printed.
+struct Recipe {
+    name: &'static str,
+    port: u16,
+    child: std::process::Child,
+    out: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Recipe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Recipe {
+    /// Starts `program args` in the repository with the endpoint's secret, listening on
+    /// `port`, and waits (up to a minute) until it says it listens. A missing interpreter fails
+    /// the test: scripts/test installs each of them.
+    fn start(name: &'static str, program: &str, args: &[&str], secret: &str, port: u16) -> Recipe {
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("ACCOLADE_WEBHOOK_SECRET", secret)
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot run {program} ({e}); scripts/test installs it"));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stdout, lines) = (child.stdout.take().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("listening on ") {
+                    let _ = tx.send(());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let r = Recipe { name, port, child, out };
+        assert!(rx.recv_timeout(Duration::from_secs(60)).is_ok(), "{name} did not start listening: {:?}", r.out.lock().unwrap());
+        r
+    }
+
+    /// The notifications it acted on, as `<id> <type> <user_id>`.
+    fn processed(&self) -> Vec<String> {
+        self.out.lock().unwrap().iter().filter_map(|l| l.strip_prefix("processed ").map(str::to_string)).collect()
+    }
+}
+
+/// Issue 26: the verification recipes of docs/webhooks.md, as the runnable receivers in
+/// examples/webhooks/ (Node, Python, Go), each registered as an endpoint of a real server: the
+/// genuine delivery is taken once; a repeat of the notification (signed again, as a retry is,
+/// or with another `accolade-id` header) is acknowledged as a duplicate; a changed body,
+/// another endpoint's secret, a timestamp ten minutes off and no signature are refused. The
+/// functions shown in the doc are those in the files.
+#[tokio::test]
+async fn the_receiver_recipes_take_a_genuine_delivery_once_and_refuse_tampered_stale_and_unsigned_ones() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    // The test's own receiver gets the same notification, so the test has its exact bytes.
+    let (rx, addr) = Receiver::start().await;
+    let (_, other_secret) = create_hook(&api, &format!("http://{addr}/hook"), Some(json!(["level_up"]))).await;
+    let go_bin = dir.path().join("receiver-go");
+    let go_cache = std::env::var("GOCACHE").unwrap_or_else(|_| format!("{}/go-cache", env!("CARGO_TARGET_TMPDIR")));
+    let built = std::process::Command::new("go")
+        .args(["build", "-o", go_bin.to_str().unwrap(), "examples/webhooks/receiver.go"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("GOCACHE", &go_cache)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run go ({e}); scripts/test installs Debian's golang-go"));
+    assert!(built.success(), "building examples/webhooks/receiver.go");
+    let mut recipes = Vec::new();
+    for (name, program, args) in [("node", "node", vec!["examples/webhooks/receiver.mjs"]), ("python", "python3", vec!["examples/webhooks/receiver.py"]), ("go", go_bin.to_str().unwrap(), vec![])] {
+        let port = free_port();
+        let (hook, secret) = create_hook(&api, &format!("http://127.0.0.1:{port}/hook"), Some(json!(["level_up"]))).await;
+        recipes.push((Recipe::start(name, program, &args, &secret, port), hook, secret));
+    }
+
+    api.ingest(vec![video("v1", "alice")]).await;
+    let genuine = rx.wait("the level-up", |g| !g.is_empty()).await.remove(0);
+    let id = genuine.json["id"].as_u64().unwrap();
+    let http = http_client();
+    for (r, hook, secret) in &recipes {
+        let name = r.name;
+        // Accolade's own delivery: verified and taken (the log shows the recipe's 200).
+        let log = api.wait_for(&format!("/v1/webhooks/{hook}/deliveries"), 30, |l| l["finished"][0]["state"] == "delivered").await;
+        assert_eq!((log["finished"][0]["id"].as_u64(), log["finished"][0]["last_attempt"]["status"].as_u64()), (Some(id), Some(200)), "{name}: {log}");
+        let send = |body: String, signature: Option<String>, header_id: u64| {
+            let mut req = http.post(format!("http://127.0.0.1:{}/hook", r.port)).header("content-type", "application/json").header("accolade-id", header_id.to_string()).body(body);
+            if let Some(sig) = signature {
+                req = req.header("accolade-signature", sig);
+            }
+            async move {
+                let res = req.send().await.unwrap();
+                (res.status().as_u16(), res.text().await.unwrap().trim().to_string())
+            }
+        };
+        let now = chrono::Utc::now().timestamp();
+        let body = genuine.body.clone();
+        let sign = |t: i64, b: &str| Some(accolade::webhooks::signature(secret, t, b));
+        // A repeat, signed anew as Accolade signs a retry, and one with another id header.
+        assert_eq!(send(body.clone(), sign(now, &body), id).await, (200, "duplicate".into()), "{name}: a repeat");
+        assert_eq!(send(body.clone(), sign(now, &body), id + 1).await, (200, "duplicate".into()), "{name}: the id is the signed body's");
+        let tampered = body.replace("\"alice\"", "\"mallory\"");
+        assert_ne!(tampered, body);
+        assert_eq!(send(tampered, sign(now, &body), id).await, (400, "bad signature".into()), "{name}: a changed body");
+        assert_eq!(send(body.clone(), Some(accolade::webhooks::signature(&other_secret, now, &body)), id).await, (400, "bad signature".into()), "{name}: another endpoint's secret");
+        assert_eq!(send(body.clone(), sign(now - 600, &body), id).await, (400, "stale timestamp".into()), "{name}: ten minutes old");
+        assert_eq!(send(body.clone(), sign(now + 600, &body), id).await, (400, "stale timestamp".into()), "{name}: ten minutes ahead");
+        assert_eq!(send(body.clone(), None, id).await.0, 400, "{name}: no signature");
+        // A genuine notification with another id is taken: the recipe drops repeats only.
+        let next = body.replace(&format!("\"id\":{id},"), &format!("\"id\":{},", id + 1000));
+        assert_ne!(next, body);
+        assert_eq!(send(next.clone(), sign(now, &next), id + 1000).await, (200, "processed".into()), "{name}: a new notification");
+        assert_eq!(r.processed(), [format!("{id} level_up alice"), format!("{} level_up alice", id + 1000)], "{name} acted once on each");
+    }
+
+    // The functions docs/webhooks.md shows are the recipes' own.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhooks.md")).unwrap();
+    for (fence, file) in [("```js\n", "receiver.mjs"), ("```python\n", "receiver.py"), ("```go\n", "receiver.go")] {
+        let start = doc.find(fence).unwrap_or_else(|| panic!("docs/webhooks.md has no {fence}")) + fence.len();
+        let shown = &doc[start..start + doc[start..].find("```").unwrap()];
+        let source = std::fs::read_to_string(format!("{}/examples/webhooks/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(shown.contains("verify") && source.contains(shown), "docs/webhooks.md's {file} function differs from examples/webhooks/{file}");
+    }
     s.stop().await;
 }

@@ -56,6 +56,7 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/v1/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/set-aside", get(webhooks::set_aside))
         .route("/v1/webhooks/{id}/deliveries/{delivery}/retry", post(webhooks::retry))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), not_in_cluster));
     Router::new()
@@ -251,7 +252,7 @@ impl utoipa::Modify for Security {
         users::get_user, users::get_progress, users::get_badge, users::get_events,
         leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
         goals::create, goals::list, goals::get, goals::cancel,
-        webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::retry,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::set_aside, webhooks::retry,
         operations::healthz, operations::readyz, operations::metrics
     ),
     components(schemas(ErrorBody, Change, backfill::JobStatus, backfill::BadgePreview)),

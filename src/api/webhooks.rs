@@ -1,6 +1,7 @@
 //! The webhook routes of the HTTP API: register an endpoint (its signing secret is shown once,
-//! at creation), list, read and delete endpoints, read an endpoint's deliveries (waiting and
-//! finished), and send a given-up delivery again.
+//! at creation), list, read and delete endpoints, read an endpoint's deliveries (waiting, set
+//! aside and finished), list the set-aside ones, and send a given-up or set-aside delivery
+//! again.
 
 use super::{bad, internal, json_body, not_found, ErrorBody, Tenant};
 use crate::protocol::rfc3339;
@@ -8,7 +9,7 @@ use crate::api::ApiError;
 use crate::shared::Shared;
 use crate::store::{self, Kind};
 use crate::clock::now_ms;
-use crate::webhooks::{new_secret, Attempt, Finished, Hook, Pending, KINDS, MAX_HOOKS};
+use crate::webhooks::{new_secret, Attempt, Finished, Hook, Pending, Policy, KINDS, MAX_HOOKS, SCAN_DEPTH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -182,7 +183,9 @@ pub struct DeliveryDoc {
     /// `unlock`, `level_up`, `goal_completed` or `goal_missed`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// `pending`, `delivered` or `failed` (given up after its last attempt).
+    /// `pending` (waiting in line, or behind an older one of the same user), `set_aside`
+    /// (failed `--webhook-hold-attempts` times: retried on its own backoff, out of the line),
+    /// `delivered` or `failed` (given up after its last attempt).
     pub state: &'static str,
     pub attempts: u32,
     pub created_at: String,
@@ -199,7 +202,7 @@ pub struct DeliveryDoc {
 
 #[derive(Serialize, ToSchema)]
 pub struct DeliveryLog {
-    /// Waiting, oldest first (the next to be sent first).
+    /// Waiting (`pending` or `set_aside`), oldest first.
     pub pending: Vec<DeliveryDoc>,
     /// Delivered or given up, newest first.
     pub finished: Vec<DeliveryDoc>,
@@ -211,11 +214,11 @@ fn attempt_doc(a: Attempt) -> AttemptDoc {
     AttemptDoc { at: rfc3339(a.at), status: a.status, error: a.error, millis: a.millis }
 }
 
-fn pending_doc(id: u64, p: Pending) -> DeliveryDoc {
+fn pending_doc(id: u64, p: Pending, policy: &Policy) -> DeliveryDoc {
     DeliveryDoc {
         id,
+        state: if policy.set_aside(&p) { "set_aside" } else { "pending" },
         kind: p.kind,
-        state: "pending",
         attempts: p.attempts,
         created_at: rfc3339(p.created_at),
         next_attempt_at: Some(rfc3339(p.next_at)),
@@ -251,17 +254,59 @@ pub async fn deliveries(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenan
     let pending = shared.store.outbox::<Pending>(&tenant, id, limit).map_err(internal)?;
     let finished = shared.store.hook_log::<Finished>(&tenant, id, q.before, limit).map_err(internal)?;
     let next_before = (finished.len() == limit).then(|| finished.last().map(|(id, _)| *id)).flatten();
+    let policy = Policy::of(&shared.config);
     Ok(Json(DeliveryLog {
-        pending: pending.into_iter().map(|(id, p)| pending_doc(id, p)).collect(),
+        pending: pending.into_iter().map(|(id, p)| pending_doc(id, p, &policy)).collect(),
         finished: finished.into_iter().map(|(id, f)| finished_doc(id, f)).collect(),
         next_before,
     }))
 }
 
-/// Send a given-up delivery again
+#[derive(Deserialize, IntoParams)]
+pub struct SetAsideQuery {
+    /// At most this many (default 100, at most 1,000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SetAsideList {
+    /// Set-aside deliveries, oldest first, each `set_aside`.
+    pub set_aside: Vec<DeliveryDoc>,
+}
+
+/// A webhook endpoint's set-aside deliveries
+///
+/// The notifications that failed `--webhook-hold-attempts` times and were set aside so that
+/// the endpoint's notifications about other users could go on. Each is still retried on its
+/// own backoff until `--webhook-max-attempts` (then it is `failed`), and can be redriven at
+/// once with `POST /v1/webhooks/{id}/deliveries/{delivery}/retry`. The same user's later
+/// notifications wait behind it (`pending`). Read from the oldest 10,000 waiting.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/set-aside", tag = "webhooks", params(("id" = u64, Path, description = "Webhook id"), SetAsideQuery),
+    responses((status = 200, body = SetAsideList), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn set_aside(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>, Query(q): Query<SetAsideQuery>) -> Result<Json<SetAsideList>, ApiError> {
+    find(&shared, &tenant, id)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let policy = Policy::of(&shared.config);
+    let mut out = Vec::new();
+    shared
+        .store
+        .outbox_scan::<Pending>(&tenant, id, SCAN_DEPTH, |d, p| {
+            if policy.set_aside(&p) {
+                out.push(pending_doc(d, p, &policy));
+            }
+            out.len() < limit
+        })
+        .map_err(internal)?;
+    Ok(Json(SetAsideList { set_aside: out }))
+}
+
+/// Send a given-up or set-aside delivery again
 ///
 /// A `failed` delivery goes back into the outbox with a fresh count of attempts. Its id is
-/// older than anything waiting, so it is the next one sent.
+/// older than anything waiting, so it is the next one sent. A `set_aside` one is put back at
+/// the head of the line the same way, and tried without waiting out the endpoint's backoff
+/// (the endpoint's worker does it, at once). Either way it holds the line again for up to
+/// `--webhook-hold-attempts` attempts if it still fails.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery}/retry", tag = "webhooks",
     params(("id" = u64, Path, description = "Webhook id"), ("delivery" = u64, Path, description = "Delivery id")),
     responses((status = 202, body = DeliveryDoc), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
@@ -269,16 +314,24 @@ pub async fn deliveries(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenan
 pub async fn retry(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, delivery)): Path<(u64, u64)>) -> Result<(StatusCode, Json<DeliveryDoc>), ApiError> {
     let _one = shared.webhooks.changes.lock().await;
     find(&shared, &tenant, id)?;
+    let policy = Policy::of(&shared.config);
+    let now = now_ms();
+    if let Some(p) = shared.store.outbox_get::<Pending>(&tenant, id, delivery).map_err(internal)? {
+        let Some(p) = crate::webhooks::redriven(p, now, &policy) else {
+            return Err(ApiError(StatusCode::CONFLICT, "not_set_aside", format!("delivery {delivery} waits in line and is sent in its turn; only a set-aside or failed one can be retried")));
+        };
+        shared.webhooks.redrive(&tenant, id, delivery);
+        return Ok((StatusCode::ACCEPTED, Json(pending_doc(delivery, p, &policy))));
+    }
     let found = shared.store.hook_log::<Finished>(&tenant, id, delivery.checked_add(1), 1).map_err(internal)?;
     let Some((_, f)) = found.into_iter().find(|(d, _)| *d == delivery) else {
-        return Err(not_found("not_found", format!("webhook {id} has no finished delivery {delivery}")));
+        return Err(not_found("not_found", format!("webhook {id} has no finished or set-aside delivery {delivery}")));
     };
     if f.delivered {
         return Err(ApiError(StatusCode::CONFLICT, "already_delivered", format!("delivery {delivery} was delivered; nothing to retry")));
     }
-    let now = now_ms();
     let p = Pending { kind: f.kind, body: f.body, created_at: f.created_at, attempts: 0, next_at: now, last: Some(f.last) };
     shared.store.write(vec![store::writes::outbox(&tenant, id, delivery, &p), store::writes::hook_log_delete(&tenant, id, delivery)]).await.map_err(internal)?;
     shared.webhooks.wake(&tenant, id);
-    Ok((StatusCode::ACCEPTED, Json(pending_doc(delivery, p))))
+    Ok((StatusCode::ACCEPTED, Json(pending_doc(delivery, p, &policy))))
 }

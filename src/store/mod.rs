@@ -622,6 +622,32 @@ impl Store {
         hook_range(&self.outbox, tenant, hook, None, limit, false)
     }
 
+    /// Notifications waiting for a webhook endpoint, oldest first, handed to `more` one by one
+    /// until it answers false or `cap` were read (the worker reads only as deep as the head of
+    /// its line, past the rows set aside and those waiting behind them).
+    pub fn outbox_scan<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, cap: usize, mut more: impl FnMut(u64, T) -> bool) -> Result<(), StoreError> {
+        self.readable()?;
+        let p = hook_prefix(tenant, hook);
+        for kv in self.outbox.scan_prefix(&p).take(cap) {
+            let (k, v) = kv?;
+            let id = u64::from_be_bytes(k[p.len()..].try_into().unwrap_or_default());
+            if !more(id, decode(&k, &v)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One notification waiting for a webhook endpoint, if it still waits.
+    pub fn outbox_get<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, id: u64) -> Result<Option<T>, StoreError> {
+        self.readable()?;
+        let k = seq_key(&hook_prefix(tenant, hook), id);
+        match self.outbox.get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// How many notifications wait for a webhook endpoint, counted up to `cap` (an endpoint
     /// that has been down for days can have a long outbox, and this is read per API call).
     pub fn outbox_len(&self, tenant: &str, hook: u64, cap: usize) -> Result<usize, StoreError> {
