@@ -103,7 +103,7 @@ impl Backfills {
         let t = tenant.to_string();
         let total = tokio::task::spawn_blocking(move || store.count_users(&t)).await.map_err(|e| StoreError::Corrupt { key: "count".into(), why: e.to_string() })??;
         let job = JobRecord {
-            id: self.store.next_id()?,
+            id: self.store.next_id(crate::store::IdKind::Job)?,
             catalogue_version: cand.catalogue.version,
             badges: cand.changed_badges.clone(),
             new_stats: cand.new_stats.iter().map(|s| format!("{s:016x}")).collect(),

@@ -185,7 +185,7 @@ impl Webhooks {
             if targets.is_empty() {
                 continue;
             }
-            let Ok(id) = self.io.store.next_id() else {
+            let Ok(id) = self.io.store.next_id(crate::store::IdKind::Delivery) else {
                 tracing::error!(tenant, user, "no id for a webhook notification; it is not sent");
                 continue;
             };

@@ -463,3 +463,40 @@ async fn history_older_than_late_bound_is_imported_after_a_change_raises_the_bou
     assert_eq!(r["results"][0]["code"], "too_late", "{r}");
     s.stop().await;
 }
+
+/// Dead letters, jobs, webhook endpoints and webhook notifications each count their ids from 1,
+/// on their own, and go on from where they were after a restart (they once shared sled's one
+/// generator, which jumps by a million at every start).
+#[tokio::test]
+async fn ids_of_each_kind_count_from_one_and_go_on_after_a_restart() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let hook = |n: u32| json!({ "url": format!("http://127.0.0.1:9/hook-{n}") });
+    let dead = |id: &str| http_event(id, "ida", "quiz.passed", json!({}));
+    let badge = |name: &str| json!({ "name": name, "tier": "bronze", "xp": 1, "rule": { "kind": "count", "event": "login", "target": 1 } });
+    let (st, h1) = api.call("POST", "/v1/webhooks", Some(&hook(1))).await;
+    assert_eq!((st, h1["id"].as_u64()), (201, Some(1)), "{h1}");
+    assert_eq!(api.call("POST", "/v1/webhooks", Some(&hook(2))).await.1["id"], 2);
+    assert_eq!(api.ingest(vec![dead("d-1")]).await["results"][0]["dead_letter"], 1);
+    let (_, change) = api.call("PUT", "/v1/catalogue/badges/first-id", Some(&badge("First"))).await;
+    assert_eq!(change["job"]["id"], 1, "{change}");
+    // A video long enough to unlock badges: one notification id, the same on both endpoints.
+    let r = api.ingest(vec![http_event("v-1", "ida", "video.watched", json!({ "video": "v1", "playlist": "algebra", "seconds": 1200 }))]).await;
+    assert_eq!(r["results"][0]["status"], "accepted", "{r}");
+    for h in [1, 2] {
+        let (_, d) = api.get(&format!("/v1/webhooks/{h}/deliveries")).await;
+        let ids: Vec<u64> = ["pending", "finished"].iter().flat_map(|k| d[*k].as_array().cloned().unwrap_or_default()).map(|x| x["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids.iter().min(), Some(&1), "endpoint {h}: {d}");
+    }
+    s.stop().await;
+
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    assert_eq!(api.ingest(vec![dead("d-2")]).await["results"][0]["dead_letter"], 2);
+    let (_, change) = api.call("PUT", "/v1/catalogue/badges/second-id", Some(&badge("Second"))).await;
+    assert_eq!(change["job"]["id"], 2, "{change}");
+    assert_eq!(api.call("POST", "/v1/webhooks", Some(&hook(3))).await.1["id"], 3);
+    s.stop().await;
+}
+

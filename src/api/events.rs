@@ -130,7 +130,7 @@ async fn submit(shared: &Arc<Shared>, tenant: &str, event: Event) -> tokio::sync
 }
 
 async fn dead_letter(shared: &Arc<Shared>, tenant: &str, code: &str, reason: &str, raw: String, event_id: Option<String>, user_id: Option<String>) -> Result<u64, ApiError> {
-    let id = shared.store.next_id().map_err(internal)?;
+    let id = shared.store.next_id(crate::store::IdKind::DeadLetter).map_err(internal)?;
     let d = DeadLetter { id, received_at: rfc3339(now_ms()), code: code.into(), reason: reason.into(), user_id, event_id, raw, retries: 0 };
     shared.store.write(vec![store::writes::put(Kind::DeadLetter, tenant, id, &d)]).await.map_err(internal)?;
     shared.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);

@@ -115,7 +115,7 @@ pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
     if shared.store.list::<Hook>(Kind::Webhook, &tenant, None, MAX_HOOKS + 1).map_err(internal)?.len() >= MAX_HOOKS {
         return Err(ApiError(StatusCode::CONFLICT, "too_many_webhooks", format!("a tenant has at most {MAX_HOOKS} webhook endpoints; delete one first")));
     }
-    let id = shared.store.next_id().map_err(internal)?;
+    let id = shared.store.next_id(crate::store::IdKind::Webhook).map_err(internal)?;
     let hook = Hook { url: w.url, events, secret: new_secret().map_err(internal)?, description, created_at: now_ms() };
     shared.store.write(vec![store::writes::put(Kind::Webhook, &tenant, id, &hook)]).await.map_err(internal)?;
     shared.webhooks.add(&tenant, id, &hook);

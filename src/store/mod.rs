@@ -39,6 +39,42 @@ mod persister;
 /// Builders for the writes an accepted event causes, so callers never see key layouts.
 pub mod writes;
 
+/// The kinds of record that take an id from the store. Each counts from 1 on its own, and
+/// never gives an id twice, across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    DeadLetter,
+    Job,
+    Webhook,
+    /// A webhook notification (the same id for every endpoint it goes to).
+    Delivery,
+}
+
+impl IdKind {
+    /// The counter's key in the default tree (not one of `TreeId`'s: node-local, never in a
+    /// cluster changelog).
+    fn key(self) -> &'static [u8] {
+        match self {
+            IdKind::DeadLetter => b"id/dead-letter",
+            IdKind::Job => b"id/job",
+            IdKind::Webhook => b"id/webhook",
+            IdKind::Delivery => b"id/delivery",
+        }
+    }
+}
+
+/// The highest id among a tree's keys, each of which ends with its id (big-endian u64).
+fn highest_id(tree: &sled::Tree) -> Result<u64, StoreError> {
+    let mut highest = 0;
+    for k in tree.iter().keys() {
+        let k = k?;
+        if let Some(tail) = k.len().checked_sub(8).and_then(|at| <[u8; 8]>::try_from(&k[at..]).ok()) {
+            highest = highest.max(u64::from_be_bytes(tail));
+        }
+    }
+    Ok(highest)
+}
+
 pub use keys::*;
 pub use log::{Done, EventLog, Seen};
 use persister::*;
@@ -356,9 +392,28 @@ impl Store {
     }
 
     /// A fresh id, unique in this database across restarts.
-    pub fn next_id(&self) -> Result<u64, StoreError> {
+    pub fn next_id(&self, kind: IdKind) -> Result<u64, StoreError> {
         self.readable()?;
-        Ok(self.db.generate_id()?)
+        let key = kind.key();
+        if self.db.get(key)?.is_none() {
+            // A store written before ids were counted per kind (sled's one generator, which
+            // jumps by a million at each start): count on from the highest id of the kind.
+            let highest = match kind {
+                IdKind::DeadLetter => highest_id(&self.dead)?,
+                IdKind::Job => highest_id(&self.jobs)?,
+                IdKind::Webhook => highest_id(&self.hooks)?,
+                IdKind::Delivery => highest_id(&self.outbox)?.max(highest_id(&self.hooklog)?),
+            };
+            // Two callers seeding at once write the same value; one of them wins.
+            let _ = self.db.compare_and_swap(key, None as Option<&[u8]>, Some(&highest.to_be_bytes()[..]))?;
+        }
+        // The counter is in the default tree, flushed with every batch: by the time a record
+        // with this id is durable, so is the counter past it, and no id is given twice.
+        let next = self.db.update_and_fetch(key, |old| {
+            let n = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes);
+            Some(n.saturating_add(1).to_be_bytes().to_vec())
+        })?;
+        next.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).ok_or_else(|| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), why: "an id counter is not 8 bytes".into() })
     }
 
     /// Whether anything is stored for a user.
