@@ -1057,6 +1057,40 @@ async fn a_backfill_walks_every_users_node_and_survives_the_death_of_one() {
     assert_eq!(listed, vec![(job, "done".to_string()), (second, "cancelled".into())], "{list}");
 }
 
+/// Event ids in cluster mode: an id counts once for its user, through any node; an id another
+/// user of the same partition took is refused as standalone refuses it (`id_conflict`); an id a
+/// user of another partition took is accepted, for each, as its own event: the narrower
+/// guarantee cluster mode gives (docs/cluster.md, "Event ids across users"). Neither user's
+/// event is ever taken for a duplicate of the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_counts_once_per_user_and_is_never_another_users_duplicate() {
+    use accolade::cluster::partition::partition_of;
+    let nodes = TwoNodes::start().await;
+    let (api_a, api_b) = (Api::demo_at(nodes.port_a), Api::demo_at(nodes.port_b));
+    let first = user_of("node-a", "ids");
+    let p = partition_of("demo", &first);
+    let same = (0..).map(|i| format!("ids-same-{i}")).find(|u| partition_of("demo", u) == p).unwrap();
+    let other = user_of("node-b", "ids");
+    let r = post_until_taken(&api_b, &http_answer("shared-id", &first, "ex-1", true), Duration::from_secs(30)).await;
+    assert_eq!(r["status"], "accepted", "{r}");
+    // Her own resend, through either node: a duplicate.
+    for api in [&api_a, &api_b] {
+        assert_eq!(post(api, &http_answer("shared-id", &first, "ex-1", true)).await["status"], "duplicate");
+    }
+    // Another user of her partition: refused, as on one node.
+    let r = post_until_taken(&api_b, &http_answer("shared-id", &same, "ex-1", true), Duration::from_secs(30)).await;
+    assert_eq!((r["status"].as_str(), r["code"].as_str()), (Some("rejected"), Some("id_conflict")), "{r}");
+    // A user of another partition: her own event, counted for her.
+    let r = post_until_taken(&api_a, &http_answer("shared-id", &other, "ex-1", true), Duration::from_secs(30)).await;
+    assert_eq!(r["status"], "accepted", "{r}");
+    for u in [&first, &other] {
+        let doc = get_served(&api_a, &format!("/v1/users/{u}"), Duration::from_secs(30)).await;
+        assert_eq!(doc["events"], 1, "{u}: {doc}");
+    }
+    let doc = get_served(&api_b, &format!("/v1/users/{same}"), Duration::from_secs(30)).await;
+    assert_eq!((doc["events"].as_u64(), doc["xp"].as_u64()), (Some(0), Some(0)), "nothing was taken for her: {doc}");
+}
+
 /// The all-time XP board as one node would rank `users`, read from each user's own XP.
 async fn ranked_by_xp(api: &Api, users: &[String]) -> Vec<(String, f64)> {
     let mut want = Vec::new();
