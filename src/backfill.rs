@@ -58,7 +58,7 @@ pub struct JobRecord {
 }
 
 /// How many users would earn one badge.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BadgePreview {
     pub badge: String,
     /// Users who would earn it now and do not own it yet.
@@ -67,7 +67,7 @@ pub struct BadgePreview {
     pub sample: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PreviewReport {
     /// The version the change would create.
     pub version: u64,
@@ -386,42 +386,72 @@ impl Backfills {
     /// user's log is replayed from scratch under the candidate, and compared with what the user
     /// owns. Blocking.
     pub fn preview(&self, tenant: &str, cand: &Candidate) -> Result<PreviewReport, StoreError> {
-        let mut counts: BTreeMap<&str, (u64, Vec<String>)> = cand.changed_badges.iter().map(|b| (b.as_str(), (0, vec![]))).collect();
-        let mut scanned = 0;
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.users_page(tenant, after.as_deref(), 512)?;
-            if page.is_empty() {
-                break;
-            }
-            for user in &page {
-                scanned += 1;
-                let owned = self.current_state(tenant, user)?;
-                let log: Vec<_> = self.store.events_after(tenant, user, 0, usize::MAX)?.into_iter().map(|(_, e)| e).collect();
-                let would = replay::from_scratch(tenant, user, &log, &cand.catalogue);
-                for (badge, (n, sample)) in counts.iter_mut() {
-                    if would.badges.contains_key(badge) && !owned.badges.contains_key(badge) {
-                        *n += 1;
-                        if sample.len() < 10 {
-                            sample.push(user.clone());
-                        }
-                    }
-                }
-            }
-            after = page.last().cloned();
-        }
-        Ok(PreviewReport {
-            version: cand.catalogue.version,
-            users_scanned: scanned,
-            badges: counts.into_iter().map(|(b, (n, sample))| BadgePreview { badge: b.to_string(), would_earn: n, sample }).collect(),
-            new_stats: cand.new_stats.len(),
-        })
+        preview_users(&self.store, &self.catalogues, tenant, cand, &|_| true)
     }
 
     /// A user's durable state: the snapshot and the log after it. Blocking.
     pub fn current_state(&self, tenant: &str, user: &str) -> Result<UserState, StoreError> {
         current_state(&self.store, &self.catalogues, tenant, user)
     }
+}
+
+/// `Backfills::preview` over the stored users `keep` says (in cluster mode: those of the
+/// partitions this node serves). Blocking.
+pub fn preview_users(store: &Store, catalogues: &Catalogues, tenant: &str, cand: &Candidate, keep: &dyn Fn(&str) -> bool) -> Result<PreviewReport, StoreError> {
+    let mut counts: BTreeMap<&str, (u64, Vec<String>)> = cand.changed_badges.iter().map(|b| (b.as_str(), (0, vec![]))).collect();
+    let mut scanned = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.users_page(tenant, after.as_deref(), 512)?;
+        if page.is_empty() {
+            break;
+        }
+        for user in page.iter().filter(|u| keep(u)) {
+            scanned += 1;
+            let owned = current_state(store, catalogues, tenant, user)?;
+            let log: Vec<_> = store.events_after(tenant, user, 0, usize::MAX)?.into_iter().map(|(_, e)| e).collect();
+            let would = replay::from_scratch(tenant, user, &log, &cand.catalogue);
+            for (badge, (n, sample)) in counts.iter_mut() {
+                if would.badges.contains_key(badge) && !owned.badges.contains_key(badge) {
+                    *n += 1;
+                    if sample.len() < 10 {
+                        sample.push(user.clone());
+                    }
+                }
+            }
+        }
+        after = page.last().cloned();
+    }
+    Ok(PreviewReport {
+        version: cand.catalogue.version,
+        users_scanned: scanned,
+        badges: counts.into_iter().map(|(b, (n, sample))| BadgePreview { badge: b.to_string(), would_earn: n, sample }).collect(),
+        new_stats: cand.new_stats.len(),
+    })
+}
+
+/// Previews made by several nodes, each for the users it serves, as one: counts summed, each
+/// badge's sample the first ten users in key order.
+pub fn merge_previews(version: u64, new_stats: usize, reports: impl IntoIterator<Item = PreviewReport>) -> PreviewReport {
+    let mut scanned = 0;
+    let mut badges: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+    for r in reports {
+        scanned += r.users_scanned;
+        for b in r.badges {
+            let e = badges.entry(b.badge).or_default();
+            e.0 += b.would_earn;
+            e.1.extend(b.sample);
+        }
+    }
+    let badges = badges
+        .into_iter()
+        .map(|(badge, (would_earn, mut sample))| {
+            sample.sort();
+            sample.truncate(10);
+            BadgePreview { badge, would_earn, sample }
+        })
+        .collect();
+    PreviewReport { version, users_scanned: scanned, badges, new_stats }
 }
 
 /// A user's durable state: the snapshot and the log after it. Blocking.
@@ -433,3 +463,27 @@ pub fn current_state(store: &Store, catalogues: &Catalogues, tenant: &str, user:
 pub fn owned<'a>(st: &'a UserState, cat: &'a Catalogue) -> impl Iterator<Item = &'a str> {
     cat.badges.iter().filter(|b| st.badges.contains_key(&b.id)).map(|b| &*b.id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two nodes' previews, each of the users it serves, add up to one node's of them all.
+    #[test]
+    fn previews_of_several_nodes_add_up_with_the_first_ten_users_as_the_sample() {
+        let report = |scanned, badges: Vec<(&str, u64, Vec<&str>)>| PreviewReport {
+            version: 7,
+            users_scanned: scanned,
+            badges: badges.into_iter().map(|(b, n, s)| BadgePreview { badge: b.into(), would_earn: n, sample: s.into_iter().map(String::from).collect() }).collect(),
+            new_stats: 1,
+        };
+        let a = report(30, vec![("x", 12, vec!["u01", "u03", "u05", "u07", "u09", "u11", "u13", "u15", "u17", "u19"]), ("y", 0, vec![])]);
+        let b = report(25, vec![("x", 3, vec!["u02", "u04", "u06"]), ("y", 1, vec!["u08"])]);
+        let merged = merge_previews(7, 1, [a, b]);
+        assert_eq!(merged.users_scanned, 55);
+        assert_eq!(merged.badges[0], BadgePreview { badge: "x".into(), would_earn: 15, sample: ["u01", "u02", "u03", "u04", "u05", "u06", "u07", "u09", "u11", "u13"].map(String::from).to_vec() });
+        assert_eq!(merged.badges[1], BadgePreview { badge: "y".into(), would_earn: 1, sample: vec!["u08".into()] });
+        assert_eq!(merge_previews(7, 1, []), report(0, vec![]), "no node: nothing scanned");
+    }
+}
+

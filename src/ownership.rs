@@ -37,6 +37,26 @@ const STANDINGS: &str = "accolade.standings";
 /// The subject of questions about the goals one assigner gave, which every node answers.
 const GOALS: &str = "accolade.goals";
 
+/// The subject of catalogue previews, which every node answers for the users it serves.
+const PREVIEWS: &str = "accolade.previews";
+
+/// A question to every node: what `change` would award the users it serves, judged against the
+/// catalogue version the asking node has (a node at another version answers for no partition,
+/// so the asker waits for it rather than add up two different changes).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PreviewQuestion {
+    tenant: String,
+    change: crate::catalogues::Change,
+    /// The version the change would make.
+    version: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PreviewAnswer {
+    partitions: Vec<u16>,
+    report: Option<crate::backfill::PreviewReport>,
+}
+
 /// A question to every node: the goals `assigner` gave in `tenant`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct GoalsQuestion {
@@ -55,6 +75,9 @@ struct GoalsAnswer {
 /// partition between owners is answered for by nobody until it is rebuilt (a few seconds
 /// after a node dies), and then the question fails rather than give a partial ranking.
 const GATHER_FOR: Duration = Duration::from_secs(3);
+
+/// How long a catalogue preview waits for every partition to be answered for.
+const PREVIEW_FOR: Duration = Duration::from_secs(30);
 
 /// A node's part in the cluster, from start to shutdown.
 pub struct Membership {
@@ -156,6 +179,9 @@ impl Membership {
             seen.iter().all(|s| *s)
         };
         let got = self.routes.gather(GOALS, body, GATHER_FOR, covered).await.map_err(|e| e.to_string())?;
+        if !covered(&got) {
+            return Err("some partitions are between nodes and were not answered for".into());
+        }
         let mut goals: BTreeMap<String, crate::store::GoalRecord> = BTreeMap::new();
         for a in got.iter().filter_map(decode) {
             // A goal answered twice (its partition moving between the answers) is one goal.
@@ -165,6 +191,58 @@ impl Membership {
         }
         // In id order, as one node's store lists them.
         Ok(goals.into_values().collect())
+    }
+
+    /// What `change` (which would make catalogue version `version`) would award the stored
+    /// users, each node previewing those it serves, gathered once every partition is answered
+    /// for; an error when some partition found no node serving it in time.
+    pub async fn preview(&self, tenant: &str, change: &crate::catalogues::Change, version: u64) -> Result<Vec<crate::backfill::PreviewReport>, String> {
+        let q = PreviewQuestion { tenant: tenant.into(), change: change.clone(), version };
+        let body = bytes::Bytes::from(serde_json::to_vec(&q).expect("a question encodes"));
+        let decode = |b: &bytes::Bytes| serde_json::from_slice::<PreviewAnswer>(b).ok();
+        let covered = |got: &[bytes::Bytes]| {
+            let mut seen = [false; PARTITIONS as usize];
+            got.iter().filter_map(decode).flat_map(|a| a.partitions).for_each(|p| seen[usize::from(p) % seen.len()] = true);
+            seen.iter().all(|s| *s)
+        };
+        // A preview replays every stored user's events: longer than a question about standings.
+        let got = self.routes.gather(PREVIEWS, body, PREVIEW_FOR, covered).await.map_err(|e| e.to_string())?;
+        if !covered(&got) {
+            return Err("some partitions are between nodes, or on a node at another catalogue version, and were not answered for".into());
+        }
+        Ok(got.iter().filter_map(decode).filter_map(|a| a.report).collect())
+    }
+
+    /// Answers other nodes' catalogue previews for the users of the partitions this node
+    /// serves, until the task is aborted.
+    async fn answer_previews(&self, store: Store, catalogues: Arc<crate::catalogues::Catalogues>) -> Result<tokio::task::JoinHandle<()>, RouteError> {
+        let log = self.log.clone();
+        let answer = Arc::new(move |body: bytes::Bytes| -> futures_util::future::BoxFuture<'static, bytes::Bytes> {
+            let (store, catalogues, log) = (store.clone(), catalogues.clone(), log.clone());
+            Box::pin(async move {
+                let none = PreviewAnswer { partitions: vec![], report: None };
+                let reply = match serde_json::from_slice::<PreviewQuestion>(&body) {
+                    Ok(q) => match catalogues.candidate(&q.tenant, &q.change) {
+                        Ok(cand) if cand.catalogue.version == q.version => {
+                            let served: Vec<bool> = (0..PARTITIONS).map(|p| log.serves(p)).collect();
+                            let partitions: Vec<u16> = (0..PARTITIONS).filter(|p| served[usize::from(*p)]).collect();
+                            let t = q.tenant.clone();
+                            let report = tokio::task::spawn_blocking(move || crate::backfill::preview_users(&store, &catalogues, &t, &cand, &|u| served[usize::from(partition_of(&t, u))])).await;
+                            match report {
+                                Ok(Ok(r)) => PreviewAnswer { partitions, report: Some(r) },
+                                _ => none,
+                            }
+                        }
+                        // Another version here, or a change this node refuses: no partition
+                        // answered for, so the asker sees them uncovered.
+                        _ => none,
+                    },
+                    Err(_) => none,
+                };
+                bytes::Bytes::from(serde_json::to_vec(&reply).expect("an answer encodes"))
+            })
+        });
+        self.routes.answer_all(PREVIEWS, answer).await
     }
 
     /// Answers other nodes' questions about the goals an assigner gave, from this node's
@@ -273,6 +351,7 @@ impl Membership {
         let answering = Arc::new(Answering { users: users.clone(), log: self.log.clone(), routes: self.routes.clone(), remotes: self.remotes.clone(), metrics: metrics.clone(), outbox: self.outbox, router: self.router.clone() });
         let mut listening = AbortOnDrop(None);
         let mut listening_goals = AbortOnDrop(None);
+        let mut listening_previews = AbortOnDrop(None);
         let _compactor = AbortOnDrop(Some(tokio::spawn(self.clone().compact_for_ever(metrics.clone()))));
         loop {
             if listening.0.is_none() {
@@ -285,6 +364,12 @@ impl Membership {
                 match self.answer_goals(store.clone()).await {
                     Ok(t) => listening_goals.0 = Some(t),
                     Err(e) => tracing::warn!(error = %e, "answering questions about goals failed; trying again"),
+                }
+            }
+            if listening_previews.0.is_none() {
+                match self.answer_previews(store.clone(), catalogues.clone()).await {
+                    Ok(t) => listening_previews.0 = Some(t),
+                    Err(e) => tracing::warn!(error = %e, "answering catalogue previews failed; trying again"),
                 }
             }
             let now: Owned = owned.borrow_and_update().clone();

@@ -997,8 +997,8 @@ async fn goals_are_the_clusters_on_every_node_and_survive_the_assignees_node() {
     assert_eq!((s, goal_ids(&given)), (200, vec!["reading".to_string()]), "{given}");
 }
 
-/// A catalogue change's backfill walks every stored user of the cluster, each node those it
-/// serves, and goes on from where it was when a node is killed mid-way: every user is visited
+/// A catalogue change's preview counts every stored user of the cluster, through any node, and
+/// its backfill walks them all, each node those it serves, and goes on from where it was when a node is killed mid-way: every user is visited
 /// once in the job's counts, each one due the badge gets it once, and a job is cancelled from
 /// any node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1015,6 +1015,19 @@ async fn a_backfill_walks_every_users_node_and_survives_the_death_of_one() {
     let on_a = users.iter().filter(|u| preferred(accolade::cluster::partition::partition_of("demo", u), ["node-a", "node-b"]) == Some("node-a")).count();
     assert!(on_a > 10 && USERS - on_a > 10, "both nodes serve some: {on_a} of {USERS} on node-a");
     let badge = |name: &str| serde_json::json!({ "name": name, "tier": "silver", "xp": 10, "rule": { "kind": "count", "event": "problem.answered", "when": { "exercise": "special" }, "target": 1 } });
+    // Previewed first, on node-a: every user of both nodes counted, the sample in key order.
+    let mut change = badge("Special");
+    change["id"] = "special-one".into();
+    let (s, preview) = api_a.call("POST", "/v1/catalogue/preview", Some(&serde_json::json!({ "op": "put_badge", "badge": change }))).await;
+    assert_eq!(s, 200, "{preview}");
+    let due_users: Vec<&String> = users.iter().step_by(3).collect();
+    let sample: Vec<String> = due_users.iter().take(10).map(|u| u.to_string()).collect();
+    assert_eq!(
+        (preview["users_scanned"].as_u64(), preview["badges"][0]["badge"].as_str(), preview["badges"][0]["would_earn"].as_u64()),
+        (Some(USERS as u64), Some("special-one"), Some(due_users.len() as u64)),
+        "{preview}"
+    );
+    assert_eq!(preview["badges"][0]["sample"], serde_json::json!(sample), "{preview}");
     let (s, v) = api_b.call("PUT", "/v1/catalogue/badges/special-one", Some(&badge("Special"))).await;
     assert_eq!(s, 201, "{v}");
     let job = v["job"]["id"].as_u64().unwrap_or_else(|| panic!("a job: {v}"));

@@ -223,7 +223,7 @@ pub async fn remove_xp(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant
 /// Says, without changing anything, how many stored users would earn each new or changed
 /// badge right now (their stored events replayed under the changed catalogue), with a sample.
 #[utoipa::path(post, path = "/v1/catalogue/preview", tag = "catalogue", request_body = Change,
-    responses((status = 200, body = PreviewReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = PreviewReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, description = "Cluster mode: some partition was not answered for in time (being moved between nodes); try again", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn preview(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body: Result<Bytes, BytesRejection>) -> Response {
     let change: Change = match json_body(body) {
@@ -234,6 +234,13 @@ pub async fn preview(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, 
         Ok(c) => c,
         Err(e) => return change_error(e),
     };
+    // Cluster mode: every node previews the users it serves, and the answers are added up.
+    if let Some(m) = &shared.cluster {
+        return match m.preview(&tenant, &change, cand.catalogue.version).await {
+            Ok(reports) => Json(crate::backfill::merge_previews(cand.catalogue.version, cand.new_stats.len(), reports)).into_response(),
+            Err(e) => cluster_unavailable(e).into_response(),
+        };
+    }
     let s = shared.clone();
     match tokio::task::spawn_blocking(move || s.backfills.preview(&tenant, &cand)).await {
         Ok(Ok(report)) => Json(report).into_response(),
