@@ -171,19 +171,9 @@ impl Membership {
     /// partition; an error when some partition found no node serving it in time.
     pub async fn goals_given_by(&self, tenant: &str, assigner: &str) -> Result<Vec<crate::store::GoalRecord>, String> {
         let q = GoalsQuestion { tenant: tenant.into(), assigner: assigner.into() };
-        let body = bytes::Bytes::from(serde_json::to_vec(&q).expect("a question encodes"));
-        let decode = |b: &bytes::Bytes| serde_json::from_slice::<GoalsAnswer>(b).ok();
-        let covered = |got: &[bytes::Bytes]| {
-            let mut seen = [false; PARTITIONS as usize];
-            got.iter().filter_map(decode).flat_map(|a| a.partitions).for_each(|p| seen[usize::from(p) % seen.len()] = true);
-            seen.iter().all(|s| *s)
-        };
-        let got = self.routes.gather(GOALS, body, GATHER_FOR, covered).await.map_err(|e| e.to_string())?;
-        if !covered(&got) {
-            return Err("some partitions are between nodes and were not answered for".into());
-        }
+        let got: Vec<GoalsAnswer> = self.gather_all(GOALS, &q, GATHER_FOR, |a: &GoalsAnswer| &a.partitions).await?;
         let mut goals: BTreeMap<String, crate::store::GoalRecord> = BTreeMap::new();
-        for a in got.iter().filter_map(decode) {
+        for a in got {
             // A goal answered twice (its partition moving between the answers) is one goal.
             for g in a.goals {
                 goals.insert(g.spec.id.clone(), g);
@@ -198,19 +188,29 @@ impl Membership {
     /// for; an error when some partition found no node serving it in time.
     pub async fn preview(&self, tenant: &str, change: &crate::catalogues::Change, version: u64) -> Result<Vec<crate::backfill::PreviewReport>, String> {
         let q = PreviewQuestion { tenant: tenant.into(), change: change.clone(), version };
-        let body = bytes::Bytes::from(serde_json::to_vec(&q).expect("a question encodes"));
-        let decode = |b: &bytes::Bytes| serde_json::from_slice::<PreviewAnswer>(b).ok();
+        // A preview replays every stored user's events: longer than a question about standings.
+        let got: Vec<PreviewAnswer> = self.gather_all(PREVIEWS, &q, PREVIEW_FOR, |a: &PreviewAnswer| &a.partitions).await?;
+        Ok(got.into_iter().filter_map(|a| a.report).collect())
+    }
+
+    /// Asks every node `q` on `subject` and gathers their answers (JSON), each naming the
+    /// partitions it answered for, until every partition is covered; an error if some
+    /// partition was not answered for within `timeout` (between nodes, say), rather than an
+    /// answer about some of the users.
+    async fn gather_all<Q: serde::Serialize, A: serde::de::DeserializeOwned>(&self, subject: &str, q: &Q, timeout: Duration, partitions: fn(&A) -> &Vec<u16>) -> Result<Vec<A>, String> {
+        let body = bytes::Bytes::from(serde_json::to_vec(q).expect("a question encodes"));
         let covered = |got: &[bytes::Bytes]| {
             let mut seen = [false; PARTITIONS as usize];
-            got.iter().filter_map(decode).flat_map(|a| a.partitions).for_each(|p| seen[usize::from(p) % seen.len()] = true);
+            for a in got.iter().filter_map(|b| serde_json::from_slice::<A>(b).ok()) {
+                partitions(&a).iter().for_each(|&p| seen[usize::from(p) % seen.len()] = true);
+            }
             seen.iter().all(|s| *s)
         };
-        // A preview replays every stored user's events: longer than a question about standings.
-        let got = self.routes.gather(PREVIEWS, body, PREVIEW_FOR, covered).await.map_err(|e| e.to_string())?;
+        let got = self.routes.gather(subject, body, timeout, covered).await.map_err(|e| e.to_string())?;
         if !covered(&got) {
-            return Err("some partitions are between nodes, or on a node at another catalogue version, and were not answered for".into());
+            return Err("some partitions are between nodes, or on a node that cannot answer yet, and were not answered for".into());
         }
-        Ok(got.iter().filter_map(decode).filter_map(|a| a.report).collect())
+        Ok(got.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect())
     }
 
     /// Answers other nodes' catalogue previews for the users of the partitions this node
