@@ -267,6 +267,12 @@ impl Backfills {
     async fn walk_served(&self, jobs: &crate::cluster::jobs::Jobs, job: crate::cluster::jobs::Job, serves: &(dyn Fn(u16) -> bool + Send + Sync)) -> anyhow::Result<()> {
         use crate::cluster::partition::partition_of;
         let tenant = job.tenant.clone();
+        // The actors judge by the catalogue in force on this node: one that has not yet taken
+        // in the job's version (it follows the cluster's history) would find the new badges
+        // missing and mark its users done without them. Such a job waits for the next round.
+        if self.catalogues.current(&tenant).is_none_or(|c| c.version < job.id) {
+            return Ok(());
+        }
         let mut parts: BTreeMap<u16, crate::cluster::jobs::Part> =
             (0..crate::cluster::partition::PARTITIONS).filter(|&p| serves(p) && job.parts.get(&p).is_none_or(|x| x.finished_at.is_none())).map(|p| (p, job.parts.get(&p).cloned().unwrap_or_default())).collect();
         if parts.is_empty() {
@@ -336,7 +342,11 @@ impl Backfills {
                     // Not served here any more (or failing): left to the node serving it next,
                     // from the part as last stored.
                     Err(e) => {
-                        tracing::debug!(tenant = %tenant, partition = p, user = %user, error = %e, "a backfill's partition is left to its next node");
+                        if serves(p) {
+                            tracing::warn!(tenant = %tenant, job = job.id, partition = p, user = %user, error = %e, "a user's backfill failed; the partition's walk goes on from this user in the next round");
+                        } else {
+                            tracing::debug!(tenant = %tenant, partition = p, user = %user, error = %e, "a backfill's partition is left to its next node");
+                        }
                         parts.remove(&p);
                     }
                 }
@@ -361,7 +371,9 @@ impl Backfills {
 
     /// Stores the parts walked; false when the job was cancelled meanwhile (the walk stops).
     async fn save_parts(&self, jobs: &crate::cluster::jobs::Jobs, job: &crate::cluster::jobs::Job, parts: &BTreeMap<u16, crate::cluster::jobs::Part>) -> anyhow::Result<bool> {
-        let stored = jobs.change(&job.tenant, job.id, |j| parts.iter().fold(false, |changed, (&p, part)| j.advance(p, part) | changed)).await.map_err(|e| anyhow::anyhow!(e))?;
+        // A cancelled job's parts stay as they were when it was cancelled, so that it never
+        // shows as done afterwards.
+        let stored = jobs.change(&job.tenant, job.id, |j| j.cancelled_at.is_none() && parts.iter().fold(false, |changed, (&p, part)| j.advance(p, part) | changed)).await.map_err(|e| anyhow::anyhow!(e))?;
         Ok(stored.is_some_and(|j| j.cancelled_at.is_none()))
     }
 

@@ -30,17 +30,31 @@ pub async fn sweep(store: &Store, users: &Users, cluster: Option<&Arc<Membership
     // The sled may still hold goals of partitions this node has let go of: only the served
     // ones are its to sweep.
     let pending = pending.into_iter().filter(|(t, g)| cluster.is_none_or(|m| m.serves(t, &g.assignee)));
+    // One goal that cannot be handled now (its assigner's node between owners, say) does not
+    // hold up the others: each is tried again at the next sweep.
+    let mut failed = 0;
     for (tenant, g) in pending {
-        match g.status {
-            GoalStatus::Open if g.spec.due.is_some_and(|d| now > d) => {
-                let (tx, rx) = oneshot::channel();
-                users.send(&tenant, &g.assignee, UserMsg::Goal { op: GoalOp::Due(g.spec.id.clone()), reply: tx }).map_err(|e| e.to_string())?;
-                rx.await.map_err(|_| "the assignee's actor stopped".to_string())??;
-            }
-            GoalStatus::Completed | GoalStatus::Missed => notify(store, users, cluster, &tenant, g).await?,
-            _ => {}
+        let id = g.spec.id.clone();
+        let done = match g.status {
+            GoalStatus::Open if g.spec.due.is_some_and(|d| now > d) => close_missed(users, &tenant, &g).await,
+            GoalStatus::Completed | GoalStatus::Missed => notify(store, users, cluster, &tenant, g).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = done {
+            failed += 1;
+            tracing::debug!(tenant, goal = %id, error = %e, "a goal could not be swept now; tried again at the next sweep");
         }
     }
+    if failed > 0 {
+        return Err(format!("{failed} goals could not be swept now"));
+    }
+    Ok(())
+}
+
+async fn close_missed(users: &Users, tenant: &str, g: &GoalRecord) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    users.send(tenant, &g.assignee, UserMsg::Goal { op: GoalOp::Due(g.spec.id.clone()), reply: tx }).map_err(|e| e.to_string())?;
+    rx.await.map_err(|_| "the assignee's actor stopped".to_string())??;
     Ok(())
 }
 

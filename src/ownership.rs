@@ -210,7 +210,16 @@ impl Membership {
         if !covered(&got) {
             return Err("some partitions are between nodes, or on a node that cannot answer yet, and were not answered for".into());
         }
-        Ok(got.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect())
+        let answers: Vec<A> = got.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect();
+        // Two nodes answering for one partition: it moved while the question was out, and one
+        // of the answers is stale. Asked again, it is answered once.
+        let mut seen = [false; PARTITIONS as usize];
+        for p in answers.iter().flat_map(|a| partitions(a).iter()) {
+            if std::mem::replace(&mut seen[usize::from(*p) % seen.len()], true) {
+                return Err(format!("partition {p} moved between nodes while it was asked about"));
+            }
+        }
+        Ok(answers)
     }
 
     /// Answers other nodes' catalogue previews for the users of the partitions this node

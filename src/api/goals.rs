@@ -154,7 +154,10 @@ pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, m
     if !g.criterion.is_object() {
         return Err(bad("invalid_body", "`criterion` must be a rule object, e.g. {\"kind\": \"count\", ...}"));
     }
-    let id = g.id.clone().unwrap_or_else(|| format!("g-{:x}-{:x}", now_ms(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    // A made-up id names this node in cluster mode: two nodes counting from 1 in the same
+    // millisecond would otherwise make the same one.
+    let node = shared.cluster.as_ref().map(|m| format!("{}-", m.id.chars().take(24).collect::<String>())).unwrap_or_default();
+    let id = g.id.clone().unwrap_or_else(|| format!("g-{node}{:x}-{:x}", now_ms(), NEXT.fetch_add(1, Ordering::Relaxed)));
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(bad("invalid_body", "`id` must be 1 to 64 letters, digits, '-', '_' or '.'"));
     }

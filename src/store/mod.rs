@@ -186,6 +186,7 @@ impl Store {
             StoreError::Corrupt { key: "persister".into(), why: e.to_string() }
         })?;
         *store.persister.0.lock().expect("fresh mutex") = Some(handle);
+        store.seed_ids()?;
         Ok(store)
     }
 
@@ -395,18 +396,6 @@ impl Store {
     pub fn next_id(&self, kind: IdKind) -> Result<u64, StoreError> {
         self.readable()?;
         let key = kind.key();
-        if self.db.get(key)?.is_none() {
-            // A store written before ids were counted per kind (sled's one generator, which
-            // jumps by a million at each start): count on from the highest id of the kind.
-            let highest = match kind {
-                IdKind::DeadLetter => highest_id(&self.dead)?,
-                IdKind::Job => highest_id(&self.jobs)?,
-                IdKind::Webhook => highest_id(&self.hooks)?,
-                IdKind::Delivery => highest_id(&self.outbox)?.max(highest_id(&self.hooklog)?),
-            };
-            // Two callers seeding at once write the same value; one of them wins.
-            let _ = self.db.compare_and_swap(key, None as Option<&[u8]>, Some(&highest.to_be_bytes()[..]))?;
-        }
         // The counter is in the default tree, flushed with every batch: by the time a record
         // with this id is durable, so is the counter past it, and no id is given twice.
         let next = self.db.update_and_fetch(key, |old| {
@@ -414,6 +403,30 @@ impl Store {
             Some(n.saturating_add(1).to_be_bytes().to_vec())
         })?;
         next.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).ok_or_else(|| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), why: "an id counter is not 8 bytes".into() })
+    }
+
+    /// Once per store: a store written before ids were counted per kind (by sled's one
+    /// generator, which jumps by a million at each start) counts every kind on from above any
+    /// id that generator gave, so that no id is given twice, even one whose record is gone (a
+    /// discarded dead letter, a delivered notification). A new store counts each kind from 1.
+    fn seed_ids(&self) -> Result<(), StoreError> {
+        const SEEDED: &[u8] = b"id/per-kind";
+        if self.db.get(SEEDED)?.is_some() {
+            return Ok(());
+        }
+        if self.db.was_recovered() {
+            let floor = self.db.generate_id()?;
+            for (kind, highest) in [
+                (IdKind::DeadLetter, highest_id(&self.dead)?),
+                (IdKind::Job, highest_id(&self.jobs)?),
+                (IdKind::Webhook, highest_id(&self.hooks)?),
+                (IdKind::Delivery, highest_id(&self.outbox)?.max(highest_id(&self.hooklog)?)),
+            ] {
+                let _ = self.db.compare_and_swap(kind.key(), None as Option<&[u8]>, Some(&highest.max(floor).to_be_bytes()[..]))?;
+            }
+        }
+        self.db.insert(SEEDED, &b"1"[..])?;
+        Ok(())
     }
 
     /// Whether anything is stored for a user.
@@ -780,4 +793,41 @@ fn board_record(k: &[u8], v: &[u8], out: &mut Vec<(BoardKey, String, BoardEntry)
         out.push((BoardKey { tenant: tenant.clone(), board, period, segment }, user.clone(), e));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written before ids were counted per kind never gives an id its old generator
+    /// gave (a record kept, or one gone since, such as a discarded dead letter); a new store
+    /// counts each kind from 1.
+    #[test]
+    fn ids_per_kind_start_above_every_old_id_and_at_one_in_a_new_store() {
+        let old = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(old.path()).unwrap();
+            let mut k = tenant_prefix("demo");
+            k.extend_from_slice(&7u64.to_be_bytes());
+            db.open_tree("dead").unwrap().insert(k, vec![1u8]).unwrap();
+            // Ids 0 to 11 given, 11 to a webhook endpoint deleted since.
+            for _ in 0..12 {
+                db.generate_id().unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(old.path()).unwrap();
+        assert!(store.next_id(IdKind::DeadLetter).unwrap() > 11);
+        assert!(store.next_id(IdKind::Webhook).unwrap() > 11);
+        let job = store.next_id(IdKind::Job).unwrap();
+        drop(store);
+        // Seeded once: reopened, each kind goes on by one.
+        let store = Store::open(old.path()).unwrap();
+        assert_eq!(store.next_id(IdKind::Job).unwrap(), job + 1);
+        drop(store);
+
+        let new = tempfile::tempdir().unwrap();
+        let store = Store::open(new.path()).unwrap();
+        assert_eq!([IdKind::DeadLetter, IdKind::Job, IdKind::Webhook, IdKind::Delivery].map(|k| store.next_id(k).unwrap()), [1, 1, 1, 1]);
+    }
 }
