@@ -366,8 +366,12 @@ async fn operations_endpoints_answer() {
     for line in ["accolade_events_total{outcome=\"accepted\"} 2", "accolade_dedup_hits_total 1", "accolade_rule_eval_seconds_count 2", "accolade_event_to_push_seconds_count 3", "accolade_http_events_total 4", "accolade_events_total{outcome=\"rejected\"} 1", "accolade_refusals_total{code=\"invalid_event\"} 1"] {
         assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
+    // OpenMetrics, typed as such for scrapers that negotiate it, and ended the way it requires.
+    let res = http_client().get(format!("http://{}/metrics", s.addr)).send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert!(res.text().await.unwrap().ends_with("\n# EOF\n"));
     for name in ["accolade_persist_last_batch_jobs", "accolade_backfill_running", "accolade_dead_letters_total", "accolade_connections"] {
-        assert!(m.contains(&format!("# TYPE {name} ")), "{name}");
+        assert!(m.lines().any(|l| l.starts_with(&format!("{name} "))), "no {name} sample in\n{m}");
     }
     // Request ids: the caller's is echoed, otherwise one is made.
     let res = http_client().get(format!("http://{}/healthz", s.addr)).header("x-request-id", "req-42").send().await.unwrap();
