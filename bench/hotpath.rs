@@ -1,7 +1,7 @@
 //! Criterion benchmarks for the server's per-event hot path outside the rule core: decoding an
-//! event frame, encoding the ack and xp pushes, and the persister writing a batch of accepted
+//! event frame, encoding the ack and xp pushes, the persister writing a batch of accepted
 //! events (log record, dedup key and leaderboard record each, then one flush), as the actor
-//! submits them.
+//! submits them, and recording the metrics of an event.
 
 use accolade::core::value::{b, n, s};
 use accolade::core::Event;
@@ -94,5 +94,80 @@ fn bench_persist(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_wire, bench_persist);
+/// The recording of `src/metrics.rs` before it moved onto prometheus-client (commit 2ced7be),
+/// kept here so that both sides are measured in one build and one sitting.
+mod before {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    pub struct Histogram {
+        bounds: &'static [u64],
+        counts: Vec<AtomicU64>,
+        sum_micros: AtomicU64,
+    }
+
+    const LATENCY_BOUNDS: &[u64] = &[10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 10_000_000];
+
+    impl Default for Histogram {
+        fn default() -> Self {
+            Histogram { bounds: LATENCY_BOUNDS, counts: (0..=LATENCY_BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }
+        }
+    }
+
+    impl Histogram {
+        pub fn record(&self, d: Duration) {
+            let us = d.as_micros().min(u64::MAX as u128) as u64;
+            let i = self.bounds.partition_point(|&b| b < us);
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+            self.sum_micros.fetch_add(us, Ordering::Relaxed);
+        }
+    }
+
+    #[derive(Default)]
+    pub struct Metrics {
+        pub accepted: AtomicU64,
+        refusals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+        pub rule_eval: Histogram,
+    }
+
+    impl Metrics {
+        pub fn refused(&self, code: &str) {
+            let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get_mut(code) {
+                Some(n) => *n += 1,
+                None => {
+                    m.insert(code.to_string(), 1);
+                }
+            }
+        }
+    }
+}
+
+/// What the server records per event, before and after `Metrics` moved onto prometheus-client:
+/// a counter, a refusal by its code, a latency observation. Also two things the server does not
+/// do, to show why: a labelled family looked up per increment, and prometheus-client's own
+/// histogram. One thread, so uncontended costs.
+fn bench_metrics(c: &mut Criterion) {
+    use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let old = before::Metrics::default();
+    let new = accolade::metrics::Metrics::default();
+    let latency = Duration::from_micros(730);
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("counter/before", |bch| bch.iter(|| black_box(&old.accepted).fetch_add(1, Ordering::Relaxed)));
+    g.bench_function("counter/after", |bch| bch.iter(|| black_box(&new.accepted).inc()));
+    let family = Family::<[(&str, &str); 1], Counter>::default();
+    g.bench_function("counter/family-lookup", |bch| bch.iter(|| family.get_or_create(black_box(&[("outcome", "accepted")])).inc()));
+    g.bench_function("refusal/before", |bch| bch.iter(|| old.refused(black_box("rate_limited"))));
+    g.bench_function("refusal/after", |bch| bch.iter(|| new.refused(black_box("rate_limited"))));
+    g.bench_function("histogram/before", |bch| bch.iter(|| old.rule_eval.record(black_box(latency))));
+    g.bench_function("histogram/after", |bch| bch.iter(|| new.rule_eval.record(black_box(latency))));
+    let client = Histogram::new([1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]);
+    g.bench_function("histogram/client", |bch| bch.iter(|| client.observe(black_box(latency).as_secs_f64())));
+    g.finish();
+}
+
+criterion_group!(benches, bench_wire, bench_persist, bench_metrics);
 criterion_main!(benches);

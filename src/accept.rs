@@ -165,7 +165,7 @@ impl Paced {
             CutOff::Deadline(_) => &self.metrics.bodies_timed_out,
             CutOff::TooSlow(_) => &self.metrics.bodies_too_slow,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         Poll::Ready(Some(Err(Box::new(c))))
     }
 }

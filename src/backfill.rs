@@ -24,7 +24,6 @@ use crate::user::{BackfillSpec, UserMsg, Users};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,7 +139,7 @@ impl Backfills {
     pub async fn cancel(&self, tenant: &str, id: u64) -> Result<Option<JobRecord>, StoreError> {
         if let Some((_, h)) = self.jobs.remove(&(tenant.to_string(), id)) {
             h.abort();
-            self.metrics.backfill_running.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.backfill_running.dec();
             self.jobs_left.notify_waiters();
         }
         let Some(mut job) = self.store.get::<JobRecord>(Kind::Job, tenant, id)? else { return Ok(None) };
@@ -158,7 +157,7 @@ impl Backfills {
 
     fn spawn(self: &Arc<Self>, tenant: String, job: JobRecord) {
         let key = (tenant.clone(), job.id);
-        self.metrics.backfill_running.fetch_add(1, Ordering::Relaxed);
+        self.metrics.backfill_running.inc();
         let s = self.clone();
         let handle = tokio::spawn(async move {
             let id = job.id;
@@ -166,7 +165,7 @@ impl Backfills {
                 tracing::error!(tenant = %tenant, job = id, error = %e, "backfill stopped; it resumes at the next start");
             }
             if s.jobs.remove(&(tenant, id)).is_some() {
-                s.metrics.backfill_running.fetch_sub(1, Ordering::Relaxed);
+                s.metrics.backfill_running.dec();
             }
             s.jobs_left.notify_waiters();
         });
@@ -219,8 +218,8 @@ impl Backfills {
                 job.done += 1;
                 job.awards += u64::from(awarded);
                 job.cursor = Some(user);
-                self.metrics.backfill_users.fetch_add(1, Ordering::Relaxed);
-                self.metrics.backfill_awards.fetch_add(u64::from(awarded), Ordering::Relaxed);
+                self.metrics.backfill_users.inc();
+                self.metrics.backfill_awards.inc_by(u64::from(awarded));
                 if saved_at.elapsed() >= Duration::from_millis(500) {
                     self.save_progress(tenant, &job).await?;
                     saved_at = tokio::time::Instant::now();
@@ -336,8 +335,8 @@ impl Backfills {
                         part.done += 1;
                         part.awards += u64::from(awarded);
                         part.cursor = Some(user);
-                        self.metrics.backfill_users.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.backfill_awards.fetch_add(u64::from(awarded), Ordering::Relaxed);
+                        self.metrics.backfill_users.inc();
+                        self.metrics.backfill_awards.inc_by(u64::from(awarded));
                     }
                     // Not served here any more (or failing): left to the node serving it next,
                     // from the part as last stored.

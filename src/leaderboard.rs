@@ -161,7 +161,7 @@ impl Closer {
             let segments = standings.iter().map(|(k, rows)| (k.segment.clone(), rows.len() as u64)).collect();
             self.submit(tenant, board, vec![store::writes::closed(tenant, board, &ClosedPeriod { period: period.into(), end, closed_at: now_ms(), segments, awarded })]).await?;
             tracing::info!(tenant, board, period, awarded, "leaderboard period closed");
-            self.metrics.periods_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.periods_closed.inc();
         }
         // Every node forgets the period's rankings (in cluster mode one that rebuilds a
         // partition later may take them in again from its users' records: the period is then

@@ -1,14 +1,32 @@
-//! The server's counters, gauges and latency histograms, and their Prometheus text rendering
-//! for `GET /metrics`. Plain atomics: recording is a few relaxed adds on the hot path.
+//! The server's counters, gauges and latency histograms, held in a `prometheus-client` registry,
+//! and their OpenMetrics text rendering for `GET /metrics`. Recording stays a relaxed atomic add
+//! on the hot path: labelled series the server itself counts are resolved once, at construction.
 
-use std::fmt::Write as _;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet, text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// A fixed-bucket latency histogram (cumulative buckets are computed when rendering).
-pub struct Histogram {
+/// The content type of what [`Metrics::render`] writes (OpenMetrics 1.0 text, ending `# EOF`).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A fixed-bucket latency histogram on plain atomics. prometheus-client's own `Histogram` takes a
+/// mutex on every observation (bench/README.md, "/metrics on prometheus-client"), and two of
+/// these are recorded per event on every worker thread, so this one only implements the
+/// client's `EncodeMetric` and lets the client render it.
+#[derive(Clone, Debug)]
+pub struct Histogram(Arc<Buckets>);
+
+#[derive(Debug)]
+struct Buckets {
     /// Upper bounds in microseconds.
     bounds: &'static [u64],
+    /// One per bound and one for +Inf; not cumulative (the encoder sums them).
     counts: Vec<AtomicU64>,
     sum_micros: AtomicU64,
 }
@@ -18,76 +36,91 @@ const LATENCY_BOUNDS: &[u64] = &[10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000,
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { bounds: LATENCY_BOUNDS, counts: (0..=LATENCY_BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }
+        Histogram(Arc::new(Buckets { bounds: LATENCY_BOUNDS, counts: (0..=LATENCY_BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }))
     }
 }
 
 impl Histogram {
     pub fn record(&self, d: Duration) {
+        let h = &*self.0;
         let us = d.as_micros().min(u64::MAX as u128) as u64;
-        let i = self.bounds.partition_point(|&b| b < us);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(us, Ordering::Relaxed);
+        let i = h.bounds.partition_point(|&b| b < us);
+        h.counts[i].fetch_add(1, Ordering::Relaxed);
+        h.sum_micros.fetch_add(us, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, b) in self.bounds.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *b as f64 / 1e6);
-        }
-        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        self.0.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
 
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &*self.0;
+        let bounds = h.bounds.iter().map(|&b| b as f64 / 1e6).chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = bounds.zip(h.counts.iter().map(|c| c.load(Ordering::Relaxed))).collect();
+        // The count is taken from the same reads as the buckets, so that it always equals the
+        // +Inf bucket, as a scraper expects, even while observations land.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// One label whose values are known when the code is written (`outcome`, `why`).
+type Fixed = [(&'static str, &'static str); 1];
+/// The `code` label of refusals, whose values come from every path that refuses.
+type Code = [(&'static str, String); 1];
+
 /// Everything `/metrics` shows that the server itself counts (the persister keeps its own).
-#[derive(Default)]
+///
+/// The fields are handles into `registry`: a `Counter` or `Gauge` is an `Arc` of one atomic, so
+/// incrementing a field is what scraping reads. Series of a labelled family that the server
+/// counts on every event (`accepted`, `duplicates`, ...) are resolved here once, because a
+/// family lookup takes a lock and hashes the labels.
+#[derive(Debug)]
 pub struct Metrics {
-    pub connections: AtomicU64,
-    pub actors: AtomicU64,
+    registry: Registry,
+    pub connections: Gauge,
+    pub actors: Gauge,
     /// Events made durable (counted when their writes are flushed, not when the rules take
     /// them).
-    pub accepted: AtomicU64,
+    pub accepted: Counter,
     /// Events the rules took whose writes failed, and events refused because the store had
     /// failed: never acknowledged.
-    pub storage_failed: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub rejected: AtomicU64,
-    pub rate_limited: AtomicU64,
+    pub storage_failed: Counter,
+    pub duplicates: Counter,
+    pub rejected: Counter,
+    pub rate_limited: Counter,
     /// Every error answer to a client, on every path, by its code (`refused`).
-    refusals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
-    pub unlocks: AtomicU64,
-    pub periods_closed: AtomicU64,
-    pub pushes: AtomicU64,
-    pub slow_closed: AtomicU64,
-    pub passivated: AtomicU64,
-    pub http_events: AtomicU64,
+    refusals: Family<Code, Counter>,
+    pub unlocks: Counter,
+    pub periods_closed: Counter,
+    pub pushes: Counter,
+    pub slow_closed: Counter,
+    pub passivated: Counter,
+    pub http_events: Counter,
     /// Cluster mode: the partitions this node serves now.
-    pub partitions_served: AtomicU64,
+    pub partitions_served: Gauge,
     /// Cluster mode: sockets other nodes hold, attached to this node's actors.
-    pub remote_sockets: AtomicU64,
+    pub remote_sockets: Gauge,
     /// Cluster mode: changelog compactions made by this node.
-    pub compactions: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub backfill_users: AtomicU64,
-    pub backfill_awards: AtomicU64,
-    pub backfill_running: AtomicU64,
-    pub webhook_delivered: AtomicU64,
-    pub webhook_failed_attempts: AtomicU64,
-    pub webhook_given_up: AtomicU64,
-    pub webhook_set_aside: AtomicU64,
+    pub compactions: Counter,
+    pub dead_letters: Counter,
+    pub backfill_users: Counter,
+    pub backfill_awards: Counter,
+    pub backfill_running: Gauge,
+    pub webhook_delivered: Counter,
+    pub webhook_failed_attempts: Counter,
+    pub webhook_given_up: Counter,
+    pub webhook_set_aside: Counter,
     /// Request bodies cut off for missing their deadline (`--body-timeout-secs`).
-    pub bodies_timed_out: AtomicU64,
+    pub bodies_timed_out: Counter,
     /// Request bodies cut off for arriving below `--min-body-bytes-per-sec`.
-    pub bodies_too_slow: AtomicU64,
+    pub bodies_too_slow: Counter,
     /// Time in the rule core per accepted or refused event.
     pub rule_eval: Histogram,
     /// From an event's arrival to its ack and pushes being released (after the flush).
@@ -110,92 +143,105 @@ pub struct Sampled {
     pub storage_failed: bool,
 }
 
+impl Sampled {
+    /// These figures as a registry of constant metrics, made for one scrape. They belong to the
+    /// persister and the semaphores, which are made after `Metrics` and live elsewhere, so they
+    /// are read by the handler and written next to the server's own (a collector in
+    /// `Metrics::registry` would have to hold the store).
+    fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register("accolade_persist_batches", "Group commits.", ConstCounter::new(self.batches));
+        r.register("accolade_persist_jobs", "Jobs (one per event or snapshot) committed.", ConstCounter::new(self.jobs));
+        r.register("accolade_persist_writes", "Key writes committed.", ConstCounter::new(self.writes));
+        r.register_with_unit("accolade_persist_apply", "Time inserting into sled.", Unit::Seconds, ConstCounter::new(self.apply_seconds));
+        r.register_with_unit("accolade_persist_flush", "Time flushing sled to disk.", Unit::Seconds, ConstCounter::new(self.flush_seconds));
+        r.register("accolade_persist_last_batch_jobs", "Jobs in the last group commit.", ConstGauge::new(self.last_batch_jobs as i64));
+        r.register("accolade_socket_events_in_flight", "Socket events read and not yet answered (at most --socket-inflight-events).", ConstGauge::new(self.socket_events_in_flight as i64));
+        r.register_with_unit("accolade_disk_wait", "How long the oldest group commit or flush in progress has waited for the disk (0: none in progress).", Unit::Seconds, ConstGauge::new(self.disk_wait_seconds));
+        r.register("accolade_storage_failed", "1 once a write to the disk has failed: the store serves nothing, and the process exits after --write-failure-exit-secs.", ConstGauge::new(i64::from(self.storage_failed)));
+        r
+    }
+}
+
+impl Default for Metrics {
+    /// Registers every metric under its rendered name. prometheus-client adds `_total` to
+    /// counters and the unit's suffix (`_seconds`) itself, so a counter registered as
+    /// `accolade_events` is scraped as `accolade_events_total`.
+    fn default() -> Self {
+        let mut r = Registry::default();
+        // Registers `m` under `name` and hands back a handle on the same atomic.
+        fn reg<M: prometheus_client::registry::Metric + Clone>(r: &mut Registry, name: &str, help: &str, m: M) -> M {
+            r.register(name, help, m.clone());
+            m
+        }
+        let events = Family::<Fixed, Counter>::default();
+        let deliveries = Family::<Fixed, Counter>::default();
+        let cut_off = Family::<Fixed, Counter>::default();
+        let series = |f: &Family<Fixed, Counter>, label: &'static str, value: &'static str| f.get_or_create(&[(label, value)]).clone();
+        let m = Metrics {
+            connections: reg(&mut r, "accolade_connections", "Open WebSocket connections.", Gauge::default()),
+            actors: reg(&mut r, "accolade_actors_active", "User actors in memory.", Gauge::default()),
+            partitions_served: reg(&mut r, "accolade_cluster_partitions_served", "Cluster mode: partitions this node serves (0 standalone).", Gauge::default()),
+            compactions: reg(&mut r, "accolade_cluster_compactions", "Cluster mode: partition changelogs this node compacted into a base.", Counter::default()),
+            remote_sockets: reg(&mut r, "accolade_cluster_remote_sockets", "Cluster mode: sockets other nodes hold for users this node serves (counted in their nodes' accolade_connections).", Gauge::default()),
+            accepted: series(&events, "outcome", "accepted"),
+            duplicates: series(&events, "outcome", "duplicate"),
+            rejected: series(&events, "outcome", "rejected"),
+            rate_limited: series(&events, "outcome", "rate_limited"),
+            storage_failed: series(&events, "outcome", "storage_failed"),
+            refusals: reg(&mut r, "accolade_refusals", "Error answers to clients (socket and HTTP), by code.", Family::default()),
+            http_events: reg(&mut r, "accolade_http_events", "Events received through POST /v1/events.", Counter::default()),
+            dead_letters: reg(&mut r, "accolade_dead_letters", "Ingested events kept as dead letters.", Counter::default()),
+            unlocks: reg(&mut r, "accolade_unlocks", "Badges awarded.", Counter::default()),
+            periods_closed: reg(&mut r, "accolade_leaderboard_periods_closed", "Leaderboard periods archived and awarded.", Counter::default()),
+            pushes: reg(&mut r, "accolade_pushes", "Messages written to sockets.", Counter::default()),
+            webhook_delivered: series(&deliveries, "outcome", "delivered"),
+            webhook_failed_attempts: series(&deliveries, "outcome", "failed_attempt"),
+            webhook_given_up: series(&deliveries, "outcome", "given_up"),
+            webhook_set_aside: reg(&mut r, "accolade_webhook_set_aside", "Webhook deliveries set aside after --webhook-hold-attempts failures, so that other users' notifications go first.", Counter::default()),
+            bodies_timed_out: series(&cut_off, "why", "deadline"),
+            bodies_too_slow: series(&cut_off, "why", "too_slow"),
+            slow_closed: reg(&mut r, "accolade_slow_closed", "Connections closed for not reading.", Counter::default()),
+            passivated: reg(&mut r, "accolade_passivated", "Idle actors persisted and stopped.", Counter::default()),
+            backfill_running: reg(&mut r, "accolade_backfill_running", "Backfill jobs running.", Gauge::default()),
+            backfill_users: reg(&mut r, "accolade_backfill_users", "Users re-evaluated by backfills.", Counter::default()),
+            backfill_awards: reg(&mut r, "accolade_backfill_awards", "Badges awarded by backfills.", Counter::default()),
+            rule_eval: Histogram::default(),
+            event_to_push: Histogram::default(),
+            registry: Registry::default(),
+        };
+        r.register("accolade_events", "Events by outcome (socket and HTTP).", events);
+        // The same atomic as the `duplicate` outcome, under the name dashboards knew first.
+        r.register("accolade_dedup_hits", "Events recognised as already counted.", m.duplicates.clone());
+        r.register("accolade_webhook_deliveries", "Webhook delivery attempts by outcome (given_up: a delivery whose last attempt failed).", deliveries);
+        r.register("accolade_request_bodies_cut_off", "HTTP request bodies cut off (answered 408, connection closed), by why.", cut_off);
+        r.register_with_unit("accolade_rule_eval", "Time in the rule core per event.", Unit::Seconds, m.rule_eval.clone());
+        r.register_with_unit("accolade_event_to_push", "From an event's arrival to its ack and pushes leaving the actor.", Unit::Seconds, m.event_to_push.clone());
+        Metrics { registry: r, ..m }
+    }
+}
+
 impl Metrics {
     /// Counts an error answer to a client by its code. Refusals are rare next to events, so a
-    /// lock is cheap enough, and any code a new path brings is counted without a new field.
+    /// family lookup (a read lock and a hash of the code) is cheap enough, and any code a new
+    /// path brings is counted without a new field.
     pub fn refused(&self, code: &str) {
-        let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        match m.get_mut(code) {
-            Some(n) => *n += 1,
-            None => {
-                m.insert(code.to_string(), 1);
-            }
-        }
+        self.refusals.get_or_create(&[("code", code.to_string())]).inc();
     }
 
     /// How many error answers carried `code`.
     pub fn refusals(&self, code: &str) -> u64 {
-        self.refusals.lock().unwrap_or_else(|e| e.into_inner()).get(code).copied().unwrap_or(0)
+        self.refusals.get(&[("code", code.to_string())]).map_or(0, |c| c.get())
     }
 
+    /// Every metric as OpenMetrics text ([`CONTENT_TYPE`]): the server's own, then the figures
+    /// sampled for this scrape, then `# EOF`.
     pub fn render(&self, p: &Sampled) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(4096);
-        let mut line = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
-        line("accolade_connections", "gauge", "Open WebSocket connections.", &[("", g(&self.connections).to_string())]);
-        line("accolade_actors_active", "gauge", "User actors in memory.", &[("", g(&self.actors).to_string())]);
-        line("accolade_cluster_partitions_served", "gauge", "Cluster mode: partitions this node serves (0 standalone).", &[("", g(&self.partitions_served).to_string())]);
-        line("accolade_cluster_compactions_total", "counter", "Cluster mode: partition changelogs this node compacted into a base.", &[("", g(&self.compactions).to_string())]);
-        line("accolade_cluster_remote_sockets", "gauge", "Cluster mode: sockets other nodes hold for users this node serves (counted in their nodes' accolade_connections).", &[("", g(&self.remote_sockets).to_string())]);
-        line(
-            "accolade_events_total",
-            "counter",
-            "Events by outcome (socket and HTTP).",
-            &[
-                ("{outcome=\"accepted\"}", g(&self.accepted).to_string()),
-                ("{outcome=\"duplicate\"}", g(&self.duplicates).to_string()),
-                ("{outcome=\"rejected\"}", g(&self.rejected).to_string()),
-                ("{outcome=\"rate_limited\"}", g(&self.rate_limited).to_string()),
-                ("{outcome=\"storage_failed\"}", g(&self.storage_failed).to_string()),
-            ],
-        );
-        let refusals: Vec<(String, String)> = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(c, n)| (format!("{{code=\"{c}\"}}"), n.to_string())).collect();
-        let refusals: Vec<(&str, String)> = refusals.iter().map(|(l, n)| (l.as_str(), n.clone())).collect();
-        line("accolade_refusals_total", "counter", "Error answers to clients (socket and HTTP), by code.", &refusals);
-        line("accolade_dedup_hits_total", "counter", "Events recognised as already counted.", &[("", g(&self.duplicates).to_string())]);
-        line("accolade_http_events_total", "counter", "Events received through POST /v1/events.", &[("", g(&self.http_events).to_string())]);
-        line("accolade_dead_letters_total", "counter", "Ingested events kept as dead letters.", &[("", g(&self.dead_letters).to_string())]);
-        line("accolade_unlocks_total", "counter", "Badges awarded.", &[("", g(&self.unlocks).to_string())]);
-        line("accolade_leaderboard_periods_closed_total", "counter", "Leaderboard periods archived and awarded.", &[("", g(&self.periods_closed).to_string())]);
-        line("accolade_pushes_total", "counter", "Messages written to sockets.", &[("", g(&self.pushes).to_string())]);
-        line(
-            "accolade_webhook_deliveries_total",
-            "counter",
-            "Webhook delivery attempts by outcome (given_up: a delivery whose last attempt failed).",
-            &[
-                ("{outcome=\"delivered\"}", g(&self.webhook_delivered).to_string()),
-                ("{outcome=\"failed_attempt\"}", g(&self.webhook_failed_attempts).to_string()),
-                ("{outcome=\"given_up\"}", g(&self.webhook_given_up).to_string()),
-            ],
-        );
-        line("accolade_webhook_set_aside_total", "counter", "Webhook deliveries set aside after --webhook-hold-attempts failures, so that other users' notifications go first.", &[("", g(&self.webhook_set_aside).to_string())]);
-        line(
-            "accolade_request_bodies_cut_off_total",
-            "counter",
-            "HTTP request bodies cut off (answered 408, connection closed), by why.",
-            &[("{why=\"deadline\"}", g(&self.bodies_timed_out).to_string()), ("{why=\"too_slow\"}", g(&self.bodies_too_slow).to_string())],
-        );
-        line("accolade_slow_closed_total", "counter", "Connections closed for not reading.", &[("", g(&self.slow_closed).to_string())]);
-        line("accolade_passivated_total", "counter", "Idle actors persisted and stopped.", &[("", g(&self.passivated).to_string())]);
-        line("accolade_persist_batches_total", "counter", "Group commits.", &[("", p.batches.to_string())]);
-        line("accolade_persist_jobs_total", "counter", "Jobs (one per event or snapshot) committed.", &[("", p.jobs.to_string())]);
-        line("accolade_persist_writes_total", "counter", "Key writes committed.", &[("", p.writes.to_string())]);
-        line("accolade_persist_apply_seconds_total", "counter", "Time inserting into sled.", &[("", p.apply_seconds.to_string())]);
-        line("accolade_persist_flush_seconds_total", "counter", "Time flushing sled to disk.", &[("", p.flush_seconds.to_string())]);
-        line("accolade_persist_last_batch_jobs", "gauge", "Jobs in the last group commit.", &[("", p.last_batch_jobs.to_string())]);
-        line("accolade_socket_events_in_flight", "gauge", "Socket events read and not yet answered (at most --socket-inflight-events).", &[("", p.socket_events_in_flight.to_string())]);
-        line("accolade_disk_wait_seconds", "gauge", "How long the oldest group commit or flush in progress has waited for the disk (0: none in progress).", &[("", p.disk_wait_seconds.to_string())]);
-        line("accolade_storage_failed", "gauge", "1 once a write to the disk has failed: the store serves nothing, and the process exits after --write-failure-exit-secs.", &[("", u8::from(p.storage_failed).to_string())]);
-        line("accolade_backfill_running", "gauge", "Backfill jobs running.", &[("", g(&self.backfill_running).to_string())]);
-        line("accolade_backfill_users_total", "counter", "Users re-evaluated by backfills.", &[("", g(&self.backfill_users).to_string())]);
-        line("accolade_backfill_awards_total", "counter", "Badges awarded by backfills.", &[("", g(&self.backfill_awards).to_string())]);
-        self.rule_eval.render(&mut out, "accolade_rule_eval_seconds", "Time in the rule core per event.");
-        self.event_to_push.render(&mut out, "accolade_event_to_push_seconds", "From an event's arrival to its ack and pushes leaving the actor.");
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail; an encoder error would be a bug in a metric's
+        // encoding, and a partial page is still worth more to an operator than none.
+        let written = text::encode_registry(&mut out, &self.registry).and_then(|()| text::encode_registry(&mut out, &p.registry())).and_then(|()| text::encode_eof(&mut out));
+        debug_assert!(written.is_ok(), "{written:?}");
         out
     }
 }
@@ -204,18 +250,65 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn idle() -> Sampled {
+        Sampled { batches: 3, jobs: 5, writes: 9, apply_seconds: 0.5, flush_seconds: 1.25, last_batch_jobs: 2, disk_wait_seconds: 0.0, socket_events_in_flight: 0, storage_failed: false }
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative_and_count_everything() {
-        let h = Histogram::default();
-        h.record(Duration::from_micros(5));
-        h.record(Duration::from_micros(700));
-        h.record(Duration::from_secs(60));
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"0.00001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n") && out.contains("x_count 3\n"), "{out}");
-        assert_eq!(h.count(), 3);
+        let m = Metrics::default();
+        m.rule_eval.record(Duration::from_micros(5));
+        m.rule_eval.record(Duration::from_micros(700));
+        m.rule_eval.record(Duration::from_secs(60));
+        let out = m.render(&idle());
+        let sample = |name: &str| out.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).unwrap_or_else(|| panic!("no {name} in\n{out}"));
+        assert_eq!(sample("accolade_rule_eval_seconds_bucket{le=\"0.00001\"}"), "1");
+        assert_eq!(sample("accolade_rule_eval_seconds_bucket{le=\"0.001\"}"), "2");
+        assert_eq!(sample("accolade_rule_eval_seconds_bucket{le=\"10.0\"}"), "2");
+        assert_eq!((sample("accolade_rule_eval_seconds_bucket{le=\"+Inf\"}"), sample("accolade_rule_eval_seconds_count")), ("3", "3"));
+        assert_eq!(sample("accolade_rule_eval_seconds_sum").parse::<f64>().unwrap(), 60.000705);
+        assert!(out.contains("# TYPE accolade_rule_eval_seconds histogram\n# UNIT accolade_rule_eval_seconds seconds\n"), "{out}");
+        assert_eq!(m.rule_eval.count(), 3);
+    }
+
+    #[test]
+    fn renders_todays_names_and_values_as_openmetrics() {
+        let m = Metrics::default();
+        m.accepted.inc_by(2);
+        m.duplicates.inc();
+        m.connections.inc();
+        m.connections.inc();
+        m.connections.dec();
+        m.refused("too_large");
+        m.refused("too_large");
+        m.bodies_too_slow.inc();
+        let out = m.render(&idle());
+        for line in [
+            "accolade_events_total{outcome=\"accepted\"} 2",
+            "accolade_events_total{outcome=\"duplicate\"} 1",
+            "accolade_events_total{outcome=\"rate_limited\"} 0",
+            "accolade_dedup_hits_total 1",
+            "accolade_connections 1",
+            "accolade_refusals_total{code=\"too_large\"} 2",
+            "accolade_request_bodies_cut_off_total{why=\"too_slow\"} 1",
+            "accolade_webhook_deliveries_total{outcome=\"given_up\"} 0",
+            "accolade_persist_batches_total 3",
+            "accolade_persist_flush_seconds_total 1.25",
+            "accolade_persist_last_batch_jobs 2",
+            "accolade_storage_failed 0",
+            "accolade_event_to_push_seconds_count 0",
+            // The forms tests/cluster.rs and bench/partition-move.sh read.
+            "accolade_cluster_partitions_served 0",
+            "accolade_cluster_remote_sockets 0",
+            "accolade_cluster_compactions_total 0",
+            "accolade_socket_events_in_flight 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing `{line}` in\n{out}");
+        }
+        assert_eq!(m.refusals("too_large"), 2);
+        assert_eq!(m.refusals("never_said"), 0);
+        // OpenMetrics: counters are typed under their family name, and the page ends once.
+        assert!(out.contains("# TYPE accolade_events counter\n"), "{out}");
+        assert!(out.ends_with("# EOF\n") && out.matches("# EOF").count() == 1, "{out}");
     }
 }

@@ -451,14 +451,14 @@ impl Membership {
                             tracing::warn!(partition = p, error = %e, "answering for a partition failed; its users are served from here only");
                         }
                         served.insert(p, now[&p].clone());
-                        metrics.partitions_served.store(served.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        metrics.partitions_served.set(served.len() as i64);
                         tracing::info!(partition = p, changelog = last, "partition rebuilt and served");
                     }
                     Err(e) => tracing::warn!(partition = p, error = %e, "a partition gained is not served yet; trying again"),
                 }
             }
-            metrics.partitions_served.store(served.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            metrics.remote_sockets.store(self.remotes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            metrics.partitions_served.set(served.len() as i64);
+            metrics.remote_sockets.set(self.remotes.len() as i64);
             self.remotes.expire(&users, tokio::time::Instant::now());
             tokio::select! {
                 changed = owned.changed() => if changed.is_err() { return },
@@ -491,7 +491,7 @@ impl Membership {
                 let started = std::time::Instant::now();
                 match crate::cluster::changelog::compact(&self.partitions, &writer, p, &self.id, cutoff).await {
                     Ok(Some(c)) => {
-                        metrics.compactions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        metrics.compactions.inc();
                         tracing::info!(partition = p, batches = c.batches, records = c.records, pieces = c.pieces, removed = c.removed, ms = started.elapsed().as_millis() as u64, "changelog compacted");
                     }
                     Ok(None) => {}

@@ -308,7 +308,7 @@ async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String,
                         match conn.tx.try_send(Frame::from(text)) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
-                                metrics.slow_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                metrics.slow_closed.inc();
                                 conn.slow.notify_one();
                                 break Ended::Here;
                             }

@@ -14,7 +14,6 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::sync::atomic::Ordering;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -169,7 +168,7 @@ where
             Via::Local
         }
     };
-    shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.connections.inc();
 
     // Unacknowledged events of this connection: when all permits are out, the socket is not
     // read until acks come back, which pushes back on the client through TCP.
@@ -316,7 +315,7 @@ where
         // Dropped, the attachment detaches.
         Via::Remote(a) => drop(a),
     }
-    shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.connections.dec();
 }
 
 /// The hello phase: the first message must authenticate, within the time-out. Returns the
@@ -429,7 +428,7 @@ fn on_text(
             if e.code() != "invalid_event" {
                 return Some(refusal(&shared.metrics, e.code(), &e.to_string(), None));
             }
-            shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.rejected.inc();
             // The refusal names the event whenever the event named itself, so that a client
             // can drop it rather than resend it unchanged on every reconnect. Read again only
             // on this path: the decoder does not keep what it refused.
@@ -438,7 +437,7 @@ fn on_text(
         }
     };
     if !bucket.take(now) {
-        shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.rate_limited.inc();
         shared.metrics.refused("rate_limited");
         let wait = bucket.refilled_at().map_or(0, |at| at.saturating_duration_since(now).as_millis() as u64);
         return Some(protocol::rate_limited(&ev.event_id, wait.max(1)));
@@ -447,13 +446,13 @@ fn on_text(
         return Some(refusal(&shared.metrics, "unavailable", "this tenant has no catalogue", Some(&ev.event_id)));
     };
     if let Some(why) = shared.store.failure() {
-        shared.metrics.storage_failed.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.storage_failed.inc();
         return Some(refusal(&shared.metrics, "unavailable", &format!("the server cannot store events now ({why}); send it again later"), Some(&ev.event_id)));
     }
     if let Some(t) = cat.type_of(&ev.event_type)
         && !cat.types[t].client
     {
-        shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.rejected.inc();
         return Some(refusal(&shared.metrics, 
             "forbidden_event",
             &format!(

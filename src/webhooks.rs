@@ -527,7 +527,6 @@ struct Signals {
 /// whatever its outbox holds.
 async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, mut stop: watch::Receiver<bool>) {
     let Signals { wake, poke, redrive } = signals;
-    use std::sync::atomic::Ordering::Relaxed;
     let policy = Policy::of(&io.config);
     let m = &io.metrics;
     let mut e = Backoff::default();
@@ -582,12 +581,12 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, m
                     _ = stop.changed() => return,
                 };
                 if let Some(err) = &a.error {
-                    m.webhook_failed_attempts.fetch_add(1, Relaxed);
+                    m.webhook_failed_attempts.inc();
                     tracing::warn!(tenant, hook = id, delivery = nid, attempts = p.attempts + 1, error = %err, "webhook delivery failed");
                 }
                 let outcome = after_attempt(p, a, now_ms(), &mut e, &policy, unit_random());
                 if matches!(&outcome, Err(retry) if retry.attempts == policy.hold_attempts) {
-                    m.webhook_set_aside.fetch_add(1, Relaxed);
+                    m.webhook_set_aside.inc();
                     tracing::warn!(tenant, hook = id, delivery = nid, attempts = policy.hold_attempts, "webhook delivery set aside: later notifications of other users go first");
                 }
                 (nid, outcome)
@@ -595,7 +594,7 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, m
         };
         let writes: Vec<Write> = match &outcome {
             Ok(done) => {
-                (if done.delivered { &m.webhook_delivered } else { &m.webhook_given_up }).fetch_add(1, Relaxed);
+                (if done.delivered { &m.webhook_delivered } else { &m.webhook_given_up }).inc();
                 store::writes::delivery_done(&tenant, id, nid, done).into()
             }
             Err(retry) => vec![store::writes::outbox(&tenant, id, nid, retry)],

@@ -347,6 +347,56 @@ async fn one_tenants_key_never_reaches_another_tenant() {
     s.stop().await;
 }
 
+/// The `accolade_...` metric names a PromQL expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.match_indices("accolade_").map(|(i, _)| expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()).collect()
+}
+
+/// Every query of the Grafana dashboard (docs/grafana/accolade.json) asks for a metric that
+/// `/metrics` renders, so renaming a metric without the dashboard fails here rather than as an
+/// operator's empty panel; and every panel reads the data source chosen at import.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_the_server_renders() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    // A labelled family renders nothing before its first series, so one refusal first (an
+    // event without its type), as any running server has seen.
+    let api = Api::new(&s, DEMO_KEY);
+    api.ingest(vec![json!({ "event_id": "bad-1", "user_id": "hal", "occurred_at": now_rfc3339() })]).await;
+    let (_, text) = api.with_key(None).get("/metrics").await;
+    // The series names a query can ask for.
+    let rendered: std::collections::HashSet<&str> = text.as_str().unwrap().lines().filter(|l| !l.starts_with('#')).map(|l| l.split(['{', ' ']).next().unwrap()).collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/accolade.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // Panel targets' `expr` and the instance variable's `definition`, wherever they nest.
+    fn queries(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, v)| match v.as_str() {
+                Some(q) if k == "expr" || k == "definition" => out.push(q.to_string()),
+                _ => queries(v, out),
+            }),
+            Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+            _ => {}
+        }
+    }
+    let mut exprs = vec![];
+    queries(&dashboard, &mut exprs);
+    let panels: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row").collect();
+    assert!(panels.len() >= 15 && exprs.len() > panels.len(), "{} panels, {} queries", panels.len(), exprs.len());
+    for e in &exprs {
+        let names = metric_names(e);
+        assert!(!names.is_empty(), "`{e}` asks for no accolade metric");
+        for n in names {
+            assert!(rendered.contains(n.as_str()), "the dashboard asks for {n}, which /metrics does not render, in `{e}`");
+        }
+    }
+    for p in panels {
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+    }
+    assert!(dashboard["templating"]["list"].as_array().unwrap().iter().any(|v| v["name"] == "DS_PROMETHEUS" && v["type"] == "datasource" && v["query"] == "prometheus"));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn operations_endpoints_answer() {
     let dir = tmp();
@@ -366,8 +416,12 @@ async fn operations_endpoints_answer() {
     for line in ["accolade_events_total{outcome=\"accepted\"} 2", "accolade_dedup_hits_total 1", "accolade_rule_eval_seconds_count 2", "accolade_event_to_push_seconds_count 3", "accolade_http_events_total 4", "accolade_events_total{outcome=\"rejected\"} 1", "accolade_refusals_total{code=\"invalid_event\"} 1"] {
         assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
+    // OpenMetrics, typed as such for scrapers that negotiate it, and ended the way it requires.
+    let res = http_client().get(format!("http://{}/metrics", s.addr)).send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert!(res.text().await.unwrap().ends_with("\n# EOF\n"));
     for name in ["accolade_persist_last_batch_jobs", "accolade_backfill_running", "accolade_dead_letters_total", "accolade_connections"] {
-        assert!(m.contains(&format!("# TYPE {name} ")), "{name}");
+        assert!(m.lines().any(|l| l.starts_with(&format!("{name} "))), "no {name} sample in\n{m}");
     }
     // Request ids: the caller's is echoed, otherwise one is made.
     let res = http_client().get(format!("http://{}/healthz", s.addr)).header("x-request-id", "req-42").send().await.unwrap();

@@ -245,7 +245,7 @@ async fn per_user_sockets_silent_sockets_and_late_hellos_are_closed_with_their_c
     // Wait on the server's own count of open sockets (the session ends when it closes this
     // one), then read the close frame.
     let mut silent = s.connect("silent").await;
-    let open = || s.shared.metrics.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let open = || s.shared.metrics.connections.get();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     while open() > 1 {

@@ -7,7 +7,6 @@ use accolade::core::Event;
 use accolade::server;
 use accolade::clock::now_ms;
 use accolade::user::{Conn, IngestOutcome, Origin, UserMsg};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -58,7 +57,7 @@ async fn an_idle_actor_passivates_and_comes_back_intact() {
         shared.store.sync().await.unwrap();
     }
     assert_eq!(shared.users.active(), 0, "the idle actor did not stop");
-    assert_eq!(shared.metrics.passivated.load(Ordering::Relaxed), 1);
+    assert_eq!(shared.metrics.passivated.get(), 1);
 
     // The next event revives the user from sled with everything it had.
     let out = ingest(&shared, video("p2", 60.0)).await;

@@ -223,7 +223,7 @@ async fn every_client_error_has_its_code() {
         (2, 3, 6, 1, 1)
     );
     assert!(by_code("rate_limited") >= 1);
-    assert_eq!(m.rejected.load(std::sync::atomic::Ordering::Relaxed), 7, "x1 to x6, and the one without an id");
+    assert_eq!(m.rejected.get(), 7, "x1 to x6, and the one without an id");
     let text = http_client().get(format!("http://{}/metrics", s.addr)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("accolade_refusals_total{code=\"forbidden_event\"} 1"), "{text}");
     assert!(text.contains("accolade_events_total{outcome=\"rejected\"} 7"), "{text}");
@@ -253,7 +253,7 @@ async fn a_slow_client_is_closed_while_other_tabs_keep_going() {
     let mut fast = s.connect("hal").await;
     let mut worst = Duration::ZERO;
     let mut i = 0;
-    while s.shared.metrics.slow_closed.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    while s.shared.metrics.slow_closed.get() == 0 {
         // The bound is on what the kernel can hold for the slow tab (up to 4 MiB of send
         // buffer, tcp_wmem's maximum here, which took 36,100 events in one run; 40,000 was
         // once too few in CI), with room to spare.
@@ -276,7 +276,7 @@ async fn a_slow_client_is_closed_while_other_tabs_keep_going() {
     // session ends (only the fast tab is still counted), so a client that stops reading holds
     // no task and no place in the server.
     let dropped = std::time::Instant::now();
-    while s.shared.metrics.connections.load(std::sync::atomic::Ordering::Relaxed) != 1 {
+    while s.shared.metrics.connections.get() != 1 {
         assert!(dropped.elapsed() < Duration::from_secs(5), "the slow tab's session did not end");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

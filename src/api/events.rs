@@ -15,7 +15,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json_;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
@@ -133,7 +132,7 @@ async fn dead_letter(shared: &Arc<Shared>, tenant: &str, code: &str, reason: &st
     let id = shared.store.next_id(crate::store::IdKind::DeadLetter).map_err(internal)?;
     let d = DeadLetter { id, received_at: rfc3339(now_ms()), code: code.into(), reason: reason.into(), user_id, event_id, raw, retries: 0 };
     shared.store.write(vec![store::writes::put(Kind::DeadLetter, tenant, id, &d)]).await.map_err(internal)?;
-    shared.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.dead_letters.inc();
     tracing::info!(tenant, dead_letter = id, code, "event kept as a dead letter");
     Ok(id)
 }
@@ -182,7 +181,7 @@ pub async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
             ));
         }
     };
-    shared.metrics.http_events.fetch_add(req.events.len() as u64, Ordering::Relaxed);
+    shared.metrics.http_events.inc_by(req.events.len() as u64);
     let now = now_ms();
     // Everything is sent first (events of one user keep their order in its mailbox), then the
     // outcomes are collected, so a batch costs about one group commit, not one per event.
@@ -218,7 +217,7 @@ pub async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
                     // Dropped unread from the mailbox of an actor that failed with the store:
                     // refused because of the store, and counted nowhere else.
                     if why.1 == "storage_failed" {
-                        shared.metrics.storage_failed.fetch_add(1, Ordering::Relaxed);
+                        shared.metrics.storage_failed.inc();
                     }
                     EventResult {
                         event_id: raw.get("event_id").and_then(Json_::as_str).map(str::to_string),
@@ -237,7 +236,7 @@ pub async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
             },
             Err(((event_id, user_id, code, reason), raw)) => {
                 // Refused before any actor saw it, so counted here.
-                shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.rejected.inc();
                 shared.metrics.refused(code);
                 let id = dead_letter(&shared, &tenant, code, &reason, raw.to_string(), event_id.clone(), user_id).await?;
                 EventResult { event_id, status: "rejected".into(), code: Some(code.into()), reason: Some(reason), xp: 0, unlocks: vec![], dead_letter: Some(id) }

@@ -44,9 +44,9 @@ pub async fn readyz(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) 
     }
 }
 
-/// Prometheus metrics: connections, actors, events by outcome, latency histograms, persister
-/// batches, dead letters, backfill progress.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+/// Prometheus metrics, as OpenMetrics text: connections, actors, events by outcome, latency
+/// histograms, persister batches, dead letters, backfill progress.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text format", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let p = &s.store.stats;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -61,5 +61,5 @@ pub async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         socket_events_in_flight: (s.config.socket_inflight_events.max(1) as u64).saturating_sub(s.socket_permits.available_permits() as u64),
         storage_failed: s.store.failure().is_some(),
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&figures))
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], s.metrics.render(&figures))
 }

@@ -176,7 +176,7 @@ impl Actor for UserActor {
         let (st, snap_seq) = (r.state, r.snap_seq);
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
-        a.env.metrics.actors.fetch_add(1, Ordering::Relaxed);
+        a.env.metrics.actors.inc();
         let throttle_ms = a.env.config.progress_throttle_ms;
         Ok(User {
             env: a.env,
@@ -357,7 +357,7 @@ impl User {
         let seen = match self.env.log.seen(&self.tenant, &self.user, &event.event_id) {
             Ok(seen) => seen,
             Err(store::StoreError::Failed(why)) => {
-                m.storage_failed.fetch_add(1, Ordering::Relaxed);
+                m.storage_failed.inc();
                 let text = format!("the server cannot store events now ({why}); send it again later");
                 m.refused("unavailable");
                 return Ok(Err(Unchanged::Refused { wire: "unavailable", code: "unavailable", text }));
@@ -369,13 +369,13 @@ impl User {
             Seen::Other => {
                 // The id was accepted for another user. Acking it as a duplicate would let one
                 // user suppress another's events by guessing ids; say so instead.
-                m.rejected.fetch_add(1, Ordering::Relaxed);
+                m.rejected.inc();
                 m.refused("id_conflict");
                 let text = "event_id is already used by another user of this tenant; event ids must be unique per tenant".into();
                 return Ok(Err(Unchanged::Refused { wire: "id_conflict", code: "id_conflict", text }));
             }
             Seen::Mine => {
-                m.duplicates.fetch_add(1, Ordering::Relaxed);
+                m.duplicates.inc();
                 return Ok(Err(Unchanged::Duplicate));
             }
         }
@@ -386,11 +386,11 @@ impl User {
         match fx.first() {
             Some(Effect::Accepted { .. }) => Ok(Ok((fx, cat))),
             Some(Effect::Duplicate { .. }) => {
-                m.duplicates.fetch_add(1, Ordering::Relaxed);
+                m.duplicates.inc();
                 Ok(Err(Unchanged::Duplicate))
             }
             Some(Effect::Rejected { reason, .. }) => {
-                m.rejected.fetch_add(1, Ordering::Relaxed);
+                m.rejected.inc();
                 m.refused("invalid_event");
                 let text = reason.to_string();
                 tracing::debug!(code = reason.code(), reason = %text, "event rejected");
@@ -403,7 +403,7 @@ impl User {
     /// Executes a plan: its writes as one job, and once they are durable `before`, the plan's
     /// pushes, then `after`.
     fn perform(&mut self, myself: &ActorRef<UserMsg>, plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
-        self.env.metrics.unlocks.fetch_add(plan.unlocks.len() as u64, Ordering::Relaxed);
+        self.env.metrics.unlocks.inc_by(plan.unlocks.len() as u64);
         before.extend(plan.pushes.into_iter().map(Delivery::Push));
         before.extend(after);
         self.enqueue(myself, plan.writes, before);
@@ -615,7 +615,7 @@ impl User {
             // read: after a failed write, only a restarted server can). No ack was sent for the
             // lost events, so clients retry them.
             let lost = self.pending.iter().flat_map(|(_, ds)| ds).filter(|d| matches!(d, Delivery::Accepted)).count();
-            self.env.metrics.storage_failed.fetch_add(lost as u64, Ordering::Relaxed);
+            self.env.metrics.storage_failed.inc_by(lost as u64);
             // Whoever waits on a lost job is told why now, rather than by a dropped channel:
             // an HTTP sender learns its event is `unavailable` (send it again), the others get
             // the error itself. Nothing durable is claimed, and nothing is counted twice.
@@ -660,7 +660,7 @@ impl User {
             }
             Delivery::Release(_) => {}
             Delivery::Accepted => {
-                self.env.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+                self.env.metrics.accepted.inc();
             }
             Delivery::Observe(arrived) => self.env.metrics.event_to_push.record(arrived.elapsed()),
             Delivery::Backfilled(reply, n) => {
@@ -744,7 +744,7 @@ impl User {
         }
         // Leave the registry only if no message is on its way to us; otherwise stay alive.
         if self.registry.remove_if_idle(&self.tenant, &self.user, myself.get_id(), &self.inflight) {
-            self.env.metrics.passivated.fetch_add(1, Ordering::Relaxed);
+            self.env.metrics.passivated.inc();
             myself.stop(Some("passivated".into()));
         }
     }
@@ -752,7 +752,7 @@ impl User {
 
 impl Drop for User {
     fn drop(&mut self) {
-        self.env.metrics.actors.fetch_sub(1, Ordering::Relaxed);
+        self.env.metrics.actors.dec();
     }
 }
 

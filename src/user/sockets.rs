@@ -8,7 +8,6 @@
 use super::Conn;
 use crate::metrics::Metrics;
 use crate::protocol::Frame;
-use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 /// The sockets of one user held by this process.
@@ -67,12 +66,12 @@ impl Sockets {
     fn send_to(&mut self, i: usize, f: Frame, m: &Metrics) -> bool {
         match self.conns[i].tx.try_send(f) {
             Ok(()) => {
-                m.pushes.fetch_add(1, Ordering::Relaxed);
+                m.pushes.inc();
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.conns[i].slow.notify_one();
-                m.slow_closed.fetch_add(1, Ordering::Relaxed);
+                m.slow_closed.inc();
                 self.conns.swap_remove(i);
                 false
             }
