@@ -45,10 +45,13 @@ async fn acked_events_survive_sigkill_exactly_once() {
     assert_exact(&fresh.welcome, "crash-user", &events, &at, &seen);
     server.kill9();
 
-    // `accolade replay` rebuilds the user from the log alone and finds the stored state.
-    let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(["--data-dir", dir.path().to_str().unwrap(), "replay"]).env("RUST_LOG", "warn").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("replayed 1 users") && text.contains("0 differences"), "{text}");
+    // `accolade replay` rebuilds the user from the log alone and finds the stored state, with
+    // the data dir given before the subcommand or after it (issue 26: after it was refused).
+    for args in [["--data-dir", dir.path().to_str().unwrap(), "replay"], ["replay", "--data-dir", dir.path().to_str().unwrap()]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(args).env("RUST_LOG", "warn").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("replayed 1 users") && text.contains("0 differences"), "{args:?}: {text}");
+    }
 }
 
 #[tokio::test]
