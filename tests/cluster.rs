@@ -1511,8 +1511,9 @@ async fn a_catalogue_change_on_any_node_is_one_version_for_the_whole_cluster() {
 }
 
 /// Streams `events` for `user` over sockets of `url`, one every 20 ms, as accolade.js would:
-/// whenever the socket closes, it reconnects (to the same node) and resends what was sent and
-/// not acknowledged, then goes on, until every event is acknowledged. What the client was told
+/// whenever the socket closes, or an event is answered `unavailable`, it reconnects (to the
+/// same node) and resends what was sent and not acknowledged, then goes on, until every event
+/// is acknowledged. What the client was told
 /// is in `seen`; the second value counts the sockets closed on it. `quarter` hears once a
 /// quarter of the events are acknowledged.
 async fn stream_through_moves(url: String, user: String, events: Vec<(String, String, bool)>, at: String, quarter: tokio::sync::mpsc::UnboundedSender<()>) -> (common::answers::Seen, usize) {
@@ -1546,6 +1547,13 @@ async fn stream_through_moves(url: String, user: String, events: Vec<(String, St
                     Ok(Some(Ok(Message::Text(t)))) => {
                         heard = Instant::now();
                         let m: serde_json::Value = serde_json::from_str(&t).unwrap();
+                        // An event sent just as her node let her go (a partition moving) is
+                        // answered `unavailable`: send it again, as docs/protocol.md says and
+                        // accolade.js does. Reconnecting sends every event not yet acked.
+                        if m["type"] == "error" && m["code"] == "unavailable" {
+                            closes += 1;
+                            continue 'connect;
+                        }
                         assert_ne!(m["type"], "error", "{user}: {m}");
                         seen.note(&m);
                         if !told && seen.acked.len() * 4 >= events.len() {
