@@ -82,3 +82,18 @@ async fn acknowledged_publishes_survive_the_leaders_death_retries_count_once_and
     }
     assert_eq!(ids, (0..200).map(|i| format!("e{i}")).collect::<BTreeSet<_>>());
 }
+
+/// A test's NATS servers end with its cluster: a test that left its three running (as one
+/// change once did, 335 idle servers by the end of a run) would slow every test after it.
+#[tokio::test]
+async fn a_tests_nats_servers_stop_when_its_cluster_is_dropped() {
+    let dir = tmp();
+    let nats = Cluster::start(dir.path());
+    let pids = nats.pids();
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|p| std::path::Path::new(&format!("/proc/{p}")).exists()), "the servers run");
+    drop(nats);
+    let gone: Vec<u32> = pids.into_iter().filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
+    assert_eq!(gone.len(), 3, "every server was killed and reaped");
+}
+

@@ -54,6 +54,17 @@ impl Drop for Turn {
     }
 }
 
+/// The servers are killed when the cluster is dropped (a `Child` is not), before the turn is
+/// given back: a test that left its three servers running would slow every test after it.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.servers.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Cluster {
     pub fn start(dir: &Path) -> Cluster {
         let turn = Turn::take();
@@ -85,6 +96,11 @@ impl Cluster {
         assert!(self.servers[i].is_none(), "{name} still runs");
         let child = Command::new(&self.bin).arg("-c").arg(&self.confs[i]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server starts");
         self.servers[i] = Some(child);
+    }
+
+    /// The process ids of the servers running now.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().flatten().map(|c| c.id()).collect()
     }
 
     /// SIGKILL, as a machine dying would.
