@@ -40,6 +40,24 @@ const GOALS: &str = "accolade.goals";
 /// The subject of catalogue previews, which every node answers for the users it serves.
 const PREVIEWS: &str = "accolade.previews";
 
+/// The subject of questions about a webhook endpoint's deliveries, which every node answers
+/// for the users it serves.
+const HOOKS: &str = "accolade.webhooks";
+
+/// A question to every node about endpoint `hook` of `tenant`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HookQuestion {
+    tenant: String,
+    hook: u64,
+    ask: crate::webhooks::Ask,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HookAnswer {
+    partitions: Vec<u16>,
+    told: crate::webhooks::Told,
+}
+
 /// A question to every node: what `change` would award the users it serves, judged against the
 /// catalogue version the asking node has (a node at another version answers for no partition,
 /// so the asker waits for it rather than add up two different changes).
@@ -97,6 +115,8 @@ pub struct Membership {
     goal_ids: crate::cluster::goals::GoalIds,
     /// The cluster's backfill jobs.
     pub jobs: Arc<crate::cluster::jobs::Jobs>,
+    /// The cluster's webhook endpoints.
+    hooks: crate::cluster::hooks::HookBucket,
     /// The outbox size of a socket attached from another node (`--outbox-capacity`).
     outbox: usize,
     /// Batches after which a partition's changelog is compacted (`--cluster-compact-batches`).
@@ -120,8 +140,9 @@ impl Membership {
         let catalog = Arc::new(patiently("opening the catalogue history", || crate::cluster::catalog::CatalogueLog::for_client(client.clone(), replicas)).await?);
         let goal_ids = crate::cluster::goals::GoalIds::for_client(client.clone(), replicas).await?;
         let jobs = Arc::new(crate::cluster::jobs::Jobs::for_client(client.clone(), replicas).await?);
+        let hooks = crate::cluster::hooks::HookBucket::for_client(client.clone(), replicas).await?;
         tracing::info!(node = %id, urls, "joined the cluster");
-        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), goal_ids, jobs, outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
+        Ok(Membership { id, catalog, log: Arc::new(ClusterLog::new(store.clone())), partitions, routes: Arc::new(Routes::new(client)), remotes: Arc::default(), router: Arc::default(), node: tokio::sync::Mutex::new(Some(node)), goal_ids, jobs, hooks, outbox: config.outbox_capacity, compact_batches: config.cluster_compact_batches, retention_hours: config.event_retention_hours })
     }
 
     /// Whether this node serves `partition` now.
@@ -285,6 +306,118 @@ impl Membership {
         self.routes.answer_all(GOALS, answer).await
     }
 
+    /// `tenant`'s webhook endpoints as the cluster has them, with the record's revision.
+    async fn endpoints_at(&self, tenant: &str) -> Result<(crate::webhooks::Endpoints, Option<u64>), String> {
+        match self.hooks.get(tenant).await? {
+            Some((b, rev)) => Ok((serde_json::from_slice(&b).map_err(|e| format!("the webhook endpoints do not decode: {e}"))?, Some(rev))),
+            None => Ok((Default::default(), None)),
+        }
+    }
+
+    /// `tenant`'s webhook endpoints as the cluster has them.
+    pub async fn endpoints(&self, tenant: &str) -> Result<crate::webhooks::Endpoints, String> {
+        Ok(self.endpoints_at(tenant).await?.0)
+    }
+
+    /// Changes `tenant`'s webhook endpoints by `f`, against the newest record until the
+    /// compare-and-set takes (another node may change them at the same moment); what `f`
+    /// said. `f` refusing (`Err`) changes nothing.
+    pub async fn change_endpoints<R, E>(&self, tenant: &str, mut f: impl FnMut(&mut crate::webhooks::Endpoints) -> Result<R, E>) -> Result<Result<R, E>, String> {
+        for _ in 0..100 {
+            let (mut e, rev) = self.endpoints_at(tenant).await?;
+            let r = match f(&mut e) {
+                Ok(r) => r,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            if self.hooks.put(tenant, bytes::Bytes::from(serde_json::to_vec(&e).expect("endpoints encode")), rev).await? {
+                return Ok(Ok(r));
+            }
+        }
+        Err("the webhook endpoints kept changing under this node; try again".into())
+    }
+
+    /// Asks every node `ask` about endpoint `hook` of `tenant` and merges their answers, once
+    /// they cover every partition; an error when some partition found no node serving it in
+    /// time.
+    pub async fn ask_hooks(&self, tenant: &str, hook: u64, ask: crate::webhooks::Ask) -> Result<crate::webhooks::Told, String> {
+        let q = HookQuestion { tenant: tenant.into(), hook, ask: ask.clone() };
+        let got: Vec<HookAnswer> = self.gather_all(HOOKS, &q, GATHER_FOR, |a: &HookAnswer| &a.partitions).await?;
+        Ok(crate::webhooks::Told::merge(&ask, got.into_iter().map(|a| a.told).collect()))
+    }
+
+    /// Answers other nodes' questions about webhook deliveries, for the users of the
+    /// partitions this node serves, until the task is aborted.
+    async fn answer_hooks(&self, webhooks: Arc<crate::webhooks::Webhooks>) -> Result<tokio::task::JoinHandle<()>, RouteError> {
+        let log = self.log.clone();
+        let answer = Arc::new(move |body: bytes::Bytes| -> futures_util::future::BoxFuture<'static, bytes::Bytes> {
+            let (webhooks, log) = (webhooks.clone(), log.clone());
+            Box::pin(async move {
+                let none = HookAnswer { partitions: vec![], told: Default::default() };
+                let reply = match serde_json::from_slice::<HookQuestion>(&body) {
+                    // An endpoint this node has not heard of yet (its watch is a moment
+                    // behind): answered for no partition, so the asker waits for it.
+                    Ok(q) if !webhooks.in_force(&q.tenant, q.hook) => none,
+                    Ok(q) => {
+                        // Named before the rows are read: a partition gained meanwhile is not
+                        // claimed, and one lost meanwhile is claimed with its rows as they were.
+                        let partitions: Vec<u16> = (0..PARTITIONS).filter(|p| log.serves(*p)).collect();
+                        match webhooks.answer(&q.tenant, q.hook, &q.ask).await {
+                            Ok(told) => HookAnswer { partitions, told },
+                            // Unreadable here: answered for no partition, so the asker sees
+                            // them uncovered instead of a partial answer.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "answering a question about webhook deliveries failed");
+                                none
+                            }
+                        }
+                    }
+                    Err(_) => none,
+                };
+                bytes::Bytes::from(serde_json::to_vec(&reply).expect("an answer encodes"))
+            })
+        });
+        self.routes.answer_all(HOOKS, answer).await
+    }
+
+    /// Waits (up to `GATHER_FOR` a few times) until every partition's node has endpoint `hook`
+    /// of `tenant` in force, so that an endpoint registered through one node gets the
+    /// notifications of the events sent right after, through any node. Whether they all had.
+    pub async fn endpoint_in_force(&self, tenant: &str, hook: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + 3 * GATHER_FOR;
+        while tokio::time::Instant::now() < deadline {
+            if self.ask_hooks(tenant, hook, crate::webhooks::Ask::Count).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Keeps this node's webhook endpoints as the cluster's bucket has them, until `stop`.
+    async fn follow_endpoints(self: Arc<Self>, webhooks: Arc<crate::webhooks::Webhooks>, mut stop: watch::Receiver<bool>) {
+        let mut changes = self.hooks.follow();
+        loop {
+            tokio::select! {
+                next = changes.recv() => match next {
+                    Some((tenant, value)) => {
+                        let now: crate::webhooks::Endpoints = if value.is_empty() { Default::default() } else {
+                            match serde_json::from_slice(&value) {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    tracing::error!(tenant, error = %e, "a tenant's webhook endpoints do not decode; they are left as they were");
+                                    continue;
+                                }
+                            }
+                        };
+                        webhooks.follow(&tenant, &now).await;
+                    }
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
     /// Appends writes about `user`'s records through her partition's changelog, as her actor's
     /// own do, and waits until they are durable (the goal sweeper's `notified` mark).
     pub async fn write_for(&self, tenant: &str, user: &str, writes: Vec<Write>) -> Result<(), String> {
@@ -345,7 +478,8 @@ impl Membership {
     }
 
     /// Serves the partitions this node owns, until `stop`.
-    pub async fn run(self: Arc<Self>, store: Store, users: Users, boards: Arc<Boards>, catalogues: Arc<crate::catalogues::Catalogues>, metrics: Arc<crate::metrics::Metrics>, mut stop: watch::Receiver<bool>) {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run(self: Arc<Self>, store: Store, users: Users, boards: Arc<Boards>, catalogues: Arc<crate::catalogues::Catalogues>, webhooks: Arc<crate::webhooks::Webhooks>, metrics: Arc<crate::metrics::Metrics>, mut stop: watch::Receiver<bool>) {
         let Some(mut owned) = self.node.lock().await.as_ref().map(Node::owned) else { return };
         // Listening for questions about standings is tried again each round until it works.
         struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
@@ -361,7 +495,9 @@ impl Membership {
         let mut listening = AbortOnDrop(None);
         let mut listening_goals = AbortOnDrop(None);
         let mut listening_previews = AbortOnDrop(None);
+        let mut listening_hooks = AbortOnDrop(None);
         let _compactor = AbortOnDrop(Some(tokio::spawn(self.clone().compact_for_ever(metrics.clone()))));
+        let _endpoints = AbortOnDrop(Some(tokio::spawn(self.clone().follow_endpoints(webhooks.clone(), stop.clone()))));
         loop {
             if listening.0.is_none() {
                 match self.answer_standings(boards.clone()).await {
@@ -379,6 +515,12 @@ impl Membership {
                 match self.answer_previews(store.clone(), catalogues.clone()).await {
                     Ok(t) => listening_previews.0 = Some(t),
                     Err(e) => tracing::warn!(error = %e, "answering catalogue previews failed; trying again"),
+                }
+            }
+            if listening_hooks.0.is_none() {
+                match self.answer_hooks(webhooks.clone()).await {
+                    Ok(t) => listening_hooks.0 = Some(t),
+                    Err(e) => tracing::warn!(error = %e, "answering questions about webhook deliveries failed; trying again"),
                 }
             }
             let now: Owned = owned.borrow_and_update().clone();
@@ -427,6 +569,20 @@ impl Membership {
                                 }
                             }
                         };
+                        // The webhook rows this node still holds from an earlier time it served
+                        // the partition go first: the changelog has them as they are now (some
+                        // delivered and removed meanwhile by another node, which a base would not
+                        // say), and its rebuild writes them back.
+                        let stale = store.hook_rows_where(|t, body| partition_of(t, &crate::webhooks::user_of_body(body)) == p);
+                        match stale {
+                            Ok(w) if w.is_empty() => {}
+                            Ok(w) => {
+                                if let Err(e) = store.write(w).await {
+                                    return (p, Err(format!("clearing its old webhook rows failed: {e}")));
+                                }
+                            }
+                            Err(e) => return (p, Err(format!("reading its old webhook rows failed: {e}"))),
+                        }
                         let last = match rebuild(store, &me.partitions, p, 0, &mut seen).await {
                             Ok(last) => last,
                             Err(e) => return (p, Err(format!("rebuilding failed: {e}"))),

@@ -49,7 +49,6 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
     let (shutdown, _) = watch::channel(false);
-    let webhooks = Arc::new(Webhooks::new(store.clone(), metrics.clone(), config.clone(), shutdown.subscribe())?);
     // Cluster mode: the actors' event log is the partitions' changelog, then the local sled.
     let cluster = match &config.cluster {
         Some(_) => Some(Arc::new(crate::ownership::Membership::join(&config, &store).await?)),
@@ -74,10 +73,11 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         Some(m) => m.log.clone(),
         None => Arc::new(store.clone()),
     };
+    let webhooks = Arc::new(Webhooks::new(store.clone(), log.clone(), metrics.clone(), config.clone(), shutdown.subscribe())?);
     let env = crate::user::Env { config: config.clone(), log, catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
     if let Some(m) = &cluster {
-        tokio::spawn(m.clone().run(store.clone(), users.clone(), boards.clone(), catalogues.clone(), metrics.clone(), shutdown.subscribe()));
+        tokio::spawn(m.clone().run(store.clone(), users.clone(), boards.clone(), catalogues.clone(), webhooks.clone(), metrics.clone(), shutdown.subscribe()));
     }
     let backfills = Backfills::new(store.clone(), catalogues.clone(), users.clone(), metrics.clone(), config.backfill_users_per_sec, shutdown.subscribe());
     Ok(Arc::new(Shared {
@@ -197,7 +197,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     };
     let closer = tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe()));
     let goals = tokio::spawn(crate::goals::run(shared.store.clone(), shared.users.clone(), shared.cluster.clone(), Duration::from_millis(c.goal_tick_ms.max(10)), shared.shutdown.subscribe()));
-    let hooks = shared.webhooks.start().await?;
+    // A cluster node's endpoints are the cluster's, followed from its bucket (`ownership.rs`).
+    let hooks = if shared.cluster.is_none() { shared.webhooks.start().await? } else { 0 };
     if hooks > 0 {
         tracing::info!(endpoints = hooks, "webhook endpoints started");
     }

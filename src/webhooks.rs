@@ -21,13 +21,13 @@ use crate::plan::Push;
 use crate::protocol::rfc3339;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::{self, Kind, Store, Write};
+use crate::store::{self, EventLog, Kind, Store, Write};
 use crate::clock::now_ms;
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -53,6 +53,16 @@ pub struct Hook {
     pub secret: String,
     pub description: String,
     pub created_at: Millis,
+}
+
+/// A tenant's endpoints as the cluster keeps them (cluster mode: one record per tenant in a
+/// key-value bucket, changed by compare-and-set, so that two nodes cannot both take the last
+/// of `MAX_HOOKS`, nor give one id twice). Ids are never given again: one below `next` that
+/// is not in `hooks` was deleted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub next: u64,
+    pub hooks: BTreeMap<u64, Hook>,
 }
 
 /// One attempt to deliver, as the log shows it.
@@ -122,6 +132,10 @@ fn notification(id: u64, kind: &str, now: Millis, tenant: &str, user: &str, fram
 #[derive(Clone)]
 struct Io {
     store: Store,
+    /// Where a delivery's outcome is written: the log of the notification's user, so that in
+    /// cluster mode it goes through her partition's changelog and moves with the partition.
+    /// Its `serves` says which rows are this node's to deliver.
+    log: Arc<dyn EventLog>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     config: Arc<Config>,
@@ -141,7 +155,7 @@ pub struct Webhooks {
 impl Webhooks {
     /// The HTTP client for deliveries (`--webhook-timeout-ms`, `--webhook-ca-file`); no endpoint
     /// is in force until `start`.
-    pub fn new(store: Store, metrics: Arc<Metrics>, config: Arc<Config>, stop: watch::Receiver<bool>) -> anyhow::Result<Webhooks> {
+    pub fn new(store: Store, log: Arc<dyn EventLog>, metrics: Arc<Metrics>, config: Arc<Config>, stop: watch::Receiver<bool>) -> anyhow::Result<Webhooks> {
         let timeout = Duration::from_millis(config.webhook_timeout_ms.max(1));
         let ca_file = config.webhook_ca_file.as_deref();
         // rustls on ring (see Cargo.toml). Installing it fails harmlessly when it is already
@@ -163,7 +177,7 @@ impl Webhooks {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("Accolade-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Webhooks { subs: DashMap::new(), workers: DashMap::new(), io: Io { store, client, metrics, config }, stop, changes: tokio::sync::Mutex::new(()) })
+        Ok(Webhooks { subs: DashMap::new(), workers: DashMap::new(), io: Io { store, log, client, metrics, config }, stop, changes: tokio::sync::Mutex::new(()) })
     }
 
     /// Whether the tenant has any endpoint (the actors' fast path: one map lookup).
@@ -174,9 +188,10 @@ impl Webhooks {
     /// The outbox rows for the notifications among `pushes` (those of one batch), one per
     /// subscribed endpoint, and the workers to wake once they are durable. Every endpoint gets
     /// the same `id` for the same notification. The plan says each push's kind, so nothing is
-    /// parsed here: the frame goes into the body as it is.
-    pub fn outbox_writes<'a>(&self, tenant: &str, user: &str, pushes: impl Iterator<Item = &'a Push>) -> (Vec<Write>, Vec<Arc<Notify>>) {
-        let Some(subs) = self.subs.get(tenant).map(|s| s.clone()) else { return (vec![], vec![]) };
+    /// parsed here: the frame goes into the body as it is. An error when no id can be had:
+    /// the batch must then fail, rather than go out without its notifications.
+    pub fn outbox_writes<'a>(&self, tenant: &str, user: &str, pushes: impl Iterator<Item = &'a Push>) -> Result<(Vec<Write>, Vec<Arc<Notify>>), String> {
+        let Some(subs) = self.subs.get(tenant).map(|s| s.clone()) else { return Ok((vec![], vec![])) };
         let mut writes = Vec::new();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
         for push in pushes {
@@ -185,10 +200,7 @@ impl Webhooks {
             if targets.is_empty() {
                 continue;
             }
-            let Ok(id) = self.io.store.next_id(crate::store::IdKind::Delivery) else {
-                tracing::error!(tenant, user, "no id for a webhook notification; it is not sent");
-                continue;
-            };
+            let id = self.io.log.delivery_id(tenant, user).map_err(|e| format!("no id for a webhook notification: {e}"))?;
             let now = now_ms();
             let body = notification(id, kind, now, tenant, user, &push.frame);
             for s in targets {
@@ -199,11 +211,12 @@ impl Webhooks {
                 }
             }
         }
-        (writes, wake)
+        Ok((writes, wake))
     }
 
-    /// Loads every stored endpoint and starts its worker. Outbox rows of endpoints that no
-    /// longer exist (an actor that filled one while it was being deleted) are removed.
+    /// One node alone: loads every endpoint stored in its sled and starts its worker. Outbox
+    /// rows of endpoints that no longer exist (an actor that filled one while it was being
+    /// deleted) are removed. (A cluster node learns its endpoints from the cluster: `follow`.)
     pub async fn start(&self) -> anyhow::Result<usize> {
         let store = &self.io.store;
         let hooks: Vec<(String, u64, Hook)> = store.all_of(Kind::Webhook)?;
@@ -253,6 +266,138 @@ impl Webhooks {
                 let _ = w.task.await;
             }
         }
+    }
+
+    /// Cluster mode: puts `tenant`'s endpoints, as the cluster has them now, in force on this
+    /// node: the new ones start, and the deleted ones stop, their rows about the users this
+    /// node serves removed.
+    pub async fn follow(&self, tenant: &str, now: &Endpoints) {
+        let have: Vec<u64> = self.workers.iter().filter(|w| w.key().0 == tenant).map(|w| w.key().1).collect();
+        for id in have.iter().filter(|id| !now.hooks.contains_key(id)) {
+            self.remove(tenant, *id).await;
+            match self.forget(tenant, *id).await {
+                Ok(()) => tracing::info!(tenant, webhook = id, "webhook endpoint deleted"),
+                Err(e) => tracing::warn!(tenant, webhook = id, error = %e, "removing a deleted webhook endpoint's rows failed"),
+            }
+        }
+        for (id, hook) in now.hooks.iter().filter(|(id, _)| !have.contains(id)) {
+            self.add(tenant, *id, hook);
+            tracing::info!(tenant, webhook = id, url = %hook.url, "webhook endpoint in force");
+        }
+    }
+
+    /// Removes the outbox and log rows of endpoint `hook` about the users this node serves,
+    /// through each user's log (in cluster mode, her partition's changelog, so the rows do not
+    /// come back with the partition on another node).
+    async fn forget(&self, tenant: &str, hook: u64) -> Result<(), String> {
+        let io = &self.io;
+        let mut by_user: BTreeMap<String, Vec<Write>> = BTreeMap::new();
+        let mut keep = |user: String, w: Write| {
+            if io.log.serves(tenant, &user) {
+                by_user.entry(user).or_default().push(w);
+            }
+        };
+        let mut rows: Vec<(u64, String)> = Vec::new();
+        io.store.outbox_scan::<Pending>(tenant, hook, usize::MAX, |id, p| {
+            rows.push((id, user_of(&p)));
+            true
+        }).map_err(|e| e.to_string())?;
+        for (id, user) in rows.drain(..) {
+            keep(user, store::writes::outbox_delete(tenant, hook, id));
+        }
+        io.store.hook_log_scan::<Finished>(tenant, hook, None, |id, f| {
+            rows.push((id, user_of_body(&f.body)));
+            true
+        }).map_err(|e| e.to_string())?;
+        for (id, user) in rows {
+            keep(user, store::writes::hook_log_delete(tenant, hook, id));
+        }
+        for (user, writes) in by_user {
+            record(&*io.log, tenant, &user, writes).await?;
+        }
+        Ok(())
+    }
+
+    /// This node's answer to `ask` about endpoint `hook` of `tenant`, from the notifications
+    /// of the users it serves (all of them, for one node alone). A cluster asks every node and
+    /// merges their answers (`Told::merge`).
+    pub async fn answer(&self, tenant: &str, hook: u64, ask: &Ask) -> Result<Told, String> {
+        let io = &self.io;
+        let policy = Policy::of(&io.config);
+        let mine = |body: &str| io.log.serves(tenant, &user_of_body(body));
+        let mut told = Told::default();
+        let e = |e: store::StoreError| e.to_string();
+        match ask {
+            Ask::Count => io.store.outbox_scan::<Pending>(tenant, hook, COUNT_CAP, |_, p| {
+                told.count += usize::from(mine(&p.body));
+                true
+            }).map_err(e)?,
+            Ask::Deliveries { before, limit } => {
+                io.store.outbox_scan::<Pending>(tenant, hook, usize::MAX, |id, p| {
+                    if mine(&p.body) {
+                        told.pending.push((id, p));
+                    }
+                    told.pending.len() < *limit
+                }).map_err(e)?;
+                io.store.hook_log_scan::<Finished>(tenant, hook, *before, |id, f| {
+                    if mine(&f.body) {
+                        told.finished.push((id, f));
+                    }
+                    told.finished.len() < *limit
+                }).map_err(e)?;
+            }
+            Ask::SetAside { limit } => io.store.outbox_scan::<Pending>(tenant, hook, SCAN_DEPTH, |id, p| {
+                if mine(&p.body) && policy.set_aside(&p) {
+                    told.pending.push((id, p));
+                }
+                told.pending.len() < *limit
+            }).map_err(e)?,
+            Ask::Retry { delivery } => told.retried = self.retry(tenant, hook, *delivery, &policy).await?,
+        }
+        Ok(told)
+    }
+
+    /// Sends a set-aside or given-up delivery again, if it is this node's: the delivery as it
+    /// waits now, or why it cannot be retried; `None` when this node has no such delivery.
+    async fn retry(&self, tenant: &str, hook: u64, delivery: u64, policy: &Policy) -> Result<Option<Result<(u64, Pending), Refusal>>, String> {
+        let io = &self.io;
+        let now = now_ms();
+        if let Some(p) = io.store.outbox_get::<Pending>(tenant, hook, delivery).map_err(|e| e.to_string())? {
+            if !io.log.serves(tenant, &user_of(&p)) {
+                return Ok(None);
+            }
+            let Some(p) = redriven(p, now, policy) else {
+                return Ok(Some(Err(Refusal::NotSetAside)));
+            };
+            self.redrive(tenant, hook, delivery);
+            return Ok(Some(Ok((delivery, p))));
+        }
+        let mut found = None;
+        io.store.hook_log_scan::<Finished>(tenant, hook, delivery.checked_add(1), |id, f| {
+            if id == delivery {
+                found = Some(f);
+            }
+            false
+        }).map_err(|e| e.to_string())?;
+        let Some(f) = found else { return Ok(None) };
+        let user = user_of_body(&f.body);
+        if !io.log.serves(tenant, &user) {
+            return Ok(None);
+        }
+        if f.delivered {
+            return Ok(Some(Err(Refusal::Delivered)));
+        }
+        // Its id is older than anything waiting, so it is the next one sent.
+        let p = Pending { kind: f.kind, body: f.body, created_at: f.created_at, attempts: 0, next_at: now, last: Some(f.last) };
+        record(&*io.log, tenant, &user, vec![store::writes::outbox(tenant, hook, delivery, &p), store::writes::hook_log_delete(tenant, hook, delivery)]).await?;
+        self.wake(tenant, hook);
+        Ok(Some(Ok((delivery, p))))
+    }
+
+    /// Whether endpoint `id` of `tenant` is in force on this node (its worker runs, and the
+    /// actors fill its outbox).
+    pub fn in_force(&self, tenant: &str, id: u64) -> bool {
+        self.workers.contains_key(&(tenant.to_string(), id))
     }
 
     /// Wakes an endpoint's worker (a retry asked for through the API).
@@ -376,11 +521,109 @@ impl Policy {
 /// The user a notification is about, read from its body (where the actor wrote it), so that
 /// the stored rows need no field for it.
 pub fn user_of(p: &Pending) -> String {
+    user_of_body(&p.body)
+}
+
+/// The user a notification's body is about.
+pub fn user_of_body(body: &str) -> String {
     #[derive(Deserialize)]
     struct About {
         user_id: String,
     }
-    serde_json::from_str::<About>(&p.body).map(|a| a.user_id).unwrap_or_default()
+    serde_json::from_str::<About>(body).map(|a| a.user_id).unwrap_or_default()
+}
+
+/// How far waiting notifications are counted (an endpoint that has been down for days can
+/// have a long outbox, and this is read per API call).
+pub const COUNT_CAP: usize = 100_000;
+
+/// A question about an endpoint's deliveries. One node alone answers it from its own sled;
+/// in a cluster every node answers for the users it serves, and the answers are merged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Ask {
+    /// How many notifications wait, counted up to `COUNT_CAP`.
+    Count,
+    /// What waits (oldest first) and what finished (newest first, ids below `before`), at
+    /// most `limit` of each.
+    Deliveries { before: Option<u64>, limit: usize },
+    /// The set-aside notifications among the oldest `SCAN_DEPTH` waiting, at most `limit`.
+    SetAside { limit: usize },
+    /// Send a set-aside or given-up delivery again.
+    Retry { delivery: u64 },
+}
+
+/// Why a delivery cannot be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// It waits in line, and is sent in its turn.
+    NotSetAside,
+    /// It was delivered.
+    Delivered,
+}
+
+/// An answer to an `Ask`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Told {
+    pub pending: Vec<(u64, Pending)>,
+    pub finished: Vec<(u64, Finished)>,
+    pub count: usize,
+    /// For `Retry`: the delivery as it waits now, or why it cannot be retried; `None` when
+    /// the answering node has no such delivery.
+    pub retried: Option<Result<(u64, Pending), Refusal>>,
+}
+
+impl Told {
+    /// The answers of several nodes, each about its own users, as one node holding them all
+    /// would have answered `ask`: waiting ones oldest first and finished ones newest first, in
+    /// id order (a user's ids rise, so her notifications keep their order), cut to the limit.
+    pub fn merge(ask: &Ask, answers: Vec<Told>) -> Told {
+        let mut all = Told::default();
+        for a in answers {
+            all.pending.extend(a.pending);
+            all.finished.extend(a.finished);
+            all.count += a.count;
+            all.retried = all.retried.or(a.retried);
+        }
+        all.pending.sort_by_key(|(id, _)| *id);
+        all.finished.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        all.count = all.count.min(COUNT_CAP);
+        let limit = match ask {
+            Ask::Deliveries { limit, .. } | Ask::SetAside { limit } => *limit,
+            Ask::Count | Ask::Retry { .. } => usize::MAX,
+        };
+        all.pending.truncate(limit);
+        all.finished.truncate(limit);
+        all
+    }
+}
+
+/// Writes `writes` about a notification of `user` through her log, and waits until they are
+/// durable (in cluster mode: in her partition's changelog, then the local sled).
+async fn record(log: &dyn EventLog, tenant: &str, user: &str, writes: Vec<Write>) -> Result<(), String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.append(tenant, user, writes, Box::new(move |r| drop(tx.send(r)))).map_err(|e| e.to_string())?;
+    rx.await.map_err(|_| "the log stopped before the write was durable".to_string())?
+}
+
+/// Forgets an endpoint's finished deliveries but the newest `keep` of the users this node
+/// serves.
+async fn trim(io: &Io, tenant: &str, hook: u64, keep: usize) -> Result<(), String> {
+    let mut kept = 0usize;
+    let mut by_user: BTreeMap<String, Vec<Write>> = BTreeMap::new();
+    io.store.hook_log_scan::<Finished>(tenant, hook, None, |id, f| {
+        let user = user_of_body(&f.body);
+        if io.log.serves(tenant, &user) {
+            kept += 1;
+            if kept > keep {
+                by_user.entry(user).or_default().push(store::writes::hook_log_delete(tenant, hook, id));
+            }
+        }
+        true
+    }).map_err(|e| e.to_string())?;
+    for (user, writes) in by_user {
+        record(&*io.log, tenant, &user, writes).await?;
+    }
+    Ok(())
 }
 
 /// Where a row of the outbox stands.
@@ -505,6 +748,11 @@ fn window(io: &Io, tenant: &str, id: u64, policy: &Policy) -> Window {
     let mut w = Window::default();
     let read = io.store.outbox_scan::<Pending>(tenant, id, SCAN_DEPTH, |nid, p| {
         let user = user_of(&p);
+        // A cluster node delivers the notifications of the users it serves; the sled may
+        // still hold rows of partitions it served before, which another node delivers now.
+        if !io.log.serves(tenant, &user) {
+            return true;
+        }
         w.push(nid, user, p, policy)
     });
     if let Err(e) = read {
@@ -540,7 +788,7 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, m
             let now = now_ms();
             let Ok(Some(p)) = io.store.outbox_get::<Pending>(&tenant, id, nid) else { continue };
             if let Some(p) = redriven(p, now, &policy) {
-                if let Err(err) = io.store.write(vec![store::writes::outbox(&tenant, id, nid, &p)]).await {
+                if let Err(err) = record(&*io.log, &tenant, &user_of(&p), vec![store::writes::outbox(&tenant, id, nid, &p)]).await {
                     tracing::error!(tenant, hook = id, delivery = nid, error = %err, "redriving a webhook delivery failed");
                     continue;
                 }
@@ -592,14 +840,11 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, m
                 (nid, outcome)
             }
         };
-        let writes: Vec<Write> = match &outcome {
-            Ok(done) => {
-                (if done.delivered { &m.webhook_delivered } else { &m.webhook_given_up }).inc();
-                store::writes::delivery_done(&tenant, id, nid, done).into()
-            }
-            Err(retry) => vec![store::writes::outbox(&tenant, id, nid, retry)],
+        let (user, writes): (String, Vec<Write>) = match &outcome {
+            Ok(done) => (user_of_body(&done.body), store::writes::delivery_done(&tenant, id, nid, done).into()),
+            Err(retry) => (user_of(retry), vec![store::writes::outbox(&tenant, id, nid, retry)]),
         };
-        if let Err(err) = io.store.write(writes).await {
+        if let Err(err) = record(&*io.log, &tenant, &user, writes).await {
             tracing::error!(tenant, hook = id, error = %err, "recording a webhook delivery failed");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -607,16 +852,15 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, m
             }
             continue;
         }
-        if outcome.is_ok() {
+        if let Ok(done) = &outcome {
+            // Counted once it is recorded: a node that lost the user's partition meanwhile
+            // recorded nothing, and the next owner delivers it again.
+            (if done.delivered { &m.webhook_delivered } else { &m.webhook_given_up }).inc();
             since_trim += 1;
             if since_trim >= 64 {
                 since_trim = 0;
-                match io.store.hook_log_trim(&tenant, id, io.config.webhook_log_keep) {
-                    Ok(w) if !w.is_empty() => {
-                        let _ = io.store.write(w).await;
-                    }
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(tenant, hook = id, error = %err, "trimming a webhook log failed"),
+                if let Err(err) = trim(&io, &tenant, id, io.config.webhook_log_keep).await {
+                    tracing::warn!(tenant, hook = id, error = %err, "trimming a webhook log failed");
                 }
             }
         }

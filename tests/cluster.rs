@@ -1689,3 +1689,92 @@ async fn a_node_that_loses_every_nats_server_refuses_events_and_takes_them_again
     let (st, doc) = api.get(&format!("/v1/users/{ua}")).await;
     assert_eq!((st, doc["events"].as_u64()), (200, Some(2)), "{doc}");
 }
+
+/// Webhooks are the cluster's: an endpoint registered through one node is in force on every
+/// node; each notification is delivered once, by the node serving its user, not once per
+/// node, with ids unique across the cluster; the deliveries are read through any node; the
+/// notifications still waiting when their user's node is killed are delivered by the node that
+/// takes her over, once; and an endpoint deleted through one node is gone from all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_the_clusters_each_notification_delivered_once_and_kept_through_the_death_of_its_node() {
+    use common::receiver::{verify, Receiver};
+    use std::sync::atomic::Ordering;
+    let mut nodes = TwoNodes::start_with(|_| ["--webhook-retry-base-ms", "200", "--webhook-retry-max-ms", "1000"].map(String::from).to_vec()).await;
+    let (rx, addr) = Receiver::start().await;
+    let (ua, ub) = (user_of("node-a", "hooked"), user_of("node-b", "hooked"));
+    let (api_a, api_b) = (Api::demo_at(nodes.port_a), Api::demo_at(nodes.port_b));
+    // 20 minutes of one playlist: two unlocks for a new user (tests/server.rs).
+    let video = |id: &str, user: &str| http_event(id, user, "video.watched", serde_json::json!({ "video": id, "playlist": "algebra", "seconds": 1200 }));
+
+    // Registered through node-b; listed the same through both.
+    let (s, h) = call_served(&api_b, "POST", "/v1/webhooks", Some(&serde_json::json!({ "url": format!("http://{addr}/hook"), "events": ["unlock"] }))).await;
+    assert_eq!(s, 201, "{h}");
+    let (hook, secret) = (h["id"].as_u64().unwrap(), h["secret"].as_str().unwrap().to_string());
+    for api in [&api_a, &api_b] {
+        let (s, list) = call_served(api, "GET", "/v1/webhooks", None).await;
+        let ids: Vec<u64> = list["webhooks"].as_array().unwrap().iter().map(|w| w["id"].as_u64().unwrap()).collect();
+        assert_eq!((s, ids), (200, vec![hook]), "{list}");
+    }
+
+    // One user served by each node, each event posted through the other node: four unlocks,
+    // each delivered once, signed, with four different ids.
+    for (id, user, api) in [("v-a", &ua, &api_b), ("v-b", &ub, &api_a)] {
+        assert_eq!(post_until_taken(api, &video(id, user), Duration::from_secs(30)).await["status"], "accepted");
+    }
+    let got = rx.wait("four unlocks", |g| g.iter().filter(|g| g.ok).count() >= 4).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a second node delivering them again would have by now
+    let got = rx.got().len().max(got.len());
+    let delivered = rx.delivered();
+    assert_eq!((got, delivered.len()), (4, 4), "{:?}", delivered.iter().map(|g| &g.json).collect::<Vec<_>>());
+    assert!(delivered.iter().all(|g| verify(&secret, g)), "every delivery is signed with the endpoint's secret");
+    let ids: std::collections::BTreeSet<u64> = delivered.iter().map(|g| g.json["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    let users: std::collections::BTreeSet<&str> = delivered.iter().map(|g| g.json["user_id"].as_str().unwrap()).collect();
+    assert_eq!(users, [ua.as_str(), ub.as_str()].into_iter().collect());
+    // The delivery log, through either node, has the four, newest first.
+    for api in [&api_a, &api_b] {
+        let (s, log) = call_served(api, "GET", &format!("/v1/webhooks/{hook}/deliveries"), None).await;
+        let finished: Vec<u64> = log["finished"].as_array().unwrap().iter().map(|d| d["id"].as_u64().unwrap()).collect();
+        let want: Vec<u64> = ids.iter().rev().copied().collect();
+        assert_eq!((s, finished, log["pending"].as_array().map(Vec::len)), (200, want, Some(0)), "{log}");
+    }
+
+    // A delivered one is not sent again, and an unknown one is not found, through either node
+    // (whichever node serves its user answers).
+    let first = *ids.iter().next().unwrap();
+    for api in [&api_a, &api_b] {
+        let (s, e) = call_served(api, "POST", &format!("/v1/webhooks/{hook}/deliveries/{first}/retry"), None).await;
+        assert_eq!((s, e["error"].as_str()), (409, Some("already_delivered")), "{e}");
+        let (s, e) = call_served(api, "POST", &format!("/v1/webhooks/{hook}/deliveries/12345/retry"), None).await;
+        assert_eq!((s, e["error"].as_str()), (404, Some("not_found")), "{e}");
+    }
+
+    // The endpoint fails while node-a makes two notifications of a new user; node-a is killed
+    // with them still waiting, and node-b, serving her from the changelog, delivers them once
+    // the endpoint answers again.
+    let late = user_of("node-a", "hooked-late");
+    rx.failing.store(true, Ordering::SeqCst);
+    assert_eq!(post_until_taken(&api_b, &video("v-late", &late), Duration::from_secs(30)).await["status"], "accepted");
+    rx.wait("a failed attempt at the late user's unlocks", |g| g.iter().any(|g| !g.ok && g.json["user_id"] == late.as_str())).await;
+    let (s, log) = call_served(&api_b, "GET", &format!("/v1/webhooks/{hook}/deliveries"), None).await;
+    assert_eq!((s, log["pending"].as_array().map(Vec::len)), (200, Some(2)), "{log}");
+    nodes.a.kill9();
+    rx.failing.store(false, Ordering::SeqCst);
+    rx.wait("the late user's two unlocks after node-a's death", |g| g.iter().filter(|g| g.ok).count() >= 6).await;
+    let delivered = rx.delivered();
+    let again: std::collections::BTreeSet<u64> = delivered.iter().map(|g| g.json["id"].as_u64().unwrap()).collect();
+    assert_eq!((delivered.len(), again.len()), (6, 6), "each delivered once: {:?}", delivered.iter().map(|g| &g.json).collect::<Vec<_>>());
+    let log = get_served(&api_b, &format!("/v1/webhooks/{hook}/deliveries"), Duration::from_secs(30)).await;
+    assert_eq!((log["finished"].as_array().map(Vec::len), log["pending"].as_array().map(Vec::len)), (Some(6), Some(0)), "{log}");
+
+    // Deleted through node-b: gone, and nothing more is sent.
+    let (s, _) = call_served(&api_b, "DELETE", &format!("/v1/webhooks/{hook}"), None).await;
+    assert_eq!(s, 204);
+    let (s, e) = api_b.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("not_found")), "{e}");
+    let before = rx.got().len();
+    let fresh = user_of("node-b", "hooked-after");
+    assert_eq!(post_until_taken(&api_b, &video("v-after", &fresh), Duration::from_secs(30)).await["status"], "accepted");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.got().len(), before, "nothing is sent after the deletion");
+}

@@ -50,19 +50,16 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/leaderboards/{id}", get(leaderboards::standings))
         .route("/v1/leaderboards/{id}/periods", get(leaderboards::periods))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), leaderboards::to_board_owner));
-    // Webhooks are each node's own in cluster mode: refused there until they are the
-    // cluster's (docs/cluster.md).
-    let per_node = Router::new()
+    let hooks = Router::new()
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/v1/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/{id}/set-aside", get(webhooks::set_aside))
-        .route("/v1/webhooks/{id}/deliveries/{delivery}/retry", post(webhooks::retry))
-        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), not_in_cluster));
+        .route("/v1/webhooks/{id}/deliveries/{delivery}/retry", post(webhooks::retry));
     Router::new()
         .merge(users)
         .merge(boards)
-        .merge(per_node)
+        .merge(hooks)
         // Goals live with their assignees: in cluster mode answered by the node serving her.
         .route("/v1/goals", get(goals::list).post(goals::create))
         .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
@@ -88,16 +85,6 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
 // ---------------------------------------------------------------------------------------------
 // Authentication and errors
 // ---------------------------------------------------------------------------------------------
-
-/// What a route whose records each node keeps for itself answers in cluster mode (webhooks):
-/// a clear refusal, rather than one node's share of the answer.
-async fn not_in_cluster(axum::extract::State(shared): axum::extract::State<Arc<Shared>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if shared.cluster.is_some() {
-        let what = "webhooks are not built for cluster mode yet: each node keeps its own endpoints (docs/cluster.md)";
-        return ApiError(StatusCode::NOT_IMPLEMENTED, "cluster_unsupported", what.into()).into_response();
-    }
-    next.run(req).await
-}
 
 /// A JSON error body with a status, for every HTTP error a client can cause.
 pub struct ApiError(pub StatusCode, pub &'static str, pub String);

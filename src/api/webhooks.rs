@@ -1,7 +1,8 @@
 //! The webhook routes of the HTTP API: register an endpoint (its signing secret is shown once,
 //! at creation), list, read and delete endpoints, read an endpoint's deliveries (waiting, set
 //! aside and finished), list the set-aside ones, and send a given-up or set-aside delivery
-//! again.
+//! again. In cluster mode the endpoints are the cluster's (a key-value record per tenant), and
+//! what is asked about deliveries is answered by every node for the users it serves, merged.
 
 use super::{bad, internal, json_body, not_found, ErrorBody, Tenant};
 use crate::protocol::rfc3339;
@@ -9,7 +10,7 @@ use crate::api::ApiError;
 use crate::shared::Shared;
 use crate::store::{self, Kind};
 use crate::clock::now_ms;
-use crate::webhooks::{new_secret, Attempt, Finished, Hook, Pending, Policy, KINDS, MAX_HOOKS, SCAN_DEPTH};
+use crate::webhooks::{new_secret, Ask, Attempt, Finished, Hook, Pending, Policy, Refusal, Told, KINDS, MAX_HOOKS};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -51,10 +52,11 @@ pub struct WebhookList {
     pub webhooks: Vec<WebhookDoc>,
 }
 
-fn doc(shared: &Shared, tenant: &str, id: u64, h: Hook) -> Result<WebhookDoc, ApiError> {
+/// An endpoint as the API shows it, with how many notifications wait for it.
+async fn doc(shared: &Shared, tenant: &str, id: u64, h: Hook) -> Result<WebhookDoc, ApiError> {
     Ok(WebhookDoc {
         id,
-        pending: shared.store.outbox_len(tenant, id, 100_000).map_err(internal)?,
+        pending: ask(shared, tenant, id, Ask::Count).await?.count,
         url: h.url,
         events: h.events,
         description: h.description,
@@ -63,8 +65,34 @@ fn doc(shared: &Shared, tenant: &str, id: u64, h: Hook) -> Result<WebhookDoc, Ap
     })
 }
 
-fn find(shared: &Shared, tenant: &str, id: u64) -> Result<Hook, ApiError> {
-    shared.store.get::<Hook>(Kind::Webhook, tenant, id).map_err(internal)?.ok_or_else(|| not_found("not_found", format!("there is no webhook {id}")))
+/// A tenant's endpoints: in its sled for one node, the cluster's record in cluster mode.
+async fn endpoints(shared: &Shared, tenant: &str) -> Result<Vec<(u64, Hook)>, ApiError> {
+    match &shared.cluster {
+        Some(m) => Ok(m.endpoints(tenant).await.map_err(unavailable)?.hooks.into_iter().collect()),
+        None => shared.store.list::<Hook>(Kind::Webhook, tenant, None, MAX_HOOKS * 2).map_err(internal),
+    }
+}
+
+async fn find(shared: &Shared, tenant: &str, id: u64) -> Result<Hook, ApiError> {
+    let found = match &shared.cluster {
+        Some(m) => m.endpoints(tenant).await.map_err(unavailable)?.hooks.remove(&id),
+        None => shared.store.get::<Hook>(Kind::Webhook, tenant, id).map_err(internal)?,
+    };
+    found.ok_or_else(|| not_found("not_found", format!("there is no webhook {id}")))
+}
+
+/// Asks about an endpoint's deliveries: this node for itself, or in cluster mode every node
+/// for the users it serves.
+async fn ask(shared: &Shared, tenant: &str, id: u64, q: Ask) -> Result<Told, ApiError> {
+    match &shared.cluster {
+        Some(m) => m.ask_hooks(tenant, id, q).await.map_err(unavailable),
+        None => shared.webhooks.answer(tenant, id, &q).await.map_err(|e| internal(e)),
+    }
+}
+
+/// A cluster that cannot answer now (NATS, or a partition between nodes): try again.
+fn unavailable(why: String) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the cluster could not answer: {why}; try again"))
 }
 
 fn valid_url(url: &str) -> Result<(), ApiError> {
@@ -90,9 +118,10 @@ fn valid_url(url: &str) -> Result<(), ApiError> {
 /// as the push that announces it, and POSTed to `url` with an `accolade-signature` header
 /// (`t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed with the secret>`). Failed
 /// attempts (no 2xx answer in time) are retried with exponential backoff and jitter. The
-/// answer carries the secret, once.
+/// answer carries the secret, once. In cluster mode the answer comes once every node has the
+/// endpoint in force (or after a few seconds, if some node has not heard of it yet).
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewWebhook,
-    responses((status = 201, body = WebhookDoc), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = WebhookDoc), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, description = "Cluster mode: some partition is between nodes, or NATS does not answer; try again", body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<WebhookDoc>), ApiError> {
     let w: NewWebhook = json_body(body)?;
@@ -110,44 +139,86 @@ pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
     if description.len() > 200 {
         return Err(bad("invalid_body", "`description` is longer than 200 bytes"));
     }
-    // One change at a time per process, so two creations cannot both pass the count check.
-    let _one = shared.webhooks.changes.lock().await;
-    if shared.store.list::<Hook>(Kind::Webhook, &tenant, None, MAX_HOOKS + 1).map_err(internal)?.len() >= MAX_HOOKS {
-        return Err(ApiError(StatusCode::CONFLICT, "too_many_webhooks", format!("a tenant has at most {MAX_HOOKS} webhook endpoints; delete one first")));
-    }
-    let id = shared.store.next_id(crate::store::IdKind::Webhook).map_err(internal)?;
     let hook = Hook { url: w.url, events, secret: new_secret().map_err(internal)?, description, created_at: now_ms() };
-    shared.store.write(vec![store::writes::put(Kind::Webhook, &tenant, id, &hook)]).await.map_err(internal)?;
-    shared.webhooks.add(&tenant, id, &hook);
+    let too_many = || ApiError(StatusCode::CONFLICT, "too_many_webhooks", format!("a tenant has at most {MAX_HOOKS} webhook endpoints; delete one first"));
+    let id = match &shared.cluster {
+        // The cluster's record, changed by compare-and-set: two nodes cannot both take the
+        // last place, nor give one id twice.
+        Some(m) => m
+            .change_endpoints(&tenant, |e| {
+                if e.hooks.len() >= MAX_HOOKS {
+                    return Err(too_many());
+                }
+                e.next += 1;
+                e.hooks.insert(e.next, hook.clone());
+                Ok(e.next)
+            })
+            .await
+            .map_err(unavailable)??,
+        None => {
+            // One change at a time per process, so two creations cannot both pass the count check.
+            let _one = shared.webhooks.changes.lock().await;
+            if shared.store.list::<Hook>(Kind::Webhook, &tenant, None, MAX_HOOKS + 1).map_err(internal)?.len() >= MAX_HOOKS {
+                return Err(too_many());
+            }
+            let id = shared.store.next_id(crate::store::IdKind::Webhook).map_err(internal)?;
+            shared.store.write(vec![store::writes::put(Kind::Webhook, &tenant, id, &hook)]).await.map_err(internal)?;
+            shared.webhooks.add(&tenant, id, &hook);
+            id
+        }
+    };
+    if let Some(m) = &shared.cluster
+        && !m.endpoint_in_force(&tenant, id).await
+    {
+        // Registered all the same: the nodes that have not heard of it yet will, from the
+        // bucket they watch, once NATS reaches them.
+        tracing::warn!(tenant, webhook = id, "a new webhook endpoint is not yet in force on every node");
+    }
     tracing::info!(tenant, webhook = id, url = %hook.url, "webhook endpoint registered");
     let secret = hook.secret.clone();
-    Ok((StatusCode::CREATED, Json(WebhookDoc { secret: Some(secret), ..doc(&shared, &tenant, id, hook)? })))
+    // A new endpoint has nothing waiting yet (and in cluster mode the other nodes may not
+    // have heard of it this very moment).
+    let doc = WebhookDoc { id, pending: 0, url: hook.url, events: hook.events, description: hook.description, created_at: rfc3339(hook.created_at), secret: Some(secret) };
+    Ok((StatusCode::CREATED, Json(doc)))
 }
 
 /// List webhook endpoints
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
-    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 503, description = "Cluster mode: some partition is between nodes, or NATS does not answer; try again", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> Result<Json<WebhookList>, ApiError> {
-    let hooks = shared.store.list::<Hook>(Kind::Webhook, &tenant, None, MAX_HOOKS * 2).map_err(internal)?;
-    Ok(Json(WebhookList { webhooks: hooks.into_iter().map(|(id, h)| doc(&shared, &tenant, id, h)).collect::<Result<_, _>>()? }))
+    let mut webhooks = Vec::new();
+    for (id, h) in endpoints(&shared, &tenant).await? {
+        webhooks.push(doc(&shared, &tenant, id, h).await?);
+    }
+    Ok(Json(WebhookList { webhooks }))
 }
 
 /// A webhook endpoint
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = u64, Path, description = "Webhook id")),
-    responses((status = 200, body = WebhookDoc), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = WebhookDoc), (status = 401, body = ErrorBody), (status = 503, description = "Cluster mode: some partition is between nodes, or NATS does not answer; try again", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>) -> Result<Json<WebhookDoc>, ApiError> {
-    let h = find(&shared, &tenant, id)?;
-    Ok(Json(doc(&shared, &tenant, id, h)?))
+    let h = find(&shared, &tenant, id).await?;
+    Ok(Json(doc(&shared, &tenant, id, h).await?))
 }
 
 /// Delete a webhook endpoint
 ///
 /// Its worker stops; notifications still waiting for it are dropped, with its log.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = u64, Path, description = "Webhook id")),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 503, description = "Cluster mode: some partition is between nodes, or NATS does not answer; try again", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn delete(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>) -> Result<StatusCode, ApiError> {
+    if let Some(m) = &shared.cluster {
+        // Out of the cluster's record; every node, this one too, then stops its worker and
+        // removes the endpoint's rows about the users it serves (`Webhooks::follow`).
+        let gone = m.change_endpoints(&tenant, |e| e.hooks.remove(&id).map(|_| ()).ok_or(())).await.map_err(unavailable)?;
+        if gone.is_err() {
+            return Err(not_found("not_found", format!("there is no webhook {id}")));
+        }
+        tracing::info!(tenant, webhook = id, "webhook endpoint deleted");
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let _one = shared.webhooks.changes.lock().await;
-    find(&shared, &tenant, id)?;
+    find(&shared, &tenant, id).await?;
     shared.webhooks.remove(&tenant, id).await;
     // Whatever the worker or an actor had queued for the persister lands first, so the scan
     // below sees every row there is.
@@ -247,12 +318,11 @@ fn finished_doc(id: u64, f: Finished) -> DeliveryDoc {
 /// What waits in its outbox (with the last failed attempt, if any) and how the last deliveries
 /// ended (`--webhook-log-keep` are kept).
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = u64, Path, description = "Webhook id"), DeliveryQuery),
-    responses((status = 200, body = DeliveryLog), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = DeliveryLog), (status = 401, body = ErrorBody), (status = 503, description = "Cluster mode: some partition is between nodes, or NATS does not answer; try again", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn deliveries(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>, Query(q): Query<DeliveryQuery>) -> Result<Json<DeliveryLog>, ApiError> {
-    find(&shared, &tenant, id)?;
+    find(&shared, &tenant, id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let pending = shared.store.outbox::<Pending>(&tenant, id, limit).map_err(internal)?;
-    let finished = shared.store.hook_log::<Finished>(&tenant, id, q.before, limit).map_err(internal)?;
+    let Told { pending, finished, .. } = ask(&shared, &tenant, id, Ask::Deliveries { before: q.before, limit }).await?;
     let next_before = (finished.len() == limit).then(|| finished.last().map(|(id, _)| *id)).flatten();
     let policy = Policy::of(&shared.config);
     Ok(Json(DeliveryLog {
@@ -282,22 +352,13 @@ pub struct SetAsideList {
 /// once with `POST /v1/webhooks/{id}/deliveries/{delivery}/retry`. The same user's later
 /// notifications wait behind it (`pending`). Read from the oldest 10,000 waiting.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/set-aside", tag = "webhooks", params(("id" = u64, Path, description = "Webhook id"), SetAsideQuery),
-    responses((status = 200, body = SetAsideList), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = SetAsideList), (status = 401, body = ErrorBody), (status = 503, description = "Cluster mode: some partition is between nodes, or NATS does not answer; try again", body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn set_aside(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>, Query(q): Query<SetAsideQuery>) -> Result<Json<SetAsideList>, ApiError> {
-    find(&shared, &tenant, id)?;
+    find(&shared, &tenant, id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let policy = Policy::of(&shared.config);
-    let mut out = Vec::new();
-    shared
-        .store
-        .outbox_scan::<Pending>(&tenant, id, SCAN_DEPTH, |d, p| {
-            if policy.set_aside(&p) {
-                out.push(pending_doc(d, p, &policy));
-            }
-            out.len() < limit
-        })
-        .map_err(internal)?;
-    Ok(Json(SetAsideList { set_aside: out }))
+    let told = ask(&shared, &tenant, id, Ask::SetAside { limit }).await?;
+    Ok(Json(SetAsideList { set_aside: told.pending.into_iter().map(|(d, p)| pending_doc(d, p, &policy)).collect() }))
 }
 
 /// Send a given-up or set-aside delivery again
@@ -309,29 +370,15 @@ pub async fn set_aside(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant
 /// `--webhook-hold-attempts` attempts if it still fails.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery}/retry", tag = "webhooks",
     params(("id" = u64, Path, description = "Webhook id"), ("delivery" = u64, Path, description = "Delivery id")),
-    responses((status = 202, body = DeliveryDoc), (status = 401, body = ErrorBody), (status = 501, description = "Cluster mode: webhooks are not built for it yet", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 202, body = DeliveryDoc), (status = 401, body = ErrorBody), (status = 503, description = "Cluster mode: some partition is between nodes, or NATS does not answer; try again", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn retry(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, delivery)): Path<(u64, u64)>) -> Result<(StatusCode, Json<DeliveryDoc>), ApiError> {
-    let _one = shared.webhooks.changes.lock().await;
-    find(&shared, &tenant, id)?;
+    find(&shared, &tenant, id).await?;
     let policy = Policy::of(&shared.config);
-    let now = now_ms();
-    if let Some(p) = shared.store.outbox_get::<Pending>(&tenant, id, delivery).map_err(internal)? {
-        let Some(p) = crate::webhooks::redriven(p, now, &policy) else {
-            return Err(ApiError(StatusCode::CONFLICT, "not_set_aside", format!("delivery {delivery} waits in line and is sent in its turn; only a set-aside or failed one can be retried")));
-        };
-        shared.webhooks.redrive(&tenant, id, delivery);
-        return Ok((StatusCode::ACCEPTED, Json(pending_doc(delivery, p, &policy))));
+    match ask(&shared, &tenant, id, Ask::Retry { delivery }).await?.retried {
+        Some(Ok((d, p))) => Ok((StatusCode::ACCEPTED, Json(pending_doc(d, p, &policy)))),
+        Some(Err(Refusal::NotSetAside)) => Err(ApiError(StatusCode::CONFLICT, "not_set_aside", format!("delivery {delivery} waits in line and is sent in its turn; only a set-aside or failed one can be retried"))),
+        Some(Err(Refusal::Delivered)) => Err(ApiError(StatusCode::CONFLICT, "already_delivered", format!("delivery {delivery} was delivered; nothing to retry"))),
+        None => Err(not_found("not_found", format!("webhook {id} has no finished or set-aside delivery {delivery}"))),
     }
-    let found = shared.store.hook_log::<Finished>(&tenant, id, delivery.checked_add(1), 1).map_err(internal)?;
-    let Some((_, f)) = found.into_iter().find(|(d, _)| *d == delivery) else {
-        return Err(not_found("not_found", format!("webhook {id} has no finished or set-aside delivery {delivery}")));
-    };
-    if f.delivered {
-        return Err(ApiError(StatusCode::CONFLICT, "already_delivered", format!("delivery {delivery} was delivered; nothing to retry")));
-    }
-    let p = Pending { kind: f.kind, body: f.body, created_at: f.created_at, attempts: 0, next_at: now, last: Some(f.last) };
-    shared.store.write(vec![store::writes::outbox(&tenant, id, delivery, &p), store::writes::hook_log_delete(&tenant, id, delivery)]).await.map_err(internal)?;
-    shared.webhooks.wake(&tenant, id);
-    Ok((StatusCode::ACCEPTED, Json(pending_doc(delivery, p, &policy))))
 }

@@ -97,7 +97,13 @@ pub struct Writer {
     /// Batches in the changelog since its last base (counting those a rebuild read): when
     /// to compact.
     since_base: Arc<std::sync::atomic::AtomicU64>,
+    /// Webhook notification ids given under this claim (`delivery_id`).
+    deliveries: std::sync::atomic::AtomicU64,
 }
+
+/// The bits of a webhook notification id that count the ids given under one claim; the bits
+/// above them are the claim's stream sequence.
+pub const DELIVERY_BITS: u32 = 20;
 
 impl Writer {
     /// Starts the writer for the partition that `fence` is for.
@@ -112,7 +118,7 @@ impl Writer {
         let since = Arc::new(std::sync::atomic::AtomicU64::new(since_base));
         let claim = fence.claim;
         tokio::spawn(run(log, fence, rx, stopped.clone(), since.clone()));
-        Writer { tx, stopped, claim, since_base: since }
+        Writer { tx, stopped, claim, since_base: since, deliveries: Default::default() }
     }
 
     /// Batches in the changelog since its last base.
@@ -130,6 +136,23 @@ impl Writer {
         }
         rx.await.map_err(|_| "the changelog writer stopped".to_string())??;
         Ok(seq_tx.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// A fresh webhook notification id for one of the partition's users: the claim's stream
+    /// sequence above `DELIVERY_BITS` bits counting the ids given under it. A claim's sequence
+    /// is unique in the stream every partition shares, and a later owner's claim is higher, so
+    /// no id is given twice in the cluster and a user's ids rise through her moves, with no
+    /// counter to store or to hand over. The ids stay below 2^53, as JavaScript reads numbers
+    /// exactly. Once a claim's ids run out (a million of them), the writer stops: the partition
+    /// is claimed anew and rebuilt, and the new claim gives the next ids.
+    pub fn delivery_id(&self) -> Result<u64, String> {
+        let n = self.deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n >= 1 << DELIVERY_BITS || self.claim >= 1 << (53 - DELIVERY_BITS) {
+            let why = "this claim's webhook notification ids ran out; the partition is claimed anew".to_string();
+            let _ = self.stopped.set(why.clone());
+            return Err(why);
+        }
+        Ok(self.claim << DELIVERY_BITS | n)
     }
 
     /// Why the writer stopped, once it has: then every append fails.

@@ -92,6 +92,14 @@ impl EventLog for ClusterLog {
         Ok(())
     }
 
+    fn serves(&self, tenant: &str, user: &str) -> bool {
+        self.serves(partition_of(tenant, user))
+    }
+
+    fn delivery_id(&self, tenant: &str, user: &str) -> Result<u64, StoreError> {
+        self.writer(partition_of(tenant, user))?.delivery_id().map_err(StoreError::Failed)
+    }
+
     fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
         Box::pin(async move {
             // Every writer answers in order, so an empty job answered means every job before

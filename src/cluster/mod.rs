@@ -14,11 +14,14 @@
 //!   and the rebuild of a partition's users from the changelog.
 //! - [`route`]: messages for a partition's owner over core NATS, and inboxes for replies.
 //! - [`catalog`]: the cluster's one history of every tenant's catalogue versions.
+//! - [`goals`], [`jobs`], [`hooks`]: key-value buckets for goal ids, backfill jobs and webhook
+//!   endpoints.
 
 pub mod catalog;
 pub mod changelog;
 pub mod eventlog;
 pub mod goals;
+pub mod hooks;
 pub mod jobs;
 pub mod lease;
 pub mod log;
@@ -95,7 +98,7 @@ pub async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = 
 pub async fn init(client: async_nats::Client, replicas: usize) -> Result<Vec<String>, ClusterError> {
     let js = async_nats::jetstream::new(client.clone());
     let mut ready = Vec::new();
-    for name in [node::NODES, node::LEASES, goals::BUCKET] {
+    for name in [node::NODES, node::LEASES, goals::BUCKET, hooks::BUCKET] {
         let kv = node::bucket(&js, name, replicas).await?;
         patiently(&format!("waiting for bucket {name} to answer"), || kv.status()).await?;
         ready.push(name.to_string());

@@ -223,18 +223,6 @@ pub(super) fn hook_prefix(tenant: &str, hook: u64) -> Vec<u8> {
     seq_key(&tenant_prefix(tenant), hook)
 }
 
-pub(super) fn hook_range<T: serde::de::DeserializeOwned>(tree: &sled::Tree, tenant: &str, hook: u64, before: Option<u64>, limit: usize, newest_first: bool) -> Result<Vec<(u64, T)>, StoreError> {
-    let p = hook_prefix(tenant, hook);
-    let range = tree.range(seq_key(&p, 0)..seq_key(&p, before.unwrap_or(u64::MAX)));
-    let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if newest_first { Box::new(range.rev()) } else { Box::new(range) };
-    let mut out = Vec::new();
-    for kv in rows.take(limit) {
-        let (k, v) = kv?;
-        out.push((u64::from_be_bytes(k[p.len()..].try_into().unwrap_or_default()), decode(&k, &v)?));
-    }
-    Ok(out)
-}
-
 pub(super) fn tenant_prefix(tenant: &str) -> Vec<u8> {
     let mut k = tenant.as_bytes().to_vec();
     k.push(0);

@@ -35,6 +35,19 @@ pub trait EventLog: Send + Sync {
     /// this one is, or has failed.
     fn append(&self, tenant: &str, user: &str, writes: Vec<Write>, done: Done) -> Result<(), StoreError>;
 
+    /// Whether this log takes `user`'s writes here: always for one node alone; on a cluster
+    /// node, whether it serves her partition. What is stored here about a user it does not
+    /// take (her outbox rows, say) is another node's to act on.
+    fn serves(&self, _tenant: &str, _user: &str) -> bool {
+        true
+    }
+
+    /// A fresh id for a webhook notification about `user`: never given before across the
+    /// deployment (every node of a cluster included), and above every id given before for
+    /// one of her notifications, so that an endpoint's outbox, read in id order, holds each
+    /// user's notifications in the order they were made.
+    fn delivery_id(&self, tenant: &str, user: &str) -> Result<u64, StoreError>;
+
     /// Resolves once everything appended before is durable.
     fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
 
@@ -68,6 +81,10 @@ impl EventLog for Store {
         self.readable()?;
         let h = fnv(&user_key(tenant, user));
         self.tx.send(Job { writes, done, lane: (h & 1) as u8, user: Some(h) }).map_err(|_| StoreError::Stopped)
+    }
+
+    fn delivery_id(&self, _tenant: &str, _user: &str) -> Result<u64, StoreError> {
+        self.next_id(super::IdKind::Delivery)
     }
 
     fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {

@@ -33,6 +33,7 @@
 //! (each user's jobs always on the same one) and then flushes once, so sled is flushed per
 //! batch, never per event.
 
+mod hooks;
 mod keys;
 mod log;
 mod persister;
@@ -680,91 +681,6 @@ impl Store {
             let Some(split) = k.iter().position(|&b| b == 0) else { continue };
             let id = u64::from_be_bytes(k[split + 1..].try_into().unwrap_or_default());
             out.push((String::from_utf8_lossy(&k[..split]).into_owned(), id, decode(&k, &v)?));
-        }
-        Ok(out)
-    }
-
-    /// The first `limit` notifications waiting for a webhook endpoint, oldest first.
-    pub fn outbox<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
-        self.readable()?;
-        hook_range(&self.outbox, tenant, hook, None, limit, false)
-    }
-
-    /// Notifications waiting for a webhook endpoint, oldest first, handed to `more` one by one
-    /// until it answers false or `cap` were read (the worker reads only as deep as the head of
-    /// its line, past the rows set aside and those waiting behind them).
-    pub fn outbox_scan<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, cap: usize, mut more: impl FnMut(u64, T) -> bool) -> Result<(), StoreError> {
-        self.readable()?;
-        let p = hook_prefix(tenant, hook);
-        for kv in self.outbox.scan_prefix(&p).take(cap) {
-            let (k, v) = kv?;
-            let id = u64::from_be_bytes(k[p.len()..].try_into().unwrap_or_default());
-            if !more(id, decode(&k, &v)?) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// One notification waiting for a webhook endpoint, if it still waits.
-    pub fn outbox_get<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, id: u64) -> Result<Option<T>, StoreError> {
-        self.readable()?;
-        let k = seq_key(&hook_prefix(tenant, hook), id);
-        match self.outbox.get(&k)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// How many notifications wait for a webhook endpoint, counted up to `cap` (an endpoint
-    /// that has been down for days can have a long outbox, and this is read per API call).
-    pub fn outbox_len(&self, tenant: &str, hook: u64, cap: usize) -> Result<usize, StoreError> {
-        self.readable()?;
-        let p = hook_prefix(tenant, hook);
-        Ok(self.outbox.scan_prefix(&p).keys().take(cap).count())
-    }
-
-    /// An endpoint's finished deliveries, newest first, with ids below `before`.
-    pub fn hook_log<T: serde::de::DeserializeOwned>(&self, tenant: &str, hook: u64, before: Option<u64>, limit: usize) -> Result<Vec<(u64, T)>, StoreError> {
-        self.readable()?;
-        hook_range(&self.hooklog, tenant, hook, before, limit, true)
-    }
-
-    /// The writes that forget an endpoint's finished deliveries but the newest `keep`.
-    pub fn hook_log_trim(&self, tenant: &str, hook: u64, keep: usize) -> Result<Vec<Write>, StoreError> {
-        self.readable()?;
-        let p = hook_prefix(tenant, hook);
-        let mut out = Vec::new();
-        for k in self.hooklog.scan_prefix(&p).keys().rev().skip(keep) {
-            out.push(Write::Del(TreeId::HookLog, k?.to_vec()));
-        }
-        Ok(out)
-    }
-
-    /// The writes that remove outbox rows whose endpoint `exists` says is gone.
-    pub fn outbox_orphans(&self, exists: impl Fn(&str, u64) -> bool) -> Result<Vec<Write>, StoreError> {
-        self.readable()?;
-        let mut out = Vec::new();
-        for k in self.outbox.iter().keys() {
-            let k = k?;
-            let Some(split) = k.iter().position(|&b| b == 0) else { continue };
-            let Some(hook) = k.get(split + 1..split + 9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
-            if !exists(&String::from_utf8_lossy(&k[..split]), hook) {
-                out.push(Write::Del(TreeId::Outbox, k.to_vec()));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The writes that remove everything of an endpoint: its record, outbox and log.
-    pub fn drop_hook(&self, tenant: &str, hook: u64) -> Result<Vec<Write>, StoreError> {
-        self.readable()?;
-        let p = hook_prefix(tenant, hook);
-        let mut out = vec![writes::delete(Kind::Webhook, tenant, hook)];
-        for (tree, id) in [(&self.outbox, TreeId::Outbox), (&self.hooklog, TreeId::HookLog)] {
-            for k in tree.scan_prefix(&p).keys() {
-                out.push(Write::Del(id, k?.to_vec()));
-            }
         }
         Ok(out)
     }

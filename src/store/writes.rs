@@ -27,7 +27,12 @@ pub fn outbox<T: Serialize>(tenant: &str, hook: u64, id: u64, value: &T) -> Writ
     Write::Put(TreeId::Outbox, seq_key(&hook_prefix(tenant, hook), id), encode(value))
 }
 
-/// A finished delivery leaves the endpoint's log (sent again).
+/// A notification leaves an endpoint's outbox undelivered (its endpoint was deleted).
+pub fn outbox_delete(tenant: &str, hook: u64, id: u64) -> Write {
+    Write::Del(TreeId::Outbox, seq_key(&hook_prefix(tenant, hook), id))
+}
+
+/// A finished delivery leaves the endpoint's log (sent again, or its endpoint deleted).
 pub fn hook_log_delete(tenant: &str, hook: u64, id: u64) -> Write {
     Write::Del(TreeId::HookLog, seq_key(&hook_prefix(tenant, hook), id))
 }

@@ -572,12 +572,16 @@ impl User {
     fn enqueue(&mut self, myself: &ActorRef<UserMsg>, mut writes: Vec<store::Write>, mut deliveries: Vec<Delivery>) {
         // Webhook notifications go into the same batch as the pushes that announce them, so
         // one is durable exactly when the other is. Only tenants with endpoints pay for this.
+        let mut no_ids = None;
         if !writes.is_empty() && self.env.webhooks.any(&self.tenant) {
             let pushes = deliveries.iter().filter_map(|d| if let Delivery::Push(p) = d { Some(p) } else { None });
-            let (outbox, wake) = self.env.webhooks.outbox_writes(&self.tenant, &self.user, pushes);
-            if !outbox.is_empty() {
-                writes.extend(outbox);
-                deliveries.push(Delivery::Wake(wake));
+            match self.env.webhooks.outbox_writes(&self.tenant, &self.user, pushes) {
+                Ok((outbox, wake)) if !outbox.is_empty() => {
+                    writes.extend(outbox);
+                    deliveries.push(Delivery::Wake(wake));
+                }
+                Ok(_) => {}
+                Err(why) => no_ids = Some(why),
             }
         }
         if writes.is_empty() {
@@ -590,6 +594,13 @@ impl User {
         self.next_job += 1;
         let job = self.next_job;
         self.pending.push_back((job, deliveries));
+        // No id for a notification this batch makes (a cluster node whose partition is being
+        // claimed anew): the batch fails as a refused write does, so nothing of it is acked
+        // and its events are sent again, rather than accepted without their notifications.
+        if let Some(why) = no_ids {
+            let _ = myself.send_message(UserMsg::Durable { job, result: Err(why) });
+            return;
+        }
         let me = myself.clone();
         let submitted = self.env.log.append(&self.tenant, &self.user, writes, Box::new(move |result| {
             let _ = me.send_message(UserMsg::Durable { job, result });

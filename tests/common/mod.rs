@@ -4,6 +4,7 @@
 
 pub mod answers;
 pub mod nats;
+pub mod receiver;
 
 use accolade::config::{Config, DEMO_SECRET, DEMO_TENANT};
 use accolade::server::{self, Shared};
