@@ -44,6 +44,10 @@ const PREVIEWS: &str = "accolade.previews";
 /// for the users it serves.
 const HOOKS: &str = "accolade.webhooks";
 
+/// The most an answer about webhook deliveries takes, well under NATS's default `max_payload`
+/// of 1 MiB (a page of 1,000 waiting and 1,000 finished notifications can be larger).
+const ANSWER_BYTES: usize = 768 * 1024;
+
 /// A question to every node about endpoint `hook` of `tenant`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct HookQuestion {
@@ -373,7 +377,10 @@ impl Membership {
                     }
                     Err(_) => none,
                 };
-                bytes::Bytes::from(serde_json::to_vec(&reply).expect("an answer encodes"))
+                // Cut to fit one NATS message, with room for the rest of the answer.
+                let HookAnswer { partitions, told } = reply;
+                let told: serde_json::Value = serde_json::from_slice(&told.fitted(ANSWER_BYTES)).expect("an answer decodes");
+                bytes::Bytes::from(serde_json::to_vec(&serde_json::json!({ "partitions": partitions, "told": told })).expect("an answer encodes"))
             })
         });
         self.routes.answer_all(HOOKS, answer).await

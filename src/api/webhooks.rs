@@ -322,8 +322,9 @@ fn finished_doc(id: u64, f: Finished) -> DeliveryDoc {
 pub async fn deliveries(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<u64>, Query(q): Query<DeliveryQuery>) -> Result<Json<DeliveryLog>, ApiError> {
     find(&shared, &tenant, id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let Told { pending, finished, .. } = ask(&shared, &tenant, id, Ask::Deliveries { before: q.before, limit }).await?;
-    let next_before = (finished.len() == limit).then(|| finished.last().map(|(id, _)| *id)).flatten();
+    let Told { pending, finished, finished_cut, .. } = ask(&shared, &tenant, id, Ask::Deliveries { before: q.before, limit }).await?;
+    // A page cut short (a cluster's answers too large for one message) has more after it too.
+    let next_before = (finished.len() == limit || finished_cut).then(|| finished.last().map(|(id, _)| *id)).flatten();
     let policy = Policy::of(&shared.config);
     Ok(Json(DeliveryLog {
         pending: pending.into_iter().map(|(id, p)| pending_doc(id, p, &policy)).collect(),

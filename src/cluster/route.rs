@@ -146,7 +146,13 @@ impl Routes {
                 let Some(reply) = m.reply else { continue };
                 let (client, body) = (client.clone(), answer(m.payload));
                 tokio::spawn(async move {
-                    let _ = client.publish(reply, body.await).await;
+                    let body = body.await;
+                    let size = body.len();
+                    // Said, not dropped silently: the asker sees this node's partitions
+                    // unanswered (an answer larger than the server's `max_payload`, say).
+                    if let Err(e) = client.publish(reply, body).await {
+                        tracing::warn!(bytes = size, error = %e, "an answer to another node could not be sent");
+                    }
                 });
             }
         }))
