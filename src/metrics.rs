@@ -109,6 +109,12 @@ pub struct Metrics {
     pub remote_sockets: Gauge,
     /// Cluster mode: changelog compactions made by this node.
     pub compactions: Counter,
+    /// Cluster mode: partitions gained and rebuilt from this node's checkpoint (reading only
+    /// the changelog after it), and from the start (its newest base and the batches after).
+    pub rebuilt_from_checkpoint: Counter,
+    pub rebuilt_from_start: Counter,
+    /// Cluster mode: changelog batches (and base pieces) read by rebuilds.
+    pub rebuild_batches: Counter,
     pub dead_letters: Counter,
     pub backfill_users: Counter,
     pub backfill_awards: Counter,
@@ -183,6 +189,9 @@ impl Default for Metrics {
             actors: reg(&mut r, "accolade_actors_active", "User actors in memory.", Gauge::default()),
             partitions_served: reg(&mut r, "accolade_cluster_partitions_served", "Cluster mode: partitions this node serves (0 standalone).", Gauge::default()),
             compactions: reg(&mut r, "accolade_cluster_compactions", "Cluster mode: partition changelogs this node compacted into a base.", Counter::default()),
+            rebuilt_from_checkpoint: reg(&mut r, "accolade_cluster_rebuilds_from_checkpoint", "Cluster mode: partitions gained and rebuilt from this node's checkpoint, reading only the changelog after it.", Counter::default()),
+            rebuilt_from_start: reg(&mut r, "accolade_cluster_rebuilds_from_start", "Cluster mode: partitions gained and rebuilt from their newest base and the batches after it.", Counter::default()),
+            rebuild_batches: reg(&mut r, "accolade_cluster_rebuild_batches", "Cluster mode: changelog batches and base pieces read by this node's rebuilds.", Counter::default()),
             remote_sockets: reg(&mut r, "accolade_cluster_remote_sockets", "Cluster mode: sockets other nodes hold for users this node serves (counted in their nodes' accolade_connections).", Gauge::default()),
             accepted: series(&events, "outcome", "accepted"),
             duplicates: series(&events, "outcome", "duplicate"),
@@ -301,6 +310,9 @@ mod tests {
             "accolade_cluster_partitions_served 0",
             "accolade_cluster_remote_sockets 0",
             "accolade_cluster_compactions_total 0",
+            "accolade_cluster_rebuilds_from_checkpoint_total 0",
+            "accolade_cluster_rebuilds_from_start_total 0",
+            "accolade_cluster_rebuild_batches_total 0",
             "accolade_socket_events_in_flight 0",
         ] {
             assert!(out.lines().any(|l| l == line), "missing `{line}` in\n{out}");

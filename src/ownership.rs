@@ -7,7 +7,7 @@
 //! partitions it serves.
 
 use crate::cluster::changelog::Writer;
-use crate::cluster::eventlog::{rebuild, ClusterLog};
+use crate::cluster::eventlog::{rebuild, start_for, ClusterLog, Start};
 use crate::cluster::lease::Timing;
 use crate::cluster::log::{Fence, PartitionLog};
 use crate::cluster::node::{Node, Options, Owned};
@@ -576,28 +576,51 @@ impl Membership {
                                 }
                             }
                         };
-                        // The webhook rows this node still holds from an earlier time it served
-                        // the partition go first: the changelog has them as they are now (some
-                        // delivered and removed meanwhile by another node, which a base would not
-                        // say), and its rebuild writes them back.
-                        let stale = store.hook_rows_where(|t, body| partition_of(t, &crate::webhooks::user_of_body(body)) == p);
-                        match stale {
-                            Ok(w) if w.is_empty() => {}
-                            Ok(w) => {
-                                if let Err(e) = store.write(w).await {
-                                    return (p, Err(format!("clearing its old webhook rows failed: {e}")));
+                        // From this node's checkpoint when its sled holds the partition's
+                        // changelog up to a point still in the changelog: only what came since
+                        // is read. Otherwise from the start, over whatever the sled holds.
+                        let checkpoint = match store.checkpoint(p) {
+                            Ok(c) => c,
+                            Err(e) => return (p, Err(format!("reading its checkpoint failed: {e}"))),
+                        };
+                        let start = match start_for(&me.partitions, p, checkpoint).await {
+                            Ok(s) => s,
+                            Err(e) => return (p, Err(format!("reading its changelog's base failed: {e}"))),
+                        };
+                        let after = match start {
+                            Start::Checkpoint(c) => c,
+                            Start::Scratch => {
+                                // The webhook rows this node still holds from an earlier time it
+                                // served the partition go first: the changelog has them as they
+                                // are now (some delivered and removed meanwhile by another node,
+                                // which a base would not say), and the rebuild writes them back.
+                                let stale = store.hook_rows_where(|t, body| partition_of(t, &crate::webhooks::user_of_body(body)) == p);
+                                match stale {
+                                    Ok(w) if w.is_empty() => {}
+                                    Ok(w) => {
+                                        if let Err(e) = store.write(w).await {
+                                            return (p, Err(format!("clearing its old webhook rows failed: {e}")));
+                                        }
+                                    }
+                                    Err(e) => return (p, Err(format!("reading its old webhook rows failed: {e}"))),
                                 }
+                                0
                             }
-                            Err(e) => return (p, Err(format!("reading its old webhook rows failed: {e}"))),
-                        }
-                        let last = match rebuild(store, &me.partitions, p, 0, &mut seen).await {
-                            Ok(last) => last,
+                        };
+                        let rebuilt = match rebuild(store, &me.partitions, p, after, &mut seen).await {
+                            Ok(r) => r,
                             Err(e) => return (p, Err(format!("rebuilding failed: {e}"))),
                         };
-                        match store.board_entries_at(board_keys.iter().map(Vec::as_slice)) {
+                        // Its users ranked here: from a checkpoint every record of the
+                        // partition in the sled (most were not replayed), else those replayed.
+                        let entries = match start {
+                            Start::Checkpoint(_) => store.board_entries_where(|t, u| partition_of(t, u) == p),
+                            Start::Scratch => store.board_entries_at(board_keys.iter().map(Vec::as_slice)),
+                        };
+                        match entries {
                             Ok(entries) => {
                                 boards.load_entries(entries);
-                                (p, Ok((fence, last)))
+                                (p, Ok((fence, rebuilt, start)))
                             }
                             Err(e) => (p, Err(format!("reading its leaderboard records failed: {e}"))),
                         }
@@ -607,15 +630,30 @@ impl Membership {
             // Each is served as soon as it is rebuilt.
             while let Some((p, r)) = ready.next().await {
                 match r {
-                    Ok((fence, rebuilt)) => {
+                    Ok((fence, rebuilt, start)) => {
                         let last = rebuilt.last;
-                        self.log.serve(p, Writer::start_after(self.partitions.clone(), fence, rebuilt.batches));
+                        // The sled holds the changelog up to where the rebuild got, and each
+                        // batch this node stores from now on moves that on.
+                        store.checkpoint_after_pending(p, last);
+                        let on_stored = {
+                            let store = store.clone();
+                            Box::new(move |seq| store.checkpoint_after_pending(p, seq))
+                        };
+                        // From a checkpoint, the batches since the last base are not all counted
+                        // (those before the checkpoint were not read): the compaction comes
+                        // later than `--cluster-compact-batches` says, by at most that many.
+                        self.log.serve(p, Writer::start_after(self.partitions.clone(), fence, rebuilt.batches, on_stored));
+                        let _ = match start {
+                            Start::Checkpoint(_) => metrics.rebuilt_from_checkpoint.inc(),
+                            Start::Scratch => metrics.rebuilt_from_start.inc(),
+                        };
+                        metrics.rebuild_batches.inc_by(rebuilt.read);
                         if let Err(e) = self.routes.serve(p, crate::remote::answering(answering.clone(), p)).await {
                             tracing::warn!(partition = p, error = %e, "answering for a partition failed; its users are served from here only");
                         }
                         served.insert(p, now[&p].clone());
                         metrics.partitions_served.set(served.len() as i64);
-                        tracing::info!(partition = p, changelog = last, "partition rebuilt and served");
+                        tracing::info!(partition = p, changelog = last, read = rebuilt.read, from_checkpoint = matches!(start, Start::Checkpoint(_)), "partition rebuilt and served");
                     }
                     Err(e) => tracing::warn!(partition = p, error = %e, "a partition gained is not served yet; trying again"),
                 }

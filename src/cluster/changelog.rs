@@ -108,16 +108,18 @@ pub const DELIVERY_BITS: u32 = 20;
 impl Writer {
     /// Starts the writer for the partition that `fence` is for.
     pub fn start(log: PartitionLog, fence: Fence) -> Writer {
-        Writer::start_after(log, fence, 0)
+        Writer::start_after(log, fence, 0, Box::new(|_| {}))
     }
 
-    /// `start`, for a changelog that has `since_base` batches after its last base.
-    pub fn start_after(log: PartitionLog, fence: Fence, since_base: u64) -> Writer {
+    /// `start`, for a changelog that has `since_base` batches after its last base. `stored`
+    /// hears each batch's stream sequence once the batch's jobs have been told it is stored
+    /// (and have passed its writes on to the local sled): where the node's checkpoint goes.
+    pub fn start_after(log: PartitionLog, fence: Fence, since_base: u64, stored: Box<dyn Fn(u64) + Send + Sync>) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let stopped = Arc::new(OnceLock::new());
         let since = Arc::new(std::sync::atomic::AtomicU64::new(since_base));
         let claim = fence.claim;
-        tokio::spawn(run(log, fence, rx, stopped.clone(), since.clone()));
+        tokio::spawn(run(log, fence, rx, stopped.clone(), since.clone(), stored));
         Writer { tx, stopped, claim, since_base: since, deliveries: Default::default() }
     }
 
@@ -169,7 +171,7 @@ impl Writer {
     }
 }
 
-async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceiver<Job>, stopped: Arc<OnceLock<String>>, since_base: Arc<std::sync::atomic::AtomicU64>) {
+async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceiver<Job>, stopped: Arc<OnceLock<String>>, since_base: Arc<std::sync::atomic::AtomicU64>, stored: Box<dyn Fn(u64) + Send + Sync>) {
     let mut batch_no = 0u64;
     let mut next: Option<Job> = None;
     loop {
@@ -226,14 +228,14 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let result = loop {
             match log.append_with_id(&mut fence, KEY, "writes", &id, body.clone()).await {
-                Ok(_) => break Ok(()),
+                Ok(seq) => break Ok(seq),
                 Err(LogError::Fenced(p)) => break Err(format!("partition {p} was claimed by another node")),
                 Err(LogError::Nats(e)) if tokio::time::Instant::now() >= deadline => break Err(format!("the changelog did not answer: {e}")),
                 Err(LogError::Nats(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 since_base.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             // Stopped before anyone hears of the failure: whoever is told that a write failed
@@ -243,7 +245,10 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
             }
         }
         for j in jobs {
-            (j.done)(result.clone());
+            (j.done)(result.clone().map(|_| ()));
+        }
+        if let Ok(seq) = result {
+            stored(seq);
         }
         if let Err(why) = result {
             // Fenced off, nothing more can be written. And after a batch that failed any other

@@ -150,11 +150,13 @@ pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u
     {
         return Err(format!("partition {partition}'s changelog is compacted past sequence {after} (to {}): rebuild it from the start", m.upto));
     }
+    let mut read = 0;
     if after == 0
         && let Some(m) = base
     {
         let mut pieces = Vec::new();
         changelog::read_base(log, partition, &m, |w| pieces.push(w)).await?;
+        read += pieces.len() as u64;
         for writes in pieces {
             seen(&writes);
             store.write(writes).await.map_err(|e| e.to_string())?;
@@ -165,7 +167,7 @@ pub async fn rebuild(store: &Store, log: &PartitionLog, partition: u16, after: u
     loop {
         let page = changelog::batches(log, partition, last, 64).await?;
         if page.is_empty() {
-            return Ok(Rebuilt { last, batches });
+            return Ok(Rebuilt { last, batches, read: read + batches });
         }
         for (seq, writes) in page {
             seen(&writes);
@@ -184,4 +186,28 @@ pub struct Rebuilt {
     /// The batches read after the base (or from the start, with none): what a compaction
     /// would fold.
     pub batches: u64,
+    /// Everything read: the base's pieces and the batches.
+    pub read: u64,
+}
+
+/// Where a partition's rebuild on this node starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// After this node's checkpoint: its sled holds the partition's changelog up to there,
+    /// and every batch after it is still in the changelog.
+    Checkpoint(u64),
+    /// From the newest base and the batches after it: this node never held the partition,
+    /// or the changelog was compacted past its checkpoint.
+    Scratch,
+}
+
+/// Decides where a rebuild of `partition` starts on a node whose checkpoint for it is
+/// `checkpoint`. Asked after the node claimed the partition, so no compaction can pass the
+/// checkpoint before the rebuild reads (a base's marker goes through the fence).
+pub async fn start_for(log: &PartitionLog, partition: u16, checkpoint: Option<u64>) -> Result<Start, String> {
+    let Some(c) = checkpoint.filter(|c| *c > 0) else { return Ok(Start::Scratch) };
+    Ok(match changelog::latest_base(log, partition).await? {
+        Some(m) if m.upto > c => Start::Scratch,
+        _ => Start::Checkpoint(c),
+    })
 }

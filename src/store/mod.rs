@@ -36,6 +36,7 @@
 mod hooks;
 mod keys;
 mod log;
+mod partitions;
 mod persister;
 /// Builders for the writes an accepted event causes, so callers never see key layouts.
 pub mod writes;
