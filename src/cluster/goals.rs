@@ -39,8 +39,9 @@ impl GoalIds {
 
     /// The assignee of goal `id` of `tenant`, if the id names a goal.
     pub async fn assignee(&self, tenant: &str, id: &str) -> Result<Option<String>, String> {
-        match self.kv.get(key(tenant, id)).await {
-            Ok(v) => Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned())),
+        // From the stream's leader: a claim made a moment ago, through any node, is seen.
+        match super::node::fresh_entry(&self.kv, &key(tenant, id)).await {
+            Ok(v) => Ok(v.map(|(b, _)| String::from_utf8_lossy(&b).into_owned())),
             Err(e) => Err(format!("reading the goal id failed: {e}")),
         }
     }

@@ -35,11 +35,8 @@ impl HookBucket {
 
     /// A tenant's record and its revision (for `put`), if it has one.
     pub async fn get(&self, tenant: &str) -> Result<Option<(Bytes, u64)>, String> {
-        match self.kv.entry(key(tenant)).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => Ok(Some((e.value, e.revision))),
-            Ok(_) => Ok(None),
-            Err(e) => Err(format!("reading the webhook endpoints failed: {e}")),
-        }
+        // From the stream's leader: an endpoint registered a moment ago is listed.
+        super::node::fresh_entry(&self.kv, &key(tenant)).await.map_err(|e| format!("reading the webhook endpoints failed: {e}"))
     }
 
     /// Stores a tenant's record if it is still at `revision` (`None`: if it has none yet).

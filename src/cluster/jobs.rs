@@ -116,12 +116,12 @@ impl Jobs {
     }
 
     async fn entry(&self, k: &str) -> Result<Option<(Job, u64)>, String> {
-        match self.kv.entry(k).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                let job = serde_json::from_slice(&e.value).map_err(|err| format!("job {k} does not decode: {err}"))?;
-                Ok(Some((job, e.revision)))
+        match super::node::fresh_entry(&self.kv, k).await {
+            Ok(Some((value, revision))) => {
+                let job = serde_json::from_slice(&value).map_err(|err| format!("job {k} does not decode: {err}"))?;
+                Ok(Some((job, revision)))
             }
-            Ok(_) => Ok(None),
+            Ok(None) => Ok(None),
             Err(e) => Err(format!("reading job {k} failed: {e}")),
         }
     }

@@ -85,6 +85,23 @@ pub(crate) async fn bucket(js: &jetstream::Context, name: &str, replicas: usize)
     .await
 }
 
+/// A key's newest value and revision, read from the leader of the bucket's stream: what was
+/// stored before this read was asked is in it. (`kv::Store::entry` reads with a direct get,
+/// which any replica may answer, and one a moment behind the leader answers with an older value
+/// or none: under load, a backfill job just created through a node was "not found" when that
+/// node was asked to cancel it.) `None` for a key never written or deleted.
+pub(crate) async fn fresh_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match kv.stream.get_last_raw_message_by_subject(&format!("{}{key}", kv.prefix)).await {
+        Ok(m) => {
+            let deleted = m.headers.get("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            Ok((!deleted).then_some((m.payload, m.sequence)))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Forwards a bucket's changes for ever, watching again when a watch ends (NATS went away).
 fn forward(store: kv::Store, tx: mpsc::UnboundedSender<Input>, wrap: fn(kv::Entry) -> Input) -> JoinHandle<()> {
     tokio::spawn(async move {
