@@ -266,6 +266,7 @@ async fn hold(routes: Arc<Routes>, metrics: Arc<Metrics>, p: u16, inbox: String,
     // Events sent, and the number of the last note heard.
     let (mut sent, mut heard) = (0u64, 0u64);
     let give_up = |code: u16, why: &'static str| {
+        tracing::debug!(partition = p, inbox, why, "a socket attached to another node's actor closes");
         let _ = conn.closing.set((code, why));
     };
     let ended = loop {

@@ -901,8 +901,14 @@ async fn an_event_posted_to_any_node_is_taken_by_the_node_that_serves_its_user()
     let again = http_answer("f-4", &ua, "ex-1", true);
     let r = post(&api_b, &again).await;
     assert_eq!((r["status"].as_str(), r["code"].as_str()), (Some("rejected"), Some("unavailable")), "{r}");
+    // Asked again: still between nodes, or (on a loaded machine the lease can run out while
+    // the refusal above was answered) node-b's already, with what node-a had taken.
     let (s, e) = api_b.get(&format!("/v1/users/{ua}")).await;
-    assert_eq!((s, e["error"].as_str()), (503, Some("unavailable")), "{e}");
+    match s {
+        503 => assert_eq!(e["error"], "unavailable", "{e}"),
+        200 => assert_eq!(e["events"], 1, "{e}"),
+        _ => panic!("{s} {e}"),
+    }
     assert_eq!(post_until_taken(&api_b, &again, Duration::from_secs(30)).await["status"], "accepted");
     assert_eq!(post(&api_b, &first).await["status"], "duplicate", "rebuilt from JetStream on node-b");
 }

@@ -225,15 +225,29 @@ async fn run(log: PartitionLog, mut fence: Fence, mut rx: mpsc::UnboundedReceive
         // Unique per claim and batch: a retry of this batch is a duplicate, a later owner's
         // batches are not.
         let id = format!("{}.{}.{batch_no}", fence.partition, fence.claim);
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let started = tokio::time::Instant::now();
+        let deadline = started + RETRY_FOR;
+        let mut said = false;
         let result = loop {
             match log.append_with_id(&mut fence, KEY, "writes", &id, body.clone()).await {
                 Ok(seq) => break Ok(seq),
                 Err(LogError::Fenced(p)) => break Err(format!("partition {p} was claimed by another node")),
                 Err(LogError::Nats(e)) if tokio::time::Instant::now() >= deadline => break Err(format!("the changelog did not answer: {e}")),
-                Err(LogError::Nats(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(LogError::Nats(e)) => {
+                    // Said once per batch, after a few seconds: a partition whose writes wait
+                    // on JetStream (an election) is seen to wait, and on what.
+                    if !said && started.elapsed() > Duration::from_secs(5) {
+                        said = true;
+                        tracing::warn!(partition = fence.partition, batch = batch_no, error = %e, "a changelog batch is not stored yet; still trying");
+                    }
+                    tracing::debug!(partition = fence.partition, batch = batch_no, error = %e, "a changelog batch was not stored; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
             }
         };
+        if said {
+            tracing::info!(partition = fence.partition, batch = batch_no, ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "a changelog batch that waited is done");
+        }
         match &result {
             Ok(_) => {
                 since_base.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

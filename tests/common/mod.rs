@@ -352,7 +352,8 @@ pub async fn start_wrapped(dir: &std::path::Path, port: u16, extra: &[&str], set
     let mut child = cmd
         .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir", dir.to_str().unwrap(), "--rate-per-sec", "100000", "--rate-burst", "100000"])
         .args(extra)
-        .env("RUST_LOG", "warn,accolade=info")
+        // `ACCOLADE_TEST_LOG` says more when a test is run to find out why it fails.
+        .env("RUST_LOG", std::env::var("ACCOLADE_TEST_LOG").unwrap_or_else(|_| "warn,accolade=info".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
