@@ -239,21 +239,40 @@ impl Backfills {
     /// walked on the next round; one lost meanwhile is left to the node serving it next.
     pub async fn run_cluster(self: Arc<Self>, jobs: Arc<crate::cluster::jobs::Jobs>, serves: Arc<dyn Fn(u16) -> bool + Send + Sync>) {
         let mut shutdown = self.stop.clone();
+        // The jobs, as the bucket's watch brings them (listing the bucket every second made a
+        // consumer each time, on every node, and timed out over and over while JetStream
+        // recovered from a lost server).
+        let mut changes = jobs.follow();
+        let mut known: BTreeMap<(String, u64), bool> = BTreeMap::new();
         loop {
-            match jobs.list(None).await {
-                Ok(all) => {
-                    for job in all.into_iter().filter(|j| j.cancelled_at.is_none() && !j.finished()) {
-                        if let Err(e) = self.walk_served(&jobs, job, &*serves).await {
-                            tracing::warn!(error = %e, "a cluster backfill stopped; it goes on in the next round");
-                        }
-                        if *shutdown.borrow() {
-                            return;
-                        }
+            while let Ok(job) = changes.try_recv() {
+                known.insert((job.tenant.clone(), job.id), job.cancelled_at.is_none() && !job.finished());
+            }
+            let running: Vec<(String, u64)> = known.iter().filter(|(_, running)| **running).map(|(k, _)| k.clone()).collect();
+            for (tenant, id) in running {
+                // Read anew from the bucket's leader: where each partition's part got to.
+                let job = match jobs.get(&tenant, id).await {
+                    Ok(Some(job)) if job.cancelled_at.is_none() && !job.finished() => job,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a cluster backfill failed; trying again");
+                        continue;
                     }
+                };
+                if let Err(e) = self.walk_served(&jobs, job, &*serves).await {
+                    tracing::warn!(error = %e, "a cluster backfill stopped; it goes on in the next round");
                 }
-                Err(e) => tracing::warn!(error = %e, "reading the cluster's backfill jobs failed; trying again"),
+                if *shutdown.borrow() {
+                    return;
+                }
             }
             tokio::select! {
+                job = changes.recv() => match job {
+                    Some(job) => {
+                        known.insert((job.tenant.clone(), job.id), job.cancelled_at.is_none() && !job.finished());
+                    }
+                    None => return,
+                },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => return,
             }

@@ -7,7 +7,6 @@ use super::node::bucket;
 use super::ClusterError;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 /// The bucket: key the tenant in hex, value the tenant's endpoints.
@@ -57,38 +56,17 @@ impl HookBucket {
         }
     }
 
-    /// Every tenant's record as it is now, then each change, for as long as the receiver is
-    /// kept: watched again whenever a watch ends (NATS went away), each time from the newest
-    /// value of every key, so that a node that missed changes meanwhile catches up.
+    /// Every tenant's record as it is now, then each change (an empty record: deleted), for
+    /// as long as the receiver is kept, caught up again after any reconnect.
     pub fn follow(&self) -> mpsc::UnboundedReceiver<(String, Bytes)> {
+        let mut changes = super::node::follow_bucket(self.kv.clone());
         let (tx, rx) = mpsc::unbounded_channel();
-        let store = self.kv.clone();
         tokio::spawn(async move {
-            loop {
-                match store.watch_with_history(">").await {
-                    Ok(mut w) => {
-                        while let Some(next) = w.next().await {
-                            match next {
-                                Ok(e) => {
-                                    let Some(tenant) = tenant_of(&e.key) else { continue };
-                                    let value = if e.operation == kv::Operation::Put { e.value } else { Bytes::new() };
-                                    if tx.send((tenant, value)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "the webhook endpoints' watch failed; watching again");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "the webhook endpoints' watch did not start; trying again"),
-                }
-                if tx.is_closed() {
+            while let Some((key, value)) = changes.recv().await {
+                let Some(tenant) = tenant_of(&key) else { continue };
+                if tx.send((tenant, value.unwrap_or_default())).is_err() {
                     return;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         });
         rx

@@ -104,6 +104,27 @@ impl Jobs {
         Ok(Jobs { kv })
     }
 
+    /// Every job as it is now, then each one as it changes, for as long as the receiver is
+    /// kept (one watch, caught up again after any reconnect).
+    pub fn follow(&self) -> tokio::sync::mpsc::UnboundedReceiver<Job> {
+        let mut changes = super::node::follow_bucket(self.kv.clone());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some((key, value)) = changes.recv().await {
+                let Some(value) = value else { continue };
+                match serde_json::from_slice::<Job>(&value) {
+                    Ok(job) => {
+                        if tx.send(job).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(key, error = %e, "a backfill job does not decode; it is skipped"),
+                }
+            }
+        });
+        rx
+    }
+
     /// The bucket's state, once its stream has a leader.
     pub async fn status(&self) -> Result<kv::bucket::Status, kv::StatusError> {
         self.kv.status().await

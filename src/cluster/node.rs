@@ -102,6 +102,43 @@ pub(crate) async fn fresh_entry(kv: &kv::Store, key: &str) -> Result<Option<(Byt
     }
 }
 
+/// A bucket's records as they are now, then each change (`None`: deleted), for as long as the
+/// receiver is kept: watched again whenever a watch ends (NATS went away), each time from the
+/// newest value of every key, so that a node that missed changes meanwhile catches up. One
+/// watch for the node's life, where listing the bucket again and again would make a consumer
+/// each time.
+pub(crate) fn follow_bucket(store: kv::Store) -> mpsc::UnboundedReceiver<(String, Option<Bytes>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match store.watch_with_history(">").await {
+                Ok(mut w) => {
+                    while let Some(next) = w.next().await {
+                        match next {
+                            Ok(e) => {
+                                let value = (e.operation == kv::Operation::Put).then_some(e.value);
+                                if tx.send((e.key, value)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(bucket = %store.name, error = %e, "a watch failed; watching again");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(bucket = %store.name, error = %e, "a watch did not start; trying again"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    rx
+}
+
 /// Forwards a bucket's changes for ever, watching again when a watch ends (NATS went away).
 fn forward(store: kv::Store, tx: mpsc::UnboundedSender<Input>, wrap: fn(kv::Entry) -> Input) -> JoinHandle<()> {
     tokio::spawn(async move {
