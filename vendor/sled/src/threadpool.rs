@@ -68,7 +68,11 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // Accolade: one waiting thread is enough for one piece of work. `notify_all` woke all
+        // seven idle IO threads for every flush, and six of them found the queue empty and went
+        // back to sleep: at low load that was over a third of the server's CPU. A thread that is
+        // busy takes more work from the queue before it waits again, so nothing is left behind.
+        self.cv.notify_one();
 
         len
     }
