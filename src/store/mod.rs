@@ -29,9 +29,11 @@
 //! - `hooklog`: same key -> how a delivery ended (delivered or failed), the newest kept.
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
-//! the persister, which takes whatever has queued up as one batch, inserts it on two threads
-//! (each user's jobs always on the same one) and then flushes once, so sled is flushed per
-//! batch, never per event.
+//! the persister, which takes whatever has queued up as one batch, inserts it (a large batch
+//! on two threads, each user's jobs always on the same one) and then flushes once, so sled is
+//! flushed per batch, never per event. sled is a patched 0.34.7 (`vendor/sled`): its flush
+//! writes on the flushing thread and its IO pool wakes one thread per piece of work, which
+//! changes how many threads wake per flush, not what is on disk.
 
 mod keys;
 mod log;

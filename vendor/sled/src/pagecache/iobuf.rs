@@ -1180,7 +1180,7 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
         );
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
+        let write = move || {
             if let Err(e) = iobufs.write_to_log(&iobuf) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
@@ -1199,10 +1199,23 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
 
                 let _notified = iobufs.interval_updated.notify_all();
             }
-        })?;
+        };
 
-        #[cfg(feature = "event_log")]
-        _result.wait();
+        // Accolade: a buffer sealed by a flush (`make_stable`, `roll_iobuf`) is written by
+        // the thread that sealed it. That thread is about to wait until the buffer is on disk
+        // anyway, so handing the write to the IO pool only added two thread wake-ups per flush
+        // (the pool's thread, then the flusher again). A buffer sealed because it filled up
+        // during a write (`from_reserve`) is still written by the pool, so that inserts do not
+        // wait for the disk. This is what sled's own `event_log` test builds did (they waited
+        // for the pool's write right here).
+        if from_reserve {
+            let _result = threadpool::spawn(write)?;
+
+            #[cfg(feature = "event_log")]
+            _result.wait();
+        } else {
+            write();
+        }
 
         Ok(())
     } else {
