@@ -1,6 +1,7 @@
 //! The group-commit persister: one thread takes whatever jobs have queued up as one batch,
-//! inserts it on two threads (each user's jobs always on the same one), flushes once and tells
-//! every job; a failed write fails the store closed. Also the debug builds' fault injection.
+//! inserts it (a large batch on two threads, each user's jobs always on the same one), flushes
+//! once and tells every job; a failed write fails the store closed. Also the debug builds'
+//! fault injection.
 
 use super::*;
 use std::collections::VecDeque;
@@ -71,6 +72,12 @@ pub(super) const MAX_BATCH_JOBS: usize = 8192;
 
 /// Jobs of one user a batch takes; the rest of that user's wait for the next batch.
 pub(super) const MAX_USER_JOBS_PER_BATCH: usize = 32;
+
+/// Writes a batch must hold before half of it goes to the helper thread. Handing a half over
+/// and waiting for it costs two thread wake-ups, which only a batch with enough inserts to
+/// share pays back; at low load a batch is one or two events, and its few inserts are done
+/// here without waking anyone (bench/README.md, issue 22).
+pub(super) const HELPER_MIN_WRITES: usize = 64;
 
 /// Picks the next batch from `queued` (oldest first) and leaves the rest, in order, in
 /// `carry`. A user with a burst queued (hundreds of events at once) would otherwise fill the
@@ -143,7 +150,7 @@ impl PersisterSide {
     }
 
     pub(super) fn run_persister(self, rx: mpsc::Receiver<Job>) {
-        // A second thread inserts about half of every batch. Inserting is CPU work in sled (a
+        // A second thread inserts about half of every large batch. Inserting is CPU work in sled (a
         // tree walk, and a node copied on most inserts), and one thread doing all of it got
         // only its fair share of the cores while the runtime's workers, with events queued,
         // took the rest: it was busy 93% of the time and acks waited behind it. Two threads get
@@ -204,9 +211,10 @@ impl PersisterSide {
             // the batch, every job of it (written or not) is told, so no actor waits for ever.
             let mut mine = Vec::new();
             let mut theirs = Vec::new();
+            let share = to_helper.is_some() && jobs.iter().map(|j| j.writes.len()).sum::<usize>() >= HELPER_MIN_WRITES;
             for job in jobs {
                 dones.push(job.done);
-                if to_helper.is_some() && job.lane == 1 { theirs.extend(job.writes) } else { mine.extend(job.writes) }
+                if share && job.lane == 1 { theirs.extend(job.writes) } else { mine.extend(job.writes) }
             }
             // Once a batch has failed, sled refuses every write (its error is sticky) and its
             // trees hold what the disk refused: nothing more is written, and every job is told
