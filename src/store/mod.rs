@@ -15,7 +15,8 @@
 //! - `jobs`: `tenant \0` + id -> a backfill job and how far it got.
 //! - `boards`: user key -> the user's leaderboard scores (each board's current period, and the
 //!   one before until it is closed): one record per user, rewritten with the event that changed
-//!   it, and read back into the in-memory rankings at start.
+//!   it (once per group commit, `persister::coalesce_boards`), and read back into the in-memory
+//!   rankings at start.
 //! - `archive`: `tenant \0 board \0 period \0 segment \0` + rank (big-endian u32) -> the final
 //!   standing at that rank of a closed period.
 //! - `goals`: `tenant \0 goal id` -> an assigned goal as the API lists it (the assignee's actor
