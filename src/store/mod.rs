@@ -15,7 +15,8 @@
 //! - `jobs`: `tenant \0` + id -> a backfill job and how far it got.
 //! - `boards`: user key -> the user's leaderboard scores (each board's current period, and the
 //!   one before until it is closed): one record per user, rewritten with the event that changed
-//!   it, and read back into the in-memory rankings at start.
+//!   it (once per group commit, `persister::coalesce_boards`), and read back into the in-memory
+//!   rankings at start.
 //! - `archive`: `tenant \0 board \0 period \0 segment \0` + rank (big-endian u32) -> the final
 //!   standing at that rank of a closed period.
 //! - `goals`: `tenant \0 goal id` -> an assigned goal as the API lists it (the assignee's actor
@@ -29,9 +30,11 @@
 //! - `hooklog`: same key -> how a delivery ended (delivered or failed), the newest kept.
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
-//! the persister, which takes whatever has queued up as one batch, inserts it on two threads
-//! (each user's jobs always on the same one) and then flushes once, so sled is flushed per
-//! batch, never per event.
+//! the persister, which takes whatever has queued up as one batch, inserts it (a large batch
+//! on two threads, each user's jobs always on the same one) and then flushes once, so sled is
+//! flushed per batch, never per event. sled is a patched 0.34.7 (`vendor/sled`): its flush
+//! writes on the flushing thread and its IO pool wakes one thread per piece of work, which
+//! changes how many threads wake per flush, not what is on disk.
 
 mod hooks;
 mod keys;

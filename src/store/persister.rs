@@ -1,6 +1,7 @@
 //! The group-commit persister: one thread takes whatever jobs have queued up as one batch,
-//! inserts it on two threads (each user's jobs always on the same one), flushes once and tells
-//! every job; a failed write fails the store closed. Also the debug builds' fault injection.
+//! inserts it (a large batch on two threads, each user's jobs always on the same one), flushes
+//! once and tells every job; a failed write fails the store closed. Also the debug builds'
+//! fault injection.
 
 use super::*;
 use std::collections::VecDeque;
@@ -72,6 +73,12 @@ pub(super) const MAX_BATCH_JOBS: usize = 8192;
 /// Jobs of one user a batch takes; the rest of that user's wait for the next batch.
 pub(super) const MAX_USER_JOBS_PER_BATCH: usize = 32;
 
+/// Writes a batch must hold before half of it goes to the helper thread. Handing a half over
+/// and waiting for it costs two thread wake-ups, which only a batch with enough inserts to
+/// share pays back; at low load a batch is one or two events, and its few inserts are done
+/// here without waking anyone (bench/README.md, issue 22).
+pub(super) const HELPER_MIN_WRITES: usize = 64;
+
 /// Picks the next batch from `queued` (oldest first) and leaves the rest, in order, in
 /// `carry`. A user with a burst queued (hundreds of events at once) would otherwise fill the
 /// batch, and every other user's event in it would wait for all of the burst's inserts; now a
@@ -103,6 +110,72 @@ pub(super) fn fair_batch<J>(queued: Vec<J>, carry: &mut VecDeque<J>, user_of: im
         }
     }
     jobs
+}
+
+/// Leaves one write of each user's leaderboard record in a batch: the last value, in the place
+/// of the first; returns how many writes it took out. The record is the user's whole set of
+/// scores, rewritten by every scoring event, and at saturation a batch holds several events of
+/// each user (about eight at 1,000 connections), so most of those inserts were overwritten
+/// before the flush that makes any of them count (bench/README.md, issue 22).
+///
+/// What a crash can leave is unchanged in kind. sled recovers a prefix of its log, and before,
+/// every prefix that held an event's log entry also held the record written just before it,
+/// with that event's scores: the record never lagged the durable log, and could be ahead of it
+/// only by scores of events not yet acknowledged, which their resends write again. Now the
+/// record that comes first in the batch holds the scores after the user's last event in the
+/// batch: still never behind the durable log, and ahead of it only by events of this batch,
+/// none of which is acknowledged before its flush. A deletion of the record (none is written
+/// today) ends a group: nothing moves across it. Only jobs of a user are touched, and a user's
+/// jobs are inserted by one thread in order, so the record keeps its place among them.
+pub(super) fn coalesce_boards<'a>(jobs: impl Iterator<Item = (Option<u64>, &'a mut Vec<Write>)>) -> usize {
+    let mut jobs: Vec<&mut Vec<Write>> = jobs.filter_map(|(user, w)| user.map(|_| w)).collect();
+    // (job, write) of each group's first record, and every later record moved onto it.
+    let mut moves: Vec<((usize, usize), (usize, usize))> = Vec::new();
+    {
+        let mut first: HashMap<&[u8], (usize, usize)> = HashMap::new();
+        for (j, writes) in jobs.iter().enumerate() {
+            for (i, w) in writes.iter().enumerate() {
+                match w {
+                    Write::Put(TreeId::Boards, k, _) => match first.get(k.as_slice()) {
+                        Some(&at) => moves.push((at, (j, i))),
+                        None => {
+                            first.insert(k.as_slice(), (j, i));
+                        }
+                    },
+                    Write::Del(TreeId::Boards, k) => {
+                        first.remove(k.as_slice());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if moves.is_empty() {
+        return 0;
+    }
+    // In batch order, so the first place ends up holding the last value.
+    for &((j0, i0), (j, i)) in &moves {
+        let value = match &mut jobs[j][i] {
+            Write::Put(_, _, v) => std::mem::take(v),
+            Write::Del(..) => unreachable!("only puts are moved"),
+        };
+        if let Write::Put(_, _, v) = &mut jobs[j0][i0] {
+            *v = value;
+        }
+    }
+    let mut gone: Vec<(usize, usize)> = moves.into_iter().map(|(_, from)| from).collect();
+    gone.sort_unstable();
+    let taken = gone.len();
+    let mut gone = gone.into_iter().peekable();
+    for (j, writes) in jobs.iter_mut().enumerate() {
+        let mut i = 0;
+        writes.retain(|_| {
+            let keep = gone.next_if_eq(&(j, i)).is_none();
+            i += 1;
+            keep
+        });
+    }
+    taken
 }
 
 impl PersisterSide {
@@ -143,7 +216,7 @@ impl PersisterSide {
     }
 
     pub(super) fn run_persister(self, rx: mpsc::Receiver<Job>) {
-        // A second thread inserts about half of every batch. Inserting is CPU work in sled (a
+        // A second thread inserts about half of every large batch. Inserting is CPU work in sled (a
         // tree walk, and a node copied on most inserts), and one thread doing all of it got
         // only its fair share of the cores while the runtime's workers, with events queued,
         // took the rest: it was busy 93% of the time and acks waited behind it. Two threads get
@@ -190,7 +263,8 @@ impl PersisterSide {
                     Err(_) => break,
                 }
             }
-            let jobs = fair_batch(queued, &mut carry, |j| j.user);
+            let mut jobs = fair_batch(queued, &mut carry, |j| j.user);
+            coalesce_boards(jobs.iter_mut().map(|j| (j.user, &mut j.writes)));
             let mut n = 0u64;
             let mut dones = Vec::with_capacity(jobs.len());
             let started = std::time::Instant::now();
@@ -204,9 +278,10 @@ impl PersisterSide {
             // the batch, every job of it (written or not) is told, so no actor waits for ever.
             let mut mine = Vec::new();
             let mut theirs = Vec::new();
+            let share = to_helper.is_some() && jobs.iter().map(|j| j.writes.len()).sum::<usize>() >= HELPER_MIN_WRITES;
             for job in jobs {
                 dones.push(job.done);
-                if to_helper.is_some() && job.lane == 1 { theirs.extend(job.writes) } else { mine.extend(job.writes) }
+                if share && job.lane == 1 { theirs.extend(job.writes) } else { mine.extend(job.writes) }
             }
             // Once a batch has failed, sled refuses every write (its error is sticky) and its
             // trees hold what the disk refused: nothing more is written, and every job is told
@@ -283,6 +358,85 @@ mod tests {
 
     /// A job for `fair_batch`: its submission index and its user (`None`: a job of no user).
     type J = (usize, Option<u64>);
+
+    /// Random batches shaped like the actors' (each user's events: sometimes its leaderboard
+    /// record, then the log entry and the dedup key, sometimes a snapshot; jobs of no user in
+    /// between), coalesced: applying the batch leaves every tree as before; each user's record
+    /// is written once (a deletion starts a new group); and in every prefix of a user's writes,
+    /// which is what a crash can leave, the record holds the scores of every scoring event whose
+    /// log entry is there (it is never behind the durable log).
+    #[test]
+    fn a_batch_writes_each_leaderboard_record_once_and_never_behind_its_events() {
+        let mut rnd = crate::testing::rng(0x5eed_b0a4_d5c0_4e11);
+        let key = |u: u64| format!("t\0u{u}\0").into_bytes();
+        for _ in 0..400 {
+            let users = 1 + rnd(6);
+            let mut jobs: Vec<(Option<u64>, Vec<Write>)> = Vec::new();
+            let mut seq = vec![0u64; users as usize];
+            let mut board_writes = 0;
+            for _ in 0..1 + rnd(40) {
+                if rnd(10) == 0 {
+                    jobs.push((None, vec![Write::Put(TreeId::Catalogues, b"c".to_vec(), vec![rnd(9) as u8])]));
+                    continue;
+                }
+                let u = rnd(users);
+                seq[u as usize] += 1;
+                let n = seq[u as usize];
+                let mut w = Vec::new();
+                if rnd(4) != 0 {
+                    // The record holds the scores after event `n`.
+                    w.push(Write::Put(TreeId::Boards, key(u), n.to_be_bytes().to_vec()));
+                    board_writes += 1;
+                }
+                if rnd(50) == 0 {
+                    w.insert(0, Write::Del(TreeId::Boards, key(u)));
+                }
+                let mut ek = key(u);
+                ek.extend_from_slice(&n.to_be_bytes());
+                w.push(Write::Put(TreeId::Events, ek, vec![u8::from(w.iter().any(|x| matches!(x, Write::Put(TreeId::Boards, ..))))]));
+                w.push(Write::Put(TreeId::Dedup, format!("t\0e{u}-{n}").into_bytes(), vec![]));
+                if rnd(8) == 0 {
+                    w.extend([Write::Put(TreeId::Users, key(u), n.to_be_bytes().to_vec()), Write::Put(TreeId::SnapSeq, key(u), vec![])]);
+                }
+                jobs.push((Some(u), w));
+            }
+            let apply = |jobs: &[(Option<u64>, Vec<Write>)]| {
+                let mut trees: HashMap<(u8, Vec<u8>), Vec<u8>> = HashMap::new();
+                for w in jobs.iter().flat_map(|j| &j.1) {
+                    match w {
+                        Write::Put(t, k, v) => trees.insert((t.code(), k.clone()), v.clone()),
+                        Write::Del(t, k) => trees.remove(&(t.code(), k.clone())),
+                    };
+                }
+                trees
+            };
+            let before = apply(&jobs);
+            let mut after = jobs.clone();
+            let taken = coalesce_boards(after.iter_mut().map(|(u, w)| (*u, w)));
+            assert_eq!(apply(&after), before, "the batch leaves every tree as it did");
+            let left = after.iter().flat_map(|j| &j.1).filter(|w| matches!(w, Write::Put(TreeId::Boards, ..))).count();
+            assert_eq!(left + taken, board_writes);
+            for u in 0..users {
+                let mine: Vec<&Write> = after.iter().filter(|j| j.0 == Some(u)).flat_map(|j| &j.1).collect();
+                let puts = mine.iter().filter(|w| matches!(w, Write::Put(TreeId::Boards, ..))).count();
+                let groups = 1 + mine.iter().filter(|w| matches!(w, Write::Del(TreeId::Boards, ..))).count();
+                assert!(puts <= groups, "user {u}: {puts} records in {groups} groups");
+                // Every prefix: the record present against the last scoring event present.
+                let mut record = 0u64;
+                for w in mine {
+                    match w {
+                        Write::Put(TreeId::Boards, _, v) => record = u64::from_be_bytes(v.as_slice().try_into().unwrap()),
+                        Write::Del(TreeId::Boards, _) => record = 0,
+                        Write::Put(TreeId::Events, k, v) if v == &[1] => {
+                            let scored = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap());
+                            assert!(record >= scored, "user {u}: event {scored} durable with the record of event {record}");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_burst_does_not_fill_the_batch_of_a_user_behind_it() {
