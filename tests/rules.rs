@@ -746,3 +746,172 @@ fn assigned_goals_are_tracked_like_badges_from_their_assignment() {
     let e = assign(&mut u.st, goal("never", r#"{"kind":"awarded"}"#, None), T0, &u.cat).unwrap_err();
     assert!(e.contains("criterion.kind"), "{e}");
 }
+
+// --- Explanations and hidden badges (issue 23) ------------------------------------------------
+
+fn explain(u: &User, id: &str) -> accolade::core::explain::BadgeProgress {
+    explain_at(u, id, T0 + 30 * DAY)
+}
+
+/// The explanation as asked at `now` (a window is read up to now).
+fn explain_at(u: &User, id: &str, now: Millis) -> accolade::core::explain::BadgeProgress {
+    let mut st = u.st.clone();
+    st.sync(&u.cat);
+    accolade::core::explain::progress(&st, &u.cat, now).into_iter().find(|p| p.badge == id).unwrap_or_else(|| panic!("no progress for {id}"))
+}
+
+fn progress_of(fx: &[Effect], id: &str) -> Option<(f64, f64)> {
+    fx.iter().find_map(|e| match e {
+        Effect::Progress { badge, current, target } if &**badge == id => Some((*current, *target)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_repeatable_badge_explains_the_next_award_from_the_whole_count() {
+    // 207 correct answers with a badge earned every 100: owned twice, 207 of the 300 the third needs.
+    let cat = catalogue(&badge("centurion", "repeat_every = 100", r#"{ kind = "count", event = "problem.answered", when = { correct = true }, target = 100 }"#));
+    let mut u = User::new(cat);
+    let mut last = vec![];
+    for i in 0..207 {
+        last = u.send("problem.answered", T0 + i, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    }
+    let p = explain(&u, "centurion");
+    assert_eq!((p.owned, p.rule.current, p.rule.target, p.rule.holds), (2, Some(207.0), Some(300.0), false), "{p:?}");
+    // The pushed progress says the same.
+    assert_eq!(progress_of(&last, "centurion"), Some((207.0, 300.0)));
+}
+
+#[test]
+fn all_of_per_key_parts_must_hold_for_one_and_the_same_key() {
+    let parts = r#"{ kind = "count", event = "problem.answered", per = "exercise", target = 20 }, { kind = "max", event = "problem.answered", field = "seconds", per = "exercise", target = 100 }"#;
+    let cat = catalogue(&[
+        "[[xp]]\nid = \"login\"\nevent = \"login\"\namount = 50\n".to_string(),
+        badge("one-topic", "", &format!("{{ kind = \"all\", of = [ {parts} ] }}")),
+        // Checked after every event (it depends on XP), also after events without an exercise.
+        badge("one-topic-and-xp", "", &format!("{{ kind = \"all\", of = [ {parts}, {{ kind = \"xp\", at_least = 50 }} ] }}")),
+    ]
+    .concat());
+    // 20 answers in a, and 100 seconds in b: no single exercise has both.
+    let mut split = User::new(cat.clone());
+    for i in 0..20 {
+        assert!(split.answer(T0 + i, "a", true, 1.0).is_empty());
+    }
+    assert!(split.answer(T0 + 20, "b", true, 100.0).is_empty());
+    assert!(unlocks(&split.send("login", T0 + 21, &[])).is_empty(), "a login must not pair a's count with b's time");
+    let p = explain(&split, "one-topic");
+    assert!(!p.rule.holds, "{p:?}");
+    // It reports the key that comes closest, with both parts read at that key.
+    let key = p.rule.key.clone().expect("a key");
+    assert!(p.rule.parts.iter().all(|x| x.key.as_deref() == Some(key.as_str())), "{p:?}");
+    assert_eq!(p.rule.parts.iter().filter(|x| x.holds).count(), 1, "{p:?}");
+    // Both in one exercise: the answer earns the first; the login's XP then the second, its
+    // exercise found among the user's keys.
+    let mut both = User::new(cat);
+    for i in 0..19 {
+        both.answer(T0 + i, "a", true, 1.0);
+    }
+    assert_eq!(both.answer(T0 + 19, "a", true, 100.0), vec!["one-topic"]);
+    assert_eq!(unlocks(&both.send("login", T0 + 20, &[])), vec!["one-topic-and-xp"]);
+}
+
+#[test]
+fn explanations_read_as_sentences_with_numbers() {
+    let cat = catalogue(&[
+        badge("right", "", r#"{ kind = "count", event = "problem.answered", when = { correct = true }, target = 30 }"#),
+        badge("wrong", "", r#"{ kind = "count", event = "problem.answered", when = { correct = false }, target = 30 }"#),
+        badge("in-one", "", r#"{ kind = "count", event = "problem.answered", per = "exercise", target = 30 }"#),
+        badge("exercises", "", r#"{ kind = "count", event = "problem.answered", distinct = "exercise", target = 30 }"#),
+        badge("fast-five", "", r#"{ kind = "recent", event = "problem.answered", last = 5, same = "exercise", all = { correct = true }, sum_at_most = { field = "seconds", per_item = 10 } }"#),
+        badge("pro", "", r#"{ kind = "attribute", when = { plan = { in = ["pro", "team"] } } }"#),
+        badge("paced", "", r#"{ kind = "window", within = "1h", require = [ { event = "video.watched", sum = "seconds", at_least = 600 } ] }"#),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    for i in 0..3 {
+        u.answer(T0 + i, "a", true, 4.0);
+    }
+    u.watch(T0 + 3, "p", "v", 120.0);
+    // Four stats on one event type, each named by what it counts.
+    let said: Vec<String> = ["right", "wrong", "in-one", "exercises"].iter().map(|b| explain(&u, b).rule.describe).collect();
+    assert_eq!(
+        said,
+        [
+            "number of problem.answered where correct is true",
+            "number of problem.answered where correct is false",
+            "number of problem.answered, in one exercise",
+            "different exercise in problem.answered",
+        ]
+    );
+    assert_eq!(explain(&u, "in-one").rule.key.as_deref(), Some("a"));
+    // A pattern shows where each of its requirements stands.
+    let r = explain(&u, "fast-five").rule;
+    assert_eq!(r.describe, "the last 5 problem.answered, all in one exercise");
+    let parts: Vec<(&str, bool, Option<f64>, Option<f64>, bool)> = r.parts.iter().map(|p| (p.describe.as_str(), p.holds, p.current, p.target, p.at_most)).collect();
+    assert_eq!(
+        parts,
+        [
+            ("actions counted", false, Some(3.0), Some(5.0), false),
+            ("all in one exercise", true, None, None, false),
+            ("each where correct is true", true, Some(3.0), Some(3.0), false),
+            ("total seconds", true, Some(12.0), Some(30.0), true),
+        ]
+    );
+    // Attributes read as words, never as the operator's Rust form.
+    let pro = explain(&u, "pro");
+    assert_eq!((pro.rule.describe.as_str(), pro.rule.holds), ("plan is pro or team", false));
+    let paced = explain_at(&u, "paced", T0 + 4).rule;
+    assert_eq!((paced.describe.as_str(), paced.parts[0].describe.as_str(), paced.parts[0].current), ("within 1 hour", "total seconds of video.watched", Some(120.0)));
+    let json = serde_json::to_string(&accolade::core::explain::progress(&u.st, &u.cat, T0)).unwrap();
+    for rust in ["In(", "Str(", "Num(", "Count", "|"] {
+        assert!(!json.contains(rust), "`{rust}` in {json}");
+    }
+}
+
+#[test]
+fn the_catalogue_can_word_a_badge_and_each_part_itself() {
+    let cat = catalogue(&[
+        badge("worded", "describe = \"Become a regular\"", r#"{ kind = "all", of = [ { kind = "count", event = "login", target = 5, describe = "Log in on 5 occasions" }, { kind = "not", rule = { kind = "attribute", when = { plan = "free" }, describe = "Be on the free plan" } } ] }"#),
+        badge("window", "", r#"{ kind = "window", within = "1h", describe = "A busy hour", require = [ { event = "login", count = 2, describe = "Two logins" } ] }"#),
+    ]
+    .concat());
+    let u = User::new(cat);
+    let w = explain(&u, "worded").rule;
+    assert_eq!((w.describe.as_str(), w.parts[0].describe.as_str(), w.parts[1].parts[0].describe.as_str()), ("Become a regular", "Log in on 5 occasions", "Be on the free plan"));
+    let h = explain(&u, "window").rule;
+    assert_eq!((h.describe.as_str(), h.parts[0].describe.as_str()), ("A busy hour", "Two logins"));
+    // Every wrong use names the field.
+    let table = [
+        (badge("num", "", r#"{ kind = "count", event = "login", target = 1, describe = 3 }"#), "badge `num`: field `rule.describe`: must be a text of 1 to 300 characters"),
+        (badge("blank", "", r#"{ kind = "all", of = [ { kind = "count", event = "login", target = 1, describe = " " } ] }"#), "badge `blank`: field `rule.of[0].describe`: must be a text of 1 to 300 characters"),
+        (badge("twice", "describe = \"a\"", r#"{ kind = "count", event = "login", target = 1, describe = "b" }"#), "badge `twice`: field `describe`: give `describe` on the badge or on its rule, not both"),
+        (badge("empty", "describe = \"\"", r#"{ kind = "count", event = "login", target = 1 }"#), "badge `empty`: field `describe`: must be a text of 1 to 300 characters"),
+    ];
+    for (doc, want) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert_eq!(e, want);
+    }
+}
+
+#[test]
+fn a_hidden_badge_shows_nothing_until_it_is_earned() {
+    let cat = catalogue(&[
+        badge("the-curious", "hidden = true", r#"{ kind = "count", event = "article.read", distinct = "article", target = 3 }"#),
+        badge("reader", "", r#"{ kind = "count", event = "article.read", target = 3 }"#),
+        badge("after-secret", "", r#"{ kind = "all", of = [ { kind = "badge", id = "the-curious" }, { kind = "count", event = "login", target = 1 } ] }"#),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    let fx = u.send("article.read", T0, &[("article", s("a1"))]);
+    // The visible badge moves; the hidden one pushes nothing.
+    assert_eq!((progress_of(&fx, "reader"), progress_of(&fx, "the-curious")), (Some((1.0, 3.0)), None), "{fx:?}");
+    let p = explain(&u, "the-curious");
+    assert_eq!((p.name.as_str(), p.hidden, p.rule.describe.as_str(), p.rule.current, p.rule.parts.len()), ("???", true, "???", None, 0));
+    // A rule that names it does not give its name away either.
+    let json = serde_json::to_string(&accolade::core::explain::progress(&u.st, &u.cat, T0)).unwrap();
+    assert!(!json.contains("different article"), "{json}");
+    assert_eq!(explain(&u, "after-secret").rule.parts[0].describe, "has a hidden badge");
+    u.send("article.read", T0 + HOUR, &[("article", s("a2"))]);
+    assert_eq!(unlocks(&u.send("article.read", T0 + 2 * HOUR, &[("article", s("a3"))])), vec!["the-curious", "reader"]);
+    assert_eq!(explain(&u, "after-secret").rule.parts[0].describe, "has the badge the-curious");
+}

@@ -147,7 +147,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     let mut memo = std::mem::take(&mut state.derived.memo);
     memo.clear();
     memo.resize(cat.stats.len(), std::cell::Cell::new(f64::NAN));
-    let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo, runs: Runs::default() };
+    let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo, runs: Runs::default(), bound: None };
     for &i in &ty.checks {
         if !(cat.once[i] && state.derived.owned[i] > 0) {
             consider(state, &ctx, i, &event.event_id, &mut fx);
@@ -167,7 +167,8 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
 
     for p in &ty.progress {
         let owned = state.derived.owned[p.badge];
-        if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some()) {
+        // A hidden badge shows nothing until it is earned, progress included.
+        if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some()) && !(p.hidden && owned == 0) {
             let current = metric(state, &ctx, p.stat);
             let target = match p.repeat_every {
                 Some(every) => every * (owned as f64 + 1.0),
@@ -414,6 +415,9 @@ pub(crate) struct Ctx<'a> {
     /// Stat values already looked up in this context (NaN: not yet).
     pub memo: &'a [std::cell::Cell<f64>],
     pub runs: Runs,
+    /// While a `SameKey` condition tries one key: (the field, the key) keyed stats of that
+    /// field are read at, whatever the event carries.
+    pub bound: Option<(&'a str, &'a str)>,
 }
 
 /// A stat's value in this context: for a keyed stat, at the key the event carries in the field
@@ -424,8 +428,10 @@ pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
         return known;
     }
     let def = &ctx.cat.stats[stat];
-    let key = def.key_pos[ctx.t].and_then(|p| ctx.fields[p].key());
-    let v = state.stats[stat].1.metric(key.as_deref());
+    let v = match ctx.bound {
+        Some((per, key)) if def.per.as_deref() == Some(per) => state.stats[stat].1.metric(Some(key)),
+        _ => state.stats[stat].1.metric(def.key_pos[ctx.t].and_then(|p| ctx.fields[p].key()).as_deref()),
+    };
     ctx.memo[stat].set(v);
     v
 }
@@ -517,8 +523,23 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
         Cond::Attribute(tests) => tests.iter().all(|(k, op)| op.test(state.attributes.get(k).unwrap_or(&Value::Null))),
         Cond::Tenure(ms) => state.signed_up_at.or(state.first_seen).is_some_and(|s| ctx.at - s >= *ms),
         Cond::Never => false,
+        Cond::SameKey(k) => {
+            // An event that names the key (or a key being tried) decides for that key alone.
+            let named = ctx.bound.is_some_and(|(per, _)| per == k.per) || k.key_pos[ctx.t].is_some_and(|p| ctx.fields[p].key().is_some());
+            if named {
+                return holds(state, ctx, &k.cond);
+            }
+            // Otherwise some one key must satisfy every part: each key is tried with a memo of
+            // its own. This happens only for badges rechecked after events without the field.
+            state.keys_of(&k.stats).iter().any(|key| {
+                let memo = vec![std::cell::Cell::new(f64::NAN); ctx.cat.stats.len()];
+                let tried = Ctx { cat: ctx.cat, t: ctx.t, fields: ctx.fields, at: ctx.at, memo: &memo, runs: Runs::default(), bound: Some((&k.per, key)) };
+                holds(state, &tried, &k.cond)
+            })
+        }
     }
 }
+
 
 /// What a backfill brings into a live state: the badges of `badges` that `replayed` (the user's
 /// stored events replayed from scratch under `cat`) owns and `live` does not, and the values

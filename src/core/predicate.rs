@@ -32,6 +32,42 @@ impl Op {
             Op::Exists(e) => (*v != Value::Null) == *e,
         }
     }
+
+    /// The test in words a player can read, e.g. `plan is pro or team`, `seconds is at least
+    /// 60`: explanations show these, never the Rust form of the operator.
+    pub fn sentence(&self, field: &str) -> String {
+        match self {
+            Op::Eq(x) => format!("{field} is {}", words(x)),
+            Op::Ne(x) => format!("{field} is not {}", words(x)),
+            Op::Gt(x) => format!("{field} is more than {}", words(&Value::Num(*x))),
+            Op::Gte(x) => format!("{field} is at least {}", words(&Value::Num(*x))),
+            Op::Lt(x) => format!("{field} is less than {}", words(&Value::Num(*x))),
+            Op::Lte(x) => format!("{field} is at most {}", words(&Value::Num(*x))),
+            Op::In(xs) => format!("{field} is {}", either(xs, "or")),
+            Op::NotIn(xs) => format!("{field} is neither {}", either(xs, "nor")),
+            Op::Exists(true) => format!("{field} is given"),
+            Op::Exists(false) => format!("{field} is not given"),
+        }
+    }
+}
+
+/// A value as a sentence shows it: text without quotes, whole numbers without a fraction.
+pub fn words(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.to_string(),
+        Value::Null => "nothing".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn either(xs: &[Value], last: &str) -> String {
+    let ws: Vec<String> = xs.iter().map(words).collect();
+    match ws.split_last() {
+        None => "nothing".into(),
+        Some((one, [])) => one.clone(),
+        Some((tail, head)) => format!("{} {last} {tail}", head.join(", ")),
+    }
 }
 
 /// A conjunction of field tests. Field positions index whatever value slice the predicate was
@@ -98,6 +134,12 @@ impl RawPred {
         Ok(Pred { tests })
     }
 
+    /// The conjunction in words: `correct is true and seconds is at least 60`; empty when the
+    /// predicate has no tests.
+    pub fn sentence(&self) -> String {
+        self.tests.iter().map(|(f, op)| op.sentence(f)).collect::<Vec<_>>().join(" and ")
+    }
+
     /// A canonical text used to give identical stats one identity.
     pub fn canonical(&self) -> String {
         let mut parts: Vec<String> = self.tests.iter().map(|(f, op)| format!("{f}:{op:?}")).collect();
@@ -160,6 +202,20 @@ mod tests {
         ];
         for (p, want) in table {
             assert_eq!(compile(p.clone()).matches(&fields), want, "{p}");
+        }
+    }
+
+    #[test]
+    fn predicates_read_as_sentences() {
+        let table = [
+            (json!({"plan": {"in": ["pro", "team"]}}), "plan is pro or team"),
+            (json!({"plan": {"not_in": ["free", "trial", "edu"]}}), "plan is neither free, trial nor edu"),
+            (json!({"correct": true, "seconds": {"gte": 60, "lt": 600.5}}), "correct is true and seconds is at least 60 and seconds is less than 600.5"),
+            (json!({"hint": {"exists": false}}), "hint is not given"),
+            (json!({"lesson": {"ne": "l1"}}), "lesson is not l1"),
+        ];
+        for (p, want) in table {
+            assert_eq!(RawPred::parse(Some(&p)).unwrap().sentence(), want, "{p}");
         }
     }
 

@@ -432,6 +432,36 @@ impl UserState {
         self.derived.catalogue_id = cat.id;
     }
 
+    /// Every key the keyed stats `stats` hold a value for, in order: the keys a rule that
+    /// must hold for one key can hold for.
+    pub fn keys_of(&self, stats: &[usize]) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for &s in stats {
+            match self.stats.get(s).map(|(_, v)| v) {
+                Some(StatValue::Keyed(m)) => keys.extend(m.keys().cloned()),
+                Some(StatValue::KeyedSet(m)) => keys.extend(m.keys().cloned()),
+                _ => {}
+            }
+        }
+        keys
+    }
+
+    /// The key with the highest value of a keyed stat, and that value (the first key in order
+    /// among equals); `None` for a stat without keys.
+    pub fn best_key(&self, stat: usize) -> Option<(&str, f64)> {
+        fn pick<'a>(best: Option<(&'a str, f64)>, (k, v): (&'a str, f64)) -> Option<(&'a str, f64)> {
+            match best {
+                Some((_, b)) if b >= v => best,
+                _ => Some((k, v)),
+            }
+        }
+        match self.stats.get(stat).map(|(_, v)| v)? {
+            StatValue::Keyed(m) => m.iter().map(|(k, v)| (k.as_str(), *v)).fold(None, pick),
+            StatValue::KeyedSet(m) => m.iter().map(|(k, v)| (k.as_str(), v.len() as f64)).fold(None, pick),
+            _ => None,
+        }
+    }
+
     pub fn tz(&self, cat: &Catalogue) -> chrono_tz::Tz {
         self.derived.tz.unwrap_or(cat.settings.default_timezone)
     }

@@ -3,7 +3,7 @@
 //! hash that tie user state to the catalogue. `Catalogue::parse` and `Catalogue::for_goal`, the
 //! two ways a catalogue is built, are here.
 
-use super::document::{part, Doc, DocBadge, DocBoard, DocEventType, DocXp, Format, DEMO_CATALOGUE};
+use super::document::{part, take_describes, Doc, DocBadge, DocBoard, DocEventType, DocXp, Format, DEMO_CATALOGUE};
 use super::error::{err, CatalogueError};
 use super::model::{
     BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Levels, ProgressSlot, Settings, StatKind, XpAmount, XpRuleDef,
@@ -196,18 +196,30 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     let mut docs = Vec::new();
     for (i, v) in doc.badges.into_iter().enumerate() {
         let owner = v.get("id").and_then(|x| x.as_str()).map(|x| format!("badge `{x}`")).unwrap_or(format!("badge #{}", i + 1));
+        let mut v = v;
+        let mut describes = BTreeMap::new();
+        if let Some(rule) = v.get_mut("rule") {
+            take_describes(rule, "rule", Some(&owner), &mut describes)?;
+        }
         let d: DocBadge = part(v, Some(&owner), "")?;
+        if let Some(text) = &d.describe {
+            if describes.contains_key("rule") {
+                return Err(err(Some(&owner), "describe", "give `describe` on the badge or on its rule, not both"));
+            }
+            let mut one = serde_json::json!({ "describe": text });
+            take_describes(&mut one, "rule", Some(&owner), &mut describes).map_err(|e| err(Some(&owner), "describe", e.message))?;
+        }
         if d.id.is_empty() || d.id.len() > 64 || !d.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(err(Some(&owner), "id", "use 1 to 64 letters, digits, '-', '_' or '.'"));
         }
         if b.badge_ids.insert(d.id.clone(), i).is_some() {
             return Err(err(Some(&owner), "id", "duplicate badge id"));
         }
-        docs.push((owner, d));
+        docs.push((owner, d, describes));
     }
 
     let mut badges = Vec::new();
-    for (owner, d) in docs {
+    for (owner, d, describes) in docs {
         let o = Some(owner.as_str());
         let cond = b.rule(&d.rule, o, "rule")?;
         if let Some(every) = d.repeat_every {
@@ -264,6 +276,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             retired: d.retired,
             events: events.iter().map(|&t| b.types[t].name.clone()).collect(),
             cond,
+            describes,
         });
     }
     let user_badges: Vec<usize> = (0..badges.len()).filter(|&i| !badges[i].retired && badges[i].cond.depends_on_user()).collect();
@@ -275,7 +288,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             .filter_map(|&i| match badges[i].cond {
                 Cond::Metric { stat, target } => {
                     let bit = ty.stats.iter().position(|&x| x == stat)?;
-                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every })
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every, hidden: badges[i].hidden })
                 }
                 _ => None,
             })
@@ -421,6 +434,7 @@ fn cond_events(c: &Cond, b: &Builder) -> Vec<usize> {
             Cond::Recent(r) => out.extend(r.rings.iter().map(|x| b.ring_type(x.ring))),
             Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| walk(c, b, out)),
             Cond::Not(c) => walk(c, b, out),
+            Cond::SameKey(k) => walk(&k.cond, b, out),
             _ => {}
         }
     }

@@ -163,7 +163,35 @@ pub(super) struct DocBadge {
     /// A retired badge is no longer awarded; users who own it keep it and still see it.
     #[serde(default)]
     pub(super) retired: bool,
+    /// The catalogue's own words for the whole rule, shown in place of the generated sentence.
+    pub(super) describe: Option<String>,
     pub(super) rule: DocRule,
+}
+
+/// Takes every `describe` out of a rule as written (the rule itself, the rules of `of` and
+/// `rule`, and the requirements of a window), keyed by the path of the part it names, so that
+/// the rule kinds need no field of their own for it. Each must be a non-empty text.
+pub(super) fn take_describes(v: &mut serde_json::Value, path: &str, owner: Option<&str>, out: &mut BTreeMap<String, String>) -> Result<(), CatalogueError> {
+    let Some(obj) = v.as_object_mut() else { return Ok(()) };
+    if let Some(d) = obj.remove("describe") {
+        match d.as_str().map(str::trim) {
+            Some(t) if !t.is_empty() && t.chars().count() <= 300 => {
+                out.insert(path.to_string(), t.to_string());
+            }
+            _ => return Err(err(owner, format!("{path}.describe"), "must be a text of 1 to 300 characters")),
+        }
+    }
+    for list in ["of", "require"] {
+        if let Some(serde_json::Value::Array(items)) = obj.get_mut(list) {
+            for (i, item) in items.iter_mut().enumerate() {
+                take_describes(item, &format!("{path}.{list}[{i}]"), owner, out)?;
+            }
+        }
+    }
+    if let Some(inner) = obj.get_mut("rule") {
+        take_describes(inner, &format!("{path}.rule"), owner, out)?;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, Clone)]

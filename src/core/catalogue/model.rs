@@ -82,6 +82,8 @@ pub struct ProgressSlot {
     pub stat: usize,
     pub target: f64,
     pub repeat_every: Option<f64>,
+    /// A hidden badge reports no progress until it is earned: a progress bar would show it.
+    pub hidden: bool,
 }
 
 impl EventTypeDef {
@@ -227,6 +229,19 @@ pub struct RecentCond {
     pub ratio: Option<f64>,
     pub sum_at_most: Option<SumLimit>,
     pub describe: String,
+    /// Each requirement in words, for the explanation's parts.
+    pub words: RecentWords,
+}
+
+/// The requirements of a `recent` rule in words (empty where the rule does not ask).
+#[derive(Clone, Debug, Default)]
+pub struct RecentWords {
+    pub key: String,
+    pub all: String,
+    pub newest: Vec<String>,
+    pub at_least: String,
+    pub ratio: String,
+    pub sum_field: String,
 }
 
 #[derive(Clone, Debug)]
@@ -263,6 +278,22 @@ pub enum Cond {
     Tenure(Millis),
     /// Given from outside the event stream (a leaderboard award); never holds on its own.
     Never,
+    /// An `all` over parts kept per key of one field: they must hold for one and the same key
+    /// ("20 answers and a score of 100 in one topic"), not each for a key of its own.
+    SameKey(Box<SameKey>),
+}
+
+/// See `Cond::SameKey`.
+#[derive(Clone, Debug)]
+pub struct SameKey {
+    /// The field the parts are kept per.
+    pub per: String,
+    /// For each event type, the position of `per` in it: an event that carries the field
+    /// picks the key, as for a single keyed part.
+    pub key_pos: Vec<Option<usize>>,
+    /// The keyed stats inside, whose keys are the candidates when the event names none.
+    pub stats: Vec<usize>,
+    pub cond: Cond,
 }
 
 impl Cond {
@@ -273,6 +304,7 @@ impl Cond {
             Cond::Owns(_) | Cond::Level(_) | Cond::Xp(_) | Cond::Attribute(_) | Cond::Tenure(_) => true,
             Cond::All(c) | Cond::Any(c) => c.iter().any(Cond::depends_on_user),
             Cond::Not(c) => c.depends_on_user(),
+            Cond::SameKey(k) => k.cond.depends_on_user(),
             _ => false,
         }
     }
@@ -323,6 +355,9 @@ pub struct BadgeDef {
     /// Retired: kept for its owners, never evaluated.
     pub retired: bool,
     pub cond: Cond,
+    /// The catalogue's own words for the rule and its parts (`describe`), by the part's path
+    /// (`rule`, `rule.of[1]`, `rule.require[0]`), in place of the generated sentences.
+    pub describes: BTreeMap<String, String>,
     pub events: Vec<String>,
 }
 

@@ -4,9 +4,9 @@
 
 use super::document::DocRule;
 use super::error::{err, CatalogueError};
-use super::model::{Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, StatDef, StatInput, StatKind, SumLimit, WindowReq};
+use super::model::{Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, RecentWords, SameKey, StatDef, StatInput, StatKind, SumLimit, WindowReq};
 use crate::core::predicate::{Pred, RawPred};
-use crate::core::value::{parse_duration, stable_hash, Millis, DAY, HOUR};
+use crate::core::value::{human_duration, parse_duration, stable_hash, Millis, DAY, HOUR};
 use std::collections::{BTreeMap, HashMap};
 
 /// The compiler's working state: the event types, stat slots and cache wants declared so far,
@@ -20,6 +20,26 @@ pub(super) struct Builder {
     pub(super) cache_wants: Vec<Vec<String>>,
     pub(super) tables: BTreeMap<String, BTreeMap<String, f64>>,
     pub(super) badge_ids: HashMap<String, usize>,
+}
+
+/// The event types a rule reads, in words: `problem.answered or video.watched`.
+fn events_words(events: &[String]) -> String {
+    match events.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// ` where correct is true`, or nothing for a rule without a predicate.
+fn where_words(when: Option<&serde_json::Value>) -> String {
+    let text = RawPred::parse(when).map(|p| p.sentence()).unwrap_or_default();
+    if text.is_empty() { text } else { format!(" where {text}") }
+}
+
+/// `, in one exercise` for a rule kept per key.
+fn per_words(per: Option<&String>) -> String {
+    per.map(|k| format!(", in one {k}")).unwrap_or_default()
 }
 
 impl Builder {
@@ -137,7 +157,11 @@ impl Builder {
                 let target = target_ok(*target)?;
                 let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, per.as_deref(), distinct.as_deref().map(|d| (d, false)), o, path)?;
                 let kind = if distinct.is_some() { StatKind::Distinct } else { StatKind::Count };
-                let d = format!("{} {}", if distinct.is_some() { "distinct" } else { "count" }, event.list().join("|"));
+                let (ev, wh, pk) = (events_words(&event.list()), where_words(when.as_ref()), per_words(per.as_ref()));
+                let d = match distinct {
+                    Some(f) => format!("different {f} in {ev}{wh}{pk}"),
+                    None => format!("number of {ev}{wh}{pk}"),
+                };
                 let stat = self.stat(kind.clone(), per.as_ref(), inputs, format!("{kind:?}|{canon}"), d);
                 Cond::Metric { stat, target }
             }
@@ -145,14 +169,23 @@ impl Builder {
                 let target = target_ok(*target)?;
                 let kind = if matches!(r, DocRule::Sum { .. }) { StatKind::Sum } else { StatKind::Max };
                 let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, per.as_deref(), Some((field, true)), o, path)?;
-                let d = format!("{kind:?} of {field}").to_lowercase();
+                let (ev, wh, pk) = (events_words(&event.list()), where_words(when.as_ref()), per_words(per.as_ref()));
+                let d = format!("{} {field} of {ev}{wh}{pk}", if kind == StatKind::Sum { "total" } else { "highest" });
                 let stat = self.stat(kind.clone(), per.as_ref(), inputs, format!("{kind:?}|{canon}"), d);
                 Cond::Metric { stat, target }
             }
             DocRule::Streak { event, when, breaks_when, per, target } => {
                 let target = target_ok(*target)?;
                 let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), breaks_when.as_ref(), per.as_deref(), None, o, path)?;
-                let stat = self.stat(StatKind::Streak, per.as_ref(), inputs, format!("Streak|{canon}"), "streak".into());
+                let breaks = RawPred::parse(breaks_when.as_ref()).map(|p| p.sentence()).unwrap_or_default();
+                let d = format!(
+                    "{}{} in a row{}{}",
+                    events_words(&event.list()),
+                    where_words(when.as_ref()),
+                    per_words(per.as_ref()),
+                    if breaks.is_empty() { String::new() } else { format!(", broken only when {breaks}") }
+                );
+                let stat = self.stat(StatKind::Streak, per.as_ref(), inputs, format!("Streak|{canon}"), d);
                 Cond::Metric { stat, target }
             }
             DocRule::DailyStreak { event, when, days, grace_hours, freezes, freeze_every_days } => {
@@ -167,7 +200,8 @@ impl Builder {
                 }
                 let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, None, None, o, path)?;
                 let kind = StatKind::Daily { grace: (*grace_hours * HOUR as f64) as Millis, freezes: *freezes, freeze_every: *freeze_every_days };
-                let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), "days in a row".into());
+                let d = format!("days in a row with {}{}", events_words(&event.list()), where_words(when.as_ref()));
+                let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), d);
                 Cond::Metric { stat, target: *days as f64 }
             }
             DocRule::Sequence { steps, within } => {
@@ -184,7 +218,9 @@ impl Builder {
                     canon.push_str(&format!("|{}:{}", st.event, RawPred::parse(st.when.as_ref()).unwrap_or_default().canonical()));
                     inputs.push(StatInput { event: t, when: w, breaks: None, key: None, value: None, step: i });
                 }
-                let stat = self.stat(StatKind::Sequence { steps: steps.len(), within }, None, inputs, canon, "sequence".into());
+                let words: Vec<String> = steps.iter().map(|st| format!("{}{}", st.event, where_words(st.when.as_ref()))).collect();
+                let d = format!("{} in order within {}", words.join(", then "), human_duration(within));
+                let stat = self.stat(StatKind::Sequence { steps: steps.len(), within }, None, inputs, canon, d);
                 Cond::Sequence { stat }
             }
             DocRule::Window { within, require } => {
@@ -218,9 +254,10 @@ impl Builder {
                         }
                         per_type.push((ring, pred, sum_pos));
                     }
+                    let (ev, wh) = (events_words(&q.event.list()), where_words(q.when.as_ref()));
                     let describe = match &q.sum {
-                        Some(f) => format!("{f} of {}", q.event.list().join("|")),
-                        None => q.event.list().join("|"),
+                        Some(f) => format!("total {f} of {ev}{wh}"),
+                        None => format!("number of {ev}{wh}"),
                     };
                     reqs.push(WindowReq { per_type, target, describe });
                 }
@@ -299,7 +336,22 @@ impl Builder {
                     at_least: at_least.as_ref().map(|a| a.count),
                     ratio: ratio.as_ref().map(|r| r.at_least),
                     sum_at_most: sum_limit,
-                    describe: format!("last {last} of {}", event.list().join("|")),
+                    describe: format!("the last {last} {}{}", events_words(&event.list()), match (same, in_key) {
+                        (Some(k), _) => format!(", all in one {k}"),
+                        (_, Some(k)) => format!(", those in this {k}"),
+                        _ => String::new(),
+                    }),
+                    words: {
+                        let w = |v: Option<&serde_json::Value>| RawPred::parse(v).map(|p| p.sentence()).unwrap_or_default();
+                        RecentWords {
+                            key: key.cloned().unwrap_or_default(),
+                            all: w(all.as_ref()),
+                            newest: newest.iter().map(|n| w(Some(n))).collect(),
+                            at_least: w(at_least.as_ref().map(|a| &a.when)),
+                            ratio: w(ratio.as_ref().map(|a| &a.when)),
+                            sum_field: sum_at_most.as_ref().map(|s| s.field.clone()).unwrap_or_default(),
+                        }
+                    },
                 }))
             }
             DocRule::All { of } | DocRule::Any { of } => {
@@ -310,7 +362,7 @@ impl Builder {
                 for (i, c) in of.iter().enumerate() {
                     cs.push(self.rule(c, o, &format!("{path}.of[{i}]"))?);
                 }
-                if matches!(r, DocRule::All { .. }) { Cond::All(cs) } else { Cond::Any(cs) }
+                if matches!(r, DocRule::All { .. }) { self.same_key(Cond::All(cs)) } else { Cond::Any(cs) }
             }
             DocRule::Not { rule } => Cond::Not(Box::new(self.rule(rule, o, &format!("{path}.rule"))?)),
             DocRule::Badge { id } => Cond::Owns(*self.badge_ids.get(id).ok_or_else(|| err(o, format!("{path}.id"), format!("no badge `{id}`")))?),
@@ -328,5 +380,36 @@ impl Builder {
             }
             DocRule::Awarded {} => Cond::Never,
         })
+    }
+
+    /// Wraps an `all` in `Cond::SameKey` for every field that two or more of its keyed stats
+    /// are kept per, so that they must hold for one key together.
+    fn same_key(&self, all: Cond) -> Cond {
+        fn keyed(c: &Cond, stats: &[StatDef], out: &mut BTreeMap<String, Vec<usize>>) {
+            match c {
+                Cond::Metric { stat, .. } => {
+                    if let Some(per) = &stats[*stat].per {
+                        let v = out.entry(per.clone()).or_default();
+                        if !v.contains(stat) {
+                            v.push(*stat);
+                        }
+                    }
+                }
+                Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| keyed(c, stats, out)),
+                Cond::Not(c) => keyed(c, stats, out),
+                Cond::SameKey(k) => keyed(&k.cond, stats, out),
+                _ => {}
+            }
+        }
+        let mut by_field = BTreeMap::new();
+        keyed(&all, &self.stats, &mut by_field);
+        let mut cond = all;
+        for (per, stats) in by_field {
+            if stats.len() >= 2 {
+                let key_pos = self.types.iter().map(|t| t.field(&per)).collect();
+                cond = Cond::SameKey(Box::new(SameKey { per, key_pos, stats, cond }));
+            }
+        }
+        cond
     }
 }
