@@ -542,7 +542,7 @@ fn the_demo_catalogue_uses_every_rule_kind_and_tier() {
     let cat = Catalogue::demo();
     assert!(cat.badges.len() >= 30, "{} badges", cat.badges.len());
     let text = accolade::core::catalogue::DEMO_CATALOGUE;
-    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure"] {
+    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure", "calendar"] {
         assert!(text.contains(&format!("kind = \"{kind}\"")), "demo catalogue lacks rule kind {kind}");
     }
     for tier in ["bronze", "silver", "gold", "platinum", "diamond"] {
@@ -914,4 +914,212 @@ fn a_hidden_badge_shows_nothing_until_it_is_earned() {
     u.send("article.read", T0 + HOUR, &[("article", s("a2"))]);
     assert_eq!(unlocks(&u.send("article.read", T0 + 2 * HOUR, &[("article", s("a3"))])), vec!["the-curious", "reader"]);
     assert_eq!(explain(&u, "after-secret").rule.parts[0].describe, "has the badge the-curious");
+}
+
+// --- Calendar buckets in the user's time zone (issue 23) --------------------------------------
+
+fn at(rfc3339: &str) -> Millis {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
+}
+
+/// Plays `(time, answers)` steps (each answer a millisecond after the one before) for a user in
+/// `zone`, and returns the step whose answers unlocked `id`, if any.
+fn calendar_steps(rule: &str, zone: &str, steps: &[(&str, usize)]) -> Option<usize> {
+    let mut u = User::new(catalogue(&badge("cal", "", rule)));
+    let first = at(steps[0].0) - HOUR;
+    u.send("user.profile", first, &[("timezone", s(zone))]);
+    let mut got = None;
+    for (i, (when, answers)) in steps.iter().enumerate() {
+        for k in 0..*answers {
+            if u.answer(at(when) + k as Millis, "a", true, 30.0).contains(&"cal".to_string()) {
+                got = got.or(Some(i + 1));
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn at_least_k_in_one_calendar_day_is_not_a_sliding_24_hours() {
+    let forty = r#"{ kind = "calendar", event = "problem.answered", when = { correct = true }, bucket = "day", at_least = 40, buckets = 1 }"#;
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, usize)], Option<usize>);
+    let table: &[Case] = &[
+        ("39 at 23:00 and 1 at 01:00 the next day", "UTC", &[("2026-03-02T23:00:00Z", 39), ("2026-03-03T01:00:00Z", 1)], None),
+        ("40 before midnight", "UTC", &[("2026-03-02T23:00:00Z", 39), ("2026-03-02T23:59:59.000Z", 1)], Some(2)),
+        ("the next day's 40th", "UTC", &[("2026-03-02T23:00:00Z", 39), ("2026-03-03T01:00:00Z", 39), ("2026-03-03T23:00:00Z", 1)], Some(3)),
+        // 22:30 and 23:30 UTC are one UTC day, but 23:30 and 00:30 in Paris.
+        ("the user's midnight, not UTC's", "Europe/Paris", &[("2026-03-02T22:30:00Z", 20), ("2026-03-02T23:30:00Z", 20)], None),
+        ("the same hours in UTC", "UTC", &[("2026-03-02T22:30:00Z", 20), ("2026-03-02T23:30:00Z", 20)], Some(2)),
+        // New York springs forward on 2026-03-08: a 23-hour day from 05:00 to 04:00 UTC.
+        ("a 23-hour day is one day", "America/New_York", &[("2026-03-08T05:00:00Z", 20), ("2026-03-09T03:59:00Z", 20)], Some(2)),
+        ("the hour before it is the day before", "America/New_York", &[("2026-03-08T04:30:00Z", 20), ("2026-03-08T05:30:00Z", 20)], None),
+        // It falls back on 2026-11-01: a 25-hour day from 04:00 to 05:00 UTC the next day.
+        ("a 25-hour day is one day", "America/New_York", &[("2026-11-01T04:00:00Z", 20), ("2026-11-02T04:59:00Z", 20)], Some(2)),
+    ];
+    for (name, zone, steps, want) in table {
+        assert_eq!(calendar_steps(forty, zone, steps), *want, "{name}");
+    }
+}
+
+#[test]
+fn distinct_days_and_days_that_reach_a_total() {
+    let three_days = r#"{ kind = "calendar", event = "problem.answered", bucket = "day", buckets = 3 }"#;
+    let two_good_days = r#"{ kind = "calendar", event = "problem.answered", bucket = "day", at_least = 3, buckets = 2 }"#;
+    let video_days = r#"{ kind = "calendar", event = "video.watched", bucket = "day", sum = "seconds", at_least = 600, buckets = 2 }"#;
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, usize)], Option<usize>);
+    let table: &[Case] = &[
+        ("three days", three_days, &[("2026-03-02T10:00:00Z", 1), ("2026-03-04T10:00:00Z", 1), ("2026-03-09T10:00:00Z", 1)], Some(3)),
+        ("twice a day counts once", three_days, &[("2026-03-02T10:00:00Z", 5), ("2026-03-02T20:00:00Z", 5), ("2026-03-03T10:00:00Z", 1)], None),
+        ("days that reach 3", two_good_days, &[("2026-03-02T10:00:00Z", 2), ("2026-03-03T10:00:00Z", 3), ("2026-03-04T10:00:00Z", 1), ("2026-03-05T10:00:00Z", 3)], Some(4)),
+        ("a day's total may build up over the day", two_good_days, &[("2026-03-02T01:00:00Z", 1), ("2026-03-02T12:00:00Z", 2), ("2026-03-03T23:00:00Z", 2), ("2026-03-03T23:30:00Z", 1)], Some(4)),
+    ];
+    for (name, rule, steps, want) in table {
+        assert_eq!(calendar_steps(rule, "UTC", steps), *want, "{name}");
+    }
+    // Sums: ten minutes of video on two days, 599 s not being ten minutes.
+    let mut u = User::new(catalogue(&badge("cal", "", video_days)));
+    assert!(u.watch(at("2026-03-02T10:00:00Z"), "p", "v", 599.0).is_empty());
+    assert!(u.watch(at("2026-03-03T10:00:00Z"), "p", "v", 300.0).is_empty());
+    assert!(u.watch(at("2026-03-03T11:00:00Z"), "p", "v", 300.0).is_empty());
+    assert_eq!(u.watch(at("2026-03-04T10:00:00Z"), "p", "v", 600.0), vec!["cal"]);
+}
+
+#[test]
+fn days_in_one_week_follow_the_weeks_first_day() {
+    let monday_weeks = r#"{ kind = "calendar", event = "problem.answered", bucket = "day", buckets = 5, in_one = "week" }"#;
+    let sunday_weeks = r#"{ kind = "calendar", event = "problem.answered", bucket = "day", buckets = 5, in_one = "week", week_starts = "sunday" }"#;
+    let five = |first: &str| -> Vec<(String, usize)> {
+        let d0 = at(first);
+        (0..5).map(|i| (chrono::DateTime::from_timestamp_millis(d0 + i * DAY).unwrap().to_rfc3339(), 1)).collect()
+    };
+    // 2026-03-02 is a Monday, 2026-03-05 a Thursday, 2026-03-01 a Sunday.
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Option<usize>);
+    let table: &[Case] = &[
+        ("Monday to Friday", monday_weeks, "UTC", "2026-03-02T12:00:00Z", Some(5)),
+        ("Thursday to Monday spans two weeks", monday_weeks, "UTC", "2026-03-05T12:00:00Z", None),
+        ("Sunday to Thursday in a week from Monday", monday_weeks, "UTC", "2026-03-01T12:00:00Z", None),
+        ("Sunday to Thursday in a week from Sunday", sunday_weeks, "UTC", "2026-03-01T12:00:00Z", Some(5)),
+        // Monday 02:00 in Tokyo is Sunday 17:00 UTC: the Tokyo week has begun.
+        ("the user's week, not UTC's", monday_weeks, "Asia/Tokyo", "2026-03-01T17:00:00Z", Some(5)),
+        ("the same instants in UTC", monday_weeks, "UTC", "2026-03-01T17:00:00Z", None),
+    ];
+    for (name, rule, zone, first, want) in table {
+        let steps = five(first);
+        let steps: Vec<(&str, usize)> = steps.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        assert_eq!(calendar_steps(rule, zone, &steps), *want, "{name}");
+    }
+}
+
+#[test]
+fn consecutive_weeks_and_months_and_a_late_event_that_joins_two_runs() {
+    let three_weeks = r#"{ kind = "calendar", event = "problem.answered", bucket = "week", in_a_row = 3 }"#;
+    type Case<'a> = (&'a str, &'a [(&'a str, usize)], Option<usize>);
+    let table: &[Case] = &[
+        ("three weeks", &[("2026-03-02T10:00:00Z", 1), ("2026-03-15T10:00:00Z", 1), ("2026-03-16T10:00:00Z", 1)], Some(3)),
+        ("a week missed", &[("2026-03-02T10:00:00Z", 1), ("2026-03-16T10:00:00Z", 1), ("2026-03-23T10:00:00Z", 1)], None),
+        ("a week missed, then three", &[("2026-03-02T10:00:00Z", 1), ("2026-03-16T10:00:00Z", 1), ("2026-03-23T10:00:00Z", 1), ("2026-03-30T10:00:00Z", 1)], Some(4)),
+    ];
+    for (name, steps, want) in table {
+        assert_eq!(calendar_steps(three_weeks, "UTC", steps), *want, "{name}");
+    }
+    // Weeks W10 and W12 are done; an action from Sunday of W11, reported on Monday of W12
+    // within the late bound, fills the gap: three weeks in a row.
+    let mut u = User::new(catalogue(&badge("cal", "", three_weeks)));
+    assert!(u.answer(at("2026-03-02T10:00:00Z"), "a", true, 1.0).is_empty());
+    assert!(u.answer(at("2026-03-16T08:00:00Z"), "a", true, 1.0).is_empty());
+    let late = u.event("problem.answered", at("2026-03-15T20:00:00Z"), &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    assert_eq!(unlocks(&apply(&mut u.st, &late, at("2026-03-16T09:00:00Z"), &u.cat)), vec!["cal"]);
+    // Months: an hour of video in one calendar month; 30 minutes on 31 January and 30 on
+    // 1 February are not.
+    let month = r#"{ kind = "calendar", event = "video.watched", bucket = "month", sum = "seconds", at_least = 3600, buckets = 1 }"#;
+    let mut m = User::new(catalogue(&badge("cal", "", month)));
+    assert!(m.watch(at("2026-01-31T20:00:00Z"), "p", "v", 1800.0).is_empty());
+    assert!(m.watch(at("2026-02-01T09:00:00Z"), "p", "v", 1800.0).is_empty());
+    assert_eq!(m.watch(at("2026-02-27T09:00:00Z"), "p", "v", 1800.0), vec!["cal"]);
+}
+
+#[test]
+fn calendar_progress_is_pushed_and_explained_for_this_week() {
+    let cat = catalogue(&badge("five-days", "", r#"{ kind = "calendar", event = "problem.answered", when = { correct = true }, bucket = "day", buckets = 5, in_one = "week" }"#));
+    let mut u = User::new(cat);
+    let mut last = vec![];
+    for d in 0..3 {
+        last = u.send("problem.answered", at("2026-03-02T10:00:00Z") + d * DAY, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    }
+    assert_eq!(progress_of(&last, "five-days"), Some((3.0, 5.0)));
+    // Asked on Thursday: three days this week. Asked the next Monday: a new week, none yet.
+    let p = explain_at(&u, "five-days", at("2026-03-05T10:00:00Z")).rule;
+    assert_eq!((p.describe.as_str(), p.current, p.target), ("days this week with problem.answered where correct is true", Some(3.0), Some(5.0)));
+    assert_eq!(explain_at(&u, "five-days", at("2026-03-09T10:00:00Z")).rule.current, Some(0.0));
+    // The first answer of the new week pushes the fall back to 1.
+    let fx = u.send("problem.answered", at("2026-03-09T10:00:00Z"), &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    assert_eq!(progress_of(&fx, "five-days"), Some((1.0, 5.0)));
+}
+
+#[test]
+fn calendar_rule_errors_name_the_field() {
+    let c = |rest: &str| badge("cal", "", &format!(r#"{{ kind = "calendar", event = "problem.answered", {rest} }}"#));
+    let table = [
+        (c(r#"bucket = "fortnight", buckets = 1"#), "rule.bucket", "unknown bucket `fortnight` (use day, week or month)"),
+        (c(r#"bucket = "day""#), "rule", "give `buckets = N` (buckets that reach `at_least`) or `in_a_row = N` (consecutive ones)"),
+        (c(r#"bucket = "day", buckets = 2, in_a_row = 2"#), "rule.in_a_row", "give either `buckets` or `in_a_row`, not both"),
+        (c(r#"bucket = "day", buckets = 0"#), "rule.buckets", "must be a whole number from 1 to 100000"),
+        (c(r#"bucket = "day", in_a_row = 2.5"#), "rule.in_a_row", "must be a whole number from 1 to 100000"),
+        (c(r#"bucket = "day", buckets = 1, at_least = 0"#), "rule.at_least", "must be a positive number"),
+        (c(r#"bucket = "day", buckets = 1, sum = "exercise""#), "rule.sum", "`exercise` must be declared as a number"),
+        (c(r#"bucket = "day", buckets = 1, sum = "minutes""#), "rule.sum", "`minutes` is not a declared field of `problem.answered`"),
+        (c(r#"bucket = "week", buckets = 1, in_one = "month""#), "rule.in_one", "counts day buckets in one week or month: use it with bucket = \"day\""),
+        (c(r#"bucket = "day", buckets = 1, in_one = "day""#), "rule.in_one", "use week or month"),
+        (c(r#"bucket = "day", buckets = 1, in_one = "year""#), "rule.in_one", "unknown bucket `year` (use day, week or month)"),
+        (c(r#"bucket = "day", in_a_row = 3, in_one = "week""#), "rule.in_one", "goes with `buckets`, not with `in_a_row`"),
+        (c(r#"bucket = "week", in_a_row = 3, week_starts = "friday""#), "rule.week_starts", "unknown day `friday` (use monday or sunday)"),
+        (c(r#"bucket = "month", buckets = 1, week_starts = "sunday""#), "rule.week_starts", "only weeks have a first day: use it with bucket = \"week\" or in_one = \"week\""),
+        (c(r#"bucket = "day", buckets = 1, within = "7d""#), "rule", "unknown field `within`"),
+    ];
+    for (doc, field, detail) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        let want = format!("badge `cal`: field `{field}`: {detail}");
+        assert!(e.starts_with(&want) || (field == "rule" && e.starts_with("badge `cal`: field `rule`") && e.contains(detail)), "got: {e}\nwant: {want}");
+    }
+}
+
+#[test]
+fn calendar_rules_replay_to_the_byte_and_duplicates_change_nothing() {
+    let cat = catalogue(&[
+        badge("two-a-day", "", r#"{ kind = "calendar", event = "problem.answered", bucket = "day", at_least = 2, buckets = 5 }"#),
+        badge("weeks", "", r#"{ kind = "calendar", event = ["problem.answered", "video.watched"], bucket = "week", in_a_row = 2 }"#),
+        badge("week-days", "", r#"{ kind = "calendar", event = "video.watched", bucket = "day", sum = "seconds", at_least = 100, buckets = 3, in_one = "week", week_starts = "sunday" }"#),
+    ]
+    .concat());
+    // Five weeks of actions every 7 hours, some of them late by up to 20 hours.
+    let mut events = vec![];
+    let mut u = User::new(cat.clone());
+    for i in 0..120i64 {
+        let when = T0 + i * 7 * HOUR - if i % 5 == 3 { 20 * HOUR } else { 0 };
+        let e = if i % 3 == 0 {
+            u.event("video.watched", when, &[("video", s("v")), ("playlist", s("p")), ("seconds", n((i * 37 % 200) as f64))])
+        } else {
+            u.event("problem.answered", when, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))])
+        };
+        events.push((e, T0 + i * 7 * HOUR + 1000));
+    }
+    let run = |dup: bool| {
+        let mut st = UserState::default();
+        let mut fx = vec![];
+        for (e, now) in &events {
+            fx.push(apply(&mut st, e, *now, &cat));
+            if dup {
+                let before = st.clone();
+                assert!(matches!(apply(&mut st, e, *now, &cat)[..], [Effect::Duplicate { .. }]));
+                assert_eq!(st, before);
+            }
+        }
+        (bincode::serde::encode_to_vec(&st, bincode::config::standard()).unwrap(), fx)
+    };
+    let (a, fa) = run(false);
+    let (b2, fb) = run(true);
+    assert_eq!((a, fa.clone()), (b2, fb));
+    let mut earned: Vec<String> = fa.iter().flat_map(|f| unlocks(f)).collect();
+    earned.sort();
+    assert_eq!(earned, ["two-a-day", "week-days", "weeks"], "every calendar badge earned, once");
 }

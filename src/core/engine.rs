@@ -97,7 +97,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     let mut touched: u128 = 0;
     for (bit, &s) in ty.stats.iter().enumerate() {
         let def = &cat.stats[s];
-        let day = matches!(def.kind, StatKind::Daily { .. }).then(|| day_of(state, at, cat));
+        let day = matches!(def.kind, StatKind::Daily { .. } | StatKind::Calendar { .. }).then(|| day_of(state, at, cat));
         if update_stat(def, &mut state.stats[s].1, t, &fields, at, day) && bit < 128 {
             touched |= 1 << bit;
         }
@@ -147,7 +147,9 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     let mut memo = std::mem::take(&mut state.derived.memo);
     memo.clear();
     memo.resize(cat.stats.len(), std::cell::Cell::new(f64::NAN));
-    let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo, runs: Runs::default(), bound: None };
+    // Calendar rules read their buckets at the event's local day.
+    let day = if cat.calendar { day_of(state, at, cat) } else { 0 };
+    let ctx = Ctx { cat, t, fields: &fields, at, day, memo: &memo, runs: Runs::default(), bound: None };
     for &i in &ty.checks {
         if !(cat.once[i] && state.derived.owned[i] > 0) {
             consider(state, &ctx, i, &event.event_id, &mut fx);
@@ -367,6 +369,15 @@ fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], a
                     }
                 }
             }
+            StatKind::Calendar { bucket, at_least, .. } if matched => {
+                let x = match input.value {
+                    Some(p) => fields[p].as_f64().unwrap_or(0.0),
+                    None => 1.0,
+                };
+                if let StatValue::Calendar(b) = &mut *val {
+                    changed |= b.add(bucket.of(day.expect("calendar stats get a day")), x, *at_least);
+                }
+            }
             StatKind::Sequence { steps, within } if matched => {
                 if let StatValue::Seq { step, started_at, done } = &mut *val {
                     if *done {
@@ -412,6 +423,8 @@ pub(crate) struct Ctx<'a> {
     pub t: usize,
     pub fields: &'a [Value],
     pub at: Millis,
+    /// The user's local day of `at`, when the catalogue has calendar rules.
+    pub day: i32,
     /// Stat values already looked up in this context (NaN: not yet).
     pub memo: &'a [std::cell::Cell<f64>],
     pub runs: Runs,
@@ -428,6 +441,11 @@ pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
         return known;
     }
     let def = &ctx.cat.stats[stat];
+    if let (StatKind::Calendar { bucket, reading, .. }, StatValue::Calendar(b)) = (&def.kind, &state.stats[stat].1) {
+        let v = b.read(*bucket, *reading, ctx.day);
+        ctx.memo[stat].set(v);
+        return v;
+    }
     let v = match ctx.bound {
         Some((per, key)) if def.per.as_deref() == Some(per) => state.stats[stat].1.metric(Some(key)),
         _ => state.stats[stat].1.metric(def.key_pos[ctx.t].and_then(|p| ctx.fields[p].key()).as_deref()),
@@ -533,7 +551,7 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
             // its own. This happens only for badges rechecked after events without the field.
             state.keys_of(&k.stats).iter().any(|key| {
                 let memo = vec![std::cell::Cell::new(f64::NAN); ctx.cat.stats.len()];
-                let tried = Ctx { cat: ctx.cat, t: ctx.t, fields: ctx.fields, at: ctx.at, memo: &memo, runs: Runs::default(), bound: Some((&k.per, key)) };
+                let tried = Ctx { cat: ctx.cat, t: ctx.t, fields: ctx.fields, at: ctx.at, day: ctx.day, memo: &memo, runs: Runs::default(), bound: Some((&k.per, key)) };
                 holds(state, &tried, &k.cond)
             })
         }

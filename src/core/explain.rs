@@ -106,6 +106,11 @@ impl Explainer<'_> {
     fn value(&self, stat: usize, bound: Option<(&str, &str)>) -> (Option<String>, f64) {
         let def = &self.cat.stats[stat];
         let Some((_, v)) = self.state.stats.get(stat) else { return (None, 0.0) };
+        if let (super::catalogue::StatKind::Calendar { bucket, reading, .. }, StatValue::Calendar(b)) = (&def.kind, v) {
+            // Read at the user's local day now: "this week" is the week the user is in.
+            let day = super::calendar::local_day(self.now, self.state.tz(self.cat)).0;
+            return (None, b.read(*bucket, *reading, day));
+        }
         match (bound, &def.per) {
             (Some((per, key)), Some(p)) if p == per => (Some(key.to_string()), v.metric(Some(key))),
             (_, Some(_)) => match self.state.best_key(stat) {

@@ -2,6 +2,7 @@
 //! memory, attributes and assigned goals. Plain data with deterministic serialization (ordered
 //! maps only), so the same event stream always encodes to the same bytes.
 
+use super::buckets::Buckets;
 use super::catalogue::{Catalogue, StatKind};
 use super::value::{same_str, Millis, Value};
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,9 @@ pub enum StatValue {
     KeyedSet(KeyMap<BTreeSet<String>>),
     Daily { last_at: Millis, last_day: i32, len: u32, freezes: u32 },
     Seq { step: u32, started_at: Millis, done: bool },
+    /// A calendar stat's buckets. Boxed, so that the other stats stay small. A variant added
+    /// last, so states stored before it decode unchanged.
+    Calendar(Box<Buckets>),
 }
 
 impl StatValue {
@@ -169,6 +173,7 @@ impl StatValue {
             (StatKind::Distinct, true) => StatValue::KeyedSet(KeyMap::default()),
             (StatKind::Daily { .. }, _) => StatValue::Daily { last_at: 0, last_day: 0, len: 0, freezes: 0 },
             (StatKind::Sequence { .. }, _) => StatValue::Seq { step: 0, started_at: 0, done: false },
+            (StatKind::Calendar { .. }, _) => StatValue::Calendar(Box::default()),
             (_, true) => StatValue::Keyed(KeyMap::default()),
             (_, false) => StatValue::Num(0.0),
         }
@@ -189,6 +194,8 @@ impl StatValue {
             },
             StatValue::Daily { len, .. } => *len as f64,
             StatValue::Seq { done, .. } => f64::from(u8::from(*done)),
+            // Without a day to read at: how many buckets reached the threshold, ever.
+            StatValue::Calendar(b) => f64::from(b.count()),
         }
     }
 }

@@ -228,6 +228,26 @@ pub(super) enum DocRule {
         #[serde(default = "seven")]
         freeze_every_days: u32,
     },
+    /// Totals per local day, week or month: "40 in one day", "on 5 days this week", "4 weeks
+    /// in a row".
+    Calendar {
+        event: OneOrMany,
+        when: Option<serde_json::Value>,
+        /// `day`, `week` or `month`.
+        bucket: String,
+        /// A number field to total; without it, actions are counted.
+        sum: Option<String>,
+        /// What a bucket's total must reach to count (default 1).
+        at_least: Option<f64>,
+        /// How many buckets must reach it, ever (or in one week or month with `in_one`)...
+        buckets: Option<f64>,
+        /// ...or how many consecutive buckets.
+        in_a_row: Option<f64>,
+        /// `week` or `month`: count only the day buckets of the current week or month.
+        in_one: Option<String>,
+        /// `monday` (the default, as ISO weeks and leaderboards) or `sunday`.
+        week_starts: Option<String>,
+    },
     Window { within: String, require: Vec<DocWindowReq> },
     Recent {
         event: OneOrMany,

@@ -2,6 +2,7 @@
 //! the stats, XP rules and badges each can change; stat slots; compiled conditions; levels;
 //! leaderboards. Built once by `compile`, immutable afterwards; nothing here reads the document.
 
+use crate::core::buckets::{Bucket, Reading};
 use crate::core::calendar::Period;
 use crate::core::predicate::{Op, Pred};
 use crate::core::value::{same_str, Millis, Value};
@@ -170,6 +171,10 @@ pub enum StatKind {
     Daily { grace: Millis, freezes: u32, freeze_every: u32 },
     /// Ordered steps within a time limit; `StatInput::step` says which step an input is.
     Sequence { steps: usize, within: Millis },
+    /// Actions totalled per local day, week or month of the user (a count, or the sum of
+    /// `StatInput::value`); a bucket counts once its total reaches `at_least`, and the rule
+    /// reads the reached buckets as `reading` says.
+    Calendar { bucket: Bucket, at_least: f64, reading: Reading },
 }
 
 /// How one event type feeds a stat.
@@ -386,6 +391,9 @@ pub struct Catalogue {
     /// For each cache ring: its event type and the names of the fields it keeps.
     pub rings: Vec<(usize, Vec<String>)>,
     pub boards: Vec<BoardDef>,
+    /// Whether any stat is a calendar stat, so that the engine finds the event's local day
+    /// only for catalogues that read it.
+    pub calendar: bool,
     /// The document this was compiled from, kept so a version can be stored and served.
     pub source: String,
     /// The same document, parsed: the base of assigned goals' catalogues.

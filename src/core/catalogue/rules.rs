@@ -5,6 +5,7 @@
 use super::document::DocRule;
 use super::error::{err, CatalogueError};
 use super::model::{Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, RecentWords, SameKey, StatDef, StatInput, StatKind, SumLimit, WindowReq};
+use crate::core::buckets::{Bucket, Reading};
 use crate::core::predicate::{Pred, RawPred};
 use crate::core::value::{human_duration, parse_duration, stable_hash, Millis, DAY, HOUR};
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,11 @@ pub(super) struct Builder {
     pub(super) cache_wants: Vec<Vec<String>>,
     pub(super) tables: BTreeMap<String, BTreeMap<String, f64>>,
     pub(super) badge_ids: HashMap<String, usize>,
+}
+
+/// A number as a sentence shows it: `40`, `2.5`.
+fn fmt_num(x: f64) -> String {
+    crate::core::predicate::words(&crate::core::value::Value::Num(x))
 }
 
 /// The event types a rule reads, in words: `problem.answered or video.watched`.
@@ -203,6 +209,74 @@ impl Builder {
                 let d = format!("days in a row with {}{}", events_words(&event.list()), where_words(when.as_ref()));
                 let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), d);
                 Cond::Metric { stat, target: *days as f64 }
+            }
+            DocRule::Calendar { event, when, bucket, sum, at_least, buckets, in_a_row, in_one, week_starts } => {
+                let f = |name: &str| format!("{path}.{name}");
+                let sunday = match week_starts.as_deref() {
+                    None | Some("monday") => false,
+                    Some("sunday") => true,
+                    Some(other) => return Err(err(o, f("week_starts"), format!("unknown day `{other}` (use monday or sunday)"))),
+                };
+                let cut = |name: &str, v: &str| match v {
+                    "day" => Ok(Bucket::Day),
+                    "week" => Ok(Bucket::Week { sunday }),
+                    "month" => Ok(Bucket::Month),
+                    other => Err(err(o, f(name), format!("unknown bucket `{other}` (use day, week or month)"))),
+                };
+                let cut_by = cut("bucket", bucket)?;
+                if week_starts.is_some() && cut_by != (Bucket::Week { sunday }) && in_one.as_deref() != Some("week") {
+                    return Err(err(o, f("week_starts"), "only weeks have a first day: use it with bucket = \"week\" or in_one = \"week\""));
+                }
+                let at_least = at_least.unwrap_or(1.0);
+                if !(at_least > 0.0 && at_least.is_finite()) {
+                    return Err(err(o, f("at_least"), "must be a positive number"));
+                }
+                let whole = |name: &str, v: f64| {
+                    if v >= 1.0 && v.fract() == 0.0 && v <= 100_000.0 { Ok(v) } else { Err(err(o, f(name), "must be a whole number from 1 to 100000")) }
+                };
+                let (reading, target) = match (buckets, in_a_row, in_one.as_deref()) {
+                    (Some(n), None, None) => (Reading::Total, whole("buckets", *n)?),
+                    (None, Some(n), None) => (Reading::InARow, whole("in_a_row", *n)?),
+                    (Some(n), None, Some(period)) => {
+                        if cut_by != Bucket::Day {
+                            return Err(err(o, f("in_one"), "counts day buckets in one week or month: use it with bucket = \"day\""));
+                        }
+                        let p = match cut("in_one", period)? {
+                            Bucket::Day => return Err(err(o, f("in_one"), "use week or month")),
+                            p => p,
+                        };
+                        (Reading::InOne(p), whole("buckets", *n)?)
+                    }
+                    (None, Some(_), Some(_)) => return Err(err(o, f("in_one"), "goes with `buckets`, not with `in_a_row`")),
+                    (Some(_), Some(_), _) => return Err(err(o, f("in_a_row"), "give either `buckets` or `in_a_row`, not both")),
+                    (None, None, _) => return Err(err(o, path.to_string(), "give `buckets = N` (buckets that reach `at_least`) or `in_a_row = N` (consecutive ones)")),
+                };
+                if let Some(field) = sum {
+                    for e in event.list() {
+                        let t = self.type_id(&e).map_err(|m| err(o, f("event"), m))?;
+                        match self.types[t].field(field) {
+                            Some(p) if self.types[t].fields[p].kind == FieldKind::Number => {}
+                            Some(_) => return Err(err(o, f("sum"), format!("`{field}` must be declared as a number"))),
+                            None => return Err(err(o, f("sum"), format!("`{field}` is not a declared field of `{e}`"))),
+                        }
+                    }
+                }
+                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, None, sum.as_deref().map(|s| (s, true)), o, path)?;
+                let kind = StatKind::Calendar { bucket: cut_by, at_least, reading };
+                let (ev, wh) = (events_words(&event.list()), where_words(when.as_ref()));
+                let need = match (sum, at_least) {
+                    (Some(field), a) => format!("a total {field} of at least {} in {ev}{wh}", fmt_num(a)),
+                    (None, a) if a == 1.0 => format!("{ev}{wh}"),
+                    (None, a) => format!("at least {} {ev}{wh}", fmt_num(a)),
+                };
+                let noun = cut_by.noun();
+                let d = match reading {
+                    Reading::Total => format!("{noun}s with {need}"),
+                    Reading::InARow => format!("{noun}s in a row with {need}"),
+                    Reading::InOne(p) => format!("days this {} with {need}", p.noun()),
+                };
+                let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), d);
+                Cond::Metric { stat, target }
             }
             DocRule::Sequence { steps, within } => {
                 let within = parse_duration(within).map_err(|m| err(o, format!("{path}.within"), m))?;
