@@ -542,7 +542,7 @@ fn the_demo_catalogue_uses_every_rule_kind_and_tier() {
     let cat = Catalogue::demo();
     assert!(cat.badges.len() >= 30, "{} badges", cat.badges.len());
     let text = accolade::core::catalogue::DEMO_CATALOGUE;
-    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure", "calendar"] {
+    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure", "calendar", "keys"] {
         assert!(text.contains(&format!("kind = \"{kind}\"")), "demo catalogue lacks rule kind {kind}");
     }
     for tier in ["bronze", "silver", "gold", "platinum", "diamond"] {
@@ -1122,4 +1122,42 @@ fn calendar_rules_replay_to_the_byte_and_duplicates_change_nothing() {
     let mut earned: Vec<String> = fa.iter().flat_map(|f| unlocks(f)).collect();
     earned.sort();
     assert_eq!(earned, ["two-a-day", "week-days", "weeks"], "every calendar badge earned, once");
+}
+
+// --- Counting keys that meet a threshold (issue 23) -------------------------------------------
+
+#[test]
+fn counting_the_keys_that_reach_a_threshold() {
+    let cat = catalogue(&[
+        // Two correct answers in each of three exercises.
+        badge("three-exercises", "", r#"{ kind = "keys", count = 3, rule = { kind = "count", event = "problem.answered", when = { correct = true }, per = "exercise", target = 2 } }"#),
+        // Ten minutes of video in each of two playlists.
+        badge("two-playlists", "", r#"{ kind = "keys", count = 2, rule = { kind = "sum", event = "video.watched", field = "seconds", per = "playlist", target = 600 } }"#),
+        // Two different videos in each of two playlists.
+        badge("two-by-two", "", r#"{ kind = "keys", count = 2, rule = { kind = "count", event = "video.watched", distinct = "video", per = "playlist", target = 2 } }"#),
+    ]
+    .concat());
+    let got = answers_table(&cat, &[(0, true, "a", 1.0), (1, true, "b", 1.0), (2, true, "a", 1.0), (3, false, "c", 1.0), (4, true, "c", 1.0), (5, true, "b", 1.0), (6, true, "c", 1.0)]);
+    assert_eq!(got, vec![(7, "three-exercises".to_string())]);
+    let mut u = User::new(cat);
+    assert!(u.watch(T0, "p1", "v1", 600.0).is_empty());
+    assert!(u.watch(T0 + 1, "p2", "v1", 599.0).is_empty());
+    assert!(u.watch(T0 + 2, "p1", "v1", 1.0).is_empty(), "the same video again is not a second one");
+    let fx = u.send("video.watched", T0 + 3, &[("video", s("v2")), ("playlist", s("p2")), ("seconds", n(1.0))]);
+    assert_eq!(unlocks(&fx), vec!["two-playlists"]);
+    // Progress counts keys: one playlist with two different videos of the two needed.
+    assert_eq!(progress_of(&fx, "two-by-two"), Some((1.0, 2.0)));
+    let p = explain(&u, "two-by-two").rule;
+    assert_eq!((p.describe.as_str(), p.current, p.target), ("different playlist where different video in video.watched reaches 2", Some(1.0), Some(2.0)));
+    assert_eq!(u.watch(T0 + 4, "p1", "v2", 1.0), vec!["two-by-two"]);
+    // Errors name the field.
+    let table = [
+        (badge("k", "", r#"{ kind = "keys", count = 3, rule = { kind = "count", event = "login", target = 2 } }"#), "badge `k`: field `rule.rule`: a `keys` rule counts the keys of a count, sum, max or streak kept per key: give that rule `per`"),
+        (badge("k", "", r#"{ kind = "keys", count = 0, rule = { kind = "count", event = "login", per = "x", target = 2 } }"#), "badge `k`: field `rule.count`: must be a whole number from 1 to 1000000"),
+        (badge("k", "", r#"{ kind = "keys", count = 2, rule = { kind = "count", event = "problem.answered", per = "topic", target = 2 } }"#), "badge `k`: field `rule.rule.per`: `topic` is not a declared field of `problem.answered`"),
+        (badge("k", "", r#"{ kind = "keys", count = 2, rule = { kind = "all", of = [ { kind = "count", event = "problem.answered", per = "exercise", target = 2 } ] } }"#), "badge `k`: field `rule.rule`: a `keys` rule counts the keys of a count, sum, max or streak kept per key: give that rule `per`"),
+    ];
+    for (doc, want) in table {
+        assert_eq!(Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string(), want);
+    }
 }

@@ -171,7 +171,10 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         let owned = state.derived.owned[p.badge];
         // A hidden badge shows nothing until it is earned, progress included.
         if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some()) && !(p.hidden && owned == 0) {
-            let current = metric(state, &ctx, p.stat);
+            let current = match p.each {
+                Some(each) => state.stats[p.stat].1.keys_reaching(each, usize::MAX) as f64,
+                None => metric(state, &ctx, p.stat),
+            };
             let target = match p.repeat_every {
                 Some(every) => every * (owned as f64 + 1.0),
                 None => p.target,
@@ -515,6 +518,10 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
 pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
     match c {
         Cond::Metric { stat, target } => metric(state, ctx, *stat) >= *target,
+        Cond::Keys { stat, each, target } => {
+            let need = *target as usize;
+            state.stats[*stat].1.keys_reaching(*each, need) >= need
+        }
         Cond::Sequence { stat } => matches!(state.stats[*stat].1, StatValue::Seq { done: true, .. }),
         Cond::Window { within, reqs } => {
             // The window ends at the user's latest action, so a late-reported event that fills a

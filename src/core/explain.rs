@@ -3,6 +3,7 @@
 
 use super::catalogue::{Catalogue, Cond};
 use super::history::{recent_tally, window_total};
+use super::predicate::words;
 use super::state::{StatValue, UserState};
 use super::value::{human_duration, Millis, Value};
 use serde::Serialize;
@@ -139,6 +140,13 @@ impl Explainer<'_> {
                 let mut p = part(cat.stats[*stat].describe.clone(), current >= *target, Some(current.min(*target)), Some(*target));
                 p.key = key;
                 p
+            }
+            Cond::Keys { stat, each, target } => {
+                let def = &cat.stats[*stat];
+                let per = def.per.as_deref().unwrap_or("key");
+                let inner = def.describe.strip_suffix(&format!(", in one {per}")).unwrap_or(&def.describe);
+                let n = state.stats.get(*stat).map_or(0, |(_, v)| v.keys_reaching(*each, usize::MAX)) as f64;
+                part(format!("different {per} where {inner} reaches {}", words(&Value::Num(*each))), n >= *target, Some(n.min(*target)), Some(*target))
             }
             Cond::Sequence { stat } => {
                 let (step, done) = match state.stats.get(*stat) {

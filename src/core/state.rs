@@ -179,6 +179,15 @@ impl StatValue {
         }
     }
 
+    /// How many keys have a value of at least `each`, counting no further than `cap`.
+    pub fn keys_reaching(&self, each: f64, cap: usize) -> usize {
+        match self {
+            StatValue::Keyed(m) => m.values().filter(|&&v| v >= each).take(cap).count(),
+            StatValue::KeyedSet(m) => m.values().filter(|s| s.len() as f64 >= each).take(cap).count(),
+            _ => 0,
+        }
+    }
+
     /// The metric at `key`, or for a keyed stat with no key, the best key's value.
     pub fn metric(&self, key: Option<&str>) -> f64 {
         match self {

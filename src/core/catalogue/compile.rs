@@ -288,7 +288,11 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             .filter_map(|&i| match badges[i].cond {
                 Cond::Metric { stat, target } => {
                     let bit = ty.stats.iter().position(|&x| x == stat)?;
-                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every, hidden: badges[i].hidden })
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every, hidden: badges[i].hidden, each: None })
+                }
+                Cond::Keys { stat, each, target } => {
+                    let bit = ty.stats.iter().position(|&x| x == stat)?;
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: None, hidden: badges[i].hidden, each: Some(each) })
                 }
                 _ => None,
             })
@@ -427,7 +431,7 @@ fn cond_events(c: &Cond, b: &Builder) -> Vec<usize> {
     let mut out = Vec::new();
     fn walk(c: &Cond, b: &Builder, out: &mut Vec<usize>) {
         match c {
-            Cond::Metric { stat, .. } | Cond::Sequence { stat } => out.extend(b.stats[*stat].inputs.iter().map(|i| i.event)),
+            Cond::Metric { stat, .. } | Cond::Sequence { stat } | Cond::Keys { stat, .. } => out.extend(b.stats[*stat].inputs.iter().map(|i| i.event)),
             Cond::Window { reqs, .. } => {
                 for r in reqs {
                     out.extend(r.per_type.iter().map(|(ring, _, _)| b.ring_type(*ring)));

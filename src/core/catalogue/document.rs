@@ -248,6 +248,8 @@ pub(super) enum DocRule {
         /// `monday` (the default, as ISO weeks and leaderboards) or `sunday`.
         week_starts: Option<String>,
     },
+    /// Counts the keys for which a rule kept per key holds: `count` topics with `rule`.
+    Keys { count: f64, rule: Box<DocRule> },
     Window { within: String, require: Vec<DocWindowReq> },
     Recent {
         event: OneOrMany,

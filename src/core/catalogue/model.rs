@@ -85,6 +85,8 @@ pub struct ProgressSlot {
     pub repeat_every: Option<f64>,
     /// A hidden badge reports no progress until it is earned: a progress bar would show it.
     pub hidden: bool,
+    /// For a `keys` rule: what each key must reach; the progress is the number of keys that do.
+    pub each: Option<f64>,
 }
 
 impl EventTypeDef {
@@ -270,6 +272,8 @@ pub enum SumLimit {
 #[derive(Clone, Debug)]
 pub enum Cond {
     Metric { stat: usize, target: f64 },
+    /// How many keys of a keyed stat reach `each`: "a total score of 15 in each of 20 topics".
+    Keys { stat: usize, each: f64, target: f64 },
     Sequence { stat: usize },
     Window { within: Millis, reqs: Vec<WindowReq> },
     Recent(Box<RecentCond>),

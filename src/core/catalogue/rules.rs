@@ -278,6 +278,20 @@ impl Builder {
                 let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), d);
                 Cond::Metric { stat, target }
             }
+            DocRule::Keys { count, rule } => {
+                if !(*count >= 1.0 && count.fract() == 0.0 && *count <= 1_000_000.0) {
+                    return Err(err(o, format!("{path}.count"), "must be a whole number from 1 to 1000000"));
+                }
+                let inner_path = format!("{path}.rule");
+                match self.rule(rule, o, &inner_path)? {
+                    Cond::Metric { stat, target } if self.stats[stat].per.is_some() && !matches!(self.stats[stat].kind, StatKind::Daily { .. } | StatKind::Sequence { .. } | StatKind::Calendar { .. }) => {
+                        Cond::Keys { stat, each: target, target: *count }
+                    }
+                    _ => {
+                        return Err(err(o, inner_path, "a `keys` rule counts the keys of a count, sum, max or streak kept per key: give that rule `per`"));
+                    }
+                }
+            }
             DocRule::Sequence { steps, within } => {
                 let within = parse_duration(within).map_err(|m| err(o, format!("{path}.within"), m))?;
                 if steps.len() < 2 {
