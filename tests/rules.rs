@@ -32,6 +32,9 @@ fingerprint = ["article"]
 fingerprint_window = "1h"
 [event_types."login"]
 client = true
+[event_types."race.finished"]
+client = true
+fields = { course = "string", time = "number", record = "number", score = "number", previous_best = "number?" }
 [levels]
 thresholds = [0, 100, 300, 600]
 [tables.fast]
@@ -1159,5 +1162,83 @@ fn counting_the_keys_that_reach_a_threshold() {
     ];
     for (doc, want) in table {
         assert_eq!(Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string(), want);
+    }
+}
+
+// --- Ratios and comparisons (issue 23) ----------------------------------------------------------
+
+#[test]
+fn ratios_between_two_stats() {
+    let answers = r#"{ kind = "count", event = "problem.answered" }"#;
+    let right = r#"{ kind = "count", event = "problem.answered", when = { correct = true } }"#;
+    let wrong = r#"{ kind = "count", event = "problem.answered", when = { correct = false } }"#;
+    let cat = catalogue(&[
+        // At least 4 answers, at least three quarters of them right.
+        badge("accurate", "", &format!(r#"{{ kind = "all", of = [ {{ kind = "count", event = "problem.answered", target = 4 }}, {{ kind = "ratio", of = {right}, to = {answers}, at_least = 0.75 }} ] }}"#)),
+        // More than 2 wrong answers, and they are at least half of all answers.
+        badge("struggling", "", &format!(r#"{{ kind = "all", of = [ {{ kind = "count", event = "problem.answered", when = {{ correct = false }}, target = 3 }}, {{ kind = "ratio", of = {wrong}, to = {answers}, at_least = 0.5 }} ] }}"#)),
+        // More videos watched than problems answered.
+        badge("watcher", "", &format!(r#"{{ kind = "ratio", of = {{ kind = "count", event = "video.watched" }}, to = {answers}, more_than = 1 }}"#)),
+        // Wrong answers under a tenth of all: not while there is nothing to compare.
+        badge("careful", "", &format!(r#"{{ kind = "ratio", of = {wrong}, to = {answers}, less_than = 0.1 }}"#)),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    assert_eq!(u.watch(T0, "p", "v", 10.0), vec!["watcher"], "one video against no answers is more");
+    let p = explain(&u, "careful").rule;
+    assert_eq!((p.holds, p.current, p.target, p.at_most), (false, Some(0.0), Some(0.1), true), "0 of 0 holds nothing");
+    let got: Vec<Vec<String>> = [true, true, false, true].iter().enumerate().map(|(i, c)| u.answer(T0 + 1 + i as Millis, "a", *c, 1.0)).collect();
+    assert_eq!(got, vec![vec!["careful".to_string()], vec![], vec![], vec!["accurate".to_string()]]);
+    // 3 of 4 right; then wrong answers: 2 wrong of 5 are too few, 3 of 6 are half.
+    let got: Vec<Vec<String>> = (0..3).map(|i| u.answer(T0 + 10 + i, "a", false, 1.0)).collect();
+    assert_eq!(got, vec![vec![], vec!["struggling".to_string()], vec![]]);
+    let a = explain(&User::new(u.cat.clone()), "watcher").rule;
+    assert_eq!((a.describe.as_str(), a.holds, a.parts.len()), ("number of video.watched, as a share of number of problem.answered", false, 2));
+}
+
+#[test]
+fn fields_compared_with_other_fields_of_the_same_event() {
+    let cat = catalogue(&[
+        badge("record-breaker", "", r#"{ kind = "count", event = "race.finished", when = { time = { lt = { field = "record" } } }, target = 1 }"#),
+        badge("leap", "", r#"{ kind = "count", event = "race.finished", when = { score = { gt = { field = "previous_best", times = 2 } } }, target = 1 }"#),
+        badge("three-records", "", r#"{ kind = "count", event = "race.finished", when = { time = { lt = { field = "record" } } }, distinct = "course", target = 3 }"#),
+    ]
+    .concat());
+    let race = |u: &mut User, at: Millis, course: &str, time: f64, record: f64, score: f64, best: Option<f64>| {
+        let mut p = vec![("course", s(course)), ("time", n(time)), ("record", n(record)), ("score", n(score))];
+        p.extend(best.map(|b| ("previous_best", n(b))));
+        unlocks(&u.send("race.finished", at, &p))
+    };
+    let mut u = User::new(cat);
+    assert!(race(&mut u, T0, "a", 61.0, 60.0, 100.0, Some(50.0)).is_empty(), "slower than the record; exactly twice the best is not more");
+    assert_eq!(race(&mut u, T0 + 1, "a", 59.9, 60.0, 100.0, None), vec!["record-breaker"], "no previous best: not more than twice it");
+    assert_eq!(race(&mut u, T0 + 2, "b", 70.0, 60.0, 100.1, Some(50.0)), vec!["leap"]);
+    race(&mut u, T0 + 3, "b", 59.0, 60.0, 1.0, None);
+    assert_eq!(race(&mut u, T0 + 4, "c", 10.0, 12.0, 1.0, None), vec!["three-records"]);
+    assert_eq!(explain(&User::new(u.cat.clone()), "leap").rule.describe, "number of race.finished where score is more than 2 times previous_best");
+}
+
+#[test]
+fn ratio_and_field_comparison_errors_name_the_field() {
+    let answers = r#"{ kind = "count", event = "problem.answered" }"#;
+    let table = [
+        (badge("r", "", &format!(r#"{{ kind = "ratio", of = {answers}, to = {answers} }}"#)), "badge `r`: field `rule`: give exactly one of at_least, more_than, at_most or less_than"),
+        (badge("r", "", &format!(r#"{{ kind = "ratio", of = {answers}, to = {answers}, at_least = 0.5, at_most = 0.9 }}"#)), "badge `r`: field `rule`: give exactly one of at_least, more_than, at_most or less_than"),
+        (badge("r", "", &format!(r#"{{ kind = "ratio", of = {answers}, to = {answers}, at_least = -1 }}"#)), "badge `r`: field `rule.at_least`: must be a number of at least 0"),
+        (badge("r", "", r#"{ kind = "ratio", of = { kind = "count", event = "quiz" }, to = { kind = "count", event = "login" }, at_least = 1 }"#), "badge `r`: field `rule.of.event`: unknown event type `quiz`"),
+        (badge("r", "", r#"{ kind = "ratio", of = { kind = "sum", event = "login", field = "x" }, to = { kind = "count", event = "login" }, at_least = 1 }"#), "badge `r`: field `rule.of.field`: `x` is not a declared field of `login`"),
+        (badge("r", "", r#"{ kind = "ratio", of = { kind = "count", event = "login" }, to = { kind = "count", event = "login", when = { y = 1 } }, at_least = 1 }"#), "badge `r`: field `rule.to.when`: `y` is not a declared field of `login`"),
+        (badge("w", "", r#"{ kind = "count", event = "race.finished", when = { time = { lt = { field = "recrod" } } }, target = 1 }"#), "badge `w`: field `rule.when`: `recrod` is not a declared field of `race.finished`"),
+        (badge("w", "", r#"{ kind = "count", event = "race.finished", when = { time = { in = { field = "record" } } }, target = 1 }"#), "badge `w`: field `rule.when`: `time.in` cannot compare with another field (eq, ne, gt, gte, lt and lte can)"),
+        (badge("a", "", r#"{ kind = "attribute", when = { plan = { eq = { field = "tier" } } } }"#), "badge `a`: field `rule.when`: user attributes compare with values, not with fields"),
+    ];
+    for (doc, want) in table {
+        assert_eq!(Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string(), want);
+    }
+    // A side takes no target and no `per` (serde names the rule, and the key it refuses).
+    for (side, bad) in [(r#"{ kind = "count", event = "login", target = 3 }"#, "target"), (r#"{ kind = "count", event = "login", per = "x" }"#, "per")] {
+        let doc = badge("r", "", &format!(r#"{{ kind = "ratio", of = {side}, to = {answers}, at_least = 1 }}"#));
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert!(e.starts_with("badge `r`: field `rule`") && e.contains(&format!("unknown field `{bad}`")), "{e}");
     }
 }

@@ -518,6 +518,7 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
 pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
     match c {
         Cond::Metric { stat, target } => metric(state, ctx, *stat) >= *target,
+        Cond::Ratio { of, to, cmp, value } => cmp.holds(metric(state, ctx, *of), metric(state, ctx, *to), *value),
         Cond::Keys { stat, each, target } => {
             let need = *target as usize;
             state.stats[*stat].1.keys_reaching(*each, need) >= need

@@ -1,7 +1,7 @@
 //! "Why didn't I get this badge?": how far a user is towards every badge they do not own, part
 //! by part for composite rules. Pure, like the rest of the core; `now` is passed in.
 
-use super::catalogue::{Catalogue, Cond};
+use super::catalogue::{Catalogue, Cmp, Cond};
 use super::history::{recent_tally, window_total};
 use super::predicate::words;
 use super::state::{StatValue, UserState};
@@ -140,6 +140,14 @@ impl Explainer<'_> {
                 let mut p = part(cat.stats[*stat].describe.clone(), current >= *target, Some(current.min(*target)), Some(*target));
                 p.key = key;
                 p
+            }
+            Cond::Ratio { of, to, cmp, value } => {
+                let (a, b) = (self.value(*of, None).1, self.value(*to, None).1);
+                let share = if b == 0.0 { 0.0 } else { a / b };
+                let parts = vec![part(cat.stats[*of].describe.clone(), true, Some(a), None), part(cat.stats[*to].describe.clone(), true, Some(b), None)];
+                let describe = format!("{}, as a share of {}", cat.stats[*of].describe, cat.stats[*to].describe);
+                let at_most = matches!(cmp, Cmp::AtMost | Cmp::LessThan);
+                Part { parts, at_most, ..part(describe, cmp.holds(a, b, *value), Some(share), Some(*value)) }
             }
             Cond::Keys { stat, each, target } => {
                 let def = &cat.stats[*stat];

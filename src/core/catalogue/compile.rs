@@ -432,6 +432,7 @@ fn cond_events(c: &Cond, b: &Builder) -> Vec<usize> {
     fn walk(c: &Cond, b: &Builder, out: &mut Vec<usize>) {
         match c {
             Cond::Metric { stat, .. } | Cond::Sequence { stat } | Cond::Keys { stat, .. } => out.extend(b.stats[*stat].inputs.iter().map(|i| i.event)),
+            Cond::Ratio { of, to, .. } => out.extend([of, to].iter().flat_map(|s| b.stats[**s].inputs.iter().map(|i| i.event))),
             Cond::Window { reqs, .. } => {
                 for r in reqs {
                     out.extend(r.per_type.iter().map(|(ring, _, _)| b.ring_type(*ring)));

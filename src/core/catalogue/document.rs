@@ -248,6 +248,15 @@ pub(super) enum DocRule {
         /// `monday` (the default, as ISO weeks and leaderboards) or `sunday`.
         week_starts: Option<String>,
     },
+    /// Compares two stats: `of` at least (or more than, at most, less than) `value` times `to`.
+    Ratio {
+        of: DocStat,
+        to: DocStat,
+        at_least: Option<f64>,
+        more_than: Option<f64>,
+        at_most: Option<f64>,
+        less_than: Option<f64>,
+    },
     /// Counts the keys for which a rule kept per key holds: `count` topics with `rule`.
     Keys { count: f64, rule: Box<DocRule> },
     Window { within: String, require: Vec<DocWindowReq> },
@@ -275,6 +284,15 @@ pub(super) enum DocRule {
     Tenure { days: f64 },
     /// Never earned by events: given by a leaderboard's period award.
     Awarded {},
+}
+
+/// One side of a `ratio`: what is counted or totalled, without a target.
+#[derive(Deserialize, Clone)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(super) enum DocStat {
+    Count { event: OneOrMany, when: Option<serde_json::Value>, distinct: Option<String> },
+    Sum { event: OneOrMany, when: Option<serde_json::Value>, field: String },
+    Max { event: OneOrMany, when: Option<serde_json::Value>, field: String },
 }
 
 fn seven() -> u32 {

@@ -272,6 +272,9 @@ pub enum SumLimit {
 #[derive(Clone, Debug)]
 pub enum Cond {
     Metric { stat: usize, target: f64 },
+    /// Stat `of` compared with `value` times stat `to`: "at least 25% of reviews are of first
+    /// drafts". Never holds while both are 0.
+    Ratio { of: usize, to: usize, cmp: Cmp, value: f64 },
     /// How many keys of a keyed stat reach `each`: "a total score of 15 in each of 20 topics".
     Keys { stat: usize, each: f64, target: f64 },
     Sequence { stat: usize },
@@ -290,6 +293,41 @@ pub enum Cond {
     /// An `all` over parts kept per key of one field: they must hold for one and the same key
     /// ("20 answers and a score of 100 in one topic"), not each for a key of its own.
     SameKey(Box<SameKey>),
+}
+
+/// How a ratio compares.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cmp {
+    AtLeast,
+    MoreThan,
+    AtMost,
+    LessThan,
+}
+
+impl Cmp {
+    /// Whether `of` compares with `value` times `to` as asked; never when both are 0, since
+    /// nothing was compared ("25% of no reviews").
+    pub fn holds(self, of: f64, to: f64, value: f64) -> bool {
+        if of == 0.0 && to == 0.0 {
+            return false;
+        }
+        let bound = value * to;
+        match self {
+            Cmp::AtLeast => of >= bound,
+            Cmp::MoreThan => of > bound,
+            Cmp::AtMost => of <= bound,
+            Cmp::LessThan => of < bound,
+        }
+    }
+
+    pub fn words(self) -> &'static str {
+        match self {
+            Cmp::AtLeast => "at least",
+            Cmp::MoreThan => "more than",
+            Cmp::AtMost => "at most",
+            Cmp::LessThan => "less than",
+        }
+    }
 }
 
 /// See `Cond::SameKey`.

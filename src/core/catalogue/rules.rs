@@ -2,9 +2,9 @@
 //! stat slots, reads from the last-N cache and a condition. Identical leaf rules share one stat
 //! slot, found by a stable hash of the rule's canonical text.
 
-use super::document::DocRule;
+use super::document::{DocRule, DocStat, OneOrMany};
 use super::error::{err, CatalogueError};
-use super::model::{Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, RecentWords, SameKey, StatDef, StatInput, StatKind, SumLimit, WindowReq};
+use super::model::{Cmp, Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, RecentWords, SameKey, StatDef, StatInput, StatKind, SumLimit, WindowReq};
 use crate::core::buckets::{Bucket, Reading};
 use crate::core::predicate::{Pred, RawPred};
 use crate::core::value::{human_duration, parse_duration, stable_hash, Millis, DAY, HOUR};
@@ -161,24 +161,36 @@ impl Builder {
         Ok(match r {
             DocRule::Count { event, when, per, distinct, target } => {
                 let target = target_ok(*target)?;
-                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, per.as_deref(), distinct.as_deref().map(|d| (d, false)), o, path)?;
-                let kind = if distinct.is_some() { StatKind::Distinct } else { StatKind::Count };
-                let (ev, wh, pk) = (events_words(&event.list()), where_words(when.as_ref()), per_words(per.as_ref()));
-                let d = match distinct {
-                    Some(f) => format!("different {f} in {ev}{wh}{pk}"),
-                    None => format!("number of {ev}{wh}{pk}"),
-                };
-                let stat = self.stat(kind.clone(), per.as_ref(), inputs, format!("{kind:?}|{canon}"), d);
+                let stat = self.count_stat(event, when.as_ref(), per.as_ref(), distinct.as_deref(), o, path)?;
                 Cond::Metric { stat, target }
             }
             DocRule::Sum { event, when, field, per, target } | DocRule::Max { event, when, field, per, target } => {
                 let target = target_ok(*target)?;
-                let kind = if matches!(r, DocRule::Sum { .. }) { StatKind::Sum } else { StatKind::Max };
-                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, per.as_deref(), Some((field, true)), o, path)?;
-                let (ev, wh, pk) = (events_words(&event.list()), where_words(when.as_ref()), per_words(per.as_ref()));
-                let d = format!("{} {field} of {ev}{wh}{pk}", if kind == StatKind::Sum { "total" } else { "highest" });
-                let stat = self.stat(kind.clone(), per.as_ref(), inputs, format!("{kind:?}|{canon}"), d);
+                let stat = self.value_stat(matches!(r, DocRule::Sum { .. }), event, when.as_ref(), field, per.as_ref(), o, path)?;
                 Cond::Metric { stat, target }
+            }
+            DocRule::Ratio { of, to, at_least, more_than, at_most, less_than } => {
+                let (cmp, value, name) = match (at_least, more_than, at_most, less_than) {
+                    (Some(v), None, None, None) => (Cmp::AtLeast, *v, "at_least"),
+                    (None, Some(v), None, None) => (Cmp::MoreThan, *v, "more_than"),
+                    (None, None, Some(v), None) => (Cmp::AtMost, *v, "at_most"),
+                    (None, None, None, Some(v)) => (Cmp::LessThan, *v, "less_than"),
+                    _ => return Err(err(o, path.to_string(), "give exactly one of at_least, more_than, at_most or less_than")),
+                };
+                if !(value >= 0.0 && value.is_finite()) {
+                    return Err(err(o, format!("{path}.{name}"), "must be a number of at least 0"));
+                }
+                let mut side = |d: &DocStat, p: &str| -> Result<usize, CatalogueError> {
+                    let p = format!("{path}.{p}");
+                    match d {
+                        DocStat::Count { event, when, distinct } => self.count_stat(event, when.as_ref(), None, distinct.as_deref(), o, &p),
+                        DocStat::Sum { event, when, field } => self.value_stat(true, event, when.as_ref(), field, None, o, &p),
+                        DocStat::Max { event, when, field } => self.value_stat(false, event, when.as_ref(), field, None, o, &p),
+                    }
+                };
+                let of = side(of, "of")?;
+                let to = side(to, "to")?;
+                Cond::Ratio { of, to, cmp, value }
             }
             DocRule::Streak { event, when, breaks_when, per, target } => {
                 let target = target_ok(*target)?;
@@ -458,6 +470,9 @@ impl Builder {
             DocRule::Xp { at_least } => Cond::Xp(*at_least),
             DocRule::Attribute { when } => {
                 let raw = RawPred::parse(Some(when)).map_err(|m| err(o, format!("{path}.when"), m))?;
+                if !raw.cross.is_empty() {
+                    return Err(err(o, format!("{path}.when"), "user attributes compare with values, not with fields"));
+                }
                 Cond::Attribute(raw.tests)
             }
             DocRule::Tenure { days } => {
@@ -468,6 +483,28 @@ impl Builder {
             }
             DocRule::Awarded {} => Cond::Never,
         })
+    }
+
+    /// The stat of a count (or, with `distinct`, a count of different values).
+    fn count_stat(&mut self, event: &OneOrMany, when: Option<&serde_json::Value>, per: Option<&String>, distinct: Option<&str>, o: Option<&str>, path: &str) -> Result<usize, CatalogueError> {
+        let (inputs, canon) = self.inputs(&event.list(), when, None, per.map(String::as_str), distinct.map(|d| (d, false)), o, path)?;
+        let kind = if distinct.is_some() { StatKind::Distinct } else { StatKind::Count };
+        let (ev, wh, pk) = (events_words(&event.list()), where_words(when), per_words(per));
+        let d = match distinct {
+            Some(f) => format!("different {f} in {ev}{wh}{pk}"),
+            None => format!("number of {ev}{wh}{pk}"),
+        };
+        Ok(self.stat(kind.clone(), per, inputs, format!("{kind:?}|{canon}"), d))
+    }
+
+    /// The stat of a sum (`sum`) or maximum of a number field.
+    #[allow(clippy::too_many_arguments)]
+    fn value_stat(&mut self, sum: bool, event: &OneOrMany, when: Option<&serde_json::Value>, field: &str, per: Option<&String>, o: Option<&str>, path: &str) -> Result<usize, CatalogueError> {
+        let kind = if sum { StatKind::Sum } else { StatKind::Max };
+        let (inputs, canon) = self.inputs(&event.list(), when, None, per.map(String::as_str), Some((field, true)), o, path)?;
+        let (ev, wh, pk) = (events_words(&event.list()), where_words(when), per_words(per));
+        let d = format!("{} {field} of {ev}{wh}{pk}", if sum { "total" } else { "highest" });
+        Ok(self.stat(kind.clone(), per, inputs, format!("{kind:?}|{canon}"), d))
     }
 
     /// Wraps an `all` in `Cond::SameKey` for every field that two or more of its keyed stats
