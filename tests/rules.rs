@@ -524,7 +524,7 @@ fn catalogue_errors_name_the_badge_and_field() {
         (badge("tier", "", r#"{ kind = "count", event = "login", target = 1 }"#).replace("bronze", "copper"), "badge `tier`: field `tier`", "unknown variant `copper`"),
         (badge("nested", "", r#"{ kind = "all", of = [ { kind = "badge", id = "ghost" } ] }"#), "badge `nested`: field `rule.of[0].id`", "no badge `ghost`"),
         (badge("win", "", r#"{ kind = "window", within = "soon", require = [ { event = "login", count = 1 } ] }"#), "badge `win`: field `rule.within`", "not a duration"),
-        (badge("rep", "repeat_every = 5", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 3 }"#), "badge `rep`: field `repeat_every`", "count or sum"),
+        (badge("rep", "repeat_every = 5", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 3 }"#), "badge `rep`: field `repeat_every`", "count, sum or tenure"),
         (format!("{}{}", badge("dup", "", r#"{ kind = "count", event = "login", target = 1 }"#), badge("dup", "", r#"{ kind = "count", event = "login", target = 2 }"#)), "badge `dup`: field `id`", "duplicate"),
     ];
     for (doc, prefix, detail) in table {
@@ -551,7 +551,7 @@ fn the_demo_catalogue_uses_every_rule_kind_and_tier() {
     for tier in ["bronze", "silver", "gold", "platinum", "diamond"] {
         assert!(cat.badges.iter().any(|b| b.tier.as_str() == tier), "no {tier} badge");
     }
-    assert!(cat.badges.iter().any(|b| b.hidden) && cat.badges.iter().any(|b| b.repeat_every.is_some()));
+    assert!(cat.badges.iter().any(|b| b.hidden) && cat.badges.iter().any(|b| b.repeat_every.is_some()) && cat.badges.iter().any(|b| b.repeat.is_some()));
     assert!(cat.badges.iter().any(|b| b.available_until.is_some()) && cat.badges.iter().any(|b| b.per_key.is_some()));
     // Identical rules share stats: five proficiency badges, one distinct-count stat.
     assert!(cat.stats.len() < cat.badges.len(), "{} stats for {} badges", cat.stats.len(), cat.badges.len());
@@ -1241,4 +1241,73 @@ fn ratio_and_field_comparison_errors_name_the_field() {
         let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
         assert!(e.starts_with("badge `r`: field `rule`") && e.contains(&format!("unknown field `{bad}`")), "{e}");
     }
+}
+
+// --- Repeat of any rule (issue 23) --------------------------------------------------------------
+
+#[test]
+fn a_repeat_badge_is_earned_again_by_each_new_streak() {
+    let cat = catalogue(&[
+        badge("hot-streak", "xp = 10\nrepeat = true", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 3 }"#),
+        badge("three-days", "repeat = true", r#"{ kind = "daily_streak", event = "login", days = 3 }"#),
+        badge("busy-hour", "repeat = true", r#"{ kind = "window", within = "1h", require = [ { event = "video.watched", count = 2 } ] }"#),
+    ]
+    .concat());
+    // Three right in a row earn it; a fourth and fifth are the same streak; a wrong answer ends
+    // it, and the next three right earn it again.
+    let got = answers_table(&cat, &[(0, true, "a", 1.0), (1, true, "a", 1.0), (2, true, "a", 1.0), (3, true, "a", 1.0), (4, true, "a", 1.0), (5, false, "a", 1.0), (6, true, "a", 1.0), (7, true, "a", 1.0), (8, true, "a", 1.0)]);
+    assert_eq!(got, vec![(3, "hot-streak".to_string()), (9, "hot-streak".to_string())]);
+    let mut u = User::new(cat);
+    for i in 0..9 {
+        u.answer(T0 + i, "a", i != 5, 1.0);
+    }
+    assert_eq!((u.st.badges["hot-streak"].count, u.st.xp), (2, 20), "each award pays");
+    // While owned, progress towards the next streak is pushed and explained.
+    let fx = u.send("problem.answered", T0 + 9, &[("exercise", s("a")), ("correct", b(false)), ("seconds", n(1.0))]);
+    assert_eq!(progress_of(&fx, "hot-streak"), Some((0.0, 3.0)));
+    assert_eq!(explain(&u, "hot-streak").owned, 2);
+    // Calendar streaks: days 1-3 earn it, day 4 goes on, a missed day ends it, days 6-8 again.
+    let days: Vec<bool> = [0, 1, 2, 3, 5, 6, 7].iter().map(|d| unlocks(&u.send("login", T0 + d * DAY, &[])).contains(&"three-days".to_string())).collect();
+    assert_eq!(days, [false, false, true, false, false, false, true]);
+    // A window: two videos in an hour, again after the hour has emptied.
+    let vids: Vec<bool> = [0, 10, 20, 200, 210].iter().map(|m| u.watch(T0 + 10 * DAY + m * MIN, "p", "v", 1.0).contains(&"busy-hour".to_string())).collect();
+    assert_eq!(vids, [false, true, false, false, true]);
+}
+
+#[test]
+fn tenure_repeats_every_year_and_repeat_errors_name_the_field() {
+    let cat = catalogue(&badge("anniversary", "xp = 5\nrepeat_every = 365", r#"{ kind = "tenure", days = 365 }"#));
+    let mut u = User::new(cat);
+    // Two years and two months a member when first seen: two awards at once.
+    let fx = u.send("user.profile", T0, &[("signed_up_at", s("2024-01-01T00:00:00Z"))]);
+    assert!(fx.contains(&Effect::Unlock { badge: "anniversary".into(), count: 2, key: None, xp: 10, at: T0 }), "{fx:?}");
+    let p = explain_at(&u, "anniversary", T0);
+    assert_eq!((p.owned, p.rule.current, p.rule.target), (2, Some(791.0), Some(1095.0)));
+    assert!(unlocks(&u.send("login", T0 + 300 * DAY, &[])).is_empty());
+    assert_eq!(unlocks(&u.send("login", T0 + 305 * DAY, &[])), vec!["anniversary"]);
+    let table = [
+        (badge("r", "repeat = true", r#"{ kind = "count", event = "login", target = 3 }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
+        (badge("r", "repeat = true\nrepeat_every = 3", r#"{ kind = "sum", event = "video.watched", field = "seconds", target = 3 }"#), "badge `r`: field `repeat`: cannot be combined with repeat_every or per_key"),
+        (badge("r", "repeat = true", r#"{ kind = "all", of = [ { kind = "level", at_least = 2 }, { kind = "tenure", days = 3 } ] }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
+        (badge("r", "repeat_every = 2", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat_every`: needs a positive number and a count, sum or tenure rule (use repeat = true for others)"),
+        (badge("r", "repeat = 1", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat`: invalid type: integer `1`, expected a boolean"),
+    ];
+    for (doc, want) in table {
+        assert_eq!(Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string(), want);
+    }
+}
+
+#[test]
+fn a_badge_owned_before_it_became_repeatable_waits_for_a_new_streak() {
+    let once = catalogue(&badge("hot", "", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 2 }"#));
+    let mut u = User::new(once);
+    u.answer(T0, "a", true, 1.0);
+    assert_eq!(u.answer(T0 + 1, "a", true, 1.0), vec!["hot"]);
+    // The catalogue makes it repeatable while the streak goes on: not earned again for it.
+    u.cat = catalogue(&badge("hot", "repeat = true", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 2 }"#));
+    assert!(u.answer(T0 + 2, "a", true, 1.0).is_empty());
+    u.answer(T0 + 3, "a", false, 1.0);
+    u.answer(T0 + 4, "a", true, 1.0);
+    assert_eq!(u.answer(T0 + 5, "a", true, 1.0), vec!["hot"]);
+    assert_eq!(u.st.badges["hot"].count, 2);
 }

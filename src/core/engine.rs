@@ -170,7 +170,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     for p in &ty.progress {
         let owned = state.derived.owned[p.badge];
         // A hidden badge shows nothing until it is earned, progress included.
-        if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some()) && !(p.hidden && owned == 0) {
+        if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some() || p.again) && !(p.hidden && owned == 0) {
             let current = match p.each {
                 Some(each) => state.stats[p.stat].1.keys_reaching(each, usize::MAX) as f64,
                 None => metric(state, &ctx, p.stat),
@@ -463,7 +463,7 @@ pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
 fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut Vec<Effect>) -> bool {
     let def: &BadgeDef = &ctx.cat.badges[i];
     let have = state.derived.owned[i];
-    let repeatable = def.repeat_every.is_some() || def.per_key.is_some();
+    let repeatable = def.repeat_every.is_some() || def.per_key.is_some() || def.repeat.is_some();
     if have > 0 && !repeatable {
         return false;
     }
@@ -471,12 +471,31 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         return false;
     }
     let (times, key) = if let Some(every) = def.repeat_every {
-        let Cond::Metric { stat, .. } = def.cond else { return false };
-        let due = (metric(state, ctx, stat) / every).floor() as u32;
+        let reached = match def.cond {
+            Cond::Metric { stat, .. } => metric(state, ctx, stat),
+            // Tenure repeats every `every` days of membership.
+            Cond::Tenure(_) => state.signed_up_at.or(state.first_seen).map_or(0.0, |s| ((ctx.at - s).max(0) / super::value::DAY) as f64),
+            _ => return false,
+        };
+        let due = (reached / every).floor() as u32;
         if due <= have {
             return false;
         }
         (due - have, None)
+    } else if let Some(held) = def.repeat {
+        // Earned when the rule holds now and did not at the last check: a new streak, not the
+        // same one still going. A badge owned before it became repeatable (nothing recorded
+        // yet) waits for its rule to stop holding first.
+        let now = holds(state, ctx, &def.cond);
+        let before = state.stats[held].1.metric(None);
+        let after = if now { 1.0 } else { 2.0 };
+        if before != after {
+            state.stats[held].1 = StatValue::Num(after);
+        }
+        if !now || before == 1.0 || (before == 0.0 && have > 0) {
+            return false;
+        }
+        (1, None)
     } else if def.per_key.is_some() {
         let Some(key) = def.per_key_pos[ctx.t].and_then(|p| ctx.fields[p].key()) else { return false };
         if !holds(state, ctx, &def.cond) {

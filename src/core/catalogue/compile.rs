@@ -223,11 +223,22 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         let o = Some(owner.as_str());
         let cond = b.rule(&d.rule, o, "rule")?;
         if let Some(every) = d.repeat_every {
-            let ok = matches!(&cond, Cond::Metric { stat, .. } if matches!(b.stats[*stat].kind, StatKind::Count | StatKind::Sum));
+            let ok = matches!(&cond, Cond::Metric { stat, .. } if matches!(b.stats[*stat].kind, StatKind::Count | StatKind::Sum)) || matches!(cond, Cond::Tenure(_));
             if !ok || !(every > 0.0) {
-                return Err(err(o, "repeat_every", "needs a positive number and a count or sum rule"));
+                return Err(err(o, "repeat_every", "needs a positive number and a count, sum or tenure rule (use repeat = true for others)"));
             }
         }
+        let repeat = if d.repeat {
+            if d.repeat_every.is_some() || d.per_key.is_some() {
+                return Err(err(o, "repeat", "cannot be combined with repeat_every or per_key"));
+            }
+            if !cond.can_fall(&b.stats) {
+                return Err(err(o, "repeat", "this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"));
+            }
+            Some(b.stat(StatKind::Held, None, vec![], format!("Held|{}", d.id), format!("whether the rule of {} held when last checked", d.id)))
+        } else {
+            None
+        };
         if let Some(k) = &d.per_key {
             let events = cond_events(&cond, &b);
             if events.is_empty() || events.iter().any(|&t| b.types[t].field(k).is_none()) {
@@ -269,6 +280,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             icon: d.icon,
             hidden: d.hidden,
             repeat_every: d.repeat_every,
+            repeat,
             per_key_pos: b.types.iter().map(|t| d.per_key.as_deref().and_then(|k| t.field(k))).collect(),
             per_key: d.per_key,
             available_from,
@@ -288,11 +300,11 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             .filter_map(|&i| match badges[i].cond {
                 Cond::Metric { stat, target } => {
                     let bit = ty.stats.iter().position(|&x| x == stat)?;
-                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every, hidden: badges[i].hidden, each: None })
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every, hidden: badges[i].hidden, each: None, again: badges[i].repeat.is_some() })
                 }
                 Cond::Keys { stat, each, target } => {
                     let bit = ty.stats.iter().position(|&x| x == stat)?;
-                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: None, hidden: badges[i].hidden, each: Some(each) })
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: None, hidden: badges[i].hidden, each: Some(each), again: badges[i].repeat.is_some() })
                 }
                 _ => None,
             })
@@ -320,7 +332,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     let badge_index: HashMap<String, usize> = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
     let boards = compile_boards(doc.leaderboards, &b, &badges, &badge_index)?;
     let calendar = b.stats.iter().any(|s| matches!(s.kind, StatKind::Calendar { .. }));
-    let once = badges.iter().map(|d| d.repeat_every.is_none() && d.per_key.is_none()).collect();
+    let once = badges.iter().map(|d| d.repeat_every.is_none() && d.per_key.is_none() && d.repeat.is_none()).collect();
     Ok(Catalogue {
         version: doc.version,
         id: 0,

@@ -157,6 +157,9 @@ pub(super) struct DocBadge {
     #[serde(default)]
     pub(super) hidden: bool,
     pub(super) repeat_every: Option<f64>,
+    /// Earned again each time the rule holds after it stopped holding (a new streak).
+    #[serde(default)]
+    pub(super) repeat: bool,
     pub(super) per_key: Option<String>,
     pub(super) available_from: Option<String>,
     pub(super) available_until: Option<String>,

@@ -87,6 +87,8 @@ pub struct ProgressSlot {
     pub hidden: bool,
     /// For a `keys` rule: what each key must reach; the progress is the number of keys that do.
     pub each: Option<f64>,
+    /// A `repeat` badge: progress towards the next award is reported while it is owned.
+    pub again: bool,
 }
 
 impl EventTypeDef {
@@ -173,6 +175,9 @@ pub enum StatKind {
     Daily { grace: Millis, freezes: u32, freeze_every: u32 },
     /// Ordered steps within a time limit; `StatInput::step` says which step an input is.
     Sequence { steps: usize, within: Millis },
+    /// Whether a `repeat` badge's rule held when it was last checked (no inputs: the engine
+    /// sets it as it checks the badge). 0: never checked, 1: held, 2: did not hold.
+    Held,
     /// Actions totalled per local day, week or month of the user (a count, or the sum of
     /// `StatInput::value`); a bucket counts once its total reaches `at_least`, and the rule
     /// reads the reached buckets as `reading` says.
@@ -344,6 +349,23 @@ pub struct SameKey {
 }
 
 impl Cond {
+    /// Whether this condition can stop holding once it holds; a `repeat` badge needs one that
+    /// can, or it would never be earned again.
+    pub(super) fn can_fall(&self, stats: &[StatDef]) -> bool {
+        match self {
+            Cond::Metric { stat, .. } => match stats[*stat].kind {
+                StatKind::Count | StatKind::Distinct | StatKind::Max | StatKind::Sequence { .. } | StatKind::Held => false,
+                StatKind::Calendar { reading, .. } => reading != Reading::Total,
+                // A sum of a field that may be negative, a streak and a calendar streak can fall.
+                StatKind::Sum | StatKind::Streak | StatKind::Daily { .. } => true,
+            },
+            Cond::Keys { .. } | Cond::Owns(_) | Cond::Level(_) | Cond::Xp(_) | Cond::Tenure(_) | Cond::Never | Cond::Sequence { .. } => false,
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().any(|c| c.can_fall(stats)),
+            Cond::SameKey(k) => k.cond.can_fall(stats),
+            Cond::Window { .. } | Cond::Recent(_) | Cond::Not(_) | Cond::Attribute(_) | Cond::Ratio { .. } => true,
+        }
+    }
+
     /// Whether this condition can change without an event of its own types (XP, level, other
     /// badges, attributes, tenure): such badges are rechecked after every event.
     pub(super) fn depends_on_user(&self) -> bool {
@@ -393,6 +415,9 @@ pub struct BadgeDef {
     pub icon: String,
     pub hidden: bool,
     pub repeat_every: Option<f64>,
+    /// For `repeat` badges: the `StatKind::Held` stat that re-arms the badge once its rule
+    /// stops holding.
+    pub repeat: Option<usize>,
     /// Award once per value of this field (Khan's "once per exercise"); XP on the first only.
     pub per_key: Option<String>,
     /// For each event type, the position of the `per_key` field in it.

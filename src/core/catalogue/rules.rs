@@ -87,7 +87,7 @@ impl Builder {
     }
 
     /// Registers a stat, sharing the slot with an identical one.
-    fn stat(&mut self, kind: StatKind, per: Option<&String>, inputs: Vec<StatInput>, canonical: String, describe: String) -> usize {
+    pub(super) fn stat(&mut self, kind: StatKind, per: Option<&String>, inputs: Vec<StatInput>, canonical: String, describe: String) -> usize {
         let id = stable_hash(canonical.as_bytes());
         if let Some(&i) = self.stat_ids.get(&id) {
             return i;
