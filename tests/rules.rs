@@ -1291,6 +1291,7 @@ fn tenure_repeats_every_year_and_repeat_errors_name_the_field() {
         (badge("r", "repeat = true", r#"{ kind = "all", of = [ { kind = "level", at_least = 2 }, { kind = "tenure", days = 3 } ] }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
         (badge("r", "repeat_every = 2", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat_every`: needs a positive number and a count, sum or tenure rule (use repeat = true for others)"),
         (badge("r", "repeat = 1", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat`: invalid type: integer `1`, expected a boolean"),
+        (badge("r", "repeat = true", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, per = "exercise", target = 3 }"#), "badge `r`: field `repeat`: takes a rule that is not kept per key (`per`, `same`, `in_key`): whether it holds changes with each event's key"),
     ];
     for (doc, want) in table {
         assert_eq!(Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string(), want);

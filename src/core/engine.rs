@@ -585,7 +585,6 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
     }
 }
 
-
 /// What a backfill brings into a live state: the badges of `badges` that `replayed` (the user's
 /// stored events replayed from scratch under `cat`) owns and `live` does not, and the values
 /// of the stats in `new_stats`, which `live` only started counting when the catalogue changed.

@@ -366,6 +366,19 @@ impl Cond {
         }
     }
 
+    /// Whether this condition reads anything kept per key (`per`, `same`, `in_key`): whether it
+    /// holds then depends on the event's key, so it cannot say when "it" stopped holding.
+    pub(super) fn keyed(&self, stats: &[StatDef]) -> bool {
+        match self {
+            Cond::Metric { stat, .. } => stats[*stat].per.is_some(),
+            Cond::Recent(r) => r.same || r.in_key,
+            Cond::SameKey(_) => true,
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().any(|c| c.keyed(stats)),
+            Cond::Not(c) => c.keyed(stats),
+            _ => false,
+        }
+    }
+
     /// Whether this condition can change without an event of its own types (XP, level, other
     /// badges, attributes, tenure): such badges are rechecked after every event.
     pub(super) fn depends_on_user(&self) -> bool {
