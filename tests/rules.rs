@@ -1060,6 +1060,22 @@ fn calendar_progress_is_pushed_and_explained_for_this_week() {
 }
 
 #[test]
+fn a_day_that_must_reach_a_total_explains_how_far_today_is() {
+    let cat = catalogue(&badge("forty", "", r#"{ kind = "calendar", event = "problem.answered", when = { correct = true }, bucket = "day", at_least = 40, buckets = 2 }"#));
+    let mut u = User::new(cat);
+    u.send("user.profile", at("2026-03-02T08:00:00Z"), &[("timezone", s("Europe/Paris"))]);
+    for i in 0..17 {
+        u.answer(at("2026-03-02T10:00:00Z") + i, "a", true, 1.0);
+    }
+    // At 22:30 UTC it is 23:30 in Paris: 17 so far today. An hour later it is the next day
+    // there, with nothing so far.
+    let p = explain_at(&u, "forty", at("2026-03-02T22:30:00Z")).rule;
+    assert_eq!((p.describe.as_str(), p.current, p.target), ("days with at least 40 problem.answered where correct is true", Some(0.0), Some(2.0)));
+    assert_eq!((p.parts[0].describe.as_str(), p.parts[0].current, p.parts[0].target), ("today", Some(17.0), Some(40.0)));
+    assert_eq!(explain_at(&u, "forty", at("2026-03-02T23:30:00Z")).rule.parts[0].current, Some(0.0));
+}
+
+#[test]
 fn calendar_rule_errors_name_the_field() {
     let c = |rest: &str| badge("cal", "", &format!(r#"{{ kind = "calendar", event = "problem.answered", {rest} }}"#));
     let table = [

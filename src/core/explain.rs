@@ -1,6 +1,7 @@
 //! "Why didn't I get this badge?": how far a user is towards every badge they do not own, part
 //! by part for composite rules. Pure, like the rest of the core; `now` is passed in.
 
+use super::buckets::Bucket;
 use super::catalogue::{Catalogue, Cmp, Cond};
 use super::history::{recent_tally, window_total};
 use super::predicate::words;
@@ -142,6 +143,20 @@ impl Explainer<'_> {
                 let (key, current) = self.value(*stat, bound);
                 let mut p = part(cat.stats[*stat].describe.clone(), current >= *target, Some(current.min(*target)), Some(*target));
                 p.key = key;
+                // A calendar rule whose buckets must reach more than one action also shows how
+                // far the bucket under way is: "today: 17 of 40".
+                if let (super::catalogue::StatKind::Calendar { bucket, at_least, .. }, Some((_, StatValue::Calendar(b)))) = (&cat.stats[*stat].kind, state.stats.get(*stat))
+                    && (*at_least != 1.0 || cat.stats[*stat].inputs.iter().any(|i| i.value.is_some()))
+                {
+                    let day = super::calendar::local_day(now, state.tz(cat)).0;
+                    let so_far = b.total(bucket.of(day));
+                    let name = match bucket {
+                        Bucket::Day => "today",
+                        Bucket::Week { .. } => "this week",
+                        Bucket::Month => "this month",
+                    };
+                    p.parts.push(part(name.into(), so_far >= *at_least, Some(so_far.min(*at_least)), Some(*at_least)));
+                }
                 p
             }
             Cond::Ratio { of, to, cmp, value } => {
