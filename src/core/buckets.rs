@@ -94,7 +94,7 @@ fn days_from_civil(y: i32, m: u32, d: u32) -> i32 {
 
 /// One calendar stat: the totals of the newest buckets with activity, and the buckets that
 /// reached the threshold, as runs. Bounded: a long-lived user keeps at most `OPEN` totals and
-/// `RUNS` runs, and what falls out is summed into `older` and `older_best`.
+/// `RUNS` runs, and what falls out is summed into `older`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Buckets {
     /// (bucket, total) of the newest buckets with activity, oldest first. An action for a
@@ -104,9 +104,9 @@ pub struct Buckets {
     /// Buckets that reached the threshold, as runs of consecutive buckets (first, last),
     /// oldest first, never touching: a bucket that joins two runs merges them.
     pub runs: Vec<(i32, i32)>,
-    /// Reached buckets in runs no longer kept, and the longest of those runs.
+    /// Reached buckets in runs no longer kept. (Their longest run is not kept: no reading
+    /// needs it, and a field once stored stays in every snapshot.)
     pub older: u32,
-    pub older_best: u32,
 }
 
 impl Buckets {
@@ -166,9 +166,7 @@ impl Buckets {
         let oldest = self.open.first().map_or(i32::MIN, |&(k, _)| k);
         while self.runs.len() > Self::RUNS && self.runs[0].1 < oldest.saturating_sub(1) {
             let (first, last) = self.runs.remove(0);
-            let len = (last - first + 1) as u32;
-            self.older += len;
-            self.older_best = self.older_best.max(len);
+            self.older += (last - first + 1) as u32;
         }
     }
 
@@ -245,7 +243,7 @@ mod tests {
             c.add(d * 2, 1.0, 1.0);
         }
         assert!(c.open.len() <= Buckets::OPEN && c.runs.len() <= Buckets::RUNS + 1, "{} {}", c.open.len(), c.runs.len());
-        assert_eq!((c.count(), c.older_best), (1000, 1));
+        assert_eq!((c.count(), c.older), (1000, 1000 - c.runs.len() as u32));
         // A bucket older than every kept total is final.
         assert!(!c.add(0, 1.0, 1.0));
         assert_eq!(c.count(), 1000);
