@@ -760,7 +760,7 @@ fn explain(u: &User, id: &str) -> accolade::core::explain::BadgeProgress {
 fn explain_at(u: &User, id: &str, now: Millis) -> accolade::core::explain::BadgeProgress {
     let mut st = u.st.clone();
     st.sync(&u.cat);
-    accolade::core::explain::progress(&st, &u.cat, now).into_iter().find(|p| p.badge == id).unwrap_or_else(|| panic!("no progress for {id}"))
+    accolade::core::explain::progress(&st, &u.cat, now).into_iter().find(|p| p.badge.as_deref() == Some(id)).unwrap_or_else(|| panic!("no progress for {id}"))
 }
 
 fn progress_of(fx: &[Effect], id: &str) -> Option<(f64, f64)> {

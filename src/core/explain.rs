@@ -36,7 +36,10 @@ pub struct Part {
 /// How far a user is towards one badge.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BadgeProgress {
-    pub badge: String,
+    /// The badge's id; absent for a hidden badge not yet earned, since an id such as
+    /// `the-curious` would tell what it is as well as its name would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub badge: Option<String>,
     /// The badge's name, or `???` for a hidden badge not yet earned.
     pub name: String,
     pub hidden: bool,
@@ -63,7 +66,7 @@ pub fn progress(state: &UserState, cat: &Catalogue, now: Millis) -> Vec<BadgePro
         }
         if b.hidden && owned == 0 {
             let rule = part("???".into(), false, None, None);
-            out.push(BadgeProgress { badge: b.id.to_string(), name: "???".into(), hidden: true, owned, rule, unavailable: None });
+            out.push(BadgeProgress { badge: None, name: "???".into(), hidden: true, owned, rule, unavailable: None });
             continue;
         }
         let ex = Explainer { state, cat, now, words: &b.describes };
@@ -87,7 +90,7 @@ pub fn progress(state: &UserState, cat: &Catalogue, now: Millis) -> Vec<BadgePro
         } else {
             None
         };
-        out.push(BadgeProgress { badge: b.id.to_string(), name: b.name.clone(), hidden: b.hidden, owned, rule, unavailable });
+        out.push(BadgeProgress { badge: Some(b.id.to_string()), name: b.name.clone(), hidden: b.hidden, owned, rule, unavailable });
     }
     out
 }
