@@ -1301,12 +1301,26 @@ fn tenure_repeats_every_year_and_repeat_errors_name_the_field() {
     assert_eq!((p.owned, p.rule.current, p.rule.target), (2, Some(791.0), Some(1095.0)));
     assert!(unlocks(&u.send("login", T0 + 300 * DAY, &[])).is_empty());
     assert_eq!(unlocks(&u.send("login", T0 + 305 * DAY, &[])), vec!["anniversary"]);
+    // A first award after a shorter wait: at 7 days, then every 30 days after it.
+    let mut w = User::new(catalogue(&badge("regular", "repeat_every = 30", r#"{ kind = "tenure", days = 7 }"#)));
+    // Signed up at T0 (2026-03-02 12:00 UTC).
+    assert!(unlocks(&w.send("user.profile", T0, &[("signed_up_at", s("2026-03-02T12:00:00Z"))])).is_empty());
+    assert!(unlocks(&w.send("login", T0 + 7 * DAY - 1, &[])).is_empty());
+    assert_eq!(unlocks(&w.send("login", T0 + 7 * DAY, &[])), vec!["regular"]);
+    assert!(unlocks(&w.send("login", T0 + 36 * DAY, &[])).is_empty());
+    assert_eq!(unlocks(&w.send("login", T0 + 37 * DAY, &[])), vec!["regular"]);
+    let p = explain_at(&w, "regular", T0 + 37 * DAY);
+    assert_eq!((p.owned, p.rule.target), (2, Some(67.0)));
     let table = [
         (badge("r", "repeat = true", r#"{ kind = "count", event = "login", target = 3 }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
         (badge("r", "repeat = true\nrepeat_every = 3", r#"{ kind = "sum", event = "video.watched", field = "seconds", target = 3 }"#), "badge `r`: field `repeat`: cannot be combined with repeat_every or per_key"),
         (badge("r", "repeat = true", r#"{ kind = "all", of = [ { kind = "level", at_least = 2 }, { kind = "tenure", days = 3 } ] }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
         (badge("r", "repeat_every = 2", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat_every`: needs a positive number and a count, sum or tenure rule (use repeat = true for others)"),
         (badge("r", "repeat = 1", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat`: invalid type: integer `1`, expected a boolean"),
+        (badge("r", "repeat_every = 0.001", r#"{ kind = "tenure", days = 0 }"#), "badge `r`: field `repeat_every`: on a tenure rule counts whole days: give a whole number from 1 to 100000"),
+        (badge("r", "repeat_every = 1.5", r#"{ kind = "tenure", days = 1 }"#), "badge `r`: field `repeat_every`: on a tenure rule counts whole days: give a whole number from 1 to 100000"),
+        (badge("r", "repeat_every = 30", r#"{ kind = "tenure", days = 365 }"#), "badge `r`: field `repeat_every`: must be at least the rule's `days`: the first award comes at `days`, the next ones every `repeat_every` days after it"),
+        (badge("r", "repeat_every = 0.5", r#"{ kind = "count", event = "login", target = 1 }"#), "badge `r`: field `repeat_every`: on a count must be at least 1: a count grows by one at a time"),
         (badge("r", "repeat = true", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, per = "exercise", target = 3 }"#), "badge `r`: field `repeat`: takes a rule that is not kept per key (`per`, `same`, `in_key`): whether it holds changes with each event's key"),
     ];
     for (doc, want) in table {

@@ -471,13 +471,19 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         return false;
     }
     let (times, key) = if let Some(every) = def.repeat_every {
-        let reached = match def.cond {
-            Cond::Metric { stat, .. } => metric(state, ctx, stat),
-            // Tenure repeats every `every` days of membership.
-            Cond::Tenure(_) => state.signed_up_at.or(state.first_seen).map_or(0.0, |s| ((ctx.at - s).max(0) / super::value::DAY) as f64),
+        let due = match def.cond {
+            Cond::Metric { stat, .. } => (metric(state, ctx, stat) / every).floor(),
+            // Tenure is first earned at the rule's `days`, then every `every` days after it
+            // (compile keeps `days` at most `every`, both whole days).
+            Cond::Tenure(ms) => match state.signed_up_at.or(state.first_seen) {
+                Some(s) if ctx.at - s >= ms => ((ctx.at - s - ms) / super::value::DAY) as f64 / every + 1.0,
+                _ => 0.0,
+            }
+            .floor(),
             _ => return false,
         };
-        let due = (reached / every).floor() as u32;
+        // Clamped so that no sum, however large, wraps the award count.
+        let due = due.min(f64::from(u32::MAX / 2)) as u32;
         if due <= have {
             return false;
         }
@@ -512,7 +518,7 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         (1, None)
     };
     // Per-key badges pay XP on the first award only, as Khan Academy's did.
-    let xp = if def.per_key.is_some() && have > 0 { 0 } else { def.xp * times as u64 };
+    let xp = if def.per_key.is_some() && have > 0 { 0 } else { def.xp.saturating_mul(u64::from(times)) };
     let rec = state.badges.get_or_insert_with(&def.id, || BadgeRecord {
         awarded_at: ctx.at,
         count: 0,

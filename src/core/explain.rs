@@ -78,7 +78,11 @@ pub fn progress(state: &UserState, cat: &Catalogue, now: Millis) -> Vec<BadgePro
                 Cond::Metric { stat, .. } => ex.value(*stat, None).1,
                 _ => rule.current.unwrap_or(0.0).max(tenure_days(state, now)),
             };
-            let target = every * (owned as f64 + 1.0);
+            // Tenure is first earned at the rule's `days`, then every `every` days after it.
+            let target = match &b.cond {
+                Cond::Tenure(ms) => (*ms as f64 / 86_400_000.0).ceil() + every * owned as f64,
+                _ => every * (owned as f64 + 1.0),
+            };
             rule.target = Some(target);
             rule.current = Some(current.min(target));
             rule.holds = current >= target;

@@ -227,6 +227,22 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             if !ok || !(every > 0.0) {
                 return Err(err(o, "repeat_every", "needs a positive number and a count, sum or tenure rule (use repeat = true for others)"));
             }
+            // A count moves by one and tenure by whole days: a smaller step would award many
+            // times at once (0.001 days is a million awards in a day of membership).
+            match &cond {
+                Cond::Tenure(ms) => {
+                    if every < 1.0 || every.fract() != 0.0 || every > 100_000.0 {
+                        return Err(err(o, "repeat_every", "on a tenure rule counts whole days: give a whole number from 1 to 100000"));
+                    }
+                    if *ms > (every * crate::core::value::DAY as f64) as Millis {
+                        return Err(err(o, "repeat_every", "must be at least the rule's `days`: the first award comes at `days`, the next ones every `repeat_every` days after it"));
+                    }
+                }
+                Cond::Metric { stat, .. } if b.stats[*stat].kind == StatKind::Count && every < 1.0 => {
+                    return Err(err(o, "repeat_every", "on a count must be at least 1: a count grows by one at a time"));
+                }
+                _ => {}
+            }
         }
         let repeat = if d.repeat {
             if d.repeat_every.is_some() || d.per_key.is_some() {
