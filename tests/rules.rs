@@ -1266,7 +1266,6 @@ fn a_repeat_badge_is_earned_again_by_each_new_streak() {
     let cat = catalogue(&[
         badge("hot-streak", "xp = 10\nrepeat = true", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 3 }"#),
         badge("three-days", "repeat = true", r#"{ kind = "daily_streak", event = "login", days = 3 }"#),
-        badge("busy-hour", "repeat = true", r#"{ kind = "window", within = "1h", require = [ { event = "video.watched", count = 2 } ] }"#),
     ]
     .concat());
     // Three right in a row earn it; a fourth and fifth are the same streak; a wrong answer ends
@@ -1285,9 +1284,35 @@ fn a_repeat_badge_is_earned_again_by_each_new_streak() {
     // Calendar streaks: days 1-3 earn it, day 4 goes on, a missed day ends it, days 6-8 again.
     let days: Vec<bool> = [0, 1, 2, 3, 5, 6, 7].iter().map(|d| unlocks(&u.send("login", T0 + d * DAY, &[])).contains(&"three-days".to_string())).collect();
     assert_eq!(days, [false, false, true, false, false, false, true]);
-    // A window: two videos in an hour, again after the hour has emptied.
-    let vids: Vec<bool> = [0, 10, 20, 200, 210].iter().map(|m| u.watch(T0 + 10 * DAY + m * MIN, "p", "v", 1.0).contains(&"busy-hour".to_string())).collect();
-    assert_eq!(vids, [false, true, false, false, true]);
+}
+
+#[test]
+fn a_repeat_badge_is_earned_again_after_a_quiet_spell_by_a_single_action() {
+    // Each of these holds again at once on the first action after days without any: no event
+    // saw it stop holding, so the badge tells the new week, run or streak by its number.
+    let cat = catalogue(&[
+        badge("weekly", "xp = 5\nrepeat = true", r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 1, in_one = "week" }"#),
+        badge("week-run", "repeat = true", r#"{ kind = "calendar", event = "login", bucket = "week", in_a_row = 1 }"#),
+        badge("a-day", "repeat = true", r#"{ kind = "daily_streak", event = "login", days = 1 }"#),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    // T0 is Monday 2 March 2026, noon. Once this week: earned every week, three weeks running.
+    let mut got = vec![];
+    for d in [0, 2, 7, 9, 14] {
+        got.push((d, unlocks(&u.send("login", T0 + d * DAY, &[]))));
+    }
+    let got: Vec<(i64, Vec<&str>)> = got.iter().map(|(d, b)| (*d, b.iter().map(String::as_str).filter(|b| *b != "a-day").collect())).collect();
+    assert_eq!(got, vec![(0, vec!["weekly", "week-run"]), (2, vec![]), (7, vec!["weekly"]), (9, vec![]), (14, vec!["weekly"])]);
+    assert_eq!((u.st.badges["weekly"].count, u.st.badges["week-run"].count), (3, 1), "weeks 1 to 3 are one run of weeks");
+    // A week without any login ends the run of weeks; the next login starts a new one.
+    assert_eq!(unlocks(&u.send("login", T0 + 28 * DAY, &[])), vec!["weekly", "week-run", "a-day"]);
+    // A daily streak of one day: earned again by a login after a missed day, not the next day.
+    let days: Vec<bool> = [29, 30, 32, 32].iter().map(|d| unlocks(&u.send("login", T0 + d * DAY + 1, &[])).contains(&"a-day".to_string())).collect();
+    assert_eq!(days, [false, false, true, false]);
+    // A late login for the empty week before: that week is older than the one last earned, and
+    // it joins the two runs of weeks into one already earned, so nothing is earned.
+    assert!(unlocks(&u.send("login", T0 + 22 * DAY, &[])).is_empty());
 }
 
 #[test]
@@ -1317,6 +1342,8 @@ fn tenure_repeats_every_year_and_repeat_errors_name_the_field() {
         (badge("r", "repeat = true", r#"{ kind = "all", of = [ { kind = "level", at_least = 2 }, { kind = "tenure", days = 3 } ] }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
         (badge("r", "repeat_every = 2", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat_every`: needs a positive number and a count, sum or tenure rule (use repeat = true for others)"),
         (badge("r", "repeat = 1", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat`: invalid type: integer `1`, expected a boolean"),
+        (badge("r", "repeat = true", r#"{ kind = "window", within = "1h", require = [ { event = "video.watched", count = 2 } ] }"#), "badge `r`: field `repeat`: cannot repeat a window rule: it stops holding as time passes, with no event to see it, so a new occurrence could not be told from the last (repeat a calendar rule with `in_one` or `in_a_row` instead)"),
+        (badge("r", "repeat = true", r#"{ kind = "any", of = [ { kind = "daily_streak", event = "login", days = 2 }, { kind = "level", at_least = 3 } ] }"#), "badge `r`: field `repeat`: repeats a daily streak or a calendar rule with `in_one` or `in_a_row` only as the badge's whole rule: it stops holding as days pass, and only on its own can its occurrences be told apart"),
         (badge("r", "repeat_every = 0.001", r#"{ kind = "tenure", days = 0 }"#), "badge `r`: field `repeat_every`: on a tenure rule counts whole days: give a whole number from 1 to 100000"),
         (badge("r", "repeat_every = 1.5", r#"{ kind = "tenure", days = 1 }"#), "badge `r`: field `repeat_every`: on a tenure rule counts whole days: give a whole number from 1 to 100000"),
         (badge("r", "repeat_every = 30", r#"{ kind = "tenure", days = 365 }"#), "badge `r`: field `repeat_every`: must be at least the rule's `days`: the first award comes at `days`, the next ones every `repeat_every` days after it"),

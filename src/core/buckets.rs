@@ -144,6 +144,13 @@ impl Buckets {
         self.run_of(b).is_some()
     }
 
+    /// The first bucket of the run that `InARow` reads on local day `day`: it names the run, so
+    /// a `repeat` badge can tell a new run from the one it was already earned for.
+    pub fn run_start(&self, bucket: Bucket, day: i32) -> Option<i32> {
+        let b = bucket.of(day);
+        self.run_of(b).or_else(|| self.run_of(b - 1)).map(|(first, _)| first)
+    }
+
     fn run_of(&self, b: i32) -> Option<(i32, i32)> {
         let p = self.runs.partition_point(|&(first, _)| first <= b);
         p.checked_sub(1).map(|q| self.runs[q]).filter(|&(_, last)| last >= b)

@@ -2,6 +2,7 @@
 //! deterministic: no IO, no clock (time arrives as `now` and `occurred_at`), no randomness.
 
 use super::calendar::local_day;
+use super::buckets::Reading;
 use super::catalogue::{BadgeDef, Catalogue, Cond, EventTypeDef, FieldKind, StatDef, StatKind, PROFILE_EVENT};
 use super::effect::{DuplicateBy, Effect, Rejection, XpReason};
 use super::history::{recent, window_reaches, Runs};
@@ -489,16 +490,13 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         }
         (due - have, None)
     } else if let Some(held) = def.repeat {
-        // Earned when the rule holds now and did not at the last check: a new streak, not the
-        // same one still going. A badge owned before it became repeatable (nothing recorded
-        // yet) waits for its rule to stop holding first.
         let now = holds(state, ctx, &def.cond);
         let before = state.stats[held].1.metric(None);
-        let after = if now { 1.0 } else { 2.0 };
+        let (after, earned) = repeat_marker(state, ctx, &def.cond, before, now, have);
         if before != after {
             state.stats[held].1 = StatValue::Num(after);
         }
-        if !now || before == 1.0 || (before == 0.0 && have > 0) {
+        if !earned {
             return false;
         }
         (1, None)
@@ -537,6 +535,69 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         add_xp(state, xp, XpReason::Badge(def.id.clone()), ctx.cat, fx);
     }
     true
+}
+
+/// Markers a `repeat` badge's `Held` stat keeps: never checked, held, did not hold; from
+/// `NAMED` up, the occurrence last earned (or, for a daily streak, last seen) by number.
+const NEVER: f64 = 0.0;
+const HELD: f64 = 1.0;
+const NOT_HELD: f64 = 2.0;
+const NAMED: f64 = 3.0;
+
+/// A `repeat` badge's marker after this check, and whether the check earns the badge again.
+///
+/// Earned when the rule holds in a new occurrence: not the streak, run or period it was last
+/// earned for. Most rules only stop holding through an event, which checks the badge, so "held
+/// at the last check" tells the occurrence apart. Calendar readings and daily streaks also stop
+/// holding as days pass, with no event to see it: one action after a quiet spell makes them hold
+/// again at once. For those the occurrence is named by a number (the period, the run's first
+/// bucket, the streak's last day and length), and a new number earns it. A badge owned before it
+/// became repeatable (nothing recorded yet) waits for a new occurrence.
+fn repeat_marker(state: &UserState, ctx: &Ctx, cond: &Cond, before: f64, now: bool, have: u32) -> (f64, bool) {
+    let first = before == NOT_HELD || (before == NEVER && have == 0);
+    let Some((stat, kind)) = (match cond {
+        Cond::Metric { stat, .. } => Some((*stat, &ctx.cat.stats[*stat].kind)),
+        _ => None,
+    }) else {
+        return (if now { HELD } else { NOT_HELD }, now && first);
+    };
+    let named = |n: i32| NAMED + (f64::from(n) + 2_147_483_648.0);
+    match (kind, &state.stats[stat].1) {
+        (StatKind::Calendar { bucket, reading, .. }, StatValue::Calendar(b)) if !matches!(reading, Reading::Total) => {
+            // Periods and runs are numbered in time order, so a late event that completes an
+            // older week or run (a smaller number) earns nothing: the number kept is the newest.
+            let n = match reading {
+                Reading::InOne(period) => Some(period.of(ctx.day)),
+                _ => b.run_start(*bucket, ctx.day),
+            };
+            match n {
+                Some(n) if now => {
+                    let m = named(n);
+                    if before >= NAMED { (before.max(m), m > before) } else { (m, first) }
+                }
+                _ if before >= NAMED => (before, false),
+                _ => (NOT_HELD, false),
+            }
+        }
+        (StatKind::Daily { .. }, StatValue::Daily { last_day, len, .. }) => {
+            // Every change of a daily streak comes with an event that checks this badge, so the
+            // streak seen now is a new one when it is shorter than the one seen at the last
+            // check, or as long but on another day (a streak of 1 restarted). The marker keeps
+            // (last day, length, held) in one exact integer below 2^53.
+            let len = (*len).min((1 << 20) - 1);
+            let snap = (f64::from(*last_day) + 1_073_741_824.0) * 1_048_576.0 + f64::from(len);
+            let m = NAMED + 2.0 * snap + f64::from(u8::from(now));
+            if before < NAMED {
+                return (m, now && first);
+            }
+            let prev = ((before - NAMED) / 2.0).floor();
+            let prev_held = before - NAMED - 2.0 * prev == 1.0;
+            let (prev_day, prev_len) = ((prev / 1_048_576.0).floor(), prev % 1_048_576.0);
+            let restarted = f64::from(len) < prev_len || (f64::from(len) == prev_len && f64::from(*last_day) + 1_073_741_824.0 != prev_day);
+            (m, now && (!prev_held || restarted))
+        }
+        _ => (if now { HELD } else { NOT_HELD }, now && first),
+    }
 }
 
 /// Whether a compiled condition holds for this user in this context.

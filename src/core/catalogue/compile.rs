@@ -251,6 +251,9 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             if cond.keyed(&b.stats) {
                 return Err(err(o, "repeat", "takes a rule that is not kept per key (`per`, `same`, `in_key`): whether it holds changes with each event's key"));
             }
+            if let Some(why) = cond.unseen_fall(&b.stats, true) {
+                return Err(err(o, "repeat", why));
+            }
             if !cond.can_fall(&b.stats) {
                 return Err(err(o, "repeat", "this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"));
             }

@@ -362,7 +362,33 @@ impl Cond {
             Cond::Keys { .. } | Cond::Owns(_) | Cond::Level(_) | Cond::Xp(_) | Cond::Tenure(_) | Cond::Never | Cond::Sequence { .. } => false,
             Cond::All(cs) | Cond::Any(cs) => cs.iter().any(|c| c.can_fall(stats)),
             Cond::SameKey(k) => k.cond.can_fall(stats),
-            Cond::Window { .. } | Cond::Recent(_) | Cond::Not(_) | Cond::Attribute(_) | Cond::Ratio { .. } => true,
+            // `not` stops holding when its rule starts to, and holds again only if that falls.
+            Cond::Not(c) => c.can_fall(stats),
+            Cond::Window { .. } | Cond::Recent(_) | Cond::Attribute(_) | Cond::Ratio { .. } => true,
+        }
+    }
+
+    /// Why a `repeat` badge could not tell this condition's occurrences apart, if it could not.
+    /// A window, a calendar rule read per period or run and a daily streak stop holding as
+    /// time passes, with no event to see it, so one action after a quiet spell makes them hold
+    /// again at once. The engine names the occurrence of a calendar rule or daily streak that
+    /// is the badge's whole rule (`top`); elsewhere, and for a window, it could not.
+    pub(super) fn unseen_fall(&self, stats: &[StatDef], top: bool) -> Option<&'static str> {
+        let by_days = |s: usize| matches!(stats[s].kind, StatKind::Daily { .. } | StatKind::Calendar { reading: Reading::InARow | Reading::InOne(_), .. });
+        match self {
+            Cond::Window { .. } => Some(
+                "cannot repeat a window rule: it stops holding as time passes, with no event to see it, so a new occurrence could not be told from the last (repeat a calendar rule with `in_one` or `in_a_row` instead)",
+            ),
+            Cond::Metric { stat, .. } if !top && by_days(*stat) => Some(
+                "repeats a daily streak or a calendar rule with `in_one` or `in_a_row` only as the badge's whole rule: it stops holding as days pass, and only on its own can its occurrences be told apart",
+            ),
+            Cond::Ratio { of, to, .. } if by_days(*of) || by_days(*to) => Some(
+                "repeats a daily streak or a calendar rule with `in_one` or `in_a_row` only as the badge's whole rule: it stops holding as days pass, and only on its own can its occurrences be told apart",
+            ),
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().find_map(|c| c.unseen_fall(stats, false)),
+            Cond::Not(c) => c.unseen_fall(stats, false),
+            Cond::SameKey(k) => k.cond.unseen_fall(stats, false),
+            _ => None,
         }
     }
 
