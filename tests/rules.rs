@@ -525,6 +525,10 @@ fn catalogue_errors_name_the_badge_and_field() {
         (badge("nested", "", r#"{ kind = "all", of = [ { kind = "badge", id = "ghost" } ] }"#), "badge `nested`: field `rule.of[0].id`", "no badge `ghost`"),
         (badge("win", "", r#"{ kind = "window", within = "soon", require = [ { event = "login", count = 1 } ] }"#), "badge `win`: field `rule.within`", "not a duration"),
         (badge("rep", "repeat_every = 5", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 3 }"#), "badge `rep`: field `repeat_every`", "count, sum or tenure"),
+        (badge("eight", "", r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 8, in_one = "week" }"#), "badge `eight`: field `rule.buckets`", "a week has at most 7 days"),
+        (badge("long", "", r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 32, in_one = "month" }"#), "badge `long`: field `rule.buckets`", "a month has at most 31 days"),
+        (badge("inner", "", r#"{ kind = "keys", count = 2, rule = { kind = "count", event = "problem.answered", per = "exercise", target = 3, describe = "Three" } }"#), "badge `inner`: field `rule.rule.describe`", "give `describe` on the `keys` rule itself"),
+        (badge("never-again", "repeat = true", r#"{ kind = "not", rule = { kind = "count", event = "login", target = 3 } }"#), "badge `never-again`: field `repeat`", "never stops holding"),
         (format!("{}{}", badge("dup", "", r#"{ kind = "count", event = "login", target = 1 }"#), badge("dup", "", r#"{ kind = "count", event = "login", target = 2 }"#)), "badge `dup`: field `id`", "duplicate"),
     ];
     for (doc, prefix, detail) in table {
@@ -535,6 +539,15 @@ fn catalogue_errors_name_the_badge_and_field() {
     assert_eq!(e.to_string(), "event type `x`: field `fields.a`: unknown type `text` (use string, number, bool or any; add ? for optional)");
     let e = Catalogue::parse("{\"version\": 1}", Format::Json).unwrap_err();
     assert!(e.to_string().contains("missing field `event_types`"), "{e}");
+    // Limits that still compile: seven days in a week, 31 in a month, and `repeat` on a `keys`
+    // rule over a streak per key (the count of keys falls when one key's streak breaks).
+    for rule in [
+        r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 7, in_one = "week" }"#,
+        r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 31, in_one = "month" }"#,
+    ] {
+        catalogue(&badge("ok", "", rule));
+    }
+    catalogue(&badge("keys-again", "repeat = true", r#"{ kind = "keys", count = 2, rule = { kind = "streak", event = "problem.answered", when = { correct = true }, per = "exercise", target = 3 } }"#));
     // Found by the load_catalogue fuzz target: an empty document's error named no field.
     let e = Catalogue::parse("", Format::Toml).unwrap_err();
     assert_eq!((e.field.as_str(), e.to_string().contains("missing field `version`")), ("document", true), "{e}");

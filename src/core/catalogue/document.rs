@@ -176,6 +176,8 @@ pub(super) struct DocBadge {
 /// the rule kinds need no field of their own for it. Each must be a non-empty text.
 pub(super) fn take_describes(v: &mut serde_json::Value, path: &str, owner: Option<&str>, out: &mut BTreeMap<String, String>) -> Result<(), CatalogueError> {
     let Some(obj) = v.as_object_mut() else { return Ok(()) };
+    let kind = obj.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+    let obj_kind = kind.as_deref();
     if let Some(d) = obj.remove("describe") {
         match d.as_str().map(str::trim) {
             Some(t) if !t.is_empty() && t.chars().count() <= 300 => {
@@ -192,6 +194,11 @@ pub(super) fn take_describes(v: &mut serde_json::Value, path: &str, owner: Optio
         }
     }
     if let Some(inner) = obj.get_mut("rule") {
+        // A `keys` rule is explained as one part (how many keys reach the inner target), so a
+        // `describe` on its inner rule would never be shown: refused rather than dropped.
+        if obj_kind == Some("keys") && inner.get("describe").is_some() {
+            return Err(err(owner, format!("{path}.rule.describe"), "a `keys` rule is explained as one part: give `describe` on the `keys` rule itself"));
+        }
         take_describes(inner, &format!("{path}.rule"), owner, out)?;
     }
     Ok(())

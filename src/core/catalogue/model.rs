@@ -359,7 +359,9 @@ impl Cond {
                 // A sum of a field that may be negative, a streak and a calendar streak can fall.
                 StatKind::Sum | StatKind::Streak | StatKind::Daily { .. } => true,
             },
-            Cond::Keys { .. } | Cond::Owns(_) | Cond::Level(_) | Cond::Xp(_) | Cond::Tenure(_) | Cond::Never | Cond::Sequence { .. } => false,
+            // How many keys reach a target falls when one key's value can (a streak per key).
+            Cond::Keys { stat, each, .. } => Cond::Metric { stat: *stat, target: *each }.can_fall(stats),
+            Cond::Owns(_) | Cond::Level(_) | Cond::Xp(_) | Cond::Tenure(_) | Cond::Never | Cond::Sequence { .. } => false,
             Cond::All(cs) | Cond::Any(cs) => cs.iter().any(|c| c.can_fall(stats)),
             Cond::SameKey(k) => k.cond.can_fall(stats),
             // `not` stops holding when its rule starts to, and holds again only if that falls.

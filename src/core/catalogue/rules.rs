@@ -257,6 +257,11 @@ impl Builder {
                             Bucket::Day => return Err(err(o, f("in_one"), "use week or month")),
                             p => p,
                         };
+                        // More days than the period has could never be reached.
+                        let most = if p == Bucket::Month { 31.0 } else { 7.0 };
+                        if *n > most {
+                            return Err(err(o, f("buckets"), format!("a {} has at most {most} days, so more could never be reached", p.noun())));
+                        }
                         (Reading::InOne(p), whole("buckets", *n)?)
                     }
                     (None, Some(_), Some(_)) => return Err(err(o, f("in_one"), "goes with `buckets`, not with `in_a_row`")),
