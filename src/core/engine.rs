@@ -641,13 +641,29 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
             if named {
                 return holds(state, ctx, &k.cond);
             }
-            // Otherwise some one key must satisfy every part: each key is tried with a memo of
-            // its own. This happens only for badges rechecked after events without the field.
-            state.keys_of(&k.stats).iter().any(|key| {
-                let memo = vec![std::cell::Cell::new(f64::NAN); ctx.cat.stats.len()];
-                let tried = Ctx { cat: ctx.cat, t: ctx.t, fields: ctx.fields, at: ctx.at, day: ctx.day, memo: &memo, runs: Runs::default(), bound: Some((&k.per, key)) };
-                holds(state, &tried, &k.cond)
-            })
+            // Otherwise some one key must satisfy every part: each key is tried with the memo
+            // cleared. This happens only for badges rechecked after events without the field.
+            // The keys are read in place, stat by stat (a key an earlier stat holds was tried
+            // with it), and one memo serves every key: the cost is one lookup per key and part,
+            // with no copy of the keys however many the user has.
+            let mut memo: Vec<std::cell::Cell<f64>> = Vec::new();
+            for (n, &s) in k.stats.iter().enumerate() {
+                for key in state.stats[s].1.keys() {
+                    if k.stats[..n].iter().any(|&e| state.stats[e].1.has_key(key)) {
+                        continue;
+                    }
+                    if memo.is_empty() {
+                        memo.resize(ctx.cat.stats.len(), std::cell::Cell::new(f64::NAN));
+                    } else {
+                        memo.iter().for_each(|c| c.set(f64::NAN));
+                    }
+                    let tried = Ctx { cat: ctx.cat, t: ctx.t, fields: ctx.fields, at: ctx.at, day: ctx.day, memo: &memo, runs: Runs::default(), bound: Some((&k.per, key)) };
+                    if holds(state, &tried, &k.cond) {
+                        return true;
+                    }
+                }
+            }
+            false
         }
     }
 }

@@ -167,6 +167,26 @@ pub enum StatValue {
 }
 
 impl StatValue {
+    /// The keys a keyed stat holds a value for, in order, without copying them (none for a
+    /// stat without keys).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        let (keyed, sets) = match self {
+            StatValue::Keyed(m) => (Some(m.iter().map(|(k, _)| k.as_str())), None),
+            StatValue::KeyedSet(m) => (None, Some(m.iter().map(|(k, _)| k.as_str()))),
+            _ => (None, None),
+        };
+        keyed.into_iter().flatten().chain(sets.into_iter().flatten())
+    }
+
+    /// Whether a keyed stat holds a value for `key`.
+    pub fn has_key(&self, key: &str) -> bool {
+        match self {
+            StatValue::Keyed(m) => m.contains_key(key),
+            StatValue::KeyedSet(m) => m.contains_key(key),
+            _ => false,
+        }
+    }
+
     pub fn initial(kind: &StatKind, keyed: bool) -> StatValue {
         match (kind, keyed) {
             (StatKind::Distinct, false) => StatValue::Set(BTreeSet::new()),
