@@ -829,6 +829,29 @@ fn all_of_per_key_parts_must_hold_for_one_and_the_same_key() {
     }
     assert_eq!(both.answer(T0 + 19, "a", true, 100.0), vec!["one-topic"]);
     assert_eq!(unlocks(&both.send("login", T0 + 20, &[])), vec!["one-topic-and-xp"]);
+    // The reading this changed (docs/catalogue.md, "Changed"), as a table of events: an `all`
+    // with a user-level part is rechecked on a login, which names no exercise. Before, each
+    // per-exercise part took its own best exercise (20 answers in a, 100 seconds in b) and the
+    // login awarded it; now no one exercise has both, and nothing is awarded until one does.
+    let xp = "[[xp]]\nid = \"login\"\nevent = \"login\"\namount = 50\n";
+    let mut u = User::new(catalogue(&format!("{xp}{}", badge("one-topic-and-xp", "", &format!("{{ kind = \"all\", of = [ {parts}, {{ kind = \"xp\", at_least = 50 }} ] }}")))));
+    let table: [(&str, &str, f64, Vec<&str>); 5] = [
+        ("answer x20", "a", 1.0, vec![]),
+        ("answer", "b", 100.0, vec![]),
+        ("login", "", 0.0, vec![]), // the old reading awarded it here
+        ("answer x19", "b", 1.0, vec!["one-topic-and-xp"]),
+        ("login", "", 0.0, vec![]),
+    ];
+    let mut at = T0;
+    for (what, ex, secs, want) in table {
+        let mut got = vec![];
+        let times = what.strip_prefix("answer x").map_or(1, |n| n.parse().unwrap());
+        for _ in 0..times {
+            at += 1;
+            got = if what == "login" { unlocks(&u.send("login", at, &[])) } else { u.answer(at, ex, true, secs) };
+        }
+        assert_eq!(got, want, "{what} {ex}");
+    }
 }
 
 #[test]
