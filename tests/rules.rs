@@ -558,7 +558,7 @@ fn the_demo_catalogue_uses_every_rule_kind_and_tier() {
     let cat = Catalogue::demo();
     assert!(cat.badges.len() >= 30, "{} badges", cat.badges.len());
     let text = accolade::core::catalogue::DEMO_CATALOGUE;
-    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure", "calendar", "keys"] {
+    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure", "calendar", "keys", "ratio"] {
         assert!(text.contains(&format!("kind = \"{kind}\"")), "demo catalogue lacks rule kind {kind}");
     }
     for tier in ["bronze", "silver", "gold", "platinum", "diamond"] {
