@@ -276,9 +276,18 @@ mod tests {
     /// reading does, for every recent rule of the demo catalogue over a random stream.
     #[test]
     fn recent_tally_agrees_with_recent() {
-        let cat = Catalogue::demo();
+        // The demo's rules read one ring each; one more reads two (answers and videos), whose
+        // newest actions interleave, so the tally's merge of rings is checked as well.
+        let two_rings = r#"
+[[badges]]
+id = "mixed-recent"
+name = "m"
+tier = "bronze"
+rule = { kind = "recent", event = ["problem.answered", "video.watched"], last = 6, newest = [ { seconds = { lte = 6 } } ], at_least = { when = { seconds = { lte = 4 } }, count = 3 }, sum_at_most = { field = "seconds", per_item = 4 } }
+"#;
+        let cat = Catalogue::parse(&format!("{}\n{two_rings}", crate::core::catalogue::DEMO_CATALOGUE), Format::Toml).expect("valid");
         let conds: Vec<&RecentCond> = cat.badges.iter().filter_map(|d| if let Cond::Recent(r) = &d.cond { Some(&**r) } else { None }).collect();
-        assert!(conds.len() >= 3, "{} recent rules", conds.len());
+        assert!(conds.len() >= 4 && conds.iter().any(|r| r.rings.len() == 2), "{} recent rules", conds.len());
         let mut st = UserState::default();
         let mut next = crate::testing::rng(0x9e37_79b9_7f4a_7c15);
         let (mut held, mut checked) = (0, 0);
@@ -289,7 +298,11 @@ mod tests {
             if next(25) == 0 {
                 ex = ["addition-1", "fractions", "quick"][next(3) as usize];
             }
-            let mut e = Event::new(&format!("e{i}"), "problem.answered", at, &[("exercise", s(ex)), ("correct", b(next(12) > 0)), ("seconds", n(next(9) as f64))]);
+            let mut e = if next(4) == 0 {
+                Event::new(&format!("e{i}"), "video.watched", at, &[("playlist", s("p")), ("seconds", n(next(9) as f64)), ("video", s(ex))])
+            } else {
+                Event::new(&format!("e{i}"), "problem.answered", at, &[("exercise", s(ex)), ("correct", b(next(12) > 0)), ("seconds", n(next(9) as f64))])
+            };
             e.user_id = "u".into();
             e.tenant_id = "t".into();
             apply(&mut st, &e, at + 1_000, &cat);
