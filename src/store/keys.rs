@@ -280,10 +280,17 @@ mod stored_states {
         // Nothing about the encoding of what it holds changed: it writes back to the same bytes.
         assert_eq!(encode(&rec), old);
         // Under today's demo catalogue its stats are kept, the calendar stats start at zero, and
-        // it takes events: five days of one week earn the calendar badge.
+        // it takes events: answers on five more days.
         let cat = Catalogue::demo();
         let mut st = rec.state;
+        st.sync(&cat);
         let before = st.badges.len();
+        // "Centurion" counts correct answers: its stat is the stored one, going on.
+        let centurion = match cat.badge("centurion").expect("a demo badge").cond {
+            crate::core::catalogue::Cond::Metric { stat, .. } => stat,
+            ref other => panic!("centurion is a count: {other:?}"),
+        };
+        let answers_before = st.stats[centurion].1.metric(None);
         let t0: i64 = 1_772_452_800_000;
         let mut earned = vec![];
         for d in 3..8i64 {
@@ -295,12 +302,16 @@ mod stored_states {
             assert!(matches!(fx[0], Effect::Accepted { .. }), "{fx:?}");
             earned.extend(fx.iter().filter_map(|f| if let Effect::Unlock { badge, .. } = f { Some(badge.to_string()) } else { None }));
         }
-        assert!(before > 0 && st.badges.len() > before, "{earned:?}");
+        // Five fast right answers on five days in a row earn the fast-answer pattern and the
+        // five-day streak, on top of the badges the stored state owned.
+        assert!(before > 0, "the stored state owned badges");
+        assert_eq!(earned, ["picking-up-steam", "good-habits"]);
         // The calendar stat counts from its first event: the stored Monday and Tuesday answers
         // are not in it, so Thursday to Sunday are four days of that week, not six, and the
         // Monday after starts the next week. A backfill would count the old ones...
         assert!(!earned.contains(&"five-day-week".to_string()), "{earned:?}");
         // ...while the stats the state already had went on from their stored values.
-        assert!(st.stats.iter().any(|(_, v)| v.metric(None) >= 24.0), "the answer count went on from the stored one");
+        assert!(answers_before > 0.0, "the stored state had correct answers");
+        assert_eq!(st.stats[centurion].1.metric(None), answers_before + 5.0, "the answer count went on from the stored one");
     }
 }
