@@ -464,8 +464,7 @@ pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
 fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut Vec<Effect>) -> bool {
     let def: &BadgeDef = &ctx.cat.badges[i];
     let have = state.derived.owned[i];
-    let repeatable = def.repeat_every.is_some() || def.per_key.is_some() || def.repeat.is_some();
-    if have > 0 && !repeatable {
+    if have > 0 && !def.repeatable() {
         return false;
     }
     if def.available_from.is_some_and(|f| ctx.at < f) || def.available_until.is_some_and(|u| ctx.at >= u) {
@@ -476,7 +475,7 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
             Cond::Metric { stat, .. } => (metric(state, ctx, stat) / every).floor(),
             // Tenure is first earned at the rule's `days`, then every `every` days after it
             // (compile keeps `days` at most `every`, both whole days).
-            Cond::Tenure(ms) => match state.signed_up_at.or(state.first_seen) {
+            Cond::Tenure(ms) => match state.member_since() {
                 Some(s) if ctx.at - s >= ms => ((ctx.at - s - ms) / super::value::DAY) as f64 / every + 1.0,
                 _ => 0.0,
             }
@@ -633,7 +632,7 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
         Cond::Level(l) => state.level >= *l,
         Cond::Xp(x) => state.xp >= *x,
         Cond::Attribute(tests) => tests.iter().all(|(k, op)| op.test(state.attributes.get(k).unwrap_or(&Value::Null))),
-        Cond::Tenure(ms) => state.signed_up_at.or(state.first_seen).is_some_and(|s| ctx.at - s >= *ms),
+        Cond::Tenure(ms) => state.member_since().is_some_and(|s| ctx.at - s >= *ms),
         Cond::Never => false,
         Cond::SameKey(k) => {
             // An event that names the key (or a key being tried) decides for that key alone.

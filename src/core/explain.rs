@@ -60,8 +60,7 @@ pub fn progress(state: &UserState, cat: &Catalogue, now: Millis) -> Vec<BadgePro
     let mut out = Vec::new();
     for b in &cat.badges {
         let owned = state.badges.get(&b.id).map_or(0, |r| r.count);
-        let repeatable = b.repeat_every.is_some() || b.per_key.is_some() || b.repeat.is_some();
-        if b.retired || (owned > 0 && !repeatable) {
+        if b.retired || (owned > 0 && !b.repeatable()) {
             continue;
         }
         if b.hidden && owned == 0 {
@@ -76,7 +75,7 @@ pub fn progress(state: &UserState, cat: &Catalogue, now: Millis) -> Vec<BadgePro
             // third needs 300 in all, and the user's whole count counts towards it.
             let current = match &b.cond {
                 Cond::Metric { stat, .. } => ex.value(*stat, None).1,
-                _ => rule.current.unwrap_or(0.0).max(tenure_days(state, now)),
+                _ => rule.current.unwrap_or(0.0).max(state.tenure_days(now)),
             };
             // Tenure is first earned at the rule's `days`, then every `every` days after it.
             let target = match &b.cond {
@@ -301,18 +300,13 @@ impl Explainer<'_> {
             }
             Cond::Never => part("awarded by a leaderboard".into(), false, None, None),
             Cond::Tenure(ms) => {
-                let since = state.signed_up_at.or(state.first_seen);
-                let days = tenure_days(state, now);
+                let since = state.member_since();
+                let days = state.tenure_days(now);
                 let need = (*ms as f64 / 86_400_000.0).ceil();
                 part(format!("member for {need} days"), since.is_some_and(|s| now - s >= *ms), Some(days.min(need)), Some(need))
             }
         }
     }
-}
-
-/// Whole days of membership at `now` (from `signed_up_at`, or the first event).
-fn tenure_days(state: &UserState, now: Millis) -> f64 {
-    state.signed_up_at.or(state.first_seen).map_or(0.0, |s| ((now - s).max(0) as f64 / 86_400_000.0).floor())
 }
 
 /// How much of its targets a part has reached, from 0 to 1 (a part without numbers: 1 if it

@@ -468,6 +468,17 @@ impl UserState {
         self.derived.catalogue_id = cat.id;
     }
 
+    /// When the user's membership began, as tenure rules read it: `signed_up_at`, or else the
+    /// first event.
+    pub fn member_since(&self) -> Option<Millis> {
+        self.signed_up_at.or(self.first_seen)
+    }
+
+    /// Whole days of membership at `at` (0 before the first event).
+    pub fn tenure_days(&self, at: Millis) -> f64 {
+        self.member_since().map_or(0.0, |s| ((at - s).max(0) / super::value::DAY) as f64)
+    }
+
     /// Every key the keyed stats `stats` hold a value for, in order: the keys a rule that
     /// must hold for one key can hold for.
     pub fn keys_of(&self, stats: &[usize]) -> BTreeSet<String> {

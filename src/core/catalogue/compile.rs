@@ -354,7 +354,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     let badge_index: HashMap<String, usize> = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
     let boards = compile_boards(doc.leaderboards, &b, &badges, &badge_index)?;
     let calendar = b.stats.iter().any(|s| matches!(s.kind, StatKind::Calendar { .. }));
-    let once = badges.iter().map(|d| d.repeat_every.is_none() && d.per_key.is_none() && d.repeat.is_none()).collect();
+    let once = badges.iter().map(|d| !d.repeatable()).collect();
     Ok(Catalogue {
         version: doc.version,
         id: 0,

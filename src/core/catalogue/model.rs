@@ -474,6 +474,14 @@ pub struct BadgeDef {
     pub events: Vec<String>,
 }
 
+impl BadgeDef {
+    /// Whether the badge can be earned more than once: every `repeat_every`, once per key, or
+    /// again with each new occurrence of its rule (`repeat`).
+    pub fn repeatable(&self) -> bool {
+        self.repeat_every.is_some() || self.per_key.is_some() || self.repeat.is_some()
+    }
+}
+
 /// A validated, compiled catalogue. Immutable once built; a change makes a new one.
 #[derive(Clone, Debug)]
 pub struct Catalogue {
