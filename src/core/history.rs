@@ -100,11 +100,7 @@ pub(crate) fn recent(state: &UserState, r: &RecentCond, runs: Option<&Runs>) -> 
         }
         recent_over(r, state.rings[ring.ring].items.iter().rev().take(r.last).map(|a| (ring, a)))
     } else {
-        let mut items: Vec<(&RecentRing, &Action)> =
-            r.rings.iter().flat_map(|ring| state.rings[ring.ring].items.iter().rev().take(r.last).map(move |a| (ring, a))).collect();
-        items.sort_by(|x, y| (y.1.at, y.1.seq).cmp(&(x.1.at, x.1.seq)));
-        items.truncate(r.last);
-        recent_over(r, items.into_iter())
+        recent_over(r, newest(state, r).into_iter())
     }
 }
 
@@ -179,10 +175,17 @@ impl Tally {
     }
 }
 
-pub(crate) fn recent_tally(state: &UserState, r: &RecentCond) -> Tally {
+/// The newest `last` actions of a pattern's rings, newest first (by occurrence, then arrival),
+/// each with the ring it came from: what both `recent` and `recent_tally` read.
+fn newest<'a>(state: &'a UserState, r: &'a RecentCond) -> Vec<(&'a RecentRing, &'a Action)> {
     let mut items: Vec<(&RecentRing, &Action)> = r.rings.iter().flat_map(|ring| state.rings[ring.ring].items.iter().rev().take(r.last).map(move |a| (ring, a))).collect();
     items.sort_by(|x, y| (y.1.at, y.1.seq).cmp(&(x.1.at, x.1.seq)));
     items.truncate(r.last);
+    items
+}
+
+pub(crate) fn recent_tally(state: &UserState, r: &RecentCond) -> Tally {
+    let items = newest(state, r);
     let mut t = Tally { same: true, newest: vec![false; r.newest], ..Tally::default() };
     let mut key: Option<&Value> = None;
     for (ring, a) in items {
