@@ -294,6 +294,30 @@ async fn user_queries_answer_what_a_user_has_and_why_not() {
 }
 
 #[tokio::test]
+async fn a_hidden_badge_shows_nothing_before_it_is_earned_neither_pushed_nor_explained() {
+    // The demo's hidden "The Curious" (10 different articles) is the only badge an article
+    // read moves: the read must push no progress, and the progress route must not name it.
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| c.progress_throttle_ms = 0).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let mut sock = s.connect("hana").await;
+    sock.send(&event("r-1", "article.read", json!({ "article": "fractions-intro" }))).await;
+    // An invalid event is answered after every push of the read before it.
+    sock.send(&event("fence", "no.such.type", json!({}))).await;
+    let seen = sock.until("error").await;
+    assert!(seen.iter().any(|m| m["type"] == "ack" && m["event_id"] == "r-1"), "{seen:?}");
+    assert!(!seen.iter().any(|m| m["type"] == "progress"), "{seen:?}");
+    let (st, p) = api.get("/v1/users/hana/progress").await;
+    assert_eq!(st, 200);
+    let curious = p["badges"].as_array().unwrap().iter().find(|b| b["hidden"] == true && b["owned"] == 0).expect("listed, as ???");
+    assert_eq!(curious, &json!({ "name": "???", "hidden": true, "owned": 0, "rule": { "describe": "???", "holds": false } }));
+    // Neither its name, its rule nor its id appears anywhere in the answer.
+    let text = p.to_string();
+    assert!(!text.contains("The Curious") && !text.contains("different article") && !text.contains("the-curious"), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn one_tenants_key_never_reaches_another_tenant() {
     let dir = tmp();
     let s = TestServer::start_with(dir.path(), two_tenants).await;

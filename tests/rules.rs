@@ -32,6 +32,9 @@ fingerprint = ["article"]
 fingerprint_window = "1h"
 [event_types."login"]
 client = true
+[event_types."race.finished"]
+client = true
+fields = { course = "string", time = "number", record = "number", score = "number", previous_best = "number?" }
 [levels]
 thresholds = [0, 100, 300, 600]
 [tables.fast]
@@ -521,7 +524,11 @@ fn catalogue_errors_name_the_badge_and_field() {
         (badge("tier", "", r#"{ kind = "count", event = "login", target = 1 }"#).replace("bronze", "copper"), "badge `tier`: field `tier`", "unknown variant `copper`"),
         (badge("nested", "", r#"{ kind = "all", of = [ { kind = "badge", id = "ghost" } ] }"#), "badge `nested`: field `rule.of[0].id`", "no badge `ghost`"),
         (badge("win", "", r#"{ kind = "window", within = "soon", require = [ { event = "login", count = 1 } ] }"#), "badge `win`: field `rule.within`", "not a duration"),
-        (badge("rep", "repeat_every = 5", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 3 }"#), "badge `rep`: field `repeat_every`", "count or sum"),
+        (badge("rep", "repeat_every = 5", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 3 }"#), "badge `rep`: field `repeat_every`", "count, sum or tenure"),
+        (badge("eight", "", r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 8, in_one = "week" }"#), "badge `eight`: field `rule.buckets`", "a week has at most 7 days"),
+        (badge("long", "", r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 32, in_one = "month" }"#), "badge `long`: field `rule.buckets`", "a month has at most 31 days"),
+        (badge("inner", "", r#"{ kind = "keys", count = 2, rule = { kind = "count", event = "problem.answered", per = "exercise", target = 3, describe = "Three" } }"#), "badge `inner`: field `rule.rule.describe`", "give `describe` on the `keys` rule itself"),
+        (badge("never-again", "repeat = true", r#"{ kind = "not", rule = { kind = "count", event = "login", target = 3 } }"#), "badge `never-again`: field `repeat`", "never stops holding"),
         (format!("{}{}", badge("dup", "", r#"{ kind = "count", event = "login", target = 1 }"#), badge("dup", "", r#"{ kind = "count", event = "login", target = 2 }"#)), "badge `dup`: field `id`", "duplicate"),
     ];
     for (doc, prefix, detail) in table {
@@ -532,6 +539,15 @@ fn catalogue_errors_name_the_badge_and_field() {
     assert_eq!(e.to_string(), "event type `x`: field `fields.a`: unknown type `text` (use string, number, bool or any; add ? for optional)");
     let e = Catalogue::parse("{\"version\": 1}", Format::Json).unwrap_err();
     assert!(e.to_string().contains("missing field `event_types`"), "{e}");
+    // Limits that still compile: seven days in a week, 31 in a month, and `repeat` on a `keys`
+    // rule over a streak per key (the count of keys falls when one key's streak breaks).
+    for rule in [
+        r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 7, in_one = "week" }"#,
+        r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 31, in_one = "month" }"#,
+    ] {
+        catalogue(&badge("ok", "", rule));
+    }
+    catalogue(&badge("keys-again", "repeat = true", r#"{ kind = "keys", count = 2, rule = { kind = "streak", event = "problem.answered", when = { correct = true }, per = "exercise", target = 3 } }"#));
     // Found by the load_catalogue fuzz target: an empty document's error named no field.
     let e = Catalogue::parse("", Format::Toml).unwrap_err();
     assert_eq!((e.field.as_str(), e.to_string().contains("missing field `version`")), ("document", true), "{e}");
@@ -542,13 +558,13 @@ fn the_demo_catalogue_uses_every_rule_kind_and_tier() {
     let cat = Catalogue::demo();
     assert!(cat.badges.len() >= 30, "{} badges", cat.badges.len());
     let text = accolade::core::catalogue::DEMO_CATALOGUE;
-    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure"] {
+    for kind in ["count", "sum", "max", "streak", "daily_streak", "window", "recent", "sequence", "all", "any", "not", "badge", "level", "xp", "attribute", "tenure", "calendar", "keys", "ratio"] {
         assert!(text.contains(&format!("kind = \"{kind}\"")), "demo catalogue lacks rule kind {kind}");
     }
     for tier in ["bronze", "silver", "gold", "platinum", "diamond"] {
         assert!(cat.badges.iter().any(|b| b.tier.as_str() == tier), "no {tier} badge");
     }
-    assert!(cat.badges.iter().any(|b| b.hidden) && cat.badges.iter().any(|b| b.repeat_every.is_some()));
+    assert!(cat.badges.iter().any(|b| b.hidden) && cat.badges.iter().any(|b| b.repeat_every.is_some()) && cat.badges.iter().any(|b| b.repeat.is_some()));
     assert!(cat.badges.iter().any(|b| b.available_until.is_some()) && cat.badges.iter().any(|b| b.per_key.is_some()));
     // Identical rules share stats: five proficiency badges, one distinct-count stat.
     assert!(cat.stats.len() < cat.badges.len(), "{} stats for {} badges", cat.stats.len(), cat.badges.len());
@@ -745,4 +761,649 @@ fn assigned_goals_are_tracked_like_badges_from_their_assignment() {
     assert!(e.contains("criterion.event") && e.contains("unknown event type `quiz`"), "{e}");
     let e = assign(&mut u.st, goal("never", r#"{"kind":"awarded"}"#, None), T0, &u.cat).unwrap_err();
     assert!(e.contains("criterion.kind"), "{e}");
+}
+
+// --- Explanations and hidden badges (issue 23) ------------------------------------------------
+
+fn explain(u: &User, id: &str) -> accolade::core::explain::BadgeProgress {
+    explain_at(u, id, T0 + 30 * DAY)
+}
+
+/// The explanation as asked at `now` (a window is read up to now).
+fn explain_at(u: &User, id: &str, now: Millis) -> accolade::core::explain::BadgeProgress {
+    let mut st = u.st.clone();
+    st.sync(&u.cat);
+    accolade::core::explain::progress(&st, &u.cat, now).into_iter().find(|p| p.badge.as_deref() == Some(id)).unwrap_or_else(|| panic!("no progress for {id}"))
+}
+
+fn progress_of(fx: &[Effect], id: &str) -> Option<(f64, f64)> {
+    fx.iter().find_map(|e| match e {
+        Effect::Progress { badge, current, target } if &**badge == id => Some((*current, *target)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_repeatable_badge_explains_the_next_award_from_the_whole_count() {
+    // 207 correct answers with a badge earned every 100: owned twice, 207 of the 300 the third needs.
+    let cat = catalogue(&badge("centurion", "repeat_every = 100", r#"{ kind = "count", event = "problem.answered", when = { correct = true }, target = 100 }"#));
+    let mut u = User::new(cat);
+    let mut last = vec![];
+    for i in 0..207 {
+        last = u.send("problem.answered", T0 + i, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    }
+    let p = explain(&u, "centurion");
+    assert_eq!((p.owned, p.rule.current, p.rule.target, p.rule.holds), (2, Some(207.0), Some(300.0), false), "{p:?}");
+    // The pushed progress says the same.
+    assert_eq!(progress_of(&last, "centurion"), Some((207.0, 300.0)));
+}
+
+#[test]
+fn all_of_per_key_parts_must_hold_for_one_and_the_same_key() {
+    let parts = r#"{ kind = "count", event = "problem.answered", per = "exercise", target = 20 }, { kind = "max", event = "problem.answered", field = "seconds", per = "exercise", target = 100 }"#;
+    let cat = catalogue(&[
+        "[[xp]]\nid = \"login\"\nevent = \"login\"\namount = 50\n".to_string(),
+        badge("one-topic", "", &format!("{{ kind = \"all\", of = [ {parts} ] }}")),
+        // Checked after every event (it depends on XP), also after events without an exercise.
+        badge("one-topic-and-xp", "", &format!("{{ kind = \"all\", of = [ {parts}, {{ kind = \"xp\", at_least = 50 }} ] }}")),
+    ]
+    .concat());
+    // 20 answers in a, and 100 seconds in b: no single exercise has both.
+    let mut split = User::new(cat.clone());
+    for i in 0..20 {
+        assert!(split.answer(T0 + i, "a", true, 1.0).is_empty());
+    }
+    assert!(split.answer(T0 + 20, "b", true, 100.0).is_empty());
+    assert!(unlocks(&split.send("login", T0 + 21, &[])).is_empty(), "a login must not pair a's count with b's time");
+    let p = explain(&split, "one-topic");
+    assert!(!p.rule.holds, "{p:?}");
+    // It reports the key that comes closest, with both parts read at that key.
+    let key = p.rule.key.clone().expect("a key");
+    assert!(p.rule.parts.iter().all(|x| x.key.as_deref() == Some(key.as_str())), "{p:?}");
+    assert_eq!(p.rule.parts.iter().filter(|x| x.holds).count(), 1, "{p:?}");
+    // Both in one exercise: the answer earns the first; the login's XP then the second, its
+    // exercise found among the user's keys.
+    let mut both = User::new(cat);
+    for i in 0..19 {
+        both.answer(T0 + i, "a", true, 1.0);
+    }
+    assert_eq!(both.answer(T0 + 19, "a", true, 100.0), vec!["one-topic"]);
+    assert_eq!(unlocks(&both.send("login", T0 + 20, &[])), vec!["one-topic-and-xp"]);
+    // The reading this changed (docs/catalogue.md, "Changed"), as a table of events: an `all`
+    // with a user-level part is rechecked on a login, which names no exercise. Before, each
+    // per-exercise part took its own best exercise (20 answers in a, 100 seconds in b) and the
+    // login awarded it; now no one exercise has both, and nothing is awarded until one does.
+    let xp = "[[xp]]\nid = \"login\"\nevent = \"login\"\namount = 50\n";
+    let mut u = User::new(catalogue(&format!("{xp}{}", badge("one-topic-and-xp", "", &format!("{{ kind = \"all\", of = [ {parts}, {{ kind = \"xp\", at_least = 50 }} ] }}")))));
+    let table: [(&str, &str, f64, Vec<&str>); 5] = [
+        ("answer x20", "a", 1.0, vec![]),
+        ("answer", "b", 100.0, vec![]),
+        ("login", "", 0.0, vec![]), // the old reading awarded it here
+        ("answer x19", "b", 1.0, vec!["one-topic-and-xp"]),
+        ("login", "", 0.0, vec![]),
+    ];
+    let mut at = T0;
+    for (what, ex, secs, want) in table {
+        let mut got = vec![];
+        let times = what.strip_prefix("answer x").map_or(1, |n| n.parse().unwrap());
+        for _ in 0..times {
+            at += 1;
+            got = if what == "login" { unlocks(&u.send("login", at, &[])) } else { u.answer(at, ex, true, secs) };
+        }
+        assert_eq!(got, want, "{what} {ex}");
+    }
+}
+
+#[test]
+fn explanations_read_as_sentences_with_numbers() {
+    let cat = catalogue(&[
+        badge("right", "", r#"{ kind = "count", event = "problem.answered", when = { correct = true }, target = 30 }"#),
+        badge("wrong", "", r#"{ kind = "count", event = "problem.answered", when = { correct = false }, target = 30 }"#),
+        badge("in-one", "", r#"{ kind = "count", event = "problem.answered", per = "exercise", target = 30 }"#),
+        badge("exercises", "", r#"{ kind = "count", event = "problem.answered", distinct = "exercise", target = 30 }"#),
+        badge("fast-five", "", r#"{ kind = "recent", event = "problem.answered", last = 5, same = "exercise", all = { correct = true }, sum_at_most = { field = "seconds", per_item = 10 } }"#),
+        badge("pro", "", r#"{ kind = "attribute", when = { plan = { in = ["pro", "team"] } } }"#),
+        badge("paced", "", r#"{ kind = "window", within = "1h", require = [ { event = "video.watched", sum = "seconds", at_least = 600 } ] }"#),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    for i in 0..3 {
+        u.answer(T0 + i, "a", true, 4.0);
+    }
+    u.watch(T0 + 3, "p", "v", 120.0);
+    // Four stats on one event type, each named by what it counts.
+    let said: Vec<String> = ["right", "wrong", "in-one", "exercises"].iter().map(|b| explain(&u, b).rule.describe).collect();
+    assert_eq!(
+        said,
+        [
+            "number of problem.answered where correct is true",
+            "number of problem.answered where correct is false",
+            "number of problem.answered, in one exercise",
+            "different exercise in problem.answered",
+        ]
+    );
+    assert_eq!(explain(&u, "in-one").rule.key.as_deref(), Some("a"));
+    // A pattern shows where each of its requirements stands.
+    let r = explain(&u, "fast-five").rule;
+    assert_eq!(r.describe, "the last 5 problem.answered, all in one exercise");
+    let parts: Vec<(&str, bool, Option<f64>, Option<f64>, bool)> = r.parts.iter().map(|p| (p.describe.as_str(), p.holds, p.current, p.target, p.at_most)).collect();
+    assert_eq!(
+        parts,
+        [
+            ("actions counted", false, Some(3.0), Some(5.0), false),
+            ("all in one exercise", true, None, None, false),
+            ("each where correct is true", true, Some(3.0), Some(3.0), false),
+            ("total seconds", true, Some(12.0), Some(30.0), true),
+        ]
+    );
+    // Attributes read as words, never as the operator's Rust form.
+    let pro = explain(&u, "pro");
+    assert_eq!((pro.rule.describe.as_str(), pro.rule.holds), ("plan is pro or team", false));
+    let paced = explain_at(&u, "paced", T0 + 4).rule;
+    assert_eq!((paced.describe.as_str(), paced.parts[0].describe.as_str(), paced.parts[0].current), ("within 1 hour", "total seconds of video.watched", Some(120.0)));
+    let json = serde_json::to_string(&accolade::core::explain::progress(&u.st, &u.cat, T0)).unwrap();
+    for rust in ["In(", "Str(", "Num(", "Count", "|"] {
+        assert!(!json.contains(rust), "`{rust}` in {json}");
+    }
+}
+
+#[test]
+fn the_catalogue_can_word_a_badge_and_each_part_itself() {
+    let cat = catalogue(&[
+        badge("worded", "describe = \"Become a regular\"", r#"{ kind = "all", of = [ { kind = "count", event = "login", target = 5, describe = "Log in on 5 occasions" }, { kind = "not", rule = { kind = "attribute", when = { plan = "free" }, describe = "Be on the free plan" } } ] }"#),
+        badge("window", "", r#"{ kind = "window", within = "1h", describe = "A busy hour", require = [ { event = "login", count = 2, describe = "Two logins" } ] }"#),
+    ]
+    .concat());
+    let u = User::new(cat);
+    let w = explain(&u, "worded").rule;
+    assert_eq!((w.describe.as_str(), w.parts[0].describe.as_str(), w.parts[1].parts[0].describe.as_str()), ("Become a regular", "Log in on 5 occasions", "Be on the free plan"));
+    let h = explain(&u, "window").rule;
+    assert_eq!((h.describe.as_str(), h.parts[0].describe.as_str()), ("A busy hour", "Two logins"));
+    // Every wrong use names the field.
+    let table = [
+        (badge("num", "", r#"{ kind = "count", event = "login", target = 1, describe = 3 }"#), "badge `num`: field `rule.describe`: must be a text of 1 to 300 characters"),
+        (badge("blank", "", r#"{ kind = "all", of = [ { kind = "count", event = "login", target = 1, describe = " " } ] }"#), "badge `blank`: field `rule.of[0].describe`: must be a text of 1 to 300 characters"),
+        (badge("twice", "describe = \"a\"", r#"{ kind = "count", event = "login", target = 1, describe = "b" }"#), "badge `twice`: field `describe`: give `describe` on the badge or on its rule, not both"),
+        (badge("empty", "describe = \"\"", r#"{ kind = "count", event = "login", target = 1 }"#), "badge `empty`: field `describe`: must be a text of 1 to 300 characters"),
+    ];
+    for (doc, want) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert_eq!(e, want);
+    }
+}
+
+#[test]
+fn a_hidden_badge_shows_nothing_until_it_is_earned() {
+    let cat = catalogue(&[
+        badge("the-curious", "hidden = true", r#"{ kind = "count", event = "article.read", distinct = "article", target = 3 }"#),
+        badge("reader", "", r#"{ kind = "count", event = "article.read", target = 3 }"#),
+        badge("after-secret", "", r#"{ kind = "all", of = [ { kind = "badge", id = "the-curious" }, { kind = "count", event = "login", target = 1 } ] }"#),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    let fx = u.send("article.read", T0, &[("article", s("a1"))]);
+    // The visible badge moves; the hidden one pushes nothing.
+    assert_eq!((progress_of(&fx, "reader"), progress_of(&fx, "the-curious")), (Some((1.0, 3.0)), None), "{fx:?}");
+    // Listed without its id: the only entry that has none.
+    let all = accolade::core::explain::progress(&u.st, &u.cat, T0);
+    let p = all.iter().find(|p| p.badge.is_none()).expect("listed as ???");
+    assert_eq!((p.name.as_str(), p.hidden, p.rule.describe.as_str(), p.rule.current, p.rule.parts.len()), ("???", true, "???", None, 0));
+    // A rule that names it does not give its name or id away either.
+    let json = serde_json::to_string(&all).unwrap();
+    assert!(!json.contains("different article") && !json.contains("the-curious"), "{json}");
+    assert_eq!(explain(&u, "after-secret").rule.parts[0].describe, "has a hidden badge");
+    u.send("article.read", T0 + HOUR, &[("article", s("a2"))]);
+    assert_eq!(unlocks(&u.send("article.read", T0 + 2 * HOUR, &[("article", s("a3"))])), vec!["the-curious", "reader"]);
+    assert_eq!(explain(&u, "after-secret").rule.parts[0].describe, "has the badge the-curious");
+}
+
+// --- Calendar buckets in the user's time zone (issue 23) --------------------------------------
+
+fn at(rfc3339: &str) -> Millis {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
+}
+
+/// Plays `(time, answers)` steps (each answer a millisecond after the one before) for a user in
+/// `zone`, and returns the step whose answers unlocked `id`, if any.
+fn calendar_steps(rule: &str, zone: &str, steps: &[(&str, usize)]) -> Option<usize> {
+    let mut u = User::new(catalogue(&badge("cal", "", rule)));
+    let first = at(steps[0].0) - HOUR;
+    u.send("user.profile", first, &[("timezone", s(zone))]);
+    let mut got = None;
+    for (i, (when, answers)) in steps.iter().enumerate() {
+        for k in 0..*answers {
+            if u.answer(at(when) + k as Millis, "a", true, 30.0).contains(&"cal".to_string()) {
+                got = got.or(Some(i + 1));
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn at_least_k_in_one_calendar_day_is_not_a_sliding_24_hours() {
+    let forty = r#"{ kind = "calendar", event = "problem.answered", when = { correct = true }, bucket = "day", at_least = 40, buckets = 1 }"#;
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, usize)], Option<usize>);
+    let table: &[Case] = &[
+        ("39 at 23:00 and 1 at 01:00 the next day", "UTC", &[("2026-03-02T23:00:00Z", 39), ("2026-03-03T01:00:00Z", 1)], None),
+        ("40 before midnight", "UTC", &[("2026-03-02T23:00:00Z", 39), ("2026-03-02T23:59:59.000Z", 1)], Some(2)),
+        ("the next day's 40th", "UTC", &[("2026-03-02T23:00:00Z", 39), ("2026-03-03T01:00:00Z", 39), ("2026-03-03T23:00:00Z", 1)], Some(3)),
+        // 22:30 and 23:30 UTC are one UTC day, but 23:30 and 00:30 in Paris.
+        ("the user's midnight, not UTC's", "Europe/Paris", &[("2026-03-02T22:30:00Z", 20), ("2026-03-02T23:30:00Z", 20)], None),
+        ("the same hours in UTC", "UTC", &[("2026-03-02T22:30:00Z", 20), ("2026-03-02T23:30:00Z", 20)], Some(2)),
+        // New York springs forward on 2026-03-08: a 23-hour day from 05:00 to 04:00 UTC.
+        ("a 23-hour day is one day", "America/New_York", &[("2026-03-08T05:00:00Z", 20), ("2026-03-09T03:59:00Z", 20)], Some(2)),
+        ("the hour before it is the day before", "America/New_York", &[("2026-03-08T04:30:00Z", 20), ("2026-03-08T05:30:00Z", 20)], None),
+        // It falls back on 2026-11-01: a 25-hour day from 04:00 to 05:00 UTC the next day.
+        ("a 25-hour day is one day", "America/New_York", &[("2026-11-01T04:00:00Z", 20), ("2026-11-02T04:59:00Z", 20)], Some(2)),
+    ];
+    for (name, zone, steps, want) in table {
+        assert_eq!(calendar_steps(forty, zone, steps), *want, "{name}");
+    }
+}
+
+#[test]
+fn distinct_days_and_days_that_reach_a_total() {
+    let three_days = r#"{ kind = "calendar", event = "problem.answered", bucket = "day", buckets = 3 }"#;
+    let two_good_days = r#"{ kind = "calendar", event = "problem.answered", bucket = "day", at_least = 3, buckets = 2 }"#;
+    let video_days = r#"{ kind = "calendar", event = "video.watched", bucket = "day", sum = "seconds", at_least = 600, buckets = 2 }"#;
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, usize)], Option<usize>);
+    let table: &[Case] = &[
+        ("three days", three_days, &[("2026-03-02T10:00:00Z", 1), ("2026-03-04T10:00:00Z", 1), ("2026-03-09T10:00:00Z", 1)], Some(3)),
+        ("twice a day counts once", three_days, &[("2026-03-02T10:00:00Z", 5), ("2026-03-02T20:00:00Z", 5), ("2026-03-03T10:00:00Z", 1)], None),
+        ("days that reach 3", two_good_days, &[("2026-03-02T10:00:00Z", 2), ("2026-03-03T10:00:00Z", 3), ("2026-03-04T10:00:00Z", 1), ("2026-03-05T10:00:00Z", 3)], Some(4)),
+        ("a day's total may build up over the day", two_good_days, &[("2026-03-02T01:00:00Z", 1), ("2026-03-02T12:00:00Z", 2), ("2026-03-03T23:00:00Z", 2), ("2026-03-03T23:30:00Z", 1)], Some(4)),
+    ];
+    for (name, rule, steps, want) in table {
+        assert_eq!(calendar_steps(rule, "UTC", steps), *want, "{name}");
+    }
+    // Sums: ten minutes of video on two days, 599 s not being ten minutes.
+    let mut u = User::new(catalogue(&badge("cal", "", video_days)));
+    assert!(u.watch(at("2026-03-02T10:00:00Z"), "p", "v", 599.0).is_empty());
+    assert!(u.watch(at("2026-03-03T10:00:00Z"), "p", "v", 300.0).is_empty());
+    assert!(u.watch(at("2026-03-03T11:00:00Z"), "p", "v", 300.0).is_empty());
+    assert_eq!(u.watch(at("2026-03-04T10:00:00Z"), "p", "v", 600.0), vec!["cal"]);
+}
+
+#[test]
+fn days_in_one_week_follow_the_weeks_first_day() {
+    let monday_weeks = r#"{ kind = "calendar", event = "problem.answered", bucket = "day", buckets = 5, in_one = "week" }"#;
+    let sunday_weeks = r#"{ kind = "calendar", event = "problem.answered", bucket = "day", buckets = 5, in_one = "week", week_starts = "sunday" }"#;
+    let five = |first: &str| -> Vec<(String, usize)> {
+        let d0 = at(first);
+        (0..5).map(|i| (chrono::DateTime::from_timestamp_millis(d0 + i * DAY).unwrap().to_rfc3339(), 1)).collect()
+    };
+    // 2026-03-02 is a Monday, 2026-03-05 a Thursday, 2026-03-01 a Sunday.
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Option<usize>);
+    let table: &[Case] = &[
+        ("Monday to Friday", monday_weeks, "UTC", "2026-03-02T12:00:00Z", Some(5)),
+        ("Thursday to Monday spans two weeks", monday_weeks, "UTC", "2026-03-05T12:00:00Z", None),
+        ("Sunday to Thursday in a week from Monday", monday_weeks, "UTC", "2026-03-01T12:00:00Z", None),
+        ("Sunday to Thursday in a week from Sunday", sunday_weeks, "UTC", "2026-03-01T12:00:00Z", Some(5)),
+        // Monday 02:00 in Tokyo is Sunday 17:00 UTC: the Tokyo week has begun.
+        ("the user's week, not UTC's", monday_weeks, "Asia/Tokyo", "2026-03-01T17:00:00Z", Some(5)),
+        ("the same instants in UTC", monday_weeks, "UTC", "2026-03-01T17:00:00Z", None),
+    ];
+    for (name, rule, zone, first, want) in table {
+        let steps = five(first);
+        let steps: Vec<(&str, usize)> = steps.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        assert_eq!(calendar_steps(rule, zone, &steps), *want, "{name}");
+    }
+}
+
+#[test]
+fn consecutive_weeks_and_months_and_a_late_event_that_joins_two_runs() {
+    let three_weeks = r#"{ kind = "calendar", event = "problem.answered", bucket = "week", in_a_row = 3 }"#;
+    type Case<'a> = (&'a str, &'a [(&'a str, usize)], Option<usize>);
+    let table: &[Case] = &[
+        ("three weeks", &[("2026-03-02T10:00:00Z", 1), ("2026-03-15T10:00:00Z", 1), ("2026-03-16T10:00:00Z", 1)], Some(3)),
+        ("a week missed", &[("2026-03-02T10:00:00Z", 1), ("2026-03-16T10:00:00Z", 1), ("2026-03-23T10:00:00Z", 1)], None),
+        ("a week missed, then three", &[("2026-03-02T10:00:00Z", 1), ("2026-03-16T10:00:00Z", 1), ("2026-03-23T10:00:00Z", 1), ("2026-03-30T10:00:00Z", 1)], Some(4)),
+    ];
+    for (name, steps, want) in table {
+        assert_eq!(calendar_steps(three_weeks, "UTC", steps), *want, "{name}");
+    }
+    // Weeks W10 and W12 are done; an action from Sunday of W11, reported on Monday of W12
+    // within the late bound, fills the gap: three weeks in a row.
+    let mut u = User::new(catalogue(&badge("cal", "", three_weeks)));
+    assert!(u.answer(at("2026-03-02T10:00:00Z"), "a", true, 1.0).is_empty());
+    assert!(u.answer(at("2026-03-16T08:00:00Z"), "a", true, 1.0).is_empty());
+    let late = u.event("problem.answered", at("2026-03-15T20:00:00Z"), &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    assert_eq!(unlocks(&apply(&mut u.st, &late, at("2026-03-16T09:00:00Z"), &u.cat)), vec!["cal"]);
+    // Months: an hour of video in one calendar month; 30 minutes on 31 January and 30 on
+    // 1 February are not.
+    let month = r#"{ kind = "calendar", event = "video.watched", bucket = "month", sum = "seconds", at_least = 3600, buckets = 1 }"#;
+    let mut m = User::new(catalogue(&badge("cal", "", month)));
+    assert!(m.watch(at("2026-01-31T20:00:00Z"), "p", "v", 1800.0).is_empty());
+    assert!(m.watch(at("2026-02-01T09:00:00Z"), "p", "v", 1800.0).is_empty());
+    assert_eq!(m.watch(at("2026-02-27T09:00:00Z"), "p", "v", 1800.0), vec!["cal"]);
+}
+
+#[test]
+fn calendar_progress_is_pushed_and_explained_for_this_week() {
+    let cat = catalogue(&badge("five-days", "", r#"{ kind = "calendar", event = "problem.answered", when = { correct = true }, bucket = "day", buckets = 5, in_one = "week" }"#));
+    let mut u = User::new(cat);
+    let mut last = vec![];
+    for d in 0..3 {
+        last = u.send("problem.answered", at("2026-03-02T10:00:00Z") + d * DAY, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    }
+    assert_eq!(progress_of(&last, "five-days"), Some((3.0, 5.0)));
+    // Asked on Thursday: three days this week. Asked the next Monday: a new week, none yet.
+    let p = explain_at(&u, "five-days", at("2026-03-05T10:00:00Z")).rule;
+    assert_eq!((p.describe.as_str(), p.current, p.target), ("days this week with problem.answered where correct is true", Some(3.0), Some(5.0)));
+    assert_eq!(explain_at(&u, "five-days", at("2026-03-09T10:00:00Z")).rule.current, Some(0.0));
+    // The first answer of the new week pushes the fall back to 1.
+    let fx = u.send("problem.answered", at("2026-03-09T10:00:00Z"), &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    assert_eq!(progress_of(&fx, "five-days"), Some((1.0, 5.0)));
+}
+
+#[test]
+fn a_day_that_must_reach_a_total_explains_how_far_today_is() {
+    let cat = catalogue(&badge("forty", "", r#"{ kind = "calendar", event = "problem.answered", when = { correct = true }, bucket = "day", at_least = 40, buckets = 2 }"#));
+    let mut u = User::new(cat);
+    u.send("user.profile", at("2026-03-02T08:00:00Z"), &[("timezone", s("Europe/Paris"))]);
+    for i in 0..17 {
+        u.answer(at("2026-03-02T10:00:00Z") + i, "a", true, 1.0);
+    }
+    // At 22:30 UTC it is 23:30 in Paris: 17 so far today. An hour later it is the next day
+    // there, with nothing so far.
+    let p = explain_at(&u, "forty", at("2026-03-02T22:30:00Z")).rule;
+    assert_eq!((p.describe.as_str(), p.current, p.target), ("days with at least 40 problem.answered where correct is true", Some(0.0), Some(2.0)));
+    assert_eq!((p.parts[0].describe.as_str(), p.parts[0].current, p.parts[0].target), ("today", Some(17.0), Some(40.0)));
+    assert_eq!(explain_at(&u, "forty", at("2026-03-02T23:30:00Z")).rule.parts[0].current, Some(0.0));
+}
+
+#[test]
+fn calendar_rule_errors_name_the_field() {
+    let c = |rest: &str| badge("cal", "", &format!(r#"{{ kind = "calendar", event = "problem.answered", {rest} }}"#));
+    let table = [
+        (c(r#"bucket = "fortnight", buckets = 1"#), "rule.bucket", "unknown bucket `fortnight` (use day, week or month)"),
+        (c(r#"bucket = "day""#), "rule", "give `buckets = N` (buckets that reach `at_least`) or `in_a_row = N` (consecutive ones)"),
+        (c(r#"bucket = "day", buckets = 2, in_a_row = 2"#), "rule.in_a_row", "give either `buckets` or `in_a_row`, not both"),
+        (c(r#"bucket = "day", buckets = 0"#), "rule.buckets", "must be a whole number from 1 to 100000"),
+        (c(r#"bucket = "day", in_a_row = 2.5"#), "rule.in_a_row", "must be a whole number from 1 to 100000"),
+        (c(r#"bucket = "day", buckets = 1, at_least = 0"#), "rule.at_least", "must be a positive number"),
+        (c(r#"bucket = "day", buckets = 1, sum = "exercise""#), "rule.sum", "`exercise` must be declared as a number"),
+        (c(r#"bucket = "day", buckets = 1, sum = "minutes""#), "rule.sum", "`minutes` is not a declared field of `problem.answered`"),
+        (c(r#"bucket = "week", buckets = 1, in_one = "month""#), "rule.in_one", "counts day buckets in one week or month: use it with bucket = \"day\""),
+        (c(r#"bucket = "day", buckets = 1, in_one = "day""#), "rule.in_one", "use week or month"),
+        (c(r#"bucket = "day", buckets = 1, in_one = "year""#), "rule.in_one", "unknown bucket `year` (use day, week or month)"),
+        (c(r#"bucket = "day", in_a_row = 3, in_one = "week""#), "rule.in_one", "goes with `buckets`, not with `in_a_row`"),
+        (c(r#"bucket = "week", in_a_row = 3, week_starts = "friday""#), "rule.week_starts", "unknown day `friday` (use monday or sunday)"),
+        (c(r#"bucket = "month", buckets = 1, week_starts = "sunday""#), "rule.week_starts", "only weeks have a first day: use it with bucket = \"week\" or in_one = \"week\""),
+        (c(r#"bucket = "day", buckets = 1, within = "7d""#), "rule", "unknown field `within`"),
+    ];
+    for (doc, field, detail) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        let want = format!("badge `cal`: field `{field}`: {detail}");
+        assert!(e.starts_with(&want) || (field == "rule" && e.starts_with("badge `cal`: field `rule`") && e.contains(detail)), "got: {e}\nwant: {want}");
+    }
+}
+
+#[test]
+fn calendar_rules_replay_to_the_byte_and_duplicates_change_nothing() {
+    let cat = catalogue(&[
+        badge("two-a-day", "", r#"{ kind = "calendar", event = "problem.answered", bucket = "day", at_least = 2, buckets = 5 }"#),
+        badge("weeks", "", r#"{ kind = "calendar", event = ["problem.answered", "video.watched"], bucket = "week", in_a_row = 2 }"#),
+        badge("week-days", "", r#"{ kind = "calendar", event = "video.watched", bucket = "day", sum = "seconds", at_least = 100, buckets = 3, in_one = "week", week_starts = "sunday" }"#),
+    ]
+    .concat());
+    // Five weeks of actions every 7 hours, some of them late by up to 20 hours.
+    let mut events = vec![];
+    let mut u = User::new(cat.clone());
+    for i in 0..120i64 {
+        let when = T0 + i * 7 * HOUR - if i % 5 == 3 { 20 * HOUR } else { 0 };
+        let e = if i % 3 == 0 {
+            u.event("video.watched", when, &[("video", s("v")), ("playlist", s("p")), ("seconds", n((i * 37 % 200) as f64))])
+        } else {
+            u.event("problem.answered", when, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))])
+        };
+        events.push((e, T0 + i * 7 * HOUR + 1000));
+    }
+    let run = |dup: bool| {
+        let mut st = UserState::default();
+        let mut fx = vec![];
+        for (e, now) in &events {
+            fx.push(apply(&mut st, e, *now, &cat));
+            if dup {
+                let before = st.clone();
+                assert!(matches!(apply(&mut st, e, *now, &cat)[..], [Effect::Duplicate { .. }]));
+                assert_eq!(st, before);
+            }
+        }
+        (bincode::serde::encode_to_vec(&st, bincode::config::standard()).unwrap(), fx)
+    };
+    let (a, fa) = run(false);
+    let (b2, fb) = run(true);
+    assert_eq!((a, fa.clone()), (b2, fb));
+    let mut earned: Vec<String> = fa.iter().flat_map(|f| unlocks(f)).collect();
+    earned.sort();
+    assert_eq!(earned, ["two-a-day", "week-days", "weeks"], "every calendar badge earned, once");
+}
+
+// --- Counting keys that meet a threshold (issue 23) -------------------------------------------
+
+#[test]
+fn counting_the_keys_that_reach_a_threshold() {
+    let cat = catalogue(&[
+        // Two correct answers in each of three exercises.
+        badge("three-exercises", "", r#"{ kind = "keys", count = 3, rule = { kind = "count", event = "problem.answered", when = { correct = true }, per = "exercise", target = 2 } }"#),
+        // Ten minutes of video in each of two playlists.
+        badge("two-playlists", "", r#"{ kind = "keys", count = 2, rule = { kind = "sum", event = "video.watched", field = "seconds", per = "playlist", target = 600 } }"#),
+        // Two different videos in each of two playlists.
+        badge("two-by-two", "", r#"{ kind = "keys", count = 2, rule = { kind = "count", event = "video.watched", distinct = "video", per = "playlist", target = 2 } }"#),
+    ]
+    .concat());
+    let got = answers_table(&cat, &[(0, true, "a", 1.0), (1, true, "b", 1.0), (2, true, "a", 1.0), (3, false, "c", 1.0), (4, true, "c", 1.0), (5, true, "b", 1.0), (6, true, "c", 1.0)]);
+    assert_eq!(got, vec![(7, "three-exercises".to_string())]);
+    let mut u = User::new(cat);
+    assert!(u.watch(T0, "p1", "v1", 600.0).is_empty());
+    assert!(u.watch(T0 + 1, "p2", "v1", 599.0).is_empty());
+    assert!(u.watch(T0 + 2, "p1", "v1", 1.0).is_empty(), "the same video again is not a second one");
+    let fx = u.send("video.watched", T0 + 3, &[("video", s("v2")), ("playlist", s("p2")), ("seconds", n(1.0))]);
+    assert_eq!(unlocks(&fx), vec!["two-playlists"]);
+    // Progress counts keys: one playlist with two different videos of the two needed.
+    assert_eq!(progress_of(&fx, "two-by-two"), Some((1.0, 2.0)));
+    let p = explain(&u, "two-by-two").rule;
+    assert_eq!((p.describe.as_str(), p.current, p.target), ("different playlist where different video in video.watched reaches 2", Some(1.0), Some(2.0)));
+    assert_eq!(u.watch(T0 + 4, "p1", "v2", 1.0), vec!["two-by-two"]);
+    // Errors name the field.
+    let table = [
+        (badge("k", "", r#"{ kind = "keys", count = 3, rule = { kind = "count", event = "login", target = 2 } }"#), "badge `k`: field `rule.rule`: a `keys` rule counts the keys of a count, sum, max or streak kept per key: give that rule `per`"),
+        (badge("k", "", r#"{ kind = "keys", count = 0, rule = { kind = "count", event = "login", per = "x", target = 2 } }"#), "badge `k`: field `rule.count`: must be a whole number from 1 to 1000000"),
+        (badge("k", "", r#"{ kind = "keys", count = 2, rule = { kind = "count", event = "problem.answered", per = "topic", target = 2 } }"#), "badge `k`: field `rule.rule.per`: `topic` is not a declared field of `problem.answered`"),
+        (badge("k", "", r#"{ kind = "keys", count = 2, rule = { kind = "all", of = [ { kind = "count", event = "problem.answered", per = "exercise", target = 2 } ] } }"#), "badge `k`: field `rule.rule`: a `keys` rule counts the keys of a count, sum, max or streak kept per key: give that rule `per`"),
+    ];
+    for (doc, want) in table {
+        assert_eq!(Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string(), want);
+    }
+}
+
+// --- Ratios and comparisons (issue 23) ----------------------------------------------------------
+
+#[test]
+fn ratios_between_two_stats() {
+    let answers = r#"{ kind = "count", event = "problem.answered" }"#;
+    let right = r#"{ kind = "count", event = "problem.answered", when = { correct = true } }"#;
+    let wrong = r#"{ kind = "count", event = "problem.answered", when = { correct = false } }"#;
+    let cat = catalogue(&[
+        // At least 4 answers, at least three quarters of them right.
+        badge("accurate", "", &format!(r#"{{ kind = "all", of = [ {{ kind = "count", event = "problem.answered", target = 4 }}, {{ kind = "ratio", of = {right}, to = {answers}, at_least = 0.75 }} ] }}"#)),
+        // More than 2 wrong answers, and they are at least half of all answers.
+        badge("struggling", "", &format!(r#"{{ kind = "all", of = [ {{ kind = "count", event = "problem.answered", when = {{ correct = false }}, target = 3 }}, {{ kind = "ratio", of = {wrong}, to = {answers}, at_least = 0.5 }} ] }}"#)),
+        // More videos watched than problems answered.
+        badge("watcher", "", &format!(r#"{{ kind = "ratio", of = {{ kind = "count", event = "video.watched" }}, to = {answers}, more_than = 1 }}"#)),
+        // Wrong answers under a tenth of all: not while there is nothing to compare.
+        badge("careful", "", &format!(r#"{{ kind = "ratio", of = {wrong}, to = {answers}, less_than = 0.1 }}"#)),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    assert_eq!(u.watch(T0, "p", "v", 10.0), vec!["watcher"], "one video against no answers is more");
+    let p = explain(&u, "careful").rule;
+    assert_eq!((p.holds, p.current, p.target, p.at_most), (false, Some(0.0), Some(0.1), true), "0 of 0 holds nothing");
+    let got: Vec<Vec<String>> = [true, true, false, true].iter().enumerate().map(|(i, c)| u.answer(T0 + 1 + i as Millis, "a", *c, 1.0)).collect();
+    assert_eq!(got, vec![vec!["careful".to_string()], vec![], vec![], vec!["accurate".to_string()]]);
+    // 3 of 4 right; then wrong answers: 2 wrong of 5 are too few, 3 of 6 are half.
+    let got: Vec<Vec<String>> = (0..3).map(|i| u.answer(T0 + 10 + i, "a", false, 1.0)).collect();
+    assert_eq!(got, vec![vec![], vec!["struggling".to_string()], vec![]]);
+    let a = explain(&User::new(u.cat.clone()), "watcher").rule;
+    assert_eq!((a.describe.as_str(), a.holds, a.parts.len()), ("number of video.watched, as a share of number of problem.answered", false, 2));
+}
+
+#[test]
+fn fields_compared_with_other_fields_of_the_same_event() {
+    let cat = catalogue(&[
+        badge("record-breaker", "", r#"{ kind = "count", event = "race.finished", when = { time = { lt = { field = "record" } } }, target = 1 }"#),
+        badge("leap", "", r#"{ kind = "count", event = "race.finished", when = { score = { gt = { field = "previous_best", times = 2 } } }, target = 1 }"#),
+        badge("three-records", "", r#"{ kind = "count", event = "race.finished", when = { time = { lt = { field = "record" } } }, distinct = "course", target = 3 }"#),
+    ]
+    .concat());
+    let race = |u: &mut User, at: Millis, course: &str, time: f64, record: f64, score: f64, best: Option<f64>| {
+        let mut p = vec![("course", s(course)), ("time", n(time)), ("record", n(record)), ("score", n(score))];
+        p.extend(best.map(|b| ("previous_best", n(b))));
+        unlocks(&u.send("race.finished", at, &p))
+    };
+    let mut u = User::new(cat);
+    assert!(race(&mut u, T0, "a", 61.0, 60.0, 100.0, Some(50.0)).is_empty(), "slower than the record; exactly twice the best is not more");
+    assert_eq!(race(&mut u, T0 + 1, "a", 59.9, 60.0, 100.0, None), vec!["record-breaker"], "no previous best: not more than twice it");
+    assert_eq!(race(&mut u, T0 + 2, "b", 70.0, 60.0, 100.1, Some(50.0)), vec!["leap"]);
+    race(&mut u, T0 + 3, "b", 59.0, 60.0, 1.0, None);
+    assert_eq!(race(&mut u, T0 + 4, "c", 10.0, 12.0, 1.0, None), vec!["three-records"]);
+    assert_eq!(explain(&User::new(u.cat.clone()), "leap").rule.describe, "number of race.finished where score is more than 2 times previous_best");
+}
+
+#[test]
+fn ratio_and_field_comparison_errors_name_the_field() {
+    let answers = r#"{ kind = "count", event = "problem.answered" }"#;
+    let table = [
+        (badge("r", "", &format!(r#"{{ kind = "ratio", of = {answers}, to = {answers} }}"#)), "badge `r`: field `rule`: give exactly one of at_least, more_than, at_most or less_than"),
+        (badge("r", "", &format!(r#"{{ kind = "ratio", of = {answers}, to = {answers}, at_least = 0.5, at_most = 0.9 }}"#)), "badge `r`: field `rule`: give exactly one of at_least, more_than, at_most or less_than"),
+        (badge("r", "", &format!(r#"{{ kind = "ratio", of = {answers}, to = {answers}, at_least = -1 }}"#)), "badge `r`: field `rule.at_least`: must be a number of at least 0"),
+        (badge("r", "", r#"{ kind = "ratio", of = { kind = "count", event = "quiz" }, to = { kind = "count", event = "login" }, at_least = 1 }"#), "badge `r`: field `rule.of.event`: unknown event type `quiz`"),
+        (badge("r", "", r#"{ kind = "ratio", of = { kind = "sum", event = "login", field = "x" }, to = { kind = "count", event = "login" }, at_least = 1 }"#), "badge `r`: field `rule.of.field`: `x` is not a declared field of `login`"),
+        (badge("r", "", r#"{ kind = "ratio", of = { kind = "count", event = "login" }, to = { kind = "count", event = "login", when = { y = 1 } }, at_least = 1 }"#), "badge `r`: field `rule.to.when`: `y` is not a declared field of `login`"),
+        (badge("w", "", r#"{ kind = "count", event = "race.finished", when = { time = { lt = { field = "recrod" } } }, target = 1 }"#), "badge `w`: field `rule.when`: `recrod` is not a declared field of `race.finished`"),
+        (badge("w", "", r#"{ kind = "count", event = "race.finished", when = { time = { in = { field = "record" } } }, target = 1 }"#), "badge `w`: field `rule.when`: `time.in` cannot compare with another field (eq, ne, gt, gte, lt and lte can)"),
+        (badge("a", "", r#"{ kind = "attribute", when = { plan = { eq = { field = "tier" } } } }"#), "badge `a`: field `rule.when`: user attributes compare with values, not with fields"),
+    ];
+    for (doc, want) in table {
+        assert_eq!(Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string(), want);
+    }
+    // A side takes no target and no `per` (serde names the rule, and the key it refuses).
+    for (side, bad) in [(r#"{ kind = "count", event = "login", target = 3 }"#, "target"), (r#"{ kind = "count", event = "login", per = "x" }"#, "per")] {
+        let doc = badge("r", "", &format!(r#"{{ kind = "ratio", of = {side}, to = {answers}, at_least = 1 }}"#));
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert!(e.starts_with("badge `r`: field `rule`") && e.contains(&format!("unknown field `{bad}`")), "{e}");
+    }
+}
+
+// --- Repeat of any rule (issue 23) --------------------------------------------------------------
+
+#[test]
+fn a_repeat_badge_is_earned_again_by_each_new_streak() {
+    let cat = catalogue(&[
+        badge("hot-streak", "xp = 10\nrepeat = true", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 3 }"#),
+        badge("three-days", "repeat = true", r#"{ kind = "daily_streak", event = "login", days = 3 }"#),
+    ]
+    .concat());
+    // Three right in a row earn it; a fourth and fifth are the same streak; a wrong answer ends
+    // it, and the next three right earn it again.
+    let got = answers_table(&cat, &[(0, true, "a", 1.0), (1, true, "a", 1.0), (2, true, "a", 1.0), (3, true, "a", 1.0), (4, true, "a", 1.0), (5, false, "a", 1.0), (6, true, "a", 1.0), (7, true, "a", 1.0), (8, true, "a", 1.0)]);
+    assert_eq!(got, vec![(3, "hot-streak".to_string()), (9, "hot-streak".to_string())]);
+    let mut u = User::new(cat);
+    for i in 0..9 {
+        u.answer(T0 + i, "a", i != 5, 1.0);
+    }
+    assert_eq!((u.st.badges["hot-streak"].count, u.st.xp), (2, 20), "each award pays");
+    // While owned, progress towards the next streak is pushed and explained.
+    let fx = u.send("problem.answered", T0 + 9, &[("exercise", s("a")), ("correct", b(false)), ("seconds", n(1.0))]);
+    assert_eq!(progress_of(&fx, "hot-streak"), Some((0.0, 3.0)));
+    assert_eq!(explain(&u, "hot-streak").owned, 2);
+    // Calendar streaks: days 1-3 earn it, day 4 goes on, a missed day ends it, days 6-8 again.
+    let days: Vec<bool> = [0, 1, 2, 3, 5, 6, 7].iter().map(|d| unlocks(&u.send("login", T0 + d * DAY, &[])).contains(&"three-days".to_string())).collect();
+    assert_eq!(days, [false, false, true, false, false, false, true]);
+}
+
+#[test]
+fn a_repeat_badge_is_earned_again_after_a_quiet_spell_by_a_single_action() {
+    // Each of these holds again at once on the first action after days without any: no event
+    // saw it stop holding, so the badge tells the new week, run or streak by its number.
+    let cat = catalogue(&[
+        badge("weekly", "xp = 5\nrepeat = true", r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 1, in_one = "week" }"#),
+        badge("week-run", "repeat = true", r#"{ kind = "calendar", event = "login", bucket = "week", in_a_row = 1 }"#),
+        badge("a-day", "repeat = true", r#"{ kind = "daily_streak", event = "login", days = 1 }"#),
+    ]
+    .concat());
+    let mut u = User::new(cat);
+    // T0 is Monday 2 March 2026, noon. Once this week: earned every week, three weeks running.
+    let mut got = vec![];
+    for d in [0, 2, 7, 9, 14] {
+        got.push((d, unlocks(&u.send("login", T0 + d * DAY, &[]))));
+    }
+    let got: Vec<(i64, Vec<&str>)> = got.iter().map(|(d, b)| (*d, b.iter().map(String::as_str).filter(|b| *b != "a-day").collect())).collect();
+    assert_eq!(got, vec![(0, vec!["weekly", "week-run"]), (2, vec![]), (7, vec!["weekly"]), (9, vec![]), (14, vec!["weekly"])]);
+    assert_eq!((u.st.badges["weekly"].count, u.st.badges["week-run"].count), (3, 1), "weeks 1 to 3 are one run of weeks");
+    // A week without any login ends the run of weeks; the next login starts a new one.
+    assert_eq!(unlocks(&u.send("login", T0 + 28 * DAY, &[])), vec!["weekly", "week-run", "a-day"]);
+    // A daily streak of one day: earned again by a login after a missed day, not the next day.
+    let days: Vec<bool> = [29, 30, 32, 32].iter().map(|d| unlocks(&u.send("login", T0 + d * DAY + 1, &[])).contains(&"a-day".to_string())).collect();
+    assert_eq!(days, [false, false, true, false]);
+    // A late login for the empty week before: that week is older than the one last earned, and
+    // it joins the two runs of weeks into one already earned, so nothing is earned.
+    assert!(unlocks(&u.send("login", T0 + 22 * DAY, &[])).is_empty());
+}
+
+#[test]
+fn tenure_repeats_every_year_and_repeat_errors_name_the_field() {
+    let cat = catalogue(&badge("anniversary", "xp = 5\nrepeat_every = 365", r#"{ kind = "tenure", days = 365 }"#));
+    let mut u = User::new(cat);
+    // Two years and two months a member when first seen: two awards at once.
+    let fx = u.send("user.profile", T0, &[("signed_up_at", s("2024-01-01T00:00:00Z"))]);
+    assert!(fx.contains(&Effect::Unlock { badge: "anniversary".into(), count: 2, key: None, xp: 10, at: T0 }), "{fx:?}");
+    let p = explain_at(&u, "anniversary", T0);
+    assert_eq!((p.owned, p.rule.current, p.rule.target), (2, Some(791.0), Some(1095.0)));
+    assert!(unlocks(&u.send("login", T0 + 300 * DAY, &[])).is_empty());
+    assert_eq!(unlocks(&u.send("login", T0 + 305 * DAY, &[])), vec!["anniversary"]);
+    // A first award after a shorter wait: at 7 days, then every 30 days after it.
+    let mut w = User::new(catalogue(&badge("regular", "repeat_every = 30", r#"{ kind = "tenure", days = 7 }"#)));
+    // Signed up at T0 (2026-03-02 12:00 UTC).
+    assert!(unlocks(&w.send("user.profile", T0, &[("signed_up_at", s("2026-03-02T12:00:00Z"))])).is_empty());
+    assert!(unlocks(&w.send("login", T0 + 7 * DAY - 1, &[])).is_empty());
+    assert_eq!(unlocks(&w.send("login", T0 + 7 * DAY, &[])), vec!["regular"]);
+    assert!(unlocks(&w.send("login", T0 + 36 * DAY, &[])).is_empty());
+    assert_eq!(unlocks(&w.send("login", T0 + 37 * DAY, &[])), vec!["regular"]);
+    let p = explain_at(&w, "regular", T0 + 37 * DAY);
+    assert_eq!((p.owned, p.rule.target), (2, Some(67.0)));
+    let table = [
+        (badge("r", "repeat = true", r#"{ kind = "count", event = "login", target = 3 }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
+        (badge("r", "repeat = true\nrepeat_every = 3", r#"{ kind = "sum", event = "video.watched", field = "seconds", target = 3 }"#), "badge `r`: field `repeat`: cannot be combined with repeat_every or per_key"),
+        (badge("r", "repeat = true", r#"{ kind = "all", of = [ { kind = "level", at_least = 2 }, { kind = "tenure", days = 3 } ] }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
+        (badge("r", "repeat_every = 2", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat_every`: needs a positive number and a count, sum or tenure rule (use repeat = true for others)"),
+        (badge("r", "repeat = 1", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat`: invalid type: integer `1`, expected a boolean"),
+        (badge("r", "repeat = true", r#"{ kind = "window", within = "1h", require = [ { event = "video.watched", count = 2 } ] }"#), "badge `r`: field `repeat`: cannot repeat a window rule: it stops holding as time passes, with no event to see it, so a new occurrence could not be told from the last (repeat a calendar rule with `in_one` or `in_a_row` instead)"),
+        (badge("r", "repeat = true", r#"{ kind = "any", of = [ { kind = "daily_streak", event = "login", days = 2 }, { kind = "level", at_least = 3 } ] }"#), "badge `r`: field `repeat`: repeats a daily streak or a calendar rule with `in_one` or `in_a_row` only as the badge's whole rule: it stops holding as days pass, and only on its own can its occurrences be told apart"),
+        (badge("r", "repeat_every = 0.001", r#"{ kind = "tenure", days = 0 }"#), "badge `r`: field `repeat_every`: on a tenure rule counts whole days: give a whole number from 1 to 100000"),
+        (badge("r", "repeat_every = 1.5", r#"{ kind = "tenure", days = 1 }"#), "badge `r`: field `repeat_every`: on a tenure rule counts whole days: give a whole number from 1 to 100000"),
+        (badge("r", "repeat_every = 30", r#"{ kind = "tenure", days = 365 }"#), "badge `r`: field `repeat_every`: must be at least the rule's `days`: the first award comes at `days`, the next ones every `repeat_every` days after it"),
+        (badge("r", "repeat_every = 0.5", r#"{ kind = "count", event = "login", target = 1 }"#), "badge `r`: field `repeat_every`: on a count must be at least 1: a count grows by one at a time"),
+        (badge("r", "repeat = true", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, per = "exercise", target = 3 }"#), "badge `r`: field `repeat`: takes a rule that is not kept per key (`per`, `same`, `in_key`): whether it holds changes with each event's key"),
+    ];
+    for (doc, want) in table {
+        assert_eq!(Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string(), want);
+    }
+}
+
+#[test]
+fn a_badge_owned_before_it_became_repeatable_waits_for_a_new_streak() {
+    let once = catalogue(&badge("hot", "", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 2 }"#));
+    let mut u = User::new(once);
+    u.answer(T0, "a", true, 1.0);
+    assert_eq!(u.answer(T0 + 1, "a", true, 1.0), vec!["hot"]);
+    // The catalogue makes it repeatable while the streak goes on: not earned again for it.
+    u.cat = catalogue(&badge("hot", "repeat = true", r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 2 }"#));
+    assert!(u.answer(T0 + 2, "a", true, 1.0).is_empty());
+    u.answer(T0 + 3, "a", false, 1.0);
+    u.answer(T0 + 4, "a", true, 1.0);
+    assert_eq!(u.answer(T0 + 5, "a", true, 1.0), vec!["hot"]);
+    assert_eq!(u.st.badges["hot"].count, 2);
 }

@@ -160,6 +160,7 @@ fn stat_json(v: &crate::core::state::StatValue) -> Json_ {
         S::KeyedSet(m) => json!(m.iter().map(|(k, s)| (k.clone(), s.len())).collect::<std::collections::BTreeMap<_, _>>()),
         S::Daily { len, last_day, freezes, .. } => json!({ "days": len, "last_day": last_day, "freezes": freezes }),
         S::Seq { step, done, .. } => json!({ "step": step, "done": done }),
+        S::Calendar(b) => json!({ "reached": b.count(), "totals": b.open.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>() }),
     }
 }
 

@@ -2,6 +2,7 @@
 //! deterministic: no IO, no clock (time arrives as `now` and `occurred_at`), no randomness.
 
 use super::calendar::local_day;
+use super::buckets::Reading;
 use super::catalogue::{BadgeDef, Catalogue, Cond, EventTypeDef, FieldKind, StatDef, StatKind, PROFILE_EVENT};
 use super::effect::{DuplicateBy, Effect, Rejection, XpReason};
 use super::history::{recent, window_reaches, Runs};
@@ -97,7 +98,7 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     let mut touched: u128 = 0;
     for (bit, &s) in ty.stats.iter().enumerate() {
         let def = &cat.stats[s];
-        let day = matches!(def.kind, StatKind::Daily { .. }).then(|| day_of(state, at, cat));
+        let day = matches!(def.kind, StatKind::Daily { .. } | StatKind::Calendar { .. }).then(|| day_of(state, at, cat));
         if update_stat(def, &mut state.stats[s].1, t, &fields, at, day) && bit < 128 {
             touched |= 1 << bit;
         }
@@ -147,7 +148,9 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     let mut memo = std::mem::take(&mut state.derived.memo);
     memo.clear();
     memo.resize(cat.stats.len(), std::cell::Cell::new(f64::NAN));
-    let ctx = Ctx { cat, t, fields: &fields, at, memo: &memo, runs: Runs::default() };
+    // Calendar rules read their buckets at the event's local day.
+    let day = if cat.calendar { day_of(state, at, cat) } else { 0 };
+    let ctx = Ctx { cat, t, fields: &fields, at, day, memo: &memo, runs: Runs::default(), bound: None };
     for &i in &ty.checks {
         if !(cat.once[i] && state.derived.owned[i] > 0) {
             consider(state, &ctx, i, &event.event_id, &mut fx);
@@ -167,8 +170,12 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
 
     for p in &ty.progress {
         let owned = state.derived.owned[p.badge];
-        if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some()) {
-            let current = metric(state, &ctx, p.stat);
+        // A hidden badge shows nothing until it is earned, progress included.
+        if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some() || p.again) && !(p.hidden && owned == 0) {
+            let current = match p.each {
+                Some(each) => state.stats[p.stat].1.keys_reaching(each, usize::MAX) as f64,
+                None => metric(state, &ctx, p.stat),
+            };
             let target = match p.repeat_every {
                 Some(every) => every * (owned as f64 + 1.0),
                 None => p.target,
@@ -366,6 +373,15 @@ fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], a
                     }
                 }
             }
+            StatKind::Calendar { bucket, at_least, .. } if matched => {
+                let x = match input.value {
+                    Some(p) => fields[p].as_f64().unwrap_or(0.0),
+                    None => 1.0,
+                };
+                if let StatValue::Calendar(b) = &mut *val {
+                    changed |= b.add(bucket.of(day.expect("calendar stats get a day")), x, *at_least);
+                }
+            }
             StatKind::Sequence { steps, within } if matched => {
                 if let StatValue::Seq { step, started_at, done } = &mut *val {
                     if *done {
@@ -411,9 +427,14 @@ pub(crate) struct Ctx<'a> {
     pub t: usize,
     pub fields: &'a [Value],
     pub at: Millis,
+    /// The user's local day of `at`, when the catalogue has calendar rules.
+    pub day: i32,
     /// Stat values already looked up in this context (NaN: not yet).
     pub memo: &'a [std::cell::Cell<f64>],
     pub runs: Runs,
+    /// While a `SameKey` condition tries one key: (the field, the key) keyed stats of that
+    /// field are read at, whatever the event carries.
+    pub bound: Option<(&'a str, &'a str)>,
 }
 
 /// A stat's value in this context: for a keyed stat, at the key the event carries in the field
@@ -424,8 +445,15 @@ pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
         return known;
     }
     let def = &ctx.cat.stats[stat];
-    let key = def.key_pos[ctx.t].and_then(|p| ctx.fields[p].key());
-    let v = state.stats[stat].1.metric(key.as_deref());
+    if let (StatKind::Calendar { bucket, reading, .. }, StatValue::Calendar(b)) = (&def.kind, &state.stats[stat].1) {
+        let v = b.read(*bucket, *reading, ctx.day);
+        ctx.memo[stat].set(v);
+        return v;
+    }
+    let v = match ctx.bound {
+        Some((per, key)) if def.per.as_deref() == Some(per) => state.stats[stat].1.metric(Some(key)),
+        _ => state.stats[stat].1.metric(def.key_pos[ctx.t].and_then(|p| ctx.fields[p].key()).as_deref()),
+    };
     ctx.memo[stat].set(v);
     v
 }
@@ -436,20 +464,41 @@ pub(crate) fn metric(state: &UserState, ctx: &Ctx, stat: usize) -> f64 {
 fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut Vec<Effect>) -> bool {
     let def: &BadgeDef = &ctx.cat.badges[i];
     let have = state.derived.owned[i];
-    let repeatable = def.repeat_every.is_some() || def.per_key.is_some();
-    if have > 0 && !repeatable {
+    if have > 0 && !def.repeatable() {
         return false;
     }
     if def.available_from.is_some_and(|f| ctx.at < f) || def.available_until.is_some_and(|u| ctx.at >= u) {
         return false;
     }
     let (times, key) = if let Some(every) = def.repeat_every {
-        let Cond::Metric { stat, .. } = def.cond else { return false };
-        let due = (metric(state, ctx, stat) / every).floor() as u32;
+        let due = match def.cond {
+            Cond::Metric { stat, .. } => (metric(state, ctx, stat) / every).floor(),
+            // Tenure is first earned at the rule's `days`, then every `every` days after it
+            // (compile keeps `days` at most `every`, both whole days).
+            Cond::Tenure(ms) => match state.member_since() {
+                Some(s) if ctx.at - s >= ms => ((ctx.at - s - ms) / super::value::DAY) as f64 / every + 1.0,
+                _ => 0.0,
+            }
+            .floor(),
+            _ => return false,
+        };
+        // Clamped so that no sum, however large, wraps the award count.
+        let due = due.min(f64::from(u32::MAX / 2)) as u32;
         if due <= have {
             return false;
         }
         (due - have, None)
+    } else if let Some(held) = def.repeat {
+        let now = holds(state, ctx, &def.cond);
+        let before = state.stats[held].1.metric(None);
+        let (after, earned) = repeat_marker(state, ctx, &def.cond, before, now, have);
+        if before != after {
+            state.stats[held].1 = StatValue::Num(after);
+        }
+        if !earned {
+            return false;
+        }
+        (1, None)
     } else if def.per_key.is_some() {
         let Some(key) = def.per_key_pos[ctx.t].and_then(|p| ctx.fields[p].key()) else { return false };
         if !holds(state, ctx, &def.cond) {
@@ -466,7 +515,7 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         (1, None)
     };
     // Per-key badges pay XP on the first award only, as Khan Academy's did.
-    let xp = if def.per_key.is_some() && have > 0 { 0 } else { def.xp * times as u64 };
+    let xp = if def.per_key.is_some() && have > 0 { 0 } else { def.xp.saturating_mul(u64::from(times)) };
     let rec = state.badges.get_or_insert_with(&def.id, || BadgeRecord {
         awarded_at: ctx.at,
         count: 0,
@@ -487,10 +536,78 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
     true
 }
 
+/// Markers a `repeat` badge's `Held` stat keeps: never checked, held, did not hold; from
+/// `NAMED` up, the occurrence last earned (or, for a daily streak, last seen) by number.
+const NEVER: f64 = 0.0;
+const HELD: f64 = 1.0;
+const NOT_HELD: f64 = 2.0;
+const NAMED: f64 = 3.0;
+
+/// A `repeat` badge's marker after this check, and whether the check earns the badge again.
+///
+/// Earned when the rule holds in a new occurrence: not the streak, run or period it was last
+/// earned for. Most rules only stop holding through an event, which checks the badge, so "held
+/// at the last check" tells the occurrence apart. Calendar readings and daily streaks also stop
+/// holding as days pass, with no event to see it: one action after a quiet spell makes them hold
+/// again at once. For those the occurrence is named by a number (the period, the run's first
+/// bucket, the streak's last day and length), and a new number earns it. A badge owned before it
+/// became repeatable (nothing recorded yet) waits for a new occurrence.
+fn repeat_marker(state: &UserState, ctx: &Ctx, cond: &Cond, before: f64, now: bool, have: u32) -> (f64, bool) {
+    let first = before == NOT_HELD || (before == NEVER && have == 0);
+    let Some((stat, kind)) = (match cond {
+        Cond::Metric { stat, .. } => Some((*stat, &ctx.cat.stats[*stat].kind)),
+        _ => None,
+    }) else {
+        return (if now { HELD } else { NOT_HELD }, now && first);
+    };
+    let named = |n: i32| NAMED + (f64::from(n) + 2_147_483_648.0);
+    match (kind, &state.stats[stat].1) {
+        (StatKind::Calendar { bucket, reading, .. }, StatValue::Calendar(b)) if !matches!(reading, Reading::Total) => {
+            // Periods and runs are numbered in time order, so a late event that completes an
+            // older week or run (a smaller number) earns nothing: the number kept is the newest.
+            let n = match reading {
+                Reading::InOne(period) => Some(period.of(ctx.day)),
+                _ => b.run_start(*bucket, ctx.day),
+            };
+            match n {
+                Some(n) if now => {
+                    let m = named(n);
+                    if before >= NAMED { (before.max(m), m > before) } else { (m, first) }
+                }
+                _ if before >= NAMED => (before, false),
+                _ => (NOT_HELD, false),
+            }
+        }
+        (StatKind::Daily { .. }, StatValue::Daily { last_day, len, .. }) => {
+            // Every change of a daily streak comes with an event that checks this badge, so the
+            // streak seen now is a new one when it is shorter than the one seen at the last
+            // check, or as long but on another day (a streak of 1 restarted). The marker keeps
+            // (last day, length, held) in one exact integer below 2^53.
+            let len = (*len).min((1 << 20) - 1);
+            let snap = (f64::from(*last_day) + 1_073_741_824.0) * 1_048_576.0 + f64::from(len);
+            let m = NAMED + 2.0 * snap + f64::from(u8::from(now));
+            if before < NAMED {
+                return (m, now && first);
+            }
+            let prev = ((before - NAMED) / 2.0).floor();
+            let prev_held = before - NAMED - 2.0 * prev == 1.0;
+            let (prev_day, prev_len) = ((prev / 1_048_576.0).floor(), prev % 1_048_576.0);
+            let restarted = f64::from(len) < prev_len || (f64::from(len) == prev_len && f64::from(*last_day) + 1_073_741_824.0 != prev_day);
+            (m, now && (!prev_held || restarted))
+        }
+        _ => (if now { HELD } else { NOT_HELD }, now && first),
+    }
+}
+
 /// Whether a compiled condition holds for this user in this context.
 pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
     match c {
         Cond::Metric { stat, target } => metric(state, ctx, *stat) >= *target,
+        Cond::Ratio { of, to, cmp, value } => cmp.holds(metric(state, ctx, *of), metric(state, ctx, *to), *value),
+        Cond::Keys { stat, each, target } => {
+            let need = *target as usize;
+            state.stats[*stat].1.keys_reaching(*each, need) >= need
+        }
         Cond::Sequence { stat } => matches!(state.stats[*stat].1, StatValue::Seq { done: true, .. }),
         Cond::Window { within, reqs } => {
             // The window ends at the user's latest action, so a late-reported event that fills a
@@ -515,8 +632,38 @@ pub(crate) fn holds(state: &UserState, ctx: &Ctx, c: &Cond) -> bool {
         Cond::Level(l) => state.level >= *l,
         Cond::Xp(x) => state.xp >= *x,
         Cond::Attribute(tests) => tests.iter().all(|(k, op)| op.test(state.attributes.get(k).unwrap_or(&Value::Null))),
-        Cond::Tenure(ms) => state.signed_up_at.or(state.first_seen).is_some_and(|s| ctx.at - s >= *ms),
+        Cond::Tenure(ms) => state.member_since().is_some_and(|s| ctx.at - s >= *ms),
         Cond::Never => false,
+        Cond::SameKey(k) => {
+            // An event that names the key (or a key being tried) decides for that key alone.
+            let named = ctx.bound.is_some_and(|(per, _)| per == k.per) || k.key_pos[ctx.t].is_some_and(|p| ctx.fields[p].key().is_some());
+            if named {
+                return holds(state, ctx, &k.cond);
+            }
+            // Otherwise some one key must satisfy every part: each key is tried with the memo
+            // cleared. This happens only for badges rechecked after events without the field.
+            // The keys are read in place, stat by stat (a key an earlier stat holds was tried
+            // with it), and one memo serves every key: the cost is one lookup per key and part,
+            // with no copy of the keys however many the user has.
+            let mut memo: Vec<std::cell::Cell<f64>> = Vec::new();
+            for (n, &s) in k.stats.iter().enumerate() {
+                for key in state.stats[s].1.keys() {
+                    if k.stats[..n].iter().any(|&e| state.stats[e].1.has_key(key)) {
+                        continue;
+                    }
+                    if memo.is_empty() {
+                        memo.resize(ctx.cat.stats.len(), std::cell::Cell::new(f64::NAN));
+                    } else {
+                        memo.iter().for_each(|c| c.set(f64::NAN));
+                    }
+                    let tried = Ctx { cat: ctx.cat, t: ctx.t, fields: ctx.fields, at: ctx.at, day: ctx.day, memo: &memo, runs: Runs::default(), bound: Some((&k.per, key)) };
+                    if holds(state, &tried, &k.cond) {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
     }
 }
 

@@ -19,10 +19,12 @@
 //! - [`catalogue`]: the versioned rule document and its compilation into stat slots and indices.
 //! - [`effect`]: what `apply` returns.
 //! - [`predicate`]: payload conditions compiled to field positions.
+//! - [`buckets`]: totals per local day, week or month, and which reached a threshold.
 //! - [`calendar`]: local days in the user's time zone, leaderboard periods in the tenant's.
 //! - [`value`]: payload values, the event contract, durations and stable hashes.
 
 pub mod board;
+pub mod buckets;
 pub mod calendar;
 pub mod catalogue;
 pub mod effect;

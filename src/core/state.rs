@@ -2,6 +2,7 @@
 //! memory, attributes and assigned goals. Plain data with deterministic serialization (ordered
 //! maps only), so the same event stream always encodes to the same bytes.
 
+use super::buckets::Buckets;
 use super::catalogue::{Catalogue, StatKind};
 use super::value::{same_str, Millis, Value};
 use serde::{Deserialize, Serialize};
@@ -160,17 +161,50 @@ pub enum StatValue {
     KeyedSet(KeyMap<BTreeSet<String>>),
     Daily { last_at: Millis, last_day: i32, len: u32, freezes: u32 },
     Seq { step: u32, started_at: Millis, done: bool },
+    /// A calendar stat's buckets. Boxed, so that the other stats stay small. A variant added
+    /// last, so states stored before it decode unchanged.
+    Calendar(Box<Buckets>),
 }
 
 impl StatValue {
+    /// The keys a keyed stat holds a value for, in order, without copying them (none for a
+    /// stat without keys).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        let (keyed, sets) = match self {
+            StatValue::Keyed(m) => (Some(m.iter().map(|(k, _)| k.as_str())), None),
+            StatValue::KeyedSet(m) => (None, Some(m.iter().map(|(k, _)| k.as_str()))),
+            _ => (None, None),
+        };
+        keyed.into_iter().flatten().chain(sets.into_iter().flatten())
+    }
+
+    /// Whether a keyed stat holds a value for `key`.
+    pub fn has_key(&self, key: &str) -> bool {
+        match self {
+            StatValue::Keyed(m) => m.contains_key(key),
+            StatValue::KeyedSet(m) => m.contains_key(key),
+            _ => false,
+        }
+    }
+
     pub fn initial(kind: &StatKind, keyed: bool) -> StatValue {
         match (kind, keyed) {
             (StatKind::Distinct, false) => StatValue::Set(BTreeSet::new()),
             (StatKind::Distinct, true) => StatValue::KeyedSet(KeyMap::default()),
             (StatKind::Daily { .. }, _) => StatValue::Daily { last_at: 0, last_day: 0, len: 0, freezes: 0 },
             (StatKind::Sequence { .. }, _) => StatValue::Seq { step: 0, started_at: 0, done: false },
+            (StatKind::Calendar { .. }, _) => StatValue::Calendar(Box::default()),
             (_, true) => StatValue::Keyed(KeyMap::default()),
             (_, false) => StatValue::Num(0.0),
+        }
+    }
+
+    /// How many keys have a value of at least `each`, counting no further than `cap`.
+    pub fn keys_reaching(&self, each: f64, cap: usize) -> usize {
+        match self {
+            StatValue::Keyed(m) => m.values().filter(|&&v| v >= each).take(cap).count(),
+            StatValue::KeyedSet(m) => m.values().filter(|s| s.len() as f64 >= each).take(cap).count(),
+            _ => 0,
         }
     }
 
@@ -189,6 +223,8 @@ impl StatValue {
             },
             StatValue::Daily { len, .. } => *len as f64,
             StatValue::Seq { done, .. } => f64::from(u8::from(*done)),
+            // Without a day to read at: how many buckets reached the threshold, ever.
+            StatValue::Calendar(b) => f64::from(b.count()),
         }
     }
 }
@@ -430,6 +466,47 @@ impl UserState {
         self.derived.tz = self.timezone.as_deref().and_then(|t| t.parse().ok());
         self.derived.day = None;
         self.derived.catalogue_id = cat.id;
+    }
+
+    /// When the user's membership began, as tenure rules read it: `signed_up_at`, or else the
+    /// first event.
+    pub fn member_since(&self) -> Option<Millis> {
+        self.signed_up_at.or(self.first_seen)
+    }
+
+    /// Whole days of membership at `at` (0 before the first event).
+    pub fn tenure_days(&self, at: Millis) -> f64 {
+        self.member_since().map_or(0.0, |s| ((at - s).max(0) / super::value::DAY) as f64)
+    }
+
+    /// Every key the keyed stats `stats` hold a value for, in order: the keys a rule that
+    /// must hold for one key can hold for.
+    pub fn keys_of(&self, stats: &[usize]) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for &s in stats {
+            match self.stats.get(s).map(|(_, v)| v) {
+                Some(StatValue::Keyed(m)) => keys.extend(m.keys().cloned()),
+                Some(StatValue::KeyedSet(m)) => keys.extend(m.keys().cloned()),
+                _ => {}
+            }
+        }
+        keys
+    }
+
+    /// The key with the highest value of a keyed stat, and that value (the first key in order
+    /// among equals); `None` for a stat without keys.
+    pub fn best_key(&self, stat: usize) -> Option<(&str, f64)> {
+        fn pick<'a>(best: Option<(&'a str, f64)>, (k, v): (&'a str, f64)) -> Option<(&'a str, f64)> {
+            match best {
+                Some((_, b)) if b >= v => best,
+                _ => Some((k, v)),
+            }
+        }
+        match self.stats.get(stat).map(|(_, v)| v)? {
+            StatValue::Keyed(m) => m.iter().map(|(k, v)| (k.as_str(), *v)).fold(None, pick),
+            StatValue::KeyedSet(m) => m.iter().map(|(k, v)| (k.as_str(), v.len() as f64)).fold(None, pick),
+            _ => None,
+        }
     }
 
     pub fn tz(&self, cat: &Catalogue) -> chrono_tz::Tz {

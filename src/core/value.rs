@@ -189,6 +189,17 @@ pub fn parse_duration(text: &str) -> Result<Millis, String> {
     Ok((value * scale).round() as Millis)
 }
 
+/// A duration as a sentence shows it: `7 days`, `1 hour`, `90 seconds`.
+pub fn human_duration(ms: Millis) -> String {
+    let (n, unit) = match ms {
+        m if m != 0 && m % DAY == 0 => (m / DAY, "day"),
+        m if m != 0 && m % HOUR == 0 => (m / HOUR, "hour"),
+        m if m != 0 && m % MINUTE == 0 => (m / MINUTE, "minute"),
+        m => (m / SECOND, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 /// FNV-1a, 64 bit: a hash that is the same in every process and on every machine, used for
 /// stat identities and the dedup ring so that persisted state never depends on a random seed.
 pub fn stable_hash(bytes: &[u8]) -> u64 {

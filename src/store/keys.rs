@@ -243,3 +243,63 @@ mod tree_codes {
         assert_eq!(TreeId::from_code(14), None);
     }
 }
+
+#[cfg(test)]
+mod stored_states {
+    use super::{decode, encode, UserRecord};
+    use crate::core::value::{b, n, s};
+    use crate::core::{apply, Catalogue, Effect, Event};
+
+    /// A user's snapshot as the code before calendar rules (683a1f5) stored it: the demo
+    /// catalogue of then, a user in Paris with answers, a video, an article, a proficiency and
+    /// a login (written once by that code; see the commit that added this file).
+    const OLD: &str = include_str!("../../tests/fixtures/user-record-683a1f5.hex");
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        let hex = hex.trim();
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_state_stored_before_calendar_rules_opens_and_goes_on() {
+        let old = bytes(OLD);
+        let rec: UserRecord = decode(b"demo\0ada", &old).expect("the old record decodes");
+        assert_eq!((rec.seq, rec.offset, rec.state.events, rec.state.timezone.as_deref()), (29, 41, 29, Some("Europe/Paris")));
+        // Nothing about the encoding of what it holds changed: it writes back to the same bytes.
+        assert_eq!(encode(&rec), old);
+        // Under today's demo catalogue its stats are kept, the calendar stats start at zero, and
+        // it takes events: answers on five more days.
+        let cat = Catalogue::demo();
+        let mut st = rec.state;
+        st.sync(&cat);
+        let before = st.badges.len();
+        // "Centurion" counts correct answers: its stat is the stored one, going on.
+        let centurion = match cat.badge("centurion").expect("a demo badge").cond {
+            crate::core::catalogue::Cond::Metric { stat, .. } => stat,
+            ref other => panic!("centurion is a count: {other:?}"),
+        };
+        let answers_before = st.stats[centurion].1.metric(None);
+        let t0: i64 = 1_772_452_800_000;
+        let mut earned = vec![];
+        for d in 3..8i64 {
+            let at = t0 + d * 86_400_000;
+            let mut e = Event::new(&format!("new-{d}"), "problem.answered", at, &[("exercise", s("addition-1")), ("correct", b(true)), ("seconds", n(5.0))]);
+            e.user_id = "ada".into();
+            e.tenant_id = "demo".into();
+            let fx = apply(&mut st, &e, at + 1000, &cat);
+            assert!(matches!(fx[0], Effect::Accepted { .. }), "{fx:?}");
+            earned.extend(fx.iter().filter_map(|f| if let Effect::Unlock { badge, .. } = f { Some(badge.to_string()) } else { None }));
+        }
+        // Five fast right answers on five days in a row earn the fast-answer pattern and the
+        // five-day streak, on top of the badges the stored state owned.
+        assert!(before > 0, "the stored state owned badges");
+        assert_eq!(earned, ["picking-up-steam", "good-habits"]);
+        // The calendar stat counts from its first event: the stored Monday and Tuesday answers
+        // are not in it, so Thursday to Sunday are four days of that week, not six, and the
+        // Monday after starts the next week. A backfill would count the old ones...
+        assert!(!earned.contains(&"five-day-week".to_string()), "{earned:?}");
+        // ...while the stats the state already had went on from their stored values.
+        assert!(answers_before > 0.0, "the stored state had correct answers");
+        assert_eq!(st.stats[centurion].1.metric(None), answers_before + 5.0, "the answer count went on from the stored one");
+    }
+}

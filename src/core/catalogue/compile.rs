@@ -3,7 +3,7 @@
 //! hash that tie user state to the catalogue. `Catalogue::parse` and `Catalogue::for_goal`, the
 //! two ways a catalogue is built, are here.
 
-use super::document::{part, Doc, DocBadge, DocBoard, DocEventType, DocXp, Format, DEMO_CATALOGUE};
+use super::document::{part, take_describes, Doc, DocBadge, DocBoard, DocEventType, DocXp, Format, DEMO_CATALOGUE};
 use super::error::{err, CatalogueError};
 use super::model::{
     BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Levels, ProgressSlot, Settings, StatKind, XpAmount, XpRuleDef,
@@ -196,26 +196,71 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     let mut docs = Vec::new();
     for (i, v) in doc.badges.into_iter().enumerate() {
         let owner = v.get("id").and_then(|x| x.as_str()).map(|x| format!("badge `{x}`")).unwrap_or(format!("badge #{}", i + 1));
+        let mut v = v;
+        let mut describes = BTreeMap::new();
+        if let Some(rule) = v.get_mut("rule") {
+            take_describes(rule, "rule", Some(&owner), &mut describes)?;
+        }
         let d: DocBadge = part(v, Some(&owner), "")?;
+        if let Some(text) = &d.describe {
+            if describes.contains_key("rule") {
+                return Err(err(Some(&owner), "describe", "give `describe` on the badge or on its rule, not both"));
+            }
+            let mut one = serde_json::json!({ "describe": text });
+            take_describes(&mut one, "rule", Some(&owner), &mut describes).map_err(|e| err(Some(&owner), "describe", e.message))?;
+        }
         if d.id.is_empty() || d.id.len() > 64 || !d.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(err(Some(&owner), "id", "use 1 to 64 letters, digits, '-', '_' or '.'"));
         }
         if b.badge_ids.insert(d.id.clone(), i).is_some() {
             return Err(err(Some(&owner), "id", "duplicate badge id"));
         }
-        docs.push((owner, d));
+        docs.push((owner, d, describes));
     }
 
     let mut badges = Vec::new();
-    for (owner, d) in docs {
+    for (owner, d, describes) in docs {
         let o = Some(owner.as_str());
         let cond = b.rule(&d.rule, o, "rule")?;
         if let Some(every) = d.repeat_every {
-            let ok = matches!(&cond, Cond::Metric { stat, .. } if matches!(b.stats[*stat].kind, StatKind::Count | StatKind::Sum));
+            let ok = matches!(&cond, Cond::Metric { stat, .. } if matches!(b.stats[*stat].kind, StatKind::Count | StatKind::Sum)) || matches!(cond, Cond::Tenure(_));
             if !ok || !(every > 0.0) {
-                return Err(err(o, "repeat_every", "needs a positive number and a count or sum rule"));
+                return Err(err(o, "repeat_every", "needs a positive number and a count, sum or tenure rule (use repeat = true for others)"));
+            }
+            // A count moves by one and tenure by whole days: a smaller step would award many
+            // times at once (0.001 days is a million awards in a day of membership).
+            match &cond {
+                Cond::Tenure(ms) => {
+                    if every < 1.0 || every.fract() != 0.0 || every > 100_000.0 {
+                        return Err(err(o, "repeat_every", "on a tenure rule counts whole days: give a whole number from 1 to 100000"));
+                    }
+                    if *ms > (every * crate::core::value::DAY as f64) as Millis {
+                        return Err(err(o, "repeat_every", "must be at least the rule's `days`: the first award comes at `days`, the next ones every `repeat_every` days after it"));
+                    }
+                }
+                Cond::Metric { stat, .. } if b.stats[*stat].kind == StatKind::Count && every < 1.0 => {
+                    return Err(err(o, "repeat_every", "on a count must be at least 1: a count grows by one at a time"));
+                }
+                _ => {}
             }
         }
+        let repeat = if d.repeat {
+            if d.repeat_every.is_some() || d.per_key.is_some() {
+                return Err(err(o, "repeat", "cannot be combined with repeat_every or per_key"));
+            }
+            if cond.keyed(&b.stats) {
+                return Err(err(o, "repeat", "takes a rule that is not kept per key (`per`, `same`, `in_key`): whether it holds changes with each event's key"));
+            }
+            if let Some(why) = cond.unseen_fall(&b.stats, true) {
+                return Err(err(o, "repeat", why));
+            }
+            if !cond.can_fall(&b.stats) {
+                return Err(err(o, "repeat", "this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"));
+            }
+            Some(b.stat(StatKind::Held, None, vec![], format!("Held|{}", d.id), format!("whether the rule of {} held when last checked", d.id)))
+        } else {
+            None
+        };
         if let Some(k) = &d.per_key {
             let events = cond_events(&cond, &b);
             if events.is_empty() || events.iter().any(|&t| b.types[t].field(k).is_none()) {
@@ -257,6 +302,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             icon: d.icon,
             hidden: d.hidden,
             repeat_every: d.repeat_every,
+            repeat,
             per_key_pos: b.types.iter().map(|t| d.per_key.as_deref().and_then(|k| t.field(k))).collect(),
             per_key: d.per_key,
             available_from,
@@ -264,6 +310,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             retired: d.retired,
             events: events.iter().map(|&t| b.types[t].name.clone()).collect(),
             cond,
+            describes,
         });
     }
     let user_badges: Vec<usize> = (0..badges.len()).filter(|&i| !badges[i].retired && badges[i].cond.depends_on_user()).collect();
@@ -275,7 +322,11 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             .filter_map(|&i| match badges[i].cond {
                 Cond::Metric { stat, target } => {
                     let bit = ty.stats.iter().position(|&x| x == stat)?;
-                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every })
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: badges[i].repeat_every, hidden: badges[i].hidden, each: None, again: badges[i].repeat.is_some() })
+                }
+                Cond::Keys { stat, each, target } => {
+                    let bit = ty.stats.iter().position(|&x| x == stat)?;
+                    Some(ProgressSlot { badge: i, bit, stat, target, repeat_every: None, hidden: badges[i].hidden, each: Some(each), again: badges[i].repeat.is_some() })
                 }
                 _ => None,
             })
@@ -302,7 +353,8 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     }
     let badge_index: HashMap<String, usize> = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
     let boards = compile_boards(doc.leaderboards, &b, &badges, &badge_index)?;
-    let once = badges.iter().map(|d| d.repeat_every.is_none() && d.per_key.is_none()).collect();
+    let calendar = b.stats.iter().any(|s| matches!(s.kind, StatKind::Calendar { .. }));
+    let once = badges.iter().map(|d| !d.repeatable()).collect();
     Ok(Catalogue {
         version: doc.version,
         id: 0,
@@ -320,6 +372,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         once,
         rings,
         boards,
+        calendar,
         source: String::new(),
         document: Arc::new(serde_json::Value::Null),
     })
@@ -412,7 +465,8 @@ fn cond_events(c: &Cond, b: &Builder) -> Vec<usize> {
     let mut out = Vec::new();
     fn walk(c: &Cond, b: &Builder, out: &mut Vec<usize>) {
         match c {
-            Cond::Metric { stat, .. } | Cond::Sequence { stat } => out.extend(b.stats[*stat].inputs.iter().map(|i| i.event)),
+            Cond::Metric { stat, .. } | Cond::Sequence { stat } | Cond::Keys { stat, .. } => out.extend(b.stats[*stat].inputs.iter().map(|i| i.event)),
+            Cond::Ratio { of, to, .. } => out.extend([of, to].iter().flat_map(|s| b.stats[**s].inputs.iter().map(|i| i.event))),
             Cond::Window { reqs, .. } => {
                 for r in reqs {
                     out.extend(r.per_type.iter().map(|(ring, _, _)| b.ring_type(*ring)));
@@ -421,6 +475,7 @@ fn cond_events(c: &Cond, b: &Builder) -> Vec<usize> {
             Cond::Recent(r) => out.extend(r.rings.iter().map(|x| b.ring_type(x.ring))),
             Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| walk(c, b, out)),
             Cond::Not(c) => walk(c, b, out),
+            Cond::SameKey(k) => walk(&k.cond, b, out),
             _ => {}
         }
     }

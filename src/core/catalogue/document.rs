@@ -157,13 +157,51 @@ pub(super) struct DocBadge {
     #[serde(default)]
     pub(super) hidden: bool,
     pub(super) repeat_every: Option<f64>,
+    /// Earned again each time the rule holds after it stopped holding (a new streak).
+    #[serde(default)]
+    pub(super) repeat: bool,
     pub(super) per_key: Option<String>,
     pub(super) available_from: Option<String>,
     pub(super) available_until: Option<String>,
     /// A retired badge is no longer awarded; users who own it keep it and still see it.
     #[serde(default)]
     pub(super) retired: bool,
+    /// The catalogue's own words for the whole rule, shown in place of the generated sentence.
+    pub(super) describe: Option<String>,
     pub(super) rule: DocRule,
+}
+
+/// Takes every `describe` out of a rule as written (the rule itself, the rules of `of` and
+/// `rule`, and the requirements of a window), keyed by the path of the part it names, so that
+/// the rule kinds need no field of their own for it. Each must be a non-empty text.
+pub(super) fn take_describes(v: &mut serde_json::Value, path: &str, owner: Option<&str>, out: &mut BTreeMap<String, String>) -> Result<(), CatalogueError> {
+    let Some(obj) = v.as_object_mut() else { return Ok(()) };
+    let kind = obj.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+    let obj_kind = kind.as_deref();
+    if let Some(d) = obj.remove("describe") {
+        match d.as_str().map(str::trim) {
+            Some(t) if !t.is_empty() && t.chars().count() <= 300 => {
+                out.insert(path.to_string(), t.to_string());
+            }
+            _ => return Err(err(owner, format!("{path}.describe"), "must be a text of 1 to 300 characters")),
+        }
+    }
+    for list in ["of", "require"] {
+        if let Some(serde_json::Value::Array(items)) = obj.get_mut(list) {
+            for (i, item) in items.iter_mut().enumerate() {
+                take_describes(item, &format!("{path}.{list}[{i}]"), owner, out)?;
+            }
+        }
+    }
+    if let Some(inner) = obj.get_mut("rule") {
+        // A `keys` rule is explained as one part (how many keys reach the inner target), so a
+        // `describe` on its inner rule would never be shown: refused rather than dropped.
+        if obj_kind == Some("keys") && inner.get("describe").is_some() {
+            return Err(err(owner, format!("{path}.rule.describe"), "a `keys` rule is explained as one part: give `describe` on the `keys` rule itself"));
+        }
+        take_describes(inner, &format!("{path}.rule"), owner, out)?;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, Clone)]
@@ -200,6 +238,37 @@ pub(super) enum DocRule {
         #[serde(default = "seven")]
         freeze_every_days: u32,
     },
+    /// Totals per local day, week or month: "40 in one day", "on 5 days this week", "4 weeks
+    /// in a row".
+    Calendar {
+        event: OneOrMany,
+        when: Option<serde_json::Value>,
+        /// `day`, `week` or `month`.
+        bucket: String,
+        /// A number field to total; without it, actions are counted.
+        sum: Option<String>,
+        /// What a bucket's total must reach to count (default 1).
+        at_least: Option<f64>,
+        /// How many buckets must reach it, ever (or in one week or month with `in_one`)...
+        buckets: Option<f64>,
+        /// ...or how many consecutive buckets.
+        in_a_row: Option<f64>,
+        /// `week` or `month`: count only the day buckets of the current week or month.
+        in_one: Option<String>,
+        /// `monday` (the default, as ISO weeks and leaderboards) or `sunday`.
+        week_starts: Option<String>,
+    },
+    /// Compares two stats: `of` at least (or more than, at most, less than) `value` times `to`.
+    Ratio {
+        of: DocStat,
+        to: DocStat,
+        at_least: Option<f64>,
+        more_than: Option<f64>,
+        at_most: Option<f64>,
+        less_than: Option<f64>,
+    },
+    /// Counts the keys for which a rule kept per key holds: `count` topics with `rule`.
+    Keys { count: f64, rule: Box<DocRule> },
     Window { within: String, require: Vec<DocWindowReq> },
     Recent {
         event: OneOrMany,
@@ -225,6 +294,15 @@ pub(super) enum DocRule {
     Tenure { days: f64 },
     /// Never earned by events: given by a leaderboard's period award.
     Awarded {},
+}
+
+/// One side of a `ratio`: what is counted or totalled, without a target.
+#[derive(Deserialize, Clone)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(super) enum DocStat {
+    Count { event: OneOrMany, when: Option<serde_json::Value>, distinct: Option<String> },
+    Sum { event: OneOrMany, when: Option<serde_json::Value>, field: String },
+    Max { event: OneOrMany, when: Option<serde_json::Value>, field: String },
 }
 
 fn seven() -> u32 {

@@ -24,6 +24,6 @@ mod rules;
 pub use document::{Format, DEMO_CATALOGUE};
 pub use error::CatalogueError;
 pub use model::{
-    table_value, BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Levels, ProgressSlot, RecentCond, RecentRing,
+    table_value, BadgeDef, BoardDef, Cmp, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Levels, ProgressSlot, RecentCond, RecentRing, RecentWords, SameKey,
     Settings, StatDef, StatInput, StatKind, SumLimit, Tier, WindowReq, XpAmount, XpRuleDef, PROFILE_EVENT,
 };

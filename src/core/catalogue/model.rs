@@ -2,6 +2,7 @@
 //! the stats, XP rules and badges each can change; stat slots; compiled conditions; levels;
 //! leaderboards. Built once by `compile`, immutable afterwards; nothing here reads the document.
 
+use crate::core::buckets::{Bucket, Reading};
 use crate::core::calendar::Period;
 use crate::core::predicate::{Op, Pred};
 use crate::core::value::{same_str, Millis, Value};
@@ -82,6 +83,12 @@ pub struct ProgressSlot {
     pub stat: usize,
     pub target: f64,
     pub repeat_every: Option<f64>,
+    /// A hidden badge reports no progress until it is earned: a progress bar would show it.
+    pub hidden: bool,
+    /// For a `keys` rule: what each key must reach; the progress is the number of keys that do.
+    pub each: Option<f64>,
+    /// A `repeat` badge: progress towards the next award is reported while it is owned.
+    pub again: bool,
 }
 
 impl EventTypeDef {
@@ -168,6 +175,13 @@ pub enum StatKind {
     Daily { grace: Millis, freezes: u32, freeze_every: u32 },
     /// Ordered steps within a time limit; `StatInput::step` says which step an input is.
     Sequence { steps: usize, within: Millis },
+    /// Whether a `repeat` badge's rule held when it was last checked (no inputs: the engine
+    /// sets it as it checks the badge). 0: never checked, 1: held, 2: did not hold.
+    Held,
+    /// Actions totalled per local day, week or month of the user (a count, or the sum of
+    /// `StatInput::value`); a bucket counts once its total reaches `at_least`, and the rule
+    /// reads the reached buckets as `reading` says.
+    Calendar { bucket: Bucket, at_least: f64, reading: Reading },
 }
 
 /// How one event type feeds a stat.
@@ -227,6 +241,19 @@ pub struct RecentCond {
     pub ratio: Option<f64>,
     pub sum_at_most: Option<SumLimit>,
     pub describe: String,
+    /// Each requirement in words, for the explanation's parts.
+    pub words: RecentWords,
+}
+
+/// The requirements of a `recent` rule in words (empty where the rule does not ask).
+#[derive(Clone, Debug, Default)]
+pub struct RecentWords {
+    pub key: String,
+    pub all: String,
+    pub newest: Vec<String>,
+    pub at_least: String,
+    pub ratio: String,
+    pub sum_field: String,
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +277,11 @@ pub enum SumLimit {
 #[derive(Clone, Debug)]
 pub enum Cond {
     Metric { stat: usize, target: f64 },
+    /// Stat `of` compared with `value` times stat `to`: "at least 25% of reviews are of first
+    /// drafts". Never holds while both are 0.
+    Ratio { of: usize, to: usize, cmp: Cmp, value: f64 },
+    /// How many keys of a keyed stat reach `each`: "a total score of 15 in each of 20 topics".
+    Keys { stat: usize, each: f64, target: f64 },
     Sequence { stat: usize },
     Window { within: Millis, reqs: Vec<WindowReq> },
     Recent(Box<RecentCond>),
@@ -263,9 +295,118 @@ pub enum Cond {
     Tenure(Millis),
     /// Given from outside the event stream (a leaderboard award); never holds on its own.
     Never,
+    /// An `all` over parts kept per key of one field: they must hold for one and the same key
+    /// ("20 answers and a score of 100 in one topic"), not each for a key of its own.
+    SameKey(Box<SameKey>),
+}
+
+/// How a ratio compares.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cmp {
+    AtLeast,
+    MoreThan,
+    AtMost,
+    LessThan,
+}
+
+impl Cmp {
+    /// Whether `of` compares with `value` times `to` as asked; never when both are 0, since
+    /// nothing was compared ("25% of no reviews").
+    pub fn holds(self, of: f64, to: f64, value: f64) -> bool {
+        if of == 0.0 && to == 0.0 {
+            return false;
+        }
+        let bound = value * to;
+        match self {
+            Cmp::AtLeast => of >= bound,
+            Cmp::MoreThan => of > bound,
+            Cmp::AtMost => of <= bound,
+            Cmp::LessThan => of < bound,
+        }
+    }
+
+    pub fn words(self) -> &'static str {
+        match self {
+            Cmp::AtLeast => "at least",
+            Cmp::MoreThan => "more than",
+            Cmp::AtMost => "at most",
+            Cmp::LessThan => "less than",
+        }
+    }
+}
+
+/// See `Cond::SameKey`.
+#[derive(Clone, Debug)]
+pub struct SameKey {
+    /// The field the parts are kept per.
+    pub per: String,
+    /// For each event type, the position of `per` in it: an event that carries the field
+    /// picks the key, as for a single keyed part.
+    pub key_pos: Vec<Option<usize>>,
+    /// The keyed stats inside, whose keys are the candidates when the event names none.
+    pub stats: Vec<usize>,
+    pub cond: Cond,
 }
 
 impl Cond {
+    /// Whether this condition can stop holding once it holds; a `repeat` badge needs one that
+    /// can, or it would never be earned again.
+    pub(super) fn can_fall(&self, stats: &[StatDef]) -> bool {
+        match self {
+            Cond::Metric { stat, .. } => match stats[*stat].kind {
+                StatKind::Count | StatKind::Distinct | StatKind::Max | StatKind::Sequence { .. } | StatKind::Held => false,
+                StatKind::Calendar { reading, .. } => reading != Reading::Total,
+                // A sum of a field that may be negative, a streak and a calendar streak can fall.
+                StatKind::Sum | StatKind::Streak | StatKind::Daily { .. } => true,
+            },
+            // How many keys reach a target falls when one key's value can (a streak per key).
+            Cond::Keys { stat, each, .. } => Cond::Metric { stat: *stat, target: *each }.can_fall(stats),
+            Cond::Owns(_) | Cond::Level(_) | Cond::Xp(_) | Cond::Tenure(_) | Cond::Never | Cond::Sequence { .. } => false,
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().any(|c| c.can_fall(stats)),
+            Cond::SameKey(k) => k.cond.can_fall(stats),
+            // `not` stops holding when its rule starts to, and holds again only if that falls.
+            Cond::Not(c) => c.can_fall(stats),
+            Cond::Window { .. } | Cond::Recent(_) | Cond::Attribute(_) | Cond::Ratio { .. } => true,
+        }
+    }
+
+    /// Why a `repeat` badge could not tell this condition's occurrences apart, if it could not.
+    /// A window, a calendar rule read per period or run and a daily streak stop holding as
+    /// time passes, with no event to see it, so one action after a quiet spell makes them hold
+    /// again at once. The engine names the occurrence of a calendar rule or daily streak that
+    /// is the badge's whole rule (`top`); elsewhere, and for a window, it could not.
+    pub(super) fn unseen_fall(&self, stats: &[StatDef], top: bool) -> Option<&'static str> {
+        let by_days = |s: usize| matches!(stats[s].kind, StatKind::Daily { .. } | StatKind::Calendar { reading: Reading::InARow | Reading::InOne(_), .. });
+        match self {
+            Cond::Window { .. } => Some(
+                "cannot repeat a window rule: it stops holding as time passes, with no event to see it, so a new occurrence could not be told from the last (repeat a calendar rule with `in_one` or `in_a_row` instead)",
+            ),
+            Cond::Metric { stat, .. } if !top && by_days(*stat) => Some(
+                "repeats a daily streak or a calendar rule with `in_one` or `in_a_row` only as the badge's whole rule: it stops holding as days pass, and only on its own can its occurrences be told apart",
+            ),
+            Cond::Ratio { of, to, .. } if by_days(*of) || by_days(*to) => Some(
+                "repeats a daily streak or a calendar rule with `in_one` or `in_a_row` only as the badge's whole rule: it stops holding as days pass, and only on its own can its occurrences be told apart",
+            ),
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().find_map(|c| c.unseen_fall(stats, false)),
+            Cond::Not(c) => c.unseen_fall(stats, false),
+            Cond::SameKey(k) => k.cond.unseen_fall(stats, false),
+            _ => None,
+        }
+    }
+
+    /// Whether this condition reads anything kept per key (`per`, `same`, `in_key`): whether it
+    /// holds then depends on the event's key, so it cannot say when "it" stopped holding.
+    pub(super) fn keyed(&self, stats: &[StatDef]) -> bool {
+        match self {
+            Cond::Metric { stat, .. } => stats[*stat].per.is_some(),
+            Cond::Recent(r) => r.same || r.in_key,
+            Cond::SameKey(_) => true,
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().any(|c| c.keyed(stats)),
+            Cond::Not(c) => c.keyed(stats),
+            _ => false,
+        }
+    }
+
     /// Whether this condition can change without an event of its own types (XP, level, other
     /// badges, attributes, tenure): such badges are rechecked after every event.
     pub(super) fn depends_on_user(&self) -> bool {
@@ -273,6 +414,7 @@ impl Cond {
             Cond::Owns(_) | Cond::Level(_) | Cond::Xp(_) | Cond::Attribute(_) | Cond::Tenure(_) => true,
             Cond::All(c) | Cond::Any(c) => c.iter().any(Cond::depends_on_user),
             Cond::Not(c) => c.depends_on_user(),
+            Cond::SameKey(k) => k.cond.depends_on_user(),
             _ => false,
         }
     }
@@ -314,6 +456,9 @@ pub struct BadgeDef {
     pub icon: String,
     pub hidden: bool,
     pub repeat_every: Option<f64>,
+    /// For `repeat` badges: the `StatKind::Held` stat that re-arms the badge once its rule
+    /// stops holding.
+    pub repeat: Option<usize>,
     /// Award once per value of this field (Khan's "once per exercise"); XP on the first only.
     pub per_key: Option<String>,
     /// For each event type, the position of the `per_key` field in it.
@@ -323,7 +468,18 @@ pub struct BadgeDef {
     /// Retired: kept for its owners, never evaluated.
     pub retired: bool,
     pub cond: Cond,
+    /// The catalogue's own words for the rule and its parts (`describe`), by the part's path
+    /// (`rule`, `rule.of[1]`, `rule.require[0]`), in place of the generated sentences.
+    pub describes: BTreeMap<String, String>,
     pub events: Vec<String>,
+}
+
+impl BadgeDef {
+    /// Whether the badge can be earned more than once: every `repeat_every`, once per key, or
+    /// again with each new occurrence of its rule (`repeat`).
+    pub fn repeatable(&self) -> bool {
+        self.repeat_every.is_some() || self.per_key.is_some() || self.repeat.is_some()
+    }
 }
 
 /// A validated, compiled catalogue. Immutable once built; a change makes a new one.
@@ -351,6 +507,9 @@ pub struct Catalogue {
     /// For each cache ring: its event type and the names of the fields it keeps.
     pub rings: Vec<(usize, Vec<String>)>,
     pub boards: Vec<BoardDef>,
+    /// Whether any stat is a calendar stat, so that the engine finds the event's local day
+    /// only for catalogues that read it.
+    pub calendar: bool,
     /// The document this was compiled from, kept so a version can be stored and served.
     pub source: String,
     /// The same document, parsed: the base of assigned goals' catalogues.

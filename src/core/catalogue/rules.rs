@@ -2,11 +2,12 @@
 //! stat slots, reads from the last-N cache and a condition. Identical leaf rules share one stat
 //! slot, found by a stable hash of the rule's canonical text.
 
-use super::document::DocRule;
+use super::document::{DocRule, DocStat, OneOrMany};
 use super::error::{err, CatalogueError};
-use super::model::{Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, StatDef, StatInput, StatKind, SumLimit, WindowReq};
+use super::model::{Cmp, Cond, EventTypeDef, FieldKind, RecentCond, RecentRing, RecentWords, SameKey, StatDef, StatInput, StatKind, SumLimit, WindowReq};
+use crate::core::buckets::{Bucket, Reading};
 use crate::core::predicate::{Pred, RawPred};
-use crate::core::value::{parse_duration, stable_hash, Millis, DAY, HOUR};
+use crate::core::value::{human_duration, parse_duration, stable_hash, Millis, DAY, HOUR};
 use std::collections::{BTreeMap, HashMap};
 
 /// The compiler's working state: the event types, stat slots and cache wants declared so far,
@@ -20,6 +21,31 @@ pub(super) struct Builder {
     pub(super) cache_wants: Vec<Vec<String>>,
     pub(super) tables: BTreeMap<String, BTreeMap<String, f64>>,
     pub(super) badge_ids: HashMap<String, usize>,
+}
+
+/// A number as a sentence shows it: `40`, `2.5`.
+fn fmt_num(x: f64) -> String {
+    crate::core::predicate::words(&crate::core::value::Value::Num(x))
+}
+
+/// The event types a rule reads, in words: `problem.answered or video.watched`.
+fn events_words(events: &[String]) -> String {
+    match events.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// ` where correct is true`, or nothing for a rule without a predicate.
+fn where_words(when: Option<&serde_json::Value>) -> String {
+    let text = RawPred::parse(when).map(|p| p.sentence()).unwrap_or_default();
+    if text.is_empty() { text } else { format!(" where {text}") }
+}
+
+/// `, in one exercise` for a rule kept per key.
+fn per_words(per: Option<&String>) -> String {
+    per.map(|k| format!(", in one {k}")).unwrap_or_default()
 }
 
 impl Builder {
@@ -61,7 +87,7 @@ impl Builder {
     }
 
     /// Registers a stat, sharing the slot with an identical one.
-    fn stat(&mut self, kind: StatKind, per: Option<&String>, inputs: Vec<StatInput>, canonical: String, describe: String) -> usize {
+    pub(super) fn stat(&mut self, kind: StatKind, per: Option<&String>, inputs: Vec<StatInput>, canonical: String, describe: String) -> usize {
         let id = stable_hash(canonical.as_bytes());
         if let Some(&i) = self.stat_ids.get(&id) {
             return i;
@@ -135,24 +161,49 @@ impl Builder {
         Ok(match r {
             DocRule::Count { event, when, per, distinct, target } => {
                 let target = target_ok(*target)?;
-                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, per.as_deref(), distinct.as_deref().map(|d| (d, false)), o, path)?;
-                let kind = if distinct.is_some() { StatKind::Distinct } else { StatKind::Count };
-                let d = format!("{} {}", if distinct.is_some() { "distinct" } else { "count" }, event.list().join("|"));
-                let stat = self.stat(kind.clone(), per.as_ref(), inputs, format!("{kind:?}|{canon}"), d);
+                let stat = self.count_stat(event, when.as_ref(), per.as_ref(), distinct.as_deref(), o, path)?;
                 Cond::Metric { stat, target }
             }
             DocRule::Sum { event, when, field, per, target } | DocRule::Max { event, when, field, per, target } => {
                 let target = target_ok(*target)?;
-                let kind = if matches!(r, DocRule::Sum { .. }) { StatKind::Sum } else { StatKind::Max };
-                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, per.as_deref(), Some((field, true)), o, path)?;
-                let d = format!("{kind:?} of {field}").to_lowercase();
-                let stat = self.stat(kind.clone(), per.as_ref(), inputs, format!("{kind:?}|{canon}"), d);
+                let stat = self.value_stat(matches!(r, DocRule::Sum { .. }), event, when.as_ref(), field, per.as_ref(), o, path)?;
                 Cond::Metric { stat, target }
+            }
+            DocRule::Ratio { of, to, at_least, more_than, at_most, less_than } => {
+                let (cmp, value, name) = match (at_least, more_than, at_most, less_than) {
+                    (Some(v), None, None, None) => (Cmp::AtLeast, *v, "at_least"),
+                    (None, Some(v), None, None) => (Cmp::MoreThan, *v, "more_than"),
+                    (None, None, Some(v), None) => (Cmp::AtMost, *v, "at_most"),
+                    (None, None, None, Some(v)) => (Cmp::LessThan, *v, "less_than"),
+                    _ => return Err(err(o, path.to_string(), "give exactly one of at_least, more_than, at_most or less_than")),
+                };
+                if !(value >= 0.0 && value.is_finite()) {
+                    return Err(err(o, format!("{path}.{name}"), "must be a number of at least 0"));
+                }
+                let mut side = |d: &DocStat, p: &str| -> Result<usize, CatalogueError> {
+                    let p = format!("{path}.{p}");
+                    match d {
+                        DocStat::Count { event, when, distinct } => self.count_stat(event, when.as_ref(), None, distinct.as_deref(), o, &p),
+                        DocStat::Sum { event, when, field } => self.value_stat(true, event, when.as_ref(), field, None, o, &p),
+                        DocStat::Max { event, when, field } => self.value_stat(false, event, when.as_ref(), field, None, o, &p),
+                    }
+                };
+                let of = side(of, "of")?;
+                let to = side(to, "to")?;
+                Cond::Ratio { of, to, cmp, value }
             }
             DocRule::Streak { event, when, breaks_when, per, target } => {
                 let target = target_ok(*target)?;
                 let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), breaks_when.as_ref(), per.as_deref(), None, o, path)?;
-                let stat = self.stat(StatKind::Streak, per.as_ref(), inputs, format!("Streak|{canon}"), "streak".into());
+                let breaks = RawPred::parse(breaks_when.as_ref()).map(|p| p.sentence()).unwrap_or_default();
+                let d = format!(
+                    "{}{} in a row{}{}",
+                    events_words(&event.list()),
+                    where_words(when.as_ref()),
+                    per_words(per.as_ref()),
+                    if breaks.is_empty() { String::new() } else { format!(", broken only when {breaks}") }
+                );
+                let stat = self.stat(StatKind::Streak, per.as_ref(), inputs, format!("Streak|{canon}"), d);
                 Cond::Metric { stat, target }
             }
             DocRule::DailyStreak { event, when, days, grace_hours, freezes, freeze_every_days } => {
@@ -167,8 +218,96 @@ impl Builder {
                 }
                 let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, None, None, o, path)?;
                 let kind = StatKind::Daily { grace: (*grace_hours * HOUR as f64) as Millis, freezes: *freezes, freeze_every: *freeze_every_days };
-                let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), "days in a row".into());
+                let d = format!("days in a row with {}{}", events_words(&event.list()), where_words(when.as_ref()));
+                let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), d);
                 Cond::Metric { stat, target: *days as f64 }
+            }
+            DocRule::Calendar { event, when, bucket, sum, at_least, buckets, in_a_row, in_one, week_starts } => {
+                let f = |name: &str| format!("{path}.{name}");
+                let sunday = match week_starts.as_deref() {
+                    None | Some("monday") => false,
+                    Some("sunday") => true,
+                    Some(other) => return Err(err(o, f("week_starts"), format!("unknown day `{other}` (use monday or sunday)"))),
+                };
+                let cut = |name: &str, v: &str| match v {
+                    "day" => Ok(Bucket::Day),
+                    "week" => Ok(Bucket::Week { sunday }),
+                    "month" => Ok(Bucket::Month),
+                    other => Err(err(o, f(name), format!("unknown bucket `{other}` (use day, week or month)"))),
+                };
+                let cut_by = cut("bucket", bucket)?;
+                if week_starts.is_some() && cut_by != (Bucket::Week { sunday }) && in_one.as_deref() != Some("week") {
+                    return Err(err(o, f("week_starts"), "only weeks have a first day: use it with bucket = \"week\" or in_one = \"week\""));
+                }
+                let at_least = at_least.unwrap_or(1.0);
+                if !(at_least > 0.0 && at_least.is_finite()) {
+                    return Err(err(o, f("at_least"), "must be a positive number"));
+                }
+                let whole = |name: &str, v: f64| {
+                    if v >= 1.0 && v.fract() == 0.0 && v <= 100_000.0 { Ok(v) } else { Err(err(o, f(name), "must be a whole number from 1 to 100000")) }
+                };
+                let (reading, target) = match (buckets, in_a_row, in_one.as_deref()) {
+                    (Some(n), None, None) => (Reading::Total, whole("buckets", *n)?),
+                    (None, Some(n), None) => (Reading::InARow, whole("in_a_row", *n)?),
+                    (Some(n), None, Some(period)) => {
+                        if cut_by != Bucket::Day {
+                            return Err(err(o, f("in_one"), "counts day buckets in one week or month: use it with bucket = \"day\""));
+                        }
+                        let p = match cut("in_one", period)? {
+                            Bucket::Day => return Err(err(o, f("in_one"), "use week or month")),
+                            p => p,
+                        };
+                        // More days than the period has could never be reached.
+                        let most = if p == Bucket::Month { 31.0 } else { 7.0 };
+                        if *n > most {
+                            return Err(err(o, f("buckets"), format!("a {} has at most {most} days, so more could never be reached", p.noun())));
+                        }
+                        (Reading::InOne(p), whole("buckets", *n)?)
+                    }
+                    (None, Some(_), Some(_)) => return Err(err(o, f("in_one"), "goes with `buckets`, not with `in_a_row`")),
+                    (Some(_), Some(_), _) => return Err(err(o, f("in_a_row"), "give either `buckets` or `in_a_row`, not both")),
+                    (None, None, _) => return Err(err(o, path.to_string(), "give `buckets = N` (buckets that reach `at_least`) or `in_a_row = N` (consecutive ones)")),
+                };
+                if let Some(field) = sum {
+                    for e in event.list() {
+                        let t = self.type_id(&e).map_err(|m| err(o, f("event"), m))?;
+                        match self.types[t].field(field) {
+                            Some(p) if self.types[t].fields[p].kind == FieldKind::Number => {}
+                            Some(_) => return Err(err(o, f("sum"), format!("`{field}` must be declared as a number"))),
+                            None => return Err(err(o, f("sum"), format!("`{field}` is not a declared field of `{e}`"))),
+                        }
+                    }
+                }
+                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, None, sum.as_deref().map(|s| (s, true)), o, path)?;
+                let kind = StatKind::Calendar { bucket: cut_by, at_least, reading };
+                let (ev, wh) = (events_words(&event.list()), where_words(when.as_ref()));
+                let need = match (sum, at_least) {
+                    (Some(field), a) => format!("a total {field} of at least {} in {ev}{wh}", fmt_num(a)),
+                    (None, a) if a == 1.0 => format!("{ev}{wh}"),
+                    (None, a) => format!("at least {} {ev}{wh}", fmt_num(a)),
+                };
+                let noun = cut_by.noun();
+                let d = match reading {
+                    Reading::Total => format!("{noun}s with {need}"),
+                    Reading::InARow => format!("{noun}s in a row with {need}"),
+                    Reading::InOne(p) => format!("days this {} with {need}", p.noun()),
+                };
+                let stat = self.stat(kind.clone(), None, inputs, format!("{kind:?}|{canon}"), d);
+                Cond::Metric { stat, target }
+            }
+            DocRule::Keys { count, rule } => {
+                if !(*count >= 1.0 && count.fract() == 0.0 && *count <= 1_000_000.0) {
+                    return Err(err(o, format!("{path}.count"), "must be a whole number from 1 to 1000000"));
+                }
+                let inner_path = format!("{path}.rule");
+                match self.rule(rule, o, &inner_path)? {
+                    Cond::Metric { stat, target } if self.stats[stat].per.is_some() && !matches!(self.stats[stat].kind, StatKind::Daily { .. } | StatKind::Sequence { .. } | StatKind::Calendar { .. }) => {
+                        Cond::Keys { stat, each: target, target: *count }
+                    }
+                    _ => {
+                        return Err(err(o, inner_path, "a `keys` rule counts the keys of a count, sum, max or streak kept per key: give that rule `per`"));
+                    }
+                }
             }
             DocRule::Sequence { steps, within } => {
                 let within = parse_duration(within).map_err(|m| err(o, format!("{path}.within"), m))?;
@@ -184,7 +323,9 @@ impl Builder {
                     canon.push_str(&format!("|{}:{}", st.event, RawPred::parse(st.when.as_ref()).unwrap_or_default().canonical()));
                     inputs.push(StatInput { event: t, when: w, breaks: None, key: None, value: None, step: i });
                 }
-                let stat = self.stat(StatKind::Sequence { steps: steps.len(), within }, None, inputs, canon, "sequence".into());
+                let words: Vec<String> = steps.iter().map(|st| format!("{}{}", st.event, where_words(st.when.as_ref()))).collect();
+                let d = format!("{} in order within {}", words.join(", then "), human_duration(within));
+                let stat = self.stat(StatKind::Sequence { steps: steps.len(), within }, None, inputs, canon, d);
                 Cond::Sequence { stat }
             }
             DocRule::Window { within, require } => {
@@ -218,9 +359,10 @@ impl Builder {
                         }
                         per_type.push((ring, pred, sum_pos));
                     }
+                    let (ev, wh) = (events_words(&q.event.list()), where_words(q.when.as_ref()));
                     let describe = match &q.sum {
-                        Some(f) => format!("{f} of {}", q.event.list().join("|")),
-                        None => q.event.list().join("|"),
+                        Some(f) => format!("total {f} of {ev}{wh}"),
+                        None => format!("number of {ev}{wh}"),
                     };
                     reqs.push(WindowReq { per_type, target, describe });
                 }
@@ -299,7 +441,22 @@ impl Builder {
                     at_least: at_least.as_ref().map(|a| a.count),
                     ratio: ratio.as_ref().map(|r| r.at_least),
                     sum_at_most: sum_limit,
-                    describe: format!("last {last} of {}", event.list().join("|")),
+                    describe: format!("the last {last} {}{}", events_words(&event.list()), match (same, in_key) {
+                        (Some(k), _) => format!(", all in one {k}"),
+                        (_, Some(k)) => format!(", those in this {k}"),
+                        _ => String::new(),
+                    }),
+                    words: {
+                        let w = |v: Option<&serde_json::Value>| RawPred::parse(v).map(|p| p.sentence()).unwrap_or_default();
+                        RecentWords {
+                            key: key.cloned().unwrap_or_default(),
+                            all: w(all.as_ref()),
+                            newest: newest.iter().map(|n| w(Some(n))).collect(),
+                            at_least: w(at_least.as_ref().map(|a| &a.when)),
+                            ratio: w(ratio.as_ref().map(|a| &a.when)),
+                            sum_field: sum_at_most.as_ref().map(|s| s.field.clone()).unwrap_or_default(),
+                        }
+                    },
                 }))
             }
             DocRule::All { of } | DocRule::Any { of } => {
@@ -310,7 +467,7 @@ impl Builder {
                 for (i, c) in of.iter().enumerate() {
                     cs.push(self.rule(c, o, &format!("{path}.of[{i}]"))?);
                 }
-                if matches!(r, DocRule::All { .. }) { Cond::All(cs) } else { Cond::Any(cs) }
+                if matches!(r, DocRule::All { .. }) { self.same_key(Cond::All(cs)) } else { Cond::Any(cs) }
             }
             DocRule::Not { rule } => Cond::Not(Box::new(self.rule(rule, o, &format!("{path}.rule"))?)),
             DocRule::Badge { id } => Cond::Owns(*self.badge_ids.get(id).ok_or_else(|| err(o, format!("{path}.id"), format!("no badge `{id}`")))?),
@@ -318,6 +475,9 @@ impl Builder {
             DocRule::Xp { at_least } => Cond::Xp(*at_least),
             DocRule::Attribute { when } => {
                 let raw = RawPred::parse(Some(when)).map_err(|m| err(o, format!("{path}.when"), m))?;
+                if !raw.cross.is_empty() {
+                    return Err(err(o, format!("{path}.when"), "user attributes compare with values, not with fields"));
+                }
                 Cond::Attribute(raw.tests)
             }
             DocRule::Tenure { days } => {
@@ -328,5 +488,58 @@ impl Builder {
             }
             DocRule::Awarded {} => Cond::Never,
         })
+    }
+
+    /// The stat of a count (or, with `distinct`, a count of different values).
+    fn count_stat(&mut self, event: &OneOrMany, when: Option<&serde_json::Value>, per: Option<&String>, distinct: Option<&str>, o: Option<&str>, path: &str) -> Result<usize, CatalogueError> {
+        let (inputs, canon) = self.inputs(&event.list(), when, None, per.map(String::as_str), distinct.map(|d| (d, false)), o, path)?;
+        let kind = if distinct.is_some() { StatKind::Distinct } else { StatKind::Count };
+        let (ev, wh, pk) = (events_words(&event.list()), where_words(when), per_words(per));
+        let d = match distinct {
+            Some(f) => format!("different {f} in {ev}{wh}{pk}"),
+            None => format!("number of {ev}{wh}{pk}"),
+        };
+        Ok(self.stat(kind.clone(), per, inputs, format!("{kind:?}|{canon}"), d))
+    }
+
+    /// The stat of a sum (`sum`) or maximum of a number field.
+    #[allow(clippy::too_many_arguments)]
+    fn value_stat(&mut self, sum: bool, event: &OneOrMany, when: Option<&serde_json::Value>, field: &str, per: Option<&String>, o: Option<&str>, path: &str) -> Result<usize, CatalogueError> {
+        let kind = if sum { StatKind::Sum } else { StatKind::Max };
+        let (inputs, canon) = self.inputs(&event.list(), when, None, per.map(String::as_str), Some((field, true)), o, path)?;
+        let (ev, wh, pk) = (events_words(&event.list()), where_words(when), per_words(per));
+        let d = format!("{} {field} of {ev}{wh}{pk}", if sum { "total" } else { "highest" });
+        Ok(self.stat(kind.clone(), per, inputs, format!("{kind:?}|{canon}"), d))
+    }
+
+    /// Wraps an `all` in `Cond::SameKey` for every field that two or more of its keyed stats
+    /// are kept per, so that they must hold for one key together.
+    fn same_key(&self, all: Cond) -> Cond {
+        fn keyed(c: &Cond, stats: &[StatDef], out: &mut BTreeMap<String, Vec<usize>>) {
+            match c {
+                Cond::Metric { stat, .. } => {
+                    if let Some(per) = &stats[*stat].per {
+                        let v = out.entry(per.clone()).or_default();
+                        if !v.contains(stat) {
+                            v.push(*stat);
+                        }
+                    }
+                }
+                Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| keyed(c, stats, out)),
+                Cond::Not(c) => keyed(c, stats, out),
+                Cond::SameKey(k) => keyed(&k.cond, stats, out),
+                _ => {}
+            }
+        }
+        let mut by_field = BTreeMap::new();
+        keyed(&all, &self.stats, &mut by_field);
+        let mut cond = all;
+        for (per, stats) in by_field {
+            if stats.len() >= 2 {
+                let key_pos = self.types.iter().map(|t| t.field(&per)).collect();
+                cond = Cond::SameKey(Box::new(SameKey { per, key_pos, stats, cond }));
+            }
+        }
+        cond
     }
 }
