@@ -15,6 +15,9 @@
 //! line, and the line moves on; the same user's later notifications wait behind it. Whether a
 //! row is set aside is its attempt count, so setting aside is part of the attempt's one write,
 //! and the stored format did not change.
+//!
+//! The decisions are pure and apart: how a line moves (`line.rs`) and what is answered about
+//! an endpoint's deliveries, and how several nodes' answers merge (`answers.rs`).
 
 use crate::core::Millis;
 use crate::plan::Push;
@@ -27,10 +30,15 @@ use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+mod answers;
+mod line;
+pub use answers::*;
+pub use line::*;
 
 /// The notifications an endpoint can subscribe to (named as the pushes that announce them).
 pub const KINDS: [&str; 4] = ["unlock", "level_up", "goal_completed", "goal_missed"];
@@ -419,15 +427,6 @@ impl Webhooks {
     }
 }
 
-/// The delay before the next attempt after `failures` failures in a row: the base doubled per
-/// failure, capped, then jittered down by up to half (`unit` in [0, 1)), so that endpoints that
-/// failed together do not come back in lockstep.
-pub fn backoff(failures: u32, base_ms: u64, max_ms: u64, unit: f64) -> u64 {
-    let full = base_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(40)).min(max_ms);
-    let half = full / 2;
-    half + ((full - half) as f64 * unit.clamp(0.0, 1.0)) as u64
-}
-
 /// The signature header's value for `body` sent at `t` (unix seconds): HMAC-SHA256 keyed with
 /// the endpoint's secret over `"<t>.<body>"`, in lowercase hex.
 pub fn signature(secret: &str, t: i64, body: &str) -> String {
@@ -488,156 +487,6 @@ async fn attempt(client: &reqwest::Client, hook: &Hook, id: u64, p: &Pending) ->
     }
 }
 
-/// The retry policy, from the configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    pub base_ms: u64,
-    pub max_ms: u64,
-    pub max_attempts: u32,
-    pub give_up_after_ms: Millis,
-    /// Failed attempts after which a notification is set aside: out of the line, retried on
-    /// its own backoff, no longer holding up other users' notifications.
-    pub hold_attempts: u32,
-}
-
-impl Policy {
-    pub fn of(c: &crate::config::Config) -> Policy {
-        Policy {
-            base_ms: c.webhook_retry_base_ms,
-            max_ms: c.webhook_retry_max_ms,
-            max_attempts: c.webhook_max_attempts.max(1),
-            give_up_after_ms: (c.webhook_give_up_after_secs as Millis).saturating_mul(1000),
-            hold_attempts: c.webhook_hold_attempts.max(1),
-        }
-    }
-
-    /// Whether a waiting notification is set aside. It is its failed attempts that say so,
-    /// so the attempt's one write sets it aside, and a redrive (attempts back to 0) undoes it.
-    pub fn set_aside(&self, p: &Pending) -> bool {
-        p.attempts >= self.hold_attempts
-    }
-}
-
-/// The user a notification is about, read from its body (where the actor wrote it), so that
-/// the stored rows need no field for it.
-pub fn user_of(p: &Pending) -> String {
-    user_of_body(&p.body)
-}
-
-/// The user a notification's body is about.
-pub fn user_of_body(body: &str) -> String {
-    #[derive(Deserialize)]
-    struct About {
-        user_id: String,
-    }
-    serde_json::from_str::<About>(body).map(|a| a.user_id).unwrap_or_default()
-}
-
-/// How far waiting notifications are counted (an endpoint that has been down for days can
-/// have a long outbox, and this is read per API call).
-pub const COUNT_CAP: usize = 100_000;
-
-/// A question about an endpoint's deliveries. One node alone answers it from its own sled;
-/// in a cluster every node answers for the users it serves, and the answers are merged.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Ask {
-    /// How many notifications wait, counted up to `COUNT_CAP`.
-    Count,
-    /// What waits (oldest first) and what finished (newest first, ids below `before`), at
-    /// most `limit` of each.
-    Deliveries { before: Option<u64>, limit: usize },
-    /// The set-aside notifications among the oldest `SCAN_DEPTH` waiting, at most `limit`.
-    SetAside { limit: usize },
-    /// Send a set-aside or given-up delivery again.
-    Retry { delivery: u64 },
-}
-
-/// Why a delivery cannot be retried.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Refusal {
-    /// It waits in line, and is sent in its turn.
-    NotSetAside,
-    /// It was delivered.
-    Delivered,
-}
-
-/// An answer to an `Ask`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Told {
-    pub pending: Vec<(u64, Pending)>,
-    pub finished: Vec<(u64, Finished)>,
-    pub count: usize,
-    /// For `Retry`: the delivery as it waits now, or why it cannot be retried; `None` when
-    /// the answering node has no such delivery.
-    pub retried: Option<Result<(u64, Pending), Refusal>>,
-    /// Whether `pending` (`finished`) was cut short to fit the answer in one message: the
-    /// answering node holds more after its last one, which the merge must not skip.
-    pub pending_cut: bool,
-    pub finished_cut: bool,
-}
-
-impl Told {
-    /// The answers of several nodes, each about its own users, as one node holding them all
-    /// would have answered `ask`: waiting ones oldest first and finished ones newest first, in
-    /// id order (a user's ids rise, so her notifications keep their order), cut to the limit.
-    ///
-    /// An answer cut short (`pending_cut`, `finished_cut`) holds rows past its last one that
-    /// the others' rows may come between: the merged list then stops at the earliest such
-    /// last row, and is marked cut, so the next page goes on from there and nothing is skipped.
-    pub fn merge(ask: &Ask, answers: Vec<Told>) -> Told {
-        let mut all = Told::default();
-        // The last id each cut list reached: no row past the earliest of them is certain.
-        let (mut pending_until, mut finished_from) = (None::<u64>, None::<u64>);
-        for a in answers {
-            if a.pending_cut && let Some((last, _)) = a.pending.last() {
-                pending_until = Some(pending_until.map_or(*last, |u| u.min(*last)));
-            }
-            if a.finished_cut && let Some((last, _)) = a.finished.last() {
-                finished_from = Some(finished_from.map_or(*last, |f| f.max(*last)));
-            }
-            all.pending_cut |= a.pending_cut;
-            all.finished_cut |= a.finished_cut;
-            all.pending.extend(a.pending);
-            all.finished.extend(a.finished);
-            all.count += a.count;
-            all.retried = all.retried.or(a.retried);
-        }
-        all.pending.sort_by_key(|(id, _)| *id);
-        all.finished.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
-        all.pending.retain(|(id, _)| pending_until.is_none_or(|u| *id <= u));
-        all.finished.retain(|(id, _)| finished_from.is_none_or(|f| *id >= f));
-        all.count = all.count.min(COUNT_CAP);
-        let limit = match ask {
-            Ask::Deliveries { limit, .. } | Ask::SetAside { limit } => *limit,
-            Ask::Count | Ask::Retry { .. } => usize::MAX,
-        };
-        all.pending_cut |= all.pending.len() > limit;
-        all.finished_cut |= all.finished.len() > limit;
-        all.pending.truncate(limit);
-        all.finished.truncate(limit);
-        all
-    }
-
-    /// Cuts the lists until the answer, as JSON, fits in `bytes` (a NATS message carries at
-    /// most 1 MiB by default): the newest waiting rows and the oldest finished ones go first,
-    /// each list halved at a time and marked cut. Returns the JSON.
-    pub fn fitted(mut self, bytes: usize) -> Vec<u8> {
-        loop {
-            let json = serde_json::to_vec(&self).expect("an answer encodes");
-            if json.len() <= bytes || (self.pending.len() <= 1 && self.finished.len() <= 1) {
-                return json;
-            }
-            if self.pending.len() >= self.finished.len() {
-                self.pending.truncate(self.pending.len() / 2);
-                self.pending_cut = true;
-            } else {
-                self.finished.truncate(self.finished.len() / 2);
-                self.finished_cut = true;
-            }
-        }
-    }
-}
-
 /// Writes `writes` about a notification of `user` through her log, and waits until they are
 /// durable (in cluster mode: in her partition's changelog, then the local sled).
 async fn record(log: &dyn EventLog, tenant: &str, user: &str, writes: Vec<Write>) -> Result<(), String> {
@@ -665,123 +514,6 @@ async fn trim(io: &Io, tenant: &str, hook: u64, keep: usize) -> Result<(), Strin
         record(&*io.log, tenant, &user, writes).await?;
     }
     Ok(())
-}
-
-/// Where a row of the outbox stands.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Role {
-    /// Failed `hold_attempts` times: retried on its own backoff, out of the line.
-    Aside,
-    /// An older notification about the same user still waits: this one goes after it.
-    Behind,
-    /// The oldest notification in line: the rest of the line waits behind it.
-    Head,
-}
-
-/// The rows of an endpoint's outbox that the worker decides from: read oldest first, up to
-/// and with the head of the line.
-#[derive(Debug, Default)]
-pub struct Window {
-    pub rows: Vec<(u64, Role, Pending)>,
-    users: HashSet<String>,
-}
-
-impl Window {
-    /// Adds the next row (oldest first), as `user`'s; answers whether to read on, which is
-    /// until the head of the line has been added.
-    pub fn push(&mut self, id: u64, user: String, p: Pending, policy: &Policy) -> bool {
-        let role = if self.users.contains(&user) {
-            Role::Behind
-        } else if policy.set_aside(&p) {
-            Role::Aside
-        } else {
-            Role::Head
-        };
-        self.users.insert(user);
-        self.rows.push((id, role, p));
-        role != Role::Head
-    }
-}
-
-/// What a worker does next.
-#[derive(Debug, PartialEq)]
-pub enum Step {
-    /// Nothing waits.
-    Idle,
-    /// This notification is too old: give it up without another attempt.
-    Expire(u64, Finished),
-    /// Nothing is due: look again in this many milliseconds (or when woken).
-    Wait(u64),
-    /// Send this notification now.
-    Attempt(u64),
-}
-
-/// Gives up a notification that is too old, keeping its last attempt's answer in the reason.
-fn expired(p: &Pending, now: Millis, policy: &Policy) -> Finished {
-    let why = format!("given up: not delivered within {} s", policy.give_up_after_ms / 1000);
-    let last = p.last.clone().unwrap_or(Attempt { at: now, status: None, error: None, millis: 0 });
-    let error = Some(match &last.error {
-        Some(e) => format!("{why}; last attempt: {e}"),
-        None => why,
-    });
-    let last = Attempt { error, ..last };
-    Finished { kind: p.kind.clone(), body: p.body.clone(), created_at: p.created_at, attempts: p.attempts, delivered: false, finished_at: now, last }
-}
-
-/// Decides the next step at `now` from the window of the outbox, the endpoint not being tried
-/// before `not_before` (its backoff after a failure). The candidates are the head of the line
-/// and the set-aside rows; a row behind an older one of its user is never one. Of those due,
-/// the oldest goes; a row too old for `give_up_after_ms` is given up first, wherever it is.
-pub fn step(w: &Window, now: Millis, not_before: Millis, policy: &Policy) -> Step {
-    if let Some((id, _, p)) = w.rows.iter().find(|(_, _, p)| now - p.created_at > policy.give_up_after_ms) {
-        return Step::Expire(*id, expired(p, now, policy));
-    }
-    let Some(first_expiry) = w.rows.iter().map(|(_, _, p)| p.created_at + policy.give_up_after_ms + 1).min() else { return Step::Idle };
-    let candidates = || w.rows.iter().filter(|(_, role, _)| *role != Role::Behind).map(|(id, _, p)| (*id, p.next_at.max(not_before)));
-    if let Some((id, _)) = candidates().filter(|(_, at)| *at <= now).min() {
-        return Step::Attempt(id);
-    }
-    let next = candidates().map(|(_, at)| at).min().unwrap_or(first_expiry);
-    Step::Wait((next.min(first_expiry) - now) as u64)
-}
-
-/// An endpoint's state between attempts, in the worker's memory: its failures in a row, and
-/// the time before which it is not tried (its backoff).
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    pub failures: u32,
-    pub not_before: Millis,
-}
-
-/// What an attempt leaves: the delivery finished (delivered or given up), or to be retried
-/// at `next_at`. A failure backs off the whole endpoint (`e`) by its failures in a row; a
-/// notification in line is due again when that backoff ends. One that is (now) set aside is
-/// due only after its own backoff too, counted from its own failed attempts and from the end
-/// of the endpoint's: so the head of the line goes first when the endpoint is tried again
-/// (were they due together, the older set-aside one would win every time, and hold the line
-/// as before), and a set-aside one is retried ever more rarely.
-pub fn after_attempt(mut p: Pending, a: Attempt, now: Millis, e: &mut Backoff, policy: &Policy, unit: f64) -> Result<Finished, Pending> {
-    p.attempts += 1;
-    let delivered = a.error.is_none();
-    if delivered {
-        *e = Backoff::default();
-    } else {
-        e.failures += 1;
-        e.not_before = now + backoff(e.failures, policy.base_ms, policy.max_ms, unit) as Millis;
-    }
-    if delivered || p.attempts >= policy.max_attempts {
-        return Ok(Finished { kind: p.kind, body: p.body, created_at: p.created_at, attempts: p.attempts, delivered, finished_at: now, last: a });
-    }
-    p.next_at = if policy.set_aside(&p) { e.not_before + backoff(p.attempts, policy.base_ms, policy.max_ms, unit) as Millis } else { e.not_before };
-    p.last = Some(a);
-    Err(p)
-}
-
-/// A redrive asked for through the API: a set-aside notification back in line with a fresh
-/// count of attempts, due now; `None` when it is not set aside (delivered meanwhile, given up,
-/// or never set aside), which leaves it as it is.
-pub fn redriven(p: Pending, now: Millis, policy: &Policy) -> Option<Pending> {
-    policy.set_aside(&p).then_some(Pending { attempts: 0, next_at: now, ..p })
 }
 
 /// Reads the window of an endpoint's outbox: oldest first, up to the head of its line.
@@ -912,15 +644,6 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, m
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_doubles_per_failure_up_to_the_cap_and_jitters_down_by_at_most_half() {
-        // (failures, unit) -> delay, with base 1000 ms and cap 600000 ms.
-        let table = [(1, 0.0, 500), (1, 0.999_999, 999), (2, 0.0, 1000), (3, 0.5, 3000), (10, 0.0, 256_000), (11, 0.0, 300_000), (11, 1.0, 600_000), (50, 0.0, 300_000), (0, 0.0, 500)];
-        for (failures, unit, want) in table {
-            assert_eq!(backoff(failures, 1000, 600_000, unit), want, "failures {failures}, unit {unit}");
-        }
-    }
-
     /// A notification's body is byte for byte what it was when it was built by parsing the
     /// frame into a JSON value (receivers verify the signature over these bytes): for every
     /// kind, with names and titles that need escaping, and numbers of every shape.
@@ -940,160 +663,6 @@ mod tests {
             let before = serde_json::json!({ "id": 42, "type": kind, "created_at": rfc3339(1_772_452_800_000), "tenant": "t\"1", "user_id": "ü/u", "data": data }).to_string();
             assert_eq!(notification(42, kind, 1_772_452_800_000, "t\"1", "ü/u", &frame), before, "{kind}");
         }
-    }
-
-    fn pending(created_at: Millis, next_at: Millis, attempts: u32) -> Pending {
-        Pending { kind: "unlock".into(), body: "{}".into(), created_at, attempts, next_at, last: None }
-    }
-
-    const POLICY: Policy = Policy { base_ms: 1000, max_ms: 600_000, max_attempts: 5, give_up_after_ms: 60_000, hold_attempts: 2 };
-
-    /// A row as (id, user, created_at, next_at, attempts).
-    type Row<'a> = (u64, &'a str, Millis, Millis, u32);
-
-    /// A window read from rows oldest first, as the worker reads it: up to the head of the line.
-    fn window(rows: &[Row]) -> Window {
-        let mut w = Window::default();
-        for &(id, user, created, next, attempts) in rows {
-            if !w.push(id, user.to_string(), pending(created, next, attempts), &POLICY) {
-                break;
-            }
-        }
-        w
-    }
-
-    #[test]
-    fn the_window_reads_past_set_aside_rows_and_their_users_later_ones_up_to_the_head_of_the_line() {
-        // (rows, roles of the rows read). `hold_attempts` is 2: two failures set a row aside.
-        let table: [(&[Row], &[Role]); 5] = [
-            (&[(1, "a", 0, 0, 0), (2, "b", 0, 0, 0)], &[Role::Head]),
-            (&[(1, "a", 0, 0, 1), (2, "b", 0, 0, 0)], &[Role::Head]),
-            (&[(1, "a", 0, 0, 2), (2, "b", 0, 0, 0), (3, "c", 0, 0, 0)], &[Role::Aside, Role::Head]),
-            (&[(1, "a", 0, 0, 2), (2, "a", 0, 0, 0), (3, "a", 0, 0, 0), (4, "b", 0, 0, 0)], &[Role::Aside, Role::Behind, Role::Behind, Role::Head]),
-            (&[(1, "a", 0, 0, 3), (2, "b", 0, 0, 2), (3, "a", 0, 0, 0)], &[Role::Aside, Role::Aside, Role::Behind]),
-        ];
-        for (rows, roles) in table {
-            let got: Vec<Role> = window(rows).rows.iter().map(|r| r.1).collect();
-            assert_eq!(got, roles, "{rows:?}");
-        }
-    }
-
-    #[test]
-    fn the_next_step_is_the_oldest_due_of_the_head_and_the_set_aside_rows_never_one_behind_its_user() {
-        // (rows, now, not_before, step).
-        let table: [(&[Row], Millis, Millis, Step); 11] = [
-            (&[], 0, 0, Step::Idle),
-            (&[(1, "a", 0, 0, 0)], 0, 0, Step::Attempt(1)),
-            // A failed head holds the line: the rows behind it are not even read.
-            (&[(1, "a", 0, 1500, 1), (2, "b", 0, 0, 0)], 1000, 0, Step::Wait(500)),
-            (&[(1, "a", 0, 1500, 1), (2, "b", 0, 0, 0)], 1500, 0, Step::Attempt(1)),
-            // Set aside: the next in line goes while it waits for its own backoff ...
-            (&[(1, "a", 0, 5000, 2), (2, "b", 0, 0, 0)], 1000, 0, Step::Attempt(2)),
-            // ... but not before the endpoint's backoff after the last failure has run.
-            (&[(1, "a", 0, 5000, 2), (2, "b", 0, 0, 0)], 1000, 1200, Step::Wait(200)),
-            // Once due again, the set-aside row is older and goes first.
-            (&[(1, "a", 0, 5000, 2), (2, "b", 0, 0, 0)], 5000, 0, Step::Attempt(1)),
-            // The set-aside row's user waits behind it: user b's row goes, not a's second.
-            (&[(1, "a", 0, 5000, 2), (2, "a", 0, 0, 0), (3, "b", 0, 0, 0)], 1000, 0, Step::Attempt(3)),
-            (&[(1, "a", 0, 5000, 2), (2, "a", 0, 0, 0)], 1000, 0, Step::Wait(4000)),
-            // Exactly at the age limit a row is still tried; waits end by the first expiry.
-            (&[(1, "a", 0, 0, 0)], 60_000, 0, Step::Attempt(1)),
-            (&[(1, "a", 0, 90_000, 2), (2, "a", 100, 0, 0)], 59_000, 0, Step::Wait(1001)),
-        ];
-        for (rows, now, not_before, want) in table {
-            assert_eq!(step(&window(rows), now, not_before, &POLICY), want, "{rows:?} at {now}, not before {not_before}");
-        }
-    }
-
-    #[test]
-    fn a_row_too_old_is_given_up_wherever_it_waits() {
-        // The oldest is set aside and young enough; the one behind it is too old.
-        let w = window(&[(1, "a", 10_000, 0, 2), (2, "a", 0, 0, 0), (3, "b", 70_000, 0, 0)]);
-        let Step::Expire(id, done) = step(&w, 60_001, 0, &POLICY) else { panic!("too old") };
-        assert_eq!((id, done.delivered, done.attempts, done.finished_at), (2, false, 0, 60_001));
-        assert!(done.last.error.unwrap().contains("not delivered within 60 s"));
-    }
-
-    #[test]
-    fn an_attempt_finishes_the_delivery_or_schedules_the_next_with_the_endpoints_backoff() {
-        let ok = Attempt { at: 0, status: Some(204), error: None, millis: 3 };
-        let bad = Attempt { at: 0, status: Some(500), error: Some("the endpoint answered 500".into()), millis: 3 };
-        let mut e = Backoff { failures: 4, not_before: 5 };
-        let done = after_attempt(pending(0, 0, 1), ok, 10, &mut e, &POLICY, 0.0).unwrap();
-        assert_eq!((done.delivered, done.attempts, e), (true, 2, Backoff::default()));
-        // Failure number 5 in a row: 16 s, jittered down to 8 s at unit 0, for the endpoint
-        // and the notification alike.
-        let mut e = Backoff { failures: 4, not_before: 0 };
-        let retry = after_attempt(pending(0, 0, 0), bad.clone(), 10, &mut e, &POLICY, 0.0).unwrap_err();
-        assert_eq!((retry.attempts, retry.next_at, e, retry.last.unwrap().status), (1, 8_010, Backoff { failures: 5, not_before: 8_010 }, Some(500)));
-        // A set-aside notification failing on an endpoint that takes the others: the endpoint
-        // backs off by its one failure (0.5 s), the notification by its own 4 attempts (4 s)
-        // after that, so the head of the line is tried before it.
-        let mut e = Backoff::default();
-        let retry = after_attempt(pending(0, 0, 3), bad.clone(), 10, &mut e, &POLICY, 0.0).unwrap_err();
-        assert_eq!((retry.attempts, retry.next_at, e), (4, 4_510, Backoff { failures: 1, not_before: 510 }));
-        // The head's second failure sets it aside (`hold_attempts` 2): due after both backoffs.
-        let mut e = Backoff { failures: 1, not_before: 0 };
-        let retry = after_attempt(pending(0, 0, 1), bad.clone(), 10, &mut e, &POLICY, 0.0).unwrap_err();
-        assert_eq!((retry.attempts, retry.next_at, e.not_before), (2, 2_010, 1_010));
-        let w = window(&[]);
-        assert_eq!(step(&w, 0, 0, &POLICY), Step::Idle);
-        // The last allowed attempt fails: given up, and the endpoint still backs off.
-        let mut e = Backoff::default();
-        let done = after_attempt(pending(0, 0, 4), bad, 10, &mut e, &POLICY, 0.0).unwrap();
-        assert_eq!((done.delivered, done.attempts, e), (false, 5, Backoff { failures: 1, not_before: 510 }));
-    }
-
-    #[test]
-    fn a_redrive_puts_a_set_aside_row_back_in_line_due_now_and_leaves_others_alone() {
-        let back = redriven(pending(0, 90_000, 3), 1_000, &POLICY).unwrap();
-        assert_eq!((back.attempts, back.next_at, POLICY.set_aside(&back)), (0, 1_000, false));
-        assert_eq!(redriven(pending(0, 2_000, 1), 1_000, &POLICY), None, "in line: not redriven");
-    }
-
-    fn told(waiting: &[u64], pending_cut: bool, finished: &[u64], finished_cut: bool) -> Told {
-        let rows = |ids: &[u64]| ids.iter().map(|&id| (id, pending(0, 0, 0))).collect();
-        let done = |ids: &[u64]| {
-            ids.iter().map(|&id| (id, Finished { kind: "unlock".into(), body: "{}".into(), created_at: 0, attempts: 1, delivered: true, finished_at: 0, last: Attempt { at: 0, status: Some(204), error: None, millis: 1 } })).collect()
-        };
-        Told { pending: rows(waiting), finished: done(finished), pending_cut, finished_cut, ..Told::default() }
-    }
-
-    /// Nodes' answers merge into what one node holding every row would answer: in id order,
-    /// cut to the limit, and never past the last row of an answer that was cut short (the rows
-    /// it left out may come before the others' next ones).
-    #[test]
-    fn answers_merge_in_id_order_up_to_the_limit_and_never_past_a_cut_answers_last_row() {
-        let ids = |t: &Told| (t.pending.iter().map(|r| r.0).collect::<Vec<_>>(), t.finished.iter().map(|r| r.0).collect::<Vec<_>>(), t.pending_cut, t.finished_cut);
-        let ask = Ask::Deliveries { before: None, limit: 3 };
-        // (answers, merged pending, merged finished, pending cut, finished cut)
-        let table: [(Vec<Told>, Vec<u64>, Vec<u64>, bool, bool); 4] = [
-            (vec![told(&[1, 5], false, &[9, 4], false), told(&[2], false, &[7], false)], vec![1, 2, 5], vec![9, 7, 4], false, false),
-            (vec![told(&[1, 5, 6], false, &[9, 8, 4, 3], false), told(&[2, 3], false, &[7], false)], vec![1, 2, 3], vec![9, 8, 7], true, true),
-            // Node one was cut after 2 (it holds more, maybe 3): node two's 4 waits for the next page.
-            (vec![told(&[1, 2], true, &[9], true), told(&[4], false, &[3], false)], vec![1, 2], vec![9], true, true),
-            (vec![told(&[], false, &[], false), told(&[], false, &[], false)], vec![], vec![], false, false),
-        ];
-        for (answers, p, f, pc, fc) in table {
-            assert_eq!(ids(&Told::merge(&ask, answers)), (p, f, pc, fc));
-        }
-    }
-
-    #[test]
-    fn an_answer_too_large_for_one_message_is_cut_and_says_so() {
-        let big = Pending { body: "x".repeat(1000), ..pending(0, 0, 0) };
-        let t = Told { pending: (0..100).map(|i| (i, big.clone())).collect(), ..Told::default() };
-        let json = t.fitted(20_000);
-        assert!(json.len() <= 20_000, "{}", json.len());
-        let back: Told = serde_json::from_slice(&json).unwrap();
-        assert!(back.pending_cut && !back.finished_cut);
-        assert_eq!(back.pending.first().map(|r| r.0), Some(0), "the oldest are kept");
-    }
-
-    #[test]
-    fn the_user_of_a_notification_is_read_from_its_body() {
-        let p = Pending { body: notification(7, "unlock", 0, "t", "ü/\"x", "{}"), ..pending(0, 0, 0) };
-        assert_eq!(user_of(&p), "ü/\"x");
     }
 
     #[test]
