@@ -3,9 +3,9 @@
 //! updates, the ingest outcome). No IO and no clock: time comes in as arguments, so the same
 //! inputs always give the same plan, and tests drive it from tables with no runtime.
 //!
-//! Every path that changes a user goes through here: client events ([`event`]), goal
-//! operations ([`goal`]), notices ([`notice`]), leaderboard awards ([`award`]) and backfill
-//! steps ([`backfill`]), each ending in the one log-record helper, [`Planner::record`]. The
+//! Every path that changes a user goes through here: client events ([`event`]) and duplicates
+//! by fingerprint ([`duplicate`]), goal operations ([`goal`]), notices ([`notice`]), leaderboard
+//! awards ([`award`]) and backfill steps ([`backfill`]), each ending in the one log-record helper, [`Planner::record`]. The
 //! user actor only executes a plan: it sends `writes` to the persister and releases `pushes`
 //! and `boards` once they are durable.
 
@@ -223,6 +223,20 @@ pub fn board_scores(st: &UserState) -> Vec<(String, String, String, store::Board
         }
     }
     out
+}
+
+/// A client event that is a duplicate by fingerprint (`core::apply` remembered its id, and
+/// nothing else): its `accolade.duplicate` record under its own id, so a resend stays a
+/// duplicate and every rebuild remembers the id too, and a snapshot when one is due. No push.
+pub fn duplicate(p: &Planner, cur: &mut Cursor, st: &UserState, event: Event, received_at: Millis) -> Plan {
+    let mut plan = Plan::default();
+    let payload = records::duplicate_payload(&event.event_type);
+    let record = Event { event_type: records::DUPLICATE_EVENT.into(), payload, ..event };
+    plan.writes.extend(p.record(cur, record, received_at, &[], Keyed::ById));
+    if cur.snap_seq == 0 || cur.seq - cur.snap_seq >= p.snapshot_every {
+        plan.writes.extend(p.snapshot(cur, st));
+    }
+    plan
 }
 
 /// An accepted client event, `fx` being what `core::apply` returned for it and `st` the state
@@ -449,8 +463,9 @@ mod tests {
         }
     }
 
-    /// The four records the server makes for itself all go through the log-record helper:
-    /// goal operations, awards and backfills by place only, notices keyed by their id; each
+    /// The records the server makes for itself all go through the log-record helper: goal
+    /// operations, awards and backfills by place only, notices and duplicates by fingerprint
+    /// keyed by their id (a duplicate's record keeps what it duplicated); each
     /// takes the next sequence number and keeps its pushes.
     #[test]
     fn system_records_take_the_next_place_in_the_log() {
@@ -472,6 +487,7 @@ mod tests {
                 1,
             ),
             ("award", award(&p, &mut start.clone(), &st, &award_fx, "weekly", "2026-W10", 1, T0), vec![TreeId::Events], "leaderboard:weekly:2026-W10", records::LEADERBOARD_EVENT, 2),
+            ("duplicate by fingerprint", duplicate(&p, &mut start.clone(), &st, ev("e2"), T0), vec![TreeId::Events, TreeId::Dedup], "e2", records::DUPLICATE_EVENT, 0),
             (
                 "backfill, told",
                 backfill(&p, &mut start.clone(), &st, &award_fx, 3, &BackfillRecord { badges: vec![badge.clone()], new_stats: vec![] }, true, T0),
@@ -492,6 +508,9 @@ mod tests {
         for (what, plan, writes, id, ty, pushes) in rows {
             assert_eq!(trees(&plan), writes, "{what}");
             let rec = stored(&plan);
+            if ty == records::DUPLICATE_EVENT {
+                assert_eq!(rec.event.payload, records::duplicate_payload("login"), "{what}");
+            }
             assert_eq!((rec.event.event_id.as_str(), rec.event.event_type.as_str(), rec.received_at), (id, ty, T0), "{what}");
             assert_eq!(rec.pushes.iter().map(|(o, _)| *o).collect::<Vec<_>>(), (4..4 + pushes as u64).collect::<Vec<_>>(), "{what}: pushes numbered from the next offset");
             match &plan.writes[0] {

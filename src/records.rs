@@ -1,5 +1,6 @@
 //! The log records the server makes for a user itself, beside the user's own events: goal
-//! operations, notices to a goal's assigner, leaderboard period awards and backfill steps.
+//! operations, notices to a goal's assigner, leaderboard period awards, backfill steps and
+//! duplicates by fingerprint.
 //! Their event types (which no catalogue can declare, so no client can send them) and their
 //! payloads, written by the plan (`plan.rs`) and read back by every rebuild (`replay.rs`).
 
@@ -25,6 +26,16 @@ pub const GOAL_EVENT: &str = "accolade.goal";
 /// carries pushes; it changes no state.
 pub const NOTICE_EVENT: &str = "accolade.notice";
 
+/// The event type of the record of a duplicate by fingerprint: a new event id whose action was
+/// already counted (`payload`: of = the event's type, by = "fingerprint"). The id is its own,
+/// with its dedup key, so a resend stays a duplicate for as long as the log keeps it; every
+/// rebuild remembers the id as the live state did (`core::remember_id`).
+pub const DUPLICATE_EVENT: &str = "accolade.duplicate";
+
+pub fn duplicate_payload(event_type: &str) -> Vec<(String, Value)> {
+    vec![("of".into(), Value::Str(event_type.into())), ("by".into(), Value::Str("fingerprint".into()))]
+}
+
 pub fn goal_payload(op: &GoalOp) -> Vec<(String, Value)> {
     let (name, arg) = match op {
         GoalOp::Assign(spec) => ("assign", serde_json::to_string(spec).unwrap_or_default()),
@@ -49,7 +60,7 @@ pub fn goal_op(ev: &StoredEvent) -> Option<GoalOp> {
 
 /// Log records that are not the user's own events, which a from-scratch replay leaves out.
 pub fn system_record(t: &str) -> bool {
-    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT
+    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT
 }
 
 /// The event type of a leaderboard award's log record (`payload`: board, period, rank).

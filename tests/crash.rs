@@ -7,6 +7,7 @@ mod common;
 use common::answers::{answers, assert_exact, resend_all, send_all, Seen};
 use common::*;
 use futures_util::StreamExt;
+use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -77,4 +78,72 @@ async fn sighup_reloads_the_catalogue_file_and_refuses_a_broken_one() {
     assert!(refused.contains("not valid TOML"), "{refused}");
     assert_eq!(api.get("/v1/catalogue").await.1["version"], 2, "the version in force stays");
     server.kill9();
+}
+
+/// An action sent twice under two ids (the page and the backend both report the article read)
+/// is one read: the second is a duplicate by fingerprint. That second id must stay a duplicate
+/// for good, also after a SIGKILL and after the fingerprint window has passed: the client
+/// drops what is acked as a duplicate, and a resend of it must not count the read again.
+#[tokio::test]
+async fn a_duplicate_by_fingerprint_stays_a_duplicate_after_sigkill() {
+    let dir = tmp();
+    let file = dir.path().join("catalogue.toml");
+    std::fs::write(
+        &file,
+        r#"
+version = 1
+[settings]
+late_bound = "24h"
+[event_types."article.read"]
+client = true
+fields = { article = "string" }
+fingerprint = ["article"]
+fingerprint_window = "1h"
+[levels]
+thresholds = [0, 100]
+[[xp]]
+id = "read"
+event = "article.read"
+amount = 10
+"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    let at = |hours_ago: i64| (chrono::Utc::now() - chrono::Duration::hours(hours_ago)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let read = |id: &str, when: &str| json!({ "type": "event", "event_id": id, "event_type": "article.read", "occurred_at": when, "payload": { "article": "a1" } });
+    let acked = |m: Value, id: &str| {
+        assert_eq!((m["type"].as_str(), m["event_id"].as_str()), (Some("ack"), Some(id)), "{m}");
+        m["duplicate"].as_bool().unwrap()
+    };
+    let two_hours_ago = at(2);
+
+    let mut server = start_with(&data, port, &["--catalogue", file.to_str().unwrap()]).await;
+    let mut c = Client::connect(&url, &token("reader"), None).await;
+    c.send(&read("page-1", &two_hours_ago)).await;
+    assert!(!acked(c.next_main().await, "page-1"));
+    assert_eq!(c.next().await["type"], "xp");
+    c.send(&read("backend-1", &two_hours_ago)).await;
+    assert!(acked(c.next_main().await, "backend-1"), "the same read under another id is a duplicate");
+    server.kill9();
+
+    let mut server = start_with(&data, port, &["--catalogue", file.to_str().unwrap()]).await;
+    let mut c = Client::connect(&url, &token("reader"), None).await;
+    assert_eq!(c.welcome["xp"], 10);
+    // A new read of the article, two hours on: counted, and the older fingerprint falls away.
+    c.send(&read("page-2", &at(0))).await;
+    assert!(!acked(c.next_main().await, "page-2"));
+    assert_eq!(c.next().await["delta"], 10);
+    // The backend's first report sent again: still the duplicate it was acknowledged as.
+    c.send(&read("backend-1", &two_hours_ago)).await;
+    assert!(acked(c.next_main().await, "backend-1"), "an id acknowledged as a duplicate stays one");
+    let fresh = Client::connect(&url, &token("reader"), None).await;
+    assert_eq!(fresh.welcome["xp"], 20, "two reads: {}", fresh.welcome);
+    server.kill9();
+
+    // The log alone rebuilds what the server holds.
+    let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(["replay", "--data-dir", data.to_str().unwrap()]).env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("0 differences"), "{text}");
 }

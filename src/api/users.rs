@@ -267,8 +267,10 @@ pub struct EventLog {
 
 /// Export a user's event log
 ///
-/// The accepted events (and backfill records), oldest first, with what each pushed. Events
-/// older than the retention period are gone.
+/// The accepted events, oldest first, with what each pushed, and the records the server made
+/// for the user (`accolade.backfill`, `accolade.goal`, `accolade.notice`,
+/// `accolade.leaderboard`, and `accolade.duplicate` for an id acknowledged as a duplicate by
+/// fingerprint). Events older than the retention period are gone.
 #[utoipa::path(get, path = "/v1/users/{id}/events", tag = "users", params(("id" = String, Path, description = "User id"), Page),
     responses((status = 200, body = EventLog), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get_events(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, Query(page): Query<Page>) -> Result<Json<EventLog>, ApiError> {

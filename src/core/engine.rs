@@ -10,6 +10,25 @@ use super::state::{Action, BadgeRecord, StatValue, UserState};
 use super::value::{same_str, stable_hash, Event, Millis, Value};
 use super::xp::add_xp;
 
+/// What `apply` does to the state for an event that is a duplicate by fingerprint: its id is
+/// remembered among the recent ones. The shell logs such a duplicate as a record of its own
+/// (`accolade.duplicate`), and every rebuild repeats it with this, so a rebuilt state knows
+/// the id exactly as the live one did.
+pub fn remember_id(state: &mut UserState, event_id: &str, cat: &Catalogue) {
+    state.sync(cat);
+    remember(state, stable_hash(event_id.as_bytes()), cat);
+}
+
+fn remember(state: &mut UserState, id_hash: u64, cat: &Catalogue) {
+    state.recent_ids.push_back(id_hash);
+    let mut evicted = 0;
+    while state.recent_ids.len() > cat.settings.recent_ids {
+        state.recent_ids.pop_front();
+        evicted += 1;
+    }
+    state.derived.ids.added(&state.recent_ids, id_hash, evicted);
+}
+
 /// Applies `event` to `state`, returning what happened as effects. The state changes in place
 /// when the first effect is `Accepted`. A rejected event or a repeated `event_id` leaves it
 /// untouched; a new id whose fingerprint matches a counted action only has its id remembered.
@@ -63,14 +82,9 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         (stable_hash(text.as_bytes()), *window)
     });
     // The id is remembered even when the fingerprint says the action was already counted, so
-    // that this id sent again later (after the fingerprint window) is still a duplicate.
-    state.recent_ids.push_back(id_hash);
-    let mut evicted = 0;
-    while state.recent_ids.len() > cat.settings.recent_ids {
-        state.recent_ids.pop_front();
-        evicted += 1;
-    }
-    state.derived.ids.added(&state.recent_ids, id_hash, evicted);
+    // that this id sent again later (after the fingerprint window) is still a duplicate. That
+    // changes the state, so the shell logs such a duplicate too (see `remember_id`).
+    remember(state, id_hash, cat);
     if let Some((h, window)) = fingerprint
         && state.fingerprints.iter().any(|&(x, when)| x == h && (when - at).abs() <= window)
     {

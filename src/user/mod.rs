@@ -15,7 +15,7 @@ pub use registry::*;
 
 use sockets::Sockets;
 
-use crate::core::{apply, Catalogue, Effect, Event, Millis, UserState};
+use crate::core::{apply, Catalogue, DuplicateBy, Effect, Event, Millis, UserState};
 use crate::clock::now_ms;
 use crate::plan::{self, Cursor};
 use crate::records::GoalOp;
@@ -34,8 +34,9 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// What `User::evaluate` found: the event's effects under the catalogue in force, or why it
-/// changes nothing.
+/// What `User::evaluate` found: the event's effects under the catalogue in force (it was
+/// accepted, or is a duplicate by fingerprint, which changes the state too), or why it changes
+/// nothing.
 type Evaluated = Result<(Vec<Effect>, Arc<Catalogue>), Unchanged>;
 
 /// Why an event changes nothing, as `User::evaluate` found it.
@@ -329,6 +330,15 @@ impl User {
                 return Ok(());
             }
         };
+        if let Some(Effect::Duplicate { .. }) = fx.first() {
+            // A duplicate by fingerprint: its id is now remembered, so it is logged like a
+            // change, and acked as a duplicate once that is durable.
+            let plan = plan::duplicate(&planner!(self, cat), &mut self.cur, &self.st, event, received_at);
+            reply(&mut deliveries, origin, protocol::ack(&id, true), outcome("duplicate"));
+            let after = permit.map(Delivery::Release).into_iter().collect();
+            self.perform(myself, plan, deliveries, after);
+            return Ok(());
+        }
         // Counted as accepted once it is durable (`Delivery::Accepted`), not now.
         deliveries.push(Delivery::Accepted);
         let mut out = outcome("accepted");
@@ -385,6 +395,10 @@ impl User {
         m.rule_eval.record(started.elapsed());
         match fx.first() {
             Some(Effect::Accepted { .. }) => Ok(Ok((fx, cat))),
+            Some(Effect::Duplicate { by: DuplicateBy::Fingerprint, .. }) => {
+                m.duplicates.inc();
+                Ok(Ok((fx, cat)))
+            }
             Some(Effect::Duplicate { .. }) => {
                 m.duplicates.inc();
                 Ok(Err(Unchanged::Duplicate))
