@@ -628,6 +628,7 @@ impl Membership {
                 })
                 .buffer_unordered(REBUILDS_AT_ONCE);
             // Each is served as soon as it is rebuilt.
+            let mut newly = Vec::new();
             while let Some((p, r)) = ready.next().await {
                 match r {
                     Ok((fence, rebuilt, start)) => {
@@ -652,11 +653,16 @@ impl Membership {
                             tracing::warn!(partition = p, error = %e, "answering for a partition failed; its users are served from here only");
                         }
                         served.insert(p, now[&p].clone());
+                        newly.push(p);
                         metrics.partitions_served.set(served.len() as i64);
                         tracing::info!(partition = p, changelog = last, read = rebuilt.read, from_checkpoint = matches!(start, Start::Checkpoint(_)), "partition rebuilt and served");
                     }
                     Err(e) => tracing::warn!(partition = p, error = %e, "a partition gained is not served yet; trying again"),
                 }
+            }
+            drop(ready);
+            if !newly.is_empty() {
+                tokio::spawn(self.clone().sweep_deleted_hooks(store.clone(), webhooks.clone(), newly));
             }
             metrics.partitions_served.set(served.len() as i64);
             metrics.remote_sockets.set(self.remotes.len() as i64);
@@ -667,6 +673,35 @@ impl Membership {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = stop.changed() => return,
             }
+        }
+    }
+
+    /// Removes the webhook rows of the partitions just gained whose endpoint was deleted while
+    /// they were between nodes: the nodes then serving nothing of them removed nothing, and the
+    /// rebuild brought the rows back. The rows are read before the records, so an endpoint
+    /// missing from a record read after its rows was deleted (ids are never given again).
+    async fn sweep_deleted_hooks(self: Arc<Self>, store: Store, webhooks: Arc<crate::webhooks::Webhooks>, gained: Vec<u16>) {
+        let rows = store.hook_rows(|tenant, hook, body| {
+            let user = crate::webhooks::user_of_body(body);
+            gained.contains(&partition_of(tenant, &user)).then(|| (tenant.to_string(), hook, user))
+        });
+        let rows = match rows {
+            Ok(rows) if rows.is_empty() => return,
+            Ok(rows) => rows,
+            Err(e) => return tracing::warn!(error = %e, "reading the webhook rows of partitions gained failed"),
+        };
+        let tenants: std::collections::BTreeSet<String> = rows.iter().map(|((t, _, _), _)| t.clone()).collect();
+        let mut endpoints = std::collections::BTreeMap::new();
+        for t in tenants {
+            match self.endpoints(&t).await {
+                Ok(e) => drop(endpoints.insert(t, e)),
+                Err(e) => tracing::warn!(tenant = t, error = %e, "reading the webhook endpoints failed; rows of deleted ones stay until the next gain"),
+            }
+        }
+        match webhooks.remove_rows(crate::webhooks::rows_of_deleted(rows, &endpoints)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "webhook rows of endpoints deleted while their partition moved removed"),
+            Err(e) => tracing::warn!(error = %e, "removing the webhook rows of deleted endpoints failed"),
         }
     }
 

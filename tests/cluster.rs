@@ -1777,11 +1777,32 @@ async fn webhooks_are_the_clusters_each_notification_delivered_once_and_kept_thr
     // the endpoint answers again.
     let late = user_of("node-a", "hooked-late");
     rx.failing.store(true, Ordering::SeqCst);
+    // A second endpoint, which nothing answers: it is deleted while the late user's partition
+    // is between nodes (node-a dead, node-b not yet serving it), so no node removes her rows
+    // of it then; node-b removes them once it serves her.
+    let (s, d) = call_served(&api_b, "POST", "/v1/webhooks", Some(&serde_json::json!({ "url": "http://127.0.0.1:9/nobody", "events": ["unlock"] }))).await;
+    assert_eq!(s, 201, "{d}");
+    let doomed = d["id"].as_u64().unwrap();
     assert_eq!(post_until_taken(&api_b, &video("v-late", &late), Duration::from_secs(30)).await["status"], "accepted");
     rx.wait("a failed attempt at the late user's unlocks", |g| g.iter().any(|g| !g.ok && g.json["user_id"] == late.as_str())).await;
     let (s, log) = call_served(&api_b, "GET", &format!("/v1/webhooks/{hook}/deliveries"), None).await;
     assert_eq!((s, log["pending"].as_array().map(Vec::len)), (200, Some(2)), "{log}");
     nodes.a.kill9();
+    let (s, _) = api_b.call("DELETE", &format!("/v1/webhooks/{doomed}"), None).await;
+    assert_eq!(s, 204);
+    let swept = nodes.b.line("webhook rows of endpoints deleted while their partition moved removed").await;
+    // The line's colours (ANSI escapes) out, then its `rows` field.
+    let mut plain = String::new();
+    let mut escaped = false;
+    for c in swept.chars() {
+        match (escaped, c) {
+            (false, '\u{1b}') => escaped = true,
+            (true, 'm') => escaped = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    assert!(plain.contains("rows=2"), "the late user's two rows of the deleted endpoint: {plain}");
     rx.failing.store(false, Ordering::SeqCst);
     rx.wait("the late user's two unlocks after node-a's death", |g| g.iter().filter(|g| g.ok).count() >= 6).await;
     let delivered = rx.delivered();

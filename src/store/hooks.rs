@@ -79,6 +79,13 @@ impl Store {
     /// node clears of a partition before it rebuilds the partition from its changelog, so that
     /// rows delivered meanwhile by another node are not found here again.
     pub fn hook_rows_where(&self, mut remove: impl FnMut(&str, &str) -> bool) -> Result<Vec<Write>, StoreError> {
+        Ok(self.hook_rows(|tenant, _, body| remove(tenant, body).then_some(()))?.into_iter().map(|(_, w)| w).collect())
+    }
+
+    /// The outbox and delivery-log rows `pick` names, each with what it said of the row and
+    /// the write that removes it. `pick` is given the row's tenant, endpoint and the body of
+    /// its notification (which names the user).
+    pub fn hook_rows<T>(&self, mut pick: impl FnMut(&str, u64, &str) -> Option<T>) -> Result<Vec<(T, Write)>, StoreError> {
         self.readable()?;
         #[derive(serde::Deserialize)]
         struct Body {
@@ -91,11 +98,12 @@ impl Store {
             for kv in tree.iter() {
                 let (k, v) = kv?;
                 let Some(split) = k.iter().position(|&b| b == 0) else { continue };
+                let Some(hook) = k.get(split + 1..split + 9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
                 // Both rows (`Pending`, `Finished`) begin with their kind and body, and bincode
                 // reads a struct's fields in order: the rest of the row is left unread.
                 let row: Body = decode(&k, &v)?;
-                if remove(&String::from_utf8_lossy(&k[..split]), &row.body) {
-                    out.push(Write::Del(id, k.to_vec()));
+                if let Some(t) = pick(&String::from_utf8_lossy(&k[..split]), hook, &row.body) {
+                    out.push((t, Write::Del(id, k.to_vec())));
                 }
             }
         }

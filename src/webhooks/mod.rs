@@ -65,12 +65,37 @@ pub struct Hook {
 
 /// A tenant's endpoints as the cluster keeps them (cluster mode: one record per tenant in a
 /// key-value bucket, changed by compare-and-set, so that two nodes cannot both take the last
-/// of `MAX_HOOKS`, nor give one id twice). Ids are never given again: one below `next` that
-/// is not in `hooks` was deleted.
+/// of `MAX_HOOKS`, nor give one id twice). Ids are never given again: `next` is the last one
+/// given, and one up to it that is not in `hooks` was deleted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub next: u64,
     pub hooks: BTreeMap<u64, Hook>,
+}
+
+impl Endpoints {
+    /// Whether endpoint `id` was given and then deleted: ids are given from 1 up to `next`,
+    /// the last one given, and never again.
+    pub fn deleted(&self, id: u64) -> bool {
+        (1..=self.next).contains(&id) && !self.hooks.contains_key(&id)
+    }
+}
+
+/// One outbox or delivery-log row as a sweep sees it: its tenant, endpoint and user.
+pub type RowOf = (String, u64, String);
+
+/// Of the rows of users a node has just taken over, those of endpoints the cluster's records
+/// (`endpoints`, by tenant, read after the rows) say were deleted, grouped by user: an endpoint
+/// deleted while their partition was between nodes, when no node served them to remove them.
+/// A tenant whose record could not be read keeps its rows.
+pub fn rows_of_deleted(rows: Vec<(RowOf, Write)>, endpoints: &BTreeMap<String, Endpoints>) -> BTreeMap<(String, String), Vec<Write>> {
+    let mut out: BTreeMap<(String, String), Vec<Write>> = BTreeMap::new();
+    for ((tenant, hook, user), w) in rows {
+        if endpoints.get(&tenant).is_some_and(|e| e.deleted(hook)) {
+            out.entry((tenant, user)).or_default().push(w);
+        }
+    }
+    out
 }
 
 /// One attempt to deliver, as the log shows it.
@@ -324,6 +349,17 @@ impl Webhooks {
             record(&*io.log, tenant, &user, writes).await?;
         }
         Ok(())
+    }
+
+    /// Removes rows (`rows_of_deleted`) through each user's log, so that they do not come
+    /// back with her partition elsewhere; answers how many.
+    pub async fn remove_rows(&self, by_user: BTreeMap<(String, String), Vec<Write>>) -> Result<usize, String> {
+        let mut removed = 0;
+        for ((tenant, user), writes) in by_user {
+            removed += writes.len();
+            record(&*self.io.log, &tenant, &user, writes).await?;
+        }
+        Ok(removed)
     }
 
     /// This node's answer to `ask` about endpoint `hook` of `tenant`, from the notifications
@@ -643,6 +679,24 @@ async fn worker(io: Io, tenant: String, id: u64, hook: Hook, signals: Signals, m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sweep after a partition is gained removes only the rows of endpoints the cluster's
+    /// record says were deleted: not those of endpoints in force, nor of ids it never gave (a
+    /// record read before an endpoint was made), nor of tenants whose record was not read.
+    #[test]
+    fn only_the_rows_of_deleted_endpoints_are_swept_grouped_by_user() {
+        let hook = Hook { url: "http://h".into(), events: vec!["unlock".into()], secret: "s".into(), description: String::new(), created_at: 0 };
+        // Endpoints 1 to 3 given (ids start at 1), 2 in force, 1 and 3 deleted, 4 not given yet.
+        let acme = Endpoints { next: 3, hooks: BTreeMap::from([(2, hook)]) };
+        let endpoints = BTreeMap::from([("acme".to_string(), acme)]);
+        let row = |tenant: &str, hook: u64, user: &str, key: u8| ((tenant.to_string(), hook, user.to_string()), Write::Del(store::TreeId::Outbox, vec![key]));
+        let rows = vec![row("acme", 1, "ann", 1), row("acme", 2, "ann", 2), row("acme", 3, "bob", 3), row("acme", 1, "ann", 4), row("acme", 4, "ann", 5), row("acme", 0, "ann", 7), row("other", 1, "cy", 6)];
+        let swept = rows_of_deleted(rows, &endpoints);
+        let keys: Vec<((String, String), Vec<u8>)> = swept.into_iter().flat_map(|(u, ws)| ws.into_iter().map(move |w| match w { Write::Del(_, k) => (u.clone(), k), w => panic!("{w:?}") })).collect();
+        let ann = ("acme".to_string(), "ann".to_string());
+        let bob = ("acme".to_string(), "bob".to_string());
+        assert_eq!(keys, vec![(ann.clone(), vec![1]), (ann, vec![4]), (bob, vec![3])]);
+    }
 
     /// A notification's body is byte for byte what it was when it was built by parsing the
     /// frame into a JSON value (receivers verify the signature over these bytes): for every
