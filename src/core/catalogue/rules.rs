@@ -112,7 +112,9 @@ impl Builder {
         when: Option<&serde_json::Value>,
         breaks: Option<&serde_json::Value>,
         per: Option<&str>,
-        value: Option<(&str, bool)>,
+        // The value's field, whether it must be a number, and the rule's key that names it
+        // (`field`, `distinct`, `sum`), which an error names.
+        value: Option<(&str, bool, &str)>,
         o: Option<&str>,
         path: &str,
     ) -> Result<(Vec<StatInput>, String), CatalogueError> {
@@ -127,10 +129,10 @@ impl Builder {
                 .map(|k| ty.field(k).ok_or_else(|| err(o, format!("{path}.per"), format!("`{k}` is not a declared field of `{e}`"))))
                 .transpose()?;
             let val = match value {
-                Some((f, numeric)) => {
-                    let p = ty.field(f).ok_or_else(|| err(o, format!("{path}.field"), format!("`{f}` is not a declared field of `{e}`")))?;
+                Some((f, numeric, named)) => {
+                    let p = ty.field(f).ok_or_else(|| err(o, format!("{path}.{named}"), format!("`{f}` is not a declared field of `{e}`")))?;
                     if numeric && ty.fields[p].kind != FieldKind::Number {
-                        return Err(err(o, format!("{path}.field"), format!("`{f}` must be declared as a number")));
+                        return Err(err(o, format!("{path}.{named}"), format!("`{f}` must be declared as a number")));
                     }
                     Some(p)
                 }
@@ -278,7 +280,7 @@ impl Builder {
                         }
                     }
                 }
-                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, None, sum.as_deref().map(|s| (s, true)), o, path)?;
+                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, None, sum.as_deref().map(|s| (s, true, "sum")), o, path)?;
                 let kind = StatKind::Calendar { bucket: cut_by, at_least, reading };
                 let (ev, wh) = (events_words(&event.list()), where_words(when.as_ref()));
                 let need = match (sum, at_least) {
@@ -492,7 +494,7 @@ impl Builder {
 
     /// The stat of a count (or, with `distinct`, a count of different values).
     fn count_stat(&mut self, event: &OneOrMany, when: Option<&serde_json::Value>, per: Option<&String>, distinct: Option<&str>, o: Option<&str>, path: &str) -> Result<usize, CatalogueError> {
-        let (inputs, canon) = self.inputs(&event.list(), when, None, per.map(String::as_str), distinct.map(|d| (d, false)), o, path)?;
+        let (inputs, canon) = self.inputs(&event.list(), when, None, per.map(String::as_str), distinct.map(|d| (d, false, "distinct")), o, path)?;
         let kind = if distinct.is_some() { StatKind::Distinct } else { StatKind::Count };
         let (ev, wh, pk) = (events_words(&event.list()), where_words(when), per_words(per));
         let d = match distinct {
@@ -506,7 +508,7 @@ impl Builder {
     #[allow(clippy::too_many_arguments)]
     fn value_stat(&mut self, sum: bool, event: &OneOrMany, when: Option<&serde_json::Value>, field: &str, per: Option<&String>, o: Option<&str>, path: &str) -> Result<usize, CatalogueError> {
         let kind = if sum { StatKind::Sum } else { StatKind::Max };
-        let (inputs, canon) = self.inputs(&event.list(), when, None, per.map(String::as_str), Some((field, true)), o, path)?;
+        let (inputs, canon) = self.inputs(&event.list(), when, None, per.map(String::as_str), Some((field, true, "field")), o, path)?;
         let (ev, wh, pk) = (events_words(&event.list()), where_words(when), per_words(per));
         let d = format!("{} {field} of {ev}{wh}{pk}", if sum { "total" } else { "highest" });
         Ok(self.stat(kind.clone(), per, inputs, format!("{kind:?}|{canon}"), d))
