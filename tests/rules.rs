@@ -1407,3 +1407,60 @@ fn a_badge_owned_before_it_became_repeatable_waits_for_a_new_streak() {
     assert_eq!(u.answer(T0 + 5, "a", true, 1.0), vec!["hot"]);
     assert_eq!(u.st.badges["hot"].count, 2);
 }
+
+/// A catalogue's `[teams]` section is a catalogue of its own over the members' events, each
+/// with the `member` who sent it: its badges count the team's events and can count members.
+#[test]
+fn team_rules_count_the_members_events_and_the_members() {
+    let team = r#"
+[teams]
+max_members = 50
+[[teams.badges]]
+id = "three-answers"
+name = "Three answers"
+tier = "bronze"
+rule = { kind = "count", event = "problem.answered", target = 3 }
+[[teams.badges]]
+id = "two-members"
+name = "Two members answered"
+tier = "silver"
+rule = { kind = "count", event = "problem.answered", distinct = "member", target = 2 }
+"#;
+    let cat = catalogue(team);
+    let teams = cat.teams.as_ref().expect("a teams section");
+    assert_eq!((teams.max_members, teams.max_teams_per_user), (50, 10));
+    assert!(cat.badge("three-answers").is_none(), "team badges are not the users'");
+    let mut t = User::new(teams.catalogue.clone());
+    let answer = |t: &mut User, member: &str, at: Millis| unlocks(&t.send("problem.answered", at, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0)), ("member", s(member))]));
+    assert_eq!(answer(&mut t, "ann", T0), Vec::<String>::new());
+    assert_eq!(answer(&mut t, "ann", T0 + MIN), Vec::<String>::new());
+    assert_eq!(answer(&mut t, "bob", T0 + 2 * MIN), vec!["three-answers", "two-members"]);
+    // A member's event without its member is refused, and changes nothing.
+    let before = t.st.clone();
+    let fx = t.send("problem.answered", T0 + 3 * MIN, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    assert!(matches!(&fx[0], Effect::Rejected { reason: Rejection::MissingField(f), .. } if f == "member"), "{fx:?}");
+    assert_eq!(t.st, before);
+    // A catalogue without the section has no team catalogue.
+    assert!(catalogue("").teams.is_none());
+}
+
+#[test]
+fn team_catalogue_errors_name_the_field() {
+    let b = |rule: &str| format!("[[teams.badges]]\nid = \"tb\"\nname = \"tb\"\ntier = \"bronze\"\nrule = {rule}\n");
+    let table = [
+        (format!("[teams]\n{}", ""), "field `teams`: a teams section needs at least one badge, XP rule or leaderboard: otherwise a team counts nothing".to_string()),
+        (format!("[teams]\nmax_members = 0\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.max_members`: must be between 1 and 100000".into()),
+        (format!("[teams]\nmax_teams_per_user = 101\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.max_teams_per_user`: must be between 1 and 100".into()),
+        (format!("[teams]\ncolour = \"red\"\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.colour`: unknown field `colour`, expected one of".into()),
+        (b(r#"{ kind = "count", event = "quiz.taken", target = 1 }"#), "team badge `tb`: field `rule.event`: unknown event type `quiz.taken`".into()),
+        (b(r#"{ kind = "count", event = "login", distinct = "team", target = 2 }"#), "team badge `tb`: field `rule.distinct`".into()),
+    ];
+    for (doc, want) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert!(e.starts_with(&want), "got: {e}\nwant: {want}");
+    }
+    // An event type that already has a `member` field cannot be counted for teams.
+    let clash = HEADER.replace("fields = { article = \"string\" }", "fields = { article = \"string\", member = \"string\" }");
+    let e = Catalogue::parse(&format!("{clash}\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), Format::Toml).unwrap_err().to_string();
+    assert!(e.starts_with("event type `article.read`: field `fields.member`: a catalogue with teams adds this field"), "{e}");
+}

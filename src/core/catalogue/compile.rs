@@ -3,11 +3,11 @@
 //! hash that tie user state to the catalogue. `Catalogue::parse` and `Catalogue::for_goal`, the
 //! two ways a catalogue is built, are here.
 
-use super::document::{part, take_describes, Doc, DocBadge, DocBoard, DocEventType, DocXp, Format, DEMO_CATALOGUE};
+use super::document::{part, take_describes, Doc, DocBadge, DocBoard, DocEventType, DocTeams, DocXp, Format, DEMO_CATALOGUE};
 use super::error::{err, CatalogueError};
 use super::model::{
-    BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Levels, ProgressSlot, Settings, StatKind, XpAmount, XpRuleDef,
-    PROFILE_EVENT,
+    BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Levels, ProgressSlot, Settings, StatKind, Teams, XpAmount, XpRuleDef,
+    MEMBER_FIELD, PROFILE_EVENT,
 };
 use super::rules::Builder;
 use crate::core::calendar::Period;
@@ -28,6 +28,7 @@ impl Catalogue {
         let mut cat = compile(value.clone())?;
         cat.source = text.to_string();
         cat.id = stable_hash(format!("{}\u{1f}{}", cat.version, text).as_bytes());
+        cat.teams = compile_teams(&value, &cat)?.map(Arc::new);
         cat.document = Arc::new(value);
         Ok(cat)
     }
@@ -55,6 +56,49 @@ impl Catalogue {
         cat.id = stable_hash(format!("goal\u{1f}{}\u{1f}{title}\u{1f}{criterion}", self.id).as_bytes());
         Ok(cat)
     }
+}
+
+/// The team catalogue of a document with a `[teams]` section (docs/teams.md): the document's
+/// event types and settings, each event type with the `member` field added, and the section's
+/// levels (one level if it gives none), XP rules, badges and leaderboards. Its errors name the
+/// team badge (or rule, or leaderboard) and the field, as the user catalogue's do.
+fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<Teams>, CatalogueError> {
+    let Some(section) = doc.get("teams") else { return Ok(None) };
+    let t: DocTeams = part(section.clone(), None, "teams")?;
+    if !(1..=100_000).contains(&t.max_members) {
+        return Err(err(None, "teams.max_members", "must be between 1 and 100000"));
+    }
+    if !(1..=100).contains(&t.max_teams_per_user) {
+        return Err(err(None, "teams.max_teams_per_user", "must be between 1 and 100"));
+    }
+    if t.badges.is_empty() && t.xp.is_empty() && t.leaderboards.is_empty() {
+        return Err(err(None, "teams", "a teams section needs at least one badge, XP rule or leaderboard: otherwise a team counts nothing"));
+    }
+    let mut v = doc.clone();
+    let obj = v.as_object_mut().expect("the document parsed as a struct, so it is an object");
+    obj.remove("teams");
+    if let Some(types) = obj.get_mut("event_types").and_then(|t| t.as_object_mut()) {
+        for (name, ty) in types.iter_mut() {
+            let Some(ty) = ty.as_object_mut() else { continue };
+            let fields = ty.entry("fields").or_insert_with(|| serde_json::json!({}));
+            let Some(fields) = fields.as_object_mut() else { continue };
+            if fields.contains_key(MEMBER_FIELD) {
+                return Err(err(Some(&format!("event type `{name}`")), format!("fields.{MEMBER_FIELD}"), "a catalogue with teams adds this field to every event type (the member whose event it was); rename yours"));
+            }
+            fields.insert(MEMBER_FIELD.into(), serde_json::json!("string"));
+        }
+    }
+    obj.insert("levels".into(), t.levels.unwrap_or_else(|| serde_json::json!({ "thresholds": [0] })));
+    obj.insert("xp".into(), serde_json::Value::Array(t.xp));
+    obj.insert("badges".into(), serde_json::Value::Array(t.badges));
+    obj.insert("leaderboards".into(), serde_json::Value::Array(t.leaderboards));
+    let mut catalogue = compile(v).map_err(|e| {
+        let field = if e.badge.is_none() && !e.field.starts_with("teams") { format!("teams.{}", e.field) } else { e.field.clone() };
+        CatalogueError { badge: e.badge.map(|b| format!("team {b}")), field, message: e.message }
+    })?;
+    catalogue.version = parent.version;
+    catalogue.id = stable_hash(format!("teams\u{1f}{}", parent.id).as_bytes());
+    Ok(Some(Teams { catalogue, max_members: t.max_members, max_teams_per_user: t.max_teams_per_user }))
 }
 
 fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
@@ -375,6 +419,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         calendar,
         source: String::new(),
         document: Arc::new(serde_json::Value::Null),
+        teams: None,
     })
 }
 

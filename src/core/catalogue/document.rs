@@ -52,6 +52,37 @@ pub(super) struct Doc {
     pub(super) badges: Vec<serde_json::Value>,
     #[serde(default)]
     pub(super) leaderboards: Vec<serde_json::Value>,
+    /// The team catalogue (docs/teams.md). Declared so that the document's shape admits it;
+    /// `compile_teams` reads it from the document as parsed, since it compiles a catalogue of
+    /// its own from the whole document.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(super) teams: Option<serde_json::Value>,
+}
+
+/// The `[teams]` section: the team catalogue's own parts and the membership limits.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocTeams {
+    #[serde(default = "default_max_members")]
+    pub(super) max_members: usize,
+    #[serde(default = "default_max_teams")]
+    pub(super) max_teams_per_user: usize,
+    pub(super) levels: Option<serde_json::Value>,
+    #[serde(default)]
+    pub(super) xp: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub(super) badges: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub(super) leaderboards: Vec<serde_json::Value>,
+}
+
+fn default_max_members() -> usize {
+    1_000
+}
+
+fn default_max_teams() -> usize {
+    10
 }
 
 #[derive(Deserialize)]

@@ -514,7 +514,23 @@ pub struct Catalogue {
     pub source: String,
     /// The same document, parsed: the base of assigned goals' catalogues.
     pub document: Arc<serde_json::Value>,
+    /// The team catalogue and membership limits, when the document has a `[teams]` section
+    /// (docs/teams.md).
+    pub teams: Option<Arc<Teams>>,
 }
+
+/// What a catalogue's `[teams]` section compiles to: the catalogue a team's state is judged
+/// by (the tenant's event types, each with a `member` field, and the section's own levels,
+/// XP rules, badges and leaderboards) and the membership limits.
+#[derive(Debug)]
+pub struct Teams {
+    pub catalogue: Catalogue,
+    pub max_members: usize,
+    pub max_teams_per_user: usize,
+}
+
+/// The field a team's copy of a member's event names her by.
+pub const MEMBER_FIELD: &str = "member";
 
 // The lookups the engine makes on every event. Building a catalogue (`parse`, `for_goal`) is in
 // `compile`.
