@@ -31,7 +31,7 @@ pub enum AuthError {
     BadSignature,
     #[error("token has expired")]
     Expired,
-    #[error("token user id must be 1 to 128 bytes with no NUL")]
+    #[error("token user id must be 1 to 128 bytes with no NUL, not beginning with U+0001")]
     BadUser,
 }
 
@@ -39,8 +39,6 @@ pub enum AuthError {
 pub struct Keys {
     tenants: HashMap<String, (EncodingKey, DecodingKey)>,
 }
-
-const MAX_ID: usize = 128;
 
 impl Keys {
     pub fn new(secrets: &[(String, String)]) -> Keys {
@@ -77,7 +75,7 @@ impl Keys {
         if c.tenant != tenant {
             return Err(AuthError::BadSignature);
         }
-        if c.sub.is_empty() || c.sub.len() > MAX_ID || c.sub.contains('\0') {
+        if !crate::core::catalogue::valid_user_id(&c.sub) {
             return Err(AuthError::BadUser);
         }
         Ok(Principal { tenant: c.tenant, user: c.sub })

@@ -20,6 +20,7 @@
 //! - [`backfill`]: background re-evaluation of stored users after a catalogue change.
 //! - [`replay`]: rebuilding users from the event log (actor start, backfill, `replay` check).
 //! - [`goals`]: the sweeper that closes goals past due and tells assigners how goals ended.
+//! - [`teams`]: the mail worker that delivers members' contributions to their teams.
 //! - [`boards`]: live rankings of open leaderboard periods and their watchers.
 //! - [`leaderboard`]: closing and archiving periods, and driving the rank pushes.
 //! - [`ranking`]: the order-statistic structure behind a leaderboard.
@@ -64,6 +65,7 @@ pub mod session;
 pub mod shared;
 pub mod standings;
 pub mod store;
+pub mod teams;
 pub mod user;
 pub mod watchdog;
 pub mod webhooks;

@@ -47,6 +47,9 @@ pub struct Plan {
     /// The XP the change gave, and the badges it unlocked (the ingest outcome's fields).
     pub xp: u64,
     pub unlocks: Vec<String>,
+    /// Contributions to teams among the writes (the mail worker is woken once they are
+    /// durable).
+    pub mailed: usize,
 }
 
 /// The user's positions, advanced by every plan: the last log sequence number and push offset
@@ -97,6 +100,9 @@ pub struct Planner<'a> {
     pub cat: &'a Catalogue,
     /// A snapshot is written with an event once the log has moved this far past the last one.
     pub snapshot_every: u64,
+    /// The team entities the user belongs to (none for a team): an accepted event is mailed to
+    /// each whose catalogue counts it (docs/teams.md).
+    pub teams: &'a [String],
 }
 
 /// How a log record is found again: client events and notices by their id (a resend is a
@@ -122,6 +128,35 @@ impl Planner<'_> {
         match keyed {
             Keyed::ById => store::writes::event(self.tenant, self.user, seq, &stored).into(),
             Keyed::ByPlace => vec![store::writes::system_event(self.tenant, self.user, seq, &stored)],
+        }
+    }
+
+    /// The contributions of the member's accepted event number `seq` to her teams: one mail
+    /// row for each team whose catalogue counts its type, in the event's own batch, so that it
+    /// is durable exactly when the event is. The team counts it under the id
+    /// `<member>\u{1}<event id>`, so a second delivery is a duplicate there.
+    fn contributions(&self, plan: &mut Plan, seq: u64, event: &Event, received_at: Millis) {
+        let Some(teams) = self.cat.teams.as_ref() else { return };
+        let counted = teams.catalogue.type_of(&event.event_type).map(|t| &teams.catalogue.types[t]).is_some_and(|ty| {
+            ty.name != crate::core::catalogue::PROFILE_EVENT && !(ty.stats.is_empty() && ty.xp_rules.is_empty() && ty.badges.is_empty() && ty.checks.is_empty())
+        });
+        if !counted {
+            return;
+        }
+        for team in self.teams {
+            let mut payload = event.payload.clone();
+            payload.push((crate::core::catalogue::MEMBER_FIELD.into(), crate::core::Value::Str(self.user.into())));
+            let contribution = Event {
+                event_id: format!("{}\u{1}{}", self.user, event.event_id),
+                event_type: event.event_type.clone(),
+                user_id: team.clone(),
+                tenant_id: self.tenant.into(),
+                occurred_at: event.occurred_at,
+                source: "team".into(),
+                payload,
+            };
+            plan.writes.push(store::mail(self.tenant, self.user, seq, team, &store::MailRow { event: contribution, received_at }));
+            plan.mailed += 1;
         }
     }
 
@@ -271,6 +306,9 @@ pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event
     if !plan.boards.is_empty() {
         plan.writes.push(store::writes::board_scores(p.tenant, p.user, &board_scores(st)));
     }
+    if !p.teams.is_empty() {
+        p.contributions(&mut plan, cur.seq, &event, received_at);
+    }
     plan.writes.extend(p.record_at(cur.seq, event, received_at, &plan.pushes, Keyed::ById));
     plan.writes.append(&mut goal_writes.writes);
     if cur.snap_seq == 0 || cur.seq - cur.snap_seq >= p.snapshot_every {
@@ -359,7 +397,7 @@ mod tests {
     const T0: Millis = 1_772_452_800_000;
 
     fn planner(cat: &Catalogue) -> Planner<'_> {
-        Planner { tenant: "t", user: "u", epoch: "e", cat, snapshot_every: 100 }
+        Planner { tenant: "t", user: "u", epoch: "e", cat, snapshot_every: 100, teams: &[] }
     }
 
     fn ev(id: &str) -> Event {

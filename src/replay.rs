@@ -23,12 +23,14 @@ pub fn apply_goal(st: &mut UserState, op: GoalOp, now: crate::core::Millis, cat:
     }
 }
 
-/// The catalogue an event was judged by, or the current one if that version is gone.
-fn judged_by(cats: &Catalogues, tenant: &str, version: u64, current: &Arc<Catalogue>) -> Arc<Catalogue> {
+/// The catalogue an event of entity `user` was judged by (a team's is its version's team
+/// catalogue), or the current one's if that version is gone; none for a team whose catalogue
+/// has no teams section in either.
+fn judged_by(cats: &Catalogues, tenant: &str, user: &str, version: u64, current: &Arc<Catalogue>) -> Option<Arc<Catalogue>> {
     if version == current.version {
-        return current.clone();
+        return current.for_entity(user);
     }
-    cats.version(tenant, version).unwrap_or_else(|| current.clone())
+    cats.version(tenant, version).and_then(|c| c.for_entity(user)).or_else(|| current.for_entity(user))
 }
 
 /// The state a user would have if `cat` had always been in force: the log replayed from
@@ -46,7 +48,7 @@ pub fn from_scratch(tenant: &str, user: &str, log: &[StoredEvent], cat: &Catalog
 pub fn replay_onto(st: &mut UserState, cats: &Catalogues, tenant: &str, user: &str, log: &[StoredEvent], before: &[StoredEvent]) {
     let Some(current) = cats.current(tenant) else { return };
     for (i, e) in log.iter().enumerate() {
-        let cat = judged_by(cats, tenant, e.catalogue_version, &current);
+        let Some(cat) = judged_by(cats, tenant, user, e.catalogue_version, &current) else { continue };
         if e.event.event_type == BACKFILL_EVENT {
             let rec = BackfillRecord::parse(e);
             let history: Vec<StoredEvent> = before.iter().chain(&log[..i]).cloned().collect();

@@ -1430,7 +1430,7 @@ rule = { kind = "count", event = "problem.answered", distinct = "member", target
     let teams = cat.teams.as_ref().expect("a teams section");
     assert_eq!((teams.max_members, teams.max_teams_per_user), (50, 10));
     assert!(cat.badge("three-answers").is_none(), "team badges are not the users'");
-    let mut t = User::new(teams.catalogue.clone());
+    let mut t = User::new((*teams.catalogue).clone());
     let answer = |t: &mut User, member: &str, at: Millis| unlocks(&t.send("problem.answered", at, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0)), ("member", s(member))]));
     assert_eq!(answer(&mut t, "ann", T0), Vec::<String>::new());
     assert_eq!(answer(&mut t, "ann", T0 + MIN), Vec::<String>::new());
@@ -1448,7 +1448,8 @@ rule = { kind = "count", event = "problem.answered", distinct = "member", target
 fn team_catalogue_errors_name_the_field() {
     let b = |rule: &str| format!("[[teams.badges]]\nid = \"tb\"\nname = \"tb\"\ntier = \"bronze\"\nrule = {rule}\n");
     let table = [
-        (format!("[teams]\n{}", ""), "field `teams`: a teams section needs at least one badge, XP rule or leaderboard: otherwise a team counts nothing".to_string()),
+        (format!("[teams]\n{}", ""), "field `teams`: a teams section needs at least one badge or XP rule: otherwise a team counts nothing".to_string()),
+        (format!("[teams]\n{}[[teams.leaderboards]]\nid = \"x\"\n", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.leaderboards`: team leaderboards are not served yet".into()),
         (format!("[teams]\nmax_members = 0\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.max_members`: must be between 1 and 100000".into()),
         (format!("[teams]\nmax_teams_per_user = 101\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.max_teams_per_user`: must be between 1 and 100".into()),
         (format!("[teams]\ncolour = \"red\"\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.colour`: unknown field `colour`, expected one of".into()),

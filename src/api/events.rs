@@ -93,8 +93,8 @@ fn decode(tenant: &str, raw: &Json_, received_at: Millis) -> Result<Event, (Opti
         Err(e) => return fail("invalid_event", e.to_string()),
     };
     let Some(user_id) = user.clone() else { return fail("invalid_event", "missing string field `user_id`".into()) };
-    if user_id.is_empty() || user_id.len() > 128 || user_id.contains('\0') {
-        return fail("invalid_event", "user_id must be 1 to 128 bytes with no NUL".into());
+    if !crate::core::catalogue::valid_user_id(&user_id) {
+        return fail("invalid_event", "user_id must be 1 to 128 bytes with no NUL, not beginning with U+0001".into());
     }
     if let Some(t) = obj.get("tenant_id")
         && t.as_str() != Some(tenant)

@@ -85,8 +85,8 @@ fn doc(g: GoalRecord) -> GoalDoc {
 }
 
 fn valid_user(field: &str, v: &str) -> Result<(), ApiError> {
-    if v.is_empty() || v.len() > 128 || v.contains('\0') {
-        return Err(bad("invalid_body", format!("`{field}` must be 1 to 128 bytes with no NUL")));
+    if !crate::core::catalogue::valid_user_id(v) {
+        return Err(bad("invalid_body", format!("`{field}` must be 1 to 128 bytes with no NUL, not beginning with U+0001")));
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The HTTP API for the app's backend, next to the socket on the same port: ingest, dead
 //! letters, catalogue changes (preview, backfill jobs), user queries, leaderboards
-//! (`leaderboards.rs`), assigned goals (`goals.rs`). Every route takes the
+//! (`leaderboards.rs`), assigned goals (`goals.rs`), teams (`teams.rs`). Every route takes the
 //! tenant from its API key (`Authorization: Bearer <key>`), so a key can only ever name its own
 //! tenant's users, versions, jobs and dead letters. The OpenAPI document at
 //! `/v1/openapi.json` is generated from the handlers and types below.
@@ -29,6 +29,7 @@ mod events;
 mod goals;
 mod leaderboards;
 mod operations;
+mod teams;
 mod users;
 mod webhooks;
 
@@ -63,6 +64,9 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         // Goals live with their assignees: in cluster mode answered by the node serving her.
         .route("/v1/goals", get(goals::list).post(goals::create))
         .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
+        .route("/v1/teams/{id}", get(teams::get_team).put(teams::put_team))
+        .route("/v1/teams/{id}/members", post(teams::add_member))
+        .route("/v1/teams/{id}/members/{user}", axum::routing::delete(teams::remove_member))
         .route("/v1/events", post(events::ingest))
         .route("/v1/dead-letters", get(events::list_dead_letters))
         .route("/v1/dead-letters/{id}", get(events::get_dead_letter).delete(events::delete_dead_letter))
@@ -239,6 +243,7 @@ impl utoipa::Modify for Security {
         users::get_user, users::get_progress, users::get_badge, users::get_events,
         leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
         goals::create, goals::list, goals::get, goals::cancel,
+        teams::put_team, teams::get_team, teams::add_member, teams::remove_member,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::set_aside, webhooks::retry,
         operations::healthz, operations::readyz, operations::metrics
     ),
@@ -250,6 +255,7 @@ impl utoipa::Modify for Security {
         (name = "users", description = "What a user has, and how far they are"),
         (name = "leaderboards", description = "Standings, ranks, friends and closed periods"),
         (name = "goals", description = "Goals one user assigns another"),
+        (name = "teams", description = "Teams, their members, and what they earn together"),
         (name = "webhooks", description = "Endpoints notified of unlocks, level-ups and goals, and their deliveries"),
         (name = "operations", description = "Health, readiness, metrics")
     )

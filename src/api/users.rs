@@ -53,9 +53,14 @@ pub(super) async fn relay_unless_served(shared: &Shared, tenant: &str, key: &str
 
 /// Asks a user's actor a question; 404 for a user the tenant has never seen.
 pub(super) async fn ask<T: Send + 'static>(shared: &Arc<Shared>, tenant: &str, user: &str, f: impl FnOnce(UserView<'_>) -> T + Send + 'static) -> Result<T, ApiError> {
-    if user.is_empty() || user.len() > 128 || user.contains('\0') {
-        return Err(bad("invalid_user", "a user id is 1 to 128 bytes with no NUL"));
+    if !crate::core::catalogue::valid_user_id(user) {
+        return Err(bad("invalid_user", "a user id is 1 to 128 bytes with no NUL, not beginning with U+0001"));
     }
+    ask_entity(shared, tenant, user, f).await
+}
+
+/// `ask` for any entity of the tenant: a user, or a team (`core::catalogue::team_entity`).
+pub(super) async fn ask_entity<T: Send + 'static>(shared: &Arc<Shared>, tenant: &str, user: &str, f: impl FnOnce(UserView<'_>) -> T + Send + 'static) -> Result<T, ApiError> {
     // A store that has failed serves nothing, not even a user whose actor is still in memory
     // (its state is durable, but the answer must not depend on which users happened to be
     // caught by the failed commit): every query says the same, until the restart.
@@ -164,7 +169,7 @@ fn stat_json(v: &crate::core::state::StatValue) -> Json_ {
     }
 }
 
-fn user_doc(v: UserView<'_>) -> UserDoc {
+pub(super) fn user_doc(v: UserView<'_>) -> UserDoc {
     let (st, cat) = (v.state, v.catalogue);
     let badges = st
         .badges

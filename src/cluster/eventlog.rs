@@ -58,6 +58,11 @@ impl ClusterLog {
 }
 
 impl EventLog for ClusterLog {
+    fn links(&self, tenant: &str, user: &str) -> Result<Vec<String>, StoreError> {
+        self.writer(partition_of(tenant, user))?;
+        self.store.links_of(tenant, user)
+    }
+
     fn seen(&self, tenant: &str, user: &str, event_id: &str) -> Result<Seen, StoreError> {
         // An id is looked up only where the user's writes are complete: on a node that serves
         // the partition, whose sled the changelog filled.

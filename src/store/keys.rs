@@ -134,10 +134,14 @@ pub enum TreeId {
     Hooks,
     Outbox,
     HookLog,
+    /// Team memberships, both ways (docs/teams.md).
+    Links,
+    /// Contributions to teams still to be delivered (docs/teams.md).
+    Mail,
 }
 
 impl TreeId {
-    pub(super) const ALL: [TreeId; 14] = [
+    pub(super) const ALL: [TreeId; 16] = [
         TreeId::Users,
         TreeId::Events,
         TreeId::Dedup,
@@ -152,6 +156,8 @@ impl TreeId {
         TreeId::Hooks,
         TreeId::Outbox,
         TreeId::HookLog,
+        TreeId::Links,
+        TreeId::Mail,
     ];
 
     /// The tree's number where writes leave the process (cluster mode's changelog). Frozen:
@@ -236,11 +242,11 @@ mod tree_codes {
     #[test]
     fn tree_codes_are_frozen_and_round_trip() {
         // Changelogs in a cluster's JetStream name trees by these numbers: do not renumber.
-        assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code()), (0, 1, 2, 13));
-        for c in 0..14 {
+        assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code(), TreeId::Links.code(), TreeId::Mail.code()), (0, 1, 2, 13, 14, 15));
+        for c in 0..16 {
             assert_eq!(TreeId::from_code(c).map(TreeId::code), Some(c));
         }
-        assert_eq!(TreeId::from_code(14), None);
+        assert_eq!(TreeId::from_code(16), None);
     }
 }
 

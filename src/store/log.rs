@@ -42,6 +42,10 @@ pub trait EventLog: Send + Sync {
         true
     }
 
+    /// The entities `user` is linked to (a user's teams, a team's members), in id order: read
+    /// where her writes are complete. Blocking.
+    fn links(&self, tenant: &str, user: &str) -> Result<Vec<String>, StoreError>;
+
     /// A fresh id for a webhook notification about `user`: never given before across the
     /// deployment (every node of a cluster included), and above every id given before for
     /// one of her notifications, so that an endpoint's outbox, read in id order, holds each
@@ -67,6 +71,10 @@ pub trait EventLog: Send + Sync {
 }
 
 impl EventLog for Store {
+    fn links(&self, tenant: &str, user: &str) -> Result<Vec<String>, StoreError> {
+        self.links_of(tenant, user)
+    }
+
     fn seen(&self, tenant: &str, user: &str, event_id: &str) -> Result<Seen, StoreError> {
         Ok(match Store::seen(self, tenant, event_id)? {
             None => Seen::New,

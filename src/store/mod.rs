@@ -28,6 +28,11 @@
 //!   still to be delivered to that endpoint. The user's actor writes it in the same batch as
 //!   the event that caused it; the endpoint's worker removes it once delivered or given up.
 //! - `hooklog`: same key -> how a delivery ended (delivered or failed), the newest kept.
+//! - `links`: entity key + the other entity's id -> since when: a user's teams under her key,
+//!   a team's members under the team's (docs/teams.md), each written through its own log.
+//! - `mail`: sender's user key + her event's seq (big-endian u64) + the team's entity id -> the
+//!   event as the team counts it, written in the batch of her event and removed once the team
+//!   has it (docs/teams.md).
 //!
 //! Every value starts with a format version byte so the encoding can evolve. Writes go through
 //! the persister, which takes whatever has queued up as one batch, inserts it (a large batch
@@ -41,6 +46,7 @@ mod keys;
 mod log;
 mod partitions;
 mod persister;
+mod teams;
 /// Builders for the writes an accepted event causes, so callers never see key layouts.
 pub mod writes;
 
@@ -82,6 +88,7 @@ fn highest_id(tree: &sled::Tree) -> Result<u64, StoreError> {
 
 pub use keys::*;
 pub use log::{Done, EventLog, Seen};
+pub use teams::{link, mail, mail_done, unlink, Link, Mail, MailRow};
 use persister::*;
 
 use crate::core::Millis;
@@ -142,6 +149,8 @@ pub struct Store {
     hooks: sled::Tree,
     outbox: sled::Tree,
     hooklog: sled::Tree,
+    links: sled::Tree,
+    mail: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -181,6 +190,8 @@ impl Store {
             hooks: db.open_tree("hooks")?,
             outbox: db.open_tree("outbox")?,
             hooklog: db.open_tree("hooklog")?,
+            links: db.open_tree("links")?,
+            mail: db.open_tree("mail")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -213,6 +224,8 @@ impl Store {
                 self.hooks.clone(),
                 self.outbox.clone(),
                 self.hooklog.clone(),
+                self.links.clone(),
+                self.mail.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -460,6 +473,10 @@ impl Store {
                 break;
             }
             let user = &k[prefix.len()..k.len() - 1];
+            // Teams are entities beside the users (their ids begin with U+0001), not users.
+            if user.first() == Some(&1) {
+                continue;
+            }
             out.push(String::from_utf8_lossy(user).into_owned());
         }
         Ok(out)
@@ -468,10 +485,11 @@ impl Store {
     /// How many users of a tenant have a snapshot (every user who ever had an event does).
     pub fn count_users(&self, tenant: &str) -> Result<u64, StoreError> {
         self.readable()?;
+        let prefix = tenant_prefix(tenant);
         let mut n = 0;
-        for kv in self.users.scan_prefix(tenant_prefix(tenant)) {
-            kv?;
-            n += 1;
+        for k in self.users.scan_prefix(&prefix).keys() {
+            // Teams (ids beginning with U+0001) are not users.
+            n += u64::from(k?.get(prefix.len()) != Some(&1));
         }
         Ok(n)
     }
@@ -567,10 +585,10 @@ impl Store {
     }
 
     /// The trees, in the order of `TreeId::ALL`.
-    fn trees(&self) -> [&sled::Tree; 14] {
+    fn trees(&self) -> [&sled::Tree; 16] {
         [
             &self.users, &self.events, &self.dedup, &self.snapseq, &self.catalogues, &self.dead, &self.jobs, &self.boards, &self.archive, &self.closed, &self.goals, &self.hooks,
-            &self.outbox, &self.hooklog,
+            &self.outbox, &self.hooklog, &self.links, &self.mail,
         ]
     }
 

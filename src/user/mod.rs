@@ -64,6 +64,8 @@ enum Delivery {
     Goal(oneshot::Sender<Result<Option<store::GoalRecord>, String>>, Option<store::GoalRecord>),
     /// A notice is durable.
     Noticed(oneshot::Sender<Result<(), String>>),
+    /// A membership change is durable.
+    Linked(oneshot::Sender<Result<bool, LinkError>>),
     /// The event is durable: count it as accepted (`accolade_events_total`). A job that
     /// fails counts its events as `storage_failed` instead.
     Accepted,
@@ -81,6 +83,7 @@ enum Waiting {
     Award(String, String, usize, oneshot::Sender<Result<bool, String>>),
     Goal(GoalOp, oneshot::Sender<Result<Option<store::GoalRecord>, String>>),
     Notice(NoticeMsg),
+    Link(String, bool, usize, oneshot::Sender<Result<bool, LinkError>>),
 }
 
 pub struct NoticeMsg {
@@ -97,7 +100,7 @@ pub struct NoticeMsg {
 /// method, so that the plan may borrow the cursor and the throttle mutably beside it.
 macro_rules! planner {
     ($u:expr, $cat:expr) => {
-        plan::Planner { tenant: &$u.tenant, user: &$u.user, epoch: &$u.epoch, cat: &$cat, snapshot_every: $u.env.config.snapshot_every }
+        plan::Planner { tenant: &$u.tenant, user: &$u.user, epoch: &$u.epoch, cat: &$cat, snapshot_every: $u.env.config.snapshot_every, teams: $u.teams.as_deref().unwrap_or(&[]) }
     };
 }
 
@@ -112,12 +115,14 @@ pub struct Env {
     pub boards: Arc<Boards>,
     /// Endpoints whose outboxes an event's notifications go to.
     pub webhooks: Arc<Webhooks>,
+    /// Wakes the mail worker once contributions to teams are durable (docs/teams.md).
+    pub mail: Arc<tokio::sync::Notify>,
 }
 
 impl Env {
-    /// The tenant's catalogue in force.
-    fn catalogue(&self, tenant: &str) -> Option<Arc<Catalogue>> {
-        self.catalogues.current(tenant)
+    /// The catalogue in force for `user` of `tenant`: a team's is the team catalogue.
+    fn catalogue(&self, tenant: &str, user: &str) -> Option<Arc<Catalogue>> {
+        self.catalogues.current(tenant)?.for_entity(user)
     }
 }
 
@@ -148,6 +153,9 @@ pub struct User {
     waiting: Vec<Waiting>,
     last_activity: Instant,
     progress: plan::Throttle,
+    /// The user's teams (entity ids), read at her first event; `None` until then, and for a
+    /// tenant without teams.
+    teams: Option<Vec<String>>,
 }
 
 /// The push epoch of a user with nothing stored yet. It is the same every time, so a client
@@ -166,8 +174,9 @@ impl Actor for UserActor {
     type Arguments = UserArgs;
 
     async fn pre_start(&self, _: ActorRef<UserMsg>, a: UserArgs) -> Result<User, ActorProcessingErr> {
-        if a.env.catalogue(&a.tenant).is_none() {
-            return Err(format!("tenant `{}` has no catalogue", a.tenant).into());
+        if a.env.catalogue(&a.tenant, &a.user).is_none() {
+            let whose = if crate::core::catalogue::team_of(&a.user).is_some() { "no teams section in its catalogue" } else { "no catalogue" };
+            return Err(format!("tenant `{}` has {whose}", a.tenant).into());
         }
         let (env, t, u) = (a.env.clone(), a.tenant.clone(), a.user.clone());
         // sled reads can touch the disk, so they run on the blocking pool. The event log is the
@@ -194,6 +203,7 @@ impl Actor for UserActor {
             waiting: Vec::new(),
             last_activity: Instant::now(),
             progress: plan::Throttle::new(std::time::Duration::from_millis(throttle_ms)),
+            teams: None,
         })
     }
 
@@ -232,6 +242,7 @@ impl Actor for UserActor {
             UserMsg::Backfill { spec, reply } => Later::Run(Waiting::Backfill(spec, reply)),
             UserMsg::Award { board, period, rank, reply } => Later::Run(Waiting::Award(board, period, rank, reply)),
             UserMsg::Goal { op, reply } => Later::Run(Waiting::Goal(op, reply)),
+            UserMsg::Link { other, join, limit, reply } => Later::Run(Waiting::Link(other, join, limit, reply)),
             UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => Later::Run(Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })),
             UserMsg::Detach { conn_id } => {
                 u.sockets.remove(conn_id);
@@ -389,7 +400,13 @@ impl User {
                 return Ok(Err(Unchanged::Duplicate));
             }
         }
-        let Some(cat) = self.env.catalogue(&self.tenant) else { return Err("the tenant's catalogue is gone".into()) };
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else { return Err("the tenant's catalogue is gone".into()) };
+        // A member's teams, read before her first event under a catalogue with teams: the plan
+        // mails each accepted event to them. Only this actor changes her side of a membership
+        // afterwards (`link`), so the list stays true while it lives.
+        if self.teams.is_none() && cat.teams.is_some() && crate::core::catalogue::team_of(&self.user).is_none() {
+            self.teams = Some(self.env.log.links(&self.tenant, &self.user)?);
+        }
         let started = std::time::Instant::now();
         let fx = apply(&mut self.st, event, received_at, &cat);
         m.rule_eval.record(started.elapsed());
@@ -418,6 +435,9 @@ impl User {
     /// pushes, then `after`.
     fn perform(&mut self, myself: &ActorRef<UserMsg>, plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
         self.env.metrics.unlocks.inc_by(plan.unlocks.len() as u64);
+        if plan.mailed > 0 {
+            before.push(Delivery::Wake(vec![self.env.mail.clone()]));
+        }
         before.extend(plan.pushes.into_iter().map(Delivery::Push));
         before.extend(after);
         self.enqueue(myself, plan.writes, before);
@@ -434,7 +454,7 @@ impl User {
             Waiting::Query(q) => {
                 // The live state is not aligned to a new catalogue here (only by the next
                 // event), so that replaying the log rebuilds it exactly.
-                if let Some(catalogue) = self.env.catalogue(&self.tenant) {
+                if let Some(catalogue) = self.env.catalogue(&self.tenant, &self.user) {
                     q(UserView { state: &self.st, catalogue: &catalogue, seq: self.cur.seq, offset: self.cur.offset });
                 }
             }
@@ -446,6 +466,7 @@ impl User {
             }
             Waiting::Award(board, period, rank, reply) => self.award(myself, &board, &period, rank, reply),
             Waiting::Goal(op, reply) => self.goal(myself, op, reply),
+            Waiting::Link(other, join, limit, reply) => self.link(myself, other, join, limit, reply),
             Waiting::Notice(n) => self.notice(myself, n),
         }
     }
@@ -458,7 +479,7 @@ impl User {
     /// A goal operation: applied by the core, logged, and the goal's record rewritten, all in
     /// one batch; the reply goes out once it is durable.
     fn goal(&mut self, myself: &ActorRef<UserMsg>, op: GoalOp, reply: oneshot::Sender<Result<Option<store::GoalRecord>, String>>) {
-        let Some(cat) = self.env.catalogue(&self.tenant) else {
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else {
             let _ = reply.send(Err("the tenant's catalogue is gone".into()));
             return;
         };
@@ -499,7 +520,7 @@ impl User {
                 return;
             }
         }
-        let Some(cat) = self.env.catalogue(&self.tenant) else {
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else {
             let _ = n.reply.send(Err("the tenant's catalogue is gone".into()));
             return;
         };
@@ -508,11 +529,43 @@ impl User {
         self.perform(myself, plan, vec![], vec![Delivery::Noticed(n.reply)]);
     }
 
+    /// A membership change on this entity's side: its link row written (or removed) through
+    /// its own log, checked against `limit` here, where this side's links change one at a time.
+    /// A user's list of teams changes with it, so her next event is mailed accordingly.
+    fn link(&mut self, myself: &ActorRef<UserMsg>, other: String, join: bool, limit: usize, reply: oneshot::Sender<Result<bool, LinkError>>) {
+        let mut links = match self.env.log.links(&self.tenant, &self.user) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = reply.send(Err(LinkError::Failed(e.to_string())));
+                return;
+            }
+        };
+        if links.contains(&other) == join {
+            let _ = reply.send(Ok(false));
+            return;
+        }
+        if join && links.len() >= limit {
+            let _ = reply.send(Err(LinkError::Full(links.len())));
+            return;
+        }
+        let write = if join { store::link(&self.tenant, &self.user, &other, now_ms()) } else { store::unlink(&self.tenant, &self.user, &other) };
+        if join {
+            links.push(other);
+            links.sort();
+        } else {
+            links.retain(|l| *l != other);
+        }
+        if crate::core::catalogue::team_of(&self.user).is_none() {
+            self.teams = Some(links);
+        }
+        self.enqueue(myself, vec![write], vec![Delivery::Linked(reply)]);
+    }
+
     /// A leaderboard period award. The log record (`accolade.leaderboard`) lets every rebuild
     /// make the same award; the core makes an award once per period, so a close retried after
     /// a crash awards nothing twice.
     fn award(&mut self, myself: &ActorRef<UserMsg>, board: &str, period: &str, rank: usize, reply: oneshot::Sender<Result<bool, String>>) {
-        let Some(cat) = self.env.catalogue(&self.tenant) else {
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else {
             let _ = reply.send(Err("the tenant's catalogue is gone".into()));
             return;
         };
@@ -541,7 +594,7 @@ impl User {
         spec: &BackfillSpec,
         reply: oneshot::Sender<Result<u32, String>>,
     ) -> Result<(), (oneshot::Sender<Result<u32, String>>, String)> {
-        let Some(cat) = self.env.catalogue(&self.tenant) else { return Err((reply, "the tenant's catalogue is gone".into())) };
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else { return Err((reply, "the tenant's catalogue is gone".into())) };
         let store = self.env.log.clone();
         let (t, u) = (self.tenant.clone(), self.user.clone());
         // Nothing is in flight, so the stored log holds exactly the events this state has seen.
@@ -586,8 +639,9 @@ impl User {
     fn enqueue(&mut self, myself: &ActorRef<UserMsg>, mut writes: Vec<store::Write>, mut deliveries: Vec<Delivery>) {
         // Webhook notifications go into the same batch as the pushes that announce them, so
         // one is durable exactly when the other is. Only tenants with endpoints pay for this.
+        // A team's unlocks are not sent yet (docs/teams.md, "Still to build").
         let mut no_ids = None;
-        if !writes.is_empty() && self.env.webhooks.any(&self.tenant) {
+        if !writes.is_empty() && self.env.webhooks.any(&self.tenant) && crate::core::catalogue::team_of(&self.user).is_none() {
             let pushes = deliveries.iter().filter_map(|d| if let Delivery::Push(p) = d { Some(p) } else { None });
             match self.env.webhooks.outbox_writes(&self.tenant, &self.user, pushes) {
                 Ok((outbox, wake)) if !outbox.is_empty() => {
@@ -700,6 +754,9 @@ impl User {
             Delivery::Noticed(reply) => {
                 let _ = reply.send(Ok(()));
             }
+            Delivery::Linked(reply) => {
+                let _ = reply.send(Ok(true));
+            }
             Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
             Delivery::Board(key, entry, left) => {
                 if let Some(old) = left {
@@ -717,7 +774,7 @@ impl User {
             let _ = conn.closing.set((protocol::close::TOO_MANY, "too many connections for this user"));
             return;
         }
-        let Some(cat) = self.env.catalogue(&self.tenant) else { return };
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else { return };
         let mut replay = Vec::new();
         let mut recovered = false;
         if let Some(s) = since
@@ -797,6 +854,7 @@ fn refuse(d: Delivery, why: &str) {
         Delivery::Awarded(reply, _) => drop(reply.send(Err(why.to_string()))),
         Delivery::Goal(reply, _) => drop(reply.send(Err(why.to_string()))),
         Delivery::Noticed(reply) => drop(reply.send(Err(why.to_string()))),
+        Delivery::Linked(reply) => drop(reply.send(Err(LinkError::Failed(why.to_string())))),
         Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) => {}
     }
 }

@@ -96,6 +96,24 @@ impl Conn {
     }
 }
 
+/// Why a membership change was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkError {
+    /// The entity has `limit` links already.
+    Full(usize),
+    /// The store could not read or write it.
+    Failed(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Full(n) => write!(f, "it has {n} already, the most the catalogue allows"),
+            LinkError::Failed(why) => write!(f, "{why}"),
+        }
+    }
+}
+
 pub enum UserMsg {
     /// An authenticated event. `permit` holds its in-flight slots (socket events only); they
     /// are released when the reply goes out. `arrived` starts the event-to-push clock.
@@ -114,6 +132,10 @@ pub enum UserMsg {
     /// The user finished a closed leaderboard period at `rank`: award the board's badge if
     /// due. Replies whether anything was awarded, once it is durable.
     Award { board: String, period: String, rank: usize, reply: oneshot::Sender<Result<bool, String>> },
+    /// A membership change on this entity's side (docs/teams.md): link it to `other` (a
+    /// user's team, a team's member) unless it already has `limit` links, or unlink it.
+    /// Replies whether anything changed, once durable.
+    Link { other: String, join: bool, limit: usize, reply: oneshot::Sender<Result<bool, LinkError>> },
     Attach { conn: Conn, since: Option<Since> },
     Detach { conn_id: u64 },
     /// From the persister: every job up to `job` is on disk (or failed).
@@ -126,5 +148,5 @@ pub enum UserMsg {
 
 /// Messages the registry counts as in flight until the actor has handled them.
 pub(crate) fn counted(m: &UserMsg) -> bool {
-    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. })
+    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. } | UserMsg::Link { .. })
 }

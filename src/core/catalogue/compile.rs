@@ -71,14 +71,21 @@ fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<T
     if !(1..=100).contains(&t.max_teams_per_user) {
         return Err(err(None, "teams.max_teams_per_user", "must be between 1 and 100"));
     }
-    if t.badges.is_empty() && t.xp.is_empty() && t.leaderboards.is_empty() {
-        return Err(err(None, "teams", "a teams section needs at least one badge, XP rule or leaderboard: otherwise a team counts nothing"));
+    if t.badges.is_empty() && t.xp.is_empty() {
+        return Err(err(None, "teams", "a teams section needs at least one badge or XP rule: otherwise a team counts nothing"));
+    }
+    if !t.leaderboards.is_empty() {
+        return Err(err(None, "teams.leaderboards", "team leaderboards are not served yet (docs/teams.md, \"Still to build\")"));
     }
     let mut v = doc.clone();
     let obj = v.as_object_mut().expect("the document parsed as a struct, so it is an object");
     obj.remove("teams");
     if let Some(types) = obj.get_mut("event_types").and_then(|t| t.as_object_mut()) {
         for (name, ty) in types.iter_mut() {
+            // A team's own profile (its name, time zone) is no member's event.
+            if name == PROFILE_EVENT {
+                continue;
+            }
             let Some(ty) = ty.as_object_mut() else { continue };
             let fields = ty.entry("fields").or_insert_with(|| serde_json::json!({}));
             let Some(fields) = fields.as_object_mut() else { continue };
@@ -98,7 +105,7 @@ fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<T
     })?;
     catalogue.version = parent.version;
     catalogue.id = stable_hash(format!("teams\u{1f}{}", parent.id).as_bytes());
-    Ok(Some(Teams { catalogue, max_members: t.max_members, max_teams_per_user: t.max_teams_per_user }))
+    Ok(Some(Teams { catalogue: Arc::new(catalogue), max_members: t.max_members, max_teams_per_user: t.max_teams_per_user }))
 }
 
 fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {

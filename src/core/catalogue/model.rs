@@ -524,7 +524,7 @@ pub struct Catalogue {
 /// XP rules, badges and leaderboards) and the membership limits.
 #[derive(Debug)]
 pub struct Teams {
-    pub catalogue: Catalogue,
+    pub catalogue: Arc<Catalogue>,
     pub max_members: usize,
     pub max_teams_per_user: usize,
 }
@@ -532,9 +532,43 @@ pub struct Teams {
 /// The field a team's copy of a member's event names her by.
 pub const MEMBER_FIELD: &str = "member";
 
+/// How a team's entity id begins: no user id may (`valid_user_id`), so a team is an entity in
+/// the tenant's key space beside its users, kept like one.
+pub const TEAM_PREFIX: &str = "\u{1}team:";
+
+/// The entity id of team `id`.
+pub fn team_entity(id: &str) -> String {
+    format!("{TEAM_PREFIX}{id}")
+}
+
+/// The team id of an entity id, if it is a team's.
+pub fn team_of(entity: &str) -> Option<&str> {
+    entity.strip_prefix(TEAM_PREFIX)
+}
+
+/// Whether `id` may name a user: 1 to 128 bytes, no NUL (keys are split on it), and not
+/// beginning with U+0001 (team entities do).
+pub fn valid_user_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && !id.contains('\0') && !id.starts_with('\u{1}')
+}
+
+/// Whether `id` may name a team: 1 to 64 letters, digits, '-', '_' or '.'.
+pub fn valid_team_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 // The lookups the engine makes on every event. Building a catalogue (`parse`, `for_goal`) is in
 // `compile`.
 impl Catalogue {
+    /// The catalogue entity `id`'s state is judged by: a team's is the team catalogue (none
+    /// when the tenant's has no `[teams]` section), a user's is this one.
+    pub fn for_entity(self: &Arc<Self>, id: &str) -> Option<Arc<Catalogue>> {
+        match team_of(id) {
+            Some(_) => self.teams.as_ref().map(|t| t.catalogue.clone()),
+            None => Some(self.clone()),
+        }
+    }
+
     pub fn type_of(&self, name: &str) -> Option<usize> {
         // Catalogues declare a handful of event types: comparing names (lengths first) is
         // cheaper than hashing one, and this runs on every event.

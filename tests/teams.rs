@@ -1,0 +1,221 @@
+//! Teams end to end (docs/teams.md): a team made and read through the API, members added and
+//! removed, their events counted toward the team once each and only while they belong, the
+//! limits and every error a client can cause, and a contribution that counts once across a
+//! SIGKILL on either side of its delivery.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+/// The demo catalogue with a teams section: a badge at five answers, one when two members have
+/// answered, and a point of team XP per answer.
+fn catalogue_with_teams(max_members: usize, max_teams: usize) -> String {
+    format!(
+        r#"{}
+[teams]
+max_members = {max_members}
+max_teams_per_user = {max_teams}
+
+[[teams.xp]]
+id = "team-answer"
+event = "problem.answered"
+amount = 1
+
+[[teams.badges]]
+id = "team-five"
+name = "Five answers together"
+tier = "bronze"
+rule = {{ kind = "count", event = "problem.answered", target = 5 }}
+
+[[teams.badges]]
+id = "two-members"
+name = "Two members answered"
+tier = "silver"
+rule = {{ kind = "count", event = "problem.answered", distinct = "member", target = 2 }}
+"#,
+        accolade::core::catalogue::DEMO_CATALOGUE
+    )
+}
+
+async fn server_with_teams(dir: &std::path::Path, max_members: usize, max_teams: usize) -> TestServer {
+    let file = dir.join("catalogue.toml");
+    std::fs::write(&file, catalogue_with_teams(max_members, max_teams)).unwrap();
+    let data = dir.join("data");
+    TestServer::start_with(&data, |c| {
+        c.catalogue = Some(file);
+        two_tenants(c);
+    })
+    .await
+}
+
+fn badge_ids(team: &Value) -> Vec<&str> {
+    team["badges"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn members_events_count_toward_their_team_once_and_only_while_they_belong() {
+    let dir = tmp();
+    let s = server_with_teams(dir.path(), 100, 10).await;
+    let api = Api::new(&s, DEMO_KEY);
+
+    let (st, t) = api.call("PUT", "/v1/teams/class-a", Some(&json!({ "name": "Class A", "timezone": "Europe/Paris", "attributes": { "school": "north" } }))).await;
+    assert_eq!(st, 200, "{t}");
+    assert_eq!((t["team_id"].as_str(), t["name"].as_str(), t["member_count"].as_u64(), t["xp"].as_u64()), (Some("class-a"), Some("Class A"), Some(0), Some(0)), "{t}");
+    assert_eq!((t["attributes"]["school"].as_str(), t["attributes"]["timezone"].as_str()), (Some("north"), Some("Europe/Paris")), "{t}");
+
+    // Ann answers twice before she joins: not the team's.
+    api.ingest(vec![http_answer("a-0", "ann", "ex-1", true), http_answer("a-1", "ann", "ex-1", true)]).await;
+    for user in ["ann", "bob"] {
+        let (st, m) = api.call("POST", "/v1/teams/class-a/members", Some(&json!({ "user_id": user }))).await;
+        assert_eq!((st, m["joined"].as_bool()), (200, Some(true)), "{m}");
+    }
+    let (st, m) = api.call("POST", "/v1/teams/class-a/members", Some(&json!({ "user_id": "ann" }))).await;
+    assert_eq!((st, m["joined"].as_bool()), (200, Some(false)), "joining twice changes nothing: {m}");
+
+    // Three answers of Ann's and two of Bob's: five, from two members.
+    api.ingest(vec![http_answer("a-2", "ann", "ex-1", true), http_answer("a-3", "ann", "ex-2", false), http_answer("b-0", "bob", "ex-1", true)]).await;
+    api.ingest(vec![http_answer("a-4", "ann", "ex-3", true), http_answer("b-1", "bob", "ex-2", true)]).await;
+    let t = api.wait_for("/v1/teams/class-a", 10, |t| t["xp"] == 5).await;
+    assert_eq!(badge_ids(&t), vec!["team-five", "two-members"], "{t}");
+    assert_eq!((t["member_count"].as_u64(), t["members"].clone()), (Some(2), json!(["ann", "bob"])), "{t}");
+    // Sent again, the same events count nothing more for the team either.
+    let again = api.ingest(vec![http_answer("a-2", "ann", "ex-1", true), http_answer("b-1", "bob", "ex-2", true)]).await;
+    assert!(again["results"].as_array().unwrap().iter().all(|r| r["status"] == "duplicate"), "{again}");
+
+    // Bob leaves: his next answer is his own only; Ann's still counts.
+    let (st, _) = api.call("DELETE", "/v1/teams/class-a/members/bob", None).await;
+    assert_eq!(st, 204);
+    api.ingest(vec![http_answer("b-2", "bob", "ex-3", true)]).await;
+    api.ingest(vec![http_answer("a-5", "ann", "ex-4", true)]).await;
+    let t = api.wait_for("/v1/teams/class-a", 10, |t| t["xp"] == 6).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the mail worker looks every second
+    let (_, t2) = api.get("/v1/teams/class-a").await;
+    assert_eq!((t2["xp"].as_u64(), t2["members"].clone()), (Some(6), json!(["ann"])), "bob's answer after he left is not the team's: {t2}");
+    assert_eq!(t["badges"], t2["badges"]);
+    // Bob's own state has all three of his answers.
+    let (_, bob) = api.get("/v1/users/bob").await;
+    assert_eq!(bob["events"], 3, "{bob}");
+
+    // The team is not another tenant's, and its entity is not a user anyone can name.
+    let acme = Api::new(&s, ACME_KEY);
+    let (st, e) = acme.get("/v1/teams/class-a").await;
+    assert_eq!((st, e["error"].as_str()), (404, Some("unknown_team")), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_team_error_a_client_can_cause_has_its_code_and_changes_nothing() {
+    let dir = tmp();
+    let s = server_with_teams(dir.path(), 2, 1).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (st, _) = api.call("PUT", "/v1/teams/t1", Some(&json!({ "name": "One" }))).await;
+    assert_eq!(st, 200);
+    let (st, _) = api.call("PUT", "/v1/teams/t2", Some(&json!({ "name": "Two" }))).await;
+    assert_eq!(st, 200);
+    let member = |id: &str| json!({ "user_id": id });
+    let table: Vec<(&str, String, Option<Value>, u16, &str)> = vec![
+        ("GET", "/v1/teams/nope".into(), None, 404, "unknown_team"),
+        ("POST", "/v1/teams/nope/members".into(), Some(member("ann")), 404, "unknown_team"),
+        ("GET", "/v1/teams/bad%20id".into(), None, 400, "invalid_team"),
+        ("PUT", "/v1/teams/bad%20id".into(), Some(json!({ "name": "x" })), 400, "invalid_team"),
+        ("PUT", "/v1/teams/t3".into(), Some(json!({ "name": "" })), 400, "invalid_body"),
+        ("PUT", "/v1/teams/t3".into(), Some(json!({ "name": "x", "colour": "red" })), 400, "invalid_body"),
+        ("PUT", "/v1/teams/t3".into(), Some(json!({ "name": "x", "timezone": "Mars/Olympus" })), 400, "invalid_body"),
+        ("PUT", "/v1/teams/t3".into(), Some(json!({ "name": "x", "attributes": { "name": "y" } })), 400, "invalid_body"),
+        ("POST", "/v1/teams/t1/members".into(), Some(member("")), 400, "invalid_user"),
+        ("POST", "/v1/teams/t1/members".into(), Some(member("\u{1}team:t2")), 400, "invalid_user"),
+        ("POST", "/v1/teams/t1/members".into(), Some(json!({ "user": "ann" })), 400, "invalid_body"),
+        ("DELETE", "/v1/teams/t1/members/zed".into(), None, 404, "not_a_member"),
+    ];
+    for (method, path, body, status, code) in table {
+        let (st, e) = api.call(method, &path, body.as_ref()).await;
+        assert_eq!((st, e["error"].as_str()), (status, Some(code)), "{method} {path}: {e}");
+    }
+    let (st, _) = api.get("/v1/teams/t3").await;
+    assert_eq!(st, 404, "a refused PUT made no team");
+
+    // Two members at most: the third is refused, and nobody's teams change.
+    for u in ["ann", "bob"] {
+        assert_eq!(api.call("POST", "/v1/teams/t1/members", Some(&member(u))).await.0, 200);
+    }
+    let (st, e) = api.call("POST", "/v1/teams/t1/members", Some(&member("cy"))).await;
+    assert_eq!((st, e["error"].as_str()), (409, Some("team_full")), "{e}");
+    // One team per user at most: ann cannot join t2, and t2 does not keep her.
+    let (st, e) = api.call("POST", "/v1/teams/t2/members", Some(&member("ann"))).await;
+    assert_eq!((st, e["error"].as_str()), (409, Some("too_many_teams")), "{e}");
+    let (_, t2) = api.get("/v1/teams/t2").await;
+    assert_eq!(t2["member_count"], 0, "{t2}");
+    // Cy, refused by t1, may join t2; then her events count for t2 only.
+    assert_eq!(api.call("POST", "/v1/teams/t2/members", Some(&member("cy"))).await.0, 200);
+    api.ingest(vec![http_answer("c-0", "cy", "ex-1", true)]).await;
+    api.wait_for("/v1/teams/t2", 10, |t| t["xp"] == 1).await;
+    let (_, t1) = api.get("/v1/teams/t1").await;
+    assert_eq!(t1["xp"], 0, "{t1}");
+    s.stop().await;
+
+    // A catalogue without a teams section: teams are refused with a reason.
+    let plain = tmp();
+    let s = TestServer::start(plain.path()).await;
+    let (st, e) = Api::new(&s, DEMO_KEY).call("PUT", "/v1/teams/t1", Some(&json!({ "name": "One" }))).await;
+    assert_eq!((st, e["error"].as_str()), (409, Some("no_teams")), "{e}");
+    s.stop().await;
+}
+
+/// A contribution is written with its member's event and removed once the team has it: a
+/// SIGKILL before the team has it, or after the team has it and before the removal, leaves it
+/// to be delivered again, and the team counts it once. `accolade replay` then finds every user
+/// and the team as their logs say.
+#[tokio::test]
+async fn a_contribution_counts_once_across_a_sigkill_before_or_after_its_delivery() {
+    let dir = tmp();
+    let file = dir.path().join("catalogue.toml");
+    std::fs::write(&file, catalogue_with_teams(100, 10)).unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let args = ["--catalogue", file.to_str().unwrap()];
+    let api = Api::demo_at(port);
+
+    let mut server = start_with(&data, port, &args).await;
+    assert_eq!(api.call("PUT", "/v1/teams/crew", Some(&json!({ "name": "Crew" }))).await.0, 200);
+    for u in ["ann", "bob"] {
+        assert_eq!(api.call("POST", "/v1/teams/crew/members", Some(&json!({ "user_id": u }))).await.0, 200);
+    }
+    api.ingest(vec![http_answer("a-0", "ann", "ex-1", true), http_answer("b-0", "bob", "ex-1", true)]).await;
+    api.wait_for("/v1/teams/crew", 10, |t| t["xp"] == 2).await;
+    server.kill9();
+
+    // Held back: the members' events are acknowledged, their contributions wait; SIGKILL.
+    let mut server = start_wrapped(&data, port, &args, Some("export ACCOLADE_FAULT_HOLD_MAIL=1")).await;
+    api.ingest(vec![http_answer("a-1", "ann", "ex-2", true), http_answer("b-1", "bob", "ex-2", true), http_answer("a-2", "ann", "ex-3", true)]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(api.get("/v1/teams/crew").await.1["xp"], 2, "held back");
+    server.kill9();
+    let mut server = start_with(&data, port, &args).await;
+    api.wait_for("/v1/teams/crew", 10, |t| t["xp"] == 5).await;
+    server.kill9();
+
+    // Delivered but not removed: the team has them; SIGKILL; delivered again, counted once.
+    let mut server = start_wrapped(&data, port, &args, Some("export ACCOLADE_FAULT_KEEP_MAIL=1")).await;
+    api.ingest(vec![http_answer("a-3", "ann", "ex-4", true), http_answer("b-2", "bob", "ex-4", true)]).await;
+    api.wait_for("/v1/teams/crew", 10, |t| t["xp"] == 7).await;
+    server.kill9();
+    let mut server = start_with(&data, port, &args).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // two rounds of the mail worker
+    // The two kept contributions went to the team again, which knew them.
+    let (_, m) = api.with_key(None).get("/metrics").await;
+    let dups = m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("accolade_events_total{outcome=\"duplicate\"} ")).and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(dups.is_some_and(|d| d >= 2.0), "{}", m.as_str().unwrap());
+    let (_, t) = api.get("/v1/teams/crew").await;
+    assert_eq!((t["xp"].as_u64(), t["events"].as_u64()), (Some(7), Some(8)), "seven answers and the profile, each once: {t}");
+    // Stopped (SIGTERM), so the team's snapshot holds all eight of its events, for replay to
+    // check (the members, not loaded since the last start, keep their first snapshots: one
+    // event each).
+    assert!(Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap().success());
+    assert!(server.0.wait().unwrap().success());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(["replay", "--data-dir", data.to_str().unwrap(), "--catalogue", file.to_str().unwrap()]).env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("replayed 3 users (10 events)") && text.contains("0 differences"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
