@@ -100,9 +100,9 @@ pub struct Planner<'a> {
     pub cat: &'a Catalogue,
     /// A snapshot is written with an event once the log has moved this far past the last one.
     pub snapshot_every: u64,
-    /// The team entities the user belongs to (none for a team): an accepted event is mailed to
-    /// each whose catalogue counts it (docs/teams.md).
-    pub teams: &'a [String],
+    /// What the entity is linked to (docs/teams.md): a user's team entities, to which her
+    /// accepted events are mailed, or a team's members, who are told its unlocks.
+    pub linked: &'a [String],
 }
 
 /// How a log record is found again: client events and notices by their id (a resend is a
@@ -143,7 +143,7 @@ impl Planner<'_> {
         if !counted {
             return;
         }
-        for team in self.teams {
+        for team in self.linked {
             let mut payload = event.payload.clone();
             payload.push((crate::core::catalogue::MEMBER_FIELD.into(), crate::core::Value::Str(self.user.into())));
             let contribution = Event {
@@ -157,6 +157,37 @@ impl Planner<'_> {
             };
             plan.writes.push(store::mail(self.tenant, self.user, seq, team, &store::MailRow { event: contribution, received_at }));
             plan.mailed += 1;
+        }
+    }
+
+    /// A team's unlocks in `fx`, mailed to each member in the team's batch: each member's actor
+    /// pushes it as `team_unlock` and logs it under the id `<team>\u{1}<badge>\u{1}<count>`, so
+    /// a second delivery tells her nothing twice.
+    fn tell_members(&self, plan: &mut Plan, seq: u64, fx: &[Effect], received_at: Millis) {
+        let Some(team) = crate::core::catalogue::team_of(self.user) else { return };
+        for e in fx {
+            let Effect::Unlock { badge, count, at, .. } = e else { continue };
+            for member in self.linked {
+                let payload = vec![
+                    ("team".to_string(), crate::core::Value::Str(team.into())),
+                    ("badge".to_string(), crate::core::Value::Str(badge.to_string().into())),
+                    ("count".to_string(), crate::core::Value::Num(f64::from(*count))),
+                ];
+                let told = Event {
+                    event_id: format!("{}\u{1}{badge}\u{1}{count}", self.user),
+                    event_type: records::TEAM_UNLOCK_EVENT.into(),
+                    user_id: member.clone(),
+                    tenant_id: self.tenant.into(),
+                    occurred_at: *at,
+                    source: "team".into(),
+                    payload,
+                };
+                let mut key_end = member.clone();
+                key_end.push('\u{1}');
+                key_end.push_str(badge);
+                plan.writes.push(store::mail(self.tenant, self.user, seq, &key_end, &store::MailRow { event: told, received_at }));
+                plan.mailed += 1;
+            }
         }
     }
 
@@ -306,8 +337,11 @@ pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event
     if !plan.boards.is_empty() {
         plan.writes.push(store::writes::board_scores(p.tenant, p.user, &board_scores(st)));
     }
-    if !p.teams.is_empty() {
-        p.contributions(&mut plan, cur.seq, &event, received_at);
+    if !p.linked.is_empty() {
+        match crate::core::catalogue::team_of(p.user) {
+            None => p.contributions(&mut plan, cur.seq, &event, received_at),
+            Some(_) => p.tell_members(&mut plan, cur.seq, fx, received_at),
+        }
     }
     plan.writes.extend(p.record_at(cur.seq, event, received_at, &plan.pushes, Keyed::ById));
     plan.writes.append(&mut goal_writes.writes);
@@ -327,6 +361,20 @@ pub fn goal(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], goal: 
     let event = p.system(event_id, records::GOAL_EVENT, "goal", now, records::goal_payload(op));
     let record = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
     plan.writes.splice(0..0, record);
+    plan
+}
+
+/// A team's unlock told to this member (`event`, an `accolade.team_unlock` record the team
+/// mailed her): one `team_unlock` push, logged under its id so a repeat is recognised. A badge
+/// the team catalogue no longer has is logged without a push.
+pub fn team_unlock(p: &Planner, cur: &mut Cursor, event: Event, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    if let Some((team, badge, count)) = records::team_unlock_args(&event)
+        && let Some(def) = p.cat.teams.as_ref().and_then(|t| t.catalogue.badge(&badge))
+    {
+        push(&mut plan, cur, "team_unlock", |o| protocol::team_unlock(o, &team, def, count, event.occurred_at));
+    }
+    plan.writes.extend(p.record(cur, event, now, &plan.pushes, Keyed::ById));
     plan
 }
 
@@ -397,7 +445,7 @@ mod tests {
     const T0: Millis = 1_772_452_800_000;
 
     fn planner(cat: &Catalogue) -> Planner<'_> {
-        Planner { tenant: "t", user: "u", epoch: "e", cat, snapshot_every: 100, teams: &[] }
+        Planner { tenant: "t", user: "u", epoch: "e", cat, snapshot_every: 100, linked: &[] }
     }
 
     fn ev(id: &str) -> Event {

@@ -328,6 +328,21 @@ pub fn notice(offset: u64, kind: &str, id: &str, title: &str, assignee: &str, at
     frame(json!({ "type": "notice", "offset": offset, "kind": kind, "goal": { "id": id, "title": title, "assignee": assignee }, "at": rfc3339(at) }))
 }
 
+/// A team the user belongs to earned a badge (docs/teams.md): the team, the badge as the
+/// team catalogue defines it, how many times the team has it, and when it was earned.
+pub fn team_unlock(offset: u64, team: &str, b: &BadgeDef, count: u32, at: Millis) -> Frame {
+    #[derive(Serialize)]
+    struct TeamUnlock<'a> {
+        at: String,
+        badge: BadgeOut<'a>,
+        count: u32,
+        offset: u64,
+        team: &'a str,
+        r#type: &'static str,
+    }
+    encode(&TeamUnlock { at: rfc3339(at), badge: b.into(), count, offset, team, r#type: "team_unlock" })
+}
+
 /// The user's rank on a board changed. Not part of the recovery history (a reconnecting
 /// client that watches again gets its current rank at once).
 pub fn rank(board: &str, period: &str, rank: usize, score: f64, of: usize, previous: Option<usize>) -> Frame {

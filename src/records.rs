@@ -1,6 +1,6 @@
 //! The log records the server makes for a user itself, beside the user's own events: goal
-//! operations, notices to a goal's assigner, leaderboard period awards, backfill steps and
-//! duplicates by fingerprint.
+//! operations, notices to a goal's assigner, leaderboard period awards, backfill steps,
+//! duplicates by fingerprint and a team's unlocks told to its members.
 //! Their event types (which no catalogue can declare, so no client can send them) and their
 //! payloads, written by the plan (`plan.rs`) and read back by every rebuild (`replay.rs`).
 
@@ -36,6 +36,19 @@ pub fn duplicate_payload(event_type: &str) -> Vec<(String, Value)> {
     vec![("of".into(), Value::Str(event_type.into())), ("by".into(), Value::Str("fingerprint".into()))]
 }
 
+/// The event type of the record of a team's unlock told to a member (`payload`: team, badge,
+/// count; `occurred_at`: when the team earned it). Its id, `<team entity>\u{1}<badge>\u{1}<count>`,
+/// is the member's dedup key, so a second delivery tells her nothing twice. It only carries
+/// its push; it changes no state.
+pub const TEAM_UNLOCK_EVENT: &str = "accolade.team_unlock";
+
+/// A team's unlock as a member is told it: the team's id, the badge and its count.
+pub fn team_unlock_args(ev: &crate::core::Event) -> Option<(String, String, u32)> {
+    let text = |k: &str| ev.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None });
+    let count = ev.payload.iter().find(|(n, _)| n == "count").and_then(|(_, v)| v.as_f64())? as u32;
+    Some((text("team")?, text("badge")?, count))
+}
+
 pub fn goal_payload(op: &GoalOp) -> Vec<(String, Value)> {
     let (name, arg) = match op {
         GoalOp::Assign(spec) => ("assign", serde_json::to_string(spec).unwrap_or_default()),
@@ -60,7 +73,7 @@ pub fn goal_op(ev: &StoredEvent) -> Option<GoalOp> {
 
 /// Log records that are not the user's own events, which a from-scratch replay leaves out.
 pub fn system_record(t: &str) -> bool {
-    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT
+    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT || t == TEAM_UNLOCK_EVENT
 }
 
 /// The event type of a leaderboard award's log record (`payload`: board, period, rank).

@@ -9,7 +9,7 @@
 
 use crate::catalogues::Catalogues;
 use crate::core::{self, Catalogue, UserState};
-use crate::records::{award_args, goal_op, system_record, BackfillRecord, GoalOp, BACKFILL_EVENT, DUPLICATE_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT};
+use crate::records::{award_args, goal_op, system_record, BackfillRecord, GoalOp, BACKFILL_EVENT, DUPLICATE_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT, TEAM_UNLOCK_EVENT};
 use crate::store::{EventLog, Store, StoreError, StoredEvent};
 use serde::Serialize;
 use std::sync::Arc;
@@ -61,7 +61,7 @@ pub fn replay_onto(st: &mut UserState, cats: &Catalogues, tenant: &str, user: &s
             if let Some(op) = goal_op(e) {
                 let _ = apply_goal(st, op, e.received_at, &cat);
             }
-        } else if e.event.event_type == NOTICE_EVENT {
+        } else if e.event.event_type == NOTICE_EVENT || e.event.event_type == TEAM_UNLOCK_EVENT {
             // Pushes only.
         } else if e.event.event_type == DUPLICATE_EVENT {
             core::remember_id(st, &e.event.event_id, &cat);

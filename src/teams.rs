@@ -1,8 +1,9 @@
 //! Teams' background work (docs/teams.md): the mail worker, which delivers each member's
-//! contributions to her teams. A contribution is a row written in the batch of her event
-//! (`plan::Planner::contributions`); the worker sends it to the team's actor as an event, and
-//! once the team's outcome is durable removes the row through her log. A crash in between
-//! leaves the row, which goes again: the team's dedup index makes it count once.
+//! contributions to her teams, and each team's unlocks to its members. A row is written in the
+//! batch of the change that made it (`plan::Planner::contributions`, `tell_members`); the
+//! worker sends it to the recipient's actor, and once the recipient's outcome is durable
+//! removes the row through the sender's log. A crash in between leaves the row, which goes
+//! again: the recipient's dedup index makes it count once.
 
 use crate::store::{self, EventLog, Mail, Store};
 use crate::user::{Origin, UserMsg, Users};
@@ -55,24 +56,45 @@ async fn round(store: &Store, log: &dyn EventLog, users: &Users) -> Result<usize
     let read = mail.len();
     let mut waiting = Vec::with_capacity(read);
     for m in mail {
-        let (tx, rx) = oneshot::channel();
-        let msg = UserMsg::Event { event: m.row.event.clone(), received_at: m.row.received_at, arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None };
+        // A member's contribution goes to her team as an event; a team's unlock goes to a
+        // member as what it is, never as an event (no client can send one).
+        let (msg, rx) = if m.row.event.event_type == crate::records::TEAM_UNLOCK_EVENT {
+            let (tx, rx) = oneshot::channel();
+            let rx = Reply::Told(rx);
+            (UserMsg::TeamUnlock { event: m.row.event.clone(), reply: tx }, rx)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let msg = UserMsg::Event { event: m.row.event.clone(), received_at: m.row.received_at, arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None };
+            (msg, Reply::Counted(rx))
+        };
         match users.send(&m.tenant, &m.row.event.user_id, msg) {
             Ok(()) => waiting.push((m, rx)),
-            Err(e) => tracing::debug!(tenant = m.tenant, team = m.row.event.user_id, error = %e, "a team could not take a contribution now"),
+            Err(e) => tracing::debug!(tenant = m.tenant, to = m.row.event.user_id, error = %e, "mail could not be delivered now"),
         }
     }
     let keep = cfg!(debug_assertions) && std::env::var_os("ACCOLADE_FAULT_KEEP_MAIL").is_some();
     let mut done: Vec<(String, String, Vec<store::Write>)> = Vec::new();
     for (m, rx) in waiting {
-        let Ok(outcome) = rx.await else { continue };
-        if outcome.code.as_deref() == Some("unavailable") {
-            continue;
-        }
-        if outcome.status == "rejected" {
-            // The team's catalogue refuses it (changed since it was written): it never counts,
-            // and waiting would not change that.
-            tracing::warn!(tenant = m.tenant, team = m.row.event.user_id, event_id = m.row.event.event_id, reason = ?outcome.reason, "a contribution was refused by its team and is dropped");
+        match rx {
+            Reply::Told(rx) => match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(tenant = m.tenant, member = m.row.event.user_id, error = %e, "a team's unlock could not be told now");
+                    continue;
+                }
+                Err(_) => continue,
+            },
+            Reply::Counted(rx) => {
+                let Ok(outcome) = rx.await else { continue };
+                if outcome.code.as_deref() == Some("unavailable") {
+                    continue;
+                }
+                if outcome.status == "rejected" {
+                    // The team's catalogue refuses it (changed since it was written): it never
+                    // counts, and waiting would not change that.
+                    tracing::warn!(tenant = m.tenant, team = m.row.event.user_id, event_id = m.row.event.event_id, reason = ?outcome.reason, "a contribution was refused by its team and is dropped");
+                }
+            }
         }
         if keep {
             continue;
@@ -85,6 +107,12 @@ async fn round(store: &Store, log: &dyn EventLog, users: &Users) -> Result<usize
         rx.await.map_err(|_| "the log stopped".to_string())??;
     }
     Ok(read)
+}
+
+/// What a delivery's answer comes back on: a contribution's outcome, or a told unlock's.
+enum Reply {
+    Counted(oneshot::Receiver<crate::user::IngestOutcome>),
+    Told(oneshot::Receiver<Result<(), String>>),
 }
 
 /// Gathers a delivered row's removal with the other removals of its sender.

@@ -175,6 +175,19 @@ export interface NoticeMessage {
   at: string;
 }
 
+/** A team the user belongs to earned a badge (docs/teams.md); kept in her history. */
+export interface TeamUnlockMessage {
+  type: "team_unlock";
+  offset: number;
+  /** The team's id. */
+  team: string;
+  /** The badge as the catalogue's `[teams]` section defines it. */
+  badge: Badge;
+  /** How many times the team has it. */
+  count: number;
+  at: string;
+}
+
 /** The user's rank on a watched board changed (not stored; no `offset`). */
 export interface RankMessage {
   type: "rank";
@@ -261,6 +274,7 @@ export type ServerMessage =
   | GoalCompletedMessage
   | GoalMissedMessage
   | NoticeMessage
+  | TeamUnlockMessage
   | RankMessage
   | TopMessage
   | ErrorMessage;
@@ -317,6 +331,7 @@ export interface ClientEvents {
   goal_completed: GoalCompletedMessage;
   goal_missed: GoalMissedMessage;
   notice: NoticeMessage;
+  team_unlock: TeamUnlockMessage;
   rank: RankMessage;
   top: TopMessage;
   error: ErrorMessage;

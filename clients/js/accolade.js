@@ -35,8 +35,8 @@ export class AccoladeClient {
   }
 
   /** Subscribes to a server message type ("welcome", "ack", "xp", "level_up", "unlock",
-   *  "progress", "goal_assigned", "goal_completed", "goal_missed", "notice", "rank", "top",
-   *  "error") or to the client's own "open" (with the welcome) and "close" ({ code, reason }).
+   *  "progress", "goal_assigned", "goal_completed", "goal_missed", "notice", "team_unlock",
+   *  "rank", "top", "error") or to the client's own "open" (with the welcome) and "close" ({ code, reason }).
    *  Returns an unsubscribe function. */
   on(type, fn) {
     if (!this.handlers.has(type)) this.handlers.set(type, new Set());

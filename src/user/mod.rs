@@ -84,6 +84,7 @@ enum Waiting {
     Goal(GoalOp, oneshot::Sender<Result<Option<store::GoalRecord>, String>>),
     Notice(NoticeMsg),
     Link(String, bool, usize, oneshot::Sender<Result<bool, LinkError>>),
+    TeamUnlock(Event, oneshot::Sender<Result<(), String>>),
 }
 
 pub struct NoticeMsg {
@@ -100,7 +101,7 @@ pub struct NoticeMsg {
 /// method, so that the plan may borrow the cursor and the throttle mutably beside it.
 macro_rules! planner {
     ($u:expr, $cat:expr) => {
-        plan::Planner { tenant: &$u.tenant, user: &$u.user, epoch: &$u.epoch, cat: &$cat, snapshot_every: $u.env.config.snapshot_every, teams: $u.teams.as_deref().unwrap_or(&[]) }
+        plan::Planner { tenant: &$u.tenant, user: &$u.user, epoch: &$u.epoch, cat: &$cat, snapshot_every: $u.env.config.snapshot_every, linked: $u.linked.as_deref().unwrap_or(&[]) }
     };
 }
 
@@ -153,9 +154,9 @@ pub struct User {
     waiting: Vec<Waiting>,
     last_activity: Instant,
     progress: plan::Throttle,
-    /// The user's teams (entity ids), read at her first event; `None` until then, and for a
-    /// tenant without teams.
-    teams: Option<Vec<String>>,
+    /// What this entity is linked to (docs/teams.md): a user's teams, a team's members. Read
+    /// at its first event (a user's only under a catalogue with teams); `None` until then.
+    linked: Option<Vec<String>>,
 }
 
 /// The push epoch of a user with nothing stored yet. It is the same every time, so a client
@@ -203,7 +204,7 @@ impl Actor for UserActor {
             waiting: Vec::new(),
             last_activity: Instant::now(),
             progress: plan::Throttle::new(std::time::Duration::from_millis(throttle_ms)),
-            teams: None,
+            linked: None,
         })
     }
 
@@ -243,6 +244,7 @@ impl Actor for UserActor {
             UserMsg::Award { board, period, rank, reply } => Later::Run(Waiting::Award(board, period, rank, reply)),
             UserMsg::Goal { op, reply } => Later::Run(Waiting::Goal(op, reply)),
             UserMsg::Link { other, join, limit, reply } => Later::Run(Waiting::Link(other, join, limit, reply)),
+            UserMsg::TeamUnlock { event, reply } => Later::Run(Waiting::TeamUnlock(event, reply)),
             UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => Later::Run(Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })),
             UserMsg::Detach { conn_id } => {
                 u.sockets.remove(conn_id);
@@ -401,11 +403,12 @@ impl User {
             }
         }
         let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else { return Err("the tenant's catalogue is gone".into()) };
-        // A member's teams, read before her first event under a catalogue with teams: the plan
-        // mails each accepted event to them. Only this actor changes her side of a membership
-        // afterwards (`link`), so the list stays true while it lives.
-        if self.teams.is_none() && cat.teams.is_some() && crate::core::catalogue::team_of(&self.user).is_none() {
-            self.teams = Some(self.env.log.links(&self.tenant, &self.user)?);
+        // A member's teams (a team's members), read before the first event under a catalogue
+        // with teams: the plan mails her accepted events to them (its unlocks to them). Only
+        // this actor changes its side of a membership afterwards (`link`), so the list stays
+        // true while it lives.
+        if self.linked.is_none() && (cat.teams.is_some() || crate::core::catalogue::team_of(&self.user).is_some()) {
+            self.linked = Some(self.env.log.links(&self.tenant, &self.user)?);
         }
         let started = std::time::Instant::now();
         let fx = apply(&mut self.st, event, received_at, &cat);
@@ -467,6 +470,7 @@ impl User {
             Waiting::Award(board, period, rank, reply) => self.award(myself, &board, &period, rank, reply),
             Waiting::Goal(op, reply) => self.goal(myself, op, reply),
             Waiting::Link(other, join, limit, reply) => self.link(myself, other, join, limit, reply),
+            Waiting::TeamUnlock(event, reply) => self.team_unlock(myself, event, reply),
             Waiting::Notice(n) => self.notice(myself, n),
         }
     }
@@ -529,9 +533,31 @@ impl User {
         self.perform(myself, plan, vec![], vec![Delivery::Noticed(n.reply)]);
     }
 
+    /// A team's unlock told to this member, mailed by the team: logged with its id (so a
+    /// repeat is recognised) and pushed.
+    fn team_unlock(&mut self, myself: &ActorRef<UserMsg>, event: Event, reply: oneshot::Sender<Result<(), String>>) {
+        match self.env.log.seen(&self.tenant, &self.user, &event.event_id) {
+            Ok(Seen::Mine | Seen::Other) => {
+                let _ = reply.send(Ok(()));
+                return;
+            }
+            Ok(Seen::New) => {}
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                return;
+            }
+        }
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else {
+            let _ = reply.send(Err("the tenant's catalogue is gone".into()));
+            return;
+        };
+        let plan = plan::team_unlock(&planner!(self, cat), &mut self.cur, event, now_ms());
+        self.perform(myself, plan, vec![], vec![Delivery::Noticed(reply)]);
+    }
+
     /// A membership change on this entity's side: its link row written (or removed) through
     /// its own log, checked against `limit` here, where this side's links change one at a time.
-    /// A user's list of teams changes with it, so her next event is mailed accordingly.
+    /// The list the plan mails to changes with it, from the next event on.
     fn link(&mut self, myself: &ActorRef<UserMsg>, other: String, join: bool, limit: usize, reply: oneshot::Sender<Result<bool, LinkError>>) {
         let mut links = match self.env.log.links(&self.tenant, &self.user) {
             Ok(l) => l,
@@ -555,9 +581,7 @@ impl User {
         } else {
             links.retain(|l| *l != other);
         }
-        if crate::core::catalogue::team_of(&self.user).is_none() {
-            self.teams = Some(links);
-        }
+        self.linked = Some(links);
         self.enqueue(myself, vec![write], vec![Delivery::Linked(reply)]);
     }
 

@@ -136,6 +136,9 @@ pub enum UserMsg {
     /// user's team, a team's member) unless it already has `limit` links, or unlink it.
     /// Replies whether anything changed, once durable.
     Link { other: String, join: bool, limit: usize, reply: oneshot::Sender<Result<bool, LinkError>> },
+    /// A team's unlock told to this member (an `accolade.team_unlock` record the team mailed):
+    /// pushed and logged once under its id. Replies once durable.
+    TeamUnlock { event: Event, reply: oneshot::Sender<Result<(), String>> },
     Attach { conn: Conn, since: Option<Since> },
     Detach { conn_id: u64 },
     /// From the persister: every job up to `job` is on disk (or failed).
@@ -148,5 +151,5 @@ pub enum UserMsg {
 
 /// Messages the registry counts as in flight until the actor has handled them.
 pub(crate) fn counted(m: &UserMsg) -> bool {
-    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. } | UserMsg::Link { .. })
+    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. } | UserMsg::Link { .. } | UserMsg::TeamUnlock { .. })
 }
