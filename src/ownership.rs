@@ -165,6 +165,16 @@ impl Membership {
         crate::remote::forward(&self.routes, tenant, event, received_at).await
     }
 
+    /// Changes one side of a team membership through `entity`'s actor on the node serving it.
+    pub async fn link(&self, tenant: &str, entity: &str, other: &str, join: bool, limit: usize) -> Result<Result<bool, crate::user::LinkError>, String> {
+        crate::remote::link(&self.routes, tenant, entity, other, join, limit).await
+    }
+
+    /// Tells a member a team's unlock through her actor on the node serving her.
+    pub async fn team_unlock(&self, tenant: &str, event: Event) -> Result<(), String> {
+        crate::remote::team_unlock(&self.routes, tenant, event).await
+    }
+
     /// Attaches `conn`, a socket of this node for a user another node serves, to her actor
     /// there (see `remote::attach`).
     pub async fn attach(&self, metrics: Arc<crate::metrics::Metrics>, tenant: &str, user: &str, since: Option<Since>, conn: Conn) -> Result<Attachment, RouteError> {

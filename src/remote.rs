@@ -60,6 +60,19 @@ enum Request {
     /// A goal's notice for its assigner, given by her actor (its reserved id makes a second one
     /// count once): answered with `Result<(), String>` once it is durable.
     Notice { tenant: String, user: String, notice: GoalNotice },
+    /// One side of a team membership (docs/teams.md), changed by its entity's actor: answered
+    /// with `Result<bool, Refused>` once durable.
+    Link { tenant: String, entity: String, other: String, join: bool, limit: usize },
+    /// A team's unlock told to a member (an `accolade.team_unlock` record), by her actor:
+    /// answered with `Result<(), String>` once durable.
+    TeamUnlock { tenant: String, event: Event },
+}
+
+/// A membership change refused, as it crosses nodes (`LinkError`).
+#[derive(Serialize, Deserialize)]
+enum Refused {
+    Full(usize),
+    Failed(String),
 }
 
 /// A goal's notice for its assigner, as it crosses nodes (`UserMsg::Notice` without its reply).
@@ -191,6 +204,26 @@ pub async fn award(routes: &Routes, tenant: &str, user: &str, board: &str, perio
 pub async fn notice(routes: &Routes, tenant: &str, user: &str, notice: GoalNotice) -> Result<(), String> {
     let r = Request::Notice { tenant: tenant.into(), user: user.into(), notice };
     let reply = routes.request(partition_of(tenant, user), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
+}
+
+/// Changes one side of a team membership through `entity`'s actor on the node serving it.
+pub async fn link(routes: &Routes, tenant: &str, entity: &str, other: &str, join: bool, limit: usize) -> Result<Result<bool, crate::user::LinkError>, String> {
+    let r = Request::Link { tenant: tenant.into(), entity: entity.into(), other: other.into(), join, limit };
+    let reply = routes.request(partition_of(tenant, entity), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let done: Result<bool, Refused> = serde_json::from_slice(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?;
+    Ok(done.map_err(|r| match r {
+        Refused::Full(n) => crate::user::LinkError::Full(n),
+        Refused::Failed(why) => crate::user::LinkError::Failed(why),
+    }))
+}
+
+/// Tells a member a team's unlock (`event`, addressed to her) through her actor on the node
+/// serving her.
+pub async fn team_unlock(routes: &Routes, tenant: &str, event: Event) -> Result<(), String> {
+    let p = partition_of(tenant, &event.user_id);
+    let r = Request::TeamUnlock { tenant: tenant.into(), event };
+    let reply = routes.request(p, encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
     serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
 }
 
@@ -469,6 +502,34 @@ impl Answering {
                         Err(e) => Err(e),
                     };
                     Bytes::from(serde_json::to_vec(&given).expect("a result encodes"))
+                }))
+            }
+            (Request::Link { tenant, entity, other, join, limit }, _) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let sent = self.users.send(&tenant, &entity, UserMsg::Link { other, join, limit, reply: tx }).map_err(|e| e.to_string());
+                Some(Box::pin(async move {
+                    let done: Result<bool, Refused> = match sent {
+                        Ok(()) => match rx.await {
+                            Ok(Ok(changed)) => Ok(changed),
+                            Ok(Err(crate::user::LinkError::Full(n))) => Err(Refused::Full(n)),
+                            Ok(Err(crate::user::LinkError::Failed(why))) => Err(Refused::Failed(why)),
+                            Err(_) => Err(Refused::Failed("the actor stopped".into())),
+                        },
+                        Err(e) => Err(Refused::Failed(e)),
+                    };
+                    Bytes::from(serde_json::to_vec(&done).expect("a result encodes"))
+                }))
+            }
+            (Request::TeamUnlock { tenant, event }, _) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let user = event.user_id.clone();
+                let sent = self.users.send(&tenant, &user, UserMsg::TeamUnlock { event, reply: tx }).map_err(|e| e.to_string());
+                Some(Box::pin(async move {
+                    let told = match sent {
+                        Ok(()) => rx.await.unwrap_or_else(|_| Err("the user's actor stopped".into())),
+                        Err(e) => Err(e),
+                    };
+                    Bytes::from(serde_json::to_vec(&told).expect("a result encodes"))
                 }))
             }
             (Request::Attach { tenant, user, since }, Some(inbox)) => {

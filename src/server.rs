@@ -77,11 +77,8 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     let mail = Arc::new(tokio::sync::Notify::new());
     let env = crate::user::Env { config: config.clone(), log: log.clone(), catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone(), mail: mail.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
-    // Contributions to teams are delivered by one worker. Teams are not yet served in cluster
-    // mode (docs/teams.md), so no contribution is written there.
-    if cluster.is_none() {
-        tokio::spawn(crate::teams::run(store.clone(), log, users.clone(), mail, shutdown.subscribe()));
-    }
+    // Mail between teams and their members is delivered by one worker per node.
+    tokio::spawn(crate::teams::run(store.clone(), log, users.clone(), cluster.clone(), mail, shutdown.subscribe()));
     if let Some(m) = &cluster {
         tokio::spawn(m.clone().run(store.clone(), users.clone(), boards.clone(), catalogues.clone(), webhooks.clone(), metrics.clone(), shutdown.subscribe()));
     }

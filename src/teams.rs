@@ -5,8 +5,10 @@
 //! removes the row through the sender's log. A crash in between leaves the row, which goes
 //! again: the recipient's dedup index makes it count once.
 
+use crate::ownership::Membership;
 use crate::store::{self, EventLog, Mail, Store};
-use crate::user::{Origin, UserMsg, Users};
+use crate::user::{IngestOutcome, Origin, UserMsg, Users};
+use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch, Notify};
@@ -19,20 +21,21 @@ const ROUND: usize = 1_000;
 /// round that could not finish.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
-/// Delivers contributions until shutdown: woken by `wake` (an actor's contributions are
-/// durable) or every `LOOK_EVERY`.
-pub async fn run(store: Store, log: Arc<dyn EventLog>, users: Users, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+/// Delivers mail until shutdown: woken by `wake` (an actor's mail is durable) or every
+/// `LOOK_EVERY`. In cluster mode each node delivers the rows of the senders it serves (their
+/// rows came with their partition), to wherever the recipient is served.
+pub async fn run(store: Store, log: Arc<dyn EventLog>, users: Users, cluster: Option<Arc<Membership>>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     loop {
-        // A debug build can hold contributions back, so a test can kill the process while
-        // they wait (tests/teams.rs).
+        // A debug build can hold the mail back, so a test can kill the process while it waits
+        // (tests/teams.rs).
         let held = cfg!(debug_assertions) && std::env::var_os("ACCOLADE_FAULT_HOLD_MAIL").is_some();
         if !held {
             loop {
-                match round(&store, &*log, &users).await {
+                match round(&store, &*log, &users, cluster.as_ref()).await {
                     Ok(n) if n == ROUND => continue,
                     Ok(_) => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, "delivering contributions to teams failed; trying again");
+                        tracing::warn!(error = %e, "delivering mail between teams and members failed; trying again");
                         break;
                     }
                 }
@@ -46,55 +49,34 @@ pub async fn run(store: Store, log: Arc<dyn EventLog>, users: Users, wake: Arc<N
     }
 }
 
-/// One round: up to `ROUND` contributions sent to their teams, then the delivered ones
-/// removed, each through its sender's log. Answers how many were read.
-async fn round(store: &Store, log: &dyn EventLog, users: &Users) -> Result<usize, String> {
+/// Whether a delivery is done (its row can go) or must be tried again.
+enum Delivered {
+    Done,
+    Again,
+}
+
+/// One round: up to `ROUND` rows sent to their recipients, then the delivered ones removed,
+/// each through its sender's log. Answers how many were read.
+async fn round(store: &Store, log: &dyn EventLog, users: &Users, cluster: Option<&Arc<Membership>>) -> Result<usize, String> {
     let mail = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.mail_scan(ROUND)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?
     };
     let read = mail.len();
-    let mut waiting = Vec::with_capacity(read);
+    let mut waiting: Vec<(Mail, BoxFuture<'static, Delivered>)> = Vec::with_capacity(read);
     for m in mail {
-        // A member's contribution goes to her team as an event; a team's unlock goes to a
-        // member as what it is, never as an event (no client can send one).
-        let (msg, rx) = if m.row.event.event_type == crate::records::TEAM_UNLOCK_EVENT {
-            let (tx, rx) = oneshot::channel();
-            let rx = Reply::Told(rx);
-            (UserMsg::TeamUnlock { event: m.row.event.clone(), reply: tx }, rx)
-        } else {
-            let (tx, rx) = oneshot::channel();
-            let msg = UserMsg::Event { event: m.row.event.clone(), received_at: m.row.received_at, arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None };
-            (msg, Reply::Counted(rx))
-        };
-        match users.send(&m.tenant, &m.row.event.user_id, msg) {
-            Ok(()) => waiting.push((m, rx)),
-            Err(e) => tracing::debug!(tenant = m.tenant, to = m.row.event.user_id, error = %e, "mail could not be delivered now"),
+        // Another node's sender: her rows are that node's to deliver.
+        if !log.serves(&m.tenant, &m.sender) {
+            continue;
         }
+        let delivery = deliver(users, cluster, &m);
+        waiting.push((m, delivery));
     }
     let keep = cfg!(debug_assertions) && std::env::var_os("ACCOLADE_FAULT_KEEP_MAIL").is_some();
     let mut done: Vec<(String, String, Vec<store::Write>)> = Vec::new();
-    for (m, rx) in waiting {
-        match rx {
-            Reply::Told(rx) => match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(tenant = m.tenant, member = m.row.event.user_id, error = %e, "a team's unlock could not be told now");
-                    continue;
-                }
-                Err(_) => continue,
-            },
-            Reply::Counted(rx) => {
-                let Ok(outcome) = rx.await else { continue };
-                if outcome.code.as_deref() == Some("unavailable") {
-                    continue;
-                }
-                if outcome.status == "rejected" {
-                    // The team's catalogue refuses it (changed since it was written): it never
-                    // counts, and waiting would not change that.
-                    tracing::warn!(tenant = m.tenant, team = m.row.event.user_id, event_id = m.row.event.event_id, reason = ?outcome.reason, "a contribution was refused by its team and is dropped");
-                }
-            }
+    for (m, delivery) in waiting {
+        if let Delivered::Again = delivery.await {
+            continue;
         }
         if keep {
             continue;
@@ -109,10 +91,53 @@ async fn round(store: &Store, log: &dyn EventLog, users: &Users) -> Result<usize
     Ok(read)
 }
 
-/// What a delivery's answer comes back on: a contribution's outcome, or a told unlock's.
-enum Reply {
-    Counted(oneshot::Receiver<crate::user::IngestOutcome>),
-    Told(oneshot::Receiver<Result<(), String>>),
+/// Sends one row to its recipient's actor, here or on the node serving her: a member's
+/// contribution to her team as an event, a team's unlock to a member as what it is (never as
+/// an event, which a client could send).
+fn deliver(users: &Users, cluster: Option<&Arc<Membership>>, m: &Mail) -> BoxFuture<'static, Delivered> {
+    let (tenant, event, received_at) = (m.tenant.clone(), m.row.event.clone(), m.row.received_at);
+    let to = event.user_id.clone();
+    let elsewhere = cluster.filter(|c| !c.serves(&tenant, &to)).cloned();
+    if event.event_type == crate::records::TEAM_UNLOCK_EVENT {
+        let told: BoxFuture<'static, Result<(), String>> = match elsewhere {
+            Some(c) => Box::pin(async move { c.team_unlock(&tenant, event).await }),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let sent = users.send(&tenant, &to, UserMsg::TeamUnlock { event, reply: tx }).map_err(|e| e.to_string());
+                Box::pin(async move { sent?; rx.await.map_err(|_| "the member's actor stopped".to_string())? })
+            }
+        };
+        return Box::pin(async move {
+            match told.await {
+                Ok(()) => Delivered::Done,
+                Err(e) => {
+                    tracing::debug!(member = to, error = %e, "a team's unlock could not be told now");
+                    Delivered::Again
+                }
+            }
+        });
+    }
+    let counted: BoxFuture<'static, Option<IngestOutcome>> = match elsewhere {
+        Some(c) => Box::pin(async move { Some(c.forward(&tenant, event, received_at).await) }),
+        None => {
+            let (tx, rx) = oneshot::channel();
+            let msg = UserMsg::Event { event, received_at, arrived: tokio::time::Instant::now(), origin: Origin::Http(tx), permit: None };
+            let sent = users.send(&tenant, &to, msg);
+            Box::pin(async move { if sent.is_ok() { rx.await.ok() } else { None } })
+        }
+    };
+    Box::pin(async move {
+        let Some(outcome) = counted.await else { return Delivered::Again };
+        if outcome.code.as_deref() == Some("unavailable") {
+            return Delivered::Again;
+        }
+        if outcome.status == "rejected" {
+            // The team's catalogue refuses it (changed since it was written): it never counts,
+            // and waiting would not change that.
+            tracing::warn!(team = to, event_id = outcome.event_id, reason = ?outcome.reason, "a contribution was refused by its team and is dropped");
+        }
+        Delivered::Done
+    })
 }
 
 /// Gathers a delivered row's removal with the other removals of its sender.

@@ -1871,3 +1871,60 @@ async fn a_node_that_comes_back_rebuilds_from_its_checkpoint_and_serves_what_the
     }
     assert!(metric(port_b, "accolade_cluster_rebuilds_from_checkpoint_total").await >= 1.0, "her partition was rebuilt from node-b's checkpoint");
 }
+
+/// Teams across nodes (docs/teams.md): a team served by node-a, one member served by each
+/// node, every request through the node that serves neither the team nor the member; each
+/// member's events count toward the team once, and each member is told the team's unlock
+/// once, in her own log on her node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_counts_its_members_events_from_both_nodes_and_tells_each_member_its_unlock() {
+    use accolade::cluster::partition::partition_of;
+    use accolade::core::catalogue::team_entity;
+    let nodes = TwoNodes::start_with(|dir| {
+        let file = dir.join("teams.toml");
+        let teams = "\n[teams]\n[[teams.xp]]\nid = \"t\"\nevent = \"problem.answered\"\namount = 1\n[[teams.badges]]\nid = \"team-three\"\nname = \"Three together\"\ntier = \"bronze\"\nrule = { kind = \"count\", event = \"problem.answered\", target = 3 }\n";
+        std::fs::write(&file, format!("{}{teams}", accolade::core::catalogue::DEMO_CATALOGUE)).unwrap();
+        vec!["--catalogue".into(), file.to_str().unwrap().to_string()]
+    })
+    .await;
+    let (api_a, api_b) = (Api::demo_at(nodes.port_a), Api::demo_at(nodes.port_b));
+    let team = (0..).map(|i| format!("crew-{i}")).find(|t| preferred(partition_of("demo", &team_entity(t)), ["node-a", "node-b"]) == Some("node-a")).unwrap();
+    let (ua, ub) = (user_of("node-a", "mate"), user_of("node-b", "mate"));
+
+    // Made and joined through node-b: the team's side on node-a, each member's on hers.
+    let (s, t) = call_served(&api_b, "PUT", &format!("/v1/teams/{team}"), Some(&serde_json::json!({ "name": "Crew" }))).await;
+    assert_eq!((s, t["name"].as_str()), (200, Some("Crew")), "{t}");
+    for u in [&ua, &ub] {
+        let (s, m) = call_served(&api_b, "POST", &format!("/v1/teams/{team}/members"), Some(&serde_json::json!({ "user_id": u }))).await;
+        assert_eq!((s, m["joined"].as_bool()), (200, Some(true)), "{m}");
+    }
+    // Each member's events through the node that does not serve her.
+    for (id, user, api) in [("m-1", &ua, &api_b), ("m-2", &ua, &api_b), ("m-3", &ub, &api_a)] {
+        assert_eq!(post_until_taken(api, &http_answer(id, user, "ex-1", true), Duration::from_secs(30)).await["status"], "accepted");
+    }
+    let start = Instant::now();
+    let t = loop {
+        let t = get_served(&api_b, &format!("/v1/teams/{team}"), Duration::from_secs(30)).await;
+        if t["xp"] == 3 || start.elapsed() > Duration::from_secs(20) {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((t["xp"].as_u64(), t["member_count"].as_u64()), (Some(3), Some(2)), "{t}");
+    assert_eq!(t["badges"].as_array().map(|b| b.iter().map(|b| b["id"].clone()).collect::<Vec<_>>()), Some(vec![serde_json::json!("team-three")]), "{t}");
+    // Each member is told once, in her own log, read through either node.
+    for u in [&ua, &ub] {
+        let start = Instant::now();
+        loop {
+            let log = get_served(&api_a, &format!("/v1/users/{u}/events"), Duration::from_secs(30)).await;
+            let told: Vec<&serde_json::Value> = log["events"].as_array().unwrap().iter().filter(|e| e["event_type"] == "accolade.team_unlock").collect();
+            if told.len() == 1 {
+                assert_eq!((told[0]["payload"]["team"].as_str(), told[0]["payload"]["badge"].as_str()), (Some(team.as_str()), Some("team-three")), "{log}");
+                assert_eq!(told[0]["pushes"][0]["type"], "team_unlock", "{log}");
+                break;
+            }
+            assert!(told.len() < 2 && start.elapsed() < Duration::from_secs(20), "{u}: {log}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

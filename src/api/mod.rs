@@ -57,16 +57,20 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/{id}/set-aside", get(webhooks::set_aside))
         .route("/v1/webhooks/{id}/deliveries/{delivery}/retry", post(webhooks::retry));
+    // A team's routes are answered by the node serving the team.
+    let teams = Router::new()
+        .route("/v1/teams/{id}", get(teams::get_team).put(teams::put_team))
+        .route("/v1/teams/{id}/members", post(teams::add_member))
+        .route("/v1/teams/{id}/members/{user}", axum::routing::delete(teams::remove_member))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), teams::to_team_owner));
     Router::new()
         .merge(users)
+        .merge(teams)
         .merge(boards)
         .merge(hooks)
         // Goals live with their assignees: in cluster mode answered by the node serving her.
         .route("/v1/goals", get(goals::list).post(goals::create))
         .route("/v1/goals/{id}", get(goals::get).delete(goals::cancel))
-        .route("/v1/teams/{id}", get(teams::get_team).put(teams::put_team))
-        .route("/v1/teams/{id}/members", post(teams::add_member))
-        .route("/v1/teams/{id}/members/{user}", axum::routing::delete(teams::remove_member))
         .route("/v1/events", post(events::ingest))
         .route("/v1/dead-letters", get(events::list_dead_letters))
         .route("/v1/dead-letters/{id}", get(events::get_dead_letter).delete(events::delete_dead_letter))

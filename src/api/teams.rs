@@ -4,7 +4,8 @@
 //! sides, each by its own actor: the team's list of members, then the member's list of teams,
 //! which her contributions follow.
 //!
-//! Teams are not served in cluster mode yet: every route answers 501 there.
+//! In cluster mode a team's routes are answered by the node serving the team, and a member's
+//! side of a membership is changed by the node serving her.
 
 use super::users::{ask_entity, user_doc, OwnedBadge, StatView};
 use super::{bad, internal, json_body, not_found, ApiError, ErrorBody, Tenant};
@@ -72,10 +73,12 @@ pub struct Membership {
     pub joined: bool,
 }
 
-fn no_cluster(shared: &Shared) -> Result<(), ApiError> {
-    match shared.cluster {
-        Some(_) => Err(ApiError(StatusCode::NOT_IMPLEMENTED, "cluster_unsupported", "teams are not served in cluster mode yet (docs/teams.md)".into())),
-        None => Ok(()),
+/// In cluster mode a team's routes are answered by the node serving the team (as a user's by
+/// hers); a member's side of a membership is changed on the node serving her (`link`).
+pub(super) async fn to_team_owner(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(params): Path<std::collections::HashMap<String, String>>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    match params.get("id").filter(|id| valid_team_id(id)) {
+        Some(id) => super::users::relay_unless_served(&shared, &tenant, &team_entity(id), req, next).await,
+        None => next.run(req).await,
     }
 }
 
@@ -131,10 +134,9 @@ async fn team_doc(shared: &Arc<Shared>, tenant: &str, id: &str) -> Result<TeamDo
 /// The name, time zone and attributes go to the team as a profile change; the team is created
 /// by its first one. 409 `no_teams` when the catalogue has no `[teams]` section.
 #[utoipa::path(put, path = "/v1/teams/{id}", tag = "teams", params(("id" = String, Path, description = "Team id")), request_body = TeamChange,
-    responses((status = 200, body = TeamDoc), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 501, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = TeamDoc), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn put_team(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<TeamDoc>, ApiError> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    no_cluster(&shared)?;
     let entity = team_id(&id)?;
     limits(&shared, &tenant)?;
     let c: TeamChange = json_body(body)?;
@@ -175,14 +177,18 @@ pub async fn put_team(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant,
 
 /// Get a team: its XP, level, badges, stats and members
 #[utoipa::path(get, path = "/v1/teams/{id}", tag = "teams", params(("id" = String, Path, description = "Team id")),
-    responses((status = 200, body = TeamDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = TeamDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get_team(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<TeamDoc>, ApiError> {
-    no_cluster(&shared)?;
     team_doc(&shared, &tenant, &id).await.map(Json)
 }
 
-/// One side of a membership, through its entity's actor.
+/// One side of a membership, through its entity's actor (on the node serving it).
 async fn link(shared: &Shared, tenant: &str, entity: &str, other: &str, join: bool, limit: usize) -> Result<Result<bool, LinkError>, ApiError> {
+    if let Some(m) = &shared.cluster
+        && !m.serves(tenant, entity)
+    {
+        return m.link(tenant, entity, other, join, limit).await.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e}; try again")));
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     shared.users.send(tenant, entity, UserMsg::Link { other: other.into(), join, limit, reply: tx }).map_err(internal)?;
     rx.await.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "an actor stopped; try again".into()))
@@ -197,9 +203,8 @@ fn failed(e: LinkError) -> ApiError {
 /// Her events count toward the team from now on (not those before). 409 `team_full` past the
 /// catalogue's `max_members`, 409 `too_many_teams` past its `max_teams_per_user`.
 #[utoipa::path(post, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path, description = "Team id")), request_body = NewMember,
-    responses((status = 200, body = Membership), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 501, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 200, body = Membership), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn add_member(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<Membership>, ApiError> {
-    no_cluster(&shared)?;
     let entity = team_id(&id)?;
     let (max_members, max_teams) = limits(&shared, &tenant)?;
     let m: NewMember = json_body(body)?;
@@ -232,9 +237,8 @@ pub async fn add_member(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenan
 ///
 /// Her events stop counting toward the team; what they counted stays.
 #[utoipa::path(delete, path = "/v1/teams/{id}/members/{user}", tag = "teams", params(("id" = String, Path, description = "Team id"), ("user" = String, Path, description = "User id")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, body = ErrorBody)), security(("api_key" = [])))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn remove_member(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, user)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
-    no_cluster(&shared)?;
     let entity = team_id(&id)?;
     let (max_members, max_teams) = limits(&shared, &tenant)?;
     if !valid_user_id(&user) {
