@@ -133,8 +133,8 @@ impl Planner<'_> {
 
     /// The contributions of the member's accepted event number `seq` to her teams: one mail
     /// row for each team whose catalogue counts its type, in the event's own batch, so that it
-    /// is durable exactly when the event is. The team counts it under the id
-    /// `<member>\u{1}<event id>`, so a second delivery is a duplicate there.
+    /// is durable exactly when the event is. The team counts it under an id of its own
+    /// (`records::contribution_id`), so a second delivery is a duplicate there.
     fn contributions(&self, plan: &mut Plan, seq: u64, event: &Event, received_at: Millis) {
         let Some(teams) = self.cat.teams.as_ref() else { return };
         let counted = teams.catalogue.type_of(&event.event_type).map(|t| &teams.catalogue.types[t]).is_some_and(|ty| {
@@ -147,7 +147,7 @@ impl Planner<'_> {
             let mut payload = event.payload.clone();
             payload.push((crate::core::catalogue::MEMBER_FIELD.into(), crate::core::Value::Str(self.user.into())));
             let contribution = Event {
-                event_id: format!("{}\u{1}{}", self.user, event.event_id),
+                event_id: records::contribution_id(team, self.user, &event.event_id),
                 event_type: event.event_type.clone(),
                 user_id: team.clone(),
                 tenant_id: self.tenant.into(),
@@ -161,8 +161,8 @@ impl Planner<'_> {
     }
 
     /// A team's unlocks in `fx`, mailed to each member in the team's batch: each member's actor
-    /// pushes it as `team_unlock` and logs it under the id `<team>\u{1}<badge>\u{1}<count>`, so
-    /// a second delivery tells her nothing twice.
+    /// pushes it as `team_unlock` and logs it under an id of her own
+    /// (`records::team_unlock_id`), so a second delivery tells her nothing twice.
     fn tell_members(&self, plan: &mut Plan, seq: u64, fx: &[Effect], received_at: Millis) {
         let Some(team) = crate::core::catalogue::team_of(self.user) else { return };
         for e in fx {
@@ -174,7 +174,7 @@ impl Planner<'_> {
                     ("count".to_string(), crate::core::Value::Num(f64::from(*count))),
                 ];
                 let told = Event {
-                    event_id: format!("{}\u{1}{badge}\u{1}{count}", self.user),
+                    event_id: records::team_unlock_id(self.user, badge, *count, member),
                     event_type: records::TEAM_UNLOCK_EVENT.into(),
                     user_id: member.clone(),
                     tenant_id: self.tenant.into(),

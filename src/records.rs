@@ -37,10 +37,23 @@ pub fn duplicate_payload(event_type: &str) -> Vec<(String, Value)> {
 }
 
 /// The event type of the record of a team's unlock told to a member (`payload`: team, badge,
-/// count; `occurred_at`: when the team earned it). Its id, `<team entity>\u{1}<badge>\u{1}<count>`,
-/// is the member's dedup key, so a second delivery tells her nothing twice. It only carries
-/// its push; it changes no state.
+/// count; `occurred_at`: when the team earned it). Its id (`team_unlock_id`) is the member's
+/// dedup key, so a second delivery tells her nothing twice. It only carries its push; it
+/// changes no state.
 pub const TEAM_UNLOCK_EVENT: &str = "accolade.team_unlock";
+
+/// The id under which a team counts `member`'s event `event_id`: reserved (no client may send
+/// an id with the prefix, so none can take it first), and one per team, since ids are unique
+/// in the tenant and a member's event goes to each of her teams.
+pub fn contribution_id(team: &str, member: &str, event_id: &str) -> String {
+    format!("{}team:{}\u{1}{member}\u{1}{event_id}", crate::protocol::RESERVED_ID_PREFIX, team.trim_start_matches(crate::core::catalogue::TEAM_PREFIX))
+}
+
+/// The id under which `member` is told `team`'s unlock of `badge` (its `count`th): reserved,
+/// and one per member.
+pub fn team_unlock_id(team: &str, badge: &str, count: u32, member: &str) -> String {
+    format!("{}team_unlock:{}\u{1}{badge}\u{1}{count}\u{1}{member}", crate::protocol::RESERVED_ID_PREFIX, team.trim_start_matches(crate::core::catalogue::TEAM_PREFIX))
+}
 
 /// A team's unlock as a member is told it: the team's id, the badge and its count.
 pub fn team_unlock_args(ev: &crate::core::Event) -> Option<(String, String, u32)> {
@@ -129,4 +142,29 @@ pub fn backfill_id(job: u64) -> String {
 /// The id of a leaderboard period award's log record (also the `event_id` of its awards).
 pub fn award_id(board: &str, period: &str) -> String {
     format!("leaderboard:{board}:{period}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ids the server gives mail between teams and members: event ids are unique in the
+    /// tenant, so a member's event has one per team it counts for, and a team's unlock one per
+    /// member told; all reserved, so no client's event can hold one first.
+    #[test]
+    fn mail_ids_are_one_per_team_and_per_member_and_reserved() {
+        let (a, b) = (crate::core::catalogue::team_entity("a"), crate::core::catalogue::team_entity("b"));
+        let ids = [
+            contribution_id(&a, "ann", "e1"),
+            contribution_id(&b, "ann", "e1"),
+            contribution_id(&a, "bob", "e1"),
+            team_unlock_id(&a, "five", 1, "ann"),
+            team_unlock_id(&a, "five", 1, "bob"),
+            team_unlock_id(&a, "five", 2, "ann"),
+            team_unlock_id(&b, "five", 1, "ann"),
+        ];
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+        assert!(ids.iter().all(|id| id.starts_with(crate::protocol::RESERVED_ID_PREFIX)), "{ids:?}");
+    }
 }

@@ -29,15 +29,17 @@ pub async fn run(store: Store, log: Arc<dyn EventLog>, users: Users, cluster: Op
         // A debug build can hold the mail back, so a test can kill the process while it waits
         // (tests/teams.rs).
         let held = cfg!(debug_assertions) && std::env::var_os("ACCOLADE_FAULT_HOLD_MAIL").is_some();
-        if !held {
-            loop {
-                match round(&store, &*log, &users, cluster.as_ref()).await {
-                    Ok(n) if n == ROUND => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "delivering mail between teams and members failed; trying again");
-                        break;
-                    }
+        // One pass over the mail, round after round from where the last one stopped: rows that
+        // cannot be delivered now (a recipient that fails to start, say) are passed over, so
+        // they hold up nothing behind them, and are tried again at the next pass.
+        let mut after: Option<Vec<u8>> = None;
+        while !held {
+            match round(&store, &*log, &users, cluster.as_ref(), after.as_deref()).await {
+                Ok(Some(last)) => after = Some(last),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivering mail between teams and members failed; trying again");
+                    break;
                 }
             }
         }
@@ -55,15 +57,16 @@ enum Delivered {
     Again,
 }
 
-/// One round: up to `ROUND` rows sent to their recipients, then the delivered ones removed,
-/// each through its sender's log. Answers how many were read.
-async fn round(store: &Store, log: &dyn EventLog, users: &Users, cluster: Option<&Arc<Membership>>) -> Result<usize, String> {
+/// One round: up to `ROUND` rows after `after` sent to their recipients, then the delivered
+/// ones removed, each sender's through her log. Answers the last key read when the round was
+/// full (more may follow), `None` at the end of the mail.
+async fn round(store: &Store, log: &dyn EventLog, users: &Users, cluster: Option<&Arc<Membership>>, after: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
     let mail = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.mail_scan(ROUND)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?
+        let (store, after) = (store.clone(), after.map(<[u8]>::to_vec));
+        tokio::task::spawn_blocking(move || store.mail_scan(after.as_deref(), ROUND)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?
     };
-    let read = mail.len();
-    let mut waiting: Vec<(Mail, BoxFuture<'static, Delivered>)> = Vec::with_capacity(read);
+    let last = (mail.len() == ROUND).then(|| mail.last().map(|m| m.key.clone())).flatten();
+    let mut waiting: Vec<(Mail, BoxFuture<'static, Delivered>)> = Vec::with_capacity(mail.len());
     for m in mail {
         // Another node's sender: her rows are that node's to deliver.
         if !log.serves(&m.tenant, &m.sender) {
@@ -83,12 +86,18 @@ async fn round(store: &Store, log: &dyn EventLog, users: &Users, cluster: Option
         }
         push_done(&mut done, &m);
     }
+    // Every sender's removals submitted at once, then awaited together: one group commit for
+    // the round, not one per sender.
+    let mut removed = Vec::with_capacity(done.len());
     for (tenant, sender, writes) in done {
         let (tx, rx) = oneshot::channel();
         log.append(&tenant, &sender, writes, Box::new(move |r| drop(tx.send(r)))).map_err(|e| e.to_string())?;
+        removed.push(rx);
+    }
+    for rx in removed {
         rx.await.map_err(|_| "the log stopped".to_string())??;
     }
-    Ok(read)
+    Ok(last)
 }
 
 /// Sends one row to its recipient's actor, here or on the node serving her: a member's

@@ -1440,6 +1440,11 @@ rule = { kind = "count", event = "problem.answered", distinct = "member", target
     let fx = t.send("problem.answered", T0 + 3 * MIN, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
     assert!(matches!(&fx[0], Effect::Rejected { reason: Rejection::MissingField(f), .. } if f == "member"), "{fx:?}");
     assert_eq!(t.st, before);
+    // The same article read by two members is two reads for the team (the fingerprint is the
+    // member's side's to apply).
+    let mut t2 = User::new((*catalogue(&format!("{team}[[teams.badges]]\nid = \"two-reads\"\nname = \"r\"\ntier = \"bronze\"\nrule = {{ kind = \"count\", event = \"article.read\", target = 2 }}\n")).teams.as_ref().unwrap().catalogue).clone());
+    t2.send("article.read", T0, &[("article", s("a1")), ("member", s("ann"))]);
+    assert_eq!(unlocks(&t2.send("article.read", T0 + MIN, &[("article", s("a1")), ("member", s("bob"))])), vec!["two-reads"]);
     // A catalogue without the section has no team catalogue.
     assert!(catalogue("").teams.is_none());
 }

@@ -110,9 +110,13 @@ async fn members_events_count_toward_their_team_once_and_only_while_they_belong(
     // Bob leaves: his next answer is his own only; Ann's still counts.
     let (st, _) = api.call("DELETE", "/v1/teams/class-a/members/bob", None).await;
     assert_eq!(st, 204);
+    // Ann joins a second team: her next answer counts for both.
+    assert_eq!(api.call("PUT", "/v1/teams/class-b", Some(&json!({ "name": "Class B" }))).await.0, 200);
+    assert_eq!(api.call("POST", "/v1/teams/class-b/members", Some(&json!({ "user_id": "ann" }))).await.0, 200);
     api.ingest(vec![http_answer("b-2", "bob", "ex-3", true)]).await;
     api.ingest(vec![http_answer("a-5", "ann", "ex-4", true)]).await;
     let t = api.wait_for("/v1/teams/class-a", 10, |t| t["xp"] == 6).await;
+    api.wait_for("/v1/teams/class-b", 10, |t| t["xp"] == 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // the mail worker looks every second
     let (_, t2) = api.get("/v1/teams/class-a").await;
     assert_eq!((t2["xp"].as_u64(), t2["members"].clone()), (Some(6), json!(["ann"])), "bob's answer after he left is not the team's: {t2}");

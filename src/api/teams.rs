@@ -73,6 +73,14 @@ pub struct Membership {
     pub joined: bool,
 }
 
+/// Membership changes of one team, one at a time in this process (in cluster mode all of a
+/// team's routes come to the node serving it): an add and a remove of the same member cannot
+/// interleave their two steps and leave one side without the other.
+fn changing(tenant: &str, team: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static CHANGING: std::sync::LazyLock<dashmap::DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>> = std::sync::LazyLock::new(Default::default);
+    CHANGING.entry((tenant.to_string(), team.to_string())).or_default().clone()
+}
+
 /// In cluster mode a team's routes are answered by the node serving the team (as a user's by
 /// hers); a member's side of a membership is changed on the node serving her (`link`).
 pub(super) async fn to_team_owner(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(params): Path<std::collections::HashMap<String, String>>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
@@ -155,7 +163,8 @@ pub async fn put_team(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant,
     }
     let now = now_ms();
     let event = Event {
-        event_id: format!("team-profile:{now:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed)),
+        // Reserved, so no client's event can hold the id first.
+        event_id: format!("{}team-profile:{now:x}-{:x}", crate::protocol::RESERVED_ID_PREFIX, NEXT.fetch_add(1, Ordering::Relaxed)),
         event_type: PROFILE_EVENT.into(),
         user_id: entity.clone(),
         tenant_id: tenant.clone(),
@@ -179,6 +188,7 @@ pub async fn put_team(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant,
 #[utoipa::path(get, path = "/v1/teams/{id}", tag = "teams", params(("id" = String, Path, description = "Team id")),
     responses((status = 200, body = TeamDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get_team(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<TeamDoc>, ApiError> {
+    limits(&shared, &tenant)?;
     team_doc(&shared, &tenant, &id).await.map(Json)
 }
 
@@ -212,6 +222,7 @@ pub async fn add_member(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenan
         return Err(bad("invalid_user", "a user id is 1 to 128 bytes with no NUL, not beginning with U+0001"));
     }
     team_doc(&shared, &tenant, &id).await?;
+    let _one = changing(&tenant, &entity).lock_owned().await;
     // The team's side first, where its limit is kept; then hers, which her events follow. Her
     // side refused (her limit), the team's is taken back.
     let on_team = match link(&shared, &tenant, &entity, &m.user_id, true, max_members).await? {
@@ -222,8 +233,8 @@ pub async fn add_member(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenan
     match link(&shared, &tenant, &m.user_id, &entity, true, max_teams).await? {
         Ok(added) => Ok(Json(Membership { team_id: id, user_id: m.user_id, joined: added || on_team })),
         Err(e) => {
-            if on_team {
-                let _ = link(&shared, &tenant, &entity, &m.user_id, false, max_members).await;
+            if on_team && !matches!(link(&shared, &tenant, &entity, &m.user_id, false, max_members).await, Ok(Ok(_))) {
+                tracing::error!(tenant, team = id, user = m.user_id, "a member refused by her own limit is still on the team's list; remove her (DELETE) to set it right");
             }
             match e {
                 LinkError::Full(n) => Err(ApiError(StatusCode::CONFLICT, "too_many_teams", format!("`{}` belongs to {n} teams, the most the catalogue allows (teams.max_teams_per_user)", m.user_id))),
@@ -245,7 +256,9 @@ pub async fn remove_member(State(shared): State<Arc<Shared>>, Tenant(tenant): Te
         return Err(bad("invalid_user", "a user id is 1 to 128 bytes with no NUL, not beginning with U+0001"));
     }
     team_doc(&shared, &tenant, &id).await?;
-    // Hers first: her events stop counting at once.
+    let _one = changing(&tenant, &entity).lock_owned().await;
+    // Hers first: her events stop counting at once. A failure of the second step is answered
+    // 503; sent again, the removal finishes it.
     let hers = link(&shared, &tenant, &user, &entity, false, max_teams).await?.map_err(failed)?;
     let team = link(&shared, &tenant, &entity, &user, false, max_members).await?.map_err(failed)?;
     if !hers && !team {

@@ -43,12 +43,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` contributions waiting, in key order (each sender's in the order of her
-    /// events).
-    pub fn mail_scan(&self, limit: usize) -> Result<Vec<Mail>, StoreError> {
+    /// Up to `limit` rows of mail waiting after key `after` (from the first without it), in
+    /// key order (each sender's in the order of her changes).
+    pub fn mail_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Mail>, StoreError> {
         self.readable()?;
         let mut out = Vec::new();
-        for kv in self.mail.iter().take(limit) {
+        let from = match after {
+            Some(k) => std::ops::Bound::Excluded(k.to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        for kv in self.mail.range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded)).take(limit) {
             let (k, v) = kv?;
             let mut parts = k.splitn(3, |&b| b == 0);
             let (Some(tenant), Some(sender)) = (parts.next(), parts.next()) else { continue };

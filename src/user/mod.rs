@@ -183,7 +183,16 @@ impl Actor for UserActor {
         // sled reads can touch the disk, so they run on the blocking pool. The event log is the
         // durable truth after the snapshot: it is replayed with each event's own receive time
         // and catalogue version, which rebuilds exactly the state that was acknowledged.
-        let r = tokio::task::spawn_blocking(move || crate::replay::restore(&*env.log, &env.catalogues, &t, &u)).await??;
+        // A member's teams (a team's members) come with it: the plan mails to them, and
+        // reading them later would scan on the actor's turn.
+        let r = tokio::task::spawn_blocking(move || {
+            let restored = crate::replay::restore(&*env.log, &env.catalogues, &t, &u)?;
+            let teams = env.catalogue(&t, &u).is_some_and(|c| c.teams.is_some()) || crate::core::catalogue::team_of(&u).is_some();
+            let linked = if teams { Some(env.log.links(&t, &u)?) } else { None };
+            Ok::<_, crate::store::StoreError>((restored, linked))
+        })
+        .await??;
+        let (r, linked) = r;
         let (st, snap_seq) = (r.state, r.snap_seq);
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
@@ -204,7 +213,7 @@ impl Actor for UserActor {
             waiting: Vec::new(),
             last_activity: Instant::now(),
             progress: plan::Throttle::new(std::time::Duration::from_millis(throttle_ms)),
-            linked: None,
+            linked,
         })
     }
 
@@ -537,7 +546,14 @@ impl User {
     /// repeat is recognised) and pushed.
     fn team_unlock(&mut self, myself: &ActorRef<UserMsg>, event: Event, reply: oneshot::Sender<Result<(), String>>) {
         match self.env.log.seen(&self.tenant, &self.user, &event.event_id) {
-            Ok(Seen::Mine | Seen::Other) => {
+            Ok(Seen::Mine) => {
+                let _ = reply.send(Ok(()));
+                return;
+            }
+            // The id is hers alone and reserved (`records::team_unlock_id`): another owner
+            // cannot happen, and waiting would not change it.
+            Ok(Seen::Other) => {
+                tracing::warn!(tenant = %self.tenant, user = %self.user, id = %event.event_id, "a team's unlock id belongs to another user; not told");
                 let _ = reply.send(Ok(()));
                 return;
             }
@@ -559,7 +575,11 @@ impl User {
     /// its own log, checked against `limit` here, where this side's links change one at a time.
     /// The list the plan mails to changes with it, from the next event on.
     fn link(&mut self, myself: &ActorRef<UserMsg>, other: String, join: bool, limit: usize, reply: oneshot::Sender<Result<bool, LinkError>>) {
-        let mut links = match self.env.log.links(&self.tenant, &self.user) {
+        let read = match self.linked.take() {
+            Some(l) => Ok(l),
+            None => self.env.log.links(&self.tenant, &self.user),
+        };
+        let mut links = match read {
             Ok(l) => l,
             Err(e) => {
                 let _ = reply.send(Err(LinkError::Failed(e.to_string())));
@@ -567,11 +587,13 @@ impl User {
             }
         };
         if links.contains(&other) == join {
+            self.linked = Some(links);
             let _ = reply.send(Ok(false));
             return;
         }
         if join && links.len() >= limit {
             let _ = reply.send(Err(LinkError::Full(links.len())));
+            self.linked = Some(links);
             return;
         }
         let write = if join { store::link(&self.tenant, &self.user, &other, now_ms()) } else { store::unlink(&self.tenant, &self.user, &other) };

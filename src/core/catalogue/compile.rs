@@ -59,7 +59,8 @@ impl Catalogue {
 }
 
 /// The team catalogue of a document with a `[teams]` section (docs/teams.md): the document's
-/// event types and settings, each event type with the `member` field added, and the section's
+/// event types and settings, each event type with the `member` field added and without its
+/// fingerprint (the member's side applied it), and the section's
 /// levels (one level if it gives none), XP rules, badges and leaderboards. Its errors name the
 /// team badge (or rule, or leaderboard) and the field, as the user catalogue's do.
 fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<Teams>, CatalogueError> {
@@ -87,6 +88,10 @@ fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<T
                 continue;
             }
             let Some(ty) = ty.as_object_mut() else { continue };
+            // The member's side judged her action's fingerprint already; across members the
+            // same article read by two people is two reads.
+            ty.remove("fingerprint");
+            ty.remove("fingerprint_window");
             let fields = ty.entry("fields").or_insert_with(|| serde_json::json!({}));
             let Some(fields) = fields.as_object_mut() else { continue };
             if fields.contains_key(MEMBER_FIELD) {
