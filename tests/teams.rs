@@ -60,6 +60,10 @@ async fn members_events_count_toward_their_team_once_and_only_while_they_belong(
     let s = server_with_teams(dir.path(), 100, 10).await;
     let api = Api::new(&s, DEMO_KEY);
 
+    // An endpoint that wants the teams' unlocks.
+    let (hooks, addr) = common::receiver::Receiver::start().await;
+    let (st, h) = api.call("POST", "/v1/webhooks", Some(&json!({ "url": format!("http://{addr}/hook"), "events": ["team_unlock"] }))).await;
+    assert_eq!(st, 201, "{h}");
     let (st, t) = api.call("PUT", "/v1/teams/class-a", Some(&json!({ "name": "Class A", "timezone": "Europe/Paris", "attributes": { "school": "north" } }))).await;
     assert_eq!(st, 200, "{t}");
     assert_eq!((t["team_id"].as_str(), t["name"].as_str(), t["member_count"].as_u64(), t["xp"].as_u64()), (Some("class-a"), Some("Class A"), Some(0), Some(0)), "{t}");
@@ -93,6 +97,11 @@ async fn members_events_count_toward_their_team_once_and_only_while_they_belong(
     // Two members had answered at the third contribution, five answers came with the fifth.
     let want = vec![(Some("class-a".to_string()), Some("two-members".to_string()), Some(1)), (Some("class-a".to_string()), Some("team-five".to_string()), Some(1))];
     assert_eq!(ann_told, want);
+    // The endpoint got each of the team's unlocks once, naming the team.
+    let got = hooks.wait("the team's two unlocks", |g| g.len() >= 2).await;
+    let notes: Vec<(&str, &str, &str)> = got.iter().map(|g| (g.json["type"].as_str().unwrap_or("?"), g.json["team_id"].as_str().unwrap_or("?"), g.json["data"]["badge"]["id"].as_str().unwrap_or("?"))).collect();
+    assert_eq!(notes, vec![("team_unlock", "class-a", "two-members"), ("team_unlock", "class-a", "team-five")], "{got:?}");
+    assert!(got.iter().all(|g| g.json.get("user_id").is_none()), "a team's notification names no user");
     let bob_ws = s.connect("bob").await;
     let since = json!({ "epoch": bob_ws.welcome["epoch"], "offset": 0 });
     let mut bob_ws = Client::connect(&s.url(), &token("bob"), Some(since)).await;

@@ -286,7 +286,7 @@ export type StoredPush = Extract<ServerMessage, { offset: number }>;
 // Webhooks
 
 /** The notifications an endpoint can subscribe to. */
-export type WebhookKind = "unlock" | "level_up" | "goal_completed" | "goal_missed";
+export type WebhookKind = "unlock" | "level_up" | "goal_completed" | "goal_missed" | "team_unlock";
 
 interface WebhookNotificationOf<K extends WebhookKind, D> {
   /** The notification's id: the same on every endpoint and every retry. De-duplicate on it. */
@@ -308,7 +308,19 @@ export type WebhookNotification =
   | WebhookNotificationOf<"unlock", UnlockMessage>
   | WebhookNotificationOf<"level_up", LevelUpMessage>
   | WebhookNotificationOf<"goal_completed", GoalCompletedMessage>
-  | WebhookNotificationOf<"goal_missed", GoalMissedMessage>;
+  | WebhookNotificationOf<"goal_missed", GoalMissedMessage>
+  | TeamWebhookNotification;
+
+/** A team's unlock (docs/teams.md): names the team, not a user; `data` is the unlock as the
+ *  team's own stream has it. */
+export interface TeamWebhookNotification {
+  id: number;
+  type: "team_unlock";
+  created_at: string;
+  tenant: string;
+  team_id: string;
+  data: UnlockMessage;
+}
 
 // ---------------------------------------------------------------------------------------------
 // The client

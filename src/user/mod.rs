@@ -685,9 +685,8 @@ impl User {
     fn enqueue(&mut self, myself: &ActorRef<UserMsg>, mut writes: Vec<store::Write>, mut deliveries: Vec<Delivery>) {
         // Webhook notifications go into the same batch as the pushes that announce them, so
         // one is durable exactly when the other is. Only tenants with endpoints pay for this.
-        // A team's unlocks are not sent yet (docs/teams.md, "Still to build").
         let mut no_ids = None;
-        if !writes.is_empty() && self.env.webhooks.any(&self.tenant) && crate::core::catalogue::team_of(&self.user).is_none() {
+        if !writes.is_empty() && self.env.webhooks.any(&self.tenant) {
             let pushes = deliveries.iter().filter_map(|d| if let Delivery::Push(p) = d { Some(p) } else { None });
             match self.env.webhooks.outbox_writes(&self.tenant, &self.user, pushes) {
                 Ok((outbox, wake)) if !outbox.is_empty() => {

@@ -53,13 +53,19 @@ pub fn user_of(p: &Pending) -> String {
     user_of_body(&p.body)
 }
 
-/// The user a notification's body is about.
+/// The user a notification's body is about (for a team's, the team's entity).
 pub fn user_of_body(body: &str) -> String {
     #[derive(Deserialize)]
     struct About {
-        user_id: String,
+        user_id: Option<String>,
+        team_id: Option<String>,
     }
-    serde_json::from_str::<About>(body).map(|a| a.user_id).unwrap_or_default()
+    // A team's notification names the team, whose entity's log it goes through.
+    match serde_json::from_str::<About>(body) {
+        Ok(About { user_id: Some(u), .. }) => u,
+        Ok(About { team_id: Some(t), .. }) => crate::core::catalogue::team_entity(&t),
+        _ => String::new(),
+    }
 }
 
 /// Where a row of the outbox stands.

@@ -41,7 +41,7 @@ pub use answers::*;
 pub use line::*;
 
 /// The notifications an endpoint can subscribe to (named as the pushes that announce them).
-pub const KINDS: [&str; 4] = ["unlock", "level_up", "goal_completed", "goal_missed"];
+pub const KINDS: [&str; 5] = ["unlock", "level_up", "goal_completed", "goal_missed", "team_unlock"];
 /// Endpoints per tenant.
 pub const MAX_HOOKS: usize = 16;
 /// The header carrying the signature: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
@@ -161,6 +161,12 @@ fn notification(id: u64, kind: &str, now: Millis, tenant: &str, user: &str, fram
     format!(r#"{{"created_at":{},"data":{frame},"id":{id},"tenant":{},"type":{},"user_id":{}}}"#, q(&rfc3339(now)), q(tenant), q(kind), q(user))
 }
 
+/// A team's notification: as a user's, naming the team (`team_id`) instead of a user.
+fn team_notification(id: u64, kind: &str, now: Millis, tenant: &str, team: &str, frame: &str) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    format!(r#"{{"created_at":{},"data":{frame},"id":{id},"team_id":{},"tenant":{},"type":{}}}"#, q(&rfc3339(now)), q(team), q(tenant), q(kind))
+}
+
 /// What a delivery worker works with.
 #[derive(Clone)]
 struct Io {
@@ -227,15 +233,26 @@ impl Webhooks {
         let Some(subs) = self.subs.get(tenant).map(|s| s.clone()) else { return Ok((vec![], vec![])) };
         let mut writes = Vec::new();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
+        // A team's own unlock is one `team_unlock` notification naming the team; the rest of a
+        // team's pushes make none, and nor do its members' copies of its unlocks.
+        let team = crate::core::catalogue::team_of(user);
         for push in pushes {
-            let Some(kind) = KINDS.iter().find(|k| **k == push.kind) else { continue };
+            let kind = match (team, push.kind) {
+                (Some(_), "unlock") => "team_unlock",
+                (Some(_), _) | (None, "team_unlock") => continue,
+                (None, k) => k,
+            };
+            let Some(kind) = KINDS.iter().find(|k| **k == kind) else { continue };
             let targets: Vec<&Sub> = subs.iter().filter(|s| s.events.iter().any(|e| e == kind)).collect();
             if targets.is_empty() {
                 continue;
             }
             let id = self.io.log.delivery_id(tenant, user).map_err(|e| format!("no id for a webhook notification: {e}"))?;
             let now = now_ms();
-            let body = notification(id, kind, now, tenant, user, &push.frame);
+            let body = match team {
+                Some(t) => team_notification(id, kind, now, tenant, t, &push.frame),
+                None => notification(id, kind, now, tenant, user, &push.frame),
+            };
             for s in targets {
                 let p = Pending { kind: kind.to_string(), body: body.clone(), created_at: now, attempts: 0, next_at: now, last: None };
                 writes.push(store::writes::outbox(tenant, s.id, id, &p));
