@@ -38,6 +38,7 @@
 
 mod hooks;
 mod keys;
+mod legacy;
 mod log;
 mod partitions;
 mod persister;
@@ -283,7 +284,7 @@ impl Store {
     fn load_user_unchecked(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
         let uk = user_key(tenant, user);
         let record: Option<UserRecord> = match self.users.get(&uk)? {
-            Some(v) => Some(decode(&uk, &v)?),
+            Some(v) => Some(decode_user(&uk, &v)?),
             None => None,
         };
         let from = record.as_ref().map_or(0, |r| r.seq) + 1;
