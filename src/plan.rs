@@ -47,6 +47,8 @@ pub struct Plan {
     /// The XP the change gave, and the badges it unlocked (the ingest outcome's fields).
     pub xp: u64,
     pub unlocks: Vec<String>,
+    /// The badges it took away.
+    pub revoked: Vec<String>,
 }
 
 /// The user's positions, advanced by every plan: the last log sequence number and push offset
@@ -156,6 +158,17 @@ impl Planner<'_> {
         }
     }
 
+    /// A `revoked` push for each badge `fx` takes away, numbered from the next offset.
+    fn revocations(&self, plan: &mut Plan, cur: &mut Cursor, fx: &[Effect], event_id: &str) {
+        for e in fx {
+            if let Effect::Revoked { badge, cause, reason, count, xp, total, level, at } = e {
+                let def = self.cat.badge(badge);
+                push(plan, cur, "revoked", |o| protocol::revoked(o, badge, def, cause.as_str(), reason, *count, *xp, *total, *level, *at, event_id));
+                plan.revoked.push(badge.to_string());
+            }
+        }
+    }
+
     /// The goal pushes for `fx`, and the goal records they change.
     fn goals(&self, plan: &mut Plan, cur: &mut Cursor, st: &UserState, fx: &[Effect], event_id: &str) {
         for e in fx {
@@ -197,7 +210,7 @@ pub fn snapshot(tenant: &str, user: &str, epoch: &str, cur: &mut Cursor, st: &Us
     // the state.
     let rec = RecordRef { state: st, seq: cur.seq, offset: cur.offset, epoch };
     cur.snap_seq = cur.seq;
-    store::writes::snapshot(tenant, user, cur.seq, store::encode(&rec))
+    store::writes::snapshot(tenant, user, cur.seq, store::encode_user(&rec))
 }
 
 /// Adds the push that `frame` builds at the next offset.
@@ -250,6 +263,8 @@ pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event
     let mut plan = Plan::default();
     let event_id = event.event_id.clone();
     cur.seq += 1;
+    // Expiries the event saw come first: the event may earn the same badge again.
+    p.revocations(&mut plan, cur, fx, &event_id);
     p.awards(&mut plan, cur, st, fx, &event_id);
     for e in fx {
         if let Effect::Progress { badge, current, target } = e
@@ -321,6 +336,30 @@ pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board
     p.awards(&mut plan, cur, st, fx, &event_id);
     let event = p.system(event_id, records::LEADERBOARD_EVENT, "leaderboard", now, records::award_payload(board, period, rank));
     plan.writes = p.record(cur, event, now, &plan.pushes, Keyed::ByPlace);
+    plan
+}
+
+/// The id the next record of `kind` (`revoke` or `retract`) about `target` takes: its place
+/// in the log makes it unique. The core records it in the revocations it makes, before the
+/// plan writes the record.
+pub fn record_id(kind: &str, target: &str, cur: &Cursor) -> String {
+    format!("{kind}:{target}:{}", cur.seq + 1)
+}
+
+/// A revocation through the API or a retraction the core made (`fx`, non-empty): its record
+/// (`accolade.revoke` or `accolade.retract`, `t`), so every rebuild takes the same badges,
+/// and a `revoked` push for each badge taken. A retraction's record goes with a snapshot, as a
+/// backfill's does, since repeating it replays the user's whole log twice.
+#[allow(clippy::too_many_arguments)]
+pub fn take(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], t: &'static str, rec: &records::TakeRecord, record_id: String, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    cur.seq += 1;
+    p.revocations(&mut plan, cur, fx, &record_id);
+    let event = p.system(record_id, t, "api", now, rec.payload(t));
+    plan.writes = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
+    if t == records::RETRACT_EVENT || cur.seq - cur.snap_seq >= p.snapshot_every {
+        plan.writes.extend(p.snapshot(cur, st));
+    }
     plan
 }
 
@@ -523,7 +562,7 @@ mod tests {
     #[test]
     fn a_backfill_counts_the_badges_it_gave_on_an_earlier_visit_and_this_one() {
         let mut owned = UserState::new("t", "u");
-        let by = |event_id: String| crate::core::BadgeRecord { awarded_at: T0, count: 1, version: 1, keys: vec![], event_id };
+        let by = |event_id: String| crate::core::BadgeRecord { awarded_at: T0, count: 1, version: 1, keys: vec![], event_id, expires_at: None };
         owned.badges.insert("a".into(), by(records::backfill_id(7)));
         owned.badges.insert("b".into(), by("e1".into()));
         owned.badges.insert("c".into(), by(records::backfill_id(6)));

@@ -64,6 +64,8 @@ enum Delivery {
     Goal(oneshot::Sender<Result<Option<store::GoalRecord>, String>>, Option<store::GoalRecord>),
     /// A notice is durable.
     Noticed(oneshot::Sender<Result<(), String>>),
+    /// A revocation or retraction is durable.
+    Taken(oneshot::Sender<Result<Taken, TakeError>>, Taken),
     /// The event is durable: count it as accepted (`accolade_events_total`). A job that
     /// fails counts its events as `storage_failed` instead.
     Accepted,
@@ -81,6 +83,8 @@ enum Waiting {
     Award(String, String, usize, oneshot::Sender<Result<bool, String>>),
     Goal(GoalOp, oneshot::Sender<Result<Option<store::GoalRecord>, String>>),
     Notice(NoticeMsg),
+    Revoke(String, String, bool, oneshot::Sender<Result<Taken, TakeError>>),
+    Retract(String, String, bool, oneshot::Sender<Result<Taken, TakeError>>),
 }
 
 pub struct NoticeMsg {
@@ -233,6 +237,8 @@ impl Actor for UserActor {
             UserMsg::Award { board, period, rank, reply } => Later::Run(Waiting::Award(board, period, rank, reply)),
             UserMsg::Goal { op, reply } => Later::Run(Waiting::Goal(op, reply)),
             UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => Later::Run(Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })),
+            UserMsg::Revoke { badge, reason, claw_back, reply } => Later::Run(Waiting::Revoke(badge, reason, claw_back, reply)),
+            UserMsg::Retract { event_id, reason, claw_back, reply } => Later::Run(Waiting::Retract(event_id, reason, claw_back, reply)),
             UserMsg::Detach { conn_id } => {
                 u.sockets.remove(conn_id);
                 u.waiting.retain(|w| !matches!(w, Waiting::Attach(c, _) if c.id == conn_id));
@@ -447,7 +453,93 @@ impl User {
             Waiting::Award(board, period, rank, reply) => self.award(myself, &board, &period, rank, reply),
             Waiting::Goal(op, reply) => self.goal(myself, op, reply),
             Waiting::Notice(n) => self.notice(myself, n),
+            Waiting::Revoke(badge, reason, claw_back, reply) => self.revoke(myself, badge, reason, claw_back, reply),
+            Waiting::Retract(event_id, reason, claw_back, reply) => {
+                if let Err((reply, e)) = self.retract(myself, event_id, reason, claw_back, reply).await {
+                    let _ = reply.send(Err(e));
+                }
+            }
         }
+    }
+
+    /// A revocation through the API: taken by the core on a copy (a badge already taken away
+    /// changes nothing, and nothing is written), logged as an `accolade.revoke` record, pushed
+    /// as `revoked`; the reply goes out once it is durable.
+    fn revoke(&mut self, myself: &ActorRef<UserMsg>, badge: String, reason: String, claw_back: bool, reply: oneshot::Sender<Result<Taken, TakeError>>) {
+        let Some(cat) = self.env.catalogue(&self.tenant) else {
+            let _ = reply.send(Err(TakeError::Failed("the tenant's catalogue is gone".into())));
+            return;
+        };
+        let now = now_ms();
+        let id = plan::record_id("revoke", &badge, &self.cur);
+        let mut next = self.st.clone();
+        let fx = match crate::core::revoke::revoke(&mut next, &badge, &reason, claw_back, now, &id, &cat) {
+            Ok(fx) => fx,
+            Err(crate::core::revoke::RevokeRefused::UnknownBadge) => {
+                let _ = reply.send(Err(TakeError::UnknownBadge));
+                return;
+            }
+            Err(crate::core::revoke::RevokeRefused::NeverHeld) => {
+                let _ = reply.send(Err(TakeError::NotOwned));
+                return;
+            }
+        };
+        let changed = fx.iter().any(|e| matches!(e, Effect::Revoked { badge: b, cause: crate::core::RevokeCause::Api, .. } if **b == *badge));
+        if fx.is_empty() {
+            let taken = Taken { changed, fx, revocation: self.st.revoked.get(&badge).cloned(), xp: self.st.xp, level: self.st.level };
+            let _ = reply.send(Ok(taken));
+            return;
+        }
+        self.st = next;
+        let taken = Taken { changed, fx: fx.clone(), revocation: self.st.revoked.get(&badge).cloned(), xp: self.st.xp, level: self.st.level };
+        let rec = crate::records::TakeRecord { target: badge, reason, claw_back };
+        let plan = plan::take(&planner!(self, cat), &mut self.cur, &self.st, &fx, crate::records::REVOKE_EVENT, &rec, id, now);
+        tracing::info!(tenant = %self.tenant, user = %self.user, badge = %rec.target, claw_back, "badge revoked");
+        self.perform(myself, plan, vec![], vec![Delivery::Taken(reply, taken)]);
+    }
+
+    /// A retraction: the user's whole log replayed from scratch with and without the event
+    /// (nothing is in flight, so the stored log holds exactly what this state has seen), the
+    /// stats it moved recomputed and the badges it earned taken away, logged as an
+    /// `accolade.retract` record with a snapshot. An event already retracted is not retracted
+    /// again.
+    async fn retract(
+        &mut self,
+        myself: &ActorRef<UserMsg>,
+        event_id: String,
+        reason: String,
+        claw_back: bool,
+        reply: oneshot::Sender<Result<Taken, TakeError>>,
+    ) -> Result<(), (oneshot::Sender<Result<Taken, TakeError>>, TakeError)> {
+        let Some(cat) = self.env.catalogue(&self.tenant) else { return Err((reply, TakeError::Failed("the tenant's catalogue is gone".into()))) };
+        let store = self.env.log.clone();
+        let (t, u) = (self.tenant.clone(), self.user.clone());
+        let log = match tokio::task::spawn_blocking(move || store.events_after(&t, &u, 0, usize::MAX)).await {
+            Ok(Ok(log)) => log,
+            Ok(Err(e)) => return Err((reply, TakeError::Failed(e.to_string()))),
+            Err(e) => return Err((reply, TakeError::Failed(e.to_string()))),
+        };
+        if log.first().is_some_and(|(seq, _)| *seq != 1) {
+            return Err((reply, TakeError::LogIncomplete));
+        }
+        let log: Vec<StoredEvent> = log.into_iter().map(|(_, e)| e).collect();
+        if !log.iter().any(|e| e.event.event_id == event_id && !crate::records::system_record(&e.event.event_type)) {
+            return Err((reply, TakeError::UnknownEvent));
+        }
+        if crate::records::retracted(&log).contains(&event_id) {
+            let _ = reply.send(Ok(Taken { changed: false, fx: vec![], revocation: None, xp: self.st.xp, level: self.st.level }));
+            return Ok(());
+        }
+        let now = now_ms();
+        let id = plan::record_id("retract", &event_id, &self.cur);
+        let rec = crate::records::TakeRecord { target: event_id, reason, claw_back };
+        let fx = crate::replay::apply_retract(&mut self.st, &log, &rec, now, &id, &cat);
+        let taken = Taken { changed: true, fx: fx.clone(), revocation: None, xp: self.st.xp, level: self.st.level };
+        // Written even when no badge falls: from now on every replay leaves the event out.
+        let plan = plan::take(&planner!(self, cat), &mut self.cur, &self.st, &fx, crate::records::RETRACT_EVENT, &rec, id, now);
+        tracing::info!(tenant = %self.tenant, user = %self.user, event = %rec.target, revoked = plan.revoked.len(), "event retracted");
+        self.perform(myself, plan, vec![], vec![Delivery::Taken(reply, taken)]);
+        Ok(())
     }
 
     /// The goal as the API lists it, from this (the assignee's) state.
@@ -700,6 +792,9 @@ impl User {
             Delivery::Noticed(reply) => {
                 let _ = reply.send(Ok(()));
             }
+            Delivery::Taken(reply, taken) => {
+                let _ = reply.send(Ok(taken));
+            }
             Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
             Delivery::Board(key, entry, left) => {
                 if let Some(old) = left {
@@ -745,7 +840,7 @@ impl User {
                 }
             }
         }
-        let welcome = protocol::welcome(&self.st, &cat, &self.epoch, self.cur.offset, recovered);
+        let welcome = protocol::welcome(&self.st, &cat, &self.epoch, self.cur.offset, recovered, now_ms());
         let mut ok = conn.tx.try_send(welcome).is_ok();
         for f in replay {
             ok = ok && conn.tx.try_send(f).is_ok();
@@ -797,6 +892,7 @@ fn refuse(d: Delivery, why: &str) {
         Delivery::Awarded(reply, _) => drop(reply.send(Err(why.to_string()))),
         Delivery::Goal(reply, _) => drop(reply.send(Err(why.to_string()))),
         Delivery::Noticed(reply) => drop(reply.send(Err(why.to_string()))),
+        Delivery::Taken(reply, _) => drop(reply.send(Err(TakeError::Failed(why.to_string())))),
         Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) => {}
     }
 }

@@ -41,7 +41,7 @@ pub use answers::*;
 pub use line::*;
 
 /// The notifications an endpoint can subscribe to (named as the pushes that announce them).
-pub const KINDS: [&str; 4] = ["unlock", "level_up", "goal_completed", "goal_missed"];
+pub const KINDS: [&str; 5] = ["unlock", "level_up", "goal_completed", "goal_missed", "revoked"];
 /// Endpoints per tenant.
 pub const MAX_HOOKS: usize = 16;
 /// The header carrying the signature: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
