@@ -664,3 +664,36 @@ async fn the_receiver_recipes_take_a_genuine_delivery_once_and_refuse_tampered_s
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn revocations_are_notified_signed_once_each_whatever_their_cause() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (rx, addr) = Receiver::start().await;
+    // Made after `revoked` existed, with every kind by default; another only for unlocks.
+    let (id, secret) = create_hook(&api, &format!("http://{addr}/hook"), None).await;
+    let (rx2, addr2) = Receiver::start().await;
+    create_hook(&api, &format!("http://{addr2}/hook"), Some(json!(["unlock"]))).await;
+    api.ingest(vec![http_event("v-1", "rae", "video.watched", json!({ "video": "v1", "playlist": "algebra", "seconds": 1200 }))]).await;
+    let (st, _) = api.call("POST", "/v1/users/rae/badges/nice-listener/revoke", Some(&json!({ "reason": "shared account", "xp": "claw_back" }))).await;
+    assert_eq!(st, 200);
+    // Asked again: nothing more to notify.
+    let (st, _) = api.call("POST", "/v1/users/rae/badges/nice-listener/revoke", Some(&json!({ "reason": "shared account", "xp": "claw_back" }))).await;
+    assert_eq!(st, 200);
+    let (st, _) = api.call("POST", "/v1/users/rae/retractions", Some(&json!({ "event_id": "v-1", "reason": "bot", "xp": "keep" }))).await;
+    assert_eq!(st, 200);
+    let got = rx.wait("two revocations", |g| kinds(g).iter().filter(|k| *k == "revoked").count() >= 2).await;
+    let revoked: Vec<&Got> = got.iter().filter(|g| g.json["type"] == "revoked").collect();
+    let what: Vec<(&str, &str, &str)> = revoked.iter().map(|g| (g.json["data"]["badge"]["id"].as_str().unwrap(), g.json["data"]["cause"].as_str().unwrap(), g.json["data"]["reason"].as_str().unwrap())).collect();
+    assert_eq!(what, [("nice-listener", "api", "shared account"), ("act-one-scene-one", "retracted", "bot")]);
+    assert!(revoked.iter().all(|g| verify(&secret, g) && g.headers["accolade-event"] == "revoked" && g.json["user_id"] == "rae"));
+    // The unlock-only endpoint got the unlocks and nothing else.
+    let only = rx2.wait("the unlocks", |g| g.len() >= 2).await;
+    assert!(kinds(&only).iter().all(|k| k == "unlock"), "{:?}", kinds(&only));
+    // Once nothing waits in the outbox, there were two, not three: the repeat made none.
+    let log = api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["pending"].as_array().unwrap().is_empty()).await;
+    let finished: Vec<&str> = log["finished"].as_array().unwrap().iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(finished.iter().filter(|k| **k == "revoked").count(), 2, "{log}");
+    s.stop().await;
+}
