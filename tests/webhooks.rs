@@ -693,7 +693,7 @@ async fn revocations_are_notified_signed_once_each_whatever_their_cause() {
     assert!(kinds(&only).iter().all(|k| k == "unlock"), "{:?}", kinds(&only));
     // Once nothing waits in the outbox, there were two, not three: the repeat made none.
     let log = api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["pending"].as_array().unwrap().is_empty()).await;
-    let finished: Vec<&str> = log["finished"].as_array().unwrap().iter().filter_map(|d| d["kind"].as_str()).collect();
+    let finished: Vec<&str> = log["finished"].as_array().unwrap().iter().filter_map(|d| d["type"].as_str()).collect();
     assert_eq!(finished.iter().filter(|k| **k == "revoked").count(), 2, "{log}");
     s.stop().await;
 }
