@@ -363,6 +363,20 @@ pub fn take(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], t: &'s
     plan
 }
 
+/// Expiries the core took when the user connected (`fx`, non-empty): their
+/// `accolade.expire` record and a `revoked` push for each.
+pub fn expire(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], record_id: String, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    cur.seq += 1;
+    p.revocations(&mut plan, cur, fx, &record_id);
+    let event = p.system(record_id, records::EXPIRE_EVENT, "expiry", now, vec![]);
+    plan.writes = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
+    if cur.seq - cur.snap_seq >= p.snapshot_every {
+        plan.writes.extend(p.snapshot(cur, st));
+    }
+    plan
+}
+
 /// How many badges backfill `job` has given this user, counting a visit before this one: a
 /// resumed job may visit a user again (its record is saved every half second, and at a
 /// graceful stop without the user it was still waiting on), and the badges it gave then are

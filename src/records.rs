@@ -1,6 +1,6 @@
 //! The log records the server makes for a user itself, beside the user's own events: goal
 //! operations, notices to a goal's assigner, leaderboard period awards, backfill steps,
-//! duplicates by fingerprint, revocations and retractions.
+//! duplicates by fingerprint, revocations, expiries seen on connecting and retractions.
 //! Their event types (which no catalogue can declare, so no client can send them) and their
 //! payloads, written by the plan (`plan.rs`) and read back by every rebuild (`replay.rs`).
 
@@ -60,8 +60,12 @@ pub fn goal_op(ev: &StoredEvent) -> Option<GoalOp> {
 
 /// Log records that are not the user's own events, which a from-scratch replay leaves out.
 pub fn system_record(t: &str) -> bool {
-    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT || t == REVOKE_EVENT || t == RETRACT_EVENT
+    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT || t == REVOKE_EVENT || t == RETRACT_EVENT || t == EXPIRE_EVENT
 }
+
+/// The event type of the record of expiries seen when the user connected (no payload: every
+/// badge run out by the record's receive time goes). Its id is `expire:<seq>`.
+pub const EXPIRE_EVENT: &str = "accolade.expire";
 
 /// The event type of a revocation through the API (`payload`: badge, reason, xp = claw_back
 /// or keep). Its id is `revoke:<badge>:<seq>`, found by its place in the log.

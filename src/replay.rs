@@ -10,7 +10,7 @@
 
 use crate::catalogues::Catalogues;
 use crate::core::{self, Catalogue, UserState};
-use crate::records::{award_args, goal_op, retracted, system_record, BackfillRecord, GoalOp, TakeRecord, BACKFILL_EVENT, DUPLICATE_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT, RETRACT_EVENT, REVOKE_EVENT};
+use crate::records::{award_args, goal_op, retracted, system_record, BackfillRecord, GoalOp, TakeRecord, BACKFILL_EVENT, DUPLICATE_EVENT, EXPIRE_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT, RETRACT_EVENT, REVOKE_EVENT};
 use crate::store::{EventLog, Store, StoreError, StoredEvent};
 use serde::Serialize;
 use std::sync::Arc;
@@ -101,6 +101,8 @@ pub fn replay_record(st: &mut UserState, log: &[StoredEvent], i: usize, before: 
         if let Some(rec) = TakeRecord::parse(e) {
             let _ = core::revoke::revoke(st, &rec.target, &rec.reason, rec.claw_back, e.received_at, &e.event.event_id, cat);
         }
+    } else if e.event.event_type == EXPIRE_EVENT {
+        core::revoke::expire(st, e.received_at, &e.event.event_id, cat);
     } else if e.event.event_type == RETRACT_EVENT {
         if let Some(rec) = TakeRecord::parse(e) {
             let history: Vec<StoredEvent> = before.iter().chain(&log[..i]).cloned().collect();

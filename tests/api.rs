@@ -719,12 +719,20 @@ async fn a_badge_held_for_a_period_expires_in_the_entitlement_check_before_any_e
     assert_eq!((st, v["error"].as_str(), v["revocation"]["cause"].as_str()), (404, Some("expired"), Some("expired")), "{v}");
     let (_, doc) = api.get("/v1/users/cara").await;
     assert!(doc["badges"].as_array().unwrap().iter().all(|b| b["id"] != "fresh-login"), "{doc}");
+    // Connecting: the welcome leaves it out, and the expiry is recorded and pushed at once
+    // (as `revoked`, XP kept), without waiting for an event.
     let mut sock = s.connect("cara").await;
     assert!(sock.welcome["badges"].as_array().unwrap().iter().all(|b| b["id"] != "fresh-login"), "{}", sock.welcome);
-    // The next login sees the expiry (pushed as `revoked`, XP kept) and earns the badge anew.
-    api.ingest(vec![http_event("l-2", "cara", "login", json!({}))]).await;
     let m = sock.until("revoked").await.pop().unwrap();
     assert_eq!((m["badge"]["id"].as_str(), m["cause"].as_str(), m["xp"].as_u64()), (Some("fresh-login"), Some("expired"), Some(0)), "{m}");
+    assert_eq!(m["offset"].as_u64(), sock.welcome["offset"].as_u64().map(|o| o + 1), "{m}");
+    let (_, log) = api.get("/v1/users/cara/events").await;
+    assert_eq!(log["events"].as_array().unwrap().iter().filter(|e| e["event_type"] == "accolade.expire").count(), 1, "{log}");
+    // A second tab finds nothing more to expire.
+    let tab = s.connect("cara").await;
+    assert_eq!(tab.welcome["offset"], m["offset"], "{}", tab.welcome);
+    // The next login earns the badge anew: the login that earned it is spent.
+    api.ingest(vec![http_event("l-2", "cara", "login", json!({}))]).await;
     let m = sock.until("unlock").await.pop().unwrap();
     assert_eq!(m["badge"]["id"], "fresh-login");
     let (st, v) = api.get("/v1/users/cara/badges/fresh-login").await;

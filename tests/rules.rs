@@ -1484,6 +1484,15 @@ fn a_badge_valid_for_a_period_expires_unseen_and_is_earned_again() {
     // though no event has come to see it.
     assert!(matches!(holding(&u.st, "certified", T0 + 30 * DAY - 1), Holding::Held(_)));
     assert!(matches!(holding(&u.st, "certified", T0 + 30 * DAY), Holding::Expired { at, .. } if at == T0 + 30 * DAY));
+    // Seen when the user connects instead (an `accolade.expire` record), it is the same
+    // expiry, and a rebuild repeats it to the byte.
+    let mut connected = u.st.clone();
+    let fx = accolade::core::revoke::expire(&mut connected, T0 + 35 * DAY, "expire:2", &u.cat);
+    assert_eq!(revoked(&fx), [("certified".to_string(), RevokeCause::Expired, 0, 40, 1)]);
+    let mut rebuilt = u.st.clone();
+    let record = stored("expire:2", accolade::records::EXPIRE_EVENT, T0 + 35 * DAY - 1000, &[]);
+    accolade::replay::replay_record(&mut rebuilt, &[record], 0, &[], &u.cat);
+    assert_eq!(rebuilt, connected);
     // The next event, whatever it is, takes it at its own expiry time, XP kept.
     let fx = u.send("login", T0 + 40 * DAY, &[]);
     assert_eq!(revoked(&fx), [("certified".to_string(), RevokeCause::Expired, 0, 40, 1)]);

@@ -436,7 +436,7 @@ impl User {
             return;
         }
         match w {
-            Waiting::Attach(conn, since) => self.attach(conn, since).await,
+            Waiting::Attach(conn, since) => self.attach(myself, conn, since).await,
             Waiting::Query(q) => {
                 // The live state is not aligned to a new catalogue here (only by the next
                 // event), so that replaying the log rebuilds it exactly.
@@ -805,7 +805,7 @@ impl User {
         }
     }
 
-    async fn attach(&mut self, conn: Conn, since: Option<Since>) {
+    async fn attach(&mut self, myself: &ActorRef<UserMsg>, conn: Conn, since: Option<Since>) {
         if self.sockets.len() >= self.env.config.connections_per_user {
             // The error goes out first, then the close: dropping `conn` ends the session's queue.
             let _ = conn.tx.try_send(protocol::error("too_many_connections", "this user has too many open connections", None));
@@ -850,6 +850,26 @@ impl User {
             return;
         }
         self.sockets.add(conn);
+        self.expire_seen(myself, &cat);
+    }
+
+    /// A badge whose `valid_for` ran out since the user's last event: the welcome already left
+    /// it out, and now it is taken for good (an `accolade.expire` record) and pushed as
+    /// `revoked`, to this socket and the webhooks, instead of waiting for her next event.
+    fn expire_seen(&mut self, myself: &ActorRef<UserMsg>, cat: &Arc<Catalogue>) {
+        let now = now_ms();
+        if !self.st.badges.values().any(|r| r.expires_at.is_some_and(|at| at <= now)) {
+            return;
+        }
+        let id = format!("expire:{}", self.cur.seq + 1);
+        let mut next = self.st.clone();
+        let fx = crate::core::revoke::expire(&mut next, now, &id, cat);
+        if fx.is_empty() {
+            return;
+        }
+        self.st = next;
+        let plan = plan::expire(&planner!(self, cat), &mut self.cur, &self.st, &fx, id, now);
+        self.perform(myself, plan, vec![], vec![]);
     }
 
     fn maybe_passivate(&mut self, myself: &ActorRef<UserMsg>) {
