@@ -407,6 +407,7 @@ pub fn backfill(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], jo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::RevokeCause;
     use crate::store::TreeId;
 
     const T0: Millis = 1_772_452_800_000;
@@ -435,6 +436,10 @@ mod tests {
 
     fn unlock(badge: &str) -> Effect {
         Effect::Unlock { badge: badge.into(), count: 1, key: None, xp: 50, at: T0 }
+    }
+
+    fn revoked(badge: &str, cause: RevokeCause) -> Effect {
+        Effect::Revoked { badge: badge.into(), cause, reason: "r".into(), count: 1, xp: 50, total: 0, level: 1, at: T0 }
     }
 
     fn xp(delta: u64) -> Effect {
@@ -475,6 +480,20 @@ mod tests {
             assert_eq!(rec.pushes, plan.pushes.iter().map(|p| (p.offset, p.frame.to_string())).collect::<Vec<_>>(), "{what}: the record keeps its pushes");
             assert_eq!(plan.xp, fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum::<u64>(), "{what}");
         }
+    }
+
+    /// An expiry an event saw is pushed before what the event earned (it may earn the same
+    /// badge again), and kept in the event's record like its other pushes.
+    #[test]
+    fn an_expiry_seen_by_an_event_is_pushed_before_its_awards() {
+        let cat = Catalogue::demo();
+        let badge = cat.badges[0].id.to_string();
+        let fx = vec![Effect::Accepted { event_id: "e1".into() }, revoked(&badge, RevokeCause::Expired), xp(50), unlock(&badge)];
+        let mut cur = Cursor { seq: 3, offset: 5, snap_seq: 3 };
+        let plan = event(&planner(&cat), &mut cur, &UserState::new("t", "u"), &fx, ev("e1"), T0, &mut Throttle::new(Duration::ZERO), Instant::now());
+        assert_eq!(kinds(&plan), [("revoked", 6), ("xp", 7), ("unlock", 8)]);
+        assert_eq!((plan.revoked.clone(), plan.unlocks.clone()), (vec![badge.clone()], vec![badge]));
+        assert_eq!(stored(&plan).pushes.len(), 3);
     }
 
     /// A leaderboard score is written before the event, as the user's whole set of scores, and
@@ -529,6 +548,8 @@ mod tests {
         let start = Cursor { seq: 7, offset: 3, snap_seq: 7 };
         let goal_fx = vec![Effect::GoalCancelled { goal: "g".into() }];
         let award_fx = vec![xp(10), unlock(&badge)];
+        let revoke_id = format!("revoke:{badge}:8");
+        let take_rec = |target: &str| records::TakeRecord { target: target.into(), reason: "r".into(), claw_back: true };
         let rows: Vec<(&str, Plan, Vec<TreeId>, &str, &str, usize)> = vec![
             ("goal", goal(&p, &mut start.clone(), &st, &goal_fx, "g", &GoalOp::Cancel("g".into()), T0), vec![TreeId::Events], "goal:g:8", records::GOAL_EVENT, 0),
             (
@@ -550,6 +571,23 @@ mod tests {
                 2,
             ),
             (
+                "revocation through the API",
+                take(&p, &mut start.clone(), &st, &[revoked(&badge, RevokeCause::Api)], records::REVOKE_EVENT, &take_rec(&badge), record_id("revoke", &badge, &start), T0),
+                vec![TreeId::Events],
+                &revoke_id,
+                records::REVOKE_EVENT,
+                1,
+            ),
+            (
+                "retraction, with its snapshot",
+                take(&p, &mut start.clone(), &st, &[revoked(&badge, RevokeCause::Retracted), revoked("other", RevokeCause::Retracted)], records::RETRACT_EVENT, &take_rec("e1"), record_id("retract", "e1", &start), T0),
+                vec![TreeId::Events, TreeId::Users, TreeId::SnapSeq],
+                "retract:e1:8",
+                records::RETRACT_EVENT,
+                2,
+            ),
+            ("expiry seen on connecting", expire(&p, &mut start.clone(), &st, &[revoked(&badge, RevokeCause::Expired)], "expire:8".into(), T0), vec![TreeId::Events], "expire:8", records::EXPIRE_EVENT, 1),
+            (
                 "backfill, silent",
                 backfill(&p, &mut start.clone(), &st, &award_fx, 3, &BackfillRecord { badges: vec![], new_stats: vec![] }, false, T0),
                 vec![TreeId::Events, TreeId::Users, TreeId::SnapSeq],
@@ -563,6 +601,10 @@ mod tests {
             let rec = stored(&plan);
             if ty == records::DUPLICATE_EVENT {
                 assert_eq!(rec.event.payload, records::duplicate_payload("login"), "{what}");
+            }
+            if ty == records::REVOKE_EVENT || ty == records::RETRACT_EVENT {
+                assert_eq!(records::TakeRecord::parse(&rec).map(|r| r.claw_back), Some(true), "{what}: the record says what it took");
+                assert!(plan.pushes.iter().all(|p| p.kind == "revoked"), "{what}");
             }
             assert_eq!((rec.event.event_id.as_str(), rec.event.event_type.as_str(), rec.received_at), (id, ty, T0), "{what}");
             assert_eq!(rec.pushes.iter().map(|(o, _)| *o).collect::<Vec<_>>(), (4..4 + pushes as u64).collect::<Vec<_>>(), "{what}: pushes numbered from the next offset");

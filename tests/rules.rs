@@ -1450,8 +1450,12 @@ fn a_revoked_badge_is_gone_counted_once_and_earned_again_only_on_new_facts() {
     let before = u.st.clone();
     assert_eq!(revoke(&mut u.st, "three", "again", true, now + 1, "revoke:three:5", &u.cat), Ok(vec![]));
     assert_eq!(u.st, before);
-    // The answers that earned it are spent: three more right answers earn it again, not one.
+    // The answers that earned it are spent: three more right answers earn it again, not one,
+    // and "why not?" counts from the revocation.
+    let why = explain(&u, "three");
+    assert_eq!((why.owned, why.rule.current, why.rule.holds), (0, Some(0.0), false));
     assert_eq!(u.answer(T0 + 2 * HOUR, "a", true, 5.0), Vec::<String>::new());
+    assert_eq!(explain(&u, "three").rule.current, Some(1.0));
     assert_eq!(u.answer(T0 + 3 * HOUR, "a", false, 5.0), Vec::<String>::new());
     assert_eq!(u.answer(T0 + 4 * HOUR, "a", true, 5.0), Vec::<String>::new());
     assert_eq!(u.answer(T0 + 5 * HOUR, "a", true, 5.0), ["three"]);

@@ -88,11 +88,12 @@ pub fn progress(state: &UserState, cat: &Catalogue, now: Millis) -> Vec<BadgePro
         }
         // A badge taken away counts anew from its revocation: what counted before is spent.
         if let Some(base) = state.revoked.get(&b.id).and_then(|r| r.base)
-            && let (Some(current), Some(target)) = (rule.current, rule.target)
-            && matches!(b.cond, Cond::Metric { .. })
+            && let Cond::Metric { stat, .. } = &b.cond
+            && let Some(target) = rule.target
         {
-            let again = (current - base).max(0.0);
-            rule.current = Some(again);
+            // From the stat itself: the part's `current` stops at its target.
+            let again = (ex.value(*stat, None).1 - base).max(0.0);
+            rule.current = Some(again.min(target));
             rule.holds = again >= target;
         }
         let unavailable = if b.available_from.is_some_and(|f| now < f) {
