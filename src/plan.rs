@@ -377,6 +377,20 @@ pub fn expire(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], reco
     plan
 }
 
+/// The expiry index's write for `st` when its earliest badge expiry is not what the index
+/// holds (`indexed`, then updated), so that the expiry sweep finds a user whose badge runs
+/// out while she is away. The shell puts it before the change's log record: after a crash the
+/// index may run ahead of the log (the sweep then finds nothing due and sets it right), never
+/// behind it.
+pub fn expiry_index(tenant: &str, user: &str, st: &UserState, indexed: &mut Option<Millis>) -> Option<Write> {
+    let due = st.badges.values().filter_map(|r| r.expires_at).min();
+    if due == *indexed {
+        return None;
+    }
+    *indexed = due;
+    Some(store::writes::expiry(tenant, user, due))
+}
+
 /// How many badges backfill `job` has given this user, counting a visit before this one: a
 /// resumed job may visit a user again (its record is saved every half second, and at a
 /// graceful stop without the user it was still waiting on), and the badges it gave then are

@@ -63,8 +63,9 @@ pub fn system_record(t: &str) -> bool {
     t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT || t == REVOKE_EVENT || t == RETRACT_EVENT || t == EXPIRE_EVENT
 }
 
-/// The event type of the record of expiries seen when the user connected (no payload: every
-/// badge run out by the record's receive time goes). Its id is `expire:<seq>`.
+/// The event type of the record of expiries taken when the user connected or the expiry sweep
+/// visited (no payload: every badge run out by the record's receive time goes). Its id is
+/// `expire:<seq>`.
 pub const EXPIRE_EVENT: &str = "accolade.expire";
 
 /// The event type of a revocation through the API (`payload`: badge, reason, xp = claw_back

@@ -705,7 +705,8 @@ async fn a_retracted_event_takes_its_badges_away_and_only_the_backend_can_retrac
 #[tokio::test]
 async fn a_badge_held_for_a_period_expires_in_the_entitlement_check_before_any_event_sees_it() {
     let dir = tmp();
-    let s = TestServer::start(dir.path()).await;
+    // No expiry sweep during the test: what is checked is the expiry nobody has seen yet.
+    let s = TestServer::start_with(dir.path(), |c| c.expiry_tick_ms = 3_600_000).await;
     let api = Api::new(&s, DEMO_KEY);
     let (st, v) = api
         .call("PUT", "/v1/catalogue/badges/fresh-login", Some(&json!({ "name": "Fresh Login", "tier": "bronze", "xp": 5, "valid_for": "1m", "rule": { "kind": "count", "event": "login", "target": 1 } })))

@@ -697,3 +697,37 @@ async fn revocations_are_notified_signed_once_each_whatever_their_cause() {
     assert_eq!(finished.iter().filter(|k| **k == "revoked").count(), 2, "{log}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_expiry_nobody_sees_is_swept_pushed_to_the_history_and_notified_once() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| c.expiry_tick_ms = 50).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (rx, addr) = Receiver::start().await;
+    let (id, _) = create_hook(&api, &format!("http://{addr}/hook"), Some(json!(["revoked"]))).await;
+    let (st, v) = api
+        .call("PUT", "/v1/catalogue/badges/fresh-login", Some(&json!({ "name": "Fresh Login", "tier": "bronze", "valid_for": "1m", "rule": { "kind": "count", "event": "login", "target": 1 } })))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    // Earned by a login two minutes ago, run out a minute ago: no event and no socket follow,
+    // and the sweep takes it.
+    let two_min_ago = (chrono::Utc::now() - chrono::Duration::minutes(2)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    api.ingest(vec![json!({ "event_id": "l-1", "user_id": "idle", "event_type": "login", "occurred_at": two_min_ago })]).await;
+    let got = rx.wait("the expiry", |g| !g.is_empty()).await;
+    assert_eq!((got[0].json["type"].as_str(), got[0].json["data"]["badge"]["id"].as_str(), got[0].json["data"]["cause"].as_str()), (Some("revoked"), Some("fresh-login"), Some("expired")));
+    // Once: the index no longer names her, so later sweeps find nothing; her history has it.
+    let (_, log) = api.get("/v1/users/idle/events").await;
+    let expired: Vec<&Value> = log["events"].as_array().unwrap().iter().filter(|e| e["event_type"] == "accolade.expire").collect();
+    assert_eq!(expired.len(), 1, "{log}");
+    assert_eq!(expired[0]["pushes"][0]["type"], "revoked");
+    let seq = log["events"].as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap();
+    // Another login (after a few more sweeps have run) comes next in the log, nothing between.
+    api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["pending"].as_array().unwrap().is_empty()).await;
+    api.ingest(vec![http_event("l-2", "idle", "login", json!({}))]).await;
+    let (_, log) = api.get(&format!("/v1/users/idle/events?after={seq}")).await;
+    let after: Vec<&str> = log["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(after, ["login"], "{log}");
+    let (st, v) = api.get("/v1/users/idle/badges/fresh-login").await;
+    assert_eq!(st, 200, "the new login earns it again: {v}");
+    s.stop().await;
+}

@@ -139,10 +139,12 @@ pub enum TreeId {
     Hooks,
     Outbox,
     HookLog,
+    /// Each user's earliest badge expiry, for the expiry sweep: `tenant \0 user` -> i64 BE.
+    Expiries,
 }
 
 impl TreeId {
-    pub(super) const ALL: [TreeId; 14] = [
+    pub(super) const ALL: [TreeId; 15] = [
         TreeId::Users,
         TreeId::Events,
         TreeId::Dedup,
@@ -157,6 +159,7 @@ impl TreeId {
         TreeId::Hooks,
         TreeId::Outbox,
         TreeId::HookLog,
+        TreeId::Expiries,
     ];
 
     /// The tree's number where writes leave the process (cluster mode's changelog). Frozen:
@@ -260,11 +263,11 @@ mod tree_codes {
     #[test]
     fn tree_codes_are_frozen_and_round_trip() {
         // Changelogs in a cluster's JetStream name trees by these numbers: do not renumber.
-        assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code()), (0, 1, 2, 13));
-        for c in 0..14 {
+        assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code(), TreeId::Expiries.code()), (0, 1, 2, 13, 14));
+        for c in 0..15 {
             assert_eq!(TreeId::from_code(c).map(TreeId::code), Some(c));
         }
-        assert_eq!(TreeId::from_code(14), None);
+        assert_eq!(TreeId::from_code(15), None);
     }
 }
 

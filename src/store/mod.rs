@@ -143,6 +143,7 @@ pub struct Store {
     hooks: sled::Tree,
     outbox: sled::Tree,
     hooklog: sled::Tree,
+    expiries: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -182,6 +183,7 @@ impl Store {
             hooks: db.open_tree("hooks")?,
             outbox: db.open_tree("outbox")?,
             hooklog: db.open_tree("hooklog")?,
+            expiries: db.open_tree("expiries")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -214,6 +216,7 @@ impl Store {
                 self.hooks.clone(),
                 self.outbox.clone(),
                 self.hooklog.clone(),
+                self.expiries.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -568,11 +571,29 @@ impl Store {
     }
 
     /// The trees, in the order of `TreeId::ALL`.
-    fn trees(&self) -> [&sled::Tree; 14] {
+    fn trees(&self) -> [&sled::Tree; 15] {
         [
             &self.users, &self.events, &self.dedup, &self.snapseq, &self.catalogues, &self.dead, &self.jobs, &self.boards, &self.archive, &self.closed, &self.goals, &self.hooks,
-            &self.outbox, &self.hooklog,
+            &self.outbox, &self.hooklog, &self.expiries,
         ]
+    }
+
+    /// The users with a badge expiry due by `now`, from the expiry index: (tenant, user).
+    pub fn expiries_due(&self, now: crate::core::Millis) -> Result<Vec<(String, String)>, StoreError> {
+        self.readable()?;
+        let mut out = Vec::new();
+        for kv in self.expiries.iter() {
+            let (k, v) = kv?;
+            let due = i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            if due <= now {
+                // `tenant \0 user \0` (see `user_key`).
+                let mut parts = k.split(|&b| b == 0);
+                let tenant = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                out.push((tenant, user));
+            }
+        }
+        Ok(out)
     }
 
     /// The scores in the leaderboard records at `keys` (keys of the boards tree, as a

@@ -66,6 +66,8 @@ enum Delivery {
     Noticed(oneshot::Sender<Result<(), String>>),
     /// A revocation or retraction is durable.
     Taken(oneshot::Sender<Result<Taken, TakeError>>, Taken),
+    /// An expiry sweep's visit is durable.
+    Swept(oneshot::Sender<Result<(), String>>),
     /// The event is durable: count it as accepted (`accolade_events_total`). A job that
     /// fails counts its events as `storage_failed` instead.
     Accepted,
@@ -85,6 +87,7 @@ enum Waiting {
     Notice(NoticeMsg),
     Revoke(String, String, bool, oneshot::Sender<Result<Taken, TakeError>>),
     Retract(String, String, bool, oneshot::Sender<Result<Taken, TakeError>>),
+    Expire(oneshot::Sender<Result<(), String>>),
 }
 
 pub struct NoticeMsg {
@@ -152,6 +155,8 @@ pub struct User {
     waiting: Vec<Waiting>,
     last_activity: Instant,
     progress: plan::Throttle,
+    /// The earliest badge expiry the expiry index holds for this user.
+    due: Option<Millis>,
 }
 
 /// The push epoch of a user with nothing stored yet. It is the same every time, so a client
@@ -179,6 +184,9 @@ impl Actor for UserActor {
         // and catalogue version, which rebuilds exactly the state that was acknowledged.
         let r = tokio::task::spawn_blocking(move || crate::replay::restore(&*env.log, &env.catalogues, &t, &u)).await??;
         let (st, snap_seq) = (r.state, r.snap_seq);
+        // The index is written before the log record of every change, so it holds at least
+        // what the rebuilt state says (or an earlier time, which the sweep sets right).
+        let due = st.badges.values().filter_map(|b| b.expires_at).min();
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
         a.env.metrics.actors.inc();
@@ -198,6 +206,7 @@ impl Actor for UserActor {
             waiting: Vec::new(),
             last_activity: Instant::now(),
             progress: plan::Throttle::new(std::time::Duration::from_millis(throttle_ms)),
+            due,
         })
     }
 
@@ -239,6 +248,7 @@ impl Actor for UserActor {
             UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => Later::Run(Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })),
             UserMsg::Revoke { badge, reason, claw_back, reply } => Later::Run(Waiting::Revoke(badge, reason, claw_back, reply)),
             UserMsg::Retract { event_id, reason, claw_back, reply } => Later::Run(Waiting::Retract(event_id, reason, claw_back, reply)),
+            UserMsg::Expire { reply } => Later::Run(Waiting::Expire(reply)),
             UserMsg::Detach { conn_id } => {
                 u.sockets.remove(conn_id);
                 u.waiting.retain(|w| !matches!(w, Waiting::Attach(c, _) if c.id == conn_id));
@@ -422,8 +432,11 @@ impl User {
 
     /// Executes a plan: its writes as one job, and once they are durable `before`, the plan's
     /// pushes, then `after`.
-    fn perform(&mut self, myself: &ActorRef<UserMsg>, plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
+    fn perform(&mut self, myself: &ActorRef<UserMsg>, mut plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
         self.env.metrics.unlocks.inc_by(plan.unlocks.len() as u64);
+        if let Some(w) = plan::expiry_index(&self.tenant, &self.user, &self.st, &mut self.due) {
+            plan.writes.insert(0, w);
+        }
         before.extend(plan.pushes.into_iter().map(Delivery::Push));
         before.extend(after);
         self.enqueue(myself, plan.writes, before);
@@ -454,6 +467,10 @@ impl User {
             Waiting::Goal(op, reply) => self.goal(myself, op, reply),
             Waiting::Notice(n) => self.notice(myself, n),
             Waiting::Revoke(badge, reason, claw_back, reply) => self.revoke(myself, badge, reason, claw_back, reply),
+            Waiting::Expire(reply) => match self.env.catalogue(&self.tenant) {
+                Some(cat) => self.expire_seen(myself, &cat, Some(reply)),
+                None => drop(reply.send(Err("the tenant's catalogue is gone".into()))),
+            },
             Waiting::Retract(event_id, reason, claw_back, reply) => {
                 if let Err((reply, e)) = self.retract(myself, event_id, reason, claw_back, reply).await {
                     let _ = reply.send(Err(e));
@@ -795,6 +812,9 @@ impl User {
             Delivery::Taken(reply, taken) => {
                 let _ = reply.send(Ok(taken));
             }
+            Delivery::Swept(reply) => {
+                let _ = reply.send(Ok(()));
+            }
             Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
             Delivery::Board(key, entry, left) => {
                 if let Some(old) = left {
@@ -850,26 +870,31 @@ impl User {
             return;
         }
         self.sockets.add(conn);
-        self.expire_seen(myself, &cat);
+        self.expire_seen(myself, &cat, None);
     }
 
     /// A badge whose `valid_for` ran out since the user's last event: the welcome already left
     /// it out, and now it is taken for good (an `accolade.expire` record) and pushed as
     /// `revoked`, to this socket and the webhooks, instead of waiting for her next event.
-    fn expire_seen(&mut self, myself: &ActorRef<UserMsg>, cat: &Arc<Catalogue>) {
+    /// The expiry sweep's visit (`swept`) does the same, and answers once it is durable; when
+    /// nothing is due (the index ran ahead of the log after a crash) it sets the index right.
+    fn expire_seen(&mut self, myself: &ActorRef<UserMsg>, cat: &Arc<Catalogue>, swept: Option<oneshot::Sender<Result<(), String>>>) {
         let now = now_ms();
+        let after: Vec<Delivery> = swept.map(Delivery::Swept).into_iter().collect();
         if !self.st.badges.values().any(|r| r.expires_at.is_some_and(|at| at <= now)) {
+            if !after.is_empty() {
+                let due = self.st.badges.values().filter_map(|r| r.expires_at).min();
+                self.due = due;
+                self.enqueue(myself, vec![store::writes::expiry(&self.tenant, &self.user, due)], after);
+            }
             return;
         }
         let id = format!("expire:{}", self.cur.seq + 1);
         let mut next = self.st.clone();
         let fx = crate::core::revoke::expire(&mut next, now, &id, cat);
-        if fx.is_empty() {
-            return;
-        }
         self.st = next;
         let plan = plan::expire(&planner!(self, cat), &mut self.cur, &self.st, &fx, id, now);
-        self.perform(myself, plan, vec![], vec![]);
+        self.perform(myself, plan, vec![], after);
     }
 
     fn maybe_passivate(&mut self, myself: &ActorRef<UserMsg>) {
@@ -913,6 +938,7 @@ fn refuse(d: Delivery, why: &str) {
         Delivery::Goal(reply, _) => drop(reply.send(Err(why.to_string()))),
         Delivery::Noticed(reply) => drop(reply.send(Err(why.to_string()))),
         Delivery::Taken(reply, _) => drop(reply.send(Err(TakeError::Failed(why.to_string())))),
+        Delivery::Swept(reply) => drop(reply.send(Err(why.to_string()))),
         Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) => {}
     }
 }

@@ -146,6 +146,9 @@ pub enum UserMsg {
     /// Retract one of this user's events: its facts recomputed without it, and the badges it
     /// earned taken away. Replies once durable.
     Retract { event_id: String, reason: String, claw_back: bool, reply: oneshot::Sender<Result<Taken, TakeError>> },
+    /// The expiry sweep: take the badges run out by now (an `accolade.expire` record and its
+    /// pushes) and set the expiry index right. Replies once durable.
+    Expire { reply: oneshot::Sender<Result<(), String>> },
     Attach { conn: Conn, since: Option<Since> },
     Detach { conn_id: u64 },
     /// From the persister: every job up to `job` is on disk (or failed).
@@ -158,5 +161,5 @@ pub enum UserMsg {
 
 /// Messages the registry counts as in flight until the actor has handled them.
 pub(crate) fn counted(m: &UserMsg) -> bool {
-    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. } | UserMsg::Revoke { .. } | UserMsg::Retract { .. })
+    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. } | UserMsg::Revoke { .. } | UserMsg::Retract { .. } | UserMsg::Expire { .. })
 }
