@@ -28,8 +28,13 @@
 //!   still to be delivered to that endpoint. The user's actor writes it in the same batch as
 //!   the event that caused it; the endpoint's worker removes it once delivered or given up.
 //! - `hooklog`: same key -> how a delivery ended (delivered or failed), the newest kept.
+//! - `expiries`: user key -> the user's earliest badge expiry (big-endian i64), for the expiry
+//!   sweep; only users holding a badge with `valid_for` have one. Written by the actor before
+//!   the log record of the change that moved it.
 //!
-//! Every value starts with a format version byte so the encoding can evolve. Writes go through
+//! Every value starts with a format version byte so the encoding can evolve (the expiry
+//! index's bare number, read only here, aside). User snapshots are format 2; format 1 is read
+//! through `legacy.rs`. Writes go through
 //! the persister, which takes whatever has queued up as one batch, inserts it (a large batch
 //! on two threads, each user's jobs always on the same one) and then flushes once, so sled is
 //! flushed per batch, never per event. sled is a patched 0.34.7 (`vendor/sled`): its flush
