@@ -269,6 +269,27 @@ fn with_revocations(events: &[(Event, i64)], ops: &[(u8, bool)]) -> (Vec<accolad
             _ => {}
         }
         let Some(&(pick, claw_back)) = ops.get(i) else { continue };
+        if pick == 9 {
+            // A retraction of an earlier event of the user's, chosen by this step's place.
+            let facts: Vec<&accolade::store::StoredEvent> = log.iter().filter(|e| !accolade::records::system_record(&e.event.event_type)).collect();
+            if facts.is_empty() {
+                continue;
+            }
+            let target = facts[i % facts.len()].event.event_id.clone();
+            if accolade::records::retracted(&log).contains(&target) {
+                continue;
+            }
+            let id = format!("retract:{target}:{}", log.len() + 1);
+            let at = *now + 500;
+            let rec = TakeRecord { target, reason: "refunded".into(), claw_back };
+            accolade::replay::apply_retract(&mut st, &log, &rec, at, &id, cat);
+            let mut r = Event::new(&id, accolade::records::RETRACT_EVENT, at, &[]);
+            r.payload = rec.payload(accolade::records::RETRACT_EVENT);
+            r.user_id = "p".into();
+            r.tenant_id = "t".into();
+            log.push(accolade::store::StoredEvent { event: r, received_at: at, catalogue_version: cat.version, pushes: vec![] });
+            continue;
+        }
         if pick >= 4 || st.badges.is_empty() {
             continue;
         }
@@ -295,8 +316,9 @@ fn with_revocations(events: &[(Event, i64)], ops: &[(u8, bool)]) -> (Vec<accolad
 proptest! {
     #![proptest_config(ProptestConfig { cases: 120, ..ProptestConfig::default() })]
 
-    /// Revocations and expiries replay to the byte: the log of events and `accolade.revoke`
-    /// records, replayed as every rebuild does, gives the live state's bytes; a revocation sent
+    /// Revocations, expiries and retractions replay to the byte: the log of events and
+    /// `accolade.revoke` and `accolade.retract` records, replayed as every rebuild does, gives
+    /// the live state's bytes; a revocation sent
     /// again and an event sent again change nothing; XP changes only by awards (up) and
     /// revocations that take it back (down, by exactly what they say).
     #[test]
@@ -323,7 +345,10 @@ proptest! {
         let mut st = UserState::default();
         for i in 0..log.len() {
             let xp_before = st.xp;
-            let fx = if log[i].event.event_type == accolade::records::REVOKE_EVENT {
+            let fx = if log[i].event.event_type == accolade::records::RETRACT_EVENT {
+                let rec = accolade::records::TakeRecord::parse(&log[i]).unwrap();
+                accolade::replay::apply_retract(&mut st, &log[..i], &rec, log[i].received_at, &log[i].event.event_id, cat)
+            } else if log[i].event.event_type == accolade::records::REVOKE_EVENT {
                 let rec = accolade::records::TakeRecord::parse(&log[i]).unwrap();
                 accolade::core::revoke::revoke(&mut st, &rec.target, &rec.reason, rec.claw_back, log[i].received_at, &log[i].event.event_id, cat).unwrap()
             } else {
