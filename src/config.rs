@@ -174,6 +174,11 @@ pub struct Config {
     #[arg(global = true, long, default_value_t = 500)]
     pub goal_tick_ms: u64,
 
+    /// Milliseconds between expiry sweeps: a badge whose `valid_for` ran out while its user
+    /// was away is taken and pushed (and notified) then, not at her next event.
+    #[arg(global = true, long, default_value_t = 1000)]
+    pub expiry_tick_ms: u64,
+
     /// Milliseconds after a period's end before it is closed, so that events which arrived
     /// before the end and are still being written are in its final standings.
     #[arg(global = true, long, default_value_t = 2000)]

@@ -50,6 +50,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod expiries;
 pub mod goals;
 pub mod leaderboard;
 pub mod metrics;

@@ -50,6 +50,8 @@ pub struct Plan {
     /// Contributions to teams among the writes (the mail worker is woken once they are
     /// durable).
     pub mailed: usize,
+    /// The badges it took away.
+    pub revoked: Vec<String>,
 }
 
 /// The user's positions, advanced by every plan: the last log sequence number and push offset
@@ -222,6 +224,17 @@ impl Planner<'_> {
         }
     }
 
+    /// A `revoked` push for each badge `fx` takes away, numbered from the next offset.
+    fn revocations(&self, plan: &mut Plan, cur: &mut Cursor, fx: &[Effect], event_id: &str) {
+        for e in fx {
+            if let Effect::Revoked { badge, cause, reason, count, xp, total, level, at } = e {
+                let def = self.cat.badge(badge);
+                push(plan, cur, "revoked", |o| protocol::revoked(o, badge, def, cause.as_str(), reason, *count, *xp, *total, *level, *at, event_id));
+                plan.revoked.push(badge.to_string());
+            }
+        }
+    }
+
     /// The goal pushes for `fx`, and the goal records they change.
     fn goals(&self, plan: &mut Plan, cur: &mut Cursor, st: &UserState, fx: &[Effect], event_id: &str) {
         for e in fx {
@@ -263,7 +276,7 @@ pub fn snapshot(tenant: &str, user: &str, epoch: &str, cur: &mut Cursor, st: &Us
     // the state.
     let rec = RecordRef { state: st, seq: cur.seq, offset: cur.offset, epoch };
     cur.snap_seq = cur.seq;
-    store::writes::snapshot(tenant, user, cur.seq, store::encode(&rec))
+    store::writes::snapshot(tenant, user, cur.seq, store::encode_user(&rec))
 }
 
 /// Adds the push that `frame` builds at the next offset.
@@ -316,6 +329,8 @@ pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event
     let mut plan = Plan::default();
     let event_id = event.event_id.clone();
     cur.seq += 1;
+    // Expiries the event saw come first: the event may earn the same badge again.
+    p.revocations(&mut plan, cur, fx, &event_id);
     p.awards(&mut plan, cur, st, fx, &event_id);
     for e in fx {
         if let Effect::Progress { badge, current, target } = e
@@ -410,6 +425,58 @@ pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board
     plan
 }
 
+/// The id the next record of `kind` (`revoke` or `retract`) about `target` takes: its place
+/// in the log makes it unique. The core records it in the revocations it makes, before the
+/// plan writes the record.
+pub fn record_id(kind: &str, target: &str, cur: &Cursor) -> String {
+    format!("{kind}:{target}:{}", cur.seq + 1)
+}
+
+/// A revocation through the API or a retraction the core made (`fx`, non-empty): its record
+/// (`accolade.revoke` or `accolade.retract`, `t`), so every rebuild takes the same badges,
+/// and a `revoked` push for each badge taken. A retraction's record goes with a snapshot, as a
+/// backfill's does, since repeating it replays the user's whole log twice.
+#[allow(clippy::too_many_arguments)]
+pub fn take(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], t: &'static str, rec: &records::TakeRecord, record_id: String, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    cur.seq += 1;
+    p.revocations(&mut plan, cur, fx, &record_id);
+    let event = p.system(record_id, t, "api", now, rec.payload(t));
+    plan.writes = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
+    if t == records::RETRACT_EVENT || cur.seq - cur.snap_seq >= p.snapshot_every {
+        plan.writes.extend(p.snapshot(cur, st));
+    }
+    plan
+}
+
+/// Expiries the core took when the user connected (`fx`, non-empty): their
+/// `accolade.expire` record and a `revoked` push for each.
+pub fn expire(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], record_id: String, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    cur.seq += 1;
+    p.revocations(&mut plan, cur, fx, &record_id);
+    let event = p.system(record_id, records::EXPIRE_EVENT, "expiry", now, vec![]);
+    plan.writes = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
+    if cur.seq - cur.snap_seq >= p.snapshot_every {
+        plan.writes.extend(p.snapshot(cur, st));
+    }
+    plan
+}
+
+/// The expiry index's write for `st` when its earliest badge expiry is not what the index
+/// holds (`indexed`, then updated), so that the expiry sweep finds a user whose badge runs
+/// out while she is away. The shell puts it before the change's log record: after a crash the
+/// index may run ahead of the log (the sweep then finds nothing due and sets it right), never
+/// behind it.
+pub fn expiry_index(tenant: &str, user: &str, st: &UserState, indexed: &mut Option<Millis>) -> Option<Write> {
+    let due = st.badges.values().filter_map(|r| r.expires_at).min();
+    if due == *indexed {
+        return None;
+    }
+    *indexed = due;
+    Some(store::writes::expiry(tenant, user, due))
+}
+
 /// How many badges backfill `job` has given this user, counting a visit before this one: a
 /// resumed job may visit a user again (its record is saved every half second, and at a
 /// graceful stop without the user it was still waiting on), and the badges it gave then are
@@ -440,6 +507,7 @@ pub fn backfill(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], jo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::RevokeCause;
     use crate::store::TreeId;
 
     const T0: Millis = 1_772_452_800_000;
@@ -468,6 +536,10 @@ mod tests {
 
     fn unlock(badge: &str) -> Effect {
         Effect::Unlock { badge: badge.into(), count: 1, key: None, xp: 50, at: T0 }
+    }
+
+    fn revoked(badge: &str, cause: RevokeCause) -> Effect {
+        Effect::Revoked { badge: badge.into(), cause, reason: "r".into(), count: 1, xp: 50, total: 0, level: 1, at: T0 }
     }
 
     fn xp(delta: u64) -> Effect {
@@ -508,6 +580,20 @@ mod tests {
             assert_eq!(rec.pushes, plan.pushes.iter().map(|p| (p.offset, p.frame.to_string())).collect::<Vec<_>>(), "{what}: the record keeps its pushes");
             assert_eq!(plan.xp, fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum::<u64>(), "{what}");
         }
+    }
+
+    /// An expiry an event saw is pushed before what the event earned (it may earn the same
+    /// badge again), and kept in the event's record like its other pushes.
+    #[test]
+    fn an_expiry_seen_by_an_event_is_pushed_before_its_awards() {
+        let cat = Catalogue::demo();
+        let badge = cat.badges[0].id.to_string();
+        let fx = vec![Effect::Accepted { event_id: "e1".into() }, revoked(&badge, RevokeCause::Expired), xp(50), unlock(&badge)];
+        let mut cur = Cursor { seq: 3, offset: 5, snap_seq: 3 };
+        let plan = event(&planner(&cat), &mut cur, &UserState::new("t", "u"), &fx, ev("e1"), T0, &mut Throttle::new(Duration::ZERO), Instant::now());
+        assert_eq!(kinds(&plan), [("revoked", 6), ("xp", 7), ("unlock", 8)]);
+        assert_eq!((plan.revoked.clone(), plan.unlocks.clone()), (vec![badge.clone()], vec![badge]));
+        assert_eq!(stored(&plan).pushes.len(), 3);
     }
 
     /// A leaderboard score is written before the event, as the user's whole set of scores, and
@@ -562,6 +648,8 @@ mod tests {
         let start = Cursor { seq: 7, offset: 3, snap_seq: 7 };
         let goal_fx = vec![Effect::GoalCancelled { goal: "g".into() }];
         let award_fx = vec![xp(10), unlock(&badge)];
+        let revoke_id = format!("revoke:{badge}:8");
+        let take_rec = |target: &str| records::TakeRecord { target: target.into(), reason: "r".into(), claw_back: true };
         let rows: Vec<(&str, Plan, Vec<TreeId>, &str, &str, usize)> = vec![
             ("goal", goal(&p, &mut start.clone(), &st, &goal_fx, "g", &GoalOp::Cancel("g".into()), T0), vec![TreeId::Events], "goal:g:8", records::GOAL_EVENT, 0),
             (
@@ -583,6 +671,23 @@ mod tests {
                 2,
             ),
             (
+                "revocation through the API",
+                take(&p, &mut start.clone(), &st, &[revoked(&badge, RevokeCause::Api)], records::REVOKE_EVENT, &take_rec(&badge), record_id("revoke", &badge, &start), T0),
+                vec![TreeId::Events],
+                &revoke_id,
+                records::REVOKE_EVENT,
+                1,
+            ),
+            (
+                "retraction, with its snapshot",
+                take(&p, &mut start.clone(), &st, &[revoked(&badge, RevokeCause::Retracted), revoked("other", RevokeCause::Retracted)], records::RETRACT_EVENT, &take_rec("e1"), record_id("retract", "e1", &start), T0),
+                vec![TreeId::Events, TreeId::Users, TreeId::SnapSeq],
+                "retract:e1:8",
+                records::RETRACT_EVENT,
+                2,
+            ),
+            ("expiry seen on connecting", expire(&p, &mut start.clone(), &st, &[revoked(&badge, RevokeCause::Expired)], "expire:8".into(), T0), vec![TreeId::Events], "expire:8", records::EXPIRE_EVENT, 1),
+            (
                 "backfill, silent",
                 backfill(&p, &mut start.clone(), &st, &award_fx, 3, &BackfillRecord { badges: vec![], new_stats: vec![] }, false, T0),
                 vec![TreeId::Events, TreeId::Users, TreeId::SnapSeq],
@@ -597,6 +702,10 @@ mod tests {
             if ty == records::DUPLICATE_EVENT {
                 assert_eq!(rec.event.payload, records::duplicate_payload("login"), "{what}");
             }
+            if ty == records::REVOKE_EVENT || ty == records::RETRACT_EVENT {
+                assert_eq!(records::TakeRecord::parse(&rec).map(|r| r.claw_back), Some(true), "{what}: the record says what it took");
+                assert!(plan.pushes.iter().all(|p| p.kind == "revoked"), "{what}");
+            }
             assert_eq!((rec.event.event_id.as_str(), rec.event.event_type.as_str(), rec.received_at), (id, ty, T0), "{what}");
             assert_eq!(rec.pushes.iter().map(|(o, _)| *o).collect::<Vec<_>>(), (4..4 + pushes as u64).collect::<Vec<_>>(), "{what}: pushes numbered from the next offset");
             match &plan.writes[0] {
@@ -609,7 +718,7 @@ mod tests {
     #[test]
     fn a_backfill_counts_the_badges_it_gave_on_an_earlier_visit_and_this_one() {
         let mut owned = UserState::new("t", "u");
-        let by = |event_id: String| crate::core::BadgeRecord { awarded_at: T0, count: 1, version: 1, keys: vec![], event_id };
+        let by = |event_id: String| crate::core::BadgeRecord { awarded_at: T0, count: 1, version: 1, keys: vec![], event_id, expires_at: None };
         owned.badges.insert("a".into(), by(records::backfill_id(7)));
         owned.badges.insert("b".into(), by("e1".into()));
         owned.badges.insert("c".into(), by(records::backfill_id(6)));

@@ -216,14 +216,20 @@ pub fn badge_json(b: &BadgeDef) -> serde_json::Value {
     serde_json::to_value(BadgeOut::from(b)).expect("a badge of plain fields always encodes")
 }
 
-pub fn welcome(st: &UserState, cat: &Catalogue, epoch: &str, offset: u64, recovered: bool) -> Frame {
+/// The welcome: who, where in the push stream, and what the user holds at `now` (a badge
+/// whose `valid_for` ran out is left out even before an event has seen it expire).
+pub fn welcome(st: &UserState, cat: &Catalogue, epoch: &str, offset: u64, recovered: bool, now: Millis) -> Frame {
     let badges: Vec<serde_json::Value> = st
         .badges
         .iter()
+        .filter(|(_, rec)| rec.expires_at.is_none_or(|at| at > now))
         .map(|(id, rec)| {
             let mut b = cat.badge(id).map(badge_json).unwrap_or_else(|| json!({ "id": id, "name": id, "tier": "bronze" }));
             b["count"] = json!(rec.count);
             b["at"] = json!(rfc3339(rec.awarded_at));
+            if let Some(at) = rec.expires_at {
+                b["expires_at"] = json!(rfc3339(at));
+            }
             b
         })
         .collect();
@@ -294,6 +300,19 @@ pub fn unlock(offset: u64, b: &BadgeDef, count: u32, key: Option<&str>, xp: u64,
         xp: u64,
     }
     encode(&Unlock { at: rfc3339(at), badge: b.into(), count, event_id, key, offset, r#type: "unlock", xp })
+}
+
+/// A badge was taken away: through the API (`cause` = `api`), because its `valid_for` ran
+/// out (`expired`) or because an event behind it was retracted (`retracted`). `xp` is what
+/// was taken back with it, `total` and `level` the user's after that. `badge` is shown as the
+/// catalogue has it (a badge no longer in the catalogue by its id alone).
+#[allow(clippy::too_many_arguments)]
+pub fn revoked(offset: u64, badge: &str, def: Option<&BadgeDef>, cause: &str, reason: &str, count: u32, xp: u64, total: u64, level: u32, at: Millis, event_id: &str) -> Frame {
+    let b = def.map(badge_json).unwrap_or_else(|| json!({ "id": badge, "name": badge }));
+    frame(json!({
+        "type": "revoked", "offset": offset, "badge": b, "cause": cause, "reason": reason, "count": count,
+        "xp": xp, "total": total, "level": level.max(1), "at": rfc3339(at), "event_id": event_id,
+    }))
 }
 
 pub fn progress(offset: u64, badge: &str, current: f64, target: f64) -> Frame {

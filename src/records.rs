@@ -1,6 +1,7 @@
 //! The log records the server makes for a user itself, beside the user's own events: goal
 //! operations, notices to a goal's assigner, leaderboard period awards, backfill steps,
-//! duplicates by fingerprint and a team's unlocks told to its members.
+//! duplicates by fingerprint, a team's unlocks told to its members, revocations, expiries seen
+//! on connecting and retractions.
 //! Their event types (which no catalogue can declare, so no client can send them) and their
 //! payloads, written by the plan (`plan.rs`) and read back by every rebuild (`replay.rs`).
 
@@ -86,7 +87,48 @@ pub fn goal_op(ev: &StoredEvent) -> Option<GoalOp> {
 
 /// Log records that are not the user's own events, which a from-scratch replay leaves out.
 pub fn system_record(t: &str) -> bool {
-    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT || t == TEAM_UNLOCK_EVENT
+    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT || t == TEAM_UNLOCK_EVENT || t == REVOKE_EVENT || t == RETRACT_EVENT || t == EXPIRE_EVENT
+}
+
+/// The event type of the record of expiries taken when the user connected or the expiry sweep
+/// visited (no payload: every badge run out by the record's receive time goes). Its id is
+/// `expire:<seq>`.
+pub const EXPIRE_EVENT: &str = "accolade.expire";
+
+/// The event type of a revocation through the API (`payload`: badge, reason, xp = claw_back
+/// or keep). Its id is `revoke:<badge>:<seq>`, found by its place in the log.
+pub const REVOKE_EVENT: &str = "accolade.revoke";
+/// The event type of a retraction (`payload`: event = the retracted event's id, reason, xp).
+/// Its id is `retract:<event>:<seq>`. Every from-scratch replay after it leaves that event out.
+pub const RETRACT_EVENT: &str = "accolade.retract";
+
+/// What a revocation or retraction record says. `target` is the badge or the event id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakeRecord {
+    pub target: String,
+    pub reason: String,
+    pub claw_back: bool,
+}
+
+impl TakeRecord {
+    /// The payload of a record of type `t` (`REVOKE_EVENT` names a badge, `RETRACT_EVENT` an
+    /// event).
+    pub fn payload(&self, t: &str) -> Vec<(String, Value)> {
+        let name = if t == RETRACT_EVENT { "event" } else { "badge" };
+        let xp = if self.claw_back { "claw_back" } else { "keep" };
+        vec![(name.into(), Value::Str(self.target.as_str().into())), ("reason".into(), Value::Str(self.reason.as_str().into())), ("xp".into(), Value::Str(xp.into()))]
+    }
+
+    pub fn parse(ev: &StoredEvent) -> Option<TakeRecord> {
+        let text = |k: &str| ev.event.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None });
+        let name = if ev.event.event_type == RETRACT_EVENT { "event" } else { "badge" };
+        Some(TakeRecord { target: text(name)?, reason: text("reason").unwrap_or_default(), claw_back: text("xp").as_deref() == Some("claw_back") })
+    }
+}
+
+/// The ids of the events retracted by the records in `log`.
+pub fn retracted(log: &[StoredEvent]) -> std::collections::HashSet<String> {
+    log.iter().filter(|e| e.event.event_type == RETRACT_EVENT).filter_map(TakeRecord::parse).map(|r| r.target).collect()
 }
 
 /// The event type of a leaderboard award's log record (`payload`: board, period, rank).

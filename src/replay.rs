@@ -4,12 +4,13 @@
 //! compares with the stored snapshot.
 //!
 //! Each logged event is replayed with the catalogue version it was judged by, and a backfill's
-//! log record is replayed by running the same backfill again, so a rebuild repeats history
+//! log record is replayed by running the same backfill again (a retraction's, by replaying the
+//! facts before it with and without the retracted event again), so a rebuild repeats history
 //! exactly.
 
 use crate::catalogues::Catalogues;
 use crate::core::{self, Catalogue, UserState};
-use crate::records::{award_args, goal_op, system_record, BackfillRecord, GoalOp, BACKFILL_EVENT, DUPLICATE_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT, TEAM_UNLOCK_EVENT};
+use crate::records::{award_args, goal_op, retracted, system_record, BackfillRecord, GoalOp, TakeRecord, BACKFILL_EVENT, DUPLICATE_EVENT, EXPIRE_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT, RETRACT_EVENT, REVOKE_EVENT, TEAM_UNLOCK_EVENT};
 use crate::store::{EventLog, Store, StoreError, StoredEvent};
 use serde::Serialize;
 use std::sync::Arc;
@@ -34,13 +35,37 @@ fn judged_by(cats: &Catalogues, tenant: &str, user: &str, version: u64, current:
 }
 
 /// The state a user would have if `cat` had always been in force: the log replayed from
-/// scratch under it (backfill records skipped, since they only repeat what this computes).
+/// scratch under it. The events retracted by a record in `log` are left out; revocations
+/// through the API are repeated (a badge taken is earned again only on new facts, and that
+/// must hold here too); the server's other records are skipped, since they only repeat what
+/// this computes or are not the user's facts.
 pub fn from_scratch(tenant: &str, user: &str, log: &[StoredEvent], cat: &Catalogue) -> UserState {
+    let gone = retracted(log);
     let mut st = UserState::new(tenant, user);
-    for e in log.iter().filter(|e| !system_record(&e.event.event_type)) {
-        core::apply(&mut st, &e.event, e.received_at, cat);
+    for e in log {
+        if e.event.event_type == REVOKE_EVENT {
+            if let Some(rec) = TakeRecord::parse(e) {
+                let _ = core::revoke::revoke(&mut st, &rec.target, &rec.reason, rec.claw_back, e.received_at, &e.event.event_id, cat);
+            }
+        } else if !system_record(&e.event.event_type) && !gone.contains(&e.event.event_id) {
+            core::apply(&mut st, &e.event, e.received_at, cat);
+        }
     }
     st
+}
+
+/// The user's facts with and without the event `event_id`, replayed from scratch under `cat`
+/// (`history` is the whole log before the retraction): what a retraction compares.
+pub fn with_and_without(tenant: &str, user: &str, history: &[StoredEvent], event_id: &str, cat: &Catalogue) -> (UserState, UserState) {
+    let with = from_scratch(tenant, user, history, cat);
+    let rest: Vec<StoredEvent> = history.iter().filter(|e| e.event.event_id != event_id || system_record(&e.event.event_type)).cloned().collect();
+    (with, from_scratch(tenant, user, &rest, cat))
+}
+
+/// Applies a retraction record to `st` (see `core::revoke::retract`).
+pub fn apply_retract(st: &mut UserState, history: &[StoredEvent], rec: &TakeRecord, now: crate::core::Millis, record_id: &str, cat: &Catalogue) -> Vec<core::Effect> {
+    let (with, without) = with_and_without(&st.tenant_id, &st.user_id, history, &rec.target, cat);
+    core::revoke::retract(st, &with, &without, &rec.reason, rec.claw_back, now, record_id, cat)
 }
 
 /// Replays `log` onto `st` the way it happened. `before` is the whole log before `log`'s first
@@ -49,25 +74,44 @@ pub fn replay_onto(st: &mut UserState, cats: &Catalogues, tenant: &str, user: &s
     let Some(current) = cats.current(tenant) else { return };
     for (i, e) in log.iter().enumerate() {
         let Some(cat) = judged_by(cats, tenant, user, e.catalogue_version, &current) else { continue };
-        if e.event.event_type == BACKFILL_EVENT {
-            let rec = BackfillRecord::parse(e);
-            let history: Vec<StoredEvent> = before.iter().chain(&log[..i]).cloned().collect();
-            let replayed = from_scratch(tenant, user, &history, &cat);
-            core::backfill(st, &replayed, &rec.badges, &rec.new_stats, e.received_at, &e.event.event_id, &cat);
-        } else if e.event.event_type == LEADERBOARD_EVENT {
-            let (board, period, rank) = award_args(e);
-            core::award_rank(st, &board, &period, rank, e.received_at, &e.event.event_id, &cat);
-        } else if e.event.event_type == GOAL_EVENT {
-            if let Some(op) = goal_op(e) {
-                let _ = apply_goal(st, op, e.received_at, &cat);
-            }
-        } else if e.event.event_type == NOTICE_EVENT || e.event.event_type == TEAM_UNLOCK_EVENT {
-            // Pushes only.
-        } else if e.event.event_type == DUPLICATE_EVENT {
-            core::remember_id(st, &e.event.event_id, &cat);
-        } else {
-            core::apply(st, &e.event, e.received_at, &cat);
+        replay_record(st, log, i, before, &cat);
+    }
+}
+
+/// Replays record `i` of `log` onto `st` under `cat`, the catalogue it was judged by: a
+/// client event through `apply`, each of the server's own records through what made it.
+pub fn replay_record(st: &mut UserState, log: &[StoredEvent], i: usize, before: &[StoredEvent], cat: &Catalogue) {
+    let e = &log[i];
+    let (tenant, user) = (&e.event.tenant_id, &e.event.user_id);
+    if e.event.event_type == BACKFILL_EVENT {
+        let rec = BackfillRecord::parse(e);
+        let history: Vec<StoredEvent> = before.iter().chain(&log[..i]).cloned().collect();
+        let replayed = from_scratch(tenant, user, &history, cat);
+        core::backfill(st, &replayed, &rec.badges, &rec.new_stats, e.received_at, &e.event.event_id, cat);
+    } else if e.event.event_type == LEADERBOARD_EVENT {
+        let (board, period, rank) = award_args(e);
+        core::award_rank(st, &board, &period, rank, e.received_at, &e.event.event_id, cat);
+    } else if e.event.event_type == GOAL_EVENT {
+        if let Some(op) = goal_op(e) {
+            let _ = apply_goal(st, op, e.received_at, cat);
         }
+    } else if e.event.event_type == NOTICE_EVENT || e.event.event_type == TEAM_UNLOCK_EVENT {
+        // Pushes only.
+    } else if e.event.event_type == DUPLICATE_EVENT {
+        core::remember_id(st, &e.event.event_id, cat);
+    } else if e.event.event_type == REVOKE_EVENT {
+        if let Some(rec) = TakeRecord::parse(e) {
+            let _ = core::revoke::revoke(st, &rec.target, &rec.reason, rec.claw_back, e.received_at, &e.event.event_id, cat);
+        }
+    } else if e.event.event_type == EXPIRE_EVENT {
+        core::revoke::expire(st, e.received_at, &e.event.event_id, cat);
+    } else if e.event.event_type == RETRACT_EVENT {
+        if let Some(rec) = TakeRecord::parse(e) {
+            let history: Vec<StoredEvent> = before.iter().chain(&log[..i]).cloned().collect();
+            apply_retract(st, &history, &rec, e.received_at, &e.event.event_id, cat);
+        }
+    } else {
+        core::apply(st, &e.event, e.received_at, cat);
     }
 }
 
@@ -90,7 +134,7 @@ pub fn restore(log: &dyn EventLog, cats: &Catalogues, tenant: &str, user: &str) 
     };
     // A backfill writes its snapshot with its record, so its record is normally not in the tail;
     // if it is, replaying it needs the log before it.
-    let before: Vec<StoredEvent> = if loaded.tail.iter().any(|e| e.event.event_type == BACKFILL_EVENT) {
+    let before: Vec<StoredEvent> = if loaded.tail.iter().any(|e| e.event.event_type == BACKFILL_EVENT || e.event.event_type == RETRACT_EVENT) {
         log.events_after(tenant, user, 0, usize::MAX)?.into_iter().take_while(|(seq, _)| *seq <= snap_seq).map(|(_, e)| e).collect()
     } else {
         Vec::new()
@@ -164,6 +208,9 @@ fn describe_difference(stored: &UserState, rebuilt: &UserState) -> String {
     }
     if stored.rings != rebuilt.rings {
         parts.push("action cache differs".into());
+    }
+    if stored.revoked != rebuilt.revoked {
+        parts.push(format!("revocations stored {:?} rebuilt {:?}", stored.revoked.keys().collect::<Vec<_>>(), rebuilt.revoked.keys().collect::<Vec<_>>()));
     }
     if parts.is_empty() {
         parts.push("other fields differ".into());

@@ -200,6 +200,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     };
     let closer = tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe()));
     let goals = tokio::spawn(crate::goals::run(shared.store.clone(), shared.users.clone(), shared.cluster.clone(), Duration::from_millis(c.goal_tick_ms.max(10)), shared.shutdown.subscribe()));
+    let expiries = tokio::spawn(crate::expiries::run(shared.store.clone(), shared.users.clone(), shared.cluster.clone(), Duration::from_millis(c.expiry_tick_ms.max(10)), shared.shutdown.subscribe()));
     // A cluster node's endpoints are the cluster's, followed from its bucket (`ownership.rs`).
     let hooks = if shared.cluster.is_none() { shared.webhooks.start().await? } else { 0 };
     if hooks > 0 {
@@ -229,6 +230,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     let _ = sweeper.await;
     let _ = closer.await;
     let _ = goals.await;
+    let _ = expiries.await;
     shared.webhooks.stop_all().await;
     // Backfill jobs store where they are; they need the actors, which stop next.
     let _ = tokio::time::timeout(grace, shared.backfills.stopped()).await;

@@ -578,3 +578,169 @@ async fn ids_of_each_kind_count_from_one_and_go_on_after_a_restart() {
     s.stop().await;
 }
 
+
+/// A revocation's and a retraction's errors: each a status and a code a backend can branch on.
+async fn refused(api: &Api, path: &str, body: Value) -> (u16, String, String) {
+    let (st, v) = api.call("POST", path, Some(&body)).await;
+    (st, v["error"].as_str().unwrap_or_default().to_string(), v["message"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn a_badge_revoked_through_the_api_is_pushed_once_and_gone_from_the_entitlement_check() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), two_tenants).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let r = api.ingest(vec![video("v-1", "alice", 1200)]).await;
+    assert_eq!(r["results"][0]["unlocks"], json!(["act-one-scene-one", "nice-listener"]), "{r}");
+    let (_, before) = api.get("/v1/users/alice").await;
+    let xp = before["xp"].as_u64().unwrap();
+    let mut sock = s.connect("alice").await;
+
+    let (st, v) = api.call("POST", "/v1/users/alice/badges/nice-listener/revoke", Some(&json!({ "reason": "shared account", "xp": "claw_back" }))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["status"].as_str(), v["revocation"]["cause"].as_str(), v["revocation"]["reason"].as_str()), (Some("revoked"), Some("api"), Some("shared account")));
+    assert_eq!((v["revocation"]["xp"].as_u64(), v["xp"].as_u64()), (Some(50), Some(xp - 50)), "{v}");
+    // The open socket is told.
+    let m = sock.until("revoked").await.pop().unwrap();
+    assert_eq!((m["badge"]["id"].as_str(), m["badge"]["name"].as_str(), m["cause"].as_str(), m["reason"].as_str()), (Some("nice-listener"), Some("Nice Listener"), Some("api"), Some("shared account")));
+    assert_eq!((m["xp"].as_u64(), m["total"].as_u64()), (Some(50), Some(xp - 50)), "{m}");
+    // The entitlement check says it is gone, why, and since when.
+    let (st, v) = api.get("/v1/users/alice/badges/nice-listener").await;
+    assert_eq!((st, v["error"].as_str(), v["revocation"]["reason"].as_str()), (404, Some("revoked"), Some("shared account")), "{v}");
+    let (_, doc) = api.get("/v1/users/alice").await;
+    assert!(doc["badges"].as_array().unwrap().iter().all(|b| b["id"] != "nice-listener"), "{doc}");
+    assert_eq!(doc["revoked"][0]["badge"], "nice-listener", "{doc}");
+    // Sent again it changes nothing: one record in the log, one push.
+    let (st, v) = api.call("POST", "/v1/users/alice/badges/nice-listener/revoke", Some(&json!({ "reason": "shared account", "xp": "claw_back" }))).await;
+    assert_eq!((st, v["status"].as_str(), v["xp"].as_u64()), (200, Some("already_revoked"), Some(xp - 50)), "{v}");
+    let (_, log) = api.get("/v1/users/alice/events").await;
+    let records: Vec<&Value> = log["events"].as_array().unwrap().iter().filter(|e| e["event_type"] == "accolade.revoke").collect();
+    assert_eq!(records.len(), 1, "{log}");
+    assert_eq!(records[0]["pushes"][0]["type"], "revoked");
+    // XP kept when asked: the other badge goes, the XP stays.
+    let (st, v) = api.call("POST", "/v1/users/alice/badges/act-one-scene-one/revoke", Some(&json!({ "reason": "test run", "xp": "keep" }))).await;
+    assert_eq!((st, v["xp"].as_u64(), v["revocation"]["xp"].as_u64()), (200, Some(xp - 50), Some(0)), "{v}");
+
+    // Every mistake a backend can make, each with its own answer.
+    let ok = json!({ "reason": "r", "xp": "keep" });
+    let cases = [
+        ("/v1/users/nobody/badges/nice-listener/revoke", ok.clone(), 404, "user_not_found", "nobody"),
+        ("/v1/users/alice/badges/no-such-badge/revoke", ok.clone(), 404, "unknown_badge", "no such badge"),
+        ("/v1/users/alice/badges/magellan/revoke", ok.clone(), 404, "not_owned", "never held"),
+        ("/v1/users/alice/badges/nice-listener/revoke", json!({ "xp": "keep" }), 400, "invalid_body", "reason"),
+        ("/v1/users/alice/badges/nice-listener/revoke", json!({ "reason": "r" }), 400, "invalid_body", "xp"),
+        ("/v1/users/alice/badges/nice-listener/revoke", json!({ "reason": "r", "xp": "maybe" }), 400, "invalid_body", "claw_back"),
+        ("/v1/users/alice/badges/nice-listener/revoke", json!({ "reason": "  ", "xp": "keep" }), 400, "invalid_body", "reason"),
+        ("/v1/users/alice/badges/nice-listener/revoke", json!({ "reason": "r", "xp": "keep", "force": true }), 400, "invalid_body", "force"),
+    ];
+    for (path, body, status, code, says) in cases {
+        let (st, c, m) = refused(&api, path, body.clone()).await;
+        assert_eq!((st, c.as_str()), (status, code), "{path} {body}: {m}");
+        assert!(m.contains(says), "{path} {body}: {m}");
+    }
+    let (st, v) = api.raw("POST", "/v1/users/alice/badges/nice-listener/revoke", b"{not json".to_vec()).await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("invalid_body")), "{v}");
+    // Another tenant's key cannot reach alice.
+    let (st, v) = api.with_key(Some(ACME_KEY)).call("POST", "/v1/users/alice/badges/act-one-scene-one/revoke", Some(&ok)).await;
+    assert_eq!((st, v["error"].as_str()), (404, Some("user_not_found")), "{v}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_retracted_event_takes_its_badges_away_and_only_the_backend_can_retract() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    api.ingest(vec![video("v-1", "bob", 1200), http_event("l-1", "bob", "login", json!({}))]).await;
+    let mut sock = s.connect("bob").await;
+    let (st, v) = api.call("POST", "/v1/users/bob/retractions", Some(&json!({ "event_id": "v-1", "reason": "watched by a bot", "xp": "claw_back" }))).await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("retracted")), "{v}");
+    let gone: Vec<&str> = v["revoked"].as_array().unwrap().iter().map(|r| r["badge"].as_str().unwrap()).collect();
+    assert_eq!(gone, ["act-one-scene-one", "nice-listener"], "{v}");
+    assert!(v["revoked"].as_array().unwrap().iter().all(|r| r["cause"] == "retracted" && r["xp"] == 50), "{v}");
+    let pushed: Vec<Value> = vec![sock.until("revoked").await.pop().unwrap(), sock.until("revoked").await.pop().unwrap()];
+    assert!(pushed.iter().all(|m| m["cause"] == "retracted" && m["reason"] == "watched by a bot"), "{pushed:?}");
+    let (st, v) = api.get("/v1/users/bob/badges/act-one-scene-one").await;
+    assert_eq!((st, v["error"].as_str(), v["revocation"]["cause"].as_str()), (404, Some("revoked"), Some("retracted")), "{v}");
+    // The video's seconds are gone from the stats: a new 20-minute video earns the badge again.
+    let r = api.ingest(vec![video("v-2", "bob", 1200)]).await;
+    assert_eq!(r["results"][0]["unlocks"], json!(["act-one-scene-one", "nice-listener"]), "{r}");
+    // Sent again: counted once.
+    let (st, v) = api.call("POST", "/v1/users/bob/retractions", Some(&json!({ "event_id": "v-1", "reason": "again", "xp": "claw_back" }))).await;
+    assert_eq!((st, v["status"].as_str(), v["revoked"].as_array().map(Vec::len)), (200, Some("already_retracted"), Some(0)), "{v}");
+    // Its id stays used: the event sent again is a duplicate, not a way back.
+    let r = api.ingest(vec![video("v-1", "bob", 1200)]).await;
+    assert_eq!(r["results"][0]["status"], "duplicate", "{r}");
+
+    let cases = [
+        ("/v1/users/nobody/retractions", json!({ "event_id": "v-1", "reason": "r", "xp": "keep" }), 404, "user_not_found"),
+        ("/v1/users/bob/retractions", json!({ "event_id": "never-sent", "reason": "r", "xp": "keep" }), 404, "unknown_event"),
+        ("/v1/users/bob/retractions", json!({ "event_id": "l-1-of-someone-else", "reason": "r", "xp": "keep" }), 404, "unknown_event"),
+        ("/v1/users/bob/retractions", json!({ "reason": "r", "xp": "keep" }), 400, "invalid_body"),
+        ("/v1/users/bob/retractions", json!({ "event_id": "", "reason": "r", "xp": "keep" }), 400, "invalid_body"),
+        ("/v1/users/bob/retractions", json!({ "event_id": "l-1", "reason": "", "xp": "keep" }), 400, "invalid_body"),
+        ("/v1/users/bob/retractions", json!({ "event_id": "l-1", "reason": "r", "xp": "all" }), 400, "invalid_body"),
+    ];
+    for (path, body, status, code) in cases {
+        let (st, c, m) = refused(&api, path, body.clone()).await;
+        assert_eq!((st, c.as_str()), (status, code), "{path} {body}: {m}");
+    }
+    // A record the server made is not the user's event.
+    let (_, log) = api.get("/v1/users/bob/events").await;
+    let record = log["events"].as_array().unwrap().iter().find(|e| e["event_type"] == "accolade.retract").unwrap()["event_id"].as_str().unwrap().to_string();
+    let (st, c, _) = refused(&api, "/v1/users/bob/retractions", json!({ "event_id": record, "reason": "r", "xp": "keep" })).await;
+    assert_eq!((st, c.as_str()), (404, "unknown_event"));
+    // A player cannot retract: not over the socket, not as an event of the reserved type.
+    sock.send(&json!({ "type": "retract", "event_id": "l-1" })).await;
+    let m = sock.until("error").await.pop().unwrap();
+    assert_eq!(m["code"], "invalid_message", "{m}");
+    sock.send(&event("x-1", "accolade.retract", json!({ "event": "l-1", "reason": "r", "xp": "keep" }))).await;
+    let m = sock.until("error").await.pop().unwrap();
+    assert_eq!(m["code"], "invalid_event", "{m}");
+    let r = api.ingest(vec![http_event("x-2", "bob", "accolade.retract", json!({ "event": "l-1" }))]).await;
+    assert_eq!(r["results"][0]["code"], "unknown_event_type", "{r}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_badge_held_for_a_period_expires_in_the_entitlement_check_before_any_event_sees_it() {
+    let dir = tmp();
+    // No expiry sweep during the test: what is checked is the expiry nobody has seen yet.
+    let s = TestServer::start_with(dir.path(), |c| c.expiry_tick_ms = 3_600_000).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (st, v) = api
+        .call("PUT", "/v1/catalogue/badges/fresh-login", Some(&json!({ "name": "Fresh Login", "tier": "bronze", "xp": 5, "valid_for": "1m", "rule": { "kind": "count", "event": "login", "target": 1 } })))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    // Logged in three minutes ago: held for a minute from then, so already run out.
+    let three_min_ago = (chrono::Utc::now() - chrono::Duration::minutes(3)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let r = api.ingest(vec![json!({ "event_id": "l-1", "user_id": "cara", "event_type": "login", "occurred_at": three_min_ago })]).await;
+    assert!(r["results"][0]["unlocks"].as_array().unwrap().contains(&json!("fresh-login")), "{r}");
+    let (st, v) = api.get("/v1/users/cara/badges/fresh-login").await;
+    assert_eq!((st, v["error"].as_str(), v["revocation"]["cause"].as_str()), (404, Some("expired"), Some("expired")), "{v}");
+    let (_, doc) = api.get("/v1/users/cara").await;
+    assert!(doc["badges"].as_array().unwrap().iter().all(|b| b["id"] != "fresh-login"), "{doc}");
+    // Connecting: the welcome leaves it out, and the expiry is recorded and pushed at once
+    // (as `revoked`, XP kept), without waiting for an event.
+    let mut sock = s.connect("cara").await;
+    assert!(sock.welcome["badges"].as_array().unwrap().iter().all(|b| b["id"] != "fresh-login"), "{}", sock.welcome);
+    let m = sock.until("revoked").await.pop().unwrap();
+    assert_eq!((m["badge"]["id"].as_str(), m["cause"].as_str(), m["xp"].as_u64()), (Some("fresh-login"), Some("expired"), Some(0)), "{m}");
+    assert_eq!(m["offset"].as_u64(), sock.welcome["offset"].as_u64().map(|o| o + 1), "{m}");
+    let (_, log) = api.get("/v1/users/cara/events").await;
+    assert_eq!(log["events"].as_array().unwrap().iter().filter(|e| e["event_type"] == "accolade.expire").count(), 1, "{log}");
+    // A second tab finds nothing more to expire.
+    let tab = s.connect("cara").await;
+    assert_eq!(tab.welcome["offset"], m["offset"], "{}", tab.welcome);
+    // The next login earns the badge anew: the login that earned it is spent.
+    api.ingest(vec![http_event("l-2", "cara", "login", json!({}))]).await;
+    let m = sock.until("unlock").await.pop().unwrap();
+    assert_eq!(m["badge"]["id"], "fresh-login");
+    let (st, v) = api.get("/v1/users/cara/badges/fresh-login").await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["expires_at"].as_str().is_some(), "{v}");
+    // A catalogue that gives `valid_for` wrongly is refused, naming the field.
+    let (st, v) = api.call("PUT", "/v1/catalogue/badges/forever", Some(&json!({ "name": "F", "tier": "bronze", "valid_for": "a while", "rule": { "kind": "count", "event": "login", "target": 1 } }))).await;
+    assert_eq!((st, v["error"].as_str(), v["field"].as_str()), (422, Some("invalid_catalogue"), Some("valid_for")), "{v}");
+    s.stop().await;
+}

@@ -147,3 +147,84 @@ amount = 10
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("0 differences"), "{text}");
 }
+
+#[tokio::test]
+async fn revocations_expiries_and_retractions_replay_with_no_difference() {
+    let dir = tmp();
+    let file = dir.path().join("catalogue.toml");
+    std::fs::write(
+        &file,
+        r#"
+version = 1
+[settings]
+late_bound = "24h"
+[event_types."article.read"]
+client = true
+fields = { article = "string" }
+[event_types."login"]
+client = true
+[levels]
+thresholds = [0, 20, 60]
+[[badges]]
+id = "reader"
+name = "Reader"
+tier = "bronze"
+xp = 30
+rule = { kind = "count", event = "article.read", distinct = "article", target = 2 }
+[[badges]]
+id = "fresh"
+name = "Fresh"
+tier = "bronze"
+xp = 5
+valid_for = "10m"
+rule = { kind = "count", event = "login", target = 1 }
+"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let ago = |minutes: i64| (chrono::Utc::now() - chrono::Duration::minutes(minutes)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let ev = |id: &str, ty: &str, at: String, payload: Value| json!({ "event_id": id, "user_id": "kim", "event_type": ty, "occurred_at": at, "payload": payload });
+    let read = |id: &str, article: &str| ev(id, "article.read", ago(0), json!({ "article": article }));
+
+    let mut server = start_with(&data, port, &["--catalogue", file.to_str().unwrap()]).await;
+    let api = Api::demo_at(port);
+    // A login a quarter of an hour ago earns `fresh`, which ran out five minutes ago: the next
+    // event sees that, and the next login earns it again.
+    api.ingest(vec![ev("l-1", "login", ago(15), json!({})), read("r-1", "a1"), read("r-2", "a2"), ev("l-2", "login", ago(0), json!({}))]).await;
+    let (_, log) = api.get("/v1/users/kim/events").await;
+    let pushed = |id: &str| -> Vec<String> {
+        let e = log["events"].as_array().unwrap().iter().find(|e| e["event_id"] == id).unwrap();
+        e["pushes"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap().to_string()).collect()
+    };
+    // Taken once, by the next event or by the expiry sweep, whichever came first.
+    let revoked: Vec<&Value> = log["events"].as_array().unwrap().iter().flat_map(|e| e["pushes"].as_array().unwrap()).filter(|p| p["type"] == "revoked").collect();
+    assert_eq!(revoked.len(), 1, "{log}");
+    assert_eq!((revoked[0]["badge"]["id"].as_str(), revoked[0]["cause"].as_str()), (Some("fresh"), Some("expired")));
+    assert!(pushed("l-2").contains(&"unlock".to_string()), "{log}");
+    let (st, v) = api.call("POST", "/v1/users/kim/badges/reader/revoke", Some(&json!({ "reason": "bot", "xp": "claw_back" }))).await;
+    assert_eq!((st, v["status"].as_str(), v["level"].as_u64()), (200, Some("revoked"), Some(1)), "{v}");
+    let (st, v) = api.call("POST", "/v1/users/kim/badges/reader/revoke", Some(&json!({ "reason": "bot", "xp": "claw_back" }))).await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("already_revoked")), "{v}");
+    api.ingest(vec![read("r-3", "a3"), read("r-4", "a4")]).await;
+    let (_, v) = api.get("/v1/users/kim/badges/reader").await;
+    assert_eq!(v["id"], "reader", "two new articles earn it again: {v}");
+    let (st, v) = api.call("POST", "/v1/users/kim/retractions", Some(&json!({ "event_id": "r-4", "reason": "refund", "xp": "claw_back" }))).await;
+    assert_eq!((st, v["status"].as_str(), v["revoked"][0]["badge"].as_str()), (200, Some("retracted"), Some("reader")), "{v}");
+    api.ingest(vec![read("r-5", "a5")]).await;
+    server.kill9();
+
+    // After the kill, the restarted server holds what it showed.
+    let mut server = start_with(&data, port, &["--catalogue", file.to_str().unwrap()]).await;
+    let (_, doc) = api.get("/v1/users/kim").await;
+    let held: Vec<&str> = doc["badges"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(held, ["fresh", "reader"], "{doc}");
+    let (st, _) = api.call("POST", "/v1/users/kim/badges/fresh/revoke", Some(&json!({ "reason": "last one", "xp": "keep" }))).await;
+    assert_eq!(st, 200);
+    server.kill9();
+
+    // The log alone rebuilds what the server holds.
+    let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(["replay", "--data-dir", data.to_str().unwrap()]).env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("0 differences"), "{text}");
+}

@@ -1470,3 +1470,185 @@ fn team_catalogue_errors_name_the_field() {
     let e = Catalogue::parse(&format!("{clash}\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), Format::Toml).unwrap_err().to_string();
     assert!(e.starts_with("event type `article.read`: field `fields.member`: a catalogue with teams adds this field"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Revocation, expiry and retraction (issue 23, item 6)
+// ---------------------------------------------------------------------------------------------
+
+use accolade::core::revoke::{holding, revoke, Holding, RevokeRefused};
+use accolade::core::RevokeCause;
+
+/// The badges `fx` takes away: (badge, cause, XP taken back, XP and level after).
+fn revoked(fx: &[Effect]) -> Vec<(String, RevokeCause, u64, u64, u32)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Revoked { badge, cause, xp, total, level, .. } => Some((badge.to_string(), *cause, *xp, *total, *level)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_revoked_badge_is_gone_counted_once_and_earned_again_only_on_new_facts() {
+    let cat = catalogue(&format!(
+        "{}{}",
+        badge("three", "xp = 150", r#"{ kind = "count", event = "problem.answered", when = { correct = true }, target = 3 }"#),
+        badge("marathon", "xp = 20", r#"{ kind = "sum", event = "video.watched", field = "seconds", target = 600 }"#),
+    ));
+    let mut u = User::new(cat);
+    assert_eq!(u.answer(T0, "a", true, 5.0), Vec::<String>::new());
+    u.answer(T0 + MIN, "a", true, 5.0);
+    assert_eq!(u.answer(T0 + 2 * MIN, "a", true, 5.0), ["three"]);
+    assert_eq!((u.st.xp, u.st.level), (150, 2));
+    let now = T0 + HOUR;
+    // Taken with its XP: the level follows the XP down.
+    let fx = revoke(&mut u.st, "three", "answers copied", true, now, "revoke:three:4", &u.cat).unwrap();
+    assert_eq!(revoked(&fx), [("three".to_string(), RevokeCause::Api, 150, 0, 1)]);
+    assert_eq!((u.st.xp, u.st.level), (0, 1));
+    match holding(&u.st, "three", now) {
+        Holding::Revoked(r) => assert_eq!((r.at, r.reason.as_str(), r.count, r.xp, r.event_id.as_str()), (now, "answers copied", 1, 150, "revoke:three:4")),
+        other => panic!("{other:?}"),
+    }
+    // Asked again it changes nothing: one revocation, counted once.
+    let before = u.st.clone();
+    assert_eq!(revoke(&mut u.st, "three", "again", true, now + 1, "revoke:three:5", &u.cat), Ok(vec![]));
+    assert_eq!(u.st, before);
+    // The answers that earned it are spent: three more right answers earn it again, not one,
+    // and "why not?" counts from the revocation.
+    let why = explain(&u, "three");
+    assert_eq!((why.owned, why.rule.current, why.rule.holds), (0, Some(0.0), false));
+    assert_eq!(u.answer(T0 + 2 * HOUR, "a", true, 5.0), Vec::<String>::new());
+    assert_eq!(explain(&u, "three").rule.current, Some(1.0));
+    assert_eq!(u.answer(T0 + 3 * HOUR, "a", false, 5.0), Vec::<String>::new());
+    assert_eq!(u.answer(T0 + 4 * HOUR, "a", true, 5.0), Vec::<String>::new());
+    assert_eq!(u.answer(T0 + 5 * HOUR, "a", true, 5.0), ["three"]);
+    assert!(matches!(holding(&u.st, "three", T0 + 5 * HOUR), Holding::Held(_)));
+    // XP kept when the caller says so; a badge never held and one the catalogue lacks are
+    // refused.
+    u.watch(T0 + 6 * HOUR, "p", "v", 700.0);
+    let xp = u.st.xp;
+    let fx = revoke(&mut u.st, "marathon", "test account", false, T0 + 7 * HOUR, "revoke:marathon:9", &u.cat).unwrap();
+    assert_eq!(revoked(&fx), [("marathon".to_string(), RevokeCause::Api, 0, xp, u.st.level)]);
+    assert_eq!(u.st.xp, xp);
+    let mut fresh = User::new(u.cat.clone());
+    fresh.answer(T0, "a", true, 5.0);
+    assert_eq!(revoke(&mut fresh.st, "three", "r", true, T0, "x", &fresh.cat), Err(RevokeRefused::NeverHeld));
+    assert_eq!(revoke(&mut fresh.st, "ghost", "r", true, T0, "x", &fresh.cat), Err(RevokeRefused::UnknownBadge));
+}
+
+#[test]
+fn a_badge_valid_for_a_period_expires_unseen_and_is_earned_again() {
+    let cat = catalogue(&format!(
+        "{}{}",
+        badge("certified", "xp = 40\nvalid_for = \"30d\"", r#"{ kind = "count", event = "exercise.proficient", target = 1 }"#),
+        badge("regular", "valid_for = \"7d\"", r#"{ kind = "window", within = "1d", require = [ { event = "login", count = 2 } ] }"#),
+    ));
+    let mut u = User::new(cat);
+    let fx = u.send("exercise.proficient", T0, &[("exercise", s("algebra"))]);
+    assert_eq!(unlocks(&fx), ["certified"]);
+    assert_eq!(u.st.badges["certified"].expires_at, Some(T0 + 30 * DAY));
+    // The entitlement at a moment: held up to the last millisecond, expired from then on,
+    // though no event has come to see it.
+    assert!(matches!(holding(&u.st, "certified", T0 + 30 * DAY - 1), Holding::Held(_)));
+    assert!(matches!(holding(&u.st, "certified", T0 + 30 * DAY), Holding::Expired { at, .. } if at == T0 + 30 * DAY));
+    // Seen when the user connects instead (an `accolade.expire` record), it is the same
+    // expiry, and a rebuild repeats it to the byte.
+    let mut connected = u.st.clone();
+    let fx = accolade::core::revoke::expire(&mut connected, T0 + 35 * DAY, "expire:2", &u.cat);
+    assert_eq!(revoked(&fx), [("certified".to_string(), RevokeCause::Expired, 0, 40, 1)]);
+    let mut rebuilt = u.st.clone();
+    let record = stored("expire:2", accolade::records::EXPIRE_EVENT, T0 + 35 * DAY - 1000, &[]);
+    accolade::replay::replay_record(&mut rebuilt, &[record], 0, &[], &u.cat);
+    assert_eq!(rebuilt, connected);
+    // The next event, whatever it is, takes it at its own expiry time, XP kept.
+    let fx = u.send("login", T0 + 40 * DAY, &[]);
+    assert_eq!(revoked(&fx), [("certified".to_string(), RevokeCause::Expired, 0, 40, 1)]);
+    assert!(matches!(&fx[1], Effect::Revoked { at, .. } if *at == T0 + 30 * DAY), "{fx:?}");
+    assert!(matches!(holding(&u.st, "certified", T0 + 40 * DAY), Holding::Revoked(r) if r.cause == RevokeCause::Expired));
+    // Earned again by a new proficiency, and held for 30 days from that one.
+    let fx = u.send("exercise.proficient", T0 + 41 * DAY, &[("exercise", s("algebra"))]);
+    assert_eq!(unlocks(&fx), ["certified"]);
+    assert_eq!(u.st.badges["certified"].expires_at, Some(T0 + 71 * DAY));
+    assert_eq!(u.st.xp, 80);
+    // A window rule: held a week, then earned again only by two logins within a day.
+    u.send("login", T0 + 50 * DAY, &[]);
+    assert_eq!(unlocks(&u.send("login", T0 + 50 * DAY + HOUR, &[])), ["regular"]);
+    let fx = u.send("login", T0 + 58 * DAY, &[]);
+    assert_eq!(revoked(&fx).iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["regular"]);
+    assert!(unlocks(&fx).is_empty(), "one login in a day does not hold: {fx:?}");
+    assert_eq!(unlocks(&u.send("login", T0 + 58 * DAY + HOUR, &[])), ["regular"]);
+}
+
+#[test]
+fn valid_for_errors_name_the_field() {
+    let table = [
+        (badge("soon", "valid_for = \"soon\"", r#"{ kind = "count", event = "login", target = 1 }"#), "not a duration"),
+        (badge("blink", "valid_for = \"10s\"", r#"{ kind = "count", event = "login", target = 1 }"#), "too short"),
+        (badge("keyed", "valid_for = \"30d\"\nper_key = \"exercise\"", r#"{ kind = "count", event = "exercise.proficient", target = 1 }"#), "per_key"),
+        (badge("old-timer", "valid_for = \"30d\"", r#"{ kind = "tenure", days = 30 }"#), "never stops holding"),
+        (badge("levelled", "valid_for = \"30d\"", r#"{ kind = "level", at_least = 2 }"#), "never stops holding"),
+    ];
+    for (doc, detail) in table {
+        let id = doc.split('"').nth(1).unwrap().to_string();
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        let prefix = format!("badge `{id}`: field `valid_for`");
+        assert!(e.starts_with(&prefix) && e.contains(detail), "got: {e}\nwant: {prefix} … {detail}");
+    }
+    // Counts, sums and rules that can stop holding take it.
+    for rule in [
+        r#"{ kind = "sum", event = "video.watched", field = "seconds", target = 600 }"#,
+        r#"{ kind = "streak", event = "problem.answered", when = { correct = true }, target = 3 }"#,
+        r#"{ kind = "window", within = "7d", require = [ { event = "login", count = 3 } ] }"#,
+    ] {
+        catalogue(&badge("ok", "valid_for = \"365d\"", rule));
+    }
+}
+
+/// One stored event of user alice, received a second after it happened.
+fn stored(id: &str, ty: &str, at: Millis, payload: &[(&str, Value)]) -> accolade::store::StoredEvent {
+    let mut e = Event::new(id, ty, at, payload);
+    e.user_id = "alice".into();
+    e.tenant_id = "demo".into();
+    accolade::store::StoredEvent { event: e, received_at: at + 1000, catalogue_version: 1, pushes: vec![] }
+}
+
+#[test]
+fn a_retracted_event_takes_back_what_it_earned_and_only_that() {
+    let cat = catalogue(&format!(
+        "{}{}{}",
+        badge("three", "xp = 30", r#"{ kind = "count", event = "problem.answered", when = { correct = true }, target = 3 }"#),
+        badge("listener", "", r#"{ kind = "sum", event = "video.watched", field = "seconds", target = 600 }"#),
+        badge("regular", "", r#"{ kind = "badge", id = "three" }"#),
+    ));
+    let right = |id: &str, at: Millis| stored(id, "problem.answered", at, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(5.0))]);
+    let mut log = vec![right("e1", T0), right("e2", T0 + MIN), stored("e3", "video.watched", T0 + 2 * MIN, &[("video", s("v")), ("playlist", s("p")), ("seconds", n(700.0))]), right("e4", T0 + 3 * MIN)];
+    let mut st = UserState::default();
+    for e in &log {
+        apply(&mut st, &e.event, e.received_at, &cat);
+    }
+    assert_eq!(st.badges.keys().cloned().collect::<Vec<_>>(), ["listener", "regular", "three"]);
+    let now = T0 + HOUR;
+    // Retracting a right answer: the count is recomputed (2), and the badges it earned, the
+    // one that needed it included, fall away; the video's badge stays.
+    let rec = accolade::records::TakeRecord { target: "e2".into(), reason: "refunded".into(), claw_back: true };
+    let fx = accolade::replay::apply_retract(&mut st, &log, &rec, now, "retract:e2:5", &cat);
+    let fallen: Vec<(String, RevokeCause)> = revoked(&fx).into_iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(fallen, [("regular".to_string(), RevokeCause::Retracted), ("three".to_string(), RevokeCause::Retracted)]);
+    assert_eq!(st.xp, 0, "the XP of `three` went with it");
+    assert!(matches!(holding(&st, "listener", now), Holding::Held(_)));
+    // Every later replay leaves the event out, and one more right answer earns `three` again
+    // (the facts left are the truth: nothing is counted anew after a retraction).
+    let mut record = stored("retract:e2:5", accolade::records::RETRACT_EVENT, now, &[]);
+    record.event.payload = rec.payload(accolade::records::RETRACT_EVENT);
+    log.push(record);
+    let e5 = right("e5", T0 + 2 * HOUR);
+    let fx = apply(&mut st, &e5.event, e5.received_at, &cat);
+    assert_eq!(unlocks(&fx), ["three", "regular"]);
+    // Retracting the video takes its badge, and its seconds, XP kept as asked.
+    let log2 = [log.clone(), vec![e5]].concat();
+    let rec = accolade::records::TakeRecord { target: "e3".into(), reason: "duplicate upload".into(), claw_back: false };
+    let fx = accolade::replay::apply_retract(&mut st, &log2, &rec, now, "retract:e3:7", &cat);
+    assert_eq!(revoked(&fx).iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["listener"]);
+    let sum = st.stats.iter().map(|(_, v)| v.metric(None)).collect::<Vec<_>>();
+    assert!(sum.contains(&0.0) && !sum.contains(&700.0), "the video's seconds are gone: {sum:?}");
+}

@@ -664,3 +664,70 @@ async fn the_receiver_recipes_take_a_genuine_delivery_once_and_refuse_tampered_s
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn revocations_are_notified_signed_once_each_whatever_their_cause() {
+    let dir = tmp();
+    let s = TestServer::start(dir.path()).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (rx, addr) = Receiver::start().await;
+    // Made after `revoked` existed, with every kind by default; another only for unlocks.
+    let (id, secret) = create_hook(&api, &format!("http://{addr}/hook"), None).await;
+    let (rx2, addr2) = Receiver::start().await;
+    create_hook(&api, &format!("http://{addr2}/hook"), Some(json!(["unlock"]))).await;
+    api.ingest(vec![http_event("v-1", "rae", "video.watched", json!({ "video": "v1", "playlist": "algebra", "seconds": 1200 }))]).await;
+    let (st, _) = api.call("POST", "/v1/users/rae/badges/nice-listener/revoke", Some(&json!({ "reason": "shared account", "xp": "claw_back" }))).await;
+    assert_eq!(st, 200);
+    // Asked again: nothing more to notify.
+    let (st, _) = api.call("POST", "/v1/users/rae/badges/nice-listener/revoke", Some(&json!({ "reason": "shared account", "xp": "claw_back" }))).await;
+    assert_eq!(st, 200);
+    let (st, _) = api.call("POST", "/v1/users/rae/retractions", Some(&json!({ "event_id": "v-1", "reason": "bot", "xp": "keep" }))).await;
+    assert_eq!(st, 200);
+    let got = rx.wait("two revocations", |g| kinds(g).iter().filter(|k| *k == "revoked").count() >= 2).await;
+    let revoked: Vec<&Got> = got.iter().filter(|g| g.json["type"] == "revoked").collect();
+    let what: Vec<(&str, &str, &str)> = revoked.iter().map(|g| (g.json["data"]["badge"]["id"].as_str().unwrap(), g.json["data"]["cause"].as_str().unwrap(), g.json["data"]["reason"].as_str().unwrap())).collect();
+    assert_eq!(what, [("nice-listener", "api", "shared account"), ("act-one-scene-one", "retracted", "bot")]);
+    assert!(revoked.iter().all(|g| verify(&secret, g) && g.headers["accolade-event"] == "revoked" && g.json["user_id"] == "rae"));
+    // The unlock-only endpoint got the unlocks and nothing else.
+    let only = rx2.wait("the unlocks", |g| g.len() >= 2).await;
+    assert!(kinds(&only).iter().all(|k| k == "unlock"), "{:?}", kinds(&only));
+    // Once nothing waits in the outbox, there were two, not three: the repeat made none.
+    let log = api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["pending"].as_array().unwrap().is_empty()).await;
+    let finished: Vec<&str> = log["finished"].as_array().unwrap().iter().filter_map(|d| d["type"].as_str()).collect();
+    assert_eq!(finished.iter().filter(|k| **k == "revoked").count(), 2, "{log}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_expiry_nobody_sees_is_swept_pushed_to_the_history_and_notified_once() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| c.expiry_tick_ms = 50).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (rx, addr) = Receiver::start().await;
+    let (id, _) = create_hook(&api, &format!("http://{addr}/hook"), Some(json!(["revoked"]))).await;
+    let (st, v) = api
+        .call("PUT", "/v1/catalogue/badges/fresh-login", Some(&json!({ "name": "Fresh Login", "tier": "bronze", "valid_for": "1m", "rule": { "kind": "count", "event": "login", "target": 1 } })))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    // Earned by a login two minutes ago, run out a minute ago: no event and no socket follow,
+    // and the sweep takes it.
+    let two_min_ago = (chrono::Utc::now() - chrono::Duration::minutes(2)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    api.ingest(vec![json!({ "event_id": "l-1", "user_id": "idle", "event_type": "login", "occurred_at": two_min_ago })]).await;
+    let got = rx.wait("the expiry", |g| !g.is_empty()).await;
+    assert_eq!((got[0].json["type"].as_str(), got[0].json["data"]["badge"]["id"].as_str(), got[0].json["data"]["cause"].as_str()), (Some("revoked"), Some("fresh-login"), Some("expired")));
+    // Once: the index no longer names her, so later sweeps find nothing; her history has it.
+    let (_, log) = api.get("/v1/users/idle/events").await;
+    let expired: Vec<&Value> = log["events"].as_array().unwrap().iter().filter(|e| e["event_type"] == "accolade.expire").collect();
+    assert_eq!(expired.len(), 1, "{log}");
+    assert_eq!(expired[0]["pushes"][0]["type"], "revoked");
+    let seq = log["events"].as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap();
+    // Another login (after a few more sweeps have run) comes next in the log, nothing between.
+    api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["pending"].as_array().unwrap().is_empty()).await;
+    api.ingest(vec![http_event("l-2", "idle", "login", json!({}))]).await;
+    let (_, log) = api.get(&format!("/v1/users/idle/events?after={seq}")).await;
+    let after: Vec<&str> = log["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(after, ["login"], "{log}");
+    let (st, v) = api.get("/v1/users/idle/badges/fresh-login").await;
+    assert_eq!(st, 200, "the new login earns it again: {v}");
+    s.stop().await;
+}

@@ -174,6 +174,15 @@ function connect(player) {
     log(`unlocked ${m.badge.name}`);
     renderShelf();
   });
+  client.on("revoked", (m) => {
+    // Taken away (by the backend, expired, or its event retracted): off the shelf, XP as told.
+    state.owned.delete(m.badge.id);
+    state.xp = m.total;
+    state.level = m.level;
+    renderXp();
+    renderShelf();
+    log(`${m.badge.name} taken away (${m.cause}: ${m.reason})`);
+  });
   client.on("progress", (m) => {
     state.progress.set(m.badge, m);
     renderShelf();

@@ -32,6 +32,8 @@ export interface OwnedBadge {
   count: number;
   /** When it was (last) earned, RFC 3339. */
   at: string;
+  /** For a badge held for a period (`valid_for`): when it stops being held, RFC 3339. */
+  expires_at?: string;
 }
 
 /** Where the client is in the user's push stream: sent as `since` in `hello` to resume. */
@@ -121,6 +123,27 @@ export interface UnlockMessage {
   key: string | null;
   /** The XP the badge gave. */
   xp: number;
+  at: string;
+  event_id: string;
+}
+
+/** A badge was taken away: remove it from what the user is shown as holding. */
+export interface RevokedMessage {
+  type: "revoked";
+  offset: number;
+  badge: Badge;
+  /** "api": by the app's backend; "expired": its `valid_for` ran out; "retracted": an event
+   *  behind it was retracted. */
+  cause: "api" | "expired" | "retracted";
+  reason: string;
+  /** How many awards of it the user held. */
+  count: number;
+  /** The XP taken back with it (0 when kept). */
+  xp: number;
+  /** The user's XP and level after it (the level can go down). */
+  total: number;
+  level: number;
+  /** When it was taken (for an expiry, when it ran out). */
   at: string;
   event_id: string;
 }
@@ -268,6 +291,7 @@ export type ServerMessage =
   | AckMessage
   | XpMessage
   | UnlockMessage
+  | RevokedMessage
   | LevelUpMessage
   | ProgressMessage
   | GoalAssignedMessage
@@ -286,7 +310,7 @@ export type StoredPush = Extract<ServerMessage, { offset: number }>;
 // Webhooks
 
 /** The notifications an endpoint can subscribe to. */
-export type WebhookKind = "unlock" | "level_up" | "goal_completed" | "goal_missed" | "team_unlock";
+export type WebhookKind = "unlock" | "level_up" | "goal_completed" | "goal_missed" | "team_unlock" | "revoked";
 
 interface WebhookNotificationOf<K extends WebhookKind, D> {
   /** The notification's id: the same on every endpoint and every retry. De-duplicate on it. */
@@ -309,6 +333,7 @@ export type WebhookNotification =
   | WebhookNotificationOf<"level_up", LevelUpMessage>
   | WebhookNotificationOf<"goal_completed", GoalCompletedMessage>
   | WebhookNotificationOf<"goal_missed", GoalMissedMessage>
+  | WebhookNotificationOf<"revoked", RevokedMessage>
   | TeamWebhookNotification;
 
 /** A team's unlock (docs/teams.md): names the team, not a user; `data` is the unlock as the
@@ -337,6 +362,7 @@ export interface ClientEvents {
   ack: AckMessage;
   xp: XpMessage;
   unlock: UnlockMessage;
+  revoked: RevokedMessage;
   level_up: LevelUpMessage;
   progress: ProgressMessage;
   goal_assigned: GoalAssignedMessage;

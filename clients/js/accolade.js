@@ -35,7 +35,7 @@ export class AccoladeClient {
   }
 
   /** Subscribes to a server message type ("welcome", "ack", "xp", "level_up", "unlock",
-   *  "progress", "goal_assigned", "goal_completed", "goal_missed", "notice", "team_unlock",
+   *  "revoked", "progress", "goal_assigned", "goal_completed", "goal_missed", "notice", "team_unlock",
    *  "rank", "top", "error") or to the client's own "open" (with the welcome) and "close" ({ code, reason }).
    *  Returns an unsubscribe function. */
   on(type, fn) {

@@ -174,7 +174,7 @@ pub async fn create(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, m
     let spec = GoalSpec { id: id.clone(), title: g.title.trim().to_string(), assigner: g.assigner, criterion: g.criterion.to_string(), due };
     let cat = shared.catalogue(&tenant).ok_or_else(|| internal("the tenant has no catalogue"))?;
     if let Err(e) = goal::catalogue_for(&spec, &cat) {
-        let body = ErrorBody { error: "invalid_goal".into(), message: e.to_string(), badge: None, field: Some(e.field) };
+        let body = ErrorBody { error: "invalid_goal".into(), message: e.to_string(), badge: None, field: Some(e.field), revocation: None };
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
     }
     // Cluster mode: a goal id names one goal in the tenant, whoever it was given to, across

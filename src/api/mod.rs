@@ -43,6 +43,8 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/users/{id}", get(users::get_user))
         .route("/v1/users/{id}/progress", get(users::get_progress))
         .route("/v1/users/{id}/badges/{badge}", get(users::get_badge))
+        .route("/v1/users/{id}/badges/{badge}/revoke", post(users::revoke))
+        .route("/v1/users/{id}/retractions", post(users::retract))
         .route("/v1/users/{id}/events", get(users::get_events))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), users::to_owner));
     // A board's standings (closed periods from its archive) and its closed periods: in
@@ -140,6 +142,10 @@ pub struct ErrorBody {
     /// For `invalid_catalogue`: the field, as a path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For `revoked` and `expired` (the entitlement check of a badge no longer held): when it
+    /// was taken, why, and what went with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<users::RevocationDoc>,
 }
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -167,7 +173,7 @@ struct InvalidCatalogue(CatalogueError);
 impl IntoResponse for InvalidCatalogue {
     fn into_response(self) -> Response {
         let e = self.0;
-        let body = ErrorBody { error: "invalid_catalogue".into(), message: e.to_string(), badge: e.badge.clone(), field: Some(e.field.clone()) };
+        let body = ErrorBody { error: "invalid_catalogue".into(), message: e.to_string(), badge: e.badge.clone(), field: Some(e.field.clone()), revocation: None };
         (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
     }
 }
@@ -244,7 +250,7 @@ impl utoipa::Modify for Security {
         events::ingest, events::list_dead_letters, events::get_dead_letter, events::delete_dead_letter, events::retry_dead_letter,
         catalogue::get_catalogue, catalogue::catalogue_versions, catalogue::replace_catalogue, catalogue::put_badge, catalogue::retire_badge, catalogue::put_xp, catalogue::remove_xp, catalogue::preview,
         catalogue::list_jobs, catalogue::get_job, catalogue::cancel_job,
-        users::get_user, users::get_progress, users::get_badge, users::get_events,
+        users::get_user, users::get_progress, users::get_badge, users::revoke, users::retract, users::get_events,
         leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
         goals::create, goals::list, goals::get, goals::cancel,
         teams::put_team, teams::get_team, teams::add_member, teams::remove_member,
@@ -256,11 +262,11 @@ impl utoipa::Modify for Security {
     tags(
         (name = "ingest", description = "Server-side events and dead letters"),
         (name = "catalogue", description = "Catalogue versions, changes, previews and backfill jobs"),
-        (name = "users", description = "What a user has, and how far they are"),
+        (name = "users", description = "What a user has, how far they are, and badges taken away"),
         (name = "leaderboards", description = "Standings, ranks, friends and closed periods"),
         (name = "goals", description = "Goals one user assigns another"),
         (name = "teams", description = "Teams, their members, and what they earn together"),
-        (name = "webhooks", description = "Endpoints notified of unlocks, level-ups and goals, and their deliveries"),
+        (name = "webhooks", description = "Endpoints notified of unlocks, level-ups, goals, team unlocks and revocations, and their deliveries"),
         (name = "operations", description = "Health, readiness, metrics")
     )
 )]

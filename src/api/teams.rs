@@ -110,12 +110,13 @@ fn limits(shared: &Shared, tenant: &str) -> Result<(usize, usize), ApiError> {
 async fn team_doc(shared: &Arc<Shared>, tenant: &str, id: &str) -> Result<TeamDoc, ApiError> {
     let entity = team_id(id)?;
     let missing = || not_found("unknown_team", format!("no team `{id}`; create it with PUT /v1/teams/{id}"));
-    let doc = ask_entity(shared, tenant, &entity, |v| {
+    let now = crate::clock::now_ms();
+    let doc = ask_entity(shared, tenant, &entity, move |v| {
         let name = match v.state.attributes.get("name") {
             Some(Value::Str(n)) => Some(n.to_string()),
             _ => None,
         };
-        (name, user_doc(v))
+        (name, user_doc(v, now))
     })
     .await
     .map_err(|e| if e.1 == "user_not_found" { missing() } else { e })?;

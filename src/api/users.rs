@@ -1,9 +1,17 @@
 //! The user routes of the HTTP API: what a user has, their progress towards badges, one owned
-//! badge, and their stored events. Answered by the user's actor, from durable state.
+//! badge (the entitlement check), their stored events, and the two ways a backend takes
+//! badges away: revoking one, and retracting an event behind them. Answered by the user's
+//! actor, from durable state.
 
 use crate::protocol::rfc3339;
 use crate::shared::Shared;
-use super::{bad, not_found, internal, Tenant, ErrorBody, ApiError, Page};
+use super::{bad, not_found, internal, json_body, Tenant, ErrorBody, ApiError, Page};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::response::{IntoResponse, Response};
+use crate::core::revoke::Holding;
+use crate::user::{TakeError, Taken};
+use serde::Deserialize;
 use crate::clock::now_ms;
 use crate::user::{UserMsg, UserView};
 use axum::extract::{Path, Query, State};
@@ -113,6 +121,29 @@ pub struct OwnedBadge {
     /// The event (or `backfill:<job>`) that awarded it.
     pub event_id: String,
     pub retired: bool,
+    /// For a badge held for a period (`valid_for`): when it stops being held.
+    pub expires_at: Option<String>,
+}
+
+/// A badge taken away: when, why, and what went with it.
+#[derive(Serialize, ToSchema, Clone)]
+pub struct RevocationDoc {
+    pub badge: String,
+    pub at: String,
+    /// `api` (revoked through this API), `expired` (its `valid_for` ran out) or `retracted`
+    /// (an event behind it was retracted).
+    pub cause: String,
+    pub reason: String,
+    /// How many awards the user held.
+    pub count: u32,
+    /// The XP taken back with it.
+    pub xp: u64,
+    /// The record that took it (`revoke:…`, `retract:…`), or the event that saw it expire.
+    pub event_id: String,
+}
+
+fn revocation_doc(badge: &str, r: &crate::core::Revocation) -> RevocationDoc {
+    RevocationDoc { badge: badge.to_string(), at: rfc3339(r.at), cause: r.cause.as_str().into(), reason: r.reason.clone(), count: r.count, xp: r.xp, event_id: r.event_id.clone() }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -134,6 +165,8 @@ pub struct UserDoc {
     pub stats: Vec<StatView>,
     #[schema(value_type = Object)]
     pub attributes: Json_,
+    /// Badges taken away (the last revocation of each), including those earned again since.
+    pub revoked: Vec<RevocationDoc>,
     /// Events accepted.
     pub events: u64,
     /// The last push offset (what a socket's `since` counts).
@@ -153,6 +186,7 @@ fn owned_badge(id: &str, r: &crate::core::BadgeRecord, def: Option<&crate::core:
         keys: r.keys.clone(),
         event_id: r.event_id.clone(),
         retired: def.is_none_or(|d| d.retired),
+        expires_at: r.expires_at.map(rfc3339),
     }
 }
 
@@ -169,13 +203,21 @@ fn stat_json(v: &crate::core::state::StatValue) -> Json_ {
     }
 }
 
-pub(super) fn user_doc(v: UserView<'_>) -> UserDoc {
+pub(super) fn user_doc(v: UserView<'_>, now: crate::core::Millis) -> UserDoc {
     let (st, cat) = (v.state, v.catalogue);
-    let badges = st
-        .badges
-        .iter()
-        .map(|(id, r)| owned_badge(id, r, cat.badge(id)))
-        .collect();
+    // What is held at `now`: a badge whose `valid_for` ran out is gone even before an event
+    // has seen it expire, and shown among the revocations.
+    let mut revoked: Vec<RevocationDoc> = st.revoked.iter().filter(|(id, _)| !st.badges.contains_key(id.as_str())).map(|(id, r)| revocation_doc(id, r)).collect();
+    let mut badges = Vec::new();
+    for (id, r) in &st.badges {
+        match crate::core::revoke::holding(st, id, now) {
+            Holding::Expired { at, record } => revoked.push(expired_doc(id, at, record)),
+            _ => badges.push(owned_badge(id, r, cat.badge(id))),
+        }
+    }
+    for (id, r) in st.revoked.iter().filter(|(id, _)| st.badges.contains_key(id.as_str())) {
+        revoked.push(revocation_doc(id, r));
+    }
     // Stats are read by their stable id, so a state not yet aligned to a new version still
     // shows what it has.
     let stats = cat
@@ -187,14 +229,15 @@ pub(super) fn user_doc(v: UserView<'_>) -> UserDoc {
         })
         .collect();
     let attributes = Json_::Object(st.attributes.iter().map(|(k, v)| (k.clone(), v.to_json())).collect());
-    UserDoc { user_id: st.user_id.clone(), xp: st.xp, level: st.level, badges, stats, attributes, events: st.events, offset: v.offset, catalogue_version: cat.version }
+    UserDoc { user_id: st.user_id.clone(), xp: st.xp, level: st.level, badges, stats, attributes, revoked, events: st.events, offset: v.offset, catalogue_version: cat.version }
 }
 
 /// Get a user's XP, level, badges and stats
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "User id")),
     responses((status = 200, body = UserDoc), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get_user(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<UserDoc>, ApiError> {
-    ask(&shared, &tenant, &id, user_doc).await.map(Json)
+    let now = now_ms();
+    ask(&shared, &tenant, &id, move |v| user_doc(v, now)).await.map(Json)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -222,29 +265,199 @@ pub async fn get_progress(State(shared): State<Arc<Shared>>, Tenant(tenant): Ten
     Ok(Json(ProgressDoc { user_id: id, badges }))
 }
 
-/// Does the user own this badge? (entitlement check)
+/// An expiry as a revocation shows it, for a badge whose `valid_for` ran out before any event
+/// saw it (the next event records it, with the same time).
+fn expired_doc(badge: &str, at: crate::core::Millis, r: &crate::core::BadgeRecord) -> RevocationDoc {
+    RevocationDoc { badge: badge.to_string(), at: rfc3339(at), cause: "expired".into(), reason: crate::core::revoke::EXPIRED.into(), count: r.count, xp: 0, event_id: String::new() }
+}
+
+/// A 404 that says why a badge is not held: it was taken away (`revoked`) or ran out
+/// (`expired`), with the revocation.
+fn not_held(user: &str, r: RevocationDoc) -> Response {
+    let (code, message) = if r.cause == "expired" {
+        ("expired", format!("user `{user}` held `{}` until {}: its valid_for ran out", r.badge, r.at))
+    } else {
+        ("revoked", format!("`{}` was taken from user `{user}` at {} ({}): {}", r.badge, r.at, r.cause, r.reason))
+    };
+    let body = ErrorBody { error: code.into(), message, badge: None, field: None, revocation: Some(r) };
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// Does the user hold this badge now? (entitlement check)
 ///
-/// 200 with the award, or 404 (`not_owned`, or `unknown_badge` for a badge the catalogue does
-/// not have).
+/// 200 with the award while it is held. 404 otherwise: `revoked` or `expired` (with the
+/// `revocation`: when, why, what went with it) for a badge the user held, `not_owned` for one
+/// never held, `unknown_badge` for a badge the catalogue does not have. An expiry is answered
+/// as one from the moment it is due, whether or not an event has seen it yet.
 #[utoipa::path(get, path = "/v1/users/{id}/badges/{badge}", tag = "users",
     params(("id" = String, Path, description = "User id"), ("badge" = String, Path, description = "Badge id")),
     responses((status = 200, body = OwnedBadge), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn get_badge(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, badge)): Path<(String, String)>) -> Result<Json<OwnedBadge>, ApiError> {
+pub async fn get_badge(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, badge)): Path<(String, String)>) -> Result<Response, ApiError> {
+    enum Found {
+        Held(OwnedBadge),
+        Gone(RevocationDoc),
+        NotOwned,
+        Unknown,
+    }
     let b = badge.clone();
+    let now = now_ms();
     let found = ask(&shared, &tenant, &id, move |v| {
         let def = v.catalogue.badge(&b);
-        match (v.state.badges.get(&b), def) {
-            (Some(r), _) => Ok(owned_badge(&b, r, def)),
-            (None, Some(_)) => Err(false),
-            (None, None) => Err(true),
+        match crate::core::revoke::holding(v.state, &b, now) {
+            Holding::Held(r) => Found::Held(owned_badge(&b, r, def)),
+            Holding::Expired { at, record } => Found::Gone(expired_doc(&b, at, record)),
+            Holding::Revoked(r) => Found::Gone(revocation_doc(&b, r)),
+            Holding::Never if def.is_some() => Found::NotOwned,
+            Holding::Never => Found::Unknown,
         }
     })
     .await?;
     match found {
-        Ok(b) => Ok(Json(b)),
-        Err(false) => Err(not_found("not_owned", format!("user `{id}` does not own `{badge}`"))),
-        Err(true) => Err(not_found("unknown_badge", format!("the catalogue has no badge `{badge}`"))),
+        Found::Held(b) => Ok(Json(b).into_response()),
+        Found::Gone(r) => Ok(not_held(&id, r)),
+        Found::NotOwned => Err(not_found("not_owned", format!("user `{id}` does not own `{badge}`"))),
+        Found::Unknown => Err(not_found("unknown_badge", format!("the catalogue has no badge `{badge}`"))),
     }
+}
+
+/// What to do with the XP a badge paid when it is taken away.
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum XpChoice {
+    /// Take it back (the level follows the XP down).
+    ClawBack,
+    /// Leave it with the user.
+    Keep,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// Why, kept with the revocation and shown to the user (1 to 500 bytes).
+    pub reason: String,
+    /// `claw_back` or `keep`.
+    pub xp: XpChoice,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetractBody {
+    /// The id of the user's event to retract.
+    pub event_id: String,
+    /// Why, kept with the record and with each revocation it causes (1 to 500 bytes).
+    pub reason: String,
+    /// What to do with the XP of the badges that fall away: `claw_back` or `keep`. XP that XP
+    /// rules paid for the event itself is kept.
+    pub xp: XpChoice,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TakenDoc {
+    pub user_id: String,
+    /// `revoked`, `already_revoked` (sent again, or taken away before: nothing changed),
+    /// `retracted` or `already_retracted`.
+    pub status: String,
+    /// For a revocation: the badge's revocation as it now stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationDoc>,
+    /// Every badge taken by this request (with any expiry seen at the same moment).
+    pub revoked: Vec<RevocationDoc>,
+    /// The user's XP and level after it.
+    pub xp: u64,
+    pub level: u32,
+}
+
+fn valid_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.trim().is_empty() || reason.len() > 500 {
+        return Err(bad("invalid_body", "`reason` must be 1 to 500 bytes of text"));
+    }
+    Ok(())
+}
+
+/// Sends a revocation or retraction to the user's actor (a user the tenant has never seen is
+/// 404 `user_not_found`, as for every user route) and waits until it is durable.
+async fn take(shared: &Arc<Shared>, tenant: &str, user: &str, msg: impl FnOnce(tokio::sync::oneshot::Sender<Result<Taken, TakeError>>) -> UserMsg) -> Result<Taken, ApiError> {
+    // The same checks as a query's, and the user must exist: nothing is taken from nobody.
+    ask(shared, tenant, user, |_| ()).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    shared.users.send(tenant, user, msg(tx)).map_err(internal)?;
+    match rx.await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(TakeError::Failed(why))) => Err(internal(why)),
+        Ok(Err(e)) => Err(match e {
+            TakeError::UnknownBadge => not_found("unknown_badge", "the catalogue has no such badge, and the user never held one by that id"),
+            TakeError::NotOwned => not_found("not_owned", format!("user `{user}` never held this badge")),
+            TakeError::UnknownEvent => not_found("unknown_event", format!("user `{user}` has no event by that id (records the server made cannot be retracted)")),
+            TakeError::LogIncomplete => ApiError(StatusCode::CONFLICT, "log_incomplete", "the user's oldest events are gone (retention), so the facts without this event cannot be recomputed".into()),
+            TakeError::Failed(_) => unreachable!("matched above"),
+        }),
+        Err(_) => Err(why_down(shared, tenant, user).await),
+    }
+}
+
+fn taken_docs(t: &Taken) -> Vec<RevocationDoc> {
+    t.fx.iter()
+        .filter_map(|e| match e {
+            crate::core::Effect::Revoked { badge, cause, reason, count, xp, at, .. } => Some(RevocationDoc {
+                badge: badge.to_string(),
+                at: rfc3339(*at),
+                cause: cause.as_str().into(),
+                reason: reason.clone(),
+                count: *count,
+                xp: *xp,
+                event_id: String::new(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Revoke a user's badge
+///
+/// Takes the badge away now, with a reason, and the XP it paid if `xp` is `claw_back`. The user's
+/// sockets get a `revoked` push and webhooks a `revoked` notification; the entitlement check
+/// answers 404 `revoked` from then on. Sent again (or for a badge already taken away) it changes
+/// nothing and answers `already_revoked`. The badge can be earned again on new facts only (see
+/// docs/catalogue.md, "Revocation and expiry").
+#[utoipa::path(post, path = "/v1/users/{id}/badges/{badge}/revoke", tag = "users", request_body = RevokeBody,
+    params(("id" = String, Path, description = "User id"), ("badge" = String, Path, description = "Badge id")),
+    responses((status = 200, body = TakenDoc), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn revoke(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, badge)): Path<(String, String)>, body: Result<Bytes, BytesRejection>) -> Result<Json<TakenDoc>, ApiError> {
+    let b: RevokeBody = json_body(body)?;
+    valid_reason(&b.reason)?;
+    let claw_back = b.xp == XpChoice::ClawBack;
+    let t = take(&shared, &tenant, &id, |reply| UserMsg::Revoke { badge: badge.clone(), reason: b.reason, claw_back, reply }).await?;
+    let mut revoked = taken_docs(&t);
+    let record = t.revocation.as_ref().map(|r| revocation_doc(&badge, r));
+    for r in &mut revoked {
+        r.event_id = record.as_ref().map(|x| x.event_id.clone()).unwrap_or_default();
+    }
+    let status = if t.changed { "revoked" } else { "already_revoked" };
+    Ok(Json(TakenDoc { user_id: id, status: status.into(), revocation: record, revoked, xp: t.xp, level: t.level }))
+}
+
+/// Retract one of a user's events
+///
+/// For an event the backend sent earlier that turned out not to have happened (a refund, a
+/// cheat): every stat and cached action it moved is recomputed without it (the user's log is
+/// replayed from scratch with and without it), and each badge it earned that the facts left
+/// no longer earn is taken away, pushed as `revoked` (cause `retracted`) and sent to webhooks.
+/// Every later replay leaves the event out; its id stays used. Sent again it changes nothing
+/// and answers `already_retracted`. Only the tenant's backend can retract: sockets cannot.
+#[utoipa::path(post, path = "/v1/users/{id}/retractions", tag = "users", request_body = RetractBody,
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = TakenDoc), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn retract(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<TakenDoc>, ApiError> {
+    let b: RetractBody = json_body(body)?;
+    valid_reason(&b.reason)?;
+    if b.event_id.is_empty() || b.event_id.len() > crate::protocol::MAX_EVENT_ID {
+        return Err(bad("invalid_body", format!("`event_id` must be 1 to {} bytes", crate::protocol::MAX_EVENT_ID)));
+    }
+    let claw_back = b.xp == XpChoice::ClawBack;
+    let t = take(&shared, &tenant, &id, |reply| UserMsg::Retract { event_id: b.event_id, reason: b.reason, claw_back, reply }).await?;
+    let revoked = taken_docs(&t);
+    let status = if t.changed { "retracted" } else { "already_retracted" };
+    Ok(Json(TakenDoc { user_id: id, status: status.into(), revocation: None, revoked, xp: t.xp, level: t.level }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -106,10 +106,15 @@ pub fn award_rank(state: &mut UserState, board: &str, period: &str, rank: usize,
         version: cat.version,
         keys: vec![],
         event_id: event_id.to_string(),
+        expires_at: None,
     });
     rec.count += 1;
     rec.keys.push(period.to_string());
     let count = rec.count;
+    if let Some(v) = badge.valid_for {
+        rec.expires_at = Some(now.saturating_add(v));
+        state.refresh_expiry();
+    }
     state.derived.owned[i] = count;
     fx.push(Effect::Unlock { badge: badge.id.clone(), count, key: Some(period.to_string()), xp: badge.xp, at: now });
     if badge.xp > 0 {

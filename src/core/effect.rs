@@ -1,5 +1,6 @@
 //! What applying one event produces: effects as data, for the shell to persist and push.
 
+use super::state::RevokeCause;
 use super::value::Millis;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -18,6 +19,10 @@ pub enum Effect {
     LevelUp { level: u32 },
     /// A badge was earned. `count` is how many times it is now owned; `xp` what this award paid.
     Unlock { badge: Arc<str>, count: u32, key: Option<String>, xp: u64, at: Millis },
+    /// A badge was taken away (`cause`: through the API, expired, or its facts retracted).
+    /// `count` is how many awards it held; `xp` the XP taken back with it; `total` and
+    /// `level` the user's after that.
+    Revoked { badge: Arc<str>, cause: RevokeCause, reason: String, count: u32, xp: u64, total: u64, level: u32, at: Millis },
     /// A badge's measurable progress moved (up, or back when a streak breaks).
     Progress { badge: Arc<str>, current: f64, target: f64 },
     /// An assigned goal is now tracked.

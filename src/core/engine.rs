@@ -94,6 +94,11 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     // From here on the event counts.
     let mut fx = Vec::with_capacity(8);
     fx.push(Effect::Accepted { event_id: event.event_id.clone() });
+    // A badge whose `valid_for` ran out is taken before the event is judged, so the event
+    // can earn it again. Time is the arrival, as for every check against the present.
+    if state.derived.next_expiry.is_some_and(|t| now >= t) {
+        super::revoke::expire_due(state, now, &event.event_id, cat, &mut fx);
+    }
     if let Some((h, window)) = fingerprint {
         state.fingerprints.retain(|&(_, when)| when >= at - window);
         state.fingerprints.push_back((h, at));
@@ -186,10 +191,17 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         let owned = state.derived.owned[p.badge];
         // A hidden badge shows nothing until it is earned, progress included.
         if (p.bit >= 128 || touched & (1 << p.bit) != 0) && (owned == 0 || p.repeat_every.is_some() || p.again) && !(p.hidden && owned == 0) {
-            let current = match p.each {
+            let mut current = match p.each {
                 Some(each) => state.stats[p.stat].1.keys_reaching(each, usize::MAX) as f64,
                 None => metric(state, &ctx, p.stat),
             };
+            // A badge taken away counts anew from its revocation (see `consider`).
+            if !state.revoked.is_empty()
+                && p.each.is_none()
+                && let Some(base) = state.revoked.get(&cat.badges[p.badge].id).and_then(|r| r.base)
+            {
+                current = (current - base).max(0.0);
+            }
             let target = match p.repeat_every {
                 Some(every) => every * (owned as f64 + 1.0),
                 None => p.target,
@@ -484,9 +496,12 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
     if def.available_from.is_some_and(|f| ctx.at < f) || def.available_until.is_some_and(|u| ctx.at >= u) {
         return false;
     }
+    // A badge taken away before is earned again on new facts: a count or sum from its value
+    // at the revocation (see `core::revoke`). One emptiness check for users with none.
+    let base = if state.revoked.is_empty() { None } else { state.revoked.get(&def.id).and_then(|r| r.base) };
     let (times, key) = if let Some(every) = def.repeat_every {
         let due = match def.cond {
-            Cond::Metric { stat, .. } => (metric(state, ctx, stat) / every).floor(),
+            Cond::Metric { stat, .. } => ((metric(state, ctx, stat) - base.unwrap_or(0.0)) / every).floor(),
             // Tenure is first earned at the rule's `days`, then every `every` days after it
             // (compile keeps `days` at most `every`, both whole days).
             Cond::Tenure(ms) => match state.member_since() {
@@ -523,7 +538,11 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         }
         (1, Some(key.into_owned()))
     } else {
-        if !holds(state, ctx, &def.cond) {
+        let held = match (base, &def.cond) {
+            (Some(b), Cond::Metric { stat, target }) => metric(state, ctx, *stat) - b >= *target,
+            _ => holds(state, ctx, &def.cond),
+        };
+        if !held {
             return false;
         }
         (1, None)
@@ -536,12 +555,18 @@ fn consider(state: &mut UserState, ctx: &Ctx, i: usize, event_id: &str, fx: &mut
         version: ctx.cat.version,
         keys: vec![],
         event_id: event_id.to_string(),
+        expires_at: None,
     });
     rec.count += times;
     if let Some(k) = &key {
         rec.keys.push(k.clone());
     }
     let count = rec.count;
+    // Held for `valid_for` from its latest award: earning it again renews it.
+    if let Some(v) = def.valid_for {
+        rec.expires_at = Some(ctx.at.saturating_add(v));
+        state.refresh_expiry();
+    }
     state.derived.owned[i] = count;
     fx.push(Effect::Unlock { badge: def.id.clone(), count, key, xp, at: ctx.at });
     if xp > 0 {
@@ -706,12 +731,18 @@ pub fn backfill(live: &mut UserState, replayed: &UserState, badges: &[String], n
     for id in badges {
         let Some(&i) = cat.badge_index.get(id.as_str()) else { continue };
         let def = &cat.badges[i];
-        if def.retired || live.badges.contains_key(id) {
+        // A badge taken away is earned again on new facts only, never by a backfill (the
+        // replay from scratch does not know it was taken).
+        if def.retired || live.badges.contains_key(id) || live.revoked.contains_key(id) {
             continue;
         }
         let Some(r) = replayed.badges.get(id) else { continue };
         let xp = if def.per_key.is_some() { def.xp } else { def.xp * u64::from(r.count) };
-        live.badges.insert(id.clone(), BadgeRecord { awarded_at: now, count: r.count, version: cat.version, keys: r.keys.clone(), event_id: event_id.to_string() });
+        let expires_at = def.valid_for.map(|v| now.saturating_add(v));
+        live.badges.insert(id.clone(), BadgeRecord { awarded_at: now, count: r.count, version: cat.version, keys: r.keys.clone(), event_id: event_id.to_string(), expires_at });
+        if expires_at.is_some() {
+            live.refresh_expiry();
+        }
         live.derived.owned[i] = r.count;
         fx.push(Effect::Unlock { badge: def.id.clone(), count: r.count, key: r.keys.last().cloned(), xp, at: now });
         if xp > 0 {

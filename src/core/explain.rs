@@ -86,6 +86,16 @@ pub fn progress(state: &UserState, cat: &Catalogue, now: Millis) -> Vec<BadgePro
             rule.current = Some(current.min(target));
             rule.holds = current >= target;
         }
+        // A badge taken away counts anew from its revocation: what counted before is spent.
+        if let Some(base) = state.revoked.get(&b.id).and_then(|r| r.base)
+            && let Cond::Metric { stat, .. } = &b.cond
+            && let Some(target) = rule.target
+        {
+            // From the stat itself: the part's `current` stops at its target.
+            let again = (ex.value(*stat, None).1 - base).max(0.0);
+            rule.current = Some(again.min(target));
+            rule.holds = again >= target;
+        }
         let unavailable = if b.available_from.is_some_and(|f| now < f) {
             Some("not available yet".to_string())
         } else if b.available_until.is_some_and(|u| now >= u) {

@@ -13,6 +13,8 @@
 //! - [`goal`]: goals one user assigns another, tracked like badges.
 //! - [`board`]: what an event adds to a user's leaderboard scores, and period awards.
 //! - [`explain`]: progress towards unowned badges, part by part.
+//! - [`revoke`]: badges taken away (through the API, by expiry, by a retraction), and whether
+//!   a badge is held at a moment.
 //! - [`xp`]: crediting XP and announcing a level-up.
 //! - [`history`]: window totals and recent-action patterns, read from the last-N cache.
 //! - [`state`]: what is kept per user (XP, badges, stats, last-N cache, dedup memory, goals).
@@ -33,6 +35,7 @@ pub mod explain;
 pub mod goal;
 pub mod history;
 pub mod predicate;
+pub mod revoke;
 pub mod state;
 pub mod value;
 pub mod xp;
@@ -42,5 +45,5 @@ pub use effect::{DuplicateBy, Effect, Rejection, XpReason};
 pub use engine::{apply, backfill, remember_id};
 pub use board::award_rank;
 pub use calendar::Period;
-pub use state::{BadgeRecord, BoardScore, UserState};
+pub use state::{BadgeRecord, BoardScore, Revocation, RevokeCause, UserState};
 pub use value::{Event, Millis, Value};

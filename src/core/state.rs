@@ -8,8 +8,9 @@ use super::value::{same_str, Millis, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// A badge the user owns. It is never removed, not even when the catalogue retires the badge:
-/// a badge shown is a badge kept.
+/// A badge the user holds. Retiring a badge in the catalogue never removes it (a badge shown
+/// is a badge kept); only a revocation does (through the API, by expiry or by a retraction),
+/// and that leaves a `Revocation` in its place.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BadgeRecord {
     pub awarded_at: Millis,
@@ -20,6 +21,49 @@ pub struct BadgeRecord {
     /// For per-key badges: the keys it was earned for, in order.
     pub keys: Vec<String>,
     pub event_id: String,
+    /// For a badge with `valid_for`: when it stops being held, counted from its latest award.
+    pub expires_at: Option<Millis>,
+}
+
+/// Why a badge was taken away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeCause {
+    /// Through the API, by the tenant's backend.
+    Api,
+    /// Its `valid_for` ran out.
+    Expired,
+    /// An event behind it was retracted, and the facts left no longer earn it.
+    Retracted,
+}
+
+impl RevokeCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeCause::Api => "api",
+            RevokeCause::Expired => "expired",
+            RevokeCause::Retracted => "retracted",
+        }
+    }
+}
+
+/// The last time a badge was taken away from the user. Kept after the badge is earned again,
+/// until the next revocation replaces it: it is the history the entitlement check shows, and
+/// `base` goes on measuring the rule from the revocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub at: Millis,
+    pub cause: RevokeCause,
+    pub reason: String,
+    /// How many awards the user held when it was taken.
+    pub count: u32,
+    /// The XP taken back with it (0 when the XP was kept).
+    pub xp: u64,
+    /// The log record (or, for an expiry seen by an event, that event) that took it.
+    pub event_id: String,
+    /// For a count, sum or distinct count rule: the stat's value when the badge was taken.
+    /// Earning it again takes the rule's target counted from here, so that facts that earned
+    /// it once do not give it back at the next event.
+    pub base: Option<f64>,
 }
 
 /// The user's score on one leaderboard, in the period of its last counted event.
@@ -107,6 +151,11 @@ impl<V> KeyMap<V> {
                 None
             }
         }
+    }
+
+    /// Takes `k` out, returning its value.
+    pub fn remove(&mut self, k: &str) -> Option<V> {
+        self.find(k).ok().map(|i| self.0.remove(i).1)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
@@ -334,6 +383,8 @@ pub struct UserState {
     pub boards: KeyMap<BoardScore>,
     /// Goals assigned to this user, by id.
     pub goals: BTreeMap<String, GoalState>,
+    /// The last revocation of each badge ever taken away (format 2 on, see `store::keys`).
+    pub revoked: KeyMap<Revocation>,
     #[serde(skip)]
     pub(crate) derived: Derived,
 }
@@ -352,6 +403,9 @@ pub(crate) struct Derived {
     /// The engine's per-event memo of stat values, kept to reuse its allocation.
     pub memo: Vec<std::cell::Cell<f64>>,
     pub ids: IdFilter,
+    /// The earliest `expires_at` among the badges held, so that an event checks for expiry
+    /// with one comparison.
+    pub next_expiry: Option<Millis>,
 }
 
 /// A Bloom filter over `recent_ids`, so that the duplicate check of a new id (nearly every
@@ -466,6 +520,12 @@ impl UserState {
         self.derived.tz = self.timezone.as_deref().and_then(|t| t.parse().ok());
         self.derived.day = None;
         self.derived.catalogue_id = cat.id;
+        self.refresh_expiry();
+    }
+
+    /// Recomputes the earliest expiry among the badges held (after one was added or removed).
+    pub fn refresh_expiry(&mut self) {
+        self.derived.next_expiry = self.badges.values().filter_map(|r| r.expires_at).min();
     }
 
     /// When the user's membership began, as tenure rules read it: `signed_up_at`, or else the

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 /// The format byte in front of every stored value.
 pub const FORMAT_V1: u8 = 1;
+/// The format of user snapshots since revocation and expiry (`UserState::revoked`,
+/// `BadgeRecord::expires_at`). Every other value is still written as format 1, unchanged; a
+/// format 1 snapshot is read through `legacy` and written back as format 2 at the next
+/// snapshot.
+pub const FORMAT_V2: u8 = 2;
 
 /// The snapshot of one user: state plus the stream positions it corresponds to.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -138,10 +143,12 @@ pub enum TreeId {
     Links,
     /// Contributions to teams still to be delivered (docs/teams.md).
     Mail,
+    /// Each user's earliest badge expiry, for the expiry sweep: `tenant \0 user` -> i64 BE.
+    Expiries,
 }
 
 impl TreeId {
-    pub(super) const ALL: [TreeId; 16] = [
+    pub(super) const ALL: [TreeId; 17] = [
         TreeId::Users,
         TreeId::Events,
         TreeId::Dedup,
@@ -158,6 +165,7 @@ impl TreeId {
         TreeId::HookLog,
         TreeId::Links,
         TreeId::Mail,
+        TreeId::Expiries,
     ];
 
     /// The tree's number where writes leave the process (cluster mode's changelog). Frozen:
@@ -216,6 +224,25 @@ pub fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Resul
     }
 }
 
+/// Encodes a user snapshot (a `UserRecord`, or anything laid out like it) as format 2.
+pub fn encode_user<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_V2];
+    bincode::serde::encode_into_std_write(v, &mut out, bincode::config::standard()).expect("encoding into a Vec cannot fail");
+    out
+}
+
+/// Decodes a user snapshot of either format.
+pub fn decode_user(key: &[u8], bytes: &[u8]) -> Result<UserRecord, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), why };
+    let cfg = bincode::config::standard();
+    match bytes.split_first() {
+        Some((&FORMAT_V2, rest)) => bincode::serde::decode_from_slice(rest, cfg).map(|(v, _)| v).map_err(|e| corrupt(e.to_string())),
+        Some((&FORMAT_V1, rest)) => bincode::serde::decode_from_slice::<super::legacy::UserRecordV1, _>(rest, cfg).map(|(v, _)| v.into()).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("unknown format version {v}"))),
+        None => Err(corrupt("empty value".into())),
+    }
+}
+
 /// The per-tenant records kept by id: catalogue versions, dead letters, backfill jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -242,17 +269,17 @@ mod tree_codes {
     #[test]
     fn tree_codes_are_frozen_and_round_trip() {
         // Changelogs in a cluster's JetStream name trees by these numbers: do not renumber.
-        assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code(), TreeId::Links.code(), TreeId::Mail.code()), (0, 1, 2, 13, 14, 15));
-        for c in 0..16 {
+        assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code(), TreeId::Links.code(), TreeId::Mail.code(), TreeId::Expiries.code()), (0, 1, 2, 13, 14, 15, 16));
+        for c in 0..17 {
             assert_eq!(TreeId::from_code(c).map(TreeId::code), Some(c));
         }
-        assert_eq!(TreeId::from_code(16), None);
+        assert_eq!(TreeId::from_code(17), None);
     }
 }
 
 #[cfg(test)]
 mod stored_states {
-    use super::{decode, encode, UserRecord};
+    use super::{decode_user, encode_user, UserRecord, FORMAT_V1, FORMAT_V2};
     use crate::core::value::{b, n, s};
     use crate::core::{apply, Catalogue, Effect, Event};
 
@@ -269,10 +296,15 @@ mod stored_states {
     #[test]
     fn a_state_stored_before_calendar_rules_opens_and_goes_on() {
         let old = bytes(OLD);
-        let rec: UserRecord = decode(b"demo\0ada", &old).expect("the old record decodes");
+        assert_eq!(old[0], FORMAT_V1);
+        let rec: UserRecord = decode_user(b"demo\0ada", &old).expect("the old record decodes");
         assert_eq!((rec.seq, rec.offset, rec.state.events, rec.state.timezone.as_deref()), (29, 41, 29, Some("Europe/Paris")));
-        // Nothing about the encoding of what it holds changed: it writes back to the same bytes.
-        assert_eq!(encode(&rec), old);
+        // Format 1 knew no revocations and no expiry: it opens with none, writes back as format
+        // 2, and that reads back the same.
+        assert!(rec.state.revoked.is_empty() && rec.state.badges.values().all(|b| b.expires_at.is_none()));
+        let again = encode_user(&rec);
+        assert_eq!(again[0], FORMAT_V2);
+        assert_eq!(decode_user(b"demo\0ada", &again).unwrap().state, rec.state);
         // Under today's demo catalogue its stats are kept, the calendar stats start at zero, and
         // it takes events: answers on five more days.
         let cat = Catalogue::demo();
@@ -307,5 +339,54 @@ mod stored_states {
         // ...while the stats the state already had went on from their stored values.
         assert!(answers_before > 0.0, "the stored state had correct answers");
         assert_eq!(st.stats[centurion].1.metric(None), answers_before + 5.0, "the answer count went on from the stored one");
+    }
+}
+
+#[cfg(test)]
+mod stored_states_v2 {
+    use super::{decode_user, encode_user, UserRecord, FORMAT_V2};
+    use crate::core::value::{b, n, s};
+    use crate::core::{apply, Catalogue, Event, Format, RevokeCause};
+
+    /// The demo catalogue of the commit that added format 2, plus a certification held for 30
+    /// days: what the fixture was written with.
+    fn catalogue() -> Catalogue {
+        let extra = "[[badges]]\nid = \"certified\"\nname = \"Certified\"\ntier = \"gold\"\nxp = 40\nvalid_for = \"30d\"\nrule = { kind = \"count\", event = \"exercise.proficient\", target = 1 }\n";
+        Catalogue::parse(&format!("{}\n{extra}", crate::core::catalogue::DEMO_CATALOGUE), Format::Toml).unwrap()
+    }
+
+    /// A user with a badge held for a period and a badge revoked through the API (its XP taken
+    /// back), as format 2 stores it.
+    fn record() -> UserRecord {
+        let cat = catalogue();
+        let mut st = crate::core::UserState::new("demo", "ada");
+        let t0: i64 = 1_772_452_800_000;
+        let mut send = |i: i64, ty: &str, payload: &[(&str, crate::core::Value)]| {
+            let mut e = Event::new(&format!("e{i}"), ty, t0 + i * 60_000, payload);
+            e.user_id = "ada".into();
+            e.tenant_id = "demo".into();
+            apply(&mut st, &e, t0 + i * 60_000 + 1000, &cat);
+        };
+        send(1, "video.watched", &[("video", s("v1")), ("playlist", s("algebra")), ("seconds", n(1200.0))]);
+        send(2, "exercise.proficient", &[("exercise", s("addition-1"))]);
+        send(3, "problem.answered", &[("exercise", s("addition-1")), ("correct", b(true)), ("seconds", n(4.0))]);
+        crate::core::revoke::revoke(&mut st, "nice-listener", "shared account", true, t0 + 3_600_000, "revoke:nice-listener:4", &cat).unwrap();
+        UserRecord { state: st, seq: 4, offset: 9, epoch: "e".into() }
+    }
+
+    const V2: &str = include_str!("../../tests/fixtures/user-record-v2-revoke.hex");
+
+    #[test]
+    fn a_state_stored_with_revocations_and_expiry_opens_and_writes_back_the_same_bytes() {
+        let hex = V2.trim();
+        let stored: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        assert_eq!(stored[0], FORMAT_V2);
+        let rec = decode_user(b"demo\0ada", &stored).expect("the stored record decodes");
+        let r = &rec.state.revoked["nice-listener"];
+        assert_eq!((r.cause, r.reason.as_str(), r.xp, r.count), (RevokeCause::Api, "shared account", 50, 1));
+        assert_eq!(rec.state.badges["certified"].expires_at, Some(1_772_452_800_000 + 2 * 60_000 + 30 * 86_400_000));
+        // The format is frozen: what the code writes today for the same history is these bytes.
+        assert_eq!(encode_user(&rec), stored);
+        assert_eq!(encode_user(&record()), stored, "format 2 changed: keep old snapshots readable (see `legacy.rs`)");
     }
 }

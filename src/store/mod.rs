@@ -33,8 +33,13 @@
 //! - `mail`: sender's user key + her event's seq (big-endian u64) + the team's entity id -> the
 //!   event as the team counts it, written in the batch of her event and removed once the team
 //!   has it (docs/teams.md).
+//! - `expiries`: user key -> the user's earliest badge expiry (big-endian i64), for the expiry
+//!   sweep; only users holding a badge with `valid_for` have one. Written by the actor before
+//!   the log record of the change that moved it.
 //!
-//! Every value starts with a format version byte so the encoding can evolve. Writes go through
+//! Every value starts with a format version byte so the encoding can evolve (the expiry
+//! index's bare number, read only here, aside). User snapshots are format 2; format 1 is read
+//! through `legacy.rs`. Writes go through
 //! the persister, which takes whatever has queued up as one batch, inserts it (a large batch
 //! on two threads, each user's jobs always on the same one) and then flushes once, so sled is
 //! flushed per batch, never per event. sled is a patched 0.34.7 (`vendor/sled`): its flush
@@ -43,6 +48,7 @@
 
 mod hooks;
 mod keys;
+mod legacy;
 mod log;
 mod partitions;
 mod persister;
@@ -151,6 +157,7 @@ pub struct Store {
     hooklog: sled::Tree,
     links: sled::Tree,
     mail: sled::Tree,
+    expiries: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -192,6 +199,7 @@ impl Store {
             hooklog: db.open_tree("hooklog")?,
             links: db.open_tree("links")?,
             mail: db.open_tree("mail")?,
+            expiries: db.open_tree("expiries")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -226,6 +234,7 @@ impl Store {
                 self.hooklog.clone(),
                 self.links.clone(),
                 self.mail.clone(),
+                self.expiries.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -296,7 +305,7 @@ impl Store {
     fn load_user_unchecked(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
         let uk = user_key(tenant, user);
         let record: Option<UserRecord> = match self.users.get(&uk)? {
-            Some(v) => Some(decode(&uk, &v)?),
+            Some(v) => Some(decode_user(&uk, &v)?),
             None => None,
         };
         let from = record.as_ref().map_or(0, |r| r.seq) + 1;
@@ -585,11 +594,29 @@ impl Store {
     }
 
     /// The trees, in the order of `TreeId::ALL`.
-    fn trees(&self) -> [&sled::Tree; 16] {
+    fn trees(&self) -> [&sled::Tree; 17] {
         [
             &self.users, &self.events, &self.dedup, &self.snapseq, &self.catalogues, &self.dead, &self.jobs, &self.boards, &self.archive, &self.closed, &self.goals, &self.hooks,
-            &self.outbox, &self.hooklog, &self.links, &self.mail,
+            &self.outbox, &self.hooklog, &self.links, &self.mail, &self.expiries,
         ]
+    }
+
+    /// The users with a badge expiry due by `now`, from the expiry index: (tenant, user).
+    pub fn expiries_due(&self, now: crate::core::Millis) -> Result<Vec<(String, String)>, StoreError> {
+        self.readable()?;
+        let mut out = Vec::new();
+        for kv in self.expiries.iter() {
+            let (k, v) = kv?;
+            let due = i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            if due <= now {
+                // `tenant \0 user \0` (see `user_key`).
+                let mut parts = k.split(|&b| b == 0);
+                let tenant = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                out.push((tenant, user));
+            }
+        }
+        Ok(out)
     }
 
     /// The scores in the leaderboard records at `keys` (keys of the boards tree, as a

@@ -35,7 +35,7 @@ impl Drop for PersisterThread {
 #[derive(Clone)]
 pub(super) struct PersisterSide {
     pub(super) db: sled::Db,
-    pub(super) trees: [sled::Tree; 16],
+    pub(super) trees: [sled::Tree; 17],
     pub(super) stats: Arc<PersistStats>,
 }
 
@@ -197,6 +197,7 @@ impl PersisterSide {
             TreeId::HookLog => 13,
             TreeId::Links => 14,
             TreeId::Mail => 15,
+            TreeId::Expiries => 16,
         }
     }
 

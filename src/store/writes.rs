@@ -2,6 +2,7 @@
 //! persister commits in one batch with the rest of its job.
 
 use super::keys::*;
+use crate::core::Millis;
 use serde::Serialize;
 
 /// Stores (or replaces) a per-tenant record.
@@ -53,6 +54,14 @@ pub fn event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent) -> [Write; 2]
     let mut where_ = uk.clone();
     where_.extend_from_slice(&seq.to_be_bytes());
     [Write::Put(TreeId::Events, seq_key(&uk, seq), encode(ev)), Write::Put(TreeId::Dedup, dedup_key(tenant, &ev.event.event_id), where_)]
+}
+
+/// A user's earliest badge expiry in the expiry index (`None`: the user has none).
+pub fn expiry(tenant: &str, user: &str, due: Option<Millis>) -> Write {
+    match due {
+        Some(at) => Write::Put(TreeId::Expiries, user_key(tenant, user), at.to_be_bytes().to_vec()),
+        None => Write::Del(TreeId::Expiries, user_key(tenant, user)),
+    }
 }
 
 pub fn goal(tenant: &str, g: &GoalRecord) -> Write {

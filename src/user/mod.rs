@@ -66,6 +66,10 @@ enum Delivery {
     Noticed(oneshot::Sender<Result<(), String>>),
     /// A membership change is durable.
     Linked(oneshot::Sender<Result<bool, LinkError>>),
+    /// A revocation or retraction is durable.
+    Taken(oneshot::Sender<Result<Taken, TakeError>>, Taken),
+    /// An expiry sweep's visit is durable.
+    Swept(oneshot::Sender<Result<(), String>>),
     /// The event is durable: count it as accepted (`accolade_events_total`). A job that
     /// fails counts its events as `storage_failed` instead.
     Accepted,
@@ -85,6 +89,9 @@ enum Waiting {
     Notice(NoticeMsg),
     Link(String, bool, usize, oneshot::Sender<Result<bool, LinkError>>),
     TeamUnlock(Event, oneshot::Sender<Result<(), String>>),
+    Revoke(String, String, bool, oneshot::Sender<Result<Taken, TakeError>>),
+    Retract(String, String, bool, oneshot::Sender<Result<Taken, TakeError>>),
+    Expire(oneshot::Sender<Result<(), String>>),
 }
 
 pub struct NoticeMsg {
@@ -157,6 +164,8 @@ pub struct User {
     /// What this entity is linked to (docs/teams.md): a user's teams, a team's members. Read
     /// at its first event (a user's only under a catalogue with teams); `None` until then.
     linked: Option<Vec<String>>,
+    /// The earliest badge expiry the expiry index holds for this user.
+    due: Option<Millis>,
 }
 
 /// The push epoch of a user with nothing stored yet. It is the same every time, so a client
@@ -194,6 +203,9 @@ impl Actor for UserActor {
         .await??;
         let (r, linked) = r;
         let (st, snap_seq) = (r.state, r.snap_seq);
+        // The index is written before the log record of every change, so it holds at least
+        // what the rebuilt state says (or an earlier time, which the sweep sets right).
+        let due = st.badges.values().filter_map(|b| b.expires_at).min();
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
         a.env.metrics.actors.inc();
@@ -214,6 +226,7 @@ impl Actor for UserActor {
             last_activity: Instant::now(),
             progress: plan::Throttle::new(std::time::Duration::from_millis(throttle_ms)),
             linked,
+            due,
         })
     }
 
@@ -255,6 +268,9 @@ impl Actor for UserActor {
             UserMsg::Link { other, join, limit, reply } => Later::Run(Waiting::Link(other, join, limit, reply)),
             UserMsg::TeamUnlock { event, reply } => Later::Run(Waiting::TeamUnlock(event, reply)),
             UserMsg::Notice { id, kind, goal, title, assignee, at, reply } => Later::Run(Waiting::Notice(NoticeMsg { id, kind, goal, title, assignee, at, reply })),
+            UserMsg::Revoke { badge, reason, claw_back, reply } => Later::Run(Waiting::Revoke(badge, reason, claw_back, reply)),
+            UserMsg::Retract { event_id, reason, claw_back, reply } => Later::Run(Waiting::Retract(event_id, reason, claw_back, reply)),
+            UserMsg::Expire { reply } => Later::Run(Waiting::Expire(reply)),
             UserMsg::Detach { conn_id } => {
                 u.sockets.remove(conn_id);
                 u.waiting.retain(|w| !matches!(w, Waiting::Attach(c, _) if c.id == conn_id));
@@ -445,10 +461,13 @@ impl User {
 
     /// Executes a plan: its writes as one job, and once they are durable `before`, the plan's
     /// pushes, then `after`.
-    fn perform(&mut self, myself: &ActorRef<UserMsg>, plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
+    fn perform(&mut self, myself: &ActorRef<UserMsg>, mut plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
         self.env.metrics.unlocks.inc_by(plan.unlocks.len() as u64);
         if plan.mailed > 0 {
             before.push(Delivery::Wake(vec![self.env.mail.clone()]));
+        }
+        if let Some(w) = plan::expiry_index(&self.tenant, &self.user, &self.st, &mut self.due) {
+            plan.writes.insert(0, w);
         }
         before.extend(plan.pushes.into_iter().map(Delivery::Push));
         before.extend(after);
@@ -462,7 +481,7 @@ impl User {
             return;
         }
         match w {
-            Waiting::Attach(conn, since) => self.attach(conn, since).await,
+            Waiting::Attach(conn, since) => self.attach(myself, conn, since).await,
             Waiting::Query(q) => {
                 // The live state is not aligned to a new catalogue here (only by the next
                 // event), so that replaying the log rebuilds it exactly.
@@ -481,7 +500,97 @@ impl User {
             Waiting::Link(other, join, limit, reply) => self.link(myself, other, join, limit, reply),
             Waiting::TeamUnlock(event, reply) => self.team_unlock(myself, event, reply),
             Waiting::Notice(n) => self.notice(myself, n),
+            Waiting::Revoke(badge, reason, claw_back, reply) => self.revoke(myself, badge, reason, claw_back, reply),
+            Waiting::Expire(reply) => match self.env.catalogue(&self.tenant, &self.user) {
+                Some(cat) => self.expire_seen(myself, &cat, Some(reply)),
+                None => drop(reply.send(Err("the tenant's catalogue is gone".into()))),
+            },
+            Waiting::Retract(event_id, reason, claw_back, reply) => {
+                if let Err((reply, e)) = self.retract(myself, event_id, reason, claw_back, reply).await {
+                    let _ = reply.send(Err(e));
+                }
+            }
         }
+    }
+
+    /// A revocation through the API: taken by the core on a copy (a badge already taken away
+    /// changes nothing, and nothing is written), logged as an `accolade.revoke` record, pushed
+    /// as `revoked`; the reply goes out once it is durable.
+    fn revoke(&mut self, myself: &ActorRef<UserMsg>, badge: String, reason: String, claw_back: bool, reply: oneshot::Sender<Result<Taken, TakeError>>) {
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else {
+            let _ = reply.send(Err(TakeError::Failed("the tenant's catalogue is gone".into())));
+            return;
+        };
+        let now = now_ms();
+        let id = plan::record_id("revoke", &badge, &self.cur);
+        let mut next = self.st.clone();
+        let fx = match crate::core::revoke::revoke(&mut next, &badge, &reason, claw_back, now, &id, &cat) {
+            Ok(fx) => fx,
+            Err(crate::core::revoke::RevokeRefused::UnknownBadge) => {
+                let _ = reply.send(Err(TakeError::UnknownBadge));
+                return;
+            }
+            Err(crate::core::revoke::RevokeRefused::NeverHeld) => {
+                let _ = reply.send(Err(TakeError::NotOwned));
+                return;
+            }
+        };
+        let changed = fx.iter().any(|e| matches!(e, Effect::Revoked { badge: b, cause: crate::core::RevokeCause::Api, .. } if **b == *badge));
+        if fx.is_empty() {
+            let taken = Taken { changed, fx, revocation: self.st.revoked.get(&badge).cloned(), xp: self.st.xp, level: self.st.level };
+            let _ = reply.send(Ok(taken));
+            return;
+        }
+        self.st = next;
+        let taken = Taken { changed, fx: fx.clone(), revocation: self.st.revoked.get(&badge).cloned(), xp: self.st.xp, level: self.st.level };
+        let rec = crate::records::TakeRecord { target: badge, reason, claw_back };
+        let plan = plan::take(&planner!(self, cat), &mut self.cur, &self.st, &fx, crate::records::REVOKE_EVENT, &rec, id, now);
+        tracing::info!(tenant = %self.tenant, user = %self.user, badge = %rec.target, claw_back, "badge revoked");
+        self.perform(myself, plan, vec![], vec![Delivery::Taken(reply, taken)]);
+    }
+
+    /// A retraction: the user's whole log replayed from scratch with and without the event
+    /// (nothing is in flight, so the stored log holds exactly what this state has seen), the
+    /// stats it moved recomputed and the badges it earned taken away, logged as an
+    /// `accolade.retract` record with a snapshot. An event already retracted is not retracted
+    /// again.
+    async fn retract(
+        &mut self,
+        myself: &ActorRef<UserMsg>,
+        event_id: String,
+        reason: String,
+        claw_back: bool,
+        reply: oneshot::Sender<Result<Taken, TakeError>>,
+    ) -> Result<(), (oneshot::Sender<Result<Taken, TakeError>>, TakeError)> {
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else { return Err((reply, TakeError::Failed("the tenant's catalogue is gone".into()))) };
+        let store = self.env.log.clone();
+        let (t, u) = (self.tenant.clone(), self.user.clone());
+        let log = match tokio::task::spawn_blocking(move || store.events_after(&t, &u, 0, usize::MAX)).await {
+            Ok(Ok(log)) => log,
+            Ok(Err(e)) => return Err((reply, TakeError::Failed(e.to_string()))),
+            Err(e) => return Err((reply, TakeError::Failed(e.to_string()))),
+        };
+        if log.first().is_some_and(|(seq, _)| *seq != 1) {
+            return Err((reply, TakeError::LogIncomplete));
+        }
+        let log: Vec<StoredEvent> = log.into_iter().map(|(_, e)| e).collect();
+        if !log.iter().any(|e| e.event.event_id == event_id && !crate::records::system_record(&e.event.event_type)) {
+            return Err((reply, TakeError::UnknownEvent));
+        }
+        if crate::records::retracted(&log).contains(&event_id) {
+            let _ = reply.send(Ok(Taken { changed: false, fx: vec![], revocation: None, xp: self.st.xp, level: self.st.level }));
+            return Ok(());
+        }
+        let now = now_ms();
+        let id = plan::record_id("retract", &event_id, &self.cur);
+        let rec = crate::records::TakeRecord { target: event_id, reason, claw_back };
+        let fx = crate::replay::apply_retract(&mut self.st, &log, &rec, now, &id, &cat);
+        let taken = Taken { changed: true, fx: fx.clone(), revocation: None, xp: self.st.xp, level: self.st.level };
+        // Written even when no badge falls: from now on every replay leaves the event out.
+        let plan = plan::take(&planner!(self, cat), &mut self.cur, &self.st, &fx, crate::records::RETRACT_EVENT, &rec, id, now);
+        tracing::info!(tenant = %self.tenant, user = %self.user, event = %rec.target, revoked = plan.revoked.len(), "event retracted");
+        self.perform(myself, plan, vec![], vec![Delivery::Taken(reply, taken)]);
+        Ok(())
     }
 
     /// The goal as the API lists it, from this (the assignee's) state.
@@ -802,6 +911,12 @@ impl User {
             Delivery::Linked(reply) => {
                 let _ = reply.send(Ok(true));
             }
+            Delivery::Taken(reply, taken) => {
+                let _ = reply.send(Ok(taken));
+            }
+            Delivery::Swept(reply) => {
+                let _ = reply.send(Ok(()));
+            }
             Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
             Delivery::Board(key, entry, left) => {
                 if let Some(old) = left {
@@ -812,7 +927,7 @@ impl User {
         }
     }
 
-    async fn attach(&mut self, conn: Conn, since: Option<Since>) {
+    async fn attach(&mut self, myself: &ActorRef<UserMsg>, conn: Conn, since: Option<Since>) {
         if self.sockets.len() >= self.env.config.connections_per_user {
             // The error goes out first, then the close: dropping `conn` ends the session's queue.
             let _ = conn.tx.try_send(protocol::error("too_many_connections", "this user has too many open connections", None));
@@ -847,7 +962,7 @@ impl User {
                 }
             }
         }
-        let welcome = protocol::welcome(&self.st, &cat, &self.epoch, self.cur.offset, recovered);
+        let welcome = protocol::welcome(&self.st, &cat, &self.epoch, self.cur.offset, recovered, now_ms());
         let mut ok = conn.tx.try_send(welcome).is_ok();
         for f in replay {
             ok = ok && conn.tx.try_send(f).is_ok();
@@ -857,6 +972,31 @@ impl User {
             return;
         }
         self.sockets.add(conn);
+        self.expire_seen(myself, &cat, None);
+    }
+
+    /// A badge whose `valid_for` ran out since the user's last event: the welcome already left
+    /// it out, and now it is taken for good (an `accolade.expire` record) and pushed as
+    /// `revoked`, to this socket and the webhooks, instead of waiting for her next event.
+    /// The expiry sweep's visit (`swept`) does the same, and answers once it is durable; when
+    /// nothing is due (the index ran ahead of the log after a crash) it sets the index right.
+    fn expire_seen(&mut self, myself: &ActorRef<UserMsg>, cat: &Arc<Catalogue>, swept: Option<oneshot::Sender<Result<(), String>>>) {
+        let now = now_ms();
+        let after: Vec<Delivery> = swept.map(Delivery::Swept).into_iter().collect();
+        if !self.st.badges.values().any(|r| r.expires_at.is_some_and(|at| at <= now)) {
+            if !after.is_empty() {
+                let due = self.st.badges.values().filter_map(|r| r.expires_at).min();
+                self.due = due;
+                self.enqueue(myself, vec![store::writes::expiry(&self.tenant, &self.user, due)], after);
+            }
+            return;
+        }
+        let id = format!("expire:{}", self.cur.seq + 1);
+        let mut next = self.st.clone();
+        let fx = crate::core::revoke::expire(&mut next, now, &id, cat);
+        self.st = next;
+        let plan = plan::expire(&planner!(self, cat), &mut self.cur, &self.st, &fx, id, now);
+        self.perform(myself, plan, vec![], after);
     }
 
     fn maybe_passivate(&mut self, myself: &ActorRef<UserMsg>) {
@@ -900,6 +1040,8 @@ fn refuse(d: Delivery, why: &str) {
         Delivery::Goal(reply, _) => drop(reply.send(Err(why.to_string()))),
         Delivery::Noticed(reply) => drop(reply.send(Err(why.to_string()))),
         Delivery::Linked(reply) => drop(reply.send(Err(LinkError::Failed(why.to_string())))),
+        Delivery::Taken(reply, _) => drop(reply.send(Err(TakeError::Failed(why.to_string())))),
+        Delivery::Swept(reply) => drop(reply.send(Err(why.to_string()))),
         Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) => {}
     }
 }

@@ -45,6 +45,33 @@ pub struct IngestOutcome {
     pub unlocks: Vec<String>,
 }
 
+/// What a revocation or retraction did, once it is durable.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// Whether it changed anything: false for a badge already taken away, or an event already
+    /// retracted (asked again, it is counted once).
+    pub changed: bool,
+    /// The badges taken (`Effect::Revoked`), any expiry seen at the same moment included.
+    pub fx: Vec<crate::core::Effect>,
+    /// The revocation the badge asked about now holds (revocations only).
+    pub revocation: Option<crate::core::Revocation>,
+    pub xp: u64,
+    pub level: u32,
+}
+
+/// Why a revocation or retraction was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TakeError {
+    UnknownBadge,
+    NotOwned,
+    /// No event of this user by that id (or only a record the server made).
+    UnknownEvent,
+    /// The user's log no longer starts at the beginning (swept by retention), so the facts
+    /// without the event cannot be recomputed.
+    LogIncomplete,
+    Failed(String),
+}
+
 /// Who asked for an event, to send the ack or error back.
 pub enum Origin {
     Conn(u64),
@@ -139,6 +166,14 @@ pub enum UserMsg {
     /// A team's unlock told to this member (an `accolade.team_unlock` record the team mailed):
     /// pushed and logged once under its id. Replies once durable.
     TeamUnlock { event: Event, reply: oneshot::Sender<Result<(), String>> },
+    /// Take a badge away (the API's revocation): replies with what was taken, once durable.
+    Revoke { badge: String, reason: String, claw_back: bool, reply: oneshot::Sender<Result<Taken, TakeError>> },
+    /// Retract one of this user's events: its facts recomputed without it, and the badges it
+    /// earned taken away. Replies once durable.
+    Retract { event_id: String, reason: String, claw_back: bool, reply: oneshot::Sender<Result<Taken, TakeError>> },
+    /// The expiry sweep: take the badges run out by now (an `accolade.expire` record and its
+    /// pushes) and set the expiry index right. Replies once durable.
+    Expire { reply: oneshot::Sender<Result<(), String>> },
     Attach { conn: Conn, since: Option<Since> },
     Detach { conn_id: u64 },
     /// From the persister: every job up to `job` is on disk (or failed).
@@ -151,5 +186,21 @@ pub enum UserMsg {
 
 /// Messages the registry counts as in flight until the actor has handled them.
 pub(crate) fn counted(m: &UserMsg) -> bool {
-    matches!(m, UserMsg::Event { .. } | UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Stop(_) | UserMsg::Query(_) | UserMsg::Backfill { .. } | UserMsg::Award { .. } | UserMsg::Goal { .. } | UserMsg::Notice { .. } | UserMsg::Link { .. } | UserMsg::TeamUnlock { .. })
+    matches!(
+        m,
+        UserMsg::Event { .. }
+            | UserMsg::Attach { .. }
+            | UserMsg::Detach { .. }
+            | UserMsg::Stop(_)
+            | UserMsg::Query(_)
+            | UserMsg::Backfill { .. }
+            | UserMsg::Award { .. }
+            | UserMsg::Goal { .. }
+            | UserMsg::Notice { .. }
+            | UserMsg::Link { .. }
+            | UserMsg::TeamUnlock { .. }
+            | UserMsg::Revoke { .. }
+            | UserMsg::Retract { .. }
+            | UserMsg::Expire { .. }
+    )
 }

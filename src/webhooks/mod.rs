@@ -41,7 +41,7 @@ pub use answers::*;
 pub use line::*;
 
 /// The notifications an endpoint can subscribe to (named as the pushes that announce them).
-pub const KINDS: [&str; 5] = ["unlock", "level_up", "goal_completed", "goal_missed", "team_unlock"];
+pub const KINDS: [&str; 6] = ["unlock", "level_up", "goal_completed", "goal_missed", "team_unlock", "revoked"];
 /// Endpoints per tenant.
 pub const MAX_HOOKS: usize = 16;
 /// The header carrying the signature: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.

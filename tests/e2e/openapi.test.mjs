@@ -34,6 +34,7 @@ test("the document covers every route of the API, each secured by the API key", 
     "get /v1/catalogue", "put /v1/catalogue", "get /v1/catalogue/versions", "put /v1/catalogue/badges/{id}", "delete /v1/catalogue/badges/{id}",
     "put /v1/catalogue/xp/{id}", "delete /v1/catalogue/xp/{id}", "post /v1/catalogue/preview", "get /v1/jobs", "get /v1/jobs/{id}", "delete /v1/jobs/{id}",
     "get /v1/users/{id}", "get /v1/users/{id}/progress", "get /v1/users/{id}/badges/{badge}", "get /v1/users/{id}/events",
+    "post /v1/users/{id}/badges/{badge}/revoke", "post /v1/users/{id}/retractions",
   ];
   const have = Object.entries(doc.paths).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m} ${p}`));
   for (const op of want) assert.ok(have.includes(op), `missing ${op}`);

@@ -115,7 +115,7 @@ function cuttable(sockets, intercept = () => false) {
   };
 }
 
-const TYPES = ["welcome", "ack", "xp", "unlock", "level_up", "progress", "goal_assigned", "goal_completed", "goal_missed", "notice", "rank", "top", "error"];
+const TYPES = ["welcome", "ack", "xp", "unlock", "revoked", "level_up", "progress", "goal_assigned", "goal_completed", "goal_missed", "notice", "rank", "top", "error"];
 
 /**
  * A client of the installed package for `user` of the demo tenant, connected and welcomed.
@@ -343,6 +343,20 @@ function typeCheck(name, source) {
   return { ok: r.status === 0, out: r.stdout + r.stderr };
 }
 
+test("a badge the backend revokes reaches the client as `revoked`, and the webhooks with the same body", async () => {
+  const { client, of } = await online("pkg-rev");
+  const id = client.send("video.watched", { video: "v-1", playlist: "geometry", seconds: 1200 });
+  await waitFor("the unlocks", () => of("unlock", (m) => m.event_id === id).length === 2);
+  const res = await fetch(`${server.base}/v1/users/pkg-rev/badges/nice-listener/revoke`, { method: "POST", headers: API, body: JSON.stringify({ reason: "shared account", xp: "claw_back" }) });
+  assert.equal(res.status, 200, await res.clone().text());
+  const done = await res.json();
+  const m = await waitFor("the revoked push", () => of("revoked")[0]);
+  assert.deepEqual([m.badge.id, m.cause, m.reason, m.xp, m.total, m.event_id], ["nice-listener", "api", "shared account", 50, done.xp, done.revocation.event_id]);
+  const hook = await waitFor("its webhook body", () => webhookBodies.find((b) => b.user_id === "pkg-rev" && b.type === "revoked"));
+  assert.deepEqual(hook.data, m);
+  client.disconnect();
+});
+
 test("the declarations type a real app's use of the client and refuse its misuse", () => {
   copyFileSync(join(import.meta.dirname, "package/usage.ts"), join(project, "usage.ts"));
   const { ok, out } = typeCheck("usage.ts", readFileSync(join(project, "usage.ts"), "utf8"));
@@ -353,7 +367,7 @@ test("every message and webhook body the server sent in these tests has its decl
   // Each kind must have been seen, or this check proves nothing about it.
   assert.deepEqual([...new Set(captured.map((m) => m.type))].sort(), [...TYPES].sort());
   assert.deepEqual([...new Set(captured.filter((m) => m.type === "error").map((m) => m.code))].sort(), ["forbidden_event", "invalid_event", "rate_limited"]);
-  assert.deepEqual([...new Set(webhookBodies.map((b) => b.type))].sort(), ["goal_completed", "goal_missed", "level_up", "unlock"]);
+  assert.deepEqual([...new Set(webhookBodies.map((b) => b.type))].sort(), ["goal_completed", "goal_missed", "level_up", "revoked", "unlock"]);
   // Object literals are checked for excess properties too, so a field the server sends and
   // the declarations lack fails as surely as one they declare and the server leaves out.
   const source = (messages, bodies) =>

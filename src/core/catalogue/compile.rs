@@ -342,6 +342,30 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         {
             return Err(err(o, "available_until", "must be after available_from"));
         }
+        let valid_for = match &d.valid_for {
+            None => None,
+            Some(text) => {
+                let ms = parse_duration(text).map_err(|m| err(o, "valid_for", m))?;
+                if ms < crate::core::value::MINUTE {
+                    return Err(err(o, "valid_for", format!("`{text}` is too short: give at least a minute, like 30d or 365d")));
+                }
+                if d.per_key.is_some() {
+                    return Err(err(o, "valid_for", "cannot be combined with per_key: every key of the badge would expire with its latest award"));
+                }
+                // Earned again after it expires means earned on new facts: a count or sum is
+                // counted anew from the expiry (`Cond::base_stat`), a rule that can stop holding
+                // must hold again. Any other rule (a tenure, a level, owning a badge) still holds
+                // and would give the badge back at the very next event.
+                if cond.base_stat(&b.stats).is_none() && !cond.can_fall(&b.stats) && !matches!(cond, Cond::Never) {
+                    return Err(err(
+                        o,
+                        "valid_for",
+                        "this rule never stops holding once it holds, so the badge would be given back at the next event after it expires (use a count, a sum, or a rule that can stop holding, like a window or a streak)",
+                    ));
+                }
+                Some(ms)
+            }
+        };
         let idx = badges.len();
         let events: Vec<usize> = cond_events(&cond, &b);
         if !d.retired {
@@ -363,6 +387,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             per_key: d.per_key,
             available_from,
             available_until,
+            valid_for,
             retired: d.retired,
             events: events.iter().map(|&t| b.types[t].name.clone()).collect(),
             cond,

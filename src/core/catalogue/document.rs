@@ -194,6 +194,8 @@ pub(super) struct DocBadge {
     pub(super) per_key: Option<String>,
     pub(super) available_from: Option<String>,
     pub(super) available_until: Option<String>,
+    /// How long an award is held ("365d"); the badge must then be earned again.
+    pub(super) valid_for: Option<String>,
     /// A retired badge is no longer awarded; users who own it keep it and still see it.
     #[serde(default)]
     pub(super) retired: bool,

@@ -351,6 +351,17 @@ pub struct SameKey {
 impl Cond {
     /// Whether this condition can stop holding once it holds; a `repeat` badge needs one that
     /// can, or it would never be earned again.
+    /// The stat a rule counts anew after a revocation: the badge's whole rule is a count, a
+    /// sum or a distinct count not kept per key, whose value only grows with the user's facts.
+    /// For such a rule "earned again" means its target reached again from the value at the
+    /// revocation; any other rule is earned again when it holds at a later event.
+    pub fn base_stat(&self, stats: &[StatDef]) -> Option<usize> {
+        match self {
+            Cond::Metric { stat, .. } if !stats[*stat].keyed && matches!(stats[*stat].kind, StatKind::Count | StatKind::Sum | StatKind::Distinct) => Some(*stat),
+            _ => None,
+        }
+    }
+
     pub(super) fn can_fall(&self, stats: &[StatDef]) -> bool {
         match self {
             Cond::Metric { stat, .. } => match stats[*stat].kind {
@@ -465,6 +476,8 @@ pub struct BadgeDef {
     pub per_key_pos: Vec<Option<usize>>,
     pub available_from: Option<Millis>,
     pub available_until: Option<Millis>,
+    /// How long an award is held (`valid_for`); absent, for ever.
+    pub valid_for: Option<Millis>,
     /// Retired: kept for its owners, never evaluated.
     pub retired: bool,
     pub cond: Cond,
