@@ -26,6 +26,8 @@
 //! - [`standings`]: questions about standings, answered by one node's rankings or merged from
 //!   every node's in a cluster.
 //! - [`metrics`]: counters and histograms, rendered for Prometheus.
+//! - [`analytics`]: each tenant's figures (rarity, activity, funnels, time to unlock, health),
+//!   kept as changes become durable and rebuilt from the users' records; the export's rows.
 //! - [`ownership`]: cluster mode's partitions on this node: joining, rebuilding a partition
 //!   gained before serving it, letting go of one lost.
 //! - [`remote`]: cluster mode's work for a user that crosses nodes: events forwarded to her
@@ -39,6 +41,7 @@
 //!   fenced partition logs.
 
 pub mod accept;
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod backfill;

@@ -74,7 +74,16 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         None => Arc::new(store.clone()),
     };
     let webhooks = Arc::new(Webhooks::new(store.clone(), log.clone(), metrics.clone(), config.clone(), shutdown.subscribe())?);
-    let env = crate::user::Env { config: config.clone(), log, catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone() };
+    // Like the rankings, the analytics figures are an index over stored records, rebuilt by
+    // one blocking scan before any traffic (in cluster mode, not yet: docs/analytics.md).
+    let analytics = Arc::new(crate::analytics::Analytics::default());
+    if config.cluster.is_none() {
+        let read = analytics.rebuild(&store, &catalogues).map_err(|e| anyhow::anyhow!("rebuilding analytics: {e}"))?;
+        if read > 0 {
+            tracing::info!(users = read, "analytics rebuilt");
+        }
+    }
+    let env = crate::user::Env { config: config.clone(), log, catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone(), analytics: analytics.clone() };
     let users = Users::start(env, shutdown.subscribe()).await?;
     if let Some(m) = &cluster {
         tokio::spawn(m.clone().run(store.clone(), users.clone(), boards.clone(), catalogues.clone(), webhooks.clone(), metrics.clone(), shutdown.subscribe()));
@@ -95,6 +104,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         backfills,
         boards,
         webhooks,
+        analytics,
         cluster,
         config,
     }))

@@ -24,6 +24,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 /// Events one `POST /v1/events` may carry.
 pub const MAX_BATCH: usize = 1000;
 
+mod analytics;
 mod catalogue;
 mod events;
 mod goals;
@@ -78,6 +79,12 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         // Open periods' standings are gathered from every node in cluster mode.
         .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
         .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
+        .route("/v1/analytics/rarity", get(analytics::rarity))
+        .route("/v1/analytics/activity", get(analytics::activity))
+        .route("/v1/analytics/funnel", get(analytics::funnel))
+        .route("/v1/analytics/time-to-unlock", get(analytics::time_to_unlock))
+        .route("/v1/analytics/health", get(analytics::health))
+        .route("/v1/analytics/export", get(analytics::export))
         .route("/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
@@ -240,6 +247,7 @@ impl utoipa::Modify for Security {
         leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
         goals::create, goals::list, goals::get, goals::cancel,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::set_aside, webhooks::retry,
+        analytics::rarity, analytics::activity, analytics::funnel, analytics::time_to_unlock, analytics::health, analytics::export,
         operations::healthz, operations::readyz, operations::metrics
     ),
     components(schemas(ErrorBody, Change, backfill::JobStatus, backfill::BadgePreview)),
@@ -251,6 +259,7 @@ impl utoipa::Modify for Security {
         (name = "leaderboards", description = "Standings, ranks, friends and closed periods"),
         (name = "goals", description = "Goals one user assigns another"),
         (name = "webhooks", description = "Endpoints notified of unlocks, level-ups and goals, and their deliveries"),
+        (name = "analytics", description = "Badge rarity, funnels, activity, time to unlock, health, and the export of the log"),
         (name = "operations", description = "Health, readiness, metrics")
     )
 )]

@@ -134,10 +134,12 @@ pub enum TreeId {
     Hooks,
     Outbox,
     HookLog,
+    /// Each user's analytics record (`analytics::UserFacts`), written with the snapshot.
+    Analytics,
 }
 
 impl TreeId {
-    pub(super) const ALL: [TreeId; 14] = [
+    pub(super) const ALL: [TreeId; 15] = [
         TreeId::Users,
         TreeId::Events,
         TreeId::Dedup,
@@ -152,6 +154,7 @@ impl TreeId {
         TreeId::Hooks,
         TreeId::Outbox,
         TreeId::HookLog,
+        TreeId::Analytics,
     ];
 
     /// The tree's number where writes leave the process (cluster mode's changelog). Frozen:

@@ -142,6 +142,7 @@ pub struct Store {
     hooks: sled::Tree,
     outbox: sled::Tree,
     hooklog: sled::Tree,
+    analytics: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -181,6 +182,7 @@ impl Store {
             hooks: db.open_tree("hooks")?,
             outbox: db.open_tree("outbox")?,
             hooklog: db.open_tree("hooklog")?,
+            analytics: db.open_tree("analytics")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -213,6 +215,7 @@ impl Store {
                 self.hooks.clone(),
                 self.outbox.clone(),
                 self.hooklog.clone(),
+                self.analytics.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -476,6 +479,44 @@ impl Store {
         Ok(n)
     }
 
+    /// A user's analytics record (`analytics::UserFacts`, stored with the snapshot), as stored.
+    pub fn analytics_record(&self, tenant: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.readable()?;
+        Ok(self.analytics.get(user_key(tenant, user))?.map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` stored log records of a tenant in key order (user, then sequence number),
+    /// from the record keyed `from` (included when `inclusive`, else just after it), each with
+    /// its key: an export's page. A short page means the end.
+    #[allow(clippy::type_complexity)]
+    pub fn tenant_events_page(&self, tenant: &str, from: Option<&[u8]>, inclusive: bool, limit: usize) -> Result<Vec<(Vec<u8>, String, u64, StoredEvent)>, StoreError> {
+        self.readable()?;
+        let prefix = tenant_prefix(tenant);
+        let start = match from {
+            Some(k) if k.starts_with(&prefix) => {
+                let mut k = k.to_vec();
+                if !inclusive {
+                    k.push(0); // just past it
+                }
+                k
+            }
+            _ => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for kv in self.events.range(start..) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let Some(nul) = rest.iter().position(|&b| b == 0) else { continue };
+            let user = String::from_utf8_lossy(&rest[..nul]).into_owned();
+            let seq = u64::from_be_bytes(rest[nul + 1..].try_into().unwrap_or_default());
+            out.push((k.to_vec(), user, seq, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
     /// Every (tenant, user) with a snapshot, for the `replay` check.
     pub fn all_users(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.readable()?;
@@ -567,10 +608,10 @@ impl Store {
     }
 
     /// The trees, in the order of `TreeId::ALL`.
-    fn trees(&self) -> [&sled::Tree; 14] {
+    fn trees(&self) -> [&sled::Tree; 15] {
         [
             &self.users, &self.events, &self.dedup, &self.snapseq, &self.catalogues, &self.dead, &self.jobs, &self.boards, &self.archive, &self.closed, &self.goals, &self.hooks,
-            &self.outbox, &self.hooklog,
+            &self.outbox, &self.hooklog, &self.analytics,
         ]
     }
 

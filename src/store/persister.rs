@@ -35,7 +35,7 @@ impl Drop for PersisterThread {
 #[derive(Clone)]
 pub(super) struct PersisterSide {
     pub(super) db: sled::Db,
-    pub(super) trees: [sled::Tree; 14],
+    pub(super) trees: [sled::Tree; 15],
     pub(super) stats: Arc<PersistStats>,
 }
 
@@ -195,6 +195,7 @@ impl PersisterSide {
             TreeId::Hooks => 11,
             TreeId::Outbox => 12,
             TreeId::HookLog => 13,
+            TreeId::Analytics => 14,
         }
     }
 

@@ -71,6 +71,8 @@ enum Delivery {
     Board(store::BoardKey, store::BoardEntry, Option<store::BoardKey>),
     /// Webhook notifications are durable in these endpoints' outboxes: wake their workers.
     Wake(Vec<Arc<tokio::sync::Notify>>),
+    /// What the job adds to the tenant's analytics, added once it is durable.
+    Analytics(crate::analytics::Contribution),
 }
 
 /// Work that must wait until everything in flight is durable, so it sees durable state.
@@ -112,6 +114,8 @@ pub struct Env {
     pub boards: Arc<Boards>,
     /// Endpoints whose outboxes an event's notifications go to.
     pub webhooks: Arc<Webhooks>,
+    /// Each tenant's analytics, added to once a change is durable.
+    pub analytics: Arc<crate::analytics::Analytics>,
 }
 
 impl Env {
@@ -148,6 +152,12 @@ pub struct User {
     waiting: Vec<Waiting>,
     last_activity: Instant,
     progress: plan::Throttle,
+    /// What this user has contributed to analytics, folded up to the last change planned,
+    /// and the snapshot sequence number its record was last written with.
+    facts: crate::analytics::UserFacts,
+    facts_written: u64,
+    /// The tenant's analytics: figures and health counters.
+    stats: Arc<crate::analytics::TenantAnalytics>,
 }
 
 /// The push epoch of a user with nothing stored yet. It is the same every time, so a client
@@ -175,6 +185,13 @@ impl Actor for UserActor {
         // and catalogue version, which rebuilds exactly the state that was acknowledged.
         let r = tokio::task::spawn_blocking(move || crate::replay::restore(&*env.log, &env.catalogues, &t, &u)).await??;
         let (st, snap_seq) = (r.state, r.snap_seq);
+        // The user's analytics facts: the record stored with the snapshot, and the log after it.
+        // The figures already hold them (from the rebuild at start, or the live path), so
+        // nothing is added here.
+        let (env, t, u) = (a.env.clone(), a.tenant.clone(), a.user.clone());
+        let tz = a.env.catalogue(&a.tenant).map(|c| c.settings.default_timezone).unwrap_or_default();
+        let facts = tokio::task::spawn_blocking(move || crate::analytics::load(&*env.log, &t, &u, |at| crate::core::calendar::local_day(at, tz).0)).await??.0;
+        let stats = a.env.analytics.tenant(&a.tenant);
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
         a.env.metrics.actors.inc();
@@ -194,6 +211,9 @@ impl Actor for UserActor {
             waiting: Vec::new(),
             last_activity: Instant::now(),
             progress: plan::Throttle::new(std::time::Duration::from_millis(throttle_ms)),
+            facts_written: snap_seq,
+            facts,
+            stats,
         })
     }
 
@@ -343,6 +363,7 @@ impl User {
         deliveries.push(Delivery::Accepted);
         let mut out = outcome("accepted");
         let now = Instant::now().into_std();
+        let step = crate::analytics::step_of_effects(Some(event.occurred_at), &fx, &cat, false);
         let plan = plan::event(&planner!(self, cat), &mut self.cur, &self.st, &fx, event, received_at, &mut self.progress, now);
         (out.xp, out.unlocks) = (plan.xp, plan.unlocks.clone());
         tracing::debug!(xp = out.xp, unlocks = out.unlocks.len(), "event accepted");
@@ -350,6 +371,7 @@ impl User {
         // its ack sees its score; the pushes follow the ack.
         deliveries.extend(plan.boards.iter().cloned().map(|b| Delivery::Board(b.key, b.entry, b.left)));
         reply(&mut deliveries, origin, protocol::ack(&id, false), out);
+        self.fold(&cat, &step, &mut deliveries);
         let after = permit.map(Delivery::Release).into_iter().collect();
         self.perform(myself, plan, deliveries, after);
         Ok(())
@@ -370,6 +392,7 @@ impl User {
                 m.storage_failed.inc();
                 let text = format!("the server cannot store events now ({why}); send it again later");
                 m.refused("unavailable");
+                self.stats.health.rejected("unavailable");
                 return Ok(Err(Unchanged::Refused { wire: "unavailable", code: "unavailable", text }));
             }
             Err(e) => return Err(e.into()),
@@ -381,11 +404,13 @@ impl User {
                 // user suppress another's events by guessing ids; say so instead.
                 m.rejected.inc();
                 m.refused("id_conflict");
+                self.stats.health.rejected("id_conflict");
                 let text = "event_id is already used by another user of this tenant; event ids must be unique per tenant".into();
                 return Ok(Err(Unchanged::Refused { wire: "id_conflict", code: "id_conflict", text }));
             }
             Seen::Mine => {
                 m.duplicates.inc();
+                self.stats.health.duplicate();
                 return Ok(Err(Unchanged::Duplicate));
             }
         }
@@ -397,15 +422,18 @@ impl User {
             Some(Effect::Accepted { .. }) => Ok(Ok((fx, cat))),
             Some(Effect::Duplicate { by: DuplicateBy::Fingerprint, .. }) => {
                 m.duplicates.inc();
+                self.stats.health.duplicate();
                 Ok(Ok((fx, cat)))
             }
             Some(Effect::Duplicate { .. }) => {
                 m.duplicates.inc();
+                self.stats.health.duplicate();
                 Ok(Err(Unchanged::Duplicate))
             }
             Some(Effect::Rejected { reason, .. }) => {
                 m.rejected.inc();
                 m.refused("invalid_event");
+                self.stats.health.rejected(reason.code());
                 let text = reason.to_string();
                 tracing::debug!(code = reason.code(), reason = %text, "event rejected");
                 Ok(Err(Unchanged::Refused { wire: "invalid_event", code: reason.code(), text }))
@@ -529,7 +557,9 @@ impl User {
         self.st = next;
         let plan = plan::award(&planner!(self, cat), &mut self.cur, &self.st, &fx, board, period, rank, now);
         tracing::info!(tenant = %self.tenant, user = %self.user, board, period, rank, "leaderboard award");
-        self.perform(myself, plan, vec![], vec![Delivery::Awarded(reply, true)]);
+        let mut after = vec![Delivery::Awarded(reply, true)];
+        self.fold(&cat, &crate::analytics::step_of_effects(None, &fx, &cat, false), &mut after);
+        self.perform(myself, plan, vec![], after);
     }
 
     /// Replays this user's whole log under the catalogue in force and awards what the job's
@@ -569,7 +599,10 @@ impl User {
         let rec = crate::records::BackfillRecord { badges: spec.badges.clone(), new_stats: spec.new_stats.clone() };
         let plan = plan::backfill(&planner!(self, cat), &mut self.cur, &self.st, &fx, spec.job, &rec, spec.notify, now);
         tracing::debug!(job = spec.job, tenant = %self.tenant, user = %self.user, awarded, "backfilled");
-        self.perform(myself, plan, vec![], vec![Delivery::Backfilled(reply, awarded)]);
+        // Marked as backfilled, and counted whether or not the job pushes its awards.
+        let mut after = vec![Delivery::Backfilled(reply, awarded)];
+        self.fold(&cat, &crate::analytics::step_of_effects(None, &fx, &cat, true), &mut after);
+        self.perform(myself, plan, vec![], after);
         Ok(())
     }
 
@@ -581,9 +614,27 @@ impl User {
         }
     }
 
+    /// Folds a planned change into the user's analytics facts; what it adds to the tenant's
+    /// figures goes with the deliveries, to be added once the change is durable.
+    fn fold(&mut self, cat: &Catalogue, step: &crate::analytics::Step, deliveries: &mut Vec<Delivery>) {
+        let tz = cat.settings.default_timezone;
+        let hash = crate::analytics::figures::user_hash(&self.tenant, &self.user);
+        let c = self.facts.fold(self.cur.seq, step, hash, |at| crate::core::calendar::local_day(at, tz).0);
+        if !c.is_empty() {
+            deliveries.push(Delivery::Analytics(c));
+        }
+    }
+
     /// Sends writes to the persister and holds the deliveries until they are durable. With no
     /// writes, deliveries still wait behind any earlier ones, so the client sees them in order.
     fn enqueue(&mut self, myself: &ActorRef<UserMsg>, mut writes: Vec<store::Write>, mut deliveries: Vec<Delivery>) {
+        // The analytics record goes with every snapshot, after it in the same job: a
+        // recovered record never folds an event the log does not hold (docs/analytics.md).
+        if self.cur.snap_seq > self.facts_written {
+            self.facts.seq = self.cur.snap_seq;
+            writes.push(store::writes::analytics(&self.tenant, &self.user, &self.facts));
+            self.facts_written = self.cur.snap_seq;
+        }
         // Webhook notifications go into the same batch as the pushes that announce them, so
         // one is durable exactly when the other is. Only tenants with endpoints pay for this.
         let mut no_ids = None;
@@ -686,8 +737,14 @@ impl User {
             Delivery::Release(_) => {}
             Delivery::Accepted => {
                 self.env.metrics.accepted.inc();
+                self.stats.health.accepted(now_ms());
             }
-            Delivery::Observe(arrived) => self.env.metrics.event_to_push.record(arrived.elapsed()),
+            Delivery::Observe(arrived) => {
+                let took = arrived.elapsed();
+                self.env.metrics.event_to_push.record(took);
+                self.stats.health.latency(took);
+            }
+            Delivery::Analytics(c) => self.stats.add(&c),
             Delivery::Backfilled(reply, n) => {
                 let _ = reply.send(Ok(n));
             }
@@ -797,6 +854,6 @@ fn refuse(d: Delivery, why: &str) {
         Delivery::Awarded(reply, _) => drop(reply.send(Err(why.to_string()))),
         Delivery::Goal(reply, _) => drop(reply.send(Err(why.to_string()))),
         Delivery::Noticed(reply) => drop(reply.send(Err(why.to_string()))),
-        Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) => {}
+        Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) | Delivery::Analytics(_) => {}
     }
 }
