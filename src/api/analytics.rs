@@ -111,11 +111,14 @@ pub struct RarityRow {
 pub async fn rarity(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Query(r): Query<Range>) -> Result<Json<RarityDoc>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let (from, to) = days(&r, &cat)?;
-    let doc = shared.analytics.tenant(&tenant).read(|f| rarity_doc(f, &cat, from, to));
-    Ok(Json(doc))
+    // What the answer reads is copied under the lock (the period's days, the badges), and
+    // the unions computed after it.
+    let part = shared.analytics.tenant(&tenant).read(|f| Figures { users: f.users, days: f.days_for(from, to), badges: f.badges.clone(), pairs: Default::default() });
+    Ok(Json(rarity_doc(&part, &cat, from, to)))
 }
 
-fn rarity_doc(f: &Figures, cat: &Catalogue, from: i32, to: i32) -> RarityDoc {
+/// The rarity answer from the figures (only `users`, the period's days and the badges are read).
+pub fn rarity_doc(f: &Figures, cat: &Catalogue, from: i32, to: i32) -> RarityDoc {
     let active = f.active(from, to);
     let mut badges: Vec<RarityRow> = cat
         .badges
@@ -161,7 +164,10 @@ pub struct ActivityDoc {
 pub async fn activity(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Query(r): Query<Range>) -> Result<Json<ActivityDoc>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let (from, to) = days(&r, &cat)?;
-    let days = shared.analytics.tenant(&tenant).read(|f| figures::activity(f, from, to));
+    // The days are copied under the lock and the windows computed after it, so a query never
+    // holds up the actors adding to the figures.
+    let copied = shared.analytics.tenant(&tenant).read(|f| f.days_for(from - 29, to));
+    let days = figures::activity(&copied, from, to);
     Ok(Json(ActivityDoc { timezone: cat.settings.default_timezone.name().into(), days }))
 }
 
@@ -216,22 +222,25 @@ pub async fn funnel(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Q
             return Err(not_found("unknown_badge", format!("no badge `{id}` in the catalogue in force")));
         }
     }
-    let steps = shared.analytics.tenant(&tenant).read(|f| {
-        let mut out: Vec<FunnelStep> = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let name = cat.badge(id).map(|b| b.name.clone()).unwrap_or_default();
-            let (users, median) = if i == 0 {
-                (f.badges.get(id.as_str()).map_or(0, |b| b.holders), None)
-            } else {
-                let prev = &ids[i - 1];
-                (f.both(prev, id), f.between(prev, id).and_then(|h| h.quantile(0.5)))
-            };
-            let conversion = out.last().map_or(1.0, |p| share(users, p.users));
-            out.push(FunnelStep { badge: id.clone(), name, users, conversion, median_from_previous: median });
-        }
-        out
-    });
+    let steps = shared.analytics.tenant(&tenant).read(|f| funnel_steps(f, &cat, &ids));
     Ok(Json(FunnelDoc { steps }))
+}
+
+/// A funnel's steps from the figures (`ids` are badges of `cat`): a few map reads per step.
+pub fn funnel_steps(f: &Figures, cat: &Catalogue, ids: &[String]) -> Vec<FunnelStep> {
+    let mut out: Vec<FunnelStep> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let name = cat.badge(id).map(|b| b.name.clone()).unwrap_or_default();
+        let (users, median) = if i == 0 {
+            (f.badges.get(id.as_str()).map_or(0, |b| b.holders), None)
+        } else {
+            let prev = &ids[i - 1];
+            (f.both(prev, id), f.between(prev, id).and_then(|h| h.quantile(0.5)))
+        };
+        let conversion = out.last().map_or(1.0, |p| share(users, p.users));
+        out.push(FunnelStep { badge: id.clone(), name, users, conversion, median_from_previous: median });
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,23 +289,26 @@ pub async fn time_to_unlock(State(shared): State<Arc<Shared>>, Tenant(tenant): T
     {
         return Err(not_found("unknown_badge", format!("no badge `{id}` in the catalogue in force")));
     }
-    let badges = shared.analytics.tenant(&tenant).read(|f| {
-        let one = |id: &str, whole: bool| {
-            let h = f.badges.get(id).map(|b| b.time_to_unlock.clone()).unwrap_or_default();
-            UnlockTime {
-                badge: id.to_string(),
-                count: h.count(),
-                median: h.quantile(0.5),
-                p90: h.quantile(0.9),
-                buckets: whole.then(|| h.rows().into_iter().map(|(low_ms, high_ms, count)| Bucket { low_ms, high_ms, count }).collect()),
-            }
-        };
-        match &q.badge {
-            Some(id) => vec![one(id, true)],
-            None => cat.badges.iter().map(|b| one(&b.id, false)).collect(),
-        }
-    });
+    let badges = shared.analytics.tenant(&tenant).read(|f| unlock_times(f, &cat, q.badge.as_deref()));
     Ok(Json(UnlockTimes { badges }))
+}
+
+/// Time to unlock from the figures: one badge with its buckets, or every badge's summary.
+pub fn unlock_times(f: &Figures, cat: &Catalogue, badge: Option<&str>) -> Vec<UnlockTime> {
+    let one = |id: &str, whole: bool| {
+        let h = f.badges.get(id).map(|b| &b.time_to_unlock);
+        UnlockTime {
+            badge: id.to_string(),
+            count: h.map_or(0, |h| h.count()),
+            median: h.and_then(|h| h.quantile(0.5)),
+            p90: h.and_then(|h| h.quantile(0.9)),
+            buckets: whole.then(|| h.map(|h| h.rows()).unwrap_or_default().into_iter().map(|(low_ms, high_ms, count)| Bucket { low_ms, high_ms, count }).collect()),
+        }
+    };
+    match badge {
+        Some(id) => vec![one(id, true)],
+        None => cat.badges.iter().map(|b| one(&b.id, false)).collect(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -240,10 +240,11 @@ mod tree_codes {
     fn tree_codes_are_frozen_and_round_trip() {
         // Changelogs in a cluster's JetStream name trees by these numbers: do not renumber.
         assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code()), (0, 1, 2, 13));
-        for c in 0..14 {
+        assert_eq!(TreeId::Analytics.code(), 14, "a new tree takes the next number");
+        for c in 0..15 {
             assert_eq!(TreeId::from_code(c).map(TreeId::code), Some(c));
         }
-        assert_eq!(TreeId::from_code(14), None);
+        assert_eq!(TreeId::from_code(15), None);
     }
 }
 
