@@ -36,6 +36,7 @@
 //!   `run(listener, shared, shutdown)`.
 //! - [`shared`]: `Shared`, what the HTTP and WebSocket handlers share.
 //! - [`demo`]: the embedded demo page and demo token endpoint.
+//! - [`dashboard`]: the embedded operator dashboard over the analytics API.
 //! - [`config`]: the one typed configuration.
 //! - [`cluster`]: cluster mode on NATS JetStream, as far as it is built: partitions, leases,
 //!   fenced partition logs.
@@ -51,6 +52,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod core;
+pub mod dashboard;
 pub mod demo;
 pub mod goals;
 pub mod leaderboard;

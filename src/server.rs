@@ -117,7 +117,8 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(crate::api::metrics))
         .route("/healthz", get(crate::api::healthz))
         .route("/readyz", get(crate::api::readyz))
-        .merge(crate::api::routes(shared.clone()));
+        .merge(crate::api::routes(shared.clone()))
+        .merge(crate::dashboard::routes());
     if shared.demo {
         r = r.merge(crate::demo::routes());
     }

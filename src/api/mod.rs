@@ -1,6 +1,6 @@
 //! The HTTP API for the app's backend, next to the socket on the same port: ingest, dead
 //! letters, catalogue changes (preview, backfill jobs), user queries, leaderboards
-//! (`leaderboards.rs`), assigned goals (`goals.rs`). Every route takes the
+//! (`leaderboards.rs`), assigned goals (`goals.rs`), analytics and the export (`analytics.rs`). Every route takes the
 //! tenant from its API key (`Authorization: Bearer <key>`), so a key can only ever name its own
 //! tenant's users, versions, jobs and dead letters. The OpenAPI document at
 //! `/v1/openapi.json` is generated from the handlers and types below.
@@ -24,7 +24,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 /// Events one `POST /v1/events` may carry.
 pub const MAX_BATCH: usize = 1000;
 
-mod analytics;
+pub mod analytics;
 mod catalogue;
 mod events;
 mod goals;
