@@ -67,8 +67,8 @@ fn ev(id: &str, user: &str, ty: &str, at: &str) -> Value {
 /// - bob: lessons at 11-02 23:30 and 11-03 00:30, both on 11-03 in Paris (step-1, step-2 an
 ///   hour later);
 /// - cy: a quiz at 11-04 12:00 (quiz, at her first event);
-/// - ann's first event sent again (a duplicate), and an event of an unknown type (refused, a
-///   dead letter).
+/// - ann's first event sent again (a duplicate), an event of an unknown type (refused by cy's
+///   actor) and one without a user (refused by the ingest route), both dead letters.
 fn stream() -> Vec<Value> {
     vec![
         ev("a1", "ann", "lesson.done", "2026-11-02T09:00:00Z"),
@@ -80,6 +80,7 @@ fn stream() -> Vec<Value> {
         ev("c1", "cy", "quiz.passed", "2026-11-04T12:00:00Z"),
         ev("a1", "ann", "lesson.done", "2026-11-02T09:00:00Z"),
         ev("x1", "cy", "no.such.type", "2026-11-04T12:00:00Z"),
+        json!({ "event_id": "x2", "event_type": "lesson.done", "occurred_at": "2026-11-04T12:00:00Z" }),
     ]
 }
 
@@ -179,15 +180,15 @@ async fn every_analytics_route_answers_the_figures_of_a_known_stream_and_again_a
     let s = start(dir.path()).await;
     let api = Api::new(&s, DEMO_KEY);
     let r = api.ingest(stream()).await;
-    assert_eq!((r["accepted"].as_u64(), r["duplicates"].as_u64(), r["rejected"].as_u64()), (Some(7), Some(1), Some(1)), "{r}");
+    assert_eq!((r["accepted"].as_u64(), r["duplicates"].as_u64(), r["rejected"].as_u64()), (Some(7), Some(1), Some(2)), "{r}");
     check_figures(&api).await;
 
     let (st, h) = api.get("/v1/analytics/health").await;
     assert_eq!(st, 200, "{h}");
     assert_eq!((h["accepted"].as_u64(), h["duplicates"].as_u64()), (Some(7), Some(1)));
     assert!((h["duplicate_rate"].as_f64().unwrap() - 1.0 / 8.0).abs() < 1e-9, "{h}");
-    assert_eq!(h["rejected"], json!({ "unknown_event_type": 1 }));
-    assert_eq!(h["dead_letters"], 1);
+    assert_eq!(h["rejected"], json!({ "invalid_event": 1, "unknown_event_type": 1 }));
+    assert_eq!(h["dead_letters"], 2);
     assert_eq!(h["catalogue_version"], 1);
     let per_minute: u64 = h["events_per_minute"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(per_minute, 7);

@@ -156,6 +156,11 @@ pub struct User {
     /// and the snapshot sequence number its record was last written with.
     facts: crate::analytics::UserFacts,
     facts_written: u64,
+    /// The user's hash in the figures' sketches, and the local day last computed (its UTC
+    /// bounds and number), so that the fold on every event skips the hashing and the time-zone
+    /// arithmetic (about a third of what analytics cost the hot path, measured).
+    user_hash: u64,
+    day: std::cell::Cell<(Millis, Millis, i32, chrono_tz::Tz)>,
     /// The tenant's analytics: figures and health counters.
     stats: Arc<crate::analytics::TenantAnalytics>,
 }
@@ -192,6 +197,7 @@ impl Actor for UserActor {
         let tz = a.env.catalogue(&a.tenant).map(|c| c.settings.default_timezone).unwrap_or_default();
         let facts = tokio::task::spawn_blocking(move || crate::analytics::load(&*env.log, &t, &u, |at| crate::core::calendar::local_day(at, tz).0)).await??.0;
         let stats = a.env.analytics.tenant(&a.tenant);
+        let user_hash = crate::analytics::figures::user_hash(&a.tenant, &a.user);
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
         let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
         a.env.metrics.actors.inc();
@@ -214,6 +220,8 @@ impl Actor for UserActor {
             facts_written: snap_seq,
             facts,
             stats,
+            user_hash,
+            day: std::cell::Cell::new((0, 0, 0, chrono_tz::Tz::UTC)),
         })
     }
 
@@ -618,8 +626,17 @@ impl User {
     /// figures goes with the deliveries, to be added once the change is durable.
     fn fold(&mut self, cat: &Catalogue, step: &crate::analytics::Step, deliveries: &mut Vec<Delivery>) {
         let tz = cat.settings.default_timezone;
-        let hash = crate::analytics::figures::user_hash(&self.tenant, &self.user);
-        let c = self.facts.fold(self.cur.seq, step, hash, |at| crate::core::calendar::local_day(at, tz).0);
+        let cache = &self.day;
+        let day = |at: Millis| {
+            let (start, end, d, zone) = cache.get();
+            if start <= at && at < end && zone == tz {
+                return d;
+            }
+            let (d, start, end) = crate::core::calendar::local_day(at, tz);
+            cache.set((start, end, d, tz));
+            d
+        };
+        let c = self.facts.fold(self.cur.seq, step, self.user_hash, day);
         if !c.is_empty() {
             deliveries.push(Delivery::Analytics(c));
         }
