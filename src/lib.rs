@@ -27,6 +27,8 @@
 //! - [`standings`]: questions about standings, answered by one node's rankings or merged from
 //!   every node's in a cluster.
 //! - [`metrics`]: counters and histograms, rendered for Prometheus.
+//! - [`analytics`]: each tenant's figures (rarity, activity, funnels, time to unlock, health),
+//!   kept as changes become durable and rebuilt from the users' records; the export's rows.
 //! - [`ownership`]: cluster mode's partitions on this node: joining, rebuilding a partition
 //!   gained before serving it, letting go of one lost.
 //! - [`remote`]: cluster mode's work for a user that crosses nodes: events forwarded to her
@@ -35,11 +37,13 @@
 //!   `run(listener, shared, shutdown)`.
 //! - [`shared`]: `Shared`, what the HTTP and WebSocket handlers share.
 //! - [`demo`]: the embedded demo page and demo token endpoint.
+//! - [`dashboard`]: the embedded operator dashboard over the analytics API.
 //! - [`config`]: the one typed configuration.
 //! - [`cluster`]: cluster mode on NATS JetStream, as far as it is built: partitions, leases,
 //!   fenced partition logs.
 
 pub mod accept;
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod backfill;
@@ -49,6 +53,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod core;
+pub mod dashboard;
 pub mod demo;
 pub mod expiries;
 pub mod goals;

@@ -176,7 +176,7 @@ impl Planner<'_> {
                     ("count".to_string(), crate::core::Value::Num(f64::from(*count))),
                 ];
                 let told = Event {
-                    event_id: records::team_unlock_id(self.user, badge, *count, member),
+                    event_id: records::team_unlock_id(self.user, badge, *count, seq, member),
                     event_type: records::TEAM_UNLOCK_EVENT.into(),
                     user_id: member.clone(),
                     tenant_id: self.tenant.into(),

@@ -315,6 +315,30 @@ pub fn revoked(offset: u64, badge: &str, def: Option<&BadgeDef>, cause: &str, re
     }))
 }
 
+/// An unlock as a stored frame says it: the badge's id, when it was awarded and the event id
+/// that awarded it; `None` for any other frame. Analytics reads stored log records with it, so
+/// that only this module knows the frame's shape.
+pub fn unlock_seen(frame: &str) -> Option<(String, Millis, String)> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    #[derive(Deserialize)]
+    struct Seen {
+        r#type: String,
+        at: String,
+        badge: Id,
+        event_id: String,
+    }
+    // Only unlock frames are parsed: a cheap look at the type first.
+    if !frame.contains("\"type\":\"unlock\"") {
+        return None;
+    }
+    let s: Seen = serde_json::from_str(frame).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(&s.at).ok()?.timestamp_millis();
+    (s.r#type == "unlock").then_some((s.badge.id, at, s.event_id))
+}
+
 pub fn progress(offset: u64, badge: &str, current: f64, target: f64) -> Frame {
     #[derive(Serialize)]
     struct Progress<'a> {

@@ -50,10 +50,11 @@ pub fn contribution_id(team: &str, member: &str, event_id: &str) -> String {
     format!("{}team:{}\u{1}{member}\u{1}{event_id}", crate::protocol::RESERVED_ID_PREFIX, team.trim_start_matches(crate::core::catalogue::TEAM_PREFIX))
 }
 
-/// The id under which `member` is told `team`'s unlock of `badge` (its `count`th): reserved,
-/// and one per member.
-pub fn team_unlock_id(team: &str, badge: &str, count: u32, member: &str) -> String {
-    format!("{}team_unlock:{}\u{1}{badge}\u{1}{count}\u{1}{member}", crate::protocol::RESERVED_ID_PREFIX, team.trim_start_matches(crate::core::catalogue::TEAM_PREFIX))
+/// The id under which `member` is told `team`'s unlock of `badge` (its `count`th, made by the
+/// team's log record `seq`): reserved, and one per member. The count alone would not do: a
+/// team badge that expired and is earned again counts from 1 again (core/revoke.rs).
+pub fn team_unlock_id(team: &str, badge: &str, count: u32, seq: u64, member: &str) -> String {
+    format!("{}team_unlock:{}\u{1}{badge}\u{1}{count}\u{1}{seq}\u{1}{member}", crate::protocol::RESERVED_ID_PREFIX, team.trim_start_matches(crate::core::catalogue::TEAM_PREFIX))
 }
 
 /// A team's unlock as a member is told it: the team's id, the badge and its count.
@@ -200,10 +201,12 @@ mod tests {
             contribution_id(&a, "ann", "e1"),
             contribution_id(&b, "ann", "e1"),
             contribution_id(&a, "bob", "e1"),
-            team_unlock_id(&a, "five", 1, "ann"),
-            team_unlock_id(&a, "five", 1, "bob"),
-            team_unlock_id(&a, "five", 2, "ann"),
-            team_unlock_id(&b, "five", 1, "ann"),
+            team_unlock_id(&a, "five", 1, 7, "ann"),
+            team_unlock_id(&a, "five", 1, 7, "bob"),
+            team_unlock_id(&a, "five", 2, 9, "ann"),
+            team_unlock_id(&b, "five", 1, 7, "ann"),
+            // Earned again after it expired: counted from 1 again, by a later record.
+            team_unlock_id(&a, "five", 1, 12, "ann"),
         ];
         let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len(), "{ids:?}");

@@ -75,7 +75,25 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
     };
     let webhooks = Arc::new(Webhooks::new(store.clone(), log.clone(), metrics.clone(), config.clone(), shutdown.subscribe())?);
     let mail = Arc::new(tokio::sync::Notify::new());
-    let env = crate::user::Env { config: config.clone(), log: log.clone(), catalogues: catalogues.clone(), metrics: metrics.clone(), boards: boards.clone(), webhooks: webhooks.clone(), mail: mail.clone() };
+    // Like the rankings, the analytics figures are an index over stored records, rebuilt by
+    // one blocking scan before any traffic (in cluster mode, not yet: docs/analytics.md).
+    let analytics = Arc::new(crate::analytics::Analytics::default());
+    if config.cluster.is_none() {
+        let read = analytics.rebuild(&store, &catalogues).map_err(|e| anyhow::anyhow!("rebuilding analytics: {e}"))?;
+        if read > 0 {
+            tracing::info!(users = read, "analytics rebuilt");
+        }
+    }
+    let env = crate::user::Env {
+        config: config.clone(),
+        log: log.clone(),
+        catalogues: catalogues.clone(),
+        metrics: metrics.clone(),
+        boards: boards.clone(),
+        webhooks: webhooks.clone(),
+        mail: mail.clone(),
+        analytics: analytics.clone(),
+    };
     let users = Users::start(env, shutdown.subscribe()).await?;
     // Mail between teams and their members is delivered by one worker per node.
     tokio::spawn(crate::teams::run(store.clone(), log, users.clone(), cluster.clone(), mail, shutdown.subscribe()));
@@ -98,6 +116,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         backfills,
         boards,
         webhooks,
+        analytics,
         cluster,
         config,
     }))
@@ -110,7 +129,8 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(crate::api::metrics))
         .route("/healthz", get(crate::api::healthz))
         .route("/readyz", get(crate::api::readyz))
-        .merge(crate::api::routes(shared.clone()));
+        .merge(crate::api::routes(shared.clone()))
+        .merge(crate::dashboard::routes());
     if shared.demo {
         r = r.merge(crate::demo::routes());
     }

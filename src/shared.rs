@@ -41,6 +41,8 @@ pub struct Shared {
     pub boards: Arc<Boards>,
     /// Each tenant's webhook endpoints and their delivery workers.
     pub webhooks: Arc<Webhooks>,
+    /// Each tenant's analytics figures and health counters.
+    pub analytics: Arc<crate::analytics::Analytics>,
     /// This node's part in the cluster, in cluster mode.
     pub cluster: Option<Arc<crate::ownership::Membership>>,
 }

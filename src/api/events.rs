@@ -238,6 +238,7 @@ pub async fn ingest(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, b
                 // Refused before any actor saw it, so counted here.
                 shared.metrics.rejected.inc();
                 shared.metrics.refused(code);
+                shared.analytics.tenant(&tenant).health.rejected(code);
                 let id = dead_letter(&shared, &tenant, code, &reason, raw.to_string(), event_id.clone(), user_id).await?;
                 EventResult { event_id, status: "rejected".into(), code: Some(code.into()), reason: Some(reason), xp: 0, unlocks: vec![], dead_letter: Some(id) }
             }

@@ -1,6 +1,7 @@
 //! The HTTP API for the app's backend, next to the socket on the same port: ingest, dead
 //! letters, catalogue changes (preview, backfill jobs), user queries, leaderboards
-//! (`leaderboards.rs`), assigned goals (`goals.rs`), teams (`teams.rs`). Every route takes the
+//! (`leaderboards.rs`), assigned goals (`goals.rs`), teams (`teams.rs`), analytics and the export
+//! (`analytics.rs`). Every route takes the
 //! tenant from its API key (`Authorization: Bearer <key>`), so a key can only ever name its own
 //! tenant's users, versions, jobs and dead letters. The OpenAPI document at
 //! `/v1/openapi.json` is generated from the handlers and types below.
@@ -24,6 +25,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 /// Events one `POST /v1/events` may carry.
 pub const MAX_BATCH: usize = 1000;
 
+pub mod analytics;
 mod catalogue;
 mod events;
 mod goals;
@@ -88,6 +90,12 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         // Open periods' standings are gathered from every node in cluster mode.
         .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
         .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
+        .route("/v1/analytics/rarity", get(analytics::rarity))
+        .route("/v1/analytics/activity", get(analytics::activity))
+        .route("/v1/analytics/funnel", get(analytics::funnel))
+        .route("/v1/analytics/time-to-unlock", get(analytics::time_to_unlock))
+        .route("/v1/analytics/health", get(analytics::health))
+        .route("/v1/analytics/export", get(analytics::export))
         .route("/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
@@ -255,6 +263,7 @@ impl utoipa::Modify for Security {
         goals::create, goals::list, goals::get, goals::cancel,
         teams::put_team, teams::get_team, teams::add_member, teams::remove_member,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::set_aside, webhooks::retry,
+        analytics::rarity, analytics::activity, analytics::funnel, analytics::time_to_unlock, analytics::health, analytics::export,
         operations::healthz, operations::readyz, operations::metrics
     ),
     components(schemas(ErrorBody, Change, backfill::JobStatus, backfill::BadgePreview)),
@@ -267,6 +276,7 @@ impl utoipa::Modify for Security {
         (name = "goals", description = "Goals one user assigns another"),
         (name = "teams", description = "Teams, their members, and what they earn together"),
         (name = "webhooks", description = "Endpoints notified of unlocks, level-ups, goals, team unlocks and revocations, and their deliveries"),
+        (name = "analytics", description = "Badge rarity, funnels, activity, time to unlock, health, and the export of the log"),
         (name = "operations", description = "Health, readiness, metrics")
     )
 )]

@@ -134,6 +134,10 @@ impl EventLog for ClusterLog {
         self.store.events_after(tenant, user, after, limit)
     }
 
+    fn analytics_record(&self, tenant: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.analytics_record(tenant, user)
+    }
+
     fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError> {
         self.store.pushes_after(tenant, user, offset, max_events)
     }

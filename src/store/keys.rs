@@ -145,10 +145,12 @@ pub enum TreeId {
     Mail,
     /// Each user's earliest badge expiry, for the expiry sweep: `tenant \0 user` -> i64 BE.
     Expiries,
+    /// Each user's analytics record (`analytics::UserFacts`), written with the snapshot.
+    Analytics,
 }
 
 impl TreeId {
-    pub(super) const ALL: [TreeId; 17] = [
+    pub(super) const ALL: [TreeId; 18] = [
         TreeId::Users,
         TreeId::Events,
         TreeId::Dedup,
@@ -166,6 +168,7 @@ impl TreeId {
         TreeId::Links,
         TreeId::Mail,
         TreeId::Expiries,
+        TreeId::Analytics,
     ];
 
     /// The tree's number where writes leave the process (cluster mode's changelog). Frozen:
@@ -270,10 +273,11 @@ mod tree_codes {
     fn tree_codes_are_frozen_and_round_trip() {
         // Changelogs in a cluster's JetStream name trees by these numbers: do not renumber.
         assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code(), TreeId::Links.code(), TreeId::Mail.code(), TreeId::Expiries.code()), (0, 1, 2, 13, 14, 15, 16));
-        for c in 0..17 {
+        assert_eq!(TreeId::Analytics.code(), 17, "a new tree takes the next number");
+        for c in 0..18 {
             assert_eq!(TreeId::from_code(c).map(TreeId::code), Some(c));
         }
-        assert_eq!(TreeId::from_code(17), None);
+        assert_eq!(TreeId::from_code(18), None);
     }
 }
 

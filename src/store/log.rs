@@ -68,6 +68,9 @@ pub trait EventLog: Send + Sync {
     /// The pushes recorded after push offset `offset`, oldest first, each with the time its
     /// event was received, looking back at most `max_events` records. Blocking.
     fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError>;
+
+    /// The user's analytics record as stored (with its snapshot), if any. Blocking.
+    fn analytics_record(&self, tenant: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 impl EventLog for Store {
@@ -113,5 +116,9 @@ impl EventLog for Store {
 
     fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError> {
         Store::pushes_after(self, tenant, user, offset, max_events)
+    }
+
+    fn analytics_record(&self, tenant: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::analytics_record(self, tenant, user)
     }
 }

@@ -158,6 +158,7 @@ pub struct Store {
     links: sled::Tree,
     mail: sled::Tree,
     expiries: sled::Tree,
+    analytics: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -200,6 +201,7 @@ impl Store {
             links: db.open_tree("links")?,
             mail: db.open_tree("mail")?,
             expiries: db.open_tree("expiries")?,
+            analytics: db.open_tree("analytics")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -235,6 +237,7 @@ impl Store {
                 self.links.clone(),
                 self.mail.clone(),
                 self.expiries.clone(),
+                self.analytics.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -503,6 +506,50 @@ impl Store {
         Ok(n)
     }
 
+    /// A user's analytics record (`analytics::UserFacts`, stored with the snapshot), as stored.
+    pub fn analytics_record(&self, tenant: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.readable()?;
+        Ok(self.analytics.get(user_key(tenant, user))?.map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` stored log records of a tenant's users in key order (user, then sequence number),
+    /// from the record keyed `from` (included when `inclusive`, else just after it), each with
+    /// its key: an export's page. A short page means the end.
+    #[allow(clippy::type_complexity)]
+    pub fn tenant_events_page(&self, tenant: &str, from: Option<&[u8]>, inclusive: bool, limit: usize) -> Result<Vec<(Vec<u8>, String, u64, StoredEvent)>, StoreError> {
+        self.readable()?;
+        let prefix = tenant_prefix(tenant);
+        let start = match from {
+            Some(k) if k.starts_with(&prefix) => {
+                let mut k = k.to_vec();
+                if !inclusive {
+                    k.push(0); // just past it
+                }
+                k
+            }
+            _ => prefix.clone(),
+        };
+        // Teams' logs (entity ids beginning with U+0001, docs/teams.md) are not users' and
+        // are stepped over whole: they repeat the members' events.
+        let (mut teams_from, mut teams_to) = (prefix.clone(), prefix.clone());
+        teams_from.push(1);
+        teams_to.push(2);
+        let users = self.events.range(start.clone()..teams_from.clone().max(start.clone())).chain(self.events.range(teams_to.max(start)..));
+        let mut out = Vec::new();
+        for kv in users {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let Some(nul) = rest.iter().position(|&b| b == 0) else { continue };
+            let user = String::from_utf8_lossy(&rest[..nul]).into_owned();
+            let seq = u64::from_be_bytes(rest[nul + 1..].try_into().unwrap_or_default());
+            out.push((k.to_vec(), user, seq, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
     /// Every (tenant, user) with a snapshot, for the `replay` check.
     pub fn all_users(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.readable()?;
@@ -594,10 +641,10 @@ impl Store {
     }
 
     /// The trees, in the order of `TreeId::ALL`.
-    fn trees(&self) -> [&sled::Tree; 17] {
+    fn trees(&self) -> [&sled::Tree; 18] {
         [
             &self.users, &self.events, &self.dedup, &self.snapseq, &self.catalogues, &self.dead, &self.jobs, &self.boards, &self.archive, &self.closed, &self.goals, &self.hooks,
-            &self.outbox, &self.hooklog, &self.links, &self.mail, &self.expiries,
+            &self.outbox, &self.hooklog, &self.links, &self.mail, &self.expiries, &self.analytics,
         ]
     }
 

@@ -35,7 +35,7 @@ impl Drop for PersisterThread {
 #[derive(Clone)]
 pub(super) struct PersisterSide {
     pub(super) db: sled::Db,
-    pub(super) trees: [sled::Tree; 17],
+    pub(super) trees: [sled::Tree; 18],
     pub(super) stats: Arc<PersistStats>,
 }
 
@@ -198,6 +198,7 @@ impl PersisterSide {
             TreeId::Links => 14,
             TreeId::Mail => 15,
             TreeId::Expiries => 16,
+            TreeId::Analytics => 17,
         }
     }
 

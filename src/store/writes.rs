@@ -87,3 +87,8 @@ pub fn snapshot(tenant: &str, user: &str, seq: u64, encoded: Vec<u8>) -> [Write;
     let uk = user_key(tenant, user);
     [Write::Put(TreeId::Users, uk.clone(), encoded), Write::Put(TreeId::SnapSeq, uk, seq.to_be_bytes().to_vec())]
 }
+
+/// A user's analytics record (`analytics::UserFacts`), written after the snapshot in its job.
+pub fn analytics<T: Serialize>(tenant: &str, user: &str, facts: &T) -> Write {
+    Write::Put(TreeId::Analytics, user_key(tenant, user), encode(facts))
+}
