@@ -1,9 +1,10 @@
-//! The expiry sweep: a user whose badge's `valid_for` runs out while she is away is told then
-//! (a `revoked` push kept in her history, and its webhook notifications), not only at her next
-//! event or connection. Her actor keeps her earliest expiry in the expiry index (written with
-//! her changes, before their log record, so it is never behind them); the sweep reads the
-//! index and sends each user with an expiry due `UserMsg::Expire`, which takes it through her
-//! actor as an `accolade.expire` record and sets the index right.
+//! The expiry sweep: a user whose badge's `valid_for` runs out, or whose wait of an `absence`
+//! rule lapses, while she is away is told then (a `revoked` or `unlock` push kept in her
+//! history, and its webhook notifications), not only at her next event or connection. Her
+//! actor keeps her next look (`UserState::next_look`) in the expiry index (written with her
+//! changes, before their log record, so it is never behind them); the sweep reads the index
+//! and sends each user with a look due `UserMsg::Expire`, which makes it through her actor as
+//! an `accolade.expire` record (`core::look`) and sets the index right.
 //!
 //! In cluster mode each node sweeps the users it serves.
 

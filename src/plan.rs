@@ -449,12 +449,17 @@ pub fn take(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], t: &'s
     plan
 }
 
-/// Expiries the core took when the user connected (`fx`, non-empty): their
-/// `accolade.expire` record and a `revoked` push for each.
+/// What a look with no event changed (`core::look`, `fx` non-empty: the user connected or the
+/// expiry sweep visited): its `accolade.expire` record, a `revoked` push for each expiry, then
+/// the awards of the waits that lapsed (a team's told to its members, as an event's are).
 pub fn expire(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], record_id: String, now: Millis) -> Plan {
     let mut plan = Plan::default();
     cur.seq += 1;
     p.revocations(&mut plan, cur, fx, &record_id);
+    p.awards(&mut plan, cur, st, fx, &record_id);
+    if !p.linked.is_empty() {
+        p.tell_members(&mut plan, cur.seq, fx, now);
+    }
     let event = p.system(record_id, records::EXPIRE_EVENT, "expiry", now, vec![]);
     plan.writes = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
     if cur.seq - cur.snap_seq >= p.snapshot_every {
@@ -463,13 +468,14 @@ pub fn expire(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], reco
     plan
 }
 
-/// The expiry index's write for `st` when its earliest badge expiry is not what the index
-/// holds (`indexed`, then updated), so that the expiry sweep finds a user whose badge runs
-/// out while she is away. The shell puts it before the change's log record: after a crash the
+/// The expiry index's write for `st` when its next look (`UserState::next_look`: the earliest
+/// badge expiry or wait of an `absence` rule) is not what the index holds (`indexed`, then
+/// updated), so that the expiry sweep finds a user whose badge runs out, or whose wait
+/// lapses, while she is away. The shell puts it before the change's log record: after a crash the
 /// index may run ahead of the log (the sweep then finds nothing due and sets it right), never
 /// behind it.
 pub fn expiry_index(tenant: &str, user: &str, st: &UserState, indexed: &mut Option<Millis>) -> Option<Write> {
-    let due = st.badges.values().filter_map(|r| r.expires_at).min();
+    let due = st.next_look();
     if due == *indexed {
         return None;
     }
@@ -594,6 +600,23 @@ mod tests {
         assert_eq!(kinds(&plan), [("revoked", 6), ("xp", 7), ("unlock", 8)]);
         assert_eq!((plan.revoked.clone(), plan.unlocks.clone()), (vec![badge.clone()], vec![badge]));
         assert_eq!(stored(&plan).pushes.len(), 3);
+    }
+
+    /// A look with no event (`core::look`): its `accolade.expire` record holds the expiries'
+    /// `revoked` pushes first, then the XP and unlocks of the waits that lapsed, so a rebuild
+    /// reads the award from the record as it reads an event's.
+    #[test]
+    fn a_look_pushes_its_expiries_then_the_awards_of_lapsed_waits() {
+        let cat = Catalogue::demo();
+        let (gone, earned) = (cat.badges[0].id.to_string(), cat.badges[1].id.to_string());
+        let fx = vec![revoked(&gone, RevokeCause::Expired), xp(50), unlock(&earned)];
+        let mut cur = Cursor { seq: 3, offset: 5, snap_seq: 3 };
+        let plan = expire(&planner(&cat), &mut cur, &UserState::new("t", "u"), &fx, "expire:4".into(), T0);
+        assert_eq!(kinds(&plan), [("revoked", 6), ("xp", 7), ("unlock", 8)]);
+        assert_eq!((plan.revoked.clone(), plan.unlocks.clone(), plan.xp), (vec![gone], vec![earned], 50));
+        let rec = stored(&plan);
+        assert_eq!((rec.event.event_type.as_str(), rec.event.event_id.as_str(), rec.pushes.len()), (records::EXPIRE_EVENT, "expire:4", 3));
+        assert_eq!(cur.seq, 4);
     }
 
     /// A leaderboard score is written before the event, as the user's whole set of scores, and

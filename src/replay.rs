@@ -104,7 +104,7 @@ pub fn replay_record(st: &mut UserState, log: &[StoredEvent], i: usize, before: 
             let _ = core::revoke::revoke(st, &rec.target, &rec.reason, rec.claw_back, e.received_at, &e.event.event_id, cat);
         }
     } else if e.event.event_type == EXPIRE_EVENT {
-        core::revoke::expire(st, e.received_at, &e.event.event_id, cat);
+        core::look(st, e.received_at, &e.event.event_id, cat);
     } else if e.event.event_type == RETRACT_EVENT {
         if let Some(rec) = TakeRecord::parse(e) {
             let history: Vec<StoredEvent> = before.iter().chain(&log[..i]).cloned().collect();

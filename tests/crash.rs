@@ -178,6 +178,12 @@ tier = "bronze"
 xp = 5
 valid_for = "10m"
 rule = { kind = "count", event = "login", target = 1 }
+[[badges]]
+id = "left-hanging"
+name = "Left hanging"
+tier = "bronze"
+xp = 1
+rule = { kind = "absence", event = "login", until = "article.read", within = "1m" }
 "#,
     )
     .unwrap();
@@ -212,13 +218,20 @@ rule = { kind = "count", event = "login", target = 1 }
     let (st, v) = api.call("POST", "/v1/users/kim/retractions", Some(&json!({ "event_id": "r-4", "reason": "refund", "xp": "claw_back" }))).await;
     assert_eq!((st, v["status"].as_str(), v["revoked"][0]["badge"].as_str()), (200, Some("retracted"), Some("reader")), "{v}");
     api.ingest(vec![read("r-5", "a5")]).await;
+    // A wait that runs out with no event to see it: the expiry sweep's look awards it (kim's
+    // ran out before her first read, which saw it).
+    let at = (chrono::Utc::now() - chrono::Duration::seconds(57)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    api.ingest(vec![json!({ "event_id": "k-1", "user_id": "kai", "event_type": "login", "occurred_at": at, "payload": {} })]).await;
+    api.wait_for("/v1/users/kai", 20, |v| v["badges"].as_array().is_some_and(|b| b.iter().any(|b| b["id"] == "left-hanging"))).await;
     server.kill9();
 
     // After the kill, the restarted server holds what it showed.
     let mut server = start_with(&data, port, &["--catalogue", file.to_str().unwrap()]).await;
     let (_, doc) = api.get("/v1/users/kim").await;
     let held: Vec<&str> = doc["badges"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
-    assert_eq!(held, ["fresh", "reader"], "{doc}");
+    assert_eq!(held, ["fresh", "left-hanging", "reader"], "{doc}");
+    let (_, kai) = api.get("/v1/users/kai/events").await;
+    assert!(kai["events"].as_array().unwrap().iter().any(|e| e["event_type"] == "accolade.expire"), "the sweep's look is in her log: {kai}");
     let (st, _) = api.call("POST", "/v1/users/kim/badges/fresh/revoke", Some(&json!({ "reason": "last one", "xp": "keep" }))).await;
     assert_eq!(st, 200);
     server.kill9();

@@ -156,6 +156,19 @@ tier = "bronze"
 xp = 3
 repeat = true
 rule = { kind = "streak", event = "problem.answered", when = { correct = true }, target = 3 }
+[[badges]]
+id = "p-comeback"
+name = "p"
+tier = "bronze"
+repeat_every = 1
+rule = { kind = "comeback", event = ["login", "problem.answered"], after = "20h" }
+[[badges]]
+id = "p-idle"
+name = "p"
+tier = "bronze"
+xp = 2
+repeat_every = 2
+rule = { kind = "absence", event = "exercise.proficient", until = "problem.answered", until_when = { correct = true }, key = "exercise", within = "1d" }
 "#;
         Catalogue::parse(&format!("{}\n{extra}", accolade::core::catalogue::DEMO_CATALOGUE), accolade::core::Format::Toml).expect("the extended catalogue is valid")
     })
@@ -241,6 +254,13 @@ name = "p"
 tier = "bronze"
 valid_for = "36h"
 rule = { kind = "streak", event = "problem.answered", when = { correct = true }, target = 2 }
+[[badges]]
+id = "p-idle"
+name = "p"
+tier = "bronze"
+xp = 4
+valid_for = "2d"
+rule = { kind = "absence", event = "exercise.proficient", until = "problem.answered", key = "exercise", within = "20h" }
 "#;
         Catalogue::parse(&format!("{}\n{extra}", accolade::core::catalogue::DEMO_CATALOGUE), accolade::core::Format::Toml).expect("the expiring catalogue is valid")
     })
@@ -269,6 +289,20 @@ fn with_revocations(events: &[(Event, i64)], ops: &[(u8, bool)]) -> (Vec<accolad
             _ => {}
         }
         let Some(&(pick, claw_back)) = ops.get(i) else { continue };
+        if pick == 8 {
+            // A look with no event, as the expiry sweep or a connecting socket makes when the
+            // user's next look is due: logged as an `accolade.expire` record.
+            let at = *now + 700;
+            if st.next_look().is_some_and(|t| t <= at) {
+                let id = format!("expire:{}", log.len() + 1);
+                accolade::core::look(&mut st, at, &id, cat);
+                let mut r = Event::new(&id, accolade::records::EXPIRE_EVENT, at, &[]);
+                r.user_id = "p".into();
+                r.tenant_id = "t".into();
+                log.push(accolade::store::StoredEvent { event: r, received_at: at, catalogue_version: cat.version, pushes: vec![] });
+            }
+            continue;
+        }
         if pick == 9 {
             // A retraction of an earlier event of the user's, chosen by this step's place.
             let facts: Vec<&accolade::store::StoredEvent> = log.iter().filter(|e| !accolade::records::system_record(&e.event.event_type)).collect();
@@ -316,8 +350,9 @@ fn with_revocations(events: &[(Event, i64)], ops: &[(u8, bool)]) -> (Vec<accolad
 proptest! {
     #![proptest_config(ProptestConfig { cases: 120, ..ProptestConfig::default() })]
 
-    /// Revocations, expiries and retractions replay to the byte: the log of events and
-    /// `accolade.revoke` and `accolade.retract` records, replayed as every rebuild does, gives
+    /// Revocations, expiries, retractions and lapsed waits replay to the byte: the log of
+    /// events and `accolade.revoke`, `accolade.retract` and `accolade.expire` (a look with no
+    /// event) records, replayed as every rebuild does, gives
     /// the live state's bytes; a revocation sent
     /// again and an event sent again change nothing; XP changes only by awards (up) and
     /// revocations that take it back (down, by exactly what they say).
@@ -351,6 +386,8 @@ proptest! {
             } else if log[i].event.event_type == accolade::records::REVOKE_EVENT {
                 let rec = accolade::records::TakeRecord::parse(&log[i]).unwrap();
                 accolade::core::revoke::revoke(&mut st, &rec.target, &rec.reason, rec.claw_back, log[i].received_at, &log[i].event.event_id, cat).unwrap()
+            } else if log[i].event.event_type == accolade::records::EXPIRE_EVENT {
+                accolade::core::look(&mut st, log[i].received_at, &log[i].event.event_id, cat)
             } else {
                 apply(&mut st, &log[i].event, log[i].received_at, cat)
             };

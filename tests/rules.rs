@@ -524,7 +524,7 @@ fn catalogue_errors_name_the_badge_and_field() {
         (badge("tier", "", r#"{ kind = "count", event = "login", target = 1 }"#).replace("bronze", "copper"), "badge `tier`: field `tier`", "unknown variant `copper`"),
         (badge("nested", "", r#"{ kind = "all", of = [ { kind = "badge", id = "ghost" } ] }"#), "badge `nested`: field `rule.of[0].id`", "no badge `ghost`"),
         (badge("win", "", r#"{ kind = "window", within = "soon", require = [ { event = "login", count = 1 } ] }"#), "badge `win`: field `rule.within`", "not a duration"),
-        (badge("rep", "repeat_every = 5", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 3 }"#), "badge `rep`: field `repeat_every`", "count, sum or tenure"),
+        (badge("rep", "repeat_every = 5", r#"{ kind = "max", event = "video.watched", field = "seconds", target = 3 }"#), "badge `rep`: field `repeat_every`", "count, sum, comeback, absence or tenure"),
         (badge("eight", "", r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 8, in_one = "week" }"#), "badge `eight`: field `rule.buckets`", "a week has at most 7 days"),
         (badge("long", "", r#"{ kind = "calendar", event = "login", bucket = "day", buckets = 32, in_one = "month" }"#), "badge `long`: field `rule.buckets`", "a month has at most 31 days"),
         (badge("inner", "", r#"{ kind = "keys", count = 2, rule = { kind = "count", event = "problem.answered", per = "exercise", target = 3, describe = "Three" } }"#), "badge `inner`: field `rule.rule.describe`", "give `describe` on the `keys` rule itself"),
@@ -1378,7 +1378,7 @@ fn tenure_repeats_every_year_and_repeat_errors_name_the_field() {
         (badge("r", "repeat = true", r#"{ kind = "count", event = "login", target = 3 }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
         (badge("r", "repeat = true\nrepeat_every = 3", r#"{ kind = "sum", event = "video.watched", field = "seconds", target = 3 }"#), "badge `r`: field `repeat`: cannot be combined with repeat_every or per_key"),
         (badge("r", "repeat = true", r#"{ kind = "all", of = [ { kind = "level", at_least = 2 }, { kind = "tenure", days = 3 } ] }"#), "badge `r`: field `repeat`: this rule never stops holding once it holds, so it could not be earned again (for counts and sums use repeat_every)"),
-        (badge("r", "repeat_every = 2", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat_every`: needs a positive number and a count, sum or tenure rule (use repeat = true for others)"),
+        (badge("r", "repeat_every = 2", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat_every`: needs a positive number and a count, sum, comeback, absence or tenure rule (use repeat = true for others)"),
         (badge("r", "repeat = 1", r#"{ kind = "streak", event = "login", target = 3 }"#), "badge `r`: field `repeat`: invalid type: integer `1`, expected a boolean"),
         (badge("r", "repeat = true", r#"{ kind = "window", within = "1h", require = [ { event = "video.watched", count = 2 } ] }"#), "badge `r`: field `repeat`: cannot repeat a window rule: it stops holding as time passes, with no event to see it, so a new occurrence could not be told from the last (repeat a calendar rule with `in_one` or `in_a_row` instead)"),
         (badge("r", "repeat = true", r#"{ kind = "any", of = [ { kind = "daily_streak", event = "login", days = 2 }, { kind = "level", at_least = 3 } ] }"#), "badge `r`: field `repeat`: repeats a daily streak or a calendar rule with `in_one` or `in_a_row` only as the badge's whole rule: it stops holding as days pass, and only on its own can its occurrences be told apart"),
@@ -1554,7 +1554,7 @@ fn a_badge_valid_for_a_period_expires_unseen_and_is_earned_again() {
     // Seen when the user connects instead (an `accolade.expire` record), it is the same
     // expiry, and a rebuild repeats it to the byte.
     let mut connected = u.st.clone();
-    let fx = accolade::core::revoke::expire(&mut connected, T0 + 35 * DAY, "expire:2", &u.cat);
+    let fx = accolade::core::look(&mut connected, T0 + 35 * DAY, "expire:2", &u.cat);
     assert_eq!(revoked(&fx), [("certified".to_string(), RevokeCause::Expired, 0, 40, 1)]);
     let mut rebuilt = u.st.clone();
     let record = stored("expire:2", accolade::records::EXPIRE_EVENT, T0 + 35 * DAY - 1000, &[]);
@@ -1651,4 +1651,147 @@ fn a_retracted_event_takes_back_what_it_earned_and_only_that() {
     assert_eq!(revoked(&fx).iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["listener"]);
     let sum = st.stats.iter().map(|(_, v)| v.metric(None)).collect::<Vec<_>>();
     assert!(sum.contains(&0.0) && !sum.contains(&700.0), "the video's seconds are gone: {sum:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comebacks and absence (issue 23, item 4)
+// ---------------------------------------------------------------------------------------------
+
+const QA: &str = r#"
+[event_types."question.asked"]
+client = true
+fields = { question = "string" }
+[event_types."question.answered"]
+client = true
+fields = { question = "string" }
+"#;
+
+/// How many waits an `absence` stat has seen lapse, and how many it has open.
+fn waits(st: &UserState) -> (u32, usize) {
+    st.stats.iter().find_map(|(_, v)| if let accolade::core::state::StatValue::Waits { open, lapsed } = v { Some((*lapsed, open.len())) } else { None }).expect("an absence stat")
+}
+
+#[test]
+fn a_comeback_is_an_event_after_a_time_away_from_every_event() {
+    let cat = catalogue(&format!(
+        "{}{}",
+        badge("back", "", r#"{ kind = "comeback", event = "login", after = "14d" }"#),
+        badge("back-again", "repeat_every = 1", r#"{ kind = "comeback", event = ["login", "problem.answered"], after = "30d" }"#),
+    ));
+    let mut u = User::new(cat);
+    // The first event is no comeback: there was nothing to come back to.
+    assert_eq!(unlocks(&u.send("login", T0, &[])), Vec::<String>::new());
+    assert_eq!(unlocks(&u.send("login", T0 + 13 * DAY, &[])), Vec::<String>::new());
+    // Any event of hers ends a time away, not only the rule's: 13 days after the answer.
+    assert_eq!(u.answer(T0 + 20 * DAY, "a", true, 5.0), Vec::<String>::new());
+    assert_eq!(unlocks(&u.send("login", T0 + 33 * DAY, &[])), Vec::<String>::new());
+    // Fourteen days to the millisecond is a comeback.
+    assert_eq!(unlocks(&u.send("login", T0 + 47 * DAY, &[])), ["back"]);
+    // Thirty days away, then an answer: the other badge, earned again at each new comeback.
+    assert_eq!(u.answer(T0 + 77 * DAY, "a", true, 5.0), ["back-again"]);
+    // An event reported late, for a moment before her newest, comes back from nowhere.
+    assert_eq!(unlocks(&u.send("login", T0 + 77 * DAY - 20 * HOUR, &[])), Vec::<String>::new());
+    assert_eq!(unlocks(&u.send("login", T0 + 110 * DAY, &[])), ["back-again"]);
+    assert_eq!((u.st.badges["back"].count, u.st.badges["back-again"].count), (1, 2));
+}
+
+#[test]
+fn an_absence_counts_the_waits_that_ran_out_when_it_next_looks() {
+    let cat = catalogue(&format!(
+        "{QA}{}{}",
+        badge("unanswered", "xp = 10", r#"{ kind = "absence", event = "question.asked", until = "question.answered", key = "question", within = "7d" }"#),
+        badge("three-unanswered", "", r#"{ kind = "absence", event = "question.asked", until = "question.answered", key = "question", within = "7d", target = 3 }"#),
+    ));
+    let mut u = User::new(cat);
+    let q = |id: &str| [("question", s(id))];
+    u.send("question.asked", T0, &q("q1"));
+    assert_eq!(u.st.next_look(), Some(T0 + 7 * DAY));
+    // Answered in time: that wait is over.
+    u.send("question.answered", T0 + 3 * DAY, &q("q1"));
+    assert_eq!(u.st.next_look(), None);
+    // A question asked twice waits from the first time.
+    u.send("question.asked", T0 + DAY, &q("q2"));
+    u.send("question.asked", T0 + 2 * DAY, &q("q2"));
+    assert_eq!((waits(&u.st), u.st.next_look()), ((0, 1), Some(T0 + 8 * DAY)));
+    // With no event at all: nothing a millisecond before the due time, the badge at it.
+    let mut early = u.st.clone();
+    assert_eq!(accolade::core::look(&mut early, T0 + 8 * DAY - 1, "expire:5", &u.cat), vec![]);
+    let mut looked = u.st.clone();
+    let fx = accolade::core::look(&mut looked, T0 + 8 * DAY, "expire:5", &u.cat);
+    assert_eq!(unlocks(&fx), ["unanswered"]);
+    assert_eq!((looked.xp, waits(&looked), looked.next_look()), (10, (1, 0), None));
+    assert!(matches!(fx.iter().find(|e| matches!(e, Effect::Unlock { .. })), Some(Effect::Unlock { at, .. }) if *at == T0 + 8 * DAY), "{fx:?}");
+    // A rebuild repeats the look from its record's receive time, to the byte.
+    let mut rebuilt = u.st.clone();
+    let record = stored("expire:5", accolade::records::EXPIRE_EVENT, T0 + 8 * DAY - 1000, &[]);
+    accolade::replay::replay_record(&mut rebuilt, &[record], 0, &[], &u.cat);
+    assert_eq!(rebuilt, looked);
+    u.st = looked;
+    // Unseen by a look, a wait lapses at her next event, whatever its type.
+    u.send("question.asked", T0 + 10 * DAY, &q("q3"));
+    u.send("question.asked", T0 + 10 * DAY + HOUR, &q("q4"));
+    assert_eq!(unlocks(&u.send("login", T0 + 18 * DAY, &[])), ["three-unanswered"]);
+    // An answer after the due time closes nothing: that question went unanswered.
+    u.send("question.answered", T0 + 18 * DAY + HOUR, &q("q3"));
+    assert_eq!(waits(&u.st), (3, 0));
+    // An answer that happened before the due time but arrives after it (late, within the
+    // bound) was in time.
+    u.send("question.asked", T0 + 20 * DAY, &q("q5"));
+    let answer = u.event("question.answered", T0 + 27 * DAY - HOUR, &q("q5"));
+    apply(&mut u.st, &answer, T0 + 27 * DAY + HOUR, &u.cat);
+    assert_eq!((waits(&u.st), u.st.next_look()), ((3, 0), None));
+    // A wait that the same event both sees lapse and opens again: the old one lapses before
+    // the event, and the question asked anew waits afresh.
+    u.send("question.asked", T0 + 30 * DAY, &q("q6"));
+    u.send("question.asked", T0 + 38 * DAY, &q("q6"));
+    assert_eq!((waits(&u.st), u.st.next_look()), ((4, 1), Some(T0 + 45 * DAY)));
+}
+
+#[test]
+fn an_absence_without_a_key_is_one_wait_and_stops_opening_at_its_limit() {
+    let cat = catalogue(&format!("{QA}{}", badge("quiet", "", r#"{ kind = "absence", event = "login", until = ["problem.answered", "video.watched"], within = "1d" }"#)));
+    let mut u = User::new(cat);
+    u.send("login", T0, &[]);
+    u.send("login", T0 + HOUR, &[]);
+    assert_eq!((waits(&u.st), u.st.next_look()), ((0, 1), Some(T0 + DAY)));
+    // Either closing type closes it.
+    u.watch(T0 + 2 * HOUR, "p", "v", 10.0);
+    assert_eq!(waits(&u.st), (0, 0));
+    assert_eq!(unlocks(&u.send("login", T0 + 3 * HOUR, &[])), Vec::<String>::new());
+    assert_eq!(unlocks(&u.send("login", T0 + 28 * HOUR, &[])), ["quiet"]);
+    // Keyed waits open up to the limit; the ones beyond it open none.
+    let cat = catalogue(&format!("{QA}{}", badge("many", "", r#"{ kind = "absence", event = "question.asked", until = "question.answered", key = "question", within = "30d" }"#)));
+    let mut u = User::new(cat);
+    for i in 0..accolade::core::engine::MAX_WAITS + 5 {
+        u.send("question.asked", T0 + i as Millis, &[("question", s(&format!("q{i}")))]);
+    }
+    assert_eq!(waits(&u.st), (0, accolade::core::engine::MAX_WAITS));
+}
+
+#[test]
+fn comeback_and_absence_errors_name_the_field() {
+    let a = |rest: &str| format!("{QA}{}", badge("gone", "", &format!(r#"{{ kind = "absence", event = "question.asked", {rest} }}"#)));
+    let table = [
+        (a(r#"until = "question.answered", within = "0s""#), "rule.within", "must be longer than nothing"),
+        (a(r#"until = "question.answered", within = "soon""#), "rule.within", ""),
+        (a(r#"until = "question.closed", within = "7d""#), "rule.until", "unknown event type `question.closed`"),
+        (a(r#"until = "login", key = "question", within = "7d""#), "rule.key", "`question` is not a declared field of `login`"),
+        (a(r#"until = "question.answered", until_when = { grade = 3 }, within = "7d""#), "rule.until_when", "grade"),
+        (a(r#"until = "question.answered", within = "7d", target = 0"#), "rule.target", "must be a positive number"),
+        (a(r#"within = "7d""#), "rule", "missing field `until`"),
+        (
+            format!("{QA}{}", badge("gone", "", r#"{ kind = "all", of = [ { kind = "absence", event = "question.asked", until = "question.answered", within = "7d" }, { kind = "level", at_least = 2 } ] }"#)),
+            "rule.of[0]",
+            "an `absence` rule must be the badge's whole rule",
+        ),
+        (badge("gone", "", r#"{ kind = "comeback", event = "login", after = "0s" }"#), "rule.after", "must be longer than nothing"),
+        (badge("gone", "", r#"{ kind = "comeback", event = "logout", after = "14d" }"#), "rule.event", "unknown event type `logout`"),
+        (badge("gone", "", r#"{ kind = "comeback", event = "login", after = "14d", target = -1 }"#), "rule.target", "must be a positive number"),
+        (badge("gone", "repeat = true", r#"{ kind = "comeback", event = "login", after = "14d" }"#), "repeat", "this rule never stops holding"),
+        (badge("gone", "repeat_every = 0.5", r#"{ kind = "comeback", event = "login", after = "14d" }"#), "repeat_every", "must be at least 1"),
+    ];
+    for (doc, field, detail) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("badge `gone`: field `{field}`: ")) && e.contains(detail), "got: {e}\nwant field `{field}`: {detail}");
+    }
 }

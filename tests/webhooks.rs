@@ -731,3 +731,47 @@ async fn an_expiry_nobody_sees_is_swept_pushed_to_the_history_and_notified_once(
     assert_eq!(st, 200, "the new login earns it again: {v}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_wait_that_runs_out_while_the_user_is_away_earns_its_badge_once_pushed_and_notified() {
+    let dir = tmp();
+    let s = TestServer::start_with(dir.path(), |c| c.expiry_tick_ms = 50).await;
+    let api = Api::new(&s, DEMO_KEY);
+    let (rx, addr) = Receiver::start().await;
+    let (id, _) = create_hook(&api, &format!("http://{addr}/hook"), Some(json!(["unlock"]))).await;
+    let rule = json!({ "kind": "absence", "event": "login", "until": "problem.answered", "within": "1m" });
+    let (st, v) = api.call("PUT", "/v1/catalogue/badges/no-show", Some(&json!({ "name": "No Show", "tier": "bronze", "xp": 5, "rule": rule }))).await;
+    assert_eq!(st, 201, "{v}");
+    // Logged in 54 s ago and answered nothing since: the wait runs out 6 s from now, after
+    // the login was taken (no lapse in its outcome), and with no event or socket to come,
+    // the sweep looks then and awards it.
+    let then = (chrono::Utc::now() - chrono::Duration::seconds(54)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let r = api.ingest(vec![json!({ "event_id": "l-1", "user_id": "away", "event_type": "login", "occurred_at": then })]).await;
+    assert!(r["results"][0]["unlocks"].as_array().is_some_and(|u| !u.iter().any(|b| b == "no-show")), "{r}");
+    let got = rx.wait("the lapse", |g| g.iter().any(|g| g.json["data"]["badge"]["id"] == "no-show")).await;
+    let lapse = got.iter().find(|g| g.json["data"]["badge"]["id"] == "no-show").unwrap();
+    assert_eq!((lapse.json["type"].as_str(), lapse.json["user_id"].as_str()), (Some("unlock"), Some("away")));
+    // Once, in one `accolade.expire` record of her log carrying the unlock push.
+    let (_, log) = api.get("/v1/users/away/events").await;
+    let looks: Vec<&Value> = log["events"].as_array().unwrap().iter().filter(|e| e["event_type"] == "accolade.expire").collect();
+    assert_eq!(looks.len(), 1, "{log}");
+    assert!(looks[0]["pushes"].as_array().unwrap().iter().any(|p| p["type"] == "unlock" && p["badge"]["id"] == "no-show"), "{log}");
+    let (st, v) = api.get("/v1/users/away").await;
+    assert_eq!((st, v["xp"].as_u64().map(|x| x >= 5)), (200, Some(true)), "{v}");
+    // An answer in time closes the next wait: a login, then an answer, and nothing lapses.
+    api.ingest(vec![http_event("l-2", "away", "login", json!({}))]).await;
+    api.ingest(vec![http_event("a-1", "away", "problem.answered", json!({ "exercise": "addition-1", "correct": true, "seconds": 3 }))]).await;
+    api.wait_for(&format!("/v1/webhooks/{id}/deliveries"), 10, |l| l["pending"].as_array().unwrap().is_empty()).await;
+    // Later sweeps (every 50 ms) found nothing more to do: one notification, one award.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let all = rx.wait("every notification", |_| true).await;
+    assert_eq!(all.iter().filter(|g| g.json["data"]["badge"]["id"] == "no-show").count(), 1);
+    let (_, user) = api.get("/v1/users/away").await;
+    let owned: Vec<&Value> = user["badges"].as_array().unwrap().iter().filter(|b| b["id"] == "no-show").collect();
+    assert_eq!(owned.len(), 1, "{user}");
+    assert_eq!(owned[0]["count"], 1, "{user}");
+    // The stat, as the user route shows it: one lapse, and the wait the answer closed gone.
+    let stat = user["stats"].as_array().unwrap().iter().find(|x| x["describe"] == "times login had no problem.answered within 1 minute").expect("the absence stat");
+    assert_eq!(stat["value"], json!({ "lapsed": 1, "waiting": [] }), "{user}");
+    s.stop().await;
+}

@@ -200,6 +200,7 @@ fn stat_json(v: &crate::core::state::StatValue) -> Json_ {
         S::Daily { len, last_day, freezes, .. } => json!({ "days": len, "last_day": last_day, "freezes": freezes }),
         S::Seq { step, done, .. } => json!({ "step": step, "done": done }),
         S::Calendar(b) => json!({ "reached": b.count(), "totals": b.open.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>() }),
+        S::Waits { open, lapsed } => json!({ "lapsed": lapsed, "waiting": open.iter().map(|(k, due)| json!({ "key": k, "due": rfc3339(*due) })).collect::<Vec<_>>() }),
     }
 }
 

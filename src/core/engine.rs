@@ -106,6 +106,11 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
             state.fingerprints.pop_front();
         }
     }
+    // The time since the user's previous event, for comeback rules (none at her first).
+    let away = state.first_seen.is_some().then(|| at - state.last_event_at);
+    // A wait due before this event occurred lapsed before it, whatever the event is (an event
+    // that would have closed it came too late).
+    let mut lapsed = lapse_waits(state, at.min(now));
     state.events += 1;
     state.first_seen.get_or_insert(at);
     state.last_event_at = state.last_event_at.max(at);
@@ -118,9 +123,15 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     for (bit, &s) in ty.stats.iter().enumerate() {
         let def = &cat.stats[s];
         let day = matches!(def.kind, StatKind::Daily { .. } | StatKind::Calendar { .. }).then(|| day_of(state, at, cat));
-        if update_stat(def, &mut state.stats[s].1, t, &fields, at, day) && bit < 128 {
+        if update_stat(def, &mut state.stats[s].1, t, &fields, at, day, away) && bit < 128 {
             touched |= 1 << bit;
         }
+    }
+    if !cat.absence_badges.is_empty() {
+        // Waits this event opened or closed, then the ones due by its arrival: judged at the
+        // time of looking, as an expiry is.
+        state.refresh_waits();
+        lapsed |= lapse_waits(state, now);
     }
     if let Some(ring) = ty.cache {
         let vals = ty.cached_fields.iter().map(|&p| fields[p].clone()).collect();
@@ -173,6 +184,14 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
     for &i in &ty.checks {
         if !(cat.once[i] && state.derived.owned[i] > 0) {
             consider(state, &ctx, i, &event.event_id, &mut fx);
+        }
+    }
+    // A wait that lapsed may earn its badge whatever this event's type.
+    if lapsed {
+        for &i in &cat.absence_badges {
+            if !(cat.once[i] && state.derived.owned[i] > 0) {
+                consider(state, &ctx, i, &event.event_id, &mut fx);
+            }
         }
     }
     // Badges that depend on XP, level, other badges or the user are rechecked until nothing
@@ -327,7 +346,8 @@ fn day_of(state: &mut UserState, at: Millis, cat: &Catalogue) -> i32 {
 }
 
 /// Updates one stat for an event of type `t`; returns whether its value may have changed.
-fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], at: Millis, day: Option<i32>) -> bool {
+/// `away` is the time since the user's previous event (`None` at her first).
+fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], at: Millis, day: Option<i32>, away: Option<Millis>) -> bool {
     let mut changed = false;
     for input in def.inputs.iter().filter(|i| i.event == t) {
         let matched = input.when.matches(fields);
@@ -408,6 +428,27 @@ fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], a
                     changed |= b.add(bucket.of(day.expect("calendar stats get a day")), x, *at_least);
                 }
             }
+            StatKind::Comeback { after } if matched => {
+                if away.is_some_and(|a| a >= *after) {
+                    changed |= bump(&mut *val, None, |v| v + 1.0);
+                }
+            }
+            StatKind::Absence { within } if matched => {
+                if let StatValue::Waits { open, .. } = &mut *val {
+                    let key = key.as_deref().unwrap_or_default();
+                    if input.step == 0 {
+                        // A wait already open for this key stays as it was: the first
+                        // question asked is the one waiting longest for its answer.
+                        if open.len() < MAX_WAITS && !open.iter().any(|(k, _)| k == key) {
+                            open.push((key.to_string(), at.saturating_add(*within)));
+                            changed = true;
+                        }
+                    } else if let Some(i) = open.iter().position(|(k, due)| k == key && at < *due) {
+                        open.remove(i);
+                        changed = true;
+                    }
+                }
+            }
             StatKind::Sequence { steps, within } if matched => {
                 if let StatValue::Seq { step, started_at, done } = &mut *val {
                     if *done {
@@ -433,6 +474,62 @@ fn update_stat(def: &StatDef, val: &mut StatValue, t: usize, fields: &[Value], a
         }
     }
     changed
+}
+
+/// Waits one `absence` stat keeps open at most; an opening event beyond them opens none (a
+/// user with a thousand questions unanswered is not told of the thousand-and-first).
+pub const MAX_WAITS: usize = 1_000;
+
+/// Lapses every wait due by `now` (each counts once); returns whether any did. One comparison
+/// when none is due.
+fn lapse_waits(state: &mut UserState, now: Millis) -> bool {
+    if state.derived.next_wait.is_none_or(|t| now < t) {
+        return false;
+    }
+    let mut any = false;
+    for (_, v) in state.stats.iter_mut() {
+        if let StatValue::Waits { open, lapsed } = v {
+            let before = open.len();
+            open.retain(|&(_, due)| due > now);
+            let n = (before - open.len()) as u32;
+            if n > 0 {
+                *lapsed = lapsed.saturating_add(n);
+                any = true;
+            }
+        }
+    }
+    state.refresh_waits();
+    any
+}
+
+/// A look at the user's due times with no event: the badges whose `valid_for` ran out by
+/// `now` are taken, the waits due by then lapse, and the `absence` badges they earn are
+/// awarded. What the shell logs as an `accolade.expire` record (when the user connects, or
+/// the expiry sweep visits her) and every rebuild repeats with the record's receive time.
+pub fn look(state: &mut UserState, now: Millis, event_id: &str, cat: &Catalogue) -> Vec<Effect> {
+    state.sync(cat);
+    let mut fx = Vec::new();
+    super::revoke::expire_due(state, now, event_id, cat, &mut fx);
+    if lapse_waits(state, now) {
+        let mut memo = std::mem::take(&mut state.derived.memo);
+        memo.clear();
+        memo.resize(cat.stats.len(), std::cell::Cell::new(f64::NAN));
+        let day = if cat.calendar { day_of(state, now, cat) } else { 0 };
+        for &i in &cat.absence_badges {
+            if cat.once[i] && state.derived.owned[i] > 0 {
+                continue;
+            }
+            // An absence badge's rule is its one stat, read without an event: any type and
+            // no fields do (the opening type is the one at hand).
+            let Cond::Metric { stat, .. } = cat.badges[i].cond else { continue };
+            let t = cat.stats[stat].inputs[0].event;
+            let fields = vec![Value::Null; cat.types[t].fields.len()];
+            let ctx = Ctx { cat, t, fields: &fields, at: now, day, memo: &memo, runs: Runs::default(), bound: None };
+            consider(state, &ctx, i, event_id, &mut fx);
+        }
+        state.derived.memo = memo;
+    }
+    fx
 }
 
 fn bump(val: &mut StatValue, key: Option<&str>, f: impl Fn(f64) -> f64) -> bool {

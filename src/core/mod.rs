@@ -42,7 +42,7 @@ pub mod xp;
 
 pub use catalogue::{Catalogue, CatalogueError, Format, Tier};
 pub use effect::{DuplicateBy, Effect, Rejection, XpReason};
-pub use engine::{apply, backfill, remember_id};
+pub use engine::{apply, backfill, look, remember_id};
 pub use board::award_rank;
 pub use calendar::Period;
 pub use state::{BadgeRecord, BoardScore, Revocation, RevokeCause, UserState};

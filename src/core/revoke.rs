@@ -73,16 +73,6 @@ pub fn revoke(state: &mut UserState, badge: &str, reason: &str, claw_back: bool,
 /// The reason an expiry is recorded with.
 pub const EXPIRED: &str = "valid_for ran out";
 
-/// The expiries due at `now`, taken with nothing else happening: what the shell logs as an
-/// `accolade.expire` record when a user connects with a badge run out since her last event,
-/// so that she (and the webhooks) are told then rather than at her next event.
-pub fn expire(state: &mut UserState, now: Millis, event_id: &str, cat: &Catalogue) -> Vec<Effect> {
-    state.sync(cat);
-    let mut fx = Vec::new();
-    expire_due(state, now, event_id, cat, &mut fx);
-    fx
-}
-
 /// Takes every badge whose `valid_for` ran out by `now` (the XP is kept: the badge was
 /// earned, it only lapsed), each at its own expiry time. One comparison when none is due.
 pub fn expire_due(state: &mut UserState, now: Millis, event_id: &str, cat: &Catalogue, fx: &mut Vec<Effect>) {

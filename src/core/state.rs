@@ -213,6 +213,9 @@ pub enum StatValue {
     /// A calendar stat's buckets. Boxed, so that the other stats stay small. A variant added
     /// last, so states stored before it decode unchanged.
     Calendar(Box<Buckets>),
+    /// An `absence` stat: the waits open (key, due time), oldest first, and how many lapsed.
+    /// Added last, like `Calendar`.
+    Waits { open: Vec<(String, Millis)>, lapsed: u32 },
 }
 
 impl StatValue {
@@ -243,6 +246,7 @@ impl StatValue {
             (StatKind::Daily { .. }, _) => StatValue::Daily { last_at: 0, last_day: 0, len: 0, freezes: 0 },
             (StatKind::Sequence { .. }, _) => StatValue::Seq { step: 0, started_at: 0, done: false },
             (StatKind::Calendar { .. }, _) => StatValue::Calendar(Box::default()),
+            (StatKind::Absence { .. }, _) => StatValue::Waits { open: Vec::new(), lapsed: 0 },
             (_, true) => StatValue::Keyed(KeyMap::default()),
             (_, false) => StatValue::Num(0.0),
         }
@@ -274,6 +278,7 @@ impl StatValue {
             StatValue::Seq { done, .. } => f64::from(u8::from(*done)),
             // Without a day to read at: how many buckets reached the threshold, ever.
             StatValue::Calendar(b) => f64::from(b.count()),
+            StatValue::Waits { lapsed, .. } => f64::from(*lapsed),
         }
     }
 }
@@ -406,6 +411,9 @@ pub(crate) struct Derived {
     /// The earliest `expires_at` among the badges held, so that an event checks for expiry
     /// with one comparison.
     pub next_expiry: Option<Millis>,
+    /// The earliest due time among the waits of `absence` stats, so that an event checks
+    /// for lapses with one comparison.
+    pub next_wait: Option<Millis>,
 }
 
 /// A Bloom filter over `recent_ids`, so that the duplicate check of a new id (nearly every
@@ -521,11 +529,31 @@ impl UserState {
         self.derived.day = None;
         self.derived.catalogue_id = cat.id;
         self.refresh_expiry();
+        self.refresh_waits();
     }
 
     /// Recomputes the earliest expiry among the badges held (after one was added or removed).
     pub fn refresh_expiry(&mut self) {
         self.derived.next_expiry = self.badges.values().filter_map(|r| r.expires_at).min();
+    }
+
+    /// Recomputes the earliest due time among the open waits (after one opened, closed or
+    /// lapsed).
+    pub fn refresh_waits(&mut self) {
+        self.derived.next_wait = self.stats.iter().filter_map(|(_, v)| if let StatValue::Waits { open, .. } = v { open.iter().map(|w| w.1).min() } else { None }).min();
+    }
+
+    /// The next time the engine must look at this user with no event (`engine::look`): a
+    /// badge's expiry or a wait's due time, whichever is first. The shell keeps it in the
+    /// expiry index, so that the sweep looks then even while the user is away. Computed from
+    /// the state alone, so it is right before `sync` too.
+    pub fn next_look(&self) -> Option<Millis> {
+        let expiry = self.badges.values().filter_map(|r| r.expires_at).min();
+        let wait = self.stats.iter().filter_map(|(_, v)| if let StatValue::Waits { open, .. } = v { open.iter().map(|w| w.1).min() } else { None }).min();
+        match (expiry, wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// When the user's membership began, as tenure rules read it: `signed_up_at`, or else the

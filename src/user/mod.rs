@@ -220,7 +220,7 @@ impl Actor for UserActor {
         let (st, snap_seq) = (r.state, r.snap_seq);
         // The index is written before the log record of every change, so it holds at least
         // what the rebuilt state says (or an earlier time, which the sweep sets right).
-        let due = st.badges.values().filter_map(|b| b.expires_at).min();
+        let due = st.next_look();
         // The user's analytics facts: the record stored with the snapshot, and the log after it.
         // The figures already hold them (from the rebuild at start, or the live path), so
         // nothing is added here.
@@ -1057,15 +1057,17 @@ impl User {
 
     /// A badge whose `valid_for` ran out since the user's last event: the welcome already left
     /// it out, and now it is taken for good (an `accolade.expire` record) and pushed as
-    /// `revoked`, to this socket and the webhooks, instead of waiting for her next event.
+    /// `revoked`, to this socket and the webhooks, instead of waiting for her next event. A
+    /// wait of an `absence` rule due by now lapses in the same record (`core::look`), and the
+    /// badge it earns is pushed as an unlock.
     /// The expiry sweep's visit (`swept`) does the same, and answers once it is durable; when
     /// nothing is due (the index ran ahead of the log after a crash) it sets the index right.
     fn expire_seen(&mut self, myself: &ActorRef<UserMsg>, cat: &Arc<Catalogue>, swept: Option<oneshot::Sender<Result<(), String>>>) {
         let now = now_ms();
-        let after: Vec<Delivery> = swept.map(Delivery::Swept).into_iter().collect();
-        if !self.st.badges.values().any(|r| r.expires_at.is_some_and(|at| at <= now)) {
+        let mut after: Vec<Delivery> = swept.map(Delivery::Swept).into_iter().collect();
+        if self.st.next_look().is_none_or(|at| at > now) {
             if !after.is_empty() {
-                let due = self.st.badges.values().filter_map(|r| r.expires_at).min();
+                let due = self.st.next_look();
                 self.due = due;
                 self.enqueue(myself, vec![store::writes::expiry(&self.tenant, &self.user, due)], after);
             }
@@ -1073,9 +1075,12 @@ impl User {
         }
         let id = format!("expire:{}", self.cur.seq + 1);
         let mut next = self.st.clone();
-        let fx = crate::core::revoke::expire(&mut next, now, &id, cat);
+        let fx = crate::core::look(&mut next, now, &id, cat);
         self.st = next;
         let plan = plan::expire(&planner!(self, cat), &mut self.cur, &self.st, &fx, id, now);
+        // A lapsed wait's award counts in analytics like any other (a rebuild reads it from
+        // the record's unlock pushes).
+        self.fold(cat, &crate::analytics::step_of_effects(None, &fx, cat, false), &mut after);
         self.perform(myself, plan, vec![], after);
     }
 

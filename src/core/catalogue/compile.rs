@@ -279,9 +279,9 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         let o = Some(owner.as_str());
         let cond = b.rule(&d.rule, o, "rule")?;
         if let Some(every) = d.repeat_every {
-            let ok = matches!(&cond, Cond::Metric { stat, .. } if matches!(b.stats[*stat].kind, StatKind::Count | StatKind::Sum)) || matches!(cond, Cond::Tenure(_));
+            let ok = matches!(&cond, Cond::Metric { stat, .. } if matches!(b.stats[*stat].kind, StatKind::Count | StatKind::Sum | StatKind::Comeback { .. } | StatKind::Absence { .. })) || matches!(cond, Cond::Tenure(_));
             if !ok || !(every > 0.0) {
-                return Err(err(o, "repeat_every", "needs a positive number and a count, sum or tenure rule (use repeat = true for others)"));
+                return Err(err(o, "repeat_every", "needs a positive number and a count, sum, comeback, absence or tenure rule (use repeat = true for others)"));
             }
             // A count moves by one and tenure by whole days: a smaller step would award many
             // times at once (0.001 days is a million awards in a day of membership).
@@ -294,7 +294,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
                         return Err(err(o, "repeat_every", "must be at least the rule's `days`: the first award comes at `days`, the next ones every `repeat_every` days after it"));
                     }
                 }
-                Cond::Metric { stat, .. } if b.stats[*stat].kind == StatKind::Count && every < 1.0 => {
+                Cond::Metric { stat, .. } if matches!(b.stats[*stat].kind, StatKind::Count | StatKind::Comeback { .. } | StatKind::Absence { .. }) && every < 1.0 => {
                     return Err(err(o, "repeat_every", "on a count must be at least 1: a count grows by one at a time"));
                 }
                 _ => {}
@@ -435,6 +435,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
     let badge_index: HashMap<String, usize> = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
     let boards = compile_boards(doc.leaderboards, &b, &badges, &badge_index)?;
     let calendar = b.stats.iter().any(|s| matches!(s.kind, StatKind::Calendar { .. }));
+    let absence_badges = badges.iter().enumerate().filter(|(_, d)| matches!(d.cond, Cond::Metric { stat, .. } if matches!(b.stats[stat].kind, StatKind::Absence { .. }))).map(|(i, _)| i).collect();
     let once = badges.iter().map(|d| !d.repeatable()).collect();
     Ok(Catalogue {
         version: doc.version,
@@ -454,6 +455,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
         rings,
         boards,
         calendar,
+        absence_badges,
         source: String::new(),
         document: Arc::new(serde_json::Value::Null),
         teams: None,

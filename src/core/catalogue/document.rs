@@ -325,6 +325,20 @@ pub(super) enum DocRule {
     Xp { at_least: u64 },
     Attribute { when: serde_json::Value },
     Tenure { days: f64 },
+    /// Events after a time away: "no login for 14 days, then a login", `target` times.
+    Comeback { event: OneOrMany, when: Option<serde_json::Value>, after: String, target: Option<f64> },
+    /// Waits that ran out: each `event` opens a wait (one per value of `key`), an `until`
+    /// event of the same key that occurred within `within` closes it, and a wait not closed
+    /// in time counts, `target` times: "a question with no answer for 7 days".
+    Absence {
+        event: OneOrMany,
+        when: Option<serde_json::Value>,
+        until: OneOrMany,
+        until_when: Option<serde_json::Value>,
+        key: Option<String>,
+        within: String,
+        target: Option<f64>,
+    },
     /// Never earned by events: given by a leaderboard's period award.
     Awarded {},
 }

@@ -182,6 +182,14 @@ pub enum StatKind {
     /// `StatInput::value`); a bucket counts once its total reaches `at_least`, and the rule
     /// reads the reached buckets as `reading` says.
     Calendar { bucket: Bucket, at_least: f64, reading: Reading },
+    /// How many events (of its inputs) came at least `after` since the user's previous event
+    /// of any type: "no login for 14 days, then a login".
+    Comeback { after: Millis },
+    /// How many waits lapsed: an opening event (`StatInput::step` 0) starts a wait for its key
+    /// (`StatInput::key`; one wait without a key), a closing event (step 1) of the same key
+    /// that occurred before `within` ran out ends it, and a wait still open at its due time
+    /// lapses when the engine next looks (an event, or `engine::look`).
+    Absence { within: Millis },
 }
 
 /// How one event type feeds a stat.
@@ -357,7 +365,7 @@ impl Cond {
     /// revocation; any other rule is earned again when it holds at a later event.
     pub fn base_stat(&self, stats: &[StatDef]) -> Option<usize> {
         match self {
-            Cond::Metric { stat, .. } if !stats[*stat].keyed && matches!(stats[*stat].kind, StatKind::Count | StatKind::Sum | StatKind::Distinct) => Some(*stat),
+            Cond::Metric { stat, .. } if !stats[*stat].keyed && matches!(stats[*stat].kind, StatKind::Count | StatKind::Sum | StatKind::Distinct | StatKind::Comeback { .. } | StatKind::Absence { .. }) => Some(*stat),
             _ => None,
         }
     }
@@ -365,7 +373,7 @@ impl Cond {
     pub(super) fn can_fall(&self, stats: &[StatDef]) -> bool {
         match self {
             Cond::Metric { stat, .. } => match stats[*stat].kind {
-                StatKind::Count | StatKind::Distinct | StatKind::Max | StatKind::Sequence { .. } | StatKind::Held => false,
+                StatKind::Count | StatKind::Distinct | StatKind::Max | StatKind::Sequence { .. } | StatKind::Held | StatKind::Comeback { .. } | StatKind::Absence { .. } => false,
                 StatKind::Calendar { reading, .. } => reading != Reading::Total,
                 // A sum of a field that may be negative, a streak and a calendar streak can fall.
                 StatKind::Sum | StatKind::Streak | StatKind::Daily { .. } => true,
@@ -523,6 +531,9 @@ pub struct Catalogue {
     /// Whether any stat is a calendar stat, so that the engine finds the event's local day
     /// only for catalogues that read it.
     pub calendar: bool,
+    /// The badges whose rule is an `absence` rule, which a wait lapsing can earn whatever the
+    /// event (or with none: `engine::look`); empty when the catalogue has none.
+    pub absence_badges: Vec<usize>,
     /// The document this was compiled from, kept so a version can be stored and served.
     pub source: String,
     /// The same document, parsed: the base of assigned goals' catalogues.

@@ -488,6 +488,72 @@ impl Builder {
                 }
                 Cond::Tenure((*days * DAY as f64) as Millis)
             }
+            DocRule::Comeback { event, when, after, target } => {
+                let target = target_ok(target.unwrap_or(1.0))?;
+                let after = parse_duration(after).map_err(|m| err(o, format!("{path}.after"), m))?;
+                if after <= 0 {
+                    return Err(err(o, format!("{path}.after"), "must be longer than nothing"));
+                }
+                let (inputs, canon) = self.inputs(&event.list(), when.as_ref(), None, None, None, o, path)?;
+                let d = format!("times {}{} came after {} away", events_words(&event.list()), where_words(when.as_ref()), human_duration(after));
+                let stat = self.stat(StatKind::Comeback { after }, None, inputs, format!("Comeback|{after}|{canon}"), d);
+                Cond::Metric { stat, target }
+            }
+            DocRule::Absence { event, when, until, until_when, key, within, target } => {
+                // A wait lapses at its due time, with no event to judge the rest of a rule by:
+                // only a badge's whole rule can be an absence.
+                if path != "rule" {
+                    return Err(err(o, path.to_string(), "an `absence` rule must be the badge's whole rule: it can be earned with no event, when a wait runs out, where no other part could be judged"));
+                }
+                let target = target_ok(target.unwrap_or(1.0))?;
+                let within = parse_duration(within).map_err(|m| err(o, format!("{path}.within"), m))?;
+                if within <= 0 {
+                    return Err(err(o, format!("{path}.within"), "must be longer than nothing"));
+                }
+                let key_of = |events: &[String], name: &str| -> Result<Vec<Option<usize>>, CatalogueError> {
+                    let Some(k) = key else { return Ok(vec![None; events.len()]) };
+                    events
+                        .iter()
+                        .map(|e| {
+                            let t = self.type_id(e).map_err(|m| err(o, format!("{path}.{name}"), m))?;
+                            self.types[t].field(k).map(Some).ok_or_else(|| err(o, format!("{path}.key"), format!("`{k}` is not a declared field of `{e}`")))
+                        })
+                        .collect()
+                };
+                let (opens, closes) = (event.list(), until.list());
+                let (open_keys, close_keys) = (key_of(&opens, "event")?, key_of(&closes, "until")?);
+                let (mut inputs, canon) = self.inputs(&opens, when.as_ref(), None, None, None, o, path)?;
+                for (input, k) in inputs.iter_mut().zip(open_keys) {
+                    input.key = k;
+                }
+                let until_path = format!("{path}.until");
+                let (mut shut, until_canon) = self
+                    .inputs(&closes, until_when.as_ref(), None, None, None, o, &until_path)
+                    .map_err(|mut e| {
+                        // Named as the rule writes them: `until` and `until_when`.
+                        if e.field == format!("{until_path}.event") {
+                            e.field = until_path.clone();
+                        } else if e.field == format!("{until_path}.when") {
+                            e.field = format!("{path}.until_when");
+                        }
+                        e
+                    })?;
+                for (input, k) in shut.iter_mut().zip(close_keys) {
+                    (input.key, input.step) = (k, 1);
+                }
+                inputs.extend(shut);
+                let per = key.as_ref().map(|k| format!(" for the same {k}")).unwrap_or_default();
+                let d = format!(
+                    "times {}{} had no {}{}{per} within {}",
+                    events_words(&opens),
+                    where_words(when.as_ref()),
+                    events_words(&closes),
+                    where_words(until_when.as_ref()),
+                    human_duration(within)
+                );
+                let stat = self.stat(StatKind::Absence { within }, None, inputs, format!("Absence|{within}|{key:?}|{canon}|{until_canon}"), d);
+                Cond::Metric { stat, target }
+            }
             DocRule::Awarded {} => Cond::Never,
         })
     }
