@@ -1762,10 +1762,10 @@ fn an_absence_without_a_key_is_one_wait_and_stops_opening_at_its_limit() {
     // Keyed waits open up to the limit; the ones beyond it open none.
     let cat = catalogue(&format!("{QA}{}", badge("many", "", r#"{ kind = "absence", event = "question.asked", until = "question.answered", key = "question", within = "30d" }"#)));
     let mut u = User::new(cat);
-    for i in 0..accolade::core::engine::MAX_WAITS + 5 {
+    for i in 0..accolade::core::stats::MAX_WAITS + 5 {
         u.send("question.asked", T0 + i as Millis, &[("question", s(&format!("q{i}")))]);
     }
-    assert_eq!(waits(&u.st), (0, accolade::core::engine::MAX_WAITS));
+    assert_eq!(waits(&u.st), (0, accolade::core::stats::MAX_WAITS));
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub mod history;
 pub mod predicate;
 pub mod revoke;
 pub mod state;
+pub mod stats;
 pub mod value;
 pub mod xp;
 
