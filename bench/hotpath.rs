@@ -44,7 +44,7 @@ fn event_writes(u: usize, seq: u64) -> Vec<accolade::store::Write> {
     let stored = StoredEvent { event, received_at: T0 + seq as i64 * 1000, catalogue_version: 1, pushes };
     let entry = BoardEntry { score: 10.0 * seq as f64, reached: T0, end: T0 + 7 * 86_400_000 };
     let scores = vec![("xp-weekly".to_string(), "2026-W47".to_string(), String::new(), entry)];
-    let mut w: Vec<_> = writes::event("bench", &user, seq, &stored).into();
+    let mut w = vec![writes::event("bench", &user, seq, &stored, true)];
     w.push(writes::board_scores("bench", &user, &scores));
     w
 }

@@ -52,6 +52,9 @@ pub struct Plan {
     pub mailed: usize,
     /// The badges it took away.
     pub revoked: Vec<String>,
+    /// The ids of its records found by id, (id hash, seq): the actor adds them to the user's
+    /// id index, which writes them with her next snapshot (`store::IdIndex`).
+    pub ids: Vec<(u64, u64)>,
 }
 
 /// The user's positions, advanced by every plan: the last log sequence number and push offset
@@ -118,19 +121,21 @@ pub enum Keyed {
 
 impl Planner<'_> {
     /// The one log-record helper: takes the next sequence number and stores `event` there with
-    /// the pushes it caused (for recovery), plus its dedup key when it is `Keyed::ById`.
-    pub fn record(&self, cur: &mut Cursor, event: Event, received_at: Millis, pushes: &[Push], keyed: Keyed) -> Vec<Write> {
+    /// the plan's pushes so far (for recovery), its id in the plan's `ids` when it is
+    /// `Keyed::ById`.
+    pub fn record(&self, plan: &mut Plan, cur: &mut Cursor, event: Event, received_at: Millis, keyed: Keyed) -> Write {
         cur.seq += 1;
-        self.record_at(cur.seq, event, received_at, pushes, keyed)
+        self.record_at(plan, cur.seq, event, received_at, keyed)
     }
 
-    fn record_at(&self, seq: u64, event: Event, received_at: Millis, pushes: &[Push], keyed: Keyed) -> Vec<Write> {
-        let pushes = pushes.iter().map(|p| (p.offset, p.frame.to_string())).collect();
-        let stored = StoredEvent { event, received_at, catalogue_version: self.cat.version, pushes };
-        match keyed {
-            Keyed::ById => store::writes::event(self.tenant, self.user, seq, &stored).into(),
-            Keyed::ByPlace => vec![store::writes::system_event(self.tenant, self.user, seq, &stored)],
+    fn record_at(&self, plan: &mut Plan, seq: u64, event: Event, received_at: Millis, keyed: Keyed) -> Write {
+        let pushes = plan.pushes.iter().map(|p| (p.offset, p.frame.to_string())).collect();
+        let by_id = keyed == Keyed::ById;
+        if by_id {
+            plan.ids.push((store::id_hash(&event.event_id), seq));
         }
+        let stored = StoredEvent { event, received_at, catalogue_version: self.cat.version, pushes };
+        store::writes::event(self.tenant, self.user, seq, &stored, by_id)
     }
 
     /// The contributions of the member's accepted event number `seq` to her teams: one mail
@@ -311,7 +316,8 @@ pub fn duplicate(p: &Planner, cur: &mut Cursor, st: &UserState, event: Event, re
     let mut plan = Plan::default();
     let payload = records::duplicate_payload(&event.event_type);
     let record = Event { event_type: records::DUPLICATE_EVENT.into(), payload, ..event };
-    plan.writes.extend(p.record(cur, record, received_at, &[], Keyed::ById));
+    let w = p.record(&mut plan, cur, record, received_at, Keyed::ById);
+    plan.writes.push(w);
     if cur.snap_seq == 0 || cur.seq - cur.snap_seq >= p.snapshot_every {
         plan.writes.extend(p.snapshot(cur, st));
     }
@@ -358,7 +364,8 @@ pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event
             Some(_) => p.tell_members(&mut plan, cur.seq, fx, received_at),
         }
     }
-    plan.writes.extend(p.record_at(cur.seq, event, received_at, &plan.pushes, Keyed::ById));
+    let w = p.record_at(&mut plan, cur.seq, event, received_at, Keyed::ById);
+    plan.writes.push(w);
     plan.writes.append(&mut goal_writes.writes);
     if cur.snap_seq == 0 || cur.seq - cur.snap_seq >= p.snapshot_every {
         plan.writes.extend(p.snapshot(cur, st));
@@ -374,8 +381,8 @@ pub fn goal(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], goal: 
     let event_id = format!("goal:{goal}:{}", cur.seq);
     p.goals(&mut plan, cur, st, fx, &event_id);
     let event = p.system(event_id, records::GOAL_EVENT, "goal", now, records::goal_payload(op));
-    let record = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
-    plan.writes.splice(0..0, record);
+    let record = p.record_at(&mut plan, cur.seq, event, now, Keyed::ByPlace);
+    plan.writes.insert(0, record);
     plan
 }
 
@@ -389,7 +396,8 @@ pub fn team_unlock(p: &Planner, cur: &mut Cursor, event: Event, now: Millis) -> 
     {
         push(&mut plan, cur, "team_unlock", |o| protocol::team_unlock(o, &team, def, count, event.occurred_at));
     }
-    plan.writes.extend(p.record(cur, event, now, &plan.pushes, Keyed::ById));
+    let w = p.record(&mut plan, cur, event, now, Keyed::ById);
+    plan.writes.push(w);
     plan
 }
 
@@ -409,7 +417,7 @@ pub fn notice(p: &Planner, cur: &mut Cursor, n: Notice, now: Millis) -> Plan {
     push(&mut plan, cur, "notice", |o| protocol::notice(o, n.kind, n.goal, n.title, n.assignee, n.at));
     let payload = vec![("kind".into(), crate::core::Value::Str(n.kind.into())), ("goal".into(), crate::core::Value::Str(n.goal.into()))];
     let event = p.system(n.id, records::NOTICE_EVENT, "goal", now, payload);
-    plan.writes = p.record(cur, event, now, &plan.pushes, Keyed::ById);
+    plan.writes = vec![p.record(&mut plan, cur, event, now, Keyed::ById)];
     plan
 }
 
@@ -421,7 +429,7 @@ pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board
     let event_id = records::award_id(board, period);
     p.awards(&mut plan, cur, st, fx, &event_id);
     let event = p.system(event_id, records::LEADERBOARD_EVENT, "leaderboard", now, records::award_payload(board, period, rank));
-    plan.writes = p.record(cur, event, now, &plan.pushes, Keyed::ByPlace);
+    plan.writes = vec![p.record(&mut plan, cur, event, now, Keyed::ByPlace)];
     plan
 }
 
@@ -442,7 +450,7 @@ pub fn take(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], t: &'s
     cur.seq += 1;
     p.revocations(&mut plan, cur, fx, &record_id);
     let event = p.system(record_id, t, "api", now, rec.payload(t));
-    plan.writes = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
+    plan.writes = vec![p.record_at(&mut plan, cur.seq, event, now, Keyed::ByPlace)];
     if t == records::RETRACT_EVENT || cur.seq - cur.snap_seq >= p.snapshot_every {
         plan.writes.extend(p.snapshot(cur, st));
     }
@@ -461,7 +469,7 @@ pub fn expire(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], reco
         p.tell_members(&mut plan, cur.seq, fx, now);
     }
     let event = p.system(record_id, records::EXPIRE_EVENT, "expiry", now, vec![]);
-    plan.writes = p.record_at(cur.seq, event, now, &plan.pushes, Keyed::ByPlace);
+    plan.writes = vec![p.record_at(&mut plan, cur.seq, event, now, Keyed::ByPlace)];
     if cur.seq - cur.snap_seq >= p.snapshot_every {
         plan.writes.extend(p.snapshot(cur, st));
     }
@@ -505,7 +513,7 @@ pub fn backfill(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], jo
         p.awards(&mut plan, cur, st, fx, &event_id);
     }
     let event = p.system(event_id, records::BACKFILL_EVENT, "backfill", now, rec.payload(job));
-    plan.writes = p.record(cur, event, now, &plan.pushes, Keyed::ByPlace);
+    plan.writes = vec![p.record(&mut plan, cur, event, now, Keyed::ByPlace)];
     plan.writes.extend(p.snapshot(cur, st));
     plan
 }
@@ -532,6 +540,14 @@ mod tests {
 
     fn kinds(plan: &Plan) -> Vec<(&'static str, u64)> {
         plan.pushes.iter().map(|p| (p.kind, p.offset)).collect()
+    }
+
+    /// Whether the plan's log record says it is found by its id (its flags byte), and the ids
+    /// the plan gives the user's index.
+    fn found_by_id(plan: &Plan) -> (bool, Vec<(u64, u64)>) {
+        let v = plan.writes.iter().find_map(|w| match w { Write::Put(TreeId::Events, _, v) => Some(v.clone()), _ => None }).expect("a log record");
+        assert_eq!(v[0], store::FORMAT_EVENT_V3);
+        (v[1] & store::FOUND_BY_ID != 0, plan.ids.clone())
     }
 
     /// The stored record of the plan's event (the first Events write).
@@ -561,17 +577,17 @@ mod tests {
         let cat = Catalogue::demo();
         let badge = cat.badges[0].id.to_string();
         let rows: Vec<(&str, Vec<Effect>, Cursor, Vec<(&str, u64)>, Vec<TreeId>)> = vec![
-            ("nothing to push, first event: record and snapshot", vec![], Cursor::default(), vec![], vec![TreeId::Events, TreeId::Dedup, TreeId::Users, TreeId::SnapSeq]),
-            ("nothing to push, snapshot not due", vec![], Cursor { seq: 10, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events, TreeId::Dedup]),
-            ("snapshot due again", vec![], Cursor { seq: 104, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events, TreeId::Dedup, TreeId::Users, TreeId::SnapSeq]),
+            ("nothing to push, first event: record and snapshot", vec![], Cursor::default(), vec![], vec![TreeId::Events, TreeId::Users, TreeId::SnapSeq]),
+            ("nothing to push, snapshot not due", vec![], Cursor { seq: 10, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events]),
+            ("snapshot due again", vec![], Cursor { seq: 104, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events, TreeId::Users, TreeId::SnapSeq]),
             (
                 "xp summed, unlock, highest level",
                 vec![xp(5), unlock(&badge), xp(50), Effect::LevelUp { level: 2 }, Effect::LevelUp { level: 3 }],
                 Cursor { seq: 10, offset: 4, snap_seq: 5 },
                 vec![("xp", 5), ("unlock", 6), ("level_up", 7)],
-                vec![TreeId::Events, TreeId::Dedup],
+                vec![TreeId::Events],
             ),
-            ("an unknown badge is not pushed", vec![unlock("no-such-badge")], Cursor { seq: 10, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events, TreeId::Dedup]),
+            ("an unknown badge is not pushed", vec![unlock("no-such-badge")], Cursor { seq: 10, offset: 4, snap_seq: 5 }, vec![], vec![TreeId::Events]),
         ];
         for (what, fx, before, pushes, writes) in rows {
             let mut cur = before;
@@ -583,6 +599,7 @@ mod tests {
             assert_eq!(cur.offset, before.offset + pushes.len() as u64, "{what}");
             let rec = stored(&plan);
             assert_eq!(rec.event.event_id, "e1", "{what}");
+            assert_eq!(found_by_id(&plan), (true, vec![(store::id_hash("e1"), before.seq + 1)]), "{what}: a client event is found by its id");
             assert_eq!(rec.pushes, plan.pushes.iter().map(|p| (p.offset, p.frame.to_string())).collect::<Vec<_>>(), "{what}: the record keeps its pushes");
             assert_eq!(plan.xp, fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum::<u64>(), "{what}");
         }
@@ -627,7 +644,7 @@ mod tests {
         let fx = vec![Effect::Score { board: "weekly".into(), period: "2026-W10".into(), end: T0 + 1, segment: Some("gold".into()), score: 7.0, reached: T0, moved_from: Some("silver".into()) }];
         let mut cur = Cursor { seq: 3, offset: 0, snap_seq: 3 };
         let plan = event(&planner(&cat), &mut cur, &UserState::new("t", "u"), &fx, ev("e1"), T0, &mut Throttle::new(Duration::ZERO), Instant::now());
-        assert_eq!(trees(&plan), vec![TreeId::Boards, TreeId::Events, TreeId::Dedup]);
+        assert_eq!(trees(&plan), vec![TreeId::Boards, TreeId::Events]);
         assert_eq!(plan.boards.len(), 1);
         let b = &plan.boards[0];
         assert_eq!((b.key.board.as_str(), b.key.period.as_str(), b.key.segment.as_str(), b.entry.score), ("weekly", "2026-W10", "gold", 7.0));
@@ -678,13 +695,13 @@ mod tests {
             (
                 "notice",
                 notice(&p, &mut start.clone(), Notice { id: "notice:g".into(), kind: "completed", goal: "g", title: "G", assignee: "a", at: T0 }, T0),
-                vec![TreeId::Events, TreeId::Dedup],
+                vec![TreeId::Events],
                 "notice:g",
                 records::NOTICE_EVENT,
                 1,
             ),
             ("award", award(&p, &mut start.clone(), &st, &award_fx, "weekly", "2026-W10", 1, T0), vec![TreeId::Events], "leaderboard:weekly:2026-W10", records::LEADERBOARD_EVENT, 2),
-            ("duplicate by fingerprint", duplicate(&p, &mut start.clone(), &st, ev("e2"), T0), vec![TreeId::Events, TreeId::Dedup], "e2", records::DUPLICATE_EVENT, 0),
+            ("duplicate by fingerprint", duplicate(&p, &mut start.clone(), &st, ev("e2"), T0), vec![TreeId::Events], "e2", records::DUPLICATE_EVENT, 0),
             (
                 "backfill, told",
                 backfill(&p, &mut start.clone(), &st, &award_fx, 3, &BackfillRecord { badges: vec![badge.clone()], new_stats: vec![] }, true, T0),
@@ -721,6 +738,11 @@ mod tests {
         ];
         for (what, plan, writes, id, ty, pushes) in rows {
             assert_eq!(trees(&plan), writes, "{what}");
+            // Only what a sender may send again is found by its id: a notice, and a duplicate
+            // by fingerprint (its id is the client's). The server's own records are found by
+            // their place, so a client's event may take such an id as its own.
+            let by_id = ty == records::NOTICE_EVENT || ty == records::DUPLICATE_EVENT;
+            assert_eq!(found_by_id(&plan), (by_id, if by_id { vec![(store::id_hash(id), 8)] } else { vec![] }), "{what}");
             let rec = stored(&plan);
             if ty == records::DUPLICATE_EVENT {
                 assert_eq!(rec.event.payload, records::duplicate_payload("login"), "{what}");

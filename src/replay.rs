@@ -123,6 +123,8 @@ pub struct Restored {
     pub snap_seq: u64,
     pub last_seq: u64,
     pub last_offset: u64,
+    /// The ids of the user's retained records found by id.
+    pub ids: crate::store::IdIndex,
 }
 
 /// Loads the snapshot and replays the log after it. Blocking.
@@ -140,7 +142,7 @@ pub fn restore(log: &dyn EventLog, cats: &Catalogues, tenant: &str, user: &str) 
         Vec::new()
     };
     replay_onto(&mut state, cats, tenant, user, &loaded.tail, &before);
-    Ok(Restored { state, epoch, snap_seq, last_seq: loaded.last_seq, last_offset: loaded.last_offset })
+    Ok(Restored { state, epoch, snap_seq, last_seq: loaded.last_seq, last_offset: loaded.last_offset, ids: loaded.ids })
 }
 
 /// What the `replay` check found for one user.

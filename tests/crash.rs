@@ -55,6 +55,36 @@ async fn acked_events_survive_sigkill_exactly_once() {
     }
 }
 
+/// Ids older than the user state's own ring of recent ids (256) are found in her id index: on
+/// disk in the chunks written with her snapshots (every 50 events here) and, after the last
+/// one, in her log, which a SIGKILL leaves without the chunk of its tail.
+#[tokio::test]
+async fn ids_older_than_the_recent_ring_stay_duplicates_after_sigkill() {
+    let dir = tmp();
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    let events = answers("old", 700);
+    let at = now_rfc3339();
+    let mut server = start_with(dir.path(), port, &["--snapshot-every", "50"]).await;
+    let mut c = Client::connect(&url, &token("old-ids"), None).await;
+    let mut seen = Seen::default();
+    send_all(&mut c, &events, &at).await;
+    while seen.acked.len() < 620 {
+        seen.note(&c.next().await);
+    }
+    server.kill9();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), c.ws.next()).await {
+        if let Message::Text(t) = m {
+            seen.note(&serde_json::from_str(&t).unwrap());
+        }
+    }
+    let _server = start_with(dir.path(), port, &["--snapshot-every", "50"]).await;
+    let mut c = Client::connect(&url, &token("old-ids"), None).await;
+    resend_all(&mut c, &events, &at, &mut seen).await;
+    let fresh = Client::connect(&url, &token("old-ids"), None).await;
+    assert_exact(&fresh.welcome, "old-ids", &events, &at, &seen);
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_catalogue_file_and_refuses_a_broken_one() {
     let dir = tmp();

@@ -178,7 +178,7 @@ async fn broken_frames_and_bad_tokens_get_their_close_codes() {
 }
 
 #[tokio::test]
-async fn events_cannot_speak_for_another_user_or_steal_an_id() {
+async fn events_cannot_speak_for_another_user_or_block_their_ids() {
     let dir = tmp();
     let s = TestServer::start_with(dir.path(), two_tenants).await;
     let mut alice = s.connect("alice").await;
@@ -198,13 +198,19 @@ async fn events_cannot_speak_for_another_user_or_steal_an_id() {
     let m = alice.next_main().await;
     assert_eq!((m["code"].as_str(), m["event_id"].as_str()), (Some("invalid_event"), Some("future")));
     assert!(m["message"].as_str().unwrap().contains("future"), "{m}");
-    // An id alice used cannot be replayed by bob to claim or block it...
+    // Ids count per user: an id alice used is bob's own event when he sends it, never a
+    // duplicate of hers (which would let one user suppress another's events by guessing
+    // ids), and it blocks nothing of hers, before or after...
     alice.send(&event("shared-1", "login", json!({}))).await;
     assert_eq!(alice.until("ack").await.last().unwrap()["duplicate"], false);
     let mut bob = s.connect("bob").await;
-    bob.send(&event("shared-1", "login", json!({}))).await;
-    let m = bob.next_main().await;
-    assert_eq!((m["code"].as_str(), m["event_id"].as_str()), (Some("id_conflict"), Some("shared-1")), "{m}");
+    for (id, duplicate) in [("shared-1", false), ("shared-1", true), ("shared-2", false)] {
+        bob.send(&event(id, "login", json!({}))).await;
+        let m = bob.until("ack").await.pop().unwrap();
+        assert_eq!((m["type"].as_str(), m["event_id"].as_str(), m["duplicate"].as_bool()), (Some("ack"), Some(id), Some(duplicate)), "{m}");
+    }
+    alice.send(&event("shared-2", "login", json!({}))).await;
+    assert_eq!(alice.until("ack").await.last().unwrap()["duplicate"], false, "bob's id is alice's own event too");
     // ...while the same id in another tenant is another event.
     let acme = accolade::auth::mint_with_secret(ACME_SECRET, ACME, "alice", accolade::auth::now_secs() + 60);
     let mut other = Client::connect(&s.url(), &acme, None).await;

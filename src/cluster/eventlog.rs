@@ -8,7 +8,7 @@ use super::changelog::{self, Writer};
 use super::log::PartitionLog;
 use super::partition::partition_of;
 use crate::core::Millis;
-use crate::store::{Done, EventLog, Loaded, Seen, Store, StoreError, StoredEvent, Write};
+use crate::store::{Done, EventLog, Loaded, Store, StoreError, StoredEvent, Write};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -63,11 +63,11 @@ impl EventLog for ClusterLog {
         self.store.links_of(tenant, user)
     }
 
-    fn seen(&self, tenant: &str, user: &str, event_id: &str) -> Result<Seen, StoreError> {
-        // An id is looked up only where the user's writes are complete: on a node that serves
+    fn event_id_at(&self, tenant: &str, user: &str, seq: u64) -> Result<Option<String>, StoreError> {
+        // A record is read only where the user's writes are complete: on a node that serves
         // the partition, whose sled the changelog filled.
         self.writer(partition_of(tenant, user))?;
-        EventLog::seen(&self.store, tenant, user, event_id)
+        self.store.event_id_at(tenant, user, seq)
     }
 
     fn append(&self, tenant: &str, user: &str, writes: Vec<Write>, done: Done) -> Result<(), StoreError> {

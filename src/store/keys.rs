@@ -12,6 +12,20 @@ pub const FORMAT_V1: u8 = 1;
 /// format 1 snapshot is read through `legacy` and written back as format 2 at the next
 /// snapshot.
 pub const FORMAT_V2: u8 = 2;
+/// The format of event records since each user's id index (`ids.rs`): a flags byte, then the
+/// record encoded as in format 1. Flag `FOUND_BY_ID` says the record is found by its id (a
+/// client event, a duplicate by fingerprint, a notice, a team's unlock told), so that its id
+/// goes into the user's index; without it the record is one the server made for itself (a
+/// goal operation, an award, a backfill step, a revocation, an expiry), found by its place.
+/// A format 1 event record says neither: its id is looked up in the legacy `dedup` tree.
+pub const FORMAT_EVENT_V3: u8 = 3;
+pub const FOUND_BY_ID: u8 = 1;
+
+/// The format of the whole store, kept under `STORE_FORMAT_KEY` in the default tree: 1 (or no
+/// key) for a store with the tenant-wide `dedup` tree, 2 since per-user id chunks. A store of
+/// a later format than this release knows is refused at open rather than misread.
+pub const STORE_FORMAT: u8 = 2;
+pub(super) const STORE_FORMAT_KEY: &[u8] = b"store-format";
 
 /// The snapshot of one user: state plus the stream positions it corresponds to.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,6 +135,8 @@ pub struct Loaded {
     pub tail: Vec<StoredEvent>,
     pub last_seq: u64,
     pub last_offset: u64,
+    /// The ids of her log records found by id, for as long as they are retained.
+    pub ids: super::IdIndex,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,10 +163,12 @@ pub enum TreeId {
     Expiries,
     /// Each user's analytics record (`analytics::UserFacts`), written with the snapshot.
     Analytics,
+    /// Each user's id chunks (`ids.rs`): user key + the last seq a chunk covers -> the ids.
+    Ids,
 }
 
 impl TreeId {
-    pub(super) const ALL: [TreeId; 18] = [
+    pub(super) const ALL: [TreeId; 19] = [
         TreeId::Users,
         TreeId::Events,
         TreeId::Dedup,
@@ -169,6 +187,7 @@ impl TreeId {
         TreeId::Mail,
         TreeId::Expiries,
         TreeId::Analytics,
+        TreeId::Ids,
     ];
 
     /// The tree's number where writes leave the process (cluster mode's changelog). Frozen:
@@ -218,8 +237,32 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     out
 }
 
+/// Encodes an event record (format 3): `by_id` says whether its id goes into the user's index.
+pub fn encode_event(ev: &StoredEvent, by_id: bool) -> Vec<u8> {
+    let mut out = vec![FORMAT_EVENT_V3, if by_id { FOUND_BY_ID } else { 0 }];
+    bincode::serde::encode_into_std_write(ev, &mut out, bincode::config::standard()).expect("encoding into a Vec cannot fail");
+    out
+}
+
+/// Whether an encoded event record is found by its id: `None` for a format 1 record, which
+/// does not say.
+pub(super) fn found_by_id(bytes: &[u8]) -> Option<bool> {
+    match bytes {
+        [FORMAT_EVENT_V3, flags, ..] => Some(flags & FOUND_BY_ID != 0),
+        _ => None,
+    }
+}
+
+/// Decodes a value of format 1, or an event record of format 3 (its flags byte skipped).
 pub fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), why };
+    let body = match bytes {
+        [FORMAT_EVENT_V3, _, rest @ ..] => Some(rest),
+        _ => None,
+    };
+    if let Some(rest) = body {
+        return bincode::serde::decode_from_slice(rest, bincode::config::standard()).map(|(v, _)| v).map_err(|e| corrupt(e.to_string()));
+    }
     match bytes.split_first() {
         Some((&FORMAT_V1, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard()).map(|(v, _)| v).map_err(|e| corrupt(e.to_string())),
         Some((v, _)) => Err(corrupt(format!("unknown format version {v}"))),
@@ -273,11 +316,12 @@ mod tree_codes {
     fn tree_codes_are_frozen_and_round_trip() {
         // Changelogs in a cluster's JetStream name trees by these numbers: do not renumber.
         assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code(), TreeId::Links.code(), TreeId::Mail.code(), TreeId::Expiries.code()), (0, 1, 2, 13, 14, 15, 16));
-        assert_eq!(TreeId::Analytics.code(), 17, "a new tree takes the next number");
-        for c in 0..18 {
+        assert_eq!(TreeId::Analytics.code(), 17);
+        assert_eq!(TreeId::Ids.code(), 18, "a new tree takes the next number");
+        for c in 0..19 {
             assert_eq!(TreeId::from_code(c).map(TreeId::code), Some(c));
         }
-        assert_eq!(TreeId::from_code(18), None);
+        assert_eq!(TreeId::from_code(19), None);
     }
 }
 

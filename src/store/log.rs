@@ -1,5 +1,6 @@
 //! The event log as a user's actor needs it, and sled's implementation of it: append one
-//! user's records and hear when they are durable, look up an event id, read a user's tail.
+//! user's records and hear when they are durable, read a user's tail and id index, read back
+//! the id of one record.
 //!
 //! The actor and the rebuild from the log (`replay.rs`) reach the log only through
 //! `EventLog`, so a second log (JetStream, in cluster mode) can stand beside this one without
@@ -11,24 +12,14 @@ use super::{fnv, user_key, Job, Loaded, Millis, Store, StoreError, StoredEvent, 
 use std::future::Future;
 use std::pin::Pin;
 
-/// Whether an event id was accepted before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    /// Never, or no longer retained.
-    New,
-    /// For this user: a duplicate.
-    Mine,
-    /// For another user of the tenant: a conflict, never a duplicate.
-    Other,
-}
-
 /// What a user's actor needs of the event log. Reads marked blocking may touch the disk: call
 /// them from a blocking task.
 pub trait EventLog: Send + Sync {
-    /// Whether `event_id` was accepted before in `tenant`, and whose it was. Refuses
-    /// (`StoreError::Failed`) once a write failed: an id whose write the disk refused must not
-    /// be acked as a duplicate.
-    fn seen(&self, tenant: &str, user: &str, event_id: &str) -> Result<Seen, StoreError>;
+    /// The id of `user`'s record `seq`, if the log still holds it: how the actor makes sure of
+    /// a match in her id index (`IdIndex`). Refuses (`StoreError::Failed`) once a write
+    /// failed: a record whose write the disk refused must not make a resend a duplicate.
+    /// Blocking.
+    fn event_id_at(&self, tenant: &str, user: &str, seq: u64) -> Result<Option<String>, StoreError>;
 
     /// Appends one user's writes (their records, snapshot and the index entries that go with
     /// them). A user's appends become durable in the order they were made; `done` runs once
@@ -78,12 +69,8 @@ impl EventLog for Store {
         self.links_of(tenant, user)
     }
 
-    fn seen(&self, tenant: &str, user: &str, event_id: &str) -> Result<Seen, StoreError> {
-        Ok(match Store::seen(self, tenant, event_id)? {
-            None => Seen::New,
-            Some(owner) if owner.starts_with(&user_key(tenant, user)) => Seen::Mine,
-            Some(_) => Seen::Other,
-        })
+    fn event_id_at(&self, tenant: &str, user: &str, seq: u64) -> Result<Option<String>, StoreError> {
+        Store::event_id_at(self, tenant, user, seq)
     }
 
     fn append(&self, tenant: &str, user: &str, writes: Vec<Write>, done: Done) -> Result<(), StoreError> {

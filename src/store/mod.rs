@@ -47,6 +47,7 @@
 //! changes how many threads wake per flush, not what is on disk.
 
 mod hooks;
+mod ids;
 mod keys;
 mod legacy;
 mod log;
@@ -92,8 +93,9 @@ fn highest_id(tree: &sled::Tree) -> Result<u64, StoreError> {
     Ok(highest)
 }
 
+pub use ids::{id_hash, IdIndex};
 pub use keys::*;
-pub use log::{Done, EventLog, Seen};
+pub use log::{Done, EventLog};
 pub use teams::{link, mail, mail_done, unlink, Link, Mail, MailRow};
 use persister::*;
 
@@ -159,6 +161,7 @@ pub struct Store {
     mail: sled::Tree,
     expiries: sled::Tree,
     analytics: sled::Tree,
+    ids: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -202,6 +205,7 @@ impl Store {
             mail: db.open_tree("mail")?,
             expiries: db.open_tree("expiries")?,
             analytics: db.open_tree("analytics")?,
+            ids: db.open_tree("ids")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -213,6 +217,7 @@ impl Store {
         })?;
         *store.persister.0.lock().expect("fresh mutex") = Some(handle);
         store.seed_ids()?;
+        store.mark_format()?;
         Ok(store)
     }
 
@@ -238,6 +243,7 @@ impl Store {
                 self.mail.clone(),
                 self.expiries.clone(),
                 self.analytics.clone(),
+                self.ids.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -312,24 +318,39 @@ impl Store {
             None => None,
         };
         let from = record.as_ref().map_or(0, |r| r.seq) + 1;
+        // The log is read from the last id chunk on (normally the snapshot: the two are
+        // written together), for the ids the chunks do not hold yet; the tail starts at `from`.
+        let (mut ids, start) = self.load_ids(&uk, from)?;
         let mut tail: Vec<StoredEvent> = Vec::new();
         let mut last_seq = record.as_ref().map_or(0, |r| r.seq);
-        for kv in self.events.range(seq_key(&uk, from)..seq_key(&uk, u64::MAX)) {
+        for kv in self.events.range(seq_key(&uk, start)..seq_key(&uk, u64::MAX)) {
             let (k, v) = kv?;
-            last_seq = u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default());
-            tail.push(decode(&k, &v)?);
+            let seq = u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default());
+            let ev: StoredEvent = decode(&k, &v)?;
+            self.index_record(&mut ids, tenant, &k, &v, &ev, seq)?;
+            if seq >= from {
+                last_seq = seq;
+                tail.push(ev);
+            }
         }
         // Pushes after the snapshot are all in the tail's records.
         let last_offset = tail.iter().flat_map(|e| e.pushes.iter().map(|p| p.0)).max().unwrap_or(0).max(record.as_ref().map_or(0, |r| r.offset));
-        Ok(Loaded { record, tail, last_seq, last_offset })
+        Ok(Loaded { record, tail, last_seq, last_offset, ids })
     }
 
-    /// Which user and sequence number an event id was accepted under, if it still is retained.
-    pub fn seen(&self, tenant: &str, event_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.readable()?;
-        let found = self.dedup.get(dedup_key(tenant, event_id))?.map(|v| v.to_vec());
-        self.readable()?;
-        Ok(found)
+    /// Marks the store as of this release's format, refusing one of a later format. A store of
+    /// format 1 needs no rewriting: each user's ids are read from her log at her first load
+    /// (`ids.rs`), and the legacy `dedup` tree is only read for that, and emptied by retention.
+    fn mark_format(&self) -> Result<(), StoreError> {
+        let found = self.db.get(STORE_FORMAT_KEY)?.and_then(|v| v.first().copied()).unwrap_or(1);
+        if found > STORE_FORMAT {
+            return Err(StoreError::Corrupt { key: String::from_utf8_lossy(STORE_FORMAT_KEY).into_owned(), why: format!("the store is of format {found}, written by a later release; this one reads up to format {STORE_FORMAT}") });
+        }
+        if found < STORE_FORMAT {
+            self.db.insert(STORE_FORMAT_KEY, &[STORE_FORMAT])?;
+            self.db.flush()?;
+        }
+        Ok(())
     }
 
     /// The stored pushes of a user after `offset`, oldest first, each with the time its event
@@ -365,8 +386,8 @@ impl Store {
     }
 
     /// Removes events received before `cutoff` that are already folded into their user's
-    /// snapshot, with their dedup keys: after this, such an id is only recognised by the user
-    /// state's recent-id window. The log tail after a snapshot, which recovery replays, is
+    /// snapshot, with the id chunks that covered only them (and a format 1 store's dedup keys):
+    /// after this, such an id is only recognised by the user state's recent-id window. The log tail after a snapshot, which recovery replays, is
     /// never touched. Blocking: run it on a blocking thread.
     pub fn sweep(&self, cutoff: Millis) -> Result<Swept, StoreError> {
         self.readable()?;
@@ -392,6 +413,7 @@ impl Store {
             let (uk, seq) = kv?;
             let snap = u64::from_be_bytes(seq.as_ref().try_into().unwrap_or_default());
             swept.users += 1;
+            let mut last = None;
             for ev in self.events.range(seq_key(&uk, 0)..=seq_key(&uk, snap)) {
                 let (k, v) = ev?;
                 let stored: StoredEvent = decode(&k, &v)?;
@@ -406,6 +428,13 @@ impl Store {
                 }
                 self.events.remove(&k)?;
                 swept.events += 1;
+                last = Some(k);
+            }
+            // An id chunk goes once every record it covers has gone.
+            if let Some(last) = last {
+                for c in self.ids.range(seq_key(&uk, 0)..=last.to_vec()) {
+                    self.ids.remove(c?.0)?;
+                }
             }
         }
         let _busy = self.stats.disk.begin("retention sweep flush", std::time::Instant::now());
@@ -641,10 +670,10 @@ impl Store {
     }
 
     /// The trees, in the order of `TreeId::ALL`.
-    fn trees(&self) -> [&sled::Tree; 18] {
+    fn trees(&self) -> [&sled::Tree; 19] {
         [
             &self.users, &self.events, &self.dedup, &self.snapseq, &self.catalogues, &self.dead, &self.jobs, &self.boards, &self.archive, &self.closed, &self.goals, &self.hooks,
-            &self.outbox, &self.hooklog, &self.links, &self.mail, &self.expiries, &self.analytics,
+            &self.outbox, &self.hooklog, &self.links, &self.mail, &self.expiries, &self.analytics, &self.ids,
         ]
     }
 

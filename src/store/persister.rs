@@ -35,7 +35,7 @@ impl Drop for PersisterThread {
 #[derive(Clone)]
 pub(super) struct PersisterSide {
     pub(super) db: sled::Db,
-    pub(super) trees: [sled::Tree; 18],
+    pub(super) trees: [sled::Tree; 19],
     pub(super) stats: Arc<PersistStats>,
 }
 
@@ -199,6 +199,7 @@ impl PersisterSide {
             TreeId::Mail => 15,
             TreeId::Expiries => 16,
             TreeId::Analytics => 17,
+            TreeId::Ids => 18,
         }
     }
 

@@ -44,16 +44,11 @@ pub fn delivery_done<T: Serialize>(tenant: &str, hook: u64, id: u64, log: &T) ->
     [Write::Put(TreeId::HookLog, k.clone(), encode(log)), Write::Del(TreeId::Outbox, k)]
 }
 
-/// A log record that is not a client event (a backfill's awards): no dedup key.
-pub fn system_event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent) -> Write {
-    Write::Put(TreeId::Events, seq_key(&user_key(tenant, user), seq), encode(ev))
-}
-
-pub fn event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent) -> [Write; 2] {
-    let uk = user_key(tenant, user);
-    let mut where_ = uk.clone();
-    where_.extend_from_slice(&seq.to_be_bytes());
-    [Write::Put(TreeId::Events, seq_key(&uk, seq), encode(ev)), Write::Put(TreeId::Dedup, dedup_key(tenant, &ev.event.event_id), where_)]
+/// A log record, found again by its id (`by_id`: a client event, a notice) or only by its
+/// place in the log (a record the server made for itself). One write either way: the id goes
+/// into the user's index in memory, and to disk with her next id chunk (`ids.rs`).
+pub fn event(tenant: &str, user: &str, seq: u64, ev: &StoredEvent, by_id: bool) -> Write {
+    Write::Put(TreeId::Events, seq_key(&user_key(tenant, user), seq), encode_event(ev, by_id))
 }
 
 /// A user's earliest badge expiry in the expiry index (`None`: the user has none).

@@ -15,6 +15,11 @@ impl User {
             writes.push(store::writes::analytics(&self.tenant, &self.user, &self.facts));
             self.facts_written = self.cur.snap_seq;
         }
+        // So do the ids of the records up to the snapshot, in one chunk after it: her index
+        // costs a write per snapshot, not per event (`store::IdIndex`).
+        if let Some(chunk) = self.ids.chunk(&self.tenant, &self.user, self.cur.snap_seq) {
+            writes.push(chunk);
+        }
         // Webhook notifications go into the same batch as the pushes that announce them, so
         // one is durable exactly when the other is. Only tenants with endpoints pay for this.
         let mut no_ids = None;
@@ -31,14 +36,14 @@ impl User {
         }
         if writes.is_empty() {
             match self.pending.back_mut() {
-                Some(last) => last.1.extend(deliveries),
+                Some(last) => last.2.extend(deliveries),
                 None => deliveries.into_iter().for_each(|d| self.deliver(d)),
             }
             return;
         }
         self.next_job += 1;
         let job = self.next_job;
-        self.pending.push_back((job, deliveries));
+        self.pending.push_back((job, self.cur.seq, deliveries));
         // No id for a notification this batch makes (a cluster node whose partition is being
         // claimed anew): the batch fails as a refused write does, so nothing of it is acked
         // and its events are sent again, rather than accepted without their notifications.
@@ -70,12 +75,12 @@ impl User {
             // the next message rebuilds the user from what is durable (once the store can be
             // read: after a failed write, only a restarted server can). No ack was sent for the
             // lost events, so clients retry them.
-            let lost = self.pending.iter().flat_map(|(_, ds)| ds).filter(|d| matches!(d, Delivery::Accepted)).count();
+            let lost = self.pending.iter().flat_map(|(_, _, ds)| ds).filter(|d| matches!(d, Delivery::Accepted)).count();
             self.env.metrics.storage_failed.inc_by(lost as u64);
             // Whoever waits on a lost job is told why now, rather than by a dropped channel:
             // an HTTP sender learns its event is `unavailable` (send it again), the others get
             // the error itself. Nothing durable is claimed, and nothing is counted twice.
-            for (_, ds) in std::mem::take(&mut self.pending) {
+            for (_, _, ds) in std::mem::take(&mut self.pending) {
                 for d in ds {
                     refuse(d, &e);
                 }
@@ -87,8 +92,9 @@ impl User {
         }
         // Idle time counts from when the last work finished, not from when it arrived.
         self.last_activity = Instant::now();
-        while self.pending.front().is_some_and(|(j, _)| *j <= job) {
-            let (_, ds) = self.pending.pop_front().expect("checked");
+        while self.pending.front().is_some_and(|(j, _, _)| *j <= job) {
+            let (_, seq, ds) = self.pending.pop_front().expect("checked");
+            self.durable_seq = self.durable_seq.max(seq);
             for d in ds {
                 self.deliver(d);
             }

@@ -36,7 +36,7 @@ use crate::boards::Boards;
 use crate::catalogues::Catalogues;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::{self, EventLog, Seen, StoredEvent};
+use crate::store::{self, EventLog, StoredEvent};
 use crate::webhooks::Webhooks;
 use futures_util::future::Either;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -164,8 +164,14 @@ pub struct User {
     cur: Cursor,
     /// The user's sockets this process holds: where pushes go.
     sockets: Sockets,
-    pending: VecDeque<(u64, Vec<Delivery>)>,
+    /// Jobs sent to the log and not yet durable: (job, the last log seq it writes, what waits
+    /// for it).
+    pending: VecDeque<(u64, u64, Vec<Delivery>)>,
     next_job: u64,
+    /// The last log sequence number known durable.
+    durable_seq: u64,
+    /// The ids of the user's retained records found by id (`store::IdIndex`).
+    ids: store::IdIndex,
     waiting: Vec<Waiting>,
     last_activity: Instant,
     progress: plan::Throttle,
@@ -221,7 +227,7 @@ impl Actor for UserActor {
         })
         .await??;
         let (r, linked) = r;
-        let (st, snap_seq) = (r.state, r.snap_seq);
+        let (st, snap_seq, ids) = (r.state, r.snap_seq, r.ids);
         // The index is written before the log record of every change, so it holds at least
         // what the rebuilt state says (or an earlier time, which the sweep sets right).
         let due = st.next_look();
@@ -236,7 +242,7 @@ impl Actor for UserActor {
         let stats = if crate::core::catalogue::team_of(&a.user).is_some() { Arc::default() } else { a.env.analytics.tenant(&a.tenant) };
         let user_hash = crate::analytics::figures::user_hash(&a.tenant, &a.user);
         let epoch = r.epoch.unwrap_or_else(|| genesis_epoch(&a.tenant, &a.user));
-        let loaded = crate::store::Loaded { record: None, tail: vec![], last_seq: r.last_seq, last_offset: r.last_offset };
+        let (last_seq, last_offset) = (r.last_seq, r.last_offset);
         a.env.metrics.actors.inc();
         let throttle_ms = a.env.config.progress_throttle_ms;
         Ok(User {
@@ -247,10 +253,12 @@ impl Actor for UserActor {
             inflight: a.inflight,
             st,
             epoch,
-            cur: Cursor { seq: loaded.last_seq, offset: loaded.last_offset, snap_seq },
+            cur: Cursor { seq: last_seq, offset: last_offset, snap_seq },
             sockets: Sockets::default(),
             pending: VecDeque::new(),
             next_job: 0,
+            durable_seq: last_seq,
+            ids,
             waiting: Vec::new(),
             last_activity: Instant::now(),
             progress: plan::Throttle::new(std::time::Duration::from_millis(throttle_ms)),
@@ -434,12 +442,17 @@ impl User {
     /// gone, or the store could not be read).
     fn evaluate(&mut self, event: &Event, received_at: Millis) -> Result<Evaluated, ActorProcessingErr> {
         let m = &self.env.metrics;
-        // Ids older than the state's own recent-id window are found in the dedup tree, which
-        // keeps them for as long as the event is retained. A store that has failed answers
-        // nothing: its trees may hold an id whose write the disk refused, and acking that as a
-        // duplicate would lose the event (the client drops what is acked).
-        let seen = match self.env.log.seen(&self.tenant, &self.user, &event.event_id) {
-            Ok(seen) => seen,
+        // Ids older than the state's own recent-id window are found in the user's id index,
+        // which keeps them for as long as the event is retained. A store that has failed
+        // answers nothing: the index may hold an id whose write the disk refused, and acking
+        // that as a duplicate would lose the event (the client drops what is acked).
+        match self.seen(&event.event_id) {
+            Ok(false) => {}
+            Ok(true) => {
+                m.duplicates.inc();
+                self.stats.health.duplicate();
+                return Ok(Err(Unchanged::Duplicate));
+            }
             Err(store::StoreError::Failed(why)) => {
                 m.storage_failed.inc();
                 let text = format!("the server cannot store events now ({why}); send it again later");
@@ -448,23 +461,6 @@ impl User {
                 return Ok(Err(Unchanged::Refused { wire: "unavailable", code: "unavailable", text }));
             }
             Err(e) => return Err(e.into()),
-        };
-        match seen {
-            Seen::New => {}
-            Seen::Other => {
-                // The id was accepted for another user. Acking it as a duplicate would let one
-                // user suppress another's events by guessing ids; say so instead.
-                m.rejected.inc();
-                m.refused("id_conflict");
-                self.stats.health.rejected("id_conflict");
-                let text = "event_id is already used by another user of this tenant; event ids must be unique per tenant".into();
-                return Ok(Err(Unchanged::Refused { wire: "id_conflict", code: "id_conflict", text }));
-            }
-            Seen::Mine => {
-                m.duplicates.inc();
-                self.stats.health.duplicate();
-                return Ok(Err(Unchanged::Duplicate));
-            }
         }
         let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else { return Err("the tenant's catalogue is gone".into()) };
         // A member's teams (a team's members), read before the first event under a catalogue
@@ -501,6 +497,21 @@ impl User {
         }
     }
 
+    /// Whether `event_id` is the id of one of this user's retained records: a match in her id
+    /// index, read back from the log to be sure (two ids can share a hash). A record not in the
+    /// log yet is one of her writes in flight, so the match is hers; one no longer there was
+    /// swept by retention, so the id is new again. Blocking, on a match only.
+    fn seen(&self, event_id: &str) -> Result<bool, store::StoreError> {
+        if let Some(why) = self.env.log.failure() {
+            return Err(store::StoreError::Failed(why.to_string()));
+        }
+        let Some(seq) = self.ids.get(event_id) else { return Ok(false) };
+        Ok(match self.env.log.event_id_at(&self.tenant, &self.user, seq)? {
+            Some(id) => id == event_id,
+            None => seq > self.durable_seq,
+        })
+    }
+
     /// Executes a plan: its writes as one job, and once they are durable `before`, the plan's
     /// pushes, then `after`.
     fn perform(&mut self, myself: &ActorRef<UserMsg>, mut plan: plan::Plan, mut before: Vec<Delivery>, after: Vec<Delivery>) {
@@ -510,6 +521,9 @@ impl User {
         }
         if let Some(w) = plan::expiry_index(&self.tenant, &self.user, &self.st, &mut self.due) {
             plan.writes.insert(0, w);
+        }
+        for (hash, seq) in plan.ids {
+            self.ids.add(hash, seq);
         }
         before.extend(plan.pushes.into_iter().map(Delivery::Push));
         before.extend(after);

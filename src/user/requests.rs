@@ -123,13 +123,12 @@ impl User {
 
     /// A notice for this user: logged with its id (so a repeat is recognised) and pushed.
     pub(super) fn notice(&mut self, myself: &ActorRef<UserMsg>, n: NoticeMsg) {
-        match self.env.log.seen(&self.tenant, &self.user, &n.id) {
-            // Notice ids are reserved (the server makes them), so any owner means this one.
-            Ok(Seen::Mine | Seen::Other) => {
+        match self.seen(&n.id) {
+            Ok(true) => {
                 let _ = n.reply.send(Ok(()));
                 return;
             }
-            Ok(Seen::New) => {}
+            Ok(false) => {}
             Err(e) => {
                 let _ = n.reply.send(Err(e.to_string()));
                 return;
@@ -147,19 +146,12 @@ impl User {
     /// A team's unlock told to this member, mailed by the team: logged with its id (so a
     /// repeat is recognised) and pushed.
     pub(super) fn team_unlock(&mut self, myself: &ActorRef<UserMsg>, event: Event, reply: oneshot::Sender<Result<(), String>>) {
-        match self.env.log.seen(&self.tenant, &self.user, &event.event_id) {
-            Ok(Seen::Mine) => {
+        match self.seen(&event.event_id) {
+            Ok(true) => {
                 let _ = reply.send(Ok(()));
                 return;
             }
-            // The id is hers alone and reserved (`records::team_unlock_id`): another owner
-            // cannot happen, and waiting would not change it.
-            Ok(Seen::Other) => {
-                tracing::warn!(tenant = %self.tenant, user = %self.user, id = %event.event_id, "a team's unlock id belongs to another user; not told");
-                let _ = reply.send(Ok(()));
-                return;
-            }
-            Ok(Seen::New) => {}
+            Ok(false) => {}
             Err(e) => {
                 let _ = reply.send(Err(e.to_string()));
                 return;
