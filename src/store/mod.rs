@@ -4,10 +4,15 @@
 //! range and can be partitioned later):
 //! - `users`:  user key -> snapshot of the user's state (versioned bincode).
 //! - `events`: user key + seq (big-endian u64) -> the accepted event, when it was received,
-//!   and the pushes it caused (as sent), which recovery reads back. Keeping the pushes in the
-//!   event's own record makes an accepted event two writes (this and its dedup key).
-//! - `dedup`:  `tenant \0 event_id` -> user key + seq: an id counts once per tenant for as
-//!   long as its event is retained.
+//!   and the pushes it caused (as sent), which recovery reads back, behind a flags byte that
+//!   says whether the record is found by its id (format 3). Keeping the pushes in the event's
+//!   own record makes an accepted event one write.
+//! - `ids`: user key + seq (big-endian u64) -> the ids (hash, seq) of the user's records found
+//!   by id, after the previous chunk and up to that seq: one chunk per snapshot (`ids.rs`).
+//!   An id counts once per user for as long as its event is retained.
+//! - `dedup`: only in a store of format 1 (before `ids`), `tenant \0 event_id` -> user key +
+//!   seq: read to classify that store's old records at each user's first load, never written,
+//!   emptied by retention.
 //! - `snapseq`: user key -> the sequence number of its snapshot (read by the retention sweep
 //!   without decoding whole snapshots).
 //! - `catalogues`: `tenant \0` + version (big-endian u64) -> that catalogue version's document.
@@ -293,7 +298,7 @@ impl Store {
     /// Every read starts here. Once a write or flush has failed, sled's trees in memory may
     /// hold what the disk refused (the failed batch's inserts stay in them), and sled refuses
     /// every later write; so from then on nothing is read, and the process is restarted from
-    /// the disk (`watchdog`). Reads that must not see a failed batch's writes (the dedup check,
+    /// the disk (`watchdog`). Reads that must not see a failed batch's writes (reading back a matched id's record,
     /// a user's rebuild) look again after reading, so that one that raced the failure is not
     /// taken either.
     pub(super) fn readable(&self) -> Result<(), StoreError> {
