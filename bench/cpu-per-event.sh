@@ -10,7 +10,8 @@
 #   bench/cpu-per-event.sh RATE SECONDS ROUNDS CONNECTIONS BIN [BIN...]
 #
 # The generator is $CARGO_TARGET_DIR (or target)/release/accolade-loadgen, LG overrides it;
-# the JSON of each run is kept in $OUT (default /tmp/cpu-per-event). Context switches need
+# the JSON of each run is kept in $OUT (default /tmp/cpu-per-event); SOURCES (default 4) is the
+# generator's number of source addresses (a server takes at most 2,000 connections from one). Context switches need
 # `perf`; without it the column reads 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,7 @@ for round in $(seq 1 "$ROUNDS"); do
     perf stat -e context-switches -x, -o "$D/ctx" -p "$PID" > /dev/null 2>&1 &
     PERF=$!
     "$LG" --url "ws://127.0.0.1:$PORT/v1/ws" --scenario steady --connections "$CONNS" --rate "$RATE" --duration "$SECS" \
-      --sources 4 --json "$J" > "$D/lg.txt" 2>&1 || { cat "$D/lg.txt" >&2; exit 1; }
+      --sources "${SOURCES:-4}" --json "$J" > "$D/lg.txt" 2>&1 || { cat "$D/lg.txt" >&2; exit 1; }
     C1=$(ticks "$PID")
     kill -INT "$PERF" 2>/dev/null || true; wait "$PERF" 2>/dev/null || true
     CTX=$(awk -F, '/context-switches/ { print $1 }' "$D/ctx" 2>/dev/null || true)
