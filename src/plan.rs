@@ -55,6 +55,9 @@ pub struct Plan {
     /// The ids of its records found by id, (id hash, seq): the actor adds them to the user's
     /// id index, which writes them with her next snapshot (`store::IdIndex`).
     pub ids: Vec<(u64, u64)>,
+    /// A team's progress for its members' open sockets, once the change is durable
+    /// (`team_progress`, no offset, not in anyone's history).
+    pub told: Vec<Frame>,
 }
 
 /// The user's positions, advanced by every plan: the last log sequence number and push offset
@@ -338,11 +341,16 @@ pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event
     // Expiries the event saw come first: the event may earn the same badge again.
     p.revocations(&mut plan, cur, fx, &event_id);
     p.awards(&mut plan, cur, st, fx, &event_id);
+    // A team's progress goes to its members as well, throttled as a user's is.
+    let team = if p.linked.is_empty() { None } else { crate::core::catalogue::team_of(p.user) };
     for e in fx {
         if let Effect::Progress { badge, current, target } = e
             && progress.due(badge, *current, *target, now)
         {
             push(&mut plan, cur, "progress", |o| protocol::progress(o, badge, *current, *target));
+            if let Some(team) = team {
+                plan.told.push(protocol::team_progress(team, badge, *current, *target));
+            }
         }
     }
     let mut goal_writes = Plan::default();

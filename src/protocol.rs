@@ -386,6 +386,22 @@ pub fn team_unlock(offset: u64, team: &str, b: &BadgeDef, count: u32, at: Millis
     encode(&TeamUnlock { at: rfc3339(at), badge: b.into(), count, offset, team, r#type: "team_unlock" })
 }
 
+/// A team of the user's moved toward one of its badges (docs/teams.md). Like `rank`, not part
+/// of the recovery history and with no offset: a hint for a progress bar, sent to the member's
+/// sockets open at the time; `GET /v1/teams/{id}` says where the team stands.
+pub fn team_progress(team: &str, badge: &str, current: f64, target: f64) -> Frame {
+    #[derive(Serialize)]
+    struct TeamProgress<'a> {
+        badge: &'a str,
+        current: Option<f64>,
+        target: Option<f64>,
+        team: &'a str,
+        r#type: &'static str,
+    }
+    let finite = |x: f64| x.is_finite().then_some(x);
+    encode(&TeamProgress { badge, current: finite(current), target: finite(target), team, r#type: "team_progress" })
+}
+
 /// The user's rank on a board changed. Not part of the recovery history (a reconnecting
 /// client that watches again gets its current rank at once).
 pub fn rank(board: &str, period: &str, rank: usize, score: f64, of: usize, previous: Option<usize>) -> Frame {

@@ -141,6 +141,64 @@ async fn members_events_count_toward_their_team_once_and_only_while_they_belong(
     s.stop().await;
 }
 
+/// The `team_progress` frames a socket got within `wait` of the last one: (badge, current,
+/// target), in order.
+async fn team_progress(c: &mut Client, wait: Duration) -> Vec<(String, u64, u64)> {
+    let mut out = vec![];
+    while let Ok(m) = tokio::time::timeout(wait, c.next()).await {
+        if m["type"] == "team_progress" {
+            assert_eq!(m["team"], "class-p", "{m}");
+            assert!(m.get("offset").is_none(), "a team's progress is in no history: {m}");
+            out.push((m["badge"].as_str().unwrap().to_string(), m["current"].as_f64().unwrap() as u64, m["target"].as_f64().unwrap() as u64));
+        }
+    }
+    out
+}
+
+/// A team's progress reaches its members' open sockets as `team_progress` (by tenths of the
+/// target, here with no time throttle), whoever's event moved it, and nobody else's; it is a
+/// hint for a progress bar, so a reconnecting member does not get it back.
+#[tokio::test]
+async fn a_teams_progress_is_pushed_to_its_members_sockets_and_to_nobody_else() {
+    let dir = tmp();
+    let file = dir.path().join("catalogue.toml");
+    std::fs::write(&file, catalogue_with_teams(100, 10)).unwrap();
+    let s = TestServer::start_with(&dir.path().join("data"), |c| {
+        c.catalogue = Some(file);
+        c.progress_throttle_ms = 0;
+    })
+    .await;
+    let api = Api::new(&s, DEMO_KEY);
+    assert_eq!(api.call("PUT", "/v1/teams/class-p", Some(&json!({ "name": "Class P" }))).await.0, 200);
+    for user in ["ann", "bob"] {
+        assert_eq!(api.call("POST", "/v1/teams/class-p/members", Some(&json!({ "user_id": user }))).await.0, 200);
+    }
+    let (mut ann, mut bob, mut carl) = (s.connect("ann").await, s.connect("bob").await, s.connect("carl").await);
+    api.ingest((1..=5).map(|i| http_answer(&format!("p-{i}"), "ann", "ex-1", true)).collect()).await;
+    // Every tenth of "five answers" crossed (each answer is two) until the fifth, which is the
+    // badge itself (told as `team_unlock`); "two members" got halfway with Ann's first answer,
+    // and no further.
+    let want: Vec<(String, u64, u64)> = [("team-five", 1, 5), ("two-members", 1, 2), ("team-five", 2, 5), ("team-five", 3, 5), ("team-five", 4, 5)]
+        .iter()
+        .map(|(b, c, t)| (b.to_string(), *c, *t))
+        .collect();
+    let sorted = |mut v: Vec<(String, u64, u64)>| {
+        v.sort();
+        v
+    };
+    let got_bob = team_progress(&mut bob, Duration::from_secs(3)).await;
+    assert_eq!(sorted(got_bob.clone()), sorted(want.clone()), "{got_bob:?}");
+    let five: Vec<u64> = got_bob.iter().filter(|p| p.0 == "team-five").map(|p| p.1).collect();
+    assert_eq!(five, [1, 2, 3, 4], "in the order the team counted them");
+    assert_eq!(sorted(team_progress(&mut ann, Duration::from_millis(300)).await), sorted(want), "the member whose events they were");
+    assert_eq!(team_progress(&mut carl, Duration::from_millis(300)).await, vec![], "not a member");
+    // Not in the history a reconnecting member catches up on (the team's unlock is).
+    let since = json!({ "epoch": bob.welcome["epoch"], "offset": 0 });
+    let mut again = Client::connect(&s.url(), &token("bob"), Some(since)).await;
+    assert_eq!(team_progress(&mut again, Duration::from_millis(500)).await, vec![]);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn every_team_error_a_client_can_cause_has_its_code_and_changes_nothing() {
     let dir = tmp();

@@ -153,6 +153,13 @@ impl User {
                 let _ = reply.send(Ok(()));
             }
             Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
+            // Only members whose actors are in memory can have a socket open here, so no
+            // member is revived to be told. (In cluster mode, the members this node serves.)
+            Delivery::Tell(frames) => {
+                for member in self.linked.as_deref().unwrap_or(&[]) {
+                    self.registry.send_existing(&self.tenant, member, UserMsg::Told(frames.clone()));
+                }
+            }
             Delivery::Board(key, entry, left) => {
                 if let Some(old) = left {
                     self.env.boards.remove(&old, &self.user);
@@ -182,6 +189,6 @@ fn refuse(d: Delivery, why: &str) {
         Delivery::Linked(reply) => drop(reply.send(Err(LinkError::Failed(why.to_string())))),
         Delivery::Taken(reply, _) => drop(reply.send(Err(TakeError::Failed(why.to_string())))),
         Delivery::Swept(reply) => drop(reply.send(Err(why.to_string()))),
-        Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) | Delivery::Analytics(_) => {}
+        Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) | Delivery::Analytics(_) | Delivery::Tell(_) => {}
     }
 }

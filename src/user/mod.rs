@@ -91,6 +91,8 @@ enum Delivery {
     Wake(Vec<Arc<tokio::sync::Notify>>),
     /// What the job adds to the tenant's analytics, added once it is durable.
     Analytics(crate::analytics::Contribution),
+    /// A team's progress, for the sockets of its members whose actors are in memory.
+    Tell(Vec<Frame>),
 }
 
 /// Work that must wait until everything in flight is durable, so it sees durable state.
@@ -327,6 +329,12 @@ impl Actor for UserActor {
                 u.maybe_passivate(&myself);
                 return u.done(was_counted, Ok(()));
             }
+            UserMsg::Told(frames) => {
+                for f in &frames {
+                    u.sockets.all(f, &u.env.metrics);
+                }
+                return u.done(was_counted, Ok(()));
+            }
             UserMsg::Stop(reply) => Later::Stop(reply),
         };
         Either::Right(Box::pin(async move {
@@ -526,6 +534,9 @@ impl User {
             self.ids.add(hash, seq);
         }
         before.extend(plan.pushes.into_iter().map(Delivery::Push));
+        if !plan.told.is_empty() {
+            before.push(Delivery::Tell(plan.told));
+        }
         before.extend(after);
         self.enqueue(myself, plan.writes, before);
     }

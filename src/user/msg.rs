@@ -180,6 +180,8 @@ pub enum UserMsg {
     Durable { job: u64, result: Result<(), String> },
     /// Passivation check.
     Tick,
+    /// Frames for this user's open sockets that are in no history (a team's progress).
+    Told(Vec<Frame>),
     /// Shutdown: write a snapshot, then stop.
     Stop(oneshot::Sender<()>),
 }

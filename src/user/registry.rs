@@ -91,7 +91,7 @@ impl Registry {
     }
 
     /// Sends only to a running actor (used for detach, which must not revive a user).
-    fn send_existing(&self, tenant: &str, user: &str, msg: UserMsg) {
+    pub(super) fn send_existing(&self, tenant: &str, user: &str, msg: UserMsg) {
         if let Some(e) = self.map.get(&key(tenant, user)) {
             if counted(&msg) {
                 e.inflight.fetch_add(1, Ordering::AcqRel);
