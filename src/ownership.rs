@@ -170,6 +170,12 @@ impl Membership {
         crate::remote::link(&self.routes, tenant, entity, other, join, limit).await
     }
 
+    /// Gives frames in no history (a team's progress) to `user`'s actor on the node serving
+    /// her, if it is in memory there.
+    pub async fn told(&self, tenant: &str, user: &str, frames: &[crate::protocol::Frame]) -> Result<(), String> {
+        crate::remote::told(&self.routes, tenant, user, frames).await
+    }
+
     /// Tells a member a team's unlock through her actor on the node serving her.
     pub async fn team_unlock(&self, tenant: &str, event: Event) -> Result<(), String> {
         crate::remote::team_unlock(&self.routes, tenant, event).await

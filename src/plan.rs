@@ -477,7 +477,9 @@ pub fn expire(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], reco
         p.tell_members(&mut plan, cur.seq, fx, now);
     }
     let event = p.system(record_id, records::EXPIRE_EVENT, "expiry", now, vec![]);
-    plan.writes = vec![p.record_at(&mut plan, cur.seq, event, now, Keyed::ByPlace)];
+    // After the mail to the members (as an event's record comes after its mail), not instead.
+    let w = p.record_at(&mut plan, cur.seq, event, now, Keyed::ByPlace);
+    plan.writes.push(w);
     if cur.seq - cur.snap_seq >= p.snapshot_every {
         plan.writes.extend(p.snapshot(cur, st));
     }
@@ -687,6 +689,21 @@ mod tests {
     /// operations, awards and backfills by place only, notices and duplicates by fingerprint
     /// keyed by their id (a duplicate's record keeps what it duplicated); each
     /// takes the next sequence number and keeps its pushes.
+    /// A team's unlock from a look (a wait that lapsed, an expiry sweep's visit) is mailed to
+    /// each member in the look's own job, before its record, as an event's is (the mail rows
+    /// were once dropped by the record's write).
+    #[test]
+    fn a_teams_unlock_from_a_look_is_mailed_to_its_members() {
+        let cat = Catalogue::demo();
+        let team = crate::core::catalogue::team_entity("crew");
+        let members = ["ann".to_string(), "bob".to_string()];
+        let p = Planner { tenant: "t", user: &team, epoch: "e", cat: &cat, snapshot_every: 100, linked: &members };
+        let badge = cat.badges[0].id.to_string();
+        let plan = expire(&p, &mut Cursor { seq: 7, offset: 3, snap_seq: 7 }, &UserState::new("t", &team), &[unlock(&badge)], "expire:8".into(), T0);
+        assert_eq!(trees(&plan), vec![TreeId::Mail, TreeId::Mail, TreeId::Events]);
+        assert_eq!(plan.mailed, 2);
+    }
+
     #[test]
     fn system_records_take_the_next_place_in_the_log() {
         let cat = Catalogue::demo();
@@ -710,6 +727,14 @@ mod tests {
             ),
             ("award", award(&p, &mut start.clone(), &st, &award_fx, "weekly", "2026-W10", 1, T0), vec![TreeId::Events], "leaderboard:weekly:2026-W10", records::LEADERBOARD_EVENT, 2),
             ("duplicate by fingerprint", duplicate(&p, &mut start.clone(), &st, ev("e2"), T0), vec![TreeId::Events], "e2", records::DUPLICATE_EVENT, 0),
+            (
+                "a team's unlock told (a badge this catalogue has not: logged, not pushed)",
+                team_unlock(&p, &mut start.clone(), Event { event_type: records::TEAM_UNLOCK_EVENT.into(), ..ev("accolade.team_unlock:told") }, T0),
+                vec![TreeId::Events],
+                "accolade.team_unlock:told",
+                records::TEAM_UNLOCK_EVENT,
+                0,
+            ),
             (
                 "backfill, told",
                 backfill(&p, &mut start.clone(), &st, &award_fx, 3, &BackfillRecord { badges: vec![badge.clone()], new_stats: vec![] }, true, T0),
@@ -746,10 +771,11 @@ mod tests {
         ];
         for (what, plan, writes, id, ty, pushes) in rows {
             assert_eq!(trees(&plan), writes, "{what}");
-            // Only what a sender may send again is found by its id: a notice, and a duplicate
-            // by fingerprint (its id is the client's). The server's own records are found by
+            // Only what a sender may send again is found by its id: a notice, a team's unlock
+            // told, and a duplicate by fingerprint (its id is the client's). The server's own records are found by
             // their place, so a client's event may take such an id as its own.
-            let by_id = ty == records::NOTICE_EVENT || ty == records::DUPLICATE_EVENT;
+            let by_id = [records::NOTICE_EVENT, records::DUPLICATE_EVENT, records::TEAM_UNLOCK_EVENT].contains(&ty);
+            assert_eq!(by_id, !records::found_by_place(ty), "{what}: how a store of format 1 reads it");
             assert_eq!(found_by_id(&plan), (by_id, if by_id { vec![(store::id_hash(id), 8)] } else { vec![] }), "{what}");
             let rec = stored(&plan);
             if ty == records::DUPLICATE_EVENT {

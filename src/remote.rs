@@ -66,6 +66,9 @@ enum Request {
     /// A team's unlock told to a member (an `accolade.team_unlock` record), by her actor:
     /// answered with `Result<(), String>` once durable.
     TeamUnlock { tenant: String, event: Event },
+    /// Frames in no history (a team's progress) for a user's open sockets, given to her actor
+    /// only if it is in memory: answered at once, with `()`.
+    Told { tenant: String, user: String, frames: Vec<String> },
 }
 
 /// A membership change refused, as it crosses nodes (`LinkError`).
@@ -225,6 +228,16 @@ pub async fn team_unlock(routes: &Routes, tenant: &str, event: Event) -> Result<
     let r = Request::TeamUnlock { tenant: tenant.into(), event };
     let reply = routes.request(p, encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
     serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
+}
+
+/// How long a node waits for the answer to `told` (a hint: nothing is sent again).
+const TOLD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Gives frames in no history (a team's progress) to `user`'s actor on the node serving her,
+/// if it is in memory there.
+pub async fn told(routes: &Routes, tenant: &str, user: &str, frames: &[Frame]) -> Result<(), String> {
+    let r = Request::Told { tenant: tenant.into(), user: user.into(), frames: frames.iter().map(|f| f.to_string()).collect() };
+    routes.request(partition_of(tenant, user), encode(&r), TOLD_TIMEOUT).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Relays an HTTP request about a user of partition `p` to the node serving it, and returns
@@ -531,6 +544,10 @@ impl Answering {
                     };
                     Bytes::from(serde_json::to_vec(&told).expect("a result encodes"))
                 }))
+            }
+            (Request::Told { tenant, user, frames }, _) => {
+                self.users.send_existing(&tenant, &user, UserMsg::Told(frames.into_iter().map(Frame::from).collect()));
+                Some(Box::pin(async { Bytes::from_static(b"null") }))
             }
             (Request::Attach { tenant, user, since }, Some(inbox)) => {
                 self.attach(inbox, tenant, user, since);

@@ -93,6 +93,16 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         webhooks: webhooks.clone(),
         mail: mail.clone(),
         analytics: analytics.clone(),
+        relay: cluster.clone().map(|m| -> crate::user::Relay {
+            Arc::new(move |tenant, user, frames| {
+                let (m, tenant, user) = (m.clone(), tenant.to_string(), user.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = m.told(&tenant, &user, &frames).await {
+                        tracing::debug!(tenant, user, error = %e, "a team's progress was not relayed");
+                    }
+                });
+            })
+        }),
     };
     let users = Users::start(env, shutdown.subscribe()).await?;
     // Mail between teams and their members is delivered by one worker per node.

@@ -56,8 +56,9 @@ async fn acked_events_survive_sigkill_exactly_once() {
 }
 
 /// Ids older than the user state's own ring of recent ids (256) are found in her id index: on
-/// disk in the chunks written with her snapshots (every 50 events here) and, after the last
-/// one, in her log, which a SIGKILL leaves without the chunk of its tail.
+/// disk in the chunks written with her snapshots (at her first event and then every 400 here)
+/// and, after the last one, in her log, which a SIGKILL leaves without the chunk of its tail:
+/// answers 402 to about 440 are in neither a chunk nor the ring.
 #[tokio::test]
 async fn ids_older_than_the_recent_ring_stay_duplicates_after_sigkill() {
     let dir = tmp();
@@ -65,7 +66,7 @@ async fn ids_older_than_the_recent_ring_stay_duplicates_after_sigkill() {
     let url = format!("ws://127.0.0.1:{port}/v1/ws");
     let events = answers("old", 700);
     let at = now_rfc3339();
-    let mut server = start_with(dir.path(), port, &["--snapshot-every", "50"]).await;
+    let mut server = start_with(dir.path(), port, &["--snapshot-every", "400"]).await;
     let mut c = Client::connect(&url, &token("old-ids"), None).await;
     let mut seen = Seen::default();
     send_all(&mut c, &events, &at).await;
@@ -78,11 +79,15 @@ async fn ids_older_than_the_recent_ring_stay_duplicates_after_sigkill() {
             seen.note(&serde_json::from_str(&t).unwrap());
         }
     }
-    let _server = start_with(dir.path(), port, &["--snapshot-every", "50"]).await;
+    let mut server = start_with(dir.path(), port, &["--snapshot-every", "400"]).await;
     let mut c = Client::connect(&url, &token("old-ids"), None).await;
     resend_all(&mut c, &events, &at, &mut seen).await;
     let fresh = Client::connect(&url, &token("old-ids"), None).await;
     assert_exact(&fresh.welcome, "old-ids", &events, &at, &seen);
+    server.kill9();
+    // The chunks the snapshots wrote (the later answers were found in her log).
+    let store = accolade::store::Store::open(dir.path()).unwrap();
+    assert_eq!(store.id_chunks("demo", "old-ids").unwrap(), [1, 401]);
 }
 
 #[tokio::test]

@@ -51,29 +51,41 @@ async fn a_store_of_the_release_before_id_chunks_opens_and_keeps_every_id() {
     assert_eq!((heavy["xp"].as_u64(), heavy["level"].as_u64()), (Some(4050), Some(12)), "{heavy}");
     assert!(light["xp"].as_u64().unwrap() > 0, "{light}");
 
-    // fx-heavy's answers 5 and 100 are in neither her snapshot's 256-id ring nor its log tail:
-    // only her old log finds them. 390 is in the tail. fx-light's third event was a duplicate
-    // by fingerprint, logged under its own id.
+    // fx-heavy's answers 5, 100 and 201 are not in her snapshot's 256-id ring: only her old
+    // log finds them (the old server's stop snapshotted her at 400, so her whole log is
+    // before the snapshot). 390 is in the ring too. fx-light's third event was a duplicate by
+    // fingerprint, logged under its own id.
     let old: Vec<Value> = [5, 100, 201, 390].iter().map(|&i| answer("fx-heavy", i)).collect();
     assert_eq!(send(&api, &old).await, resent(&["fx-heavy-5", "fx-heavy-100", "fx-heavy-201", "fx-heavy-390"]));
     let light_again: Vec<Value> = (1..=4).map(|i| json!({ "event_id": format!("fx-light-{i}"), "user_id": "fx-light", "event_type": "login", "occurred_at": "2026-12-07T11:00:00Z" })).collect();
     assert_eq!(send(&api, &light_again).await, resent(&["fx-light-1", "fx-light-2", "fx-light-3", "fx-light-4"]));
-    // New events are new, and so is an old id of one user sent by another.
+    // New events are new, and so is an old id of one user sent by another, and the id of a
+    // record the old server made for itself (fx-light's goal, found by its place only).
+    let (_, log) = api.get("/v1/users/fx-light/events").await;
+    let goal = log["events"].as_array().unwrap().iter().find(|e| e["event_type"] == "accolade.goal").expect("the fixture's goal record");
+    assert_eq!(goal["event_id"], "goal:fx-goal:5", "{goal}");
     let new = [answer("fx-heavy", 401), answer("fx-light", 5)];
     let mut other = answer("fx-other", 0);
     other["event_id"] = json!("fx-heavy-5");
-    let got = send(&api, &[new[0].clone(), new[1].clone(), other]).await;
-    assert_eq!(got, vec![("fx-heavy-401".into(), "accepted".into()), ("fx-light-5".into(), "accepted".into()), ("fx-heavy-5".into(), "accepted".into())]);
+    let mut taken = answer("fx-light", 0);
+    taken["event_id"] = json!("goal:fx-goal:5");
+    let got = send(&api, &[new[0].clone(), new[1].clone(), other, taken]).await;
+    let want: Vec<(String, String)> = ["fx-heavy-401", "fx-light-5", "fx-heavy-5", "goal:fx-goal:5"].iter().map(|id| (id.to_string(), "accepted".to_string())).collect();
+    assert_eq!(got, want);
     let (_, after) = api.get("/v1/users/fx-heavy").await;
     assert_eq!((heavy["events"].as_u64(), after["events"].as_u64()), (Some(400), Some(401)), "{after}");
     s.stop().await;
 
-    // Her first write stored what her first load found as her first id chunk: after a
-    // restart her old ids are read from it, not from her whole log.
+    // Her first write stored what her first load found as her first id chunk, up to her
+    // snapshot (400), and her stop the rest with its own snapshot: after a restart her ids
+    // are read from the chunks, not from her whole log.
     let store = accolade::store::Store::open(&data).unwrap();
+    assert_eq!(store.id_chunks("demo", "fx-heavy").unwrap(), [400, 401]);
     let loaded = store.load_user("demo", "fx-heavy").unwrap();
-    assert_eq!((loaded.ids.get("fx-heavy-5"), loaded.ids.get("fx-heavy-401")), (Some(5), Some(401)));
+    assert_eq!((loaded.ids.get("fx-heavy-5"), loaded.ids.get("fx-heavy-401")), (vec![5], vec![401]));
     assert_eq!(loaded.ids.len(), 401, "every answer, and nothing else");
+    let light = store.load_user("demo", "fx-light").unwrap();
+    assert_eq!((light.ids.get("fx-light-3"), light.ids.get("goal:fx-goal:5")), (vec![3], vec![7]), "the duplicate's record, and the client's event under the goal record's id");
     drop(loaded);
     drop(store);
     let s = TestServer::start_with(&data, keep).await;

@@ -11,8 +11,8 @@
 //!   by id, after the previous chunk and up to that seq: one chunk per snapshot (`ids.rs`).
 //!   An id counts once per user for as long as its event is retained.
 //! - `dedup`: only in a store of format 1 (before `ids`), `tenant \0 event_id` -> user key +
-//!   seq: read to classify that store's old records at each user's first load, never written,
-//!   emptied by retention.
+//!   seq: read beside their types to classify that store's old records at each user's first
+//!   load, never written, emptied by retention.
 //! - `snapseq`: user key -> the sequence number of its snapshot (read by the retention sweep
 //!   without decoding whole snapshots).
 //! - `catalogues`: `tenant \0` + version (big-endian u64) -> that catalogue version's document.

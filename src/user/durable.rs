@@ -17,9 +17,7 @@ impl User {
         }
         // So do the ids of the records up to the snapshot, in one chunk after it: her index
         // costs a write per snapshot, not per event (`store::IdIndex`).
-        if let Some(chunk) = self.ids.chunk(&self.tenant, &self.user, self.cur.snap_seq) {
-            writes.push(chunk);
-        }
+        writes.extend(self.ids.chunk(&self.tenant, &self.user, self.cur.snap_seq));
         // Webhook notifications go into the same batch as the pushes that announce them, so
         // one is durable exactly when the other is. Only tenants with endpoints pay for this.
         let mut no_ids = None;
@@ -153,11 +151,14 @@ impl User {
                 let _ = reply.send(Ok(()));
             }
             Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
-            // Only members whose actors are in memory can have a socket open here, so no
-            // member is revived to be told. (In cluster mode, the members this node serves.)
+            // Only members whose actors are in memory can have a socket open, so no member is
+            // revived to be told. In cluster mode a member another node serves is told there.
             Delivery::Tell(frames) => {
                 for member in self.linked.as_deref().unwrap_or(&[]) {
-                    self.registry.send_existing(&self.tenant, member, UserMsg::Told(frames.clone()));
+                    match &self.env.relay {
+                        Some(relay) if !self.env.log.serves(&self.tenant, member) => relay(&self.tenant, member, frames.clone()),
+                        _ => self.registry.send_existing(&self.tenant, member, UserMsg::Told(frames.clone())),
+                    }
                 }
             }
             Delivery::Board(key, entry, left) => {

@@ -135,7 +135,14 @@ pub struct Env {
     pub mail: Arc<tokio::sync::Notify>,
     /// Each tenant's analytics, added to once a change is durable.
     pub analytics: Arc<crate::analytics::Analytics>,
+    /// How frames in no history reach a user this node does not serve (cluster mode: through
+    /// the node that does; `None` alone, where every user is served here).
+    pub relay: Option<Relay>,
 }
+
+/// Gives frames in no history (a team's progress) to a user another node serves: (tenant,
+/// user, frames). Called from an actor's turn, so it must not wait.
+pub type Relay = Arc<dyn Fn(&str, &str, Vec<Frame>) + Send + Sync>;
 
 impl Env {
     /// The catalogue in force for `user` of `tenant`: a team's is the team catalogue.
@@ -513,11 +520,16 @@ impl User {
         if let Some(why) = self.env.log.failure() {
             return Err(store::StoreError::Failed(why.to_string()));
         }
-        let Some(seq) = self.ids.get(event_id) else { return Ok(false) };
-        Ok(match self.env.log.event_id_at(&self.tenant, &self.user, seq)? {
-            Some(id) => id == event_id,
-            None => seq > self.durable_seq,
-        })
+        for seq in self.ids.get(event_id) {
+            let mine = match self.env.log.event_id_at(&self.tenant, &self.user, seq)? {
+                Some(id) => id == event_id,
+                None => seq > self.durable_seq,
+            };
+            if mine {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Executes a plan: its writes as one job, and once they are durable `before`, the plan's
