@@ -775,7 +775,7 @@ mod tests {
             // told, and a duplicate by fingerprint (its id is the client's). The server's own records are found by
             // their place, so a client's event may take such an id as its own.
             let by_id = [records::NOTICE_EVENT, records::DUPLICATE_EVENT, records::TEAM_UNLOCK_EVENT].contains(&ty);
-            assert_eq!(by_id, !records::found_by_place(ty), "{what}: how a store of format 1 reads it");
+            assert_eq!(by_id, !store::format1_found_by_place(ty), "{what}: as a store of format 1 is read");
             assert_eq!(found_by_id(&plan), (by_id, if by_id { vec![(store::id_hash(id), 8)] } else { vec![] }), "{what}");
             let rec = stored(&plan);
             if ty == records::DUPLICATE_EVENT {

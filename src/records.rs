@@ -135,13 +135,6 @@ pub fn retracted(log: &[StoredEvent]) -> std::collections::HashSet<String> {
 /// The event type of a leaderboard award's log record (`payload`: board, period, rank).
 pub const LEADERBOARD_EVENT: &str = "accolade.leaderboard";
 
-/// Whether a record of this type is one the server makes for itself and finds by its place in
-/// the log only (`plan::Keyed::ByPlace`): what a store of format 1, whose records do not say,
-/// is read by (`store::IdIndex`). Every other record is found by its id.
-pub fn found_by_place(event_type: &str) -> bool {
-    [GOAL_EVENT, LEADERBOARD_EVENT, BACKFILL_EVENT, REVOKE_EVENT, RETRACT_EVENT, EXPIRE_EVENT].contains(&event_type)
-}
-
 pub fn award_payload(board: &str, period: &str, rank: usize) -> Vec<(String, Value)> {
     vec![("board".into(), Value::Str(board.into())), ("period".into(), Value::Str(period.into())), ("rank".into(), Value::Num(rank as f64))]
 }

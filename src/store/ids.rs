@@ -11,7 +11,7 @@
 //! disk lacks; a crash before it only means the next load reads a little more of the log.
 //!
 //! A store written before the index (format 1) has no chunks and records that do not say how
-//! they are found; their types do (`records::found_by_place`). Its tenant-wide `dedup` tree
+//! they are found; their types do (`legacy::format1_found_by_place`). Its tenant-wide `dedup` tree
 //! is not enough: where two users' events shared an id (cluster mode accepted that across
 //! partitions) it names only one of them. The first load of such a user reads her whole
 //! retained log, and her next write stores what it found as her first chunk.
@@ -149,7 +149,7 @@ impl Store {
             // tree can name another record for a shared id (two users' events under one id,
             // which cluster mode accepted across partitions), so it only adds: an id it says
             // is this record's is indexed whatever the type.
-            None => !crate::records::found_by_place(&ev.event.event_type) || self.dedup.get(dedup_key(tenant, &ev.event.event_id))?.is_some_and(|w| w.as_ref() == key),
+            None => !super::legacy::format1_found_by_place(&ev.event.event_type) || self.dedup.get(dedup_key(tenant, &ev.event.event_id))?.is_some_and(|w| w.as_ref() == key),
         };
         if by_id {
             ix.add(id_hash(&ev.event.event_id), seq);

@@ -1,3 +1,6 @@
+//! What stores of earlier formats hold, and how it is read: the user snapshot as format 1
+//! stored it, and which records of a format 1 store were found by id.
+//!
 //! The user snapshot as format 1 stored it (before revocation and expiry): the same fields as
 //! today's `UserState` less `revoked`, and badge records without `expires_at`. bincode writes
 //! fields one after another with no names, so an old snapshot can only be read by types laid
@@ -98,4 +101,13 @@ impl From<UserRecordV1> for super::UserRecord {
     fn from(o: UserRecordV1) -> super::UserRecord {
         super::UserRecord { state: o.state.into(), seq: o.seq, offset: o.offset, epoch: o.epoch }
     }
+}
+
+/// Whether a record of a store of format 1 was found by its place in the log only, which its
+/// type says: the records the server made for itself (goal operations, leaderboard awards,
+/// backfill steps, revocations, retractions, expiries) were written without a dedup key, every
+/// other record with one. Frozen: it describes that format, whose records do not say how they
+/// are found (format 3 records do, `FORMAT_EVENT_V3`).
+pub fn format1_found_by_place(event_type: &str) -> bool {
+    ["accolade.goal", "accolade.leaderboard", "accolade.backfill", "accolade.revoke", "accolade.retract", "accolade.expire"].contains(&event_type)
 }

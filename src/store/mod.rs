@@ -99,6 +99,7 @@ fn highest_id(tree: &sled::Tree) -> Result<u64, StoreError> {
 }
 
 pub use ids::{id_hash, IdIndex};
+pub use legacy::format1_found_by_place;
 pub use keys::*;
 pub use log::{Done, EventLog};
 pub use teams::{link, mail, mail_done, unlink, Link, Mail, MailRow};
