@@ -551,6 +551,13 @@ fn catalogue_errors_name_the_badge_and_field() {
     // Found by the load_catalogue fuzz target: an empty document's error named no field.
     let e = Catalogue::parse("", Format::Toml).unwrap_err();
     assert_eq!((e.field.as_str(), e.to_string().contains("missing field `version`")), ("document", true), "{e}");
+    // And so did a key that is the empty string in a badge (2026-12-07); in a rule, unknown
+    // keys are the rule's, as always.
+    let doc = r#"{"version":1,"event_types":{"login":{}},"levels":{"thresholds":[0,10]},"badges":[{"id":"b","":"x","tier":"gold","rule":{"kind":"count","event":"login","target":2}}]}"#;
+    let e = Catalogue::parse(doc, Format::Json).unwrap_err();
+    assert_eq!((e.field.as_str(), e.to_string().contains("unknown field ``")), ("\"\"", true), "{e}");
+    let e = Catalogue::parse(&doc.replace(r#""":"x","#, "").replace(r#""target":2"#, r#""target":2,"":1"#), Format::Json).unwrap_err();
+    assert_eq!((e.field.as_str(), e.to_string().contains("unknown field ``")), ("rule", true), "{e}");
 }
 
 #[test]

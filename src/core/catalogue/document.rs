@@ -23,7 +23,11 @@ pub enum Format {
 /// Deserializes a part of the document, reporting the exact path of a bad key.
 pub(super) fn part<T: serde::de::DeserializeOwned>(v: serde_json::Value, owner: Option<&str>, prefix: &str) -> Result<T, CatalogueError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
+        // A key that is the empty string shows as an empty last segment: name it as written.
+        if path.is_empty() || (path.len() > 1 && path.ends_with('.')) {
+            path.push_str("\"\"");
+        }
         let field = match (path.as_str(), prefix.is_empty()) {
             (".", true) => "document".to_string(),
             (".", false) => prefix.to_string(),
