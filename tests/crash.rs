@@ -12,20 +12,20 @@ use std::process::Command;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
-async fn acked_events_survive_sigkill_exactly_once() {
-    let dir = tmp();
+/// Streams `events` from `user` without waiting, kills the server with SIGKILL once `kill_after`
+/// are acknowledged, restarts it (with `extra` flags both times), resends everything as
+/// accolade.js does after a reconnect, and checks the final state against the rule core's
+/// answer for the stream applied once, in order. Returns the restarted server and how many
+/// events were acknowledged before the kill.
+async fn kill_midstream_and_resend(dir: &std::path::Path, user: &str, events: &[(String, String, bool)], kill_after: usize, extra: &[&str]) -> (Server, usize) {
     let port = free_port();
     let url = format!("ws://127.0.0.1:{port}/v1/ws");
-    let events = answers("crash", 400);
     let at = now_rfc3339();
-
-    let mut server = start(dir.path(), port).await;
-    let mut c = Client::connect(&url, &token("crash-user"), None).await;
+    let mut server = start_with(dir, port, extra).await;
+    let mut c = Client::connect(&url, &token(user), None).await;
     let mut seen = Seen::default();
-    // Stream without waiting, then kill once a good part is acknowledged.
-    send_all(&mut c, &events, &at).await;
-    while seen.acked.len() < 150 {
+    send_all(&mut c, events, &at).await;
+    while seen.acked.len() < kill_after {
         seen.note(&c.next().await);
     }
     server.kill9();
@@ -35,16 +35,21 @@ async fn acked_events_survive_sigkill_exactly_once() {
             seen.note(&serde_json::from_str(&t).unwrap());
         }
     }
-    assert!(seen.acked.len() < events.len(), "the kill should land mid-stream");
+    let acked = seen.acked.len();
+    let server = start_with(dir, port, extra).await;
+    let mut c = Client::connect(&url, &token(user), None).await;
+    resend_all(&mut c, events, &at, &mut seen).await;
+    let fresh = Client::connect(&url, &token(user), None).await;
+    assert_exact(&fresh.welcome, user, events, &at, &seen);
+    (server, acked)
+}
 
-    let mut server = start(dir.path(), port).await;
-    let mut c = Client::connect(&url, &token("crash-user"), None).await;
-    // The client retries everything it sent, in order, as accolade.js does after a reconnect.
-    resend_all(&mut c, &events, &at, &mut seen).await;
-    // The final state is the core's answer for the stream applied once, in order.
-    let fresh = Client::connect(&url, &token("crash-user"), None).await;
-    assert_exact(&fresh.welcome, "crash-user", &events, &at, &seen);
+#[tokio::test]
+async fn acked_events_survive_sigkill_exactly_once() {
+    let dir = tmp();
+    let (mut server, acked) = kill_midstream_and_resend(dir.path(), "crash-user", &answers("crash", 400), 150, &[]).await;
     server.kill9();
+    assert!(acked < 400, "the kill should land mid-stream");
 
     // `accolade replay` rebuilds the user from the log alone and finds the stored state, with
     // the data dir given before the subcommand or after it (issue 26: after it was refused).
@@ -62,28 +67,7 @@ async fn acked_events_survive_sigkill_exactly_once() {
 #[tokio::test]
 async fn ids_older_than_the_recent_ring_stay_duplicates_after_sigkill() {
     let dir = tmp();
-    let port = free_port();
-    let url = format!("ws://127.0.0.1:{port}/v1/ws");
-    let events = answers("old", 700);
-    let at = now_rfc3339();
-    let mut server = start_with(dir.path(), port, &["--snapshot-every", "400"]).await;
-    let mut c = Client::connect(&url, &token("old-ids"), None).await;
-    let mut seen = Seen::default();
-    send_all(&mut c, &events, &at).await;
-    while seen.acked.len() < 620 {
-        seen.note(&c.next().await);
-    }
-    server.kill9();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), c.ws.next()).await {
-        if let Message::Text(t) = m {
-            seen.note(&serde_json::from_str(&t).unwrap());
-        }
-    }
-    let mut server = start_with(dir.path(), port, &["--snapshot-every", "400"]).await;
-    let mut c = Client::connect(&url, &token("old-ids"), None).await;
-    resend_all(&mut c, &events, &at, &mut seen).await;
-    let fresh = Client::connect(&url, &token("old-ids"), None).await;
-    assert_exact(&fresh.welcome, "old-ids", &events, &at, &seen);
+    let (mut server, _) = kill_midstream_and_resend(dir.path(), "old-ids", &answers("old", 700), 620, &["--snapshot-every", "400"]).await;
     server.kill9();
     // The chunks the snapshots wrote (the later answers were found in her log).
     let store = accolade::store::Store::open(dir.path()).unwrap();
