@@ -1,6 +1,7 @@
 //! The event log as a user's actor needs it, and sled's implementation of it: append one
-//! user's records and hear when they are durable, read a user's tail and id index, read back
-//! the id of one record.
+//! user's records and hear when they are durable, load her snapshot, tail and id index, read
+//! her records and pushes after a point, read back the id of one record; and the retention
+//! sweep that removes her old records.
 //!
 //! The actor and the rebuild from the log (`replay.rs`) reach the log only through
 //! `EventLog`, so a second log (JetStream, in cluster mode) can stand beside this one without
@@ -8,7 +9,8 @@
 //! endpoints, archives) stays on `Store` itself.
 
 pub use super::persister::Done;
-use super::{fnv, user_key, Job, Loaded, Millis, Store, StoreError, StoredEvent, Write};
+use super::keys::{decode, decode_user, dedup_key, seq_key, UserRecord};
+use super::{fnv, user_key, Job, Loaded, Millis, Store, StoreError, StoredEvent, Swept, Write};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -107,5 +109,133 @@ impl EventLog for Store {
 
     fn analytics_record(&self, tenant: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Store::analytics_record(self, tenant, user)
+    }
+}
+
+/// sled's side of a user's log: her load at her actor's start, her records and pushes after a
+/// point, and the retention sweep that removes old ones.
+impl Store {
+    /// Loads a user's snapshot and the events after it. Blocking: call from a blocking task.
+    pub fn load_user(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
+        self.readable()?;
+        let loaded = self.load_user_unchecked(tenant, user)?;
+        self.readable()?;
+        Ok(loaded)
+    }
+
+    fn load_user_unchecked(&self, tenant: &str, user: &str) -> Result<Loaded, StoreError> {
+        let uk = user_key(tenant, user);
+        let record: Option<UserRecord> = match self.users.get(&uk)? {
+            Some(v) => Some(decode_user(&uk, &v)?),
+            None => None,
+        };
+        let from = record.as_ref().map_or(0, |r| r.seq) + 1;
+        // The log is read from the last id chunk on (normally the snapshot: the two are
+        // written together), for the ids the chunks do not hold yet; the tail starts at `from`.
+        let (mut ids, start) = self.load_ids(&uk, from)?;
+        let mut tail: Vec<StoredEvent> = Vec::new();
+        let mut last_seq = record.as_ref().map_or(0, |r| r.seq);
+        for kv in self.events.range(seq_key(&uk, start)..seq_key(&uk, u64::MAX)) {
+            let (k, v) = kv?;
+            let seq = u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default());
+            let ev: StoredEvent = decode(&k, &v)?;
+            self.index_record(&mut ids, tenant, &k, &v, &ev, seq)?;
+            if seq >= from {
+                last_seq = seq;
+                tail.push(ev);
+            }
+        }
+        // Pushes after the snapshot are all in the tail's records.
+        let last_offset = tail.iter().flat_map(|e| e.pushes.iter().map(|p| p.0)).max().unwrap_or(0).max(record.as_ref().map_or(0, |r| r.offset));
+        Ok(Loaded { record, tail, last_seq, last_offset, ids })
+    }
+
+    /// The stored pushes of a user after `offset`, oldest first, each with the time its event
+    /// was received. Reads the log backwards and stops at the first event whose pushes are all
+    /// at or before `offset`, or after `max_events` events.
+    pub fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError> {
+        self.readable()?;
+        let uk = user_key(tenant, user);
+        let mut out = Vec::new();
+        for kv in self.events.scan_prefix(&uk).rev().take(max_events) {
+            let (k, v) = kv?;
+            let e: StoredEvent = decode(&k, &v)?;
+            if e.pushes.first().is_some_and(|p| p.0 <= offset) {
+                out.extend(e.pushes.into_iter().rev().filter(|p| p.0 > offset).map(|(o, t)| (o, e.received_at, t)));
+                break;
+            }
+            out.extend(e.pushes.into_iter().rev().map(|(o, t)| (o, e.received_at, t)));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// A user's accepted events, oldest first, after sequence number `after`.
+    pub fn events_after(&self, tenant: &str, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+        self.readable()?;
+        let uk = user_key(tenant, user);
+        let mut out = Vec::new();
+        for kv in self.events.range(seq_key(&uk, after.saturating_add(1))..seq_key(&uk, u64::MAX)).take(limit) {
+            let (k, v) = kv?;
+            out.push((u64::from_be_bytes(k[uk.len()..].try_into().unwrap_or_default()), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes events received before `cutoff` that are already folded into their user's
+    /// snapshot, with the id chunks that covered only them (and a format 1 store's dedup keys):
+    /// after this, such an id is only recognised by the user state's recent-id window. The log tail after a snapshot, which recovery replays, is
+    /// never touched. Blocking: run it on a blocking thread.
+    pub fn sweep(&self, cutoff: Millis) -> Result<Swept, StoreError> {
+        self.readable()?;
+        let swept = self.sweep_unchecked(cutoff);
+        // Its removals are writes too: when they fail, memory is ahead of the disk.
+        if let Err(e) = &swept {
+            self.fail_on(e);
+        }
+        swept
+    }
+
+    /// Fails the store closed for a sled error from a write or a flush.
+    pub(super) fn fail_on(&self, e: &StoreError) {
+        if let StoreError::Sled(e) = e {
+            tracing::error!(error = %e, "a write to the disk failed; the store fails closed until the server restarts");
+            self.stats.disk.fail(e.to_string(), std::time::Instant::now());
+        }
+    }
+
+    fn sweep_unchecked(&self, cutoff: Millis) -> Result<Swept, StoreError> {
+        let mut swept = Swept::default();
+        for kv in self.snapseq.iter() {
+            let (uk, seq) = kv?;
+            let snap = u64::from_be_bytes(seq.as_ref().try_into().unwrap_or_default());
+            swept.users += 1;
+            let mut last = None;
+            for ev in self.events.range(seq_key(&uk, 0)..=seq_key(&uk, snap)) {
+                let (k, v) = ev?;
+                let stored: StoredEvent = decode(&k, &v)?;
+                if stored.received_at >= cutoff {
+                    break;
+                }
+                let tenant = uk.split(|&b| b == 0).next().unwrap_or_default();
+                let dk = dedup_key(std::str::from_utf8(tenant).unwrap_or_default(), &stored.event.event_id);
+                // The dedup key goes only if it still points at this event.
+                if self.dedup.get(&dk)?.is_some_and(|w| w.as_ref() == k.as_ref()) {
+                    self.dedup.remove(&dk)?;
+                }
+                self.events.remove(&k)?;
+                swept.events += 1;
+                last = Some(k);
+            }
+            // An id chunk goes once every record it covers has gone.
+            if let Some(last) = last {
+                for c in self.ids.range(seq_key(&uk, 0)..=last.to_vec()) {
+                    self.ids.remove(c?.0)?;
+                }
+            }
+        }
+        let _busy = self.stats.disk.begin("retention sweep flush", std::time::Instant::now());
+        self.db.flush()?;
+        Ok(swept)
     }
 }
