@@ -71,7 +71,7 @@ pub struct Boards {
 
 
 fn row(rank: usize, s: &Standing) -> Row {
-    Row { rank, user_id: s.user.to_string(), score: s.score }
+    Row::new(rank, s.user.to_string(), s.score)
 }
 
 impl Boards {
@@ -219,7 +219,7 @@ impl Boards {
         for ((_, board), w) in watches.iter_mut() {
             let Some(tx) = w.tx.upgrade() else { continue };
             let Some(cat) = cats.entry(w.tenant.clone()).or_insert_with(|| catalogues.current(&w.tenant)).clone() else { continue };
-            let Some(def) = cat.boards.iter().find(|b| *b.id == **board) else { continue };
+            let Some((def, _)) = cat.board(board) else { continue };
             let Some(span) = def.period.span(cat.settings.default_timezone, now) else { continue };
             let found = view.find(&w.tenant, def, &span.label, &w.user);
             let rank = found.as_ref().and_then(|f| f.1);
@@ -234,7 +234,7 @@ impl Boards {
                 let segment = found.map(|f| f.0).unwrap_or_default();
                 let key = self.key(&w.tenant, def, &span.label, &segment);
                 let (_, rows) = view.top(&key, def.size, 1, *n);
-                let now_top: Vec<(Arc<str>, f64)> = rows.iter().map(|r| (Arc::from(r.user_id.as_str()), r.score)).collect();
+                let now_top: Vec<(Arc<str>, f64)> = rows.iter().map(|r| (Arc::from(r.entity()), r.score)).collect();
                 if now_top != *last {
                     let _ = tx.try_send(protocol::top(board, &span.label, &segment, &rows));
                     *last = now_top;

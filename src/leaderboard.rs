@@ -77,7 +77,7 @@ impl Closer {
         let other = || "standings came back as another answer".to_string();
         for ((tenant, board), watchers) in groups {
             let Some(cat) = self.catalogues.current(&tenant) else { continue };
-            let Some(def) = cat.boards.iter().find(|d| *d.id == *board) else { continue };
+            let Some((def, _)) = cat.board(&board) else { continue };
             let Some(span) = def.period.span(cat.settings.default_timezone, now) else { continue };
             let period = span.label;
             let users: BTreeSet<String> = watchers.iter().map(|w| w.0.clone()).collect();
@@ -130,7 +130,7 @@ impl Closer {
         let keys: Vec<BoardKey> = segments.iter().map(|s| BoardKey { tenant: tenant.into(), board: board.into(), period: period.into(), segment: s.clone() }).collect();
         let already = self.store.closed(tenant, board, period).map_err(|e| e.to_string())?;
         let cat = self.catalogues.current(tenant);
-        let def = cat.as_ref().and_then(|c| c.boards.iter().find(|b| &*b.id == board).cloned());
+        let def = cat.as_ref().and_then(|c| c.board(board).map(|(d, _)| d.clone()));
         let size = def.as_ref().and_then(|d| d.size).unwrap_or(usize::MAX);
         let mut awarded = 0;
         if already.is_none() {

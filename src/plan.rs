@@ -436,8 +436,14 @@ pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board
     let mut plan = Plan::default();
     let event_id = records::award_id(board, period);
     p.awards(&mut plan, cur, st, fx, &event_id);
+    // A team's award from a board of teams is told to its members, like any unlock of its own,
+    // in the same batch and before the award's record.
+    if !p.linked.is_empty() {
+        p.tell_members(&mut plan, cur.seq + 1, fx, now);
+    }
     let event = p.system(event_id, records::LEADERBOARD_EVENT, "leaderboard", now, records::award_payload(board, period, rank));
-    plan.writes = vec![p.record(&mut plan, cur, event, now, Keyed::ByPlace)];
+    let w = p.record(&mut plan, cur, event, now, Keyed::ByPlace);
+    plan.writes.push(w);
     plan
 }
 
@@ -693,13 +699,17 @@ mod tests {
     /// each member in the look's own job, before its record, as an event's is (the mail rows
     /// were once dropped by the record's write).
     #[test]
-    fn a_teams_unlock_from_a_look_is_mailed_to_its_members() {
+    fn a_teams_unlock_from_a_look_or_a_board_award_is_mailed_to_its_members() {
         let cat = Catalogue::demo();
         let team = crate::core::catalogue::team_entity("crew");
         let members = ["ann".to_string(), "bob".to_string()];
         let p = Planner { tenant: "t", user: &team, epoch: "e", cat: &cat, snapshot_every: 100, linked: &members };
         let badge = cat.badges[0].id.to_string();
         let plan = expire(&p, &mut Cursor { seq: 7, offset: 3, snap_seq: 7 }, &UserState::new("t", &team), &[unlock(&badge)], "expire:8".into(), T0);
+        assert_eq!(trees(&plan), vec![TreeId::Mail, TreeId::Mail, TreeId::Events]);
+        assert_eq!(plan.mailed, 2);
+        // So is one a board of teams awards when its period closes.
+        let plan = award(&p, &mut Cursor { seq: 7, offset: 3, snap_seq: 7 }, &UserState::new("t", &team), &[unlock(&badge)], "crews", "2026-W10", 1, T0);
         assert_eq!(trees(&plan), vec![TreeId::Mail, TreeId::Mail, TreeId::Events]);
         assert_eq!(plan.mailed, 2);
     }

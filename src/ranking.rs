@@ -20,12 +20,35 @@ use std::sync::Arc;
 /// The most entries a `top` subscription or query returns.
 pub const MAX_TOP: usize = 100;
 
-/// A standing as queries return it.
+/// A standing as queries return it: a user's on a board of users, a team's on a board of
+/// teams (docs/teams.md), so each row names one of the two.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Row {
     pub rank: usize,
-    pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
     pub score: f64,
+}
+
+impl Row {
+    /// The row of entity `entity` (a user id, or a team's entity id).
+    pub fn new(rank: usize, entity: String, score: f64) -> Row {
+        match crate::core::catalogue::team_of(&entity) {
+            Some(team) => Row { rank, user_id: None, team_id: Some(team.to_string()), score },
+            None => Row { rank, user_id: Some(entity), team_id: None, score },
+        }
+    }
+
+    /// The entity the row ranks, as rankings key it.
+    pub fn entity(&self) -> String {
+        match (&self.user_id, &self.team_id) {
+            (Some(u), _) => u.clone(),
+            (None, Some(t)) => crate::core::catalogue::team_entity(t),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 /// Entries per block at most. A block's keys then fill 2 KiB (half a page), so its binary

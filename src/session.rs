@@ -409,7 +409,7 @@ fn on_text(
         Ok(ClientMsg::Event(ev)) => ev,
         Ok(ClientMsg::Hello { .. }) => return Some(refusal(&shared.metrics, "invalid_message", "already authenticated", None)),
         Ok(ClientMsg::Watch { board, top }) => {
-            let known = shared.catalogue(tenant).is_some_and(|c| c.boards.iter().any(|b| *b.id == *board));
+            let known = shared.catalogue(tenant).is_some_and(|c| c.board(&board).is_some());
             if !known {
                 return Some(refusal(&shared.metrics, "unknown_board", &format!("there is no leaderboard `{board}`"), None));
             }

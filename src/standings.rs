@@ -183,7 +183,7 @@ impl View for Snapshot {
         let Some((total, rows)) = self.tops.get(key) else { return (0, vec![]) };
         let cap = size.unwrap_or(usize::MAX);
         let n = n.min(cap.saturating_sub(from.saturating_sub(1)));
-        let rows = rows.iter().enumerate().skip(from.saturating_sub(1)).take(n).map(|(i, e)| Row { rank: i + 1, user_id: e.user.clone(), score: e.score }).collect();
+        let rows = rows.iter().enumerate().skip(from.saturating_sub(1)).take(n).map(|(i, e)| Row::new(i + 1, e.user.clone(), e.score)).collect();
         ((*total).min(cap), rows)
     }
 }

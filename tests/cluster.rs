@@ -1887,7 +1887,7 @@ async fn a_team_counts_its_members_events_from_both_nodes_and_tells_each_member_
     use accolade::core::catalogue::team_entity;
     let nodes = TwoNodes::start_with(|dir| {
         let file = dir.join("teams.toml");
-        let teams = "\n[teams]\n[[teams.xp]]\nid = \"t\"\nevent = \"problem.answered\"\namount = 1\n[[teams.badges]]\nid = \"team-three\"\nname = \"Three together\"\ntier = \"bronze\"\nrule = { kind = \"count\", event = \"problem.answered\", target = 3 }\n";
+        let teams = "\n[teams]\n[[teams.xp]]\nid = \"t\"\nevent = \"problem.answered\"\namount = 1\n[[teams.badges]]\nid = \"team-three\"\nname = \"Three together\"\ntier = \"bronze\"\nrule = { kind = \"count\", event = \"problem.answered\", target = 3 }\n[[teams.leaderboards]]\nid = \"crews\"\nmetric = \"xp\"\nperiod = \"all_time\"\n";
         std::fs::write(&file, format!("{}{teams}", accolade::core::catalogue::DEMO_CATALOGUE)).unwrap();
         vec!["--catalogue".into(), file.to_str().unwrap().to_string(), "--progress-throttle-ms".into(), "0".into()]
     })
@@ -1933,6 +1933,19 @@ async fn a_team_counts_its_members_events_from_both_nodes_and_tells_each_member_
     };
     assert_eq!((t["xp"].as_u64(), t["member_count"].as_u64()), (Some(3), Some(2)), "{t}");
     assert_eq!(t["badges"].as_array().map(|b| b.iter().map(|b| b["id"].clone()).collect::<Vec<_>>()), Some(vec![serde_json::json!("team-three")]), "{t}");
+    // The team is ranked on the board of teams, as gathered from both nodes, and its own
+    // document shows its standing.
+    let start = Instant::now();
+    loop {
+        let board = get_served(&api_b, "/v1/leaderboards/crews", Duration::from_secs(30)).await;
+        if board["entries"] == serde_json::json!([{ "rank": 1, "team_id": team, "score": 3.0 }]) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{board}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = get_served(&api_a, &format!("/v1/teams/{team}"), Duration::from_secs(30)).await;
+    assert_eq!(t["standings"], serde_json::json!([{ "board": "crews", "period": "all", "segment": null, "rank": 1, "score": 3.0 }]), "{t}");
     // Each member is told once, in her own log, read through either node.
     for u in [&ua, &ub] {
         let start = Instant::now();

@@ -1461,7 +1461,18 @@ fn team_catalogue_errors_name_the_field() {
     let b = |rule: &str| format!("[[teams.badges]]\nid = \"tb\"\nname = \"tb\"\ntier = \"bronze\"\nrule = {rule}\n");
     let table = [
         (format!("[teams]\n{}", ""), "field `teams`: a teams section needs at least one badge or XP rule: otherwise a team counts nothing".to_string()),
-        (format!("[teams]\n{}[[teams.leaderboards]]\nid = \"x\"\n", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.leaderboards`: team leaderboards are not served yet".into()),
+        (
+            format!("[[leaderboards]]\nid = \"week\"\nmetric = \"xp\"\nperiod = \"weekly\"\n[teams]\n{}[[teams.leaderboards]]\nid = \"week\"\nmetric = \"xp\"\nperiod = \"weekly\"\n", b(r#"{ kind = "count", event = "login", target = 1 }"#)),
+            "team leaderboard `week`: field `id`: a leaderboard of users has this id too".into(),
+        ),
+        (
+            format!("[teams]\n{}[[teams.leaderboards]]\nid = \"crews\"\nmetric = \"xp\"\nperiod = \"weekly\"\naward = {{ badge = \"tb\", top = 1 }}\n", b(r#"{ kind = "count", event = "login", target = 1 }"#)),
+            "team leaderboard `crews`: field `award.badge`: badge `tb` must have the rule { kind = \"awarded\" }".into(),
+        ),
+        (
+            format!("[teams]\n{}[[teams.leaderboards]]\nid = \"crews\"\nmetric = \"count\"\nevent = \"quiz.taken\"\nperiod = \"weekly\"\n", b(r#"{ kind = "count", event = "login", target = 1 }"#)),
+            "team leaderboard `crews`: field `event`: unknown event type `quiz.taken`".into(),
+        ),
         (format!("[teams]\nmax_members = 0\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.max_members`: must be between 1 and 100000".into()),
         (format!("[teams]\nmax_teams_per_user = 101\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.max_teams_per_user`: must be between 1 and 100".into()),
         (format!("[teams]\ncolour = \"red\"\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.colour`: unknown field `colour`, expected one of".into()),

@@ -311,3 +311,136 @@ async fn a_contribution_counts_once_across_a_sigkill_before_or_after_its_deliver
     let events: u64 = text.split_once(" users (").and_then(|(_, r)| r.split_once(' ')).and_then(|(n, _)| n.parse().ok()).unwrap_or(0);
     assert!(out.status.success() && text.contains("replayed 3 users") && events >= 8 && text.contains("0 differences"), "{text}{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The teams catalogue with a board of teams: correct answers counted per team over a custom
+/// period that ends at `ends`, whose winner is given `race-winner`.
+fn catalogue_with_team_board(ends: &str) -> String {
+    format!(
+        r#"{}
+[[teams.badges]]
+id = "race-winner"
+name = "Won the class race"
+tier = "gold"
+rule = {{ kind = "awarded" }}
+
+[[teams.leaderboards]]
+id = "class-race"
+name = "Class race"
+metric = "count"
+event = "problem.answered"
+when = {{ correct = true }}
+period = "custom"
+starts = "2026-01-01T00:00:00Z"
+ends = "{ends}"
+award = {{ badge = "race-winner", top = 1 }}
+"#,
+        catalogue_with_teams(100, 10)
+    )
+}
+
+/// A board of teams ranks teams by their members' events, through the same routes and pushes as
+/// a board of users (rows name `team_id`), refuses the routes that name users, shows each team
+/// its standing, and when its period closes archives the standings and gives its award to the
+/// winning team, whose members are told.
+#[tokio::test]
+async fn a_board_of_teams_ranks_teams_and_awards_the_winner_whose_members_are_told() {
+    let dir = tmp();
+    let file = dir.path().join("catalogue.toml");
+    let ends = chrono::Utc::now() + chrono::Duration::seconds(8);
+    std::fs::write(&file, catalogue_with_team_board(&ends.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))).unwrap();
+    let s = TestServer::start_with(&dir.path().join("data"), |c| {
+        c.catalogue = Some(file);
+        c.leaderboard_tick_ms = 50;
+        c.leaderboard_close_grace_ms = 100;
+    })
+    .await;
+    let api = Api::new(&s, DEMO_KEY);
+    for (team, members) in [("class-a", &["ann", "bob"][..]), ("class-b", &["cy"][..])] {
+        assert_eq!(api.call("PUT", &format!("/v1/teams/{team}"), Some(&json!({ "name": team }))).await.0, 200);
+        for m in members {
+            assert_eq!(api.call("POST", &format!("/v1/teams/{team}/members"), Some(&json!({ "user_id": m }))).await.0, 200);
+        }
+    }
+    let mut ann = s.connect("ann").await;
+    ann.send(&json!({ "type": "watch", "board": "class-race", "top": 5 })).await;
+    // Class A: three correct answers of Ann's, one of Bob's, and a wrong one; Class B: two.
+    api.ingest(vec![
+        http_answer("a-1", "ann", "ex-1", true),
+        http_answer("a-2", "ann", "ex-2", true),
+        http_answer("a-3", "ann", "ex-3", true),
+        http_answer("a-4", "ann", "ex-4", false),
+        http_answer("b-1", "bob", "ex-1", true),
+        http_answer("c-1", "cy", "ex-1", true),
+        http_answer("c-2", "cy", "ex-2", true),
+    ])
+    .await;
+    let rows = |v: &Value| -> Vec<(u64, String, f64)> {
+        v["entries"].as_array().unwrap().iter().map(|e| {
+            assert!(e.get("user_id").is_none(), "a row of a board of teams names no user: {e}");
+            (e["rank"].as_u64().unwrap(), e["team_id"].as_str().unwrap().to_string(), e["score"].as_f64().unwrap())
+        }).collect()
+    };
+    let want = vec![(1, "class-a".to_string(), 4.0), (2, "class-b".to_string(), 2.0)];
+    let board = api.wait_for("/v1/leaderboards/class-race", 10, |v| v["entries"].as_array().is_some_and(|e| e.len() == 2 && e[0]["score"] == 4.0)).await;
+    assert_eq!((rows(&board), board["closed"].as_bool(), board["total"].as_u64()), (want.clone(), Some(false), Some(2)), "{board}");
+    // The watcher's `top` push names the teams too.
+    loop {
+        let m = ann.until("top").await.pop().unwrap();
+        if m["entries"].as_array().unwrap().len() == 2 {
+            assert_eq!((m["board"].as_str(), rows(&m)), (Some("class-race"), want.clone()), "{m}");
+            break;
+        }
+    }
+
+    // The board says what it ranks; users' boards say so too.
+    let (_, list) = api.get("/v1/leaderboards").await;
+    let ranks: Vec<(&str, &str)> = list["leaderboards"].as_array().unwrap().iter().map(|b| (b["id"].as_str().unwrap(), b["ranks"].as_str().unwrap())).collect();
+    assert!(ranks.contains(&("class-race", "teams")) && ranks.contains(&("xp-weekly", "users")), "{list}");
+    let race = list["leaderboards"].as_array().unwrap().iter().find(|b| b["id"] == "class-race").unwrap();
+    assert_eq!(race["award"], json!({ "badge": "race-winner", "top": 1 }), "{race}");
+    // A team's rank and the teams around it; its standing in its own document.
+    let (st, b) = api.get("/v1/leaderboards/class-race/teams/class-b?around=1").await;
+    assert_eq!((st, b["rank"].as_u64(), b["score"].as_f64(), rows(&json!({ "entries": b["around"] }))), (200, Some(2), Some(2.0), want.clone()), "{b}");
+    let (_, t) = api.get("/v1/teams/class-a").await;
+    assert_eq!(t["standings"], json!([{ "board": "class-race", "period": "custom", "segment": null, "rank": 1, "score": 4.0 }]), "{t}");
+    // Every error a client can cause on it.
+    for (path, status, code) in [
+        ("/v1/leaderboards/class-race/users/ann", 400, "ranks_teams"),
+        ("/v1/leaderboards/xp-weekly/teams/class-a", 400, "ranks_users"),
+        ("/v1/leaderboards/class-race/teams/no%20such", 400, "invalid_team"),
+        ("/v1/leaderboards/class-race/teams/class-a?around=51", 400, "invalid_query"),
+        ("/v1/leaderboards/nope/teams/class-a", 404, "not_found"),
+    ] {
+        let (st, e) = api.get(path).await;
+        assert_eq!((st, e["error"].as_str()), (status, Some(code)), "{path}: {e}");
+    }
+    let (st, e) = api.call("POST", "/v1/leaderboards/class-race/standings", Some(&json!({ "users": ["ann"] }))).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("ranks_teams")), "{e}");
+    let (st, unranked) = api.get("/v1/leaderboards/class-race/teams/class-z").await;
+    assert_eq!((st, unranked["rank"].clone(), unranked["around"].clone()), (200, Value::Null, json!([])), "a team with no score: {unranked}");
+
+    // The period closes: the standings are archived, the winning team gets its award and each
+    // of its members is told (Ann on her socket), the other team's member is not.
+    let told = loop {
+        let m = ann.until("team_unlock").await.pop().unwrap();
+        if m["badge"]["id"] == "race-winner" {
+            break m;
+        }
+    };
+    assert_eq!((told["team"].as_str(), told["count"].as_u64()), (Some("class-a"), Some(1)), "{told}");
+    let periods = api.wait_for("/v1/leaderboards/class-race/periods", 10, |v| v["periods"].as_array().is_some_and(|p| p.len() == 1)).await;
+    assert_eq!((periods["periods"][0]["awarded"].as_u64(), periods["periods"][0]["segments"].clone()), (Some(1), json!([["", 2]])), "{periods}");
+    let (_, archived) = api.get("/v1/leaderboards/class-race?period=custom").await;
+    assert_eq!((rows(&archived), archived["closed"].as_bool()), (want, Some(true)), "{archived}");
+    let (_, a) = api.get("/v1/teams/class-a").await;
+    assert!(badge_ids(&a).contains(&"race-winner"), "{a}");
+    let (_, b) = api.get("/v1/teams/class-b").await;
+    assert!(!badge_ids(&b).contains(&"race-winner"), "{b}");
+    assert_eq!(a["standings"], json!([]), "no open period is left: {a}");
+    let cy_since = json!({ "epoch": ann.welcome["epoch"], "offset": 0 });
+    let mut cy = Client::connect(&s.url(), &token("cy"), Some(cy_since)).await;
+    while let Ok(m) = tokio::time::timeout(Duration::from_millis(500), cy.next()).await {
+        assert!(m["type"] != "team_unlock", "cy's team did not win: {m}");
+    }
+    s.stop().await;
+}

@@ -225,11 +225,8 @@ export interface RankMessage {
   previous: number | null;
 }
 
-export interface TopEntry {
-  rank: number;
-  user_id: string;
-  score: number;
-}
+/** A row of a `top` push: a user's on a board of users, a team's on a board of teams. */
+export type TopEntry = { rank: number; score: number } & ({ user_id: string; team_id?: never } | { team_id: string; user_id?: never });
 
 /** The watched top N changed (not stored; no `offset`). */
 export interface TopMessage {

@@ -37,6 +37,9 @@ pub struct BoardDoc {
     pub size: Option<usize>,
     /// The badge given to the top N when a period closes.
     pub award: Option<AwardDoc>,
+    /// What it ranks: `users`, or `teams` for a board of the catalogue's `[teams]` section
+    /// (its rows name `team_id` instead of `user_id`).
+    pub ranks: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -52,6 +55,7 @@ pub struct AwardDoc {
     pub top: usize,
 }
 
+/// `cat` is the catalogue the board belongs to (the team catalogue for a board of teams).
 fn board_doc(def: &BoardDef, cat: &Catalogue, now: i64) -> BoardDoc {
     let current = def.period.span(cat.settings.default_timezone, now).map(|s| PeriodDoc {
         label: s.label,
@@ -71,11 +75,22 @@ fn board_doc(def: &BoardDef, cat: &Catalogue, now: i64) -> BoardDoc {
         segment_by: def.segment_by.clone(),
         size: def.size,
         award: def.award.map(|(b, top)| AwardDoc { badge: cat.badges[b].id.to_string(), top }),
+        ranks: if def.ranks_teams { "teams" } else { "users" }.into(),
     }
 }
 
 fn board<'a>(cat: &'a Catalogue, id: &str) -> Result<&'a BoardDef, ApiError> {
-    cat.boards.iter().find(|b| &*b.id == id).ok_or_else(|| not_found("not_found", format!("there is no leaderboard `{id}`")))
+    cat.board(id).map(|(d, _)| d).ok_or_else(|| not_found("not_found", format!("there is no leaderboard `{id}`")))
+}
+
+/// A board of users for the routes that name users; a board of teams is refused with the route
+/// to ask instead.
+fn users_board<'a>(cat: &'a Catalogue, id: &str) -> Result<&'a BoardDef, ApiError> {
+    let def = board(cat, id)?;
+    if def.ranks_teams {
+        return Err(bad("ranks_teams", format!("leaderboard `{id}` ranks teams, not users; ask /v1/leaderboards/{id}/teams/{{team}}, or a user's teams at /v1/teams/{{team}}")));
+    }
+    Ok(def)
 }
 
 fn catalogue(shared: &Shared, tenant: &str) -> Result<Arc<Catalogue>, ApiError> {
@@ -83,7 +98,7 @@ fn catalogue(shared: &Shared, tenant: &str) -> Result<Arc<Catalogue>, ApiError> 
 }
 
 /// The open period's label, or 404 when a custom period is not open.
-fn open_period(def: &BoardDef, cat: &Catalogue) -> Result<String, ApiError> {
+pub(super) fn open_period(def: &BoardDef, cat: &Catalogue) -> Result<String, ApiError> {
     def.period
         .span(cat.settings.default_timezone, now_ms())
         .map(|s| s.label)
@@ -128,13 +143,13 @@ async fn top(shared: &Shared, key: &BoardKey, size: Option<usize>, from: usize, 
         return Err(bad("invalid_query", format!("in cluster mode standings are given down to rank {DEEPEST_IN_CLUSTER}; ask for a page above it")));
     }
     let Reply::Top { total, rows } = ask(shared, Question::Top { key: key.clone(), after: None, limit: last }).await? else { return Err(mismatch()) };
-    let rows = rows.into_iter().enumerate().skip(from.saturating_sub(1)).map(|(i, e)| Row { rank: i + 1, user_id: e.user, score: e.score }).collect();
+    let rows = rows.into_iter().enumerate().skip(from.saturating_sub(1)).map(|(i, e)| Row::new(i + 1, e.user, e.score)).collect();
     Ok((total.min(cap), rows))
 }
 
 /// Where each of `users` stands in an open period: league, rank (None past the board's size)
 /// and standing; None for a user with no score in it.
-async fn find(shared: &Shared, tenant: &str, def: &BoardDef, period: &str, users: Vec<String>) -> Result<Vec<(String, Option<(String, Option<usize>, Entry)>)>, ApiError> {
+pub(super) async fn find(shared: &Shared, tenant: &str, def: &BoardDef, period: &str, users: Vec<String>) -> Result<Vec<(String, Option<(String, Option<usize>, Entry)>)>, ApiError> {
     let q = Question::Find { tenant: tenant.into(), board: def.id.to_string(), period: period.into(), users: users.clone() };
     let Reply::Found(found) = ask(shared, q).await? else { return Err(mismatch()) };
     // One count of who is ahead per league.
@@ -168,7 +183,7 @@ pub struct BoardList {
 pub async fn list(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant) -> Result<Json<BoardList>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
     let now = now_ms();
-    Ok(Json(BoardList { leaderboards: cat.boards.iter().map(|b| board_doc(b, &cat, now)).collect() }))
+    Ok(Json(BoardList { leaderboards: cat.all_boards().map(|(b, owner)| board_doc(b, owner, now)).collect() }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -226,7 +241,7 @@ pub async fn standings(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant
         Some(c) => {
             let total = c.segments.iter().find(|(s, _)| *s == segment).map_or(0, |(_, n)| *n as usize);
             let rows = shared.store.archived(&key, from.min(u32::MAX as usize) as u32, limit).map_err(internal)?;
-            (true, total, rows.into_iter().map(|(rank, a)| Row { rank: rank as usize, user_id: a.user, score: a.score }).collect())
+            (true, total, rows.into_iter().map(|(rank, a)| Row::new(rank as usize, a.user, a.score)).collect())
         }
         None if Some(&period) == open.as_ref() || has_period(&shared, &tenant, &id, &period).await? => {
             let (total, rows) = top(&shared, &key, def.size, from, limit).await?;
@@ -269,33 +284,72 @@ pub struct UserRank {
     responses((status = 200, body = UserRank), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "Cluster mode: part of the board is between nodes for a moment; ask again", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn user_rank(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, user)): Path<(String, String)>, Query(q): Query<AroundQuery>) -> Result<Json<UserRank>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
+    let def = users_board(&cat, &id)?;
+    let (period, segment, rank, score, around) = rank_of(&shared, &tenant, &cat, def, &user, q.around).await?;
+    Ok(Json(UserRank { board: id, period, user_id: user, segment, rank, score, around }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TeamRank {
+    pub board: String,
+    pub period: String,
+    pub team_id: String,
+    /// The team's league on a segmented board (by a team attribute).
+    pub segment: Option<String>,
+    /// Absent when the team has no score this period, or is outside the board's size.
+    pub rank: Option<usize>,
+    pub score: f64,
+    /// The teams around it, in rank order (the team included).
+    pub around: Vec<Row>,
+}
+
+/// A team's rank on a board of teams, and the teams around it
+#[utoipa::path(get, path = "/v1/leaderboards/{id}/teams/{team}", tag = "leaderboards",
+    params(("id" = String, Path, description = "Leaderboard id (a board of teams)"), ("team" = String, Path, description = "Team id"), AroundQuery),
+    responses((status = 200, body = TeamRank), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "Cluster mode: part of the board is between nodes for a moment; ask again", body = ErrorBody)), security(("api_key" = [])))]
+pub async fn team_rank(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path((id, team)): Path<(String, String)>, Query(q): Query<AroundQuery>) -> Result<Json<TeamRank>, ApiError> {
+    let cat = catalogue(&shared, &tenant)?;
     let def = board(&cat, &id)?;
-    let around = q.around.unwrap_or(2);
+    if !def.ranks_teams {
+        return Err(bad("ranks_users", format!("leaderboard `{id}` ranks users, not teams; ask /v1/leaderboards/{id}/users/{{user}}")));
+    }
+    if !crate::core::catalogue::valid_team_id(&team) {
+        return Err(bad("invalid_team", "a team id is 1 to 64 letters, digits, '-', '_' or '.'"));
+    }
+    let entity = crate::core::catalogue::team_entity(&team);
+    let (period, segment, rank, score, around) = rank_of(&shared, &tenant, &cat, def, &entity, q.around).await?;
+    Ok(Json(TeamRank { board: id, period, team_id: team, segment, rank, score, around }))
+}
+
+/// Where entity `who` (a user, or a team's entity id) stands in the open period, and who is
+/// around it: (period, league, rank, score, rows).
+async fn rank_of(shared: &Shared, tenant: &str, cat: &Catalogue, def: &BoardDef, who: &str, around: Option<usize>) -> Result<(String, Option<String>, Option<usize>, f64, Vec<Row>), ApiError> {
+    let around = around.unwrap_or(2);
     if around > 50 {
         return Err(bad("invalid_query", "around must be at most 50"));
     }
-    let period = open_period(def, &cat)?;
-    let found = find(&shared, &tenant, def, &period, vec![user.clone()]).await?.pop().and_then(|(_, f)| f);
+    let period = open_period(def, cat)?;
+    let found = find(shared, tenant, def, &period, vec![who.to_string()]).await?.pop().and_then(|(_, f)| f);
     let (segment, rank, score) = match &found {
         Some((s, r, e)) => (s.clone(), *r, e.score),
         None => (String::new(), None, 0.0),
     };
     let (rank, rows) = match (rank, found) {
         (Some(_), Some((_, _, me))) => {
-            let key = BoardKey { tenant: tenant.clone(), board: id.clone(), period: period.clone(), segment: segment.clone() };
-            let Reply::Around { ahead, before, after } = ask(&shared, Question::Around { key, of: me.clone(), before: around, after: around }).await? else { return Err(mismatch()) };
+            let key = BoardKey { tenant: tenant.into(), board: def.id.to_string(), period: period.clone(), segment: segment.clone() };
+            let Reply::Around { ahead, before, after } = ask(shared, Question::Around { key, of: me.clone(), before: around, after: around }).await? else { return Err(mismatch()) };
             // The rank and the neighbours from one answer, so they agree even when scores
-            // moved since she was found.
+            // moved since it was found.
             let r = ahead + 1;
             let first = r.saturating_sub(before.len()).max(1);
             let size = def.size.unwrap_or(usize::MAX);
-            let rows: Vec<Row> = before.into_iter().chain([me]).chain(after).enumerate().map(|(i, e)| Row { rank: first + i, user_id: e.user, score: e.score }).filter(|row| row.rank <= size).collect();
+            let rows: Vec<Row> = before.into_iter().chain([me]).chain(after).enumerate().map(|(i, e)| Row::new(first + i, e.user, e.score)).filter(|row| row.rank <= size).collect();
             ((r <= size).then_some(r), rows)
         }
         (rank, _) => (rank, vec![]),
     };
     let segment = def.segment_by.as_ref().and(found_segment(&segment));
-    Ok(Json(UserRank { board: id, period, user_id: user, segment, rank, score, around: rows }))
+    Ok((period, segment, rank, score, rows))
 }
 
 fn found_segment(s: &str) -> Option<String> {
@@ -332,7 +386,7 @@ pub struct FriendsStandings {
     responses((status = 200, body = FriendsStandings), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "Cluster mode: part of the board is between nodes for a moment; ask again", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn friends(State(shared): State<Arc<Shared>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<FriendsStandings>, ApiError> {
     let cat = catalogue(&shared, &tenant)?;
-    let def = board(&cat, &id)?;
+    let def = users_board(&cat, &id)?;
     let body: FriendsBody = json_body(body)?;
     if body.users.len() > 1000 {
         return Err(bad("invalid_body", format!("at most 1000 users; got {}", body.users.len())));

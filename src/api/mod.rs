@@ -89,6 +89,7 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/leaderboards", get(leaderboards::list))
         // Open periods' standings are gathered from every node in cluster mode.
         .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
+        .route("/v1/leaderboards/{id}/teams/{team}", get(leaderboards::team_rank))
         .route("/v1/leaderboards/{id}/standings", post(leaderboards::friends))
         .route("/v1/analytics/rarity", get(analytics::rarity))
         .route("/v1/analytics/activity", get(analytics::activity))
@@ -259,7 +260,7 @@ impl utoipa::Modify for Security {
         catalogue::get_catalogue, catalogue::catalogue_versions, catalogue::replace_catalogue, catalogue::put_badge, catalogue::retire_badge, catalogue::put_xp, catalogue::remove_xp, catalogue::preview,
         catalogue::list_jobs, catalogue::get_job, catalogue::cancel_job,
         users::get_user, users::get_progress, users::get_badge, users::revoke, users::retract, users::get_events,
-        leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::friends, leaderboards::periods,
+        leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::team_rank, leaderboards::friends, leaderboards::periods,
         goals::create, goals::list, goals::get, goals::cancel,
         teams::put_team, teams::get_team, teams::add_member, teams::remove_member,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::set_aside, webhooks::retry,

@@ -56,7 +56,21 @@ pub struct TeamDoc {
     pub member_count: usize,
     /// The members, in id order (the first 1,000).
     pub members: Vec<String>,
+    /// Where the team stands on each board of teams with an open period it has a score in.
+    pub standings: Vec<TeamStanding>,
     pub catalogue_version: u64,
+}
+
+/// A team's place on one board of teams, in its open period.
+#[derive(Serialize, ToSchema)]
+pub struct TeamStanding {
+    pub board: String,
+    pub period: String,
+    /// The team's league on a segmented board.
+    pub segment: Option<String>,
+    /// Absent past the board's size.
+    pub rank: Option<usize>,
+    pub score: f64,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -123,6 +137,17 @@ async fn team_doc(shared: &Arc<Shared>, tenant: &str, id: &str) -> Result<TeamDo
     let (Some(name), d) = doc else { return Err(missing()) };
     let (store, t, e) = (shared.store.clone(), tenant.to_string(), entity.clone());
     let members = tokio::task::spawn_blocking(move || store.links_of(&t, &e)).await.map_err(internal)?.map_err(internal)?;
+    let mut standings = Vec::new();
+    if let Some(cat) = shared.catalogue(tenant) {
+        for (def, owner) in cat.all_boards().filter(|(d, _)| d.ranks_teams) {
+            let Ok(period) = super::leaderboards::open_period(def, owner) else { continue };
+            let found = super::leaderboards::find(shared, tenant, def, &period, vec![entity.clone()]).await?.pop().and_then(|(_, f)| f);
+            if let Some((segment, rank, e)) = found {
+                let segment = def.segment_by.as_ref().and((!segment.is_empty()).then_some(segment));
+                standings.push(TeamStanding { board: def.id.to_string(), period, segment, rank, score: e.score });
+            }
+        }
+    }
     Ok(TeamDoc {
         team_id: id.to_string(),
         name,
@@ -134,6 +159,7 @@ async fn team_doc(shared: &Arc<Shared>, tenant: &str, id: &str) -> Result<TeamDo
         events: d.events,
         member_count: members.len(),
         members: members.into_iter().take(LISTED_MEMBERS).collect(),
+        standings,
         catalogue_version: d.catalogue_version,
     })
 }

@@ -75,9 +75,6 @@ fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<T
     if t.badges.is_empty() && t.xp.is_empty() {
         return Err(err(None, "teams", "a teams section needs at least one badge or XP rule: otherwise a team counts nothing"));
     }
-    if !t.leaderboards.is_empty() {
-        return Err(err(None, "teams.leaderboards", "team leaderboards are not served yet (docs/teams.md, \"Still to build\")"));
-    }
     let mut v = doc.clone();
     let obj = v.as_object_mut().expect("the document parsed as a struct, so it is an object");
     obj.remove("teams");
@@ -108,6 +105,13 @@ fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<T
         let field = if e.badge.is_none() && !e.field.starts_with("teams") { format!("teams.{}", e.field) } else { e.field.clone() };
         CatalogueError { badge: e.badge.map(|b| format!("team {b}")), field, message: e.message }
     })?;
+    // Team boards and user boards share the tenant's leaderboard routes, so one id names one.
+    for b in catalogue.boards.iter_mut() {
+        if parent.boards.iter().any(|p| p.id == b.id) {
+            return Err(err(Some(&format!("team leaderboard `{}`", b.id)), "id", "a leaderboard of users has this id too; a team leaderboard needs an id of its own"));
+        }
+        b.ranks_teams = true;
+    }
     catalogue.version = parent.version;
     catalogue.id = stable_hash(format!("teams\u{1f}{}", parent.id).as_bytes());
     Ok(Some(Teams { catalogue: Arc::new(catalogue), max_members: t.max_members, max_teams_per_user: t.max_teams_per_user }))
@@ -539,7 +543,7 @@ fn compile_boards(docs: Vec<serde_json::Value>, b: &Builder, badges: &[BadgeDef]
             }
         };
         let name = if d.name.is_empty() { d.id.clone() } else { d.name };
-        out.push(BoardDef { id: d.id.as_str().into(), name, metric, period, segment_by: d.segment_by, size: d.size, award, describe });
+        out.push(BoardDef { id: d.id.as_str().into(), name, metric, period, segment_by: d.segment_by, size: d.size, award, describe, ranks_teams: false });
     }
     Ok(out)
 }

@@ -462,6 +462,8 @@ pub struct BoardDef {
     pub award: Option<(usize, usize)>,
     /// The metric as written, for the API.
     pub describe: String,
+    /// Whether it ranks teams: a board of the catalogue's `[teams]` section (docs/teams.md).
+    pub ranks_teams: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -591,6 +593,18 @@ impl Catalogue {
             Some(_) => self.teams.as_ref().map(|t| t.catalogue.clone()),
             None => Some(self.clone()),
         }
+    }
+
+    /// A leaderboard by id, with the catalogue it belongs to: the tenant's own boards rank
+    /// users, its team catalogue's rank teams, and the two share one space of ids.
+    pub fn board(&self, id: &str) -> Option<(&BoardDef, &Catalogue)> {
+        self.all_boards().find(|(b, _)| &*b.id == id)
+    }
+
+    /// Every leaderboard of the tenant, users' first, then teams'.
+    pub fn all_boards(&self) -> impl Iterator<Item = (&BoardDef, &Catalogue)> {
+        let teams = self.teams.as_deref().map(|t| &*t.catalogue);
+        self.boards.iter().map(move |b| (b, self)).chain(teams.into_iter().flat_map(|c| c.boards.iter().map(move |b| (b, c))))
     }
 
     pub fn type_of(&self, name: &str) -> Option<usize> {
