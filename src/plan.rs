@@ -172,17 +172,29 @@ impl Planner<'_> {
 
     /// A team's unlocks in `fx`, mailed to each member in the team's batch: each member's actor
     /// pushes it as `team_unlock` and logs it under an id of her own
-    /// (`records::team_unlock_id`), so a second delivery tells her nothing twice.
-    fn tell_members(&self, plan: &mut Plan, seq: u64, fx: &[Effect], received_at: Millis) {
+    /// (`records::team_unlock_id`), so a second delivery tells her nothing twice. When the badge
+    /// gives the members a badge of their own (`Give`), the rows of those it goes to (every
+    /// member, or the contributors in the team's state `st`) name it, and her actor awards it.
+    fn tell_members(&self, plan: &mut Plan, seq: u64, st: &UserState, fx: &[Effect], received_at: Millis) {
         let Some(team) = crate::core::catalogue::team_of(self.user) else { return };
         for e in fx {
             let Effect::Unlock { badge, count, at, .. } = e else { continue };
+            let give = self.cat.badge(badge).and_then(|b| b.give.as_ref());
+            let contributors = give.and_then(|g| g.contributors).map(|s| match st.stats.get(s).map(|v| &v.1) {
+                Some(crate::core::state::StatValue::Set(members)) => members.clone(),
+                _ => Default::default(),
+            });
             for member in self.linked {
-                let payload = vec![
+                let mut payload = vec![
                     ("team".to_string(), crate::core::Value::Str(team.into())),
                     ("badge".to_string(), crate::core::Value::Str(badge.to_string().into())),
                     ("count".to_string(), crate::core::Value::Num(f64::from(*count))),
                 ];
+                if let Some(g) = give
+                    && contributors.as_ref().is_none_or(|c| c.contains(member))
+                {
+                    payload.push((records::GIVE_FIELD.to_string(), crate::core::Value::Str(g.badge.to_string().into())));
+                }
                 let told = Event {
                     event_id: records::team_unlock_id(self.user, badge, *count, seq, member),
                     event_type: records::TEAM_UNLOCK_EVENT.into(),
@@ -369,7 +381,7 @@ pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event
     if !p.linked.is_empty() {
         match crate::core::catalogue::team_of(p.user) {
             None => p.contributions(&mut plan, cur.seq, &event, received_at),
-            Some(_) => p.tell_members(&mut plan, cur.seq, fx, received_at),
+            Some(_) => p.tell_members(&mut plan, cur.seq, st, fx, received_at),
         }
     }
     let w = p.record_at(&mut plan, cur.seq, event, received_at, Keyed::ById);
@@ -397,13 +409,15 @@ pub fn goal(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], goal: 
 /// A team's unlock told to this member (`event`, an `accolade.team_unlock` record the team
 /// mailed her): one `team_unlock` push, logged under its id so a repeat is recognised. A badge
 /// the team catalogue no longer has is logged without a push.
-pub fn team_unlock(p: &Planner, cur: &mut Cursor, event: Event, now: Millis) -> Plan {
+pub fn team_unlock(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event: Event, now: Millis) -> Plan {
     let mut plan = Plan::default();
     if let Some((team, badge, count)) = records::team_unlock_args(&event)
         && let Some(def) = p.cat.teams.as_ref().and_then(|t| t.catalogue.badge(&badge))
     {
         push(&mut plan, cur, "team_unlock", |o| protocol::team_unlock(o, &team, def, count, event.occurred_at));
     }
+    // The badge the team gave her (`core::give`), after the news of the team's.
+    p.awards(&mut plan, cur, st, fx, &event.event_id);
     let w = p.record(&mut plan, cur, event, now, Keyed::ById);
     plan.writes.push(w);
     plan
@@ -439,7 +453,7 @@ pub fn award(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], board
     // A team's award from a board of teams is told to its members, like any unlock of its own,
     // in the same batch and before the award's record.
     if !p.linked.is_empty() {
-        p.tell_members(&mut plan, cur.seq + 1, fx, now);
+        p.tell_members(&mut plan, cur.seq + 1, st, fx, now);
     }
     let event = p.system(event_id, records::LEADERBOARD_EVENT, "leaderboard", now, records::award_payload(board, period, rank));
     let w = p.record(&mut plan, cur, event, now, Keyed::ByPlace);
@@ -480,7 +494,7 @@ pub fn expire(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], reco
     p.revocations(&mut plan, cur, fx, &record_id);
     p.awards(&mut plan, cur, st, fx, &record_id);
     if !p.linked.is_empty() {
-        p.tell_members(&mut plan, cur.seq, fx, now);
+        p.tell_members(&mut plan, cur.seq, st, fx, now);
     }
     let event = p.system(record_id, records::EXPIRE_EVENT, "expiry", now, vec![]);
     // After the mail to the members (as an event's record comes after its mail), not instead.
@@ -739,7 +753,7 @@ mod tests {
             ("duplicate by fingerprint", duplicate(&p, &mut start.clone(), &st, ev("e2"), T0), vec![TreeId::Events], "e2", records::DUPLICATE_EVENT, 0),
             (
                 "a team's unlock told (a badge this catalogue has not: logged, not pushed)",
-                team_unlock(&p, &mut start.clone(), Event { event_type: records::TEAM_UNLOCK_EVENT.into(), ..ev("accolade.team_unlock:told") }, T0),
+                team_unlock(&p, &mut start.clone(), &st, &[], Event { event_type: records::TEAM_UNLOCK_EVENT.into(), ..ev("accolade.team_unlock:told") }, T0),
                 vec![TreeId::Events],
                 "accolade.team_unlock:told",
                 records::TEAM_UNLOCK_EVENT,

@@ -57,6 +57,15 @@ pub fn team_unlock_id(team: &str, badge: &str, count: u32, seq: u64, member: &st
     format!("{}team_unlock:{}\u{1}{badge}\u{1}{count}\u{1}{seq}\u{1}{member}", crate::protocol::RESERVED_ID_PREFIX, team.trim_start_matches(crate::core::catalogue::TEAM_PREFIX))
 }
 
+/// The field of a team's unlock as told to a member that names the badge of her own the team
+/// gives her with it (`Give`); absent when it gives her none.
+pub const GIVE_FIELD: &str = "give";
+
+/// The badge of her own a team's unlock gives the member it is told to, if any.
+pub fn given(ev: &crate::core::Event) -> Option<String> {
+    ev.payload.iter().find(|(n, _)| n == GIVE_FIELD).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None })
+}
+
 /// A team's unlock as a member is told it: the team's id, the badge and its count.
 pub fn team_unlock_args(ev: &crate::core::Event) -> Option<(String, String, u32)> {
     let text = |k: &str| ev.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None });

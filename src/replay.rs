@@ -95,7 +95,12 @@ pub fn replay_record(st: &mut UserState, log: &[StoredEvent], i: usize, before: 
         if let Some(op) = goal_op(e) {
             let _ = apply_goal(st, op, e.received_at, cat);
         }
-    } else if e.event.event_type == NOTICE_EVENT || e.event.event_type == TEAM_UNLOCK_EVENT {
+    } else if e.event.event_type == TEAM_UNLOCK_EVENT {
+        // A push, and the badge of her own the team gave her with it, if any.
+        if let (Some(badge), Some((team, _, _))) = (crate::records::given(&e.event), crate::records::team_unlock_args(&e.event)) {
+            core::give(st, &badge, &team, &e.event.event_id, e.received_at, &e.event.event_id, cat);
+        }
+    } else if e.event.event_type == NOTICE_EVENT {
         // Pushes only.
     } else if e.event.event_type == DUPLICATE_EVENT {
         core::remember_id(st, &e.event.event_id, cat);

@@ -1456,6 +1456,69 @@ rule = { kind = "count", event = "problem.answered", distinct = "member", target
     assert!(catalogue("").teams.is_none());
 }
 
+/// A team badge's `give`: the badge of users it names, and for `contributors` the members whose
+/// events its rule counted (with its conditions), kept in the team's state as it goes.
+#[test]
+fn a_team_badge_gives_a_badge_of_users_to_its_members_or_its_contributors() {
+    let cat = catalogue(
+        r#"
+[[badges]]
+id = "helped"
+name = "Helped the team"
+tier = "bronze"
+xp = 20
+rule = { kind = "awarded" }
+[[badges]]
+id = "logged-in"
+name = "Logged in"
+tier = "bronze"
+rule = { kind = "count", event = "login", target = 1 }
+[teams]
+[[teams.badges]]
+id = "three-correct"
+name = "Three correct answers"
+tier = "bronze"
+rule = { kind = "count", event = "problem.answered", when = { correct = true }, target = 3 }
+give = { badge = "helped", to = "contributors" }
+[[teams.badges]]
+id = "four-answers"
+name = "Four answers"
+tier = "bronze"
+rule = { kind = "count", event = "problem.answered", target = 4 }
+give = { badge = "helped" }
+"#,
+    );
+    let tc = cat.teams.as_ref().unwrap().catalogue.clone();
+    let give = |id: &str| tc.badge(id).unwrap().give.clone().unwrap();
+    assert_eq!((&*give("four-answers").badge, give("four-answers").contributors), ("helped", None));
+    let slot = give("three-correct").contributors.expect("a contributors stat");
+    let mut t = User::new((*tc).clone());
+    let answer = |t: &mut User, member: &str, correct: bool, at: Millis| unlocks(&t.send("problem.answered", at, &[("exercise", s("a")), ("correct", b(correct)), ("seconds", n(1.0)), ("member", s(member))]));
+    let contributors = |t: &User| match &t.st.stats[slot].1 {
+        accolade::core::state::StatValue::Set(m) => m.iter().cloned().collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    answer(&mut t, "ann", true, T0);
+    answer(&mut t, "bob", false, T0 + MIN);
+    answer(&mut t, "ann", true, T0 + 2 * MIN);
+    assert_eq!(contributors(&t), ["ann"], "a wrong answer does not count toward three correct ones");
+    assert_eq!(answer(&mut t, "cy", true, T0 + 3 * MIN), vec!["three-correct", "four-answers"]);
+    assert_eq!(contributors(&t), ["ann", "cy"]);
+
+    // The member's side: given once per telling, its unlock naming the team, with its XP.
+    let mut u = User::new(cat.clone());
+    let fx = accolade::core::give(&mut u.st, "helped", "class-a", "told-1", T0, "told-1", &cat);
+    assert!(matches!(&fx[0], Effect::Unlock { badge, count: 1, key: Some(k), xp: 20, .. } if &**badge == "helped" && k == "class-a"), "{fx:?}");
+    assert_eq!(u.st.xp, 20);
+    assert_eq!(accolade::core::give(&mut u.st, "helped", "class-a", "told-1", T0, "told-1", &cat), vec![], "the same telling gives nothing twice");
+    assert_eq!(unlocks(&accolade::core::give(&mut u.st, "helped", "class-b", "told-2", T0, "told-2", &cat)), vec!["helped"], "another team's gift is another award");
+    assert_eq!(u.st.badges.get("helped").map(|r| r.count), Some(2));
+    // Only a badge of kind `awarded` is given from outside its rules.
+    assert_eq!(accolade::core::give(&mut u.st, "logged-in", "class-a", "told-3", T0, "told-3", &cat), vec![]);
+    assert_eq!(accolade::core::give(&mut u.st, "gone", "class-a", "told-4", T0, "told-4", &cat), vec![]);
+    assert!(u.st.badges.get("logged-in").is_none());
+}
+
 #[test]
 fn team_catalogue_errors_name_the_field() {
     let b = |rule: &str| format!("[[teams.badges]]\nid = \"tb\"\nname = \"tb\"\ntier = \"bronze\"\nrule = {rule}\n");
@@ -1478,6 +1541,18 @@ fn team_catalogue_errors_name_the_field() {
         (format!("[teams]\ncolour = \"red\"\n{}", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "field `teams.colour`: unknown field `colour`, expected one of".into()),
         (b(r#"{ kind = "count", event = "quiz.taken", target = 1 }"#), "team badge `tb`: field `rule.event`: unknown event type `quiz.taken`".into()),
         (b(r#"{ kind = "count", event = "login", distinct = "team", target = 2 }"#), "team badge `tb`: field `rule.distinct`".into()),
+        (format!("{}give = {{ badge = \"nope\" }}\n", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "team badge `tb`: field `give.badge`: unknown badge `nope`".into()),
+        (
+            format!("[[badges]]\nid = \"ub\"\nname = \"ub\"\ntier = \"bronze\"\nrule = {{ kind = \"count\", event = \"login\", target = 1 }}\n{}give = {{ badge = \"ub\" }}\n", b(r#"{ kind = "count", event = "login", target = 1 }"#)),
+            "team badge `tb`: field `give.badge`: badge `ub` must have the rule { kind = \"awarded\" }".into(),
+        ),
+        (format!("{}give = {{ badge = \"x\", to = \"everyone\" }}\n", b(r#"{ kind = "count", event = "login", target = 1 }"#)), "team badge `tb`: field `give.to`: unknown `everyone` (use members or contributors)".into()),
+        (format!("{}repeat_every = 5\ngive = {{ badge = \"x\", to = \"contributors\" }}\n", b(r#"{ kind = "count", event = "login", target = 5 }"#)), "team badge `tb`: field `give.to`: the contributors are those of the team's whole life".into()),
+        (format!("{}give = {{ badge = \"x\", to = \"contributors\" }}\n", b(r#"{ kind = "awarded" }"#)), "team badge `tb`: field `give.to`: this rule reads no member's event".into()),
+        (
+            "[[badges]]\nid = \"ub\"\nname = \"ub\"\ntier = \"bronze\"\nrule = { kind = \"count\", event = \"login\", target = 1 }\ngive = { badge = \"ub\" }\n".to_string(),
+            "badge `ub`: field `give`: only a badge of the [teams] section gives a badge".into(),
+        ),
     ];
     for (doc, want) in table {
         let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();

@@ -444,3 +444,89 @@ async fn a_board_of_teams_ranks_teams_and_awards_the_winner_whose_members_are_to
     }
     s.stop().await;
 }
+
+/// A team badge's gift (`give`): when the team earns it, every member (or only the members
+/// who contributed to it) gets a badge of users of her own, once, with its XP and `unlock`
+/// push naming the team; a rebuild of her log gives her the same.
+#[tokio::test]
+async fn a_team_badge_gives_its_members_or_its_contributors_a_badge_of_their_own() {
+    let dir = tmp();
+    let file = dir.path().join("catalogue.toml");
+    let gifts = r#"
+[[badges]]
+id = "five-together"
+name = "Five answers together"
+tier = "bronze"
+xp = 15
+rule = { kind = "awarded" }
+
+[[badges]]
+id = "helped-three"
+name = "Helped to three correct answers"
+tier = "silver"
+rule = { kind = "awarded" }
+
+[[teams.badges]]
+id = "five-gift"
+name = "Five answers, one each"
+tier = "bronze"
+rule = { kind = "count", event = "problem.answered", target = 5 }
+give = { badge = "five-together" }
+
+[[teams.badges]]
+id = "three-correct"
+name = "Three correct answers"
+tier = "silver"
+rule = { kind = "count", event = "problem.answered", when = { correct = true }, target = 3 }
+give = { badge = "helped-three", to = "contributors" }
+"#;
+    std::fs::write(&file, format!("{}{gifts}", catalogue_with_teams(100, 10))).unwrap();
+    let data = dir.path().join("data");
+    let s = TestServer::start_with(&data, |c| c.catalogue = Some(file.clone())).await;
+    let api = Api::new(&s, DEMO_KEY);
+    assert_eq!(api.call("PUT", "/v1/teams/class-g", Some(&json!({ "name": "Class G" }))).await.0, 200);
+    for u in ["ann", "bob", "cy", "dan"] {
+        assert_eq!(api.call("POST", "/v1/teams/class-g/members", Some(&json!({ "user_id": u }))).await.0, 200);
+    }
+    let mut ann = s.connect("ann").await;
+    // Ann: one correct answer; Bob: two wrong ones; Cy: two correct ones; Dan: nothing. Five
+    // answers, three of them correct (Ann's and Cy's).
+    api.ingest(vec![http_answer("a-1", "ann", "ex-1", true), http_answer("b-1", "bob", "ex-1", false), http_answer("c-1", "cy", "ex-1", true)]).await;
+    api.ingest(vec![http_answer("b-2", "bob", "ex-2", false), http_answer("c-2", "cy", "ex-2", true)]).await;
+    let t = api.wait_for("/v1/teams/class-g", 10, |t| t["badges"].as_array().is_some_and(|b| b.iter().any(|b| b["id"] == "three-correct") && b.iter().any(|b| b["id"] == "five-gift"))).await;
+    assert_eq!(t["xp"], 5, "{t}");
+    // Ann is told the team's badge and given hers, on her socket, in that order.
+    let unlock = loop {
+        let m = ann.next().await;
+        if m["type"] == "unlock" && m["badge"]["id"] == "helped-three" {
+            break m;
+        }
+    };
+    assert_eq!(unlock["key"], "class-g", "the unlock names the team that gave it: {unlock}");
+    // Who got what, once each: everyone the five answers' gift, only Ann and Cy the other.
+    let owned = |u: &Value| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = u["badges"].as_array().unwrap().iter().map(|b| (b["id"].as_str().unwrap().to_string(), b["count"].as_u64().unwrap())).collect();
+        v.sort();
+        v
+    };
+    let want = |helped: bool| -> Vec<(String, u64)> {
+        let mut v = vec![("five-together".to_string(), 1)];
+        if helped {
+            v.push(("helped-three".to_string(), 1));
+        }
+        v
+    };
+    for (user, helped) in [("ann", true), ("bob", false), ("cy", true), ("dan", false)] {
+        let u = api.wait_for(&format!("/v1/users/{user}"), 10, |u| u["badges"].as_array().is_some_and(|b| b.iter().any(|b| b["id"] == "five-together"))).await;
+        let gifts: Vec<(String, u64)> = owned(&u).into_iter().filter(|(id, _)| id == "five-together" || id == "helped-three").collect();
+        assert_eq!(gifts, want(helped), "{user}: {u}");
+        if user == "dan" {
+            assert_eq!(u["xp"], 15, "the gift's XP, and nothing else: {u}");
+        }
+    }
+    // Stopped, and her log replayed: the same badges from the records that told her.
+    s.stop().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(["replay", "--data-dir", data.to_str().unwrap(), "--catalogue", file.to_str().unwrap()]).env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("0 differences"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}

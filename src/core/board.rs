@@ -90,14 +90,35 @@ pub(crate) fn score(state: &mut UserState, cat: &Catalogue, t: usize, fields: &[
 /// example because this award was already made).
 pub fn award_rank(state: &mut UserState, board: &str, period: &str, rank: usize, now: Millis, event_id: &str, cat: &Catalogue) -> Vec<Effect> {
     state.sync(cat);
-    let mut fx = Vec::new();
+    let fx = Vec::new();
     let Some(def) = cat.boards.iter().find(|b| &*b.id == board) else { return fx };
     let Some((i, top)) = def.award else { return fx };
     let badge = &cat.badges[i];
     if badge.retired || rank == 0 || rank > top {
         return fx;
     }
-    if state.badges.get(&badge.id).is_some_and(|r| r.keys.iter().any(|k| k == period)) {
+    grant(state, i, period, period, now, event_id, cat)
+}
+
+/// A badge a member's team gives her when it earns one of its own (`Give`, docs/teams.md):
+/// `badge`, of kind `awarded` in her catalogue, once per `key` (the id of the record that
+/// tells her), its unlock naming `team`. Effects as `apply`'s; empty when nothing is due (the
+/// badge is gone from her catalogue, retired, or given under this key already).
+pub fn give(state: &mut UserState, badge: &str, team: &str, key: &str, now: Millis, event_id: &str, cat: &Catalogue) -> Vec<Effect> {
+    state.sync(cat);
+    let Some(i) = cat.badges.iter().position(|b| &*b.id == badge) else { return Vec::new() };
+    if cat.badges[i].retired || !matches!(cat.badges[i].cond, crate::core::catalogue::Cond::Never) {
+        return Vec::new();
+    }
+    grant(state, i, key, team, now, event_id, cat)
+}
+
+/// Awards badge `i` from outside the event stream, once per `key`; its unlock shows `shown` as
+/// its key (the period, the team).
+fn grant(state: &mut UserState, i: usize, key: &str, shown: &str, now: Millis, event_id: &str, cat: &Catalogue) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    let badge = &cat.badges[i];
+    if state.badges.get(&badge.id).is_some_and(|r| r.keys.iter().any(|k| k == key)) {
         return fx;
     }
     let rec = state.badges.get_or_insert_with(&badge.id, || BadgeRecord {
@@ -109,14 +130,14 @@ pub fn award_rank(state: &mut UserState, board: &str, period: &str, rank: usize,
         expires_at: None,
     });
     rec.count += 1;
-    rec.keys.push(period.to_string());
+    rec.keys.push(key.to_string());
     let count = rec.count;
     if let Some(v) = badge.valid_for {
         rec.expires_at = Some(now.saturating_add(v));
         state.refresh_expiry();
     }
     state.derived.owned[i] = count;
-    fx.push(Effect::Unlock { badge: badge.id.clone(), count, key: Some(period.to_string()), xp: badge.xp, at: now });
+    fx.push(Effect::Unlock { badge: badge.id.clone(), count, key: Some(shown.to_string()), xp: badge.xp, at: now });
     if badge.xp > 0 {
         add_xp(state, badge.xp, XpReason::Badge(badge.id.clone()), cat, &mut fx);
     }

@@ -44,7 +44,7 @@ pub mod xp;
 pub use catalogue::{Catalogue, CatalogueError, Format, Tier};
 pub use effect::{DuplicateBy, Effect, Rejection, XpReason};
 pub use engine::{apply, backfill, look, remember_id};
-pub use board::award_rank;
+pub use board::{award_rank, give};
 pub use calendar::Period;
 pub use state::{BadgeRecord, BoardScore, Revocation, RevokeCause, UserState};
 pub use value::{Event, Millis, Value};

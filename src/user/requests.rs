@@ -144,7 +144,8 @@ impl User {
     }
 
     /// A team's unlock told to this member, mailed by the team: logged with its id (so a
-    /// repeat is recognised) and pushed.
+    /// repeat is recognised) and pushed, with the badge of her own it gives her, if any
+    /// (`core::give`, made again from the record by every rebuild).
     pub(super) fn team_unlock(&mut self, myself: &ActorRef<UserMsg>, event: Event, reply: oneshot::Sender<Result<(), String>>) {
         match self.seen(&event.event_id) {
             Ok(true) => {
@@ -161,8 +162,17 @@ impl User {
             let _ = reply.send(Err("the tenant's catalogue is gone".into()));
             return;
         };
-        let plan = plan::team_unlock(&planner!(self, cat), &mut self.cur, event, now_ms());
-        self.perform(myself, plan, vec![], vec![Delivery::Noticed(reply)]);
+        let now = now_ms();
+        let fx = match (crate::records::given(&event), crate::records::team_unlock_args(&event)) {
+            (Some(badge), Some((team, _, _))) => crate::core::give(&mut self.st, &badge, &team, &event.event_id, now, &event.event_id, &cat),
+            _ => Vec::new(),
+        };
+        let plan = plan::team_unlock(&planner!(self, cat), &mut self.cur, &self.st, &fx, event, now);
+        let mut after = vec![Delivery::Noticed(reply)];
+        if !fx.is_empty() {
+            self.fold(&cat, &crate::analytics::step_of_effects(None, &fx, &cat, false), &mut after);
+        }
+        self.perform(myself, plan, vec![], after);
     }
 
     /// A membership change on this entity's side: its link row written (or removed) through

@@ -6,11 +6,12 @@
 use super::document::{part, take_describes, Doc, DocBadge, DocBoard, DocEventType, DocTeams, DocXp, Format, DEMO_CATALOGUE};
 use super::error::{err, CatalogueError};
 use super::model::{
-    BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Levels, ProgressSlot, Settings, StatKind, Teams, XpAmount, XpRuleDef,
+    BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Give, Levels, ProgressSlot, Settings, StatInput, StatKind, Teams, XpAmount, XpRuleDef,
     MEMBER_FIELD, PROFILE_EVENT,
 };
 use super::rules::Builder;
 use crate::core::calendar::Period;
+use crate::core::predicate::Pred;
 use crate::core::value::{parse_duration, stable_hash, Millis};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ impl Catalogue {
             Format::Toml => toml::from_str(text).map_err(|e| err(None, "document", format!("not valid TOML: {}", e.message())))?,
             Format::Json => serde_json::from_str(text).map_err(|e| err(None, "document", format!("not valid JSON: {e}")))?,
         };
-        let mut cat = compile(value.clone())?;
+        let mut cat = compile(value.clone(), false)?;
         cat.source = text.to_string();
         cat.id = stable_hash(format!("{}\u{1f}{}", cat.version, text).as_bytes());
         cat.teams = compile_teams(&value, &cat)?.map(Arc::new);
@@ -42,7 +43,7 @@ impl Catalogue {
         doc.insert("badges".into(), serde_json::json!([{ "id": "goal", "name": title, "tier": "bronze", "rule": criterion }]));
         doc.insert("xp".into(), serde_json::json!([]));
         doc.insert("leaderboards".into(), serde_json::json!([]));
-        let mut cat = compile(v).map_err(|e| {
+        let mut cat = compile(v, false).map_err(|e| {
             let field = match e.field.strip_prefix("rule") {
                 Some(rest) => format!("criterion{rest}"),
                 None => e.field.clone(),
@@ -101,10 +102,20 @@ fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<T
     obj.insert("xp".into(), serde_json::Value::Array(t.xp));
     obj.insert("badges".into(), serde_json::Value::Array(t.badges));
     obj.insert("leaderboards".into(), serde_json::Value::Array(t.leaderboards));
-    let mut catalogue = compile(v).map_err(|e| {
+    let mut catalogue = compile(v, true).map_err(|e| {
         let field = if e.badge.is_none() && !e.field.starts_with("teams") { format!("teams.{}", e.field) } else { e.field.clone() };
         CatalogueError { badge: e.badge.map(|b| format!("team {b}")), field, message: e.message }
     })?;
+    // A team badge's gift is a badge of the members' own catalogue, given from outside its rules.
+    for b in &catalogue.badges {
+        let Some(g) = &b.give else { continue };
+        let o = format!("team badge `{}`", b.id);
+        match parent.badge(&g.badge) {
+            None => return Err(err(Some(&o), "give.badge", format!("unknown badge `{}`: give a badge of users (kind \"awarded\") declared in the catalogue's badges", g.badge))),
+            Some(u) if !matches!(u.cond, Cond::Never) => return Err(err(Some(&o), "give.badge", format!("badge `{}` must have the rule {{ kind = \"awarded\" }}: it is given by the team, not earned by events", g.badge))),
+            Some(_) => {}
+        }
+    }
     // Team boards and user boards share the tenant's leaderboard routes, so one id names one.
     for b in catalogue.boards.iter_mut() {
         if parent.boards.iter().any(|p| p.id == b.id) {
@@ -117,7 +128,9 @@ fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<T
     Ok(Some(Teams { catalogue: Arc::new(catalogue), max_members: t.max_members, max_teams_per_user: t.max_teams_per_user }))
 }
 
-fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
+/// `teams`: whether the document is a team catalogue (built by `compile_teams`), whose badges
+/// may `give` a badge to the team's members.
+fn compile(doc_value: serde_json::Value, teams: bool) -> Result<Catalogue, CatalogueError> {
     let doc: Doc = part(doc_value, None, "")?;
     let s = &doc.settings;
     let dur = |f: &str, v: &str| parse_duration(v).map_err(|m| err(None, format!("settings.{f}"), m));
@@ -370,6 +383,23 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
                 Some(ms)
             }
         };
+        let give = match &d.give {
+            None => None,
+            Some(_) if !teams => return Err(err(o, "give", "only a badge of the [teams] section gives a badge, to the members of the team that earns it")),
+            Some(g) => Some(Give {
+                badge: g.badge.as_str().into(),
+                contributors: match g.to.as_str() {
+                    "members" => None,
+                    "contributors" => {
+                        if d.repeat_every.is_some() || d.repeat || d.per_key.is_some() {
+                            return Err(err(o, "give.to", "the contributors are those of the team's whole life, not of each repeat: give a repeatable badge to `members`"));
+                        }
+                        Some(contributors_stat(&mut b, &cond, &d.id).ok_or_else(|| err(o, "give.to", "this rule reads no member's event (an `awarded` badge is given from outside), so nobody contributes to it: give it to `members`"))?)
+                    }
+                    other => return Err(err(o, "give.to", format!("unknown `{other}` (use members or contributors)"))),
+                },
+            }),
+        };
         let idx = badges.len();
         let events: Vec<usize> = cond_events(&cond, &b);
         if !d.retired {
@@ -396,6 +426,7 @@ fn compile(doc_value: serde_json::Value) -> Result<Catalogue, CatalogueError> {
             events: events.iter().map(|&t| b.types[t].name.clone()).collect(),
             cond,
             describes,
+            give,
         });
     }
     let user_badges: Vec<usize> = (0..badges.len()).filter(|&i| !badges[i].retired && badges[i].cond.depends_on_user()).collect();
@@ -546,6 +577,40 @@ fn compile_boards(docs: Vec<serde_json::Value>, b: &Builder, badges: &[BadgeDef]
         out.push(BoardDef { id: d.id.as_str().into(), name, metric, period, segment_by: d.segment_by, size: d.size, award, describe, ranks_teams: false });
     }
     Ok(out)
+}
+
+/// A team badge's contributors: a stat of the different members whose events the badge's rule
+/// reads, with the conditions its stats put on them (any event of the types it reads, for a
+/// rule over the recent cache or a window). None when the rule reads no event.
+fn contributors_stat(b: &mut Builder, cond: &Cond, badge: &str) -> Option<usize> {
+    fn stats_of(c: &Cond, out: &mut Vec<usize>) {
+        match c {
+            Cond::Metric { stat, .. } | Cond::Sequence { stat } | Cond::Keys { stat, .. } => out.push(*stat),
+            Cond::Ratio { of, to, .. } => out.extend([*of, *to]),
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| stats_of(c, out)),
+            Cond::Not(c) => stats_of(c, out),
+            Cond::SameKey(k) => stats_of(&k.cond, out),
+            _ => {}
+        }
+    }
+    let mut stats = Vec::new();
+    stats_of(cond, &mut stats);
+    let mut read: Vec<(usize, Pred)> = stats.iter().flat_map(|&s| b.stats[s].inputs.iter().map(|i| (i.event, i.when.clone()))).collect();
+    let types = cond_events(cond, b);
+    // Event types the rule reads through the cache, not through a stat: any event of theirs.
+    for t in types {
+        if !read.iter().any(|(e, _)| *e == t) {
+            read.push((t, Pred::always()));
+        }
+    }
+    let inputs: Vec<StatInput> = read
+        .into_iter()
+        .filter_map(|(event, when)| Some(StatInput { event, when, breaks: None, key: None, value: Some(b.types[event].field(MEMBER_FIELD)?), step: 0 }))
+        .collect();
+    if inputs.is_empty() {
+        return None;
+    }
+    Some(b.stat(StatKind::Distinct, None, inputs, format!("Contributors|{badge}"), format!("members who contributed toward {badge}")))
 }
 
 /// The event types whose arrival can change a condition.

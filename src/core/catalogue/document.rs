@@ -206,6 +206,21 @@ pub(super) struct DocBadge {
     /// The catalogue's own words for the whole rule, shown in place of the generated sentence.
     pub(super) describe: Option<String>,
     pub(super) rule: DocRule,
+    /// A team badge's gift to the team's members when the team earns it (docs/teams.md).
+    pub(super) give: Option<DocGive>,
+}
+
+/// `give = { badge = "...", to = "members" | "contributors" }` on a team badge.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocGive {
+    pub(super) badge: String,
+    #[serde(default = "members")]
+    pub(super) to: String,
+}
+
+fn members() -> String {
+    "members".into()
 }
 
 /// Takes every `describe` out of a rule as written (the rule itself, the rules of `of` and

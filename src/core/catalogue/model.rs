@@ -495,6 +495,18 @@ pub struct BadgeDef {
     /// (`rule`, `rule.of[1]`, `rule.require[0]`), in place of the generated sentences.
     pub describes: BTreeMap<String, String>,
     pub events: Vec<String>,
+    /// A team badge's gift to the team's members when the team earns it.
+    pub give: Option<Give>,
+}
+
+/// What a team badge gives the team's members when the team earns it (docs/teams.md).
+#[derive(Clone, Debug)]
+pub struct Give {
+    /// The badge of users given: one of kind `awarded` in the tenant's own catalogue.
+    pub badge: Arc<str>,
+    /// Given only to the members who contributed: the team's stat of the different members
+    /// whose events the badge's rule reads (with its conditions). None: to every member.
+    pub contributors: Option<usize>,
 }
 
 impl BadgeDef {
