@@ -202,6 +202,11 @@ impl Catalogues {
         Ok(cats)
     }
 
+    /// The tenants with a catalogue.
+    pub fn tenants(&self) -> Vec<String> {
+        self.current.read().expect("catalogue lock").keys().cloned().collect()
+    }
+
     /// The catalogue in force for a tenant. Read once per message; a change swaps the `Arc`.
     pub fn current(&self, tenant: &str) -> Option<Arc<Catalogue>> {
         self.current.read().expect("catalogue lock").get(tenant).map(|c| c.0.clone())

@@ -169,6 +169,12 @@ pub struct Config {
     #[arg(global = true, long, default_value_t = 1000)]
     pub leaderboard_tick_ms: u64,
 
+    /// Milliseconds between community-goal turns: goals past their end (and
+    /// `--leaderboard-close-grace-ms`) are closed, and each tenant's sockets get
+    /// `community_progress` for the goals that moved (so this is also its throttle).
+    #[arg(global = true, long, default_value_t = 1000)]
+    pub community_tick_ms: u64,
+
     /// Milliseconds between goal sweeps: goals past due are closed as missed, and assigners are
     /// told how their goals ended.
     #[arg(global = true, long, default_value_t = 500)]

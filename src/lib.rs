@@ -50,6 +50,7 @@ pub mod backfill;
 pub mod boards;
 pub mod catalogues;
 pub mod clock;
+pub mod community;
 pub mod cluster;
 pub mod config;
 pub mod core;

@@ -58,6 +58,9 @@ pub struct Plan {
     /// A team's progress for its members' open sockets, once the change is durable
     /// (`team_progress`, no offset, not in anyone's history).
     pub told: Vec<Frame>,
+    /// Community goals the change adds to: (goal, amount, the user's first share of it). Her
+    /// new share is among the writes; the tenant's total takes the amount once it is durable.
+    pub contributed: Vec<(Arc<str>, f64, bool)>,
 }
 
 /// The user's positions, advanced by every plan: the last log sequence number and push offset
@@ -111,6 +114,9 @@ pub struct Planner<'a> {
     /// What the entity is linked to (docs/teams.md): a user's team entities, to which her
     /// accepted events are mailed, or a team's members, who are told its unlocks.
     pub linked: &'a [String],
+    /// The user's shares of community goals before this change (docs/teams.md); None where
+    /// community goals are not served (cluster mode), so nothing is written for them.
+    pub shares: Option<&'a std::collections::BTreeMap<String, f64>>,
 }
 
 /// How a log record is found again: client events and notices by their id (a resend is a
@@ -378,6 +384,15 @@ pub fn event(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], event
     if !plan.boards.is_empty() {
         plan.writes.push(store::writes::board_scores(p.tenant, p.user, &board_scores(st)));
     }
+    // Her new share goes before the event's record: a crash can leave it without the record
+    // (the persister's writes are not atomic), and `Share::at` then reads the one before.
+    for e in fx {
+        if let (Effect::Contributed { goal, amount }, Some(shares)) = (e, p.shares) {
+            let before = shares.get(&**goal).copied().unwrap_or(0.0);
+            plan.writes.push(store::writes::community_share(p.tenant, p.user, goal, &store::Share { total: before + amount, prev: before, seq: cur.seq }));
+            plan.contributed.push((goal.clone(), *amount, before <= 0.0));
+        }
+    }
     if !p.linked.is_empty() {
         match crate::core::catalogue::team_of(p.user) {
             None => p.contributions(&mut plan, cur.seq, &event, received_at),
@@ -418,6 +433,20 @@ pub fn team_unlock(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect],
     }
     // The badge the team gave her (`core::give`), after the news of the team's.
     p.awards(&mut plan, cur, st, fx, &event.event_id);
+    let w = p.record(&mut plan, cur, event, now, Keyed::ById);
+    plan.writes.push(w);
+    plan
+}
+
+/// How community goal `goal` (kept under `key`) ended (`o`), told to a participant whose share
+/// was `share`: one `community_outcome` push, logged under `records::community_id(key)` so she
+/// is told once.
+#[allow(clippy::too_many_arguments)]
+pub fn community_outcome(p: &Planner, cur: &mut Cursor, key: &str, goal: &str, name: &str, o: &store::Outcome, share: f64, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    push(&mut plan, cur, "community_outcome", |off| protocol::community_outcome(off, goal, name, (o.reached, o.total, o.target, o.participants, o.ends), share));
+    let payload = vec![("goal".to_string(), crate::core::Value::Str(goal.into())), ("reached".to_string(), crate::core::Value::Bool(o.reached))];
+    let event = p.system(records::community_id(key), records::COMMUNITY_EVENT, "community", now, payload);
     let w = p.record(&mut plan, cur, event, now, Keyed::ById);
     plan.writes.push(w);
     plan
@@ -556,8 +585,10 @@ mod tests {
 
     const T0: Millis = 1_772_452_800_000;
 
+    static NO_SHARES: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+
     fn planner(cat: &Catalogue) -> Planner<'_> {
-        Planner { tenant: "t", user: "u", epoch: "e", cat, snapshot_every: 100, linked: &[] }
+        Planner { tenant: "t", user: "u", epoch: "e", cat, snapshot_every: 100, linked: &[], shares: Some(&NO_SHARES) }
     }
 
     fn ev(id: &str) -> Event {
@@ -717,7 +748,7 @@ mod tests {
         let cat = Catalogue::demo();
         let team = crate::core::catalogue::team_entity("crew");
         let members = ["ann".to_string(), "bob".to_string()];
-        let p = Planner { tenant: "t", user: &team, epoch: "e", cat: &cat, snapshot_every: 100, linked: &members };
+        let p = Planner { tenant: "t", user: &team, epoch: "e", cat: &cat, snapshot_every: 100, linked: &members, shares: Some(&NO_SHARES) };
         let badge = cat.badges[0].id.to_string();
         let plan = expire(&p, &mut Cursor { seq: 7, offset: 3, snap_seq: 7 }, &UserState::new("t", &team), &[unlock(&badge)], "expire:8".into(), T0);
         assert_eq!(trees(&plan), vec![TreeId::Mail, TreeId::Mail, TreeId::Events]);

@@ -404,6 +404,25 @@ pub fn team_progress(team: &str, badge: &str, current: f64, target: f64) -> Fram
 
 /// The user's rank on a board changed. Not part of the recovery history (a reconnecting
 /// client that watches again gets its current rank at once).
+/// Where a community goal stands (docs/teams.md): to every socket of the tenant while it is
+/// open, throttled; like `rank`, no offset and in no history.
+pub fn community_progress(goal: &crate::core::catalogue::CommunityGoalDef, current: f64, participants: u64) -> Frame {
+    frame(json!({
+        "type": "community_progress", "goal": &*goal.id, "name": goal.name, "current": current, "target": goal.target,
+        "participants": participants, "ends": rfc3339(goal.ends),
+    }))
+}
+
+/// How a community goal ended, told to each participant once (stored, with an offset, so one
+/// who was offline gets it on reconnect).
+/// `(reached, total, target, participants, ends)` are the goal's outcome; `share` the user's.
+pub fn community_outcome(offset: u64, goal: &str, name: &str, (reached, total, target, participants, ends): (bool, f64, f64, u64, Millis), share: f64) -> Frame {
+    frame(json!({
+        "type": "community_outcome", "offset": offset, "goal": goal, "name": name, "reached": reached, "total": total,
+        "target": target, "participants": participants, "share": share, "ends": rfc3339(ends),
+    }))
+}
+
 pub fn rank(board: &str, period: &str, rank: usize, score: f64, of: usize, previous: Option<usize>) -> Frame {
     frame(json!({ "type": "rank", "board": board, "period": period, "rank": rank, "score": score, "of": of, "previous": previous }))
 }

@@ -43,6 +43,16 @@ pub fn duplicate_payload(event_type: &str) -> Vec<(String, Value)> {
 /// changes no state.
 pub const TEAM_UNLOCK_EVENT: &str = "accolade.team_unlock";
 
+/// The event type of the record of a community goal's outcome told to a participant
+/// (docs/teams.md): it only carries its push (`community_outcome`); it changes no state.
+pub const COMMUNITY_EVENT: &str = "accolade.community";
+
+/// The id under which a participant is told how the community goal kept under `goal` (its
+/// key, `id@ends`) ended: reserved, and one per goal, so she is told once.
+pub fn community_id(goal: &str) -> String {
+    format!("{}community:{goal}", crate::protocol::RESERVED_ID_PREFIX)
+}
+
 /// The id under which a team counts `member`'s event `event_id`: reserved (no client may send
 /// an id with the prefix, so none can take it first), and one per team, since ids are unique
 /// in the tenant and a member's event goes to each of her teams.
@@ -97,7 +107,7 @@ pub fn goal_op(ev: &StoredEvent) -> Option<GoalOp> {
 
 /// Log records that are not the user's own events, which a from-scratch replay leaves out.
 pub fn system_record(t: &str) -> bool {
-    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT || t == TEAM_UNLOCK_EVENT || t == REVOKE_EVENT || t == RETRACT_EVENT || t == EXPIRE_EVENT
+    t == BACKFILL_EVENT || t == LEADERBOARD_EVENT || t == GOAL_EVENT || t == NOTICE_EVENT || t == DUPLICATE_EVENT || t == TEAM_UNLOCK_EVENT || t == COMMUNITY_EVENT || t == REVOKE_EVENT || t == RETRACT_EVENT || t == EXPIRE_EVENT
 }
 
 /// The event type of the record of expiries taken when the user connected or the expiry sweep

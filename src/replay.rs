@@ -10,7 +10,7 @@
 
 use crate::catalogues::Catalogues;
 use crate::core::{self, Catalogue, UserState};
-use crate::records::{award_args, goal_op, retracted, system_record, BackfillRecord, GoalOp, TakeRecord, BACKFILL_EVENT, DUPLICATE_EVENT, EXPIRE_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT, RETRACT_EVENT, REVOKE_EVENT, TEAM_UNLOCK_EVENT};
+use crate::records::{award_args, goal_op, retracted, system_record, BackfillRecord, GoalOp, TakeRecord, BACKFILL_EVENT, COMMUNITY_EVENT, DUPLICATE_EVENT, EXPIRE_EVENT, GOAL_EVENT, LEADERBOARD_EVENT, NOTICE_EVENT, RETRACT_EVENT, REVOKE_EVENT, TEAM_UNLOCK_EVENT};
 use crate::store::{EventLog, Store, StoreError, StoredEvent};
 use serde::Serialize;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ pub fn replay_record(st: &mut UserState, log: &[StoredEvent], i: usize, before: 
         if let (Some(badge), Some((team, _, _))) = (crate::records::given(&e.event), crate::records::team_unlock_args(&e.event)) {
             core::give(st, &badge, &team, &e.event.event_id, e.received_at, &e.event.event_id, cat);
         }
-    } else if e.event.event_type == NOTICE_EVENT {
+    } else if e.event.event_type == NOTICE_EVENT || e.event.event_type == COMMUNITY_EVENT {
         // Pushes only.
     } else if e.event.event_type == DUPLICATE_EVENT {
         core::remember_id(st, &e.event.event_id, cat);

@@ -84,7 +84,17 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
             tracing::info!(users = read, "analytics rebuilt");
         }
     }
+    // Community goals are served standalone (docs/teams.md): their totals are an index over
+    // the users' shares, rebuilt by one scan before any traffic.
+    let community = Arc::new(crate::community::Community::default());
+    if config.cluster.is_none() {
+        let read = community.load(&store).map_err(|e| anyhow::anyhow!("loading community goals: {e}"))?;
+        if read > 0 {
+            tracing::info!(shares = read, "community goals loaded");
+        }
+    }
     let env = crate::user::Env {
+        community: config.cluster.is_none().then(|| community.clone()),
         config: config.clone(),
         log: log.clone(),
         catalogues: catalogues.clone(),
@@ -127,6 +137,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Shared>> {
         boards,
         webhooks,
         analytics,
+        community,
         cluster,
         config,
     }))
@@ -229,6 +240,13 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         cluster: shared.cluster.clone(),
     };
     let closer = tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe()));
+    let community = match &shared.cluster {
+        None => {
+            let c = crate::community::Closer { community: shared.community.clone(), log: Arc::new(shared.store.clone()), catalogues: shared.catalogues.clone(), users: shared.users.clone() };
+            Some(tokio::spawn(c.run(Duration::from_millis(shared.config.community_tick_ms.max(10)), shared.config.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe())))
+        }
+        Some(_) => None,
+    };
     let goals = tokio::spawn(crate::goals::run(shared.store.clone(), shared.users.clone(), shared.cluster.clone(), Duration::from_millis(c.goal_tick_ms.max(10)), shared.shutdown.subscribe()));
     let expiries = tokio::spawn(crate::expiries::run(shared.store.clone(), shared.users.clone(), shared.cluster.clone(), Duration::from_millis(c.expiry_tick_ms.max(10)), shared.shutdown.subscribe()));
     // A cluster node's endpoints are the cluster's, followed from its bucket (`ownership.rs`).
@@ -259,6 +277,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     // A sweep in progress finishes (it runs on a blocking thread and holds the store).
     let _ = sweeper.await;
     let _ = closer.await;
+    if let Some(c) = community {
+        let _ = c.await;
+    }
     let _ = goals.await;
     let _ = expiries.await;
     shared.webhooks.stop_all().await;

@@ -310,6 +310,8 @@ where
         }
     }
     shared.boards.unwatch_all(id);
+    // The actor subscribed it to community goals' progress after its welcome.
+    shared.community.unsubscribe(&tenant, id);
     match via {
         Via::Local => shared.users.send_existing(&tenant, &user, UserMsg::Detach { conn_id: id }),
         // Dropped, the attachment detaches.

@@ -43,6 +43,8 @@ pub struct Shared {
     pub webhooks: Arc<Webhooks>,
     /// Each tenant's analytics figures and health counters.
     pub analytics: Arc<crate::analytics::Analytics>,
+    /// Community goals' totals and the sockets they are pushed to (standalone only).
+    pub community: Arc<crate::community::Community>,
     /// This node's part in the cluster, in cluster mode.
     pub cluster: Option<Arc<crate::ownership::Membership>>,
 }

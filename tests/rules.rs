@@ -1456,6 +1456,69 @@ rule = { kind = "count", event = "problem.answered", distinct = "member", target
     assert!(catalogue("").teams.is_none());
 }
 
+/// A community goal's share of an accepted event: counted (or its field summed) when it meets
+/// `when` and arrives (by the server's clock) within the goal's span; nothing from a refused or
+/// repeated event.
+#[test]
+fn community_goals_take_a_share_of_accepted_events_within_their_span() {
+    // T0 + 1 s is when the first event arrives (`send` receives at its time + 1 s).
+    let at = |ms: Millis| chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339();
+    let cat = catalogue(&format!(
+        "[[community_goals]]\nid = \"correct\"\nevent = \"problem.answered\"\nwhen = {{ correct = true }}\ntarget = 100\nstarts = \"{}\"\nends = \"{}\"\n\
+         [[community_goals]]\nid = \"seconds\"\nevent = \"problem.answered\"\nfield = \"seconds\"\ntarget = 1000\nends = \"{}\"\n",
+        at(T0),
+        at(T0 + 10 * MIN),
+        at(T0 + 10 * MIN),
+    ));
+    let shares = |fx: &[Effect]| -> Vec<(String, f64)> {
+        // Kept under `id@ends`, so that a goal run again with a new deadline starts anew.
+        fx.iter()
+            .filter_map(|e| if let Effect::Contributed { goal, amount } = e { Some((accolade::core::catalogue::CommunityGoalDef::id_of(goal).to_string(), *amount)) } else { None })
+            .collect()
+    };
+    let mut u = User::new(cat);
+    let answer = |u: &mut User, at: Millis, correct: bool, seconds: f64| shares(&u.send("problem.answered", at, &[("exercise", s("a")), ("correct", b(correct)), ("seconds", n(seconds))]));
+    let rows: Vec<(&str, Millis, bool, f64, Vec<(String, f64)>)> = vec![
+        ("before it starts: the sum only", T0 - 2 * MIN, true, 5.0, vec![("seconds".into(), 5.0)]),
+        ("correct, within", T0, true, 7.0, vec![("correct".into(), 1.0), ("seconds".into(), 7.0)]),
+        ("wrong: the sum only", T0 + MIN, false, 3.0, vec![("seconds".into(), 3.0)]),
+        ("no seconds: nothing to sum", T0 + 2 * MIN, true, 0.0, vec![("correct".into(), 1.0)]),
+        ("received at the end: too late", T0 + 10 * MIN - 1000, true, 4.0, vec![]),
+    ];
+    for (what, t, correct, seconds, want) in rows {
+        assert_eq!(answer(&mut u, t, correct, seconds), want, "{what}");
+    }
+    // A repeated id shares nothing.
+    let e = u.event("problem.answered", T0, &[("exercise", s("a")), ("correct", b(true)), ("seconds", n(1.0))]);
+    assert_eq!(shares(&apply(&mut u.st, &e, T0 + 1000, &u.cat)).len(), 2);
+    assert_eq!(shares(&apply(&mut u.st, &e, T0 + 1000, &u.cat)), vec![], "a duplicate");
+    // A team's catalogue has none (its events are its members' again).
+    let with_teams = catalogue(&format!("[[community_goals]]\nid = \"c\"\nevent = \"login\"\ntarget = 1\nends = \"{}\"\n[teams]\n[[teams.badges]]\nid = \"t\"\nname = \"t\"\ntier = \"bronze\"\nrule = {{ kind = \"count\", event = \"login\", target = 1 }}\n", at(T0)));
+    assert_eq!((with_teams.community.len(), with_teams.teams.as_ref().unwrap().catalogue.community.len()), (1, 0));
+}
+
+#[test]
+fn community_goal_errors_name_the_goal_and_field() {
+    let g = |body: &str| format!("[[community_goals]]\nid = \"g\"\n{body}\n");
+    let ok = "event = \"login\"\ntarget = 5\nends = \"2027-01-01T00:00:00Z\"";
+    let table = [
+        (g("event = \"quiz.taken\"\ntarget = 5\nends = \"2027-01-01T00:00:00Z\""), "community goal `g`: field `event`: unknown event type `quiz.taken`"),
+        (g("event = \"login\"\ntarget = 0\nends = \"2027-01-01T00:00:00Z\""), "community goal `g`: field `target`: must be a positive number"),
+        (g("event = \"login\"\ntarget = 5\nends = \"next sunday\""), "community goal `g`: field `ends`: `next sunday` is not an RFC 3339 time"),
+        (g("event = \"login\"\ntarget = 5"), "community goal `g`: field `document`: missing field `ends`"),
+        (g(&format!("{ok}\nstarts = \"2027-02-01T00:00:00Z\"")), "community goal `g`: field `ends`: must be after starts"),
+        (g("event = \"problem.answered\"\nfield = \"exercise\"\ntarget = 5\nends = \"2027-01-01T00:00:00Z\""), "community goal `g`: field `field`: `exercise` is not a number field of `problem.answered`"),
+        (g("event = \"problem.answered\"\nwhen = { colour = \"red\" }\ntarget = 5\nends = \"2027-01-01T00:00:00Z\""), "community goal `g`: field `when`"),
+        (g(&format!("{ok}\ncolour = 1")), "community goal `g`: field `colour`: unknown field `colour`"),
+        (format!("{}{}", g(ok), g(ok)), "community goal `g`: field `id`: duplicate community goal id"),
+        ("[[community_goals]]\nid = \"a b\"\nevent = \"login\"\ntarget = 5\nends = \"2027-01-01T00:00:00Z\"\n".to_string(), "community goal `a b`: field `id`: use 1 to 64 letters"),
+    ];
+    for (doc, want) in table {
+        let e = Catalogue::parse(&format!("{HEADER}\n{doc}"), Format::Toml).unwrap_err().to_string();
+        assert!(e.starts_with(want), "got: {e}\nwant: {want}");
+    }
+}
+
 /// A team badge's `give`: the badge of users it names, and for `contributors` the members whose
 /// events its rule counted (with its conditions), kept in the team's state as it goes.
 #[test]

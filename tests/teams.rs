@@ -381,13 +381,15 @@ async fn a_board_of_teams_ranks_teams_and_awards_the_winner_whose_members_are_to
         }).collect()
     };
     let want = vec![(1, "class-a".to_string(), 4.0), (2, "class-b".to_string(), 2.0)];
-    let board = api.wait_for("/v1/leaderboards/class-race", 10, |v| v["entries"].as_array().is_some_and(|e| e.len() == 2 && e[0]["score"] == 4.0)).await;
+    // The contributions reach the teams through the mail worker, in no fixed order.
+    let board = api.wait_for("/v1/leaderboards/class-race", 10, |v| v["entries"].as_array().is_some_and(|e| e.len() == 2) && rows(v) == want).await;
     assert_eq!((rows(&board), board["closed"].as_bool(), board["total"].as_u64()), (want.clone(), Some(false), Some(2)), "{board}");
     // The watcher's `top` push names the teams too.
     loop {
         let m = ann.until("top").await.pop().unwrap();
-        if m["entries"].as_array().unwrap().len() == 2 {
-            assert_eq!((m["board"].as_str(), rows(&m)), (Some("class-race"), want.clone()), "{m}");
+        // Earlier pushes may show the board on its way there.
+        if rows(&m) == want {
+            assert_eq!(m["board"].as_str(), Some("class-race"), "{m}");
             break;
         }
     }

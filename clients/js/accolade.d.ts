@@ -211,6 +211,46 @@ export interface TeamUnlockMessage {
   at: string;
 }
 
+/** A team the user belongs to moved toward one of its badges (not stored; no `offset`). */
+export interface TeamProgressMessage {
+  type: "team_progress";
+  team: string;
+  badge: string;
+  current: number;
+  target: number;
+}
+
+/**
+ * Where one of the tenant's community goals stands (docs/teams.md): sent to every socket when
+ * it connects and as the goal moves, throttled (not stored; no `offset`).
+ */
+export interface CommunityProgressMessage {
+  type: "community_progress";
+  goal: string;
+  name: string;
+  current: number;
+  target: number;
+  /** Users who have contributed. */
+  participants: number;
+  /** The deadline. */
+  ends: string;
+}
+
+/** How a community goal the user took part in ended; kept in her history. */
+export interface CommunityOutcomeMessage {
+  type: "community_outcome";
+  offset: number;
+  goal: string;
+  name: string;
+  reached: boolean;
+  total: number;
+  target: number;
+  participants: number;
+  /** What the user contributed. */
+  share: number;
+  ends: string;
+}
+
 /** The user's rank on a watched board changed (not stored; no `offset`). */
 export interface RankMessage {
   type: "rank";
@@ -296,6 +336,9 @@ export type ServerMessage =
   | GoalMissedMessage
   | NoticeMessage
   | TeamUnlockMessage
+  | TeamProgressMessage
+  | CommunityProgressMessage
+  | CommunityOutcomeMessage
   | RankMessage
   | TopMessage
   | ErrorMessage;

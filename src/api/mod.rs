@@ -27,6 +27,7 @@ pub const MAX_BATCH: usize = 1000;
 
 pub mod analytics;
 mod catalogue;
+mod community;
 mod events;
 mod goals;
 mod leaderboards;
@@ -87,6 +88,8 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/v1/jobs", get(catalogue::list_jobs))
         .route("/v1/jobs/{id}", get(catalogue::get_job).delete(catalogue::cancel_job))
         .route("/v1/leaderboards", get(leaderboards::list))
+        .route("/v1/community-goals", get(community::list))
+        .route("/v1/community-goals/{id}", get(community::get))
         // Open periods' standings are gathered from every node in cluster mode.
         .route("/v1/leaderboards/{id}/users/{user}", get(leaderboards::user_rank))
         .route("/v1/leaderboards/{id}/teams/{team}", get(leaderboards::team_rank))
@@ -260,7 +263,7 @@ impl utoipa::Modify for Security {
         catalogue::get_catalogue, catalogue::catalogue_versions, catalogue::replace_catalogue, catalogue::put_badge, catalogue::retire_badge, catalogue::put_xp, catalogue::remove_xp, catalogue::preview,
         catalogue::list_jobs, catalogue::get_job, catalogue::cancel_job,
         users::get_user, users::get_progress, users::get_badge, users::revoke, users::retract, users::get_events,
-        leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::team_rank, leaderboards::friends, leaderboards::periods,
+        leaderboards::list, leaderboards::standings, leaderboards::user_rank, leaderboards::team_rank, community::list, community::get, leaderboards::friends, leaderboards::periods,
         goals::create, goals::list, goals::get, goals::cancel,
         teams::put_team, teams::get_team, teams::add_member, teams::remove_member,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::set_aside, webhooks::retry,

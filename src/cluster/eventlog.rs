@@ -138,6 +138,10 @@ impl EventLog for ClusterLog {
         self.store.analytics_record(tenant, user)
     }
 
+    fn community_of(&self, tenant: &str, user: &str) -> Result<Vec<(String, crate::store::Share)>, StoreError> {
+        self.store.community_of(tenant, user)
+    }
+
     fn pushes_after(&self, tenant: &str, user: &str, offset: u64, max_events: usize) -> Result<Vec<(u64, Millis, String)>, StoreError> {
         self.store.pushes_after(tenant, user, offset, max_events)
     }

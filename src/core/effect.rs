@@ -17,6 +17,10 @@ pub enum Effect {
     /// XP changed: `delta` from one rule or badge, `total` and `level` after it.
     Xp { delta: u64, total: u64, level: u32, reason: XpReason },
     LevelUp { level: u32 },
+    /// The event adds `amount` to community goal `goal` (its key, `CommunityGoalDef::key`;
+    /// docs/teams.md): the shell adds it to the user's share and the tenant's total once it is
+    /// durable.
+    Contributed { goal: Arc<str>, amount: f64 },
     /// A badge was earned. `count` is how many times it is now owned; `xp` what this award paid.
     Unlock { badge: Arc<str>, count: u32, key: Option<String>, xp: u64, at: Millis },
     /// A badge was taken away (`cause`: through the API, expired, or its facts retracted).

@@ -237,6 +237,11 @@ pub fn apply(state: &mut UserState, event: &Event, now: Millis, cat: &Catalogue)
         let xp: u64 = fx.iter().map(|e| if let Effect::Xp { delta, .. } = e { *delta } else { 0 }).sum();
         super::board::score(state, cat, t, &fields, at, now, xp, &mut fx);
     }
+    for g in &cat.community {
+        if let Some(amount) = g.amount(t, &fields, now) {
+            fx.push(Effect::Contributed { goal: g.key.clone(), amount });
+        }
+    }
     fx
 }
 

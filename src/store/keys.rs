@@ -165,10 +165,13 @@ pub enum TreeId {
     Analytics,
     /// Each user's id chunks (`ids.rs`): user key + the last seq a chunk covers -> the ids.
     Ids,
+    /// Community goals (`community.rs`): each user's share of each goal under her key, and
+    /// each goal's outcome once it is closed.
+    Community,
 }
 
 impl TreeId {
-    pub(super) const ALL: [TreeId; 19] = [
+    pub(super) const ALL: [TreeId; 20] = [
         TreeId::Users,
         TreeId::Events,
         TreeId::Dedup,
@@ -188,6 +191,7 @@ impl TreeId {
         TreeId::Expiries,
         TreeId::Analytics,
         TreeId::Ids,
+        TreeId::Community,
     ];
 
     /// The tree's number where writes leave the process (cluster mode's changelog). Frozen:
@@ -317,11 +321,12 @@ mod tree_codes {
         // Changelogs in a cluster's JetStream name trees by these numbers: do not renumber.
         assert_eq!((TreeId::Users.code(), TreeId::Events.code(), TreeId::Dedup.code(), TreeId::HookLog.code(), TreeId::Links.code(), TreeId::Mail.code(), TreeId::Expiries.code()), (0, 1, 2, 13, 14, 15, 16));
         assert_eq!(TreeId::Analytics.code(), 17);
-        assert_eq!(TreeId::Ids.code(), 18, "a new tree takes the next number");
-        for c in 0..19 {
+        assert_eq!(TreeId::Ids.code(), 18);
+        assert_eq!(TreeId::Community.code(), 19, "a new tree takes the next number");
+        for c in 0..20 {
             assert_eq!(TreeId::from_code(c).map(TreeId::code), Some(c));
         }
-        assert_eq!(TreeId::from_code(19), None);
+        assert_eq!(TreeId::from_code(20), None);
     }
 }
 

@@ -64,6 +64,9 @@ pub trait EventLog: Send + Sync {
 
     /// The user's analytics record as stored (with its snapshot), if any. Blocking.
     fn analytics_record(&self, tenant: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The user's shares of community goals as stored: (goal, share). Blocking.
+    fn community_of(&self, tenant: &str, user: &str) -> Result<Vec<(String, super::community::Share)>, StoreError>;
 }
 
 impl EventLog for Store {
@@ -109,6 +112,10 @@ impl EventLog for Store {
 
     fn analytics_record(&self, tenant: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Store::analytics_record(self, tenant, user)
+    }
+
+    fn community_of(&self, tenant: &str, user: &str) -> Result<Vec<(String, super::community::Share)>, StoreError> {
+        Store::community_of(self, tenant, user)
     }
 }
 

@@ -41,6 +41,9 @@
 //! - `expiries`: user key -> the user's earliest badge expiry (big-endian i64), for the expiry
 //!   sweep; only users holding a badge with `valid_for` have one. Written by the actor before
 //!   the log record of the change that moved it.
+//! - `community`: user key + goal id -> the user's share of a community goal (written with the
+//!   event that changed it); under the key of entity U+0001 `community`, each closed goal's
+//!   outcome (`community.rs`, docs/teams.md).
 //!
 //! Every value starts with a format version byte so the encoding can evolve (the expiry
 //! index's bare number, read only here, aside). User snapshots are format 2; format 1 is read
@@ -51,6 +54,7 @@
 //! writes on the flushing thread and its IO pool wakes one thread per piece of work, which
 //! changes how many threads wake per flush, not what is on disk.
 
+mod community;
 mod hooks;
 mod ids;
 mod keys;
@@ -98,6 +102,7 @@ fn highest_id(tree: &sled::Tree) -> Result<u64, StoreError> {
     Ok(highest)
 }
 
+pub use community::{Outcome, Share};
 pub use ids::{id_hash, IdIndex};
 pub use legacy::format1_found_by_place;
 pub use keys::*;
@@ -168,6 +173,7 @@ pub struct Store {
     expiries: sled::Tree,
     analytics: sled::Tree,
     ids: sled::Tree,
+    community: sled::Tree,
     // Declared before `persister`: dropping the last handle closes the channel first, then
     // waits for the persister thread to finish, so the database is closed (and its lock
     // released) when the last handle is gone, not some time later.
@@ -212,6 +218,7 @@ impl Store {
             expiries: db.open_tree("expiries")?,
             analytics: db.open_tree("analytics")?,
             ids: db.open_tree("ids")?,
+            community: db.open_tree("community")?,
             db,
             tx,
             stats: Arc::new(PersistStats::default()),
@@ -250,6 +257,7 @@ impl Store {
                 self.expiries.clone(),
                 self.analytics.clone(),
                 self.ids.clone(),
+                self.community.clone(),
             ],
             stats: self.stats.clone(),
         }
@@ -552,10 +560,10 @@ impl Store {
     }
 
     /// The trees, in the order of `TreeId::ALL`.
-    fn trees(&self) -> [&sled::Tree; 19] {
+    fn trees(&self) -> [&sled::Tree; 20] {
         [
             &self.users, &self.events, &self.dedup, &self.snapseq, &self.catalogues, &self.dead, &self.jobs, &self.boards, &self.archive, &self.closed, &self.goals, &self.hooks,
-            &self.outbox, &self.hooklog, &self.links, &self.mail, &self.expiries, &self.analytics, &self.ids,
+            &self.outbox, &self.hooklog, &self.links, &self.mail, &self.expiries, &self.analytics, &self.ids, &self.community,
         ]
     }
 

@@ -35,7 +35,7 @@ impl Drop for PersisterThread {
 #[derive(Clone)]
 pub(super) struct PersisterSide {
     pub(super) db: sled::Db,
-    pub(super) trees: [sled::Tree; 19],
+    pub(super) trees: [sled::Tree; 20],
     pub(super) stats: Arc<PersistStats>,
 }
 
@@ -200,6 +200,7 @@ impl PersisterSide {
             TreeId::Expiries => 16,
             TreeId::Analytics => 17,
             TreeId::Ids => 18,
+            TreeId::Community => 19,
         }
     }
 

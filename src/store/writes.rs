@@ -87,3 +87,5 @@ pub fn snapshot(tenant: &str, user: &str, seq: u64, encoded: Vec<u8>) -> [Write;
 pub fn analytics<T: Serialize>(tenant: &str, user: &str, facts: &T) -> Write {
     Write::Put(TreeId::Analytics, user_key(tenant, user), encode(facts))
 }
+
+pub use super::community::{outcome as community_outcome, share as community_share};

@@ -153,6 +153,11 @@ impl User {
             Delivery::Wake(workers) => workers.iter().for_each(|w| w.notify_one()),
             // Only members whose actors are in memory can have a socket open, so no member is
             // revived to be told. In cluster mode a member another node serves is told there.
+            Delivery::Community(goal, amount, first) => {
+                if let Some(c) = &self.env.community {
+                    c.add(&self.tenant, &goal, amount, first);
+                }
+            }
             Delivery::Tell(frames) => {
                 for member in self.linked.as_deref().unwrap_or(&[]) {
                     match &self.env.relay {
@@ -190,6 +195,6 @@ fn refuse(d: Delivery, why: &str) {
         Delivery::Linked(reply) => drop(reply.send(Err(LinkError::Failed(why.to_string())))),
         Delivery::Taken(reply, _) => drop(reply.send(Err(TakeError::Failed(why.to_string())))),
         Delivery::Swept(reply) => drop(reply.send(Err(why.to_string()))),
-        Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) | Delivery::Analytics(_) | Delivery::Tell(_) => {}
+        Delivery::One(..) | Delivery::Push(_) | Delivery::Release(_) | Delivery::Observe(_) | Delivery::Accepted | Delivery::Board(..) | Delivery::Wake(_) | Delivery::Analytics(_) | Delivery::Tell(_) | Delivery::Community(..) => {}
     }
 }

@@ -12,7 +12,15 @@
 /// Defined before the submodules, which use it too (a macro is in scope only after it).
 macro_rules! planner {
     ($u:expr, $cat:expr) => {
-        plan::Planner { tenant: &$u.tenant, user: &$u.user, epoch: &$u.epoch, cat: &$cat, snapshot_every: $u.env.config.snapshot_every, linked: $u.linked.as_deref().unwrap_or(&[]) }
+        plan::Planner {
+            tenant: &$u.tenant,
+            user: &$u.user,
+            epoch: &$u.epoch,
+            cat: &$cat,
+            snapshot_every: $u.env.config.snapshot_every,
+            linked: $u.linked.as_deref().unwrap_or(&[]),
+            shares: $u.env.community.as_ref().map(|_| &$u.shares),
+        }
     };
 }
 
@@ -93,6 +101,8 @@ enum Delivery {
     Analytics(crate::analytics::Contribution),
     /// A team's progress, for the sockets of its members whose actors are in memory.
     Tell(Vec<Frame>),
+    /// A share of a community goal is durable: (goal, amount, the user's first share of it).
+    Community(Arc<str>, f64, bool),
 }
 
 /// Work that must wait until everything in flight is durable, so it sees durable state.
@@ -108,6 +118,7 @@ enum Waiting {
     Revoke(String, String, bool, oneshot::Sender<Result<Taken, TakeError>>),
     Retract(String, String, bool, oneshot::Sender<Result<Taken, TakeError>>),
     Expire(oneshot::Sender<Result<(), String>>),
+    Community,
 }
 
 pub struct NoticeMsg {
@@ -135,6 +146,9 @@ pub struct Env {
     pub mail: Arc<tokio::sync::Notify>,
     /// Each tenant's analytics, added to once a change is durable.
     pub analytics: Arc<crate::analytics::Analytics>,
+    /// Community goals' totals, added to once a share is durable, and their outcomes, told
+    /// to participants (standalone only: `None` in cluster mode, docs/teams.md).
+    pub community: Option<Arc<crate::community::Community>>,
     /// How frames in no history reach a user this node does not serve (cluster mode: through
     /// the node that does; `None` alone, where every user is served here).
     pub relay: Option<Relay>,
@@ -200,6 +214,9 @@ pub struct User {
     day: std::cell::Cell<(Millis, Millis, i32, chrono_tz::Tz)>,
     /// The tenant's analytics: figures and health counters.
     stats: Arc<crate::analytics::TenantAnalytics>,
+    /// The user's shares of community goals (goal -> share), as her records hold them; read
+    /// at start when the tenant has community goals (docs/teams.md).
+    shares: std::collections::BTreeMap<String, f64>,
 }
 
 /// The push epoch of a user with nothing stored yet. It is the same every time, so a client
@@ -232,10 +249,16 @@ impl Actor for UserActor {
             let restored = crate::replay::restore(&*env.log, &env.catalogues, &t, &u)?;
             let teams = env.catalogue(&t, &u).is_some_and(|c| c.teams.is_some()) || crate::core::catalogue::team_of(&u).is_some();
             let linked = if teams { Some(env.log.links(&t, &u)?) } else { None };
-            Ok::<_, crate::store::StoreError>((restored, linked))
+            let community = env.community.as_ref().is_some_and(|c| env.catalogues.current(&t).is_some_and(|cat| !cat.community.is_empty()) || c.has_any(&t));
+            // Each share as far as her log goes (`store::Share::at`).
+            let shares = match community && crate::core::catalogue::team_of(&u).is_none() {
+                true => env.log.community_of(&t, &u)?.into_iter().map(|(g, s)| (g, s.at(restored.last_seq))).collect(),
+                false => Default::default(),
+            };
+            Ok::<_, crate::store::StoreError>((restored, linked, shares))
         })
         .await??;
-        let (r, linked) = r;
+        let (r, linked, shares) = r;
         let (st, snap_seq, ids) = (r.state, r.snap_seq, r.ids);
         // The index is written before the log record of every change, so it holds at least
         // what the rebuilt state says (or an earlier time, which the sweep sets right).
@@ -278,8 +301,10 @@ impl Actor for UserActor {
             stats,
             user_hash,
             day: std::cell::Cell::new((0, 0, 0, chrono_tz::Tz::UTC)),
+            shares,
         })
     }
+
 
     // `handle` is a plain fn that returns its future, not an async fn, and it does the work of
     // the common messages (events, durable completions, detach, tick) before returning a ready
@@ -322,6 +347,7 @@ impl Actor for UserActor {
             UserMsg::Revoke { badge, reason, claw_back, reply } => Later::Run(Waiting::Revoke(badge, reason, claw_back, reply)),
             UserMsg::Retract { event_id, reason, claw_back, reply } => Later::Run(Waiting::Retract(event_id, reason, claw_back, reply)),
             UserMsg::Expire { reply } => Later::Run(Waiting::Expire(reply)),
+            UserMsg::CommunityClosed => Later::Run(Waiting::Community),
             UserMsg::Detach { conn_id } => {
                 u.sockets.remove(conn_id);
                 u.waiting.retain(|w| !matches!(w, Waiting::Attach(c, _) if c.id == conn_id));
@@ -445,6 +471,10 @@ impl User {
         // The ranking moves before the ack goes out, so a client that reads the board after
         // its ack sees its score; the pushes follow the ack.
         deliveries.extend(plan.boards.iter().cloned().map(|b| Delivery::Board(b.key, b.entry, b.left)));
+        for (goal, amount, first) in &plan.contributed {
+            *self.shares.entry(goal.to_string()).or_default() += amount;
+            deliveries.push(Delivery::Community(goal.clone(), *amount, *first));
+        }
         reply(&mut deliveries, origin, protocol::ack(&id, false), out);
         self.fold(&cat, &step, &mut deliveries);
         let after = permit.map(Delivery::Release).into_iter().collect();
@@ -589,6 +619,7 @@ impl User {
                     let _ = reply.send(Err(e));
                 }
             }
+            Waiting::Community => self.tell_outcomes(myself),
         }
     }
 
@@ -665,12 +696,27 @@ impl User {
         for f in replay {
             ok = ok && conn.tx.try_send(f).is_ok();
         }
+        // Where the tenant's open community goals stand, after the welcome; from then on the
+        // community's tick pushes them to this socket as they move (the session unsubscribes
+        // it when it ends).
+        if let Some(c) = &self.env.community
+            && crate::core::catalogue::team_of(&self.user).is_none()
+        {
+            for f in c.progress_frames(&cat.community, &self.tenant, now_ms()) {
+                ok = ok && conn.tx.try_send(f).is_ok();
+            }
+            c.subscribe(&self.tenant, conn.id, conn.tx.downgrade());
+        }
         if !ok {
             conn.slow.notify_one();
             return;
         }
         self.sockets.add(conn);
         self.expire_seen(myself, &cat, None);
+        // A community goal that closed while she was away is told now, to this socket too.
+        if !self.shares.is_empty() {
+            self.tell_outcomes(myself);
+        }
     }
 
     /// A badge whose `valid_for` ran out since the user's last event: the welcome already left

@@ -182,6 +182,9 @@ pub enum UserMsg {
     Tick,
     /// Frames for this user's open sockets that are in no history (a team's progress).
     Told(Vec<Frame>),
+    /// A community goal of the tenant closed: tell this user its outcome if she took part and
+    /// was not told yet (docs/teams.md).
+    CommunityClosed,
     /// Shutdown: write a snapshot, then stop.
     Stop(oneshot::Sender<()>),
 }

@@ -230,6 +230,14 @@ impl Users {
         self.registry.active()
     }
 
+    /// Sends `msg()` to every actor of `tenant` in memory (reviving nobody).
+    pub fn tell_tenant(&self, tenant: &str, msg: impl Fn() -> UserMsg) {
+        let users: Vec<String> = self.registry.map.iter().filter_map(|e| e.key().split_once('\0').filter(|(t, _)| *t == tenant).map(|(_, u)| u.to_string())).collect();
+        for u in users {
+            self.registry.send_existing(tenant, &u, msg());
+        }
+    }
+
     /// Whether the user has an actor in memory.
     pub fn is_active(&self, tenant: &str, user: &str) -> bool {
         self.registry.is_active(tenant, user)

@@ -143,6 +143,35 @@ impl User {
         self.perform(myself, plan, vec![], vec![Delivery::Noticed(n.reply)]);
     }
 
+    /// Tells the user how each community goal she took part in ended, if it closed within
+    /// `community::TOLD_FOR` and she was not told yet (the record's id is in her id index once
+    /// she is): a `community_outcome` push, stored, so a socket that reconnects gets it too.
+    pub(super) fn tell_outcomes(&mut self, myself: &ActorRef<UserMsg>) {
+        let Some(community) = self.env.community.clone() else { return };
+        let Some(cat) = self.env.catalogue(&self.tenant, &self.user) else { return };
+        let now = now_ms();
+        let retention = self.env.config.event_retention_hours as Millis * 3_600_000;
+        let window = if retention > 0 { crate::community::TOLD_FOR.min(retention) } else { crate::community::TOLD_FOR };
+        for (key, o) in community.recent_outcomes(&self.tenant, now, window) {
+            let share = self.shares.get(&key).copied().unwrap_or(0.0);
+            if share <= 0.0 {
+                continue;
+            }
+            let goal = crate::core::catalogue::CommunityGoalDef::id_of(&key).to_string();
+            match self.seen(&crate::records::community_id(&key)) {
+                Ok(false) => {}
+                Ok(true) => continue,
+                Err(e) => {
+                    tracing::debug!(tenant = %self.tenant, user = %self.user, goal, error = %e, "a community goal's outcome is told later");
+                    return;
+                }
+            }
+            let name = cat.community.iter().find(|d| *d.key == *key).map_or(goal.clone(), |d| d.name.clone());
+            let plan = plan::community_outcome(&planner!(self, cat), &mut self.cur, &key, &goal, &name, &o, share, now);
+            self.perform(myself, plan, vec![], vec![]);
+        }
+    }
+
     /// A team's unlock told to this member, mailed by the team: logged with its id (so a
     /// repeat is recognised) and pushed, with the badge of her own it gives her, if any
     /// (`core::give`, made again from the record by every rebuild).

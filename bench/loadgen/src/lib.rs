@@ -154,6 +154,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Pushes a client never saw (gaps in offsets), over all clients.
     pub missed_pushes: u64,
+    /// `community_progress` frames received, over all clients (no offset, so not in `pushes`).
+    #[serde(default)]
+    pub community_pushes: u64,
     /// Reconnects whose welcome said `recovered: false`.
     pub not_recovered: u64,
     pub connect: Percentiles,
@@ -283,6 +286,7 @@ struct Tally {
     duplicates: u64,
     pushes: u64,
     unlocks: u64,
+    community: u64,
     missed: u64,
     not_recovered: u64,
     connect: Lat,
@@ -309,6 +313,7 @@ impl Tally {
             duplicates: 0,
             pushes: 0,
             unlocks: 0,
+            community: 0,
             missed: 0,
             not_recovered: 0,
             connect: Lat::default(),
@@ -367,6 +372,7 @@ impl Tally {
         self.duplicates += o.duplicates;
         self.pushes += o.pushes;
         self.unlocks += o.unlocks;
+        self.community += o.community;
         self.missed += o.missed;
         self.not_recovered += o.not_recovered;
     }
@@ -582,6 +588,7 @@ fn on_message(p: &mut Player, t: &mut Tally, sh: &Shared, text: &str, phase: Opt
             }
         }
         "error" => sh.error(m.code.unwrap_or("error")),
+        "community_progress" => t.community += 1,
         _ => {}
     }
     // Forget send times a while after use so the map stays small.
@@ -695,6 +702,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         pushes_per_sec: total.pushes as f64 / seconds,
         errors: sh.errors.lock().unwrap().clone(),
         missed_pushes: total.missed,
+        community_pushes: total.community,
         not_recovered: total.not_recovered,
         connect: Percentiles::of(&h.connect),
         ack: Percentiles::of(&h.ack),

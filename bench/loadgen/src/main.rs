@@ -46,6 +46,10 @@ struct Args {
     /// (default: its share of --rate; 0: its share, then as fast as the socket takes them).
     #[arg(long)]
     slow_rate: Option<f64>,
+    /// The prefix of the users' ids (`<run-id>-u<n>`); default `lg<time of day>`, so every run
+    /// has users of its own. A fixed one lets a script set the users up first (teams).
+    #[arg(long)]
+    run_id: Option<String>,
     /// Quick mode: 50 connections, 5 s, 2,000 events/s.
     #[arg(long)]
     quick: bool,
@@ -76,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
         slow_rate: a.slow_rate,
         ..Options::default()
     };
+    if let Some(id) = a.run_id {
+        o.run_id = id;
+    }
     if a.quick {
         o.connections = 50;
         o.duration = Duration::from_secs(5);

@@ -3,10 +3,10 @@
 //! hash that tie user state to the catalogue. `Catalogue::parse` and `Catalogue::for_goal`, the
 //! two ways a catalogue is built, are here.
 
-use super::document::{part, take_describes, Doc, DocBadge, DocBoard, DocEventType, DocTeams, DocXp, Format, DEMO_CATALOGUE};
+use super::document::{part, take_describes, Doc, DocBadge, DocBoard, DocCommunityGoal, DocEventType, DocTeams, DocXp, Format, DEMO_CATALOGUE};
 use super::error::{err, CatalogueError};
 use super::model::{
-    BadgeDef, BoardDef, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Give, Levels, ProgressSlot, Settings, StatInput, StatKind, Teams, XpAmount, XpRuleDef,
+    BadgeDef, BoardDef, BoardMetric, Catalogue, CommunityGoalDef, Cond, EventTypeDef, FieldDef, FieldKind, Give, Levels, ProgressSlot, Settings, StatInput, StatKind, Teams, XpAmount, XpRuleDef,
     MEMBER_FIELD, PROFILE_EVENT,
 };
 use super::rules::Builder;
@@ -43,6 +43,7 @@ impl Catalogue {
         doc.insert("badges".into(), serde_json::json!([{ "id": "goal", "name": title, "tier": "bronze", "rule": criterion }]));
         doc.insert("xp".into(), serde_json::json!([]));
         doc.insert("leaderboards".into(), serde_json::json!([]));
+        doc.remove("community_goals");
         let mut cat = compile(v, false).map_err(|e| {
             let field = match e.field.strip_prefix("rule") {
                 Some(rest) => format!("criterion{rest}"),
@@ -79,6 +80,8 @@ fn compile_teams(doc: &serde_json::Value, parent: &Catalogue) -> Result<Option<T
     let mut v = doc.clone();
     let obj = v.as_object_mut().expect("the document parsed as a struct, so it is an object");
     obj.remove("teams");
+    // The tenant's community goals count users' events, once, on the users' side.
+    obj.remove("community_goals");
     if let Some(types) = obj.get_mut("event_types").and_then(|t| t.as_object_mut()) {
         for (name, ty) in types.iter_mut() {
             // A team's own profile (its name, time zone) is no member's event.
@@ -469,6 +472,7 @@ fn compile(doc_value: serde_json::Value, teams: bool) -> Result<Catalogue, Catal
     }
     let badge_index: HashMap<String, usize> = badges.iter().enumerate().map(|(i, d)| (d.id.to_string(), i)).collect();
     let boards = compile_boards(doc.leaderboards, &b, &badges, &badge_index)?;
+    let community = compile_community(doc.community_goals, &b)?;
     let calendar = b.stats.iter().any(|s| matches!(s.kind, StatKind::Calendar { .. }));
     let absence_badges = badges.iter().enumerate().filter(|(_, d)| matches!(d.cond, Cond::Metric { stat, .. } if matches!(b.stats[stat].kind, StatKind::Absence { .. }))).map(|(i, _)| i).collect();
     let once = badges.iter().map(|d| !d.repeatable()).collect();
@@ -489,6 +493,7 @@ fn compile(doc_value: serde_json::Value, teams: bool) -> Result<Catalogue, Catal
         once,
         rings,
         boards,
+        community,
         calendar,
         absence_badges,
         source: String::new(),
@@ -575,6 +580,45 @@ fn compile_boards(docs: Vec<serde_json::Value>, b: &Builder, badges: &[BadgeDef]
         };
         let name = if d.name.is_empty() { d.id.clone() } else { d.name };
         out.push(BoardDef { id: d.id.as_str().into(), name, metric, period, segment_by: d.segment_by, size: d.size, award, describe, ranks_teams: false });
+    }
+    Ok(out)
+}
+
+/// The community goals: each names a declared event type, a positive target, and a deadline
+/// after its start; errors name the goal and the field.
+fn compile_community(docs: Vec<serde_json::Value>, b: &Builder) -> Result<Vec<CommunityGoalDef>, CatalogueError> {
+    let mut out: Vec<CommunityGoalDef> = Vec::new();
+    for (i, v) in docs.into_iter().enumerate() {
+        let owner = v.get("id").and_then(|x| x.as_str()).map(|x| format!("community goal `{x}`")).unwrap_or(format!("community goal #{}", i + 1));
+        let d: DocCommunityGoal = part(v, Some(&owner), "")?;
+        let o = Some(owner.as_str());
+        if d.id.is_empty() || d.id.len() > 64 || !d.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(err(o, "id", "use 1 to 64 letters, digits, '-', '_' or '.'"));
+        }
+        if out.iter().any(|x| *x.id == *d.id) {
+            return Err(err(o, "id", "duplicate community goal id"));
+        }
+        let t = b.type_id(&d.event).map_err(|m| err(o, "event", m))?;
+        let when = b.pred_on_type(t, d.when.as_ref()).map_err(|m| err(o, "when", m))?;
+        let field = match &d.field {
+            None => None,
+            Some(f) => Some(b.types[t].field(f).filter(|&p| b.types[t].fields[p].kind == FieldKind::Number).ok_or_else(|| err(o, "field", format!("`{f}` is not a number field of `{}`", d.event)))?),
+        };
+        if !(d.target > 0.0 && d.target.is_finite()) {
+            return Err(err(o, "target", "must be a positive number"));
+        }
+        let time = |f: &str, t: &str| chrono::DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_millis()).map_err(|_| err(o, f, format!("`{t}` is not an RFC 3339 time")));
+        let ends = time("ends", &d.ends)?;
+        let starts = d.starts.as_deref().map(|s| time("starts", s)).transpose()?;
+        if starts.is_some_and(|s| s >= ends) {
+            return Err(err(o, "ends", "must be after starts"));
+        }
+        let describe = match &d.field {
+            Some(f) => format!("sum of {} {f}", d.event),
+            None => format!("count of {}", d.event),
+        };
+        let name = if d.name.is_empty() { d.id.clone() } else { d.name };
+        out.push(CommunityGoalDef { key: format!("{}@{ends}", d.id).into(), id: d.id.as_str().into(), name, description: d.description, event: t, when, field, target: d.target, starts, ends, describe });
     }
     Ok(out)
 }

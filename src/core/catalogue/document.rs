@@ -62,6 +62,27 @@ pub(super) struct Doc {
     #[serde(default)]
     #[allow(dead_code)]
     pub(super) teams: Option<serde_json::Value>,
+    /// Community goals for the whole tenant (docs/teams.md, "Community goals").
+    #[serde(default)]
+    pub(super) community_goals: Vec<serde_json::Value>,
+}
+
+/// `[[community_goals]]`: a target for the whole tenant's events of one type before a deadline.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocCommunityGoal {
+    pub(super) id: String,
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) description: String,
+    pub(super) event: String,
+    pub(super) when: Option<serde_json::Value>,
+    /// Summed instead of counted.
+    pub(super) field: Option<String>,
+    pub(super) target: f64,
+    pub(super) starts: Option<String>,
+    pub(super) ends: String,
 }
 
 /// The `[teams]` section: the team catalogue's own parts and the membership limits.

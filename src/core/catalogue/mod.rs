@@ -24,7 +24,7 @@ mod rules;
 pub use document::{Format, DEMO_CATALOGUE};
 pub use error::CatalogueError;
 pub use model::{
-    table_value, BadgeDef, BoardDef, Cmp, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Give, Levels, ProgressSlot, RecentCond, RecentRing, RecentWords, SameKey,
+    table_value, BadgeDef, BoardDef, Cmp, BoardMetric, Catalogue, Cond, EventTypeDef, FieldDef, FieldKind, Give, CommunityGoalDef, Levels, ProgressSlot, RecentCond, RecentRing, RecentWords, SameKey,
     Settings, StatDef, StatInput, StatKind, SumLimit, Teams, Tier, WindowReq, XpAmount, XpRuleDef, MEMBER_FIELD, PROFILE_EVENT, TEAM_PREFIX, team_entity, team_of,
     valid_team_id, valid_user_id,
 };

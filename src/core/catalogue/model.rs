@@ -499,6 +499,52 @@ pub struct BadgeDef {
     pub give: Option<Give>,
 }
 
+/// A community goal: the tenant's events of one type (that meet `when`), counted or summed
+/// over everyone, toward `target` before `ends` (docs/teams.md, "Community goals").
+#[derive(Clone, Debug)]
+pub struct CommunityGoalDef {
+    pub id: Arc<str>,
+    /// The goal as shares and outcomes are kept under: its id and its deadline
+    /// (`id@ends`, ends in ms), so that running a goal again with a new `ends` starts it anew.
+    pub key: Arc<str>,
+    pub name: String,
+    pub description: String,
+    pub event: usize,
+    pub when: Pred,
+    /// The number field summed; None counts events.
+    pub field: Option<usize>,
+    pub target: f64,
+    pub starts: Option<Millis>,
+    pub ends: Millis,
+    /// The metric as written, for the API.
+    pub describe: String,
+}
+
+impl CommunityGoalDef {
+    /// What an accepted event of type `t` with `fields`, received at `received`, adds to the
+    /// goal: only within its span by the server's clock (a late event cannot reopen it).
+    pub fn amount(&self, t: usize, fields: &[Value], received: Millis) -> Option<f64> {
+        if t != self.event || received >= self.ends || self.starts.is_some_and(|s| received < s) || !self.when.matches(fields) {
+            return None;
+        }
+        let a = match self.field {
+            Some(p) => fields[p].as_f64().unwrap_or(0.0),
+            None => 1.0,
+        };
+        (a > 0.0).then_some(a)
+    }
+
+    /// The goal id of a key (`key`).
+    pub fn id_of(key: &str) -> &str {
+        key.split_once('@').map_or(key, |(id, _)| id)
+    }
+
+    /// Whether it is open at `now`.
+    pub fn open(&self, now: Millis) -> bool {
+        now < self.ends && self.starts.is_none_or(|s| now >= s)
+    }
+}
+
 /// What a team badge gives the team's members when the team earns it (docs/teams.md).
 #[derive(Clone, Debug)]
 pub struct Give {
@@ -542,6 +588,8 @@ pub struct Catalogue {
     /// For each cache ring: its event type and the names of the fields it keeps.
     pub rings: Vec<(usize, Vec<String>)>,
     pub boards: Vec<BoardDef>,
+    /// Community goals for the whole tenant (docs/teams.md).
+    pub community: Vec<CommunityGoalDef>,
     /// Whether any stat is a calendar stat, so that the engine finds the event's local day
     /// only for catalogues that read it.
     pub calendar: bool,
