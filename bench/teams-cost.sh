@@ -7,7 +7,7 @@
 # configuration, acked events/s, ack p50 and p99 (ms), µs per acked event, and the
 # `community_progress` frames each connection got per second.
 #
-#   bench/teams-cost.sh RATE SECONDS ROUNDS CONNECTIONS BIN
+#   bench/teams-cost.sh RATE SECONDS ROUNDS CONNECTIONS BIN   (CONFIGS="plain community" picks some)
 #
 # - plain: the demo catalogue.
 # - teams: the demo catalogue with a [teams] section (a badge and XP per answer, a count and a
@@ -61,7 +61,7 @@ TOML
 } > "$CAT_COMMUNITY"
 printf '%-10s %5s %9s %9s %9s %9s %14s\n' config round "events/s" "p50 ms" "p99 ms" "us/event" "community/s/conn"
 for round in $(seq 1 "$ROUNDS"); do
-  for config in plain teams community; do
+  for config in ${CONFIGS:-plain teams community}; do
     D=$(mktemp -d /tmp/accolade-tc.XXXXXX)
     PORT=$(free_port)
     case $config in
