@@ -14,7 +14,6 @@ use crate::core::catalogue::CommunityGoalDef;
 use crate::core::Millis;
 use crate::protocol::{self, Frame};
 use crate::store::{self, EventLog, Outcome, Store, StoreError};
-use crate::user::{UserMsg, Users};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -187,7 +186,10 @@ pub struct Closer {
     /// Where the outcome is written (this node's sled: community goals are served standalone).
     pub log: Arc<dyn EventLog>,
     pub catalogues: Arc<Catalogues>,
-    pub users: Users,
+    /// Asks the actors of a tenant's users in memory to tell their users the goals that
+    /// closed (`UserMsg::CommunityClosed`); given by the server, so that this module, which
+    /// the actors use, does not use them.
+    pub tell: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 impl Closer {
@@ -204,7 +206,7 @@ impl Closer {
         rx.await.map_err(|_| "the store stopped".to_string())?.map_err(|e| e.to_string())?;
         tracing::info!(tenant, goal = %d.id, total = o.total, target = o.target, reached = o.reached, participants = o.participants, "community goal closed");
         self.community.set_outcome(tenant, &d.key, o);
-        self.users.tell_tenant(tenant, || UserMsg::CommunityClosed);
+        (self.tell)(tenant);
         Ok(())
     }
 

@@ -242,7 +242,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
     let closer = tokio::spawn(closer.run(Duration::from_millis(c.leaderboard_tick_ms.max(10)), c.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe()));
     let community = match &shared.cluster {
         None => {
-            let c = crate::community::Closer { community: shared.community.clone(), log: Arc::new(shared.store.clone()), catalogues: shared.catalogues.clone(), users: shared.users.clone() };
+            let users = shared.users.clone();
+            let tell = Box::new(move |tenant: &str| users.tell_tenant(tenant, || crate::user::UserMsg::CommunityClosed));
+            let c = crate::community::Closer { community: shared.community.clone(), log: Arc::new(shared.store.clone()), catalogues: shared.catalogues.clone(), tell };
             Some(tokio::spawn(c.run(Duration::from_millis(shared.config.community_tick_ms.max(10)), shared.config.leaderboard_close_grace_ms as crate::core::Millis, shared.shutdown.subscribe())))
         }
         Some(_) => None,
