@@ -176,6 +176,12 @@ impl Membership {
         crate::remote::told(&self.routes, tenant, user, frames).await
     }
 
+    /// Retracts a member's contribution from a team through the team's actor on the node
+    /// serving it.
+    pub async fn team_retract(&self, tenant: &str, event: Event) -> Result<(), String> {
+        crate::remote::team_retract(&self.routes, tenant, event).await
+    }
+
     /// Tells a member a team's unlock through her actor on the node serving her.
     pub async fn team_unlock(&self, tenant: &str, event: Event) -> Result<(), String> {
         crate::remote::team_unlock(&self.routes, tenant, event).await

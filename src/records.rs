@@ -43,6 +43,17 @@ pub fn duplicate_payload(event_type: &str) -> Vec<(String, Value)> {
 /// changes no state.
 pub const TEAM_UNLOCK_EVENT: &str = "accolade.team_unlock";
 
+/// The event type of a member's retraction as mailed to each of her teams (docs/teams.md):
+/// never a log record, only a mail row, delivered to the team's actor as a retraction of the
+/// contribution (`contribution_id`) her event made there. Its payload is a `TakeRecord`'s.
+pub const TEAM_RETRACT_EVENT: &str = "accolade.team_retract";
+
+/// The retraction a `TEAM_RETRACT_EVENT` row asks of its team.
+pub fn team_retract_args(ev: &crate::core::Event) -> Option<TakeRecord> {
+    let text = |k: &str| ev.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None });
+    Some(TakeRecord { target: text("event")?, reason: text("reason").unwrap_or_default(), claw_back: text("xp").as_deref() == Some("claw_back") })
+}
+
 /// The event type of the record of a community goal's outcome told to a participant
 /// (docs/teams.md): it only carries its push (`community_outcome`); it changes no state.
 pub const COMMUNITY_EVENT: &str = "accolade.community";

@@ -66,6 +66,9 @@ enum Request {
     /// A team's unlock told to a member (an `accolade.team_unlock` record), by her actor:
     /// answered with `Result<(), String>` once durable.
     TeamUnlock { tenant: String, event: Event },
+    /// A member's retraction for a team (an `accolade.team_retract` mail row, addressed to the
+    /// team), by the team's actor: answered with `Result<(), String>` once durable.
+    TeamRetract { tenant: String, event: Event },
     /// Frames in no history (a team's progress) for a user's open sockets, given to her actor
     /// only if it is in memory: answered at once, with `()`.
     Told { tenant: String, user: String, frames: Vec<String> },
@@ -226,6 +229,15 @@ pub async fn link(routes: &Routes, tenant: &str, entity: &str, other: &str, join
 pub async fn team_unlock(routes: &Routes, tenant: &str, event: Event) -> Result<(), String> {
     let p = partition_of(tenant, &event.user_id);
     let r = Request::TeamUnlock { tenant: tenant.into(), event };
+    let reply = routes.request(p, encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
+}
+
+/// Retracts a member's contribution from a team (`event`, addressed to the team) through the
+/// team's actor on the node serving it.
+pub async fn team_retract(routes: &Routes, tenant: &str, event: Event) -> Result<(), String> {
+    let p = partition_of(tenant, &event.user_id);
+    let r = Request::TeamRetract { tenant: tenant.into(), event };
     let reply = routes.request(p, encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
     serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
 }
@@ -543,6 +555,13 @@ impl Answering {
                         Err(e) => Err(e),
                     };
                     Bytes::from(serde_json::to_vec(&told).expect("a result encodes"))
+                }))
+            }
+            (Request::TeamRetract { tenant, event }, _) => {
+                let users = self.users.clone();
+                Some(Box::pin(async move {
+                    let done = users.retract_contribution(&tenant, event).await;
+                    Bytes::from(serde_json::to_vec(&done).expect("a result encodes"))
                 }))
             }
             (Request::Told { tenant, user, frames }, _) => {

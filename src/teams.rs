@@ -107,6 +107,22 @@ fn deliver(users: &Users, cluster: Option<&Arc<Membership>>, m: &Mail) -> BoxFut
     let (tenant, event, received_at) = (m.tenant.clone(), m.row.event.clone(), m.row.received_at);
     let to = event.user_id.clone();
     let elsewhere = cluster.filter(|c| !c.serves(&tenant, &to)).cloned();
+    if event.event_type == crate::records::TEAM_RETRACT_EVENT {
+        let users = users.clone();
+        return Box::pin(async move {
+            let done = match elsewhere {
+                Some(c) => c.team_retract(&tenant, event).await,
+                None => users.retract_contribution(&tenant, event).await,
+            };
+            match done {
+                Ok(()) => Delivered::Done,
+                Err(e) => {
+                    tracing::debug!(team = to, error = %e, "a retraction could not reach its team now");
+                    Delivered::Again
+                }
+            }
+        });
+    }
     if event.event_type == crate::records::TEAM_UNLOCK_EVENT {
         let told: BoxFuture<'static, Result<(), String>> = match elsewhere {
             Some(c) => Box::pin(async move { c.team_unlock(&tenant, event).await }),

@@ -532,3 +532,44 @@ give = { badge = "helped-three", to = "contributors" }
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("0 differences"), "{text}{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A member's retracted event is retracted from her teams too: the team's facts are
+/// recomputed without her contribution, and a team badge it earned and they no longer hold is
+/// taken away; a retraction sent again changes nothing more, and the logs replay clean.
+#[tokio::test]
+async fn a_retracted_event_is_taken_back_from_the_teams_it_counted_for() {
+    let dir = tmp();
+    let file = dir.path().join("catalogue.toml");
+    std::fs::write(&file, catalogue_with_teams(100, 10)).unwrap();
+    let data = dir.path().join("data");
+    let s = TestServer::start_with(&data, |c| c.catalogue = Some(file.clone())).await;
+    let api = Api::new(&s, DEMO_KEY);
+    assert_eq!(api.call("PUT", "/v1/teams/class-r", Some(&json!({ "name": "Class R" }))).await.0, 200);
+    for u in ["ann", "bob"] {
+        assert_eq!(api.call("POST", "/v1/teams/class-r/members", Some(&json!({ "user_id": u }))).await.0, 200);
+    }
+    api.ingest(vec![http_answer("a-1", "ann", "ex-1", true), http_answer("a-2", "ann", "ex-2", true), http_answer("a-3", "ann", "ex-3", true)]).await;
+    api.ingest(vec![http_answer("b-1", "bob", "ex-1", true), http_answer("b-2", "bob", "ex-2", true)]).await;
+    let t = api.wait_for("/v1/teams/class-r", 10, |t| t["events"] == 6).await;
+    assert_eq!(badge_ids(&t), vec!["team-five", "two-members"], "{t}");
+    let answers = |t: &Value| t["stats"].as_array().unwrap().iter().find(|s| s["describe"].as_str().is_some_and(|d| d == "number of problem.answered")).map(|s| s["value"].clone());
+    assert_eq!(answers(&t), Some(json!(5.0)), "{t}");
+
+    let retract = json!({ "event_id": "a-2", "reason": "answer copied", "xp": "claw_back" });
+    let (st, r) = api.call("POST", "/v1/users/ann/retractions", Some(&retract)).await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("retracted")), "{r}");
+    // The team's count falls to four and its five-answer badge with it; two members still
+    // answered.
+    let t = api.wait_for("/v1/teams/class-r", 10, |t| t["badges"].as_array().is_some_and(|b| b.len() == 1)).await;
+    assert_eq!((badge_ids(&t), answers(&t)), (vec!["two-members"], Some(json!(4.0))), "{t}");
+    // Sent again: nothing more, for her or the team.
+    let (st, r) = api.call("POST", "/v1/users/ann/retractions", Some(&retract)).await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("already_retracted")), "{r}");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the mail worker looks every second
+    let (_, again) = api.get("/v1/teams/class-r").await;
+    assert_eq!((badge_ids(&again), answers(&again)), (vec!["two-members"], Some(json!(4.0))), "{again}");
+    s.stop().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(["replay", "--data-dir", data.to_str().unwrap(), "--catalogue", file.to_str().unwrap()]).env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("0 differences"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}

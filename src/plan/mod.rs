@@ -506,8 +506,27 @@ pub fn take(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], t: &'s
     let mut plan = Plan::default();
     cur.seq += 1;
     p.revocations(&mut plan, cur, fx, &record_id);
+    // A member's retracted event is retracted from her teams too (what it counted there), by a
+    // mail row to each, in the retraction's batch.
+    if t == records::RETRACT_EVENT && crate::core::catalogue::team_of(p.user).is_none() {
+        for team in p.linked {
+            let asked = records::TakeRecord { target: records::contribution_id(team, p.user, &rec.target), reason: rec.reason.clone(), claw_back: rec.claw_back };
+            let event = Event {
+                event_id: format!("{}\u{1}retract", records::contribution_id(team, p.user, &rec.target)),
+                event_type: records::TEAM_RETRACT_EVENT.into(),
+                user_id: team.clone(),
+                tenant_id: p.tenant.into(),
+                occurred_at: now,
+                source: "team".into(),
+                payload: asked.payload(records::RETRACT_EVENT),
+            };
+            plan.writes.push(store::mail(p.tenant, p.user, cur.seq, &format!("{team}\u{1}retract"), &store::MailRow { event, received_at: now }));
+            plan.mailed += 1;
+        }
+    }
     let event = p.system(record_id, t, "api", now, rec.payload(t));
-    plan.writes = vec![p.record_at(&mut plan, cur.seq, event, now, Keyed::ByPlace)];
+    let w = p.record_at(&mut plan, cur.seq, event, now, Keyed::ByPlace);
+    plan.writes.push(w);
     if t == records::RETRACT_EVENT || cur.seq - cur.snap_seq >= p.snapshot_every {
         plan.writes.extend(p.snapshot(cur, st));
     }

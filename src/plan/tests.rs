@@ -158,6 +158,22 @@ fn progress_is_pushed_on_a_new_tenth_after_the_throttle() {
     }
 }
 
+/// A member's retraction is mailed to each of her teams, before its record, so that what her
+/// event counted there is retracted too; a revocation is hers alone.
+#[test]
+fn a_members_retraction_is_mailed_to_her_teams() {
+    let cat = Catalogue::demo();
+    let teams = [crate::core::catalogue::team_entity("crew"), crate::core::catalogue::team_entity("band")];
+    let p = Planner { tenant: "t", user: "ann", epoch: "e", cat: &cat, snapshot_every: 100, linked: &teams, shares: Some(&NO_SHARES) };
+    let rec = records::TakeRecord { target: "a-2".into(), reason: "copied".into(), claw_back: true };
+    let st = UserState::new("t", "ann");
+    let plan = take(&p, &mut Cursor { seq: 7, offset: 3, snap_seq: 7 }, &st, &[], records::RETRACT_EVENT, &rec, "retract:a-2:8".into(), T0);
+    assert_eq!(trees(&plan)[..3], [TreeId::Mail, TreeId::Mail, TreeId::Events]);
+    assert_eq!(plan.mailed, 2);
+    let revoke = take(&p, &mut Cursor { seq: 7, offset: 3, snap_seq: 7 }, &st, &[], records::REVOKE_EVENT, &rec, "revoke:x:8".into(), T0);
+    assert_eq!((trees(&revoke), revoke.mailed), (vec![TreeId::Events], 0));
+}
+
 /// The records the server makes for itself all go through the log-record helper: goal
 /// operations, awards and backfills by place only, notices and duplicates by fingerprint
 /// keyed by their id (a duplicate's record keeps what it duplicated); each

@@ -230,6 +230,26 @@ impl Users {
         self.registry.active()
     }
 
+    /// Retracts from a team the contribution a member's retracted event made there (a mail row
+    /// of type `records::TEAM_RETRACT_EVENT`, addressed to the team), through the team's actor.
+    /// Done (`Ok`) also when there is nothing to retract: the team never counted the event (she
+    /// joined after it), or its log no longer starts at the beginning (swept by retention), so
+    /// the facts without it cannot be recomputed (logged).
+    pub async fn retract_contribution(&self, tenant: &str, event: crate::core::Event) -> Result<(), String> {
+        let Some(rec) = crate::records::team_retract_args(&event) else { return Ok(()) };
+        let (tx, rx) = oneshot::channel();
+        let msg = UserMsg::Retract { event_id: rec.target.clone(), reason: rec.reason, claw_back: rec.claw_back, reply: tx };
+        self.send(tenant, &event.user_id, msg).map_err(|e| e.to_string())?;
+        match rx.await.map_err(|_| "the team's actor stopped".to_string())? {
+            Ok(_) | Err(super::TakeError::UnknownEvent) => Ok(()),
+            Err(super::TakeError::LogIncomplete) => {
+                tracing::warn!(tenant, team = %event.user_id, contribution = %rec.target, "a retracted event stays counted for a team whose log was swept by retention");
+                Ok(())
+            }
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
     /// Sends `msg()` to every actor of `tenant` in memory (reviving nobody).
     pub fn tell_tenant(&self, tenant: &str, msg: impl Fn() -> UserMsg) {
         let users: Vec<String> = self.registry.map.iter().filter_map(|e| e.key().split_once('\0').filter(|(t, _)| *t == tenant).map(|(_, u)| u.to_string())).collect();
