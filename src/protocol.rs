@@ -386,6 +386,12 @@ pub fn team_unlock(offset: u64, team: &str, b: &BadgeDef, count: u32, at: Millis
     encode(&TeamUnlock { at: rfc3339(at), badge: b.into(), count, offset, team, r#type: "team_unlock" })
 }
 
+/// A team the user belongs to lost a badge (docs/teams.md: expired, or the facts behind it
+/// retracted): `count` is the awards it held, as in `revoked`. Kept in her history.
+pub fn team_revoked(offset: u64, team: &str, b: &BadgeDef, count: u32, cause: &str, at: Millis) -> Frame {
+    frame(json!({ "type": "team_revoked", "offset": offset, "team": team, "badge": badge_json(b), "count": count, "cause": cause, "at": rfc3339(at) }))
+}
+
 /// A team of the user's moved toward one of its badges (docs/teams.md). Like `rank`, not part
 /// of the recovery history and with no offset: a hint for a progress bar, sent to the member's
 /// sockets open at the time; `GET /v1/teams/{id}` says where the team stands.

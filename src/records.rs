@@ -87,6 +87,22 @@ pub fn given(ev: &crate::core::Event) -> Option<String> {
     ev.payload.iter().find(|(n, _)| n == GIVE_FIELD).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None })
 }
 
+/// The id under which `member` is told that `team` lost `badge` (its record `seq` took it
+/// away, `count` the awards it held): reserved, one per member, and apart from the unlocks' ids, since one
+/// record may take a badge away and give it again.
+pub fn team_revoked_id(team: &str, badge: &str, count: u32, seq: u64, member: &str) -> String {
+    format!("{}team_revoked:{}\u{1}{badge}\u{1}{count}\u{1}{seq}\u{1}{member}", crate::protocol::RESERVED_ID_PREFIX, team.trim_start_matches(crate::core::catalogue::TEAM_PREFIX))
+}
+
+/// The field of a team's record told to a member that says the team lost the badge (its
+/// value: the cause), rather than earned it.
+pub const REVOKED_FIELD: &str = "revoked";
+
+/// The cause, when a team's record told to a member is of a badge the team lost.
+pub fn team_revoked_cause(ev: &crate::core::Event) -> Option<String> {
+    ev.payload.iter().find(|(n, _)| n == REVOKED_FIELD).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None })
+}
+
 /// A team's unlock as a member is told it: the team's id, the badge and its count.
 pub fn team_unlock_args(ev: &crate::core::Event) -> Option<(String, String, u32)> {
     let text = |k: &str| ev.payload.iter().find(|(n, _)| n == k).and_then(|(_, v)| if let Value::Str(s) = v { Some(s.to_string()) } else { None });

@@ -535,7 +535,8 @@ give = { badge = "helped-three", to = "contributors" }
 
 /// A member's retracted event is retracted from her teams too: the team's facts are
 /// recomputed without her contribution, and a team badge it earned and they no longer hold is
-/// taken away; a retraction sent again changes nothing more, and the logs replay clean.
+/// taken away, told to each member (`team_revoked`) and to the webhooks (`revoked`, naming the
+/// team); a retraction sent again changes nothing more, and the logs replay clean.
 #[tokio::test]
 async fn a_retracted_event_is_taken_back_from_the_teams_it_counted_for() {
     let dir = tmp();
@@ -548,6 +549,10 @@ async fn a_retracted_event_is_taken_back_from_the_teams_it_counted_for() {
     for u in ["ann", "bob"] {
         assert_eq!(api.call("POST", "/v1/teams/class-r/members", Some(&json!({ "user_id": u }))).await.0, 200);
     }
+    let (hooks, addr) = common::receiver::Receiver::start().await;
+    let (st, h) = api.call("POST", "/v1/webhooks", Some(&json!({ "url": format!("http://{addr}/hook"), "events": ["revoked"] }))).await;
+    assert_eq!(st, 201, "{h}");
+    let mut bob = s.connect("bob").await;
     api.ingest(vec![http_answer("a-1", "ann", "ex-1", true), http_answer("a-2", "ann", "ex-2", true), http_answer("a-3", "ann", "ex-3", true)]).await;
     api.ingest(vec![http_answer("b-1", "bob", "ex-1", true), http_answer("b-2", "bob", "ex-2", true)]).await;
     let t = api.wait_for("/v1/teams/class-r", 10, |t| t["events"] == 6).await;
@@ -562,12 +567,20 @@ async fn a_retracted_event_is_taken_back_from_the_teams_it_counted_for() {
     // answered.
     let t = api.wait_for("/v1/teams/class-r", 10, |t| t["badges"].as_array().is_some_and(|b| b.len() == 1)).await;
     assert_eq!((badge_ids(&t), answers(&t)), (vec!["two-members"], Some(json!(4.0))), "{t}");
+    // Bob, whose events were not retracted, is told his team lost it, once, in his history.
+    let told = bob.until("team_revoked").await.pop().unwrap();
+    assert_eq!((told["team"].as_str(), told["badge"]["id"].as_str(), told["count"].as_u64(), told["cause"].as_str()), (Some("class-r"), Some("team-five"), Some(1), Some("retracted")), "{told}");
+    assert!(told["offset"].as_u64().is_some(), "{told}");
+    // The endpoint gets one `revoked` naming the team (and none for Ann, who lost no badge).
+    let got = hooks.wait("the team's revocation", |g| !g.is_empty()).await;
+    assert_eq!((got[0].json["type"].as_str(), got[0].json["team_id"].as_str(), got[0].json["data"]["badge"]["id"].as_str()), (Some("revoked"), Some("class-r"), Some("team-five")), "{got:?}");
     // Sent again: nothing more, for her or the team.
     let (st, r) = api.call("POST", "/v1/users/ann/retractions", Some(&retract)).await;
     assert_eq!((st, r["status"].as_str()), (200, Some("already_retracted")), "{r}");
     tokio::time::sleep(Duration::from_millis(1500)).await; // the mail worker looks every second
     let (_, again) = api.get("/v1/teams/class-r").await;
     assert_eq!((badge_ids(&again), answers(&again)), (vec!["two-members"], Some(json!(4.0))), "{again}");
+    assert_eq!(hooks.got().len(), 1, "one notification: {:?}", hooks.got());
     s.stop().await;
     let out = Command::new(env!("CARGO_BIN_EXE_accolade")).args(["replay", "--data-dir", data.to_str().unwrap(), "--catalogue", file.to_str().unwrap()]).env("RUST_LOG", "warn").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

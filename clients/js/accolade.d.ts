@@ -211,6 +211,18 @@ export interface TeamUnlockMessage {
   at: string;
 }
 
+/** A team the user belongs to lost a badge (expired, or its facts retracted); kept in her history. */
+export interface TeamRevokedMessage {
+  type: "team_revoked";
+  offset: number;
+  team: string;
+  badge: Badge;
+  /** The awards the team held. */
+  count: number;
+  cause: "expired" | "retracted";
+  at: string;
+}
+
 /** A team the user belongs to moved toward one of its badges (not stored; no `offset`). */
 export interface TeamProgressMessage {
   type: "team_progress";
@@ -336,6 +348,7 @@ export type ServerMessage =
   | GoalMissedMessage
   | NoticeMessage
   | TeamUnlockMessage
+  | TeamRevokedMessage
   | TeamProgressMessage
   | CommunityProgressMessage
   | CommunityOutcomeMessage

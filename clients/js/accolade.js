@@ -36,7 +36,7 @@ export class AccoladeClient {
 
   /** Subscribes to a server message type ("welcome", "ack", "xp", "level_up", "unlock",
    *  "revoked", "progress", "goal_assigned", "goal_completed", "goal_missed", "notice", "team_unlock",
-   *  "team_progress", "community_progress", "community_outcome", "rank", "top", "error") or to the client's own "open" (with the welcome) and "close" ({ code, reason }).
+   *  "team_revoked", "team_progress", "community_progress", "community_outcome", "rank", "top", "error") or to the client's own "open" (with the welcome) and "close" ({ code, reason }).
    *  Returns an unsubscribe function. */
   on(type, fn) {
     if (!this.handlers.has(type)) this.handlers.set(type, new Set());

@@ -184,6 +184,30 @@ impl Planner<'_> {
     fn tell_members(&self, plan: &mut Plan, seq: u64, st: &UserState, fx: &[Effect], received_at: Millis) {
         let Some(team) = crate::core::catalogue::team_of(self.user) else { return };
         for e in fx {
+            // A badge the team lost is told as its unlocks are, under ids of its own.
+            if let Effect::Revoked { badge, cause, count, at, .. } = e {
+                for member in self.linked {
+                    let payload = vec![
+                        ("team".to_string(), crate::core::Value::Str(team.into())),
+                        ("badge".to_string(), crate::core::Value::Str(badge.to_string().into())),
+                        ("count".to_string(), crate::core::Value::Num(f64::from(*count))),
+                        (records::REVOKED_FIELD.to_string(), crate::core::Value::Str(cause.as_str().into())),
+                    ];
+                    let told = Event {
+                        event_id: records::team_revoked_id(self.user, badge, *count, seq, member),
+                        event_type: records::TEAM_UNLOCK_EVENT.into(),
+                        user_id: member.clone(),
+                        tenant_id: self.tenant.into(),
+                        occurred_at: *at,
+                        source: "team".into(),
+                        payload,
+                    };
+                    let key_end = format!("{member}\u{1}{badge}\u{1}revoked");
+                    plan.writes.push(store::mail(self.tenant, self.user, seq, &key_end, &store::MailRow { event: told, received_at }));
+                    plan.mailed += 1;
+                }
+                continue;
+            }
             let Effect::Unlock { badge, count, at, .. } = e else { continue };
             let give = self.cat.badge(badge).and_then(|b| b.give.as_ref());
             let contributors = give.and_then(|g| g.contributors).map(|s| match st.stats.get(s).map(|v| &v.1) {
@@ -429,7 +453,10 @@ pub fn team_unlock(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect],
     if let Some((team, badge, count)) = records::team_unlock_args(&event)
         && let Some(def) = p.cat.teams.as_ref().and_then(|t| t.catalogue.badge(&badge))
     {
-        push(&mut plan, cur, "team_unlock", |o| protocol::team_unlock(o, &team, def, count, event.occurred_at));
+        match records::team_revoked_cause(&event) {
+            Some(cause) => push(&mut plan, cur, "team_revoked", |o| protocol::team_revoked(o, &team, def, count, &cause, event.occurred_at)),
+            None => push(&mut plan, cur, "team_unlock", |o| protocol::team_unlock(o, &team, def, count, event.occurred_at)),
+        }
     }
     // The badge the team gave her (`core::give`), after the news of the team's.
     p.awards(&mut plan, cur, st, fx, &event.event_id);
@@ -508,6 +535,10 @@ pub fn take(p: &Planner, cur: &mut Cursor, st: &UserState, fx: &[Effect], t: &'s
     p.revocations(&mut plan, cur, fx, &record_id);
     // A member's retracted event is retracted from her teams too (what it counted there), by a
     // mail row to each, in the retraction's batch.
+    // A team's badges taken away are told to its members.
+    if crate::core::catalogue::team_of(p.user).is_some() && !p.linked.is_empty() {
+        p.tell_members(&mut plan, cur.seq, st, fx, now);
+    }
     if t == records::RETRACT_EVENT && crate::core::catalogue::team_of(p.user).is_none() {
         for team in p.linked {
             let asked = records::TakeRecord { target: records::contribution_id(team, p.user, &rec.target), reason: rec.reason.clone(), claw_back: rec.claw_back };

@@ -172,6 +172,16 @@ fn a_members_retraction_is_mailed_to_her_teams() {
     assert_eq!(plan.mailed, 2);
     let revoke = take(&p, &mut Cursor { seq: 7, offset: 3, snap_seq: 7 }, &st, &[], records::REVOKE_EVENT, &rec, "revoke:x:8".into(), T0);
     assert_eq!((trees(&revoke), revoke.mailed), (vec![TreeId::Events], 0));
+    // A team's badge taken away by a retraction is told to each member, under ids apart from
+    // its unlocks'.
+    let team = crate::core::catalogue::team_entity("crew");
+    let members = ["ann".to_string(), "bob".to_string()];
+    let p = Planner { tenant: "t", user: &team, epoch: "e", cat: &cat, snapshot_every: 100, linked: &members, shares: Some(&NO_SHARES) };
+    let badge: Arc<str> = cat.badges[0].id.clone();
+    let lost = Effect::Revoked { badge: badge.clone(), cause: RevokeCause::Retracted, reason: "copied".into(), count: 1, xp: 0, total: 0, level: 1, at: T0 };
+    let plan = take(&p, &mut Cursor { seq: 7, offset: 3, snap_seq: 7 }, &UserState::new("t", &team), &[lost], records::RETRACT_EVENT, &rec, "retract:x:8".into(), T0);
+    assert_eq!((trees(&plan)[..3].to_vec(), plan.mailed), (vec![TreeId::Mail, TreeId::Mail, TreeId::Events], 2));
+    assert_eq!(kinds(&plan), vec![("revoked", 4)]);
 }
 
 /// The records the server makes for itself all go through the log-record helper: goal

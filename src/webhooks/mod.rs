@@ -233,12 +233,14 @@ impl Webhooks {
         let Some(subs) = self.subs.get(tenant).map(|s| s.clone()) else { return Ok((vec![], vec![])) };
         let mut writes = Vec::new();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
-        // A team's own unlock is one `team_unlock` notification naming the team; the rest of a
-        // team's pushes make none, and nor do its members' copies of its unlocks.
+        // A team's own unlock is one `team_unlock` notification naming the team, and a badge it
+        // lost one `revoked` naming the team; the rest of a team's pushes make none, and nor do
+        // its members' copies of its unlocks.
         let team = crate::core::catalogue::team_of(user);
         for push in pushes {
             let kind = match (team, push.kind) {
                 (Some(_), "unlock") => "team_unlock",
+                (Some(_), "revoked") => "revoked",
                 (Some(_), _) | (None, "team_unlock") => continue,
                 (None, k) => k,
             };
