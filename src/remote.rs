@@ -174,50 +174,49 @@ fn unavailable(event_id: String, why: String) -> IngestOutcome {
 /// Sends an HTTP event to the node that serves its user and returns that node's outcome; an
 /// event nobody serves at the moment is `unavailable` (the sender sends it again).
 pub async fn forward(routes: &Routes, tenant: &str, event: Event, received_at: Millis) -> IngestOutcome {
-    let p = partition_of(tenant, &event.user_id);
-    let id = event.event_id.clone();
-    let body = encode(&Request::Event { tenant: tenant.to_string(), event, received_at });
-    match routes.request(p, body, FORWARD_TIMEOUT).await {
-        Ok(reply) => match serde_json::from_slice::<Answer>(&reply) {
-            Ok(a) => IngestOutcome {
-                event_id: a.event_id,
-                status: match a.status.as_str() {
-                    "accepted" => "accepted",
-                    "duplicate" => "duplicate",
-                    _ => "rejected",
-                },
-                reason: a.reason,
-                code: a.code.map(Into::into),
-                xp: a.xp,
-                unlocks: a.unlocks,
+    let (to, id) = (event.user_id.clone(), event.event_id.clone());
+    match ask::<Answer>(routes, tenant, &to, Request::Event { tenant: tenant.to_string(), event, received_at }).await {
+        Ok(a) => IngestOutcome {
+            event_id: a.event_id,
+            status: match a.status.as_str() {
+                "accepted" => "accepted",
+                "duplicate" => "duplicate",
+                _ => "rejected",
             },
-            Err(e) => unavailable(id, format!("the serving node's answer did not decode: {e}")),
+            reason: a.reason,
+            code: a.code.map(Into::into),
+            xp: a.xp,
+            unlocks: a.unlocks,
         },
-        // Timed out: the event may yet be taken there, and a resend is then a duplicate.
-        Err(e) => unavailable(id, e.to_string()),
+        // Timed out (the event may yet be taken there, and a resend is then a duplicate), or
+        // the answer did not decode.
+        Err(e) => unavailable(id, e),
     }
+}
+
+/// Asks the node serving `entity`'s partition `r`, and decodes its answer.
+async fn ask<T: serde::de::DeserializeOwned>(routes: &Routes, tenant: &str, entity: &str, r: Request) -> Result<T, String> {
+    let reply = routes.request(partition_of(tenant, entity), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice::<T>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))
 }
 
 /// Gives a closed period's award to a user through her actor on the node serving her; true
 /// when it was given now, false when she had it already.
 pub async fn award(routes: &Routes, tenant: &str, user: &str, board: &str, period: &str, rank: usize) -> Result<bool, String> {
     let r = Request::Award { tenant: tenant.into(), user: user.into(), board: board.into(), period: period.into(), rank };
-    let reply = routes.request(partition_of(tenant, user), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
-    serde_json::from_slice::<Result<bool, String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
+    ask::<Result<bool, String>>(routes, tenant, user, r).await?
 }
 
 /// Gives a goal's notice to its assigner `user` through her actor on the node serving her.
 pub async fn notice(routes: &Routes, tenant: &str, user: &str, notice: GoalNotice) -> Result<(), String> {
     let r = Request::Notice { tenant: tenant.into(), user: user.into(), notice };
-    let reply = routes.request(partition_of(tenant, user), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
-    serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
+    ask::<Result<(), String>>(routes, tenant, user, r).await?
 }
 
 /// Changes one side of a team membership through `entity`'s actor on the node serving it.
 pub async fn link(routes: &Routes, tenant: &str, entity: &str, other: &str, join: bool, limit: usize) -> Result<Result<bool, crate::user::LinkError>, String> {
     let r = Request::Link { tenant: tenant.into(), entity: entity.into(), other: other.into(), join, limit };
-    let reply = routes.request(partition_of(tenant, entity), encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
-    let done: Result<bool, Refused> = serde_json::from_slice(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?;
+    let done: Result<bool, Refused> = ask(routes, tenant, entity, r).await?;
     Ok(done.map_err(|r| match r {
         Refused::Full(n) => crate::user::LinkError::Full(n),
         Refused::Failed(why) => crate::user::LinkError::Failed(why),
@@ -227,19 +226,15 @@ pub async fn link(routes: &Routes, tenant: &str, entity: &str, other: &str, join
 /// Tells a member a team's unlock (`event`, addressed to her) through her actor on the node
 /// serving her.
 pub async fn team_unlock(routes: &Routes, tenant: &str, event: Event) -> Result<(), String> {
-    let p = partition_of(tenant, &event.user_id);
-    let r = Request::TeamUnlock { tenant: tenant.into(), event };
-    let reply = routes.request(p, encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
-    serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
+    let to = event.user_id.clone();
+    ask::<Result<(), String>>(routes, tenant, &to, Request::TeamUnlock { tenant: tenant.into(), event }).await?
 }
 
 /// Retracts a member's contribution from a team (`event`, addressed to the team) through the
 /// team's actor on the node serving it.
 pub async fn team_retract(routes: &Routes, tenant: &str, event: Event) -> Result<(), String> {
-    let p = partition_of(tenant, &event.user_id);
-    let r = Request::TeamRetract { tenant: tenant.into(), event };
-    let reply = routes.request(p, encode(&r), FORWARD_TIMEOUT).await.map_err(|e| e.to_string())?;
-    serde_json::from_slice::<Result<(), String>>(&reply).map_err(|e| format!("the serving node's answer did not decode: {e}"))?
+    let to = event.user_id.clone();
+    ask::<Result<(), String>>(routes, tenant, &to, Request::TeamRetract { tenant: tenant.into(), event }).await?
 }
 
 /// How long a node waits for the answer to `told` (a hint: nothing is sent again).
