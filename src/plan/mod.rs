@@ -181,35 +181,18 @@ impl Planner<'_> {
     /// (`records::team_unlock_id`), so a second delivery tells her nothing twice. When the badge
     /// gives the members a badge of their own (`Give`), the rows of those it goes to (every
     /// member, or the contributors in the team's state `st`) name it, and her actor awards it.
+    /// A badge the team lost (`Effect::Revoked`) is told the same way, as `team_revoked`.
     fn tell_members(&self, plan: &mut Plan, seq: u64, st: &UserState, fx: &[Effect], received_at: Millis) {
         let Some(team) = crate::core::catalogue::team_of(self.user) else { return };
         for e in fx {
-            // A badge the team lost is told as its unlocks are, under ids of its own.
-            if let Effect::Revoked { badge, cause, count, at, .. } = e {
-                for member in self.linked {
-                    let payload = vec![
-                        ("team".to_string(), crate::core::Value::Str(team.into())),
-                        ("badge".to_string(), crate::core::Value::Str(badge.to_string().into())),
-                        ("count".to_string(), crate::core::Value::Num(f64::from(*count))),
-                        (records::REVOKED_FIELD.to_string(), crate::core::Value::Str(cause.as_str().into())),
-                    ];
-                    let told = Event {
-                        event_id: records::team_revoked_id(self.user, badge, *count, seq, member),
-                        event_type: records::TEAM_UNLOCK_EVENT.into(),
-                        user_id: member.clone(),
-                        tenant_id: self.tenant.into(),
-                        occurred_at: *at,
-                        source: "team".into(),
-                        payload,
-                    };
-                    let key_end = format!("{member}\u{1}{badge}\u{1}revoked");
-                    plan.writes.push(store::mail(self.tenant, self.user, seq, &key_end, &store::MailRow { event: told, received_at }));
-                    plan.mailed += 1;
-                }
-                continue;
-            }
-            let Effect::Unlock { badge, count, at, .. } = e else { continue };
-            let give = self.cat.badge(badge).and_then(|b| b.give.as_ref());
+            // An unlock, or a badge the team lost (told the same way, under ids of its own,
+            // since one record may take a badge away and give it again).
+            let (badge, count, at, lost) = match e {
+                Effect::Unlock { badge, count, at, .. } => (badge, *count, *at, None),
+                Effect::Revoked { badge, cause, count, at, .. } => (badge, *count, *at, Some(cause.as_str())),
+                _ => continue,
+            };
+            let give = lost.is_none().then(|| self.cat.badge(badge).and_then(|b| b.give.as_ref())).flatten();
             let contributors = give.and_then(|g| g.contributors).map(|s| match st.stats.get(s).map(|v| &v.1) {
                 Some(crate::core::state::StatValue::Set(members)) => members.clone(),
                 _ => Default::default(),
@@ -218,25 +201,21 @@ impl Planner<'_> {
                 let mut payload = vec![
                     ("team".to_string(), crate::core::Value::Str(team.into())),
                     ("badge".to_string(), crate::core::Value::Str(badge.to_string().into())),
-                    ("count".to_string(), crate::core::Value::Num(f64::from(*count))),
+                    ("count".to_string(), crate::core::Value::Num(f64::from(count))),
                 ];
+                if let Some(cause) = lost {
+                    payload.push((records::REVOKED_FIELD.to_string(), crate::core::Value::Str(cause.into())));
+                }
                 if let Some(g) = give
                     && contributors.as_ref().is_none_or(|c| c.contains(member))
                 {
                     payload.push((records::GIVE_FIELD.to_string(), crate::core::Value::Str(g.badge.to_string().into())));
                 }
-                let told = Event {
-                    event_id: records::team_unlock_id(self.user, badge, *count, seq, member),
-                    event_type: records::TEAM_UNLOCK_EVENT.into(),
-                    user_id: member.clone(),
-                    tenant_id: self.tenant.into(),
-                    occurred_at: *at,
-                    source: "team".into(),
-                    payload,
+                let (event_id, key_end) = match lost {
+                    None => (records::team_unlock_id(self.user, badge, count, seq, member), format!("{member}\u{1}{badge}")),
+                    Some(_) => (records::team_revoked_id(self.user, badge, count, seq, member), format!("{member}\u{1}{badge}\u{1}revoked")),
                 };
-                let mut key_end = member.clone();
-                key_end.push('\u{1}');
-                key_end.push_str(badge);
+                let told = Event { event_id, event_type: records::TEAM_UNLOCK_EVENT.into(), user_id: member.clone(), tenant_id: self.tenant.into(), occurred_at: at, source: "team".into(), payload };
                 plan.writes.push(store::mail(self.tenant, self.user, seq, &key_end, &store::MailRow { event: told, received_at }));
                 plan.mailed += 1;
             }
