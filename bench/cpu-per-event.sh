@@ -21,11 +21,7 @@ LG=${LG:-${CARGO_TARGET_DIR:-$PWD/target}/release/accolade-loadgen}
 OUT=${OUT:-/tmp/cpu-per-event}
 mkdir -p "$OUT"
 TICK=$(getconf CLK_TCK)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-PID= D=
-cleanup() { [ -z "$PID" ] || kill -TERM "$PID" 2>/dev/null || true; [ -z "$D" ] || rm -rf "$D"; }
-trap cleanup EXIT
+. bench/lib.sh
 printf '%-28s %5s %9s %9s %9s %8s %9s %8s\n' binary round "events/s" "p50 ms" "p99 ms" "cpu s" "us/event" "cs/event"
 for round in $(seq 1 "$ROUNDS"); do
   for bin in "$@"; do

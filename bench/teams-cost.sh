@@ -21,11 +21,7 @@ LG=${LG:-${CARGO_TARGET_DIR:-$PWD/target}/release/accolade-loadgen}
 OUT=${OUT:-/tmp/teams-cost}
 mkdir -p "$OUT"
 TICK=$(getconf CLK_TCK)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-PID= D=
-cleanup() { [ -z "$PID" ] || kill -TERM "$PID" 2>/dev/null || true; [ -z "$D" ] || rm -rf "$D"; }
-trap cleanup EXIT
+. bench/lib.sh
 DEMO=catalogues/khan.toml
 CAT_TEAMS=$(mktemp /tmp/teams-cost-teams.XXXXXX.toml)
 CAT_COMMUNITY=$(mktemp /tmp/teams-cost-community.XXXXXX.toml)
